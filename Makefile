@@ -1,0 +1,46 @@
+# Two commands: `make run` and `make test`. Everything is installed from this file and pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint format bench chaos broker clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: embedded broker + topics + generator + worker, printing each window as it closes.
+run: $(STAMP)
+	$(BIN)/kappa demo
+
+## make test: the whole suite (unit, integration against the embedded broker, e2e).
+## pytest exits 5 when it collected no test: that is a failure here, not a success.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/tables tests/agents
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+chaos: $(STAMP)
+	KAPPA_CHAOS_ROUNDS=50 $(BIN)/python -m pytest -q -m chaos
+
+broker: $(STAMP)
+	$(BIN)/kappa broker
+
+clean:
+	rm -rf $(VENV) .kappa build *.egg-info

@@ -1,0 +1,79 @@
+"""The contract between a pipeline and the runtimes that feed it (live worker, replay)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tables.partition_state import PartitionState
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """One consumed Kafka record, independent of the client library that read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OutRecord:
+    """A record to produce. `topic` is logical (`orders.dlq`); the runtime maps it to the
+    physical topic of the version being run (`orders.dlq.v2`)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None = None
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchCounts:
+    """What a batch did, for metrics and replay summaries."""
+
+    events: int = 0
+    skipped: int = 0
+    dlq: int = 0
+    late: int = 0
+    windows_closed: int = 0
+    dlq_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    records: list[OutRecord] = field(default_factory=list)
+    counts: BatchCounts = field(default_factory=BatchCounts)
+
+
+class Pipeline(Protocol):
+    """A named processing step over one source topic, partition by partition."""
+
+    name: str
+    source: str  # logical source topic
+    outputs: tuple[str, ...]  # logical output topics (created by `kappa topics create`)
+
+    def process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+        """Apply one partition's batch (offset order) to `state` (staged, not yet committed)."""
+        ...
+
+    def flush(self, state: PartitionState) -> BatchOutput:
+        """Close everything still open (end of a bounded replay)."""
+        ...
+
+
+def source_headers(rec: SourceRecord) -> Headers:
+    """Where a record came from: attached to DLQ and late records so they can be traced."""
+    return [
+        ("kappa.source.topic", rec.topic.encode()),
+        ("kappa.source.partition", str(rec.partition).encode()),
+        ("kappa.source.offset", str(rec.offset).encode()),
+    ]

@@ -1,0 +1,106 @@
+"""Type conversion for raw events: each check raises `InvalidRecord` with a precise reason.
+
+The reasons are stable, short strings: they become DLQ headers and a Prometheus label, so
+they must not contain the offending value (unbounded cardinality, possibly a secret).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+MIN_EVENT_MS = 0  # 1970-01-01T00:00:00Z; earlier timestamps are rejected as implausible
+MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_TEXT_CHARS = 1024
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be processed; `reason` is a short stable label, `detail` free text."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def require_text(obj: dict[str, Any], field: str) -> str:
+    """A non-empty string field; integers are accepted as ids and converted."""
+    v = obj.get(field)
+    if v is None:
+        raise InvalidRecord("missing_field", field)
+    if isinstance(v, str):
+        if not v:
+            raise InvalidRecord("empty_field", field)
+        if len(v) > MAX_TEXT_CHARS:
+            raise InvalidRecord("field_too_long", f"{field} > {MAX_TEXT_CHARS} chars")
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    raise InvalidRecord("wrong_type", f"{field} must be a string")
+
+
+def require_number(obj: dict[str, Any], field: str) -> float:
+    """A finite number; numeric strings ("12.50") are coerced."""
+    v = obj.get(field)
+    if v is None:
+        raise InvalidRecord("missing_field", field)
+    if isinstance(v, bool):
+        raise InvalidRecord("wrong_type", f"{field} must be a number")
+    if isinstance(v, int | float):
+        x = float(v)
+    elif isinstance(v, str):
+        if len(v) > 64:
+            raise InvalidRecord("not_a_number", field)
+        try:
+            x = float(v)
+        except ValueError:
+            raise InvalidRecord("not_a_number", field) from None
+    else:
+        raise InvalidRecord("wrong_type", f"{field} must be a number")
+    if not math.isfinite(x):
+        raise InvalidRecord("not_finite", field)
+    return x
+
+
+def require_positive_int(obj: dict[str, Any], field: str) -> int:
+    """An integer >= 1; integral floats (2.0) and numeric strings ("3") are coerced."""
+    x = require_number(obj, field)
+    if not x.is_integer():
+        raise InvalidRecord("not_an_integer", field)
+    if x < 1:
+        raise InvalidRecord("out_of_range", f"{field} must be >= 1")
+    return int(x)
+
+
+def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
+    """Event time as epoch ms: a number (or numeric string) of ms, or ISO-8601 with a zone."""
+    v = obj.get(field)
+    if v is None:
+        raise InvalidRecord("missing_field", field)
+    if isinstance(v, str) and v and not _looks_numeric(v):
+        if len(v) > 64:
+            raise InvalidRecord("bad_timestamp", f"{field} unparseable")
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidRecord("bad_timestamp", f"{field} unparseable") from None
+        if dt.tzinfo is None:
+            raise InvalidRecord("bad_timestamp", f"{field} has no time zone")
+        ms = round(dt.timestamp() * 1000)
+    else:
+        try:
+            x = require_number(obj, field)
+        except InvalidRecord as e:
+            raise InvalidRecord("bad_timestamp", e.detail or field) from None
+        if not x.is_integer():
+            x = math.floor(x)
+        ms = int(x)
+    if ms < MIN_EVENT_MS or ms >= MAX_EVENT_MS:
+        raise InvalidRecord("timestamp_out_of_range", f"{field} outside 1970..2100")
+    return ms
+
+
+def _looks_numeric(s: str) -> bool:
+    c = s.lstrip()[:1]
+    return c.isdigit() or (c in "+-." and len(s.strip()) > 1 and s.strip()[1:2].isdigit())

@@ -1,0 +1,186 @@
+"""State of one pipeline on one source partition, staged per batch and committed atomically.
+
+Layers, as in Kafka Streams' stores: the pipeline reads and stages writes here; `commit()`
+coalesces them (one write per key per batch), writes them to the backing `KeyValueStore` in one
+atomic batch together with the source offset they reflect, and hands the same entries to the
+caller for the changelog topic. Because the applied offset travels in the same atomic write as
+the state, a restart skips exactly the records already applied: no double counting.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+from tables.aggregates import Moments
+from tables.stream_time import StreamTime
+from tables.window_processor import WindowKey
+
+_BIAS = 1 << 63
+_U64 = struct.Struct(">Q")
+_U64X2 = struct.Struct(">QQ")
+_I64 = struct.Struct(">q")
+
+WINDOW_PREFIX = b"W"
+KV_PREFIX = b"K"
+META_PREFIX = b"M"
+APPLIED_OFFSET = META_PREFIX + b"applied-offset"
+
+
+class KeyValueStore(Protocol):
+    """Ordered bytes → bytes storage with atomic multi-key writes (RocksDB, or a dict)."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Items with start <= key < stop, in key order."""
+        ...
+
+    def write(self, changes: dict[bytes, bytes | None]) -> None:
+        """Apply all puts (value) and deletes (None) atomically."""
+        ...
+
+
+def encode_window_key(store: str, key: WindowKey) -> bytes:
+    end, start, name = key
+    return WINDOW_PREFIX + store.encode() + b"\0" + _U64X2.pack(end + _BIAS, start + _BIAS) + name.encode()
+
+
+def decode_window_key(raw: bytes, prefix_len: int) -> WindowKey:
+    end, start = _U64X2.unpack_from(raw, prefix_len)
+    return (end - _BIAS, start - _BIAS, raw[prefix_len + 16 :].decode())
+
+
+class PartitionState:
+    """Staged view over one partition's store; see the module docstring."""
+
+    def __init__(self, store: KeyValueStore, partition: int) -> None:
+        self.store = store
+        self.partition = partition
+        self._staged: dict[bytes, bytes | None] = {}
+        self._clocks: dict[str, StreamTime] = {}
+        applied = store.get_many([APPLIED_OFFSET])[0]
+        self.applied_offset: int = _I64.unpack(applied)[0] if applied is not None else -1
+
+    # -- windows ---------------------------------------------------------------------------
+    def windows(self, store_name: str) -> WindowStore:
+        return WindowStore(self, store_name)
+
+    def clock(self, name: str, grace_ms: int) -> StreamTime:
+        """The stream time named `name` (one per window store), loaded once and kept."""
+        clock = self._clocks.get(name)
+        if clock is None:
+            raw = self.get_meta(f"stream-time:{name}")
+            clock = StreamTime(grace_ms, _I64.unpack(raw)[0] if raw is not None else None)
+            self._clocks[name] = clock
+        return clock
+
+    # -- key/value tables --------------------------------------------------------------------
+    def get_values(self, table: str, keys: Sequence[str]) -> list[bytes | None]:
+        prefix = KV_PREFIX + table.encode() + b"\0"
+        raw = [prefix + k.encode() for k in keys]
+        staged = self._staged
+        found = self.store.get_many([k for k in raw if k not in staged]) if staged else self.store.get_many(raw)
+        if not staged:
+            return found
+        it = iter(found)
+        return [staged[k] if k in staged else next(it) for k in raw]
+
+    def put_value(self, table: str, key: str, value: bytes | None) -> None:
+        self._staged[KV_PREFIX + table.encode() + b"\0" + key.encode()] = value
+
+    def scan_values(self, table: str) -> Iterator[tuple[str, bytes]]:
+        prefix = KV_PREFIX + table.encode() + b"\0"
+        for k, v in self.store.scan(prefix, prefix[:-1] + b"\1"):
+            yield k[len(prefix) :].decode(), v
+
+    # -- metadata ----------------------------------------------------------------------------
+    def get_meta(self, name: str) -> bytes | None:
+        key = META_PREFIX + name.encode()
+        if key in self._staged:
+            return self._staged[key]
+        return self.store.get_many([key])[0]
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._staged[META_PREFIX + name.encode()] = value
+
+    # -- commit ------------------------------------------------------------------------------
+    def stage(self, key: bytes, value: bytes | None) -> None:
+        self._staged[key] = value
+
+    def commit(self, applied_offset: int) -> list[tuple[bytes, bytes | None]]:
+        """Write everything staged plus clocks and `applied_offset` atomically; return the
+        entries written (for the changelog), each key once."""
+        for name, clock in self._clocks.items():
+            if clock.max_event_ms is not None:
+                self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(clock.max_event_ms)
+        if applied_offset > self.applied_offset:
+            self._staged[APPLIED_OFFSET] = _I64.pack(applied_offset)
+            self.applied_offset = applied_offset
+        changes = self._staged
+        self._staged = {}
+        if changes:
+            self.store.write(changes)
+        return list(changes.items())
+
+    def discard(self) -> None:
+        """Drop staged changes (the batch failed before its outputs were acknowledged)."""
+        self._staged = {}
+        self._clocks = {}
+
+
+class WindowStore:
+    """One window store inside a `PartitionState`; implements the core's `WindowState`."""
+
+    def __init__(self, state: PartitionState, name: str) -> None:
+        self.state = state
+        self.name = name
+        self._prefix = WINDOW_PREFIX + name.encode() + b"\0"
+
+    def get_many(self, keys: Sequence[WindowKey]) -> list[Moments | None]:
+        encoded = [encode_window_key(self.name, k) for k in keys]
+        staged = self.state._staged
+        if staged:
+            found = iter(self.state.store.get_many([k for k in encoded if k not in staged]))
+            raw = [staged[k] if k in staged else next(found) for k in encoded]
+        else:
+            raw = self.state.store.get_many(encoded)
+        return [Moments.from_bytes(r) if r is not None else None for r in raw]
+
+    def expiring(self, watermark: int) -> Iterable[tuple[WindowKey, Moments]]:
+        stop_end = min(watermark + 1, _BIAS - 1) + _BIAS
+        n = len(self._prefix)
+        for k, v in self.state.store.scan(self._prefix, self._prefix + _U64.pack(stop_end)):
+            yield decode_window_key(k, n), Moments.from_bytes(v)
+
+    def put(self, updated: dict[WindowKey, Moments]) -> None:
+        stage = self.state.stage
+        for k, m in updated.items():
+            stage(encode_window_key(self.name, k), m.to_bytes())
+
+    def delete(self, keys: Iterable[WindowKey]) -> None:
+        stage = self.state.stage
+        for k in keys:
+            stage(encode_window_key(self.name, k), None)
+
+
+class MemoryStore:
+    """Dict-backed `KeyValueStore` for tests."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self.data.get(k) for k in keys]
+
+    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for k in sorted(k for k in self.data if start <= k < stop):
+            yield k, self.data[k]
+
+    def write(self, changes: dict[bytes, bytes | None]) -> None:
+        for k, v in changes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = v
