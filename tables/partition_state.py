@@ -109,25 +109,30 @@ class PartitionState:
     def stage(self, key: bytes, value: bytes | None) -> None:
         self._staged[key] = value
 
-    def commit(self, applied_offset: int) -> list[tuple[bytes, bytes | None]]:
-        """Write everything staged plus clocks and `applied_offset` atomically; return the
-        entries written (for the changelog), each key once."""
+    def prepare(self, applied_offset: int) -> list[tuple[bytes, bytes | None]]:
+        """Stage the clocks and `applied_offset`; return every staged entry, each key once
+        (what the changelog must receive before `commit`)."""
         for name, clock in self._clocks.items():
             if clock.max_event_ms is not None:
                 self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(clock.max_event_ms)
         if applied_offset > self.applied_offset:
             self._staged[APPLIED_OFFSET] = _I64.pack(applied_offset)
-            self.applied_offset = applied_offset
+        return list(self._staged.items())
+
+    def commit(self) -> None:
+        """Write everything staged in one atomic batch."""
         changes = self._staged
         self._staged = {}
         if changes:
             self.store.write(changes)
-        return list(changes.items())
+            applied = changes.get(APPLIED_OFFSET)
+            if applied is not None:
+                self.applied_offset = _I64.unpack(applied)[0]
 
     def discard(self) -> None:
         """Drop staged changes (the batch failed before its outputs were acknowledged)."""
         self._staged = {}
-        self._clocks = {}
+        self._clocks = {}  # reloaded from the store: the batch's clock advance is undone
 
 
 class WindowStore:

@@ -1,0 +1,78 @@
+"""Topic administration and broker reachability, shared by every command."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+
+
+class BrokerUnreachable(RuntimeError):
+    """The configured broker did not answer (one-line message)."""
+
+
+async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Return once the broker answers a metadata request; retry with backoff until timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.2
+    last = ""
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as e:
+            last = type(e).__name__
+        finally:
+            await admin.close()
+        if loop.time() + delay > deadline:
+            raise BrokerUnreachable(
+                f"cannot reach the Kafka broker at {bootstrap} ({last}); "
+                "start it with `kappa broker` or set KAPPA_BROKER"
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def ensure_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]]) -> list[str]:
+    """Create missing topics (name → (partitions, config)); return the ones created.
+
+    Topics are always created explicitly: brokers that auto-create use their own partition
+    count, and changelogs must match their source's partitions.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=parts, replication_factor=1, topic_configs=config)
+            for name, (parts, config) in topics.items()
+            if name not in existing
+        ]
+        if not new:
+            return []
+        try:
+            response = await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            return []
+        for err in response.topic_errors:
+            code = err[1]
+            if code and for_code(code) is not TopicAlreadyExistsError:
+                raise KafkaError(f"creating topic {err[0]} failed: {for_code(code).__name__}")
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Partitions per existing topic (missing topics are absent from the result)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0 and d["partitions"]}

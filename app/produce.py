@@ -1,0 +1,219 @@
+"""Producing records (generated or loaded from a file) to Kafka fast, and creating topics.
+
+Wall-clock time is fine here: this is a producer feeding the pipeline, not part of the
+event-time core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sized
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+log = logging.getLogger(__name__)
+
+# Await send futures in chunks of this many records: bounded memory, no per-record round trip.
+SEND_CHUNK = 5_000
+# Largest request the producer may send (bytes): large batches and records over 1 MB.
+MAX_REQUEST_SIZE = 16 * 1024 * 1024
+# Per-partition batch size (bytes): the 16 KiB default caps aiokafka throughput on small records.
+MAX_BATCH_SIZE = 256 * 1024
+# Seconds between plain progress log lines when no progress bar is shown.
+LOG_EVERY_S = 5.0
+# Rate limiting sleeps at most this often (s): coarse enough to be cheap, fine enough to be smooth.
+RATE_TICK_S = 0.05
+# Most credit (s of ``rate``) the rate limiter saves up after falling behind: the bucket's depth.
+RATE_BURST_S = 1.0
+
+
+class RateLimiter:
+    """Token bucket refilled at ``rate`` events/s, at most ``burst_s`` seconds of credit deep.
+
+    Pure (the caller passes the clock, in seconds) so it can be tested without waiting.
+    """
+
+    def __init__(self, rate: float, now: float, burst_s: float = RATE_BURST_S) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0 events/s, got {rate}")
+        self._rate = rate
+        self._burst_s = burst_s
+        self._origin = now
+
+    def delay(self, sent: int, now: float) -> float:
+        """Seconds to sleep before sending more, given ``sent`` so far (0.0: go on)."""
+        ahead = sent / self._rate - (now - self._origin)
+        if ahead < -self._burst_s:
+            # Fell behind (slow broker, paused source): keep only burst_s of saved-up credit,
+            # so the catch-up is not a flood.
+            self._origin = now - sent / self._rate - self._burst_s
+        return max(ahead, 0.0)
+
+
+class _Reporter:
+    """Progress on a TTY as a rich bar, elsewhere as a log line every LOG_EVERY_S seconds."""
+
+    def __init__(self, topic: str, total: int | None, use_bar: bool) -> None:
+        self._topic = topic
+        self._total = total
+        self._started = time.monotonic()
+        self._last_log = self._started
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if use_bar:
+            self._progress = Progress(
+                TextColumn("[bold]producing to {task.fields[topic]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>10,.0f} ev/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self._task = self._progress.add_task("produce", total=total, topic=topic, rate=0.0)
+
+    def context(self) -> AbstractContextManager[object]:
+        """The bar's live display for the duration of the run (nothing when logging)."""
+        return self._progress if self._progress is not None else nullcontext()
+
+    def update(self, sent: int, final: bool = False) -> None:
+        """Report ``sent`` records so far; cheap enough to call once per chunk."""
+        now = time.monotonic()
+        rate = sent / max(now - self._started, 1e-9)
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=sent, rate=rate)
+            return
+        if final or now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            of_total = f"/{self._total:,}" if self._total is not None else ""
+            log.info(
+                "%s %s%s records to %s (%.0f ev/s)",
+                "produced" if final else "producing",
+                f"{sent:,}",
+                of_total,
+                self._topic,
+                rate,
+            )
+
+
+async def _start_or_stop(producer: AIOKafkaProducer) -> None:
+    """Start the producer, stopping it again if that fails so nothing is left unclosed."""
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+
+
+async def produce_records(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    rate: float | None = None,
+    progress: bool = True,
+    linger_ms: int = 5,
+    total: int | None = None,
+) -> int:
+    """Send (key, value) records to ``topic``, partitioned by key; returns how many were sent.
+
+    Sends are pipelined and their futures awaited every SEND_CHUNK records, so every record is
+    acknowledged before this returns. ``rate`` caps events per second (None: as fast as possible).
+    ``total`` only sizes the progress bar (taken from ``len(records)`` when it has one).
+    """
+    if total is None and isinstance(records, Sized):
+        total = len(records)
+    reporter = _Reporter(topic, total, use_bar=progress and sys.stdout.isatty())
+    limiter = RateLimiter(rate, time.monotonic()) if rate is not None else None
+    # Check the rate this often (records) so sleeps are about RATE_TICK_S long.
+    rate_check = max(1, min(SEND_CHUNK, int(rate * RATE_TICK_S))) if rate is not None else 0
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_request_size=MAX_REQUEST_SIZE,
+        compression_type=None,
+    )
+    await _start_or_stop(producer)
+    sent = 0
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        with reporter.context():
+            for key, value in records:
+                pending.append(await producer.send(topic, value, key=key))
+                sent += 1
+                if len(pending) >= SEND_CHUNK:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                    reporter.update(sent)
+                if limiter is not None and sent % rate_check == 0:
+                    delay = limiter.delay(sent, time.monotonic())
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    reporter.update(sent)
+            await asyncio.gather(*pending)
+            pending.clear()
+            reporter.update(sent, final=True)
+    finally:
+        for future in pending:
+            future.cancel()
+        await producer.stop()
+    return sent
+
+
+async def ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    config: dict[str, str] | None = None,
+    replication_factor: int = 1,
+) -> None:
+    """Create ``topic`` up front (brokers may auto-create with the wrong partition count).
+
+    An existing topic is left as is; any other broker error is raised.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+    except BaseException:
+        await admin.close()
+        raise
+    try:
+        new_topic = NewTopic(
+            name=topic,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            topic_configs={name: str(value) for name, value in (config or {}).items()},
+        )
+        try:
+            response = await admin.create_topics([new_topic])
+        except TopicAlreadyExistsError:
+            return
+        # aiokafka reports per-topic failures in the response rather than raising them.
+        for topic_error in response.topic_errors:
+            error_code = topic_error[1]
+            if error_code == 0:
+                continue
+            error_type = for_code(error_code)
+            if error_type is TopicAlreadyExistsError:
+                continue
+            message = topic_error[2] if len(topic_error) > 2 else None
+            raise error_type(f"creating topic {topic!r}: {message or error_type.description}")
+    finally:
+        await admin.close()

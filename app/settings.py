@@ -1,0 +1,87 @@
+"""One typed settings object, read from `KAPPA_*` environment variables.
+
+Defaults point at the embedded development broker, so `make run` needs no configuration;
+pointing the workers at Apache Kafka or Redpanda is `KAPPA_BROKER=host:9092`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """Bad configuration: reported as one line, never as a traceback."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "127.0.0.1:9092"  # bootstrap servers, comma-separated host:port
+    app_id: str = "kappa"  # prefix of consumer groups, changelogs and internal topics
+    state_dir: Path = Path(".kappa/state")  # RocksDB state root (one dir per version/pipeline/partition)
+    partitions: int = 4  # partitions of topics Kappa creates
+    replication: int = 1  # replication factor of topics Kappa creates
+    window_ms: int = 60_000  # revenue window size
+    grace_ms: int = 10_000  # how long after a window's end late events are still accepted
+    emit_updates: bool = False  # also emit running window values on every change
+    batch_max: int = 5_000  # max records per processing batch (live)
+    batch_within_ms: int = 100  # max wait to fill a batch (live)
+    web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
+    web_port: int = 6066
+    log_level: str = "info"
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return [s.strip() for s in self.broker.split(",") if s.strip()]
+
+
+_ENV_PREFIX = "KAPPA_"
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the environment (and explicit overrides); raises `ConfigError`."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        name = _ENV_PREFIX + f.name.upper()
+        if name in env:
+            values[f.name] = _convert(name, env[name], f.type)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def _convert(name: str, raw: str, typ: object) -> object:
+    typ = str(typ)
+    try:
+        if typ == "int":
+            return int(raw)
+        if typ == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if typ == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {typ}") from None
+    return raw
+
+
+def _validate(s: Settings) -> None:
+    if not s.bootstrap or any(":" not in b for b in s.bootstrap):
+        raise ConfigError(f"KAPPA_BROKER={s.broker!r} must be host:port[,host:port...]")
+    for name in ("partitions", "replication", "window_ms", "batch_max", "web_port"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
+    if s.grace_ms < 0 or s.batch_within_ms < 0:
+        raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_WITHIN_MS must be >= 0")
+    if not s.app_id.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"KAPPA_LOG_LEVEL={s.log_level!r} must be debug, info, warning or error")

@@ -1,0 +1,70 @@
+"""`kappa tail`: print a topic's records as JSON lines (how `make run` shows closed windows)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from aiokafka import AIOKafkaConsumer
+
+from app.admin import wait_for_broker
+from app.settings import Settings
+
+
+def format_record(msg: object) -> str:
+    """The value if it is JSON, else a JSON object describing the raw record."""
+    value = getattr(msg, "value", None)
+    try:
+        parsed = json.loads(value) if value is not None else None
+        if isinstance(parsed, dict):
+            return json.dumps(parsed, separators=(",", ":"))
+    except ValueError:
+        pass
+    return json.dumps(
+        {
+            "partition": getattr(msg, "partition", None),
+            "offset": getattr(msg, "offset", None),
+            "key": (getattr(msg, "key", None) or b"").decode("utf-8", "replace"),
+            "value": (value or b"").decode("utf-8", "replace"),
+            "headers": {k: v.decode("utf-8", "replace") for k, v in getattr(msg, "headers", ()) or ()},
+        }
+    )
+
+
+async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
+    await wait_for_broker(settings.broker)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
+        enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    n = 0
+    try:
+        idle = 0
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            if not batches:
+                idle += 1
+                if not follow and idle >= 4:
+                    return n
+                continue
+            idle = 0
+            for records in batches.values():
+                for msg in records:
+                    sys.stdout.write(format_record(msg) + "\n")
+                    n += 1
+                    if limit is not None and n >= limit:
+                        sys.stdout.flush()
+                        return n
+            sys.stdout.flush()
+    finally:
+        await consumer.stop()
+
+
+def run_tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
+    try:
+        asyncio.run(tail(settings, topic, follow, limit))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,81 @@
+"""Which pipelines run, and the names of everything they touch, for one version.
+
+A version owns its consumer groups, changelogs, state directories and output topics, so a
+replay into version 2 never touches version 1. Version 1 uses the bare names
+(`orders.revenue-1m`); version N >= 2 suffixes them (`orders.revenue-1m.v2`). External source
+topics (those no pipeline writes, like `orders`) are shared by every version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.base import Pipeline
+from agents.orders import OrdersConfig, OrdersPipeline
+from agents.user_totals import UserTotalsPipeline
+from app.settings import ConfigError, Settings
+
+
+def build_pipelines(settings: Settings) -> list[Pipeline]:
+    orders = OrdersPipeline(
+        OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates)
+    )
+    return [orders, UserTotalsPipeline()]
+
+
+@dataclass
+class Topology:
+    settings: Settings
+    version: int = 1
+    pipelines: list[Pipeline] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ConfigError("version must be >= 1")
+        if not self.pipelines:
+            self.pipelines = build_pipelines(self.settings)
+
+    def select(self, names: list[str]) -> Topology:
+        """The same version restricted to the named pipelines (all when `names` is empty)."""
+        if not names:
+            return self
+        known = {p.name: p for p in self.pipelines}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        return Topology(self.settings, self.version, [known[n] for n in names])
+
+    @property
+    def produced(self) -> set[str]:
+        return {t for p in build_pipelines(self.settings) for t in p.outputs}
+
+    @property
+    def external_sources(self) -> list[str]:
+        return sorted({p.source for p in self.pipelines} - self.produced)
+
+    def physical(self, logical: str) -> str:
+        if logical not in self.produced or self.version == 1:
+            return logical
+        return f"{logical}.v{self.version}"
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.settings.app_id}-v{self.version}"
+
+    def changelog(self, pipeline: Pipeline) -> str:
+        return f"{self.group_id}-{pipeline.name}-changelog"
+
+    def state_path(self, pipeline: Pipeline, partition: int) -> Path:
+        return self.settings.state_dir / f"v{self.version}" / pipeline.name / f"p{partition}"
+
+    def output_topics(self) -> list[str]:
+        return sorted({self.physical(t) for p in self.pipelines for t in p.outputs})
+
+    def all_topics(self) -> dict[str, dict[str, str]]:
+        """Every topic this version needs → its topic config."""
+        topics: dict[str, dict[str, str]] = {t: {} for t in self.external_sources}
+        topics.update({t: {} for t in self.output_topics()})
+        for p in self.pipelines:
+            topics[self.changelog(p)] = {"cleanup.policy": "compact"}
+        return topics

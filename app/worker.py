@@ -1,0 +1,128 @@
+"""The live worker: a Faust app whose agents hand batches of raw records to `PipelineRunner`s.
+
+Faust owns the consumer group, rebalancing, offset commits and the web server; the agents
+stay thin. Values are consumed as raw bytes (decoding is the pipeline's job, so a bad record
+reaches the DLQ instead of killing the agent), delivered in batches with `take_events`.
+faust's `expires`/`on_window_close` and its Table are not used: windows close on stream time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.base import Pipeline, SourceRecord
+from app.runtime import PipelineRunner, Produce, send_with_retry
+from app.settings import Settings
+from app.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, version: int, pipelines: list[str] | None = None) -> faust.App:
+    topology = Topology(settings, version).select(pipelines or [])
+    app = faust.App(
+        topology.group_id,
+        broker=[f"kafka://{b}" for b in settings.bootstrap],
+        store="memory://",
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        stream_buffer_maxsize=max(settings.batch_max * 2, 4096),
+        logging_config=None,
+    )
+    app.conf.kappa_topology = topology  # type: ignore[attr-defined]
+    runners: list[PipelineRunner] = []
+
+    async def send_once(records: list[Produce]) -> None:
+        producer = app.producer._ensure_producer()  # aiokafka producer: exact timestamp_ms
+        futs = [
+            await producer.send(
+                r.topic, r.value, key=r.key, partition=r.partition,
+                timestamp_ms=r.timestamp_ms, headers=r.headers or None,
+            )
+            for r in records
+        ]
+        if futs:
+            await asyncio.gather(*futs)
+
+    for pipeline in topology.pipelines:
+        runner = PipelineRunner(pipeline, topology, _retrying(send_once, pipeline, version))
+        runners.append(runner)
+        _register_agent(app, topology, pipeline, runner, settings)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "version": version, "group": topology.group_id})
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: object, revoked: set, **kwargs: object) -> None:  # type: ignore[type-arg]
+        for runner in runners:
+            for tp in revoked:
+                if tp.topic == topology.physical(runner.pipeline.source):
+                    runner.close_partition(tp.partition)
+
+    app.kappa_runners = runners  # type: ignore[attr-defined]
+    return app
+
+
+def _retrying(send_once, pipeline: Pipeline, version: int):  # noqa: ANN001, ANN202
+    label = (pipeline.name, str(version))
+
+    async def send(records: list[Produce]) -> None:
+        await send_with_retry(send_once, records, label)
+
+    return send
+
+
+def _register_agent(
+    app: faust.App, topology: Topology, pipeline: Pipeline, runner: PipelineRunner, settings: Settings
+) -> None:
+    topic = app.topic(
+        topology.physical(pipeline.source),
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    within = settings.batch_within_ms / 1000.0
+
+    async def process(stream: faust.StreamT) -> AsyncIterator[None]:
+        async for events in stream.take_events(settings.batch_max, within=within):
+            by_partition: dict[int, list[SourceRecord]] = defaultdict(list)
+            for ev in events:
+                m = ev.message
+                by_partition[m.partition].append(
+                    SourceRecord(
+                        m.topic, m.partition, m.offset,
+                        int(round(m.timestamp * 1000)) if m.timestamp else None,
+                        m.key, m.value, list(m.headers or ()),
+                    )
+                )
+            for partition, recs in by_partition.items():
+                await runner.handle(partition, recs)
+        yield None  # pragma: no cover - makes this an async generator faust accepts
+
+    app.agent(topic, name=f"kappa.{pipeline.name}")(process)
