@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.base import BatchOutput, OutRecord, SourceRecord, source_headers
+from tables.aggregates import Moments
 from tables.cleaning import (
     InvalidRecord,
     require_event_time_ms,
@@ -22,7 +23,6 @@ from tables.cleaning import (
 from tables.partition_state import PartitionState
 from tables.window_processor import TimedValue, WindowKey, WindowProcessor
 from tables.windows import TumblingWindows
-from tables.aggregates import Moments
 
 SOURCE = "orders"
 REVENUE = "orders.revenue-1m"
@@ -164,7 +164,7 @@ class OrdersPipeline:
         self._emit_closed(out, windows, self.processor.flush(windows, {}))
         return out
 
-    def _emit_closed(self, out: BatchOutput, windows, closed: list[tuple[WindowKey, Moments]]) -> None:  # noqa: ANN001
+    def _emit_closed(self, out: BatchOutput, windows, closed: list[tuple[WindowKey, Moments]]) -> None:
         final = True if self.config.emit_updates else None
         for key, m in closed:
             product = key[2]

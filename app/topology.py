@@ -55,16 +55,17 @@ class Topology:
         return sorted({p.source for p in self.pipelines} - self.produced)
 
     def physical(self, logical: str) -> str:
+        name = self.settings.topic_prefix + logical
         if logical not in self.produced or self.version == 1:
-            return logical
-        return f"{logical}.v{self.version}"
+            return name
+        return f"{name}.v{self.version}"
 
     @property
     def group_id(self) -> str:
         return f"{self.settings.app_id}-v{self.version}"
 
     def changelog(self, pipeline: Pipeline) -> str:
-        return f"{self.group_id}-{pipeline.name}-changelog"
+        return f"{self.settings.topic_prefix}{self.group_id}-{pipeline.name}-changelog"
 
     def state_path(self, pipeline: Pipeline, partition: int) -> Path:
         return self.settings.state_dir / f"v{self.version}" / pipeline.name / f"p{partition}"
@@ -74,7 +75,7 @@ class Topology:
 
     def all_topics(self) -> dict[str, dict[str, str]]:
         """Every topic this version needs → its topic config."""
-        topics: dict[str, dict[str, str]] = {t: {} for t in self.external_sources}
+        topics: dict[str, dict[str, str]] = {self.physical(t): {} for t in self.external_sources}
         topics.update({t: {} for t in self.output_topics()})
         for p in self.pipelines:
             topics[self.changelog(p)] = {"cleanup.policy": "compact"}

@@ -90,7 +90,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     return app
 
 
-def _retrying(send_once, pipeline: Pipeline, version: int):  # noqa: ANN001, ANN202
+def _retrying(send_once, pipeline: Pipeline, version: int):
     label = (pipeline.name, str(version))
 
     async def send(records: list[Produce]) -> None:

@@ -1,0 +1,84 @@
+"""The plain batch computation every engine result is checked against.
+
+Deliberately simple and independent of the engine: walk each partition in offset order, apply
+the watermark rule, group by (key, window), and compute the statistics directly.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from agents.base import SourceRecord
+from agents.orders import parse_order
+from tables.cleaning import InvalidRecord
+
+
+@dataclass
+class Reference:
+    windows: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict)
+    late: set[tuple[int, int]] = field(default_factory=set)  # (partition, offset)
+    dlq: dict[tuple[int, int], str] = field(default_factory=dict)  # → reason
+    user_totals: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def compute(
+    records: dict[int, list[tuple[int, bytes | None, bytes | None]]],
+    window_ms: int,
+    grace_ms: int,
+    flush: bool = False,
+) -> Reference:
+    """`records`: partition → [(offset, key, value)] in offset order.
+
+    Windows are those closed by each partition's final watermark (all of them if `flush`).
+    """
+    ref = Reference()
+    groups: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    window_partition: dict[tuple[str, int, int], int] = {}
+    final_wm: dict[int, int] = {}
+    users: dict[str, list[float]] = defaultdict(list)
+    for p, recs in records.items():
+        max_ts: int | None = None
+        for offset, key, value in recs:
+            try:
+                order = parse_order(SourceRecord("orders", p, offset, None, key, value))
+            except InvalidRecord as e:
+                ref.dlq[(p, offset)] = e.reason
+                continue
+            users[order.user_id].append(order.total)
+            max_ts = order.ts if max_ts is None else max(max_ts, order.ts)
+            start = order.ts - order.ts % window_ms
+            wkey = (order.product_id, start, start + window_ms)
+            if start + window_ms <= max_ts - grace_ms:
+                ref.late.add((p, offset))
+                continue
+            groups[wkey].append(order.total)
+            window_partition[wkey] = p
+        if max_ts is not None:
+            final_wm[p] = max_ts - grace_ms
+    for wkey, values in groups.items():
+        if flush or wkey[2] <= final_wm[window_partition[wkey]]:
+            ref.windows[wkey] = {
+                "count": len(values),
+                "sum": math.fsum(values),
+                "mean": statistics.fmean(values),
+                "min": min(values),
+                "max": max(values),
+                "std": statistics.pstdev(values),
+            }
+    ref.user_totals = {u: (len(v), math.fsum(v)) for u, v in users.items()}
+    return ref
+
+
+def assert_windows_equal(got: dict[tuple[str, int, int], dict[str, float]], want: Reference) -> None:
+    missing = set(want.windows) - set(got)
+    extra = set(got) - set(want.windows)
+    assert not missing and not extra, f"missing {sorted(missing)[:5]} extra {sorted(extra)[:5]}"
+    for k, exp in want.windows.items():
+        g = got[k]
+        assert g["count"] == exp["count"], (k, g, exp)
+        assert g["min"] == exp["min"] and g["max"] == exp["max"], (k, g, exp)
+        for f in ("sum", "mean", "std"):
+            assert math.isclose(g[f], exp[f], rel_tol=1e-9, abs_tol=1e-6), (k, f, g, exp)

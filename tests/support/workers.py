@@ -1,0 +1,126 @@
+"""Run real `kappa worker` processes against the test broker and observe them via /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.broker import free_port
+from app.topic_reader import read_to_end
+
+KAPPA = [sys.executable, "-m", "app.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    env.update(
+        KAPPA_BROKER=broker,
+        KAPPA_TOPIC_PREFIX=f"{prefix}.",
+        KAPPA_APP_ID=f"kappa-{prefix}",
+        KAPPA_STATE_DIR=str(state_dir),
+        KAPPA_LOG_LEVEL="warning",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def run_kappa(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(KAPPA + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    log_path: Path
+    web_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str) -> Worker:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*KAPPA, "worker", "--web-port", str(self.web_port), *args],
+            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """Sum of each sample name over all label sets (empty if the worker is not up yet)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+        return out
+
+    def wait_until(self, predicate: Callable[[dict[str, float]], bool], timeout: float = 120) -> dict[str, float]:
+        """Poll /metrics until `predicate` holds; fail with the worker's log on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if m and predicate(m):
+                return m
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail_log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached in {timeout}s; metrics {m}\n{self.tail_log()}")
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def tail_log(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+async def read_records(broker: str, topic: str) -> dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]:
+    parts = await read_to_end(broker, topic)
+    return {
+        p: [(r.offset, r.key, r.value, dict(r.headers or ())) for r in recs] for p, recs in parts.items()
+    }
+
+
+async def read_windows(broker: str, topic: str) -> dict[tuple[str, int, int], dict[str, float]]:
+    """Window results keyed by (product, start, end); a re-sent window must be byte-identical."""
+    seen: dict[tuple[str, int, int], bytes] = {}
+    for recs in (await read_records(broker, topic)).values():
+        for _, _, value, _ in recs:
+            assert value is not None
+            d = json.loads(value)
+            k = (d["product_id"], d["window_start"], d["window_end"])
+            assert seen.setdefault(k, value) == value, f"window {k} emitted twice with different values"
+    return {k: json.loads(v) for k, v in seen.items()}
+
+
+def source_positions(recs: dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]) -> list[tuple[int, int]]:
+    """(partition, offset) of each record, from the kappa.source.* headers."""
+    return [
+        (int(h["kappa.source.partition"]), int(h["kappa.source.offset"]))
+        for rs in recs.values()
+        for _, _, _, h in rs
+    ]
