@@ -152,7 +152,11 @@ class OrdersPipeline:
         counts.late = len(result.late)
         if self.config.emit_updates:
             for key, m in sorted(result.updated.items()):
-                emit(OutRecord(REVENUE, key[2].encode(), revenue_value(key[2], key, m, False), key[0] - 1))
+                emit(
+                    OutRecord(
+                        REVENUE, key[2].encode(), revenue_value(key[2], key, m, False), key[0] - 1
+                    )
+                )
         windows.put(result.updated)
         self._emit_closed(out, windows, result.closed)
         out.records.extend(forwards)
@@ -164,12 +168,16 @@ class OrdersPipeline:
         self._emit_closed(out, windows, self.processor.flush(windows, {}))
         return out
 
-    def _emit_closed(self, out: BatchOutput, windows, closed: list[tuple[WindowKey, Moments]]) -> None:
+    def _emit_closed(
+        self, out: BatchOutput, windows, closed: list[tuple[WindowKey, Moments]]
+    ) -> None:
         final = True if self.config.emit_updates else None
         for key, m in closed:
             product = key[2]
             out.records.append(
-                OutRecord(REVENUE, product.encode(), revenue_value(product, key, m, final), key[0] - 1)
+                OutRecord(
+                    REVENUE, product.encode(), revenue_value(product, key, m, final), key[0] - 1
+                )
             )
         windows.delete(k for k, _ in closed)
         out.counts.windows_closed += len(closed)
@@ -178,7 +186,12 @@ class OrdersPipeline:
 def _forward_to_user(rec: SourceRecord, order: Order) -> OutRecord:
     """Re-key by user_id; the source position lets the next step drop re-sent duplicates."""
     value = json.dumps(
-        {"user_id": order.user_id, "total": order.total, "ts": order.ts, "src": [rec.partition, rec.offset]},
+        {
+            "user_id": order.user_id,
+            "total": order.total,
+            "ts": order.ts,
+            "src": [rec.partition, rec.offset],
+        },
         separators=(",", ":"),
     ).encode()
     return OutRecord(BY_USER, order.user_id.encode(), value, order.ts)

@@ -37,7 +37,9 @@ class UserTotalsPipeline:
             try:
                 obj = json.loads(rec.value or b"")
                 src_p, src_o = obj["src"]
-                parsed.append((obj["user_id"], float(obj["total"]), int(obj["ts"]), str(src_p), int(src_o)))
+                parsed.append(
+                    (obj["user_id"], float(obj["total"]), int(obj["ts"]), str(src_p), int(src_o))
+                )
             except (ValueError, KeyError, TypeError):
                 counts.dlq += 1
                 counts.dlq_reasons["bad_forward"] = counts.dlq_reasons.get("bad_forward", 0) + 1
@@ -46,7 +48,11 @@ class UserTotalsPipeline:
             return out
         users = list(dict.fromkeys(p[0] for p in parsed))
         current = {
-            u: (json.loads(raw) if raw is not None else {"orders": 0, "spend": 0.0, "src": {}, "ts": 0})
+            u: (
+                json.loads(raw)
+                if raw is not None
+                else {"orders": 0, "spend": 0.0, "src": {}, "ts": 0}
+            )
             for u, raw in zip(users, state.get_values(TABLE, users))
         }
         changed: dict[str, None] = {}

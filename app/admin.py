@@ -75,4 +75,8 @@ async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
         described = await admin.describe_topics(topics)
     finally:
         await admin.close()
-    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0 and d["partitions"]}
+    return {
+        d["topic"]: len(d["partitions"])
+        for d in described
+        if d.get("error_code", 0) == 0 and d["partitions"]
+    }

@@ -61,15 +61,24 @@ class DevBroker:
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
         return [
-            broker_binary(), "broker",
-            "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
 
     def start(self, timeout_s: float = 15.0) -> DevBroker:
         if port_open(self.host, self.port):
             raise BrokerError(f"something is already listening on {self.address}")
-        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
+        }
         env.setdefault("RUST_LOG", "error")
         out = subprocess.DEVNULL if self.quiet else None
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
@@ -79,7 +88,9 @@ class DevBroker:
                 raise BrokerError(f"embedded broker exited with code {self.proc.returncode}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise BrokerError(f"embedded broker did not listen on {self.address} in {timeout_s}s")
+                raise BrokerError(
+                    f"embedded broker did not listen on {self.address} in {timeout_s}s"
+                )
             time.sleep(0.01)
         return self
 

@@ -27,7 +27,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     host, port = split_address(args.address or _settings().broker)
     broker = DevBroker(host, port, quiet=not args.verbose)
     broker.start()
-    print(f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it")
+    print(
+        f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it"
+    )
     try:
         assert broker.proc is not None
         broker.proc.wait()
@@ -53,7 +55,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
     created = asyncio.run(run())
     for t in created:
         print(f"created {t}")
-    print(f"{len(topo.all_topics())} topics ready for version {args.version} ({len(created)} created)")
+    print(
+        f"{len(topo.all_topics())} topics ready for version {args.version} ({len(created)} created)"
+    )
     return 0
 
 
@@ -89,38 +93,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = add("broker", cmd_broker, "Run the embedded development broker (Tansu, memory only) until Ctrl-C.")
+    sp = add(
+        "broker",
+        cmd_broker,
+        "Run the embedded development broker (Tansu, memory only) until Ctrl-C.",
+    )
     sp.add_argument("--address", help="host:port to listen on (default: KAPPA_BROKER)")
     sp.add_argument("--verbose", action="store_true", help="show the broker's own log")
 
-    sp = add("topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs).")
+    sp = add(
+        "topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs)."
+    )
     sp.add_argument("--version", type=_positive_int, default=1, help="version (default 1)")
     sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
 
     sp = add("worker", cmd_worker, "Run a live worker (all pipelines unless --pipeline is given).")
-    sp.add_argument("--version", type=_positive_int, default=None, help="version to run (default: the live one)")
-    sp.add_argument("--pipeline", action="append", default=[], help="run only this pipeline (repeatable)")
-    sp.add_argument("--web-port", type=_positive_int, default=None, help="port for /metrics and /health")
+    sp.add_argument(
+        "--version", type=_positive_int, default=None, help="version to run (default: the live one)"
+    )
+    sp.add_argument(
+        "--pipeline", action="append", default=[], help="run only this pipeline (repeatable)"
+    )
+    sp.add_argument(
+        "--web-port", type=_positive_int, default=None, help="port for /metrics and /health"
+    )
 
     sp = add("produce", cmd_produce, "Load a file or synthetic orders into a topic.")
     sp.add_argument("topic", help="topic to produce to, e.g. orders")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL (.jsonl/.ndjson/.json) or CSV (.csv) file of orders")
-    src.add_argument("--generate", type=_positive_int, metavar="N", help="generate N synthetic orders")
-    sp.add_argument("--rate", type=_positive_float, default=None, help="events per second (default: as fast as possible)")
+    src.add_argument(
+        "--generate", type=_positive_int, metavar="N", help="generate N synthetic orders"
+    )
+    sp.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        help="events per second (default: as fast as possible)",
+    )
     sp.add_argument("--seed", type=int, default=0, help="random seed for --generate")
-    sp.add_argument("--keys", type=_positive_int, default=1000, help="distinct product ids for --generate")
-    sp.add_argument("--start-ms", type=int, default=None, help="event time of the first generated order (default: now)")
-    sp.add_argument("--span-ms", type=_positive_int, default=None,
-                    help="event-time span of the generated orders (default: N/rate seconds, or one hour)")
-    sp.add_argument("--disorder-ms", type=_non_negative_int, default=0, help="max out-of-order jitter (ms)")
-    sp.add_argument("--late-fraction", type=_fraction, default=0.0, help="fraction of far-too-late events")
-    sp.add_argument("--bad-fraction", type=_fraction, default=0.0, help="fraction of malformed records")
+    sp.add_argument(
+        "--keys", type=_positive_int, default=1000, help="distinct product ids for --generate"
+    )
+    sp.add_argument(
+        "--start-ms",
+        type=int,
+        default=None,
+        help="event time of the first generated order (default: now)",
+    )
+    sp.add_argument(
+        "--span-ms",
+        type=_positive_int,
+        default=None,
+        help="event-time span of the generated orders (default: N/rate seconds, or one hour)",
+    )
+    sp.add_argument(
+        "--disorder-ms", type=_non_negative_int, default=0, help="max out-of-order jitter (ms)"
+    )
+    sp.add_argument(
+        "--late-fraction", type=_fraction, default=0.0, help="fraction of far-too-late events"
+    )
+    sp.add_argument(
+        "--bad-fraction", type=_fraction, default=0.0, help="fraction of malformed records"
+    )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sp = add("tail", cmd_tail, "Print a topic's records (JSON lines) from the beginning.")
@@ -128,8 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     sp.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
 
-    sp = add("demo", cmd_demo, "What `make run` runs: broker, topics, generator and worker; prints windows.")
-    sp.add_argument("--rate", type=_positive_float, default=200.0, help="generated orders per second")
+    sp = add(
+        "demo",
+        cmd_demo,
+        "What `make run` runs: broker, topics, generator and worker; prints windows.",
+    )
+    sp.add_argument(
+        "--rate", type=_positive_float, default=200.0, help="generated orders per second"
+    )
     return p
 
 
@@ -179,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tables.rocks import StateLockedError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.fn(args) or 0)
     except (ConfigError, UserError, BrokerUnreachable, BrokerError, StateLockedError) as e:

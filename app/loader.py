@@ -24,8 +24,13 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
         span = 3_600_000
     try:
         return GeneratorSpec(
-            count=count, seed=args.seed, keys=args.keys, start_ms=start, span_ms=span,
-            disorder_ms=args.disorder_ms, late_fraction=args.late_fraction,
+            count=count,
+            seed=args.seed,
+            keys=args.keys,
+            start_ms=start,
+            span_ms=span,
+            disorder_ms=args.disorder_ms,
+            late_fraction=args.late_fraction,
             bad_fraction=args.bad_fraction,
         )
     except ValueError as e:
@@ -48,8 +53,12 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         await wait_for_broker(settings.broker)
         await ensure_topics(settings.broker, {args.topic: (settings.partitions, {})})
         return await produce_records(
-            settings.broker, args.topic, records, rate=args.rate,
-            progress=not args.no_progress, total=total,
+            settings.broker,
+            args.topic,
+            records,
+            rate=args.rate,
+            progress=not args.no_progress,
+            total=total,
         )
 
     try:

@@ -10,9 +10,17 @@ EVENTS_IN = Counter("kappa_events_in_total", "Source records processed", ["pipel
 SKIPPED = Counter(
     "kappa_events_skipped_total", "Records skipped as already applied", ["pipeline", "version"]
 )
-DLQ = Counter("kappa_dlq_total", "Records sent to the dead-letter topic", ["pipeline", "version", "reason"])
-LATE = Counter("kappa_late_total", "Events behind the watermark, sent to the late topic", ["pipeline", "version"])
-WINDOWS_CLOSED = Counter("kappa_windows_closed_total", "Windows emitted final", ["pipeline", "version"])
+DLQ = Counter(
+    "kappa_dlq_total", "Records sent to the dead-letter topic", ["pipeline", "version", "reason"]
+)
+LATE = Counter(
+    "kappa_late_total",
+    "Events behind the watermark, sent to the late topic",
+    ["pipeline", "version"],
+)
+WINDOWS_CLOSED = Counter(
+    "kappa_windows_closed_total", "Windows emitted final", ["pipeline", "version"]
+)
 RECORDS_OUT = Counter("kappa_records_out_total", "Records produced", ["pipeline", "version"])
 BATCH_SECONDS = Histogram(
     "kappa_batch_seconds",
@@ -21,9 +29,13 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STREAM_TIME = Gauge(
-    "kappa_stream_time_ms", "Max event time seen (ms) per partition", ["pipeline", "version", "partition"]
+    "kappa_stream_time_ms",
+    "Max event time seen (ms) per partition",
+    ["pipeline", "version", "partition"],
 )
-SEND_RETRIES = Counter("kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"])
+SEND_RETRIES = Counter(
+    "kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"]
+)
 
 
 def record_batch(pipeline: str, version: int, counts: BatchCounts, produced: int) -> None:

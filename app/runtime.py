@@ -87,19 +87,20 @@ class PipelineRunner:
     async def _make_durable(self, state: PartitionState, out: BatchOutput, applied: int) -> None:
         physical = self.topology.physical
         produce = [
-            Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers) for r in out.records
+            Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
+            for r in out.records
         ]
         entries = state.prepare(applied)
-        produce.extend(
-            Produce(self.changelog, state.partition, k, v, None, []) for k, v in entries
-        )
+        produce.extend(Produce(self.changelog, state.partition, k, v, None, []) for k, v in entries)
         try:
             await self.send(produce)
         except BaseException:
             state.discard()
             raise
         state.commit()
-        metrics.record_batch(self.pipeline.name, self.topology.version, out.counts, len(out.records))
+        metrics.record_batch(
+            self.pipeline.name, self.topology.version, out.counts, len(out.records)
+        )
 
     def close_partition(self, partition: int) -> None:
         self._states.pop(partition, None)

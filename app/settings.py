@@ -21,7 +21,9 @@ class Settings:
     broker: str = "127.0.0.1:9092"  # bootstrap servers, comma-separated host:port
     app_id: str = "kappa"  # prefix of consumer groups, changelogs and internal topics
     topic_prefix: str = ""  # prepended to every topic name (to share a cluster)
-    state_dir: Path = Path(".kappa/state")  # RocksDB state root (one dir per version/pipeline/partition)
+    state_dir: Path = Path(
+        ".kappa/state"
+    )  # RocksDB state root (one dir per version/pipeline/partition)
     partitions: int = 4  # partitions of topics Kappa creates
     replication: int = 1  # replication factor of topics Kappa creates
     window_ms: int = 60_000  # revenue window size
@@ -85,6 +87,8 @@ def _validate(s: Settings) -> None:
     if not s.app_id.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
     if s.topic_prefix and not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
-        raise ConfigError(f"KAPPA_TOPIC_PREFIX={s.topic_prefix!r} may only hold letters, digits, ., _ and -")
+        raise ConfigError(
+            f"KAPPA_TOPIC_PREFIX={s.topic_prefix!r} may only hold letters, digits, ., _ and -"
+        )
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"KAPPA_LOG_LEVEL={s.log_level!r} must be debug, info, warning or error")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -27,7 +28,9 @@ def format_record(msg: object) -> str:
             "offset": getattr(msg, "offset", None),
             "key": (getattr(msg, "key", None) or b"").decode("utf-8", "replace"),
             "value": (value or b"").decode("utf-8", "replace"),
-            "headers": {k: v.decode("utf-8", "replace") for k, v in getattr(msg, "headers", ()) or ()},
+            "headers": {
+                k: v.decode("utf-8", "replace") for k, v in getattr(msg, "headers", ()) or ()
+            },
         }
     )
 
@@ -35,8 +38,11 @@ def format_record(msg: object) -> str:
 async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
     await wait_for_broker(settings.broker)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.broker, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
+        topic,
+        bootstrap_servers=settings.broker,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
     await consumer.start()
     n = 0
@@ -63,8 +69,6 @@ async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) 
 
 
 def run_tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail(settings, topic, follow, limit))
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -17,8 +17,11 @@ async def read_to_end(
 ) -> dict[int, list[ConsumerRecord]]:
     """Every record of `topic`, per partition in offset order, up to the high watermark seen."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_partition_fetch_bytes=16 * 1024 * 1024,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()

@@ -43,7 +43,9 @@ class Topology:
         known = {p.name: p for p in self.pipelines}
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ConfigError(f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
         return Topology(self.settings, self.version, [known[n] for n in names])
 
     @property

@@ -56,8 +56,12 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         producer = app.producer._ensure_producer()  # aiokafka producer: exact timestamp_ms
         futs = [
             await producer.send(
-                r.topic, r.value, key=r.key, partition=r.partition,
-                timestamp_ms=r.timestamp_ms, headers=r.headers or None,
+                r.topic,
+                r.value,
+                key=r.key,
+                partition=r.partition,
+                timestamp_ms=r.timestamp_ms,
+                headers=r.headers or None,
             )
             for r in records
         ]
@@ -100,11 +104,18 @@ def _retrying(send_once, pipeline: Pipeline, version: int):
 
 
 def _register_agent(
-    app: faust.App, topology: Topology, pipeline: Pipeline, runner: PipelineRunner, settings: Settings
+    app: faust.App,
+    topology: Topology,
+    pipeline: Pipeline,
+    runner: PipelineRunner,
+    settings: Settings,
 ) -> None:
     topic = app.topic(
         topology.physical(pipeline.source),
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
         partitions=settings.partitions,
     )
     within = settings.batch_within_ms / 1000.0
@@ -116,9 +127,13 @@ def _register_agent(
                 m = ev.message
                 by_partition[m.partition].append(
                     SourceRecord(
-                        m.topic, m.partition, m.offset,
-                        int(round(m.timestamp * 1000)) if m.timestamp else None,
-                        m.key, m.value, list(m.headers or ()),
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        round(m.timestamp * 1000) if m.timestamp else None,
+                        m.key,
+                        m.value,
+                        list(m.headers or ()),
                     )
                 )
             for partition, recs in by_partition.items():

@@ -13,7 +13,9 @@ from app.topology import Topology
 log = logging.getLogger("kappa.worker")
 
 
-def run_worker(settings: Settings, version: int | None, pipelines: list[str], web_port: int | None) -> int:
+def run_worker(
+    settings: Settings, version: int | None, pipelines: list[str], web_port: int | None
+) -> int:
     import faust
 
     from app.worker import create_app
@@ -25,8 +27,9 @@ def run_worker(settings: Settings, version: int | None, pipelines: list[str], we
     asyncio.run(prepare_topics(settings, topology))
     app = create_app(settings, version, pipelines)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    names = ", ".join(p.name for p in topology.pipelines)
     print(
-        f"kappa worker: version {version}, pipelines {', '.join(p.name for p in topology.pipelines)}, "
+        f"kappa worker: version {version}, pipelines {names}, "
         f"broker {settings.broker}, metrics on http://{settings.web_host}:{settings.web_port}/metrics",
         flush=True,
     )

@@ -44,7 +44,13 @@ class KeyValueStore(Protocol):
 
 def encode_window_key(store: str, key: WindowKey) -> bytes:
     end, start, name = key
-    return WINDOW_PREFIX + store.encode() + b"\0" + _U64X2.pack(end + _BIAS, start + _BIAS) + name.encode()
+    return (
+        WINDOW_PREFIX
+        + store.encode()
+        + b"\0"
+        + _U64X2.pack(end + _BIAS, start + _BIAS)
+        + name.encode()
+    )
 
 
 def decode_window_key(raw: bytes, prefix_len: int) -> WindowKey:
@@ -81,7 +87,11 @@ class PartitionState:
         prefix = KV_PREFIX + table.encode() + b"\0"
         raw = [prefix + k.encode() for k in keys]
         staged = self._staged
-        found = self.store.get_many([k for k in raw if k not in staged]) if staged else self.store.get_many(raw)
+        found = (
+            self.store.get_many([k for k in raw if k not in staged])
+            if staged
+            else self.store.get_many(raw)
+        )
         if not staged:
             return found
         it = iter(found)
@@ -114,7 +124,9 @@ class PartitionState:
         (what the changelog must receive before `commit`)."""
         for name, clock in self._clocks.items():
             if clock.max_event_ms is not None:
-                self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(clock.max_event_ms)
+                self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(
+                    clock.max_event_ms
+                )
         if applied_offset > self.applied_offset:
             self._staged[APPLIED_OFFSET] = _I64.pack(applied_offset)
         return list(self._staged.items())

@@ -113,7 +113,9 @@ class WindowProcessor:
             result.closed = self._close(watermark, state, result.updated)
         return result
 
-    def flush(self, state: WindowState, pending: dict[WindowKey, Moments]) -> list[tuple[WindowKey, Moments]]:
+    def flush(
+        self, state: WindowState, pending: dict[WindowKey, Moments]
+    ) -> list[tuple[WindowKey, Moments]]:
         """Close every open window (end of a bounded replay): as if the watermark were +inf."""
         return self._close(math.inf, state, pending)  # type: ignore[arg-type]
 

@@ -61,4 +61,5 @@ class HoppingWindows:
             for start in range(first_start, ts + 1, self.step_ms)
         ]
 
+
 WindowSpec = TumblingWindows | HoppingWindows

@@ -14,10 +14,19 @@ from tests.support.workers import Worker, kappa_env, run_kappa
 pytestmark = pytest.mark.integration
 
 
-def _spec(count: int, seed: int, start_ms: int = 1_700_000_000_000, span_ms: int = 1_200_000) -> GeneratorSpec:
+def _spec(
+    count: int, seed: int, start_ms: int = 1_700_000_000_000, span_ms: int = 1_200_000
+) -> GeneratorSpec:
     return GeneratorSpec(
-        count=count, seed=seed, keys=60, users=40, start_ms=start_ms, span_ms=span_ms,
-        disorder_ms=5_000, late_fraction=0.01, bad_fraction=0.02,
+        count=count,
+        seed=seed,
+        keys=60,
+        users=40,
+        start_ms=start_ms,
+        span_ms=span_ms,
+        disorder_ms=5_000,
+        late_fraction=0.01,
+        bad_fraction=0.02,
     )
 
 
@@ -34,7 +43,9 @@ def _alive(worker: Worker):
     return check
 
 
-async def test_live_worker_outputs_equal_batch_computation(broker: str, unique: str, tmp_path: Path) -> None:
+async def test_live_worker_outputs_equal_batch_computation(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
     await _produce(broker, f"{unique}.orders", _spec(8_000, seed=1))
@@ -62,7 +73,9 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
     worker.wait_until(lambda m: m.get("kappa_events_in_total", 0) >= 2_000)
     assert worker.stop() == 0, worker.tail_log()  # SIGTERM midway
 
-    await _produce(broker, f"{unique}.orders", _spec(5_000, seed=3, start_ms=first.start_ms + first.span_ms))
+    await _produce(
+        broker, f"{unique}.orders", _spec(5_000, seed=3, start_ms=first.start_ms + first.span_ms)
+    )
     ref = await reference_for(broker, f"{unique}.orders")
     worker = Worker(env, tmp_path / "worker2.log").start()
     try:

@@ -15,7 +15,9 @@ WINDOW_MS, GRACE_MS = 60_000, 10_000
 
 async def reference_for(broker: str, source_topic: str, flush: bool = False) -> Reference:
     src = await read_records(broker, source_topic)
-    return compute({p: [(o, k, v) for o, k, v, _ in rs] for p, rs in src.items()}, WINDOW_MS, GRACE_MS, flush)
+    return compute(
+        {p: [(o, k, v) for o, k, v, _ in rs] for p, rs in src.items()}, WINDOW_MS, GRACE_MS, flush
+    )
 
 
 async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = "") -> None:
@@ -24,14 +26,19 @@ async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = 
     assert_windows_equal(await read_windows(broker, f"{t}.revenue-1m{suffix}"), ref)
     dlq_recs = await read_records(broker, f"{t}.dlq{suffix}")
     dlq = source_positions(dlq_recs)
-    assert set(dlq) == set(ref.dlq), f"dlq missing {set(ref.dlq) - set(dlq)} extra {set(dlq) - set(ref.dlq)}"
+    assert set(dlq) == set(ref.dlq), (
+        f"dlq missing {set(ref.dlq) - set(dlq)} extra {set(dlq) - set(ref.dlq)}"
+    )
     reasons = {
         (int(h["kappa.source.partition"]), int(h["kappa.source.offset"])): h["kappa.error"].decode()
-        for rs in dlq_recs.values() for _, _, _, h in rs
+        for rs in dlq_recs.values()
+        for _, _, _, h in rs
     }
     assert reasons == ref.dlq
     late = source_positions(await read_records(broker, f"{t}.late{suffix}"))
-    assert set(late) == ref.late, f"late missing {ref.late - set(late)} extra {set(late) - ref.late}"
+    assert set(late) == ref.late, (
+        f"late missing {ref.late - set(late)} extra {set(late) - ref.late}"
+    )
     totals: dict[str, tuple[int, float]] = {}
     for rs in (await read_records(broker, f"{t}.user-totals{suffix}")).values():
         for _, _, v, _ in rs:
@@ -43,7 +50,11 @@ async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = 
         assert abs(totals[u][1] - spend) <= 1e-6 * max(1.0, abs(spend)), (u, totals[u], spend)
 
 
-async def eventually(check: Callable[[], Awaitable[None]], timeout: float = 120, alive: Callable[[], None] | None = None) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[None]],
+    timeout: float = 120,
+    alive: Callable[[], None] | None = None,
+) -> None:
     """Retry an async check until it passes; on timeout raise its last failure."""
     deadline = time.monotonic() + timeout
     while True:

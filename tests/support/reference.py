@@ -72,7 +72,9 @@ def compute(
     return ref
 
 
-def assert_windows_equal(got: dict[tuple[str, int, int], dict[str, float]], want: Reference) -> None:
+def assert_windows_equal(
+    got: dict[tuple[str, int, int], dict[str, float]], want: Reference
+) -> None:
     missing = set(want.windows) - set(got)
     extra = set(got) - set(want.windows)
     assert not missing and not extra, f"missing {sorted(missing)[:5]} extra {sorted(extra)[:5]}"

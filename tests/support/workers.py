@@ -36,8 +36,12 @@ def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[s
     return env
 
 
-def run_kappa(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(KAPPA + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_kappa(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        KAPPA + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @dataclass
@@ -51,14 +55,19 @@ class Worker:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*KAPPA, "worker", "--web-port", str(self.web_port), *args],
-            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         return self
 
     def metrics(self) -> dict[str, float]:
         """Sum of each sample name over all label sets (empty if the worker is not up yet)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.web_port}/metrics", timeout=2
+            ) as r:
                 text = r.read().decode()
         except OSError:
             return {}
@@ -68,7 +77,9 @@ class Worker:
                 out[s.name] = out.get(s.name, 0.0) + s.value
         return out
 
-    def wait_until(self, predicate: Callable[[dict[str, float]], bool], timeout: float = 120) -> dict[str, float]:
+    def wait_until(
+        self, predicate: Callable[[dict[str, float]], bool], timeout: float = 120
+    ) -> dict[str, float]:
         """Poll /metrics until `predicate` holds; fail with the worker's log on timeout or exit."""
         deadline = time.monotonic() + timeout
         while True:
@@ -79,7 +90,9 @@ class Worker:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail_log()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached in {timeout}s; metrics {m}\n{self.tail_log()}")
+                raise AssertionError(
+                    f"condition not reached in {timeout}s; metrics {m}\n{self.tail_log()}"
+                )
             time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
@@ -98,10 +111,13 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-async def read_records(broker: str, topic: str) -> dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]:
+async def read_records(
+    broker: str, topic: str
+) -> dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]:
     parts = await read_to_end(broker, topic)
     return {
-        p: [(r.offset, r.key, r.value, dict(r.headers or ())) for r in recs] for p, recs in parts.items()
+        p: [(r.offset, r.key, r.value, dict(r.headers or ())) for r in recs]
+        for p, recs in parts.items()
     }
 
 
@@ -113,11 +129,15 @@ async def read_windows(broker: str, topic: str) -> dict[tuple[str, int, int], di
             assert value is not None
             d = json.loads(value)
             k = (d["product_id"], d["window_start"], d["window_end"])
-            assert seen.setdefault(k, value) == value, f"window {k} emitted twice with different values"
+            assert seen.setdefault(k, value) == value, (
+                f"window {k} emitted twice with different values"
+            )
     return {k: json.loads(v) for k, v in seen.items()}
 
 
-def source_positions(recs: dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]) -> list[tuple[int, int]]:
+def source_positions(
+    recs: dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]],
+) -> list[tuple[int, int]]:
     """(partition, offset) of each record, from the kappa.source.* headers."""
     return [
         (int(h["kappa.source.partition"]), int(h["kappa.source.offset"]))
