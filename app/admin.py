@@ -37,7 +37,9 @@ async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
         delay = min(delay * 2, 5.0)
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]]) -> list[str]:
+async def ensure_topics(
+    bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]], replication: int = 1
+) -> list[str]:
     """Create missing topics (name → (partitions, config)); return the ones created.
 
     Topics are always created explicitly: brokers that auto-create use their own partition
@@ -48,7 +50,9 @@ async def ensure_topics(bootstrap: str, topics: dict[str, tuple[int, dict[str, s
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=parts, replication_factor=1, topic_configs=config)
+            NewTopic(
+                name, num_partitions=parts, replication_factor=replication, topic_configs=config
+            )
             for name, (parts, config) in topics.items()
             if name not in existing
         ]

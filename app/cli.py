@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     host, port = split_address(args.address or _settings().broker)
     broker = DevBroker(host, port, quiet=not args.verbose)
     broker.start()
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(
         f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it"
     )
@@ -50,7 +52,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     async def run() -> list[str]:
         await wait_for_broker(settings.broker, timeout_s=args.timeout)
         spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
-        return await ensure_topics(settings.broker, spec)
+        return await ensure_topics(settings.broker, spec, settings.replication)
 
     created = asyncio.run(run())
     for t in created:

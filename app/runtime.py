@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from agents.base import BatchOutput, Pipeline, SourceRecord
@@ -37,15 +37,24 @@ class Produce:
 
 
 Sender = Callable[[list[Produce]], Awaitable[None]]
+# (partition, start, end) → chunks of the source records with start <= offset < end
+GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
 
 
 class PipelineRunner:
     """Owns one pipeline's per-partition state for one version."""
 
-    def __init__(self, pipeline: Pipeline, topology: Topology, send: Sender) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        topology: Topology,
+        send: Sender,
+        read_gap: GapReader | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.topology = topology
         self.send = send
+        self.read_gap = read_gap
         self.changelog = topology.changelog(pipeline)
         self._states: dict[int, PartitionState] = {}
         self._stores: dict[int, RocksStore] = {}
@@ -66,8 +75,25 @@ class PipelineRunner:
         """Process one partition's batch (offset order) and make it durable."""
         if not records:
             return BatchOutput()
-        t0 = time.perf_counter()
         state = self.state(partition)
+        first = records[0].offset
+        if self.read_gap is not None and first > state.applied_offset + 1:
+            # Delivered records start past what the state has applied (the consumer's committed
+            # offset ran ahead, or the state is new): apply the gap first, from the source.
+            log.warning(
+                "%s p%d: state applied up to offset %d but records start at %d; reading the gap",
+                self.pipeline.name,
+                partition,
+                state.applied_offset,
+                first,
+            )
+            async for chunk in self.read_gap(partition, state.applied_offset + 1, first):
+                await self._process(state, chunk)
+        return await self._process(state, records)
+
+    async def _process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+        t0 = time.perf_counter()
+        partition = state.partition
         out = self.pipeline.process(state, records)
         await self._make_durable(state, out, records[-1].offset)
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)

@@ -31,6 +31,10 @@ class Settings:
     emit_updates: bool = False  # also emit running window values on every change
     batch_max: int = 5_000  # max records per processing batch (live)
     batch_within_ms: int = 100  # max wait to fill a batch (live)
+    session_timeout_ms: int = (
+        10_000  # consumer-group session timeout: how fast a dead worker is noticed
+    )
+    rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
     log_level: str = "info"
@@ -79,7 +83,15 @@ def _convert(name: str, raw: str, typ: object) -> object:
 def _validate(s: Settings) -> None:
     if not s.bootstrap or any(":" not in b for b in s.bootstrap):
         raise ConfigError(f"KAPPA_BROKER={s.broker!r} must be host:port[,host:port...]")
-    for name in ("partitions", "replication", "window_ms", "batch_max", "web_port"):
+    for name in (
+        "partitions",
+        "replication",
+        "window_ms",
+        "batch_max",
+        "web_port",
+        "session_timeout_ms",
+        "rebalance_timeout_ms",
+    ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
     if s.grace_ms < 0 or s.batch_within_ms < 0:

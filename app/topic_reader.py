@@ -8,8 +8,11 @@ watermark in a fetch response is right there and on Apache Kafka alike.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from agents.base import SourceRecord
 
 
 async def read_to_end(
@@ -57,3 +60,50 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     raise ValueError(f"topic {topic} does not exist")
+
+
+async def read_range(
+    bootstrap: str, topic: str, partition: int, start: int, end: int, chunk: int = 20_000
+) -> AsyncIterator[list[ConsumerRecord]]:
+    """Records of one partition with start <= offset < end, in chunks (offset order).
+
+    Starts at the log start if `start` is before it (retention); stops early at the high
+    watermark if `end` lies beyond it.
+    """
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        consumer.seek(tp, max(start, first))
+        buf: list[ConsumerRecord] = []
+        while True:
+            batch = (await consumer.getmany(tp, timeout_ms=500, max_records=chunk)).get(tp, [])
+            for r in batch:
+                if r.offset >= end:
+                    break
+                buf.append(r)
+            if len(buf) >= chunk:
+                yield buf
+                buf = []
+            pos = await consumer.position(tp)
+            hw = consumer.highwater(tp)
+            if pos >= end or (hw is not None and pos >= hw):
+                break
+        if buf:
+            yield buf
+    finally:
+        await consumer.stop()
+
+
+def to_source_record(r: ConsumerRecord) -> SourceRecord:
+    return SourceRecord(
+        r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, list(r.headers or ())
+    )

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.base import Pipeline, SourceRecord
 from app.runtime import PipelineRunner, Produce, send_with_retry
 from app.settings import Settings
+from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, version: int, pipelines: list[str] | None = None) -> faust.App:
     topology = Topology(settings, version).select(pipelines or [])
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         topology.group_id,
         broker=[f"kafka://{b}" for b in settings.bootstrap],
@@ -41,6 +43,9 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
+        broker_heartbeat_interval=max(settings.session_timeout_ms / 3000, 0.1),
         stream_wait_empty=False,
         producer_acks=-1,
         producer_linger_ms=5,
@@ -48,6 +53,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=max(settings.batch_max * 2, 4096),
         logging_config=None,
+        datadir=str(settings.state_dir / "faust"),
     )
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
@@ -69,7 +75,12 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
             await asyncio.gather(*futs)
 
     for pipeline in topology.pipelines:
-        runner = PipelineRunner(pipeline, topology, _retrying(send_once, pipeline, version))
+        runner = PipelineRunner(
+            pipeline,
+            topology,
+            _retrying(send_once, pipeline, version),
+            _gap_reader(settings, topology.physical(pipeline.source)),
+        )
         runners.append(runner)
         _register_agent(app, topology, pipeline, runner, settings)
 
@@ -92,6 +103,14 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
 
     app.kappa_runners = runners  # type: ignore[attr-defined]
     return app
+
+
+def _gap_reader(settings: Settings, topic: str):
+    async def read(partition: int, start: int, end: int) -> AsyncIterator[list[SourceRecord]]:
+        async for chunk in read_range(settings.broker, topic, partition, start, end):
+            yield [to_source_record(r) for r in chunk]
+
+    return read
 
 
 def _retrying(send_once, pipeline: Pipeline, version: int):

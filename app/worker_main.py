@@ -47,7 +47,7 @@ async def prepare_topics(settings: Settings, topology: Topology) -> None:
     """Create what is missing; refuse sources whose partitioning the state cannot follow."""
     await wait_for_broker(settings.broker)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-    await ensure_topics(settings.broker, spec)
+    await ensure_topics(settings.broker, spec, settings.replication)
     counts = await partition_counts(settings.broker, list(spec))
     wrong = {t: n for t, n in counts.items() if n != settings.partitions}
     if wrong:

@@ -78,7 +78,7 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
-    if isinstance(v, str) and v and not _looks_numeric(v):
+    if isinstance(v, str) and v and not _is_float(v):
         if len(v) > 64:
             raise InvalidRecord("bad_timestamp", f"{field} unparseable")
         try:
@@ -101,6 +101,9 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
     return ms
 
 
-def _looks_numeric(s: str) -> bool:
-    c = s.lstrip()[:1]
-    return c.isdigit() or (c in "+-." and len(s.strip()) > 1 and s.strip()[1:2].isdigit())
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True

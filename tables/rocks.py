@@ -30,8 +30,8 @@ class RocksStore:
                     "(give each worker its own KAPPA_STATE_DIR)"
                 ) from None
             raise RuntimeError(
-                f"cannot open state at {path}: {msg.splitlines()[0]} — delete that directory "
-                "and restart the worker to rebuild it from the changelog"
+                f"cannot open state at {path}: {msg.splitlines()[0]} — move that directory "
+                "away and restart the worker to rebuild the partition from its source"
             ) from None
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,5 +81,35 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
     worker = Worker(env, tmp_path / "worker2.log").start()
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+
+async def test_state_behind_committed_offsets_is_rebuilt_from_the_source(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Lost local state (or a consumer whose commits ran ahead of it) must not lose records:
+    the worker reads the gap from the source, and re-sent windows are byte-identical."""
+    state = tmp_path / "state"
+    env = kappa_env(broker, unique, state)
+    assert run_kappa(["topics"], env).returncode == 0
+    first = _spec(3_000, seed=4)
+    await _produce(broker, f"{unique}.orders", first)
+    ref = await reference_for(broker, f"{unique}.orders")
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+    shutil.rmtree(state / "v1")  # committed offsets now point far past the (empty) state
+    await _produce(
+        broker, f"{unique}.orders", _spec(3_000, seed=5, start_ms=first.start_ms + first.span_ms)
+    )
+    ref = await reference_for(broker, f"{unique}.orders")
+    worker = Worker(env, tmp_path / "worker2.log").start()
+    try:
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
+        assert "reading the gap" in worker.log_path.read_text()
     finally:
         assert worker.stop() == 0, worker.tail_log()

@@ -30,6 +30,8 @@ def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[s
         KAPPA_APP_ID=f"kappa-{prefix}",
         KAPPA_STATE_DIR=str(state_dir),
         KAPPA_LOG_LEVEL="warning",
+        KAPPA_REBALANCE_TIMEOUT_MS="2000",
+        KAPPA_SESSION_TIMEOUT_MS="6000",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

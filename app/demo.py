@@ -1,0 +1,125 @@
+"""`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows.
+
+Starts the embedded broker unless one already answers on KAPPA_BROKER. Everything it starts
+is stopped on Ctrl-C. Because the embedded broker keeps nothing across restarts, a demo that
+starts a fresh broker also clears the local state from the previous run (it would describe
+topics that no longer exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer
+
+from app.admin import ensure_topics
+from app.broker import DevBroker, port_open, split_address
+from app.settings import Settings
+from app.topology import Topology
+
+KAPPA = [sys.executable, "-m", "app.cli"]
+
+
+def run_demo(settings: Settings, rate: float) -> int:
+    host, port = split_address(settings.bootstrap[0])
+    with ExitStack() as stack:
+        if not port_open(host, port):
+            broker = DevBroker(host, port).start()
+            stack.callback(broker.stop)
+            if settings.state_dir.exists():
+                shutil.rmtree(settings.state_dir)
+            print(f"started the embedded broker on {broker.address} (memory only)", flush=True)
+        else:
+            print(f"using the broker already listening on {host}:{port}", flush=True)
+        topology = Topology(settings)
+        spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
+        asyncio.run(ensure_topics(settings.broker, spec, settings.replication))
+        log_dir = settings.state_dir.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        generator = _spawn(
+            [
+                "produce",
+                topology.physical("orders"),
+                "--generate",
+                "100000000",
+                "--rate",
+                str(rate),
+                "--disorder-ms",
+                "3000",
+                "--late-fraction",
+                "0.002",
+                "--bad-fraction",
+                "0.005",
+                "--keys",
+                "20",
+                "--no-progress",
+            ],
+            log_dir / "generator.log",
+        )
+        stack.callback(_stop, generator)
+        worker = _spawn(["worker"], log_dir / "worker.log")
+        stack.callback(_stop, worker)
+        print(
+            f"generator: {rate:g} orders/s → {topology.physical('orders')}; worker metrics on "
+            f"http://{settings.web_host}:{settings.web_port}/metrics; logs in {log_dir}/",
+            flush=True,
+        )
+        print(
+            f"windows are {settings.window_ms // 1000} s with {settings.grace_ms // 1000} s grace: "
+            f"the first ones close about {(settings.window_ms + settings.grace_ms) // 1000} s "
+            "after start. Ctrl-C stops everything.",
+            flush=True,
+        )
+        try:
+            asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), worker))
+        except KeyboardInterrupt:
+            print("\nstopping…", flush=True)
+    return 0
+
+
+def _spawn(args: list[str], log_path: object) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
+    return subprocess.Popen([*KAPPA, *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def format_window(value: bytes) -> str:
+    d = json.loads(value)
+    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
+    end = datetime.fromtimestamp(d["window_end"] / 1000, UTC).strftime("%H:%M:%S")
+    return (
+        f"{d['product_id']:>8}  [{start}, {end})  count={d['count']:<4} sum={d['sum']:>10.2f}  "
+        f"mean={d['mean']:>8.2f}  min={d['min']:>8.2f}  max={d['max']:>8.2f}  std={d['std']:>8.2f}"
+    )
+
+
+async def _print_windows(settings: Settings, topic: str, worker: subprocess.Popen[bytes]) -> None:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.broker, group_id=None, auto_offset_reset="latest"
+    )
+    await consumer.start()
+    try:
+        while worker.poll() is None:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for r in records:
+                    print(format_window(r.value), flush=True)
+        print(f"the worker exited with code {worker.returncode}; see its log", flush=True)
+    finally:
+        await consumer.stop()

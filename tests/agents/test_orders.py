@@ -1,0 +1,154 @@
+"""The orders pipeline without a broker: cleaning, DLQ reasons, late routing, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.base import SourceRecord
+from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_order
+from agents.user_totals import USER_TOTALS, UserTotalsPipeline
+from tables.cleaning import InvalidRecord
+from tables.partition_state import MemoryStore, PartitionState
+
+GOOD = {
+    "order_id": "o1",
+    "user_id": "u1",
+    "product_id": "p1",
+    "category": "books",
+    "amount": 2.5,
+    "quantity": 2,
+    "ts": 1_700_000_000_000,
+}
+
+
+def rec(
+    value: object, key: bytes | None = b"p1", offset: int = 0, partition: int = 0
+) -> SourceRecord:
+    raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
+    return SourceRecord("orders", partition, offset, None, key, raw)
+
+
+def order(**changes: object) -> dict[str, object]:
+    d = dict(GOOD)
+    for k, v in changes.items():
+        if v is ...:
+            d.pop(k)
+        else:
+            d[k] = v
+    return d
+
+
+def test_valid_order_is_converted() -> None:
+    o = parse_order(rec(order(amount="12.50", quantity="3")))
+    assert (o.amount, o.quantity, o.total, o.ts) == (12.5, 3, 37.5, GOOD["ts"])
+
+
+@pytest.mark.parametrize(
+    ("ts", "ms"),
+    [
+        ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+        ("2023-11-14T23:13:20.250+01:00", 1_700_000_000_250),
+        ("1700000000000", 1_700_000_000_000),
+        (1_700_000_000_000.7, 1_700_000_000_000),
+    ],
+)
+def test_timestamps_in_every_accepted_form(ts: object, ms: int) -> None:
+    assert parse_order(rec(order(ts=ts))).ts == ms
+
+
+BAD_INPUTS = [
+    (b"\xff\xfe\x00", b"p1", "not_utf8"),
+    (b"{not json", b"p1", "not_json"),
+    (b"[1, 2]", b"p1", "not_an_object"),
+    (b"", b"p1", "empty_value"),
+    (None, b"p1", "empty_value"),
+    (order(user_id=...), b"p1", "missing_field"),
+    (order(category=["x"]), b"p1", "wrong_type"),
+    (order(amount=True), b"p1", "wrong_type"),
+    (order(amount="twelve"), b"p1", "not_a_number"),
+    (
+        b'{"order_id":"o","user_id":"u","product_id":"p1","category":"c","amount":NaN,'
+        b'"quantity":1,"ts":1700000000000}',
+        b"p1",
+        "not_finite",
+    ),
+    (order(amount="Infinity"), b"p1", "not_finite"),
+    (order(amount=-1), b"p1", "out_of_range"),
+    (order(quantity=0), b"p1", "out_of_range"),
+    (order(quantity=1.5), b"p1", "not_an_integer"),
+    (order(ts="yesterday"), b"p1", "bad_timestamp"),
+    (order(ts="2023-11-14T22:13:20"), b"p1", "bad_timestamp"),
+    (order(ts=-1), b"p1", "timestamp_out_of_range"),
+    (order(ts=99_999_999_999_999), b"p1", "timestamp_out_of_range"),
+    (order(category="x" * 1_000_000), b"p1", "field_too_long"),
+    (order(), None, "null_key"),
+    (order(), b"p2", "key_mismatch"),
+]
+
+
+@pytest.mark.parametrize(("value", "key", "reason"), BAD_INPUTS)
+def test_bad_input_has_a_precise_reason(value: object, key: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidRecord) as e:
+        parse_order(rec(value, key=key))
+    assert e.value.reason == reason
+
+
+def test_pipeline_routes_bad_late_and_good_records_and_never_raises() -> None:
+    state = PartitionState(MemoryStore(), 0)
+    records = [rec(v, key=k, offset=i) for i, (v, k, _) in enumerate(BAD_INPUTS)]
+    base = len(records)
+    records += [
+        rec(order(ts=1_000_000), offset=base),
+        rec(order(ts=1_200_000), offset=base + 1),  # closes [960000, 1020000)
+        rec(order(ts=1_000_001), offset=base + 2),  # late: its window is closed
+    ]
+    out = OrdersPipeline().process(state, records)
+    by_topic: dict[str, list[object]] = {}
+    for r in out.records:
+        by_topic.setdefault(r.topic, []).append(r)
+    assert len(by_topic[DLQ]) == len(BAD_INPUTS)
+    assert [dict(r.headers)["kappa.error"].decode() for r in by_topic[DLQ]] == [
+        b[2] for b in BAD_INPUTS
+    ]
+    assert all(dict(r.headers)["kappa.source.offset"] for r in by_topic[DLQ])
+    (late,) = by_topic[LATE]
+    assert dict(late.headers)["kappa.late-by-ms"] == b"189999"
+    assert late.value == records[-1].value
+    (window,) = by_topic[REVENUE]
+    assert json.loads(window.value) == {
+        "product_id": "p1",
+        "window_start": 960_000,
+        "window_end": 1_020_000,
+        "count": 1,
+        "sum": 5.0,
+        "mean": 5.0,
+        "min": 5.0,
+        "max": 5.0,
+        "std": 0.0,
+    }
+    assert len(by_topic[BY_USER]) == 3  # late orders still count for user totals
+    assert out.counts.dlq == len(BAD_INPUTS) and out.counts.late == 1
+    assert out.counts.windows_closed == 1
+
+
+def test_records_already_applied_are_skipped_after_commit() -> None:
+    state = PartitionState(MemoryStore(), 0)
+    p = OrdersPipeline()
+    batch = [rec(order(ts=1_000_000 + i), offset=i) for i in range(3)]
+    p.process(state, batch)
+    state.prepare(2)
+    state.commit()
+    again = p.process(state, batch)
+    assert again.counts.skipped == 3 and again.counts.events == 0 and not again.records
+
+
+def test_user_totals_count_a_forwarded_order_once() -> None:
+    orders = OrdersPipeline().process(PartitionState(MemoryStore(), 0), [rec(order(), offset=7)])
+    fwd = [r for r in orders.records if r.topic == BY_USER]
+    src = [SourceRecord(BY_USER, 0, i, None, r.key, r.value) for i, r in enumerate(fwd + fwd)]
+    out = UserTotalsPipeline().process(PartitionState(MemoryStore(), 0), src)
+    (total,) = [r for r in out.records if r.topic == USER_TOTALS]
+    assert json.loads(total.value) == {"user_id": "u1", "orders": 1, "spend": 5.0}
+    assert out.counts.skipped == 1
