@@ -2,7 +2,9 @@
 
 Source `orders` must be keyed by `product_id` (the loader does this): windows close on the
 stream time of the source partition, so all of a product's events have to share a partition.
-Valid orders are also re-keyed by `user_id` onto `orders.by-user` for the user-totals pipeline.
+Per user, this partition's cumulative order count and spend are kept here and forwarded, once
+per user per batch, onto `orders.by-user` (keyed by user_id) for the user-totals pipeline: an
+absolute running value, not a delta, so a re-sent or re-batched forward can never double-count.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ REVENUE = "orders.revenue-1m"
 DLQ = "orders.dlq"
 LATE = "orders.late"
 BY_USER = "orders.by-user"
+USER_PARTIALS = "user-partials"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class OrdersConfig:
     window_ms: int = 60_000
     grace_ms: int = 10_000
     emit_updates: bool = False  # also emit each window's running value whenever it changes
+    since_ms: int | None = None  # replay --since: skip events in windows starting before this
 
 
 class OrdersPipeline:
@@ -122,7 +126,8 @@ class OrdersPipeline:
         emit = out.records.append
         applied = state.applied_offset
         events: list[TimedValue[tuple[SourceRecord, Order]]] = []
-        forwards: list[OutRecord] = []
+        since = self.config.since_ms
+        window_ms = self.config.window_ms
         for rec in records:
             if rec.offset <= applied:
                 counts.skipped += 1
@@ -135,8 +140,10 @@ class OrdersPipeline:
                 counts.dlq_reasons[err.reason] = counts.dlq_reasons.get(err.reason, 0) + 1
                 emit(dlq_record(rec, err))
                 continue
+            if since is not None and order.ts - order.ts % window_ms < since:
+                counts.skipped += 1
+                continue
             events.append(TimedValue(order.product_id, order.ts, order.total, (rec, order)))
-            forwards.append(_forward_to_user(rec, order))
 
         clock = state.clock(self.store_name, self.config.grace_ms)
         windows = state.windows(self.store_name)
@@ -158,40 +165,66 @@ class OrdersPipeline:
                     )
                 )
         windows.put(result.updated)
-        self._emit_closed(out, windows, result.closed)
-        out.records.extend(forwards)
+        self._emit_closed(out, result.closed)
+        windows.delete(k for k, _ in result.closed)
+        if events:
+            out.records.extend(_forward_user_partials(state, events, records[-1]))
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:
+        """Emit every open window, marked provisional (header `kappa.provisional`).
+
+        The windows stay in the state: if this version later runs live (after a promote), each
+        is emitted again, final, when the watermark really passes it; consumers upserting by
+        (key, window) end with the final value.
+        """
         out = BatchOutput()
         windows = state.windows(self.store_name)
-        self._emit_closed(out, windows, self.processor.flush(windows, {}))
+        self._emit_closed(out, self.processor.flush(windows, {}), provisional=True)
         return out
 
     def _emit_closed(
-        self, out: BatchOutput, windows, closed: list[tuple[WindowKey, Moments]]
+        self, out: BatchOutput, closed: list[tuple[WindowKey, Moments]], provisional: bool = False
     ) -> None:
         final = True if self.config.emit_updates else None
+        headers = [("kappa.provisional", b"1")] if provisional else []
         for key, m in closed:
             product = key[2]
-            out.records.append(
-                OutRecord(
-                    REVENUE, product.encode(), revenue_value(product, key, m, final), key[0] - 1
-                )
-            )
-        windows.delete(k for k, _ in closed)
+            value = revenue_value(product, key, m, final)
+            out.records.append(OutRecord(REVENUE, product.encode(), value, key[0] - 1, headers))
         out.counts.windows_closed += len(closed)
 
 
-def _forward_to_user(rec: SourceRecord, order: Order) -> OutRecord:
-    """Re-key by user_id; the source position lets the next step drop re-sent duplicates."""
-    value = json.dumps(
-        {
-            "user_id": order.user_id,
-            "total": order.total,
-            "ts": order.ts,
-            "src": [rec.partition, rec.offset],
-        },
-        separators=(",", ":"),
-    ).encode()
-    return OutRecord(BY_USER, order.user_id.encode(), value, order.ts)
+def _forward_user_partials(
+    state: PartitionState, events: list[TimedValue[tuple[SourceRecord, Order]]], last: SourceRecord
+) -> list[OutRecord]:
+    """Update this partition's per-user running totals; forward each touched user's once."""
+    batch: dict[str, list[float]] = {}
+    for ev in events:
+        order = ev.record[1]
+        acc = batch.get(order.user_id)
+        if acc is None:
+            batch[order.user_id] = [1, order.total, order.ts]
+        else:
+            acc[0] += 1
+            acc[1] += order.total
+            acc[2] = max(acc[2], order.ts)
+    users = list(batch)
+    out = []
+    for user, raw in zip(users, state.get_values(USER_PARTIALS, users)):
+        count, spend, ts = json.loads(raw) if raw is not None else (0, 0.0, 0)
+        n, total, latest = batch[user]
+        count, spend, ts = count + n, spend + total, max(ts, latest)
+        state.put_value(USER_PARTIALS, user, json.dumps([count, spend, ts]).encode())
+        value = json.dumps(
+            {
+                "user_id": user,
+                "src": [last.partition, last.offset],
+                "orders": count,
+                "spend": spend,
+                "ts": ts,
+            },
+            separators=(",", ":"),
+        ).encode()
+        out.append(OutRecord(BY_USER, user.encode(), value, int(ts)))
+    return out

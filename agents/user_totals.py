@@ -1,8 +1,8 @@
 """Per-user cumulative order count and spend, from the re-keyed `orders.by-user` topic.
 
-Cumulative sums do not depend on order, so this step has no windows; each forwarded record
-carries its source (partition, offset), and per user we keep the highest applied offset per
-source partition, so a record forwarded twice (after a crash upstream) is counted once.
+Each forwarded record is one source partition's absolute running total for a user, tagged
+with the source offset it reflects. Per user we keep the newest value per source partition and
+sum them: a re-sent, re-ordered or re-batched forward can neither double-count nor go back.
 """
 
 from __future__ import annotations
@@ -28,17 +28,24 @@ class UserTotalsPipeline:
         out = BatchOutput()
         counts = out.counts
         applied = state.applied_offset
-        parsed: list[tuple[str, float, int, str, int]] = []
+        parsed: list[tuple[str, str, int, int, float, int]] = []
         for rec in records:
             if rec.offset <= applied:
                 counts.skipped += 1
                 continue
             counts.events += 1
             try:
-                obj = json.loads(rec.value or b"")
-                src_p, src_o = obj["src"]
+                d = json.loads(rec.value or b"")
+                src_p, src_o = d["src"]
                 parsed.append(
-                    (obj["user_id"], float(obj["total"]), int(obj["ts"]), str(src_p), int(src_o))
+                    (
+                        d["user_id"],
+                        str(src_p),
+                        int(src_o),
+                        int(d["orders"]),
+                        float(d["spend"]),
+                        int(d["ts"]),
+                    )
                 )
             except (ValueError, KeyError, TypeError):
                 counts.dlq += 1
@@ -48,37 +55,38 @@ class UserTotalsPipeline:
             return out
         users = list(dict.fromkeys(p[0] for p in parsed))
         current = {
-            u: (
-                json.loads(raw)
-                if raw is not None
-                else {"orders": 0, "spend": 0.0, "src": {}, "ts": 0}
-            )
+            u: (json.loads(raw) if raw is not None else {})
             for u, raw in zip(users, state.get_values(TABLE, users))
         }
         changed: dict[str, None] = {}
-        for user, total, ts, src_p, src_o in parsed:
-            t = current[user]
-            if src_o <= t["src"].get(src_p, -1):
+        for user, src_p, src_o, n, spend, ts in parsed:
+            parts = current[user]
+            seen = parts.get(src_p)
+            if seen is not None and src_o <= seen[0]:
                 counts.skipped += 1
                 continue
-            t["src"][src_p] = src_o
-            t["orders"] += 1
-            t["spend"] += total
-            t["ts"] = max(t["ts"], ts)
+            parts[src_p] = [src_o, n, spend, ts]
             changed[user] = None
         for user in changed:
-            t = current[user]
-            state.put_value(TABLE, user, json.dumps(t, separators=(",", ":")).encode())
-            out.records.append(
-                OutRecord(USER_TOTALS, user.encode(), totals_value(user, t), t["ts"])
-            )
+            parts = current[user]
+            state.put_value(TABLE, user, json.dumps(parts, sort_keys=True).encode())
+            orders, spend, ts = totals(parts)
+            value = json.dumps(
+                {"user_id": user, "orders": orders, "spend": spend}, separators=(",", ":")
+            ).encode()
+            out.records.append(OutRecord(USER_TOTALS, user.encode(), value, ts))
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:
         return BatchOutput()
 
 
-def totals_value(user: str, t: dict) -> bytes:  # type: ignore[type-arg]
-    return json.dumps(
-        {"user_id": user, "orders": t["orders"], "spend": t["spend"]}, separators=(",", ":")
-    ).encode()
+def totals(parts: dict[str, list[float]]) -> tuple[int, float, int]:
+    """Sum over source partitions, in a fixed order so the float result is deterministic."""
+    orders, spend, ts = 0, 0.0, 0
+    for key in sorted(parts, key=int):
+        _, n, s, t = parts[key]
+        orders += int(n)
+        spend += s
+        ts = max(ts, int(t))
+    return orders, spend, ts

@@ -81,6 +81,67 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return run_tail(_settings(), args.topic, follow=args.follow, limit=args.limit)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from replay.runner import ReplayOptions, run_replay
+
+    settings = _settings()
+    index, count = args.process
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=settings.web_host)
+    opts = ReplayOptions(
+        version=args.version,
+        pipelines=args.pipelines,
+        since_ms=args.since,
+        flush=not args.no_flush,
+        process_index=index,
+        process_count=count,
+        dry_run=args.dry_run,
+        progress=not args.no_progress,
+    )
+    summary = asyncio.run(run_replay(settings, opts))
+    if summary is not None:
+        print(summary.line(), flush=True)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from replay.versions import list_versions
+
+    print(asyncio.run(list_versions(_settings())))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from replay.versions import promote
+
+    print(asyncio.run(promote(_settings(), args.version, args.force)))
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    from replay.versions import drop
+
+    print(asyncio.run(drop(_settings(), args.version)))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from replay.versions import diff
+
+    report, differences = asyncio.run(diff(_settings(), args.v1, args.v2, args.limit))
+    print(report)
+    return 1 if differences else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from replay.versions import status
+
+    print(asyncio.run(status(_settings())))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -173,6 +234,58 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
 
     sp = add(
+        "replay", cmd_replay, "Replay the retained source topics from offset zero into a version."
+    )
+    sp.add_argument(
+        "pipelines", nargs="*", metavar="PIPELINE", help="pipelines to replay (default: all)"
+    )
+    sp.add_argument("--version", type=_positive_int, required=True, help="version to build, e.g. 2")
+    sp.add_argument(
+        "--since",
+        type=_event_time,
+        default=None,
+        metavar="TIME",
+        help="only events in windows starting at or after TIME (epoch ms or ISO-8601 with zone)",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
+    sp.add_argument(
+        "--no-flush", action="store_true", help="leave the last open windows open at the end"
+    )
+    sp.add_argument(
+        "--process",
+        type=_process_slot,
+        default=(0, 1),
+        metavar="I/N",
+        help="this process's share of the partitions (e.g. 1/2 for the second of two)",
+    )
+    sp.add_argument(
+        "--metrics-port", type=_positive_int, default=None, help="serve progress gauges here"
+    )
+    sp.add_argument(
+        "--no-progress", action="store_true", help="log lines instead of a progress bar"
+    )
+
+    add("versions", cmd_versions, "List versions: status, pipelines, creation time, snapshot size.")
+    sp = add("promote", cmd_promote, "Make a version live (workers without --version run it).")
+    sp.add_argument("version", type=_positive_int)
+    sp.add_argument(
+        "--force", action="store_true", help="promote even if its replay has not completed"
+    )
+    sp = add(
+        "drop", cmd_drop, "Delete a non-live version's topics, consumer group and local state."
+    )
+    sp.add_argument("version", type=_positive_int)
+    sp = add(
+        "diff", cmd_diff, "Compare two versions' outputs window by window (exit 1 if they differ)."
+    )
+    sp.add_argument("v1", type=_positive_int)
+    sp.add_argument("v2", type=_positive_int)
+    sp.add_argument(
+        "--limit", type=_positive_int, default=20, help="differences to show per output"
+    )
+    add("status", cmd_status, "Show the live version and where its outputs and state are.")
+
+    sp = add(
         "demo",
         cmd_demo,
         "What `make run` runs: broker, topics, generator and worker; prints windows.",
@@ -191,6 +304,24 @@ def _positive_int(s: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
     return v
+
+
+def _event_time(s: str) -> int:
+    from tables.cleaning import InvalidRecord, require_event_time_ms
+
+    try:
+        return require_event_time_ms({"time": s}, "time")
+    except InvalidRecord:
+        raise argparse.ArgumentTypeError(
+            f"{s!r} is not epoch milliseconds or ISO-8601 with a time zone"
+        ) from None
+
+
+def _process_slot(s: str) -> tuple[int, int]:
+    i, _, n = s.partition("/")
+    if not (i.isdigit() and n.isdigit()) or int(n) < 1 or int(i) >= int(n):
+        raise argparse.ArgumentTypeError(f"{s!r} must be I/N with 0 <= I < N, e.g. 0/2")
+    return int(i), int(n)
 
 
 def _non_negative_int(s: str) -> int:

@@ -29,7 +29,7 @@ async def read_to_end(
     )
     await consumer.start()
     try:
-        parts = await _partitions(consumer, topic)
+        parts = await topic_partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -52,7 +52,8 @@ async def read_to_end(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The topic's partitions, refreshing metadata for a while; ValueError if it is missing."""
     for _ in range(50):
         parts = consumer.partitions_for_topic(topic)
         if parts:

@@ -17,9 +17,9 @@ from agents.user_totals import UserTotalsPipeline
 from app.settings import ConfigError, Settings
 
 
-def build_pipelines(settings: Settings) -> list[Pipeline]:
+def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
     orders = OrdersPipeline(
-        OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates)
+        OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates, since_ms)
     )
     return [orders, UserTotalsPipeline()]
 
@@ -29,12 +29,13 @@ class Topology:
     settings: Settings
     version: int = 1
     pipelines: list[Pipeline] = field(default_factory=list)
+    since_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ConfigError("version must be >= 1")
         if not self.pipelines:
-            self.pipelines = build_pipelines(self.settings)
+            self.pipelines = build_pipelines(self.settings, self.since_ms)
 
     def select(self, names: list[str]) -> Topology:
         """The same version restricted to the named pipelines (all when `names` is empty)."""
@@ -46,7 +47,7 @@ class Topology:
             raise ConfigError(
                 f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
-        return Topology(self.settings, self.version, [known[n] for n in names])
+        return Topology(self.settings, self.version, [known[n] for n in names], self.since_ms)
 
     @property
     def produced(self) -> set[str]:
@@ -71,6 +72,25 @@ class Topology:
 
     def state_path(self, pipeline: Pipeline, partition: int) -> Path:
         return self.settings.state_dir / f"v{self.version}" / pipeline.name / f"p{partition}"
+
+    def stages(self) -> list[Pipeline]:
+        """Pipelines in dependency order: a pipeline comes after the one producing its source."""
+        ordered: list[Pipeline] = []
+        remaining = list(self.pipelines)
+        while remaining:
+            done_outputs = {t for p in ordered for t in p.outputs}
+            selected_outputs = {t for p in remaining for t in p.outputs}
+            ready = [
+                p for p in remaining if p.source in done_outputs or p.source not in selected_outputs
+            ]
+            if not ready:
+                raise ConfigError("pipelines form a cycle")
+            ordered.extend(ready)
+            remaining = [p for p in remaining if p not in ready]
+        return ordered
+
+    def state_root(self) -> Path:
+        return self.settings.state_dir / f"v{self.version}"
 
     def output_topics(self) -> list[str]:
         return sorted({self.physical(t) for p in self.pipelines for t in p.outputs})

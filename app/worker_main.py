@@ -22,7 +22,8 @@ def run_worker(
 
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
-    version = version or 1
+    if version is None:
+        version = asyncio.run(live_version(settings))
     topology = Topology(settings, version).select(pipelines)
     asyncio.run(prepare_topics(settings, topology))
     app = create_app(settings, version, pipelines)
@@ -55,3 +56,11 @@ async def prepare_topics(settings: Settings, topology: Topology) -> None:
         raise ConfigError(
             f"topics must have KAPPA_PARTITIONS={settings.partitions} partitions, but {desc}"
         )
+
+
+async def live_version(settings: Settings) -> int:
+    """The version `kappa promote` made live (1 before any promote)."""
+    from replay.registry import Registry
+
+    await wait_for_broker(settings.broker)
+    return await Registry(settings).live_version()

@@ -128,7 +128,14 @@ def test_pipeline_routes_bad_late_and_good_records_and_never_raises() -> None:
         "max": 5.0,
         "std": 0.0,
     }
-    assert len(by_topic[BY_USER]) == 3  # late orders still count for user totals
+    (forward,) = by_topic[BY_USER]  # one per user per batch; late orders still count
+    assert json.loads(forward.value) == {
+        "user_id": "u1",
+        "src": [0, base + 2],
+        "orders": 3,
+        "spend": 15.0,
+        "ts": 1_200_000,
+    }
     assert out.counts.dlq == len(BAD_INPUTS) and out.counts.late == 1
     assert out.counts.windows_closed == 1
 
@@ -152,3 +159,19 @@ def test_user_totals_count_a_forwarded_order_once() -> None:
     (total,) = [r for r in out.records if r.topic == USER_TOTALS]
     assert json.loads(total.value) == {"user_id": "u1", "orders": 1, "spend": 5.0}
     assert out.counts.skipped == 1
+
+
+def test_user_totals_take_the_newest_running_value_per_source_partition() -> None:
+    """Forwards are absolute running totals: re-sent or re-batched ones never add up twice."""
+
+    def fwd(p: int, offset: int, orders: int, spend: float) -> bytes:
+        return json.dumps(
+            {"user_id": "u", "src": [p, offset], "orders": orders, "spend": spend, "ts": 1}
+        ).encode()
+
+    values = [fwd(0, 10, 2, 4.0), fwd(1, 5, 1, 1.5), fwd(0, 8, 1, 2.0), fwd(0, 20, 3, 7.0)]
+    src = [SourceRecord(BY_USER, 0, i, None, b"u", v) for i, v in enumerate(values)]
+    out = UserTotalsPipeline().process(PartitionState(MemoryStore(), 0), src)
+    last = [r for r in out.records if r.topic == USER_TOTALS][-1]
+    assert json.loads(last.value) == {"user_id": "u", "orders": 4, "spend": 8.5}
+    assert out.counts.skipped == 1  # the stale (0, 8) forward

@@ -1,0 +1,78 @@
+"""Replay progress: a rich bar on a terminal, log lines otherwise, and Prometheus gauges."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from prometheus_client import Gauge
+
+DONE = Gauge(
+    "kappa_replay_events_done", "Replay: source records processed", ["version", "pipeline"]
+)
+TOTAL = Gauge(
+    "kappa_replay_events_total", "Replay: source records to process", ["version", "pipeline"]
+)
+RATE = Gauge("kappa_replay_events_per_second", "Replay: current rate", ["version", "pipeline"])
+ETA = Gauge("kappa_replay_eta_seconds", "Replay: estimated seconds left", ["version", "pipeline"])
+
+log = logging.getLogger("kappa.replay")
+LOG_EVERY_S = 5.0
+
+
+class ReplayProgress:
+    def __init__(self, version: int, pipeline: str, total: int, show_bar: bool) -> None:
+        self.labels = (str(version), pipeline)
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_log = self.started
+        TOTAL.labels(*self.labels).set(total)
+        DONE.labels(*self.labels).set(0)
+        self._bar = None
+        if show_bar and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn(f"replay v{version} {pipeline}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:>9,.0f} ev/s"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._task = self._bar.add_task("replay", total=total, rate=0.0)
+            self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        DONE.labels(*self.labels).set(self.done)
+        RATE.labels(*self.labels).set(rate)
+        ETA.labels(*self.labels).set(max(eta, 0.0))
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=rate)
+        elif now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            log.warning(
+                "replay v%s %s: %d/%d events (%.0f ev/s, ETA %.0fs)",
+                *self.labels,
+                self.done,
+                self.total,
+                rate,
+                eta,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

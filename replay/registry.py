@@ -1,0 +1,115 @@
+"""The version registry: a compacted, single-partition topic with one record per version.
+
+Keys are `version/N` (status, snapshot, pipelines, times) and `progress/N/PIPELINE/P` (a
+partition of a replay stage that reached its snapshot), so several replay processes of one
+version can coordinate through it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+
+from app.admin import ensure_topics
+from app.settings import ConfigError, Settings
+from app.topic_reader import read_to_end
+
+RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    status: str
+    pipelines: list[str] = field(default_factory=list)
+    snapshot: dict[str, dict[str, int]] = field(default_factory=dict)  # topic → partition → end
+    since_ms: int | None = None
+    created_at: str = field(default_factory=now_iso)
+    updated_at: str = field(default_factory=now_iso)
+
+
+@dataclass
+class RegistryView:
+    versions: dict[int, VersionRecord]
+    progress: dict[tuple[int, str], dict[int, int]]  # (version, pipeline) → partition → end
+
+    @property
+    def live(self) -> int:
+        """The live version: the one marked live, else version 1 (before any promote)."""
+        for v, rec in self.versions.items():
+            if rec.status == LIVE:
+                return v
+        return 1
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = f"{settings.topic_prefix}{settings.app_id}-versions"
+
+    async def ensure(self) -> None:
+        await ensure_topics(
+            self.settings.broker,
+            {self.topic: (1, {"cleanup.policy": "compact"})},
+            self.settings.replication,
+        )
+
+    async def load(self, create: bool = True) -> RegistryView:
+        """The registry's current content; with create=False a missing registry reads empty."""
+        if create:
+            await self.ensure()
+        view = RegistryView({}, {})
+        try:
+            parts = await read_to_end(self.settings.broker, self.topic)
+        except ValueError:  # the topic does not exist (and create=False)
+            return view
+        for recs in parts.values():
+            for r in recs:
+                key = (r.key or b"").decode()
+                if r.value is None:
+                    continue
+                d = json.loads(r.value)
+                if key.startswith("version/"):
+                    view.versions[int(key.split("/")[1])] = VersionRecord(**d)
+                elif key.startswith("progress/"):
+                    _, v, pipeline, p = key.split("/")
+                    view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
+        return view
+
+    async def put(self, *records: tuple[str, dict[str, object]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, acks="all")
+        await producer.start()
+        try:
+            for key, value in records:
+                await producer.send_and_wait(
+                    self.topic, json.dumps(value, sort_keys=True).encode(), key=key.encode()
+                )
+        finally:
+            await producer.stop()
+
+    async def put_version(self, rec: VersionRecord) -> None:
+        rec.updated_at = now_iso()
+        await self.put((f"version/{rec.version}", asdict(rec)))
+
+    async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
+        await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
+
+    async def live_version(self) -> int:
+        return (await self.load()).live
+
+
+def require_version(view: RegistryView, version: int) -> VersionRecord:
+    rec = view.versions.get(version)
+    if rec is None:
+        if version == view.live:
+            return VersionRecord(version, LIVE)
+        known = ", ".join(str(v) for v in sorted(view.versions)) or "none"
+        raise ConfigError(f"version {version} is not in the registry (known: {known})")
+    return rec

@@ -1,0 +1,194 @@
+"""`kappa versions | promote | drop | diff | status`: managing what replays produced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import DeleteGroupsRequest
+
+from app.settings import ConfigError, Settings
+from app.topic_reader import read_to_end
+from app.topology import Topology
+from replay.registry import COMPLETE, DROPPED, LIVE, Registry, VersionRecord, require_version
+
+PROVISIONAL = "__provisional"  # marks a window emitted by a replay's final flush
+REVENUE = "orders.revenue-1m"
+USER_TOTALS = "orders.user-totals"
+
+
+async def list_versions(settings: Settings) -> str:
+    view = await Registry(settings).load()
+    rows = [
+        f"{'version':>7}  {'status':<9}  {'pipelines':<22}  {'created':<25}  snapshot (records)"
+    ]
+    versions = dict(view.versions)
+    if view.live not in versions:
+        versions[view.live] = VersionRecord(view.live, LIVE, created_at="-")
+    for v in sorted(versions):
+        rec = versions[v]
+        status = LIVE if v == view.live else rec.status
+        records = sum(e for parts in rec.snapshot.values() for e in parts.values())
+        snap = f"{records:,}" if rec.snapshot else "-"
+        rows.append(
+            f"{v:>7}  {status:<9}  {','.join(rec.pipelines) or 'all':<22}  "
+            f"{rec.created_at:<25}  {snap}"
+        )
+    return "\n".join(rows)
+
+
+async def promote(settings: Settings, version: int, force: bool) -> str:
+    registry = Registry(settings)
+    view = await registry.load()
+    rec = require_version(view, version)
+    if version == view.live:
+        return f"version {version} is already live"
+    if rec.status == DROPPED:
+        raise ConfigError(f"version {version} was dropped")
+    if rec.status != COMPLETE and not force:
+        raise ConfigError(
+            f"version {version} is {rec.status}: its replay has not completed (use --force to "
+            "promote anyway)"
+        )
+    previous = view.versions.get(view.live, VersionRecord(view.live, LIVE))
+    previous.status = COMPLETE
+    rec.status = LIVE
+    await registry.put_version(previous)
+    await registry.put_version(rec)
+    return (
+        f"version {version} is live (was {previous.version}); restart workers without --version "
+        "to run it"
+    )
+
+
+async def drop(settings: Settings, version: int) -> str:
+    registry = Registry(settings)
+    view = await registry.load()
+    rec = require_version(view, version)
+    if version == view.live:
+        raise ConfigError(f"version {version} is live; promote another version before dropping it")
+    topology = Topology(settings, version)
+    topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+        group_note = await _delete_group(admin, topology.group_id)
+    finally:
+        await admin.close()
+    shutil.rmtree(topology.state_root(), ignore_errors=True)
+    rec.status = DROPPED
+    await registry.put_version(rec)
+    return (
+        f"dropped version {version}: {len(doomed)} topics deleted, {group_note}, "
+        f"state {topology.state_root()} removed"
+    )
+
+
+async def _delete_group(admin: AIOKafkaAdminClient, group: str) -> str:
+    try:
+        node = await admin.find_coordinator(group)
+        # aiokafka's admin has no delete-groups call; the protocol request is there.
+        resp = await admin._client.send(node, DeleteGroupsRequest([group]))
+        code = resp.results[0][1]
+    except Exception as e:  # report it; the rest of the drop already happened
+        return f"consumer group {group} not deleted ({type(e).__name__})"
+    return f"consumer group {group} deleted" if code in (0, 69) else f"group {group}: error {code}"
+
+
+async def read_latest(
+    settings: Settings, topic: str, key_fields: tuple[str, ...]
+) -> dict[tuple, dict]:  # type: ignore[type-arg]
+    """Last value per key (upsert semantics) of a JSON output topic."""
+    latest: dict[tuple, dict] = {}  # type: ignore[type-arg]
+    for recs in (await read_to_end(settings.broker, topic)).values():
+        for r in recs:
+            if r.value is None:
+                continue
+            d = json.loads(r.value)
+            if any(k == "kappa.provisional" for k, _ in r.headers or ()):
+                d[PROVISIONAL] = True
+            latest[tuple(d[f] for f in key_fields)] = d
+    return latest
+
+
+async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
+    """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
+    t1, t2 = Topology(settings, v1), Topology(settings, v2)
+    lines: list[str] = []
+    total = 0
+    for logical, keys in (
+        (REVENUE, ("product_id", "window_start", "window_end")),
+        (USER_TOTALS, ("user_id",)),
+    ):
+        a = await read_latest(settings, t1.physical(logical), keys)
+        b = await read_latest(settings, t2.physical(logical), keys)
+        # A window still open on one side and flushed (provisional) on the other is not a
+        # difference in results: it is reported, not counted.
+        provisional = {
+            k for k in set(a) | set(b) if PROVISIONAL in a.get(k, {}) or PROVISIONAL in b.get(k, {})
+        }
+        only_a = sorted(set(a) - set(b) - provisional)
+        only_b = sorted(set(b) - set(a) - provisional)
+        changed = sorted(k for k in (set(a) & set(b)) - provisional if not _same(a[k], b[k]))
+        n = len(only_a) + len(only_b) + len(changed)
+        total += n
+        lines.append(
+            f"{logical}: {len(a):,} in v{v1}, {len(b):,} in v{v2}; {len(only_a)} only in v{v1}, "
+            f"{len(only_b)} only in v{v2}, {len(changed)} differ"
+            + (
+                f"; {len(provisional)} provisional (flushed by a replay), not compared"
+                if provisional
+                else ""
+            )
+        )
+        shown = 0
+        for k in only_a:
+            if shown < limit:
+                lines.append(f"  - v{v1} only {k}: {json.dumps(a[k])}")
+                shown += 1
+        for k in only_b:
+            if shown < limit:
+                lines.append(f"  + v{v2} only {k}: {json.dumps(b[k])}")
+                shown += 1
+        for k in changed:
+            if shown < limit:
+                fields = {
+                    f: (a[k].get(f), b[k].get(f))
+                    for f in a[k]
+                    if not _close(a[k].get(f), b[k].get(f))
+                }
+                lines.append(
+                    f"  ~ {k}: " + ", ".join(f"{f} {x} → {y}" for f, (x, y) in fields.items())
+                )
+                shown += 1
+        if n > shown:
+            lines.append(f"  … {n - shown} more")
+    lines.append("identical" if total == 0 else f"{total} differences")
+    return "\n".join(lines), total
+
+
+def _close(x: object, y: object) -> bool:
+    if isinstance(x, float) and isinstance(y, float):
+        return abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y))
+    return x == y
+
+
+def _same(a: dict, b: dict) -> bool:  # type: ignore[type-arg]
+    return a.keys() == b.keys() and all(_close(a[f], b[f]) for f in a)
+
+
+async def status(settings: Settings) -> str:
+    view = await Registry(settings).load()
+    live = Topology(settings, view.live)
+    return "\n".join(
+        [
+            f"live version: {view.live} (consumer group {live.group_id})",
+            f"outputs: {', '.join(live.output_topics())}",
+            f"state: {live.state_root()}",
+        ]
+    )
