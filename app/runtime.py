@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ class PipelineRunner:
         self._states: dict[int, PartitionState] = {}
         self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
+        self._chaos = ChaosKill.from_env(pipeline.name)
 
     def state(self, partition: int) -> PartitionState:
         st = self._states.get(partition)
@@ -111,6 +114,7 @@ class PipelineRunner:
         return out
 
     async def _make_durable(self, state: PartitionState, out: BatchOutput, applied: int) -> None:
+        self._chaos.step("before-send")
         physical = self.topology.physical
         produce = [
             Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
@@ -123,7 +127,10 @@ class PipelineRunner:
         except BaseException:
             state.discard()
             raise
+        self._chaos.step("after-send")
         state.commit()
+        self._chaos.step("after-commit")
+        self._chaos.batch_done()
         metrics.record_batch(
             self.pipeline.name, self.topology.version, out.counts, len(out.records)
         )
@@ -162,3 +169,29 @@ async def send_with_retry(
             log.warning("produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
+
+
+class ChaosKill:
+    """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
+    in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
+    acknowledged but state not committed, after-commit). Unset in production."""
+
+    def __init__(self, batch: int | None, phase: str) -> None:
+        self.batch, self.phase, self.count = batch, phase, 0
+
+    @classmethod
+    def from_env(cls, pipeline: str) -> ChaosKill:
+        spec = os.environ.get("KAPPA_CHAOS_KILL", "")
+        name, _, rest = spec.partition(":")
+        batch, _, phase = rest.partition(":")
+        if name != pipeline or not batch.isdigit():
+            return cls(None, "")
+        return cls(int(batch), phase or "after-send")
+
+    def step(self, phase: str) -> None:
+        if self.batch is not None and self.count + 1 == self.batch and phase == self.phase:
+            log.warning("chaos: killing the process in batch %d at %s", self.batch, phase)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def batch_done(self) -> None:
+        self.count += 1

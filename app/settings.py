@@ -31,6 +31,7 @@ class Settings:
     emit_updates: bool = False  # also emit running window values on every change
     batch_max: int = 5_000  # max records per processing batch (live)
     batch_within_ms: int = 100  # max wait to fill a batch (live)
+    replay_batch_max: int = 50_000  # max records fetched per batch in a replay
     session_timeout_ms: int = (
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
@@ -88,6 +89,7 @@ def _validate(s: Settings) -> None:
         "replication",
         "window_ms",
         "batch_max",
+        "replay_batch_max",
         "web_port",
         "session_timeout_ms",
         "rebalance_timeout_ms",

@@ -26,8 +26,6 @@ from replay.progress import ReplayProgress
 from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, RegistryView, VersionRecord
 from replay.snapshot import high_watermarks
 
-FETCH_RECORDS = 50_000
-
 
 @dataclass
 class ReplayOptions:
@@ -243,7 +241,7 @@ async def _consume(
             consumer.seek(tp, starts[p])
         while todo:
             data = await consumer.getmany(
-                *(tps[p] for p in todo), timeout_ms=1000, max_records=FETCH_RECORDS
+                *(tps[p] for p in todo), timeout_ms=1000, max_records=settings.replay_batch_max
             )
             for tp, recs in data.items():
                 end = ends[tp.partition]

@@ -79,6 +79,22 @@ class Worker:
                 out[s.name] = out.get(s.name, 0.0) + s.value
         return out
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample summed over the label sets that match `labels`."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.web_port}/metrics", timeout=2
+            ) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
     def wait_until(
         self, predicate: Callable[[dict[str, float]], bool], timeout: float = 120
     ) -> dict[str, float]:

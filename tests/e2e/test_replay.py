@@ -1,0 +1,195 @@
+"""Backfills through the CLI, as an operator runs them, against the embedded broker.
+
+One dataset is produced while a live worker (version 1) runs; each test replays it into its
+own version and checks the outputs against the live version and the batch computation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
+from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
+from tests.support.reference import Reference, assert_windows_equal
+from tests.support.workers import KAPPA, ROOT, Worker, kappa_env, read_records, run_kappa
+
+pytestmark = pytest.mark.e2e
+
+START_MS = 1_700_000_000_000
+Window = tuple[str, int, int]
+
+
+def spec(count: int, seed: int, start_ms: int) -> GeneratorSpec:
+    return GeneratorSpec(
+        count=count,
+        seed=seed,
+        keys=40,
+        users=30,
+        start_ms=start_ms,
+        span_ms=count * 200,
+        disorder_ms=4_000,
+        late_fraction=0.01,
+        bad_fraction=0.02,
+    )
+
+
+@dataclass
+class Dataset:
+    broker: str
+    prefix: str
+    env: dict[str, str]
+    tmp: Path
+    reference: Reference  # windows closed by each partition's final watermark
+    flushed: Reference  # every window, as a replay's final flush emits them
+    next_start_ms: int
+
+
+@pytest.fixture(scope="module")
+async def dataset(broker: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dataset]:
+    tmp = tmp_path_factory.mktemp("replay")
+    prefix = tmp.name.replace("_", "-")
+    env = kappa_env(broker, prefix, tmp / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    live = Worker(env, tmp / "live.log").start()
+    try:
+        live.wait_until(lambda m: bool(m))  # the live worker is up
+        first = spec(6_000, 7, START_MS)
+        records = ((r.key, r.value) for r in generate(first))
+        await produce_records(broker, f"{prefix}.orders", records, rate=3_000, progress=False)
+        ref = await reference_for(broker, f"{prefix}.orders")
+        await eventually(lambda: check_outputs(broker, prefix, ref))
+    finally:
+        assert live.stop() == 0, live.tail_log()
+    flushed = await reference_for(broker, f"{prefix}.orders", flush=True)
+    yield Dataset(broker, prefix, env, tmp, ref, flushed, START_MS + first.span_ms)
+
+
+async def version_windows(
+    d: Dataset, version: int
+) -> tuple[dict[Window, dict], dict[Window, dict]]:  # type: ignore[type-arg]
+    """(final, provisional) windows of a version, last value per window (upsert semantics)."""
+    final: dict[Window, dict] = {}  # type: ignore[type-arg]
+    provisional: dict[Window, dict] = {}  # type: ignore[type-arg]
+    for rs in (await read_records(d.broker, f"{d.prefix}.orders.revenue-1m.v{version}")).values():
+        for _, _, value, headers in rs:
+            w = json.loads(value or b"")
+            key = (w["product_id"], w["window_start"], w["window_end"])
+            (provisional if "kappa.provisional" in headers else final)[key] = w
+    return final, provisional
+
+
+async def check_replay(d: Dataset, version: int) -> None:
+    """Closed windows equal the live version's and the batch computation's; the flushed rest
+    completes the batch computation over every window; DLQ, late, user totals are exact."""
+    final, provisional = await version_windows(d, version)
+    assert_windows_equal(final, d.reference)
+    assert_windows_equal({**final, **provisional}, d.flushed)
+    await check_side_outputs(d.broker, d.prefix, d.reference, f".v{version}")
+
+
+async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) -> None:
+    r = run_kappa(["replay", "--version", "2", "--no-progress"], dataset.env)
+    assert r.returncode == 0, r.stderr
+    assert "replay v2:" in r.stdout and "events/s" in r.stdout
+    await check_replay(dataset, 2)
+    diff = run_kappa(["diff", "1", "2"], dataset.env)
+    assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout + diff.stderr
+
+
+async def test_replay_killed_midway_resumes_to_identical_results(dataset: Dataset) -> None:
+    env = {
+        **dataset.env,
+        "KAPPA_REPLAY_BATCH_MAX": "400",
+        "KAPPA_CHAOS_KILL": "orders:4:after-send",
+    }
+    killed = run_kappa(["replay", "--version", "3", "--no-progress"], env)
+    assert killed.returncode == -9, killed.stdout + killed.stderr  # SIGKILL midway
+    versions = run_kappa(["versions"], dataset.env).stdout
+    assert any(line.split()[:2] == ["3", "running"] for line in versions.splitlines()), versions
+    del env["KAPPA_CHAOS_KILL"]
+    resumed = run_kappa(["replay", "--version", "3", "--no-progress"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    await check_replay(dataset, 3)
+    assert run_kappa(["diff", "2", "3"], dataset.env).returncode == 0
+
+
+async def test_replay_split_over_two_processes(dataset: Dataset) -> None:
+    procs = [
+        subprocess.Popen(
+            [*KAPPA, "replay", "--version", "4", "--process", f"{i}/2", "--no-progress"],
+            env=dataset.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, out + err
+    await check_replay(dataset, 4)
+    diff = run_kappa(["diff", "2", "4"], dataset.env)
+    assert diff.returncode == 0, diff.stdout
+
+
+async def _topics(broker: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
+    d = dataset
+    before = await _topics(d.broker)
+    dry = run_kappa(["replay", "--version", "9", "--dry-run"], d.env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"source {d.prefix}.orders[0]: offsets 0 →" in dry.stdout
+    assert f"{d.prefix}.orders.revenue-1m.v9" in dry.stdout
+    assert await _topics(d.broker) == before  # touched nothing
+    assert "9" not in [ln.split()[0] for ln in run_kappa(["versions"], d.env).stdout.splitlines()]
+
+    assert run_kappa(["replay", "--version", "5", "--no-progress"], d.env).returncode == 0
+    refused = run_kappa(["drop", "1"], d.env)
+    assert refused.returncode == 2 and "live" in refused.stderr
+    assert run_kappa(["promote", "5"], d.env).returncode == 0
+    assert "live version: 5" in run_kappa(["status"], d.env).stdout
+
+    # A worker without --version now runs version 5 and continues where its replay ended.
+    worker = Worker(d.env, d.tmp / "v5.log").start()
+    try:
+        more = ((r.key, r.value) for r in generate(spec(1_500, 8, d.next_start_ms)))
+        await produce_records(d.broker, f"{d.prefix}.orders", more, progress=False)
+        ref = await reference_for(d.broker, f"{d.prefix}.orders")
+
+        async def continued_exactly() -> None:
+            final, _ = await version_windows(d, 5)
+            missing = set(ref.windows) - set(final)
+            assert not missing, f"{len(missing)} windows not closed yet"
+            assert_windows_equal({k: final[k] for k in ref.windows}, ref)
+
+        await eventually(continued_exactly)
+        orders_in = worker.metric("kappa_events_in_total", pipeline="orders")
+        assert orders_in == 1_500  # only the new events: no history reprocessed, none lost
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+    dropped = run_kappa(["drop", "1"], d.env)
+    assert dropped.returncode == 0, dropped.stderr
+    remaining = await _topics(d.broker)
+    assert f"{d.prefix}.orders.revenue-1m" not in remaining and f"{d.prefix}.orders" in remaining
+    assert any(
+        ln.split()[:2] == ["1", "dropped"]
+        for ln in run_kappa(["versions"], d.env).stdout.splitlines()
+    )
