@@ -8,7 +8,6 @@ faust's `expires`/`on_window_close` and its Table are not used: windows close on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
+from app.batch_producer import BatchSender
 from app.runtime import PipelineRunner, Produce, send_with_retry
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
@@ -58,21 +58,12 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
 
+    senders: list[BatchSender] = []
+
     async def send_once(records: list[Produce]) -> None:
-        producer = app.producer._ensure_producer()  # aiokafka producer: exact timestamp_ms
-        futs = [
-            await producer.send(
-                r.topic,
-                r.value,
-                key=r.key,
-                partition=r.partition,
-                timestamp_ms=r.timestamp_ms,
-                headers=r.headers or None,
-            )
-            for r in records
-        ]
-        if futs:
-            await asyncio.gather(*futs)
+        if not senders:  # faust creates its aiokafka producer when the app starts
+            senders.append(BatchSender(app.producer._ensure_producer()))
+        await senders[0].send(records)
 
     for pipeline in topology.pipelines:
         runner = PipelineRunner(

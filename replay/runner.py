@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.base import BatchCounts, Pipeline
 from app.admin import ensure_topics
+from app.batch_producer import BatchSender
 from app.runtime import PipelineRunner, Produce, send_with_retry
 from app.settings import ConfigError, Settings
-from app.topic_reader import to_source_record
 from app.topology import Topology
 from replay.progress import ReplayProgress
 from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, RegistryView, VersionRecord
@@ -177,20 +177,7 @@ async def _run_stage(
 ) -> None:
     label = (pipeline.name, str(topology.version))
 
-    async def send_once(records: list[Produce]) -> None:
-        futs = [
-            await producer.send(
-                r.topic,
-                r.value,
-                key=r.key,
-                partition=r.partition,
-                timestamp_ms=r.timestamp_ms,
-                headers=r.headers or None,
-            )
-            for r in records
-        ]
-        if futs:
-            await asyncio.gather(*futs)
+    send_once = BatchSender(producer).send
 
     async def send(records: list[Produce]) -> None:
         await send_with_retry(send_once, records, label)
@@ -248,7 +235,7 @@ async def _consume(
                 if recs and recs[-1].offset >= end:
                     recs = [r for r in recs if r.offset < end]
                 if recs:
-                    out = await runner.handle(tp.partition, [to_source_record(r) for r in recs])
+                    out = await runner.handle(tp.partition, recs)  # aiokafka records fit `Record`
                     summary.add(out.counts)
                     progress.advance(len(recs))
             for p in list(todo):

@@ -59,6 +59,7 @@ class BatchResult(Generic[R]):
     updated: dict[WindowKey, Moments] = field(default_factory=dict)
     closed: list[tuple[WindowKey, Moments]] = field(default_factory=list)
     late: list[LateEvent[R]] = field(default_factory=list)
+    created: set[WindowKey] = field(default_factory=set)  # not in the state before this batch
 
 
 def window_of(key: WindowKey) -> Window:
@@ -103,7 +104,12 @@ class WindowProcessor:
         if contributions:
             touched = list(dict.fromkeys(k for k, _ in contributions))
             current = state.get_many(touched)
-            working = {k: (m if m is not None else Moments()) for k, m in zip(touched, current)}
+            working: dict[WindowKey, Moments] = {}
+            for k, m in zip(touched, current):
+                if m is None:
+                    result.created.add(k)
+                    m = Moments()
+                working[k] = m
             for k, v in contributions:
                 working[k].add(v)
             result.updated = working
