@@ -14,7 +14,7 @@ from typing import Generic, Protocol, TypeVar
 
 from tables.aggregates import Moments
 from tables.stream_time import StreamTime
-from tables.windows import Window, WindowSpec
+from tables.windows import TumblingWindows, Window, WindowSpec
 
 R = TypeVar("R")
 
@@ -90,6 +90,9 @@ class WindowProcessor:
         observe = clock.observe
         grace = self.grace_ms
         contributions: list[tuple[WindowKey, float]] = []
+        if isinstance(self.spec, TumblingWindows):
+            self._assign_tumbling(events, clock, contributions, result.late)
+            events = ()
         for ev in events:
             observe(ev.ts)
             watermark = clock.max_event_ms - grace  # type: ignore[operator]
@@ -118,6 +121,30 @@ class WindowProcessor:
         if watermark is not None:
             result.closed = self._close(watermark, state, result.updated)
         return result
+
+    def _assign_tumbling(
+        self,
+        events: Iterable[TimedValue[R]],
+        clock: StreamTime,
+        contributions: list[tuple[WindowKey, float]],
+        late: list[LateEvent[R]],
+    ) -> None:
+        """The same rule as the general loop, inlined for one window per event."""
+        size = self.spec.size_ms
+        grace = self.grace_ms
+        max_ts = clock.max_event_ms
+        add = contributions.append
+        for ev in events:
+            ts = ev.ts
+            if max_ts is None or ts > max_ts:
+                max_ts = ts
+            start = ts - ts % size
+            watermark = max_ts - grace
+            if start + size > watermark:
+                add(((start + size, start, ev.key), ev.value))
+            else:
+                late.append(LateEvent(ev.record, ts, watermark))
+        clock.max_event_ms = max_ts
 
     def flush(
         self, state: WindowState, pending: dict[WindowKey, Moments]

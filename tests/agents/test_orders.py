@@ -175,3 +175,18 @@ def test_user_totals_take_the_newest_running_value_per_source_partition() -> Non
     last = [r for r in out.records if r.topic == USER_TOTALS][-1]
     assert json.loads(last.value) == {"user_id": "u", "orders": 4, "spend": 8.5}
     assert out.counts.skipped == 1  # the stale (0, 8) forward
+
+
+@pytest.mark.parametrize("final", [None, True, False])
+def test_window_json_is_exactly_what_json_dumps_gives(final: bool | None) -> None:
+    from agents.orders import revenue_value
+    from tables.aggregates import Moments
+
+    m = Moments()
+    for x in (0.1, 2.5, 1e-7, 123456.789, 3.0):
+        m.add(x)
+    key = (1_700_000_060_000, 1_700_000_000_000, 'p"1\u00e9')
+    want = {"product_id": key[2], "window_start": key[1], "window_end": key[0], **m.as_dict()}
+    if final is not None:
+        want["final"] = final
+    assert revenue_value(key[2], key, m, final) == json.dumps(want, separators=(",", ":")).encode()
