@@ -53,6 +53,18 @@ class BatchOutput:
     records: list[OutRecord] = field(default_factory=list)
     counts: BatchCounts = field(default_factory=BatchCounts)
 
+    def extend(self, other: BatchOutput) -> None:
+        """Append another batch's output (consecutive batches of one partition)."""
+        self.records.extend(other.records)
+        c, o = self.counts, other.counts
+        c.events += o.events
+        c.skipped += o.skipped
+        c.dlq += o.dlq
+        c.late += o.late
+        c.windows_closed += o.windows_closed
+        for reason, n in o.dlq_reasons.items():
+            c.dlq_reasons[reason] = c.dlq_reasons.get(reason, 0) + n
+
 
 class Pipeline(Protocol):
     """A named processing step over one source topic, partition by partition."""

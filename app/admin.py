@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
@@ -12,29 +15,56 @@ class BrokerUnreachable(RuntimeError):
     """The configured broker did not answer (one-line message)."""
 
 
-async def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
-    """Return once the broker answers a metadata request; retry with backoff until timeout."""
+async def wait_for_broker(
+    bootstrap: str,
+    timeout_s: float | None = 30.0,
+    *,
+    max_delay_s: float = 5.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> None:
+    """Return once the broker answers a metadata request; retry with backoff until timeout.
+
+    `timeout_s=None` retries forever (delays double from 0.2 s up to `max_delay_s`);
+    `on_wait(error name)` is called once, at the first failed attempt. aiokafka's own
+    per-attempt connection errors are kept out of the log: the caller reports one line.
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = None if timeout_s is None else loop.time() + timeout_s
     delay = 0.2
     last = ""
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (KafkaConnectionError, KafkaError, OSError) as e:
-            last = type(e).__name__
-        finally:
-            await admin.close()
-        if loop.time() + delay > deadline:
+        with _quiet_aiokafka():
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except (KafkaConnectionError, KafkaError, OSError) as e:
+                last = type(e).__name__
+            finally:
+                await admin.close()
+        if deadline is not None and loop.time() + delay > deadline:
             raise BrokerUnreachable(
                 f"cannot reach the Kafka broker at {bootstrap} ({last}); "
                 "start it with `kappa broker` or set KAPPA_BROKER"
             )
+        if on_wait is not None:
+            on_wait(last)
+            on_wait = None
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 5.0)
+        delay = min(delay * 2, max_delay_s)
+
+
+@contextlib.contextmanager
+def _quiet_aiokafka() -> Iterator[None]:
+    """Silence aiokafka's error log (one line per failed connection attempt) for a while."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def ensure_topics(

@@ -43,25 +43,25 @@ class BatchSender:
         for (topic, partition), recs in groups.items():
             batch = producer.create_batch()
             for r in recs:
-                if (
-                    batch.append(
-                        key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
+                if _append(batch, r):
+                    continue
+                if r.atomic:  # e.g. a changelog batch: must reach the log as one unit
+                    raise ValueError(
+                        f"{len(recs)} records for {topic}[{partition}] exceed one batch"
                     )
-                    is None
-                ):
-                    batch.close()
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if (
-                        batch.append(
-                            key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
-                        )
-                        is None
-                    ):
-                        raise ValueError(
-                            f"record for {topic} larger than the producer's batch size"
-                        )
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if not _append(batch, r):
+                    raise ValueError(f"a record for {topic} is larger than the producer batch size")
             batch.close()
             futures.append(await producer.send_batch(batch, topic, partition=partition))
         if futures:
             await asyncio.gather(*futures)
+
+
+def _append(batch: object, r: Produce) -> bool:
+    meta = batch.append(  # type: ignore[attr-defined]
+        key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
+    )
+    return meta is not None

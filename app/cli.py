@@ -357,7 +357,7 @@ def _fraction(s: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     from app.admin import BrokerUnreachable
     from app.broker import BrokerError
-    from tables.rocks import StateLockedError
+    from tables.rocks import StateError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, UserError, BrokerUnreachable, BrokerError, StateLockedError) as e:
+    except (ConfigError, UserError, BrokerUnreachable, BrokerError, StateError) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

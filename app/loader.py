@@ -41,8 +41,11 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     if args.file:
         try:
             records = read_file(args.file)
+            with open(args.file, "rb"):  # missing or unreadable: say so before connecting
+                pass
         except (OSError, ValueError) as e:
-            raise ConfigError(str(e)) from None
+            reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
+            raise ConfigError(str(reason)) from None
         total = None
     else:
         spec = generator_spec(args)

@@ -33,6 +33,11 @@ STREAM_TIME = Gauge(
     "Max event time seen (ms) per partition",
     ["pipeline", "version", "partition"],
 )
+RESTORED = Counter(
+    "kappa_changelog_restored_total",
+    "State entries restored from changelogs",
+    ["pipeline", "version"],
+)
 SEND_RETRIES = Counter(
     "kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"]
 )

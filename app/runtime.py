@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from agents.base import BatchOutput, Pipeline, SourceRecord
 from app import metrics
@@ -36,11 +39,30 @@ class Produce:
     value: bytes | None
     timestamp_ms: int | None
     headers: list[tuple[str, bytes]]
+    atomic: bool = False  # all records of this topic+partition in one send: one record batch
 
 
 Sender = Callable[[list[Produce]], Awaitable[None]]
 # (partition, start, end) → chunks of the source records with start <= offset < end
 GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
+
+
+class ChangelogSource(Protocol):
+    """Where a partition's state can be restored from (the changelog topic)."""
+
+    async def last_applied(self, partition: int) -> int:
+        """The source offset the changelog's newest complete batch reflects (-1: empty)."""
+        ...
+
+    def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        """Every changelog entry of the partition, oldest first, in chunks."""
+        ...
+
+
+# One batch's changelog entries must fit in one Kafka record batch (appended atomically by the
+# broker; the default broker limit is 1 MB): bigger processing batches are split in half.
+CHANGELOG_BATCH_BYTES = 512 * 1024
+PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
 
 
 class PipelineRunner:
@@ -52,34 +74,78 @@ class PipelineRunner:
         topology: Topology,
         send: Sender,
         read_gap: GapReader | None = None,
+        changelog_source: ChangelogSource | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
         self.send = send
         self.read_gap = read_gap
+        self.changelog_source = changelog_source
         self.changelog = topology.changelog(pipeline)
         self._states: dict[int, PartitionState] = {}
         self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
         self._chaos = ChaosKill.from_env(pipeline.name)
 
-    def state(self, partition: int) -> PartitionState:
+    async def state(self, partition: int) -> PartitionState:
+        """The partition's state, opened on first use; restored from the changelog when the
+        changelog is ahead of the local copy (the partition was processed elsewhere)."""
         st = self._states.get(partition)
-        if st is None:
-            store = RocksStore(self.topology.state_path(self.pipeline, partition))
-            self._stores[partition] = store
-            st = self._states[partition] = PartitionState(store, partition)
+        if st is not None:
+            return st
+        path = self.topology.state_path(self.pipeline, partition)
+        store = RocksStore(path)
+        st = PartitionState(store, partition)
+        if self.changelog_source is not None:
+            remote = await self.changelog_source.last_applied(partition)
+            if remote > st.applied_offset:
+                store.close()
+                store, st = await self._restore(partition, path, st.applied_offset, remote)
+        self._stores[partition] = store
+        self._states[partition] = st
         return st
 
-    def applied_offset(self, partition: int) -> int:
-        return self.state(partition).applied_offset
+    async def _restore(
+        self, partition: int, path: Path, local: int, remote: int
+    ) -> tuple[RocksStore, PartitionState]:
+        assert self.changelog_source is not None
+        log.warning(
+            "%s p%d: local state at offset %d, changelog at %d: restoring from %s",
+            self.pipeline.name,
+            partition,
+            local,
+            remote,
+            self.changelog,
+        )
+        t0 = time.perf_counter()
+        shutil.rmtree(path, ignore_errors=True)
+        store = RocksStore(path)
+        n = 0
+        async for chunk in self.changelog_source.entries(partition):
+            store.write(dict(chunk))
+            n += len(chunk)
+        st = PartitionState(store, partition)
+        metrics.RESTORED.labels(*self._label).inc(n)
+        log.warning(
+            "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",
+            self.pipeline.name,
+            partition,
+            n,
+            time.perf_counter() - t0,
+            st.applied_offset,
+        )
+        return store, st
+
+    async def applied_offset(self, partition: int) -> int:
+        return (await self.state(partition)).applied_offset
 
     async def handle(self, partition: int, records: Sequence[SourceRecord]) -> BatchOutput:
         """Process one partition's batch (offset order) and make it durable."""
         if not records:
             return BatchOutput()
-        state = self.state(partition)
+        state = await self.state(partition)
         first = records[0].offset
+        out = BatchOutput()
         if self.read_gap is not None and first > state.applied_offset + 1:
             # Delivered records start past what the state has applied (the consumer's committed
             # offset ran ahead, or the state is new): apply the gap first, from the source.
@@ -91,24 +157,31 @@ class PipelineRunner:
                 first,
             )
             async for chunk in self.read_gap(partition, state.applied_offset + 1, first):
-                await self._process(state, chunk)
-        return await self._process(state, records)
+                out.extend(await self._process(state, chunk))
+        out.extend(await self._process(state, records))
+        return out
 
     async def _process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
         t0 = time.perf_counter()
-        partition = state.partition
         out = self.pipeline.process(state, records)
+        if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
+            state.discard()  # too much state change for one atomic changelog batch: halve it
+            mid = len(records) // 2
+            out = await self._process(state, records[:mid])
+            out.extend(await self._process(state, records[mid:]))
+            return out
         await self._make_durable(state, out, records[-1].offset)
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)
-        for name, clock in state._clocks.items():
+        for clock in state._clocks.values():
             if clock.max_event_ms is not None:
-                metrics.STREAM_TIME.labels(*self._label, str(partition)).set(clock.max_event_ms)
-                del name
+                metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(
+                    clock.max_event_ms
+                )
         return out
 
     async def flush(self, partition: int) -> BatchOutput:
         """Close every open window of a partition (end of a bounded replay) durably."""
-        state = self.state(partition)
+        state = await self.state(partition)
         out = self.pipeline.flush(state)
         await self._make_durable(state, out, state.applied_offset)
         return out
@@ -121,7 +194,10 @@ class PipelineRunner:
             for r in out.records
         ]
         entries = state.prepare(applied)
-        produce.extend(Produce(self.changelog, state.partition, k, v, None, []) for k, v in entries)
+        produce.extend(
+            Produce(self.changelog, state.partition, k, v, None, [], atomic=True)
+            for k, v in entries
+        )
         try:
             await self.send(produce)
         except BaseException:

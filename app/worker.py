@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
 from app.batch_producer import BatchSender
-from app.runtime import PipelineRunner, Produce, send_with_retry
+from app.changelog import KafkaChangelog
+from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
@@ -50,6 +51,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         producer_acks=-1,
         producer_linger_ms=5,
         producer_max_request_size=16 * 1024 * 1024,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=max(settings.batch_max * 2, 4096),
         logging_config=None,
@@ -71,6 +73,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
             topology,
             _retrying(send_once, pipeline, version),
             _gap_reader(settings, topology.physical(pipeline.source)),
+            KafkaChangelog(settings.broker, topology.changelog(pipeline)),
         )
         runners.append(runner)
         _register_agent(app, topology, pipeline, runner, settings)

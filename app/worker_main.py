@@ -1,31 +1,46 @@
-"""`kappa worker`: check the broker and topics, then hand over to Faust's worker."""
+"""`kappa worker`: check the broker, topics and local state, then hand over to Faust's worker.
+
+Before Faust starts: the pipeline names are checked (no broker needed), the worker waits for
+the broker for as long as it takes (a worker is a long-running service that may start before
+its broker), takes the lock of its version's state directory, validates every existing
+partition directory and makes sure the broker still holds what that state has applied.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import sys
 
 from app.admin import ensure_topics, partition_counts, wait_for_broker
 from app.settings import ConfigError, Settings
+from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
 from app.topology import Topology
 
 log = logging.getLogger("kappa.worker")
+
+# Longest pause (s) between attempts while the worker waits for its broker.
+BROKER_MAX_BACKOFF_S = 10.0
 
 
 def run_worker(
     settings: Settings, version: int | None, pipelines: list[str], web_port: int | None
 ) -> int:
+    if web_port is not None:
+        settings = dataclasses.replace(settings, web_port=web_port)
+    Topology(settings, version or 1).select(pipelines)  # unknown names fail before any waiting
+    if version is None:
+        version = asyncio.run(live_version(settings))
+    topology = Topology(settings, version).select(pipelines)
+    lock = lock_state_dir(topology.state_root())  # held until the process exits
+    applied = check_partition_dirs(topology)
+    asyncio.run(prepare_topics(settings, topology, applied))
+
     import faust
 
     from app.worker import create_app
 
-    if web_port is not None:
-        settings = dataclasses.replace(settings, web_port=web_port)
-    if version is None:
-        version = asyncio.run(live_version(settings))
-    topology = Topology(settings, version).select(pipelines)
-    asyncio.run(prepare_topics(settings, topology))
     app = create_app(settings, version, pipelines)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     names = ", ".join(p.name for p in topology.pipelines)
@@ -41,12 +56,33 @@ def run_worker(
     finally:
         for runner in getattr(app, "kappa_runners", []):
             runner.close()
+        lock.release()
     return 0
 
 
-async def prepare_topics(settings: Settings, topology: Topology) -> None:
-    """Create what is missing; refuse sources whose partitioning the state cannot follow."""
-    await wait_for_broker(settings.broker)
+async def wait_for_broker_forever(bootstrap: str) -> None:
+    """Wait for the broker with backoff (capped at BROKER_MAX_BACKOFF_S), saying so once."""
+
+    def announce(error: str) -> None:
+        print(
+            f"kappa worker: waiting for the Kafka broker at {bootstrap} ({error}); "
+            "retrying with backoff",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await wait_for_broker(
+        bootstrap, timeout_s=None, max_delay_s=BROKER_MAX_BACKOFF_S, on_wait=announce
+    )
+
+
+async def prepare_topics(
+    settings: Settings, topology: Topology, applied: dict[tuple[str, int], int] | None = None
+) -> None:
+    """Create what is missing; refuse sources whose partitioning the state cannot follow, and
+    state that has applied records the broker no longer has (`applied`: from
+    `check_partition_dirs`)."""
+    await wait_for_broker_forever(settings.broker)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.broker, spec, settings.replication)
     counts = await partition_counts(settings.broker, list(spec))
@@ -56,11 +92,13 @@ async def prepare_topics(settings: Settings, topology: Topology) -> None:
         raise ConfigError(
             f"topics must have KAPPA_PARTITIONS={settings.partitions} partitions, but {desc}"
         )
+    if applied:
+        await check_broker_has_state(settings.broker, topology, applied)
 
 
 async def live_version(settings: Settings) -> int:
     """The version `kappa promote` made live (1 before any promote)."""
     from replay.registry import Registry
 
-    await wait_for_broker(settings.broker)
+    await wait_for_broker_forever(settings.broker)
     return await Registry(settings).live_version()

@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from agents.base import BatchCounts, Pipeline
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender
-from app.runtime import PipelineRunner, Produce, send_with_retry
+from app.changelog import KafkaChangelog
+from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
 from app.settings import ConfigError, Settings
 from app.topology import Topology
 from replay.progress import ReplayProgress
@@ -92,7 +93,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         bootstrap_servers=settings.broker,
         acks="all",
         linger_ms=20,
-        max_batch_size=1024 * 1024,
+        max_batch_size=PRODUCER_BATCH_BYTES,
         max_request_size=16 * 1024 * 1024,
     )
     await producer.start()
@@ -183,8 +184,13 @@ async def _run_stage(
         await send_with_retry(send_once, records, label)
 
     source = topology.physical(pipeline.source)
-    runner = PipelineRunner(pipeline, topology, send)
-    starts = {p: runner.applied_offset(p) + 1 for p in partitions}
+    runner = PipelineRunner(
+        pipeline,
+        topology,
+        send,
+        changelog_source=KafkaChangelog(settings.broker, topology.changelog(pipeline)),
+    )
+    starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
     todo = {p for p in partitions if starts[p] < ends[p]}
     total = sum(max(0, ends[p] - starts[p]) for p in partitions)
     progress = ReplayProgress(topology.version, pipeline.name, total, opts.progress)

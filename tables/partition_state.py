@@ -127,9 +127,14 @@ class PartitionState:
                 self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(
                     clock.max_event_ms
                 )
-        if applied_offset > self.applied_offset:
-            self._staged[APPLIED_OFFSET] = _I64.pack(applied_offset)
+        self._staged.pop(APPLIED_OFFSET, None)
+        # Last, always: in the changelog the applied offset closes each batch's entries.
+        self._staged[APPLIED_OFFSET] = _I64.pack(max(applied_offset, self.applied_offset))
         return list(self._staged.items())
+
+    def staged_bytes(self) -> int:
+        """Approximate size of the staged entries as changelog records."""
+        return sum(len(k) + len(v or b"") + 16 for k, v in self._staged.items())
 
     def commit(self) -> None:
         """Write everything staged in one atomic batch."""

@@ -1,38 +1,143 @@
-"""RocksDB (rocksdict) implementation of `KeyValueStore`: one database per partition."""
+"""RocksDB (rocksdict) implementation of `KeyValueStore`: one database per partition.
+
+Each database directory may carry a small `KAPPA` marker (JSON) naming what it holds (app id,
+version, pipeline, partition), written when a store opened with an `identity` creates or
+adopts the directory; a directory whose marker names another app id, pipeline or partition is
+refused instead of being read as if it were this partition's state.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch
 
+MARKER = "KAPPA"
+# Marker fields that must match for a directory to be this partition's state. The version is
+# recorded but not compared: a version's state may be seeded from another version's.
+IDENTITY_FIELDS = ("app_id", "pipeline", "partition")
+# Files RocksDB (or rocksdict) may leave in a directory before it holds a database at all.
+_PRE_DB_FILES = ("LOCK", "LOG", MARKER, MARKER + ".tmp")
+_REBUILD = "the partition is rebuilt from its source"
 
-class StateLockedError(RuntimeError):
-    """Another process already holds this state directory."""
+
+class StateError(RuntimeError):
+    """Local state a worker cannot use; the message is one line and says what to do."""
+
+
+class StateLockedError(StateError):
+    """Another process (or another open store in this one) already holds this state."""
+
+
+class StateUnreadableError(StateError):
+    """The directory is not a readable RocksDB database (corrupt, or not RocksDB at all)."""
+
+
+class ForeignStateError(StateError):
+    """The directory's marker says it holds another app's, pipeline's or partition's state."""
+
+
+def unreadable(path: Path, reason: str) -> StateUnreadableError:
+    return StateUnreadableError(
+        f"state at {path} is unreadable ({reason}): remove it with `rm -rf {path}` "
+        f"and restart; {_REBUILD}"
+    )
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of a partition directory (None when there is none); raises if unreadable."""
+    marker = path / MARKER
+    try:
+        raw = marker.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise unreadable(path, f"cannot read {MARKER}: {e.strerror}") from None
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise unreadable(path, f"{MARKER} is not a JSON object")
+    return found
+
+
+def write_marker(path: Path, identity: Mapping[str, Any]) -> None:
+    """Write the marker atomically (a crash leaves the old marker or none, never half of one)."""
+    tmp = path / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(dict(identity), sort_keys=True) + "\n")
+    os.replace(tmp, path / MARKER)
 
 
 class RocksStore:
-    """A raw-bytes rocksdict database; writes go through one WriteBatch per commit."""
+    """A raw-bytes rocksdict database; writes go through one WriteBatch per commit.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    `identity` (e.g. {"app_id", "version", "pipeline", "partition"}) is checked against the
+    directory's marker before opening, and written as the marker if there is none yet.
+    """
+
+    def __init__(self, path: Path, identity: Mapping[str, Any] | None = None) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StateError(f"cannot create state directory {path.parent}: {e}") from None
+        self.path = path
+        if identity is not None:
+            self._check_identity(identity)
+        self._check_is_database()
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
-        self.path = path
         try:
             self.db = Rdict(str(path), opts)
-        except Exception as e:  # rocksdict raises bare Exception for IO/lock errors
+        except Exception as e:  # rocksdict raises bare Exception for IO/lock/corruption errors
             msg = str(e)
-            if "lock" in msg.lower():
+            # RocksDB names its LOCK file; don't match "block" (as in "block checksum mismatch").
+            if "/LOCK" in msg or "lock hold" in msg or "lock file" in msg.lower():
                 raise StateLockedError(
                     f"state directory {path} is in use by another worker process "
                     "(give each worker its own KAPPA_STATE_DIR)"
                 ) from None
-            raise RuntimeError(
-                f"cannot open state at {path}: {msg.splitlines()[0]} — move that directory "
-                "away and restart the worker to rebuild the partition from its source"
-            ) from None
+            first = msg.splitlines()[0] if msg else type(e).__name__
+            raise unreadable(path, first.strip()) from None
+        if identity is not None and not (path / MARKER).exists():
+            try:
+                write_marker(path, identity)
+            except OSError as e:
+                self.db.close()
+                raise unreadable(path, f"cannot write {MARKER}: {e.strerror}") from None
+
+    def _check_identity(self, identity: Mapping[str, Any]) -> None:
+        found = read_marker(self.path)
+        if found is None:
+            return
+        differ = [
+            k for k in IDENTITY_FIELDS if k in identity and k in found and found[k] != identity[k]
+        ]
+        if differ:
+            theirs = ", ".join(f"{k}={found[k]!r}" for k in IDENTITY_FIELDS if k in found)
+            ours = ", ".join(f"{k}={identity[k]!r}" for k in IDENTITY_FIELDS if k in identity)
+            raise ForeignStateError(
+                f"state at {self.path} belongs to {theirs}, not {ours}: check KAPPA_STATE_DIR "
+                f"and KAPPA_APP_ID, or remove it with `rm -rf {self.path}` and restart; {_REBUILD}"
+            )
+
+    def _check_is_database(self) -> None:
+        """Refuse a non-empty directory that holds no database: RocksDB would create one among
+        the foreign files and the worker would start from empty state without a word."""
+        if not self.path.is_dir() or (self.path / "CURRENT").exists():
+            return
+        try:
+            names = [p.name for p in self.path.iterdir()]
+        except OSError as e:
+            raise unreadable(self.path, e.strerror or type(e).__name__) from None
+        foreign = sorted(n for n in names if not n.startswith(_PRE_DB_FILES))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+            raise unreadable(self.path, f"not a RocksDB database: no CURRENT file, found {shown}")
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:

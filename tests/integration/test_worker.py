@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
@@ -85,31 +86,54 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
         assert worker.stop() == 0, worker.tail_log()
 
 
-async def test_state_behind_committed_offsets_is_rebuilt_from_the_source(
+async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_source(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
-    """Lost local state (or a consumer whose commits ran ahead of it) must not lose records:
-    the worker reads the gap from the source, and re-sent windows are byte-identical."""
+    """Lost local state (a partition moving to a worker without it, or a wiped disk) must not
+    lose records: the changelog restores it; without a changelog the worker reads the gap from
+    the source. Either way re-sent windows are byte-identical and the results exact."""
     state = tmp_path / "state"
     env = kappa_env(broker, unique, state)
     assert run_kappa(["topics"], env).returncode == 0
-    first = _spec(3_000, seed=4)
-    await _produce(broker, f"{unique}.orders", first)
-    ref = await reference_for(broker, f"{unique}.orders")
-    worker = Worker(env, tmp_path / "worker.log").start()
-    try:
-        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
-    finally:
-        assert worker.stop() == 0, worker.tail_log()
+    start = 1_700_000_000_000
+    for phase, seed in enumerate((4, 5, 6)):
+        batch = _spec(2_500, seed=seed, start_ms=start)
+        start += batch.span_ms
+        await _produce(broker, f"{unique}.orders", batch)
+        ref = await reference_for(broker, f"{unique}.orders")
+        worker = Worker(env, tmp_path / f"worker{phase}.log").start()
+        try:
+            await eventually(
+                lambda ref=ref: check_outputs(broker, unique, ref), alive=_alive(worker)
+            )
+        finally:
+            assert worker.stop() == 0, worker.tail_log()
+        log = worker.log_path.read_text()
+        if phase == 1:
+            assert "restoring from" in log and "reading the gap" not in log, log[-3000:]
+        if phase == 2:
+            assert "reading the gap" in log, log[-3000:]
+        shutil.rmtree(state / "v1")  # committed offsets now point far past the (empty) state
+        if phase == 1:  # and now the changelogs are gone too
+            await _delete_topics(
+                broker, [t for t in await _list_topics(broker) if "changelog" in t and unique in t]
+            )
+            assert run_kappa(["topics"], env).returncode == 0
 
-    shutil.rmtree(state / "v1")  # committed offsets now point far past the (empty) state
-    await _produce(
-        broker, f"{unique}.orders", _spec(3_000, seed=5, start_ms=first.start_ms + first.span_ms)
-    )
-    ref = await reference_for(broker, f"{unique}.orders")
-    worker = Worker(env, tmp_path / "worker2.log").start()
+
+async def _list_topics(broker: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
     try:
-        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
-        assert "reading the gap" in worker.log_path.read_text()
+        return list(await admin.list_topics())
     finally:
-        assert worker.stop() == 0, worker.tail_log()
+        await admin.close()
+
+
+async def _delete_topics(broker: str, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()

@@ -1,0 +1,165 @@
+"""Startup checks that protect a worker's local state, run before Faust starts.
+
+- One process per version's state directory: an advisory `flock` on `<state_dir>/vN/LOCK`, held
+  for the life of the process. Two workers on the same RocksDB partitions would overwrite each
+  other's state and applied offsets.
+- Every existing partition directory must open as this app's RocksDB database. A corrupt or
+  foreign directory is refused with the command that rebuilds it.
+- The broker must still hold what the state says was applied. The embedded broker forgets
+  everything when it restarts, and records at offsets at or below the state's applied offset
+  would then be skipped as "already applied".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.topology import Topology
+from tables.partition_state import PartitionState
+from tables.rocks import RocksStore, StateError, StateLockedError, unreadable
+
+LOCK_FILE = "LOCK"
+_PARTITION_DIR = re.compile(r"p(\d+)")
+
+
+class BrokerLostDataError(StateError):
+    """The local state has applied offsets the broker's log does not reach."""
+
+
+@dataclass
+class StateDirLock:
+    """An exclusive flock on `root/LOCK`; released when the process exits (or by `release`)."""
+
+    root: Path
+    fd: int | None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor drops the flock
+            self.fd = None
+            with contextlib.suppress(ValueError):
+                _held.remove(self)
+
+
+_held: list[StateDirLock] = []  # keeps the descriptors (and so the locks) for the process lifetime
+
+
+def lock_state_dir(root: Path) -> StateDirLock:
+    """Take the lock of one version's state directory or raise `StateLockedError` at once.
+
+    flock locks belong to the open file description, so a second lock of the same directory
+    fails even from the same process.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StateError(f"cannot use state directory {root}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        who = f" (pid {holder})" if holder else ""
+        raise StateLockedError(
+            f"state directory {root} is in use by another kappa worker{who}; "
+            "run one worker per KAPPA_STATE_DIR"
+        ) from None
+    except OSError as e:
+        os.close(fd)
+        raise StateError(f"cannot lock state directory {root}: {e.strerror or e}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    lock = StateDirLock(root, fd)
+    _held.append(lock)
+    return lock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        raw = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(raw) if raw.isdigit() else None
+
+
+def state_identity(topology: Topology, pipeline: str, partition: int) -> dict[str, object]:
+    """What a partition directory's `KAPPA` marker records (see `tables.rocks`)."""
+    return {
+        "app_id": topology.settings.app_id,
+        "version": topology.version,
+        "pipeline": pipeline,
+        "partition": partition,
+    }
+
+
+def read_applied_offset(path: Path, partition: int, identity: dict[str, object]) -> int:
+    """Open a partition's store, read its applied offset, close it (-1: nothing applied)."""
+    store = RocksStore(path, identity)
+    try:
+        return PartitionState(store, partition).applied_offset
+    except Exception as e:  # a readable directory whose content is not
+        first = (str(e).splitlines() or [""])[0]
+        raise unreadable(path, f"{type(e).__name__}: {first}" if first else type(e).__name__)
+    finally:
+        store.close()
+
+
+def check_partition_dirs(topology: Topology) -> dict[tuple[str, int], int]:
+    """Open and close every existing partition directory of the selected pipelines.
+
+    Returns (pipeline, partition) → applied offset; raises `StateError` for a directory that
+    is corrupt, foreign or locked. Creates no partition directory.
+    """
+    applied: dict[tuple[str, int], int] = {}
+    for pipeline in topology.pipelines:
+        base = topology.state_root() / pipeline.name
+        if not base.is_dir():
+            continue
+        for entry in sorted(base.iterdir()):
+            m = _PARTITION_DIR.fullmatch(entry.name)
+            if m is None:
+                continue
+            partition = int(m.group(1))
+            identity = state_identity(topology, pipeline.name, partition)
+            applied[(pipeline.name, partition)] = read_applied_offset(entry, partition, identity)
+    return applied
+
+
+async def check_broker_has_state(
+    bootstrap: str, topology: Topology, applied: dict[tuple[str, int], int]
+) -> None:
+    """Refuse state whose applied offset is at or past its source partition's high watermark.
+
+    The high watermark comes from a fetch response (right on the embedded broker, unlike
+    ListOffsets). On Apache Kafka a high watermark never moves back, so this only fires when
+    the log really is gone (dev-broker restart, topic deleted and recreated, another cluster).
+    """
+    from replay.snapshot import high_watermarks
+
+    sources = {p.name: topology.physical(p.source) for p in topology.pipelines}
+    by_topic: dict[str, dict[int, int]] = {}
+    for (name, partition), offset in applied.items():
+        if offset < 0 or name not in sources:
+            continue
+        parts = by_topic.setdefault(sources[name], {})
+        parts[partition] = max(offset, parts.get(partition, -1))
+    lost: list[tuple[str, int, int, int]] = []
+    for topic, parts in sorted(by_topic.items()):
+        ends = await high_watermarks(bootstrap, topic)
+        lost.extend(
+            (topic, p, a, ends[p]) for p, a in sorted(parts.items()) if p in ends and a >= ends[p]
+        )
+    if lost:
+        topic, p, a, h = lost[0]
+        more = f" (and {len(lost) - 1} more partitions)" if len(lost) > 1 else ""
+        raise BrokerLostDataError(
+            f"local state for {topic}[{p}] has applied offset {a} but the broker's log ends at "
+            f"{h}{more}: the broker lost its data (the embedded broker keeps nothing across "
+            f"restarts) — remove {topology.state_root()} to start over"
+        )
