@@ -9,12 +9,14 @@ compacted form) rebuilds exactly the state of the last complete batch.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import AsyncIterator
 
 from app.topic_reader import high_watermarks, read_range
 from tables.partition_state import APPLIED_OFFSET
 
 _I64 = struct.Struct(">q")
+ENDS_TTL_S = 2.0
 
 
 class KafkaChangelog:
@@ -22,9 +24,15 @@ class KafkaChangelog:
         self.bootstrap = bootstrap
         self.topic = topic
         self._ends: dict[int, int] = {}
+        self._ends_at = -1e9
 
     async def _end(self, partition: int) -> int:
-        self._ends = await high_watermarks(self.bootstrap, self.topic)
+        """The partition's high watermark; one fetch serves the partitions opened together
+        (after an assignment), a later open fetches again."""
+        now = time.monotonic()
+        if now - self._ends_at > ENDS_TTL_S or partition not in self._ends:
+            self._ends = await high_watermarks(self.bootstrap, self.topic)
+            self._ends_at = now
         return self._ends.get(partition, 0)
 
     async def last_applied(self, partition: int) -> int:

@@ -29,8 +29,8 @@ class Settings:
     window_ms: int = 60_000  # revenue window size
     grace_ms: int = 10_000  # how long after a window's end late events are still accepted
     emit_updates: bool = False  # also emit running window values on every change
-    batch_max: int = 5_000  # max records per processing batch (live)
-    batch_within_ms: int = 100  # max wait to fill a batch (live)
+    batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
+    batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
     replay_batch_max: int = 50_000  # max records fetched per batch in a replay
     session_timeout_ms: int = (
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
@@ -96,8 +96,8 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
-    if s.grace_ms < 0 or s.batch_within_ms < 0:
-        raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_WITHIN_MS must be >= 0")
+    if s.grace_ms < 0 or s.batch_linger_ms < 0:
+        raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_LINGER_MS must be >= 0")
     if not s.app_id.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
     if s.topic_prefix and not all(c.isalnum() or c in "._-" for c in s.topic_prefix):

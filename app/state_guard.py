@@ -105,7 +105,8 @@ def read_applied_offset(path: Path, partition: int, identity: dict[str, object])
         return PartitionState(store, partition).applied_offset
     except Exception as e:  # a readable directory whose content is not
         first = (str(e).splitlines() or [""])[0]
-        raise unreadable(path, f"{type(e).__name__}: {first}" if first else type(e).__name__)
+        reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise unreadable(path, reason) from None
     finally:
         store.close()
 

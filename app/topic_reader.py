@@ -14,6 +14,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from agents.base import SourceRecord
 
+# Bounded reads stop at the high watermark: don't let an empty fetch wait the broker's 500 ms.
+BOUNDED_FETCH_WAIT_MS = 20
+
 
 async def read_to_end(
     bootstrap: str, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
@@ -24,6 +27,7 @@ async def read_to_end(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
@@ -77,6 +81,7 @@ async def read_range(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
     await consumer.start()
@@ -117,6 +122,7 @@ async def high_watermarks(bootstrap: str, topic: str, timeout_s: float = 30.0) -
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
         max_partition_fetch_bytes=1024,
     )
     await consumer.start()

@@ -9,6 +9,7 @@ topics (those no pipeline writes, like `orders`) are shared by every version.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from agents.base import Pipeline
@@ -49,7 +50,7 @@ class Topology:
             )
         return Topology(self.settings, self.version, [known[n] for n in names], self.since_ms)
 
-    @property
+    @cached_property
     def produced(self) -> set[str]:
         return {t for p in build_pipelines(self.settings) for t in p.outputs}
 

@@ -1,22 +1,26 @@
-"""The live worker: a Faust app whose agents hand batches of raw records to `PipelineRunner`s.
+"""The live worker: a Faust app that hands batches of raw records to `PipelineRunner`s.
 
-Faust owns the consumer group, rebalancing, offset commits and the web server; the agents
-stay thin. Values are consumed as raw bytes (decoding is the pipeline's job, so a bad record
-reaches the DLQ instead of killing the agent), delivered in batches with `take_events`.
-faust's `expires`/`on_window_close` and its Table are not used: windows close on stream time.
+Faust owns the consumer group, rebalancing, offset commits and the web server; Kappa's part
+stays thin. Records are consumed as raw bytes (decoding is the pipeline's job, so a bad record
+reaches the DLQ instead of killing anything) and delivered in batches by the conductor in
+`app.batch_delivery`, below faust's per-event stream path. faust's `expires`/`on_window_close`
+and its Table are not used: windows close on stream time, never on the wall clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import faust
+from aiokafka import ConsumerRecord
+from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
+from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import BatchSender
 from app.changelog import KafkaChangelog
 from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, version: int, pipelines: list[str] | None = None) -> faust.App:
     topology = Topology(settings, version).select(pipelines or [])
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = KappaApp(
         topology.group_id,
         broker=[f"kafka://{b}" for b in settings.bootstrap],
         store="memory://",
@@ -58,6 +62,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         datadir=str(settings.state_dir / "faust"),
     )
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
+    app.kappa_batch_buffers = {}  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
 
     senders: list[BatchSender] = []
@@ -76,7 +81,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
             KafkaChangelog(settings.broker, topology.changelog(pipeline)),
         )
         runners.append(runner)
-        _register_agent(app, topology, pipeline, runner, settings)
+        _register_batch_pipeline(app, topology, pipeline, runner, settings)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -87,13 +92,6 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "version": version, "group": topology.group_id})
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: object, revoked: set, **kwargs: object) -> None:  # type: ignore[type-arg]
-        for runner in runners:
-            for tp in revoked:
-                if tp.topic == topology.physical(runner.pipeline.source):
-                    runner.close_partition(tp.partition)
 
     app.kappa_runners = runners  # type: ignore[attr-defined]
     return app
@@ -116,41 +114,61 @@ def _retrying(send_once, pipeline: Pipeline, version: int):
     return send
 
 
-def _register_agent(
+def _register_batch_pipeline(
     app: faust.App,
     topology: Topology,
     pipeline: Pipeline,
     runner: PipelineRunner,
     settings: Settings,
 ) -> None:
-    topic = app.topic(
-        topology.physical(pipeline.source),
+    """Subscribe the pipeline's source with batch delivery and start the task that drains it.
+
+    Whatever is buffered when a batch is taken forms the batch: under load batches grow (up to
+    the buffer bound), idle they are a single record, so latency stays low without a timer.
+    """
+    source = topology.physical(pipeline.source)
+    topic = BatchTopic(
+        app,
+        topics=[source],
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    within = settings.batch_within_ms / 1000.0
+    topic.buffer = buffer = BatchBuffer(settings.batch_max, target=settings.batch_max // 4)
+    linger_s = settings.batch_linger_ms / 1000
+    app.topics.add(topic)
+    app.kappa_batch_buffers[source] = buffer  # type: ignore[attr-defined]
+    lock = asyncio.Lock()
 
-    async def process(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for events in stream.take_events(settings.batch_max, within=within):
-            by_partition: dict[int, list[SourceRecord]] = defaultdict(list)
-            for ev in events:
-                m = ev.message
-                by_partition[m.partition].append(
-                    SourceRecord(
-                        m.topic,
-                        m.partition,
-                        m.offset,
-                        round(m.timestamp * 1000) if m.timestamp else None,
-                        m.key,
-                        m.value,
-                        list(m.headers or ()),
-                    )
-                )
-            for partition, recs in by_partition.items():
-                await runner.handle(partition, recs)
-        yield None  # pragma: no cover - makes this an async generator faust accepts
+    async def process(taken: dict[int, list[ConsumerRecord]]) -> None:
+        for partition, records in taken.items():
+            await runner.handle(partition, records)
+            ack_offsets(app.consumer, TP(source, partition), [r.offset for r in records])
 
-    app.agent(topic, name=f"kappa.{pipeline.name}")(process)
+    async def drain() -> None:
+        try:
+            while not app.should_stop:
+                await buffer.wait_for_batch(linger_s)
+                async with lock:
+                    await process(buffer.take())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
+            log.exception("pipeline %s failed", pipeline.name)
+            await app.crash(exc)
+
+    drain.__name__ = drain.__qualname__ = f"kappa_{pipeline.name.replace('-', '_')}"
+    app.task(drain)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+        """Finish what was delivered for the revoked partitions, then let them go."""
+        parts = {tp.partition for tp in revoked if tp.topic == source}
+        if not parts:
+            return
+        async with lock:
+            await process(buffer.take(parts))
+            for p in parts:
+                runner.close_partition(p)

@@ -66,6 +66,11 @@ class PartitionState:
         self.partition = partition
         self._staged: dict[bytes, bytes | None] = {}
         self._clocks: dict[str, StreamTime] = {}
+        # Per window store: every window ending below this has closed and been deleted, so scans
+        # for closable windows start here instead of stepping over the tombstones of all the
+        # windows closed before (RocksDB iterators pay for every tombstone they pass).
+        self._scan_floor: dict[str, int] = {}
+        self._pending_floor: dict[str, int] = {}
         applied = store.get_many([APPLIED_OFFSET])[0]
         self.applied_offset: int = _I64.unpack(applied)[0] if applied is not None else -1
 
@@ -140,6 +145,8 @@ class PartitionState:
         """Write everything staged in one atomic batch."""
         changes = self._staged
         self._staged = {}
+        self._scan_floor.update(self._pending_floor)
+        self._pending_floor = {}
         if changes:
             self.store.write(changes)
             applied = changes.get(APPLIED_OFFSET)
@@ -149,6 +156,7 @@ class PartitionState:
     def discard(self) -> None:
         """Drop staged changes (the batch failed before its outputs were acknowledged)."""
         self._staged = {}
+        self._pending_floor = {}
         self._clocks = {}  # reloaded from the store: the batch's clock advance is undone
 
 
@@ -172,9 +180,16 @@ class WindowStore:
 
     def expiring(self, watermark: int) -> Iterable[tuple[WindowKey, Moments]]:
         stop_end = min(watermark + 1, _BIAS - 1) + _BIAS
+        floor = self.state._scan_floor.get(self.name)
+        start = self._prefix if floor is None else self._prefix + _U64.pack(floor + _BIAS)
+        if isinstance(watermark, int):  # not for a flush (+inf), which deletes nothing
+            self.state._pending_floor[self.name] = watermark + 1
         n = len(self._prefix)
-        for k, v in self.state.store.scan(self._prefix, self._prefix + _U64.pack(stop_end)):
-            yield decode_window_key(k, n), Moments.from_bytes(v)
+        found = [
+            (decode_window_key(k, n), Moments.from_bytes(v))
+            for k, v in self.state.store.scan(start, self._prefix + _U64.pack(stop_end))
+        ]
+        return found
 
     def put(self, updated: dict[WindowKey, Moments]) -> None:
         stage = self.state.stage

@@ -1,0 +1,141 @@
+"""Errors a user can cause print one line (argparse: its usage, then one error line), exit 2,
+and never a traceback. Runs `python -m app.cli` as a user would; no broker is needed: the
+configured one is a closed port, and every command here must fail before needing it (or, for
+`topics --timeout`, fail cleanly because it is not there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.broker import free_port
+from app.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _kappa(
+    args: list[str], tmp_path: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    base.update(
+        KAPPA_BROKER=f"127.0.0.1:{free_port()}",  # nothing listens there
+        KAPPA_STATE_DIR=str(tmp_path / "state"),
+        PYTHONPATH=str(ROOT),
+    )
+    base.update(env)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env=base,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:  # run() has killed it
+        raise AssertionError(f"kappa {' '.join(args)} hung:\n{e.stdout!r}\n{e.stderr!r}") from None
+
+
+def _error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("kappa ") and ": error: " in lines[0], lines[0]
+    return lines[0]
+
+
+def _usage_error(r: subprocess.CompletedProcess[str]) -> str:
+    """argparse's format: a usage block, then exactly one error line."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("usage: kappa"), r.stderr
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert len(errors) == 1 and errors[0] == lines[-1], r.stderr
+    assert all(ln.startswith(("usage:", " ")) for ln in lines[:-1]), r.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "env,args,words",
+    [
+        ({"KAPPA_PARTITIONS": "abc"}, ["topics"], "KAPPA_PARTITIONS='abc'"),
+        ({"KAPPA_BROKER": "nohostport"}, ["topics"], "KAPPA_BROKER='nohostport'"),
+        ({"KAPPA_GRACE_MS": "-1"}, ["worker"], "KAPPA_GRACE_MS"),
+        ({"KAPPA_WINDOW_MS": "0"}, ["topics"], "KAPPA_WINDOW_MS must be > 0"),
+        ({"KAPPA_EMIT_UPDATES": "maybe"}, ["worker"], "KAPPA_EMIT_UPDATES='maybe'"),
+        ({"KAPPA_LOG_LEVEL": "loud"}, ["worker"], "KAPPA_LOG_LEVEL='loud'"),
+        ({"KAPPA_APP_ID": "a/b"}, ["topics"], "KAPPA_APP_ID='a/b'"),
+        ({"KAPPA_TOPIC_PREFIX": "a b"}, ["produce", "x", "--generate", "1"], "KAPPA_TOPIC_PREFIX"),
+    ],
+)
+def test_bad_configuration_is_one_line(
+    tmp_path: Path, env: dict[str, str], args: list[str], words: str
+) -> None:
+    assert words in _error_line(_kappa(args, tmp_path, **env))
+
+
+def test_an_unknown_pipeline_is_reported_before_waiting_for_the_broker(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["worker", "--pipeline", "nope"], tmp_path))
+    assert "unknown pipeline(s) nope" in line and "orders" in line
+
+
+def test_a_missing_file_is_reported_before_connecting(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["produce", "orders", "--file", "/nonexistent.jsonl"], tmp_path))
+    assert "cannot read /nonexistent.jsonl" in line
+
+
+def test_a_file_of_unknown_type_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "orders.txt").write_text("{}\n")
+    line = _error_line(_kappa(["produce", "orders", "--file", "orders.txt"], tmp_path))
+    assert "unknown suffix '.txt'" in line
+
+
+def test_an_unreachable_broker_is_one_line_without_client_noise(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["topics", "--timeout", "1"], tmp_path))
+    assert "cannot reach the Kafka broker at 127.0.0.1:" in line
+
+
+def test_an_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    r = _kappa(["worker", "--version", "1"], tmp_path, KAPPA_STATE_DIR=str(tmp_path / "file"))
+    assert f"state directory {tmp_path / 'file' / 'v1'}" in _error_line(r)
+
+
+def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
+    assert "must be host:port" in _error_line(_kappa(["broker", "--address", "nope"], tmp_path))
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["nope"], "invalid choice: 'nope'"),
+        (["replay"], "the following arguments are required: --version"),
+        (["replay", "--version", "2", "--process", "3/2"], "must be I/N"),
+        (["replay", "--version", "2", "--since", "yesterday"], "is not epoch milliseconds"),
+        (["produce", "orders", "--generate", "0"], "'0' must be > 0"),
+        (["produce", "orders"], "one of the arguments --file --generate is required"),
+        (["produce", "orders", "--generate", "5", "--bad-fraction", "2"], "between 0 and 1"),
+        (["worker", "--web-port", "http"], "'http' is not an integer"),
+        (["tail", "orders", "--limit", "-1"], "must be > 0"),
+    ],
+)
+def test_bad_arguments_get_argparse_usage_and_one_error(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    assert words in _usage_error(_kappa(args, tmp_path))
+
+
+def test_settings_from_a_mapping() -> None:
+    s = load_settings({"KAPPA_PARTITIONS": "8", "KAPPA_EMIT_UPDATES": "yes", "KAPPA_BROKER": "a:1"})
+    assert (s.partitions, s.emit_updates, s.bootstrap) == (8, True, ["a:1"])
+    for env in ({"KAPPA_PARTITIONS": "abc"}, {"KAPPA_BROKER": "a:1,b"}, {"KAPPA_GRACE_MS": "-1"}):
+        with pytest.raises(ConfigError):
+            load_settings(env)

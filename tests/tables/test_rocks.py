@@ -1,0 +1,148 @@
+"""The RocksDB adapter refuses state it must not use, with one line that says what to do."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tables.rocks as rocks
+from tables.rocks import (
+    MARKER,
+    ForeignStateError,
+    RocksStore,
+    StateLockedError,
+    StateUnreadableError,
+)
+
+IDENTITY = {"app_id": "kappa", "version": 1, "pipeline": "orders", "partition": 3}
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "v1" / "orders" / "p3"
+
+
+@pytest.fixture
+def stores() -> Iterator[list[RocksStore]]:
+    """Stores a test opens; closed at the end whatever happens."""
+    opened: list[RocksStore] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def _make(path: Path, identity: dict[str, object] | None = IDENTITY) -> None:
+    store = RocksStore(path, identity)
+    store.write({b"k": b"v" * 2000})
+    store.close()
+
+
+def _assert_rebuild_advice(err: Exception, path: Path) -> None:
+    msg = str(err)
+    assert "\n" not in msg
+    assert f"rm -rf {path}" in msg
+    assert "rebuilt from its source" in msg
+
+
+def test_existing_callers_pass_only_a_path_and_get_no_marker(path: Path) -> None:
+    _make(path, identity=None)
+    assert not (path / MARKER).exists()
+    store = RocksStore(path)
+    try:
+        assert store.get_many([b"k"]) == [b"v" * 2000]
+    finally:
+        store.close()
+
+
+def test_a_new_store_records_its_identity(path: Path) -> None:
+    _make(path)
+    assert json.loads((path / MARKER).read_text()) == IDENTITY
+    store = RocksStore(path, IDENTITY)  # the same identity opens it again
+    try:
+        assert store.get_many([b"k"]) == [b"v" * 2000]
+    finally:
+        store.close()
+
+
+def test_an_unmarked_store_is_adopted(path: Path) -> None:
+    _make(path, identity=None)
+    _make(path)
+    assert json.loads((path / MARKER).read_text()) == IDENTITY
+
+
+@pytest.mark.parametrize(
+    "field,value", [("app_id", "someone-else"), ("pipeline", "user-totals"), ("partition", 1)]
+)
+def test_a_foreign_marker_is_refused(path: Path, field: str, value: object) -> None:
+    _make(path, {**IDENTITY, field: value})
+    with pytest.raises(ForeignStateError) as e:
+        RocksStore(path, IDENTITY)
+    assert str(path) in str(e.value)
+    assert f"{field}={value!r}" in str(e.value)
+    _assert_rebuild_advice(e.value, path)
+
+
+def test_another_version_of_the_same_partition_is_not_foreign(path: Path) -> None:
+    _make(path, {**IDENTITY, "version": 7})
+    RocksStore(path, IDENTITY).close()
+
+
+def test_an_unparseable_marker_is_refused(path: Path) -> None:
+    _make(path)
+    (path / MARKER).write_bytes(b"\x00\xffnot json")
+    with pytest.raises(StateUnreadableError) as e:
+        RocksStore(path, IDENTITY)
+    _assert_rebuild_advice(e.value, path)
+
+
+def test_garbage_files_without_a_database_are_refused(path: Path) -> None:
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("not a database")
+    with pytest.raises(StateUnreadableError) as e:
+        RocksStore(path, IDENTITY)
+    assert "not a RocksDB database" in str(e.value)
+    _assert_rebuild_advice(e.value, path)
+    assert not (path / "CURRENT").exists()  # nothing was created among the foreign files
+
+
+def test_an_empty_directory_becomes_a_store(path: Path) -> None:
+    path.mkdir(parents=True)
+    RocksStore(path, IDENTITY).close()
+    assert (path / "CURRENT").exists()
+
+
+@pytest.mark.parametrize("victim", ["CURRENT", "MANIFEST-"])
+def test_a_corrupt_database_is_refused(path: Path, victim: str) -> None:
+    _make(path)
+    for f in path.iterdir():
+        if f.name.startswith(victim):
+            f.write_bytes(b"\x00garbage\x01" * 40)
+    with pytest.raises(StateUnreadableError) as e:
+        RocksStore(path, IDENTITY)
+    assert f"state at {path} is unreadable (" in str(e.value)
+    _assert_rebuild_advice(e.value, path)
+
+
+def test_corruption_mentioning_a_block_is_not_taken_for_a_lock(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def corrupt(*args: object) -> None:
+        raise Exception("Corruption: block checksum mismatch: stored = 1, computed = 2")
+
+    monkeypatch.setattr(rocks, "Rdict", corrupt)
+    with pytest.raises(StateUnreadableError, match="block checksum mismatch"):
+        RocksStore(path, IDENTITY)
+
+
+def test_a_store_open_elsewhere_in_this_process_is_locked(
+    path: Path, stores: list[RocksStore]
+) -> None:
+    stores.append(RocksStore(path, IDENTITY))
+    with pytest.raises(StateLockedError) as e:
+        RocksStore(path, IDENTITY)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    stores.pop().close()
+    RocksStore(path, IDENTITY).close()  # free again once closed
