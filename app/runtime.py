@@ -22,6 +22,7 @@ from typing import Protocol
 
 from agents.base import BatchOutput, Pipeline, SourceRecord
 from app import metrics
+from app.state_guard import state_identity
 from app.topology import Topology
 from tables.partition_state import PartitionState
 from tables.rocks import RocksStore
@@ -94,7 +95,7 @@ class PipelineRunner:
         if st is not None:
             return st
         path = self.topology.state_path(self.pipeline, partition)
-        store = RocksStore(path)
+        store = RocksStore(path, self._identity(partition))
         st = PartitionState(store, partition)
         if self.changelog_source is not None:
             remote = await self.changelog_source.last_applied(partition)
@@ -119,7 +120,7 @@ class PipelineRunner:
         )
         t0 = time.perf_counter()
         shutil.rmtree(path, ignore_errors=True)
-        store = RocksStore(path)
+        store = RocksStore(path, self._identity(partition))
         n = 0
         async for chunk in self.changelog_source.entries(partition):
             store.write(dict(chunk))
@@ -135,6 +136,10 @@ class PipelineRunner:
             st.applied_offset,
         )
         return store, st
+
+    def _identity(self, partition: int) -> dict[str, object]:
+        """Recorded in the partition directory, so a foreign directory is refused."""
+        return state_identity(self.topology, self.pipeline.name, partition)
 
     async def applied_offset(self, partition: int) -> int:
         return (await self.state(partition)).applied_offset
