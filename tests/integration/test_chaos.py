@@ -1,0 +1,120 @@
+"""Exactness through kill -9 and failover, against the embedded broker.
+
+`make test` runs a few rounds; `make chaos` (KAPPA_CHAOS_ROUNDS=50) runs many. Each kill point
+is drawn at random: which pipeline, which batch, and where in it (before the outputs are sent,
+after they are acknowledged but before the state commit, after the commit).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
+from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.workers import Worker, kappa_env, run_kappa
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+ROUNDS = int(os.environ.get("KAPPA_CHAOS_ROUNDS", "10"))
+PHASES = ("before-send", "after-send", "after-commit")
+
+
+def _spec(count: int, seed: int, start_ms: int = 1_700_000_000_000) -> GeneratorSpec:
+    return GeneratorSpec(
+        count=count,
+        seed=seed,
+        keys=50,
+        users=40,
+        start_ms=start_ms,
+        span_ms=count * 300,
+        disorder_ms=5_000,
+        late_fraction=0.01,
+        bad_fraction=0.02,
+    )
+
+
+async def test_kill_9_at_random_points_keeps_results_exact(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    rng = random.Random(int(os.environ.get("KAPPA_CHAOS_SEED", "0")) or None)
+    # Small live batches, so a run has many batches to die in.
+    env = kappa_env(
+        broker, unique, tmp_path / "state", KAPPA_BATCH_MAX="300", KAPPA_BATCH_LINGER_MS="0"
+    )
+    assert run_kappa(["topics"], env).returncode == 0
+    kills = []
+    start = 1_700_000_000_000
+    for n in range(ROUNDS):
+        chunk = _spec(800, 100 + n, start)  # fresh work every round, so there is a batch to die in
+        start += chunk.span_ms
+        records = ((r.key, r.value) for r in generate(chunk))
+        await produce_records(broker, f"{unique}.orders", records, progress=False)
+        point = f"{rng.choice(['orders', 'user-totals'])}:{rng.randint(1, 3)}:{rng.choice(PHASES)}"
+        worker = Worker({**env, "KAPPA_CHAOS_KILL": point}, tmp_path / f"round{n}.log").start()
+        assert worker.proc is not None
+        try:
+            code = worker.proc.wait(30)
+        except subprocess.TimeoutExpired:  # the kill point was not reached: stop it normally
+            code = worker.stop()
+            assert code == 0, worker.tail_log()
+        else:
+            worker.stop()
+            assert code == -signal.SIGKILL, worker.tail_log()
+        kills.append((point, code))
+    assert sum(code == -signal.SIGKILL for _, code in kills) >= max(1, ROUNDS * 2 // 3), kills
+
+    ref = await reference_for(broker, f"{unique}.orders")
+    final = Worker(env, tmp_path / "final.log").start()
+    try:
+        final.wait_until(lambda m: bool(m))  # up, and past the point it could die on SIGTERM
+        await eventually(lambda: check_outputs(broker, unique, ref), timeout=180)
+    finally:
+        assert final.stop() == 0, final.tail_log()
+
+
+async def test_three_workers_one_killed_the_others_take_over_exactly(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    base = kappa_env(
+        broker, unique, tmp_path / "unused", KAPPA_PARTITIONS="8", KAPPA_BATCH_MAX="2000"
+    )
+    assert run_kappa(["topics"], base).returncode == 0
+    workers = [
+        Worker(
+            {**base, "KAPPA_STATE_DIR": str(tmp_path / f"state{i}")}, tmp_path / f"w{i}.log"
+        ).start()
+        for i in range(3)
+    ]
+    try:
+        for w in workers:
+            w.wait_until(lambda m: bool(m))
+        first = _spec(6_000, 12)
+        await produce_records(
+            broker,
+            f"{unique}.orders",
+            ((r.key, r.value) for r in generate(first)),
+            rate=4_000,
+            progress=False,
+        )
+        victim = workers[1]
+        victim.wait_until(lambda m: m.get("kappa_events_in_total", 0) > 0, timeout=60)
+        assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        second = _spec(6_000, 13, start_ms=first.start_ms + first.span_ms)
+        await produce_records(
+            broker, f"{unique}.orders", ((r.key, r.value) for r in generate(second)), progress=False
+        )
+        ref = await reference_for(broker, f"{unique}.orders")
+        await eventually(lambda: check_outputs(broker, unique, ref), timeout=180)
+        logs = "".join(w.log_path.read_text() for w in (workers[0], workers[2]))
+        assert "restoring from" in logs  # the victim's partitions came back from its changelog
+    finally:
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
