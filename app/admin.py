@@ -7,8 +7,10 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+
+from app.kafka_clients import Conn, new_admin
 
 
 class BrokerUnreachable(RuntimeError):
@@ -16,7 +18,7 @@ class BrokerUnreachable(RuntimeError):
 
 
 async def wait_for_broker(
-    bootstrap: str,
+    bootstrap: Conn,
     timeout_s: float | None = 30.0,
     *,
     max_delay_s: float = 5.0,
@@ -34,7 +36,7 @@ async def wait_for_broker(
     last = ""
     while True:
         with _quiet_aiokafka():
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            admin = new_admin(bootstrap, request_timeout_ms=5000)
             try:
                 await admin.start()
                 await admin.list_topics()
@@ -68,14 +70,14 @@ def _quiet_aiokafka() -> Iterator[None]:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: dict[str, tuple[int, dict[str, str]]], replication: int = 1
+    bootstrap: Conn, topics: dict[str, tuple[int, dict[str, str]]], replication: int = 1
 ) -> list[str]:
     """Create missing topics (name → (partitions, config)); return the ones created.
 
     Topics are always created explicitly: brokers that auto-create use their own partition
     count, and changelogs must match their source's partitions.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -101,9 +103,9 @@ async def ensure_topics(
         await admin.close()
 
 
-async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
     """Partitions per existing topic (missing topics are absent from the result)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(bootstrap)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)

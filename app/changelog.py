@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 
+from app.kafka_clients import Conn
 from app.topic_reader import high_watermarks, read_range
 from tables.partition_state import APPLIED_OFFSET
 
@@ -20,7 +21,7 @@ ENDS_TTL_S = 2.0
 
 
 class KafkaChangelog:
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Conn, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self._ends: dict[int, int] = {}

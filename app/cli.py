@@ -50,9 +50,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
     topo = Topology(settings, args.version)
 
     async def run() -> list[str]:
-        await wait_for_broker(settings.broker, timeout_s=args.timeout)
+        await wait_for_broker(settings.kafka, timeout_s=args.timeout)
         spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
-        return await ensure_topics(settings.broker, spec, settings.replication)
+        return await ensure_topics(settings.kafka, spec, settings.replication)
 
     created = asyncio.run(run())
     for t in created:

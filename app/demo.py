@@ -17,10 +17,9 @@ import sys
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
-
 from app.admin import ensure_topics
 from app.broker import DevBroker, port_open, split_address
+from app.kafka_clients import new_consumer
 from app.settings import Settings
 from app.topology import Topology
 
@@ -40,7 +39,7 @@ def run_demo(settings: Settings, rate: float) -> int:
             print(f"using the broker already listening on {host}:{port}", flush=True)
         topology = Topology(settings)
         spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-        asyncio.run(ensure_topics(settings.broker, spec, settings.replication))
+        asyncio.run(ensure_topics(settings.kafka, spec, settings.replication))
         log_dir = settings.state_dir.parent
         log_dir.mkdir(parents=True, exist_ok=True)
         generator = _spawn(
@@ -110,9 +109,7 @@ def format_window(value: bytes) -> str:
 
 
 async def _print_windows(settings: Settings, topic: str, worker: subprocess.Popen[bytes]) -> None:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.broker, group_id=None, auto_offset_reset="latest"
-    )
+    consumer = new_consumer(settings.kafka, topic, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
         while worker.poll() is None:

@@ -53,10 +53,10 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         total = spec.count
 
     async def run() -> int:
-        await wait_for_broker(settings.broker)
-        await ensure_topics(settings.broker, {args.topic: (settings.partitions, {})})
+        await wait_for_broker(settings.kafka)
+        await ensure_topics(settings.kafka, {args.topic: (settings.partitions, {})})
         return await produce_records(
-            settings.broker,
+            settings.kafka,
             args.topic,
             records,
             rate=args.rate,

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from rich.progress import (
     BarColumn,
@@ -26,6 +26,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from app.kafka_clients import Conn, new_admin, new_producer
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ async def _start_or_stop(producer: AIOKafkaProducer) -> None:
 
 
 async def produce_records(
-    bootstrap: str,
+    bootstrap: Conn,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes]],
     rate: float | None = None,
@@ -142,8 +144,8 @@ async def produce_records(
     # Check the rate this often (records) so sleeps are about RATE_TICK_S long.
     rate_check = max(1, min(SEND_CHUNK, int(rate * RATE_TICK_S))) if rate is not None else 0
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+    producer = new_producer(
+        bootstrap,
         acks="all",
         linger_ms=linger_ms,
         max_batch_size=MAX_BATCH_SIZE,
@@ -178,7 +180,7 @@ async def produce_records(
 
 
 async def ensure_topic(
-    bootstrap: str,
+    bootstrap: Conn,
     topic: str,
     partitions: int,
     config: dict[str, str] | None = None,
@@ -188,7 +190,7 @@ async def ensure_topic(
 
     An existing topic is left as is; any other broker error is raised.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(bootstrap)
     try:
         await admin.start()
     except BaseException:

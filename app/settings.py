@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from app.kafka_clients import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaConnection
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,30 @@ class Settings:
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
     log_level: str = "info"
+    # Kafka security (reaches every client: see app/kafka_clients.py). Secrets stay out of repr.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    ssl_cafile: str = ""  # CA bundle to verify the brokers (SSL, SASL_SSL)
+    ssl_certfile: str = ""  # client certificate (mutual TLS)
+    ssl_keyfile: str = ""  # client private key (mutual TLS)
+    ssl_password: str = field(default="", repr=False)  # password of the private key
+    sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """Bootstrap servers and security, as every Kafka client of the project gets them."""
+        return KafkaConnection(
+            self.broker,
+            self.security_protocol,
+            self.ssl_cafile or None,
+            self.ssl_certfile or None,
+            self.ssl_keyfile or None,
+            self.ssl_password or None,
+            self.sasl_mechanism if self.security_protocol.startswith("SASL") else None,
+            self.sasl_username or None,
+            self.sasl_password or None,
+        )
 
     @property
     def bootstrap(self) -> list[str]:
@@ -100,6 +126,20 @@ def _validate(s: Settings) -> None:
         raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_LINGER_MS must be >= 0")
     if not s.app_id.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
+    if s.security_protocol not in SECURITY_PROTOCOLS:
+        choices = ", ".join(SECURITY_PROTOCOLS)
+        raise ConfigError(
+            f"KAPPA_SECURITY_PROTOCOL={s.security_protocol!r} must be one of {choices}"
+        )
+    if s.security_protocol.startswith("SASL"):
+        if s.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"KAPPA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}")
+        if not s.sasl_username or not s.sasl_password:
+            raise ConfigError("SASL needs KAPPA_SASL_USERNAME and KAPPA_SASL_PASSWORD")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"KAPPA_{name.upper()}={path!r} is not a readable file")
     if s.topic_prefix and not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
         raise ConfigError(
             f"KAPPA_TOPIC_PREFIX={s.topic_prefix!r} may only hold letters, digits, ., _ and -"

@@ -7,9 +7,8 @@ import contextlib
 import json
 import sys
 
-from aiokafka import AIOKafkaConsumer
-
 from app.admin import wait_for_broker
+from app.kafka_clients import new_consumer
 from app.settings import Settings
 
 
@@ -36,10 +35,10 @@ def format_record(msg: object) -> str:
 
 
 async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
-    await wait_for_broker(settings.broker)
-    consumer = AIOKafkaConsumer(
+    await wait_for_broker(settings.kafka)
+    consumer = new_consumer(
+        settings.kafka,
         topic,
-        bootstrap_servers=settings.broker,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

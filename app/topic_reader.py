@@ -13,17 +13,18 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from agents.base import SourceRecord
+from app.kafka_clients import Conn, new_consumer
 
 # Bounded reads stop at the high watermark: don't let an empty fetch wait the broker's 500 ms.
 BOUNDED_FETCH_WAIT_MS = 20
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
+    bootstrap: Conn, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
 ) -> dict[int, list[ConsumerRecord]]:
     """Every record of `topic`, per partition in offset order, up to the high watermark seen."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = new_consumer(
+        bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -68,7 +69,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 
 
 async def read_range(
-    bootstrap: str, topic: str, partition: int, start: int, end: int, chunk: int = 20_000
+    bootstrap: Conn, topic: str, partition: int, start: int, end: int, chunk: int = 20_000
 ) -> AsyncIterator[list[ConsumerRecord]]:
     """Records of one partition with start <= offset < end, in chunks (offset order).
 
@@ -76,8 +77,8 @@ async def read_range(
     watermark if `end` lies beyond it.
     """
     tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = new_consumer(
+        bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -115,10 +116,10 @@ def to_source_record(r: ConsumerRecord) -> SourceRecord:
     )
 
 
-async def high_watermarks(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+async def high_watermarks(bootstrap: Conn, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
     """partition → high watermark (the offset after the last record) of every partition."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = new_consumer(
+        bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

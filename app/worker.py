@@ -37,6 +37,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     app = KappaApp(
         topology.group_id,
         broker=[f"kafka://{b}" for b in settings.bootstrap],
+        broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",
         autodiscover=False,
         web_enabled=True,
@@ -78,7 +79,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
             topology,
             _retrying(send_once, pipeline, version),
             _gap_reader(settings, topology.physical(pipeline.source)),
-            KafkaChangelog(settings.broker, topology.changelog(pipeline)),
+            KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         )
         runners.append(runner)
         _register_batch_pipeline(app, topology, pipeline, runner, settings)
@@ -99,7 +100,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
 
 def _gap_reader(settings: Settings, topic: str):
     async def read(partition: int, start: int, end: int) -> AsyncIterator[list[SourceRecord]]:
-        async for chunk in read_range(settings.broker, topic, partition, start, end):
+        async for chunk in read_range(settings.kafka, topic, partition, start, end):
             yield [to_source_record(r) for r in chunk]
 
     return read

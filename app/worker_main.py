@@ -82,10 +82,10 @@ async def prepare_topics(
     """Create what is missing; refuse sources whose partitioning the state cannot follow, and
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`)."""
-    await wait_for_broker_forever(settings.broker)
+    await wait_for_broker_forever(settings.kafka)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-    await ensure_topics(settings.broker, spec, settings.replication)
-    counts = await partition_counts(settings.broker, list(spec))
+    await ensure_topics(settings.kafka, spec, settings.replication)
+    counts = await partition_counts(settings.kafka, list(spec))
     wrong = {t: n for t, n in counts.items() if n != settings.partitions}
     if wrong:
         desc = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
@@ -93,12 +93,12 @@ async def prepare_topics(
             f"topics must have KAPPA_PARTITIONS={settings.partitions} partitions, but {desc}"
         )
     if applied:
-        await check_broker_has_state(settings.broker, topology, applied)
+        await check_broker_has_state(settings.kafka, topology, applied)
 
 
 async def live_version(settings: Settings) -> int:
     """The version `kappa promote` made live (1 before any promote)."""
     from replay.registry import Registry
 
-    await wait_for_broker_forever(settings.broker)
+    await wait_for_broker_forever(settings.kafka)
     return await Registry(settings).live_version()

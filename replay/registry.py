@@ -11,9 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-
 from app.admin import ensure_topics
+from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
 
@@ -56,7 +55,7 @@ class Registry:
 
     async def ensure(self) -> None:
         await ensure_topics(
-            self.settings.broker,
+            self.settings.kafka,
             {self.topic: (1, {"cleanup.policy": "compact"})},
             self.settings.replication,
         )
@@ -67,7 +66,7 @@ class Registry:
             await self.ensure()
         view = RegistryView({}, {})
         try:
-            parts = await read_to_end(self.settings.broker, self.topic)
+            parts = await read_to_end(self.settings.kafka, self.topic)
         except ValueError:  # the topic does not exist (and create=False)
             return view
         for recs in parts.values():
@@ -84,7 +83,7 @@ class Registry:
         return view
 
     async def put(self, *records: tuple[str, dict[str, object]]) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.broker, acks="all")
+        producer = new_producer(self.settings.kafka, acks="all")
         await producer.start()
         try:
             for key, value in records:

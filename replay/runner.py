@@ -14,12 +14,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import BatchCounts, Pipeline
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender
 from app.changelog import KafkaChangelog
+from app.kafka_clients import new_consumer, new_producer
 from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
 from app.settings import ConfigError, Settings
 from app.topology import Topology
@@ -73,7 +74,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         snapshot = {
             topology.physical(t): {
                 str(p): e
-                for p, e in (await high_watermarks(settings.broker, topology.physical(t))).items()
+                for p, e in (await high_watermarks(settings.kafka, topology.physical(t))).items()
             }
             for t in topology.external_sources
         }
@@ -86,11 +87,11 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     if rec.version not in view.versions:
         await registry.put_version(rec)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-    await ensure_topics(settings.broker, spec, settings.replication)
+    await ensure_topics(settings.kafka, spec, settings.replication)
 
     summary = ReplaySummary(opts.version)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker,
+    producer = new_producer(
+        settings.kafka,
         acks="all",
         linger_ms=20,
         max_batch_size=PRODUCER_BATCH_BYTES,
@@ -105,7 +106,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
             else:
                 upstream = next(p for p in topology.pipelines if pipeline.source in p.outputs)
                 await _wait_for_stage(registry, topology, upstream, rec)
-                ends = await high_watermarks(settings.broker, source)
+                ends = await high_watermarks(settings.kafka, source)
             mine = [p for p in sorted(ends) if p % opts.process_count == opts.process_index]
             await _run_stage(settings, topology, pipeline, ends, mine, producer, opts, summary)
             for p in mine:
@@ -188,7 +189,7 @@ async def _run_stage(
         pipeline,
         topology,
         send,
-        changelog_source=KafkaChangelog(settings.broker, topology.changelog(pipeline)),
+        changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
     )
     starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
     todo = {p for p in partitions if starts[p] < ends[p]}
@@ -201,7 +202,7 @@ async def _run_stage(
             for p in partitions:
                 summary.add((await runner.flush(p)).counts)
         await commit_offsets(
-            settings.broker, topology.group_id, source, {p: ends[p] for p in partitions}
+            settings.kafka, topology.group_id, source, {p: ends[p] for p in partitions}
         )
     finally:
         progress.close()
@@ -218,8 +219,8 @@ async def _consume(
     progress: ReplayProgress,
     summary: ReplaySummary,
 ) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker,
+    consumer = new_consumer(
+        settings.kafka,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -255,9 +256,7 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
     """Commit a version's positions so its live worker (after a promote) continues there."""
     if not offsets:
         return
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
+    consumer = new_consumer(bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = {p: TopicPartition(topic, p) for p in offsets}

@@ -8,6 +8,7 @@ import shutil
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
+from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
 from app.topology import Topology
@@ -70,7 +71,7 @@ async def drop(settings: Settings, version: int) -> str:
         raise ConfigError(f"version {version} is live; promote another version before dropping it")
     topology = Topology(settings, version)
     topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker)
+    admin = new_admin(settings.kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -105,7 +106,7 @@ async def read_latest(
 ) -> dict[tuple, dict]:  # type: ignore[type-arg]
     """Last value per key (upsert semantics) of a JSON output topic."""
     latest: dict[tuple, dict] = {}  # type: ignore[type-arg]
-    for recs in (await read_to_end(settings.broker, topic)).values():
+    for recs in (await read_to_end(settings.kafka, topic)).values():
         for r in recs:
             if r.value is None:
                 continue

@@ -1,0 +1,102 @@
+"""The only place Kafka clients are created, so connection and security settings reach all.
+
+Every aiokafka consumer, producer and admin client, and the faust app, get the same bootstrap
+servers and TLS/SASL configuration from `KafkaConnection` (built from `KAPPA_*` settings).
+Functions elsewhere take `Conn`: a `KafkaConnection`, or a plain `host:port` for plaintext
+(tests and the embedded broker).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    bootstrap: str
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        return self.bootstrap  # what messages show: never the credentials
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.uses_ssl:
+            return None
+        return create_ssl_context(  # type: ignore[no-any-return]
+            cafile=self.ssl_cafile,
+            certfile=self.ssl_certfile,
+            keyfile=self.ssl_keyfile,
+            password=self.ssl_password,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client takes for connecting."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.uses_ssl:
+            kw["ssl_context"] = self.ssl_context()
+        if self.uses_sasl:
+            kw["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password
+        return kw
+
+    def faust_credentials(self) -> Any:
+        """The same settings as faust's `broker_credentials` (None for plaintext)."""
+        import faust
+
+        if self.uses_sasl:
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password,
+                ssl_context=self.ssl_context(),
+                mechanism=self.sasl_mechanism or "PLAIN",
+            )
+        if self.uses_ssl:
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
+
+Conn = str | KafkaConnection
+
+
+def connection(conn: Conn) -> KafkaConnection:
+    return conn if isinstance(conn, KafkaConnection) else KafkaConnection(conn)
+
+
+def new_consumer(conn: Conn, *topics: str, **kwargs: Any) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, **connection(conn).client_kwargs(), **kwargs)
+
+
+def new_producer(conn: Conn, **kwargs: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**connection(conn).client_kwargs(), **kwargs)
+
+
+def new_admin(conn: Conn, **kwargs: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection(conn).client_kwargs(), **kwargs)
