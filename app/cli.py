@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from app.settings import ConfigError, Settings, load_settings
 
@@ -296,14 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
-    return v
+def _number(
+    convert: Callable[[str], float], low: float, high: float | None = None, strict: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: `convert`, then check low <= value (< when strict) <= high."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(s: str) -> Any:
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+        if v < low or (strict and v == low) or (high is not None and v > high):
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            rng = f"between {low:g} and {high:g}" if high is not None else bound
+            raise argparse.ArgumentTypeError(f"{s!r} must be {rng}")
+        return v
+
+    return parse
+
+
+_positive_int = _number(int, 0, strict=True)
+_non_negative_int = _number(int, 0)
+_positive_float = _number(float, 0, strict=True)
+_fraction = _number(float, 0.0, 1.0)
 
 
 def _event_time(s: str) -> int:
@@ -322,36 +339,6 @@ def _process_slot(s: str) -> tuple[int, int]:
     if not (i.isdigit() and n.isdigit()) or int(n) < 1 or int(i) >= int(n):
         raise argparse.ArgumentTypeError(f"{s!r} must be I/N with 0 <= I < N, e.g. 0/2")
     return int(i), int(n)
-
-
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be >= 0")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be > 0")
-    return v
-
-
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{s!r} must be between 0 and 1")
-    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from app.kafka_clients import Conn, new_admin, new_producer
+from app.kafka_clients import Conn, new_producer
 
 log = logging.getLogger(__name__)
 
@@ -177,45 +175,3 @@ async def produce_records(
             future.cancel()
         await producer.stop()
     return sent
-
-
-async def ensure_topic(
-    bootstrap: Conn,
-    topic: str,
-    partitions: int,
-    config: dict[str, str] | None = None,
-    replication_factor: int = 1,
-) -> None:
-    """Create ``topic`` up front (brokers may auto-create with the wrong partition count).
-
-    An existing topic is left as is; any other broker error is raised.
-    """
-    admin = new_admin(bootstrap)
-    try:
-        await admin.start()
-    except BaseException:
-        await admin.close()
-        raise
-    try:
-        new_topic = NewTopic(
-            name=topic,
-            num_partitions=partitions,
-            replication_factor=replication_factor,
-            topic_configs={name: str(value) for name, value in (config or {}).items()},
-        )
-        try:
-            response = await admin.create_topics([new_topic])
-        except TopicAlreadyExistsError:
-            return
-        # aiokafka reports per-topic failures in the response rather than raising them.
-        for topic_error in response.topic_errors:
-            error_code = topic_error[1]
-            if error_code == 0:
-                continue
-            error_type = for_code(error_code)
-            if error_type is TopicAlreadyExistsError:
-                continue
-            message = topic_error[2] if len(topic_error) > 2 else None
-            raise error_type(f"creating topic {topic!r}: {message or error_type.description}")
-    finally:
-        await admin.close()

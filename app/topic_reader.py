@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -19,19 +20,24 @@ from app.kafka_clients import Conn, new_consumer
 BOUNDED_FETCH_WAIT_MS = 20
 
 
+def bounded_consumer(bootstrap: Conn, **overrides: Any) -> AIOKafkaConsumer:
+    """A group-less consumer for reading assigned partitions up to a known end."""
+    options: dict[str, Any] = {
+        "group_id": None,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": BOUNDED_FETCH_WAIT_MS,
+        "max_partition_fetch_bytes": 16 * 1024 * 1024,
+        "fetch_max_bytes": 64 * 1024 * 1024,
+    }
+    return new_consumer(bootstrap, **(options | overrides))
+
+
 async def read_to_end(
     bootstrap: Conn, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
 ) -> dict[int, list[ConsumerRecord]]:
     """Every record of `topic`, per partition in offset order, up to the high watermark seen."""
-    consumer = new_consumer(
-        bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
+    consumer = bounded_consumer(bootstrap)
     await consumer.start()
     try:
         parts = await topic_partitions(consumer, topic)
@@ -77,14 +83,7 @@ async def read_range(
     watermark if `end` lies beyond it.
     """
     tp = TopicPartition(topic, partition)
-    consumer = new_consumer(
-        bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    consumer = bounded_consumer(bootstrap)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -118,14 +117,7 @@ def to_source_record(r: ConsumerRecord) -> SourceRecord:
 
 async def high_watermarks(bootstrap: Conn, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
     """partition → high watermark (the offset after the last record) of every partition."""
-    consumer = new_consumer(
-        bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=BOUNDED_FETCH_WAIT_MS,
-        max_partition_fetch_bytes=1024,
-    )
+    consumer = bounded_consumer(bootstrap, max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
         parts = await topic_partitions(consumer, topic)

@@ -23,6 +23,7 @@ from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer, new_producer
 from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
 from app.settings import ConfigError, Settings
+from app.topic_reader import bounded_consumer
 from app.topology import Topology
 from replay.progress import ReplayProgress
 from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, RegistryView, VersionRecord
@@ -219,14 +220,7 @@ async def _consume(
     progress: ReplayProgress,
     summary: ReplaySummary,
 ) -> None:
-    consumer = new_consumer(
-        settings.kafka,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
+    consumer = bounded_consumer(settings.kafka)
     await consumer.start()
     try:
         tps = {p: TopicPartition(topic, p) for p in todo}

