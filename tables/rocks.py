@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 MARKER = "KAPPA"
 # Marker fields that must match for a directory to be this partition's state. The version is
@@ -73,6 +73,24 @@ def write_marker(path: Path, identity: Mapping[str, Any]) -> None:
     os.replace(tmp, path / MARKER)
 
 
+# Memory stays bounded however many keys or partitions a process holds: small write buffers
+# per database and one block cache shared by all of them (RocksDB defaults: 64 MB buffers per
+# database, a cache per database).
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+SHARED_BLOCK_CACHE = Cache(64 * 1024 * 1024)
+
+
+def store_options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    opts.set_max_write_buffer_number(2)
+    table = BlockBasedOptions()
+    table.set_block_cache(SHARED_BLOCK_CACHE)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
 class RocksStore:
     """A raw-bytes rocksdict database; writes go through one WriteBatch per commit.
 
@@ -89,8 +107,7 @@ class RocksStore:
         if identity is not None:
             self._check_identity(identity)
         self._check_is_database()
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
+        opts = store_options()
         try:
             self.db = Rdict(str(path), opts)
         except Exception as e:  # rocksdict raises bare Exception for IO/lock/corruption errors

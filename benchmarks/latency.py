@@ -1,0 +1,306 @@
+"""End-to-end latency at a fixed rate: a bare consumer's, and a live worker's.
+
+The producer records each event's send time (`time.time()` just before `send`) and its
+acknowledgement (partition, offset, time). A bare consumer's latency is its receive time minus
+the send time. The worker's is measured on its `orders.by-user` forwards: one per user per
+batch, carrying `src` = [partition, offset] of the batch's last source record, so an event is
+processed (outputs acknowledged, state committed) once a forward with src offset >= its own
+arrives; latency = that forward's receive time minus the event's send time. Both observers are
+the same tailer (its own process, same consumer settings), so what it adds cancels in the
+difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import functools
+import gc
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from app.admin import ensure_topics
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
+from benchmarks.live import LiveWorker
+from benchmarks.processes import python_env
+
+WARMUP_EVENTS = 50
+# Producer linger (ms), as `kappa produce` uses. With 0 every send is its own record batch, and
+# the dev broker's fetches slow down with the number of batches in a partition (30k batches:
+# ~1 s per fetch), which would turn a latency run into a measurement of that.
+LINGER_MS = 5
+# What held up the last paced production (the harness's own stalls): the largest lag of a
+# send behind its schedule.
+PRODUCER_STALLS: dict[str, float] = {}
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(slots=True)
+class Sent:
+    partition: int
+    offset: int
+    t_send: float  # time.time() just before send (s)
+    t_ack: float  # time.time() when the acknowledgement was handled (s)
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], rate: float
+) -> list[Sent]:
+    """Send `records` evenly at `rate` per second (acks=all), noting each one's times."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
+    await producer.start()
+    sends = [0.0] * len(records)
+    acks: list[tuple[int, int, float]] = [(0, 0, 0.0)] * len(records)
+
+    def acked(i: int, fut: asyncio.Future[RecordMetadata]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            md = fut.result()
+            acks[i] = (md.partition, md.offset, time.time())
+
+    futures = []
+    lag = 0.0
+    # The harness is the load generator: a collector pause here (measured up to ~200 ms with
+    # the pre-loaded workload's garbage around) would delay sends and acks and count as
+    # latency. Collect once, freeze what survives, and stay off while producing.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        t0 = time.monotonic()
+        for i, (key, value) in enumerate(records):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag = max(lag, -delay)
+            sends[i] = time.time()
+            fut = await producer.send(topic, value, key=key)
+            fut.add_done_callback(functools.partial(acked, i))
+            futures.append(fut)
+        await asyncio.gather(*futures)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        await producer.stop()
+    PRODUCER_STALLS.update(max_send_lag_ms=lag * 1000)
+    return [Sent(p, o, ts, ta) for ts, (p, o, ta) in zip(sends, acks)]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max/mean in milliseconds of values in seconds (nearest rank)."""
+    if not values:
+        return {"count": 0}
+    xs = sorted(values)
+
+    def rank(q: float) -> float:
+        return xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))] * 1000
+
+    return {
+        "count": len(xs),
+        "p50_ms": rank(0.50),
+        "p90_ms": rank(0.90),
+        "p99_ms": rank(0.99),
+        "max_ms": xs[-1] * 1000,
+        "mean_ms": sum(xs) / len(xs) * 1000,
+    }
+
+
+def bare_latencies(sent: list[Sent], seen: list[list[float]]) -> tuple[list[float], int]:
+    """Receive − send per event; also how many events the consumer never saw."""
+    received = {(int(p), int(o)): t for p, o, t in seen}
+    out = []
+    missing = 0
+    for s in sent:
+        t = received.get((s.partition, s.offset))
+        if t is None:
+            missing += 1
+        else:
+            out.append(t - s.t_send)
+    return out, missing
+
+
+def covered_latencies(sent: list[Sent], forwards: list[list[float]]) -> tuple[list[float], int]:
+    """First forward covering each event (src offset >= its offset) − its send time."""
+    by_partition: dict[int, list[tuple[int, float]]] = {}
+    for p, o, t in forwards:
+        by_partition.setdefault(int(p), []).append((int(o), t))
+    index: dict[int, tuple[list[int], list[float]]] = {}
+    for p, pairs in by_partition.items():
+        pairs.sort()
+        offsets = [o for o, _ in pairs]
+        earliest = [t for _, t in pairs]
+        for i in range(len(earliest) - 2, -1, -1):  # suffix minimum: earliest forward >= offset
+            earliest[i] = min(earliest[i], earliest[i + 1])
+        index[p] = (offsets, earliest)
+    out = []
+    missing = 0
+    for s in sent:
+        offsets, earliest = index.get(s.partition, ([], []))
+        i = bisect.bisect_left(offsets, s.offset)
+        if i == len(offsets):
+            missing += 1
+        else:
+            out.append(earliest[i] - s.t_send)
+    return out, missing
+
+
+class Tailer:
+    """The tailer child (benchmarks.tailer); `start` returns once it is fetching."""
+
+    def __init__(self, bootstrap: str, topic: str, mode: str, cwd: Path, fetch_wait_ms: int):
+        self.out = cwd / f"tail-{mode}-{time.monotonic_ns()}.json"
+        self.stop_file = self.out.with_suffix(".stop")
+        self.args = [
+            sys.executable,
+            "-m",
+            "benchmarks.tailer",
+            bootstrap,
+            topic,
+            mode,
+            str(self.out),
+            "--stop-file",
+            str(self.stop_file),
+            "--fetch-wait-ms",
+            str(fetch_wait_ms),
+        ]
+        self.cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Tailer:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, cwd=self.cwd, env=python_env(), stdout=asyncio.subprocess.PIPE
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
+        if line.strip() != b"ready":
+            await self.proc.wait()
+            raise RuntimeError(f"tailer did not start ({self.proc.returncode}): {line!r}")
+        return self
+
+    async def finish(self, sent: list[Sent], timeout_s: float) -> list[list[float]]:
+        """Tell it the last offsets sent, wait for it to see them, return what it recorded."""
+        assert self.proc is not None
+        last: dict[int, int] = {}
+        for s in sent:
+            last[s.partition] = max(last.get(s.partition, -1), s.offset)
+        self.stop_file.write_text(json.dumps(last))
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            self.proc.terminate()
+            await self.proc.wait()
+        if not self.out.exists():
+            return []
+        records: list[list[float]] = json.loads(self.out.read_text())["records"]
+        return records
+
+
+def _records(count: int, seed: int, keys: int, start_ms: int, span_ms: int) -> list[Any]:
+    spec = GeneratorSpec(count=count, seed=seed, keys=keys, start_ms=start_ms, span_ms=span_ms)
+    return [(r.key, r.value) for r in generate(spec)]
+
+
+def _summary(sent: list[Sent], lat: list[float], missing: int, seconds: float) -> dict[str, Any]:
+    span = sent[-1].t_send - sent[0].t_send if len(sent) > 1 else 0.0
+    return {
+        "events": len(sent),
+        "achieved_rate": (len(sent) - 1) / span if span > 0 else 0.0,
+        "produce_seconds": seconds,
+        "missing": missing,
+        "latency": percentiles(lat),
+        "latency_from_ack": None,
+        "producer_ack": percentiles([s.t_ack - s.t_send for s in sent]),
+        "producer_stalls": dict(PRODUCER_STALLS),
+    }
+
+
+async def bare_latency(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    cfg: dict[str, Any],
+    cwd: Path,
+) -> dict[str, Any]:
+    """A bare consumer tailing a fresh source topic while orders are produced at the rate."""
+    await ensure_topics(bootstrap, {topic: (partitions, {})})
+    n = int(cfg["rate"] * cfg["seconds"])
+    records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
+    tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
+    t0 = time.perf_counter()
+    sent = await produce_paced(bootstrap, topic, records, cfg["rate"])
+    produce_s = time.perf_counter() - t0
+    seen = await tailer.finish(sent, timeout_s=30)
+    lat, missing = bare_latencies(sent, seen)
+    result = _summary(sent, lat, missing, produce_s)
+    from_ack, _ = bare_latencies(
+        [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], seen
+    )
+    result["latency_from_ack"] = percentiles(from_ack)
+    return result
+
+
+async def live_latency(
+    bootstrap: str,
+    source_topic: str,
+    forward_topic: str,
+    partitions: int,
+    env: dict[str, str],
+    cfg: dict[str, Any],
+    cwd: Path,
+) -> dict[str, Any]:
+    """A live worker (version 1 of a fresh prefix) under orders produced at the rate."""
+    await ensure_topics(bootstrap, {source_topic: (partitions, {})})
+    now_ms = int(time.time() * 1000)
+    worker = LiveWorker(env, cwd, "worker-latency")
+    try:
+        await asyncio.to_thread(worker.wait_until, lambda m: True, READY_TIMEOUT_S)
+        # Warm-up: the group has joined and the pipeline runs once these are counted.
+        warmup = _records(WARMUP_EVENTS, cfg["seed"] + 1, cfg["keys"], now_ms - 5_000, 1_000)
+        await produce_records(bootstrap, source_topic, warmup, progress=False)
+        await asyncio.to_thread(
+            worker.wait_until, lambda m: m.events >= WARMUP_EVENTS, READY_TIMEOUT_S
+        )
+        n = int(cfg["rate"] * cfg["seconds"])
+        records = _records(n, cfg["seed"], cfg["keys"], now_ms, cfg["seconds"] * 1000)
+        tailer = await Tailer(
+            bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
+        ).start()
+        t0 = time.perf_counter()
+        sent = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
+        produce_s = time.perf_counter() - t0
+        forwards = await tailer.finish(sent, timeout_s=60)
+        counted = await asyncio.to_thread(
+            worker.wait_until, lambda m: m.events >= WARMUP_EVENTS + n, 60
+        )
+        cpu_s = worker.process.cpu_now()
+        peak_rss = worker.process.peak_rss_now()
+    finally:
+        usage = await asyncio.to_thread(worker.process.stop)
+    lat, missing = covered_latencies(sent, forwards)
+    result = _summary(sent, lat, missing, produce_s)
+    from_ack, _ = covered_latencies(
+        [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], forwards
+    )
+    result["latency_from_ack"] = percentiles(from_ack)
+    result["forwards_seen"] = len(forwards)
+    result["worker"] = {
+        "events_in": counted.events,
+        "cpu_s": cpu_s,
+        "peak_rss_mb": peak_rss,
+        "exit": usage.as_dict(),
+    }
+    errors = []
+    if missing:
+        errors.append(f"{missing} events never covered by a forward")
+    if counted.events != WARMUP_EVENTS + n:
+        errors.append(f"worker counted {counted.events:,.0f}, expected {WARMUP_EVENTS + n:,}")
+    result["correct"] = {"ok": not errors, "errors": errors}
+    return result
