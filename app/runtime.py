@@ -48,6 +48,10 @@ Sender = Callable[[list[Produce]], Awaitable[None]]
 GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
 
 
+class BrokerDataLost(RuntimeError):
+    """The source log is shorter than what the state applied (one-line message)."""
+
+
 class ChangelogSource(Protocol):
     """Where a partition's state can be restored from (the changelog topic)."""
 
@@ -140,6 +144,21 @@ class PipelineRunner:
     def _identity(self, partition: int) -> dict[str, object]:
         """Recorded in the partition directory, so a foreign directory is refused."""
         return state_identity(self.topology, self.pipeline.name, partition)
+
+    async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
+        """Refuse to go on if the source log ends before what the state has applied: the
+        broker lost its data (the embedded broker keeps nothing across restarts), and the new
+        records at low offsets would otherwise be skipped as already applied."""
+        if high_watermark is None:
+            return
+        applied = (await self.state(partition)).applied_offset
+        if high_watermark <= applied:
+            raise BrokerDataLost(
+                f"{self.topology.physical(self.pipeline.source)}[{partition}]: the broker's log "
+                f"ends at offset {high_watermark} but the state has applied up to {applied}: the "
+                "broker lost its data (the embedded broker keeps nothing across restarts) — stop "
+                f"the workers and remove {self.topology.state_root()} to start over"
+            )
 
     async def applied_offset(self, partition: int) -> int:
         return (await self.state(partition)).applied_offset

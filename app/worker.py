@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import faust
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +24,13 @@ from agents.base import Pipeline, SourceRecord
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import BatchSender
 from app.changelog import KafkaChangelog
-from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
+from app.runtime import (
+    PRODUCER_BATCH_BYTES,
+    BrokerDataLost,
+    PipelineRunner,
+    Produce,
+    send_with_retry,
+)
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
@@ -144,18 +151,43 @@ def _register_batch_pipeline(
     lock = asyncio.Lock()
 
     async def process(taken: dict[int, list[ConsumerRecord]]) -> None:
+        highwater = app.consumer.highwater
         for partition, records in taken.items():
+            tp = TP(source, partition)
+            await runner.check_log_kept(partition, highwater(tp))
             await runner.handle(partition, records)
-            ack_offsets(app.consumer, TP(source, partition), [r.offset for r in records])
+            ack_offsets(app.consumer, tp, [r.offset for r in records])
+
+    async def process_with_retry(taken: dict[int, list[ConsumerRecord]]) -> None:
+        """Broker trouble (unreachable, restarting) is waited out with backoff. Retrying the
+        whole batch is safe: records already applied are skipped, and state is committed only
+        after its outputs were acknowledged."""
+        delay = 0.2
+        while True:
+            try:
+                await process(taken)
+                return
+            except (TimeoutError, KafkaError, OSError) as e:
+                log.warning(
+                    "%s: broker trouble (%s); retrying in %.1fs",
+                    pipeline.name,
+                    type(e).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def drain() -> None:
         try:
             while not app.should_stop:
                 await buffer.wait_for_batch(linger_s)
                 async with lock:
-                    await process(buffer.take())
+                    await process_with_retry(buffer.take())
         except asyncio.CancelledError:
             raise
+        except BrokerDataLost as exc:
+            log.error("kappa worker: %s", exc)
+            await app.crash(exc)
         except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
             log.exception("pipeline %s failed", pipeline.name)
             await app.crash(exc)
@@ -170,6 +202,6 @@ def _register_batch_pipeline(
         if not parts:
             return
         async with lock:
-            await process(buffer.take(parts))
+            await process_with_retry(buffer.take(parts))
             for p in parts:
                 runner.close_partition(p)

@@ -1,0 +1,115 @@
+"""Broker trouble while a worker runs, each on a broker of its own (they stop or restart it).
+
+A frozen broker (SIGSTOP) is an outage that loses nothing: the worker must keep retrying and
+resume with exact results. A restarted embedded broker has lost everything: the worker must
+say so and stop instead of skipping the new records as "already applied".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.broker import DevBroker, free_port
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
+from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.workers import Worker, kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(count: int, seed: int, start_ms: int = 1_700_000_000_000) -> GeneratorSpec:
+    return GeneratorSpec(
+        count=count,
+        seed=seed,
+        keys=30,
+        users=20,
+        start_ms=start_ms,
+        span_ms=count * 300,
+        disorder_ms=3_000,
+        late_fraction=0.01,
+        bad_fraction=0.02,
+    )
+
+
+@pytest.fixture
+def own_broker() -> Iterator[DevBroker]:
+    broker = DevBroker("127.0.0.1", free_port()).start()
+    try:
+        yield broker
+    finally:
+        if broker.proc is not None and broker.proc.poll() is None:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        broker.stop()
+
+
+async def test_worker_rides_out_a_frozen_broker_and_stays_exact(
+    own_broker: DevBroker, unique: str, tmp_path: Path
+) -> None:
+    addr = own_broker.address
+    env = kappa_env(addr, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    first = _spec(2_000, 21)
+    await produce_records(
+        addr, f"{unique}.orders", ((r.key, r.value) for r in generate(first)), progress=False
+    )
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda m: m.get("kappa_events_in_total", 0) >= 2_000)
+        assert own_broker.proc is not None
+        os.kill(own_broker.proc.pid, signal.SIGSTOP)  # the broker stops answering
+        frozen_at = worker.metric("kappa_events_in_total")
+        # The outage itself: 8 s, longer than the 6 s session timeout the tests use. The sleep
+        # is the stimulus (how long the broker is gone), not a stand-in for a condition.
+        await asyncio.sleep(8)
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+        assert worker.metrics(), "the worker's /metrics must answer during a broker outage"
+        os.kill(own_broker.proc.pid, signal.SIGCONT)
+        second = _spec(2_000, 22, start_ms=first.start_ms + first.span_ms)
+        await produce_records(
+            addr, f"{unique}.orders", ((r.key, r.value) for r in generate(second)), progress=False
+        )
+        ref = await reference_for(addr, f"{unique}.orders")
+        await eventually(lambda: check_outputs(addr, unique, ref), timeout=120)
+        assert worker.metric("kappa_events_in_total") > frozen_at
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+
+async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
+    own_broker: DevBroker, unique: str, tmp_path: Path
+) -> None:
+    addr = own_broker.address
+    env = kappa_env(addr, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    await produce_records(
+        addr,
+        f"{unique}.orders",
+        ((r.key, r.value) for r in generate(_spec(1_500, 23))),
+        progress=False,
+    )
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda m: m.get("kappa_events_in_total", 0) >= 1_500)
+        own_broker.stop()  # everything the broker held is gone
+        own_broker.start()
+        assert run_kappa(["topics"], env).returncode == 0
+        await produce_records(
+            addr,
+            f"{unique}.orders",
+            ((r.key, r.value) for r in generate(_spec(50, 24))),
+            progress=False,
+        )
+        assert worker.proc is not None
+        code = worker.proc.wait(120)
+        assert code != 0
+        log = worker.log_path.read_text()
+        assert "the broker lost its data" in log, log[-3000:]
+    finally:
+        worker.stop()
