@@ -190,3 +190,22 @@ def test_window_json_is_exactly_what_json_dumps_gives(final: bool | None) -> Non
     if final is not None:
         want["final"] = final
     assert revenue_value(key[2], key, m, final) == json.dumps(want, separators=(",", ":")).encode()
+
+
+def test_emit_updates_sends_running_values_then_the_final_one() -> None:
+    from agents.orders import OrdersConfig
+
+    state = PartitionState(MemoryStore(), 0)
+    p = OrdersPipeline(OrdersConfig(emit_updates=True))
+    first = p.process(state, [rec(order(ts=1_000_000), offset=0)])
+    state.prepare(0)
+    state.commit()
+    (update,) = [r for r in first.records if r.topic == REVENUE]
+    assert json.loads(update.value)["final"] is False and json.loads(update.value)["count"] == 1
+    second = p.process(
+        state, [rec(order(ts=1_010_000), offset=1), rec(order(ts=1_200_000), offset=2)]
+    )
+    finals = [json.loads(r.value) for r in second.records if r.topic == REVENUE]
+    closed = [w for w in finals if w["final"]]
+    assert [(w["window_start"], w["count"]) for w in closed] == [(960_000, 2)]
+    assert all(not w["final"] for w in finals if w not in closed)
