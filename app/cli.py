@@ -86,6 +86,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.runner import ReplayOptions, run_replay
 
     settings = _settings()
+    if args.processes > 1 and args.process == (0, 1) and not args.dry_run:
+        from replay.parallel import run_parallel
+
+        child = [*args.pipelines, "--version", str(args.version)]
+        if args.since is not None:
+            child += ["--since", str(args.since)]
+        if args.no_flush:
+            child.append("--no-flush")
+        code, summary = run_parallel(child, args.processes)
+        print(summary, flush=True)
+        return code
     index, count = args.process
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -258,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(0, 1),
         metavar="I/N",
         help="this process's share of the partitions (e.g. 1/2 for the second of two)",
+    )
+    sp.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="split the replay over N processes on this machine (one per core is a good start)",
     )
     sp.add_argument(
         "--metrics-port", type=_positive_int, default=None, help="serve progress gauges here"

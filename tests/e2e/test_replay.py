@@ -141,6 +141,15 @@ async def test_replay_split_over_two_processes(dataset: Dataset) -> None:
     assert diff.returncode == 0, diff.stdout
 
 
+async def test_replay_with_processes_option_splits_and_sums_up(dataset: Dataset) -> None:
+    r = run_kappa(["replay", "--version", "6", "--processes", "2"], dataset.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 processes" in r.stdout and "replay v6:" in r.stdout
+    events = int(r.stdout.split("replay v6: ")[1].split(" events")[0].replace(",", ""))
+    assert events >= 6_000  # both halves' source records were counted
+    await check_replay(dataset, 6)
+
+
 async def _topics(broker: str) -> set[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=broker)
     await admin.start()
