@@ -19,8 +19,8 @@ from typing import Any
 import faust
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import ack_lock as faust_ack_lock
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
-from faust.transport.drivers.aiokafka import Transport
 from faust.types import TP, Message
 
 from agents.base import SourceRecord
@@ -116,6 +116,17 @@ class BatchConductor(Conductor):  # type: ignore[misc]
         return on_message
 
 
+class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
+    """faust's consumer thread, reading committed records only under exactly_once (faust ties
+    that to its own transactions, which Kappa does not use)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if getattr(self.app.conf, "kappa_read_committed", False):
+            consumer._isolation_level = "read_committed"
+        return consumer
+
+
 class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
     """faust's consumer, delivering Kappa's topics a fetch at a time.
 
@@ -124,6 +135,9 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
     together. Read offsets, offset-gap bookkeeping (for commits over compacted or
     transactional logs) and generation checks are kept; other topics take faust's path.
     """
+
+    def _new_consumer_thread(self) -> KappaConsumerThread:
+        return KappaConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in worker
         buffers: dict[str, BatchBuffer] = getattr(self.app, "kappa_batch_buffers", {})

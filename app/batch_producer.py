@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.runtime import Produce
+from app.kafka_clients import Conn, new_producer
+from app.runtime import PRODUCER_BATCH_BYTES, Produce, SourceCommit
 
 
 class BatchSender:
@@ -29,7 +30,7 @@ class BatchSender:
             parts = self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
         return parts
 
-    async def send(self, records: Sequence[Produce]) -> None:
+    async def send(self, records: Sequence[Produce], commit: SourceCommit | None = None) -> None:
         """Send all records; return once the broker acknowledged every one (raise otherwise)."""
         groups: dict[tuple[str, int], list[Produce]] = {}
         for r in records:
@@ -65,3 +66,44 @@ def _append(batch: object, r: Produce) -> bool:
         key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
     )
     return meta is not None
+
+
+class TransactionalSender:
+    """processing_guarantee=exactly_once: a batch's outputs, its changelog entries and its
+    source offset commit are one Kafka transaction (read_committed consumers see each output
+    once). One transactional producer per source partition, as Kafka Streams' EOS does: its
+    transactional id also fences a zombie worker still writing for a partition it lost."""
+
+    def __init__(self, kafka: Conn, transactional_prefix: str) -> None:
+        self.kafka = kafka
+        self.prefix = transactional_prefix
+        self._producers: dict[int, tuple[AIOKafkaProducer, BatchSender]] = {}
+
+    async def _for(self, partition: int) -> tuple[AIOKafkaProducer, BatchSender]:
+        found = self._producers.get(partition)
+        if found is None:
+            producer = new_producer(
+                self.kafka,
+                transactional_id=f"{self.prefix}-{partition}",
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                max_batch_size=PRODUCER_BATCH_BYTES,
+                max_request_size=16 * 1024 * 1024,
+            )
+            await producer.start()
+            found = self._producers[partition] = (producer, BatchSender(producer))
+        return found
+
+    async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:
+        producer, sender = await self._for(commit.partition)
+        async with producer.transaction():  # aborted if anything below raises
+            await sender.send(records)
+            await producer.send_offsets_to_transaction(
+                {TopicPartition(commit.topic, commit.partition): commit.offset}, commit.group
+            )
+
+    async def close(self) -> None:
+        for producer, _ in self._producers.values():
+            await producer.stop()
+        self._producers.clear()

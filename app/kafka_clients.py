@@ -31,6 +31,7 @@ class KafkaConnection:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
+    read_committed: bool = False  # consumers skip aborted transactions (exactly_once)
 
     def __str__(self) -> str:
         return self.bootstrap  # what messages show: never the credentials
@@ -91,7 +92,10 @@ def connection(conn: Conn) -> KafkaConnection:
 
 
 def new_consumer(conn: Conn, *topics: str, **kwargs: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(*topics, **connection(conn).client_kwargs(), **kwargs)
+    c = connection(conn)
+    if c.read_committed:
+        kwargs.setdefault("isolation_level", "read_committed")
+    return AIOKafkaConsumer(*topics, **c.client_kwargs(), **kwargs)
 
 
 def new_producer(conn: Conn, **kwargs: Any) -> AIOKafkaProducer:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from aiokafka.errors import ProducerFenced
+
 from agents.base import BatchOutput, Pipeline, SourceRecord
 from app import metrics
 from app.state_guard import state_identity
@@ -43,7 +45,19 @@ class Produce:
     atomic: bool = False  # all records of this topic+partition in one send: one record batch
 
 
-Sender = Callable[[list[Produce]], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class SourceCommit:
+    """Where the source stands once a batch is durable: its consumer group's next offset."""
+
+    topic: str
+    partition: int
+    offset: int  # the next offset to read (applied + 1)
+    group: str
+
+
+# Produces one batch's records; with exactly_once also commits `SourceCommit` in the same
+# transaction (at_least_once senders ignore it: the consumer commits on its own).
+Sender = Callable[[list[Produce], SourceCommit], Awaitable[None]]
 # (partition, start, end) → chunks of the source records with start <= offset < end
 GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
 
@@ -223,7 +237,11 @@ class PipelineRunner:
             for k, v in entries
         )
         try:
-            await self.send(produce)
+            source = self.topology.physical(self.pipeline.source)
+            await self.send(
+                produce,
+                SourceCommit(source, state.partition, applied + 1, self.topology.group_id),
+            )
         except BaseException:
             state.discard()
             raise
@@ -246,29 +264,33 @@ class PipelineRunner:
             self.close_partition(p)
 
 
-async def send_with_retry(
-    send_once: Callable[[list[Produce]], Awaitable[None]],
-    records: list[Produce],
-    label: tuple[str, str],
-    max_backoff_s: float = 5.0,
-) -> None:
-    """Retry a whole batch of sends with backoff until the broker acknowledges it.
+def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:
+    """A sender that retries a whole batch with backoff until the broker acknowledges it.
 
     Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
-    and window) and the state is committed only after success.
+    and window) and the state is committed only after success. A fenced transactional producer
+    (another instance took over) is not retried: it is a zombie and must stop.
     """
-    delay = 0.1
-    while True:
-        try:
-            await send_once(records)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            metrics.SEND_RETRIES.labels(*label).inc()
-            log.warning("produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff_s)
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await send_once(records, commit)
+                return
+            except asyncio.CancelledError:
+                raise
+            except ProducerFenced:
+                raise
+            except Exception as e:
+                metrics.SEND_RETRIES.labels(*label).inc()
+                log.warning(
+                    "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff_s)
+
+    return send
 
 
 class ChaosKill:

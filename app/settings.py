@@ -41,6 +41,7 @@ class Settings:
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
     log_level: str = "info"
+    processing_guarantee: str = "at_least_once"  # or exactly_once (needs broker transactions)
     # Kafka security (reaches every client: see app/kafka_clients.py). Secrets stay out of repr.
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     ssl_cafile: str = ""  # CA bundle to verify the brokers (SSL, SASL_SSL)
@@ -50,6 +51,10 @@ class Settings:
     sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -64,6 +69,7 @@ class Settings:
             self.sasl_mechanism if self.security_protocol.startswith("SASL") else None,
             self.sasl_username or None,
             self.sasl_password or None,
+            read_committed=self.exactly_once,
         )
 
     @property
@@ -126,6 +132,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_LINGER_MS must be >= 0")
     if not s.app_id.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
+    if s.processing_guarantee not in ("at_least_once", "exactly_once"):
+        raise ConfigError(
+            f"KAPPA_PROCESSING_GUARANTEE={s.processing_guarantee!r} must be at_least_once or "
+            "exactly_once"
+        )
     if s.security_protocol not in SECURITY_PROTOCOLS:
         choices = ", ".join(SECURITY_PROTOCOLS)
         raise ConfigError(

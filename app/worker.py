@@ -22,14 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
-from app.batch_producer import BatchSender
+from app.batch_producer import BatchSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     BrokerDataLost,
     PipelineRunner,
     Produce,
-    send_with_retry,
+    Sender,
+    SourceCommit,
+    retrying,
 )
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
@@ -71,20 +73,26 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     )
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
     app.kappa_batch_buffers = {}  # type: ignore[attr-defined]
+    app.conf.kappa_read_committed = settings.exactly_once  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
 
     senders: list[BatchSender] = []
 
-    async def send_once(records: list[Produce]) -> None:
+    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
         if not senders:  # faust creates its aiokafka producer when the app starts
             senders.append(BatchSender(app.producer._ensure_producer()))
-        await senders[0].send(records)
+        await senders[0].send(records, commit)
 
     for pipeline in topology.pipelines:
+        if settings.exactly_once:
+            txn = TransactionalSender(settings.kafka, f"{topology.group_id}-{pipeline.name}")
+            send: Sender = txn.send
+        else:
+            send = send_once
         runner = PipelineRunner(
             pipeline,
             topology,
-            _retrying(send_once, pipeline, version),
+            retrying(send, (pipeline.name, str(version))),
             _gap_reader(settings, topology.physical(pipeline.source)),
             KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         )
@@ -111,15 +119,6 @@ def _gap_reader(settings: Settings, topic: str):
             yield [to_source_record(r) for r in chunk]
 
     return read
-
-
-def _retrying(send_once, pipeline: Pipeline, version: int):
-    label = (pipeline.name, str(version))
-
-    async def send(records: list[Produce]) -> None:
-        await send_with_retry(send_once, records, label)
-
-    return send
 
 
 def _register_batch_pipeline(

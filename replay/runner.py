@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import BatchCounts, Pipeline
 from app.admin import ensure_topics
-from app.batch_producer import BatchSender
+from app.batch_producer import BatchSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer, new_producer
-from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, Produce, send_with_retry
+from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, retrying
 from app.settings import ConfigError, Settings
 from app.topic_reader import bounded_consumer
 from app.topology import Topology
@@ -180,10 +180,11 @@ async def _run_stage(
 ) -> None:
     label = (pipeline.name, str(topology.version))
 
-    send_once = BatchSender(producer).send
-
-    async def send(records: list[Produce]) -> None:
-        await send_with_retry(send_once, records, label)
+    if settings.exactly_once:
+        txn = TransactionalSender(settings.kafka, f"{topology.group_id}-{pipeline.name}-replay")
+        send = retrying(txn.send, label)
+    else:
+        send = retrying(BatchSender(producer).send, label)
 
     source = topology.physical(pipeline.source)
     runner = PipelineRunner(

@@ -1,0 +1,135 @@
+"""processing_guarantee=exactly_once, at the plumbing level: the embedded broker has no
+transactions (its InitProducerId fails), so these check what Kappa asks of the producer and
+consumers; a transactional broker (Apache Kafka, Redpanda) is needed to run it for real."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.batch_producer import TransactionalSender
+from app.kafka_clients import new_consumer
+from app.runtime import Produce, SourceCommit
+from app.settings import ConfigError, load_settings
+
+
+class FakeTransactionalProducer:
+    """Records the calls a transactional aiokafka producer receives (no broker involved)."""
+
+    def __init__(self, fail_on_send: bool = False) -> None:
+        self.calls: list[Any] = []
+        self.fail_on_send = fail_on_send
+
+    def transaction(self) -> FakeTransactionalProducer:
+        return self
+
+    async def __aenter__(self) -> None:
+        self.calls.append("begin")
+
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        self.calls.append("abort" if exc_type else "commit")
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        if self.fail_on_send:
+            raise RuntimeError("broker said no")
+        self.calls.append(("batch", topic, partition, len(batch.records)))
+        fut: Any = __import__("asyncio").get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def send_offsets_to_transaction(self, offsets: dict[Any, int], group: str) -> None:
+        self.calls.append(
+            ("offsets", {(tp.topic, tp.partition): o for tp, o in offsets.items()}, group)
+        )
+
+
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def append(self, **record: Any) -> object:
+        self.records.append(record)
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+def _sender(producer: FakeTransactionalProducer) -> TransactionalSender:
+    from app.batch_producer import BatchSender
+
+    sender = TransactionalSender("127.0.0.1:1", "kappa-v1-orders")
+    sender._producers[3] = (producer, BatchSender(producer))  # type: ignore[assignment]
+    return sender
+
+
+RECORDS = [
+    Produce("orders.revenue-1m", 0, b"p1", b"{}", 1, []),
+    Produce("kappa-v1-orders-changelog", 3, b"k", b"v", None, [], atomic=True),
+]
+COMMIT = SourceCommit("orders", 3, 101, "kappa-v1")
+
+
+async def test_a_batch_and_its_source_offset_commit_are_one_transaction() -> None:
+    producer = FakeTransactionalProducer()
+    await _sender(producer).send(RECORDS, COMMIT)
+    assert producer.calls[0] == "begin" and producer.calls[-1] == "commit"
+    assert ("offsets", {("orders", 3): 101}, "kappa-v1") in producer.calls
+    assert {c[1] for c in producer.calls if isinstance(c, tuple) and c[0] == "batch"} == {
+        "orders.revenue-1m",
+        "kappa-v1-orders-changelog",
+    }
+
+
+async def test_a_failed_batch_aborts_its_transaction() -> None:
+    producer = FakeTransactionalProducer(fail_on_send=True)
+    with pytest.raises(RuntimeError):
+        await _sender(producer).send(RECORDS, COMMIT)
+    assert producer.calls == ["begin", "abort"]
+
+
+async def test_exactly_once_consumers_read_committed_only() -> None:
+    settings = load_settings({"KAPPA_PROCESSING_GUARANTEE": "exactly_once"})
+    consumer = new_consumer(settings.kafka)
+    assert consumer._isolation_level == "read_committed"
+    default = new_consumer(load_settings({}).kafka)
+    assert default._isolation_level == "read_uncommitted"
+
+
+def test_processing_guarantee_is_validated() -> None:
+    with pytest.raises(ConfigError, match="KAPPA_PROCESSING_GUARANTEE"):
+        load_settings({"KAPPA_PROCESSING_GUARANTEE": "exactly-once-please"})
+
+
+def _wrapped_senders(app: Any) -> list[Any]:
+    """What each runner's retrying sender wraps (its closure's `send_once`)."""
+    out = []
+    for runner in app.kappa_runners:
+        cells = [c.cell_contents for c in runner.send.__closure__ or ()]
+        out.extend(c for c in cells if callable(c))
+    return out
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+async def test_the_worker_sends_transactionally_only_under_exactly_once(
+    guarantee: str, tmp_path: Any
+) -> None:
+    from app.worker import create_app
+
+    settings = load_settings(
+        {"KAPPA_PROCESSING_GUARANTEE": guarantee, "KAPPA_STATE_DIR": str(tmp_path)}
+    )
+    app = create_app(settings, 1)
+    exactly_once = guarantee == "exactly_once"
+    assert app.conf.kappa_read_committed is exactly_once
+    transactional = [
+        isinstance(getattr(s, "__self__", None), TransactionalSender) for s in _wrapped_senders(app)
+    ]
+    assert transactional and all(t is exactly_once for t in transactional)
