@@ -46,7 +46,14 @@ async def test_kill_9_at_random_points_keeps_results_exact(
     rng = random.Random(int(os.environ.get("KAPPA_CHAOS_SEED", "0")) or None)
     # Small live batches, so a run has many batches to die in.
     env = kappa_env(
-        broker, unique, tmp_path / "state", KAPPA_BATCH_MAX="300", KAPPA_BATCH_LINGER_MS="0"
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_BATCH_MAX="300",
+        KAPPA_BATCH_LINGER_MS="0",
+        # a killed worker's group membership lapses fast, so each next round joins quickly
+        KAPPA_SESSION_TIMEOUT_MS="2500",
+        KAPPA_REBALANCE_TIMEOUT_MS="1500",
     )
     assert run_kappa(["topics"], env).returncode == 0
     kills = []
