@@ -159,6 +159,10 @@ class PipelineRunner:
         """Recorded in the partition directory, so a foreign directory is refused."""
         return state_identity(self.topology, self.pipeline.name, partition)
 
+    def open_state(self, partition: int) -> PartitionState | None:
+        """The partition's state if this runner has it open (it is assigned here), else None."""
+        return self._states.get(partition)
+
     async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
         """Refuse to go on if the source log ends before what the state has applied: the
         broker lost its data (the embedded broker keeps nothing across restarts), and the new

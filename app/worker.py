@@ -10,17 +10,21 @@ and its Table are not used: windows close on stream time, never on the wall cloc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 
 import faust
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
+from agents.user_totals import TABLE as USER_TOTALS_TABLE
+from agents.user_totals import totals as user_totals
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import BatchSender, TransactionalSender
 from app.changelog import KafkaChangelog
@@ -109,8 +113,41 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "version": version, "group": topology.group_id})
 
+    totals_runner = next((r for r in runners if r.pipeline.name == "user-totals"), None)
+    if totals_runner is not None:
+        _register_user_totals_query(app, totals_runner, settings)
+
     app.kappa_runners = runners  # type: ignore[attr-defined]
     return app
+
+
+def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings: Settings) -> None:
+    """`GET /tables/user-totals/{user_id}`: the user's totals from this worker's state.
+
+    Read-only, served from the partition's RocksDB state when this worker holds it (a user's
+    partition is the Kafka default partitioner's over its key, as for every keyed record);
+    otherwise 404 naming the partition, so a caller can ask the worker that owns it.
+    """
+    partitioner = DefaultPartitioner()
+    partitions = list(range(settings.partitions))
+
+    @app.page("/tables/user-totals/{user_id}")
+    class UserTotals(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            partition = partitioner(user_id.encode(), partitions, partitions)
+            state = runner.open_state(partition)
+            if state is None:
+                return self.json(
+                    {"error": f"partition {partition} of this user is not on this worker"},
+                    status=404,
+                )
+            raw = state.get_values(USER_TOTALS_TABLE, [user_id])[0]
+            if raw is None:
+                return self.json({"error": f"no orders for user {user_id}"}, status=404)
+            orders, spend, _ = user_totals(json.loads(raw))
+            return self.json(
+                {"user_id": user_id, "orders": orders, "spend": spend, "partition": partition}
+            )
 
 
 def _gap_reader(settings: Settings, topic: str):

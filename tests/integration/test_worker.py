@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,11 @@ async def _produce(broker: str, topic: str, spec: GeneratorSpec) -> None:
     await produce_records(broker, topic, ((r.key, r.value) for r in generate(spec)), progress=False)
 
 
+def _get_json(url: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
 def _alive(worker: Worker):
     def check() -> None:
         assert worker.proc is not None
@@ -57,6 +65,12 @@ async def test_live_worker_outputs_equal_batch_computation(
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
+        for user, (n, spend) in ref.user_totals.items():  # the table is queryable
+            got = _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/{user}")
+            assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody")
+        assert e.value.code == 404
         m = worker.metrics()
         assert m["kappa_dlq_total"] == len(ref.dlq)
         assert m["kappa_late_total"] == len(ref.late)
