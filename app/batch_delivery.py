@@ -117,13 +117,19 @@ class BatchConductor(Conductor):  # type: ignore[misc]
 
 
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
-    """faust's consumer thread, reading committed records only under exactly_once (faust ties
-    that to its own transactions, which Kappa does not use)."""
+    """faust's consumer thread with two settings faust does not expose: read_committed under
+    exactly_once (faust ties it to its own transactions, which Kappa does not use), and the
+    fetch wait (faust hard-codes 1500 ms; brokers that answer a fetch only when the wait
+    expires, like the embedded one, would add that to every record's latency)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        if getattr(self.app.conf, "kappa_read_committed", False):
+        conf = self.app.conf
+        if getattr(conf, "kappa_read_committed", False):
             consumer._isolation_level = "read_committed"
+        wait_ms = getattr(conf, "kappa_fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         return consumer
 
 

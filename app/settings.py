@@ -32,6 +32,7 @@ class Settings:
     grace_ms: int = 10_000  # how long after a window's end late events are still accepted
     emit_updates: bool = False  # also emit running window values on every change
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
+    fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
     replay_batch_max: int = 50_000  # max records fetched per batch in a replay
     session_timeout_ms: int = (
@@ -128,8 +129,10 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
-    if s.grace_ms < 0 or s.batch_linger_ms < 0:
-        raise ConfigError("KAPPA_GRACE_MS and KAPPA_BATCH_LINGER_MS must be >= 0")
+    if s.grace_ms < 0 or s.batch_linger_ms < 0 or s.fetch_max_wait_ms < 0:
+        raise ConfigError(
+            "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS and KAPPA_FETCH_MAX_WAIT_MS must be >= 0"
+        )
     if not s.app_id.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
     if s.processing_guarantee not in ("at_least_once", "exactly_once"):

@@ -78,6 +78,7 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
     app.kappa_batch_buffers = {}  # type: ignore[attr-defined]
     app.conf.kappa_read_committed = settings.exactly_once  # type: ignore[attr-defined]
+    app.conf.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
 
     senders: list[BatchSender] = []

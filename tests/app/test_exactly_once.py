@@ -133,3 +133,25 @@ async def test_the_worker_sends_transactionally_only_under_exactly_once(
         isinstance(getattr(s, "__self__", None), TransactionalSender) for s in _wrapped_senders(app)
     ]
     assert transactional and all(t is exactly_once for t in transactional)
+
+
+async def test_the_worker_consumer_gets_the_fetch_wait_and_isolation_settings(
+    tmp_path: Any,
+) -> None:
+    """faust hard-codes both; Kappa's consumer thread applies the settings to its consumer."""
+    from app.batch_delivery import KappaConsumerThread
+    from app.worker import create_app
+
+    settings = load_settings(
+        {
+            "KAPPA_PROCESSING_GUARANTEE": "exactly_once",
+            "KAPPA_FETCH_MAX_WAIT_MS": "7",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+    app = create_app(settings, 1)
+    thread = app.consumer._thread
+    assert isinstance(thread, KappaConsumerThread)
+    consumer = thread._create_worker_consumer(app.transport)
+    assert consumer._fetch_max_wait_ms == 7
+    assert consumer._isolation_level == "read_committed"
