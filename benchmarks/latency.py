@@ -26,9 +26,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from app.admin import ensure_topics
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
+from benchmarks.kafka_topics import create_topic
 from benchmarks.live import LiveWorker
 from benchmarks.processes import python_env
 
@@ -230,7 +230,7 @@ async def bare_latency(
     cwd: Path,
 ) -> dict[str, Any]:
     """A bare consumer tailing a fresh source topic while orders are produced at the rate."""
-    await ensure_topics(bootstrap, {topic: (partitions, {})})
+    await create_topic(bootstrap, topic, partitions)
     n = int(cfg["rate"] * cfg["seconds"])
     records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
     tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
@@ -257,7 +257,7 @@ async def live_latency(
     cwd: Path,
 ) -> dict[str, Any]:
     """A live worker (version 1 of a fresh prefix) under orders produced at the rate."""
-    await ensure_topics(bootstrap, {source_topic: (partitions, {})})
+    await create_topic(bootstrap, source_topic, partitions)
     now_ms = int(time.time() * 1000)
     worker = LiveWorker(env, cwd, "worker-latency")
     try:
