@@ -246,7 +246,7 @@ class OrdersPipeline:
     def _emit_closed(
         self, out: BatchOutput, closed: list[tuple[WindowKey, Moments]], provisional: bool = False
     ) -> None:
-        final = True if self.config.emit_updates else None
+        final = (not provisional) if self.config.emit_updates else None
         headers = [("kappa.provisional", b"1")] if provisional else []
         for key, m in closed:
             product = key[2]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from app.settings import ConfigError, Settings, load_settings
 
@@ -21,6 +24,15 @@ class UserError(Exception):
 
 def _settings() -> Settings:
     return load_settings()
+
+
+def _settings_with_broker(timeout_s: float = 10.0) -> Settings:
+    """Settings, after checking the broker answers (one clear line if it does not)."""
+    from app.admin import wait_for_broker
+
+    settings = load_settings()
+    asyncio.run(wait_for_broker(settings.kafka, timeout_s=timeout_s))
+    return settings
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -85,7 +97,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.runner import ReplayOptions, run_replay
 
-    settings = _settings()
+    settings = _settings_with_broker()
     if args.processes > 1 and args.process == (0, 1) and not args.dry_run:
         from replay.parallel import run_parallel
 
@@ -121,28 +133,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     from replay.versions import list_versions
 
-    print(asyncio.run(list_versions(_settings())))
+    print(asyncio.run(list_versions(_settings_with_broker())))
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from replay.versions import promote
 
-    print(asyncio.run(promote(_settings(), args.version, args.force)))
+    print(asyncio.run(promote(_settings_with_broker(), args.version, args.force)))
     return 0
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
     from replay.versions import drop
 
-    print(asyncio.run(drop(_settings(), args.version)))
+    print(asyncio.run(drop(_settings_with_broker(), args.version)))
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from replay.versions import diff
 
-    report, differences = asyncio.run(diff(_settings(), args.v1, args.v2, args.limit))
+    report, differences = asyncio.run(diff(_settings_with_broker(), args.v1, args.v2, args.limit))
     print(report)
     return 1 if differences else 0
 
@@ -150,7 +162,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from replay.versions import status
 
-    print(asyncio.run(status(_settings())))
+    print(asyncio.run(status(_settings_with_broker())))
     return 0
 
 
@@ -369,6 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.fn(args) or 0)
+    except KafkaError as e:
+        where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")
+        print(
+            f"kappa {args.command}: error: Kafka broker at {where}: {type(e).__name__}: {e}"
+            " (is it running? start it with `kappa broker` or set KAPPA_BROKER)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except (ConfigError, UserError, BrokerUnreachable, BrokerError, StateError) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

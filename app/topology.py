@@ -51,8 +51,13 @@ class Topology:
         return Topology(self.settings, self.version, [known[n] for n in names], self.since_ms)
 
     @cached_property
+    def all_pipelines(self) -> list[Pipeline]:
+        """Every pipeline of the application, selected or not."""
+        return build_pipelines(self.settings, self.since_ms)
+
+    @cached_property
     def produced(self) -> set[str]:
-        return {t for p in build_pipelines(self.settings) for t in p.outputs}
+        return {t for p in self.all_pipelines for t in p.outputs}
 
     @property
     def external_sources(self) -> list[str]:

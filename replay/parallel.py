@@ -55,6 +55,6 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
     rate = events / seconds if seconds > 0 else 0.0
     summary = (
         f"replay v{version}: {events:,} events, {windows:,} windows emitted, {late:,} late, "
-        f"{dlq:,} DLQ in {seconds:.1f} s ({rate:,.0f} events/s, {processes} processes)"
+        f"{dlq:,} DLQ in {seconds:.1f} s ({rate:,.0f} events/s) across {processes} processes"
     )
     return code, summary

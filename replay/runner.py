@@ -70,6 +70,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     registry = Registry(settings)
     view = await registry.load(create=not opts.dry_run)
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
+    _check_inputs(topology)
     rec = _check_version(view, topology, opts)
     if rec is None:
         snapshot = {
@@ -123,6 +124,19 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
             await registry.put_version(current)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_inputs(topology: Topology) -> None:
+    """A pipeline reading what another pipeline of the version produces needs that one too."""
+    selected = {t for p in topology.pipelines for t in p.outputs}
+    for p in topology.pipelines:
+        if p.source in topology.produced and p.source not in selected:
+            producers = [q.name for q in topology.all_pipelines if p.source in q.outputs]
+            raise ConfigError(
+                f"{p.name} reads {topology.physical(p.source)}, which {', '.join(producers)} of "
+                f"the same version writes: replay them together (kappa replay "
+                f"{' '.join([*producers, p.name])} --version {topology.version})"
+            )
 
 
 def _check_version(

@@ -139,3 +139,11 @@ def test_settings_from_a_mapping() -> None:
     for env in ({"KAPPA_PARTITIONS": "abc"}, {"KAPPA_BROKER": "a:1,b"}, {"KAPPA_GRACE_MS": "-1"}):
         with pytest.raises(ConfigError):
             load_settings(env)
+
+
+@pytest.mark.parametrize(
+    "command", [["versions"], ["status"], ["diff", "1", "2"], ["replay", "--version", "2"]]
+)
+def test_version_commands_without_a_broker_are_one_line(command: list[str], tmp_path: Path) -> None:
+    line = _error_line(_kappa(command, tmp_path))
+    assert "cannot reach the Kafka broker at 127.0.0.1:" in line

@@ -150,6 +150,13 @@ async def test_replay_with_processes_option_splits_and_sums_up(dataset: Dataset)
     await check_replay(dataset, 6)
 
 
+async def test_replaying_a_pipeline_without_its_upstream_is_refused(dataset: Dataset) -> None:
+    r = run_kappa(["replay", "user-totals", "--version", "7"], dataset.env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "replay them together (kappa replay orders user-totals --version 7)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 async def _topics(broker: str) -> set[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=broker)
     await admin.start()
