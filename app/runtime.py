@@ -206,11 +206,16 @@ class PipelineRunner:
     async def _process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
         t0 = time.perf_counter()
         out = self.pipeline.process(state, records)
-        if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
-            state.discard()  # too much state change for one atomic changelog batch: halve it
-            mid = len(records) // 2
-            out = await self._process(state, records[:mid])
-            out.extend(await self._process(state, records[mid:]))
+        staged = state.staged_bytes()
+        if len(records) > 1 and staged > CHANGELOG_BATCH_BYTES:
+            # Too much state change for one atomic changelog batch: split the records into as
+            # many chunks as the measured size needs (with room), each checked again.
+            state.discard()
+            chunks = min(len(records), 2 * -(-staged // CHANGELOG_BATCH_BYTES))
+            size = -(-len(records) // chunks)
+            out = BatchOutput()
+            for i in range(0, len(records), size):
+                out.extend(await self._process(state, records[i : i + size]))
             return out
         await self._make_durable(state, out, records[-1].offset)
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)

@@ -1,0 +1,80 @@
+"""PipelineRunner without a broker: a recording sender stands in for the produce path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.base import SourceRecord
+from app import runtime
+from app.runtime import PipelineRunner, Produce, SourceCommit
+from app.settings import load_settings
+from app.topology import Topology
+
+
+def _records(n: int) -> list[SourceRecord]:
+    out = []
+    for i in range(n):
+        pid = f"p{i:05d}"  # every order its own product: lots of window state per batch
+        value = {
+            "order_id": str(i),
+            "user_id": f"u{i % 7}",
+            "product_id": pid,
+            "category": "c",
+            "amount": 1.5,
+            "quantity": 1,
+            "ts": 1_700_000_000_000 + i * 10,
+        }
+        out.append(SourceRecord("orders", 0, i, None, pid.encode(), json.dumps(value).encode()))
+    return out
+
+
+async def _run(
+    tmp_path: Path, limit: int, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[list[Produce], SourceCommit]]:
+    monkeypatch.setattr(runtime, "CHANGELOG_BATCH_BYTES", limit)
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / f"state-{limit}")})
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[tuple[list[Produce], SourceCommit]] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.append((records, commit))
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send)
+    await runner.handle(0, _records(3_000))
+    assert await runner.applied_offset(0) == 2_999
+    runner.close()
+    return sent
+
+
+def _outputs(sent: list[tuple[list[Produce], SourceCommit]]) -> list[tuple[str, bytes | None]]:
+    return [(r.topic, r.value) for records, _ in sent for r in records if not r.atomic]
+
+
+async def test_a_batch_too_big_for_one_changelog_batch_is_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 20_000
+    split = await _run(tmp_path, limit, monkeypatch)
+    whole = await _run(tmp_path, 10**9, monkeypatch)
+    assert len(whole) == 1 and len(split) > 1
+    for records, _ in split:
+        changelog = [r for r in records if r.atomic]
+        assert sum(len(r.key or b"") + len(r.value or b"") + 16 for r in changelog) <= limit
+        assert changelog[-1].key == b"Mapplied-offset"  # each batch ends with its offset
+    assert [c.offset for _, c in split] == sorted(c.offset for _, c in split)
+    assert split[-1][1].offset == 3_000
+    # Windows (and DLQ, late) are the same records in the same order; per-user forwards come
+    # once per batch, so smaller batches send more of them, ending at the same running totals.
+    assert [o for o in _outputs(split) if o[0] != "orders.by-user"] == [
+        o for o in _outputs(whole) if o[0] != "orders.by-user"
+    ]
+
+    def last_forward(sent: list[tuple[list[Produce], SourceCommit]]) -> dict[str, bytes | None]:
+        return {
+            json.loads(v or b"")["user_id"]: v for t, v in _outputs(sent) if t == "orders.by-user"
+        }
+
+    assert last_forward(split) == last_forward(whole)
