@@ -10,14 +10,16 @@ import json
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.orders_generator import GeneratorSpec, generate
+from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
+from tests.support.datasets import orders_spec
 from tests.support.reference import Reference, assert_windows_equal
 from tests.support.workers import KAPPA, ROOT, Worker, kappa_env, read_records, run_kappa
 
@@ -27,18 +29,7 @@ START_MS = 1_700_000_000_000
 Window = tuple[str, int, int]
 
 
-def spec(count: int, seed: int, start_ms: int) -> GeneratorSpec:
-    return GeneratorSpec(
-        count=count,
-        seed=seed,
-        keys=40,
-        users=30,
-        start_ms=start_ms,
-        span_ms=count * 200,
-        disorder_ms=4_000,
-        late_fraction=0.01,
-        bad_fraction=0.02,
-    )
+spec = partial(orders_spec, keys=40, users=30, ms_per_event=200, disorder_ms=4_000)
 
 
 @dataclass

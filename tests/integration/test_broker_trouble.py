@@ -11,31 +11,22 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from app.broker import DevBroker, free_port
-from app.orders_generator import GeneratorSpec, generate
+from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.datasets import orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
 
 
-def _spec(count: int, seed: int, start_ms: int = 1_700_000_000_000) -> GeneratorSpec:
-    return GeneratorSpec(
-        count=count,
-        seed=seed,
-        keys=30,
-        users=20,
-        start_ms=start_ms,
-        span_ms=count * 300,
-        disorder_ms=3_000,
-        late_fraction=0.01,
-        bad_fraction=0.02,
-    )
+_spec = partial(orders_spec, keys=30, users=20, disorder_ms=3_000)
 
 
 @pytest.fixture

@@ -11,13 +11,15 @@ import os
 import random
 import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from app.orders_generator import GeneratorSpec, generate
+from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.datasets import orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -26,18 +28,7 @@ ROUNDS = int(os.environ.get("KAPPA_CHAOS_ROUNDS", "10"))
 PHASES = ("before-send", "after-send", "after-commit")
 
 
-def _spec(count: int, seed: int, start_ms: int = 1_700_000_000_000) -> GeneratorSpec:
-    return GeneratorSpec(
-        count=count,
-        seed=seed,
-        keys=50,
-        users=40,
-        start_ms=start_ms,
-        span_ms=count * 300,
-        disorder_ms=5_000,
-        late_fraction=0.01,
-        bad_fraction=0.02,
-    )
+_spec = partial(orders_spec, keys=50, users=40)
 
 
 async def test_kill_9_at_random_points_keeps_results_exact(

@@ -14,25 +14,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.datasets import START_MS, orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
 
 
-def _spec(
-    count: int, seed: int, start_ms: int = 1_700_000_000_000, span_ms: int = 1_200_000
-) -> GeneratorSpec:
-    return GeneratorSpec(
-        count=count,
-        seed=seed,
-        keys=60,
-        users=40,
-        start_ms=start_ms,
-        span_ms=span_ms,
-        disorder_ms=5_000,
-        late_fraction=0.01,
-        bad_fraction=0.02,
-    )
+def _spec(count: int, seed: int, start_ms: int = START_MS) -> GeneratorSpec:
+    """Event times over 20 minutes whatever the count, so windows close within a run."""
+    return orders_spec(count, seed, start_ms, keys=60, users=40, ms_per_event=1_200_000 // count)
 
 
 async def _produce(broker: str, topic: str, spec: GeneratorSpec) -> None:

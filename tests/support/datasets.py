@@ -1,0 +1,32 @@
+"""Generated order streams for the broker tests: some disorder, some late, some malformed."""
+
+from __future__ import annotations
+
+from app.orders_generator import GeneratorSpec
+
+START_MS = 1_700_000_000_000
+
+
+def orders_spec(
+    count: int,
+    seed: int,
+    start_ms: int = START_MS,
+    *,
+    keys: int,
+    users: int,
+    ms_per_event: int = 300,
+    disorder_ms: int = 5_000,
+) -> GeneratorSpec:
+    """`count` orders from `start_ms`, one every `ms_per_event` of event time on average;
+    disorder within grace, 1 % late by construction, 2 % malformed."""
+    return GeneratorSpec(
+        count=count,
+        seed=seed,
+        keys=keys,
+        users=users,
+        start_ms=start_ms,
+        span_ms=count * ms_per_event,
+        disorder_ms=disorder_ms,
+        late_fraction=0.01,
+        bad_fraction=0.02,
+    )
