@@ -33,6 +33,15 @@ def bounded_consumer(bootstrap: Conn, **overrides: Any) -> AIOKafkaConsumer:
     return new_consumer(bootstrap, **(options | overrides))
 
 
+async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of `topic` to a started consumer, positioned at the log start."""
+    parts = await topic_partitions(consumer, topic)
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps
+
+
 async def read_to_end(
     bootstrap: Conn, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
 ) -> dict[int, list[ConsumerRecord]]:
@@ -40,10 +49,7 @@ async def read_to_end(
     consumer = bounded_consumer(bootstrap)
     await consumer.start()
     try:
-        parts = await topic_partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = await assign_from_start(consumer, topic)
         out: dict[int, list[ConsumerRecord]] = {tp.partition: [] for tp in tps}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -120,10 +126,7 @@ async def high_watermarks(bootstrap: Conn, topic: str, timeout_s: float = 30.0) 
     consumer = bounded_consumer(bootstrap, max_partition_fetch_bytes=1024)
     await consumer.start()
     try:
-        parts = await topic_partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = await assign_from_start(consumer, topic)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while any(consumer.highwater(tp) is None for tp in tps):
