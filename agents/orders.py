@@ -101,13 +101,27 @@ def parse_order(rec: SourceRecord) -> Order:
         and type(ts) is int
         and MIN_EVENT_MS <= ts < MAX_EVENT_MS
     ):
-        order = Order(oid, uid, pid, cat, float(amount), qty, ts)
+        try:
+            order = Order(oid, uid, pid, cat, float(amount), qty, ts)
+        except OverflowError:  # an integer literal too large for a float
+            raise InvalidRecord("not_finite", "amount") from None
     else:
         order = _parse_fields(obj)
+    try:
+        total = order.amount * order.quantity
+    except OverflowError:  # a quantity too large for a float
+        raise InvalidRecord("not_finite", "quantity") from None
+    if total == _INF:
+        raise InvalidRecord("not_finite", "amount × quantity")
+    try:  # JSON can carry lone surrogates ("\ud800"): ids become keys, so must be UTF-8
+        product_key = order.product_id.encode()
+        order.user_id.encode()
+    except UnicodeEncodeError:
+        raise InvalidRecord("not_utf8", "product_id or user_id") from None
     key = rec.key
     if key is None:
         raise InvalidRecord("null_key", "orders must be keyed by product_id")
-    if key != order.product_id.encode():
+    if key != product_key:
         raise InvalidRecord("key_mismatch", "record key must equal product_id")
     return order
 

@@ -47,7 +47,7 @@ class UserTotalsPipeline:
                         int(d["ts"]),
                     )
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError):
                 counts.dlq += 1
                 counts.dlq_reasons["bad_forward"] = counts.dlq_reasons.get("bad_forward", 0) + 1
                 out.records.append(dlq_record(rec, InvalidRecord("bad_forward")))

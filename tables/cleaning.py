@@ -48,7 +48,10 @@ def require_number(obj: dict[str, Any], field: str) -> float:
     if isinstance(v, bool):
         raise InvalidRecord("wrong_type", f"{field} must be a number")
     if isinstance(v, int | float):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # an integer literal too large for a float
+            raise InvalidRecord("not_finite", field) from None
     elif isinstance(v, str):
         if len(v) > 64:
             raise InvalidRecord("not_a_number", field)

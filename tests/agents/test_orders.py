@@ -76,6 +76,12 @@ BAD_INPUTS = [
     ),
     (order(amount="Infinity"), b"p1", "not_finite"),
     (order(amount=-1), b"p1", "out_of_range"),
+    (json.dumps(order(user_id="u\ud800")).encode(), b"p1", "not_utf8"),
+    (json.dumps(order(product_id="p\ud800")).encode(), b"p1", "not_utf8"),
+    (order(amount=10**400), b"p1", "not_finite"),
+    (order(amount="1" + "0" * 30, quantity=10**400), b"p1", "not_finite"),
+    (order(quantity=10**400), b"p1", "not_finite"),
+    (order(amount=1e308, quantity=10), b"p1", "not_finite"),
     (order(quantity=0), b"p1", "out_of_range"),
     (order(quantity=1.5), b"p1", "not_an_integer"),
     (order(ts="yesterday"), b"p1", "bad_timestamp"),
@@ -209,3 +215,11 @@ def test_emit_updates_sends_running_values_then_the_final_one() -> None:
     closed = [w for w in finals if w["final"]]
     assert [(w["window_start"], w["count"]) for w in closed] == [(960_000, 2)]
     assert all(not w["final"] for w in finals if w not in closed)
+
+
+def test_a_forward_with_an_impossible_number_goes_to_the_dlq() -> None:
+    bad = b'{"user_id":"u","src":[0,1],"orders":1,"spend":1' + b"0" * 400 + b',"ts":1}'
+    out = UserTotalsPipeline().process(
+        PartitionState(MemoryStore(), 0), [SourceRecord(BY_USER, 0, 0, None, b"u", bad)]
+    )
+    assert [dict(r.headers)["kappa.error"] for r in out.records] == [b"bad_forward"]
