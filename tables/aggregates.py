@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,27 @@ class Moments:
             self.min = x
         if x > self.max:
             self.max = x
+
+    def add_many(self, xs: Sequence[float]) -> None:
+        """`add` for each value in order, bit for bit, at a fraction of the cost (hot path).
+
+        Values must not be NaN (min/max are taken over the whole batch at once).
+        """
+        if not xs:
+            return
+        n, total, mean, m2 = self.count, self.total, self.mean, self.m2
+        for x in xs:
+            n += 1
+            total += x
+            delta = x - mean
+            mean += delta / n
+            m2 += delta * (x - mean)
+        self.count, self.total, self.mean, self.m2 = n, total, mean, m2
+        lo, hi = min(xs), max(xs)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
 
     def merge(self, other: Moments) -> None:
         if other.count == 0:

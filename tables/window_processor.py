@@ -85,36 +85,45 @@ class WindowProcessor:
         `closed` the windows whose end the watermark passed, final, in (end, start, key) order;
         `late` the events whose every window had already closed when they arrived.
         """
-        result: BatchResult[R] = BatchResult()
-        assign = self.spec.assign
-        observe = clock.observe
-        grace = self.grace_ms
-        contributions: list[tuple[WindowKey, float]] = []
-        if isinstance(self.spec, TumblingWindows):
-            self._assign_tumbling(events, clock, contributions, result.late)
-            events = ()
-        for ev in events:
-            observe(ev.ts)
-            watermark = clock.max_event_ms - grace  # type: ignore[operator]
-            landed = False
-            for w in assign(ev.ts):
-                if w.end > watermark:
-                    contributions.append(((w.end, w.start, ev.key), ev.value))
-                    landed = True
-            if not landed:
-                result.late.append(LateEvent(ev.record, ev.ts, watermark))
+        evs = events if isinstance(events, list) else list(events)
+        result = self.process_columns(
+            [e.key for e in evs], [e.ts for e in evs], [e.value for e in evs], clock, state
+        )
+        for late in result.late:
+            late.record = evs[late.record].record  # type: ignore[index]
+        return result  # type: ignore[return-value]
 
-        if contributions:
-            touched = list(dict.fromkeys(k for k, _ in contributions))
-            current = state.get_many(touched)
+    def process_columns(
+        self,
+        keys: Sequence[str],
+        times: Sequence[int],
+        values: Sequence[float],
+        clock: StreamTime,
+        state: WindowState,
+    ) -> BatchResult[int]:
+        """`process` over a batch given as columns (the hot path: no object per event).
+
+        Event i is (keys[i], times[i], values[i]); a late event is reported with its index i
+        as `record`. Each window's values are applied in event order (`Moments.add_many`), so
+        the result is bit-identical however the stream is split into batches.
+        """
+        result: BatchResult[int] = BatchResult()
+        groups: dict[WindowKey, list[float]] = {}
+        if isinstance(self.spec, TumblingWindows):
+            self._assign_tumbling(keys, times, values, clock, groups, result.late)
+        else:
+            self._assign_general(keys, times, values, clock, groups, result.late)
+
+        if groups:
+            touched = list(groups)
             working: dict[WindowKey, Moments] = {}
-            for k, m in zip(touched, current):
+            created = result.created
+            for k, m in zip(touched, state.get_many(touched)):
                 if m is None:
-                    result.created.add(k)
+                    created.add(k)
                     m = Moments()
+                m.add_many(groups[k])
                 working[k] = m
-            for k, v in contributions:
-                working[k].add(v)
             result.updated = working
 
         watermark = clock.watermark
@@ -124,27 +133,61 @@ class WindowProcessor:
 
     def _assign_tumbling(
         self,
-        events: Iterable[TimedValue[R]],
+        keys: Sequence[str],
+        times: Sequence[int],
+        values: Sequence[float],
         clock: StreamTime,
-        contributions: list[tuple[WindowKey, float]],
-        late: list[LateEvent[R]],
+        groups: dict[WindowKey, list[float]],
+        late: list[LateEvent[int]],
     ) -> None:
-        """The same rule as the general loop, inlined for one window per event."""
+        """The general rule, inlined for one window per event: values grouped by window."""
+        if not times:
+            return
         size = self.spec.size_ms
         grace = self.grace_ms
         max_ts = clock.max_event_ms
-        add = contributions.append
-        for ev in events:
-            ts = ev.ts
-            if max_ts is None or ts > max_ts:
+        if max_ts is None:
+            max_ts = times[0]
+        get = groups.get
+        for i, key, ts, value in zip(range(len(times)), keys, times, values):
+            if ts > max_ts:
                 max_ts = ts
             start = ts - ts % size
-            watermark = max_ts - grace
-            if start + size > watermark:
-                add(((start + size, start, ev.key), ev.value))
+            end = start + size
+            if end > max_ts - grace:
+                wk = (end, start, key)
+                vs = get(wk)
+                if vs is None:
+                    groups[wk] = [value]
+                else:
+                    vs.append(value)
             else:
-                late.append(LateEvent(ev.record, ts, watermark))
+                late.append(LateEvent(i, ts, max_ts - grace))
         clock.max_event_ms = max_ts
+
+    def _assign_general(
+        self,
+        keys: Sequence[str],
+        times: Sequence[int],
+        values: Sequence[float],
+        clock: StreamTime,
+        groups: dict[WindowKey, list[float]],
+        late: list[LateEvent[int]],
+    ) -> None:
+        """Any window spec: an event feeds each of its windows that is still open."""
+        assign = self.spec.assign
+        observe = clock.observe
+        grace = self.grace_ms
+        for i, key, ts, value in zip(range(len(times)), keys, times, values):
+            observe(ts)
+            watermark = clock.max_event_ms - grace  # type: ignore[operator]
+            landed = False
+            for w in assign(ts):
+                if w.end > watermark:
+                    groups.setdefault((w.end, w.start, key), []).append(value)
+                    landed = True
+            if not landed:
+                late.append(LateEvent(i, ts, watermark))
 
     def flush(
         self, state: WindowState, pending: dict[WindowKey, Moments]

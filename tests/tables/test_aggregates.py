@@ -201,3 +201,15 @@ def test_merging_any_split_equals_adding_all(data: st.DataObject, values: list[f
     assert close(merged.mean, whole.mean)
     assert close(merged.std, whole.std)
     assert close(merged.sample_std, whole.sample_std)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), values=values_st)
+def test_add_many_over_any_split_is_bit_identical_to_adding_one_by_one(
+    data: st.DataObject, values: list[float]
+) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(values)), max_size=6), label="splits"))
+    m = Moments()
+    for a, b in itertools.pairwise([0, *cuts, len(values)]):
+        m.add_many(values[a:b])
+    assert m == moments_of(values)

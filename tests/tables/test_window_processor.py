@@ -429,6 +429,8 @@ def test_any_batching_and_interleaving_equals_plain_batch_computation(s: Scenari
         assert_close(m.std, statistics.pstdev(vals), "std")
         d = m.as_dict()
         assert (d["count"], d["min"], d["max"]) == (len(vals), min(vals), max(vals))
+        # bit for bit the per-event computation, whatever the batching: replay == live exactly
+        assert m == moments_of(vals)
 
     # the late events are exactly the reference's, each with the watermark it arrived at
     assert out.late == ref.late
@@ -504,3 +506,12 @@ def test_reference_on_a_hand_made_stream() -> None:
         (1, (0, -10, "a"), 5.0),  # flushed
     ]
     assert out.late == ref.late
+
+
+def test_process_columns_reports_late_events_by_index() -> None:
+    processor = WindowProcessor(TumblingWindows(10), grace_ms=0)
+    clock, state = StreamTime(0), MemoryWindowState()
+    result = processor.process_columns(["a", "a", "b"], [25, 3, 27], [1.0, 2.0, 4.0], clock, state)
+    assert [(e.record, e.ts, e.watermark) for e in result.late] == [(1, 3, 25)]
+    assert result.updated == {(30, 20, "a"): moments_of([1.0]), (30, 20, "b"): moments_of([4.0])}
+    assert clock.max_event_ms == 27
