@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.base import SourceRecord
-from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_order
+from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_order, quick_order
 from agents.user_totals import USER_TOTALS, UserTotalsPipeline
 from tables.cleaning import InvalidRecord
 from tables.partition_state import MemoryStore, PartitionState
@@ -223,3 +225,49 @@ def test_a_forward_with_an_impossible_number_goes_to_the_dlq() -> None:
         PartitionState(MemoryStore(), 0), [SourceRecord(BY_USER, 0, 0, None, b"u", bad)]
     )
     assert [dict(r.headers)["kappa.error"] for r in out.records] == [b"bad_forward"]
+
+
+_field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.just(10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e308, 2.5, 1.7e12, 4.2e12]),
+    st.sampled_from([0, 1, 2**53, 2**53 + 1, 1_700_000_000_000, 4_102_444_800_000]),
+    st.text(max_size=3),
+    st.sampled_from(["p1", "", "12.5", "p\ud800", "é", "x" * 1025, "1700000000000"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    fields=st.dictionaries(st.sampled_from(sorted(GOOD)), _field_values),
+    base=st.booleans(),
+    key=st.sampled_from([b"p1", None, b"p2", "p\u00e9".encode()]),
+    spaces=st.sampled_from(["", " ", "\n"]),
+)
+def test_quick_path_accepts_only_what_parse_order_accepts_with_the_same_values(
+    fields: dict[str, object], base: bool, key: bytes | None, spaces: str
+) -> None:
+    obj = {**GOOD, **fields} if base else fields
+    try:
+        raw = (json.dumps(obj) + spaces).encode()
+    except (UnicodeEncodeError, ValueError):
+        return
+    quick = quick_order(raw, key)
+    try:
+        order = parse_order(SourceRecord("orders", 0, 0, None, key, raw))
+    except InvalidRecord:
+        assert quick is None
+        return
+    if quick is not None:
+        assert quick == (order.product_id, order.user_id, order.total, order.ts)
+
+
+def test_quick_path_takes_well_typed_orders() -> None:
+    assert quick_order(json.dumps(GOOD).encode(), b"p1") == ("p1", "u1", 5.0, GOOD["ts"])
+    assert (
+        quick_order(json.dumps(GOOD).encode(), b"p2") is None
+    )  # key mismatch: parse_order names it
