@@ -11,6 +11,21 @@ from tables.partition_state import PartitionState
 Headers = list[tuple[str, bytes]]
 
 
+class Record(Protocol):
+    """What a pipeline reads of a consumed record (all of one source partition, in offset
+    order). aiokafka's `ConsumerRecord`, its raw fetched records (replay) and `SourceRecord`
+    all fit; where the batch came from (topic, partition) is the runtime's to know."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(slots=True)
 class SourceRecord:
     """One consumed Kafka record, independent of the client library that read it."""
@@ -34,6 +49,9 @@ class OutRecord:
     value: bytes | None
     timestamp: int | None = None
     headers: Headers = field(default_factory=list)
+    # Set on records that pass a source record on (DLQ, late): the runtime adds the
+    # kappa.source.{topic,partition,offset} headers, so they can be traced back.
+    source_offset: int | None = None
 
 
 @dataclass(slots=True)
@@ -73,7 +91,7 @@ class Pipeline(Protocol):
     source: str  # logical source topic
     outputs: tuple[str, ...]  # logical output topics (created by `kappa topics create`)
 
-    def process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+    def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         """Apply one partition's batch (offset order) to `state` (staged, not yet committed)."""
         ...
 
@@ -82,10 +100,10 @@ class Pipeline(Protocol):
         ...
 
 
-def source_headers(rec: SourceRecord) -> Headers:
+def source_headers(topic: str, partition: int, offset: int) -> Headers:
     """Where a record came from: attached to DLQ and late records so they can be traced."""
     return [
-        ("kappa.source.topic", rec.topic.encode()),
-        ("kappa.source.partition", str(rec.partition).encode()),
-        ("kappa.source.offset", str(rec.offset).encode()),
+        ("kappa.source.topic", topic.encode()),
+        ("kappa.source.partition", str(partition).encode()),
+        ("kappa.source.offset", str(offset).encode()),
     ]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agents.base import BatchOutput, OutRecord, SourceRecord, source_headers
+from agents.base import BatchOutput, OutRecord, Record
 from tables.aggregates import Moments
 from tables.cleaning import (
     MAX_EVENT_MS,
@@ -102,7 +102,7 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
 _QUICK_MAX_QUANTITY = 1 << 53  # exactly representable as a float: no OverflowError in amount × qty
 
 
-def parse_order(rec: SourceRecord) -> Order:
+def parse_order(rec: Record) -> Order:
     """Validate and convert one raw record; raises `InvalidRecord` with the DLQ reason."""
     raw = rec.value
     if not raw:
@@ -153,12 +153,12 @@ def _parse_fields(obj: dict[str, object]) -> Order:
     )
 
 
-def dlq_record(rec: SourceRecord, err: InvalidRecord) -> OutRecord:
-    """The original bytes, with the reason and the source position in headers."""
-    headers = [("kappa.error", err.reason.encode()), *source_headers(rec)]
+def dlq_record(rec: Record, err: InvalidRecord) -> OutRecord:
+    """The original bytes, with the reason and (added by the runtime) the source position."""
+    headers = [("kappa.error", err.reason.encode())]
     if err.detail:
         headers.append(("kappa.error.detail", err.detail.encode()[:512]))
-    return OutRecord(DLQ, rec.key, rec.value, rec.timestamp, headers)
+    return OutRecord(DLQ, rec.key, rec.value, rec.timestamp, headers, rec.offset)
 
 
 def revenue_value(product_id: str, key: WindowKey, m: Moments, final: bool | None = None) -> bytes:
@@ -204,7 +204,7 @@ class OrdersPipeline:
         self.processor = WindowProcessor(spec, self.config.grace_ms)
         self.store_name = f"revenue-{spec.name}"
 
-    def process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+    def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
         emit = out.records.append
@@ -220,7 +220,7 @@ class OrdersPipeline:
         keys: list[str] = []
         times: list[int] = []
         values: list[float] = []
-        rows: list[SourceRecord] = []
+        rows: list[Record] = []
         users: dict[str, list[float]] = {}  # user → [latest ts, total, total, ...] in order
         since = self.config.since_ms
         window_ms = self.config.window_ms
@@ -259,9 +259,8 @@ class OrdersPipeline:
             headers = [
                 ("kappa.late-by-ms", str(late.late_by_ms).encode()),
                 ("kappa.watermark", str(late.watermark).encode()),
-                *source_headers(rec),
             ]
-            emit(OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers))
+            emit(OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers, rec.offset))
         counts.late = len(result.late)
         if self.config.emit_updates:
             for key, m in sorted(result.updated.items()):
@@ -275,7 +274,7 @@ class OrdersPipeline:
         created = result.created  # born and closed in this batch: never stored, nothing to delete
         windows.delete(k for k, _ in result.closed if k not in created)
         if users:
-            out.records.extend(_forward_user_partials(state, users, rows[-1]))
+            out.records.extend(_forward_user_partials(state, users, rows[-1].offset))
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:
@@ -303,7 +302,7 @@ class OrdersPipeline:
 
 
 def _forward_user_partials(
-    state: PartitionState, users: dict[str, list[float]], last: SourceRecord
+    state: PartitionState, users: dict[str, list[float]], last_offset: int
 ) -> list[OutRecord]:
     """Update this partition's per-user running totals; forward each touched user's once.
 
@@ -324,7 +323,7 @@ def _forward_user_partials(
         value = json.dumps(
             {
                 "user_id": user,
-                "src": [last.partition, last.offset],
+                "src": [state.partition, last_offset],
                 "orders": count,
                 "spend": spend,
                 "ts": ts,

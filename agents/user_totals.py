@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from agents.base import BatchOutput, OutRecord, SourceRecord
+from agents.base import BatchOutput, OutRecord, Record
 from agents.orders import BY_USER, DLQ, dlq_record
 from tables.cleaning import InvalidRecord
 from tables.partition_state import PartitionState
@@ -24,7 +24,7 @@ class UserTotalsPipeline:
     source = BY_USER
     outputs = (USER_TOTALS, DLQ)
 
-    def process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+    def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
         applied = state.applied_offset

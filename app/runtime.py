@@ -22,7 +22,7 @@ from typing import Protocol
 
 from aiokafka.errors import ProducerFenced
 
-from agents.base import BatchOutput, Pipeline, SourceRecord
+from agents.base import BatchOutput, Pipeline, Record, SourceRecord, source_headers
 from app import metrics
 from app.state_guard import state_identity
 from app.topology import Topology
@@ -181,7 +181,7 @@ class PipelineRunner:
     async def applied_offset(self, partition: int) -> int:
         return (await self.state(partition)).applied_offset
 
-    async def handle(self, partition: int, records: Sequence[SourceRecord]) -> BatchOutput:
+    async def handle(self, partition: int, records: Sequence[Record]) -> BatchOutput:
         """Process one partition's batch (offset order) and make it durable."""
         if not records:
             return BatchOutput()
@@ -203,7 +203,7 @@ class PipelineRunner:
         out.extend(await self._process(state, records))
         return out
 
-    async def _process(self, state: PartitionState, records: Sequence[SourceRecord]) -> BatchOutput:
+    async def _process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         t0 = time.perf_counter()
         out = self.pipeline.process(state, records)
         staged = state.staged_bytes()
@@ -236,8 +236,18 @@ class PipelineRunner:
     async def _make_durable(self, state: PartitionState, out: BatchOutput, applied: int) -> None:
         self._chaos.step("before-send")
         physical = self.topology.physical
+        source = physical(self.pipeline.source)
         produce = [
-            Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
+            Produce(
+                physical(r.topic),
+                None,
+                r.key,
+                r.value,
+                r.timestamp,
+                r.headers
+                if r.source_offset is None
+                else [*r.headers, *source_headers(source, state.partition, r.source_offset)],
+            )
             for r in out.records
         ]
         entries = state.prepare(applied)
@@ -246,7 +256,6 @@ class PipelineRunner:
             for k, v in entries
         )
         try:
-            source = self.topology.physical(self.pipeline.source)
             await self.send(
                 produce,
                 SourceCommit(source, state.partition, applied + 1, self.topology.group_id),

@@ -21,6 +21,7 @@ from app.admin import ensure_topics
 from app.batch_producer import BatchSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer, new_producer
+from app.raw_records import RAW_RECORDS
 from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, retrying
 from app.settings import ConfigError, Settings
 from app.topic_reader import bounded_consumer
@@ -235,7 +236,7 @@ async def _consume(
     progress: ReplayProgress,
     summary: ReplaySummary,
 ) -> None:
-    consumer = bounded_consumer(settings.kafka)
+    consumer = bounded_consumer(settings.kafka, value_deserializer=RAW_RECORDS)
     await consumer.start()
     try:
         tps = {p: TopicPartition(topic, p) for p in todo}
@@ -251,7 +252,7 @@ async def _consume(
                 if recs and recs[-1].offset >= end:
                     recs = [r for r in recs if r.offset < end]
                 if recs:
-                    out = await runner.handle(tp.partition, recs)  # aiokafka records fit `Record`
+                    out = await runner.handle(tp.partition, recs)
                     summary.add(out.counts)
                     progress.advance(len(recs))
             for p in list(todo):

@@ -120,8 +120,9 @@ def test_pipeline_routes_bad_late_and_good_records_and_never_raises() -> None:
     assert [dict(r.headers)["kappa.error"].decode() for r in by_topic[DLQ]] == [
         b[2] for b in BAD_INPUTS
     ]
-    assert all(dict(r.headers)["kappa.source.offset"] for r in by_topic[DLQ])
+    assert [r.source_offset for r in by_topic[DLQ]] == list(range(len(BAD_INPUTS)))
     (late,) = by_topic[LATE]
+    assert late.source_offset == records[-1].offset
     assert dict(late.headers)["kappa.late-by-ms"] == b"189999"
     assert late.value == records[-1].value
     (window,) = by_topic[REVENUE]

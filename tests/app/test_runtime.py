@@ -78,3 +78,23 @@ async def test_a_batch_too_big_for_one_changelog_batch_is_split(
         }
 
     assert last_forward(split) == last_forward(whole)
+
+
+async def test_dlq_records_get_the_physical_source_position_in_headers(tmp_path: Path) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 2).select(["orders"])
+    sent: list[Produce] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.extend(records)
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send)
+    await runner.handle(3, [SourceRecord("orders", 3, 41, None, b"p1", b"{broken")])
+    runner.close()
+    (dlq,) = [r for r in sent if r.topic == "orders.dlq.v2"]
+    assert dict(dlq.headers) == {
+        "kappa.error": b"not_json",
+        "kappa.source.topic": b"orders",  # sources are not versioned
+        "kappa.source.partition": b"3",
+        "kappa.source.offset": b"41",
+    }
