@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -61,6 +62,46 @@ class BatchSender:
             await asyncio.gather(*futures)
 
 
+def new_batch_producer(kafka: Conn, **overrides: Any) -> AIOKafkaProducer:
+    """A producer for `BatchSender`: every write acknowledged by all in-sync replicas, batches
+    up to the broker's default message size limit."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "max_batch_size": PRODUCER_BATCH_BYTES,
+        "max_request_size": 16 * 1024 * 1024,
+    }
+    return new_producer(kafka, **(options | overrides))
+
+
+class OwnProducerSender:
+    """A `BatchSender` over its own producer (its own connection), started on first use.
+
+    aiokafka keeps one produce request in flight per connection; a pipeline with its own
+    producer never waits behind another pipeline's request."""
+
+    def __init__(self, kafka: Conn) -> None:
+        self.kafka = kafka
+        self._sender: BatchSender | None = None
+        self._starting = asyncio.Lock()
+
+    async def send(self, records: Sequence[Produce], commit: SourceCommit | None = None) -> None:
+        sender = self._sender
+        if sender is None:
+            async with self._starting:
+                if self._sender is None:
+                    producer = new_batch_producer(self.kafka)
+                    await producer.start()
+                    self._sender = BatchSender(producer)
+                sender = self._sender
+        await sender.send(records, commit)
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            await self._sender.producer.stop()
+            self._sender = None
+
+
 def _append(batch: object, r: Produce) -> bool:
     meta = batch.append(  # type: ignore[attr-defined]
         key=r.key, value=r.value, timestamp=r.timestamp_ms, headers=r.headers
@@ -82,14 +123,8 @@ class TransactionalSender:
     async def _for(self, partition: int) -> tuple[AIOKafkaProducer, BatchSender]:
         found = self._producers.get(partition)
         if found is None:
-            producer = new_producer(
-                self.kafka,
-                transactional_id=f"{self.prefix}-{partition}",
-                enable_idempotence=True,
-                acks="all",
-                linger_ms=5,
-                max_batch_size=PRODUCER_BATCH_BYTES,
-                max_request_size=16 * 1024 * 1024,
+            producer = new_batch_producer(
+                self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
             await producer.start()
             found = self._producers[partition] = (producer, BatchSender(producer))

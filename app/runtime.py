@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -94,8 +94,12 @@ class PipelineRunner:
         send: Sender,
         read_gap: GapReader | None = None,
         changelog_source: ChangelogSource | None = None,
+        one_request: bool = False,
     ) -> None:
         self.pipeline = pipeline
+        # `send` accepts several partitions' records in one call (at_least_once); a
+        # transactional sender commits one source partition per transaction instead.
+        self.one_request = one_request
         self.topology = topology
         self.send = send
         self.read_gap = read_gap
@@ -105,6 +109,7 @@ class PipelineRunner:
         self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
         self._chaos = ChaosKill.from_env(pipeline.name)
+        self._source = topology.physical(pipeline.source)
 
     async def state(self, partition: int) -> PartitionState:
         """The partition's state, opened on first use; restored from the changelog when the
@@ -203,6 +208,48 @@ class PipelineRunner:
         out.extend(await self._process(state, records))
         return out
 
+    async def handle_many(self, batches: Mapping[int, Sequence[Record]]) -> BatchOutput:
+        """Several partitions' batches, made durable together: their outputs and changelog
+        entries go out in one produce request (one round trip, not one per partition), then
+        each partition's state commits. A batch that needs its gap read first or is too big
+        for one changelog batch takes `handle`'s path, after the others, as does every batch
+        when the sender is transactional (one transaction per source partition); those run
+        concurrently, so their round trips overlap."""
+        ready: list[tuple[PartitionState, BatchOutput, int]] = []
+        started: list[float] = []
+        alone: list[tuple[int, Sequence[Record]]] = []
+        for partition, records in batches.items():
+            if not records:
+                continue
+            state = await self.state(partition)
+            gap = self.read_gap is not None and records[0].offset > state.applied_offset + 1
+            if gap or not self.one_request:
+                alone.append((partition, records))
+                continue
+            t0 = time.perf_counter()
+            out = self.pipeline.process(state, records)
+            if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
+                state.discard()
+                alone.append((partition, records))
+                continue
+            ready.append((state, out, records[-1].offset))
+            started.append(t0)
+        total = BatchOutput()
+        if ready:
+            await self._make_durable_together(ready)
+            done = time.perf_counter()
+            for (_, out, _), t0 in zip(ready, started):
+                total.extend(out)
+                metrics.BATCH_SECONDS.labels(*self._label).observe(done - t0)
+        if alone:
+            await run_concurrently([self._handle_into(total, p, recs) for p, recs in alone])
+        return total
+
+    async def _handle_into(
+        self, total: BatchOutput, partition: int, records: Sequence[Record]
+    ) -> None:
+        total.extend(await self.handle(partition, records))
+
     async def _process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         t0 = time.perf_counter()
         out = self.pipeline.process(state, records)
@@ -219,11 +266,6 @@ class PipelineRunner:
             return out
         await self._make_durable(state, out, records[-1].offset)
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)
-        for clock in state._clocks.values():
-            if clock.max_event_ms is not None:
-                metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(
-                    clock.max_event_ms
-                )
         return out
 
     async def flush(self, partition: int) -> BatchOutput:
@@ -234,9 +276,46 @@ class PipelineRunner:
         return out
 
     async def _make_durable(self, state: PartitionState, out: BatchOutput, applied: int) -> None:
+        await self._make_durable_together([(state, out, applied)])
+
+    async def _make_durable_together(
+        self, batches: Sequence[tuple[PartitionState, BatchOutput, int]]
+    ) -> None:
+        """Send every batch's outputs and changelog entries; once the broker acknowledged all
+        of them, commit each partition's state with its applied offset."""
         self._chaos.step("before-send")
+        produce: list[Produce] = []
+        commits: list[SourceCommit] = []
+        for state, out, applied in batches:
+            produce.extend(self._records_of(state, out, applied))
+            commits.append(
+                SourceCommit(self._source, state.partition, applied + 1, self.topology.group_id)
+            )
+        try:
+            await self.send(produce, commits[0])
+        except BaseException:
+            for state, _, _ in batches:
+                state.discard()
+            raise
+        self._chaos.step("after-send")
+        for state, out, _ in batches:
+            state.commit()
+            self._chaos.step("after-commit")
+            self._chaos.batch_done()
+            metrics.record_batch(
+                self.pipeline.name, self.topology.version, out.counts, len(out.records)
+            )
+            for clock in state._clocks.values():
+                if clock.max_event_ms is not None:
+                    metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(
+                        clock.max_event_ms
+                    )
+
+    def _records_of(self, state: PartitionState, out: BatchOutput, applied: int) -> list[Produce]:
+        """A batch's outputs (to the version's physical topics, with source headers where a
+        record passes a source record on) and its changelog entries (one atomic batch)."""
         physical = self.topology.physical
-        source = physical(self.pipeline.source)
+        source = self._source
         produce = [
             Produce(
                 physical(r.topic),
@@ -250,26 +329,11 @@ class PipelineRunner:
             )
             for r in out.records
         ]
-        entries = state.prepare(applied)
         produce.extend(
             Produce(self.changelog, state.partition, k, v, None, [], atomic=True)
-            for k, v in entries
+            for k, v in state.prepare(applied)
         )
-        try:
-            await self.send(
-                produce,
-                SourceCommit(source, state.partition, applied + 1, self.topology.group_id),
-            )
-        except BaseException:
-            state.discard()
-            raise
-        self._chaos.step("after-send")
-        state.commit()
-        self._chaos.step("after-commit")
-        self._chaos.batch_done()
-        metrics.record_batch(
-            self.pipeline.name, self.topology.version, out.counts, len(out.records)
-        )
+        return produce
 
     def close_partition(self, partition: int) -> None:
         self._states.pop(partition, None)
@@ -280,6 +344,25 @@ class PipelineRunner:
     def close(self) -> None:
         for p in list(self._stores):
             self.close_partition(p)
+
+
+async def run_concurrently(coros: Sequence[Awaitable[None]]) -> None:
+    """Await all (e.g. one per partition, so their produce round trips overlap); on the first
+    failure cancel the rest, wait for them, and raise that failure itself (not a group), so
+    callers retry or stop as they would for one. A cancelled batch discards its staged state."""
+    if len(coros) == 1:
+        await coros[0]
+        return
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        for task in asyncio.as_completed(tasks):
+            await task
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:

@@ -26,15 +26,13 @@ from agents.base import Pipeline, SourceRecord
 from agents.user_totals import TABLE as USER_TOTALS_TABLE
 from agents.user_totals import totals as user_totals
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
-from app.batch_producer import BatchSender, TransactionalSender
+from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     BrokerDataLost,
     PipelineRunner,
-    Produce,
     Sender,
-    SourceCommit,
     retrying,
 )
 from app.settings import Settings
@@ -81,28 +79,31 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
     app.conf.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
 
-    senders: list[BatchSender] = []
-
-    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
-        if not senders:  # faust creates its aiokafka producer when the app starts
-            senders.append(BatchSender(app.producer._ensure_producer()))
-        await senders[0].send(records, commit)
-
+    senders: list[OwnProducerSender | TransactionalSender] = []
     for pipeline in topology.pipelines:
         if settings.exactly_once:
-            txn = TransactionalSender(settings.kafka, f"{topology.group_id}-{pipeline.name}")
-            send: Sender = txn.send
+            sender: OwnProducerSender | TransactionalSender = TransactionalSender(
+                settings.kafka, f"{topology.group_id}-{pipeline.name}"
+            )
         else:
-            send = send_once
+            sender = OwnProducerSender(settings.kafka)
+        senders.append(sender)
+        send: Sender = sender.send
         runner = PipelineRunner(
             pipeline,
             topology,
             retrying(send, (pipeline.name, str(version))),
             _gap_reader(settings, topology.physical(pipeline.source)),
             KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
+            one_request=not settings.exactly_once,
         )
         runners.append(runner)
         _register_batch_pipeline(app, topology, pipeline, runner, settings)
+
+    @app.on_before_shutdown.connect
+    async def close_senders(app: faust.App, **kwargs: object) -> None:
+        for sender in senders:
+            await sender.close()
 
     @app.page("/metrics")
     class Metrics(View):
@@ -189,11 +190,11 @@ def _register_batch_pipeline(
 
     async def process(taken: dict[int, list[ConsumerRecord]]) -> None:
         highwater = app.consumer.highwater
+        for partition in taken:
+            await runner.check_log_kept(partition, highwater(TP(source, partition)))
+        await runner.handle_many(taken)  # one produce round trip for all partitions
         for partition, records in taken.items():
-            tp = TP(source, partition)
-            await runner.check_log_kept(partition, highwater(tp))
-            await runner.handle(partition, records)
-            ack_offsets(app.consumer, tp, [r.offset for r in records])
+            ack_offsets(app.consumer, TP(source, partition), [r.offset for r in records])
 
     async def process_with_retry(taken: dict[int, list[ConsumerRecord]]) -> None:
         """Broker trouble (unreachable, restarting) is waited out with backoff. Retrying the

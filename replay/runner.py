@@ -18,11 +18,11 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import BatchCounts, Pipeline
 from app.admin import ensure_topics
-from app.batch_producer import BatchSender, TransactionalSender
+from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
-from app.kafka_clients import new_consumer, new_producer
+from app.kafka_clients import new_consumer
 from app.raw_records import RAW_RECORDS
-from app.runtime import PRODUCER_BATCH_BYTES, PipelineRunner, retrying
+from app.runtime import PipelineRunner, retrying
 from app.settings import ConfigError, Settings
 from app.topic_reader import bounded_consumer
 from app.topology import Topology
@@ -93,13 +93,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     await ensure_topics(settings.kafka, spec, settings.replication)
 
     summary = ReplaySummary(opts.version)
-    producer = new_producer(
-        settings.kafka,
-        acks="all",
-        linger_ms=20,
-        max_batch_size=PRODUCER_BATCH_BYTES,
-        max_request_size=16 * 1024 * 1024,
-    )
+    producer = new_batch_producer(settings.kafka, linger_ms=20)
     await producer.start()
     try:
         for pipeline in topology.stages():
