@@ -283,7 +283,7 @@ class PipelineRunner:
     ) -> None:
         """Send every batch's outputs and changelog entries; once the broker acknowledged all
         of them, commit each partition's state with its applied offset."""
-        self._chaos.step("before-send")
+        self._chaos.step("before-send", len(batches))
         produce: list[Produce] = []
         commits: list[SourceCommit] = []
         for state, out, applied in batches:
@@ -297,7 +297,7 @@ class PipelineRunner:
             for state, _, _ in batches:
                 state.discard()
             raise
-        self._chaos.step("after-send")
+        self._chaos.step("after-send", len(batches))
         for state, out, _ in batches:
             state.commit()
             self._chaos.step("after-commit")
@@ -411,8 +411,13 @@ class ChaosKill:
             return cls(None, "")
         return cls(int(batch), phase or "after-send")
 
-    def step(self, phase: str) -> None:
-        if self.batch is not None and self.count + 1 == self.batch and phase == self.phase:
+    def step(self, phase: str, batches: int = 1) -> None:
+        """At `phase` of the next `batches` batches (made durable together)."""
+        if (
+            self.batch is not None
+            and self.count < self.batch <= self.count + batches
+            and phase == self.phase
+        ):
             log.warning("chaos: killing the process in batch %d at %s", self.batch, phase)
             os.kill(os.getpid(), signal.SIGKILL)
 
