@@ -113,8 +113,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def bare_latencies(sent: list[Sent], seen: list[list[float]]) -> tuple[list[float], int]:
-    """Receive − send per event; also how many events the consumer never saw."""
+def bare_latencies(
+    sent: list[Sent], seen: list[list[float]], times: list[float] | None = None
+) -> tuple[list[float], int]:
+    """Receive − send per event; also how many events the consumer never saw. `times`, if
+    given, receives each measured event's send time (aligned with the latencies)."""
     received = {(int(p), int(o)): t for p, o, t in seen}
     out = []
     missing = 0
@@ -124,10 +127,14 @@ def bare_latencies(sent: list[Sent], seen: list[list[float]]) -> tuple[list[floa
             missing += 1
         else:
             out.append(t - s.t_send)
+            if times is not None:
+                times.append(s.t_send)
     return out, missing
 
 
-def covered_latencies(sent: list[Sent], forwards: list[list[float]]) -> tuple[list[float], int]:
+def covered_latencies(
+    sent: list[Sent], forwards: list[list[float]], times: list[float] | None = None
+) -> tuple[list[float], int]:
     """First forward covering each event (src offset >= its offset) − its send time."""
     by_partition: dict[int, list[tuple[int, float]]] = {}
     for p, o, t in forwards:
@@ -149,7 +156,25 @@ def covered_latencies(sent: list[Sent], forwards: list[list[float]]) -> tuple[li
             missing += 1
         else:
             out.append(earliest[i] - s.t_send)
+            if times is not None:
+                times.append(s.t_send)
     return out, missing
+
+
+def over_time(times: list[float], lat: list[float], slice_s: float = 5.0) -> list[dict[str, Any]]:
+    """p50/p99 per slice of send time: shows drift (the broker slowing as partitions fill)
+    apart from stalls."""
+    if not times:
+        return []
+    t0 = min(times)
+    slices: dict[int, list[float]] = {}
+    for t, v in zip(times, lat):
+        slices.setdefault(int((t - t0) // slice_s), []).append(v)
+    out = []
+    for i in sorted(slices):
+        p = percentiles(slices[i])
+        out.append({"from_s": i * slice_s, "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"]})
+    return out
 
 
 class Tailer:
@@ -238,8 +263,10 @@ async def bare_latency(
     sent = await produce_paced(bootstrap, topic, records, cfg["rate"])
     produce_s = time.perf_counter() - t0
     seen = await tailer.finish(sent, timeout_s=30)
-    lat, missing = bare_latencies(sent, seen)
+    times: list[float] = []
+    lat, missing = bare_latencies(sent, seen, times)
     result = _summary(sent, lat, missing, produce_s)
+    result["over_time"] = over_time(times, lat)
     from_ack, _ = bare_latencies(
         [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], seen
     )
@@ -284,8 +311,10 @@ async def live_latency(
         peak_rss = worker.process.peak_rss_now()
     finally:
         usage = await asyncio.to_thread(worker.process.stop)
-    lat, missing = covered_latencies(sent, forwards)
+    times: list[float] = []
+    lat, missing = covered_latencies(sent, forwards, times)
     result = _summary(sent, lat, missing, produce_s)
+    result["over_time"] = over_time(times, lat)
     from_ack, _ = covered_latencies(
         [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], forwards
     )
