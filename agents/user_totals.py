@@ -8,6 +8,7 @@ sum them: a re-sent, re-ordered or re-batched forward can neither double-count n
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 from agents.base import BatchOutput, OutRecord, Record
@@ -16,6 +17,7 @@ from tables.cleaning import InvalidRecord
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 TABLE = "user-totals"
 
 
@@ -71,10 +73,13 @@ class UserTotalsPipeline:
             parts = current[user]
             state.put_value(TABLE, user, json.dumps(parts, sort_keys=True).encode())
             orders, spend, ts = totals(parts)
-            value = json.dumps(
-                {"user_id": user, "orders": orders, "spend": spend}, separators=(",", ":")
-            ).encode()
-            out.records.append(OutRecord(USER_TOTALS, user.encode(), value, ts))
+            if math.isfinite(spend):  # formatted directly: what json.dumps gives
+                value = f'{{"user_id":{_json_str(user)},"orders":{orders},"spend":{spend!r}}}'
+            else:
+                value = json.dumps(
+                    {"user_id": user, "orders": orders, "spend": spend}, separators=(",", ":")
+                )
+            out.records.append(OutRecord(USER_TOTALS, user.encode(), value.encode(), ts))
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:

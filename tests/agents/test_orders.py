@@ -272,3 +272,24 @@ def test_quick_path_takes_well_typed_orders() -> None:
     assert (
         quick_order(json.dumps(GOOD).encode(), b"p2") is None
     )  # key mismatch: parse_order names it
+
+
+@pytest.mark.parametrize("amount", [2.5, 1e308])  # two of 1e308 add up past the float range
+def test_forward_json_is_exactly_what_json_dumps_gives(amount: float) -> None:
+    state = PartitionState(MemoryStore(), 2)
+    records = [rec(order(amount=amount, user_id='u"\u00e9', quantity=1), offset=i) for i in (4, 5)]
+    (fwd,) = [r for r in OrdersPipeline().process(state, records).records if r.topic == BY_USER]
+    want = {"user_id": 'u"\u00e9', "src": [2, 5], "orders": 2, "spend": amount + amount}
+    assert fwd.value == json.dumps({**want, "ts": GOOD["ts"]}, separators=(",", ":")).encode()
+
+
+def test_user_totals_json_is_exactly_what_json_dumps_gives() -> None:
+    value = json.dumps(
+        {"user_id": 'u"\u00e9', "src": [0, 1], "orders": 3, "spend": 0.1 + 0.2, "ts": 1}
+    ).encode()
+    out = UserTotalsPipeline().process(
+        PartitionState(MemoryStore(), 0), [SourceRecord(BY_USER, 0, 0, None, b"u", value)]
+    )
+    (total,) = [r for r in out.records if r.topic == USER_TOTALS]
+    want = {"user_id": 'u"\u00e9', "orders": 3, "spend": 0.1 + 0.2}
+    assert total.value == json.dumps(want, separators=(",", ":")).encode()
