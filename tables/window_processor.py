@@ -86,12 +86,11 @@ class WindowProcessor:
         `late` the events whose every window had already closed when they arrived.
         """
         evs = events if isinstance(events, list) else list(events)
-        result = self.process_columns(
+        found = self.process_columns(
             [e.key for e in evs], [e.ts for e in evs], [e.value for e in evs], clock, state
         )
-        for late in result.late:
-            late.record = evs[late.record].record  # type: ignore[index]
-        return result  # type: ignore[return-value]
+        late = [LateEvent(evs[e.record].record, e.ts, e.watermark) for e in found.late]
+        return BatchResult(found.updated, found.closed, late, found.created)
 
     def process_columns(
         self,
