@@ -98,3 +98,58 @@ async def test_dlq_records_get_the_physical_source_position_in_headers(tmp_path:
         "kappa.source.partition": b"3",
         "kappa.source.offset": b"41",
     }
+
+
+def _orders(partition: int, n: int) -> list[SourceRecord]:
+    return [
+        SourceRecord(r.topic, partition, r.offset, r.timestamp, r.key, r.value) for r in _records(n)
+    ]
+
+
+async def test_handle_many_makes_all_partitions_durable_with_one_send(tmp_path: Path) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[tuple[list[Produce], SourceCommit]] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.append((records, commit))
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, one_request=True)
+    out = await runner.handle_many({0: _orders(0, 5), 2: _orders(2, 3)})
+    assert len(sent) == 1
+    changelog = {r.partition for r in sent[0][0] if r.atomic}
+    assert changelog == {0, 2}  # each partition's changelog batch, in the one request
+    assert (await runner.applied_offset(0), await runner.applied_offset(2)) == (4, 2)
+    assert out.counts.events == 8
+    runner.close()
+
+
+async def test_handle_many_commits_nothing_when_the_send_fails(tmp_path: Path) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        raise ConnectionError("broker gone")
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, one_request=True)
+    with pytest.raises(ConnectionError):
+        await runner.handle_many({0: _orders(0, 5), 1: _orders(1, 5)})
+    assert (await runner.applied_offset(0), await runner.applied_offset(1)) == (-1, -1)
+    runner.close()
+
+
+async def test_handle_many_with_a_transactional_sender_sends_per_partition(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+    commits: list[SourceCommit] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        assert {r.partition for r in records if r.atomic} == {commit.partition}
+        commits.append(commit)
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, one_request=False)
+    await runner.handle_many({0: _orders(0, 5), 3: _orders(3, 2)})
+    assert sorted((c.partition, c.offset) for c in commits) == [(0, 5), (3, 2)]
+    runner.close()
