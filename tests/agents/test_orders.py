@@ -293,3 +293,38 @@ def test_user_totals_json_is_exactly_what_json_dumps_gives() -> None:
     (total,) = [r for r in out.records if r.topic == USER_TOTALS]
     want = {"user_id": 'u"\u00e9', "orders": 3, "spend": 0.1 + 0.2}
     assert total.value == json.dumps(want, separators=(",", ":")).encode()
+
+
+_junk = st.one_of(
+    st.none(),
+    st.binary(max_size=60),
+    st.builds(
+        lambda o: json.dumps(o).encode(), st.dictionaries(st.text(max_size=9), _field_values)
+    ),
+    st.builds(
+        lambda f: json.dumps({**GOOD, **f}).encode(),
+        st.dictionaries(st.sampled_from(sorted(GOOD)), _field_values),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.tuples(_junk, st.sampled_from([b"p1", None, b"\xff"])), max_size=12))
+def test_any_input_is_processed_or_dead_lettered_and_never_raises(
+    values: list[tuple[bytes | None, bytes | None]],
+) -> None:
+    """Fuzz both pipelines: arbitrary bytes never crash them, and every record is accounted for."""
+    records = [rec(v, key=k, offset=i) for i, (v, k) in enumerate(values)]
+    orders = OrdersPipeline().process(PartitionState(MemoryStore(), 0), records)
+    c = orders.counts
+    forwarded = [r for r in orders.records if r.topic == BY_USER]
+    assert c.events == len(records) and c.dlq == sum(r.topic == DLQ for r in orders.records)
+    assert c.dlq + c.skipped <= len(records)
+    junk = [SourceRecord(BY_USER, 0, i, None, k, v) for i, (v, k) in enumerate(values)]
+    fwd = [
+        SourceRecord(BY_USER, 0, len(junk) + i, None, r.key, r.value)
+        for i, r in enumerate(forwarded)
+    ]
+    totals = UserTotalsPipeline().process(PartitionState(MemoryStore(), 0), junk + fwd)
+    assert totals.counts.events == len(junk) + len(fwd)
+    assert not any(r.topic == DLQ and r.source_offset >= len(junk) for r in totals.records)
