@@ -76,7 +76,8 @@ class Registry:
                     continue
                 d = json.loads(r.value)
                 if key.startswith("version/"):
-                    view.versions[int(key.split("/")[1])] = VersionRecord(**d)
+                    v = int(key.split("/")[1])
+                    view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
                 elif key.startswith("progress/"):
                     _, v, pipeline, p = key.split("/")
                     view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
@@ -102,6 +103,17 @@ class Registry:
 
     async def live_version(self) -> int:
         return (await self.load()).live
+
+
+def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecord:
+    """A version's definition (snapshot, pipelines, since, creation) is its first record's:
+    if two replay processes created the version at the same moment, both end up replaying
+    to the same snapshot. Later records change only its status."""
+    if first is None:
+        return latest
+    latest.snapshot, latest.pipelines = first.snapshot, first.pipelines
+    latest.since_ms, latest.created_at = first.since_ms, first.created_at
+    return latest
 
 
 def require_version(view: RegistryView, version: int) -> VersionRecord:

@@ -88,7 +88,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         print(plan(topology, rec, opts))
         return None
     if rec.version not in view.versions:
-        await registry.put_version(rec)
+        rec = await _create_version(registry, rec)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
 
@@ -119,6 +119,17 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
             await registry.put_version(current)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:
+    """Register a new version; if another process registered it at the same moment, the first
+    record's snapshot wins (Kafka has no conditional write): adopt it, and write it again so
+    the newest record (all compaction keeps) carries it too."""
+    await registry.put_version(rec)
+    settled = (await registry.load()).versions[rec.version]
+    if settled.snapshot != rec.snapshot:
+        await registry.put_version(settled)
+    return settled
 
 
 def _check_inputs(topology: Topology) -> None:
