@@ -212,6 +212,7 @@ async def _run_stage(
         topology,
         send,
         changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
+        one_request=not settings.exactly_once,
     )
     starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
     todo = {p for p in partitions if starts[p] < ends[p]}
@@ -252,14 +253,16 @@ async def _consume(
             data = await consumer.getmany(
                 *(tps[p] for p in todo), timeout_ms=1000, max_records=settings.replay_batch_max
             )
+            batches = {}
             for tp, recs in data.items():
                 end = ends[tp.partition]
                 if recs and recs[-1].offset >= end:
                     recs = [r for r in recs if r.offset < end]
                 if recs:
-                    out = await runner.handle(tp.partition, recs)
-                    summary.add(out.counts)
-                    progress.advance(len(recs))
+                    batches[tp.partition] = recs
+            if batches:  # every partition of this fetch in one produce request
+                summary.add((await runner.handle_many(batches)).counts)
+                progress.advance(sum(len(recs) for recs in batches.values()))
             for p in list(todo):
                 if await consumer.position(tps[p]) >= ends[p]:
                     todo.discard(p)
