@@ -218,22 +218,27 @@ class PipelineRunner:
         ready: list[tuple[PartitionState, BatchOutput, int]] = []
         started: list[float] = []
         alone: list[tuple[int, Sequence[Record]]] = []
-        for partition, records in batches.items():
-            if not records:
-                continue
-            state = await self.state(partition)
-            gap = self.read_gap is not None and records[0].offset > state.applied_offset + 1
-            if gap or not self.one_request:
-                alone.append((partition, records))
-                continue
-            t0 = time.perf_counter()
-            out = self.pipeline.process(state, records)
-            if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
+        try:
+            for partition, records in batches.items():
+                if not records:
+                    continue
+                state = await self.state(partition)
+                gap = self.read_gap is not None and records[0].offset > state.applied_offset + 1
+                if gap or not self.one_request:
+                    alone.append((partition, records))
+                    continue
+                t0 = time.perf_counter()
+                out = self.pipeline.process(state, records)
+                if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
+                    state.discard()
+                    alone.append((partition, records))
+                    continue
+                ready.append((state, out, records[-1].offset))
+                started.append(t0)
+        except BaseException:  # e.g. a restore failed: what is staged would be applied twice
+            for state, _, _ in ready:
                 state.discard()
-                alone.append((partition, records))
-                continue
-            ready.append((state, out, records[-1].offset))
-            started.append(t0)
+            raise
         total = BatchOutput()
         if ready:
             await self._make_durable_together(ready)

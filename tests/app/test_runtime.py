@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -152,4 +153,43 @@ async def test_handle_many_with_a_transactional_sender_sends_per_partition(
     runner = PipelineRunner(topology.pipelines[0], topology, send, one_request=False)
     await runner.handle_many({0: _orders(0, 5), 3: _orders(3, 2)})
     assert sorted((c.partition, c.offset) for c in commits) == [(0, 5), (3, 2)]
+    runner.close()
+
+
+class _FlakyChangelog:
+    """A changelog source that fails once for partition 1 (the broker went away mid-cycle)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    async def last_applied(self, partition: int) -> int:
+        if partition == 1 and not self.failed:
+            self.failed = True
+            raise ConnectionError("broker gone")
+        return -1
+
+    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        return
+        yield []
+
+
+async def test_handle_many_retried_after_a_failure_mid_cycle_counts_each_record_once(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, send, changelog_source=_FlakyChangelog(), one_request=True
+    )
+    batches = {0: _orders(0, 7), 1: _orders(1, 7)}
+    with pytest.raises(ConnectionError):
+        await runner.handle_many(batches)  # partition 0 processed, then partition 1 fails
+    await runner.handle_many(batches)  # the retry
+    state = await runner.state(0)
+    (raw,) = state.get_values("user-partials", ["u0"])
+    assert raw is not None and json.loads(raw)[0] == 1  # u0 ordered once (record 0), not twice
     runner.close()
