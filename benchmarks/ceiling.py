@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.kafka_topics import topic_partitions
+from app.topic_reader import topic_partitions
 
 # Records per getmany, as in the reference measurement.
 MAX_RECORDS = 50_000
@@ -36,7 +36,7 @@ async def read_and_decode(bootstrap: str, topic: str, count: int) -> dict[str, A
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         read = 0

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from app.admin import ensure_topics
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
-from benchmarks.kafka_topics import create_topic, high_watermarks
+from app.topic_reader import high_watermarks
 
 # Event times of the pre-loaded orders: one hour from this instant (epoch ms).
 START_MS = 1_700_000_000_000
@@ -84,7 +85,7 @@ async def preload(bootstrap: str, topic: str, spec: GeneratorSpec, partitions: i
     """Create `topic`, produce the spec's orders into it (acks=all), check the partition counts."""
     records, dataset = build_records(spec, partitions)
     dataset.topic = topic
-    await create_topic(bootstrap, topic, partitions)
+    await ensure_topics(bootstrap, {topic: (partitions, {})})
     t0 = time.perf_counter()
     await produce_records(bootstrap, topic, records, progress=False, total=len(records))
     dataset.produce_s = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from app.admin import ensure_topics
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
-from benchmarks.kafka_topics import create_topic
 from benchmarks.live import LiveWorker
 from benchmarks.processes import python_env
 
@@ -233,6 +234,23 @@ def _records(count: int, seed: int, keys: int, start_ms: int, span_ms: int) -> l
     return [(r.key, r.value) for r in generate(spec)]
 
 
+Latencies = Callable[[list[Sent], list[list[float]], list[float] | None], tuple[list[float], int]]
+
+
+def _measured(
+    sent: list[Sent], observed: list[list[float]], latencies: Latencies, seconds: float
+) -> tuple[dict[str, Any], int]:
+    """The summary of one latency run (from the send, per 5 s, and from the acknowledgement)
+    and how many events were never observed."""
+    times: list[float] = []
+    lat, missing = latencies(sent, observed, times)
+    result = _summary(sent, lat, missing, seconds)
+    result["over_time"] = over_time(times, lat)
+    acked = [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent]
+    result["latency_from_ack"] = percentiles(latencies(acked, observed, None)[0])
+    return result, missing
+
+
 def _summary(sent: list[Sent], lat: list[float], missing: int, seconds: float) -> dict[str, Any]:
     span = sent[-1].t_send - sent[0].t_send if len(sent) > 1 else 0.0
     return {
@@ -255,7 +273,7 @@ async def bare_latency(
     cwd: Path,
 ) -> dict[str, Any]:
     """A bare consumer tailing a fresh source topic while orders are produced at the rate."""
-    await create_topic(bootstrap, topic, partitions)
+    await ensure_topics(bootstrap, {topic: (partitions, {})})
     n = int(cfg["rate"] * cfg["seconds"])
     records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
     tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
@@ -263,14 +281,7 @@ async def bare_latency(
     sent = await produce_paced(bootstrap, topic, records, cfg["rate"])
     produce_s = time.perf_counter() - t0
     seen = await tailer.finish(sent, timeout_s=30)
-    times: list[float] = []
-    lat, missing = bare_latencies(sent, seen, times)
-    result = _summary(sent, lat, missing, produce_s)
-    result["over_time"] = over_time(times, lat)
-    from_ack, _ = bare_latencies(
-        [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], seen
-    )
-    result["latency_from_ack"] = percentiles(from_ack)
+    result, _ = _measured(sent, seen, bare_latencies, produce_s)
     return result
 
 
@@ -284,7 +295,7 @@ async def live_latency(
     cwd: Path,
 ) -> dict[str, Any]:
     """A live worker (version 1 of a fresh prefix) under orders produced at the rate."""
-    await create_topic(bootstrap, source_topic, partitions)
+    await ensure_topics(bootstrap, {source_topic: (partitions, {})})
     now_ms = int(time.time() * 1000)
     worker = LiveWorker(env, cwd, "worker-latency")
     try:
@@ -311,14 +322,7 @@ async def live_latency(
         peak_rss = worker.process.peak_rss_now()
     finally:
         usage = await asyncio.to_thread(worker.process.stop)
-    times: list[float] = []
-    lat, missing = covered_latencies(sent, forwards, times)
-    result = _summary(sent, lat, missing, produce_s)
-    result["over_time"] = over_time(times, lat)
-    from_ack, _ = covered_latencies(
-        [Sent(s.partition, s.offset, s.t_ack, s.t_ack) for s in sent], forwards
-    )
-    result["latency_from_ack"] = percentiles(from_ack)
+    result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     result["forwards_seen"] = len(forwards)
     result["worker"] = {
         "events_in": counted.events,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from benchmarks.kafka_topics import topic_partitions
+from app.topic_reader import topic_partitions
 
 # A low fetch wait: the dev broker answers a fetch only when its max wait expires, not when
 # data arrives, so this bounds what the observer itself adds to every latency it measures.
@@ -46,7 +46,7 @@ async def tail(
     targets: dict[int, int] | None = None
     forward = mode == "forward"
     try:
-        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         # The first fetch resolves positions and warms the connection; what it returns counts.
