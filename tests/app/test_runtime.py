@@ -193,3 +193,16 @@ async def test_handle_many_retried_after_a_failure_mid_cycle_counts_each_record_
     (raw,) = state.get_values("user-partials", ["u0"])
     assert raw is not None and json.loads(raw)[0] == 1  # u0 ordered once (record 0), not twice
     runner.close()
+
+
+def test_chaos_kill_point_is_hit_inside_a_combined_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    kills: list[int] = []
+    monkeypatch.setattr(runtime.os, "kill", lambda pid, sig: kills.append(sig))
+    chaos = runtime.ChaosKill(3, "before-send")
+    chaos.step("before-send", 2)  # batches 1 and 2: not yet
+    chaos.batch_done()
+    chaos.batch_done()
+    chaos.step("after-send", 2)  # batches 3 and 4, other phase
+    assert kills == []
+    chaos.step("before-send", 2)  # batches 3 and 4 go out together: batch 3 is among them
+    assert kills == [runtime.signal.SIGKILL]

@@ -47,5 +47,6 @@ def test_quick_benchmark_completes_with_correct_outputs(tmp_path: Path) -> None:
         lat = run[phase]
         assert lat["events"] == RATE * SECONDS and lat["missing"] == 0, lat
         assert lat["latency"]["count"] == RATE * SECONDS
+        assert lat["over_time"] and all(s["p99_ms"] >= s["p50_ms"] for s in lat["over_time"])
     assert run["latency_live"]["correct"]["ok"], run["latency_live"]["correct"]
     assert all(v is not None for k, v in result["summary"].items() if not k.startswith("live2"))

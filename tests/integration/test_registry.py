@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app.settings import load_settings
+from app.topic_reader import read_to_end
 from replay.registry import COMPLETE, RUNNING, Registry, VersionRecord
+from replay.runner import _create_version
 
 
 @pytest.mark.integration
@@ -25,3 +29,19 @@ async def test_two_processes_creating_a_version_at_once_share_the_first_snapshot
     done = VersionRecord(2, COMPLETE, ["orders"], {"orders": {"0": 10}})
     await registry.put_version(done)  # later records change the status only
     assert (await registry.load()).versions[2].status == COMPLETE
+
+
+@pytest.mark.integration
+async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapshot(
+    broker: str, unique: str
+) -> None:
+    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"reg-{unique}"})
+    registry = Registry(settings)
+    first = VersionRecord(3, RUNNING, ["orders"], {"orders": {"0": 10}})
+    await registry.put_version(first)
+    racer = VersionRecord(3, RUNNING, ["orders"], {"orders": {"0": 12}})
+    adopted = await _create_version(registry, racer)
+    assert adopted.snapshot == {"orders": {"0": 10}}
+    records = (await read_to_end(broker, registry.topic))[0]
+    newest = [r for r in records if r.key == b"version/3"][-1]
+    assert json.loads(newest.value)["snapshot"] == {"orders": {"0": 10}}  # what compaction keeps
