@@ -155,3 +155,15 @@ async def test_the_worker_consumer_gets_the_fetch_wait_and_isolation_settings(
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 7
     assert consumer._isolation_level == "read_committed"
+
+
+async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any) -> None:
+    from app.batch_producer import OwnProducerSender
+    from app.worker import create_app
+
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    owners = [getattr(s, "__self__", None) for s in _wrapped_senders(app)]
+    assert len(owners) == len(app.kappa_runners) == 2
+    assert all(isinstance(o, OwnProducerSender) for o in owners)
+    assert owners[0] is not owners[1]
+    assert all(r.one_request for r in app.kappa_runners)  # a cycle's partitions in one request
