@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.admin import ensure_topics
 from app import batch_producer
+from app.admin import ensure_topics
 from app.batch_producer import OwnProducerSender, new_batch_producer
 from app.runtime import Produce
 from app.topic_reader import read_to_end
