@@ -167,3 +167,17 @@ async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any
     assert all(isinstance(o, OwnProducerSender) for o in owners)
     assert owners[0] is not owners[1]
     assert all(r.one_request for r in app.kappa_runners)  # a cycle's partitions in one request
+
+
+async def test_the_worker_freezes_its_start_up_heap(tmp_path: Any) -> None:
+    import gc
+
+    from app.worker import create_app, freeze_startup_heap
+
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    assert freeze_startup_heap in [t.__wrapped__ for t in app._app_tasks]  # runs at start
+    try:
+        await freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
