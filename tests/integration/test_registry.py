@@ -11,17 +11,27 @@ from app.topic_reader import read_to_end
 from replay.registry import COMPLETE, RUNNING, Registry, VersionRecord
 from replay.runner import _create_version
 
+pytestmark = pytest.mark.integration
 
-@pytest.mark.integration
+
+@pytest.fixture
+def registry(broker: str, unique: str) -> Registry:
+    """A registry of its own (a fresh app id) on the session broker."""
+    return Registry(load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"reg-{unique}"}))
+
+
+def running(version: int, end: int, **fields: str) -> VersionRecord:
+    """A version being replayed to `end` on orders[0]."""
+    return VersionRecord(version, RUNNING, ["orders"], {"orders": {"0": end}}, **fields)
+
+
 async def test_two_processes_creating_a_version_at_once_share_the_first_snapshot(
-    broker: str, unique: str
+    registry: Registry,
 ) -> None:
-    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"reg-{unique}"})
-    registry = Registry(settings)
-    first = VersionRecord(2, RUNNING, ["orders"], {"orders": {"0": 10}}, created_at="t1")
-    racer = VersionRecord(2, RUNNING, ["orders"], {"orders": {"0": 12}}, created_at="t2")
-    await registry.put_version(first)
-    await registry.put_version(racer)  # a second process, a moment later, saw more records
+    await registry.put_version(running(2, 10, created_at="t1"))
+    await registry.put_version(
+        running(2, 12, created_at="t2")
+    )  # a second process, a moment later, saw more records
     view = await registry.load()
     assert view.versions[2].snapshot == {"orders": {"0": 10}}
     assert view.versions[2].created_at == "t1"
@@ -31,16 +41,11 @@ async def test_two_processes_creating_a_version_at_once_share_the_first_snapshot
     assert (await registry.load()).versions[2].status == COMPLETE
 
 
-@pytest.mark.integration
 async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapshot(
-    broker: str, unique: str
+    registry: Registry, broker: str
 ) -> None:
-    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"reg-{unique}"})
-    registry = Registry(settings)
-    first = VersionRecord(3, RUNNING, ["orders"], {"orders": {"0": 10}})
-    await registry.put_version(first)
-    racer = VersionRecord(3, RUNNING, ["orders"], {"orders": {"0": 12}})
-    adopted = await _create_version(registry, racer)
+    await registry.put_version(running(3, 10))
+    adopted = await _create_version(registry, running(3, 12))
     assert adopted.snapshot == {"orders": {"0": 10}}
     records = (await read_to_end(broker, registry.topic))[0]
     newest = [r for r in records if r.key == b"version/3"][-1]
