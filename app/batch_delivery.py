@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,11 +32,15 @@ log = logging.getLogger(__name__)
 class BatchBuffer:
     """Raw messages of one topic, per partition in offset order, bounded (backpressure)."""
 
-    def __init__(self, max_buffered: int, target: int) -> None:
+    def __init__(
+        self, max_buffered: int, target: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_buffered = max_buffered
         self.target = min(target, max_buffered)
         self.partitions: dict[int, list[Message]] = {}
         self.size = 0
+        self.clock = clock
+        self.oldest_at = 0.0  # clock() when the oldest buffered message arrived (s)
         self.has_data = asyncio.Event()
         self.reached_target = asyncio.Event()
         self.has_room = asyncio.Event()
@@ -46,6 +51,8 @@ class BatchBuffer:
         if buf is None:
             buf = self.partitions[message.partition] = []
         buf.append(message)
+        if not self.size:
+            self.oldest_at = self.clock()
         self.size += 1
         self.has_data.set()
         if self.size >= self.target:
@@ -55,20 +62,32 @@ class BatchBuffer:
             await self.has_room.wait()  # the consumer's drain loop waits: backpressure
 
     async def wait_for_batch(self, linger_s: float) -> None:
-        """Return when something is buffered, after lingering up to `linger_s` for the target
-        size: like a producer's linger, it trades a few ms of latency for batches big enough
-        to amortise the per-batch costs (produce requests, state reads and writes)."""
+        """Return when something is buffered and either the target size is reached or the
+        oldest buffered message has waited `linger_s`.
+
+        Like a Kafka producer's `linger.ms`, the linger counts from the first message's
+        arrival, not from when the drain loop asks: it trades a few ms of latency for batches
+        big enough to amortise the per-batch costs when records trickle in, and adds nothing
+        when the previous cycle already took longer than the linger (steady load).
+        """
         await self.has_data.wait()
-        if self.size < self.target and linger_s > 0:
+        if self.size >= self.target or linger_s <= 0:
+            return
+        remaining = self.oldest_at + linger_s - self.clock()
+        if remaining > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reached_target.wait(), linger_s)
+                await asyncio.wait_for(self.reached_target.wait(), remaining)
 
     async def put_many(self, partition: int, messages: list[Message]) -> None:
+        if not messages:
+            return
         buf = self.partitions.get(partition)
         if buf is None:
             self.partitions[partition] = list(messages)
         else:
             buf.extend(messages)
+        if not self.size:
+            self.oldest_at = self.clock()
         self.size += len(messages)
         self.has_data.set()
         if self.size >= self.target:
