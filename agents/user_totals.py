@@ -71,7 +71,7 @@ class UserTotalsPipeline:
             changed[user] = None
         for user in changed:
             parts = current[user]
-            state.put_value(TABLE, user, json.dumps(parts, sort_keys=True).encode())
+            state.put_value(TABLE, user, state_json(parts).encode())
             orders, spend, ts = totals(parts)
             if math.isfinite(spend):  # formatted directly: what json.dumps gives
                 value = f'{{"user_id":{_json_str(user)},"orders":{orders},"spend":{spend!r}}}'
@@ -84,6 +84,18 @@ class UserTotalsPipeline:
 
     def flush(self, state: PartitionState) -> BatchOutput:
         return BatchOutput()
+
+
+def state_json(parts: dict[str, list[float]]) -> str:
+    """A user's stored value, `json.dumps(parts, sort_keys=True)` to the byte, formatted
+    directly (a few times cheaper per user per batch)."""
+    items = []
+    for key in sorted(parts):
+        offset, n, spend, ts = parts[key]
+        if not (isinstance(spend, float) and math.isfinite(spend)):
+            return json.dumps(parts, sort_keys=True)  # `Infinity`, or a value of another type
+        items.append(f"{_json_str(key)}: [{offset!r}, {n!r}, {spend!r}, {ts!r}]")
+    return "{" + ", ".join(items) + "}"
 
 
 def totals(parts: dict[str, list[float]]) -> tuple[int, float, int]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agents.base import SourceRecord
 from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_order, quick_order
-from agents.user_totals import USER_TOTALS, UserTotalsPipeline
+from agents.user_totals import USER_TOTALS, UserTotalsPipeline, state_json
 from tables.cleaning import InvalidRecord
 from tables.partition_state import MemoryStore, PartitionState
 
@@ -293,6 +293,22 @@ def test_user_totals_json_is_exactly_what_json_dumps_gives() -> None:
     (total,) = [r for r in out.records if r.topic == USER_TOTALS]
     want = {"user_id": 'u"\u00e9', "orders": 3, "spend": 0.1 + 0.2}
     assert total.value == json.dumps(want, separators=(",", ":")).encode()
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, 999).map(str),
+        st.tuples(
+            st.integers(0, 2**62),
+            st.integers(0, 2**40),
+            st.floats(allow_nan=False),
+            st.integers(0, 2**62),
+        ).map(list),
+        max_size=12,
+    )
+)
+def test_user_totals_state_is_exactly_what_json_dumps_gives(parts: dict[str, list]) -> None:
+    assert state_json(parts) == json.dumps(parts, sort_keys=True)
 
 
 _junk = st.one_of(
