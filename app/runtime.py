@@ -95,8 +95,10 @@ class PipelineRunner:
         read_gap: GapReader | None = None,
         changelog_source: ChangelogSource | None = None,
         one_request: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.pipeline = pipeline
+        self.wall_clock = wall_clock  # s since the epoch: record ages (Kafka timestamps)
         # `send` accepts several partitions' records in one call (at_least_once); a
         # transactional sender commits one source partition per transaction instead.
         self.one_request = one_request
@@ -217,6 +219,7 @@ class PipelineRunner:
         concurrently, so their round trips overlap."""
         ready: list[tuple[PartitionState, BatchOutput, int]] = []
         started: list[float] = []
+        first_ts: list[int | None] = []
         alone: list[tuple[int, Sequence[Record]]] = []
         try:
             for partition, records in batches.items():
@@ -235,6 +238,7 @@ class PipelineRunner:
                     continue
                 ready.append((state, out, records[-1].offset))
                 started.append(t0)
+                first_ts.append(records[0].timestamp)
         except BaseException:  # e.g. a restore failed: what is staged would be applied twice
             for state, _, _ in ready:
                 state.discard()
@@ -243,9 +247,11 @@ class PipelineRunner:
         if ready:
             await self._make_durable_together(ready)
             done = time.perf_counter()
-            for (_, out, _), t0 in zip(ready, started):
+            now = self.wall_clock()
+            for (_, out, _), t0, ts in zip(ready, started, first_ts):
                 total.extend(out)
                 metrics.BATCH_SECONDS.labels(*self._label).observe(done - t0)
+                metrics.record_age(*self._label, ts, now)
         if alone:
             await run_concurrently([self._handle_into(total, p, recs) for p, recs in alone])
         return total
@@ -271,6 +277,7 @@ class PipelineRunner:
             return out
         await self._make_durable(state, out, records[-1].offset)
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)
+        metrics.record_age(*self._label, records[0].timestamp, self.wall_clock())
         return out
 
     async def flush(self, partition: int) -> BatchOutput:

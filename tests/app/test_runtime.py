@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.base import SourceRecord
 from app import runtime
@@ -206,3 +207,37 @@ def test_chaos_kill_point_is_hit_inside_a_combined_send(monkeypatch: pytest.Monk
     assert kills == []
     chaos.step("before-send", 2)  # batches 3 and 4 go out together: batch 3 is among them
     assert kills == [runtime.signal.SIGKILL]
+
+
+def _age_samples() -> tuple[float, float]:
+    labels = {"pipeline": "orders", "version": "1"}
+    count = REGISTRY.get_sample_value("kappa_record_age_seconds_count", labels) or 0.0
+    total = REGISTRY.get_sample_value("kappa_record_age_seconds_sum", labels) or 0.0
+    return count, total
+
+
+def _stamped(partition: int, n: int, first_ms: int) -> list[SourceRecord]:
+    return [
+        SourceRecord(r.topic, partition, r.offset, first_ms + r.offset, r.key, r.value)
+        for r in _records(n)
+    ]
+
+
+async def test_each_durable_batch_observes_its_first_records_age(tmp_path: Path) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, send, one_request=True, wall_clock=lambda: 1_000_010.0
+    )
+    count, total = _age_samples()
+    await runner.handle_many({0: _stamped(0, 5, 1_000_000_000), 1: _stamped(1, 3, 1_000_004_000)})
+    await runner.handle(2, _stamped(2, 4, 1_000_009_500))  # the per-partition path
+    await runner.handle(3, _stamped(3, 2, 1_000_011_000))  # producer clock ahead: zero
+    after_count, after_total = _age_samples()
+    assert after_count - count == 4
+    assert after_total - total == pytest.approx(10.0 + 6.0 + 0.5 + 0.0)
+    runner.close()

@@ -65,6 +65,8 @@ async def test_live_worker_outputs_equal_batch_computation(
         assert m["kappa_dlq_total"] == len(ref.dlq)
         assert m["kappa_late_total"] == len(ref.late)
         assert m["kappa_windows_closed_total"] == len(ref.windows)
+        assert worker.metric("kappa_record_age_seconds_count", pipeline="orders") >= 1
+        assert worker.metric("kappa_record_age_seconds_count", pipeline="user-totals") >= 1
     finally:
         assert worker.stop() == 0, worker.tail_log()
 
