@@ -294,7 +294,11 @@ async def live_latency(
     cfg: dict[str, Any],
     cwd: Path,
 ) -> dict[str, Any]:
-    """A live worker (version 1 of a fresh prefix) under orders produced at the rate."""
+    """A live worker (version 1 of a fresh prefix) under orders produced at the rate.
+
+    With `bare_beside_live` in `cfg`, a bare consumer also tails the worker's source topic
+    meanwhile (`bare_beside` in the result): the same events on the broker in the same state,
+    which tells the broker's share of the live latency from the worker's."""
     await ensure_topics(bootstrap, {source_topic: (partitions, {})})
     now_ms = int(time.time() * 1000)
     worker = LiveWorker(env, cwd, "worker-latency")
@@ -311,10 +315,18 @@ async def live_latency(
         tailer = await Tailer(
             bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
         ).start()
+        beside = None
+        if cfg.get("bare_beside_live"):
+            beside = await Tailer(
+                bootstrap, source_topic, "source", cwd, cfg["fetch_wait_ms"]
+            ).start()
         t0 = time.perf_counter()
         sent = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
         produce_s = time.perf_counter() - t0
         forwards = await tailer.finish(sent, timeout_s=60)
+        if beside is not None:
+            seen = await beside.finish(sent, timeout_s=60)
+            bare_beside = _measured(sent, seen, bare_latencies, produce_s)[0]
         counted = await asyncio.to_thread(
             worker.wait_until, lambda m: m.events >= WARMUP_EVENTS + n, 60
         )
@@ -324,6 +336,8 @@ async def live_latency(
         usage = await asyncio.to_thread(worker.process.stop)
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     result["forwards_seen"] = len(forwards)
+    if beside is not None:
+        result["bare_beside"] = bare_beside
     result["worker"] = {
         "events_in": counted.events,
         "cpu_s": cpu_s,

@@ -28,18 +28,26 @@ def spread(values: list[float]) -> dict[str, float] | None:
     }
 
 
-def collect(runs: list[Run], phase: str, get: Callable[[Run], float]) -> list[float]:
-    """One number from every run of `phase` that completed and passed its check."""
+def collect(runs: list[Run], phase: str, get: Callable[[Run], float | None]) -> list[float]:
+    """One number from every run of `phase` that completed, passed its check and has it."""
     out = []
     for run in runs:
         r = run.get(phase)
         if r and "error" not in r and r.get("correct", {}).get("ok", True):
-            out.append(float(get(r)))
+            value = get(r)
+            if value is not None:
+                out.append(float(value))
     return out
 
 
+def _beside(r: Run, percentile: str) -> float | None:
+    """The bare consumer's latency beside the live worker, if it was measured."""
+    beside = r.get("bare_beside")
+    return None if beside is None else float(beside["latency"][percentile])
+
+
 def summarise(runs: list[Run]) -> dict[str, Any]:
-    def s(phase: str, get: Callable[[Run], float]) -> dict[str, float] | None:
+    def s(phase: str, get: Callable[[Run], float | None]) -> dict[str, float] | None:
         return spread(collect(runs, phase, get))
 
     return {
@@ -62,6 +70,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "bare_p99_ms": s("latency_bare", lambda r: r["latency"]["p99_ms"]),
         "live_p50_ms": s("latency_live", lambda r: r["latency"]["p50_ms"]),
         "live_p99_ms": s("latency_live", lambda r: r["latency"]["p99_ms"]),
+        "beside_p50_ms": s("latency_live", lambda r: _beside(r, "p50_ms")),
+        "beside_p99_ms": s("latency_live", lambda r: _beside(r, "p99_ms")),
         "live_latency_rss_mb": s("latency_live", lambda r: r["worker"]["peak_rss_mb"]),
         "live_latency_cpu_s": s("latency_live", lambda r: r["worker"]["cpu_s"]),
         "other_cores": spread(
@@ -208,6 +218,11 @@ def markdown(summary: dict[str, Any], tgt: dict[str, Any], cfg: dict[str, Any]) 
             f"≤ bare p99 + {LIVE_P99_OVER_BARE_MS:.0f}: {_met(tgt['live_p99'])}",
         ),
     ]
+    if summary.get("beside_p50_ms") is not None:
+        lines += [
+            row("bare consumer beside the live worker, p50 (ms)", "beside_p50_ms", "", "", "", ""),
+            row("bare consumer beside the live worker, p99 (ms)", "beside_p99_ms", "", "", "", ""),
+        ]
     other = summary.get("other_cores")
     if other is not None:
         lines += [

@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"fetch_max_wait_ms of the latency observers ({DEFAULT_FETCH_WAIT_MS})",
     )
     p.add_argument(
+        "--bare-beside-live",
+        action="store_true",
+        help="latency: also run a bare consumer on the live worker's source, at the same time",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -211,6 +216,7 @@ class Bench:
             "seed": a.seed + 100 + repeat,
             "keys": a.keys,
             "fetch_wait_ms": a.tail_fetch_wait_ms,
+            "bare_beside_live": a.bare_beside_live,
         }
         return f"{self.run_id}-lat{repeat}", cfg
 
@@ -238,6 +244,8 @@ class Bench:
             )
         )
         log(f"live latency: {_lat(r)}, correct={r['correct']['ok']} {r['correct']['errors']}")
+        if "bare_beside" in r:
+            log(f"bare consumer beside the live worker: {_lat(r['bare_beside'])}")
         return r
 
 

@@ -23,6 +23,7 @@ def test_quick_benchmark_completes_with_correct_outputs(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     args = ["--quick", "--events", str(EVENTS), "--repeats", "1"]
     args += ["--latency-seconds", str(SECONDS), "--rate", str(RATE), "--out", str(out)]
+    args += ["--bare-beside-live"]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", *args],
         cwd=ROOT,
@@ -49,4 +50,7 @@ def test_quick_benchmark_completes_with_correct_outputs(tmp_path: Path) -> None:
         assert lat["latency"]["count"] == RATE * SECONDS
         assert lat["over_time"] and all(s["p99_ms"] >= s["p50_ms"] for s in lat["over_time"])
     assert run["latency_live"]["correct"]["ok"], run["latency_live"]["correct"]
+    beside = run["latency_live"]["bare_beside"]  # the same events, tailed during the live run
+    assert beside["missing"] == 0 and beside["latency"]["count"] == RATE * SECONDS, beside
+    assert "| bare consumer beside the live worker, p99 (ms)" in done.stdout
     assert all(v is not None for k, v in result["summary"].items() if not k.startswith("live2"))
