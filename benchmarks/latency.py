@@ -296,12 +296,13 @@ async def live_latency(
 ) -> dict[str, Any]:
     """A live worker (version 1 of a fresh prefix) under orders produced at the rate.
 
-    With `bare_beside_live` in `cfg`, a bare consumer also tails the worker's source topic
+    `pipelines` in `cfg` limits the worker to those (default: all, as `kappa worker`). With
+    `bare_beside_live` in `cfg`, a bare consumer also tails the worker's source topic
     meanwhile (`bare_beside` in the result): the same events on the broker in the same state,
     which tells the broker's share of the live latency from the worker's."""
     await ensure_topics(bootstrap, {source_topic: (partitions, {})})
     now_ms = int(time.time() * 1000)
-    worker = LiveWorker(env, cwd, "worker-latency")
+    worker = LiveWorker(env, cwd, "worker-latency", pipelines=cfg.get("pipelines", ()))
     try:
         await asyncio.to_thread(worker.wait_until, lambda m: True, READY_TIMEOUT_S)
         # Warm-up: the group has joined and the pipeline runs once these are counted.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,19 @@ class LiveWorker:
     """One `kappa worker` child with its own web port."""
 
     def __init__(
-        self, env: dict[str, str], cwd: Path, name: str, version: int | None = None
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        name: str,
+        version: int | None = None,
+        pipelines: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
         args = [*KAPPA, "worker", "--web-port", str(self.port)]
         if version is not None:
             args += ["--version", str(version)]
+        for pipeline in pipelines:  # none: every pipeline, as `kappa worker` runs by default
+            args += ["--pipeline", pipeline]
         self.process = MeasuredProcess(args, env, cwd, cwd / f"{name}.log")
 
     def metrics(self) -> WorkerMetrics | None:

@@ -81,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="latency: also run a bare consumer on the live worker's source, at the same time",
     )
     p.add_argument(
+        "--latency-pipeline",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="latency: the worker runs only this pipeline (repeatable; default: all)",
+    )
+    p.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -96,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.events < 1 or args.repeats < 1 or args.rate <= 0 or args.latency_seconds <= 0:
         p.error("--events, --repeats, --rate and --latency-seconds must be > 0")
+    if args.latency_pipeline and "orders" not in args.latency_pipeline:
+        p.error("--latency-pipeline must include orders: the latency is read from its forwards")
     return args
 
 
@@ -217,6 +226,7 @@ class Bench:
             "keys": a.keys,
             "fetch_wait_ms": a.tail_fetch_wait_ms,
             "bare_beside_live": a.bare_beside_live,
+            "pipelines": a.latency_pipeline,
         }
         return f"{self.run_id}-lat{repeat}", cfg
 

@@ -1,0 +1,21 @@
+"""The benchmark's command line: what it accepts and the one-line errors it gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.run import parse_args
+
+
+def test_latency_pipelines_are_passed_on() -> None:
+    args = parse_args(["--quick", "--latency-pipeline", "orders", "--bare-beside-live"])
+    assert args.latency_pipeline == ["orders"] and args.bare_beside_live
+
+
+def test_a_latency_run_without_the_orders_pipeline_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--latency-pipeline", "user-totals"])
+    assert e.value.code == 2
+    assert "--latency-pipeline must include orders" in capsys.readouterr().err
