@@ -31,8 +31,8 @@ class Clock:
 
 
 async def settle() -> None:
-    """Let every ready task run until it blocks."""
-    for _ in range(5):
+    """Let every ready task run until it blocks (wait_for's inner task takes a few turns)."""
+    for _ in range(20):
         await asyncio.sleep(0)
 
 
