@@ -36,17 +36,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def waiting(buffer: BatchBuffer, linger_s: float) -> asyncio.Task[None]:
+    """The drain loop's wait, started and run until it blocks or returns."""
+    task = asyncio.create_task(buffer.wait_for_batch(linger_s))
+    await settle()
+    return task
+
+
 @pytest.mark.asyncio
 async def test_linger_waits_for_the_target_while_the_oldest_message_is_fresh() -> None:
     clock = Clock()
     buffer = BatchBuffer(100, target=3, clock=clock)
     await buffer.put(Msg(0, 1))
-    waiting = asyncio.create_task(buffer.wait_for_batch(LONG_LINGER_S))
-    await settle()
-    assert not waiting.done()
+    wait = await waiting(buffer, LONG_LINGER_S)
+    assert not wait.done()
     await buffer.put_many(1, [Msg(1, 1), Msg(1, 2)])  # target reached
     await settle()
-    assert waiting.done()
+    assert wait.done()
 
 
 @pytest.mark.asyncio
@@ -57,9 +63,7 @@ async def test_linger_counts_from_the_oldest_messages_arrival() -> None:
     await buffer.put(Msg(0, 1))
     clock.now += 0.050  # the previous cycle took 50 ms
     await buffer.put(Msg(0, 2))  # a newer message does not restart the linger
-    waiting = asyncio.create_task(buffer.wait_for_batch(0.010))
-    await settle()
-    assert waiting.done()
+    assert (await waiting(buffer, 0.010)).done()
 
 
 @pytest.mark.asyncio
@@ -70,21 +74,19 @@ async def test_linger_restarts_once_the_buffer_was_emptied() -> None:
     clock.now += 1.0
     assert buffer.take() == {0: [Msg(0, 1)]}
     await buffer.put_many(0, [Msg(0, 2)])
-    waiting = asyncio.create_task(buffer.wait_for_batch(LONG_LINGER_S))
-    await settle()
-    assert not waiting.done()  # the new oldest message arrived just now
-    waiting.cancel()
+    wait = await waiting(buffer, LONG_LINGER_S)
+    assert not wait.done()  # the new oldest message arrived just now
+    wait.cancel()
 
 
 @pytest.mark.asyncio
 async def test_waits_for_data_and_returns_without_linger_when_linger_is_zero() -> None:
     buffer = BatchBuffer(100, target=50, clock=Clock())
-    waiting = asyncio.create_task(buffer.wait_for_batch(0))
-    await settle()
-    assert not waiting.done()
+    wait = await waiting(buffer, 0)
+    assert not wait.done()
     await buffer.put(Msg(2, 7))
     await settle()
-    assert waiting.done()
+    assert wait.done()
 
 
 @pytest.mark.asyncio
