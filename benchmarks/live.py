@@ -60,6 +60,16 @@ def scrape(port: int) -> WorkerMetrics | None:
     return m
 
 
+def worker_command(port: int, version: int | None, pipelines: Sequence[str]) -> list[str]:
+    """`kappa worker` on `port`; no pipelines named: every pipeline, as it runs by default."""
+    args = [*KAPPA, "worker", "--web-port", str(port)]
+    if version is not None:
+        args += ["--version", str(version)]
+    for pipeline in pipelines:
+        args += ["--pipeline", pipeline]
+    return args
+
+
 class LiveWorker:
     """One `kappa worker` child with its own web port."""
 
@@ -72,11 +82,7 @@ class LiveWorker:
         pipelines: Sequence[str] = (),
     ) -> None:
         self.port = free_port()
-        args = [*KAPPA, "worker", "--web-port", str(self.port)]
-        if version is not None:
-            args += ["--version", str(version)]
-        for pipeline in pipelines:  # none: every pipeline, as `kappa worker` runs by default
-            args += ["--pipeline", pipeline]
+        args = worker_command(self.port, version, pipelines)
         self.process = MeasuredProcess(args, env, cwd, cwd / f"{name}.log")
 
     def metrics(self) -> WorkerMetrics | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.live import worker_command
 from benchmarks.run import parse_args
 
 
@@ -19,3 +20,16 @@ def test_a_latency_run_without_the_orders_pipeline_is_refused(
         parse_args(["--latency-pipeline", "user-totals"])
     assert e.value.code == 2
     assert "--latency-pipeline must include orders" in capsys.readouterr().err
+
+
+def test_the_latency_worker_runs_the_named_pipelines_only() -> None:
+    command = worker_command(8080, None, ["orders"])
+    assert command[command.index("worker") :] == [
+        "worker",
+        "--web-port",
+        "8080",
+        "--pipeline",
+        "orders",
+    ]
+    every = worker_command(8080, 2, [])
+    assert every[every.index("worker") :] == ["worker", "--web-port", "8080", "--version", "2"]
