@@ -5,9 +5,10 @@ acknowledgement (partition, offset, time). A bare consumer's latency is its rece
 the send time. The worker's is measured on its `orders.by-user` forwards: one per user per
 batch, carrying `src` = [partition, offset] of the batch's last source record, so an event is
 processed (outputs acknowledged, state committed) once a forward with src offset >= its own
-arrives; latency = that forward's receive time minus the event's send time. Both observers are
-the same tailer (its own process, same consumer settings), so what it adds cancels in the
-difference.
+arrives; latency = that forward's receive time minus the event's send time. The relay's
+(benchmarks.relay, the floor of any consume → produce processor) is read the same way from its
+forwards. All observers are the same tailer (its own process, same consumer settings), so what
+it adds cancels in the differences.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
@@ -178,29 +179,17 @@ def over_time(times: list[float], lat: list[float], slice_s: float = 5.0) -> lis
     return out
 
 
-class Tailer:
-    """The tailer child (benchmarks.tailer); `start` returns once it is fetching."""
+class ReadyChild:
+    """A helper child (`python -m benchmarks.…`) that prints `ready` once it is fetching; it
+    stops when its stop file exists."""
 
-    def __init__(self, bootstrap: str, topic: str, mode: str, cwd: Path, fetch_wait_ms: int):
-        self.out = cwd / f"tail-{mode}-{time.monotonic_ns()}.json"
-        self.stop_file = self.out.with_suffix(".stop")
-        self.args = [
-            sys.executable,
-            "-m",
-            "benchmarks.tailer",
-            bootstrap,
-            topic,
-            mode,
-            str(self.out),
-            "--stop-file",
-            str(self.stop_file),
-            "--fetch-wait-ms",
-            str(fetch_wait_ms),
-        ]
+    def __init__(self, module: str, args: list[str], cwd: Path, stop_file: Path) -> None:
+        self.stop_file = stop_file
+        self.args = [sys.executable, "-m", module, *args, "--stop-file", str(stop_file)]
         self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> Tailer:
+    async def start(self) -> Self:
         self.proc = await asyncio.create_subprocess_exec(
             *self.args, cwd=self.cwd, env=python_env(), stdout=asyncio.subprocess.PIPE
         )
@@ -208,8 +197,39 @@ class Tailer:
         line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
         if line.strip() != b"ready":
             await self.proc.wait()
-            raise RuntimeError(f"tailer did not start ({self.proc.returncode}): {line!r}")
+            name = self.args[2]
+            raise RuntimeError(f"{name} did not start ({self.proc.returncode}): {line!r}")
         return self
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait for it to exit (terminated after `timeout_s`)."""
+        assert self.proc is not None
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            self.proc.terminate()
+            await self.proc.wait()
+
+
+class Relay(ReadyChild):
+    """The relay child (benchmarks.relay): the latency floor of a consume → produce processor."""
+
+    def __init__(self, bootstrap: str, source: str, forward: str, cwd: Path) -> None:
+        stop_file = cwd / f"relay-{time.monotonic_ns()}.stop"
+        super().__init__("benchmarks.relay", [bootstrap, source, forward], cwd, stop_file)
+
+    async def stop(self) -> None:
+        self.stop_file.write_text("stop")
+        await self.wait(30)
+
+
+class Tailer(ReadyChild):
+    """The tailer child (benchmarks.tailer); `start` returns once it is fetching."""
+
+    def __init__(self, bootstrap: str, topic: str, mode: str, cwd: Path, fetch_wait_ms: int):
+        self.out = cwd / f"tail-{mode}-{time.monotonic_ns()}.json"
+        args = [bootstrap, topic, mode, str(self.out), "--fetch-wait-ms", str(fetch_wait_ms)]
+        super().__init__("benchmarks.tailer", args, cwd, self.out.with_suffix(".stop"))
 
     async def finish(self, sent: list[Sent], timeout_s: float) -> list[list[float]]:
         """Tell it the last offsets sent, wait for it to see them, return what it recorded."""
@@ -218,11 +238,7 @@ class Tailer:
         for s in sent:
             last[s.partition] = max(last.get(s.partition, -1), s.offset)
         self.stop_file.write_text(json.dumps(last))
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except TimeoutError:
-            self.proc.terminate()
-            await self.proc.wait()
+        await self.wait(timeout_s)
         if not self.out.exists():
             return []
         records: list[list[float]] = json.loads(self.out.read_text())["records"]
@@ -282,6 +298,38 @@ async def bare_latency(
     produce_s = time.perf_counter() - t0
     seen = await tailer.finish(sent, timeout_s=30)
     result, _ = _measured(sent, seen, bare_latencies, produce_s)
+    return result
+
+
+async def relay_latency(
+    bootstrap: str,
+    source_topic: str,
+    forward_topic: str,
+    partitions: int,
+    cfg: dict[str, Any],
+    cwd: Path,
+) -> dict[str, Any]:
+    """The relay (benchmarks.relay) under orders produced at the rate, read like the worker:
+    the latency floor of any consume → produce processor on this broker."""
+    await ensure_topics(
+        bootstrap, {source_topic: (partitions, {}), forward_topic: (partitions, {})}
+    )
+    n = int(cfg["rate"] * cfg["seconds"])
+    records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
+    relay = await Relay(bootstrap, source_topic, forward_topic, cwd).start()
+    try:
+        tailer = await Tailer(
+            bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
+        ).start()
+        t0 = time.perf_counter()
+        sent = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
+        produce_s = time.perf_counter() - t0
+        forwards = await tailer.finish(sent, timeout_s=60)
+    finally:
+        await relay.stop()
+    result, missing = _measured(sent, forwards, covered_latencies, produce_s)
+    errors = [f"{missing} events never covered by a forward"] if missing else []
+    result["correct"] = {"ok": not errors, "errors": errors}
     return result
 
 

@@ -68,6 +68,8 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "live2_reprocessed": s("live2", lambda r: r["reprocessed"]),
         "bare_p50_ms": s("latency_bare", lambda r: r["latency"]["p50_ms"]),
         "bare_p99_ms": s("latency_bare", lambda r: r["latency"]["p99_ms"]),
+        "relay_p50_ms": s("latency_relay", lambda r: r["latency"]["p50_ms"]),
+        "relay_p99_ms": s("latency_relay", lambda r: r["latency"]["p99_ms"]),
         "live_p50_ms": s("latency_live", lambda r: r["latency"]["p50_ms"]),
         "live_p99_ms": s("latency_live", lambda r: r["latency"]["p99_ms"]),
         "beside_p50_ms": s("latency_live", lambda r: _beside(r, "p50_ms")),
@@ -201,6 +203,20 @@ def markdown(summary: dict[str, Any], tgt: dict[str, Any], cfg: dict[str, Any]) 
     lines += [
         row(f"bare consumer latency p50 (ms) at {rate}", "bare_p50_ms", "", "", "", ""),
         row("bare consumer latency p99 (ms)", "bare_p99_ms", "", "", "", ""),
+    ]
+    if summary.get("relay_p50_ms") is not None:
+        lines += [
+            row(
+                "relay (consume → produce, no state) latency p50 (ms)",
+                "relay_p50_ms",
+                "",
+                "",
+                "",
+                "",
+            ),
+            row("relay latency p99 (ms)", "relay_p99_ms", "", "", "", ""),
+        ]
+    lines += [
         row(
             "live worker end-to-end latency p50 (ms)",
             "live_p50_ms",

@@ -2,7 +2,8 @@
 
 One run: pre-load N orders, then per repeat measure the ceiling (a bare consumer), a bounded
 `kappa replay` into a fresh version, a live `kappa worker` working through the same topic (and
-optionally two), and end-to-end latency at a fixed rate next to a bare consumer's. Every run is
+optionally two), and end-to-end latency at a fixed rate next to a bare consumer's and a
+minimal consume → produce relay's (the floor for any processor on the broker). Every run is
 checked for correct outputs; failing runs are reported and left out of the medians. Speed never
 changes the exit status; a failed or incorrect run does (1).
 """
@@ -35,7 +36,7 @@ from benchmarks.system_load import LoadMeter, other_cores
 from benchmarks.tailer import DEFAULT_FETCH_WAIT_MS
 
 DEFAULT_OUT = ROOT / "benchmarks" / "last-run.json"
-PHASES = ("ceiling", "replay", "live", "latency")
+PHASES = ("ceiling", "replay", "live", "latency", "relay")
 QUICK = {"events": 20_000, "repeats": 1, "latency_seconds": 5.0}
 FULL = {"events": 1_000_000, "repeats": 3, "latency_seconds": 30.0}
 
@@ -239,6 +240,21 @@ class Bench:
         log(f"bare latency: {_lat(r)}")
         return r
 
+    def latency_relay(self, repeat: int) -> dict[str, Any]:
+        prefix, cfg = self._latency_cfg(repeat)
+        r = asyncio.run(
+            latency.relay_latency(
+                self.broker,
+                f"{prefix}.relay-orders",
+                f"{prefix}.relay-forwards",
+                self.args.partitions,
+                cfg,
+                self.tmp,
+            )
+        )
+        log(f"relay latency: {_lat(r)}")
+        return r
+
     def latency_live(self, repeat: int) -> dict[str, Any]:
         prefix, cfg = self._latency_cfg(repeat)
         env = self.env(f"latency-{repeat}", prefix=prefix, app_id=prefix)
@@ -359,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                     _attempt(run, "live2", bpid, bench.live, 2)
             if "latency" not in args.skip:
                 _attempt(run, "latency_bare", bpid, bench.latency_bare, i)
+                if "relay" not in args.skip:
+                    _attempt(run, "latency_relay", bpid, bench.latency_relay, i)
                 _attempt(run, "latency_live", bpid, bench.latency_live, i)
         if args.profile is not None:
             log(f"profiling one replay with py-spy into {args.profile}")

@@ -44,12 +44,14 @@ def test_quick_benchmark_completes_with_correct_outputs(tmp_path: Path) -> None:
     assert replay["usage"]["returncode"] == 0 and replay["summary"] is not None
     live = run["live"]
     assert live["correct"]["ok"] and live["events_in"] == EVENTS, live
-    for phase in ("latency_bare", "latency_live"):
+    for phase in ("latency_bare", "latency_relay", "latency_live"):
         lat = run[phase]
         assert lat["events"] == RATE * SECONDS and lat["missing"] == 0, lat
         assert lat["latency"]["count"] == RATE * SECONDS
         assert lat["over_time"] and all(s["p99_ms"] >= s["p50_ms"] for s in lat["over_time"])
     assert run["latency_live"]["correct"]["ok"], run["latency_live"]["correct"]
+    assert run["latency_relay"]["correct"]["ok"], run["latency_relay"]["correct"]
+    assert "| relay latency p99 (ms)" in done.stdout
     beside = run["latency_live"]["bare_beside"]  # the same events, tailed during the live run
     assert beside["missing"] == 0 and beside["latency"]["count"] == RATE * SECONDS, beside
     assert "| bare consumer beside the live worker, p99 (ms)" in done.stdout
