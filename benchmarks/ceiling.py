@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from app.topic_reader import topic_partitions
+from benchmarks.bare_reader import read_from_beginning
 
 # Records per getmany, as in the issue's reference measurement.
 MAX_RECORDS = 50_000
@@ -26,19 +24,13 @@ MAX_RECORDS = 50_000
 async def read_and_decode(bootstrap: str, topic: str, count: int) -> dict[str, Any]:
     """Seconds from consumer start until `count` records are read and decoded."""
     t0 = time.perf_counter()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = await read_from_beginning(
+        bootstrap,
+        topic,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
-    await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         read = 0
         loads = json.loads
         while read < count:

@@ -55,8 +55,9 @@ class Sent:
 
 async def produce_paced(
     bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], rate: float
-) -> list[Sent]:
-    """Send `records` evenly at `rate` per second (acks=all), noting each one's times."""
+) -> tuple[list[Sent], float]:
+    """Send `records` evenly at `rate` per second (acks=all), noting each one's times; also
+    the seconds it took, until the last acknowledgement."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=LINGER_MS)
     await producer.start()
     sends = [0.0] * len(records)
@@ -67,6 +68,7 @@ async def produce_paced(
             md = fut.result()
             acks[i] = (md.partition, md.offset, time.time())
 
+    started = time.perf_counter()
     futures = []
     lag = 0.0
     # The harness is the load generator: a collector pause here (measured up to ~200 ms with
@@ -93,7 +95,8 @@ async def produce_paced(
         gc.unfreeze()
         await producer.stop()
     PRODUCER_STALLS.update(max_send_lag_ms=lag * 1000)
-    return [Sent(p, o, ts, ta) for ts, (p, o, ta) in zip(sends, acks)]
+    sent = [Sent(p, o, ts, ta) for ts, (p, o, ta) in zip(sends, acks)]
+    return sent, time.perf_counter() - started
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -293,9 +296,7 @@ async def bare_latency(
     n = int(cfg["rate"] * cfg["seconds"])
     records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
     tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
-    t0 = time.perf_counter()
-    sent = await produce_paced(bootstrap, topic, records, cfg["rate"])
-    produce_s = time.perf_counter() - t0
+    sent, produce_s = await produce_paced(bootstrap, topic, records, cfg["rate"])
     seen = await tailer.finish(sent, timeout_s=30)
     result, _ = _measured(sent, seen, bare_latencies, produce_s)
     return result
@@ -321,9 +322,7 @@ async def relay_latency(
         tailer = await Tailer(
             bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
         ).start()
-        t0 = time.perf_counter()
-        sent = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
-        produce_s = time.perf_counter() - t0
+        sent, produce_s = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
         forwards = await tailer.finish(sent, timeout_s=60)
     finally:
         await relay.stop()
@@ -369,9 +368,7 @@ async def live_latency(
             beside = await Tailer(
                 bootstrap, source_topic, "source", cwd, cfg["fetch_wait_ms"]
             ).start()
-        t0 = time.perf_counter()
-        sent = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
-        produce_s = time.perf_counter() - t0
+        sent, produce_s = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
         forwards = await tailer.finish(sent, timeout_s=60)
         if beside is not None:
             seen = await beside.finish(sent, timeout_s=60)

@@ -20,31 +20,21 @@ import gc
 import json
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from app.settings import Settings
-from app.topic_reader import topic_partitions
+from benchmarks.bare_reader import read_from_beginning
 
 
 async def relay(
     bootstrap: str, source: str, forward: str, stop_file: Path, fetch_wait_ms: int
 ) -> int:
     """Relay until the stop file exists; returns how many source records it handled."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_wait_ms,
-    )
+    consumer = await read_from_beginning(bootstrap, source, fetch_max_wait_ms=fetch_wait_ms)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await consumer.start()
-    await producer.start()
     handled = 0
     try:
-        tps = [TopicPartition(source, p) for p in sorted(await topic_partitions(consumer, source))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await producer.start()
         first = True
         while not stop_file.exists():
             batches = await consumer.getmany(timeout_ms=100)

@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from app.topic_reader import topic_partitions
+from benchmarks.bare_reader import read_from_beginning
 
 # A low fetch wait: the dev broker answers a fetch only when its max wait expires, not when
 # data arrives, so this bounds what the observer itself adds to every latency it measures.
@@ -33,22 +31,12 @@ DEFAULT_FETCH_WAIT_MS = 10
 async def tail(
     bootstrap: str, topic: str, mode: str, stop_file: Path, timeout_s: float, fetch_wait_ms: int
 ) -> tuple[list[list[float]], bool]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_wait_ms,
-    )
-    await consumer.start()
+    consumer = await read_from_beginning(bootstrap, topic, fetch_max_wait_ms=fetch_wait_ms)
     seen: list[list[float]] = []
     highest: dict[int, int] = {}
     targets: dict[int, int] | None = None
     forward = mode == "forward"
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(consumer, topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         # The first fetch resolves positions and warms the connection; what it returns counts.
         first = True
         deadline = time.monotonic() + timeout_s
