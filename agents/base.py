@@ -62,7 +62,8 @@ class BatchCounts:
     skipped: int = 0
     dlq: int = 0
     late: int = 0
-    windows_closed: int = 0
+    windows_closed: int = 0  # emitted final: the watermark passed them
+    windows_provisional: int = 0  # emitted still open, by the flush at a bounded replay's end
     dlq_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -80,6 +81,7 @@ class BatchOutput:
         c.dlq += o.dlq
         c.late += o.late
         c.windows_closed += o.windows_closed
+        c.windows_provisional += o.windows_provisional
         for reason, n in o.dlq_reasons.items():
             c.dlq_reasons[reason] = c.dlq_reasons.get(reason, 0) + n
 

@@ -298,7 +298,10 @@ class OrdersPipeline:
             product = key[2]
             value = revenue_value(product, key, m, final)
             out.records.append(OutRecord(REVENUE, product.encode(), value, key[0] - 1, headers))
-        out.counts.windows_closed += len(closed)
+        if provisional:
+            out.counts.windows_provisional += len(closed)
+        else:
+            out.counts.windows_closed += len(closed)
 
 
 def _forward_user_partials(

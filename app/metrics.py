@@ -21,6 +21,11 @@ LATE = Counter(
 WINDOWS_CLOSED = Counter(
     "kappa_windows_closed_total", "Windows emitted final", ["pipeline", "version"]
 )
+WINDOWS_PROVISIONAL = Counter(
+    "kappa_windows_provisional_total",
+    "Open windows emitted provisional by the flush at the end of a bounded replay",
+    ["pipeline", "version"],
+)
 RECORDS_OUT = Counter("kappa_records_out_total", "Records produced", ["pipeline", "version"])
 BATCH_SECONDS = Histogram(
     "kappa_batch_seconds",
@@ -61,6 +66,8 @@ def record_batch(pipeline: str, version: int, counts: BatchCounts, produced: int
         LATE.labels(pipeline, v).inc(counts.late)
     if counts.windows_closed:
         WINDOWS_CLOSED.labels(pipeline, v).inc(counts.windows_closed)
+    if counts.windows_provisional:
+        WINDOWS_PROVISIONAL.labels(pipeline, v).inc(counts.windows_provisional)
     RECORDS_OUT.labels(pipeline, v).inc(produced)
 
 

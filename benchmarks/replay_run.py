@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from app.topic_reader import read_to_end
 from benchmarks.dataset import Dataset
 from benchmarks.processes import KAPPA, MeasuredProcess
+from replay.summary import ReplaySummary
 
-SUMMARY = re.compile(
-    r"replay v(?P<version>\d+): (?P<events>[\d,]+) events, (?P<windows>[\d,]+) windows emitted, "
-    r"(?P<late>[\d,]+) late, (?P<dlq>[\d,]+) DLQ in (?P<seconds>[\d.]+) s "
-    r"\((?P<rate>[\d,]+) events/s\)"
-)
 # Relative tolerance of the revenue total: windows add floats in a different order.
 SUM_REL_TOL = 1e-6
 
 
 def parse_summary(output: str) -> dict[str, float] | None:
     """The numbers of the replay's summary line (None if it printed none)."""
-    found = SUMMARY.search(output)
-    if found is None:
-        return None
-    return {k: float(v.replace(",", "")) for k, v in found.groupdict().items()}
+    found = ReplaySummary.parse(output)
+    return None if found is None else {k: float(v) for k, v in asdict(found).items()}
 
 
 def run_replay(

@@ -6,14 +6,11 @@ coordinate through the version registry exactly as separately started processes 
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
 
-SUMMARY = re.compile(
-    r"replay v(\d+): ([\d,]+) events, ([\d,]+) windows emitted, ([\d,]+) late, ([\d,]+) DLQ"
-)
+from replay.summary import ReplaySummary
 
 
 def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
@@ -36,25 +33,20 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
         )
         for i in range(processes)
     ]
-    totals = [0, 0, 0, 0]
-    version = "?"
+    total: ReplaySummary | None = None
     code = 0
     for child in children:
         out, _ = child.communicate()
         code = code or child.returncode
         for line in out.splitlines():
-            m = SUMMARY.search(line)
-            if m:
-                version = m.group(1)
-                for i in range(4):
-                    totals[i] += int(m.group(i + 2).replace(",", ""))
-            else:
+            part = ReplaySummary.parse(line)
+            if part is None:
                 print(line, flush=True)
-    seconds = time.monotonic() - started
-    events, windows, late, dlq = totals
-    rate = events / seconds if seconds > 0 else 0.0
-    summary = (
-        f"replay v{version}: {events:,} events, {windows:,} windows emitted, {late:,} late, "
-        f"{dlq:,} DLQ in {seconds:.1f} s ({rate:,.0f} events/s) across {processes} processes"
-    )
-    return code, summary
+            elif total is None:
+                total = part
+            else:
+                total.add_summary(part)
+    if total is None:
+        return code or 1, "replay: no process finished its part"
+    total.seconds = time.monotonic() - started
+    return code, f"{total.line()} across {processes} processes"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from agents.base import BatchCounts, Pipeline
+from agents.base import Pipeline
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
@@ -29,6 +29,7 @@ from app.topology import Topology
 from replay.progress import ReplayProgress
 from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, RegistryView, VersionRecord
 from replay.snapshot import high_watermarks
+from replay.summary import ReplaySummary
 
 
 @dataclass
@@ -41,29 +42,6 @@ class ReplayOptions:
     process_count: int = 1
     dry_run: bool = False
     progress: bool = True
-
-
-@dataclass
-class ReplaySummary:
-    version: int
-    events: int = 0
-    windows: int = 0
-    late: int = 0
-    dlq: int = 0
-    seconds: float = 0.0
-
-    def add(self, counts: BatchCounts) -> None:
-        self.events += counts.events
-        self.windows += counts.windows_closed
-        self.late += counts.late
-        self.dlq += counts.dlq
-
-    def line(self) -> str:
-        rate = self.events / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"replay v{self.version}: {self.events:,} events, {self.windows:,} windows emitted, "
-            f"{self.late:,} late, {self.dlq:,} DLQ in {self.seconds:.1f} s ({rate:,.0f} events/s)"
-        )
 
 
 async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary | None:

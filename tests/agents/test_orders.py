@@ -160,6 +160,19 @@ def test_records_already_applied_are_skipped_after_commit() -> None:
     assert again.counts.skipped == 3 and again.counts.events == 0 and not again.records
 
 
+def test_a_flush_counts_its_windows_as_provisional_not_closed() -> None:
+    state = PartitionState(MemoryStore(), 0)
+    p = OrdersPipeline()
+    # Two windows (1-minute tumbling): the first closes when the second's events pass its grace.
+    batch = [rec(order(ts=t), offset=i) for i, t in enumerate((1_000, 30_000, 200_000))]
+    assert p.process(state, batch).counts.windows_closed == 1
+    state.prepare(2)
+    state.commit()
+    flushed = p.flush(state)
+    assert (flushed.counts.windows_closed, flushed.counts.windows_provisional) == (0, 1)
+    assert [dict(r.headers) for r in flushed.records] == [{"kappa.provisional": b"1"}]
+
+
 def test_user_totals_count_a_forwarded_order_once() -> None:
     orders = OrdersPipeline().process(PartitionState(MemoryStore(), 0), [rec(order(), offset=7)])
     fwd = [r for r in orders.records if r.topic == BY_USER]
