@@ -25,6 +25,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP, Message
 
 from agents.base import SourceRecord
+from app.raw_records import RAW_RECORDS, consumer_record
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,11 @@ class BatchConductor(Conductor):  # type: ignore[misc]
 
 
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
-    """faust's consumer thread with two settings faust does not expose: read_committed under
-    exactly_once (faust ties it to its own transactions, which Kappa does not use), and the
+    """faust's consumer thread with settings faust does not expose: read_committed under
+    exactly_once (faust ties it to its own transactions, which Kappa does not use), the
     fetch wait (faust hard-codes 1500 ms; brokers that answer a fetch only when the wait
-    expires, like the embedded one, would add that to every record's latency)."""
+    expires, like the embedded one, would add that to every record's latency), and raw
+    records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -149,6 +151,7 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         wait_ms = getattr(conf, "kappa_fetch_max_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
+        consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
         return consumer
 
 
@@ -200,10 +203,10 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                                 await self._add_gap(tp, prev + 1, r.offset)
                             prev = r.offset
                     buffer = buffers.get(tp.topic)
-                    if buffer is None:
+                    if buffer is None:  # faust's path needs ConsumerRecords
                         for r in recs:
-                            await callback(to_message(tp, r))
-                    else:  # aiokafka records as they are: the `Record` the pipelines read
+                            await callback(to_message(tp, consumer_record(tp, r)))
+                    else:  # raw records as fetched: the `Record` the pipelines read
                         await buffer.put_many(tp.partition, recs)
                     read_offset[tp] = recs[-1].offset
         except self.consumer_stopped_errors:

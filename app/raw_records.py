@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from aiokafka.consumer import fetcher
 
 
@@ -33,6 +34,25 @@ RAW_RECORDS = _RawRecordsMarker()
 
 def _as_fetched(tp: Any, record: Any) -> Any:
     return record
+
+
+def consumer_record(tp: Any, record: Any) -> ConsumerRecord:
+    """The `ConsumerRecord` aiokafka would have built (no deserializers), for code that needs
+    one from a raw record."""
+    key, value = record.key, record.value
+    return ConsumerRecord(
+        tp.topic,
+        tp.partition,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        key,
+        value,
+        record.checksum,
+        len(key) if key is not None else -1,
+        len(value) if value is not None else -1,
+        tuple(record.headers),
+    )
 
 
 class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]

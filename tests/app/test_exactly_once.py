@@ -140,6 +140,7 @@ async def test_the_worker_consumer_gets_the_fetch_wait_and_isolation_settings(
 ) -> None:
     """faust hard-codes both; Kappa's consumer thread applies the settings to its consumer."""
     from app.batch_delivery import KappaConsumerThread
+    from app.raw_records import RAW_RECORDS
     from app.worker import create_app
 
     settings = load_settings(
@@ -155,6 +156,7 @@ async def test_the_worker_consumer_gets_the_fetch_wait_and_isolation_settings(
     consumer = thread._create_worker_consumer(app.transport)
     assert consumer._fetch_max_wait_ms == 7
     assert consumer._isolation_level == "read_committed"
+    assert consumer._value_deserializer is RAW_RECORDS  # no ConsumerRecord per record
 
 
 async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any) -> None:
