@@ -26,11 +26,12 @@ class ReplaySummary:
     seconds: float = 0.0
 
     def add(self, counts: BatchCounts) -> None:
-        self.events += counts.events
-        self.windows += counts.windows_closed
-        self.provisional += counts.windows_provisional
-        self.late += counts.late
-        self.dlq += counts.dlq
+        c = counts
+        self.add_summary(
+            ReplaySummary(
+                self.version, c.events, c.windows_closed, c.windows_provisional, c.late, c.dlq
+            )
+        )
 
     def add_summary(self, other: ReplaySummary) -> None:
         """Count another process's part of the same replay (the seconds are not summed)."""
