@@ -253,6 +253,16 @@ def _records(count: int, seed: int, keys: int, start_ms: int, span_ms: int) -> l
     return [(r.key, r.value) for r in generate(spec)]
 
 
+def _run_orders(cfg: dict[str, Any], start_ms: int) -> list[Any]:
+    """The orders of one latency run: `rate × seconds` of them, event times over the run."""
+    n = int(cfg["rate"] * cfg["seconds"])
+    return _records(n, cfg["seed"], cfg["keys"], start_ms, cfg["seconds"] * 1000)
+
+
+def _uncovered(missing: int) -> list[str]:
+    return [f"{missing} events never covered by a forward"] if missing else []
+
+
 Latencies = Callable[[list[Sent], list[list[float]], list[float] | None], tuple[list[float], int]]
 
 
@@ -293,8 +303,7 @@ async def bare_latency(
 ) -> dict[str, Any]:
     """A bare consumer tailing a fresh source topic while orders are produced at the rate."""
     await ensure_topics(bootstrap, {topic: (partitions, {})})
-    n = int(cfg["rate"] * cfg["seconds"])
-    records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
+    records = _run_orders(cfg, int(time.time() * 1000))
     tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
     sent, produce_s = await produce_paced(bootstrap, topic, records, cfg["rate"])
     seen = await tailer.finish(sent, timeout_s=30)
@@ -315,8 +324,7 @@ async def relay_latency(
     await ensure_topics(
         bootstrap, {source_topic: (partitions, {}), forward_topic: (partitions, {})}
     )
-    n = int(cfg["rate"] * cfg["seconds"])
-    records = _records(n, cfg["seed"], cfg["keys"], int(time.time() * 1000), cfg["seconds"] * 1000)
+    records = _run_orders(cfg, int(time.time() * 1000))
     relay = await Relay(bootstrap, source_topic, forward_topic, cwd).start()
     try:
         tailer = await Tailer(
@@ -327,7 +335,7 @@ async def relay_latency(
     finally:
         await relay.stop()
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
-    errors = [f"{missing} events never covered by a forward"] if missing else []
+    errors = _uncovered(missing)
     result["correct"] = {"ok": not errors, "errors": errors}
     return result
 
@@ -358,8 +366,8 @@ async def live_latency(
         await asyncio.to_thread(
             worker.wait_until, lambda m: m.events >= WARMUP_EVENTS, READY_TIMEOUT_S
         )
-        n = int(cfg["rate"] * cfg["seconds"])
-        records = _records(n, cfg["seed"], cfg["keys"], now_ms, cfg["seconds"] * 1000)
+        records = _run_orders(cfg, now_ms)
+        n = len(records)
         tailer = await Tailer(
             bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
         ).start()
@@ -390,9 +398,7 @@ async def live_latency(
         "peak_rss_mb": peak_rss,
         "exit": usage.as_dict(),
     }
-    errors = []
-    if missing:
-        errors.append(f"{missing} events never covered by a forward")
+    errors = _uncovered(missing)
     if counted.events != WARMUP_EVENTS + n:
         errors.append(f"worker counted {counted.events:,.0f}, expected {WARMUP_EVENTS + n:,}")
     result["correct"] = {"ok": not errors, "errors": errors}
