@@ -1,0 +1,11 @@
+"""`kappa replay --processes N` when no child gets as far as its summary line."""
+
+from __future__ import annotations
+
+from replay.parallel import run_parallel
+
+
+def test_children_that_all_fail_give_their_exit_status_and_say_so() -> None:
+    code, summary = run_parallel(["--version", "not-a-number"], 2)  # argparse: exit 2
+    assert code == 2
+    assert summary == "replay: no process finished its part"
