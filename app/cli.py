@@ -273,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
     sp.add_argument(
-        "--no-flush", action="store_true", help="leave the last open windows open at the end"
+        "--no-flush",
+        action="store_true",
+        help="leave the last open windows open at the end (by default they are emitted, "
+        "marked provisional, and counted as provisional in the summary)",
     )
     sp.add_argument(
         "--process",
