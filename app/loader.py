@@ -40,9 +40,9 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     if args.file:
         try:
-            records = read_file(args.file)
-            with open(args.file, "rb"):  # missing or unreadable: say so before connecting
+            with open(args.file, "rb"):  # missing or unreadable: say so first, before connecting
                 pass
+            records = read_file(args.file)
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
             raise ConfigError(str(reason)) from None

@@ -91,6 +91,11 @@ def test_a_missing_file_is_reported_before_connecting(tmp_path: Path) -> None:
     assert "cannot read /nonexistent.jsonl" in line
 
 
+def test_a_missing_file_is_reported_as_missing_whatever_its_suffix(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["produce", "orders", "--file", "no-such-orders"], tmp_path))
+    assert "cannot read no-such-orders: No such file or directory" in line, line
+
+
 def test_a_file_of_unknown_type_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "orders.txt").write_text("{}\n")
     line = _error_line(_kappa(["produce", "orders", "--file", "orders.txt"], tmp_path))
