@@ -71,6 +71,40 @@ async def test_live_worker_outputs_equal_batch_computation(
         assert worker.stop() == 0, worker.tail_log()
 
 
+def _pipelines_counted(worker: Worker) -> set[str]:
+    return {
+        labels["pipeline"]
+        for name, labels, value in worker._samples()
+        if name == "kappa_events_in_total" and value > 0
+    }
+
+
+async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`kappa worker --pipeline NAME` per process (README): one consumer group, two
+    subscriptions; each source's partitions go only to the workers that read it."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    await _produce(broker, f"{unique}.orders", _spec(4_000, seed=4))
+    ref = await reference_for(broker, f"{unique}.orders")
+    orders = Worker(env, tmp_path / "orders.log").start("--pipeline", "orders")
+    totals_env = kappa_env(broker, unique, tmp_path / "state-totals")  # a state dir each
+    totals = Worker(totals_env, tmp_path / "totals.log").start("--pipeline", "user-totals")
+
+    def both_alive() -> None:
+        _alive(orders)()
+        _alive(totals)()
+
+    try:
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=both_alive)
+        assert _pipelines_counted(orders) == {"orders"}
+        assert _pipelines_counted(totals) == {"user-totals"}
+    finally:
+        assert orders.stop() == 0, orders.tail_log()
+        assert totals.stop() == 0, totals.tail_log()
+
+
 async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_path: Path) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
