@@ -95,6 +95,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from app.collector import tune_for_batches
     from replay.runner import ReplayOptions, run_replay
 
     settings = _settings_with_broker()
@@ -124,6 +125,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=not args.no_progress,
     )
+    if not args.dry_run:
+        tune_for_batches()
     summary = asyncio.run(run_replay(settings, opts))
     if summary is not None:
         print(summary.line(), flush=True)

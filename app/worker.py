@@ -10,7 +10,6 @@ and its Table are not used: windows close on stream time, never on the wall cloc
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from agents.user_totals import totals as user_totals
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.changelog import KafkaChangelog
+from app.collector import tune_for_batches
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     BrokerDataLost,
@@ -127,11 +127,9 @@ def create_app(settings: Settings, version: int, pipelines: list[str] | None = N
 
 
 async def freeze_startup_heap() -> None:
-    """Exempt what start-up built (modules, faust's and aiokafka's objects) from the cyclic
-    collector: a full collection over it paused the worker ~40 ms every few seconds, which
-    shows directly in the latency tail. Only per-batch garbage is left to collect."""
-    gc.collect()
-    gc.freeze()
+    """Runs once faust has started: from here on the heap grows only by per-batch garbage
+    (`app.collector`)."""
+    tune_for_batches()
 
 
 def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings: Settings) -> None:

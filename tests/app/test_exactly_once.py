@@ -174,12 +174,16 @@ async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any
 async def test_the_worker_freezes_its_start_up_heap(tmp_path: Any) -> None:
     import gc
 
+    from app.collector import YOUNG_THRESHOLD
     from app.worker import create_app, freeze_startup_heap
 
     app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
     assert freeze_startup_heap in [t.__wrapped__ for t in app._app_tasks]  # runs at start
+    before = gc.get_threshold()
     try:
         await freeze_startup_heap()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
