@@ -10,6 +10,7 @@ from typing import Any
 REPLAY_VS_CEILING = 0.5  # replay events/s >= this × the ceiling's
 LIVE_SUSTAINED_EV_S = 13_500.0  # one live worker, events/s
 LIVE_P99_OVER_BARE_MS = 50.0  # live p99 <= bare consumer p99 + this
+TWO_WORKERS_VS_ONE = 1.6  # two live workers' events/s >= this × one's
 # Above this many cores' worth of CPU used by other processes, a phase's numbers are suspect.
 OTHER_CORES_WARN = 0.1
 
@@ -100,6 +101,8 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
     bare_p99 = _median(summary, "bare_p99_ms")
     live_p99 = _median(summary, "live_p99_ms")
     replay_ratio = replay / ceiling if replay is not None and ceiling else None
+    live2 = _median(summary, "live2_ev_s")
+    two_ratio = live2 / live if live2 is not None and live else None
     return {
         "replay_vs_ceiling": {
             "target": f">= {REPLAY_VS_CEILING} × ceiling",
@@ -110,6 +113,11 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
             "target": f">= {LIVE_SUSTAINED_EV_S:,.0f} events/s",
             "measured": live,
             "met": None if live is None else live >= LIVE_SUSTAINED_EV_S,
+        },
+        "two_workers": {
+            "target": f">= {TWO_WORKERS_VS_ONE} × one worker",
+            "measured": two_ratio,
+            "met": None if two_ratio is None else two_ratio >= TWO_WORKERS_VS_ONE,
         },
         "live_p99": {
             "target": f"<= bare p99 + {LIVE_P99_OVER_BARE_MS:.0f} ms",
@@ -196,7 +204,8 @@ def markdown(summary: dict[str, Any], tgt: dict[str, Any], cfg: dict[str, Any]) 
                 "live2_rss_mb",
                 "live2_cpu_s",
                 ratio("live2_ev_s"),
-                "",
+                f"≥ {TWO_WORKERS_VS_ONE} × one: {_met(tgt['two_workers'])}"
+                f" ({_num(tgt['two_workers']['measured'], 2)}×)",
             )
         )
     rate = f"{cfg['rate']:,.0f} ev/s for {cfg['latency_seconds']:g} s"
