@@ -27,7 +27,6 @@ def test_tuning_freezes_the_heap_and_makes_young_passes_rare(collector_restored:
     gc.set_threshold(700, 10, 10)  # CPython's default
     tune_for_batches()
     assert gc.get_threshold() == (YOUNG_THRESHOLD, OLDER_THRESHOLD, OLDER_THRESHOLD)
-    assert YOUNG_THRESHOLD > 700
     assert gc.get_freeze_count() > 0
     assert gc.isenabled()  # cycles are still collected
 
