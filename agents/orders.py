@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from agents.base import BatchOutput, OutRecord, Record
+from agents.user_state import decode_partial, encode_partial
 from tables.aggregates import Moments
 from tables.cleaning import (
     MAX_EVENT_MS,
@@ -316,20 +317,18 @@ def _forward_user_partials(
     names = list(users)
     out = []
     for user, raw in zip(names, state.get_values(USER_PARTIALS, names)):
-        count, spend, ts = json.loads(raw) if raw is not None else (0, 0.0, 0)
+        count, spend, ts = decode_partial(raw) if raw is not None else (0, 0.0, 0)
         batch = users[user]
         for total in itertools.islice(batch, 1, None):
             spend += total
         count += len(batch) - 1
         ts = max(ts, int(batch[0]))
         if spend < _INF:  # formatted directly: what json.dumps gives, at a fraction of the cost
-            partial = f"[{count},{spend!r},{ts}]"
             value = (
                 f'{{"user_id":{_json_str(user)},"src":[{state.partition},{last_offset}],'
                 f'"orders":{count},"spend":{spend!r},"ts":{ts}}}'
             )
         else:  # a sum past the float range: json.dumps spells it `Infinity`
-            partial = json.dumps([count, spend, ts])
             value = json.dumps(
                 {
                     "user_id": user,
@@ -340,6 +339,6 @@ def _forward_user_partials(
                 },
                 separators=(",", ":"),
             )
-        state.put_value(USER_PARTIALS, user, partial.encode())
+        state.put_value(USER_PARTIALS, user, encode_partial(count, spend, ts))
         out.append(OutRecord(BY_USER, user.encode(), value.encode(), ts))
     return out

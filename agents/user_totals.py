@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record
 from agents.orders import BY_USER, DLQ, dlq_record
+from agents.user_state import Parts, decode_parts, encode_parts
 from tables.cleaning import InvalidRecord
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_raw_decode = json.JSONDecoder().raw_decode
 TABLE = "user-totals"
 
 
@@ -30,26 +33,33 @@ class UserTotalsPipeline:
         out = BatchOutput()
         counts = out.counts
         applied = state.applied_offset
-        parsed: list[tuple[str, str, int, int, float, int]] = []
+        parsed: list[tuple[str, int, int, int, float, int]] = []
         for rec in records:
             if rec.offset <= applied:
                 counts.skipped += 1
                 continue
             counts.events += 1
             try:
-                d = json.loads(rec.value or b"")
+                d = _decode_forward(rec.value)
                 src_p, src_o = d["src"]
-                parsed.append(
-                    (
-                        d["user_id"],
-                        str(src_p),
-                        int(src_o),
-                        int(d["orders"]),
-                        float(d["spend"]),
-                        int(d["ts"]),
-                    )
+                row = (
+                    d["user_id"],
+                    int(src_p),
+                    int(src_o),
+                    int(d["orders"]),
+                    float(d["spend"]),
+                    int(d["ts"]),
                 )
-            except (ValueError, KeyError, TypeError, OverflowError):
+                if not (
+                    type(row[0]) is str
+                    and 0 <= row[1] < 1 << 31
+                    and 0 <= row[2] < 1 << 63
+                    and 0 <= row[3] < 1 << 63
+                    and -(1 << 63) <= row[5] < 1 << 63
+                ):
+                    raise ValueError("out of range")  # what the stored format holds
+                parsed.append(row)
+            except (ValueError, KeyError, TypeError, OverflowError, AttributeError):
                 counts.dlq += 1
                 counts.dlq_reasons["bad_forward"] = counts.dlq_reasons.get("bad_forward", 0) + 1
                 out.records.append(dlq_record(rec, InvalidRecord("bad_forward")))
@@ -57,7 +67,7 @@ class UserTotalsPipeline:
             return out
         users = list(dict.fromkeys(p[0] for p in parsed))
         current = {
-            u: (json.loads(raw) if raw is not None else {})
+            u: (decode_parts(raw) if raw is not None else {})
             for u, raw in zip(users, state.get_values(TABLE, users))
         }
         changed: dict[str, None] = {}
@@ -67,11 +77,11 @@ class UserTotalsPipeline:
             if seen is not None and src_o <= seen[0]:
                 counts.skipped += 1
                 continue
-            parts[src_p] = [src_o, n, spend, ts]
+            parts[src_p] = (src_o, n, spend, ts)
             changed[user] = None
         for user in changed:
             parts = current[user]
-            state.put_value(TABLE, user, state_json(parts).encode())
+            state.put_value(TABLE, user, encode_parts(parts))
             orders, spend, ts = totals(parts)
             if math.isfinite(spend):  # formatted directly: what json.dumps gives
                 value = f'{{"user_id":{_json_str(user)},"orders":{orders},"spend":{spend!r}}}'
@@ -86,24 +96,25 @@ class UserTotalsPipeline:
         return BatchOutput()
 
 
-def state_json(parts: dict[str, list[float]]) -> str:
-    """A user's stored value, `json.dumps(parts, sort_keys=True)` to the byte, formatted
-    directly (a few times cheaper per user per batch)."""
-    items = []
-    for key in sorted(parts):
-        offset, n, spend, ts = parts[key]
-        if not (isinstance(spend, float) and math.isfinite(spend)):
-            return json.dumps(parts, sort_keys=True)  # `Infinity`, or a value of another type
-        items.append(f"{_json_str(key)}: [{offset!r}, {n!r}, {spend!r}, {ts!r}]")
-    return "{" + ", ".join(items) + "}"
-
-
-def totals(parts: dict[str, list[float]]) -> tuple[int, float, int]:
+def totals(parts: Parts) -> tuple[int, float, int]:
     """Sum over source partitions, in a fixed order so the float result is deterministic."""
     orders, spend, ts = 0, 0.0, 0
-    for key in sorted(parts, key=int):
+    for key in sorted(parts):
         _, n, s, t = parts[key]
-        orders += int(n)
+        orders += n
         spend += s
-        ts = max(ts, int(t))
+        ts = max(ts, t)
     return orders, spend, ts
+
+
+def _decode_forward(raw: bytes | None) -> dict[str, Any]:
+    """A forward's JSON object; the orders pipeline writes them compact, which one
+    `raw_decode` takes without `json.loads`' encoding detection and whitespace passes."""
+    text = (raw or b"").decode()
+    try:
+        obj, end = _raw_decode(text)
+        if end == len(text):
+            return obj  # type: ignore[no-any-return]
+    except ValueError:
+        pass
+    return json.loads(text)  # type: ignore[no-any-return]

@@ -10,7 +10,6 @@ and its Table are not used: windows close on stream time, never on the wall cloc
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -23,6 +22,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
+from agents.user_state import decode_parts
 from agents.user_totals import TABLE as USER_TOTALS_TABLE
 from agents.user_totals import totals as user_totals
 from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
@@ -155,7 +155,7 @@ def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings
             raw = state.get_values(USER_TOTALS_TABLE, [user_id])[0]
             if raw is None:
                 return self.json({"error": f"no orders for user {user_id}"}, status=404)
-            orders, spend, _ = user_totals(json.loads(raw))
+            orders, spend, _ = user_totals(decode_parts(raw))
             return self.json(
                 {"user_id": user_id, "orders": orders, "spend": spend, "partition": partition}
             )

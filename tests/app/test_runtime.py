@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agents.base import SourceRecord
+from agents.user_state import decode_partial
 from app import runtime
 from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.settings import load_settings
@@ -192,7 +193,7 @@ async def test_handle_many_retried_after_a_failure_mid_cycle_counts_each_record_
     await runner.handle_many(batches)  # the retry
     state = await runner.state(0)
     (raw,) = state.get_values("user-partials", ["u0"])
-    assert raw is not None and json.loads(raw)[0] == 1  # u0 ordered once (record 0), not twice
+    assert raw is not None and decode_partial(raw)[0] == 1  # u0 ordered once (record 0), not twice
     runner.close()
 
 
