@@ -59,7 +59,7 @@ class UserTotalsPipeline:
                 ):
                     raise ValueError("out of range")  # what the stored format holds
                 parsed.append(row)
-            except (ValueError, KeyError, TypeError, OverflowError, AttributeError):
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
                 counts.dlq += 1
                 counts.dlq_reasons["bad_forward"] = counts.dlq_reasons.get("bad_forward", 0) + 1
                 out.records.append(dlq_record(rec, InvalidRecord("bad_forward")))

@@ -274,6 +274,15 @@ def test_a_forward_outside_what_the_state_can_hold_goes_to_the_dlq(fields: dict)
     assert [dict(r.headers)["kappa.error"] for r in out.records] == [b"bad_forward"]
 
 
+def test_a_deeply_nested_forward_goes_to_the_dlq() -> None:
+    """The JSON decoder gives up on it with RecursionError, which once stopped the pipeline."""
+    bad = b"[" * 100_000 + b"]" * 100_000
+    out = UserTotalsPipeline().process(
+        PartitionState(MemoryStore(), 0), [SourceRecord(BY_USER, 0, 0, None, b"u", bad)]
+    )
+    assert [dict(r.headers)["kappa.error"] for r in out.records] == [b"bad_forward"]
+
+
 def test_a_forward_with_an_impossible_number_goes_to_the_dlq() -> None:
     bad = b'{"user_id":"u","src":[0,1],"orders":1,"spend":1' + b"0" * 400 + b',"ts":1}'
     out = UserTotalsPipeline().process(
