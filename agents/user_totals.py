@@ -52,6 +52,7 @@ class UserTotalsPipeline:
                 )
                 if not (
                     type(row[0]) is str
+                    and row[0].encode()  # UnicodeEncodeError: a lone surrogate is no key
                     and 0 <= row[1] < 1 << 31
                     and 0 <= row[2] < 1 << 63
                     and 0 <= row[3] < 1 << 63
