@@ -360,6 +360,7 @@ def test_user_totals_json_is_exactly_what_json_dumps_gives() -> None:
     assert total.value == json.dumps(want, separators=(",", ":")).encode()
 
 
+GOOD_FORWARD = {"user_id": "u1", "src": [0, 5], "orders": 2, "spend": 4.5, "ts": 1_700_000_000_000}
 _junk = st.one_of(
     st.none(),
     st.binary(max_size=60),
@@ -370,6 +371,11 @@ _junk = st.one_of(
         lambda f: json.dumps({**GOOD, **f}).encode(),
         st.dictionaries(st.sampled_from(sorted(GOOD)), _field_values),
     ),
+    st.builds(  # forward-shaped: what user-totals reads, with fields swapped for junk
+        lambda f: json.dumps({**GOOD_FORWARD, **f}).encode(),
+        st.dictionaries(st.sampled_from(sorted(GOOD_FORWARD)), _field_values),
+    ),
+    st.just(b"[" * 5000 + b"]" * 5000),  # nested past the JSON decoder's recursion limit
 )
 
 
