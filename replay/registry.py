@@ -71,16 +71,8 @@ class Registry:
             return view
         for recs in parts.values():
             for r in recs:
-                key = (r.key or b"").decode()
-                if r.value is None:
-                    continue
-                d = json.loads(r.value)
-                if key.startswith("version/"):
-                    v = int(key.split("/")[1])
-                    view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
-                elif key.startswith("progress/"):
-                    _, v, pipeline, p = key.split("/")
-                    view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
+                if r.value is not None:
+                    fold_record(view, r.key, r.value, f"{self.topic} offset {r.offset}")
         return view
 
     async def put(self, *records: tuple[str, dict[str, object]]) -> None:
@@ -103,6 +95,25 @@ class Registry:
 
     async def live_version(self) -> int:
         return (await self.load()).live
+
+
+def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str) -> None:
+    """Apply one registry record (oldest first). Only Kappa writes the registry: a record it
+    cannot read is reported in one line, naming where it is, instead of a traceback."""
+    try:
+        name = (key or b"").decode()
+        d = json.loads(value)
+        if name.startswith("version/"):
+            v = int(name.split("/")[1])
+            view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
+        elif name.startswith("progress/"):
+            _, v, pipeline, p = name.split("/")
+            view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
+        raise ConfigError(
+            f"the version registry holds a record Kappa cannot read ({where}, key {key!r}: "
+            f"{type(e).__name__}): only Kappa may write to that topic"
+        ) from None
 
 
 def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecord:
