@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 
+from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
@@ -107,14 +109,33 @@ async def read_latest(
     """Last value per key (upsert semantics) of a JSON output topic."""
     latest: dict[tuple, dict] = {}  # type: ignore[type-arg]
     for recs in (await read_to_end(settings.kafka, topic)).values():
-        for r in recs:
-            if r.value is None:
-                continue
-            d = json.loads(r.value)
-            if any(k == "kappa.provisional" for k, _ in r.headers or ()):
-                d[PROVISIONAL] = True
-            latest[tuple(d[f] for f in key_fields)] = d
+        upsert_latest(latest, recs, key_fields, topic)
     return latest
+
+
+def upsert_latest(
+    latest: dict[tuple, dict],  # type: ignore[type-arg]
+    records: Iterable[ConsumerRecord],
+    key_fields: tuple[str, ...],
+    topic: str,
+) -> None:
+    """Fold one partition's output records (offset order) into `latest`, by key. An output
+    record Kappa did not write is reported in one line naming where it is."""
+    for r in records:
+        if r.value is None:
+            continue
+        try:
+            d = json.loads(r.value)
+            key = tuple(d[f] for f in key_fields)
+            hash(key)
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            raise ConfigError(
+                f"{topic}[{r.partition}] offset {r.offset} is not a Kappa output record "
+                f"({type(e).__name__}): only Kappa may write to a version's output topics"
+            ) from None
+        if any(k == "kappa.provisional" for k, _ in r.headers or ()):
+            d[PROVISIONAL] = True
+        latest[key] = d
 
 
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
