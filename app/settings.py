@@ -39,6 +39,9 @@ class Settings:
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
     rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
+    # live: a worker told to stop (SIGTERM, Ctrl-C) exits after this long even if its orderly
+    # shutdown has not finished; nothing is lost (state commits batch by batch)
+    shutdown_timeout_ms: int = 20_000
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
     log_level: str = "info"
@@ -126,6 +129,7 @@ def _validate(s: Settings) -> None:
         "web_port",
         "session_timeout_ms",
         "rebalance_timeout_ms",
+        "shutdown_timeout_ms",
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")

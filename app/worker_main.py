@@ -37,12 +37,15 @@ def run_worker(
     applied = check_partition_dirs(topology)
     asyncio.run(prepare_topics(settings, topology, applied))
 
-    import faust
-
-    from app.worker import create_app
+    from app.worker import BoundedStopWorker, create_app
 
     app = create_app(settings, version, pipelines)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = BoundedStopWorker(
+        app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        stop_timeout_s=settings.shutdown_timeout_ms / 1000,
+    )
     names = ", ".join(p.name for p in topology.pipelines)
     print(
         f"kappa worker: version {version}, pipelines {names}, "

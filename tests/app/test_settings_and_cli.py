@@ -69,6 +69,11 @@ def _usage_error(r: subprocess.CompletedProcess[str]) -> str:
         ({"KAPPA_BROKER": "nohostport"}, ["topics"], "KAPPA_BROKER='nohostport'"),
         ({"KAPPA_GRACE_MS": "-1"}, ["worker"], "KAPPA_GRACE_MS"),
         ({"KAPPA_WINDOW_MS": "0"}, ["topics"], "KAPPA_WINDOW_MS must be > 0"),
+        (
+            {"KAPPA_SHUTDOWN_TIMEOUT_MS": "0"},
+            ["topics"],
+            "KAPPA_SHUTDOWN_TIMEOUT_MS must be > 0",
+        ),
         ({"KAPPA_EMIT_UPDATES": "maybe"}, ["worker"], "KAPPA_EMIT_UPDATES='maybe'"),
         ({"KAPPA_LOG_LEVEL": "loud"}, ["worker"], "KAPPA_LOG_LEVEL='loud'"),
         ({"KAPPA_APP_ID": "a/b"}, ["topics"], "KAPPA_APP_ID='a/b'"),

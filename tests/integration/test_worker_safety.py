@@ -11,6 +11,7 @@ The state checks without a broker (`app.state_guard`) are unit-tested here too.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -76,6 +77,32 @@ def own_broker() -> Iterator[DevBroker]:
         yield dev
     finally:
         dev.stop()
+
+
+# -- a bounded shutdown --------------------------------------------------------------------------
+
+
+@integration
+def test_a_worker_whose_shutdown_hangs_exits_at_its_deadline_saying_so(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_SHUTDOWN_TIMEOUT_MS="1500",
+        KAPPA_CHAOS_HANG_ON_STOP="1",  # an orderly shutdown that never finishes
+    )
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda m: bool(m))  # up: metrics respond
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(20) == 0
+        log = worker.log_path.read_text(errors="replace")
+        assert "shutdown did not finish within KAPPA_SHUTDOWN_TIMEOUT_MS" in log, log
+    finally:
+        worker.stop()
 
 
 # -- one worker per state directory -----------------------------------------------------------
