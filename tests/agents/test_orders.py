@@ -13,16 +13,7 @@ from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_ord
 from agents.user_totals import UserTotalsPipeline
 from tables.cleaning import InvalidRecord
 from tables.partition_state import MemoryStore, PartitionState
-
-GOOD = {
-    "order_id": "o1",
-    "user_id": "u1",
-    "product_id": "p1",
-    "category": "books",
-    "amount": 2.5,
-    "quantity": 2,
-    "ts": 1_700_000_000_000,
-}
+from tests.support.datasets import GOOD_ORDER as GOOD
 
 
 def rec(

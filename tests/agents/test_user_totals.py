@@ -11,16 +11,7 @@ from agents.base import SourceRecord
 from agents.orders import BY_USER, OrdersPipeline
 from agents.user_totals import USER_TOTALS, UserTotalsPipeline
 from tables.partition_state import MemoryStore, PartitionState
-
-ORDER = {
-    "order_id": "o1",
-    "user_id": "u1",
-    "product_id": "p1",
-    "category": "books",
-    "amount": 2.5,
-    "quantity": 2,
-    "ts": 1_700_000_000_000,
-}
+from tests.support.datasets import GOOD_ORDER
 
 
 def rec(value: dict[str, object], offset: int = 0) -> SourceRecord:
@@ -29,7 +20,7 @@ def rec(value: dict[str, object], offset: int = 0) -> SourceRecord:
 
 
 def order() -> dict[str, object]:
-    return dict(ORDER)
+    return dict(GOOD_ORDER)
 
 
 def test_user_totals_count_a_forwarded_order_once() -> None:

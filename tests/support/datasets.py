@@ -30,3 +30,15 @@ def orders_spec(
         late_fraction=0.01,
         bad_fraction=0.02,
     )
+
+
+# One well-formed order, as the orders pipeline accepts it (unit tests of both pipelines).
+GOOD_ORDER = {
+    "order_id": "o1",
+    "user_id": "u1",
+    "product_id": "p1",
+    "category": "books",
+    "amount": 2.5,
+    "quantity": 2,
+    "ts": 1_700_000_000_000,
+}
