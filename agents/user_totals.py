@@ -52,7 +52,10 @@ class UserTotalsPipeline:
                 )
                 if not (
                     type(row[0]) is str
-                    and row[0].encode()  # UnicodeEncodeError: a lone surrogate is no key
+                    and row[0] != ""
+                    # ASCII is O(1) to check; otherwise UnicodeEncodeError for a lone
+                    # surrogate, which can be no state key
+                    and (row[0].isascii() or row[0].encode())
                     and 0 <= row[1] < 1 << 31
                     and 0 <= row[2] < 1 << 63
                     and 0 <= row[3] < 1 << 63
