@@ -109,3 +109,45 @@ def source_headers(topic: str, partition: int, offset: int) -> Headers:
         ("kappa.source.partition", str(partition).encode()),
         ("kappa.source.offset", str(offset).encode()),
     ]
+
+
+# Kafka's record format v2: a record batch's header, and a bound on one record's own framing
+# (length, attributes, timestamp and offset deltas, key and value lengths, header count).
+_BATCH_OVERHEAD = 61
+_RECORD_OVERHEAD = 40
+_HEADER_OVERHEAD = 10  # a header's key and value lengths
+MIN_COPY_BYTES = 4096  # always room for the reason and source headers
+TRUNCATED_VALUE = "kappa.truncated.value"
+TRUNCATED_KEY = "kappa.truncated.key"
+
+
+def record_bytes_bound(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """An upper bound on the size of a record batch holding just this record (bytes), which
+    is what a broker's `max.message.bytes` limits."""
+    framing = sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+    return _BATCH_OVERHEAD + _RECORD_OVERHEAD + len(key or b"") + len(value or b"") + framing
+
+
+def fit_copy(
+    key: bytes | None, value: bytes | None, headers: Headers, max_bytes: int
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """A DLQ or late copy of a source record that a broker limiting records to `max_bytes`
+    accepts: a copy it refused would be retried forever and stall the partition.
+
+    What does not fit is cut: the value first (its first bytes kept), then the key, each noted
+    in a header with its original length. The source headers still point at the whole record,
+    which stays in the source topic for as long as it is retained.
+    """
+    if record_bytes_bound(key, value, headers) <= max_bytes:
+        return key, value, headers
+    if value:
+        cut = [*headers, (TRUNCATED_VALUE, str(len(value)).encode())]
+        room = max_bytes - record_bytes_bound(key, b"", cut)
+        if room >= 0:
+            return key, value[:room], cut
+    headers = [*headers, (TRUNCATED_KEY, str(len(key or b"")).encode())]
+    if record_bytes_bound(None, value, headers) <= max_bytes:
+        return None, value, headers
+    headers.append((TRUNCATED_VALUE, str(len(value or b"")).encode()))
+    room = max(0, max_bytes - record_bytes_bound(None, b"", headers))
+    return None, (value or b"")[:room], headers

@@ -22,7 +22,15 @@ from typing import Protocol
 
 from aiokafka.errors import ProducerFenced
 
-from agents.base import BatchOutput, Pipeline, Record, SourceRecord, source_headers
+from agents.base import (
+    BatchOutput,
+    OutRecord,
+    Pipeline,
+    Record,
+    SourceRecord,
+    fit_copy,
+    source_headers,
+)
 from app import metrics
 from app.state_guard import state_identity
 from app.topology import Topology
@@ -327,18 +335,10 @@ class PipelineRunner:
         """A batch's outputs (to the version's physical topics, with source headers where a
         record passes a source record on) and its changelog entries (one atomic batch)."""
         physical = self.topology.physical
-        source = self._source
         produce = [
-            Produce(
-                physical(r.topic),
-                None,
-                r.key,
-                r.value,
-                r.timestamp,
-                r.headers
-                if r.source_offset is None
-                else [*r.headers, *source_headers(source, state.partition, r.source_offset)],
-            )
+            Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
+            if r.source_offset is None
+            else self._copy_of_source(r, state.partition, r.source_offset)
             for r in out.records
         ]
         produce.extend(
@@ -346,6 +346,15 @@ class PipelineRunner:
             for k, v in state.prepare(applied)
         )
         return produce
+
+    def _copy_of_source(self, r: OutRecord, partition: int, offset: int) -> Produce:
+        """A record that passes a source record on (DLQ, late): with the source position in
+        its headers, and cut to what the broker accepts (`KAPPA_COPY_MAX_BYTES`)."""
+        headers = [*r.headers, *source_headers(self._source, partition, offset)]
+        key, value, headers = fit_copy(
+            r.key, r.value, headers, self.topology.settings.copy_max_bytes
+        )
+        return Produce(self.topology.physical(r.topic), None, key, value, r.timestamp, headers)
 
     def close_partition(self, partition: int) -> None:
         self._states.pop(partition, None)

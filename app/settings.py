@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from agents.base import MIN_COPY_BYTES
 from app.kafka_clients import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaConnection
 
 
@@ -35,6 +36,9 @@ class Settings:
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
     replay_batch_max: int = 50_000  # max records fetched per batch in a replay
+    # largest DLQ or late copy written (bytes, a one-record batch): a bigger source record's
+    # value is cut to fit. Under the broker's max.message.bytes (Kafka's default: 1,048,588)
+    copy_max_bytes: int = 1_000_000
     session_timeout_ms: int = (
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
@@ -133,6 +137,10 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
+    if s.copy_max_bytes < MIN_COPY_BYTES:
+        raise ConfigError(
+            f"KAPPA_COPY_MAX_BYTES must be >= {MIN_COPY_BYTES}, got {s.copy_max_bytes}"
+        )
     if s.grace_ms < 0 or s.batch_linger_ms < 0 or s.fetch_max_wait_ms < 0:
         raise ConfigError(
             "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS and KAPPA_FETCH_MAX_WAIT_MS must be >= 0"

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from agents.base import SourceRecord
+from agents.base import SourceRecord, record_bytes_bound
 from agents.user_state import decode_partial
 from app import runtime
 from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.settings import load_settings
 from app.topology import Topology
+from tests.support.datasets import GOOD_ORDER
 
 
 def _records(n: int) -> list[SourceRecord]:
@@ -101,6 +102,40 @@ async def test_dlq_records_get_the_physical_source_position_in_headers(tmp_path:
         "kappa.source.partition": b"3",
         "kappa.source.offset": b"41",
     }
+
+
+@pytest.mark.parametrize("copy", ["orders.dlq", "orders.late"])
+async def test_a_copy_too_big_for_the_broker_is_cut_and_the_batch_commits(
+    tmp_path: Path, copy: str
+) -> None:
+    """A copy the broker refused would be retried forever: the partition would stall."""
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path / "state"), "KAPPA_COPY_MAX_BYTES": "4096"}
+    )
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[Produce] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.extend(records)
+
+    pad = "x" * 20_000
+    ahead = json.dumps({**GOOD_ORDER, "ts": GOOD_ORDER["ts"] + 3_600_000}).encode()
+    big = (
+        b'{"broken' + pad.encode()
+        if copy == "orders.dlq"
+        else json.dumps({**GOOD_ORDER, "pad": pad}).encode()  # valid, an hour behind: late
+    )
+    runner = PipelineRunner(topology.pipelines[0], topology, send)
+    await runner.handle(0, [SourceRecord("orders", 0, 7, None, b"p1", ahead)])
+    await runner.handle(0, [SourceRecord("orders", 0, 8, None, b"p1", big)])
+    assert await runner.applied_offset(0) == 8
+    runner.close()
+    (out,) = [r for r in sent if r.topic == copy]
+    headers = dict(out.headers)
+    assert headers["kappa.truncated.value"] == str(len(big)).encode()
+    assert headers["kappa.source.offset"] == b"8"
+    assert big.startswith(out.value or b"") and len(out.value or b"") > 3_000
+    assert record_bytes_bound(out.key, out.value, out.headers) <= 4096
 
 
 def _orders(partition: int, n: int) -> list[SourceRecord]:

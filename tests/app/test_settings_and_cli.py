@@ -146,7 +146,13 @@ def test_bad_arguments_get_argparse_usage_and_one_error(
 def test_settings_from_a_mapping() -> None:
     s = load_settings({"KAPPA_PARTITIONS": "8", "KAPPA_EMIT_UPDATES": "yes", "KAPPA_BROKER": "a:1"})
     assert (s.partitions, s.emit_updates, s.bootstrap) == (8, True, ["a:1"])
-    for env in ({"KAPPA_PARTITIONS": "abc"}, {"KAPPA_BROKER": "a:1,b"}, {"KAPPA_GRACE_MS": "-1"}):
+    bad = (
+        {"KAPPA_PARTITIONS": "abc"},
+        {"KAPPA_BROKER": "a:1,b"},
+        {"KAPPA_GRACE_MS": "-1"},
+        {"KAPPA_COPY_MAX_BYTES": "100"},  # no room left for the reason and source headers
+    )
+    for env in bad:
         with pytest.raises(ConfigError):
             load_settings(env)
 
