@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ from agents.base import (
     record_bytes_bound,
     source_headers,
 )
+from tests.support.record_batches import batch_builder
 
 SOURCE = source_headers("orders", 3, 41)
 REASON: Headers = [("kappa.error", b"not_json")]
@@ -22,15 +22,7 @@ REASON: Headers = [("kappa.error", b"not_json")]
 
 def batch_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
     """What a Kafka producer really writes for this record alone (record format v2)."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=2**31 - 1,
-    )
+    builder = batch_builder(2**31 - 1)
     builder.append(0, timestamp=1_700_000_000_000, key=key, value=value, headers=headers)
     return len(builder.build())
 

@@ -6,21 +6,14 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
-from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from app.raw_records import consumer_record
+from tests.support.record_batches import batch_builder
 
 
 def test_consumer_record_is_what_aiokafka_builds() -> None:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
+    builder = batch_builder()
     builder.append(0, timestamp=1234, key=b"k", value=b"value", headers=[("h", b"1")])
     builder.append(1, timestamp=1235, key=None, value=None, headers=[])
     tp = TopicPartition("orders", 3)
