@@ -8,9 +8,12 @@ import logging
 from collections.abc import Callable, Iterator
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from app.kafka_clients import Conn, new_admin
+
+log = logging.getLogger(__name__)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -116,3 +119,45 @@ async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]
         for d in described
         if d.get("error_code", 0) == 0 and d["partitions"]
     }
+
+
+async def max_message_bytes(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
+    """Each topic's `max.message.bytes`, where the broker reports one (Apache Kafka reports
+    every topic's, its default included; the dev broker only those set explicitly)."""
+    admin = new_admin(bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        )
+    finally:
+        await admin.close()
+    found: dict[str, int] = {}
+    for response in responses:
+        for error_code, _, _, name, entries, *_ in response.resources:
+            for entry in entries if not error_code else ():
+                if entry[0] == "max.message.bytes" and entry[1] is not None:
+                    with contextlib.suppress(ValueError):
+                        found[name] = int(entry[1])
+    return found
+
+
+async def copy_max_bytes(bootstrap: Conn, limit: int, topics: list[str]) -> int:
+    """`limit` (KAPPA_COPY_MAX_BYTES), lowered to the smallest `max.message.bytes` of the
+    output `topics`: a DLQ or late copy the broker refused would stall its partition. If the
+    broker will not say (e.g. no DescribeConfigs permission), `limit` stands."""
+    try:
+        reported = await max_message_bytes(bootstrap, topics)
+    except KafkaError as e:
+        log.warning("cannot read the output topics' max.message.bytes (%s)", type(e).__name__)
+        return limit
+    smallest = min(reported.items(), key=lambda item: item[1], default=None)
+    if smallest is None or smallest[1] >= limit:
+        return limit
+    log.warning(
+        "DLQ and late copies are cut to %d bytes, %s's max.message.bytes (KAPPA_COPY_MAX_BYTES=%d)",
+        smallest[1],
+        smallest[0],
+        limit,
+    )
+    return smallest[1]

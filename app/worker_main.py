@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import sys
 
-from app.admin import ensure_topics, partition_counts, wait_for_broker
+from app.admin import copy_max_bytes, ensure_topics, partition_counts, wait_for_broker
 from app.settings import ConfigError, Settings
 from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
 from app.topology import Topology
@@ -35,7 +35,7 @@ def run_worker(
     topology = Topology(settings, version).select(pipelines)
     lock = lock_state_dir(topology.state_root())  # held until the process exits
     applied = check_partition_dirs(topology)
-    asyncio.run(prepare_topics(settings, topology, applied))
+    settings = asyncio.run(prepare_topics(settings, topology, applied))
 
     from app.worker import BoundedStopWorker, create_app
 
@@ -81,10 +81,10 @@ async def wait_for_broker_forever(bootstrap: str) -> None:
 
 async def prepare_topics(
     settings: Settings, topology: Topology, applied: dict[tuple[str, int], int] | None = None
-) -> None:
+) -> Settings:
     """Create what is missing; refuse sources whose partitioning the state cannot follow, and
     state that has applied records the broker no longer has (`applied`: from
-    `check_partition_dirs`)."""
+    `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
@@ -97,6 +97,8 @@ async def prepare_topics(
         )
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
+    limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
+    return dataclasses.replace(settings, copy_max_bytes=limit)
 
 
 async def live_version(settings: Settings) -> int:

@@ -11,13 +11,14 @@ ends with identical results; several processes can split a version's partitions.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import Pipeline
-from app.admin import ensure_topics
+from app.admin import copy_max_bytes, ensure_topics
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer
@@ -69,6 +70,10 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         rec = await _create_version(registry, rec)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
+    limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
+    topology = dataclasses.replace(
+        topology, settings=dataclasses.replace(settings, copy_max_bytes=limit)
+    )
 
     summary = ReplaySummary(opts.version)
     producer = new_batch_producer(settings.kafka, linger_ms=20)
