@@ -158,7 +158,17 @@ def test_settings_from_a_mapping() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["versions"], ["status"], ["diff", "1", "2"], ["replay", "--version", "2"]]
+    "command",
+    [
+        ["versions"],
+        ["status"],
+        ["diff", "1", "2"],
+        ["replay", "--version", "2"],
+        ["promote", "2"],
+        ["drop", "2"],
+        ["tail", "orders"],
+        ["produce", "orders", "--generate", "1"],
+    ],
 )
 def test_version_commands_without_a_broker_are_one_line(command: list[str], tmp_path: Path) -> None:
     line = _error_line(_kappa(command, tmp_path))
