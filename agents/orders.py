@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import NamedTuple
 
 from agents.base import BatchOutput, OutRecord, Record
@@ -39,6 +40,11 @@ DLQ = "orders.dlq"
 LATE = "orders.late"
 BY_USER = "orders.by-user"
 USER_PARTIALS = "user-partials"
+# Upper bounds of a plausible order. Beyond them a value is almost surely a unit or parsing
+# error (DLQ `out_of_range`), and with them no sum, mean or std of totals can leave the float
+# range: totals are at most 1e24, so even 2**63 of them sum to about 1e43 and their M2 to 1e67.
+MAX_AMOUNT = 1e15
+MAX_QUANTITY = 1_000_000_000
 
 
 class Order(NamedTuple):  # a tuple: constructed once per event on the hot path
@@ -87,20 +93,15 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
         and 0 < len(uid) <= MAX_TEXT_CHARS
         and 0 < len(pid) <= MAX_TEXT_CHARS
         and 0 < len(cat) <= MAX_TEXT_CHARS
-        and 0.0 <= amount < _INF
-        and 1 <= qty <= _QUICK_MAX_QUANTITY
+        and 0.0 <= amount <= MAX_AMOUNT
+        and 1 <= qty <= MAX_QUANTITY
         and MIN_EVENT_MS <= ts < MAX_EVENT_MS
         and pid.isascii()  # ASCII: encodable (no lone surrogates), and O(1) to check
         and uid.isascii()
         and key == pid.encode()
     ):
-        total = amount * qty
-        if total < _INF:
-            return pid, uid, total, ts
+        return pid, uid, amount * qty + 0.0, ts  # + 0.0: an amount of -0.0 counts as 0.0
     return None
-
-
-_QUICK_MAX_QUANTITY = 1 << 53  # exactly representable as a float: no OverflowError in amount × qty
 
 
 def parse_order(rec: Record) -> Order:
@@ -112,19 +113,13 @@ def parse_order(rec: Record) -> Order:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRecord("not_utf8") from None
-    try:
-        obj = json.loads(text)
+    try:  # Decimal: `ts` fractions are floored exactly; amounts become the same floats
+        obj = json.loads(text, parse_float=Decimal)
     except (ValueError, RecursionError):
         raise InvalidRecord("not_json") from None
     if type(obj) is not dict:
         raise InvalidRecord("not_an_object", type(obj).__name__)
     order = _parse_fields(obj)
-    try:
-        total = order.amount * order.quantity
-    except OverflowError:  # a quantity too large for a float
-        raise InvalidRecord("not_finite", "quantity") from None
-    if total == _INF:
-        raise InvalidRecord("not_finite", "amount × quantity")
     try:  # JSON can carry lone surrogates ("\ud800"): ids become keys, so must be UTF-8
         product_key = order.product_id.encode()
         order.user_id.encode()
@@ -140,18 +135,20 @@ def parse_order(rec: Record) -> Order:
 
 def _parse_fields(obj: dict[str, object]) -> Order:
     """Field by field, converting what can be converted and naming what cannot."""
-    amount = require_number(obj, "amount")
+    amount = require_number(obj, "amount") + 0.0  # -0.0 counts as 0.0
     if amount < 0:
         raise InvalidRecord("out_of_range", "amount must be >= 0")
-    return Order(
-        order_id=require_text(obj, "order_id"),
-        user_id=require_text(obj, "user_id"),
-        product_id=require_text(obj, "product_id"),
-        category=require_text(obj, "category"),
-        amount=amount,
-        quantity=require_positive_int(obj, "quantity"),
-        ts=require_event_time_ms(obj, "ts"),
-    )
+    if amount > MAX_AMOUNT:
+        raise InvalidRecord("out_of_range", "amount must be <= 1e15")
+    order_id = require_text(obj, "order_id")
+    user_id = require_text(obj, "user_id")
+    product_id = require_text(obj, "product_id")
+    category = require_text(obj, "category")
+    quantity = require_positive_int(obj, "quantity")
+    if quantity > MAX_QUANTITY:
+        raise InvalidRecord("out_of_range", "quantity must be <= 1e9")
+    ts = require_event_time_ms(obj, "ts")
+    return Order(order_id, user_id, product_id, category, amount, quantity, ts)
 
 
 def dlq_record(rec: Record, err: InvalidRecord) -> OutRecord:

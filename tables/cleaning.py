@@ -7,12 +7,15 @@ they must not contain the offending value (unbounded cardinality, possibly a sec
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 MIN_EVENT_MS = 0  # 1970-01-01T00:00:00Z; earlier timestamps are rejected as implausible
 MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 MAX_TEXT_CHARS = 1024
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 class InvalidRecord(ValueError):
@@ -29,25 +32,26 @@ def require_text(obj: dict[str, Any], field: str) -> str:
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
-    if isinstance(v, str):
-        if not v:
-            raise InvalidRecord("empty_field", field)
-        if len(v) > MAX_TEXT_CHARS:
-            raise InvalidRecord("field_too_long", f"{field} > {MAX_TEXT_CHARS} chars")
-        return v
     if isinstance(v, int) and not isinstance(v, bool):
-        return str(v)
-    raise InvalidRecord("wrong_type", f"{field} must be a string")
+        v = str(v)
+    if not isinstance(v, str):
+        raise InvalidRecord("wrong_type", f"{field} must be a string")
+    if not v:
+        raise InvalidRecord("empty_field", field)
+    if len(v) > MAX_TEXT_CHARS:
+        raise InvalidRecord("field_too_long", f"{field} > {MAX_TEXT_CHARS} chars")
+    return v
 
 
 def require_number(obj: dict[str, Any], field: str) -> float:
-    """A finite number; numeric strings ("12.50") are coerced."""
+    """A finite number; numeric strings ("12.50") are coerced. JSON decoded with
+    `parse_float=Decimal` gives the same float as plain decoding (both round correctly)."""
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
     if isinstance(v, bool):
         raise InvalidRecord("wrong_type", f"{field} must be a number")
-    if isinstance(v, int | float):
+    if isinstance(v, int | float | Decimal):
         try:
             x = float(v)
         except OverflowError:  # an integer literal too large for a float
@@ -77,7 +81,12 @@ def require_positive_int(obj: dict[str, Any], field: str) -> int:
 
 
 def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
-    """Event time as epoch ms: a number (or numeric string) of ms, or ISO-8601 with a zone."""
+    """Event time as epoch ms: a number (or numeric string) of ms, or ISO-8601 with a zone.
+
+    Fractions of a millisecond are floored, exactly: numeric strings and `Decimal`s (JSON
+    decoded with `parse_float=Decimal`) are floored in decimal, ISO times in integer time, so
+    `59.9999` never lands in the next millisecond, and so never in the next window.
+    """
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
@@ -90,18 +99,33 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
             raise InvalidRecord("bad_timestamp", f"{field} unparseable") from None
         if dt.tzinfo is None:
             raise InvalidRecord("bad_timestamp", f"{field} has no time zone")
-        ms = round(dt.timestamp() * 1000)
+        ms = (dt - _EPOCH) // _MS
+    elif isinstance(v, str | Decimal) and not isinstance(v, bool):
+        ms = _floor_decimal(v, field)
     else:
         try:
             x = require_number(obj, field)
         except InvalidRecord as e:
             raise InvalidRecord("bad_timestamp", e.detail or field) from None
-        if not x.is_integer():
-            x = math.floor(x)
-        ms = int(x)
+        ms = math.floor(x)
     if ms < MIN_EVENT_MS or ms >= MAX_EVENT_MS:
         raise InvalidRecord("timestamp_out_of_range", f"{field} outside 1970..2100")
     return ms
+
+
+def _floor_decimal(v: str | Decimal, field: str) -> int:
+    """floor(v) of a numeric string or Decimal, without going through a float."""
+    if isinstance(v, str) and len(v) > 64:
+        raise InvalidRecord("bad_timestamp", field)
+    try:
+        d = Decimal(v)
+    except (InvalidOperation, ValueError):
+        raise InvalidRecord("bad_timestamp", field) from None
+    if not d.is_finite():
+        raise InvalidRecord("bad_timestamp", field)
+    if abs(d) >= MAX_EVENT_MS * 10:  # out of range either way; spares flooring a huge exponent
+        raise InvalidRecord("timestamp_out_of_range", f"{field} outside 1970..2100")
+    return math.floor(d)
 
 
 def _is_float(s: str) -> bool:

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.base import SourceRecord
-from agents.orders import BY_USER, DLQ, LATE, REVENUE, OrdersPipeline, parse_order, quick_order
+from agents.orders import (
+    BY_USER,
+    DLQ,
+    LATE,
+    REVENUE,
+    USER_PARTIALS,
+    OrdersPipeline,
+    parse_order,
+    quick_order,
+)
+from agents.user_state import encode_partial
 from agents.user_totals import UserTotalsPipeline
 from tables.cleaning import InvalidRecord
 from tables.partition_state import MemoryStore, PartitionState
@@ -33,9 +44,19 @@ def order(**changes: object) -> dict[str, object]:
     return d
 
 
+class Literal(str):
+    """A number written into the JSON text as is."""
+
+
 def test_valid_order_is_converted() -> None:
     o = parse_order(rec(order(amount="12.50", quantity="3")))
     assert (o.amount, o.quantity, o.total, o.ts) == (12.5, 3, 37.5, GOOD["ts"])
+
+
+def test_a_negative_zero_amount_counts_as_zero() -> None:
+    raw = json.dumps(order(amount=-0.0)).encode()
+    assert str(parse_order(rec(raw)).total) == "0.0"
+    assert str(quick_order(raw, b"p1")[2]) == "0.0"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -45,10 +66,19 @@ def test_valid_order_is_converted() -> None:
         ("2023-11-14T23:13:20.250+01:00", 1_700_000_000_250),
         ("1700000000000", 1_700_000_000_000),
         (1_700_000_000_000.7, 1_700_000_000_000),
+        # fractions are floored exactly, never rounded up into the next millisecond (or window)
+        ("2023-11-14T22:13:59.9999Z", 1_700_000_039_999),
+        ("2099-12-31T23:59:59.9999Z", 4_102_444_799_999),
+        ("1699999979999.9999", 1_699_999_979_999),
+        (Literal("1699999979999.9999"), 1_699_999_979_999),
     ],
 )
 def test_timestamps_in_every_accepted_form(ts: object, ms: int) -> None:
-    assert parse_order(rec(order(ts=ts))).ts == ms
+    if isinstance(ts, Literal):  # a JSON number with more digits than a float holds
+        raw = json.dumps(order(ts=0)).replace('"ts": 0', f'"ts": {ts}').encode()
+        assert parse_order(rec(raw)).ts == ms
+    else:
+        assert parse_order(rec(order(ts=ts))).ts == ms
 
 
 BAD_INPUTS = [
@@ -72,9 +102,12 @@ BAD_INPUTS = [
     (json.dumps(order(user_id="u\ud800")).encode(), b"p1", "not_utf8"),
     (json.dumps(order(product_id="p\ud800")).encode(), b"p1", "not_utf8"),
     (order(amount=10**400), b"p1", "not_finite"),
-    (order(amount="1" + "0" * 30, quantity=10**400), b"p1", "not_finite"),
+    (order(amount="1" + "0" * 30, quantity=10**400), b"p1", "out_of_range"),
     (order(quantity=10**400), b"p1", "not_finite"),
-    (order(amount=1e308, quantity=10), b"p1", "not_finite"),
+    (order(amount=1e308, quantity=10), b"p1", "out_of_range"),
+    (order(amount=1.000001e15), b"p1", "out_of_range"),
+    (order(quantity=10**9 + 1), b"p1", "out_of_range"),
+    (order(order_id=10**1025), b"p1", "field_too_long"),
     (order(quantity=0), b"p1", "out_of_range"),
     (order(quantity=1.5), b"p1", "not_an_integer"),
     (order(ts="yesterday"), b"p1", "bad_timestamp"),
@@ -244,12 +277,17 @@ def test_quick_path_takes_well_typed_orders() -> None:
     )  # key mismatch: parse_order names it
 
 
-@pytest.mark.parametrize("amount", [2.5, 1e308])  # two of 1e308 add up past the float range
-def test_forward_json_is_exactly_what_json_dumps_gives(amount: float) -> None:
+# inf: a spend past the float range, which only state kept from before MAX_AMOUNT can hold
+@pytest.mark.parametrize("stored_spend", [0.0, math.inf])
+def test_forward_json_is_exactly_what_json_dumps_gives(stored_spend: float) -> None:
     state = PartitionState(MemoryStore(), 2)
-    records = [rec(order(amount=amount, user_id='u"\u00e9', quantity=1), offset=i) for i in (4, 5)]
+    user = 'u"\u00e9'
+    state.put_value(USER_PARTIALS, user, encode_partial(0, stored_spend, 0))
+    state.prepare(3)
+    state.commit()
+    records = [rec(order(amount=2.5, user_id=user, quantity=1), offset=i) for i in (4, 5)]
     (fwd,) = [r for r in OrdersPipeline().process(state, records).records if r.topic == BY_USER]
-    want = {"user_id": 'u"\u00e9', "src": [2, 5], "orders": 2, "spend": amount + amount}
+    want = {"user_id": user, "src": [2, 5], "orders": 2, "spend": stored_spend + 5.0}
     assert fwd.value == json.dumps({**want, "ts": GOOD["ts"]}, separators=(",", ":")).encode()
 
 
