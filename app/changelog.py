@@ -27,17 +27,17 @@ class KafkaChangelog:
         self._ends: dict[int, int] = {}
         self._ends_at = -1e9
 
-    async def _end(self, partition: int) -> int:
+    async def _end(self, partition: int, fresh: bool = False) -> int:
         """The partition's high watermark; one fetch serves the partitions opened together
         (after an assignment), a later open fetches again."""
         now = time.monotonic()
-        if now - self._ends_at > ENDS_TTL_S or partition not in self._ends:
+        if fresh or now - self._ends_at > ENDS_TTL_S or partition not in self._ends:
             self._ends = await high_watermarks(self.bootstrap, self.topic)
             self._ends_at = now
         return self._ends.get(partition, 0)
 
-    async def last_applied(self, partition: int) -> int:
-        end = await self._end(partition)
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        end = await self._end(partition, fresh)
         if end == 0:
             return -1
         applied = -1

@@ -379,6 +379,7 @@ def _process_slot(s: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     from app.admin import BrokerUnreachable
     from app.broker import BrokerError
+    from app.runtime import BrokerDataLost
     from tables.rocks import StateError
 
     args = build_parser().parse_args(argv)
@@ -395,7 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    except (ConfigError, UserError, BrokerUnreachable, BrokerError, StateError) as e:
+    except (
+        ConfigError,
+        UserError,
+        BrokerUnreachable,
+        BrokerError,
+        StateError,
+        BrokerDataLost,
+    ) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -77,8 +77,9 @@ class BrokerDataLost(RuntimeError):
 class ChangelogSource(Protocol):
     """Where a partition's state can be restored from (the changelog topic)."""
 
-    async def last_applied(self, partition: int) -> int:
-        """The source offset the changelog's newest complete batch reflects (-1: empty)."""
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        """The source offset the changelog's newest complete batch reflects (-1: empty).
+        `fresh`: ask the broker now, not a cached end of the log."""
         ...
 
     def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
@@ -131,7 +132,21 @@ class PipelineRunner:
         store = RocksStore(path, self._identity(partition))
         st = PartitionState(store, partition)
         if self.changelog_source is not None:
-            remote = await self.changelog_source.last_applied(partition)
+            try:  # closed on any failure: a retry must find the directory unlocked
+                remote = await self.changelog_source.last_applied(partition)
+                if remote < st.applied_offset:  # impossible unless the log was lost: look again
+                    remote = await self.changelog_source.last_applied(partition, fresh=True)
+            except BaseException:
+                store.close()
+                raise
+            if remote < st.applied_offset:
+                store.close()
+                raise BrokerDataLost(
+                    f"{self.changelog}[{partition}]: the changelog reflects source offset "
+                    f"{remote} but the local state has applied up to {st.applied_offset}: the "
+                    "broker lost its data (the embedded broker keeps nothing across restarts) "
+                    f"— stop the workers and remove {self.topology.state_root()} to start over"
+                )
             if remote > st.applied_offset:
                 store.close()
                 store, st = await self._restore(partition, path, st.applied_offset, remote)
@@ -155,9 +170,13 @@ class PipelineRunner:
         shutil.rmtree(path, ignore_errors=True)
         store = RocksStore(path, self._identity(partition))
         n = 0
-        async for chunk in self.changelog_source.entries(partition):
-            store.write(dict(chunk))
-            n += len(chunk)
+        try:  # a retry after a failure starts over, so the directory must be unlocked
+            async for chunk in self.changelog_source.entries(partition):
+                store.write(dict(chunk))
+                n += len(chunk)
+        except BaseException:
+            store.close()
+            raise
         st = PartitionState(store, partition)
         metrics.RESTORED.labels(*self._label).inc(n)
         log.warning(

@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from faust.web import Request, Response, View
@@ -253,6 +253,8 @@ def _register_batch_pipeline(
             try:
                 await process(taken)
                 return
+            except ProducerFenced:  # another worker owns these partitions now: a zombie stops
+                raise
             except (TimeoutError, KafkaError, OSError) as e:
                 log.warning(
                     "%s: broker trouble (%s); retrying in %.1fs",
@@ -288,6 +290,11 @@ def _register_batch_pipeline(
         if not parts:
             return
         async with lock:
-            await process_with_retry(buffer.take(parts))
+            try:
+                await process_with_retry(buffer.take(parts))
+            except ProducerFenced as exc:
+                log.error("kappa worker: %s: fenced by a newer producer; stopping", pipeline.name)
+                await app.crash(exc)
+                return
             for p in parts:
                 runner.close_partition(p)

@@ -187,3 +187,50 @@ async def test_the_worker_freezes_its_start_up_heap(tmp_path: Any) -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_a_fenced_worker_stops_instead_of_retrying(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer producer with the same transactional id fenced this one: the worker is a zombie
+    and must stop, not retry the batch as if the broker were briefly away."""
+    import asyncio
+    import json
+
+    from aiokafka.errors import ProducerFenced
+    from faust.types import TP
+
+    from agents.base import SourceRecord
+    from app import worker
+
+    attempts = []
+
+    async def fenced(self: TransactionalSender, records: Any, commit: Any) -> None:
+        attempts.append(1)
+        raise ProducerFenced()
+
+    monkeypatch.setattr(TransactionalSender, "send", fenced)
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PROCESSING_GUARANTEE": "exactly_once"}
+    )
+    app = worker.create_app(settings, 1, ["orders"])
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    monkeypatch.setattr(app, "crash", crash)
+    app._consumer = _NoConsumer()  # type: ignore[assignment]
+    for runner in app.kappa_runners:
+        runner.changelog_source = None
+    (source, buffer), *_ = app.kappa_batch_buffers.items()
+    order = {"order_id": "1", "user_id": "u", "product_id": "p", "category": "c"}
+    value = json.dumps({**order, "amount": 1.0, "quantity": 1, "ts": 1_700_000_000_000})
+    await buffer.put_many(0, [SourceRecord(source, 0, 0, None, b"p", value.encode())])
+    await asyncio.wait_for(app.on_partitions_revoked.send({TP(source, 0)}), 10)
+    assert len(attempts) == 1 and isinstance(crashed[0], ProducerFenced)
+
+
+class _NoConsumer:
+    def highwater(self, tp: Any) -> None:
+        return None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
 from agents.base import SourceRecord, record_bytes_bound
@@ -15,6 +18,7 @@ from app import runtime
 from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.settings import load_settings
 from app.topology import Topology
+from tables.partition_state import APPLIED_OFFSET
 from tests.support.datasets import GOOD_ORDER
 
 
@@ -277,3 +281,79 @@ async def test_each_durable_batch_observes_its_first_records_age(tmp_path: Path)
     assert after_count - count == 4
     assert after_total - total == pytest.approx(10.0 + 6.0 + 0.5 + 0.0)
     runner.close()
+
+
+class _ListChangelog:
+    """A changelog source over a list of entries; `fail_entries` fails a restore midway once,
+    raised through a future as aiokafka raises (which keeps the failed frame alive)."""
+
+    def __init__(self, entries: list[tuple[bytes, bytes | None]], fail_entries: bool = False):
+        self.entries_ = entries
+        self.fail_entries = fail_entries
+
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        applied = -1
+        for k, v in self.entries_:
+            if k == APPLIED_OFFSET and v is not None:
+                applied = struct.unpack(">q", v)[0]
+        return applied
+
+    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        yield self.entries_[:1]
+        if self.fail_entries:
+            self.fail_entries = False
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(KafkaConnectionError("broker gone"))
+            await failed
+        yield self.entries_[1:]
+
+
+async def _changelog_of(tmp_path: Path, n: int) -> list[tuple[bytes, bytes | None]]:
+    """The changelog entries a runner writes for `n` orders of partition 0."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "writer")})
+    topology = Topology(settings, 1).select(["orders"])
+    entries: list[tuple[bytes, bytes | None]] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        entries.extend((r.key or b"", r.value) for r in records if r.atomic)
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send)
+    await runner.handle(0, _orders(0, n))
+    runner.close()
+    return entries
+
+
+async def test_a_restore_that_failed_midway_can_be_retried(tmp_path: Path) -> None:
+    changelog = _ListChangelog(await _changelog_of(tmp_path, 5), fail_entries=True)
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "reader")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, changelog_source=changelog)
+    with pytest.raises(KafkaConnectionError):
+        await runner.state(0)
+    # The worker retries broker trouble: the partition's directory must not still be locked.
+    assert (await runner.state(0)).applied_offset == 4
+    runner.close()
+
+
+async def test_local_state_ahead_of_its_changelog_is_refused(tmp_path: Path) -> None:
+    """The broker lost the changelog (and the source was refilled): going on would skip the
+    new records at offsets the old state had applied."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    before = PipelineRunner(topology.pipelines[0], topology, send)
+    await before.handle(0, _orders(0, 5))
+    before.close()
+    after = PipelineRunner(
+        topology.pipelines[0], topology, send, changelog_source=_ListChangelog([])
+    )
+    with pytest.raises(runtime.BrokerDataLost, match="remove"):
+        await after.state(0)
+    after.close()
