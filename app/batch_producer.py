@@ -64,25 +64,37 @@ class BatchSender:
                 p = self._partitioner(r.key, parts)
             groups.setdefault((r.topic, p), []).append(r)
         futures = []
+        in_order: list[tuple[str, int, list[Any]]] = []
         producer = self.producer
         for (topic, partition), recs in groups.items():
-            batch = producer.create_batch()
-            for r in recs:
-                if _append(batch, r):
-                    continue
-                if r.atomic:  # e.g. a changelog batch: must reach the log as one unit
-                    raise ValueError(
-                        f"{len(recs)} records for {topic}[{partition}] exceed one batch"
-                    )
-                batch.close()
+            batches = self._batches(topic, recs)
+            if len(batches) > 1 and recs[0].atomic:
+                in_order.append((topic, partition, batches))
+                continue
+            for batch in batches:
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                if not _append(batch, r):
-                    raise ValueError(f"a record for {topic} is larger than the producer batch size")
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        for topic, partition, batches in in_order:
+            # A changelog batch too big for one record batch: its parts go out one after the
+            # other, so the last entry (the applied offset) lands only after all of them.
+            for batch in batches:
+                await (await producer.send_batch(batch, topic, partition=partition))
         if futures:
             await asyncio.gather(*futures)
+
+    def _batches(self, topic: str, recs: list[Produce]) -> list[Any]:
+        """The records as closed record batches, in order, each as full as it can be."""
+        batch = self.producer.create_batch()
+        out = [batch]
+        for r in recs:
+            if _append(batch, r):
+                continue
+            batch.close()
+            batch = self.producer.create_batch()
+            out.append(batch)
+            if not _append(batch, r):
+                raise ValueError(f"a record for {topic} is larger than the producer batch size")
+        batch.close()
+        return out
 
 
 def new_batch_producer(kafka: Conn, **overrides: Any) -> AIOKafkaProducer:

@@ -1,9 +1,11 @@
 """Changelog topics as a `ChangelogSource`: how a partition's state is restored elsewhere.
 
 Each processing batch writes its changelog entries as one record batch (appended atomically
-by the broker) whose last entry is the applied source offset. So the newest record of a
-changelog partition is always that offset, and replaying the partition from the start (or its
-compacted form) rebuilds exactly the state of the last complete batch.
+by the broker) whose last entry is the applied source offset; the changes of one record too
+big for a record batch go out as several, in order, the applied offset last. So the newest
+record of a changelog partition is that offset unless a worker died between those record
+batches, and replaying the partition from the start (or its compacted form) up to the last
+applied offset rebuilds exactly the state of the last complete batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class KafkaChangelog:
         self.topic = topic
         self._ends: dict[int, int] = {}
         self._ends_at = -1e9
+        # Where the complete batches end, when entries follow the last applied offset.
+        self._complete_end: dict[int, int] = {}
 
     async def _end(self, partition: int, fresh: bool = False) -> int:
         """The partition's high watermark; one fetch serves the partitions opened together
@@ -38,6 +42,7 @@ class KafkaChangelog:
 
     async def last_applied(self, partition: int, fresh: bool = False) -> int:
         end = await self._end(partition, fresh)
+        self._complete_end.pop(partition, None)
         if end == 0:
             return -1
         applied = -1
@@ -45,14 +50,25 @@ class KafkaChangelog:
             for r in chunk:
                 if r.key == APPLIED_OFFSET and r.value is not None:
                     applied = _I64.unpack(r.value)[0]
-        if applied == -1:  # not the usual shape (e.g. written by an older version): scan it all
-            async for chunk in self.entries(partition):
-                for k, v in chunk:
-                    if k == APPLIED_OFFSET and v is not None:
-                        applied = _I64.unpack(v)[0]
+        if applied != -1:
+            return applied
+        # Not the usual shape: written by an older version, or its newest entries are part of a
+        # batch that never got its applied offset (a worker died between the record batches of
+        # one record's changes). Scan it all: a restore stops at the last applied offset.
+        complete = 0
+        async for chunk in read_range(self.bootstrap, self.topic, partition, 0, end):
+            for r in chunk:
+                if r.key == APPLIED_OFFSET and r.value is not None:
+                    applied = _I64.unpack(r.value)[0]
+                    complete = r.offset + 1
+        self._complete_end[partition] = complete
         return applied
 
     async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        end = self._ends.get(partition) or await self._end(partition)
+        """Entries up to the last applied offset (call `last_applied` first, as a restore does):
+        what follows it belongs to a batch that was never completed, and is done again."""
+        end = self._complete_end.get(partition)
+        if end is None:
+            end = self._ends.get(partition) or await self._end(partition)
         async for chunk in read_range(self.bootstrap, self.topic, partition, 0, end):
             yield [(r.key, r.value) for r in chunk]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import (
     BatchOutput,
@@ -50,7 +50,9 @@ class Produce:
     value: bytes | None
     timestamp_ms: int | None
     headers: list[tuple[str, bytes]]
-    atomic: bool = False  # all records of this topic+partition in one send: one record batch
+    # A changelog entry: all of this topic+partition's records of one send go out as one
+    # record batch (appended atomically) or, if they cannot fit, as batches in order.
+    atomic: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +89,11 @@ class ChangelogSource(Protocol):
         ...
 
 
-# One batch's changelog entries must fit in one Kafka record batch (appended atomically by the
-# broker; the default broker limit is 1 MB): bigger processing batches are split in half.
+# One batch's changelog entries should fit in one Kafka record batch (appended atomically by
+# the broker; the default broker limit is 1 MB): bigger processing batches are split. What one
+# record changes cannot be split (one record can close every open window of its partition):
+# its entries go out as several record batches in order, the applied offset last, and a
+# restore applies entries only up to the last applied offset in the changelog.
 CHANGELOG_BATCH_BYTES = 512 * 1024
 PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
 
@@ -409,8 +414,9 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
     """A sender that retries a whole batch with backoff until the broker acknowledges it.
 
     Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
-    and window) and the state is committed only after success. A fenced transactional producer
-    (another instance took over) is not retried: it is a zombie and must stop.
+    and window) and the state is committed only after success. Only broker and network
+    failures are retried: a fenced transactional producer (another instance took over) is a
+    zombie and must stop, and any other exception is a bug that retrying would hide.
     """
 
     async def send(records: list[Produce], commit: SourceCommit) -> None:
@@ -423,7 +429,7 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
                 raise
             except ProducerFenced:
                 raise
-            except Exception as e:
+            except (KafkaError, OSError, TimeoutError) as e:
                 metrics.SEND_RETRIES.labels(*label).inc()
                 log.warning(
                     "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay

@@ -357,3 +357,18 @@ async def test_local_state_ahead_of_its_changelog_is_refused(tmp_path: Path) -> 
     with pytest.raises(runtime.BrokerDataLost, match="remove"):
         await after.state(0)
     after.close()
+
+
+async def test_only_broker_and_network_failures_are_retried() -> None:
+    failures: list[BaseException] = [KafkaConnectionError("broker gone"), TypeError("a bug")]
+    calls = []
+
+    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+
+    send = runtime.retrying(send_once, ("orders", "1"))
+    with pytest.raises(TypeError, match="a bug"):  # not retried: it would stall the partition
+        await send([], SourceCommit("orders", 0, 1, "g"))
+    assert len(calls) == 2  # the broker failure was retried once
