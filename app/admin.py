@@ -72,6 +72,16 @@ def _quiet_aiokafka() -> Iterator[None]:
         logger.setLevel(level)
 
 
+async def existing_topics(bootstrap: Conn) -> set[str]:
+    """The broker's topic names (a metadata request for all topics: creates nothing)."""
+    admin = new_admin(bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(
     bootstrap: Conn, topics: dict[str, tuple[int, dict[str, str]]], replication: int = 1
 ) -> list[str]:

@@ -380,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.admin import BrokerUnreachable
     from app.broker import BrokerError
     from app.runtime import BrokerDataLost
+    from app.topic_reader import TopicMissing
     from tables.rocks import StateError
 
     args = build_parser().parse_args(argv)
@@ -403,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BrokerError,
         StateError,
         BrokerDataLost,
+        TopicMissing,
     ) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

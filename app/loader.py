@@ -54,7 +54,9 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> int:
         await wait_for_broker(settings.kafka)
-        await ensure_topics(settings.kafka, {args.topic: (settings.partitions, {})})
+        await ensure_topics(
+            settings.kafka, {args.topic: (settings.partitions, {})}, settings.replication
+        )
         return await produce_records(
             settings.kafka,
             args.topic,

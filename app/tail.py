@@ -7,9 +7,10 @@ import contextlib
 import json
 import sys
 
-from app.admin import wait_for_broker
+from app.admin import existing_topics, wait_for_broker
 from app.kafka_clients import new_consumer
 from app.settings import Settings
+from app.topic_reader import TopicMissing
 
 
 def format_record(msg: object) -> str:
@@ -36,6 +37,14 @@ def format_record(msg: object) -> str:
 
 async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
     await wait_for_broker(settings.kafka)
+    # Subscribing to a missing topic would create it on brokers that auto-create (the
+    # embedded one does): a typo or a forgotten prefix would leave a stray empty topic.
+    if topic not in await existing_topics(settings.kafka):
+        prefix = settings.topic_prefix
+        hint = ""
+        if prefix and not topic.startswith(prefix):
+            hint = f" (did you mean {prefix}{topic}? names are used as given)"
+        raise TopicMissing(f"topic {topic} does not exist{hint}")
     consumer = new_consumer(
         settings.kafka,
         topic,

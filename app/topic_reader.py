@@ -69,6 +69,10 @@ async def read_to_end(
         await consumer.stop()
 
 
+class TopicMissing(ValueError):
+    """A topic a command needs is not on the broker (one-line message)."""
+
+
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     """The topic's partitions, refreshing metadata for a while; ValueError if it is missing."""
     for _ in range(50):
@@ -77,7 +81,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(parts)
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
-    raise ValueError(f"topic {topic} does not exist")
+    raise TopicMissing(f"topic {topic} does not exist")
 
 
 async def read_range(

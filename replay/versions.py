@@ -12,6 +12,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
+from app.state_guard import StateLockedError, lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
 from replay.registry import COMPLETE, DROPPED, LIVE, Registry, VersionRecord, require_version
@@ -73,16 +74,31 @@ async def drop(settings: Settings, version: int) -> str:
         raise ConfigError(f"version {version} is live; promote another version before dropping it")
     topology = Topology(settings, version)
     topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
+    try:  # a worker of this version on this machine holds its state directory
+        lock = lock_state_dir(topology.state_root())
+    except StateLockedError:
+        raise ConfigError(
+            f"version {version} is running here: a kappa process holds its state directory "
+            f"{topology.state_root()}; stop it first"
+        ) from None
     admin = new_admin(settings.kafka)
     await admin.start()
     try:
+        # The group first: a broker refuses to delete a group with members (workers of this
+        # version elsewhere), and then nothing has been deleted yet.
+        group_note = await _delete_group(admin, topology.group_id)
+        if group_note is None:
+            raise ConfigError(
+                f"version {version} still has running workers (consumer group "
+                f"{topology.group_id} is not empty); stop them first"
+            )
         existing = set(await admin.list_topics())
         doomed = [t for t in topics if t in existing]
         if doomed:
             await admin.delete_topics(doomed)
-        group_note = await _delete_group(admin, topology.group_id)
     finally:
         await admin.close()
+        lock.release()
     shutil.rmtree(topology.state_root(), ignore_errors=True)
     rec.status = DROPPED
     await registry.put_version(rec)
@@ -92,15 +108,24 @@ async def drop(settings: Settings, version: int) -> str:
     )
 
 
-async def _delete_group(admin: AIOKafkaAdminClient, group: str) -> str:
+NON_EMPTY_GROUP = 68
+GROUP_ID_NOT_FOUND = 69
+
+
+async def _delete_group(admin: AIOKafkaAdminClient, group: str) -> str | None:
+    """What became of the group, or None if the broker refused: it still has members."""
     try:
         node = await admin.find_coordinator(group)
         # aiokafka's admin has no delete-groups call; the protocol request is there.
         resp = await admin._client.send(node, DeleteGroupsRequest([group]))
         code = resp.results[0][1]
-    except Exception as e:  # report it; the rest of the drop already happened
+    except Exception as e:  # report it; the rest of the drop goes on
         return f"consumer group {group} not deleted ({type(e).__name__})"
-    return f"consumer group {group} deleted" if code in (0, 69) else f"group {group}: error {code}"
+    if code == NON_EMPTY_GROUP:
+        return None
+    if code in (0, GROUP_ID_NOT_FOUND):
+        return f"consumer group {group} deleted"
+    return f"group {group}: error {code}"
 
 
 async def read_latest(
@@ -140,6 +165,10 @@ def upsert_latest(
 
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
     """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
+    view = await Registry(settings).load()
+    for v in (v1, v2):
+        if require_version(view, v).status == DROPPED:
+            raise ConfigError(f"version {v} was dropped: its outputs are gone")
     t1, t2 = Topology(settings, v1), Topology(settings, v2)
     lines: list[str] = []
     total = 0

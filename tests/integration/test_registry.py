@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from app.settings import load_settings
+from app.settings import ConfigError, load_settings
+from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
-from replay.registry import COMPLETE, RUNNING, Registry, VersionRecord
+from app.topology import Topology
+from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, VersionRecord
 from replay.runner import _create_version
+from replay.versions import diff, drop
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +54,34 @@ async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapsho
     records = (await read_to_end(broker, registry.topic))[0]
     newest = [r for r in records if r.key == b"version/3"][-1]
     assert json.loads(newest.value)["snapshot"] == {"orders": {"0": 10}}  # what compaction keeps
+
+
+async def test_a_version_running_on_this_machine_is_not_dropped(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"drop-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+    await Registry(settings).put_version(VersionRecord(2, COMPLETE, ["orders"]))
+    held = lock_state_dir(Topology(settings, 2).state_root())  # as a worker of version 2 does
+    try:
+        with pytest.raises(ConfigError, match="version 2 is running here"):
+            await drop(settings, 2)
+    finally:
+        held.release()
+    assert "dropped version 2" in await drop(settings, 2)
+    assert (await Registry(settings).load()).versions[2].status == DROPPED
+
+
+async def test_diff_refuses_a_dropped_or_unknown_version(broker: str, unique: str) -> None:
+    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"diff-{unique}"})
+    await Registry(settings).put_version(VersionRecord(2, DROPPED, ["orders"]))
+    with pytest.raises(ConfigError, match="version 2 was dropped"):
+        await diff(settings, 1, 2)
+    with pytest.raises(ConfigError, match="version 3 is not in the registry"):
+        await diff(settings, 1, 3)

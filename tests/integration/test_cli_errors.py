@@ -1,0 +1,36 @@
+"""CLI commands against a broker that lacks what they need: one line, exit 2, nothing created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.admin import existing_topics
+from tests.support.workers import kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+
+async def test_tail_of_a_missing_topic_says_so_and_creates_nothing(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    r = run_kappa(["tail", "orders"], env)  # the prefix forgotten
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (
+        f"kappa tail: error: topic orders does not exist (did you mean {unique}.orders? "
+        "names are used as given)"
+    )
+    assert "orders" not in await existing_topics(broker)
+
+
+async def test_a_replay_without_its_source_topic_says_so(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    r = run_kappa(["replay", "--version", "2", "--dry-run"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"kappa replay: error: topic {unique}.orders does not exist"
