@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/tables tests/agents tests/app -m "not integration and not e2e"
+	$(BIN)/python -m pytest -q tests/tables tests/agents tests/app tests/replay -m "not integration and not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -166,8 +166,6 @@ def test_settings_from_a_mapping() -> None:
         ["replay", "--version", "2"],
         ["promote", "2"],
         ["drop", "2"],
-        ["tail", "orders"],
-        ["produce", "orders", "--generate", "1"],
     ],
 )
 def test_version_commands_without_a_broker_are_one_line(command: list[str], tmp_path: Path) -> None:
