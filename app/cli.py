@@ -98,8 +98,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from app.collector import tune_for_batches
     from replay.runner import ReplayOptions, run_replay
 
+    if args.processes > 1 and args.process != (0, 1):
+        raise ConfigError("--processes N and --process I/N cannot be combined")
+    if args.processes > 1 and args.metrics_port:
+        raise ConfigError(
+            "--metrics-port is not served with --processes; run --process I/N processes, "
+            "each with its own port"
+        )
     settings = _settings_with_broker()
-    if args.processes > 1 and args.process == (0, 1) and not args.dry_run:
+    if args.processes > 1 and not args.dry_run:
         from replay.parallel import run_parallel
 
         child = [*args.pipelines, "--version", str(args.version)]

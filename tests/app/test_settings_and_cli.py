@@ -171,3 +171,18 @@ def test_settings_from_a_mapping() -> None:
 def test_version_commands_without_a_broker_are_one_line(command: list[str], tmp_path: Path) -> None:
     line = _error_line(_kappa(command, tmp_path))
     assert "cannot reach the Kafka broker at 127.0.0.1:" in line
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--process", "0/2"], "--processes N and --process I/N cannot be combined"),
+        (["--metrics-port", "9100"], "--metrics-port is not served with --processes"),
+    ],
+)
+def test_replay_options_that_do_not_go_together_are_refused_at_once(
+    tmp_path: Path, extra: list[str], words: str
+) -> None:
+    line = _error_line(_kappa(["replay", "--version", "2", "--processes", "2", *extra], tmp_path))
+    assert words in line
+
