@@ -185,4 +185,3 @@ def test_replay_options_that_do_not_go_together_are_refused_at_once(
 ) -> None:
     line = _error_line(_kappa(["replay", "--version", "2", "--processes", "2", *extra], tmp_path))
     assert words in line
-
