@@ -198,10 +198,19 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                             continue
                     if r_offset and acks_enabled_for(tp.topic):
                         prev = r_offset
+                        gaps = False
                         for r in recs:
                             if r.offset - prev > 1:
                                 await self._add_gap(tp, prev + 1, r.offset)
+                                gaps = True
                             prev = r.offset
+                        # `_add_gap` yields: a rebalance may have taken the partition (and its
+                        # buffer) meanwhile, and a reassignment seeks it anew. Records buffered
+                        # now would be processed for a partition this worker no longer holds.
+                        if gaps and (
+                            not self.flow_active or self.app.consumer_generation_id != generation
+                        ):
+                            break
                     buffer = buffers.get(tp.topic)
                     if buffer is None:  # faust's path needs ConsumerRecords
                         for r in recs:
