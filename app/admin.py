@@ -12,6 +12,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from app.kafka_clients import Conn, new_admin
+from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,16 @@ async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]
         for d in described
         if d.get("error_code", 0) == 0 and d["partitions"]
     }
+
+
+async def require_partitions(bootstrap: Conn, topics: list[str], expected: int) -> None:
+    """Refuse topics whose partition count is not `expected` (KAPPA_PARTITIONS): per-partition
+    state, changelogs and outputs follow the source's partitioning one to one."""
+    counts = await partition_counts(bootstrap, topics)
+    wrong = {t: n for t, n in counts.items() if n != expected}
+    if wrong:
+        desc = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+        raise ConfigError(f"topics must have KAPPA_PARTITIONS={expected} partitions, but {desc}")
 
 
 async def max_message_bytes(bootstrap: Conn, topics: list[str]) -> dict[str, int]:

@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import sys
 
-from app.admin import copy_max_bytes, ensure_topics, partition_counts, wait_for_broker
-from app.settings import ConfigError, Settings
+from app.admin import copy_max_bytes, ensure_topics, require_partitions, wait_for_broker
+from app.settings import Settings
 from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
 from app.topology import Topology
 
@@ -88,13 +88,7 @@ async def prepare_topics(
     await wait_for_broker_forever(settings.kafka)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
-    counts = await partition_counts(settings.kafka, list(spec))
-    wrong = {t: n for t, n in counts.items() if n != settings.partitions}
-    if wrong:
-        desc = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
-        raise ConfigError(
-            f"topics must have KAPPA_PARTITIONS={settings.partitions} partitions, but {desc}"
-        )
+    await require_partitions(settings.kafka, list(spec), settings.partitions)
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())

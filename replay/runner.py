@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import Pipeline
-from app.admin import copy_max_bytes, ensure_topics
+from app.admin import copy_max_bytes, ensure_topics, require_partitions
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer
@@ -63,6 +63,8 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         rec = VersionRecord(
             opts.version, RUNNING, [p.name for p in topology.pipelines], snapshot, opts.since_ms
         )
+    topics = list(topology.all_topics())
+    await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
     if opts.dry_run:
         print(plan(topology, rec, opts))
         return None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.admin import existing_topics
+from app.admin import ensure_topics, existing_topics
 from tests.support.workers import kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -34,3 +34,17 @@ async def test_a_replay_without_its_source_topic_says_so(
     assert r.returncode == 2, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line == f"kappa replay: error: topic {unique}.orders does not exist"
+
+
+async def test_a_replay_refuses_a_source_with_another_partition_count(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    await ensure_topics(broker, {f"{unique}.orders": (2, {})})
+    env = kappa_env(broker, unique, tmp_path / "state")  # KAPPA_PARTITIONS=4
+    r = run_kappa(["replay", "--version", "2", "--dry-run"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (
+        f"kappa replay: error: topics must have KAPPA_PARTITIONS=4 partitions, but "
+        f"{unique}.orders has 2"
+    )
