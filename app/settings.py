@@ -121,6 +121,11 @@ def _convert(name: str, raw: str, typ: object) -> object:
     return raw
 
 
+# Longest window or grace (ms): window keys are signed 64-bit window ends, and a window of
+# more than a year is a configuration mistake, not a use case.
+MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
+
+
 def _validate(s: Settings) -> None:
     if not s.bootstrap or any(":" not in b for b in s.bootstrap):
         raise ConfigError(f"KAPPA_BROKER={s.broker!r} must be host:port[,host:port...]")
@@ -137,6 +142,12 @@ def _validate(s: Settings) -> None:
     ):
         if getattr(s, name) <= 0:
             raise ConfigError(f"KAPPA_{name.upper()} must be > 0, got {getattr(s, name)}")
+    if s.window_ms > MAX_WINDOW_MS or s.grace_ms > MAX_WINDOW_MS:
+        raise ConfigError(
+            f"KAPPA_WINDOW_MS and KAPPA_GRACE_MS must be at most {MAX_WINDOW_MS} (366 days)"
+        )
+    if s.web_port > 65535:
+        raise ConfigError(f"KAPPA_WEB_PORT must be a port number (1-65535), got {s.web_port}")
     if s.copy_max_bytes < MIN_COPY_BYTES:
         raise ConfigError(
             f"KAPPA_COPY_MAX_BYTES must be >= {MIN_COPY_BYTES}, got {s.copy_max_bytes}"

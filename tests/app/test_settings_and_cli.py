@@ -151,6 +151,9 @@ def test_settings_from_a_mapping() -> None:
         {"KAPPA_BROKER": "a:1,b"},
         {"KAPPA_GRACE_MS": "-1"},
         {"KAPPA_COPY_MAX_BYTES": "100"},  # no room left for the reason and source headers
+        {"KAPPA_WINDOW_MS": str(2**63)},  # window ends past a signed 64-bit key
+        {"KAPPA_GRACE_MS": str(400 * 24 * 3600 * 1000)},
+        {"KAPPA_WEB_PORT": "70000"},
     )
     for env in bad:
         with pytest.raises(ConfigError):
