@@ -158,6 +158,8 @@ def upsert_latest(
                 f"{topic}[{r.partition}] offset {r.offset} is not a Kappa output record "
                 f"({type(e).__name__}): only Kappa may write to a version's output topics"
             ) from None
+        # `final` says how the version emits (KAPPA_EMIT_UPDATES), not what it computed.
+        d.pop("final", None)
         if any(k == "kappa.provisional" for k, _ in r.headers or ()):
             d[PROVISIONAL] = True
         latest[key] = d
@@ -210,7 +212,7 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
             if shown < limit:
                 fields = {
                     f: (a[k].get(f), b[k].get(f))
-                    for f in a[k]
+                    for f in {**a[k], **b[k]}
                     if not _close(a[k].get(f), b[k].get(f))
                 }
                 lines.append(
