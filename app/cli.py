@@ -91,7 +91,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from app.tail import run_tail
 
-    return run_tail(_settings(), args.topic, follow=args.follow, limit=args.limit)
+    return run_tail(
+        _settings(), args.topic, follow=args.follow, limit=args.limit, whole=args.records
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -266,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("topic")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     sp.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
+    sp.add_argument(
+        "--records",
+        action="store_true",
+        help="print every record whole (partition, offset, timestamp, key, value, headers), "
+        "e.g. to read DLQ reasons",
+    )
 
     sp = add(
         "replay", cmd_replay, "Replay the retained source topics from offset zero into a version."

@@ -13,19 +13,22 @@ from app.settings import Settings
 from app.topic_reader import TopicMissing
 
 
-def format_record(msg: object) -> str:
-    """The value if it is JSON, else a JSON object describing the raw record."""
+def format_record(msg: object, whole: bool = False) -> str:
+    """The value if it is a JSON object, else (or if `whole`) a JSON object describing the
+    record: partition, offset, timestamp, key, value and headers (how DLQ reasons show)."""
     value = getattr(msg, "value", None)
-    try:
-        parsed = json.loads(value) if value is not None else None
-        if isinstance(parsed, dict):
-            return json.dumps(parsed, separators=(",", ":"))
-    except ValueError:
-        pass
+    if not whole:
+        try:
+            parsed = json.loads(value) if value is not None else None
+            if isinstance(parsed, dict):
+                return json.dumps(parsed, separators=(",", ":"))
+        except ValueError:
+            pass
     return json.dumps(
         {
             "partition": getattr(msg, "partition", None),
             "offset": getattr(msg, "offset", None),
+            "timestamp": getattr(msg, "timestamp", None),
             "key": (getattr(msg, "key", None) or b"").decode("utf-8", "replace"),
             "value": (value or b"").decode("utf-8", "replace"),
             "headers": {
@@ -35,7 +38,9 @@ def format_record(msg: object) -> str:
     )
 
 
-async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
+async def tail(
+    settings: Settings, topic: str, follow: bool, limit: int | None, whole: bool = False
+) -> int:
     await wait_for_broker(settings.kafka)
     # Subscribing to a missing topic would create it on brokers that auto-create (the
     # embedded one does): a typo or a forgotten prefix would leave a stray empty topic.
@@ -66,7 +71,7 @@ async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) 
             idle = 0
             for records in batches.values():
                 for msg in records:
-                    sys.stdout.write(format_record(msg) + "\n")
+                    sys.stdout.write(format_record(msg, whole) + "\n")
                     n += 1
                     if limit is not None and n >= limit:
                         sys.stdout.flush()
@@ -76,7 +81,9 @@ async def tail(settings: Settings, topic: str, follow: bool, limit: int | None) 
         await consumer.stop()
 
 
-def run_tail(settings: Settings, topic: str, follow: bool, limit: int | None) -> int:
+def run_tail(
+    settings: Settings, topic: str, follow: bool, limit: int | None, whole: bool = False
+) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings, topic, follow, limit))
+        asyncio.run(tail(settings, topic, follow, limit, whole))
     return 0
