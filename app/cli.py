@@ -13,7 +13,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from app.settings import ConfigError, Settings, load_settings
+from app.settings import ConfigError, Settings, load_settings, unknown_variables
 
 EXIT_USAGE = 2
 
@@ -402,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for line in unknown_variables(os.environ):
+        print(f"kappa {args.command}: warning: {line}", file=sys.stderr)
     try:
         return int(args.fn(args) or 0)
     except KafkaError as e:

@@ -6,6 +6,7 @@ pointing the workers at Apache Kafka or Redpanda is `KAPPA_BROKER=host:9092`.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,23 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     settings = Settings(**values)  # type: ignore[arg-type]
     _validate(settings)
     return settings
+
+
+TEST_ONLY_VARIABLES = frozenset(
+    {"KAPPA_CHAOS_KILL", "KAPPA_CHAOS_ROUNDS", "KAPPA_CHAOS_SEED", "KAPPA_CHAOS_HANG_ON_STOP"}
+)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A line for each `KAPPA_*` variable that is no setting (a typo would otherwise be
+    silently ignored), naming the setting it most resembles, if any."""
+    known = {_ENV_PREFIX + f.name.upper() for f in fields(Settings)} | TEST_ONLY_VARIABLES
+    out = []
+    for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{name} is not a setting{hint}; ignored")
+    return out
 
 
 def _convert(name: str, raw: str, typ: object) -> object:

@@ -188,3 +188,13 @@ def test_replay_options_that_do_not_go_together_are_refused_at_once(
 ) -> None:
     line = _error_line(_kappa(["replay", "--version", "2", "--processes", "2", *extra], tmp_path))
     assert words in line
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    r = _kappa(["worker", "--pipeline", "nope"], tmp_path, KAPPA_GRACE="5000", KAPPA_CHAOS_SEED="1")
+    warning, error = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert warning == (
+        "kappa worker: warning: KAPPA_GRACE is not a setting (did you mean KAPPA_GRACE_MS?); "
+        "ignored"
+    )
+    assert "nope" in error  # the command still runs; test-only variables are known
