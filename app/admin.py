@@ -122,7 +122,11 @@ async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]
     admin = new_admin(bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics(topics)
+        # Only topics that exist: a metadata request naming a missing topic creates it on a
+        # broker that auto-creates topics (the embedded one does).
+        existing = set(await admin.list_topics())
+        named = [t for t in topics if t in existing]
+        described = await admin.describe_topics(named) if named else []
     finally:
         await admin.close()
     return {
