@@ -58,12 +58,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from app.admin import ensure_topics, wait_for_broker
     from app.topology import Topology
+    from replay.registry import refuse_dropped
 
     settings = _settings()
     topo = Topology(settings, args.version)
 
     async def run() -> list[str]:
         await wait_for_broker(settings.kafka, timeout_s=args.timeout)
+        await refuse_dropped(settings, args.version)
         spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
         return await ensure_topics(settings.kafka, spec, settings.replication)
 

@@ -86,6 +86,9 @@ async def prepare_topics(
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
+    from replay.registry import refuse_dropped
+
+    await refuse_dropped(settings, topology.version)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
     await require_partitions(settings.kafka, list(spec), settings.partitions)

@@ -97,6 +97,14 @@ class Registry:
         return (await self.load()).live
 
 
+async def refuse_dropped(settings: Settings, version: int) -> None:
+    """A dropped version's number is not used again: a worker or `kappa topics` for it would
+    recreate its topics and state under the same names."""
+    rec = (await Registry(settings).load()).versions.get(version)
+    if rec is not None and rec.status == DROPPED:
+        raise ConfigError(f"version {version} was dropped; use a new version number")
+
+
 def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str) -> None:
     """Apply one registry record (oldest first). Only Kappa writes the registry: a record it
     cannot read is reported in one line, naming where it is, instead of a traceback."""

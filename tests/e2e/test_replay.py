@@ -200,3 +200,8 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
         ln.split()[:2] == ["1", "dropped"]
         for ln in run_kappa(["versions"], d.env).stdout.splitlines()
     )
+    # Its number is not used again: a worker or `kappa topics` would recreate it.
+    for command in (["topics", "--version", "1"], ["worker", "--version", "1"]):
+        again = run_kappa(command, d.env)
+        assert again.returncode == 2, again.stdout + again.stderr
+        assert "version 1 was dropped; use a new version number" in again.stderr
