@@ -81,7 +81,11 @@ class DevBroker:
         }
         env.setdefault("RUST_LOG", "error")
         out = subprocess.DEVNULL if self.quiet else None
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out, env=env)
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
+        # the broker must outlive the clients that are still shutting down; `stop` ends it.
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=out, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
             if self.proc.poll() is not None:

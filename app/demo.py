@@ -76,16 +76,17 @@ def run_demo(settings: Settings, rate: float) -> int:
             "after start. Ctrl-C stops everything.",
             flush=True,
         )
-        try:
-            asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), worker))
-        except KeyboardInterrupt:
-            print("\nstopping…", flush=True)
+        asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), worker))
     return 0
 
 
 def _spawn(args: list[str], log_path: object) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the child
-    return subprocess.Popen([*KAPPA, *args], stdout=log, stderr=subprocess.STDOUT)
+    # Its own session, so a terminal's Ctrl-C reaches only the demo, which then stops the
+    # worker and the generator before the broker, in that order.
+    return subprocess.Popen(
+        [*KAPPA, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -109,14 +110,25 @@ def format_window(value: bytes) -> str:
 
 
 async def _print_windows(settings: Settings, topic: str, worker: subprocess.Popen[bytes]) -> None:
+    """Print windows as they close until Ctrl-C (or SIGTERM), or until the worker exits.
+
+    The signals set a flag the loop checks: cancelling the task instead would be swallowed by
+    a consumer fetch in progress, and the demo would go on printing."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     consumer = new_consumer(settings.kafka, topic, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
-        while worker.poll() is None:
+        while worker.poll() is None and not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for r in records:
                     print(format_window(r.value), flush=True)
-        print(f"the worker exited with code {worker.returncode}; see its log", flush=True)
+        if stop.is_set():
+            print("\nstopping…", flush=True)
+        else:
+            print(f"the worker exited with code {worker.returncode}; see its log", flush=True)
     finally:
         await consumer.stop()

@@ -1,0 +1,97 @@
+"""`kappa demo` (what `make run` runs) and a terminal's Ctrl-C, which signals the whole
+foreground process group: the demo stops its worker and generator before its broker, and
+leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app.broker import free_port
+from tests.support.workers import KAPPA, ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (not exited, nor an exited child not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _is_broker(pid: int) -> bool:
+    return b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    web_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    env.update(
+        KAPPA_BROKER=f"127.0.0.1:{free_port()}",
+        KAPPA_STATE_DIR=str(tmp_path / "state"),
+        KAPPA_WEB_PORT=str(web_port),
+        PYTHONPATH=str(ROOT),
+    )
+    demo = subprocess.Popen(
+        [*KAPPA, "demo", "--rate", "50"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+    )
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the worker is up once it serves its metrics
+            assert demo.poll() is None, demo.stdout.read() if demo.stdout else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo's worker never came up"
+                time.sleep(0.2)
+        started = _children(demo.pid)
+        assert len(started) == 3  # broker, generator, worker
+        (broker,) = [pid for pid in started if _is_broker(pid)]
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        clients = [pid for pid in started if pid != broker]
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in clients):  # the broker outlives its clients
+            assert _alive(broker), "the broker stopped before the worker and generator"
+            assert time.monotonic() < deadline, "the worker or generator did not stop"
+            time.sleep(0.01)
+        out, _ = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+        strays = [pid for pid in started if _alive(pid)]
+        for pid in strays:  # clean up after a failure; the assertion below reports it
+            os.kill(pid, signal.SIGKILL)
+    assert not strays
+    assert demo.returncode == 0, out
+    assert "stopping…" in out
+    assert "Traceback" not in out
