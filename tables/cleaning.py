@@ -7,6 +7,7 @@ they must not contain the offending value (unbounded cardinality, possibly a sec
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -59,10 +60,10 @@ def require_number(obj: dict[str, Any], field: str) -> float:
     elif isinstance(v, str):
         if len(v) > 64:
             raise InvalidRecord("not_a_number", field)
-        try:
-            x = float(v)
-        except ValueError:
-            raise InvalidRecord("not_a_number", field) from None
+        number = _number_text(v)
+        if number is None:
+            raise InvalidRecord("not_a_number", field)
+        x = number
     else:
         raise InvalidRecord("wrong_type", f"{field} must be a number")
     if not math.isfinite(x):
@@ -128,9 +129,23 @@ def _floor_decimal(v: str | Decimal, field: str) -> int:
     return math.floor(d)
 
 
-def _is_float(s: str) -> bool:
+# A numeric string: ASCII digits with an optional sign, fraction and exponent, spaces around
+# allowed (as CSV cells have them). Python's float() also takes "1_000" and non-ASCII digits,
+# which are not numbers any other consumer of the record would read.
+_DECIMAL = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+
+def _number_text(s: str) -> float | None:
+    """The value of a numeric string; "inf" and "nan" words as such (not finite, which the
+    caller names); None for anything else."""
+    if _DECIMAL.fullmatch(s):
+        return float(s)
     try:
-        float(s)
+        x = float(s)
     except ValueError:
-        return False
-    return True
+        return None
+    return None if math.isfinite(x) else x
+
+
+def _is_float(s: str) -> bool:
+    return _number_text(s) is not None

@@ -51,6 +51,8 @@ class Literal(str):
 def test_valid_order_is_converted() -> None:
     o = parse_order(rec(order(amount="12.50", quantity="3")))
     assert (o.amount, o.quantity, o.total, o.ts) == (12.5, 3, 37.5, GOOD["ts"])
+    o = parse_order(rec(order(amount=" 1.25e1 ", quantity="+3", ts=" 1700000000000")))
+    assert (o.amount, o.quantity, o.ts) == (12.5, 3, 1_700_000_000_000)
 
 
 def test_a_negative_zero_amount_counts_as_zero() -> None:
@@ -91,6 +93,9 @@ BAD_INPUTS = [
     (order(category=["x"]), b"p1", "wrong_type"),
     (order(amount=True), b"p1", "wrong_type"),
     (order(amount="twelve"), b"p1", "not_a_number"),
+    (order(amount="1_000"), b"p1", "not_a_number"),  # float() would take these
+    (order(amount="\u0661\u0662"), b"p1", "not_a_number"),
+    (order(ts="1_700_000_000_000"), b"p1", "bad_timestamp"),
     (
         b'{"order_id":"o","user_id":"u","product_id":"p1","category":"c","amount":NaN,'
         b'"quantity":1,"ts":1700000000000}',
