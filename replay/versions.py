@@ -82,8 +82,8 @@ async def drop(settings: Settings, version: int) -> str:
             f"{topology.state_root()}; stop it first"
         ) from None
     admin = new_admin(settings.kafka)
-    await admin.start()
     try:
+        await admin.start()
         # The group first: a broker refuses to delete a group with members (workers of this
         # version elsewhere), and then nothing has been deleted yet.
         group_note = await _delete_group(admin, topology.group_id)
