@@ -30,12 +30,13 @@ def run_worker(
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
     Topology(settings, version or 1).select(pipelines)  # unknown names fail before any waiting
+    explicit = version is not None  # the live version is never a dropped one
     if version is None:
         version = asyncio.run(live_version(settings))
     topology = Topology(settings, version).select(pipelines)
     lock = lock_state_dir(topology.state_root())  # held until the process exits
     applied = check_partition_dirs(topology)
-    settings = asyncio.run(prepare_topics(settings, topology, applied))
+    settings = asyncio.run(prepare_topics(settings, topology, applied, explicit))
 
     from app.worker import BoundedStopWorker, create_app
 
@@ -80,15 +81,19 @@ async def wait_for_broker_forever(bootstrap: str) -> None:
 
 
 async def prepare_topics(
-    settings: Settings, topology: Topology, applied: dict[tuple[str, int], int] | None = None
+    settings: Settings,
+    topology: Topology,
+    applied: dict[tuple[str, int], int] | None = None,
+    check_dropped: bool = True,
 ) -> Settings:
     """Create what is missing; refuse sources whose partitioning the state cannot follow, and
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
-    from replay.registry import refuse_dropped
+    if check_dropped:  # a number given with --version may be a dropped version's
+        from replay.registry import refuse_dropped
 
-    await refuse_dropped(settings, topology.version)
+        await refuse_dropped(settings, topology.version)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
     await require_partitions(settings.kafka, list(spec), settings.partitions)

@@ -101,7 +101,7 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
         if dt.tzinfo is None:
             raise InvalidRecord("bad_timestamp", f"{field} has no time zone")
         ms = (dt - _EPOCH) // _MS
-    elif isinstance(v, str | Decimal) and not isinstance(v, bool):
+    elif isinstance(v, str | Decimal):
         ms = _floor_decimal(v, field)
     else:
         try:
