@@ -20,6 +20,10 @@ from tables.partition_state import APPLIED_OFFSET
 
 _I64 = struct.Struct(">q")
 ENDS_TTL_S = 2.0
+# The backward search for the newest applied offset: two records first (the marker, or the
+# marker and a transaction's commit record), then windows 64 times wider.
+FIRST_WINDOW = 2
+WINDOW_GROWTH = 64
 
 
 class KafkaChangelog:
@@ -41,28 +45,35 @@ class KafkaChangelog:
         return self._ends.get(partition, 0)
 
     async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        """The source offset of the newest complete batch (-1 if none), found by reading
+        backwards from the end in growing windows: usually the last record (or the one before a
+        transaction marker, under `exactly_once`), and never the whole partition when only a
+        dead writer's partial batch follows it."""
         end = await self._end(partition, fresh)
         self._complete_end.pop(partition, None)
-        if end == 0:
-            return -1
-        applied = -1
-        async for chunk in read_range(self.bootstrap, self.topic, partition, end - 1, end):
+        stop = end
+        window = FIRST_WINDOW
+        while stop > 0:
+            start = max(0, stop - window)
+            found = await self._last_marker(partition, start, stop)
+            if found is not None:
+                applied, complete = found
+                if complete < end:
+                    self._complete_end[partition] = complete
+                return applied
+            stop, window = start, window * WINDOW_GROWTH
+        # No applied offset at all (an empty partition, or one written by an older version).
+        self._complete_end[partition] = 0
+        return -1
+
+    async def _last_marker(self, partition: int, start: int, stop: int) -> tuple[int, int] | None:
+        """(applied offset, the offset after it) of the newest marker in [start, stop)."""
+        found = None
+        async for chunk in read_range(self.bootstrap, self.topic, partition, start, stop):
             for r in chunk:
                 if r.key == APPLIED_OFFSET and r.value is not None:
-                    applied = _I64.unpack(r.value)[0]
-        if applied != -1:
-            return applied
-        # Not the usual shape: written by an older version, or its newest entries are part of a
-        # batch that never got its applied offset (a worker died between the record batches of
-        # one record's changes). Scan it all: a restore stops at the last applied offset.
-        complete = 0
-        async for chunk in read_range(self.bootstrap, self.topic, partition, 0, end):
-            for r in chunk:
-                if r.key == APPLIED_OFFSET and r.value is not None:
-                    applied = _I64.unpack(r.value)[0]
-                    complete = r.offset + 1
-        self._complete_end[partition] = complete
-        return applied
+                    found = (_I64.unpack(r.value)[0], r.offset + 1)
+        return found
 
     async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
         """Entries up to the last applied offset (call `last_applied` first, as a restore does):

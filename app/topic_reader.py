@@ -92,6 +92,8 @@ async def read_range(
     Starts at the log start if `start` is before it (retention); stops early at the high
     watermark if `end` lies beyond it.
     """
+    if end <= start:
+        return
     tp = TopicPartition(topic, partition)
     consumer = bounded_consumer(bootstrap)
     await consumer.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agents.base import SourceRecord
+from app import changelog as changelog_module
 from app import runtime
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, new_batch_producer
@@ -89,3 +90,51 @@ async def test_a_restore_stops_at_the_last_applied_offset(broker: str, unique: s
     changelog = KafkaChangelog(broker, topic)
     assert await changelog.last_applied(0) == 5
     assert [e for chunk in [c async for c in changelog.entries(0)] for e in chunk] == done
+
+
+async def test_the_last_applied_offset_is_found_without_reading_the_whole_partition(
+    broker: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial batch after the newest marker (or, under `exactly_once`, a transaction's
+    commit record) must not make every partition open read the changelog from its start."""
+    topic = f"{unique}.changelog"
+    await ensure_topics(broker, {topic: (1, {"cleanup.policy": "compact"})})
+    complete = [
+        entry
+        for offset in range(20_000)
+        for entry in [
+            (b"K%d" % (offset % 7), b"%d" % offset),
+            (APPLIED_OFFSET, struct.pack(">q", offset)),
+        ]
+    ]
+    await produce_records(broker, topic, complete, progress=False)
+    await produce_records(
+        broker, topic, [(b"K%d" % i, b"partial") for i in range(300)], progress=False
+    )
+    starts: list[int] = []
+    real_read_range = changelog_module.read_range
+
+    def recording_read_range(*args: object, **kwargs: object) -> object:
+        starts.append(args[3])  # type: ignore[arg-type]
+        return real_read_range(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
+    changelog = KafkaChangelog(broker, topic)
+    assert await changelog.last_applied(0) == 19_999
+    assert min(starts) > 0
+    entries = [e for chunk in [c async for c in changelog.entries(0)] for e in chunk]
+    assert entries == complete
+
+
+async def test_a_changelog_without_an_applied_offset_restores_nothing(
+    broker: str, unique: str
+) -> None:
+    topic = f"{unique}.changelog"
+    await ensure_topics(broker, {topic: (1, {"cleanup.policy": "compact"})})
+    changelog = KafkaChangelog(broker, topic)
+    assert await changelog.last_applied(0) == -1
+    assert [c async for c in changelog.entries(0)] == []
+    await produce_records(broker, topic, [(b"Ka", b"1")] * 200, progress=False)
+    changelog = KafkaChangelog(broker, topic)
+    assert await changelog.last_applied(0) == -1
+    assert [c async for c in changelog.entries(0)] == []
