@@ -263,7 +263,7 @@ class PipelineRunner:
                     alone.append((partition, records))
                     continue
                 t0 = time.perf_counter()
-                out = self.pipeline.process(state, records)
+                out = self._staged(state, records)
                 if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
                     state.discard()
                     alone.append((partition, records))
@@ -295,7 +295,7 @@ class PipelineRunner:
 
     async def _process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         t0 = time.perf_counter()
-        out = self.pipeline.process(state, records)
+        out = self._staged(state, records)
         staged = state.staged_bytes()
         if len(records) > 1 and staged > CHANGELOG_BATCH_BYTES:
             # Too much state change for one atomic changelog batch: split the records into as
@@ -311,6 +311,15 @@ class PipelineRunner:
         metrics.BATCH_SECONDS.labels(*self._label).observe(time.perf_counter() - t0)
         metrics.record_age(*self._label, records[0].timestamp, self.wall_clock())
         return out
+
+    def _staged(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
+        """The pipeline's outputs for `records`, their state changes staged; if it raises, what
+        it staged is discarded, so a retry does not apply those records twice."""
+        try:
+            return self.pipeline.process(state, records)
+        except BaseException:
+            state.discard()
+            raise
 
     async def flush(self, partition: int) -> BatchOutput:
         """Close every open window of a partition (end of a bounded replay) durably."""

@@ -372,3 +372,34 @@ async def test_only_broker_and_network_failures_are_retried() -> None:
     with pytest.raises(TypeError, match="a bug"):  # not retried: it would stall the partition
         await send([], SourceCommit("orders", 0, 1, "g"))
     assert len(calls) == 2  # the broker failure was retried once
+
+
+async def test_a_pipeline_that_raises_mid_batch_leaves_nothing_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    pipeline = topology.pipelines[0]
+    runner = PipelineRunner(pipeline, topology, send, one_request=True)
+    process = pipeline.process
+
+    def process_then_fail(state, records):  # type: ignore[no-untyped-def]
+        process(state, records)
+        raise RuntimeError("a bug")
+
+    batches = {0: _orders(0, 7)}
+    for handle in (runner.handle_many, lambda b: runner.handle(0, b[0])):
+        monkeypatch.setattr(pipeline, "process", process_then_fail)
+        with pytest.raises(RuntimeError):
+            await handle(batches)
+        monkeypatch.setattr(pipeline, "process", process)
+        state = await runner.state(0)
+        assert state.staged_bytes() == 0
+    await runner.handle_many(batches)
+    (raw,) = (await runner.state(0)).get_values("user-partials", ["u0"])
+    assert raw is not None and decode_partial(raw)[0] == 1  # u0 ordered once, not three times
+    runner.close()
