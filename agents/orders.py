@@ -14,7 +14,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import NamedTuple
 
 from agents.base import BatchOutput, OutRecord, Record
@@ -25,6 +24,7 @@ from tables.cleaning import (
     MAX_TEXT_CHARS,
     MIN_EVENT_MS,
     InvalidRecord,
+    json_float,
     require_event_time_ms,
     require_number,
     require_positive_int,
@@ -114,7 +114,7 @@ def parse_order(rec: Record) -> Order:
     except UnicodeDecodeError:
         raise InvalidRecord("not_utf8") from None
     try:  # Decimal: `ts` fractions are floored exactly; amounts become the same floats
-        obj = json.loads(text, parse_float=Decimal)
+        obj = json.loads(text, parse_float=json_float)
     except (ValueError, RecursionError):
         raise InvalidRecord("not_json") from None
     if type(obj) is not dict:

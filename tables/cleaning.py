@@ -74,11 +74,31 @@ def require_number(obj: dict[str, Any], field: str) -> float:
 def require_positive_int(obj: dict[str, Any], field: str) -> int:
     """An integer >= 1; integral floats (2.0) and numeric strings ("3") are coerced."""
     x = require_number(obj, field)
-    if not x.is_integer():
+    if not x.is_integer() or not _exactly_integral(obj[field]):
         raise InvalidRecord("not_an_integer", field)
     if x < 1:
         raise InvalidRecord("out_of_range", f"{field} must be >= 1")
     return int(x)
+
+
+def _exactly_integral(v: object) -> bool:
+    """Whether a Decimal or numeric string is an integer as written: "2.9999999999999999"
+    is not, though its nearest float is 3.0."""
+    if isinstance(v, str):
+        try:  # a plain decimal (require_number accepted it), if within Decimal's range
+            v = Decimal(v.strip())
+        except InvalidOperation:  # "1e-99999999999999999999": its float, 0.0, is integral
+            return False
+    return not isinstance(v, Decimal) or v == v.to_integral_value()
+
+
+def json_float(text: str) -> Decimal | float:
+    """`parse_float` for JSON: exact Decimals, so `ts` fractions floor exactly; a literal with
+    an exponent beyond Decimal's range becomes the float it rounds to (inf or 0.0)."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return float(text)
 
 
 def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
@@ -124,7 +144,8 @@ def _floor_decimal(v: str | Decimal, field: str) -> int:
         raise InvalidRecord("bad_timestamp", field) from None
     if not d.is_finite():
         raise InvalidRecord("bad_timestamp", field)
-    if abs(d) >= MAX_EVENT_MS * 10:  # out of range either way; spares flooring a huge exponent
+    # Out of range either way; spares flooring a huge exponent (copy_abs: abs() would trap it).
+    if d.copy_abs() >= MAX_EVENT_MS * 10:
         raise InvalidRecord("timestamp_out_of_range", f"{field} outside 1970..2100")
     return math.floor(d)
 

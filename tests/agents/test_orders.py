@@ -48,11 +48,19 @@ class Literal(str):
     """A number written into the JSON text as is."""
 
 
+def with_literal(field: str, number: str) -> bytes:
+    """An order whose `field` is the JSON number `number`, written as is."""
+    return json.dumps(order(**{field: 0})).replace(f'"{field}": 0', f'"{field}": {number}').encode()
+
+
 def test_valid_order_is_converted() -> None:
     o = parse_order(rec(order(amount="12.50", quantity="3")))
     assert (o.amount, o.quantity, o.total, o.ts) == (12.5, 3, 37.5, GOOD["ts"])
     o = parse_order(rec(order(amount=" 1.25e1 ", quantity="+3", ts=" 1700000000000")))
     assert (o.amount, o.quantity, o.ts) == (12.5, 3, 1_700_000_000_000)
+    o = parse_order(rec(with_literal("quantity", "3.0")))
+    assert (o.quantity, parse_order(rec(order(quantity="0.3e1"))).quantity) == (3, 3)
+    assert parse_order(rec(with_literal("amount", "1e-99999999999999999999"))).amount == 0.0
 
 
 def test_a_negative_zero_amount_counts_as_zero() -> None:
@@ -115,6 +123,17 @@ BAD_INPUTS = [
     (order(order_id=10**1025), b"p1", "field_too_long"),
     (order(quantity=0), b"p1", "out_of_range"),
     (order(quantity=1.5), b"p1", "not_an_integer"),
+    # integral only as the nearest float: not as written
+    (with_literal("quantity", "2.9999999999999999"), b"p1", "not_an_integer"),
+    (order(quantity="2.9999999999999999"), b"p1", "not_an_integer"),
+    (order(quantity="1e-99999999999999999999"), b"p1", "not_an_integer"),
+    # exponents past what Decimal's context or constructor take
+    (with_literal("ts", "1e1000000"), b"p1", "timestamp_out_of_range"),
+    (with_literal("ts", "-1e1000000"), b"p1", "timestamp_out_of_range"),
+    (order(ts="1e1000000"), b"p1", "timestamp_out_of_range"),
+    (with_literal("ts", "1e99999999999999999999"), b"p1", "bad_timestamp"),
+    (order(ts="1e99999999999999999999"), b"p1", "bad_timestamp"),
+    (with_literal("amount", "1e99999999999999999999"), b"p1", "not_finite"),
     (order(ts="yesterday"), b"p1", "bad_timestamp"),
     (order(ts="2023-11-14T22:13:20"), b"p1", "bad_timestamp"),
     (order(ts=-1), b"p1", "timestamp_out_of_range"),
