@@ -92,6 +92,7 @@ class Pipeline(Protocol):
     name: str
     source: str  # logical source topic
     outputs: tuple[str, ...]  # logical output topics (created by `kappa topics create`)
+    dlq: str  # logical topic (one of `outputs`) for records it cannot process
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         """Apply one partition's batch (offset order) to `state` (staged, not yet committed)."""
@@ -100,6 +101,15 @@ class Pipeline(Protocol):
     def flush(self, state: PartitionState) -> BatchOutput:
         """Close everything still open (end of a bounded replay)."""
         ...
+
+
+def dead_letter(topic: str, rec: Record, reason: str, detail: str = "") -> OutRecord:
+    """A DLQ copy of `rec`: its original bytes, the reason (a short stable label) and detail
+    in headers; the runtime adds the source position."""
+    headers = [("kappa.error", reason.encode())]
+    if detail:
+        headers.append(("kappa.error.detail", detail.encode()[:512]))
+    return OutRecord(topic, rec.key, rec.value, rec.timestamp, headers, rec.offset)
 
 
 def source_headers(topic: str, partition: int, offset: int) -> Headers:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agents.base import BatchOutput, OutRecord, Record
+from agents.base import BatchOutput, OutRecord, Record, dead_letter
 from agents.user_state import decode_partial, encode_partial
 from tables.aggregates import Moments
 from tables.cleaning import (
@@ -153,10 +153,7 @@ def _parse_fields(obj: dict[str, object]) -> Order:
 
 def dlq_record(rec: Record, err: InvalidRecord) -> OutRecord:
     """The original bytes, with the reason and (added by the runtime) the source position."""
-    headers = [("kappa.error", err.reason.encode())]
-    if err.detail:
-        headers.append(("kappa.error.detail", err.detail.encode()[:512]))
-    return OutRecord(DLQ, rec.key, rec.value, rec.timestamp, headers, rec.offset)
+    return dead_letter(DLQ, rec, err.reason, err.detail)
 
 
 def revenue_value(product_id: str, key: WindowKey, m: Moments, final: bool | None = None) -> bytes:
@@ -195,6 +192,7 @@ class OrdersPipeline:
     name = "orders"
     source = SOURCE
     outputs = (REVENUE, DLQ, LATE, BY_USER)
+    dlq = DLQ
 
     def __init__(self, config: OrdersConfig | None = None) -> None:
         self.config = config or OrdersConfig()

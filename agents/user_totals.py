@@ -28,6 +28,7 @@ class UserTotalsPipeline:
     name = "user-totals"
     source = BY_USER
     outputs = (USER_TOTALS, DLQ)
+    dlq = DLQ
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()

@@ -28,6 +28,7 @@ from agents.base import (
     Pipeline,
     Record,
     SourceRecord,
+    dead_letter,
     fit_copy,
     source_headers,
 )
@@ -95,6 +96,10 @@ class ChangelogSource(Protocol):
 # its entries go out as several record batches in order, the applied offset last, and a
 # restore applies entries only up to the last applied offset in the changelog.
 CHANGELOG_BATCH_BYTES = 512 * 1024
+# A pipeline raising one of these on a batch is a bug met by a record: that record goes to the
+# DLQ with this reason. Out of memory or an I/O error is no record's fault and stops the worker.
+PROCESSING_ERROR = "processing_error"
+_NO_RECORDS_FAULT = (MemoryError, OSError)
 PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
 
 
@@ -263,7 +268,13 @@ class PipelineRunner:
                     alone.append((partition, records))
                     continue
                 t0 = time.perf_counter()
-                out = self._staged(state, records)
+                try:
+                    out = self._staged(state, records)
+                except _NO_RECORDS_FAULT:
+                    raise
+                except Exception:  # isolated on `handle`'s path
+                    alone.append((partition, records))
+                    continue
                 if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
                     state.discard()
                     alone.append((partition, records))
@@ -295,7 +306,16 @@ class PipelineRunner:
 
     async def _process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         t0 = time.perf_counter()
-        out = self._staged(state, records)
+        try:
+            out = self._staged(state, records)
+        except _NO_RECORDS_FAULT:
+            raise
+        except Exception as error:
+            failed = error
+        else:
+            failed = None
+        if failed is not None:  # out of the except block: its own errors are not chained on
+            return await self._isolate(state, records, failed)
         staged = state.staged_bytes()
         if len(records) > 1 and staged > CHANGELOG_BATCH_BYTES:
             # Too much state change for one atomic changelog batch: split the records into as
@@ -320,6 +340,47 @@ class PipelineRunner:
         except BaseException:
             state.discard()
             raise
+
+    async def _isolate(
+        self, state: PartitionState, records: Sequence[Record], error: Exception
+    ) -> BatchOutput:
+        """The batch raised: a bug met by some record. Find the first record the batch cannot
+        get past (bisecting, nothing staged in between), make what precedes it durable, send
+        it to the DLQ (`processing_error`) and go on after it, so one record cannot stop the
+        partition for good. The record is the same in a replay, which redoes it once the bug
+        is fixed."""
+        good, bad = 0, len(records)  # records[:good] process, records[:bad] raise
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            try:
+                self._staged(state, records[:middle])
+            except _NO_RECORDS_FAULT:
+                raise
+            except Exception as e:
+                bad, error = middle, e
+            else:
+                state.discard()
+                good = middle
+        poison = records[good]
+        log.error(
+            "%s p%d: offset %d raised %s; sent to the DLQ as processing_error",
+            self.pipeline.name,
+            state.partition,
+            poison.offset,
+            type(error).__name__,
+            exc_info=error,
+        )
+        out = await self._process(state, records[:good]) if good else BatchOutput()
+        dead = BatchOutput(
+            [dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)]
+        )
+        dead.counts.events = dead.counts.dlq = 1
+        dead.counts.dlq_reasons[PROCESSING_ERROR] = 1
+        await self._make_durable(state, dead, poison.offset)
+        out.extend(dead)
+        if good + 1 < len(records):
+            out.extend(await self._process(state, records[good + 1 :]))
+        return out
 
     async def flush(self, partition: int) -> BatchOutput:
         """Close every open window of a partition (end of a bounded replay) durably."""

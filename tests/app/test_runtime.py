@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
-from agents.base import SourceRecord, record_bytes_bound
+from agents.base import BatchOutput, Pipeline, Record, SourceRecord, record_bytes_bound
 from agents.user_state import decode_partial
 from app import runtime
 from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.settings import load_settings
 from app.topology import Topology
-from tables.partition_state import APPLIED_OFFSET
+from tables.partition_state import APPLIED_OFFSET, PartitionState
 from tests.support.datasets import GOOD_ORDER
 
 
@@ -374,8 +374,93 @@ async def test_only_broker_and_network_failures_are_retried() -> None:
     assert len(calls) == 2  # the broker failure was retried once
 
 
-async def test_a_pipeline_that_raises_mid_batch_leaves_nothing_staged(
+def _poisoned(pipeline: Pipeline, marker: bytes, error: type[BaseException]) -> Callable:
+    """The pipeline's `process`, raising `error` (after staging) when a record holds `marker`:
+    a bug that only some records meet."""
+    process = pipeline.process
+
+    def process_or_raise(state: PartitionState, records: Sequence[Record]) -> BatchOutput:
+        out = process(state, records)
+        if any(marker in (r.value or b"") for r in records):
+            raise error("a bug")
+        return out
+
+    return process_or_raise
+
+
+def _recording(sent: list[Produce]) -> Callable:
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.extend(records)
+
+    return send
+
+
+def _poison(records: list[SourceRecord], offsets: set[int]) -> list[SourceRecord]:
+    for r in records:
+        if r.offset in offsets:
+            r.value = (r.value or b"").replace(b'"category": "c"', b'"category": "boom"')
+    return records
+
+
+@pytest.mark.parametrize("batches", [[range(0, 40)], [range(0, 13), range(13, 40)]])
+async def test_a_record_that_makes_the_pipeline_raise_goes_to_the_dlq_and_the_rest_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batches: list[range]
+) -> None:
+    poisoned = {3, 17, 18, 30}  # the last one (39) too would leave a different applied offset
+    results = {}
+    for run, dropped in (("poisoned", set()), ("without", poisoned)):
+        settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / run)})
+        topology = Topology(settings, 1).select(["orders"])
+        sent: list[Produce] = []
+        pipeline = topology.pipelines[0]
+        monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b"boom", RuntimeError))
+        runner = PipelineRunner(pipeline, topology, _recording(sent), one_request=True)
+        records = [r for r in _poison(_orders(0, 40), poisoned) if r.offset not in dropped]
+        counts = BatchOutput()
+        for batch in batches:
+            counts.extend(await runner.handle_many({0: [r for r in records if r.offset in batch]}))
+        await runner.flush(0)  # the windows' results (forwards to by-user are per batch)
+        revenue = topology.physical("orders.revenue-1m")
+        results[run] = (
+            list(runner._stores[0].scan(b"", b"\xff" * 8)),
+            [(r.key, r.value) for r in sent if r.topic == revenue],
+        )
+        dead = {int(dict(r.headers)["kappa.source.offset"]) for r in sent if "dlq" in r.topic}
+        assert dead == poisoned - dropped
+        assert counts.counts.dlq_reasons == ({"processing_error": 4} if dead else {})
+        runner.close()
+    # The same state and windows as if the poisoned records had never been there.
+    assert results["poisoned"][1] and results["poisoned"] == results["without"]
+
+
+async def test_the_dead_letter_says_why_and_where_it_came_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[Produce] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sent.extend(records)
+
+    pipeline = topology.pipelines[0]
+    monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b"boom", KeyError))
+    runner = PipelineRunner(pipeline, topology, send)
+    out = await runner.handle(0, _poison(_orders(0, 10), {6}))
+    assert out.counts.dlq_reasons == {"processing_error": 1}
+    assert (out.counts.events, await runner.applied_offset(0)) == (10, 9)
+    (dead,) = [r for r in sent if r.topic == topology.physical("orders.dlq")]
+    headers = dict(dead.headers)
+    assert headers["kappa.error"] == b"processing_error"
+    assert headers["kappa.error.detail"] == b"KeyError"
+    assert headers["kappa.source.offset"] == b"6"
+    assert dead.value is not None and b"boom" in dead.value
+    runner.close()
+
+
+@pytest.mark.parametrize("error", [MemoryError, OSError])
+async def test_an_error_that_is_no_records_fault_stops_and_leaves_nothing_staged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
     settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
     topology = Topology(settings, 1).select(["orders"])
@@ -386,19 +471,13 @@ async def test_a_pipeline_that_raises_mid_batch_leaves_nothing_staged(
     pipeline = topology.pipelines[0]
     runner = PipelineRunner(pipeline, topology, send, one_request=True)
     process = pipeline.process
-
-    def process_then_fail(state, records):  # type: ignore[no-untyped-def]
-        process(state, records)
-        raise RuntimeError("a bug")
-
-    batches = {0: _orders(0, 7)}
+    batches = {0: _poison(_orders(0, 7), {0})}
     for handle in (runner.handle_many, lambda b: runner.handle(0, b[0])):
-        monkeypatch.setattr(pipeline, "process", process_then_fail)
-        with pytest.raises(RuntimeError):
+        monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b"boom", error))
+        with pytest.raises(error):
             await handle(batches)
         monkeypatch.setattr(pipeline, "process", process)
-        state = await runner.state(0)
-        assert state.staged_bytes() == 0
+        assert (await runner.state(0)).staged_bytes() == 0
     await runner.handle_many(batches)
     (raw,) = (await runner.state(0)).get_values("user-partials", ["u0"])
     assert raw is not None and decode_partial(raw)[0] == 1  # u0 ordered once, not three times
