@@ -49,9 +49,11 @@ class StateDirLock:
 _held: list[StateDirLock] = []  # keeps the descriptors (and so the locks) for the process lifetime
 
 
-def lock_state_dir(root: Path) -> StateDirLock:
+def lock_state_dir(root: Path, shared: bool = False) -> StateDirLock:
     """Take the lock of one version's state directory or raise `StateLockedError` at once.
 
+    A worker (and `kappa drop`) takes it exclusively. The processes of one replay take it
+    shared (each has its own partitions), which still keeps workers and drop out.
     flock locks belong to the open file description, so a second lock of the same directory
     fails even from the same process.
     """
@@ -61,20 +63,21 @@ def lock_state_dir(root: Path) -> StateDirLock:
     except OSError as e:
         raise StateError(f"cannot use state directory {root}: {e.strerror or e}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read_pid(fd)
         os.close(fd)
         who = f" (pid {holder})" if holder else ""
         raise StateLockedError(
-            f"state directory {root} is in use by another kappa worker{who}; "
-            "run one worker per KAPPA_STATE_DIR"
+            f"state directory {root} is in use by another kappa worker or replay{who}; "
+            "run one worker per KAPPA_STATE_DIR, and no worker beside a replay of its version"
         ) from None
     except OSError as e:
         os.close(fd)
         raise StateError(f"cannot lock state directory {root}: {e.strerror or e}") from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if not shared:  # shared holders would overwrite each other's pid
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     lock = StateDirLock(root, fd)
     _held.append(lock)
     return lock

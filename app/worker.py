@@ -80,8 +80,15 @@ def _exit_after_deadline() -> None:
     os._exit(0)
 
 
-def create_app(settings: Settings, version: int, pipelines: list[str] | None = None) -> faust.App:
-    topology = Topology(settings, version).select(pipelines or [])
+def create_app(
+    settings: Settings,
+    version: int,
+    pipelines: list[str] | None = None,
+    since_ms: int | None = None,
+) -> faust.App:
+    """The worker's Faust app for one version; `since_ms` is the version's own (a version
+    replayed with `--since` counts only windows starting then or later, live as in replay)."""
+    topology = Topology(settings, version, since_ms=since_ms).select(pipelines or [])
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = KappaApp(
         topology.group_id,

@@ -30,17 +30,15 @@ def run_worker(
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
     Topology(settings, version or 1).select(pipelines)  # unknown names fail before any waiting
-    explicit = version is not None  # the live version is never a dropped one
-    if version is None:
-        version = asyncio.run(live_version(settings))
-    topology = Topology(settings, version).select(pipelines)
+    version, since_ms = asyncio.run(version_to_run(settings, version))
+    topology = Topology(settings, version, since_ms=since_ms).select(pipelines)
     lock = lock_state_dir(topology.state_root())  # held until the process exits
     applied = check_partition_dirs(topology)
-    settings = asyncio.run(prepare_topics(settings, topology, applied, explicit))
+    settings = asyncio.run(prepare_topics(settings, topology, applied))
 
     from app.worker import BoundedStopWorker, create_app
 
-    app = create_app(settings, version, pipelines)
+    app = create_app(settings, version, pipelines, since_ms)
     worker = BoundedStopWorker(
         app,
         loglevel=settings.log_level.upper(),
@@ -84,16 +82,11 @@ async def prepare_topics(
     settings: Settings,
     topology: Topology,
     applied: dict[tuple[str, int], int] | None = None,
-    check_dropped: bool = True,
 ) -> Settings:
     """Create what is missing; refuse sources whose partitioning the state cannot follow, and
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
-    if check_dropped:  # a number given with --version may be a dropped version's
-        from replay.registry import refuse_dropped
-
-        await refuse_dropped(settings, topology.version)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
     await require_partitions(settings.kafka, list(spec), settings.partitions)
@@ -103,9 +96,15 @@ async def prepare_topics(
     return dataclasses.replace(settings, copy_max_bytes=limit)
 
 
-async def live_version(settings: Settings) -> int:
-    """The version `kappa promote` made live (1 before any promote)."""
-    from replay.registry import Registry
+async def version_to_run(settings: Settings, version: int | None) -> tuple[int, int | None]:
+    """The version to run (None: the one `kappa promote` made live, 1 before any promote) and
+    the `--since` its replay was cut at, which it keeps applying live. A dropped version's
+    number is refused: running it would recreate its topics and state under the same names."""
+    from replay.registry import Registry, refuse_if_dropped
 
     await wait_for_broker_forever(settings.kafka)
-    return await Registry(settings).live_version()
+    view = await Registry(settings).load()
+    if version is None:
+        version = view.live
+    rec = refuse_if_dropped(view, version)
+    return version, rec.since_ms if rec is not None else None

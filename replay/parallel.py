@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 from replay.summary import ReplaySummary
@@ -33,11 +34,17 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
         )
         for i in range(processes)
     ]
+    outputs = [""] * processes
+
+    def collect(i: int) -> None:
+        outputs[i] = children[i].communicate()[0]
+
+    readers = [threading.Thread(target=collect, args=(i,), daemon=True) for i in range(processes)]
+    for reader in readers:
+        reader.start()
+    code = _wait_all_or_first_failure(children, readers)
     total: ReplaySummary | None = None
-    code = 0
-    for child in children:
-        out, _ = child.communicate()
-        code = code or child.returncode
+    for out in outputs:
         for line in out.splitlines():
             part = ReplaySummary.parse(line)
             if part is None:
@@ -50,3 +57,28 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
         return code or 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
     return code, f"{total.line()} across {processes} processes"
+
+
+def _wait_all_or_first_failure(
+    children: list[subprocess.Popen[str]], readers: list[threading.Thread]
+) -> int:
+    """Wait for every child; if one fails, stop the others: they would wait forever for its
+    partitions (a later stage starts when every partition of the one before is done)."""
+    while any(reader.is_alive() for reader in readers):
+        failed = [c for c in children if c.poll() not in (None, 0)]
+        if failed:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for reader in readers:
+                reader.join()
+            index = children.index(failed[0])
+            print(
+                f"replay: process {index}/{len(children)} failed (exit {failed[0].returncode}); "
+                "stopped the others. Run the same command again to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+            return failed[0].returncode
+        time.sleep(0.1)
+    return next((c.returncode for c in children if c.returncode), 0)

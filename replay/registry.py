@@ -38,14 +38,16 @@ class VersionRecord:
 class RegistryView:
     versions: dict[int, VersionRecord]
     progress: dict[tuple[int, str], dict[int, int]]  # (version, pipeline) → partition → end
+    # version → position of its newest record among the registry's records (oldest first)
+    marked: dict[int, int] = field(default_factory=dict)
 
     @property
     def live(self) -> int:
-        """The live version: the one marked live, else version 1 (before any promote)."""
-        for v, rec in self.versions.items():
-            if rec.status == LIVE:
-                return v
-        return 1
+        """The live version: the one marked live, else version 1 (before any promote). A
+        promote marks the new version live before the old one complete: if it stopped in
+        between, two are marked and the one marked first (the old one) is still live."""
+        live = [v for v, rec in self.versions.items() if rec.status == LIVE]
+        return min(live, key=lambda v: self.marked.get(v, 0)) if live else 1
 
 
 class Registry:
@@ -100,9 +102,15 @@ class Registry:
 async def refuse_dropped(settings: Settings, version: int) -> None:
     """A dropped version's number is not used again: a worker or `kappa topics` for it would
     recreate its topics and state under the same names."""
-    rec = (await Registry(settings).load()).versions.get(version)
+    refuse_if_dropped(await Registry(settings).load(), version)
+
+
+def refuse_if_dropped(view: RegistryView, version: int) -> VersionRecord | None:
+    """The version's record (None if it has none yet); ConfigError if it was dropped."""
+    rec = view.versions.get(version)
     if rec is not None and rec.status == DROPPED:
         raise ConfigError(f"version {version} was dropped; use a new version number")
+    return rec
 
 
 def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str) -> None:
@@ -114,6 +122,7 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
         if name.startswith("version/"):
             v = int(name.split("/")[1])
             view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
+            view.marked[v] = max(view.marked.values(), default=0) + 1
         elif name.startswith("progress/"):
             _, v, pipeline, p = name.split("/")
             view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])

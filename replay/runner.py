@@ -25,6 +25,7 @@ from app.kafka_clients import new_consumer
 from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner, retrying
 from app.settings import ConfigError, Settings
+from app.state_guard import lock_state_dir
 from app.topic_reader import bounded_consumer
 from app.topology import Topology
 from replay.progress import ReplayProgress
@@ -68,6 +69,24 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     if opts.dry_run:
         print(plan(topology, rec, opts))
         return None
+    # Shared with the version's other replay processes here; keeps a worker of the version
+    # and `kappa drop` out while it runs.
+    lock = lock_state_dir(topology.state_root(), shared=True)
+    try:
+        return await _replay(settings, opts, registry, view, topology, rec, started)
+    finally:
+        lock.release()
+
+
+async def _replay(
+    settings: Settings,
+    opts: ReplayOptions,
+    registry: Registry,
+    view: RegistryView,
+    topology: Topology,
+    rec: VersionRecord,
+    started: float,
+) -> ReplaySummary:
     if rec.version not in view.versions:
         rec = await _create_version(registry, rec)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}

@@ -50,7 +50,7 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
         return f"version {version} is already live"
     if rec.status == DROPPED:
         raise ConfigError(f"version {version} was dropped")
-    if rec.status != COMPLETE and not force:
+    if rec.status not in (COMPLETE, LIVE) and not force:  # LIVE: a promote that stopped halfway
         raise ConfigError(
             f"version {version} is {rec.status}: its replay has not completed (use --force to "
             "promote anyway)"
@@ -58,8 +58,10 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
     previous = view.versions.get(view.live, VersionRecord(view.live, LIVE))
     previous.status = COMPLETE
     rec.status = LIVE
-    await registry.put_version(previous)
+    # New first: until the old one is marked complete, it stays live (`RegistryView.live`),
+    # so a promote that stops in between changes nothing and can be run again.
     await registry.put_version(rec)
+    await registry.put_version(previous)
     return (
         f"version {version} is live (was {previous.version}); restart workers without --version "
         "to run it"

@@ -141,6 +141,20 @@ async def test_replay_with_processes_option_splits_and_sums_up(dataset: Dataset)
     await check_replay(dataset, 6)
 
 
+async def test_a_failing_replay_process_stops_the_others_instead_of_hanging(
+    dataset: Dataset,
+) -> None:
+    """The others would wait forever for its partitions before the user-totals stage."""
+    broken = Path(dataset.env["KAPPA_STATE_DIR"]) / "v13" / "orders" / "p1"
+    broken.mkdir(parents=True)
+    (broken / "KAPPA").write_text("garbage")
+    r = run_kappa(["replay", "--version", "13", "--processes", "2"], dataset.env, timeout=90)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (
+        "unreadable" in r.stderr and "process 1/2 failed (exit 2); stopped the others" in r.stderr
+    )
+
+
 async def test_replaying_a_pipeline_without_its_upstream_is_refused(dataset: Dataset) -> None:
     r = run_kappa(["replay", "user-totals", "--version", "7"], dataset.env)
     assert r.returncode == 2, r.stdout + r.stderr

@@ -85,3 +85,63 @@ async def test_diff_refuses_a_dropped_or_unknown_version(broker: str, unique: st
         await diff(settings, 1, 2)
     with pytest.raises(ConfigError, match="version 3 is not in the registry"):
         await diff(settings, 1, 3)
+
+
+async def test_a_worker_runs_a_version_with_the_since_of_its_replay(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A version replayed with --since keeps skipping older windows once it runs live."""
+    from app.worker import create_app
+    from app.worker_main import version_to_run
+
+    env = {"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"since-{unique}"}
+    settings = load_settings({**env, "KAPPA_STATE_DIR": str(tmp_path)})
+    registry = Registry(settings)
+    await registry.put_version(VersionRecord(2, COMPLETE, ["orders"], {}, since_ms=60_000))
+    await registry.put_version(VersionRecord(3, DROPPED, ["orders"], {}))
+    assert await version_to_run(settings, 2) == (2, 60_000)
+    assert await version_to_run(settings, None) == (1, None)  # nothing promoted: version 1
+    with pytest.raises(ConfigError, match="version 3 was dropped"):
+        await version_to_run(settings, 3)
+    app = create_app(settings, 2, ["orders"], since_ms=60_000)
+    (runner,) = app.kappa_runners
+    assert runner.pipeline.config.since_ms == 60_000
+    runner.close()
+
+
+async def test_a_running_replay_keeps_workers_and_drop_of_its_version_out(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.admin import ensure_topics
+    from replay import runner
+    from replay.runner import ReplayOptions, run_replay
+    from replay.summary import ReplaySummary
+    from tables.rocks import StateLockedError
+
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"held-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    names = sorted(p.name for p in Topology(settings, 2).pipelines)
+    await Registry(settings).put_version(VersionRecord(2, RUNNING, names, {}))
+    root = Topology(settings, 2).state_root()
+    checked = []
+
+    async def while_replaying(*args: object) -> ReplaySummary:
+        with pytest.raises(StateLockedError):
+            lock_state_dir(root)  # a worker of version 2
+        lock_state_dir(root, shared=True).release()  # another process of this replay
+        with pytest.raises(ConfigError, match="version 2 is running here"):
+            await drop(settings, 2)
+        checked.append(True)
+        return ReplaySummary(2)
+
+    monkeypatch.setattr(runner, "_replay", while_replaying)
+    await run_replay(settings, ReplayOptions(2, []))
+    assert checked
+    lock_state_dir(root).release()  # released when the replay ends

@@ -41,3 +41,20 @@ def test_a_record_kappa_did_not_write_is_one_line_naming_where_it_is(
     with pytest.raises(ConfigError) as err:
         fold_record(RegistryView({}, {}), key, value, "kappa-versions offset 7")
     assert "offset 7" in str(err.value) and "\n" not in str(err.value)
+
+
+def _fold(view: RegistryView, version: int, status: str) -> None:
+    rec = VersionRecord(version, status, ["orders"], {})
+    fold_record(view, f"version/{version}".encode(), json.dumps(rec.__dict__).encode(), "here")
+
+
+def test_a_promote_that_stopped_halfway_leaves_the_old_version_live() -> None:
+    view = RegistryView({}, {})
+    _fold(view, 2, "complete")
+    _fold(view, 3, "complete")
+    _fold(view, 3, "live")  # `promote 3`: the new version first...
+    assert view.live == 3
+    _fold(view, 2, "live")  # `promote 2`, which stopped before marking 3 complete
+    assert view.live == 3
+    _fold(view, 3, "complete")  # ...then the old one: done
+    assert view.live == 2
