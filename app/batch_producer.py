@@ -43,8 +43,15 @@ class KeyPartitioner:
 
 
 class BatchSender:
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    """Sends a cycle's records: outputs first and, once the broker acknowledged them, the
+    changelog entries. Partitions are acknowledged independently (other leaders, or an error
+    on one partition of a request), and a changelog that landed without its outputs would let
+    a restore skip a batch whose outputs were never written. Inside a transaction
+    (`outputs_first=False`) everything commits together, so one round trip does."""
+
+    def __init__(self, producer: AIOKafkaProducer, outputs_first: bool = True) -> None:
         self.producer = producer
+        self.outputs_first = outputs_first
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = KeyPartitioner()
 
@@ -63,6 +70,14 @@ class BatchSender:
                 parts = self._partitions.get(r.topic) or await self.partitions(r.topic)
                 p = self._partitioner(r.key, parts)
             groups.setdefault((r.topic, p), []).append(r)
+        if self.outputs_first:
+            outputs = {tp: recs for tp, recs in groups.items() if not recs[0].atomic}
+            if outputs and len(outputs) < len(groups):
+                await self._send_groups(outputs)
+                groups = {tp: recs for tp, recs in groups.items() if recs[0].atomic}
+        await self._send_groups(groups)
+
+    async def _send_groups(self, groups: dict[tuple[str, int], list[Produce]]) -> None:
         futures = []
         in_order: list[tuple[str, int, list[Any]]] = []
         producer = self.producer
@@ -162,7 +177,7 @@ class TransactionalSender:
                 self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
             await producer.start()
-            found = self._producers[partition] = (producer, BatchSender(producer))
+            found = self._producers[partition] = (producer, BatchSender(producer, False))
         return found
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:

@@ -248,8 +248,8 @@ class PipelineRunner:
         return out
 
     async def handle_many(self, batches: Mapping[int, Sequence[Record]]) -> BatchOutput:
-        """Several partitions' batches, made durable together: their outputs and changelog
-        entries go out in one produce request (one round trip, not one per partition), then
+        """Several partitions' batches, made durable together: their outputs, then their
+        changelog entries, go out in one produce request each (not one per partition), then
         each partition's state commits. A batch that needs its gap read first or is too big
         for one changelog batch takes `handle`'s path, after the others, as does every batch
         when the sender is transactional (one transaction per source partition); those run

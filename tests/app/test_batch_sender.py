@@ -1,0 +1,63 @@
+"""BatchSender without a broker: the order in which a cycle's record batches go out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from app.batch_producer import BatchSender
+from app.runtime import Produce
+
+
+class _HeldProducer:
+    """Record batches are 'sent' but acknowledged only when the test says so."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, asyncio.Future[None]]] = []
+
+    def create_batch(self) -> Any:
+        return BatchBuilder(1_000_000, 0)
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[None]:
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, ack))
+        return ack
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+
+def _cycle() -> list[Produce]:
+    return [
+        Produce("out", 0, b"k1", b"v", None, []),
+        Produce("out", 1, b"k2", b"v", None, []),
+        Produce("changelog", 0, b"s", b"v", None, [], atomic=True),
+        Produce("changelog", 0, b"applied", b"1", None, [], atomic=True),
+    ]
+
+
+async def test_the_changelog_goes_out_only_once_the_outputs_are_acknowledged() -> None:
+    producer = _HeldProducer()
+    sending = asyncio.create_task(BatchSender(producer).send(_cycle()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert [topic for topic, _ in producer.sent] == ["out", "out"]  # both output partitions
+    for _, ack in producer.sent:
+        ack.set_result(None)
+    await asyncio.sleep(0.01)
+    assert [topic for topic, _ in producer.sent] == ["out", "out", "changelog"]
+    assert not sending.done()
+    producer.sent[-1][1].set_result(None)
+    await sending
+
+
+async def test_in_a_transaction_everything_goes_out_at_once() -> None:
+    producer = _HeldProducer()
+    sender = BatchSender(producer, outputs_first=False)  # type: ignore[arg-type]
+    sending = asyncio.create_task(sender.send(_cycle()))
+    await asyncio.sleep(0.01)
+    assert sorted(topic for topic, _ in producer.sent) == ["changelog", "out", "out"]
+    for _, ack in producer.sent:
+        ack.set_result(None)
+    await sending
