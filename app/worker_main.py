@@ -29,11 +29,17 @@ def run_worker(
 ) -> int:
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
-    Topology(settings, version or 1).select(pipelines)  # unknown names fail before any waiting
+    named = Topology(settings, version or 1).select(pipelines)  # unknown names fail at once
+    if version is not None:  # its state directory is checked before any waiting for a broker
+        lock = lock_state_dir(named.state_root())  # held until the process exits
+        applied = check_partition_dirs(named)
+    else:  # the live version, known only from the broker
+        lock, applied = None, None
     version, since_ms = asyncio.run(version_to_run(settings, version))
     topology = Topology(settings, version, since_ms=since_ms).select(pipelines)
-    lock = lock_state_dir(topology.state_root())  # held until the process exits
-    applied = check_partition_dirs(topology)
+    if lock is None:
+        lock = lock_state_dir(topology.state_root())
+        applied = check_partition_dirs(topology)
     settings = asyncio.run(prepare_topics(settings, topology, applied))
 
     from app.worker import BoundedStopWorker, create_app
