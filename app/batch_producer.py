@@ -146,6 +146,9 @@ class OwnProducerSender:
                 sender = self._sender
         await sender.send(records, commit)
 
+    async def release(self, partitions: set[int]) -> None:
+        """Source partitions revoked: nothing to let go (one producer serves them all)."""
+
     async def close(self) -> None:
         if self._sender is not None:
             await self._sender.producer.stop()
@@ -187,6 +190,15 @@ class TransactionalSender:
             await producer.send_offsets_to_transaction(
                 {TopicPartition(commit.topic, commit.partition): commit.offset}, commit.group
             )
+
+    async def release(self, partitions: set[int]) -> None:
+        """Stop the producers of revoked source partitions. The worker that takes one over
+        fences its transactional id, so a producer kept here would be fenced if the partition
+        came back, and the worker would stop as a zombie; a new one is initialised instead."""
+        for partition in partitions:
+            found = self._producers.pop(partition, None)
+            if found is not None:
+                await found[0].stop()
 
     async def close(self) -> None:
         for producer, _ in self._producers.values():

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import faust
@@ -143,7 +143,7 @@ def create_app(
             one_request=not settings.exactly_once,
         )
         runners.append(runner)
-        _register_batch_pipeline(app, topology, pipeline, runner, settings)
+        _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)
 
     app.task(freeze_startup_heap)
 
@@ -221,8 +221,10 @@ def _register_batch_pipeline(
     pipeline: Pipeline,
     runner: PipelineRunner,
     settings: Settings,
+    release: Callable[[set[int]], Awaitable[None]],
 ) -> None:
     """Subscribe the pipeline's source with batch delivery and start the task that drains it.
+    `release`: what the sender lets go of for revoked source partitions.
 
     Whatever is buffered when a batch is taken forms the batch: under load batches grow (up to
     the buffer bound), idle they are a single record, so latency stays low without a timer.
@@ -305,3 +307,4 @@ def _register_batch_pipeline(
                 return
             for p in parts:
                 runner.close_partition(p)
+            await release(parts)

@@ -204,6 +204,7 @@ async def _run_stage(
 ) -> None:
     label = (pipeline.name, str(topology.version))
 
+    txn: TransactionalSender | None = None
     if settings.exactly_once:
         txn = TransactionalSender(settings.kafka, f"{topology.group_id}-{pipeline.name}-replay")
         send = retrying(txn.send, label)
@@ -218,11 +219,12 @@ async def _run_stage(
         changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         one_request=not settings.exactly_once,
     )
-    starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
-    todo = {p for p in partitions if starts[p] < ends[p]}
-    total = sum(max(0, ends[p] - starts[p]) for p in partitions)
-    progress = ReplayProgress(topology.version, pipeline.name, total, opts.progress)
+    progress: ReplayProgress | None = None
     try:
+        starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
+        todo = {p for p in partitions if starts[p] < ends[p]}
+        total = sum(max(0, ends[p] - starts[p]) for p in partitions)
+        progress = ReplayProgress(topology.version, pipeline.name, total, opts.progress)
         if todo:
             await _consume(settings, source, starts, ends, todo, runner, progress, summary)
         if opts.flush:
@@ -232,8 +234,11 @@ async def _run_stage(
             settings.kafka, topology.group_id, source, {p: ends[p] for p in partitions}
         )
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         runner.close()
+        if txn is not None:
+            await txn.close()
 
 
 async def _consume(

@@ -234,3 +234,35 @@ async def test_a_fenced_worker_stops_instead_of_retrying(
 class _NoConsumer:
     def highwater(self, tp: Any) -> None:
         return None
+
+
+async def test_a_revoked_partitions_transactional_producer_is_let_go(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker taking the partition over fences its transactional id: a producer kept for
+    it would be fenced when the partition comes back, and the worker stop as a zombie."""
+    import asyncio
+
+    from faust.types import TP
+
+    from app import worker
+
+    stopped: list[str] = []
+
+    class _Producer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def stop(self) -> None:
+            stopped.append(self.name)
+
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PROCESSING_GUARANTEE": "exactly_once"}
+    )
+    app = worker.create_app(settings, 1, ["orders"])
+    app._consumer = _NoConsumer()  # type: ignore[assignment]
+    (sender,) = [s.__self__ for s in _wrapped_senders(app)]
+    sender._producers = {0: (_Producer("p0"), None), 1: (_Producer("p1"), None)}
+    (source, _), *_ = app.kappa_batch_buffers.items()
+    await asyncio.wait_for(app.on_partitions_revoked.send({TP(source, 0)}), 10)
+    assert stopped == ["p0"] and list(sender._producers) == [1]

@@ -145,3 +145,39 @@ async def test_a_running_replay_keeps_workers_and_drop_of_its_version_out(
     await run_replay(settings, ReplayOptions(2, []))
     assert checked
     lock_state_dir(root).release()  # released when the replay ends
+
+
+async def test_an_exactly_once_replay_stops_its_transactional_producers(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(The dev broker has no transactions: the sends are stood in for.)"""
+    from app.admin import ensure_topics
+    from app.batch_producer import TransactionalSender
+    from app.produce import produce_records
+    from replay.runner import ReplayOptions, run_replay
+    from tests.support.datasets import GOOD_ORDER
+
+    closed: list[str] = []
+
+    async def send(self: TransactionalSender, records: object, commit: object) -> None:
+        pass
+
+    async def close(self: TransactionalSender) -> None:
+        closed.append(self.prefix)
+
+    monkeypatch.setattr(TransactionalSender, "send", send)
+    monkeypatch.setattr(TransactionalSender, "close", close)
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"eos-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+            "KAPPA_PROCESSING_GUARANTEE": "exactly_once",
+        }
+    )
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    order = json.dumps({**GOOD_ORDER, "product_id": "p1"}).encode()
+    await produce_records(broker, f"{unique}.orders", [(b"p1", order)], progress=False)
+    await run_replay(settings, ReplayOptions(2, ["orders"], progress=False))
+    assert closed == [f"eos-{unique}-v2-orders-replay"]
