@@ -125,7 +125,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.web_host)
+        try:
+            start_http_server(args.metrics_port, addr=settings.web_host)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot serve metrics on {settings.web_host}:{args.metrics_port}: "
+                f"{e.strerror or e}"
+            ) from None
     opts = ReplayOptions(
         version=args.version,
         pipelines=args.pipelines,
@@ -222,9 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--pipeline", action="append", default=[], help="run only this pipeline (repeatable)"
     )
-    sp.add_argument(
-        "--web-port", type=_positive_int, default=None, help="port for /metrics and /health"
-    )
+    sp.add_argument("--web-port", type=_port, default=None, help="port for /metrics and /health")
 
     sp = add("produce", cmd_produce, "Load a file or synthetic orders into a topic.")
     sp.add_argument("topic", help="topic to produce to, e.g. orders")
@@ -311,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="split the replay over N processes on this machine (one per core is a good start)",
     )
-    sp.add_argument(
-        "--metrics-port", type=_positive_int, default=None, help="serve progress gauges here"
-    )
+    sp.add_argument("--metrics-port", type=_port, default=None, help="serve progress gauges here")
     sp.add_argument(
         "--no-progress", action="store_true", help="log lines instead of a progress bar"
     )
@@ -373,6 +375,7 @@ _positive_int = _number(int, 0, strict=True)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
 _fraction = _number(float, 0.0, 1.0)
+_port = _number(int, 1, 65535)
 
 
 def _event_time(s: str) -> int:

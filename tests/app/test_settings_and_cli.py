@@ -134,6 +134,8 @@ def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
         (["produce", "orders"], "one of the arguments --file --generate is required"),
         (["produce", "orders", "--generate", "5", "--bad-fraction", "2"], "between 0 and 1"),
         (["worker", "--web-port", "http"], "'http' is not an integer"),
+        (["worker", "--web-port", "70000"], "'70000' must be between 1 and 65535"),
+        (["replay", "--version", "2", "--metrics-port", "0"], "'0' must be between 1 and 65535"),
         (["tail", "orders", "--limit", "-1"], "must be > 0"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,15 @@ async def test_a_replay_refuses_a_source_with_another_partition_count(
         f"kappa replay: error: topics must have KAPPA_PARTITIONS=4 partitions, but "
         f"{unique}.orders has 2"
     )
+
+
+async def test_a_metrics_port_in_use_is_one_line(broker: str, unique: str, tmp_path: Path) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_kappa(["replay", "--version", "2", "--metrics-port", str(port)], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"kappa replay: error: cannot serve metrics on 127.0.0.1:{port}: ")
