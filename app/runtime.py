@@ -127,6 +127,8 @@ class PipelineRunner:
         self.changelog_source = changelog_source
         self.changelog = topology.changelog(pipeline)
         self._states: dict[int, PartitionState] = {}
+        # Partitions whose delivered batches follow on from their state (see `_gap_before`).
+        self._following: set[int] = set()
         self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
         self._chaos = ChaosKill.from_env(pipeline.name)
@@ -232,7 +234,7 @@ class PipelineRunner:
         state = await self.state(partition)
         first = records[0].offset
         out = BatchOutput()
-        if self.read_gap is not None and first > state.applied_offset + 1:
+        if self._gap_before(partition, state, first):
             # Delivered records start past what the state has applied (the consumer's committed
             # offset ran ahead, or the state is new): apply the gap first, from the source.
             log.warning(
@@ -245,7 +247,19 @@ class PipelineRunner:
             async for chunk in self.read_gap(partition, state.applied_offset + 1, first):
                 out.extend(await self._process(state, chunk))
         out.extend(await self._process(state, records))
+        self._following.add(partition)
         return out
+
+    def _gap_before(self, partition: int, state: PartitionState, first: int) -> bool:
+        """Whether records before `first` must be read from the source first. Only the first
+        batch delivered after the partition was opened can leave a gap: later ones follow the
+        consumer's own position, and offsets skipped between them hold no records
+        (transaction markers, or records compacted away)."""
+        return (
+            self.read_gap is not None
+            and partition not in self._following
+            and first > state.applied_offset + 1
+        )
 
     async def handle_many(self, batches: Mapping[int, Sequence[Record]]) -> BatchOutput:
         """Several partitions' batches, made durable together: their outputs, then their
@@ -263,8 +277,7 @@ class PipelineRunner:
                 if not records:
                     continue
                 state = await self.state(partition)
-                gap = self.read_gap is not None and records[0].offset > state.applied_offset + 1
-                if gap or not self.one_request:
+                if self._gap_before(partition, state, records[0].offset) or not self.one_request:
                     alone.append((partition, records))
                     continue
                 t0 = time.perf_counter()
@@ -291,7 +304,8 @@ class PipelineRunner:
             await self._make_durable_together(ready)
             done = time.perf_counter()
             now = self.wall_clock()
-            for (_, out, _), t0, ts in zip(ready, started, first_ts):
+            for (state, out, _), t0, ts in zip(ready, started, first_ts):
+                self._following.add(state.partition)
                 total.extend(out)
                 metrics.BATCH_SECONDS.labels(*self._label).observe(done - t0)
                 metrics.record_age(*self._label, ts, now)
@@ -452,6 +466,7 @@ class PipelineRunner:
 
     def close_partition(self, partition: int) -> None:
         self._states.pop(partition, None)
+        self._following.discard(partition)
         store = self._stores.pop(partition, None)
         if store is not None:
             store.close()

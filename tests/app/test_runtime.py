@@ -482,3 +482,36 @@ async def test_an_error_that_is_no_records_fault_stops_and_leaves_nothing_staged
     (raw,) = (await runner.state(0)).get_values("user-partials", ["u0"])
     assert raw is not None and decode_partial(raw)[0] == 1  # u0 ordered once, not three times
     runner.close()
+
+
+@pytest.mark.parametrize("many", [False, True])
+async def test_only_the_first_batch_after_a_partition_opens_can_have_a_gap(
+    tmp_path: Path, many: bool
+) -> None:
+    """Later batches follow the consumer's position: offsets skipped between them are
+    transaction markers (or compacted away), which a gap read would find empty every batch."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+    source = _orders(0, 30)
+    reads: list[tuple[int, int]] = []
+
+    async def read_gap(partition: int, start: int, end: int) -> AsyncIterator[list[SourceRecord]]:
+        reads.append((start, end))
+        yield source[start:end]
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, read_gap, one_request=True)
+
+    async def deliver(records: list[SourceRecord]) -> None:
+        await (runner.handle_many({0: records}) if many else runner.handle(0, records))
+
+    await deliver(source[5:10])  # the committed offset ran ahead of the new state: read 0-4
+    await deliver(source[12:20])  # 10 and 11 were a transaction's markers
+    assert reads == [(0, 5)]
+    runner.close_partition(0)
+    await deliver(source[25:30])  # reopened: 20-24 are read again
+    assert reads == [(0, 5), (20, 25)]
+    assert await runner.applied_offset(0) == 29
+    runner.close()
