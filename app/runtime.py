@@ -36,7 +36,7 @@ from app import metrics
 from app.state_guard import state_identity
 from app.topology import Topology
 from tables.partition_state import PartitionState
-from tables.rocks import RocksStore
+from tables.rocks import RocksStore, StateError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ CHANGELOG_BATCH_BYTES = 512 * 1024
 # A pipeline raising one of these on a batch is a bug met by a record: that record goes to the
 # DLQ with this reason. Out of memory or an I/O error is no record's fault and stops the worker.
 PROCESSING_ERROR = "processing_error"
-_NO_RECORDS_FAULT = (MemoryError, OSError)
+_NO_RECORDS_FAULT = (MemoryError, OSError, StateError)
 PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
 
 
@@ -319,17 +319,24 @@ class PipelineRunner:
         total.extend(await self.handle(partition, records))
 
     async def _process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
+        """Process records and make them durable; records that make the pipeline raise are
+        set aside (`_isolate`)."""
         t0 = time.perf_counter()
         try:
-            out = self._staged(state, records)
+            staged = self._staged(state, records)
         except _NO_RECORDS_FAULT:
             raise
         except Exception as error:
             failed = error
         else:
             failed = None
-        if failed is not None:  # out of the except block: its own errors are not chained on
+        if failed is not None:  # out of the except block: later errors are not chained on
             return await self._isolate(state, records, failed)
+        return await self._make_staged_durable(state, records, staged, t0)
+
+    async def _make_staged_durable(
+        self, state: PartitionState, records: Sequence[Record], out: BatchOutput, t0: float
+    ) -> BatchOutput:
         staged = state.staged_bytes()
         if len(records) > 1 and staged > CHANGELOG_BATCH_BYTES:
             # Too much state change for one atomic changelog batch: split the records into as
@@ -358,43 +365,84 @@ class PipelineRunner:
     async def _isolate(
         self, state: PartitionState, records: Sequence[Record], error: Exception
     ) -> BatchOutput:
-        """The batch raised: a bug met by some record. Find the first record the batch cannot
-        get past (bisecting, nothing staged in between), make what precedes it durable, send
-        it to the DLQ (`processing_error`) and go on after it, so one record cannot stop the
-        partition for good. The record is the same in a replay, which redoes it once the bug
-        is fixed."""
-        good, bad = 0, len(records)  # records[:good] process, records[:bad] raise
-        while bad - good > 1:
-            middle = (good + bad) // 2
-            try:
-                self._staged(state, records[:middle])
-            except _NO_RECORDS_FAULT:
-                raise
-            except Exception as e:
-                bad, error = middle, e
-            else:
+        """The batch raised: a bug that some records meet. Each such record goes to the DLQ
+        (`processing_error`) and the others are processed as usual, so no record can stop a
+        partition for good; a replay redoes them once the bug is fixed.
+
+        The next record the batch cannot get past is found by galloping (prefixes of 1, 2,
+        4, ... records, then bisecting; nothing stays staged in between), so finding it costs
+        in proportion to how far it is, even when a bug meets every record. What precedes it
+        is made durable together with its dead letter."""
+        out = BatchOutput()
+        dead_letters = 0
+        while records:
+            good, bad, size = 0, 0, 1
+            while True:
+                n = min(size, len(records))
+                failure = self._probe(state, records[:n])
+                if failure is not None:
+                    bad, error = n, failure
+                    break
+                good = n
+                if n == len(records):
+                    break
+                size *= 2
+            if not bad:  # the rest goes through
+                out.extend(await self._process(state, records))
+                break
+            while bad - good > 1:
+                middle = (good + bad) // 2
+                failure = self._probe(state, records[:middle])
+                if failure is None:
+                    good = middle
+                else:
+                    bad, error = middle, failure
+            poison = records[good]
+            if not dead_letters:
+                log.error(
+                    "%s p%d: offset %d raised %s; sent to the DLQ as processing_error",
+                    self.pipeline.name,
+                    state.partition,
+                    poison.offset,
+                    type(error).__name__,
+                    exc_info=error,
+                )
+            dead_letters += 1
+            before = self._staged(state, records[:good]) if good else BatchOutput()
+            if good > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
                 state.discard()
-                good = middle
-        poison = records[good]
-        log.error(
-            "%s p%d: offset %d raised %s; sent to the DLQ as processing_error",
-            self.pipeline.name,
-            state.partition,
-            poison.offset,
-            type(error).__name__,
-            exc_info=error,
-        )
-        out = await self._process(state, records[:good]) if good else BatchOutput()
-        dead = BatchOutput(
-            [dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)]
-        )
-        dead.counts.events = dead.counts.dlq = 1
-        dead.counts.dlq_reasons[PROCESSING_ERROR] = 1
-        await self._make_durable(state, dead, poison.offset)
-        out.extend(dead)
-        if good + 1 < len(records):
-            out.extend(await self._process(state, records[good + 1 :]))
+                out.extend(await self._process(state, records[:good]))
+                before = BatchOutput()
+            before.records.append(
+                dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)
+            )
+            before.counts.events += 1
+            before.counts.dlq += 1
+            before.counts.dlq_reasons[PROCESSING_ERROR] = (
+                before.counts.dlq_reasons.get(PROCESSING_ERROR, 0) + 1
+            )
+            await self._make_durable(state, before, poison.offset)
+            out.extend(before)
+            records = records[good + 1 :]
+        if dead_letters > 1:
+            log.error(
+                "%s p%d: %d records of the batch raised; sent to the DLQ as processing_error",
+                self.pipeline.name,
+                state.partition,
+                dead_letters,
+            )
         return out
+
+    def _probe(self, state: PartitionState, records: Sequence[Record]) -> Exception | None:
+        """What processing `records` raises (None if nothing), leaving nothing staged."""
+        try:
+            self._staged(state, records)
+        except _NO_RECORDS_FAULT:
+            raise
+        except Exception as e:
+            return e
+        state.discard()
+        return None
 
     async def flush(self, partition: int) -> BatchOutput:
         """Close every open window of a partition (end of a bounded replay) durably."""

@@ -43,6 +43,7 @@ from app.runtime import (
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
+from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def _register_batch_pipeline(
                     await process_with_retry(buffer.take())
         except asyncio.CancelledError:
             raise
-        except BrokerDataLost as exc:
+        except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
             log.error("kappa worker: %s", exc)
             await app.crash(exc)
         except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly

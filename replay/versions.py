@@ -55,13 +55,22 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
             f"version {version} is {rec.status}: its replay has not completed (use --force to "
             "promote anyway)"
         )
-    previous = view.versions.get(view.live, VersionRecord(view.live, LIVE))
-    previous.status = COMPLETE
+    previous = view.versions.get(view.live)
+    if previous is None:  # version 1 before any promote: live without a record of its own
+        previous = VersionRecord(view.live, LIVE)
+        await registry.put_version(previous)
+    # New first: until the old one is marked complete, it stays live (`RegistryView.live`: the
+    # earliest marked wins), so a promote that stops in between changes nothing and can be
+    # run again. Every other version still marked live (by such a promote) is then complete.
     rec.status = LIVE
-    # New first: until the old one is marked complete, it stays live (`RegistryView.live`),
-    # so a promote that stops in between changes nothing and can be run again.
     await registry.put_version(rec)
-    await registry.put_version(previous)
+    for other in view.versions.values():
+        if other.status == LIVE and other.version != version:
+            other.status = COMPLETE
+            await registry.put_version(other)
+    if previous.version not in view.versions:
+        previous.status = COMPLETE
+        await registry.put_version(previous)
     return (
         f"version {version} is live (was {previous.version}); restart workers without --version "
         "to run it"

@@ -37,6 +37,10 @@ class StateUnreadableError(StateError):
     """The directory is not a readable RocksDB database (corrupt, or not RocksDB at all)."""
 
 
+class StateIOError(StateError):
+    """Reading or writing an open store failed (I/O error, corruption): no record's fault."""
+
+
 class ForeignStateError(StateError):
     """The directory's marker says it holds another app's, pipeline's or partition's state."""
 
@@ -162,13 +166,23 @@ class RocksStore:
         Python, as faust's consumer thread does in a worker. Point reads keep the GIL and
         cost the same (~1 us per key)."""
         get = self.db.get
-        return [get(k) for k in keys]
+        try:
+            return [get(k) for k in keys]
+        except Exception as e:
+            if type(e) is not Exception:
+                raise
+            raise self._io_error(e) from e
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for k, v in self.db.items(from_key=start):
-            if k >= stop:
-                break
-            yield k, v
+        try:
+            for k, v in self.db.items(from_key=start):
+                if k >= stop:
+                    break
+                yield k, v
+        except Exception as e:
+            if type(e) is not Exception:
+                raise
+            raise self._io_error(e) from e
 
     def write(self, changes: dict[bytes, bytes | None]) -> None:
         wb = WriteBatch(raw_mode=True)
@@ -177,7 +191,21 @@ class RocksStore:
                 wb.delete(k)
             else:
                 wb.put(k, v)
-        self.db.write(wb)
+        try:
+            self.db.write(wb)
+        except Exception as e:
+            if type(e) is not Exception:
+                raise
+            raise self._io_error(e) from e
+
+    def _io_error(self, e: Exception) -> StateIOError:
+        """rocksdict raises a bare `Exception` for I/O and corruption errors: no record's
+        fault, so the worker stops (a pipeline error would send the record to the DLQ)."""
+        first = str(e).splitlines()[0] if str(e) else "I/O error"
+        return StateIOError(
+            f"state at {self.path} failed: {first}: stop the worker, remove it with "
+            f"`rm -rf {self.path}` and restart; {_REBUILD}"
+        )
 
     def close(self) -> None:
         self.db.close()

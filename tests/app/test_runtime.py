@@ -515,3 +515,54 @@ async def test_only_the_first_batch_after_a_partition_opens_can_have_a_gap(
     assert reads == [(0, 5), (20, 25)]
     assert await runner.applied_offset(0) == 29
     runner.close()
+
+
+async def test_a_bug_that_meets_every_fourth_record_dead_letters_just_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[Produce] = []
+    pipeline = topology.pipelines[0]
+    monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b"boom", ValueError))
+    runner = PipelineRunner(pipeline, topology, _recording(sent))
+    poisoned = set(range(3, 4_000, 4))
+    out = await runner.handle(0, _poison(_orders(0, 4_000), poisoned))
+    assert out.counts.dlq_reasons == {"processing_error": 1_000}
+    dead = [int(dict(r.headers)["kappa.source.offset"]) for r in sent if "dlq" in r.topic]
+    assert dead == sorted(poisoned)
+    assert (out.counts.events, await runner.applied_offset(0)) == (4_000, 3_999)
+    runner.close()
+
+
+async def test_a_corrupt_state_file_stops_the_partition_instead_of_dead_lettering(
+    tmp_path: Path,
+) -> None:
+    """rocksdict raises a bare Exception for I/O and corruption errors: no record's fault."""
+    from tables.rocks import StateIOError
+
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select(["orders"])
+    sent: list[Produce] = []
+    runner = PipelineRunner(topology.pipelines[0], topology, _recording(sent))
+    orders = _orders(0, 40)
+    await runner.handle(0, orders[:10])  # products p00000-p00009
+    runner._stores[0].db.flush()
+    older = set((tmp_path / "v1").rglob("*.sst"))
+    await runner.handle(0, orders[10:20])  # other products; the applied offset, in a newer file
+    runner._stores[0].db.flush()
+    runner.close()
+    for table in older:  # a bad sector in the older file
+        with table.open("r+b") as f:
+            f.write(b"\xff" * 64)
+    runner = PipelineRunner(topology.pipelines[0], topology, _recording(sent))
+    sent.clear()
+    again = [  # the first products again: their windows are read from the older file
+        SourceRecord(r.topic, 0, 20 + i, r.timestamp, r.key, r.value)
+        for i, r in enumerate(orders[:10])
+    ]
+    with pytest.raises(StateIOError, match="stop the worker, remove it with"):
+        await runner.handle(0, again)
+    state = runner.open_state(0)
+    assert not sent and state is not None and state.applied_offset == 19
+    runner.close()

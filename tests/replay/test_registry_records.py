@@ -3,6 +3,7 @@ Kappa did not write is one clear error."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -48,13 +49,57 @@ def _fold(view: RegistryView, version: int, status: str) -> None:
     fold_record(view, f"version/{version}".encode(), json.dumps(rec.__dict__).encode(), "here")
 
 
-def test_a_promote_that_stopped_halfway_leaves_the_old_version_live() -> None:
+def test_of_two_versions_marked_live_the_one_marked_first_is_live() -> None:
     view = RegistryView({}, {})
-    _fold(view, 2, "complete")
+    assert view.live == 1  # before any promote
+    _fold(view, 2, "live")
     _fold(view, 3, "complete")
-    _fold(view, 3, "live")  # `promote 3`: the new version first...
-    assert view.live == 3
-    _fold(view, 2, "live")  # `promote 2`, which stopped before marking 3 complete
-    assert view.live == 3
-    _fold(view, 3, "complete")  # ...then the old one: done
+    _fold(view, 3, "live")  # a promote of 3 that stopped before marking 2 complete
     assert view.live == 2
+    _fold(view, 2, "complete")
+    assert view.live == 3
+
+
+class _Log:
+    """An in-memory registry topic, whose writes can stop after a number of records."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+        self.stop_after: int | None = None
+
+    async def load(self, create: bool = True) -> RegistryView:
+        view = RegistryView({}, {})
+        for key, value in self.records:
+            fold_record(view, key, value, "here")
+        return view
+
+    async def put_version(self, rec: VersionRecord) -> None:
+        if self.stop_after is not None and len(self.records) >= self.stop_after:
+            raise ConnectionError("the broker went away")
+        self.records.append((f"version/{rec.version}".encode(), json.dumps(rec.__dict__).encode()))
+
+
+async def test_promotes_that_stop_halfway_change_nothing_and_can_be_finished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from replay import versions
+
+    registry = _Log()
+    monkeypatch.setattr(versions, "Registry", lambda settings: registry)
+    for v in (2, 3, 4):
+        await registry.put_version(VersionRecord(v, "complete", ["orders"], {}))
+
+    async def promote(version: int, writes: int | None = None) -> None:
+        registry.stop_after = None if writes is None else len(registry.records) + writes
+        with contextlib.suppress(ConnectionError):
+            await versions.promote(None, version, force=False)  # type: ignore[arg-type]
+
+    await promote(2, writes=2)  # the first promote ever: version 1 gets its own live record
+    assert (await registry.load()).live == 1
+    await promote(2)
+    assert (await registry.load()).live == 2
+    await promote(3, writes=1)  # stopped after marking 3 live
+    assert (await registry.load()).live == 2
+    await promote(4)  # 2 and the stale 3 are marked complete
+    view = await registry.load()
+    assert view.live == 4 and [view.versions[v].status for v in (1, 2, 3)] == ["complete"] * 3
