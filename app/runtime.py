@@ -131,6 +131,8 @@ class PipelineRunner:
         self._following: set[int] = set()
         self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
+        # Exported at 0 from the start: an alert on its increase then sees the first one.
+        metrics.DLQ.labels(*self._label, PROCESSING_ERROR)
         self._chaos = ChaosKill.from_env(pipeline.name)
         self._source = topology.physical(pipeline.source)
 

@@ -566,3 +566,16 @@ async def test_a_corrupt_state_file_stops_the_partition_instead_of_dead_letterin
     state = runner.open_state(0)
     assert not sent and state is not None and state.applied_offset == 19
     runner.close()
+
+
+def test_the_processing_error_count_is_exported_from_the_start(tmp_path: Path) -> None:
+    """At 0, so that an alert on its increase also sees the first one."""
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    topology = Topology(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 77).select(["orders"])
+    labels = {"pipeline": "orders", "version": "77", "reason": "processing_error"}
+    assert REGISTRY.get_sample_value("kappa_dlq_total", labels) is None
+    PipelineRunner(topology.pipelines[0], topology, send).close()
+    assert REGISTRY.get_sample_value("kappa_dlq_total", labels) == 0.0
