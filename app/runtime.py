@@ -373,10 +373,21 @@ class PipelineRunner:
 
         The next record the batch cannot get past is found by galloping (prefixes of 1, 2,
         4, ... records, then bisecting; nothing stays staged in between), so finding it costs
-        in proportion to how far it is, even when a bug meets every record. What precedes it
-        is made durable together with its dead letter."""
+        in proportion to how far it is. What precedes it is made durable together with its
+        dead letter; dead letters with nothing before them wait for the next durable step, so
+        a bug that meets every record costs one step, not one per record."""
         out = BatchOutput()
+        waiting = BatchOutput()  # dead letters not yet durable (they change no state)
+        waiting_offset = -1
         dead_letters = 0
+
+        async def make_waiting_durable() -> None:
+            nonlocal waiting
+            if waiting.records:
+                await self._make_durable(state, waiting, waiting_offset)
+                out.extend(waiting)
+                waiting = BatchOutput()
+
         while records:
             good, bad, size = 0, 0, 1
             while True:
@@ -390,6 +401,7 @@ class PipelineRunner:
                     break
                 size *= 2
             if not bad:  # the rest goes through
+                await make_waiting_durable()
                 out.extend(await self._process(state, records))
                 break
             while bad - good > 1:
@@ -410,22 +422,25 @@ class PipelineRunner:
                     exc_info=error,
                 )
             dead_letters += 1
-            before = self._staged(state, records[:good]) if good else BatchOutput()
-            if good > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
-                state.discard()
-                out.extend(await self._process(state, records[:good]))
-                before = BatchOutput()
-            before.records.append(
-                dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)
+            dead = BatchOutput(
+                [dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)]
             )
-            before.counts.events += 1
-            before.counts.dlq += 1
-            before.counts.dlq_reasons[PROCESSING_ERROR] = (
-                before.counts.dlq_reasons.get(PROCESSING_ERROR, 0) + 1
-            )
-            await self._make_durable(state, before, poison.offset)
-            out.extend(before)
+            dead.counts.events = dead.counts.dlq = 1
+            dead.counts.dlq_reasons[PROCESSING_ERROR] = 1
+            if good:
+                before = self._staged(state, records[:good])
+                if good > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
+                    state.discard()
+                    await make_waiting_durable()
+                    out.extend(await self._process(state, records[:good]))
+                    before = BatchOutput()
+                waiting.extend(before)
+            waiting.extend(dead)
+            waiting_offset = poison.offset
+            if good:  # state is staged: durable now, before the next probe discards it
+                await make_waiting_durable()
             records = records[good + 1 :]
+        await make_waiting_durable()
         if dead_letters > 1:
             log.error(
                 "%s p%d: %d records of the batch raised; sent to the DLQ as processing_error",

@@ -579,3 +579,24 @@ def test_the_processing_error_count_is_exported_from_the_start(tmp_path: Path) -
     assert REGISTRY.get_sample_value("kappa_dlq_total", labels) is None
     PipelineRunner(topology.pipelines[0], topology, send).close()
     assert REGISTRY.get_sample_value("kappa_dlq_total", labels) == 0.0
+
+
+async def test_a_bug_that_meets_every_record_costs_one_durable_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select(["orders"])
+    sends: list[list[Produce]] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        sends.append(records)
+
+    pipeline = topology.pipelines[0]
+    monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b'"category"', TypeError))
+    runner = PipelineRunner(pipeline, topology, send)
+    out = await runner.handle(0, _orders(0, 500))
+    assert out.counts.dlq_reasons == {"processing_error": 500}
+    assert len(sends) == 1 and await runner.applied_offset(0) == 499
+    offsets = [int(dict(r.headers)["kappa.source.offset"]) for r in sends[0] if not r.atomic]
+    assert offsets == list(range(500))
+    runner.close()
