@@ -96,8 +96,8 @@ class ChangelogSource(Protocol):
 # its entries go out as several record batches in order, the applied offset last, and a
 # restore applies entries only up to the last applied offset in the changelog.
 CHANGELOG_BATCH_BYTES = 512 * 1024
-# A pipeline raising one of these on a batch is a bug met by a record: that record goes to the
-# DLQ with this reason. Out of memory or an I/O error is no record's fault and stops the worker.
+# A pipeline raising on a batch is a bug met by a record: that record goes to the DLQ with this
+# reason. Out of memory or an I/O error (`_NO_RECORDS_FAULT`) is not, and stops the worker.
 PROCESSING_ERROR = "processing_error"
 _NO_RECORDS_FAULT = (MemoryError, OSError, StateError)
 PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
@@ -283,11 +283,8 @@ class PipelineRunner:
                     alone.append((partition, records))
                     continue
                 t0 = time.perf_counter()
-                try:
-                    out = self._staged(state, records)
-                except _NO_RECORDS_FAULT:
-                    raise
-                except Exception:  # isolated on `handle`'s path
+                out, failed = self._try_staged(state, records)
+                if failed is not None:  # isolated on `handle`'s path
                     alone.append((partition, records))
                     continue
                 if len(records) > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
@@ -324,15 +321,8 @@ class PipelineRunner:
         """Process records and make them durable; records that make the pipeline raise are
         set aside (`_isolate`)."""
         t0 = time.perf_counter()
-        try:
-            staged = self._staged(state, records)
-        except _NO_RECORDS_FAULT:
-            raise
-        except Exception as error:
-            failed = error
-        else:
-            failed = None
-        if failed is not None:  # out of the except block: later errors are not chained on
+        staged, failed = self._try_staged(state, records)
+        if failed is not None:
             return await self._isolate(state, records, failed)
         return await self._make_staged_durable(state, records, staged, t0)
 
@@ -450,16 +440,25 @@ class PipelineRunner:
             )
         return out
 
-    def _probe(self, state: PartitionState, records: Sequence[Record]) -> Exception | None:
-        """What processing `records` raises (None if nothing), leaving nothing staged."""
+    def _try_staged(
+        self, state: PartitionState, records: Sequence[Record]
+    ) -> tuple[BatchOutput, Exception | None]:
+        """`_staged`, with what a record made the pipeline raise returned, not raised (so
+        the caller's handling is not chained onto it). Errors that are no record's fault
+        propagate."""
         try:
-            self._staged(state, records)
+            return self._staged(state, records), None
         except _NO_RECORDS_FAULT:
             raise
         except Exception as e:
-            return e
-        state.discard()
-        return None
+            return BatchOutput(), e
+
+    def _probe(self, state: PartitionState, records: Sequence[Record]) -> Exception | None:
+        """What processing `records` raises (None if nothing), leaving nothing staged."""
+        _, failed = self._try_staged(state, records)
+        if failed is None:
+            state.discard()
+        return failed
 
     async def flush(self, partition: int) -> BatchOutput:
         """Close every open window of a partition (end of a bounded replay) durably."""

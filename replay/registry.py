@@ -95,9 +95,6 @@ class Registry:
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
 
-    async def live_version(self) -> int:
-        return (await self.load()).live
-
 
 async def refuse_dropped(settings: Settings, version: int) -> None:
     """A dropped version's number is not used again: a worker or `kappa topics` for it would

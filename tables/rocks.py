@@ -8,6 +8,7 @@ refused instead of being read as if it were this partition's state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -166,23 +167,15 @@ class RocksStore:
         Python, as faust's consumer thread does in a worker. Point reads keep the GIL and
         cost the same (~1 us per key)."""
         get = self.db.get
-        try:
+        with self._io_errors():
             return [get(k) for k in keys]
-        except Exception as e:
-            if type(e) is not Exception:
-                raise
-            raise self._io_error(e) from e
 
     def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
-        try:
+        with self._io_errors():
             for k, v in self.db.items(from_key=start):
                 if k >= stop:
                     break
                 yield k, v
-        except Exception as e:
-            if type(e) is not Exception:
-                raise
-            raise self._io_error(e) from e
 
     def write(self, changes: dict[bytes, bytes | None]) -> None:
         wb = WriteBatch(raw_mode=True)
@@ -191,21 +184,24 @@ class RocksStore:
                 wb.delete(k)
             else:
                 wb.put(k, v)
-        try:
+        with self._io_errors():
             self.db.write(wb)
+
+    @contextlib.contextmanager
+    def _io_errors(self) -> Iterator[None]:
+        """rocksdict raises a bare `Exception` for I/O and corruption errors: they become a
+        `StateIOError`, no record's fault, so the worker stops (a pipeline error would send
+        the record to the DLQ). Other exceptions pass unchanged."""
+        try:
+            yield
         except Exception as e:
             if type(e) is not Exception:
                 raise
-            raise self._io_error(e) from e
-
-    def _io_error(self, e: Exception) -> StateIOError:
-        """rocksdict raises a bare `Exception` for I/O and corruption errors: no record's
-        fault, so the worker stops (a pipeline error would send the record to the DLQ)."""
-        first = str(e).splitlines()[0] if str(e) else "I/O error"
-        return StateIOError(
-            f"state at {self.path} failed: {first}: stop the worker, remove it with "
-            f"`rm -rf {self.path}` and restart; {_REBUILD}"
-        )
+            first = str(e).splitlines()[0] if str(e) else "I/O error"
+            raise StateIOError(
+                f"state at {self.path} failed: {first}: stop the worker, remove it with "
+                f"`rm -rf {self.path}` and restart; {_REBUILD}"
+            ) from e
 
     def close(self) -> None:
         self.db.close()
