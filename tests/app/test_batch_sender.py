@@ -16,6 +16,14 @@ class _HeldProducer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, asyncio.Future[None]]] = []
+        self._changed = asyncio.Condition()
+
+    async def sent_at_least(self, n: int) -> list[str]:
+        """The topics sent to, once at least `n` record batches were sent. The sender sends
+        without suspending until it awaits acknowledgements, so this wakes only after that."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.sent) >= n)
+        return [topic for topic, _ in self.sent]
 
     def create_batch(self) -> Any:
         return BatchBuilder(1_000_000, 0)
@@ -23,6 +31,8 @@ class _HeldProducer:
     async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.sent.append((topic, ack))
+        async with self._changed:
+            self._changed.notify_all()
         return ack
 
     async def partitions_for(self, topic: str) -> set[int]:
@@ -41,12 +51,10 @@ def _cycle() -> list[Produce]:
 async def test_the_changelog_goes_out_only_once_the_outputs_are_acknowledged() -> None:
     producer = _HeldProducer()
     sending = asyncio.create_task(BatchSender(producer).send(_cycle()))  # type: ignore[arg-type]
-    await asyncio.sleep(0.01)
-    assert [topic for topic, _ in producer.sent] == ["out", "out"]  # both output partitions
+    assert await producer.sent_at_least(2) == ["out", "out"]  # both output partitions, alone
     for _, ack in producer.sent:
         ack.set_result(None)
-    await asyncio.sleep(0.01)
-    assert [topic for topic, _ in producer.sent] == ["out", "out", "changelog"]
+    assert await producer.sent_at_least(3) == ["out", "out", "changelog"]
     assert not sending.done()
     producer.sent[-1][1].set_result(None)
     await sending
@@ -56,8 +64,7 @@ async def test_in_a_transaction_everything_goes_out_at_once() -> None:
     producer = _HeldProducer()
     sender = BatchSender(producer, outputs_first=False)  # type: ignore[arg-type]
     sending = asyncio.create_task(sender.send(_cycle()))
-    await asyncio.sleep(0.01)
-    assert sorted(topic for topic, _ in producer.sent) == ["changelog", "out", "out"]
+    assert sorted(await producer.sent_at_least(1)) == ["changelog", "out", "out"]
     for _, ack in producer.sent:
         ack.set_result(None)
     await sending
