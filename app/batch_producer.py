@@ -43,11 +43,12 @@ class KeyPartitioner:
 
 
 class BatchSender:
-    """Sends a cycle's records: outputs first and, once the broker acknowledged them, the
-    changelog entries. Partitions are acknowledged independently (other leaders, or an error
-    on one partition of a request), and a changelog that landed without its outputs would let
-    a restore skip a batch whose outputs were never written. Inside a transaction
-    (`outputs_first=False`) everything commits together, so one round trip does."""
+    """Sends a cycle's records: outputs (and the changelog entries of batches whose outputs
+    were acknowledged before) first and, once the broker acknowledged them, the changelog
+    entries marked `after_outputs`. Partitions are acknowledged independently (other leaders,
+    or an error on one partition of a request), and a changelog that landed without its
+    outputs would let a restore skip a batch whose outputs were never written. Inside a
+    transaction (`outputs_first=False`) everything commits together, so one round trip does."""
 
     def __init__(self, producer: AIOKafkaProducer, outputs_first: bool = True) -> None:
         self.producer = producer
@@ -70,11 +71,11 @@ class BatchSender:
                 parts = self._partitions.get(r.topic) or await self.partitions(r.topic)
                 p = self._partitioner(r.key, parts)
             groups.setdefault((r.topic, p), []).append(r)
-        if self.outputs_first:
-            outputs = {tp: recs for tp, recs in groups.items() if not recs[0].atomic}
-            if outputs and len(outputs) < len(groups):
-                await self._send_groups(outputs)
-                groups = {tp: recs for tp, recs in groups.items() if recs[0].atomic}
+        if self.outputs_first:  # a group's held entries come before its batch's own
+            first = {tp: recs for tp, recs in groups.items() if not recs[-1].after_outputs}
+            if first and len(first) < len(groups):
+                await self._send_groups(first)
+                groups = {tp: recs for tp, recs in groups.items() if recs[-1].after_outputs}
         await self._send_groups(groups)
 
     async def _send_groups(self, groups: dict[tuple[str, int], list[Produce]]) -> None:

@@ -10,12 +10,13 @@ the batch, which re-sends byte-identical outputs (deterministic), and never doub
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +55,9 @@ class Produce:
     # A changelog entry: all of this topic+partition's records of one send go out as one
     # record batch (appended atomically) or, if they cannot fit, as batches in order.
     atomic: bool = False
+    # Must not land before the send's other records (a changelog entry of the batch whose
+    # outputs go out in the same send): sent once those are acknowledged.
+    after_outputs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +119,17 @@ class PipelineRunner:
         changelog_source: ChangelogSource | None = None,
         one_request: bool = False,
         wall_clock: Callable[[], float] = time.time,
+        hold_changelog: bool = False,
     ) -> None:
         self.pipeline = pipeline
+        # Each batch's changelog entries go out with the next batch's outputs, in one produce
+        # request, instead of in a request of their own (see `_make_durable_together`).
+        self.hold_changelog = hold_changelog
+        # A partition's durable steps and held-entry sends, one at a time: a held batch's
+        # entries must never be in two requests at once (a retried copy could land after
+        # the next batch's entries).
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._sending_held: asyncio.Task[None] | None = None
         self.wall_clock = wall_clock  # s since the epoch: record ages (Kafka timestamps)
         # `send` accepts several partitions' records in one call (at_least_once); a
         # transactional sender commits one source partition per transaction instead.
@@ -474,12 +487,33 @@ class PipelineRunner:
         self, batches: Sequence[tuple[PartitionState, BatchOutput, int]]
     ) -> None:
         """Send every batch's outputs and changelog entries; once the broker acknowledged all
-        of them, commit each partition's state with its applied offset."""
+        of them, commit each partition's state with its applied offset.
+
+        With `hold_changelog`, a batch's changelog entries wait for the partition's next
+        batch (or `send_held`) and go out in the same request as its outputs: one produce
+        round trip per batch instead of two (outputs, then the entries that may only land
+        after them). Until they are acknowledged the batch is held in memory, never in the
+        store, so local state is never ahead of the changelog; a crash loses the held batch,
+        which the restart reads again from the source (its outputs are sent again)."""
+        async with self._locked(state.partition for state, _, _ in batches):
+            await self._send_and_commit(batches)
+
+    async def _send_and_commit(
+        self, batches: Sequence[tuple[PartitionState, BatchOutput, int]]
+    ) -> None:
         self._chaos.step("before-send", len(batches))
+        hold = self.hold_changelog and all(
+            applied > state.applied_offset for state, _, applied in batches
+        )  # a flush (no new offset) goes out whole, or a restore could not tell it is missing
         produce: list[Produce] = []
         commits: list[SourceCommit] = []
         for state, out, applied in batches:
-            produce.extend(self._records_of(state, out, applied))
+            produce.extend(self._outputs_of(state, out))
+            held = state.held().items()  # acknowledged outputs: may land at once
+            produce.extend(self._changelog_of(state.partition, held, after_outputs=False))
+            entries = state.prepare(applied)
+            if not hold:
+                produce.extend(self._changelog_of(state.partition, entries, after_outputs=True))
             commits.append(
                 SourceCommit(self._source, state.partition, applied + 1, self.topology.group_id)
             )
@@ -491,7 +525,11 @@ class PipelineRunner:
             raise
         self._chaos.step("after-send", len(batches))
         for state, out, _ in batches:
-            state.commit()
+            if hold:
+                state.commit_held()
+                state.hold()
+            else:
+                state.commit()
             self._chaos.step("after-commit")
             self._chaos.batch_done()
             metrics.record_batch(
@@ -503,21 +541,72 @@ class PipelineRunner:
                         clock.max_event_ms
                     )
 
-    def _records_of(self, state: PartitionState, out: BatchOutput, applied: int) -> list[Produce]:
-        """A batch's outputs (to the version's physical topics, with source headers where a
-        record passes a source record on) and its changelog entries (one atomic batch)."""
+    def _outputs_of(self, state: PartitionState, out: BatchOutput) -> list[Produce]:
+        """A batch's outputs, to the version's physical topics, with source headers where a
+        record passes a source record on."""
         physical = self.topology.physical
-        produce = [
+        return [
             Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
             if r.source_offset is None
             else self._copy_of_source(r, state.partition, r.source_offset)
             for r in out.records
         ]
-        produce.extend(
-            Produce(self.changelog, state.partition, k, v, None, [], atomic=True)
-            for k, v in state.prepare(applied)
-        )
-        return produce
+
+    def _changelog_of(
+        self, partition: int, entries: Iterable[tuple[bytes, bytes | None]], after_outputs: bool
+    ) -> list[Produce]:
+        """Changelog entries as records of one atomic batch."""
+        changelog = self.changelog
+        return [
+            Produce(changelog, partition, k, v, None, [], atomic=True, after_outputs=after_outputs)
+            for k, v in entries
+        ]
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, partitions: Iterable[int]) -> AsyncIterator[None]:
+        """Hold the partitions' locks (taken in order: no deadlock between callers)."""
+        async with contextlib.AsyncExitStack() as stack:
+            for p in sorted(set(partitions)):
+                lock = self._locks.get(p)
+                if lock is None:
+                    lock = self._locks[p] = asyncio.Lock()
+                await stack.enter_async_context(lock)
+            yield
+
+    def send_held_soon(self) -> None:
+        """The source has nothing waiting: send the held changelog entries now rather than
+        with the next batch (a batch that comes first takes them along)."""
+        if self._sending_held is not None and not self._sending_held.done():
+            return
+        if any(st.held() for st in self._states.values()):
+            task = asyncio.ensure_future(self.send_held())
+            task.add_done_callback(_log_failure)
+            self._sending_held = task
+
+    async def send_held(self, partitions: Iterable[int] | None = None) -> None:
+        """Send the held changelog entries of `partitions` (default: all) and commit those
+        batches; return once done (before a partition is let go, or a replay ends)."""
+        parts = sorted(self._states if partitions is None else set(partitions) & set(self._states))
+        async with self._locked(parts):
+            held = [(st, st.held()) for p in parts if (st := self._states.get(p)) and st.held()]
+            if not held:
+                return
+            produce: list[Produce] = []
+            for st, entries in held:
+                produce.extend(self._changelog_of(st.partition, entries.items(), False))
+            first = held[0][0]
+            await self.send(
+                produce,
+                SourceCommit(
+                    self._source,
+                    first.partition,
+                    first.applied_offset + 1,
+                    self.topology.group_id,
+                ),
+            )
+            for st, entries in held:
+                if self._states.get(st.partition) is st:  # not let go meanwhile
+                    st.commit_held(entries)
 
     def _copy_of_source(self, r: OutRecord, partition: int, offset: int) -> Produce:
         """A record that passes a source record on (DLQ, late): with the source position in
@@ -529,6 +618,8 @@ class PipelineRunner:
         return Produce(self.topology.physical(r.topic), None, key, value, r.timestamp, headers)
 
     def close_partition(self, partition: int) -> None:
+        """Let a partition go; a held batch not sent (`send_held`) is read again from the
+        source by whoever opens the partition next."""
         self._states.pop(partition, None)
         self._following.discard(partition)
         store = self._stores.pop(partition, None)
@@ -538,6 +629,13 @@ class PipelineRunner:
     def close(self) -> None:
         for p in list(self._stores):
             self.close_partition(p)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background send of held changelog entries failed: the batches stay held and go out
+    with the partitions' next batches; said here so a failure is never silent."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sending held changelog entries failed", exc_info=task.exception())
 
 
 async def run_concurrently(coros: Sequence[Awaitable[None]]) -> None:

@@ -46,6 +46,9 @@ from app.topology import Topology
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
+# On stop, how long held changelog entries may take to go out (s); unsent, the batches they
+# belong to are read again from the source on restart.
+HELD_SEND_ON_STOP_S = 5.0
 
 
 class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
@@ -142,6 +145,7 @@ def create_app(
             _gap_reader(settings, topology.physical(pipeline.source)),
             KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
             one_request=not settings.exactly_once,
+            hold_changelog=not settings.exactly_once,
         )
         runners.append(runner)
         _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)
@@ -152,6 +156,13 @@ def create_app(
     async def close_senders(app: faust.App, **kwargs: object) -> None:
         if os.environ.get("KAPPA_CHAOS_HANG_ON_STOP"):  # fault injection for tests
             await asyncio.Event().wait()
+        for runner in runners:  # best effort: what is not sent is read again on restart
+            try:
+                await asyncio.wait_for(runner.send_held(), HELD_SEND_ON_STOP_S)
+            except (TimeoutError, KafkaError, OSError) as e:
+                log.warning(
+                    "%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e
+                )
         for sender in senders:
             await sender.close()
 
@@ -278,6 +289,8 @@ def _register_batch_pipeline(
     async def drain() -> None:
         try:
             while not app.should_stop:
+                if not buffer.size:  # idle: the last batch's changelog need not wait
+                    runner.send_held_soon()
                 await buffer.wait_for_batch(linger_s)
                 async with lock:
                     await process_with_retry(buffer.take())
@@ -302,6 +315,7 @@ def _register_batch_pipeline(
         async with lock:
             try:
                 await process_with_retry(buffer.take(parts))
+                await runner.send_held(parts)  # whoever takes them over restores all of it
             except ProducerFenced as exc:
                 log.error("kappa worker: %s: fenced by a newer producer; stopping", pipeline.name)
                 await app.crash(exc)

@@ -218,6 +218,7 @@ async def _run_stage(
         send,
         changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         one_request=not settings.exactly_once,
+        hold_changelog=not settings.exactly_once,
     )
     progress: ReplayProgress | None = None
     try:
@@ -230,6 +231,7 @@ async def _run_stage(
         if opts.flush:
             for p in partitions:
                 summary.add((await runner.flush(p)).counts)
+        await runner.send_held()
         await commit_offsets(
             settings.kafka, topology.group_id, source, {p: ends[p] for p in partitions}
         )

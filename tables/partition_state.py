@@ -1,16 +1,21 @@
 """State of one pipeline on one source partition, staged per batch and committed atomically.
 
-Layers, as in Kafka Streams' stores: the pipeline reads and stages writes here; `commit()`
-coalesces them (one write per key per batch), writes them to the backing `KeyValueStore` in one
-atomic batch together with the source offset they reflect, and hands the same entries to the
-caller for the changelog topic. Because the applied offset travels in the same atomic write as
-the state, a restart skips exactly the records already applied: no double counting.
+Layers, as in Kafka Streams' stores: the pipeline reads and stages writes here; `prepare()`
+coalesces them (one write per key per batch) into the entries the changelog topic receives,
+and `commit()` writes the same entries to the backing `KeyValueStore` in one atomic batch
+together with the source offset they reflect. Because the applied offset travels in the same
+atomic write as the state, a restart skips exactly the records already applied: no double
+counting.
+
+Between the two, a batch may be *held*: its outputs are acknowledged but its changelog entries
+are not yet, so it must not reach the store (local state is never ahead of the changelog), yet
+the next batch must read it. Reads look at the staged batch, then the held one, then the store.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from tables.aggregates import Moments
@@ -65,6 +70,8 @@ class PartitionState:
         self.store = store
         self.partition = partition
         self._staged: dict[bytes, bytes | None] = {}
+        # The held batch (see the module docstring): its prepared entries, in changelog order.
+        self._held: dict[bytes, bytes | None] = {}
         self._clocks: dict[str, StreamTime] = {}
         # Per window store: every window ending below this has closed and been deleted, so scans
         # for closable windows start here instead of stepping over the tombstones of all the
@@ -90,32 +97,25 @@ class PartitionState:
     # -- key/value tables --------------------------------------------------------------------
     def get_values(self, table: str, keys: Sequence[str]) -> list[bytes | None]:
         prefix = KV_PREFIX + table.encode() + b"\0"
-        raw = [prefix + k.encode() for k in keys]
-        staged = self._staged
-        found = (
-            self.store.get_many([k for k in raw if k not in staged])
-            if staged
-            else self.store.get_many(raw)
-        )
-        if not staged:
-            return found
-        it = iter(found)
-        return [staged[k] if k in staged else next(it) for k in raw]
+        return self.get_raw([prefix + k.encode() for k in keys])
+
+    def get_raw(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Values of encoded keys as the pipeline sees them: staged, else held, else stored."""
+        staged, held = self._staged, self._held
+        if not staged and not held:
+            return self.store.get_many(keys)
+        if not held:
+            found = iter(self.store.get_many([k for k in keys if k not in staged]))
+            return [staged[k] if k in staged else next(found) for k in keys]
+        found = iter(self.store.get_many([k for k in keys if k not in staged and k not in held]))
+        return [staged[k] if k in staged else held[k] if k in held else next(found) for k in keys]
 
     def put_value(self, table: str, key: str, value: bytes | None) -> None:
         self._staged[KV_PREFIX + table.encode() + b"\0" + key.encode()] = value
 
-    def scan_values(self, table: str) -> Iterator[tuple[str, bytes]]:
-        prefix = KV_PREFIX + table.encode() + b"\0"
-        for k, v in self.store.scan(prefix, prefix[:-1] + b"\1"):
-            yield k[len(prefix) :].decode(), v
-
     # -- metadata ----------------------------------------------------------------------------
     def get_meta(self, name: str) -> bytes | None:
-        key = META_PREFIX + name.encode()
-        if key in self._staged:
-            return self._staged[key]
-        return self.store.get_many([key])[0]
+        return self.get_raw([META_PREFIX + name.encode()])[0]
 
     def put_meta(self, name: str, value: bytes) -> None:
         self._staged[META_PREFIX + name.encode()] = value
@@ -142,22 +142,51 @@ class PartitionState:
         return sum(len(k) + len(v or b"") + 16 for k, v in self._staged.items())
 
     def commit(self) -> None:
-        """Write everything staged in one atomic batch."""
-        changes = self._staged
-        self._staged = {}
+        """Write the held batch, then everything staged, in one atomic batch."""
+        held, staged = self._held, self._staged
+        changes = {**held, **staged} if held and staged else held or staged
+        self._held, self._staged = {}, {}
         self._scan_floor.update(self._pending_floor)
         self._pending_floor = {}
         if changes:
             self.store.write(changes)
-            applied = changes.get(APPLIED_OFFSET)
-            if applied is not None:
-                self.applied_offset = _I64.unpack(applied)[0]
+            self._note_applied(changes)
+
+    def hold(self) -> None:
+        """Keep the prepared batch out of the store until its changelog entries are
+        acknowledged (`commit_held`); later batches read it. One batch is held at a time."""
+        if self._held:
+            raise RuntimeError("a held batch must be committed before the next one is held")
+        self._held, self._staged = self._staged, {}
+        self._scan_floor.update(self._pending_floor)  # its deletions are seen through _held
+        self._pending_floor = {}
+        self._note_applied(self._held)
+
+    def held(self) -> Mapping[bytes, bytes | None]:
+        """The held batch: its changelog entries, in the order `prepare` returned them
+        (empty: none held). Not to be changed."""
+        return self._held
+
+    def commit_held(self, held: Mapping[bytes, bytes | None] | None = None) -> None:
+        """Its changelog entries are acknowledged: write the held batch to the store. With
+        `held`, only if that is still the batch held (not committed and replaced since)."""
+        if held is not None and held is not self._held:
+            return
+        held, self._held = self._held, {}
+        if held:
+            self.store.write(dict(held))
+
+    def _note_applied(self, changes: dict[bytes, bytes | None]) -> None:
+        applied = changes.get(APPLIED_OFFSET)
+        if applied is not None:
+            self.applied_offset = _I64.unpack(applied)[0]
 
     def discard(self) -> None:
-        """Drop staged changes (the batch failed before its outputs were acknowledged)."""
+        """Drop staged changes (the batch failed before its outputs were acknowledged). A
+        held batch stays: its outputs were acknowledged."""
         self._staged = {}
         self._pending_floor = {}
-        self._clocks = {}  # reloaded from the store: the batch's clock advance is undone
+        self._clocks = {}  # reloaded (held, else stored): the batch's clock advance is undone
 
 
 class WindowStore:
@@ -169,27 +198,28 @@ class WindowStore:
         self._prefix = WINDOW_PREFIX + name.encode() + b"\0"
 
     def get_many(self, keys: Sequence[WindowKey]) -> list[Moments | None]:
-        encoded = [encode_window_key(self.name, k) for k in keys]
-        staged = self.state._staged
-        if staged:
-            found = iter(self.state.store.get_many([k for k in encoded if k not in staged]))
-            raw = [staged[k] if k in staged else next(found) for k in encoded]
-        else:
-            raw = self.state.store.get_many(encoded)
+        raw = self.state.get_raw([encode_window_key(self.name, k) for k in keys])
         return [Moments.from_bytes(r) if r is not None else None for r in raw]
 
     def expiring(self, watermark: int) -> Iterable[tuple[WindowKey, Moments]]:
+        """Stored (and held) windows ending at or before `watermark`; what the current batch
+        staged is the caller's to add (`updated`)."""
         stop_end = min(watermark + 1, _BIAS - 1) + _BIAS
         floor = self.state._scan_floor.get(self.name)
         start = self._prefix if floor is None else self._prefix + _U64.pack(floor + _BIAS)
+        stop = self._prefix + _U64.pack(stop_end)
         if isinstance(watermark, int):  # not for a flush (+inf), which deletes nothing
             self.state._pending_floor[self.name] = watermark + 1
         n = len(self._prefix)
-        found = [
-            (decode_window_key(k, n), Moments.from_bytes(v))
-            for k, v in self.state.store.scan(start, self._prefix + _U64.pack(stop_end))
-        ]
-        return found
+        held = self.state._held
+        scanned = self.state.store.scan(start, stop)
+        if held:  # the held batch's windows replace (or delete) the stored ones
+            overlay = {k: v for k, v in held.items() if start <= k < stop}
+            if overlay:
+                merged = {k: v for k, v in scanned if k not in overlay}
+                merged.update((k, v) for k, v in overlay.items() if v is not None)
+                scanned = iter(sorted(merged.items()))
+        return [(decode_window_key(k, n), Moments.from_bytes(v)) for k, v in scanned]
 
     def put(self, updated: dict[WindowKey, Moments]) -> None:
         stage = self.state.stage
