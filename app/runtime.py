@@ -583,6 +583,12 @@ class PipelineRunner:
             task.add_done_callback(_log_failure)
             self._sending_held = task
 
+    def stop_sending_held(self) -> None:
+        """Cancel a background send of held entries (stopping; it may be retrying forever
+        against an unreachable broker). What it did not send is read again on restart."""
+        if self._sending_held is not None:
+            self._sending_held.cancel()
+
     async def send_held(self, partitions: Iterable[int] | None = None) -> None:
         """Send the held changelog entries of `partitions` (default: all) and commit those
         batches; return once done (before a partition is let go, or a replay ends)."""

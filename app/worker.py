@@ -163,6 +163,7 @@ def create_app(
                 log.warning(
                     "%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e
                 )
+            runner.stop_sending_held()
         for sender in senders:
             await sender.close()
 
