@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.changelog import KafkaChangelog
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
+from app.settings import load_settings
+from app.topic_reader import high_watermarks
+from app.topology import Topology
 from tests.support.checks import check_outputs, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
@@ -67,8 +71,22 @@ async def test_live_worker_outputs_equal_batch_computation(
         assert m["kappa_windows_closed_total"] == len(ref.windows)
         assert worker.metric("kappa_record_age_seconds_count", pipeline="orders") >= 1
         assert worker.metric("kappa_record_age_seconds_count", pipeline="user-totals") >= 1
+        # Idle, the worker sent its held batches' changelog entries: every partition's
+        # changelog reflects all it has processed, without waiting for more input.
+        await eventually(lambda: _changelogs_caught_up(env), alive=_alive(worker))
     finally:
         assert worker.stop() == 0, worker.tail_log()
+
+
+async def _changelogs_caught_up(env: dict[str, str]) -> None:
+    topology = Topology(load_settings(env), 1)
+    kafka = topology.settings.kafka
+    for pipeline in topology.pipelines:
+        ends = await high_watermarks(kafka, topology.physical(pipeline.source))
+        changelog = KafkaChangelog(kafka, topology.changelog(pipeline))
+        for partition, end in ends.items():
+            applied = await changelog.last_applied(partition, fresh=True)
+            assert applied == end - 1, (pipeline.name, partition, applied, end)
 
 
 def _pipelines_counted(worker: Worker) -> set[str]:
