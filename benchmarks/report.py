@@ -47,6 +47,18 @@ def _beside(r: Run, percentile: str) -> float | None:
     return None if beside is None else float(beside["latency"][percentile])
 
 
+def p99_over_bare(runs: list[Run]) -> list[float]:
+    """Per repeat, the live worker's p99 minus the bare consumer's from the same repeat (ms):
+    the medians of the two can pair a calm repeat with a slow one."""
+    out = []
+    for run in runs:
+        bare = collect([run], "latency_bare", lambda r: r["latency"]["p99_ms"])
+        live = collect([run], "latency_live", lambda r: r["latency"]["p99_ms"])
+        if bare and live:
+            out.append(live[0] - bare[0])
+    return out
+
+
 def summarise(runs: list[Run]) -> dict[str, Any]:
     def s(phase: str, get: Callable[[Run], float | None]) -> dict[str, float] | None:
         return spread(collect(runs, phase, get))
@@ -73,6 +85,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
         "relay_p99_ms": s("latency_relay", lambda r: r["latency"]["p99_ms"]),
         "live_p50_ms": s("latency_live", lambda r: r["latency"]["p50_ms"]),
         "live_p99_ms": s("latency_live", lambda r: r["latency"]["p99_ms"]),
+        "live_p99_over_bare_per_repeat_ms": p99_over_bare(runs),
         "beside_p50_ms": s("latency_live", lambda r: _beside(r, "p50_ms")),
         "beside_p99_ms": s("latency_live", lambda r: _beside(r, "p99_ms")),
         "live_latency_rss_mb": s("latency_live", lambda r: r["worker"]["peak_rss_mb"]),
@@ -103,6 +116,8 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
     replay_ratio = replay / ceiling if replay is not None and ceiling else None
     live2 = _median(summary, "live2_ev_s")
     two_ratio = live2 / live if live2 is not None and live else None
+    per_repeat = summary.get("live_p99_over_bare_per_repeat_ms") or []
+    within = sum(d <= LIVE_P99_OVER_BARE_MS for d in per_repeat)
     return {
         "replay_vs_ceiling": {
             "target": f">= {REPLAY_VS_CEILING} × ceiling",
@@ -122,9 +137,12 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
         "live_p99": {
             "target": f"<= bare p99 + {LIVE_P99_OVER_BARE_MS:.0f} ms",
             "measured": None if live_p99 is None or bare_p99 is None else live_p99 - bare_p99,
+            # Met at the medians and in most repeats (each against its own bare run).
             "met": None
             if live_p99 is None or bare_p99 is None
-            else live_p99 <= bare_p99 + LIVE_P99_OVER_BARE_MS,
+            else live_p99 <= bare_p99 + LIVE_P99_OVER_BARE_MS and 2 * within > len(per_repeat),
+            "repeats_within": within,
+            "repeats": len(per_repeat),
         },
     }
 
@@ -137,6 +155,11 @@ def _range(s: dict[str, float] | None, digits: int = 0) -> tuple[str, str]:
     if s is None:
         return "–", "–"
     return _num(s["median"], digits), f"{_num(s['min'], digits)}–{_num(s['max'], digits)}"
+
+
+def _within(t: dict[str, Any]) -> str:
+    n = t.get("repeats")
+    return f" (in {t['repeats_within']} of {n} repeats)" if n else ""
 
 
 def _met(t: dict[str, Any]) -> str:
@@ -240,7 +263,8 @@ def markdown(summary: dict[str, Any], tgt: dict[str, Any], cfg: dict[str, Any]) 
             "",
             "",
             "",
-            f"≤ bare p99 + {LIVE_P99_OVER_BARE_MS:.0f}: {_met(tgt['live_p99'])}",
+            f"≤ bare p99 + {LIVE_P99_OVER_BARE_MS:.0f}: {_met(tgt['live_p99'])}"
+            + _within(tgt["live_p99"]),
         ),
     ]
     if summary.get("beside_p50_ms") is not None:
