@@ -495,8 +495,13 @@ class PipelineRunner:
         after them). Until they are acknowledged the batch is held in memory, never in the
         store, so local state is never ahead of the changelog; a crash loses the held batch,
         which the restart reads again from the source (its outputs are sent again)."""
-        async with self._locked(state.partition for state, _, _ in batches):
-            await self._send_and_commit(batches)
+        try:
+            async with self._locked(state.partition for state, _, _ in batches):
+                await self._send_and_commit(batches)
+        except BaseException:  # failed or cancelled (even waiting for a lock): nothing staged
+            for state, _, _ in batches:  # may stay, or a retry would apply it twice
+                state.discard()
+            raise
 
     async def _send_and_commit(
         self, batches: Sequence[tuple[PartitionState, BatchOutput, int]]
@@ -517,12 +522,7 @@ class PipelineRunner:
             commits.append(
                 SourceCommit(self._source, state.partition, applied + 1, self.topology.group_id)
             )
-        try:
-            await self.send(produce, commits[0])
-        except BaseException:
-            for state, _, _ in batches:
-                state.discard()
-            raise
+        await self.send(produce, commits[0])
         self._chaos.step("after-send", len(batches))
         for state, out, _ in batches:
             if hold:
@@ -592,7 +592,8 @@ class PipelineRunner:
     async def send_held(self, partitions: Iterable[int] | None = None) -> None:
         """Send the held changelog entries of `partitions` (default: all) and commit those
         batches; return once done (before a partition is let go, or a replay ends)."""
-        parts = sorted(self._states if partitions is None else set(partitions) & set(self._states))
+        wanted = self._states if partitions is None else set(partitions) & set(self._states)
+        parts = [p for p in wanted if self._states[p].held()]  # lock no other partition
         async with self._locked(parts):
             held = [(st, st.held()) for p in parts if (st := self._states.get(p)) and st.held()]
             if not held:

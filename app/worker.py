@@ -159,7 +159,7 @@ def create_app(
         for runner in runners:  # best effort: what is not sent is read again on restart
             try:
                 await asyncio.wait_for(runner.send_held(), HELD_SEND_ON_STOP_S)
-            except (TimeoutError, KafkaError, OSError) as e:
+            except (TimeoutError, KafkaError, OSError, StateError) as e:
                 log.warning(
                     "%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e
                 )

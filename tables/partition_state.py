@@ -172,9 +172,9 @@ class PartitionState:
         `held`, only if that is still the batch held (not committed and replaced since)."""
         if held is not None and held is not self._held:
             return
-        held, self._held = self._held, {}
-        if held:
-            self.store.write(dict(held))
+        if self._held:
+            self.store.write(dict(self._held))  # if it fails the batch stays held
+        self._held = {}
 
     def _note_applied(self, changes: dict[bytes, bytes | None]) -> None:
         applied = changes.get(APPLIED_OFFSET)

@@ -225,3 +225,44 @@ async def test_a_held_batch_is_never_in_two_requests_at_once(tmp_path: Path) -> 
     assert held_in == [1]  # the idle-time send only; the next batch's request has none
     assert _stored_offset(runner) == 9
     runner.close()
+
+
+async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_staged(
+    tmp_path: Path,
+) -> None:
+    """E.g. a sibling partition's batch failed and `run_concurrently` cancelled this one while
+    an idle-time send held its partition: a retry must not apply the batch twice."""
+    records = _orders(30)
+    reference = _topology(tmp_path, "reference")
+    plain = PipelineRunner(reference.pipelines[0], reference, _Broker().send)
+    await plain.handle(0, records)
+    expected = list(plain._stores[0].scan(b"", b"\xff" * 8))
+    plain.close()
+
+    topology = _topology(tmp_path, "state")
+    broker = _Broker()
+    release = asyncio.Event()
+    release.set()
+
+    async def gated_send(records: list[Produce], commit: SourceCommit) -> None:
+        await release.wait()
+        await broker.send(records, commit)
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, gated_send, one_request=True, hold_changelog=True
+    )
+    await runner.handle_many({0: records[:10]})
+    release.clear()
+    runner.send_held_soon()  # holds partition 0 until released
+    await asyncio.sleep(0)
+    step = asyncio.ensure_future(runner.handle(0, records[10:20]))
+    await asyncio.sleep(0)
+    step.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await step
+    assert not runner._states[0]._staged
+    release.set()
+    await runner.handle_many({0: records[10:]})  # the retry
+    await runner.send_held()
+    assert list(runner._stores[0].scan(b"", b"\xff" * 8)) == expected
+    runner.close()

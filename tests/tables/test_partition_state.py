@@ -1,0 +1,78 @@
+"""PartitionState's layers without a broker or RocksDB: what the pipeline reads (staged, then
+held, then stored), what reaches the store and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from tables.aggregates import Moments
+from tables.partition_state import MemoryStore, PartitionState
+
+
+def _moments(*values: float) -> Moments:
+    m = Moments()
+    m.add_many(list(values))
+    return m
+
+
+def test_reads_see_staged_then_held_then_stored_values() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 0)
+    for key in ("a", "b", "c"):
+        state.put_value("t", key, b"stored-" + key.encode())
+    state.prepare(0)
+    state.commit()
+    state.put_value("t", "b", b"held")
+    state.put_value("t", "c", b"held")
+    state.prepare(1)
+    state.hold()
+    state.put_value("t", "c", b"staged")
+    assert state.get_values("t", ["a", "b", "c"]) == [b"stored-a", b"held", b"staged"]
+    assert store.data[b"Kt\0b"] == b"stored-b"  # held: not in the store
+    assert state.applied_offset == 1  # what the pipeline has applied, held included
+    state.commit_held()
+    assert store.data[b"Kt\0b"] == b"held" and not state.held()
+
+
+def test_a_closing_scan_sees_held_windows_and_not_those_the_held_batch_deleted() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 0)
+    windows = state.windows("w")
+    windows.put({(60, 0, "stored"): _moments(1.0), (60, 0, "deleted"): _moments(2.0)})
+    state.prepare(0)
+    state.commit()
+    windows.put({(60, 0, "held"): _moments(3.0), (60, 0, "stored"): _moments(1.0, 4.0)})
+    windows.delete([(60, 0, "deleted")])
+    state.prepare(1)
+    state.hold()
+    found = {k[2]: m.count for k, m in windows.expiring(60)}
+    assert found == {"held": 1, "stored": 2}
+    assert [k for k, _ in windows.expiring(60)] == sorted(k for k, _ in windows.expiring(60))
+
+
+class _FailingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def write(self, changes: dict[bytes, bytes | None]) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        super().write(changes)
+
+
+def test_a_held_batch_whose_write_fails_stays_held() -> None:
+    """Else the state would say the batch is applied while neither memory nor the store has
+    it, and the next batches would build on what came before it."""
+    store = _FailingStore()
+    state = PartitionState(store, 0)
+    state.put_value("t", "a", b"1")
+    state.prepare(5)
+    state.hold()
+    store.fail = True
+    with pytest.raises(OSError):
+        state.commit_held()
+    assert state.get_values("t", ["a"]) == [b"1"] and state.held()
+    store.fail = False
+    state.commit_held()
+    assert store.data[b"Kt\0a"] == b"1"
