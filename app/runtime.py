@@ -697,7 +697,7 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
 class ChaosKill:
     """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
     in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
-    acknowledged but state not committed, after-commit). Unset in production."""
+    acknowledged but state not committed, after-commit: committed or held). Unset in production."""
 
     def __init__(self, batch: int | None, phase: str) -> None:
         self.batch, self.phase, self.count = batch, phase, 0
