@@ -660,8 +660,8 @@ async def run_concurrently(coros: Sequence[Awaitable[None]]) -> None:
         pending = [t for t in tasks if not t.done()]
         for t in pending:
             t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        # Every outcome retrieved: a second failure is not logged later as never retrieved.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:

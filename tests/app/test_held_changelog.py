@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -266,3 +266,79 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     await runner.send_held()
     assert list(runner._stores[0].scan(b"", b"\xff" * 8)) == expected
     runner.close()
+
+
+def _poisoned(topology: Topology, offsets: set[int]) -> None:
+    """Make the orders pipeline raise (a bug) on the records at `offsets`."""
+    pipeline = topology.pipelines[0]
+    process = pipeline.process
+
+    def process_or_raise(state, records):  # type: ignore[no-untyped-def]
+        out = process(state, records)
+        if any(r.offset in offsets for r in records):
+            raise RuntimeError("a bug")
+        return out
+
+    pipeline.process = process_or_raise  # type: ignore[method-assign]
+
+
+async def _until_sent(attempt: Callable[[], Awaitable[object]]) -> None:
+    """Retry on broker trouble, as the worker's `process_with_retry` does."""
+    while True:
+        try:
+            await attempt()
+            return
+        except ConnectionError:
+            continue
+
+
+async def _run_with_flaky_sends(
+    topology: Topology, steps: list[dict[int, list[SourceRecord]]], hold: bool, seed: int
+) -> tuple[object, ...]:
+    """Run `steps` (each several partitions' batches); a third of the sends fail, after
+    landing or not, and are retried as the worker does."""
+    rng = random.Random(seed)
+    broker = _Broker()
+
+    async def flaky_send(records: list[Produce], commit: SourceCommit) -> None:
+        if rng.random() < 0.5:
+            await broker.send(records, commit)
+            if rng.random() < 0.3:
+                raise ConnectionError("acknowledgement lost")
+        elif rng.random() < 0.3:
+            raise ConnectionError("broker gone")
+        else:
+            await broker.send(records, commit)
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, flaky_send, one_request=True, hold_changelog=hold
+    )
+    for step in steps:
+        await _until_sent(lambda step=step: runner.handle_many(step))
+    await _until_sent(runner.send_held)
+    result = (
+        [list(runner._stores[p].scan(b"", b"\xff" * 8)) for p in sorted(runner._stores)],
+        broker.outputs(topology.physical(REVENUE)),
+        broker.outputs(topology.physical("orders.dlq")),
+    )
+    runner.close()
+    return result
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_failed_sends_and_poisoned_records_over_partitions_end_as_without_holding(
+    tmp_path: Path, seed: int
+) -> None:
+    """Several partitions per request, sends that fail (some after landing) and are retried,
+    and records isolated to the DLQ: holding changes none of the results."""
+    rng = random.Random(seed)
+    records = {p: _orders(60, p) for p in range(3)}
+    cuts = sorted(rng.sample(range(1, 60), 5))
+    steps = [{p: records[p][a:b] for p in range(3)} for a, b in zip([0, *cuts], [*cuts, 60])]
+    results = {}
+    for hold in (False, True):
+        topology = _topology(tmp_path, f"hold-{hold}")
+        _poisoned(topology, {7, 31})
+        results[hold] = await _run_with_flaky_sends(topology, steps, hold, seed)
+    assert results[False][2]  # the poisoned records went to the DLQ
+    assert results[True] == results[False]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -600,3 +602,20 @@ async def test_a_bug_that_meets_every_record_costs_one_durable_step(
     offsets = [int(dict(r.headers)["kappa.source.offset"]) for r in sends[0] if not r.atomic]
     assert offsets == list(range(500))
     runner.close()
+
+
+async def test_every_failure_of_concurrent_batches_is_retrieved() -> None:
+    """Two partitions' batches failing together: the second failure must not be logged later,
+    with its traceback, as a task exception never retrieved."""
+    unretrieved: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda loop, context: unretrieved.append(context["message"])
+    )
+
+    async def fail(message: str) -> None:
+        raise ConnectionError(message)
+
+    with contextlib.suppress(ConnectionError):
+        await runtime.run_concurrently([fail("a"), fail("b")])
+    gc.collect()
+    assert unretrieved == []
