@@ -145,12 +145,12 @@ class PartitionState:
         """Write the held batch, then everything staged, in one atomic batch."""
         held, staged = self._held, self._staged
         changes = {**held, **staged} if held and staged else held or staged
+        if changes:
+            self.store.write(changes)  # if it fails the held batch stays held
+            self._note_applied(changes)
         self._held, self._staged = {}, {}
         self._scan_floor.update(self._pending_floor)
         self._pending_floor = {}
-        if changes:
-            self.store.write(changes)
-            self._note_applied(changes)
 
     def hold(self) -> None:
         """Keep the prepared batch out of the store until its changelog entries are

@@ -73,6 +73,12 @@ def test_a_held_batch_whose_write_fails_stays_held() -> None:
     with pytest.raises(OSError):
         state.commit_held()
     assert state.get_values("t", ["a"]) == [b"1"] and state.held()
+    state.put_value("t", "b", b"2")
+    state.prepare(6)
+    with pytest.raises(OSError):
+        state.commit()  # a flush-like batch: the held one with it
+    assert state.get_values("t", ["a"]) == [b"1"] and state.held()
+    state.discard()
     store.fail = False
     state.commit_held()
     assert store.data[b"Kt\0a"] == b"1"
