@@ -342,3 +342,20 @@ async def test_failed_sends_and_poisoned_records_over_partitions_end_as_without_
         results[hold] = await _run_with_flaky_sends(topology, steps, hold, seed)
     assert results[False][2]  # the poisoned records went to the DLQ
     assert results[True] == results[False]
+
+
+async def test_sending_the_held_entries_of_some_partitions_leaves_the_others_held(
+    tmp_path: Path,
+) -> None:
+    """On a revoke only the revoked partitions' held batches go out (and are committed)."""
+    topology = _topology(tmp_path, "state")
+    broker = _Broker()
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, broker.send, one_request=True, hold_changelog=True
+    )
+    await runner.handle_many({0: _orders(10, 0), 1: _orders(10, 1)})
+    await runner.send_held([1])
+    assert {r.partition for r in broker.sends[-1]} == {1}
+    assert (_stored_offset(runner, 0), _stored_offset(runner, 1)) == (-1, 9)
+    assert runner._states[0].held()
+    runner.close()
