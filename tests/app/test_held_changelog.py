@@ -85,12 +85,19 @@ def _topology(tmp_path: Path, name: str) -> Topology:
     return Topology(settings, 1).select(["orders"])
 
 
-async def test_a_batchs_changelog_goes_out_with_the_next_batchs_outputs(tmp_path: Path) -> None:
+def _holding_runner(
+    tmp_path: Path, send: Callable[[list[Produce], SourceCommit], Awaitable[None]]
+) -> PipelineRunner:
+    """A runner as the at-least-once worker has it: one request per cycle, changelogs held."""
     topology = _topology(tmp_path, "state")
-    broker = _Broker()
-    runner = PipelineRunner(
-        topology.pipelines[0], topology, broker.send, one_request=True, hold_changelog=True
+    return PipelineRunner(
+        topology.pipelines[0], topology, send, one_request=True, hold_changelog=True
     )
+
+
+async def test_a_batchs_changelog_goes_out_with_the_next_batchs_outputs(tmp_path: Path) -> None:
+    broker = _Broker()
+    runner = _holding_runner(tmp_path, broker.send)
     records = _orders(30)
     for batch in (records[:10], records[10:20], records[20:]):
         await runner.handle_many({0: batch})
@@ -110,11 +117,8 @@ async def test_a_batchs_changelog_goes_out_with_the_next_batchs_outputs(tmp_path
 async def test_a_flush_sends_the_held_batch_and_its_own_entries_after_its_outputs(
     tmp_path: Path,
 ) -> None:
-    topology = _topology(tmp_path, "state")
     broker = _Broker()
-    runner = PipelineRunner(
-        topology.pipelines[0], topology, broker.send, one_request=True, hold_changelog=True
-    )
+    runner = _holding_runner(tmp_path, broker.send)
     await runner.handle_many({0: _orders(20)})
     await runner.flush(0)
     held, own = [], []
@@ -197,7 +201,6 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
 async def test_a_held_batch_is_never_in_two_requests_at_once(tmp_path: Path) -> None:
     """An idle-time send of the held entries and the next batch do not both carry them: a
     retried copy could otherwise land after the next batch's entries."""
-    topology = _topology(tmp_path, "state")
     broker = _Broker()
     release = asyncio.Event()
 
@@ -205,9 +208,7 @@ async def test_a_held_batch_is_never_in_two_requests_at_once(tmp_path: Path) -> 
         await release.wait()
         await broker.send(records, commit)
 
-    runner = PipelineRunner(
-        topology.pipelines[0], topology, slow_send, one_request=True, hold_changelog=True
-    )
+    runner = _holding_runner(tmp_path, slow_send)
     release.set()
     records = _orders(20)
     await runner.handle_many({0: records[:10]})
@@ -239,7 +240,6 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     expected = list(plain._stores[0].scan(b"", b"\xff" * 8))
     plain.close()
 
-    topology = _topology(tmp_path, "state")
     broker = _Broker()
     release = asyncio.Event()
     release.set()
@@ -248,9 +248,7 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
         await release.wait()
         await broker.send(records, commit)
 
-    runner = PipelineRunner(
-        topology.pipelines[0], topology, gated_send, one_request=True, hold_changelog=True
-    )
+    runner = _holding_runner(tmp_path, gated_send)
     await runner.handle_many({0: records[:10]})
     release.clear()
     runner.send_held_soon()  # holds partition 0 until released
@@ -348,11 +346,8 @@ async def test_sending_the_held_entries_of_some_partitions_leaves_the_others_hel
     tmp_path: Path,
 ) -> None:
     """On a revoke only the revoked partitions' held batches go out (and are committed)."""
-    topology = _topology(tmp_path, "state")
     broker = _Broker()
-    runner = PipelineRunner(
-        topology.pipelines[0], topology, broker.send, one_request=True, hold_changelog=True
-    )
+    runner = _holding_runner(tmp_path, broker.send)
     await runner.handle_many({0: _orders(10, 0), 1: _orders(10, 1)})
     await runner.send_held([1])
     assert {r.partition for r in broker.sends[-1]} == {1}
