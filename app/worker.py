@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -156,14 +156,7 @@ def create_app(
     async def close_senders(app: faust.App, **kwargs: object) -> None:
         if os.environ.get("KAPPA_CHAOS_HANG_ON_STOP"):  # fault injection for tests
             await asyncio.Event().wait()
-        for runner in runners:  # best effort: what is not sent is read again on restart
-            try:
-                await asyncio.wait_for(runner.send_held(), HELD_SEND_ON_STOP_S)
-            except (TimeoutError, KafkaError, OSError, StateError) as e:
-                log.warning(
-                    "%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e
-                )
-            runner.stop_sending_held()
+        await send_held_on_stop(runners, HELD_SEND_ON_STOP_S)
         for sender in senders:
             await sender.close()
 
@@ -183,6 +176,21 @@ def create_app(
 
     app.kappa_runners = runners  # type: ignore[attr-defined]
     return app
+
+
+async def send_held_on_stop(runners: Sequence[PipelineRunner], timeout_s: float) -> None:
+    """Send every pipeline's held changelog entries at once, within one deadline (a broker
+    that does not answer costs `timeout_s` in all, not per pipeline). Best effort: a batch
+    whose entries did not go out is read again from the source on restart."""
+
+    async def send(runner: PipelineRunner) -> None:
+        try:
+            await asyncio.wait_for(runner.send_held(), timeout_s)
+        except (TimeoutError, KafkaError, OSError, StateError) as e:
+            log.warning("%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e)
+        runner.stop_sending_held()
+
+    await asyncio.gather(*(send(r) for r in runners))
 
 
 async def freeze_startup_heap() -> None:

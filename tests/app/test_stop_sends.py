@@ -1,0 +1,77 @@
+"""The worker's stop: every pipeline's held changelog entries go out at once, in one deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from app.runtime import PipelineRunner
+from app.worker import send_held_on_stop
+
+
+@dataclass
+class FakeRunner:
+    """The two calls the stop makes, with what happened to them."""
+
+    name: str
+    send: Any  # async () -> None
+    sent: bool = False
+    stopped: bool = False
+    pipeline: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pipeline = type("P", (), {"name": self.name})()
+
+    async def send_held(self) -> None:
+        await self.send()
+        self.sent = True
+
+    def stop_sending_held(self) -> None:
+        self.stopped = True
+
+
+def as_runners(*fakes: FakeRunner) -> list[PipelineRunner]:
+    return cast(list[PipelineRunner], list(fakes))
+
+
+async def test_pipelines_send_their_held_entries_at_the_same_time() -> None:
+    """The first pipeline's send finishes only once the second's has started: one after the
+    other, the first would run out its deadline waiting."""
+    second_started = asyncio.Event()
+
+    async def wait_for_second() -> None:
+        await second_started.wait()
+
+    async def start() -> None:
+        second_started.set()
+
+    first, second = FakeRunner("orders", wait_for_second), FakeRunner("user-totals", start)
+    await send_held_on_stop(as_runners(first, second), timeout_s=10)
+    assert first.sent and second.sent
+    assert first.stopped and second.stopped
+
+
+async def test_a_send_that_never_ends_is_cut_at_the_deadline_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    async def refused() -> None:
+        raise OSError("connection refused")
+
+    async def fine() -> None:
+        return None
+
+    hung, failed, ok = FakeRunner("a", never), FakeRunner("b", refused), FakeRunner("c", fine)
+    with caplog.at_level(logging.WARNING, logger="app.worker"):
+        await send_held_on_stop(as_runners(hung, failed, ok), timeout_s=0.05)
+    assert (hung.sent, failed.sent, ok.sent) == (False, False, True)
+    assert hung.stopped and failed.stopped and ok.stopped  # background sends cancelled too
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("a: held changelog entries not sent on stop") for m in said)
+    assert any("b: held changelog entries not sent on stop" in m and "refused" in m for m in said)
