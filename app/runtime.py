@@ -624,6 +624,14 @@ class PipelineRunner:
         )
         return Produce(self.topology.physical(r.topic), None, key, value, r.timestamp, headers)
 
+    async def hand_over(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: send their held changelog entries, then let them go, so
+        whoever takes one over restores all of it from the changelog (no batch read again)."""
+        partitions = set(partitions)
+        await self.send_held(partitions)
+        for p in partitions:
+            self.close_partition(p)
+
     def close_partition(self, partition: int) -> None:
         """Let a partition go; a held batch not sent (`send_held`) is read again from the
         source by whoever opens the partition next."""

@@ -324,11 +324,9 @@ def _register_batch_pipeline(
         async with lock:
             try:
                 await process_with_retry(buffer.take(parts))
-                await runner.send_held(parts)  # whoever takes them over restores all of it
+                await runner.hand_over(parts)
             except ProducerFenced as exc:
                 log.error("kappa worker: %s: fenced by a newer producer; stopping", pipeline.name)
                 await app.crash(exc)
                 return
-            for p in parts:
-                runner.close_partition(p)
             await release(parts)

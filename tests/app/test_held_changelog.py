@@ -354,3 +354,25 @@ async def test_sending_the_held_entries_of_some_partitions_leaves_the_others_hel
     assert (_stored_offset(runner, 0), _stored_offset(runner, 1)) == (-1, 9)
     assert runner._states[0].held()
     runner.close()
+
+
+async def test_a_partition_handed_over_leaves_its_held_batch_in_the_changelog(
+    tmp_path: Path,
+) -> None:
+    """On a revoke the held batch's entries go out before the partition is let go, so the
+    worker taking it over restores everything and reads no batch again."""
+    broker = _Broker()
+    runner = _holding_runner(tmp_path, broker.send)
+    records = _orders(20)
+    await runner.handle_many({0: records[:10]})
+    await runner.handle_many({0: records[10:]})
+    await runner.hand_over([0])
+    assert runner.open_state(0) is None
+    assert await _Changelog(broker).last_applied(0) == 19
+    topology = _topology(tmp_path, "next-owner")
+    next_owner = PipelineRunner(
+        topology.pipelines[0], topology, broker.send, changelog_source=_Changelog(broker)
+    )
+    assert await next_owner.applied_offset(0) == 19
+    next_owner.close()
+    runner.close()
