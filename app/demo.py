@@ -16,6 +16,7 @@ import subprocess
 import sys
 from contextlib import ExitStack
 from datetime import UTC, datetime
+from pathlib import Path
 
 from app.admin import ensure_topics
 from app.broker import DevBroker, port_open, split_address
@@ -77,7 +78,21 @@ def run_demo(settings: Settings, rate: float) -> int:
             flush=True,
         )
         asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), worker))
+        if worker.returncode is not None:  # it stopped on its own: the demo failed
+            print(
+                f"kappa demo: error: the worker exited with code {worker.returncode}: "
+                f"{_last_line(log_dir / 'worker.log')} (its log: {log_dir / 'worker.log'})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
     return 0
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log: where a worker says why it stopped."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(empty log)"
 
 
 def _spawn(args: list[str], log_path: object) -> subprocess.Popen[bytes]:
@@ -128,7 +143,5 @@ async def _print_windows(settings: Settings, topic: str, worker: subprocess.Pope
                     print(format_window(r.value), flush=True)
         if stop.is_set():
             print("\nstopping…", flush=True)
-        else:
-            print(f"the worker exited with code {worker.returncode}; see its log", flush=True)
     finally:
         await consumer.stop()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import sys
 
 from app.admin import copy_max_bytes, ensure_topics, require_partitions, wait_for_broker
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
 from app.topology import Topology
 
@@ -29,6 +30,7 @@ def run_worker(
 ) -> int:
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
+    require_free_address(settings.web_host, settings.web_port)
     named = Topology(settings, version or 1).select(pipelines)  # unknown names fail at once
     if version is not None:  # its state directory is checked before any waiting for a broker
         lock = lock_state_dir(named.state_root())  # held until the process exits
@@ -66,6 +68,21 @@ def run_worker(
             runner.close()
         lock.release()
     return 0
+
+
+def require_free_address(host: str, port: int) -> None:
+    """The web server (metrics, health, queries) binds only once Faust has started, and an
+    address in use would then stop the worker with a traceback: checked first, in one line.
+    Bound as aiohttp binds it (SO_REUSEADDR), so only a listening socket counts as in use."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ConfigError(
+            f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
+            "(set KAPPA_WEB_PORT or --web-port)"
+        ) from None
 
 
 async def wait_for_broker_forever(bootstrap: str) -> None:

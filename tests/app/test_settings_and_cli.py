@@ -6,6 +6,7 @@ configured one is a closed port, and every command here must fail before needing
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,18 @@ def test_an_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     r = _kappa(["worker", "--version", "1"], tmp_path, KAPPA_STATE_DIR=str(tmp_path / "file"))
     assert f"state directory {tmp_path / 'file' / 'v1'}" in _error_line(r)
+
+
+def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _error_line(_kappa(["worker", "--web-port", str(port)], tmp_path))
+    assert line == (
+        f"kappa worker: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use "
+        "(set KAPPA_WEB_PORT or --web-port)"
+    )
 
 
 def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -95,3 +96,30 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
     assert demo.returncode == 0, out
     assert "stopping…" in out
     assert "Traceback" not in out
+
+
+def test_a_demo_whose_worker_cannot_start_fails_saying_why(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env.update(
+            KAPPA_BROKER=f"127.0.0.1:{free_port()}",
+            KAPPA_STATE_DIR=str(tmp_path / "state"),
+            KAPPA_WEB_PORT=str(port),
+            PYTHONPATH=str(ROOT),
+        )
+        demo = subprocess.run(
+            [*KAPPA, "demo", "--rate", "50"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
+    assert demo.returncode == 1, demo.stdout + demo.stderr
+    (line,) = demo.stderr.strip().splitlines()
+    assert line.startswith("kappa demo: error: the worker exited with code 2: kappa worker: ")
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in line
+    assert "Traceback" not in demo.stdout + demo.stderr
