@@ -39,9 +39,11 @@ class Topology:
             self.pipelines = build_pipelines(self.settings, self.since_ms)
 
     def select(self, names: list[str]) -> Topology:
-        """The same version restricted to the named pipelines (all when `names` is empty)."""
+        """The same version restricted to the named pipelines (all when `names` is empty); a
+        name given twice selects its pipeline once (it would otherwise run twice)."""
         if not names:
             return self
+        names = list(dict.fromkeys(names))
         known = {p.name: p for p in self.pipelines}
         unknown = [n for n in names if n not in known]
         if unknown:

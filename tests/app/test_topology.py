@@ -1,0 +1,32 @@
+"""Which pipelines a version runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, load_settings
+from app.topology import Topology
+
+
+def _topology(tmp_path: Path) -> Topology:
+    return Topology(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 2)
+
+
+def test_a_pipeline_named_twice_is_selected_once(tmp_path: Path) -> None:
+    names = [p.name for p in _topology(tmp_path).select(["orders", "orders"]).pipelines]
+    assert names == ["orders"]
+
+
+def test_selected_pipelines_keep_the_order_given(tmp_path: Path) -> None:
+    selected = _topology(tmp_path).select(["user-totals", "orders", "user-totals"])
+    assert [p.name for p in selected.pipelines] == ["user-totals", "orders"]
+
+
+def test_an_unknown_pipeline_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown pipeline(s) nope; known: orders, user-totals")
+    ):
+        _topology(tmp_path).select(["orders", "nope"])
