@@ -110,28 +110,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "each with its own port"
         )
     settings = _settings_with_broker()
-    if args.processes > 1 and not args.dry_run:
-        from replay.parallel import run_parallel
-
-        child = [*args.pipelines, "--version", str(args.version)]
-        if args.since is not None:
-            child += ["--since", str(args.since)]
-        if args.no_flush:
-            child.append("--no-flush")
-        code, summary = run_parallel(child, args.processes)
-        print(summary, flush=True)
-        return code
     index, count = args.process
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(args.metrics_port, addr=settings.web_host)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot serve metrics on {settings.web_host}:{args.metrics_port}: "
-                f"{e.strerror or e}"
-            ) from None
     opts = ReplayOptions(
         version=args.version,
         pipelines=args.pipelines,
@@ -142,6 +121,33 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=not args.no_progress,
     )
+    if args.processes > 1 and not args.dry_run:
+        from app.state_guard import lock_state_dir
+        from replay.parallel import run_parallel
+        from replay.runner import prepare_replay
+
+        # Refused here, in one line, rather than once per process.
+        topology = asyncio.run(prepare_replay(settings, opts))[2]
+        lock_state_dir(topology.state_root(), shared=True).release()
+        child = [*args.pipelines, "--version", str(args.version)]
+        if args.since is not None:
+            child += ["--since", str(args.since)]
+        if args.no_flush:
+            child.append("--no-flush")
+        code, summary = run_parallel(child, args.processes)
+        if summary is not None:
+            print(summary, flush=True)
+        return code
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(args.metrics_port, addr=settings.web_host)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot serve metrics on {settings.web_host}:{args.metrics_port}: "
+                f"{e.strerror or e}"
+            ) from None
     if not args.dry_run:
         tune_for_batches()
     summary = asyncio.run(run_replay(settings, opts))

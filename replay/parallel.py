@@ -6,43 +6,79 @@ coordinate through the version registry exactly as separately started processes 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
 import time
+from types import FrameType
 
 from replay.summary import ReplaySummary
 
+# Exit code of a replay stopped by SIGTERM (128 + the signal, as a shell reports it).
+TERMINATED = 128 + signal.SIGTERM
+# How long (s) a child may take to exit once told to stop, before it is killed.
+CHILD_STOP_S = 10.0
 
-def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
-    """Run the children; return (exit code, combined summary line)."""
+
+class Terminated(Exception):
+    """SIGTERM (a supervisor, `timeout`, `kill`) reached the parent."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | None]:
+    """Run the children; return (exit code, combined summary line, if any process finished).
+
+    SIGTERM stops every child before the parent exits: left running, they would go on
+    replaying with nobody reading their output (and hold the version's state directory)."""
     started = time.monotonic()
-    children = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "replay",
-                *replay_args,
-                "--no-progress",
-                "--process",
-                f"{i}/{processes}",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+    children: list[subprocess.Popen[str]] = []
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        for i in range(processes):
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "app.cli",
+                        "replay",
+                        *replay_args,
+                        "--no-progress",
+                        "--process",
+                        f"{i}/{processes}",
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        outputs = [""] * processes
+
+        def collect(i: int) -> None:
+            outputs[i] = children[i].communicate()[0]
+
+        readers = [
+            threading.Thread(target=collect, args=(i,), daemon=True) for i in range(processes)
+        ]
+        for reader in readers:
+            reader.start()
+        code = _wait_all_or_first_failure(children, readers)
+    except Terminated:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the parent at once
+        _stop(children)
+        print(
+            f"replay: terminated (SIGTERM); stopped its {len(children)} processes. Run the same "
+            "command again to resume",
+            file=sys.stderr,
+            flush=True,
         )
-        for i in range(processes)
-    ]
-    outputs = [""] * processes
-
-    def collect(i: int) -> None:
-        outputs[i] = children[i].communicate()[0]
-
-    readers = [threading.Thread(target=collect, args=(i,), daemon=True) for i in range(processes)]
-    for reader in readers:
-        reader.start()
-    code = _wait_all_or_first_failure(children, readers)
+        return TERMINATED, None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(children)
     total: ReplaySummary | None = None
     for out in outputs:
         for line in out.splitlines():
@@ -59,6 +95,19 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str]:
     return code, f"{total.line()} across {processes} processes"
 
 
+def _stop(children: list[subprocess.Popen[str]]) -> None:
+    """Terminate the children still running and wait for them (killed if they linger)."""
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(CHILD_STOP_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def _wait_all_or_first_failure(
     children: list[subprocess.Popen[str]], readers: list[threading.Thread]
 ) -> int:
@@ -73,12 +122,20 @@ def _wait_all_or_first_failure(
             for reader in readers:
                 reader.join()
             index = children.index(failed[0])
+            rc = failed[0].returncode
+            how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
             print(
-                f"replay: process {index}/{len(children)} failed (exit {failed[0].returncode}); "
+                f"replay: process {index}/{len(children)} failed ({how}); "
                 "stopped the others. Run the same command again to resume",
                 file=sys.stderr,
                 flush=True,
             )
-            return failed[0].returncode
+            return exit_code(rc)
         time.sleep(0.1)
-    return next((c.returncode for c in children if c.returncode), 0)
+    return next((exit_code(c.returncode) for c in children if c.returncode), 0)
+
+
+def exit_code(returncode: int) -> int:
+    """A child's return code as the parent's exit code: killed by signal N (negative here)
+    is 128 + N, as a shell reports it (`sys.exit(-9)` would exit 247)."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -48,8 +48,29 @@ class ReplayOptions:
 
 async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary | None:
     started = time.monotonic()
+    registry, view, topology, rec = await prepare_replay(settings, opts, create=not opts.dry_run)
+    if opts.dry_run:
+        print(plan(topology, rec, opts))
+        return None
+    # Shared with the version's other replay processes here; keeps a worker of the version
+    # and `kappa drop` out while it runs.
+    lock = lock_state_dir(topology.state_root(), shared=True)
+    try:
+        return await _replay(settings, opts, registry, view, topology, rec, started)
+    finally:
+        lock.release()
+
+
+async def prepare_replay(
+    settings: Settings, opts: ReplayOptions, create: bool = False
+) -> tuple[Registry, RegistryView, Topology, VersionRecord]:
+    """Everything a replay checks before it writes anything (pipelines, the version, the
+    sources and their partition counts), and the version's record: the registered one, or a
+    new one with the sources' end offsets as its snapshot. Raises `ConfigError` (or
+    `TopicMissing`) with one line for the user; `--processes N` runs it once, before any
+    process starts."""
     registry = Registry(settings)
-    view = await registry.load(create=not opts.dry_run)
+    view = await registry.load(create=create)
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)
@@ -66,16 +87,7 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         )
     topics = list(topology.all_topics())
     await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
-    if opts.dry_run:
-        print(plan(topology, rec, opts))
-        return None
-    # Shared with the version's other replay processes here; keeps a worker of the version
-    # and `kappa drop` out while it runs.
-    lock = lock_state_dir(topology.state_root(), shared=True)
-    try:
-        return await _replay(settings, opts, registry, view, topology, rec, started)
-    finally:
-        lock.release()
+    return registry, view, topology, rec
 
 
 async def _replay(

@@ -7,6 +7,8 @@ own version and checks the outputs against the live version and the batch comput
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -158,6 +160,59 @@ async def test_a_failing_replay_process_stops_the_others_instead_of_hanging(
     assert (
         "unreadable" in r.stderr and "process 1/2 failed (exit 2); stopped the others" in r.stderr
     )
+
+
+async def test_a_replay_refused_with_processes_says_so_once(dataset: Dataset) -> None:
+    """Checked before any process starts: one line, not one per process and a resume hint."""
+    r = run_kappa(["replay", "user-totals", "--version", "15", "--processes", "2"], dataset.env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("kappa replay: error: user-totals reads ")
+    listed = run_kappa(["versions"], dataset.env).stdout.splitlines()[1:]
+    assert "15" not in [row.split()[0] for row in listed]  # nothing registered
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_sigterm_stops_every_process_of_a_split_replay(dataset: Dataset) -> None:
+    """A supervisor's SIGTERM reaches only the parent: it stops its processes before it
+    exits, which would otherwise go on replaying (and hold the version's state directory)."""
+    parent = subprocess.Popen(
+        [*KAPPA, "replay", "--version", "16", "--processes", "2"],
+        env=dataset.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        while len(children) < 2:
+            assert parent.poll() is None, parent.communicate()
+            children = _children(parent.pid)
+        parent.send_signal(signal.SIGTERM)  # the children are still starting up
+        _, err = parent.communicate(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    for pid in left:  # reported below; not left behind by the test
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    assert parent.returncode == 128 + signal.SIGTERM
+    assert "replay: terminated (SIGTERM); stopped its 2 processes" in err
+    assert "Traceback" not in err
 
 
 async def test_a_replay_leaves_state_and_changelogs_complete_without_a_final_flush(
