@@ -11,7 +11,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
-from app.kafka_clients import Conn, new_admin
+from app.kafka_clients import Conn, connection, new_admin
 from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,11 @@ async def wait_for_broker(
             finally:
                 await admin.close()
         if deadline is not None and loop.time() + delay > deadline:
+            secured = connection(bootstrap).security_protocol != "PLAINTEXT"
+            hint = " or check KAPPA_SECURITY_PROTOCOL and its settings" if secured else ""
             raise BrokerUnreachable(
                 f"cannot reach the Kafka broker at {bootstrap} ({last}); "
-                "start it with `kappa broker` or set KAPPA_BROKER"
+                f"start it with `kappa broker` or set KAPPA_BROKER{hint}"
             )
         if on_wait is not None:
             on_wait(last)

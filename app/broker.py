@@ -27,16 +27,23 @@ def broker_binary() -> str:
 
 
 def split_address(address: str) -> tuple[str, int]:
+    from app.settings import address_problem
+
+    problem = address_problem(address)
+    if problem:
+        raise BrokerError(f"broker address {address!r} {problem}")
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise BrokerError(f"broker address {address!r} must be host:port")
     return host, int(port)
 
 
 def port_open(host: str, port: int) -> bool:
+    """Whether something accepts connections on host:port (BrokerError: no such host)."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
+        try:
+            return s.connect_ex((host, port)) == 0
+        except (socket.gaierror, OverflowError) as e:
+            raise BrokerError(f"broker address {host}:{port}: {e}") from None
 
 
 def free_port() -> int:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NoBrokersAvailable,
+)
 
 from app.settings import ConfigError, Settings, load_settings, unknown_variables
 
@@ -225,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs)."
     )
     sp.add_argument("--version", type=_positive_int, default=1, help="version (default 1)")
-    sp.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    sp.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default 30)"
+    )
 
     sp = add("worker", cmd_worker, "Run a live worker (all pipelines unless --pipeline is given).")
     sp.add_argument(
@@ -237,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--web-port", type=_port, default=None, help="port for /metrics and /health")
 
     sp = add("produce", cmd_produce, "Load a file or synthetic orders into a topic.")
-    sp.add_argument("topic", help="topic to produce to, e.g. orders")
+    sp.add_argument("topic", type=_topic, help="topic to produce to, e.g. orders")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL (.jsonl/.ndjson/.json) or CSV (.csv) file of orders")
     src.add_argument(
@@ -249,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="events per second (default: as fast as possible)",
     )
-    sp.add_argument("--seed", type=int, default=0, help="random seed for --generate")
+    sp.add_argument("--seed", type=int, default=0, help="random seed for --generate (default 0)")
     sp.add_argument(
-        "--keys", type=_positive_int, default=1000, help="distinct product ids for --generate"
+        "--keys",
+        type=_number(int, 1, MAX_GENERATED_KEYS),
+        default=1000,
+        help=f"distinct product ids for --generate (default 1000, at most {MAX_GENERATED_KEYS:,})",
     )
     sp.add_argument(
         "--start-ms",
@@ -277,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sp = add("tail", cmd_tail, "Print a topic's records (JSON lines) from the beginning.")
-    sp.add_argument("topic")
+    sp.add_argument("topic", type=_topic)
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     sp.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
     sp.add_argument(
@@ -368,6 +379,8 @@ def _number(
             v = convert(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
         if v < low or (strict and v == low) or (high is not None and v > high):
             bound = f"> {low:g}" if strict else f">= {low:g}"
             rng = f"between {low:g} and {high:g}" if high is not None else bound
@@ -377,11 +390,23 @@ def _number(
     return parse
 
 
+# The generator holds its product ids in memory (about 60 bytes each).
+MAX_GENERATED_KEYS = 10_000_000
 _positive_int = _number(int, 0, strict=True)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0, strict=True)
 _fraction = _number(float, 0.0, 1.0)
+_seconds = _number(float, 0.0)
 _port = _number(int, 1, 65535)
+
+
+def _topic(s: str) -> str:
+    from app.settings import topic_name_problem
+
+    problem = topic_name_problem(s)
+    if problem:
+        raise argparse.ArgumentTypeError(f"topic name {s!r} {problem}")
+    return s
 
 
 def _event_time(s: str) -> int:
@@ -419,9 +444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except KafkaError as e:
         where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")
+        hint = (
+            " (is it running? start it with `kappa broker` or set KAPPA_BROKER)"
+            if isinstance(e, (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable))
+            else ""
+        )
         print(
-            f"kappa {args.command}: error: Kafka broker at {where}: {type(e).__name__}: {e}"
-            " (is it running? start it with `kappa broker` or set KAPPA_BROKER)",
+            f"kappa {args.command}: error: Kafka broker at {where}: {type(e).__name__}: {e}{hint}",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -33,8 +33,7 @@ def run_demo(settings: Settings, rate: float) -> int:
         if not port_open(host, port):
             broker = DevBroker(host, port).start()
             stack.callback(broker.stop)
-            if settings.state_dir.exists():
-                shutil.rmtree(settings.state_dir)
+            clear_state(settings.state_dir)
             print(f"started the embedded broker on {broker.address} (memory only)", flush=True)
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
@@ -93,6 +92,17 @@ def _last_line(path: Path) -> str:
     """The last non-empty line of a log: where a worker says why it stopped."""
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(empty log)"
+
+
+def clear_state(root: Path) -> None:
+    """Remove what Kappa keeps under `root` (each version's `vN` directory, faust's data
+    directory), never anything else: KAPPA_STATE_DIR may name a directory that holds more."""
+    if not root.is_dir():
+        return
+    for child in root.iterdir():
+        kappas = child.name == "faust" or (child.name[:1] == "v" and child.name[1:].isdigit())
+        if kappas and child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
 
 
 def _spawn(args: list[str], log_path: object) -> subprocess.Popen[bytes]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Iterable, Iterator
 
 from app.admin import ensure_topics, wait_for_broker
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
 from app.settings import ConfigError, Settings
+
+KeyValue = tuple[bytes | None, bytes]
 
 
 def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
@@ -38,7 +41,9 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
-    if args.file:
+    if args.file is not None:
+        if not args.file.strip():
+            raise ConfigError("--file needs a path")
         try:
             with open(args.file, "rb"):  # missing or unreadable: say so first, before connecting
                 pass
@@ -52,6 +57,16 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         records = ((r.key, r.value) for r in generate(spec))
         total = spec.count
 
+    read = 0
+
+    def counted(
+        records: Iterable[tuple[bytes | None, bytes]],
+    ) -> Iterator[tuple[bytes | None, bytes]]:
+        nonlocal read
+        for record in records:
+            yield record
+            read += 1
+
     async def run() -> int:
         await wait_for_broker(settings.kafka)
         await ensure_topics(
@@ -60,7 +75,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         return await produce_records(
             settings.kafka,
             args.topic,
-            records,
+            counted(records),
             rate=args.rate,
             progress=not args.no_progress,
             total=total,
@@ -68,7 +83,13 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         sent = asyncio.run(run())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {args.file}: {e}") from None
+    except (OSError, ValueError) as e:  # the file went bad part way
+        before = (
+            f"; the {read:,} records before it were produced (loading the file again "
+            "produces them again)"
+            if read
+            else ""
+        )
+        raise ConfigError(f"cannot read {args.file}: {e}{before}") from None
     print(f"produced {sent:,} records to {args.topic}", flush=True)
     return 0

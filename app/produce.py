@@ -101,7 +101,9 @@ class _Reporter:
         if final or now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             of_total = f"/{self._total:,}" if self._total is not None else ""
-            log.info(
+            # The CLI shows warnings and up: progress must reach the user; the end it prints.
+            log.log(
+                logging.INFO if final else logging.WARNING,
                 "%s %s%s records to %s (%.0f ev/s)",
                 "produced" if final else "producing",
                 f"{sent:,}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,9 +145,70 @@ def _convert(name: str, raw: str, typ: object) -> object:
 MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 
 
+# Longest timeout (ms) a setting may ask for: Kafka's protocol carries them as signed 32-bit
+# ints, and faust needs the session timeout under its request timeout (90 s).
+MAX_SESSION_TIMEOUT_MS = 85_000
+MAX_TIMEOUT_MS = 3_600_000
+# Kafka's topic names: ASCII letters, digits, '.', '_' and '-', at most 249 characters.
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_TOPIC_CHARS = 249
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why Kafka would refuse this topic name, or None if it is a valid one."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return "cannot be '.' or '..'"
+    if len(name) > MAX_TOPIC_CHARS:
+        return f"is longer than {MAX_TOPIC_CHARS} characters"
+    if not set(name) <= _TOPIC_CHARS:
+        return "may only hold ASCII letters, digits, ., _ and -"
+    return None
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a usable host:port, or None if it is one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]"):
+        return "must be host:port"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "needs a port number from 1 to 65535"
+    return None
+
+
 def _validate(s: Settings) -> None:
-    if not s.bootstrap or any(":" not in b for b in s.bootstrap):
+    if not s.bootstrap:
         raise ConfigError(f"KAPPA_BROKER={s.broker!r} must be host:port[,host:port...]")
+    for address in s.bootstrap:
+        problem = address_problem(address)
+        if problem:
+            raise ConfigError(
+                f"KAPPA_BROKER={s.broker!r}: {address!r} {problem} (host:port[,host:port...])"
+            )
+    if not str(s.state_dir).strip() or s.state_dir == Path("."):
+        raise ConfigError(
+            f"KAPPA_STATE_DIR={str(s.state_dir)!r} must name a directory for Kappa's state "
+            "(not the current directory)"
+        )
+    if not s.web_host.strip():
+        raise ConfigError("KAPPA_WEB_HOST must not be empty (e.g. 127.0.0.1 or 0.0.0.0)")
+    if s.session_timeout_ms > MAX_SESSION_TIMEOUT_MS:
+        raise ConfigError(
+            f"KAPPA_SESSION_TIMEOUT_MS must be at most {MAX_SESSION_TIMEOUT_MS}, got "
+            f"{s.session_timeout_ms}"
+        )
+    for name in (
+        "rebalance_timeout_ms",
+        "shutdown_timeout_ms",
+        "fetch_max_wait_ms",
+        "batch_linger_ms",
+    ):
+        if getattr(s, name) > MAX_TIMEOUT_MS:
+            raise ConfigError(
+                f"KAPPA_{name.upper()} must be at most {MAX_TIMEOUT_MS} (1 hour), got "
+                f"{getattr(s, name)}"
+            )
     for name in (
         "partitions",
         "replication",
@@ -174,8 +236,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS and KAPPA_FETCH_MAX_WAIT_MS must be >= 0"
         )
-    if not s.app_id.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold letters, digits, - and _")
+    if not s.app_id or not set(s.app_id) <= _TOPIC_CHARS - {"."}:
+        raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold ASCII letters, digits, - and _")
     if s.processing_guarantee not in ("at_least_once", "exactly_once"):
         raise ConfigError(
             f"KAPPA_PROCESSING_GUARANTEE={s.processing_guarantee!r} must be at_least_once or "
@@ -195,9 +257,16 @@ def _validate(s: Settings) -> None:
         path = getattr(s, name)
         if path and not Path(path).is_file():
             raise ConfigError(f"KAPPA_{name.upper()}={path!r} is not a readable file")
-    if s.topic_prefix and not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
+    try:  # certificates and keys are read here, so a bad file is said at once, in one line
+        s.kafka.ssl_context()
+    except (ssl.SSLError, OSError) as e:
         raise ConfigError(
-            f"KAPPA_TOPIC_PREFIX={s.topic_prefix!r} may only hold letters, digits, ., _ and -"
+            f"KAPPA_SSL_CAFILE/CERTFILE/KEYFILE/PASSWORD: cannot set up TLS: {e}"
+        ) from None
+    if not set(s.topic_prefix) <= _TOPIC_CHARS or len(s.topic_prefix) > MAX_TOPIC_CHARS // 2:
+        raise ConfigError(
+            f"KAPPA_TOPIC_PREFIX={s.topic_prefix!r} may only hold ASCII letters, digits, ., _ "
+            f"and - (at most {MAX_TOPIC_CHARS // 2} characters)"
         )
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"KAPPA_LOG_LEVEL={s.log_level!r} must be debug, info, warning or error")

@@ -101,7 +101,7 @@ def create_app(
         store="memory://",
         autodiscover=False,
         web_enabled=True,
-        web_host=settings.web_host,
+        web_host=f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
         topic_partitions=settings.partitions,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import socket
 import sys
@@ -79,9 +80,9 @@ def require_free_address(host: str, port: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
     except OSError as e:
+        hint = "KAPPA_WEB_PORT or --web-port" if e.errno == errno.EADDRINUSE else "KAPPA_WEB_HOST"
         raise ConfigError(
-            f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
-            "(set KAPPA_WEB_PORT or --web-port)"
+            f"cannot serve metrics on {host}:{port}: {e.strerror or e} (set {hint})"
         ) from None
 
 

@@ -131,6 +131,77 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
     )
 
 
+@pytest.mark.parametrize(
+    "env,words",
+    [
+        ({"KAPPA_BROKER": "host:notaport"}, "'host:notaport' needs a port number from 1 to 65535"),
+        ({"KAPPA_BROKER": "127.0.0.1:99999"}, "needs a port number from 1 to 65535"),
+        ({"KAPPA_BROKER": ":9092"}, "':9092' must be host:port"),
+        ({"KAPPA_BROKER": "a:1,b"}, "'b' must be host:port"),
+        ({"KAPPA_STATE_DIR": ""}, "KAPPA_STATE_DIR='.' must name a directory"),
+        ({"KAPPA_STATE_DIR": "."}, "not the current directory"),
+        ({"KAPPA_WEB_HOST": ""}, "KAPPA_WEB_HOST must not be empty"),
+        ({"KAPPA_SESSION_TIMEOUT_MS": "120000"}, "KAPPA_SESSION_TIMEOUT_MS must be at most"),
+        ({"KAPPA_REBALANCE_TIMEOUT_MS": "99999999999"}, "KAPPA_REBALANCE_TIMEOUT_MS must be at"),
+        ({"KAPPA_FETCH_MAX_WAIT_MS": "4000000000"}, "KAPPA_FETCH_MAX_WAIT_MS must be at most"),
+        ({"KAPPA_SHUTDOWN_TIMEOUT_MS": "99999999999999"}, "KAPPA_SHUTDOWN_TIMEOUT_MS must be at"),
+        ({"KAPPA_TOPIC_PREFIX": "é."}, "may only hold ASCII letters"),
+        ({"KAPPA_TOPIC_PREFIX": "p" * 200}, "at most 124 characters"),
+        ({"KAPPA_APP_ID": "ü"}, "KAPPA_APP_ID='ü' may only hold ASCII letters"),
+        ({"KAPPA_APP_ID": ""}, "KAPPA_APP_ID=''"),
+    ],
+)
+def test_settings_kafka_or_the_worker_would_refuse_later_are_refused_at_load(
+    tmp_path: Path, env: dict[str, str], words: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"KAPPA_STATE_DIR": str(tmp_path), **env})
+    assert words in str(refused.value)
+
+
+def test_a_certificate_file_that_is_no_certificate_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    env = {"KAPPA_SECURITY_PROTOCOL": "SSL", "KAPPA_SSL_CAFILE": str(tmp_path / "ca.pem")}
+    with pytest.raises(ConfigError, match="cannot set up TLS"):
+        load_settings({"KAPPA_STATE_DIR": str(tmp_path), **env})
+
+
+def test_a_broker_port_that_is_no_number_is_one_line(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["topics"], tmp_path, KAPPA_BROKER="host:notaport"))
+    assert "needs a port number from 1 to 65535" in line
+
+
+def test_a_broker_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
+    line = _error_line(_kappa(["broker", "--address", "no-such-host.invalid:9092"], tmp_path))
+    assert line.startswith("kappa broker: error: broker address no-such-host.invalid:9092: ")
+
+
+def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
+    assert "--file needs a path" in _error_line(
+        _kappa(["produce", "orders", "--file", ""], tmp_path)
+    )
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["produce", "orders", "--generate", "10", "--rate", "nan"], "'nan' is not a finite"),
+        (["produce", "orders", "--generate", "10", "--rate", "inf"], "'inf' is not a finite"),
+        (["topics", "--timeout", "nan"], "'nan' is not a finite number"),
+        (["topics", "--timeout", "-1"], "'-1' must be >= 0"),
+        (["produce", "", "--generate", "1"], "topic name '' is empty"),
+        (["produce", "a b", "--generate", "1"], "may only hold ASCII letters"),
+        (["produce", "..", "--generate", "1"], "cannot be '.' or '..'"),
+        (["tail", "é"], "topic name 'é' may only hold ASCII letters"),
+        (["produce", "x", "--generate", "1", "--keys", "99999999999999"], "between 1 and"),
+    ],
+)
+def test_arguments_that_would_fail_later_are_refused_by_the_parser(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    assert words in _usage_error(_kappa(args, tmp_path))
+
+
 def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
     assert "must be host:port" in _error_line(_kappa(["broker", "--address", "nope"], tmp_path))
 
