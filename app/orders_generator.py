@@ -277,7 +277,7 @@ def _read_csv(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
         columns = [name.strip() for name in header]
         missing = [name for name in ORDER_FIELDS if name not in columns]
         if missing:
-            raise ValueError(f"{path}: CSV header lacks column(s) {', '.join(missing)}")
+            raise ValueError(f"CSV header lacks column(s) {', '.join(missing)}")
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.admin import ensure_topics, existing_topics
+from app.topic_reader import read_to_end
 from tests.support.workers import kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -61,3 +62,41 @@ async def test_a_metrics_port_in_use_is_one_line(broker: str, unique: str, tmp_p
     assert r.returncode == 2, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"kappa replay: error: cannot serve metrics on 127.0.0.1:{port}: ")
+
+
+async def test_a_file_that_goes_bad_part_way_says_how_much_was_produced(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Loading it again produces those records again: the user must know they are there."""
+    rows = [
+        f"o{i},u{i % 7},p{i % 5},books,{1 + i % 9}.50,1,{1_700_000_000_000 + i}" for i in range(400)
+    ]
+    orders = tmp_path / "orders.csv"
+    orders.write_bytes(
+        ("order_id,user_id,product_id,category,amount,quantity,ts\n" + "\n".join(rows)).encode()
+        + b"\no400,u1,p1,b\xffoks,1.50,1,1700000000400\n"
+    )
+    env = kappa_env(broker, unique, tmp_path / "state")
+    r = run_kappa(["produce", f"{unique}.orders", "--file", str(orders), "--no-progress"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"kappa produce: error: cannot read {orders}: 'utf-8' codec"), line
+    produced = int(line.split("; the ")[1].split(" records before it were produced")[0])
+    assert 0 < produced <= 400
+    landed = await read_to_end(broker, f"{unique}.orders")
+    assert sum(len(recs) for recs in landed.values()) == produced
+
+
+async def test_a_csv_without_the_order_columns_names_the_file_once(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,user_id\no1,u1\n")
+    env = kappa_env(broker, unique, tmp_path / "state")
+    r = run_kappa(["produce", f"{unique}.orders", "--file", str(orders)], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (
+        f"kappa produce: error: cannot read {orders}: CSV header lacks column(s) product_id, "
+        "category, amount, quantity, ts"
+    )

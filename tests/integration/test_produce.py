@@ -151,3 +151,18 @@ def test_rate_limiter_saves_up_at_most_the_burst_after_falling_behind() -> None:
 def test_rate_limiter_rejects_a_rate_that_is_not_positive() -> None:
     with pytest.raises(ValueError, match="rate must be > 0"):
         RateLimiter(0.0, now=0.0)
+
+
+@pytest.mark.integration
+async def test_progress_off_a_terminal_is_a_line_the_cli_shows(
+    broker: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI shows warnings and up; progress logged below that would never be seen."""
+    monkeypatch.setattr("app.produce.LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.WARNING)
+    topic = _unique_topic("progress")
+    await ensure_topics(broker, {topic: (1, {})})
+    records = [(None, f'{{"n":{index}}}'.encode()) for index in range(6_000)]  # > SEND_CHUNK
+    await produce_records(broker, topic, records, progress=True)
+    assert f"records to {topic}" in caplog.text
+    assert "producing " in caplog.text

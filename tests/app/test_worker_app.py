@@ -1,0 +1,22 @@
+"""The worker's Faust app as configured from settings (no broker: nothing is started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import load_settings
+from app.worker import create_app
+
+
+@pytest.mark.parametrize(
+    "host,url", [("::1", "http://[::1]:6066"), ("127.0.0.1", "http://127.0.0.1:6066")]
+)
+def test_the_web_server_binds_the_host_given_ipv6_included(
+    tmp_path: Path, host: str, url: str
+) -> None:
+    settings = load_settings({"KAPPA_WEB_HOST": host, "KAPPA_STATE_DIR": str(tmp_path)})
+    app = create_app(settings, 1)
+    assert str(app.conf.canonical_url) == url  # faust refused "http://::1:6066"
+    assert app.conf.web_bind == host
