@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import UnknownError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
+from app.admin import existing_topics
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
@@ -80,11 +83,16 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
 async def drop(settings: Settings, version: int) -> str:
     registry = Registry(settings)
     view = await registry.load()
-    rec = require_version(view, version)
     if version == view.live:
         raise ConfigError(f"version {version} is live; promote another version before dropping it")
+    # A version made by `kappa topics/worker --version N` without a replay has no record: it is
+    # dropped all the same, and recorded as dropped so its number is not used again.
+    rec = view.versions.get(version) or VersionRecord(version, DROPPED)
     topology = Topology(settings, version)
     topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
+    unknown = version not in view.versions and not topology.state_root().exists()
+    if unknown and not set(topics) & await existing_topics(settings.kafka):  # a mistyped number
+        require_version(view, version)  # refused, naming the versions there are
     try:  # a worker of this version on this machine holds its state directory
         lock = lock_state_dir(topology.state_root())
     except StateLockedError:
@@ -106,7 +114,16 @@ async def drop(settings: Settings, version: int) -> str:
         existing = set(await admin.list_topics())
         doomed = [t for t in topics if t in existing]
         if doomed:
-            await admin.delete_topics(doomed)
+            # The broker answers per topic instead of raising (ACLs, delete.topic.enable=false,
+            # a timeout): refuse before the state and the registry say the version is gone.
+            failed = _undeleted(await admin.delete_topics(doomed))
+            if failed:
+                raise ConfigError(
+                    f"version {version} not dropped: the broker did not delete "
+                    + ", ".join(f"{t} ({err})" for t, err in failed)
+                    + f"; its state and registry entry are kept, run kappa drop {version} again "
+                    "once the broker allows it"
+                )
     finally:
         await admin.close()
         lock.release()
@@ -121,6 +138,28 @@ async def drop(settings: Settings, version: int) -> str:
 
 NON_EMPTY_GROUP = 68
 GROUP_ID_NOT_FOUND = 69
+UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+class DeleteTopicsResult(Protocol):
+    """What `delete_topics` returns (aiokafka's DeleteTopicsResponse, any version)."""
+
+    topic_error_codes: Sequence[tuple[Any, ...]]  # (topic, error code[, error message])
+
+
+def _undeleted(response: DeleteTopicsResult) -> list[tuple[str, str]]:
+    """(topic, error name) of each topic a DeleteTopicsResponse says was not deleted; a topic
+    the broker does not know (any more) counts as deleted."""
+    failed = []
+    for entry in response.topic_error_codes:
+        topic, code = entry[0], entry[1]
+        if code in (0, UNKNOWN_TOPIC_OR_PARTITION):
+            continue
+        error = for_code(code)
+        # aiokafka names only the codes it knows (73 TOPIC_DELETION_DISABLED is UnknownError).
+        name = error.__name__ + (f" (code {code})" if error is UnknownError else "")
+        failed.append((topic, name))
+    return failed
 
 
 async def _delete_group(admin: AIOKafkaAdminClient, group: str) -> str | None:
@@ -179,16 +218,29 @@ def upsert_latest(
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
     """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
     view = await Registry(settings).load()
-    for v in (v1, v2):
-        if require_version(view, v).status == DROPPED:
+    recs = {v: require_version(view, v) for v in (v1, v2)}
+    for v, rec in recs.items():
+        if rec.status == DROPPED:
             raise ConfigError(f"version {v} was dropped: its outputs are gone")
-    t1, t2 = Topology(settings, v1), Topology(settings, v2)
+    # A replay of some pipelines (`kappa replay orders --version 3`) has only their outputs.
+    t1, t2 = (Topology(settings, v).select(recs[v].pipelines) for v in (v1, v2))
     lines: list[str] = []
     total = 0
     for logical, keys in (
         (REVENUE, ("product_id", "window_start", "window_end")),
         (USER_TOTALS, ("user_id",)),
     ):
+        lacking = [t for t in (t1, t2) if logical not in _outputs(t)]
+        if lacking:
+            lines.append(
+                f"{logical}: skipped ("
+                + "; ".join(
+                    f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
+                    for t in lacking
+                )
+                + ")"
+            )
+            continue
         a = await read_latest(settings, t1.physical(logical), keys)
         b = await read_latest(settings, t2.physical(logical), keys)
         # A window still open on one side and flushed (provisional) on the other is not a
@@ -234,6 +286,11 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
             lines.append(f"  … {n - shown} more")
     lines.append("identical" if total == 0 else f"{total} differences")
     return "\n".join(lines), total
+
+
+def _outputs(topology: Topology) -> set[str]:
+    """The logical output topics the topology's selected pipelines write."""
+    return {t for p in topology.pipelines for t in p.outputs}
 
 
 def _close(x: object, y: object) -> bool:

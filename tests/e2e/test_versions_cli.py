@@ -1,0 +1,88 @@
+"""`kappa drop` and `kappa diff` through the CLI against the embedded broker, for versions
+made without a replay and replays of some pipelines only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.admin import existing_topics
+from app.orders_generator import generate
+from app.produce import produce_records
+from app.settings import load_settings
+from app.topology import Topology
+from tests.support.datasets import orders_spec
+from tests.support.workers import kappa_env, run_kappa
+
+pytestmark = pytest.mark.e2e
+
+
+def _row(versions_output: str, version: int) -> list[str]:
+    """The `kappa versions` row of one version, split into columns (empty if not listed)."""
+    for line in versions_output.splitlines()[1:]:
+        if line.split()[:1] == [str(version)]:
+            return line.split()
+    return []
+
+
+async def test_a_version_made_by_kappa_topics_can_be_dropped(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`kappa topics --version 12` registers nothing; its topics must not be left with no
+    command to remove them."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    made = run_kappa(["topics", "--version", "12"], env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    topology = Topology(load_settings(env), 12)
+    own = {t for t in topology.all_topics() if t != f"{unique}.orders"}  # not the shared source
+    assert own and own <= await existing_topics(broker)
+
+    dropped = run_kappa(["drop", "12"], env)
+    assert dropped.returncode == 0, dropped.stdout + dropped.stderr
+    assert f"dropped version 12: {len(own)} topics deleted" in dropped.stdout
+    remaining = await existing_topics(broker)
+    assert not own & remaining and f"{unique}.orders" in remaining
+    assert _row(run_kappa(["versions"], env).stdout, 12)[:2] == ["12", "dropped"]
+
+    live = run_kappa(["drop", "1"], env)
+    assert live.returncode == 2, live.stdout + live.stderr
+    assert live.stderr.strip().splitlines() == [
+        "kappa drop: error: version 1 is live; promote another version before dropping it"
+    ]
+
+
+async def test_diff_compares_only_the_outputs_both_versions_produce(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    spec = orders_spec(3_000, 11, keys=20, users=15, ms_per_event=200, disorder_ms=4_000)
+    records = ((r.key, r.value) for r in generate(spec))
+    await produce_records(broker, f"{unique}.orders", records, progress=False)
+    for replay in (["--version", "2"], ["orders", "--version", "3"]):
+        r = run_kappa(["replay", *replay, "--no-progress"], env)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    diff = run_kappa(["diff", "2", "3"], env)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    revenue, user_totals, verdict = diff.stdout.strip().splitlines()
+    assert revenue.startswith("orders.revenue-1m: ")
+    assert "; 0 only in v2, 0 only in v3, 0 differ" in revenue
+    windows = int(revenue.split(": ")[1].split(" in v2")[0].replace(",", ""))
+    assert windows > 0  # something was compared
+    assert user_totals == "orders.user-totals: skipped (version 3 ran orders only)"
+    assert verdict == "identical"
+
+
+async def test_dropping_a_version_that_never_existed_is_refused(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A mistyped number: nothing of it exists, so it is not recorded as dropped (which would
+    use the number up)."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    r = run_kappa(["drop", "99"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("kappa drop: error: version 99 is not in the registry (known: ")
+    assert not (tmp_path / "state" / "v99").exists()

@@ -1,0 +1,110 @@
+"""How `kappa drop` reads the broker's per-topic answer to a delete, without a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.protocol.admin import DeleteTopicsResponse_v0, DeleteTopicsResponse_v1
+
+from app.settings import ConfigError, load_settings
+from replay import versions
+from replay.registry import RUNNING, RegistryView, VersionRecord
+from replay.versions import _undeleted
+
+
+def test_deleted_and_already_gone_topics_are_not_reported() -> None:
+    ok = DeleteTopicsResponse_v1(throttle_time_ms=0, topic_error_codes=[("a", 0), ("b", 3)])
+    assert _undeleted(ok) == []
+    assert _undeleted(DeleteTopicsResponse_v0(topic_error_codes=[])) == []
+
+
+def test_each_refused_topic_is_named_with_its_error() -> None:
+    refused = DeleteTopicsResponse_v1(
+        throttle_time_ms=0,
+        topic_error_codes=[("a", 0), ("b", 29), ("c", 7), ("d", 3), ("e", 73)],
+    )
+    assert _undeleted(refused) == [
+        ("b", "TopicAuthorizationFailedError"),
+        ("c", "RequestTimedOutError"),
+        ("e", "UnknownError (code 73)"),  # TOPIC_DELETION_DISABLED: aiokafka has no name for it
+    ]
+
+
+@dataclass
+class WithMessages:
+    """DeleteTopicsResponse v5 and later: (topic, error code, error message)."""
+
+    topic_error_codes: list[tuple[str, int, str | None]]
+
+
+def test_responses_with_error_messages_are_read_too() -> None:
+    response = WithMessages([("a", 0, None), ("b", 41, "not the controller")])
+    assert _undeleted(response) == [("b", "NotControllerError")]
+
+
+@dataclass
+class RefusingAdmin:
+    """An admin client whose broker deletes the group but refuses to delete the topics."""
+
+    topics: list[str]
+    deleted: list[list[str]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def find_coordinator(self, group: str) -> int:
+        raise OSError("no coordinator here")  # the drop reports it and goes on
+
+    async def list_topics(self) -> list[str]:
+        return self.topics
+
+    async def delete_topics(self, topics: list[str]) -> DeleteTopicsResponse_v1:
+        self.deleted.append(topics)
+        return DeleteTopicsResponse_v1(
+            throttle_time_ms=0, topic_error_codes=[(t, 29) for t in topics]
+        )
+
+
+@dataclass
+class RecordingRegistry:
+    view: RegistryView
+    written: list[VersionRecord] = field(default_factory=list)
+
+    async def load(self) -> RegistryView:
+        return self.view
+
+    async def put_version(self, rec: VersionRecord) -> None:
+        self.written.append(rec)
+
+
+async def test_a_refused_delete_keeps_the_state_and_the_registry_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So the version does not look dropped while its topics remain, and the drop can be run
+    again once the broker allows it."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    state = tmp_path / "v2" / "orders" / "p0"
+    state.mkdir(parents=True)
+    admin = RefusingAdmin(["orders", "orders.revenue-1m.v2", "orders.user-totals.v2"])
+    registry = RecordingRegistry(RegistryView({2: VersionRecord(2, RUNNING, ["orders"])}, {}))
+    fakes: dict[str, Any] = {"new_admin": lambda _: admin, "Registry": lambda _: registry}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(versions, name, fake)
+
+    with pytest.raises(ConfigError) as err:
+        await versions.drop(settings, 2)
+
+    assert admin.deleted == [["orders.revenue-1m.v2", "orders.user-totals.v2"]]
+    assert str(err.value) == (
+        "version 2 not dropped: the broker did not delete orders.revenue-1m.v2 "
+        "(TopicAuthorizationFailedError), orders.user-totals.v2 (TopicAuthorizationFailedError); "
+        "its state and registry entry are kept, run kappa drop 2 again once the broker allows it"
+    )
+    assert state.is_dir()
+    assert registry.written == []
