@@ -76,15 +76,18 @@ def run_demo(settings: Settings, rate: float) -> int:
             "after start. Ctrl-C stops everything.",
             flush=True,
         )
-        asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), worker))
-        if worker.returncode is not None:  # it stopped on its own: the demo failed
-            print(
-                f"kappa demo: error: the worker exited with code {worker.returncode}: "
-                f"{_last_line(log_dir / 'worker.log')} (its log: {log_dir / 'worker.log'})",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 1
+        children = {"worker": worker, "generator": generator}
+        asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), children))
+        for name, child in children.items():
+            if child.returncode is not None:  # it stopped on its own: the demo failed
+                log = log_dir / f"{name}.log"
+                print(
+                    f"kappa demo: error: the {name} exited with code {child.returncode}: "
+                    f"{_last_line(log)} (its log: {log})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
     return 0
 
 
@@ -134,8 +137,11 @@ def format_window(value: bytes) -> str:
     )
 
 
-async def _print_windows(settings: Settings, topic: str, worker: subprocess.Popen[bytes]) -> None:
-    """Print windows as they close until Ctrl-C (or SIGTERM), or until the worker exits.
+async def _print_windows(
+    settings: Settings, topic: str, children: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    """Print windows as they close until Ctrl-C (or SIGTERM), or until a child (the worker, the
+    generator) exits.
 
     The signals set a flag the loop checks: cancelling the task instead would be swallowed by
     a consumer fetch in progress, and the demo would go on printing."""
@@ -146,7 +152,7 @@ async def _print_windows(settings: Settings, topic: str, worker: subprocess.Pope
     consumer = new_consumer(settings.kafka, topic, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
-        while worker.poll() is None and not stop.is_set():
+        while all(c.poll() is None for c in children.values()) and not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for r in records:
