@@ -240,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", type=_positive_int, default=None, help="version to run (default: the live one)"
     )
     sp.add_argument(
-        "--pipeline", action="append", default=[], help="run only this pipeline (repeatable)"
+        "--pipeline",
+        action="append",
+        default=[],
+        help="run only this pipeline: orders or user-totals (repeatable)",
     )
     sp.add_argument("--web-port", type=_port, default=None, help="port for /metrics and /health")
 
@@ -348,12 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("version", type=_positive_int)
     sp = add(
-        "diff", cmd_diff, "Compare two versions' outputs window by window (exit 1 if they differ)."
+        "diff",
+        cmd_diff,
+        "Compare two versions' outputs, window by window and user by user (exit 1 if they differ).",
     )
     sp.add_argument("v1", type=_positive_int)
     sp.add_argument("v2", type=_positive_int)
     sp.add_argument(
-        "--limit", type=_positive_int, default=20, help="differences to show per output"
+        "--limit",
+        type=_positive_int,
+        default=20,
+        help="differences to show per output (default 20)",
     )
     add("status", cmd_status, "Show the live version and where its outputs and state are.")
 
