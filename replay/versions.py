@@ -124,12 +124,15 @@ async def drop(settings: Settings, version: int) -> str:
                     + f"; its state and registry entry are kept, run kappa drop {version} again "
                     "once the broker allows it"
                 )
+        # Marked dropped and its state removed while the lock is held: a worker of the version
+        # starting meanwhile is refused (the lock is taken), and after it as dropped; it can
+        # never start between the two and have its state removed underneath it.
+        rec.status = DROPPED
+        await registry.put_version(rec)
+        shutil.rmtree(topology.state_root(), ignore_errors=True)
     finally:
         await admin.close()
         lock.release()
-    shutil.rmtree(topology.state_root(), ignore_errors=True)
-    rec.status = DROPPED
-    await registry.put_version(rec)
     return (
         f"dropped version {version}: {len(doomed)} topics deleted, {group_note}, "
         f"state {topology.state_root()} removed"

@@ -10,8 +10,9 @@ import pytest
 from aiokafka.protocol.admin import DeleteTopicsResponse_v0, DeleteTopicsResponse_v1
 
 from app.settings import ConfigError, load_settings
+from app.state_guard import StateLockedError, lock_state_dir
 from replay import versions
-from replay.registry import RUNNING, RegistryView, VersionRecord
+from replay.registry import DROPPED, RUNNING, RegistryView, VersionRecord
 from replay.versions import _undeleted
 
 
@@ -51,6 +52,7 @@ class RefusingAdmin:
 
     topics: list[str]
     deleted: list[list[str]] = field(default_factory=list)
+    error_code: int = 29  # TOPIC_AUTHORIZATION_FAILED
 
     async def start(self) -> None:
         pass
@@ -67,7 +69,7 @@ class RefusingAdmin:
     async def delete_topics(self, topics: list[str]) -> DeleteTopicsResponse_v1:
         self.deleted.append(topics)
         return DeleteTopicsResponse_v1(
-            throttle_time_ms=0, topic_error_codes=[(t, 29) for t in topics]
+            throttle_time_ms=0, topic_error_codes=[(t, self.error_code) for t in topics]
         )
 
 
@@ -108,3 +110,32 @@ async def test_a_refused_delete_keeps_the_state_and_the_registry_entry(
     )
     assert state.is_dir()
     assert registry.written == []
+
+
+async def test_a_drop_marks_the_version_dropped_before_letting_go_of_its_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker of the version starting during the drop is refused by the lock, and after it
+    as dropped: never in between, with its state removed underneath it."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    (tmp_path / "v2" / "orders" / "p0").mkdir(parents=True)
+    admin = RefusingAdmin(["orders.revenue-1m.v2"], error_code=0)
+    locked_while_marked: list[bool] = []
+
+    class LockCheckingRegistry(RecordingRegistry):
+        async def put_version(self, rec: VersionRecord) -> None:
+            try:
+                lock_state_dir(tmp_path / "v2").release()
+                locked_while_marked.append(False)
+            except StateLockedError:
+                locked_while_marked.append(True)
+            await super().put_version(rec)
+
+    registry = LockCheckingRegistry(RegistryView({2: VersionRecord(2, RUNNING, ["orders"])}, {}))
+    monkeypatch.setattr(versions, "new_admin", lambda _: admin)
+    monkeypatch.setattr(versions, "Registry", lambda _: registry)
+    said = await versions.drop(settings, 2)
+    assert said.startswith("dropped version 2: 1 topics deleted")
+    assert [r.status for r in registry.written] == [DROPPED]
+    assert locked_while_marked == [True]
+    assert not (tmp_path / "v2").exists()
