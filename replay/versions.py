@@ -18,7 +18,15 @@ from app.settings import ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
-from replay.registry import COMPLETE, DROPPED, LIVE, Registry, VersionRecord, require_version
+from replay.registry import (
+    COMPLETE,
+    DROPPED,
+    LIVE,
+    Registry,
+    RegistryView,
+    VersionRecord,
+    require_version,
+)
 
 PROVISIONAL = "__provisional"  # marks a window emitted by a replay's final flush
 REVENUE = "orders.revenue-1m"
@@ -35,7 +43,7 @@ async def list_versions(settings: Settings) -> str:
         versions[view.live] = VersionRecord(view.live, LIVE, created_at="-")
     for v in sorted(versions):
         rec = versions[v]
-        status = LIVE if v == view.live else rec.status
+        status = shown_status(view, v, rec)
         records = sum(e for parts in rec.snapshot.values() for e in parts.values())
         snap = f"{records:,}" if rec.snapshot else "-"
         rows.append(
@@ -43,6 +51,18 @@ async def list_versions(settings: Settings) -> str:
             f"{rec.created_at:<25}  {snap}"
         )
     return "\n".join(rows)
+
+
+# A version a promote marked live but that is not (the promote stopped before marking the old
+# one complete): running the promote again finishes it.
+PROMOTING = "promoting"
+
+
+def shown_status(view: RegistryView, version: int, rec: VersionRecord) -> str:
+    """The status `kappa versions` shows: exactly one version is ever shown live."""
+    if version == view.live:
+        return LIVE
+    return PROMOTING if rec.status == LIVE else rec.status
 
 
 async def promote(settings: Settings, version: int, force: bool) -> str:

@@ -6,7 +6,8 @@ import pytest
 
 from agents.base import SourceRecord
 from app.settings import ConfigError
-from replay.versions import PROVISIONAL, upsert_latest
+from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
+from replay.versions import PROVISIONAL, shown_status, upsert_latest
 
 
 def test_diff_reads_outputs_by_key_and_names_a_record_kappa_did_not_write() -> None:
@@ -37,3 +38,14 @@ def test_diff_compares_results_not_how_a_version_emits_them() -> None:
     upsert_latest(a, [with_flag], key, "r.v2")
     upsert_latest(b, [without], key, "r.v3")
     assert a == b
+
+
+def test_a_promote_stopped_halfway_shows_one_version_live_and_the_other_promoting() -> None:
+    """The promote marked 3 live but stopped before marking 2 complete: 2 is still live."""
+    view = RegistryView(
+        {2: VersionRecord(2, LIVE), 3: VersionRecord(3, LIVE), 4: VersionRecord(4, COMPLETE)},
+        {},
+        marked={2: 5, 3: 9, 4: 7},
+    )
+    shown = {v: shown_status(view, v, rec) for v, rec in view.versions.items()}
+    assert shown == {2: "live", 3: "promoting", 4: "complete"}
