@@ -89,8 +89,10 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
                 total = part
             else:
                 total.add_summary(part)
+    if code:  # said on stderr; the parts that finished are no summary of the replay
+        return code, None
     if total is None:
-        return code or 1, "replay: no process finished its part"
+        return 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
     return code, f"{total.line()} across {processes} processes"
 
@@ -113,7 +115,8 @@ def _wait_all_or_first_failure(
 ) -> int:
     """Wait for every child; if one fails, stop the others: they would wait forever for its
     partitions (a later stage starts when every partition of the one before is done)."""
-    while any(reader.is_alive() for reader in readers):
+    while True:
+        running = any(reader.is_alive() for reader in readers)
         failed = [c for c in children if c.poll() not in (None, 0)]
         if failed:
             for child in children:
@@ -124,15 +127,21 @@ def _wait_all_or_first_failure(
             index = children.index(failed[0])
             rc = failed[0].returncode
             how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+            others = "stopped the others" if running else "the others had finished"
             print(
-                f"replay: process {index}/{len(children)} failed ({how}); "
-                "stopped the others. Run the same command again to resume",
+                f"replay: process {index}/{len(children)} failed ({how}); {others}. Run the "
+                "same command again to resume",
                 file=sys.stderr,
                 flush=True,
             )
             return exit_code(rc)
+        if not running:
+            for child in children:
+                child.wait()
+            if all(c.returncode == 0 for c in children):
+                return 0
+            continue  # one failed as its output ended: said above
         time.sleep(0.1)
-    return next((exit_code(c.returncode) for c in children if c.returncode), 0)
 
 
 def exit_code(returncode: int) -> int:
