@@ -6,7 +6,6 @@ configured one is a closed port, and every command here must fail before needing
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from app.broker import free_port
 from app.settings import ConfigError, load_settings
+from tests.support.processes import taken_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,10 +120,7 @@ def test_an_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         line = _error_line(_kappa(["worker", "--web-port", str(port)], tmp_path))
     assert line == (
         f"kappa worker: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use "

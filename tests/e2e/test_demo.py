@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,21 +14,10 @@ from pathlib import Path
 import pytest
 
 from app.broker import free_port
+from tests.support.processes import child_pids, taken_port
 from tests.support.workers import KAPPA, ROOT
 
 pytestmark = pytest.mark.e2e
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -45,8 +33,8 @@ def _is_broker(pid: int) -> bool:
     return b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
-def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
-    web_port = free_port()
+def _demo_env(tmp_path: Path, web_port: int) -> dict[str, str]:
+    """A demo of its own: its broker on a free port, its state under `tmp_path`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
     env.update(
         KAPPA_BROKER=f"127.0.0.1:{free_port()}",
@@ -54,6 +42,12 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
         KAPPA_WEB_PORT=str(web_port),
         PYTHONPATH=str(ROOT),
     )
+    return env
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    web_port = free_port()
+    env = _demo_env(tmp_path, web_port)
     demo = subprocess.Popen(
         [*KAPPA, "demo", "--rate", "50"],
         env=env,
@@ -74,7 +68,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
             except OSError:
                 assert time.monotonic() < deadline, "the demo's worker never came up"
                 time.sleep(0.2)
-        started = _children(demo.pid)
+        started = child_pids(demo.pid)
         assert len(started) == 3  # broker, generator, worker
         (broker,) = [pid for pid in started if _is_broker(pid)]
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
@@ -99,20 +93,10 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
 
 
 def test_a_demo_whose_worker_cannot_start_fails_saying_why(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        env.update(
-            KAPPA_BROKER=f"127.0.0.1:{free_port()}",
-            KAPPA_STATE_DIR=str(tmp_path / "state"),
-            KAPPA_WEB_PORT=str(port),
-            PYTHONPATH=str(ROOT),
-        )
+    with taken_port() as port:
         demo = subprocess.run(
             [*KAPPA, "demo", "--rate", "50"],
-            env=env,
+            env=_demo_env(tmp_path, port),
             capture_output=True,
             text=True,
             timeout=120,

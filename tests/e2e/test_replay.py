@@ -27,6 +27,7 @@ from app.topic_reader import high_watermarks
 from app.topology import Topology
 from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec
+from tests.support.processes import child_pids
 from tests.support.reference import Reference, assert_windows_equal
 from tests.support.workers import KAPPA, ROOT, Worker, kappa_env, read_records, run_kappa
 
@@ -172,18 +173,6 @@ async def test_a_replay_refused_with_processes_says_so_once(dataset: Dataset) ->
     assert "15" not in [row.split()[0] for row in listed]  # nothing registered
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
 async def test_sigterm_stops_every_process_of_a_split_replay(dataset: Dataset) -> None:
     """A supervisor's SIGTERM reaches only the parent: it stops its processes before it
     exits, which would otherwise go on replaying (and hold the version's state directory)."""
@@ -199,7 +188,7 @@ async def test_sigterm_stops_every_process_of_a_split_replay(dataset: Dataset) -
     try:
         while len(children) < 2:
             assert parent.poll() is None, parent.communicate()
-            children = _children(parent.pid)
+            children = child_pids(parent.pid)
         parent.send_signal(signal.SIGTERM)  # the children are still starting up
         _, err = parent.communicate(timeout=60)
     finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from app.admin import ensure_topics, existing_topics
 from app.topic_reader import read_to_end
+from tests.support.processes import taken_port
 from tests.support.workers import kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -54,10 +54,7 @@ async def test_a_replay_refuses_a_source_with_another_partition_count(
 
 async def test_a_metrics_port_in_use_is_one_line(broker: str, unique: str, tmp_path: Path) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         r = run_kappa(["replay", "--version", "2", "--metrics-port", str(port)], env)
     assert r.returncode == 2, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
