@@ -1,8 +1,10 @@
 """The version registry: a compacted, single-partition topic with one record per version.
 
-Keys are `version/N` (status, snapshot, pipelines, times) and `progress/N/PIPELINE/P` (a
+Keys are `version/N` (status, snapshot, pipelines, times), `progress/N/PIPELINE/P` (a
 partition of a replay stage that reached its snapshot), so several replay processes of one
-version can coordinate through it.
+version can coordinate through it, and `complete/N` (a replay of N finished: it moves a
+running version to complete, and nothing else, so it never undoes a promote or a drop that
+landed meanwhile; Kafka has no conditional writes).
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class Registry:
         rec.updated_at = now_iso()
         await self.put((f"version/{rec.version}", asdict(rec)))
 
+    async def put_completion(self, version: int) -> None:
+        """The replay of `version` finished: complete, if it is still running when read."""
+        await self.put((f"complete/{version}", {"at": now_iso()}))
+
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
 
@@ -120,6 +126,10 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
             v = int(name.split("/")[1])
             view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
             view.marked[v] = max(view.marked.values(), default=0) + 1
+        elif name.startswith("complete/"):
+            rec = view.versions.get(int(name.split("/")[1]))
+            if rec is not None and rec.status == RUNNING:  # not a promote or drop after it
+                rec.status, rec.updated_at = COMPLETE, str(d["at"])
         elif name.startswith("progress/"):
             _, v, pipeline, p = name.split("/")
             view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])

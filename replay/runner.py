@@ -29,7 +29,7 @@ from app.state_guard import lock_state_dir
 from app.topic_reader import bounded_consumer
 from app.topology import Topology
 from replay.progress import ReplayProgress
-from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, RegistryView, VersionRecord
+from replay.registry import DROPPED, RUNNING, Registry, RegistryView, VersionRecord
 from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
 
@@ -131,8 +131,7 @@ async def _replay(
     if all(_stage_done(view, topology, p, rec) for p in topology.pipelines):
         current = view.versions.get(opts.version, rec)
         if current.status == RUNNING:
-            current.status = COMPLETE
-            await registry.put_version(current)
+            await registry.put_completion(opts.version)
     summary.seconds = time.monotonic() - started
     return summary
 

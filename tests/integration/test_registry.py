@@ -11,7 +11,7 @@ from app.settings import ConfigError, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
-from replay.registry import COMPLETE, DROPPED, RUNNING, Registry, VersionRecord
+from replay.registry import COMPLETE, DROPPED, LIVE, RUNNING, Registry, VersionRecord
 from replay.runner import _create_version
 from replay.versions import diff, drop
 
@@ -181,3 +181,28 @@ async def test_an_exactly_once_replay_stops_its_transactional_producers(
     await produce_records(broker, f"{unique}.orders", [(b"p1", order)], progress=False)
     await run_replay(settings, ReplayOptions(2, ["orders"], progress=False))
     assert closed == [f"eos-{unique}-v2-orders-replay"]
+
+
+async def test_a_replay_finishing_after_a_promote_leaves_the_version_live(
+    registry: Registry,
+) -> None:
+    """The replay read `running`, a `promote --force` marked the version live, then the replay
+    wrote its completion: the version stays live (it used to be overwritten as complete,
+    leaving no version live)."""
+    await registry.put_version(running(4, 10))
+    await registry.put_version(VersionRecord(4, LIVE, ["orders"], {"orders": {"0": 10}}))
+    await registry.put_completion(4)
+    view = await registry.load()
+    assert view.versions[4].status == LIVE and view.live == 4
+
+
+async def test_a_replay_finishing_completes_a_running_version_only(registry: Registry) -> None:
+    await registry.put_version(running(5, 10))
+    await registry.put_completion(5)
+    await registry.put_version(running(6, 10))
+    await registry.put_version(VersionRecord(6, DROPPED, ["orders"]))
+    await registry.put_completion(6)
+    await registry.put_completion(7)  # no such version: nothing to complete
+    view = await registry.load()
+    assert (view.versions[5].status, view.versions[6].status) == (COMPLETE, DROPPED)
+    assert 7 not in view.versions
