@@ -1,0 +1,57 @@
+"""deploy/ stays in step with the code: the metrics its alerts and dashboard query are the ones
+the workers export, and every KAPPA_* variable it sets is a setting (a typo would be ignored
+with only a warning)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+import app.metrics  # noqa: F401 - registers the worker's metrics
+import replay.progress  # noqa: F401 - registers the replay's gauges
+from app.settings import unknown_variables
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+QUERYING = [DEPLOY / "prometheus" / "rules.yml", DEPLOY / "grafana" / "dashboard-kappa.json"]
+CONFIGURING = [
+    DEPLOY / "k8s" / "configmap.yaml",
+    DEPLOY / "k8s" / "statefulset.yaml",
+    DEPLOY / "compose.yaml",
+    DEPLOY / "Dockerfile",
+]
+
+
+SUFFIXES = {"counter": ["_total"], "histogram": ["", "_bucket", "_sum", "_count"], "gauge": [""]}
+
+
+def _exported_series() -> set[str]:
+    """Every series name the code exports, labelled ones included before their first sample
+    (counters as _total, histograms with their _bucket, _sum and _count)."""
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        for suffix in SUFFIXES.get(family.type, [""])
+    }
+
+
+def test_every_kappa_series_the_alerts_and_dashboard_query_is_exported() -> None:
+    exported = _exported_series()
+    for path in QUERYING:
+        queried = set(re.findall(r"\bkappa_[a-z_]+", path.read_text()))
+        assert queried, path
+        assert queried <= exported, (path.name, sorted(queried - exported))
+
+
+def test_every_kappa_variable_deploy_sets_is_a_setting() -> None:
+    for path in CONFIGURING:
+        names = set(re.findall(r"\bKAPPA_[A-Z_]+\b", path.read_text()))
+        assert not unknown_variables(dict.fromkeys(names, "")), path.name
+
+
+def test_the_ca_file_the_configmap_names_is_on_a_volume_the_workers_mount() -> None:
+    configmap = (DEPLOY / "k8s" / "configmap.yaml").read_text()
+    (cafile,) = re.findall(r'^\s*KAPPA_SSL_CAFILE:\s*"([^"]+)"', configmap, re.MULTILINE)
+    mounts = re.findall(r"mountPath:\s*(\S+)", (DEPLOY / "k8s" / "statefulset.yaml").read_text())
+    assert str(Path(cafile).parent) in mounts
