@@ -18,6 +18,7 @@ QUERYING = [DEPLOY / "prometheus" / "rules.yml", DEPLOY / "grafana" / "dashboard
 CONFIGURING = [
     DEPLOY / "k8s" / "configmap.yaml",
     DEPLOY / "k8s" / "statefulset.yaml",
+    DEPLOY / "k8s" / "replay-job.yaml",
     DEPLOY / "compose.yaml",
     DEPLOY / "Dockerfile",
 ]
@@ -50,8 +51,10 @@ def test_every_kappa_variable_deploy_sets_is_a_setting() -> None:
         assert not unknown_variables(dict.fromkeys(names, "")), path.name
 
 
-def test_the_ca_file_the_configmap_names_is_on_a_volume_the_workers_mount() -> None:
+def test_the_files_the_configmap_names_are_on_volumes_the_pods_mount() -> None:
     configmap = (DEPLOY / "k8s" / "configmap.yaml").read_text()
     (cafile,) = re.findall(r'^\s*KAPPA_SSL_CAFILE:\s*"([^"]+)"', configmap, re.MULTILINE)
-    mounts = re.findall(r"mountPath:\s*(\S+)", (DEPLOY / "k8s" / "statefulset.yaml").read_text())
-    assert str(Path(cafile).parent) in mounts
+    (state,) = re.findall(r'^\s*KAPPA_STATE_DIR:\s*"([^"]+)"', configmap, re.MULTILINE)
+    for pod in ("statefulset.yaml", "replay-job.yaml"):
+        mounts = re.findall(r"mountPath:\s*(\S+)", (DEPLOY / "k8s" / pod).read_text())
+        assert str(Path(cafile).parent) in mounts and state in mounts, pod
