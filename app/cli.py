@@ -47,7 +47,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
     host, port = split_address(args.address or _settings().broker)
     broker = DevBroker(host, port, quiet=not args.verbose)
     broker.start()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(
         f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it"
     )
@@ -387,7 +386,7 @@ def _number(
             v = convert(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
-        if not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
         if v < low or (strict and v == low) or (high is not None and v > high):
             bound = f"> {low:g}" if strict else f">= {low:g}"
@@ -448,6 +447,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in unknown_variables(os.environ):
         print(f"kappa {args.command}: warning: {line}", file=sys.stderr)
+    terminated = False
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        nonlocal terminated
+        terminated = True
+        raise KeyboardInterrupt
+
+    # SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does; as PID 1 in a
+    # container, a process with no handler would ignore it until the SIGKILL. The worker and
+    # the demo install their own once they run.
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return int(args.fn(args) or 0)
     except KafkaError as e:
@@ -474,7 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,9 @@ def run_demo(settings: Settings, rate: float) -> int:
         asyncio.run(ensure_topics(settings.kafka, spec, settings.replication))
         log_dir = settings.state_dir.parent
         log_dir.mkdir(parents=True, exist_ok=True)
+        logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
+        # The logs are appended to: what this run's children write starts here.
+        starts = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
         generator = _spawn(
             [
                 "produce",
@@ -60,10 +64,10 @@ def run_demo(settings: Settings, rate: float) -> int:
                 "20",
                 "--no-progress",
             ],
-            log_dir / "generator.log",
+            logs["generator"],
         )
         stack.callback(_stop, generator)
-        worker = _spawn(["worker"], log_dir / "worker.log")
+        worker = _spawn(["worker"], logs["worker"])
         stack.callback(_stop, worker)
         print(
             f"generator: {rate:g} orders/s → {topology.physical('orders')}; worker metrics on "
@@ -79,11 +83,14 @@ def run_demo(settings: Settings, rate: float) -> int:
         children = {"worker": worker, "generator": generator}
         asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), children))
         for name, child in children.items():
-            if child.returncode is not None:  # it stopped on its own: the demo failed
-                log = log_dir / f"{name}.log"
+            code = child.returncode
+            if code is not None:  # it stopped on its own: the demo failed
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                why = stop_reason(logs[name], starts[name])
                 print(
-                    f"kappa demo: error: the {name} exited with code {child.returncode}: "
-                    f"{_last_line(log)} (its log: {log})",
+                    f"kappa demo: error: the {name} {how}"
+                    + (f": {why}" if why else "")
+                    + f" (its log: {logs[name]})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -91,10 +98,17 @@ def run_demo(settings: Settings, rate: float) -> int:
     return 0
 
 
-def _last_line(path: Path) -> str:
-    """The last non-empty line of a log: where a worker says why it stopped."""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(empty log)"
+def stop_reason(log: Path, start: int) -> str | None:
+    """Why a child stopped, from what it wrote to its log since `start` (bytes): its one-line
+    error (`kappa COMMAND: error: ...`), else a traceback's last line; None if neither."""
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    said = [ln for ln in lines if ln.startswith("kappa ") and ": error: " in ln]
+    if said:
+        return said[-1]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", ln)]
+    return raised[-1] if raised else None
 
 
 def clear_state(root: Path) -> None:

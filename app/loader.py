@@ -85,7 +85,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         sent = asyncio.run(run())
     except (OSError, ValueError) as e:  # the file went bad part way
         before = (
-            f"; the {read:,} records before it were produced (loading the file again "
+            f"; {read:,} records were produced before reading failed (loading the file again "
             "produces them again)"
             if read
             else ""

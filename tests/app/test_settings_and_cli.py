@@ -6,8 +6,10 @@ configured one is a closed port, and every command here must fail before needing
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +193,7 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         (["produce", "..", "--generate", "1"], "cannot be '.' or '..'"),
         (["tail", "é"], "topic name 'é' may only hold ASCII letters"),
         (["produce", "x", "--generate", "1", "--keys", "99999999999999"], "between 1 and"),
+        (["worker", "--web-port", "1" + "0" * 400], "must be between 1 and 65535"),
     ],
 )
 def test_arguments_that_would_fail_later_are_refused_by_the_parser(
@@ -281,3 +284,42 @@ def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
         "ignored"
     )
     assert "nope" in error  # the command still runs; test-only variables are known
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (Linux: SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """As PID 1 in a container, a process with no SIGTERM handler ignores it until SIGKILL."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAPPA_")}
+    base.update(
+        KAPPA_BROKER=f"127.0.0.1:{free_port()}",  # nothing there: it waits for it
+        KAPPA_STATE_DIR=str(tmp_path / "state"),
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "topics", "--timeout", "120"],
+        env=base,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, signal.SIGTERM):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err

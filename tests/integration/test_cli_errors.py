@@ -78,7 +78,7 @@ async def test_a_file_that_goes_bad_part_way_says_how_much_was_produced(
     assert r.returncode == 2, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"kappa produce: error: cannot read {orders}: 'utf-8' codec"), line
-    produced = int(line.split("; the ")[1].split(" records before it were produced")[0])
+    produced = int(line.split("; ")[1].split(" records were produced before reading failed")[0])
     assert 0 < produced <= 400
     landed = await read_to_end(broker, f"{unique}.orders")
     assert sum(len(recs) for recs in landed.values()) == produced
