@@ -457,8 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does; as PID 1 in a
     # container, a process with no handler would ignore it until the SIGKILL. The worker and
     # the demo install their own once they run.
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, on_sigterm)  # inside: a SIGTERM right after is caught
         return int(args.fn(args) or 0)
     except KafkaError as e:
         where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")

@@ -152,6 +152,8 @@ MAX_TIMEOUT_MS = 3_600_000
 # Kafka's topic names: ASCII letters, digits, '.', '_' and '-', at most 249 characters.
 _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MAX_TOPIC_CHARS = 249
+# The app id and the prefix both go into changelog names (`{prefix}{app_id}-vN-...-changelog`).
+MAX_APP_ID = 64
 
 
 def topic_name_problem(name: str) -> str | None:
@@ -236,8 +238,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS and KAPPA_FETCH_MAX_WAIT_MS must be >= 0"
         )
-    if not s.app_id or not set(s.app_id) <= _TOPIC_CHARS - {"."}:
-        raise ConfigError(f"KAPPA_APP_ID={s.app_id!r} may only hold ASCII letters, digits, - and _")
+    if not s.app_id or not set(s.app_id) <= _TOPIC_CHARS - {"."} or len(s.app_id) > MAX_APP_ID:
+        raise ConfigError(
+            f"KAPPA_APP_ID={s.app_id!r} may only hold ASCII letters, digits, - and _ (at most "
+            f"{MAX_APP_ID} characters)"
+        )
     if s.processing_guarantee not in ("at_least_once", "exactly_once"):
         raise ConfigError(
             f"KAPPA_PROCESSING_GUARANTEE={s.processing_guarantee!r} must be at_least_once or "

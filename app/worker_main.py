@@ -76,10 +76,13 @@ def require_free_address(host: str, port: int) -> None:
     address in use would then stop the worker with a traceback: checked first, in one line.
     Bound as aiohttp binds it (SO_REUSEADDR), so only a listening socket counts as in use."""
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as e:
+            s.bind(address)
+    except OSError as e:  # socket.gaierror included: a host that does not resolve
         hint = "KAPPA_WEB_PORT or --web-port" if e.errno == errno.EADDRINUSE else "KAPPA_WEB_HOST"
         raise ConfigError(
             f"cannot serve metrics on {host}:{port}: {e.strerror or e} (set {hint})"

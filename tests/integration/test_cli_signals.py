@@ -1,0 +1,77 @@
+"""SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does, including as PID 1
+in a container, where a process with no handler for it ignores it until the SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from app.broker import free_port
+from app.topic_reader import high_watermarks
+from tests.support.processes import child_pids
+from tests.support.workers import KAPPA, ROOT, kappa_env
+
+pytestmark = pytest.mark.integration
+
+
+async def test_sigterm_stops_a_running_command_with_status_143(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    topic = f"{unique}.orders"
+    cmd = ["produce", topic, "--generate", "1000000", "--rate", "200", "--no-progress"]
+    proc = subprocess.Popen(
+        [*KAPPA, *cmd],
+        env=kappa_env(broker, unique, tmp_path / "state"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while sum((await _ends(broker, topic)).values()) == 0:  # producing: past its start
+            assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+
+
+async def _ends(broker: str, topic: str) -> dict[int, int]:
+    try:
+        return await high_watermarks(broker, topic, timeout_s=5)
+    except ValueError:  # not created yet
+        await asyncio.sleep(0.1)
+        return {}
+
+
+def test_sigterm_stops_the_embedded_broker_command_and_its_broker(tmp_path: Path) -> None:
+    env = kappa_env("127.0.0.1:1", "sig", tmp_path / "state")
+    proc = subprocess.Popen(
+        [*KAPPA, "broker", "--address", f"127.0.0.1:{free_port()}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()  # up
+        brokers = child_pids(proc.pid)
+        assert brokers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not [pid for pid in brokers if Path(f"/proc/{pid}").exists()]
