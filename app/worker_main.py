@@ -127,11 +127,13 @@ async def version_to_run(settings: Settings, version: int | None) -> tuple[int, 
     """The version to run (None: the one `kappa promote` made live, 1 before any promote) and
     the `--since` its replay was cut at, which it keeps applying live. A dropped version's
     number is refused: running it would recreate its topics and state under the same names."""
-    from replay.registry import Registry, refuse_if_dropped
+    from replay.registry import Registry, refuse_if_dropped, require_definition
 
     await wait_for_broker_forever(settings.kafka)
-    view = await Registry(settings).load()
+    registry = Registry(settings)
+    view = await registry.load()
     if version is None:
         version = view.live
     rec = refuse_if_dropped(view, version)
+    await require_definition(registry, view, version)
     return version, rec.since_ms if rec is not None else None

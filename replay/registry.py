@@ -2,9 +2,10 @@
 
 Keys are `version/N` (status, snapshot, pipelines, times), `progress/N/PIPELINE/P` (a
 partition of a replay stage that reached its snapshot), so several replay processes of one
-version can coordinate through it, and `complete/N` (a replay of N finished: it moves a
+version can coordinate through it, `complete/N` (a replay of N finished: it moves a
 running version to complete, and nothing else, so it never undoes a promote or a drop that
-landed meanwhile; Kafka has no conditional writes).
+landed meanwhile; Kafka has no conditional writes), and `definition/N` (the window settings
+version N's results are built with, recorded by its first worker or replay).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class RegistryView:
     progress: dict[tuple[int, str], dict[int, int]]  # (version, pipeline) → partition → end
     # version → position of its newest record among the registry's records (oldest first)
     marked: dict[int, int] = field(default_factory=dict)
+    # version → the settings its windows were built with (`definition/N`, the first one wins)
+    definitions: dict[int, dict[str, object]] = field(default_factory=dict)
 
     @property
     def live(self) -> int:
@@ -98,6 +101,9 @@ class Registry:
         """The replay of `version` finished: complete, if it is still running when read."""
         await self.put((f"complete/{version}", {"at": now_iso()}))
 
+    async def put_definition(self, version: int, definition: dict[str, object]) -> None:
+        await self.put((f"definition/{version}", definition))
+
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
 
@@ -116,6 +122,33 @@ def refuse_if_dropped(view: RegistryView, version: int) -> VersionRecord | None:
     return rec
 
 
+def version_definition(settings: Settings) -> dict[str, object]:
+    """The settings a version's results depend on beyond its pipelines and `--since`: its
+    windows (their size names the state store) and when they close."""
+    return {"window_ms": settings.window_ms, "grace_ms": settings.grace_ms}
+
+
+async def require_definition(registry: Registry, view: RegistryView, version: int) -> None:
+    """Refuse to run `version` with window settings other than those its results were built
+    with (its state and outputs would mix both, and a replay could not reproduce them); the
+    first worker or replay of a version records them. Two first ones at the same moment: the
+    first record wins, and the other is refused here after reading it back."""
+    mine = version_definition(registry.settings)
+    if version not in view.definitions:
+        await registry.put_definition(version, mine)
+        view = await registry.load()
+    built = view.definitions[version]
+    if built != mine:
+        have = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(mine.items()))
+        was = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(built.items()))
+        nxt = max([*view.versions, *view.definitions, view.live]) + 1
+        raise ConfigError(
+            f"version {version} is built with {was}, not {have}: a version's windows never "
+            f"change; replay into a new version (kappa replay --version {nxt}) or restore "
+            "those settings"
+        )
+
+
 def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str) -> None:
     """Apply one registry record (oldest first). Only Kappa writes the registry: a record it
     cannot read is reported in one line, naming where it is, instead of a traceback."""
@@ -130,6 +163,8 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
             rec = view.versions.get(int(name.split("/")[1]))
             if rec is not None and rec.status == RUNNING:  # not a promote or drop after it
                 rec.status, rec.updated_at = COMPLETE, str(d["at"])
+        elif name.startswith("definition/"):
+            view.definitions.setdefault(int(name.split("/")[1]), dict(d))
         elif name.startswith("progress/"):
             _, v, pipeline, p = name.split("/")
             view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])

@@ -29,7 +29,15 @@ from app.state_guard import lock_state_dir
 from app.topic_reader import bounded_consumer
 from app.topology import Topology
 from replay.progress import ReplayProgress
-from replay.registry import DROPPED, RUNNING, Registry, RegistryView, VersionRecord
+from replay.registry import (
+    DROPPED,
+    RUNNING,
+    Registry,
+    RegistryView,
+    VersionRecord,
+    require_definition,
+    version_definition,
+)
 from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
 
@@ -74,6 +82,12 @@ async def prepare_replay(
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)
+    if create:  # a dry run or the pre-check of --processes records nothing
+        await require_definition(registry, view, opts.version)
+    elif view.definitions.get(opts.version, version_definition(settings)) != version_definition(
+        settings
+    ):
+        await require_definition(registry, view, opts.version)  # refused, saying why
     if rec is None:
         snapshot = {
             topology.physical(t): {

@@ -86,3 +86,20 @@ async def test_dropping_a_version_that_never_existed_is_refused(
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("kappa drop: error: version 99 is not in the registry (known: ")
     assert not (tmp_path / "state" / "v99").exists()
+
+
+async def test_a_version_refuses_other_window_settings_than_it_was_built_with(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Its state and outputs would mix both, and a replay could not reproduce them."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    built = run_kappa(["replay", "--version", "5", "--no-progress"], env)
+    assert built.returncode == 0, built.stdout + built.stderr
+    changed = {**env, "KAPPA_WINDOW_MS": "30000"}
+    for args in (["replay", "--version", "5", "--no-progress"], ["worker", "--version", "5"]):
+        r = run_kappa(args, changed)
+        assert r.returncode == 2, r.stdout + r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert "error: version 5 is built with KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=60000" in line
+        assert "replay into a new version (kappa replay --version 6)" in line

@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import ConfigError, load_settings
+from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
-from replay.registry import COMPLETE, DROPPED, LIVE, RUNNING, Registry, VersionRecord
+from replay.registry import (
+    COMPLETE,
+    DROPPED,
+    LIVE,
+    RUNNING,
+    Registry,
+    VersionRecord,
+    require_definition,
+)
 from replay.runner import _create_version
 from replay.versions import diff, drop
 
@@ -206,3 +214,33 @@ async def test_a_replay_finishing_completes_a_running_version_only(registry: Reg
     view = await registry.load()
     assert (view.versions[5].status, view.versions[6].status) == (COMPLETE, DROPPED)
     assert 7 not in view.versions
+
+
+def _settings_of(registry: Registry, **env: str) -> Settings:
+    base = {"KAPPA_BROKER": registry.settings.broker, "KAPPA_APP_ID": registry.settings.app_id}
+    return load_settings({**base, **env})
+
+
+async def test_a_versions_window_settings_are_recorded_once_and_then_required(
+    registry: Registry,
+) -> None:
+    await require_definition(registry, await registry.load(), 8)  # the first: recorded
+    await require_definition(registry, await registry.load(), 8)  # the same: fine
+    other = Registry(_settings_of(registry, KAPPA_WINDOW_MS="30000"))
+    with pytest.raises(ConfigError) as refused:
+        await require_definition(other, await other.load(), 8)
+    assert str(refused.value).startswith(
+        "version 8 is built with KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=60000, not "
+        "KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=30000: a version's windows never change; "
+        "replay into a new version (kappa replay --version 9)"
+    )
+
+
+async def test_of_two_first_runs_with_other_settings_the_first_record_wins(
+    registry: Registry,
+) -> None:
+    stale = await registry.load()  # both read before either wrote
+    other = Registry(_settings_of(registry, KAPPA_GRACE_MS="0"))
+    await require_definition(other, stale, 9)  # lands first
+    with pytest.raises(ConfigError, match="version 9 is built with KAPPA_GRACE_MS=0"):
+        await require_definition(registry, stale, 9)
