@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,28 +20,40 @@ from tests.support.workers import KAPPA, ROOT, kappa_env
 pytestmark = pytest.mark.integration
 
 
-async def test_sigterm_stops_a_running_command_with_status_143(
-    broker: str, unique: str, tmp_path: Path
-) -> None:
-    topic = f"{unique}.orders"
-    cmd = ["produce", topic, "--generate", "1000000", "--rate", "200", "--no-progress"]
+@contextmanager
+def _kappa(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """A `kappa` command running, killed on the way out if it is still there."""
     proc = subprocess.Popen(
-        [*KAPPA, *cmd],
-        env=kappa_env(broker, unique, tmp_path / "state"),
+        [*KAPPA, *args],
+        env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        while sum((await _ends(broker, topic)).values()) == 0:  # producing: past its start
-            assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _sigterm(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then what it said on stderr once it exited."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=60)[1]
+
+
+async def test_sigterm_stops_a_running_command_with_status_143(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    topic = f"{unique}.orders"
+    cmd = ["produce", topic, "--generate", "1000000", "--rate", "200", "--no-progress"]
+    with _kappa(cmd, kappa_env(broker, unique, tmp_path / "state")) as proc:
+        while sum((await _ends(broker, topic)).values()) == 0:  # producing: past its start
+            assert proc.poll() is None, proc.communicate()
+        err = _sigterm(proc)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
 
@@ -54,24 +68,11 @@ async def _ends(broker: str, topic: str) -> dict[int, int]:
 
 def test_sigterm_stops_the_embedded_broker_command_and_its_broker(tmp_path: Path) -> None:
     env = kappa_env("127.0.0.1:1", "sig", tmp_path / "state")
-    proc = subprocess.Popen(
-        [*KAPPA, "broker", "--address", f"127.0.0.1:{free_port()}"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _kappa(["broker", "--address", f"127.0.0.1:{free_port()}"], env) as proc:
         assert proc.stdout is not None
         assert "listening on" in proc.stdout.readline()  # up
         brokers = child_pids(proc.pid)
         assert brokers
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = _sigterm(proc)
     assert proc.returncode == 0, err
     assert not [pid for pid in brokers if Path(f"/proc/{pid}").exists()]
