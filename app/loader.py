@@ -59,9 +59,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     read = 0
 
-    def counted(
-        records: Iterable[tuple[bytes | None, bytes]],
-    ) -> Iterator[tuple[bytes | None, bytes]]:
+    def counted(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
         nonlocal read
         for record in records:
             yield record

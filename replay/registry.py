@@ -128,13 +128,18 @@ def version_definition(settings: Settings) -> dict[str, object]:
     return {"window_ms": settings.window_ms, "grace_ms": settings.grace_ms}
 
 
-async def require_definition(registry: Registry, view: RegistryView, version: int) -> None:
+async def require_definition(
+    registry: Registry, view: RegistryView, version: int, record: bool = True
+) -> None:
     """Refuse to run `version` with window settings other than those its results were built
     with (its state and outputs would mix both, and a replay could not reproduce them); the
-    first worker or replay of a version records them. Two first ones at the same moment: the
-    first record wins, and the other is refused here after reading it back."""
+    first worker or replay of a version records them (`record=False`: a check that writes
+    nothing). Two first ones at the same moment: the first record wins, and the other is
+    refused here after reading it back."""
     mine = version_definition(registry.settings)
     if version not in view.definitions:
+        if not record:
+            return
         await registry.put_definition(version, mine)
         view = await registry.load()
     built = view.definitions[version]

@@ -36,7 +36,6 @@ from replay.registry import (
     RegistryView,
     VersionRecord,
     require_definition,
-    version_definition,
 )
 from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
@@ -82,12 +81,8 @@ async def prepare_replay(
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)
-    if create:  # a dry run or the pre-check of --processes records nothing
-        await require_definition(registry, view, opts.version)
-    elif view.definitions.get(opts.version, version_definition(settings)) != version_definition(
-        settings
-    ):
-        await require_definition(registry, view, opts.version)  # refused, saying why
+    # A dry run or the pre-check of --processes records nothing.
+    await require_definition(registry, view, opts.version, record=create)
     if rec is None:
         snapshot = {
             topology.physical(t): {
