@@ -249,21 +249,22 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
     t1, t2 = (Topology(settings, v).select(recs[v].pipelines) for v in (v1, v2))
     lines: list[str] = []
     total = 0
+    compared: list[str] = []
+    skipped: list[str] = []
     for logical, keys in (
         (REVENUE, ("product_id", "window_start", "window_end")),
         (USER_TOTALS, ("user_id",)),
     ):
         lacking = [t for t in (t1, t2) if logical not in _outputs(t)]
         if lacking:
-            lines.append(
-                f"{logical}: skipped ("
-                + "; ".join(
-                    f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
-                    for t in lacking
-                )
-                + ")"
+            ran_only = "; ".join(
+                f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
+                for t in lacking
             )
+            lines.append(f"{logical}: skipped ({ran_only})")
+            skipped.append(logical)
             continue
+        compared.append(logical)
         a = await read_latest(settings, t1.physical(logical), keys)
         b = await read_latest(settings, t2.physical(logical), keys)
         # A window still open on one side and flushed (provisional) on the other is not a
@@ -307,7 +308,12 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
                 shown += 1
         if n > shown:
             lines.append(f"  … {n - shown} more")
-    lines.append("identical" if total == 0 else f"{total} differences")
+    if total:
+        lines.append(f"{total} differences")
+    elif skipped:  # "identical" alone would vouch for outputs nobody compared
+        lines.append(f"identical in {', '.join(compared)} ({', '.join(skipped)} not compared)")
+    else:
+        lines.append("identical")
     return "\n".join(lines), total
 
 
