@@ -27,12 +27,18 @@ def broker_binary() -> str:
 
 
 def split_address(address: str) -> tuple[str, int]:
+    """The embedded broker's (host, port), from a `host:port` it can listen on."""
     from app.settings import address_problem
 
     problem = address_problem(address)
     if problem:
         raise BrokerError(f"broker address {address!r} {problem}")
     host, _, port = address.rpartition(":")
+    if ":" in host:  # Tansu advertises "[::1]", which Kafka clients cannot resolve
+        raise BrokerError(
+            f"broker address {address!r}: the embedded broker serves IPv4 only (e.g. "
+            f"127.0.0.1:{port}); real brokers may use IPv6"
+        )
     return host, int(port)
 
 

@@ -201,6 +201,15 @@ def test_arguments_that_would_fail_later_are_refused_by_the_parser(
     assert words in _usage_error(_kappa(args, tmp_path))
 
 
+def test_an_ipv6_address_for_the_embedded_broker_is_one_line(tmp_path: Path) -> None:
+    """Tansu would listen there but advertise "[::1]", which no Kafka client resolves."""
+    line = _error_line(_kappa(["broker", "--address", "[::1]:9092"], tmp_path))
+    assert line == (
+        "kappa broker: error: broker address '[::1]:9092': the embedded broker serves IPv4 "
+        "only (e.g. 127.0.0.1:9092); real brokers may use IPv6"
+    )
+
+
 def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
     assert "must be host:port" in _error_line(_kappa(["broker", "--address", "nope"], tmp_path))
 
