@@ -148,11 +148,21 @@ async def _replay(
 async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:
     """Register a new version; if another process registered it at the same moment, the first
     record's snapshot wins (Kafka has no conditional write): adopt it, and write it again so
-    the newest record (all compaction keeps) carries it too."""
+    the newest record (all compaction keeps) carries it too. One started with other pipelines
+    or `--since` is refused (its record is overwritten the same way)."""
     await registry.put_version(rec)
     settled = (await registry.load()).versions[rec.version]
-    if settled.snapshot != rec.snapshot:
+    same_run = (
+        sorted(settled.pipelines) == sorted(rec.pipelines) and settled.since_ms == rec.since_ms
+    )
+    if settled.snapshot != rec.snapshot or not same_run:
         await registry.put_version(settled)
+    if not same_run:  # split processes started with different arguments
+        raise ConfigError(
+            f"version {rec.version} was registered at the same moment by another replay with "
+            f"pipelines {settled.pipelines} and since {settled.since_ms}; start every process "
+            "of a version with the same arguments"
+        )
     return settled
 
 

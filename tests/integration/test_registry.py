@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def registry(broker: str, unique: str) -> Registry:
     return Registry(load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"reg-{unique}"}))
 
 
-def running(version: int, end: int, **fields: str) -> VersionRecord:
+def running(version: int, end: int, **fields: Any) -> VersionRecord:
     """A version being replayed to `end` on orders[0]."""
     return VersionRecord(version, RUNNING, ["orders"], {"orders": {"0": end}}, **fields)
 
@@ -62,6 +63,24 @@ async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapsho
     records = (await read_to_end(broker, registry.topic))[0]
     newest = [r for r in records if r.key == b"version/3"][-1]
     assert json.loads(newest.value)["snapshot"] == {"orders": {"0": 10}}  # what compaction keeps
+
+
+async def test_a_replay_that_lost_the_race_with_other_arguments_is_refused(
+    registry: Registry, broker: str
+) -> None:
+    """`kappa replay --process 1/2 --since T` and `--process 2/2` without it, started at once:
+    the second must not run the first's snapshot with its own `--since`."""
+    await registry.ensure()  # as `kappa replay` does first: one partition
+    await registry.put_version(running(4, 10))
+    with pytest.raises(ConfigError) as refused:
+        await _create_version(registry, running(4, 10, since_ms=5))
+    assert str(refused.value) == (
+        "version 4 was registered at the same moment by another replay with pipelines "
+        "['orders'] and since None; start every process of a version with the same arguments"
+    )
+    (records,) = (await read_to_end(broker, registry.topic)).values()
+    newest = [r for r in records if r.key == b"version/4"][-1]
+    assert json.loads(newest.value).get("since_ms") is None  # what compaction keeps
 
 
 async def test_a_version_running_on_this_machine_is_not_dropped(
