@@ -16,6 +16,13 @@ from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Sources and outputs keep every record. Kafka deletes a segment once its newest record
+# *timestamp* is older than `retention.ms` (7 days by default), and Kappa's outputs carry event
+# time: a backfill over older history would see its outputs (and the `orders.by-user` forwards
+# its user-totals stage has yet to read) deleted minutes after they are written. A replay also
+# needs the sources from offset zero.
+KEEP_FOREVER = {"retention.ms": "-1"}
+
 
 class BrokerUnreachable(RuntimeError):
     """The configured broker did not answer (one-line message)."""
@@ -148,8 +155,8 @@ async def require_partitions(bootstrap: Conn, topics: list[str], expected: int) 
         raise ConfigError(f"topics must have KAPPA_PARTITIONS={expected} partitions, but {desc}")
 
 
-async def max_message_bytes(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
-    """Each topic's `max.message.bytes`, where the broker reports one (Apache Kafka reports
+async def topic_config(bootstrap: Conn, topics: list[str], name: str) -> dict[str, str]:
+    """Each topic's config value `name`, where the broker reports one (Apache Kafka reports
     every topic's, its default included; the dev broker only those set explicitly)."""
     admin = new_admin(bootstrap)
     await admin.start()
@@ -159,14 +166,42 @@ async def max_message_bytes(bootstrap: Conn, topics: list[str]) -> dict[str, int
         )
     finally:
         await admin.close()
-    found: dict[str, int] = {}
+    found: dict[str, str] = {}
     for response in responses:
-        for error_code, _, _, name, entries, *_ in response.resources:
+        for error_code, _, _, topic, entries, *_ in response.resources:
             for entry in entries if not error_code else ():
-                if entry[0] == "max.message.bytes" and entry[1] is not None:
-                    with contextlib.suppress(ValueError):
-                        found[name] = int(entry[1])
+                if entry[0] == name and entry[1] is not None:
+                    found[topic] = entry[1]
     return found
+
+
+async def max_message_bytes(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
+    """Each topic's `max.message.bytes`, where the broker reports one."""
+    found: dict[str, int] = {}
+    for topic, value in (await topic_config(bootstrap, topics, "max.message.bytes")).items():
+        with contextlib.suppress(ValueError):
+            found[topic] = int(value)
+    return found
+
+
+async def warn_time_retention(bootstrap: Conn, topics: list[str]) -> list[str]:
+    """Say (one line) which of `topics` delete records by age: created before Kappa set
+    `KEEP_FOREVER`, or by someone else. Returns them. Only a warning: an operator may mean it,
+    and the broker may not tell (e.g. no DescribeConfigs permission)."""
+    try:
+        retention = await topic_config(bootstrap, topics, "retention.ms")
+    except KafkaError as e:
+        log.warning("cannot read the topics' retention.ms (%s)", type(e).__name__)
+        return []
+    finite = {t: v for t, v in retention.items() if v.lstrip("-").isdigit() and int(v) >= 0}
+    if finite:
+        log.warning(
+            "%s delete records older than retention.ms by their timestamp (event time for "
+            "outputs): a replay cannot reach deleted source records, and a backfill's older "
+            "outputs are deleted minutes after they are written; set retention.ms=-1 on them",
+            ", ".join(f"{t} (retention.ms={v})" for t, v in sorted(finite.items())),
+        )
+    return sorted(finite)
 
 
 async def copy_max_bytes(bootstrap: Conn, limit: int, topics: list[str]) -> int:

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Iterable, Iterator
 
-from app.admin import ensure_topics, wait_for_broker
+from app.admin import KEEP_FOREVER, ensure_topics, wait_for_broker
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
 from app.settings import ConfigError, Settings
@@ -68,7 +68,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         await wait_for_broker(settings.kafka)
         await ensure_topics(
-            settings.kafka, {args.topic: (settings.partitions, {})}, settings.replication
+            settings.kafka, {args.topic: (settings.partitions, KEEP_FOREVER)}, settings.replication
         )
         return await produce_records(
             settings.kafka,

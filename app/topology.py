@@ -15,6 +15,7 @@ from pathlib import Path
 from agents.base import Pipeline
 from agents.orders import OrdersConfig, OrdersPipeline
 from agents.user_totals import UserTotalsPipeline
+from app.admin import KEEP_FOREVER
 from app.settings import ConfigError, Settings
 
 
@@ -103,10 +104,13 @@ class Topology:
     def output_topics(self) -> list[str]:
         return sorted({self.physical(t) for p in self.pipelines for t in p.outputs})
 
+    def kept_topics(self) -> list[str]:
+        """The sources and outputs: topics whose records must all be kept (`KEEP_FOREVER`)."""
+        return sorted({self.physical(t) for t in self.external_sources} | {*self.output_topics()})
+
     def all_topics(self) -> dict[str, dict[str, str]]:
-        """Every topic this version needs → its topic config."""
-        topics: dict[str, dict[str, str]] = {self.physical(t): {} for t in self.external_sources}
-        topics.update({t: {} for t in self.output_topics()})
+        """Every topic this version needs → its topic config (for those Kappa creates)."""
+        topics = {t: dict(KEEP_FOREVER) for t in self.kept_topics()}
         for p in self.pipelines:
             topics[self.changelog(p)] = {"cleanup.policy": "compact"}
         return topics

@@ -15,7 +15,13 @@ import logging
 import socket
 import sys
 
-from app.admin import copy_max_bytes, ensure_topics, require_partitions, wait_for_broker
+from app.admin import (
+    copy_max_bytes,
+    ensure_topics,
+    require_partitions,
+    wait_for_broker,
+    warn_time_retention,
+)
 from app.settings import ConfigError, Settings
 from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
 from app.topology import Topology
@@ -119,6 +125,7 @@ async def prepare_topics(
     await require_partitions(settings.kafka, list(spec), settings.partitions)
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
+    await warn_time_retention(settings.kafka, topology.kept_topics())
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
     return dataclasses.replace(settings, copy_max_bytes=limit)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.base import Pipeline
-from app.admin import copy_max_bytes, ensure_topics, require_partitions
+from app.admin import copy_max_bytes, ensure_topics, require_partitions, warn_time_retention
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer
@@ -112,6 +112,7 @@ async def _replay(
         rec = await _create_version(registry, rec)
     spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
     await ensure_topics(settings.kafka, spec, settings.replication)
+    await warn_time_retention(settings.kafka, topology.kept_topics())
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
     topology = dataclasses.replace(
         topology, settings=dataclasses.replace(settings, copy_max_bytes=limit)

@@ -11,7 +11,7 @@ from app.cli import build_parser
 from app.settings import load_settings
 
 
-def test_produce_creates_a_missing_topic_with_the_configured_replication(
+def test_produce_creates_a_missing_topic_with_the_configured_replication_keeping_every_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     created: list[Any] = []
@@ -28,4 +28,4 @@ def test_produce_creates_a_missing_topic_with_the_configured_replication(
     monkeypatch.setattr(loader, "ensure_topics", ensure_topics)
     args = build_parser().parse_args(["produce", "orders", "--generate", "1", "--no-progress"])
     loader.run_produce(load_settings({"KAPPA_REPLICATION": "3", "KAPPA_PARTITIONS": "6"}), args)
-    assert created == [({"orders": (6, {})}, 3)]
+    assert created == [({"orders": (6, {"retention.ms": "-1"})}, 3)]

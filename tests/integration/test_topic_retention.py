@@ -1,0 +1,50 @@
+"""Sources and outputs keep every record: Kafka deletes by record timestamp, and outputs carry
+event time, so a backfill's outputs would otherwise be deleted as soon as they are written."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from app.admin import ensure_topics, topic_config, warn_time_retention
+from app.settings import load_settings
+from app.topology import Topology
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_versions_sources_and_outputs_are_created_keeping_every_record(
+    broker: str, unique: str
+) -> None:
+    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_TOPIC_PREFIX": f"{unique}."})
+    topology = Topology(settings, 2)
+    spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
+    await ensure_topics(broker, spec)
+
+    kept = topology.kept_topics()
+    assert f"{unique}.orders" in kept and f"{unique}.orders.by-user.v2" in kept
+    assert await topic_config(broker, list(spec), "retention.ms") == dict.fromkeys(kept, "-1")
+    changelogs = set(spec) - set(kept)
+    assert await topic_config(broker, list(spec), "cleanup.policy") == dict.fromkeys(
+        changelogs, "compact"
+    )
+
+
+async def test_topics_that_delete_by_age_are_named_in_one_warning(
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    week, kept, plain = f"{unique}.week", f"{unique}.kept", f"{unique}.plain"
+    await ensure_topics(
+        broker,
+        {
+            week: (1, {"retention.ms": "604800000"}),
+            kept: (1, {"retention.ms": "-1"}),
+            plain: (1, {}),  # the dev broker reports only what was set
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="app.admin"):
+        assert await warn_time_retention(broker, [week, kept, plain]) == [week]
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(f"{week} (retention.ms=604800000) delete records")
+    assert "set retention.ms=-1" in warning.getMessage()
