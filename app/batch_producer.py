@@ -50,9 +50,18 @@ class BatchSender:
     outputs would let a restore skip a batch whose outputs were never written. Inside a
     transaction (`outputs_first=False`) everything commits together, so one round trip does."""
 
-    def __init__(self, producer: AIOKafkaProducer, outputs_first: bool = True) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        outputs_first: bool = True,
+        output_batch_bytes: int = PRODUCER_BATCH_BYTES,
+    ) -> None:
         self.producer = producer
         self.outputs_first = outputs_first
+        # The broker's `max.message.bytes` limits a whole record batch, not a record: where an
+        # output topic's is below the producer's batch size (`copy_max_bytes`), output batches
+        # are cut to it (two DLQ copies that each fit would otherwise be refused together).
+        self.output_batch_bytes = min(output_batch_bytes, PRODUCER_BATCH_BYTES)
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = KeyPartitioner()
 
@@ -98,11 +107,15 @@ class BatchSender:
             await asyncio.gather(*futures)
 
     def _batches(self, topic: str, recs: list[Produce]) -> list[Any]:
-        """The records as closed record batches, in order, each as full as it can be."""
+        """The records as closed record batches, in order, each as full as the producer's batch
+        size allows (an output topic's: `output_batch_bytes`)."""
         batch = self.producer.create_batch()
         out = [batch]
+        limit = self.output_batch_bytes
+        cut = limit < PRODUCER_BATCH_BYTES and not recs[0].atomic
         for r in recs:
-            if _append(batch, r):
+            full = cut and batch.record_count() and batch.size() + _record_bytes(r) > limit
+            if not full and _append(batch, r):
                 continue
             batch.close()
             batch = self.producer.create_batch()
@@ -131,8 +144,9 @@ class OwnProducerSender:
     aiokafka keeps one produce request in flight per connection; a pipeline with its own
     producer never waits behind another pipeline's request."""
 
-    def __init__(self, kafka: Conn) -> None:
+    def __init__(self, kafka: Conn, output_batch_bytes: int = PRODUCER_BATCH_BYTES) -> None:
         self.kafka = kafka
+        self.output_batch_bytes = output_batch_bytes
         self._sender: BatchSender | None = None
         self._starting = asyncio.Lock()
 
@@ -143,7 +157,7 @@ class OwnProducerSender:
                 if self._sender is None:
                     producer = new_batch_producer(self.kafka)
                     await producer.start()
-                    self._sender = BatchSender(producer)
+                    self._sender = BatchSender(producer, True, self.output_batch_bytes)
                 sender = self._sender
         await sender.send(records, commit)
 
@@ -154,6 +168,14 @@ class OwnProducerSender:
         if self._sender is not None:
             await self._sender.producer.stop()
             self._sender = None
+
+
+def _record_bytes(r: Produce) -> int:
+    """An upper bound of what `r` adds to a record batch (varints and attributes: ≤ 21 B)."""
+    size = 21 + len(r.key or b"") + len(r.value or b"") + 5
+    for name, value in r.headers:
+        size += 10 + len(name.encode()) + len(value or b"")
+    return size
 
 
 def _append(batch: object, r: Produce) -> bool:
@@ -169,9 +191,12 @@ class TransactionalSender:
     once). One transactional producer per source partition, as Kafka Streams' EOS does: its
     transactional id also fences a zombie worker still writing for a partition it lost."""
 
-    def __init__(self, kafka: Conn, transactional_prefix: str) -> None:
+    def __init__(
+        self, kafka: Conn, transactional_prefix: str, output_batch_bytes: int = PRODUCER_BATCH_BYTES
+    ) -> None:
         self.kafka = kafka
         self.prefix = transactional_prefix
+        self.output_batch_bytes = output_batch_bytes
         self._producers: dict[int, tuple[AIOKafkaProducer, BatchSender]] = {}
 
     async def _for(self, partition: int) -> tuple[AIOKafkaProducer, BatchSender]:
@@ -181,7 +206,8 @@ class TransactionalSender:
                 self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
             await producer.start()
-            found = self._producers[partition] = (producer, BatchSender(producer, False))
+            sender = BatchSender(producer, False, self.output_batch_bytes)
+            found = self._producers[partition] = (producer, sender)
         return found
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:

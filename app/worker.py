@@ -132,10 +132,10 @@ def create_app(
     for pipeline in topology.pipelines:
         if settings.exactly_once:
             sender: OwnProducerSender | TransactionalSender = TransactionalSender(
-                settings.kafka, f"{topology.group_id}-{pipeline.name}"
+                settings.kafka, f"{topology.group_id}-{pipeline.name}", settings.copy_max_bytes
             )
         else:
-            sender = OwnProducerSender(settings.kafka)
+            sender = OwnProducerSender(settings.kafka, settings.copy_max_bytes)
         senders.append(sender)
         send: Sender = sender.send
         runner = PipelineRunner(

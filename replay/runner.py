@@ -237,10 +237,14 @@ async def _run_stage(
 
     txn: TransactionalSender | None = None
     if settings.exactly_once:
-        txn = TransactionalSender(settings.kafka, f"{topology.group_id}-{pipeline.name}-replay")
+        txn = TransactionalSender(
+            settings.kafka,
+            f"{topology.group_id}-{pipeline.name}-replay",
+            topology.settings.copy_max_bytes,
+        )
         send = retrying(txn.send, label)
     else:
-        send = retrying(BatchSender(producer).send, label)
+        send = retrying(BatchSender(producer, True, topology.settings.copy_max_bytes).send, label)
 
     source = topology.physical(pipeline.source)
     runner = PipelineRunner(

@@ -16,6 +16,7 @@ class _HeldProducer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, asyncio.Future[None]]] = []
+        self.batches: list[tuple[str, Any]] = []
         self._changed = asyncio.Condition()
 
     async def sent_at_least(self, n: int) -> list[str]:
@@ -31,6 +32,7 @@ class _HeldProducer:
     async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.sent.append((topic, ack))
+        self.batches.append((topic, batch))
         async with self._changed:
             self._changed.notify_all()
         return ack
@@ -86,3 +88,22 @@ async def test_held_changelog_entries_go_out_with_the_outputs() -> None:
     assert not sending.done()
     producer.sent[-1][1].set_result(None)
     await sending
+
+
+async def test_output_batches_are_cut_to_the_topics_message_limit() -> None:
+    """`max.message.bytes` limits a whole record batch: copies that each fit must not go out
+    together in one that does not. Changelog batches keep the producer's size (atomic)."""
+    producer = _HeldProducer()
+    copies = [Produce("dlq", 0, b"k", bytes(1000), 1, [("reason", b"x")]) for _ in range(5)]
+    entries = [Produce("changelog", 0, b"s", bytes(1000), None, [], atomic=True)] * 3
+    sender = BatchSender(producer, output_batch_bytes=2500)  # type: ignore[arg-type]
+    sending = asyncio.create_task(sender.send([*copies, *entries]))
+    await producer.sent_at_least(4)  # nothing is after_outputs: all at once
+    for _, ack in producer.sent:
+        ack.set_result(None)
+    await sending
+    dlq = [batch for topic, batch in producer.batches if topic == "dlq"]
+    assert [batch.record_count() for batch in dlq] == [2, 2, 1]
+    assert all(batch.size() <= 2500 for batch in dlq)
+    (changelog,) = [batch for topic, batch in producer.batches if topic == "changelog"]
+    assert changelog.record_count() == 3
