@@ -209,7 +209,7 @@ def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings
     partitioner = DefaultPartitioner()
     partitions = list(range(settings.partitions))
 
-    @app.page("/tables/user-totals/{user_id}")
+    @app.page("/tables/user-totals/{user_id:.+}")  # any id, "{", "}" and "/" included
     class UserTotals(View):
         async def get(self, request: Request, user_id: str) -> Response:
             partition = partitioner(user_id.encode(), partitions, partitions)
@@ -219,7 +219,7 @@ def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings
                     {"error": f"partition {partition} of this user is not on this worker"},
                     status=404,
                 )
-            raw = state.get_values(USER_TOTALS_TABLE, [user_id])[0]
+            raw = state.settled_values(USER_TOTALS_TABLE, [user_id])[0]
             if raw is None:
                 return self.json({"error": f"no orders for user {user_id}"}, status=404)
             orders, spend, _ = user_totals(decode_parts(raw))
@@ -234,6 +234,9 @@ def _gap_reader(settings: Settings, topic: str):
             yield [to_source_record(r) for r in chunk]
 
     return read
+
+
+_opening: set[asyncio.Future[None]] = set()  # strong references to open_assigned tasks
 
 
 def _register_batch_pipeline(
@@ -314,10 +317,40 @@ def _register_batch_pipeline(
 
     drain.__name__ = drain.__qualname__ = f"kappa_{pipeline.name.replace('-', '_')}"
     app.task(drain)
+    rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
+
+    async def open_assigned(parts: set[int], scheduled_at: int) -> None:
+        """Open (restoring where the changelog is ahead) the states of assigned partitions
+        before their first record: queries answer at once after a restart or a rebalance,
+        not only once each partition gets new input."""
+        try:
+            async with lock:
+                if scheduled_at != rebalances:
+                    return
+                owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == source}
+                for partition in sorted(parts & owned):
+                    await runner.state(partition)
+        except asyncio.CancelledError:
+            raise
+        except (BrokerDataLost, StateError) as exc:
+            log.error("kappa worker: %s", exc)
+            await app.crash(exc)
+        except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
+            log.warning("%s: assigned partitions not opened yet (%r)", pipeline.name, e)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: object, assigned: set[TP], **kwargs: object) -> None:
+        parts = {tp.partition for tp in assigned if tp.topic == source}
+        if parts:  # not awaited: a restore can take long, and the rebalance must not wait
+            opening = asyncio.ensure_future(open_assigned(parts, rebalances))
+            _opening.add(opening)
+            opening.add_done_callback(_opening.discard)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
         """Finish what was delivered for the revoked partitions, then let them go."""
+        nonlocal rebalances
+        rebalances += 1
         parts = {tp.partition for tp in revoked if tp.topic == source}
         if not parts:
             return

@@ -110,6 +110,16 @@ class PartitionState:
         found = iter(self.store.get_many([k for k in keys if k not in staged and k not in held]))
         return [staged[k] if k in staged else held[k] if k in held else next(found) for k in keys]
 
+    def settled_values(self, table: str, keys: Sequence[str]) -> list[bytes | None]:
+        """Values as of the last batch whose outputs were acknowledged (held, else stored):
+        what readers outside the pipeline see, never a batch in progress, which a failed
+        send would discard."""
+        prefix = KV_PREFIX + table.encode() + b"\0"
+        raw = [prefix + k.encode() for k in keys]
+        held = self._held
+        found = iter(self.store.get_many([k for k in raw if k not in held]))
+        return [held[k] if k in held else next(found) for k in raw]
+
     def put_value(self, table: str, key: str, value: bytes | None) -> None:
         self._staged[KV_PREFIX + table.encode() + b"\0" + key.encode()] = value
 

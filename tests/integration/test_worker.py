@@ -59,12 +59,11 @@ async def test_live_worker_outputs_equal_batch_computation(
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
-        for user, (n, spend) in ref.user_totals.items():  # the table is queryable
-            got = _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/{user}")
-            assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
+        await _user_totals_answered(worker, ref.user_totals)  # the table is queryable
         with pytest.raises(urllib.error.HTTPError) as e:
-            _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody")
+            _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody%7B%2F%7D")
         assert e.value.code == 404
+        assert json.loads(e.value.read()) == {"error": "no orders for user nobody{/}"}
         m = worker.metrics()
         assert m["kappa_dlq_total"] == len(ref.dlq)
         assert m["kappa_late_total"] == len(ref.late)
@@ -76,6 +75,24 @@ async def test_live_worker_outputs_equal_batch_computation(
         await eventually(lambda: _changelogs_caught_up(env), alive=_alive(worker))
     finally:
         assert worker.stop() == 0, worker.tail_log()
+
+    # Restarted with no new input, it answers for its partitions without waiting for records.
+    worker = Worker(env, tmp_path / "restarted.log").start()
+    try:
+        await eventually(lambda: _user_totals_answered(worker, ref.user_totals), 60, _alive(worker))
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+
+
+async def _user_totals_answered(worker: Worker, totals: dict[str, tuple[int, float]]) -> None:
+    for user, (n, spend) in totals.items():
+        try:
+            got = _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/{user}")
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"{user}: {e.code} {e.read()!r}") from None
+        except urllib.error.URLError as e:  # still starting
+            raise AssertionError(f"{user}: {e.reason}") from None
+        assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
 
 
 async def _changelogs_caught_up(env: dict[str, str]) -> None:

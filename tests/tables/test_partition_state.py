@@ -15,7 +15,7 @@ def _moments(*values: float) -> Moments:
     return m
 
 
-def test_reads_see_staged_then_held_then_stored_values() -> None:
+def test_the_pipeline_reads_staged_then_held_then_stored_values_and_queries_skip_staged() -> None:
     store = MemoryStore()
     state = PartitionState(store, 0)
     for key in ("a", "b", "c"):
@@ -28,6 +28,9 @@ def test_reads_see_staged_then_held_then_stored_values() -> None:
     state.hold()
     state.put_value("t", "c", b"staged")
     assert state.get_values("t", ["a", "b", "c"]) == [b"stored-a", b"held", b"staged"]
+    # Readers outside the pipeline (queries) never see a batch in progress: a failed send
+    # discards it.
+    assert state.settled_values("t", ["a", "b", "c"]) == [b"stored-a", b"held", b"held"]
     assert store.data[b"Kt\0b"] == b"stored-b"  # held: not in the store
     assert state.applied_offset == 1  # what the pipeline has applied, held included
     state.commit_held()
