@@ -18,8 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
-from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from faust.web import Request, Response, View
@@ -33,9 +32,9 @@ from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.collector import tune_for_batches
+from app.pipeline_driver import PipelineDriver
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
-    BrokerDataLost,
     PipelineRunner,
     Sender,
     retrying,
@@ -236,9 +235,6 @@ def _gap_reader(settings: Settings, topic: str):
     return read
 
 
-_opening: set[asyncio.Future[None]] = set()  # strong references to open_assigned tasks
-
-
 def _register_batch_pipeline(
     app: faust.App,
     topology: Topology,
@@ -264,102 +260,45 @@ def _register_batch_pipeline(
         partitions=settings.partitions,
     )
     topic.buffer = buffer = BatchBuffer(settings.batch_max, target=settings.batch_max // 4)
-    linger_s = settings.batch_linger_ms / 1000
     app.topics.add(topic)
     app.kappa_batch_buffers[source] = buffer  # type: ignore[attr-defined]
-    lock = asyncio.Lock()
-
-    async def process(taken: dict[int, list[ConsumerRecord]]) -> None:
-        highwater = app.consumer.highwater
-        for partition in taken:
-            await runner.check_log_kept(partition, highwater(TP(source, partition)))
-        await runner.handle_many(taken)  # one produce round trip for all partitions
-        for partition, records in taken.items():
-            ack_offsets(app.consumer, TP(source, partition), [r.offset for r in records])
-
-    async def process_with_retry(taken: dict[int, list[ConsumerRecord]]) -> None:
-        """Broker trouble (unreachable, restarting) is waited out with backoff. Retrying the
-        whole batch is safe: records already applied are skipped, and state is committed only
-        after its outputs were acknowledged."""
-        delay = 0.2
-        while True:
-            try:
-                await process(taken)
-                return
-            except ProducerFenced:  # another worker owns these partitions now: a zombie stops
-                raise
-            except (TimeoutError, KafkaError, OSError) as e:
-                log.warning(
-                    "%s: broker trouble (%s); retrying in %.1fs",
-                    pipeline.name,
-                    type(e).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    driver = PipelineDriver(
+        runner,
+        buffer,
+        _FaustSource(app, source),
+        linger_s=settings.batch_linger_ms / 1000,
+        revoke_deadline_s=settings.rebalance_timeout_ms / 2000,
+        release=release,
+        crash=app.crash,
+        should_stop=lambda: bool(app.should_stop),
+    )
 
     async def drain() -> None:
-        try:
-            while not app.should_stop:
-                if not buffer.size:  # idle: the last batch's changelog need not wait
-                    runner.send_held_soon()
-                await buffer.wait_for_batch(linger_s)
-                async with lock:
-                    await process_with_retry(buffer.take())
-        except asyncio.CancelledError:
-            raise
-        except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
-            log.error("kappa worker: %s", exc)
-            await app.crash(exc)
-        except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
-            log.exception("pipeline %s failed", pipeline.name)
-            await app.crash(exc)
+        await driver.drain()
 
     drain.__name__ = drain.__qualname__ = f"kappa_{pipeline.name.replace('-', '_')}"
     app.task(drain)
-    rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
-
-    async def open_assigned(parts: set[int], scheduled_at: int) -> None:
-        """Open (restoring where the changelog is ahead) the states of assigned partitions
-        before their first record: queries answer at once after a restart or a rebalance,
-        not only once each partition gets new input."""
-        try:
-            async with lock:
-                if scheduled_at != rebalances:
-                    return
-                owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == source}
-                for partition in sorted(parts & owned):
-                    await runner.state(partition)
-        except asyncio.CancelledError:
-            raise
-        except (BrokerDataLost, StateError) as exc:
-            log.error("kappa worker: %s", exc)
-            await app.crash(exc)
-        except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
-            log.warning("%s: assigned partitions not opened yet (%r)", pipeline.name, e)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: object, assigned: set[TP], **kwargs: object) -> None:
-        parts = {tp.partition for tp in assigned if tp.topic == source}
-        if parts:  # not awaited: a restore can take long, and the rebalance must not wait
-            opening = asyncio.ensure_future(open_assigned(parts, rebalances))
-            _opening.add(opening)
-            opening.add_done_callback(_opening.discard)
+        driver.on_assigned({tp.partition for tp in assigned if tp.topic == source})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-        """Finish what was delivered for the revoked partitions, then let them go."""
-        nonlocal rebalances
-        rebalances += 1
-        parts = {tp.partition for tp in revoked if tp.topic == source}
-        if not parts:
-            return
-        async with lock:
-            try:
-                await process_with_retry(buffer.take(parts))
-                await runner.hand_over(parts)
-            except ProducerFenced as exc:
-                log.error("kappa worker: %s: fenced by a newer producer; stopping", pipeline.name)
-                await app.crash(exc)
-                return
-            await release(parts)
+        await driver.on_revoked({tp.partition for tp in revoked if tp.topic == source})
+
+
+class _FaustSource:
+    """faust's consumer, seen from one source topic (`SourceConsumer`)."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app, self.topic = app, topic
+
+    def highwater(self, partition: int) -> int | None:
+        return self.app.consumer.highwater(TP(self.topic, partition))  # type: ignore[no-any-return]
+
+    def assigned(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+
+    def ack(self, partition: int, offsets: list[int]) -> None:
+        ack_offsets(self.app.consumer, TP(self.topic, partition), offsets)

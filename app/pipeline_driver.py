@@ -1,0 +1,188 @@
+"""Feeds one pipeline's delivered batches to its `PipelineRunner`, and hands its partitions
+over on a rebalance, so that a worker never writes for partitions the group may have given
+to someone else.
+
+Under `at_least_once` nothing fences a worker that lost its partitions, so two rules here
+keep it from writing for them (a late changelog entry would land after the next owner's):
+- a batch goes to the runner only if no revoke is waiting once its partitions are open (a
+  restore can take minutes; by then the group may have moved on);
+- a revoke must finish within `revoke_deadline_s` of its start (half the rebalance timeout);
+  past it, the partitions are let go without sending anything. What was not sent is read
+  again, exactly, by the next owner (README "Guarantees").
+Client-agnostic: the worker adapts faust's consumer and signals to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from agents.base import Record
+from app.batch_delivery import BatchBuffer
+from app.runtime import BrokerDataLost, PipelineRunner
+from tables.rocks import StateError
+
+log = logging.getLogger(__name__)
+
+
+class SourceConsumer(Protocol):
+    """The consumer of the pipeline's source topic, by partition number."""
+
+    def highwater(self, partition: int) -> int | None: ...
+
+    def assigned(self) -> set[int]: ...
+
+    def ack(self, partition: int, offsets: list[int]) -> None: ...
+
+
+class PipelineDriver:
+    def __init__(
+        self,
+        runner: PipelineRunner,
+        buffer: BatchBuffer,
+        consumer: SourceConsumer,
+        *,
+        linger_s: float,
+        revoke_deadline_s: float,
+        release: Callable[[set[int]], Awaitable[None]],
+        crash: Callable[[BaseException], Awaitable[None]],
+        should_stop: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runner = runner
+        self.name = runner.pipeline.name
+        self.buffer = buffer
+        self.consumer = consumer
+        self.linger_s = linger_s
+        self.revoke_deadline_s = revoke_deadline_s
+        self.release = release
+        self.crash = crash
+        self.should_stop = should_stop
+        self.clock = clock
+        self.lock = asyncio.Lock()  # one batch, open or hand-over at a time
+        self.revokes_waiting = 0
+        self.rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
+        self._opening: set[asyncio.Future[None]] = set()
+
+    async def drain(self) -> None:
+        """Take what is buffered as one batch, process it, repeat until the worker stops."""
+        try:
+            while not self.should_stop():
+                if not self.buffer.size:  # idle: the last batch's changelog need not wait
+                    self.runner.send_held_soon()
+                await self.buffer.wait_for_batch(self.linger_s)
+                async with self.lock:
+                    await self._process_with_retry(self.buffer.take())
+        except asyncio.CancelledError:
+            raise
+        except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
+            log.error("kappa worker: %s", exc)
+            await self.crash(exc)
+        except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
+            log.exception("pipeline %s failed", self.name)
+            await self.crash(exc)
+
+    async def _process(self, taken: dict[int, Sequence[Record]]) -> None:
+        for partition in taken:  # opens (maybe restores) the partitions' states
+            await self.runner.check_log_kept(partition, self.consumer.highwater(partition))
+        if self.revokes_waiting:  # not acknowledged: read again after the rebalance
+            log.info("%s: a revoke is waiting; batch left to be read again", self.name)
+            return
+        await self.runner.handle_many(taken)  # one produce round trip for all partitions
+        for partition, records in taken.items():
+            self.consumer.ack(partition, [r.offset for r in records])
+
+    async def _process_with_retry(self, taken: dict[int, Sequence[Record]]) -> None:
+        """Broker trouble (unreachable, restarting) is waited out with backoff. Retrying the
+        whole batch is safe: records already applied are skipped, and state is committed only
+        after its outputs were acknowledged."""
+        delay = 0.2
+        while True:
+            try:
+                await self._process(taken)
+                return
+            except ProducerFenced:  # another worker owns these partitions now: a zombie stops
+                raise
+            except (TimeoutError, KafkaError, OSError) as e:
+                log.warning(
+                    "%s: broker trouble (%s); retrying in %.1fs", self.name, type(e).__name__, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def on_assigned(self, parts: set[int]) -> None:
+        """Open the assigned partitions' states in the background: a restore can take long,
+        and the rebalance must not wait for it."""
+        if parts:
+            opening = asyncio.ensure_future(self._open_assigned(parts, self.rebalances))
+            self._opening.add(opening)
+            opening.add_done_callback(self._opening.discard)
+
+    async def _open_assigned(self, parts: set[int], scheduled_at: int) -> None:
+        """Open (restoring where the changelog is ahead) the states of assigned partitions
+        before their first record: queries answer at once after a restart or a rebalance,
+        not only once each partition gets new input."""
+        try:
+            async with self.lock:
+                if scheduled_at != self.rebalances:
+                    return
+                for partition in sorted(parts & self.consumer.assigned()):
+                    await self.runner.state(partition)
+        except asyncio.CancelledError:
+            raise
+        except (BrokerDataLost, StateError) as exc:
+            log.error("kappa worker: %s", exc)
+            await self.crash(exc)
+        except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
+            log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
+
+    async def on_revoked(self, parts: set[int]) -> None:
+        """Finish what was delivered for the revoked partitions and send their held changelog
+        entries, then let them go; or, past the deadline, let them go at once."""
+        self.rebalances += 1
+        if not parts:
+            return
+        started = self.clock()
+        self.revokes_waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.revokes_waiting -= 1
+        try:
+            taken = self.buffer.take(parts)
+            left = self.revoke_deadline_s - (self.clock() - started)
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._hand_over(parts, taken), left)
+            except TimeoutError:
+                log.warning(
+                    "%s: partitions %s revoked but not handed over within %.1fs (half "
+                    "KAPPA_REBALANCE_TIMEOUT_MS); let go unsent: their next owner reads the "
+                    "last batches again",
+                    self.name,
+                    sorted(parts),
+                    self.revoke_deadline_s,
+                )
+                for partition in parts:
+                    self.runner.close_partition(partition)
+        except ProducerFenced as exc:
+            log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
+            await self.crash(exc)
+            return
+        finally:
+            self.lock.release()
+        await self.release(parts)
+
+    async def _hand_over(self, parts: set[int], taken: dict[int, Sequence[Record]]) -> None:
+        # Records of partitions not opened yet are left to the next owner: opening one could
+        # mean a restore, for a partition that is going away.
+        opened = {p: recs for p, recs in taken.items() if self.runner.open_state(p) is not None}
+        if opened:
+            await self._process_with_retry(opened)
+        await self.runner.hand_over(parts)

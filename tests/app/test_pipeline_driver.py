@@ -1,0 +1,181 @@
+"""PipelineDriver without a broker: a worker that may have lost its partitions writes nothing
+for them (a late changelog entry would land after the next owner's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.batch_delivery import BatchBuffer
+from app.pipeline_driver import PipelineDriver
+
+
+@dataclass
+class _Record:
+    partition: int
+    offset: int
+
+
+class _Runner:
+    """The runner's side of the driver: what was handled, handed over and closed. A partition
+    whose state is not open blocks in `check_log_kept` until `restored` is set (a restore)."""
+
+    def __init__(self, opened: set[int]) -> None:
+        self.pipeline = type("P", (), {"name": "orders"})()
+        self.opened = set(opened)
+        self.restored = asyncio.Event()
+        self.restoring = asyncio.Event()
+        self.handled: list[dict[int, list[int]]] = []
+        self.handed_over: list[set[int]] = []
+        self.closed: list[int] = []
+
+    async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
+        await self.state(partition)
+
+    async def state(self, partition: int) -> None:
+        if partition not in self.opened:
+            self.restoring.set()
+            await self.restored.wait()
+            self.opened.add(partition)
+
+    def open_state(self, partition: int) -> object | None:
+        return object() if partition in self.opened else None
+
+    async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+        self.handled.append({p: [r.offset for r in recs] for p, recs in batches.items()})
+
+    async def hand_over(self, partitions: set[int]) -> None:
+        self.handed_over.append(set(partitions))
+        for p in partitions:
+            self.close_partition(p)
+
+    def close_partition(self, partition: int) -> None:
+        self.opened.discard(partition)
+        self.closed.append(partition)
+
+    def send_held_soon(self) -> None:
+        pass
+
+
+class _Consumer:
+    def __init__(self, assigned: set[int]) -> None:
+        self.acked: dict[int, list[int]] = {}
+        self._assigned = assigned
+
+    def highwater(self, partition: int) -> int | None:
+        return None
+
+    def assigned(self) -> set[int]:
+        return self._assigned
+
+    def ack(self, partition: int, offsets: list[int]) -> None:
+        self.acked.setdefault(partition, []).extend(offsets)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[PipelineDriver, Any]:
+    released: list[set[int]] = []
+
+    async def release(parts: set[int]) -> None:
+        released.append(parts)
+
+    async def crash(exc: BaseException) -> None:
+        raise AssertionError(f"crashed: {exc!r}")
+
+    driver = PipelineDriver(
+        runner,  # type: ignore[arg-type]
+        BatchBuffer(100, 10),
+        consumer,
+        linger_s=0,
+        revoke_deadline_s=5.0,
+        release=release,
+        crash=crash,
+        should_stop=lambda: False,
+        clock=clock,
+    )
+    return driver, released
+
+
+async def _buffer(driver: PipelineDriver, partition: int, *offsets: int) -> None:
+    for offset in offsets:
+        await driver.buffer.put(_Record(partition, offset))  # type: ignore[arg-type]
+
+
+async def test_a_batch_whose_restore_outlasts_the_start_of_a_revoke_is_not_sent() -> None:
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    driver, released = _driver(runner, consumer, clock)
+    await _buffer(driver, 0, 10, 11)
+    await _buffer(driver, 1, 5)  # p1 moved here: its state must be restored first
+    draining = asyncio.create_task(driver.drain())
+    await runner.restoring.wait()
+    revoking = asyncio.create_task(driver.on_revoked({0, 1}))
+    await asyncio.sleep(0)  # the revoke is now waiting for the batch to finish
+    runner.restored.set()
+    await revoking
+    draining.cancel()
+
+    assert runner.handled == []  # nothing sent for partitions the group may have moved on
+    assert consumer.acked == {}  # so the next owner reads them again
+    assert runner.handed_over == [{0, 1}] and released == [{0, 1}]
+
+
+async def test_a_revoke_past_its_deadline_lets_the_partitions_go_without_sending() -> None:
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    driver, released = _driver(runner, consumer, clock)
+    await _buffer(driver, 1, 5)
+    draining = asyncio.create_task(driver.drain())
+    await runner.restoring.wait()  # a restore holds the pipeline
+    revoking = asyncio.create_task(driver.on_revoked({0, 1}))
+    await asyncio.sleep(0)
+    clock.now = 6.0  # the restore took longer than the deadline (5 s)
+    runner.restored.set()
+    await revoking
+    draining.cancel()
+
+    assert runner.handled == [] and runner.handed_over == []
+    assert sorted(runner.closed) == [0, 1] and released == [{0, 1}]
+
+
+async def test_a_revoke_sends_what_was_delivered_for_open_partitions_only() -> None:
+    """Records of a partition not opened yet are left to the next owner: opening it could
+    mean a restore, for a partition that is going away."""
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    driver, released = _driver(runner, consumer, clock)
+    await _buffer(driver, 0, 10, 11)
+    await _buffer(driver, 1, 5)
+    await asyncio.wait_for(driver.on_revoked({0, 1}), 60)  # a restore would never end here
+
+    assert runner.handled == [{0: [10, 11]}]
+    assert consumer.acked == {0: [10, 11]}
+    assert not runner.restoring.is_set()
+    assert runner.handed_over == [{0, 1}] and released == [{0, 1}]
+
+
+async def test_assigned_partitions_are_opened_before_their_first_record() -> None:
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({0, 1}), _Clock()
+    runner.restored.set()
+    driver, _ = _driver(runner, consumer, clock)
+    driver.on_assigned({0, 1, 2})  # 2: no longer assigned by the time it runs
+    await asyncio.gather(*driver._opening)
+    assert runner.opened == {0, 1}
+
+
+async def test_an_open_scheduled_before_a_revoke_does_nothing() -> None:
+    """It would reopen partitions the group may have moved: a later assignment reopens them,
+    checking the changelog again."""
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({0}), _Clock()
+    runner.restored.set()
+    driver, _ = _driver(runner, consumer, clock)
+    driver.on_assigned({0})
+    await driver.on_revoked({0})  # before the open ran; the assignment still lists 0
+    await asyncio.gather(*driver._opening)
+    assert runner.opened == set()
