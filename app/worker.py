@@ -269,7 +269,7 @@ def _register_batch_pipeline(
         linger_s=settings.batch_linger_ms / 1000,
         revoke_deadline_s=settings.rebalance_timeout_ms / 2000,
         release=release,
-        crash=app.crash,
+        crash=lambda exc: app.crash(exc),  # looked up when called (tests replace it)
         should_stop=lambda: bool(app.should_stop),
     )
 
