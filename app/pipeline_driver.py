@@ -1,5 +1,5 @@
 """Feeds one pipeline's delivered batches to its `PipelineRunner`, and hands its partitions
-over on a rebalance, so that a worker never writes for partitions the group may have given
+over on a rebalance, so that a worker does not write for partitions the group may have given
 to someone else.
 
 Under `at_least_once` nothing fences a worker that lost its partitions, so two rules here
@@ -7,8 +7,10 @@ keep it from writing for them (a late changelog entry would land after the next 
 - a batch goes to the runner only if no revoke is waiting once its partitions are open (a
   restore can take minutes; by then the group may have moved on);
 - a revoke must finish within `revoke_deadline_s` of its start (half the rebalance timeout);
-  past it, the partitions are let go without sending anything. What was not sent is read
-  again, exactly, by the next owner (README "Guarantees").
+  past it, the partitions are let go without sending more (record batches already handed to
+  the producer still go out). What was not sent is read again, exactly, by the next owner
+  (README "Guarantees").
+A worker's pipelines are revoked at once (`revoke_all`), each within that deadline.
 Client-agnostic: the worker adapts faust's consumer and signals to it.
 """
 
@@ -38,6 +40,12 @@ class SourceConsumer(Protocol):
     def assigned(self) -> set[int]: ...
 
     def ack(self, partition: int, offsets: list[int]) -> None: ...
+
+
+async def revoke_all(drivers: Sequence[PipelineDriver], parts: Sequence[set[int]]) -> None:
+    """Revoke every pipeline's partitions at once: one after the other, a pipeline still
+    draining would keep sending for partitions being revoked, and the deadlines would add up."""
+    await asyncio.gather(*(d.on_revoked(p) for d, p in zip(drivers, parts, strict=True)))
 
 
 class PipelineDriver:
@@ -77,7 +85,9 @@ class PipelineDriver:
                     self.runner.send_held_soon()
                 await self.buffer.wait_for_batch(self.linger_s)
                 async with self.lock:
-                    await self._process_with_retry(self.buffer.take())
+                    taken = self.buffer.take()  # empty if a revoke took it meanwhile
+                    if taken:
+                        await self._process_with_retry(taken)
         except asyncio.CancelledError:
             raise
         except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
@@ -89,9 +99,15 @@ class PipelineDriver:
 
     async def _process(self, taken: dict[int, Sequence[Record]]) -> None:
         for partition in taken:  # opens (maybe restores) the partitions' states
+            if self.revokes_waiting:
+                break
             await self.runner.check_log_kept(partition, self.consumer.highwater(partition))
-        if self.revokes_waiting:  # not acknowledged: read again after the rebalance
+        if self.revokes_waiting:
+            # Not sent, not acknowledged. The partitions are closed too: records delivered
+            # after these must not be applied past them (a reopened partition reads the gap).
             log.info("%s: a revoke is waiting; batch left to be read again", self.name)
+            for partition in taken:
+                self.runner.close_partition(partition)
             return
         await self.runner.handle_many(taken)  # one produce round trip for all partitions
         for partition, records in taken.items():
@@ -129,9 +145,9 @@ class PipelineDriver:
         not only once each partition gets new input."""
         try:
             async with self.lock:
-                if scheduled_at != self.rebalances:
-                    return
                 for partition in sorted(parts & self.consumer.assigned()):
+                    if scheduled_at != self.rebalances or self.revokes_waiting:
+                        return
                     await self.runner.state(partition)
         except asyncio.CancelledError:
             raise
@@ -140,6 +156,9 @@ class PipelineDriver:
             await self.crash(exc)
         except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
             log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
+        except Exception as exc:  # a bug: stop loudly, as the drain loop does
+            log.exception("pipeline %s: opening assigned partitions failed", self.name)
+            await self.crash(exc)
 
     async def on_revoked(self, parts: set[int]) -> None:
         """Finish what was delivered for the revoked partitions and send their held changelog
@@ -148,6 +167,8 @@ class PipelineDriver:
         if not parts:
             return
         started = self.clock()
+        for opening in self._opening:  # a restore in progress: the partitions may be going
+            opening.cancel()
         self.revokes_waiting += 1
         try:
             await self.lock.acquire()
@@ -169,6 +190,7 @@ class PipelineDriver:
                     sorted(parts),
                     self.revoke_deadline_s,
                 )
+                self.runner.stop_sending_held()  # the next batch or idle time sends the rest
                 for partition in parts:
                     self.runner.close_partition(partition)
         except ProducerFenced as exc:

@@ -32,7 +32,7 @@ from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.changelog import KafkaChangelog
 from app.collector import tune_for_batches
-from app.pipeline_driver import PipelineDriver
+from app.pipeline_driver import PipelineDriver, revoke_all
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     PipelineRunner,
@@ -126,6 +126,7 @@ def create_app(
     app.conf.kappa_read_committed = settings.exactly_once  # type: ignore[attr-defined]
     app.conf.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     runners: list[PipelineRunner] = []
+    drivers: list[tuple[str, PipelineDriver]] = []  # (physical source, its driver)
 
     senders: list[OwnProducerSender | TransactionalSender] = []
     for pipeline in topology.pipelines:
@@ -147,7 +148,15 @@ def create_app(
             hold_changelog=not settings.exactly_once,
         )
         runners.append(runner)
-        _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)
+        driver = _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)
+        drivers.append((topology.physical(pipeline.source), driver))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+        await revoke_all(
+            [driver for _, driver in drivers],
+            [{tp.partition for tp in revoked if tp.topic == source} for source, _ in drivers],
+        )
 
     app.task(freeze_startup_heap)
 
@@ -242,7 +251,7 @@ def _register_batch_pipeline(
     runner: PipelineRunner,
     settings: Settings,
     release: Callable[[set[int]], Awaitable[None]],
-) -> None:
+) -> PipelineDriver:
     """Subscribe the pipeline's source with batch delivery and start the task that drains it.
     `release`: what the sender lets go of for revoked source partitions.
 
@@ -283,9 +292,7 @@ def _register_batch_pipeline(
     async def on_assigned(sender: object, assigned: set[TP], **kwargs: object) -> None:
         driver.on_assigned({tp.partition for tp in assigned if tp.topic == source})
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-        await driver.on_revoked({tp.partition for tp in revoked if tp.topic == source})
+    return driver
 
 
 class _FaustSource:

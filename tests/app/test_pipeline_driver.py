@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.batch_delivery import BatchBuffer
-from app.pipeline_driver import PipelineDriver
+from app.pipeline_driver import PipelineDriver, revoke_all
 
 
 @dataclass
@@ -30,6 +30,9 @@ class _Runner:
         self.handled: list[dict[int, list[int]]] = []
         self.handed_over: list[set[int]] = []
         self.closed: list[int] = []
+        self.hand_over_gate = asyncio.Event()
+        self.hand_over_gate.set()
+        self.handing_over = asyncio.Event()
 
     async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
         await self.state(partition)
@@ -47,6 +50,8 @@ class _Runner:
         self.handled.append({p: [r.offset for r in recs] for p, recs in batches.items()})
 
     async def hand_over(self, partitions: set[int]) -> None:
+        self.handing_over.set()
+        await self.hand_over_gate.wait()
         self.handed_over.append(set(partitions))
         for p in partitions:
             self.close_partition(p)
@@ -56,6 +61,9 @@ class _Runner:
         self.closed.append(partition)
 
     def send_held_soon(self) -> None:
+        pass
+
+    def stop_sending_held(self) -> None:
         pass
 
 
@@ -119,12 +127,15 @@ async def test_a_batch_whose_restore_outlasts_the_start_of_a_revoke_is_not_sent(
     await runner.restoring.wait()
     revoking = asyncio.create_task(driver.on_revoked({0, 1}))
     await asyncio.sleep(0)  # the revoke is now waiting for the batch to finish
+    await _buffer(driver, 0, 12, 13)  # fetched meanwhile
     runner.restored.set()
     await revoking
     draining.cancel()
 
     assert runner.handled == []  # nothing sent for partitions the group may have moved on
     assert consumer.acked == {}  # so the next owner reads them again
+    # Closed, so 12-13 were not applied past the skipped 10-11 (a reopen reads the gap).
+    assert {0, 1} <= set(runner.closed)
     assert runner.handed_over == [{0, 1}] and released == [{0, 1}]
 
 
@@ -142,7 +153,7 @@ async def test_a_revoke_past_its_deadline_lets_the_partitions_go_without_sending
     draining.cancel()
 
     assert runner.handled == [] and runner.handed_over == []
-    assert sorted(runner.closed) == [0, 1] and released == [{0, 1}]
+    assert set(runner.closed) == {0, 1} and released == [{0, 1}]
 
 
 async def test_a_revoke_sends_what_was_delivered_for_open_partitions_only() -> None:
@@ -179,3 +190,26 @@ async def test_an_open_scheduled_before_a_revoke_does_nothing() -> None:
     await driver.on_revoked({0})  # before the open ran; the assignment still lists 0
     await asyncio.gather(*driver._opening)
     assert runner.opened == set()
+
+
+async def test_a_revoke_cancels_a_restore_started_for_an_assignment() -> None:
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({1}), _Clock()
+    driver, released = _driver(runner, consumer, clock)
+    driver.on_assigned({1})
+    await runner.restoring.wait()  # never ends by itself
+    await asyncio.wait_for(driver.on_revoked({1}), 60)
+    assert runner.opened == set() and released == [{1}]
+
+
+async def test_a_workers_pipelines_are_revoked_at_once() -> None:
+    """One after the other, a pipeline still draining would keep sending for partitions being
+    revoked while the first hands its over."""
+    first, second = _Runner(opened={0}), _Runner(opened={0})
+    first.hand_over_gate.clear()
+    drivers = [_driver(r, _Consumer({0}), _Clock())[0] for r in (first, second)]
+    revoking = asyncio.create_task(revoke_all(drivers, [{0}, {0}]))
+    await first.handing_over.wait()
+    assert drivers[1].rebalances == 1  # under way while the first still hands over
+    first.hand_over_gate.set()
+    await revoking
+    assert first.handed_over == second.handed_over == [{0}]
