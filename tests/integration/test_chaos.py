@@ -18,7 +18,7 @@ import pytest
 
 from app.orders_generator import generate
 from app.produce import produce_records
-from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
 
@@ -104,6 +104,9 @@ async def test_three_workers_one_killed_the_others_take_over_exactly(
         )
         victim = workers[1]
         victim.wait_until(lambda m: m.get("kappa_events_in_total", 0) > 0, timeout=60)
+        # Idle, every worker sent its held batches: the victim's partitions have changelog
+        # entries to restore (killed with them held, they would be read from the source).
+        await eventually(lambda: changelogs_caught_up(base), timeout=60)
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
         second = _spec(6_000, 13, start_ms=first.start_ms + first.span_ms)
         await produce_records(

@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.changelog import KafkaChangelog
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
-from app.settings import load_settings
-from app.topic_reader import high_watermarks
-from app.topology import Topology
-from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec
 from tests.support.workers import Worker, kappa_env, run_kappa
 
@@ -72,7 +68,7 @@ async def test_live_worker_outputs_equal_batch_computation(
         assert worker.metric("kappa_record_age_seconds_count", pipeline="user-totals") >= 1
         # Idle, the worker sent its held batches' changelog entries: every partition's
         # changelog reflects all it has processed, without waiting for more input.
-        await eventually(lambda: _changelogs_caught_up(env), alive=_alive(worker))
+        await eventually(lambda: changelogs_caught_up(env), alive=_alive(worker))
     finally:
         assert worker.stop() == 0, worker.tail_log()
 
@@ -93,17 +89,6 @@ async def _user_totals_answered(worker: Worker, totals: dict[str, tuple[int, flo
         except urllib.error.URLError as e:  # still starting
             raise AssertionError(f"{user}: {e.reason}") from None
         assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
-
-
-async def _changelogs_caught_up(env: dict[str, str]) -> None:
-    topology = Topology(load_settings(env), 1)
-    kafka = topology.settings.kafka
-    for pipeline in topology.pipelines:
-        ends = await high_watermarks(kafka, topology.physical(pipeline.source))
-        changelog = KafkaChangelog(kafka, topology.changelog(pipeline))
-        for partition, end in ends.items():
-            applied = await changelog.last_applied(partition, fresh=True)
-            assert applied == end - 1, (pipeline.name, partition, applied, end)
 
 
 def _pipelines_counted(worker: Worker) -> set[str]:

@@ -7,6 +7,10 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
+from app.changelog import KafkaChangelog
+from app.settings import load_settings
+from app.topic_reader import high_watermarks
+from app.topology import Topology
 from tests.support.reference import Reference, assert_windows_equal, compute
 from tests.support.workers import read_records, read_windows, source_positions
 
@@ -72,3 +76,15 @@ async def eventually(
         if alive is not None:
             alive()
         await asyncio.sleep(0.5)
+
+
+async def changelogs_caught_up(env: dict[str, str]) -> None:
+    """Every partition's changelog reflects all of its source (held batches sent)."""
+    topology = Topology(load_settings(env), 1)
+    kafka = topology.settings.kafka
+    for pipeline in topology.pipelines:
+        ends = await high_watermarks(kafka, topology.physical(pipeline.source))
+        changelog = KafkaChangelog(kafka, topology.changelog(pipeline))
+        for partition, end in ends.items():
+            applied = await changelog.last_applied(partition, fresh=True)
+            assert applied == end - 1, (pipeline.name, partition, applied, end)
