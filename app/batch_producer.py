@@ -171,8 +171,10 @@ class OwnProducerSender:
 
 
 def _record_bytes(r: Produce) -> int:
-    """An upper bound of what `r` adds to a record batch (varints and attributes: ≤ 21 B)."""
-    size = 21 + len(r.key or b"") + len(r.value or b"") + 5
+    """An upper bound of what `r` adds to a record batch: its bytes plus, at most, the length
+    (5), attributes (1), timestamp delta (10), offset delta (5), key and value lengths (5 + 5)
+    and header count (5) varints, and 5 + 5 per header."""
+    size = 36 + len(r.key or b"") + len(r.value or b"")
     for name, value in r.headers:
         size += 10 + len(name.encode()) + len(value or b"")
     return size
