@@ -58,6 +58,7 @@ class PipelineDriver:
         linger_s: float,
         revoke_deadline_s: float,
         release: Callable[[set[int]], Awaitable[None]],
+        fail: Callable[[BaseException], Awaitable[None]],
         crash: Callable[[BaseException], Awaitable[None]],
         should_stop: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
@@ -69,7 +70,8 @@ class PipelineDriver:
         self.linger_s = linger_s
         self.revoke_deadline_s = revoke_deadline_s
         self.release = release
-        self.crash = crash
+        self.fail = fail  # stops the worker on an error already said in one line
+        self.crash = crash  # stops it on a bug, with its traceback
         self.should_stop = should_stop
         self.clock = clock
         self.lock = asyncio.Lock()  # one batch, open or hand-over at a time
@@ -92,7 +94,10 @@ class PipelineDriver:
             raise
         except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
             log.error("kappa worker: %s", exc)
-            await self.crash(exc)
+            await self.fail(exc)
+        except ProducerFenced as exc:
+            log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
+            await self.fail(exc)
         except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
             log.exception("pipeline %s failed", self.name)
             await self.crash(exc)
@@ -153,7 +158,7 @@ class PipelineDriver:
             raise
         except (BrokerDataLost, StateError) as exc:
             log.error("kappa worker: %s", exc)
-            await self.crash(exc)
+            await self.fail(exc)
         except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
             log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
         except Exception as exc:  # a bug: stop loudly, as the drain loop does
@@ -195,7 +200,7 @@ class PipelineDriver:
                     self.runner.close_partition(partition)
         except ProducerFenced as exc:
             log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
-            await self.crash(exc)
+            await self.fail(exc)
             return
         finally:
             self.lock.release()

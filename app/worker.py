@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -60,27 +61,48 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
     `make chaos` checks with kill -9 at any point).
     """
 
-    def __init__(self, *args: Any, stop_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, stop_timeout_s: float, stop_on_error: StopOnError, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.stop_timeout_s = stop_timeout_s
+        self.stop_on_error = stop_on_error
         self._deadline: threading.Timer | None = None
 
     def _schedule_shutdown(self, signal: Any) -> None:  # mode's handler for SIGTERM/SIGINT
         super()._schedule_shutdown(signal)
         if self._deadline is None:
-            self._deadline = threading.Timer(self.stop_timeout_s, _exit_after_deadline)
+            self._deadline = threading.Timer(self.stop_timeout_s, self._exit_after_deadline)
             self._deadline.daemon = True
             self._deadline.start()
 
+    def _exit_after_deadline(self) -> None:
+        print(
+            "kappa worker: shutdown did not finish within KAPPA_SHUTDOWN_TIMEOUT_MS; exiting "
+            "now (nothing is lost: a batch cut short is redone on restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(self.stop_on_error.exit_code)
 
-def _exit_after_deadline() -> None:
-    print(
-        "kappa worker: shutdown did not finish within KAPPA_SHUTDOWN_TIMEOUT_MS; exiting now "
-        "(nothing is lost: a batch cut short is redone on restart)",
-        file=sys.stderr,
-        flush=True,
-    )
-    os._exit(0)
+
+class StopOnError:
+    """Stops the worker on an error it has already said in one line (the broker lost its data,
+    local state it cannot use, a newer producer fenced it): the orderly stop a SIGTERM makes,
+    then exit code 1. mode's `crash` would log the error again with a traceback, and stopping
+    a crashed consumer thread logs another."""
+
+    def __init__(self) -> None:
+        self.reason: BaseException | None = None
+
+    async def __call__(self, reason: BaseException) -> None:
+        if self.reason is None:  # a second pipeline failing too: the stop is under way
+            self.reason = reason
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.reason is None else 1
 
 
 def create_app(
@@ -122,6 +144,7 @@ def create_app(
         datadir=str(settings.state_dir / "faust"),
     )
     app.conf.kappa_topology = topology  # type: ignore[attr-defined]
+    app.kappa_stop_on_error = StopOnError()  # type: ignore[attr-defined]
     app.kappa_batch_buffers = {}  # type: ignore[attr-defined]
     app.conf.kappa_read_committed = settings.exactly_once  # type: ignore[attr-defined]
     app.conf.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
@@ -278,7 +301,8 @@ def _register_batch_pipeline(
         linger_s=settings.batch_linger_ms / 1000,
         revoke_deadline_s=settings.rebalance_timeout_ms / 2000,
         release=release,
-        crash=lambda exc: app.crash(exc),  # looked up when called (tests replace it)
+        fail=lambda exc: app.kappa_stop_on_error(exc),  # looked up when called (tests replace it)
+        crash=lambda exc: app.crash(exc),
         should_stop=lambda: bool(app.should_stop),
     )
 

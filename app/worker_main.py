@@ -59,6 +59,7 @@ def run_worker(
         loglevel=settings.log_level.upper(),
         quiet=True,
         stop_timeout_s=settings.shutdown_timeout_ms / 1000,
+        stop_on_error=app.kappa_stop_on_error,
     )
     names = ", ".join(p.name for p in topology.pipelines)
     print(
@@ -69,7 +70,7 @@ def run_worker(
     try:
         worker.execute_from_commandline()
     except SystemExit as e:
-        return int(e.code or 0)
+        return int(e.code or 0) or worker.stop_on_error.exit_code
     finally:
         for runner in getattr(app, "kappa_runners", []):
             runner.close()

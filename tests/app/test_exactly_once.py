@@ -214,12 +214,12 @@ async def test_a_fenced_worker_stops_instead_of_retrying(
         {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PROCESSING_GUARANTEE": "exactly_once"}
     )
     app = worker.create_app(settings, 1, ["orders"])
-    crashed: list[BaseException] = []
+    stopped: list[BaseException] = []
 
-    async def crash(exc: BaseException) -> None:
-        crashed.append(exc)
+    async def stop_on_error(exc: BaseException) -> None:
+        stopped.append(exc)
 
-    monkeypatch.setattr(app, "crash", crash)
+    monkeypatch.setattr(app, "kappa_stop_on_error", stop_on_error)
     app._consumer = _NoConsumer()  # type: ignore[assignment]
     for runner in app.kappa_runners:
         runner.changelog_source = None
@@ -229,7 +229,7 @@ async def test_a_fenced_worker_stops_instead_of_retrying(
     value = json.dumps({**order, "amount": 1.0, "quantity": 1, "ts": 1_700_000_000_000})
     await buffer.put_many(0, [SourceRecord(source, 0, 0, None, b"p", value.encode())])
     await asyncio.wait_for(app.on_partitions_revoked.send({TP(source, 0)}), 10)
-    assert len(attempts) == 1 and isinstance(crashed[0], ProducerFenced)
+    assert len(attempts) == 1 and isinstance(stopped[0], ProducerFenced)
 
 
 class _NoConsumer:

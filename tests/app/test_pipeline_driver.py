@@ -8,8 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+from aiokafka.errors import ProducerFenced
+
 from app.batch_delivery import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
+from app.runtime import BrokerDataLost
+from tables.rocks import StateError
 
 
 @dataclass
@@ -106,6 +111,7 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[Pipeli
         linger_s=0,
         revoke_deadline_s=5.0,
         release=release,
+        fail=crash,
         crash=crash,
         should_stop=lambda: False,
         clock=clock,
@@ -213,3 +219,45 @@ async def test_a_workers_pipelines_are_revoked_at_once() -> None:
     first.hand_over_gate.set()
     await revoking
     assert first.handed_over == second.handed_over == [{0}]
+
+
+@pytest.mark.parametrize(
+    ("error", "way"),
+    [
+        (BrokerDataLost("the broker lost its data"), "fail"),
+        (StateError("state from another version"), "fail"),
+        (ProducerFenced(), "fail"),
+        (RuntimeError("a bug"), "crash"),
+    ],
+)
+async def test_errors_said_in_one_line_stop_the_worker_without_a_crash(
+    error: BaseException, way: str
+) -> None:
+    """An error the worker explains in one line stops it in order (`fail`); only a bug goes
+    through `crash`, whose log carries the traceback."""
+    stops: list[tuple[str, BaseException]] = []
+
+    async def fail(exc: BaseException) -> None:
+        stops.append(("fail", exc))
+
+    async def crash(exc: BaseException) -> None:
+        stops.append(("crash", exc))
+
+    class _FailingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            raise error
+
+    driver = PipelineDriver(
+        _FailingRunner(opened={0}),  # type: ignore[arg-type]
+        BatchBuffer(100, 10),
+        _Consumer({0}),
+        linger_s=0,
+        revoke_deadline_s=5.0,
+        release=lambda parts: asyncio.sleep(0),
+        fail=fail,
+        crash=crash,
+        should_stop=lambda: False,
+    )
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(driver.drain(), 5)
+    assert stops == [(way, error)]
