@@ -438,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.admin import BrokerUnreachable
     from app.broker import BrokerError
     from app.runtime import BrokerDataLost
+    from app.send_refusals import SendRefused
     from app.topic_reader import TopicMissing
     from tables.rocks import StateError
 
@@ -480,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BrokerError,
         StateError,
         BrokerDataLost,
+        SendRefused,
         TopicMissing,
     ) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)

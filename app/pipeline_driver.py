@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from agents.base import Record
 from app.batch_delivery import BatchBuffer
 from app.runtime import BrokerDataLost, PipelineRunner
+from app.send_refusals import SendRefused
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class PipelineDriver:
                         await self._process_with_retry(taken)
         except asyncio.CancelledError:
             raise
-        except (BrokerDataLost, StateError) as exc:  # said in one line, no traceback
+        except (BrokerDataLost, StateError, SendRefused) as exc:  # said in one line
             log.error("kappa worker: %s", exc)
             await self.fail(exc)
         except ProducerFenced as exc:

@@ -34,6 +34,7 @@ from agents.base import (
     source_headers,
 )
 from app import metrics
+from app.send_refusals import refusal
 from app.state_guard import state_identity
 from app.topology import Topology
 from tables.partition_state import PartitionState
@@ -678,7 +679,8 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
     Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
     and window) and the state is committed only after success. Only broker and network
     failures are retried: a fenced transactional producer (another instance took over) is a
-    zombie and must stop, and any other exception is a bug that retrying would hide.
+    zombie and must stop, a write the broker refuses for good (`send_refusals`) stops with one
+    line, and any other exception is a bug that retrying would hide.
     """
 
     async def send(records: list[Produce], commit: SourceCommit) -> None:
@@ -692,6 +694,9 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
             except ProducerFenced:
                 raise
             except (KafkaError, OSError, TimeoutError) as e:
+                refused = refusal(e, (r.topic for r in records))
+                if refused is not None:
+                    raise refused from e
                 metrics.SEND_RETRIES.labels(*label).inc()
                 log.warning(
                     "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay

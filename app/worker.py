@@ -40,6 +40,7 @@ from app.runtime import (
     Sender,
     retrying,
 )
+from app.send_refusals import SendRefused
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
@@ -217,7 +218,7 @@ async def send_held_on_stop(runners: Sequence[PipelineRunner], timeout_s: float)
     async def send(runner: PipelineRunner) -> None:
         try:
             await asyncio.wait_for(runner.send_held(), timeout_s)
-        except (TimeoutError, KafkaError, OSError, StateError) as e:
+        except (TimeoutError, KafkaError, OSError, StateError, SendRefused) as e:
             log.warning("%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e)
         runner.stop_sending_held()
 

@@ -14,6 +14,7 @@ from aiokafka.errors import ProducerFenced
 from app.batch_delivery import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.runtime import BrokerDataLost
+from app.send_refusals import SendRefused
 from tables.rocks import StateError
 
 
@@ -227,6 +228,7 @@ async def test_a_workers_pipelines_are_revoked_at_once() -> None:
         (BrokerDataLost("the broker lost its data"), "fail"),
         (StateError("state from another version"), "fail"),
         (ProducerFenced(), "fail"),
+        (SendRefused("the broker refused writes to orders.dlq"), "fail"),
         (RuntimeError("a bug"), "crash"),
     ],
 )

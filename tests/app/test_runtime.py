@@ -11,13 +11,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import (
+    InvalidTimestampError,
+    KafkaConnectionError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from prometheus_client import REGISTRY
 
 from agents.base import BatchOutput, Pipeline, Record, SourceRecord, record_bytes_bound
 from agents.user_state import decode_partial
 from app import runtime
 from app.runtime import PipelineRunner, Produce, SourceCommit
+from app.send_refusals import SendRefused
 from app.settings import load_settings
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET, PartitionState
@@ -374,6 +380,37 @@ async def test_only_broker_and_network_failures_are_retried() -> None:
     with pytest.raises(TypeError, match="a bug"):  # not retried: it would stall the partition
         await send([], SourceCommit("orders", 0, 1, "g"))
     assert len(calls) == 2  # the broker failure was retried once
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (TopicAuthorizationFailedError(), "Write and Describe"),
+        (MessageSizeTooLargeError(), "max.message.bytes"),
+        (InvalidTimestampError(), "message.timestamp.before.max.ms"),
+    ],
+)
+async def test_a_write_the_broker_refuses_for_good_is_not_retried(
+    error: BaseException, hint: str
+) -> None:
+    """Retrying cannot fix an ACL, a size limit or a timestamp policy: the sender stops at once
+    with one line naming the topics and what to change, instead of stalling the partition."""
+    calls = []
+
+    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
+        calls.append(1)
+        raise error
+
+    send = runtime.retrying(send_once, ("orders", "1"))
+    records = [
+        Produce(topic, None, b"k", b"v", 0, []) for topic in ("orders.dlq", "c", "orders.dlq")
+    ]
+    with pytest.raises(SendRefused) as refused:
+        await asyncio.wait_for(send(records, SourceCommit("orders", 0, 1, "g")), 10)
+    assert len(calls) == 1
+    message = str(refused.value)
+    assert message.startswith(f"the broker refused writes to c, orders.dlq: {type(error).__name__}")
+    assert hint in message and "\n" not in message
 
 
 def _poisoned(pipeline: Pipeline, marker: bytes, error: type[BaseException]) -> Callable:

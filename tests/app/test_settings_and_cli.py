@@ -292,3 +292,21 @@ def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
         "ignored"
     )
     assert "nope" in error  # the command still runs; test-only variables are known
+
+
+def test_a_write_the_broker_refuses_for_good_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replay (or any command) whose writes the broker refuses for good (ACLs, sizes) stops
+    with the refusal's one line, as for bad configuration."""
+    from app import cli
+    from app.send_refusals import SendRefused
+
+    def refused(args: object) -> int:
+        raise SendRefused("the broker refused writes to orders.dlq: ...")
+
+    monkeypatch.setattr(cli, "cmd_status", refused)
+    assert cli.main(["status"]) == 2
+    assert capsys.readouterr().err == (
+        "kappa status: error: the broker refused writes to orders.dlq: ...\n"
+    )
