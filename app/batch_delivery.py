@@ -196,20 +196,13 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                         recs = [r for r in recs if r.offset >= r_offset]
                         if not recs:
                             continue
-                    if r_offset and acks_enabled_for(tp.topic):
-                        prev = r_offset
-                        gaps = False
-                        for r in recs:
-                            if r.offset - prev > 1:
-                                await self._add_gap(tp, prev + 1, r.offset)
-                                gaps = True
-                            prev = r.offset
+                    if acks_enabled_for(tp.topic) and (gaps := offset_gaps(r_offset, recs)):
+                        for start, end in gaps:
+                            await self._add_gap(tp, start, end)
                         # `_add_gap` yields: a rebalance may have taken the partition (and its
                         # buffer) meanwhile, and a reassignment seeks it anew. Records buffered
                         # now would be processed for a partition this worker no longer holds.
-                        if gaps and (
-                            not self.flow_active or self.app.consumer_generation_id != generation
-                        ):
+                        if not self.flow_active or self.app.consumer_generation_id != generation:
                             break
                     buffer = buffers.get(tp.topic)
                     if buffer is None:  # faust's path needs ConsumerRecords
@@ -226,6 +219,23 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def offset_gaps(read_offset: int | None, recs: Iterable[Any]) -> list[tuple[int, int]]:
+    """Offsets missing between fetched records (aborted transactions and their markers, a
+    compacted source), as faust's `_add_gap(start, end)` takes them: without them acked,
+    faust's commit would stop at the first gap. `read_offset`: faust's for the partition (the
+    last offset read, or the offset sought); None on a partition's first fetch from offset 0
+    or with no commit, where only gaps between the fetched records count (faust does not
+    check the head then)."""
+    gaps = []
+    prev = read_offset
+    for r in recs:
+        offset = r.offset
+        if prev is not None and offset - prev > 1:
+            gaps.append((prev + 1, offset))
+        prev = offset
+    return gaps
 
 
 class KappaTransport(Transport):  # type: ignore[misc]

@@ -1,4 +1,5 @@
-"""BatchBuffer: the bounded per-topic buffer between faust's consumer and a pipeline's drain loop.
+"""BatchBuffer: the bounded per-topic buffer between faust's consumer and a pipeline's drain loop;
+and the offset gaps faust's commit bookkeeping must be told about.
 
 No broker: messages are plain objects with a partition, and time is a settable clock, so the
 linger is checked by what has or has not returned after the event loop ran, never by timing.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.batch_delivery import BatchBuffer
+from app.batch_delivery import BatchBuffer, offset_gaps
 
 LONG_LINGER_S = 3600.0  # never reached in a test: only the clock decides
 
@@ -102,3 +103,25 @@ async def test_a_full_buffer_holds_the_consumer_until_a_batch_is_taken() -> None
     assert taken == {0: [Msg(0, 1), Msg(0, 2)]}
     assert buffer.take() == {1: [Msg(1, 1)]}
     assert buffer.size == 0 and not buffer.has_data.is_set()
+
+
+def _at(*offsets: int) -> list[Msg]:
+    return [Msg(0, o) for o in offsets]
+
+
+@pytest.mark.parametrize(
+    ("read_offset", "offsets", "gaps"),
+    [
+        (9, (10, 11, 12), []),  # read 9, then 10-12
+        (9, (12, 13, 17), [(10, 12), (14, 17)]),  # 10-11 and 14-16 missing (faust's form)
+        (0, (4, 5), [(1, 4)]),  # offset 0 was the last read: 1-3 missing
+        # A first fetch from offset 0 or with no commit: the gaps between records still count
+        # (an aborted transaction in the first fetch would otherwise stop faust's commits).
+        (None, (0, 1, 5, 6, 9), [(2, 5), (7, 9)]),
+        (None, (3, 4), []),
+    ],
+)
+def test_offsets_missing_between_fetched_records_are_gaps(
+    read_offset: int | None, offsets: tuple[int, ...], gaps: list[tuple[int, int]]
+) -> None:
+    assert offset_gaps(read_offset, _at(*offsets)) == gaps
