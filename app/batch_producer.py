@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ProducerClosed
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.kafka_clients import Conn, new_producer
@@ -149,14 +150,20 @@ class OwnProducerSender:
         self.output_batch_bytes = output_batch_bytes
         self._sender: BatchSender | None = None
         self._starting = asyncio.Lock()
+        self._closed = False
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit | None = None) -> None:
         sender = self._sender
         if sender is None:
             async with self._starting:
+                if self._closed:  # stopping: a producer started now would never be stopped
+                    raise ProducerClosed()
                 if self._sender is None:
                     producer = new_batch_producer(self.kafka)
                     await producer.start()
+                    if self._closed:  # closed while it started
+                        await producer.stop()
+                        raise ProducerClosed()
                     self._sender = BatchSender(producer, True, self.output_batch_bytes)
                 sender = self._sender
         await sender.send(records, commit)
@@ -165,6 +172,7 @@ class OwnProducerSender:
         """Source partitions revoked: nothing to let go (one producer serves them all)."""
 
     async def close(self) -> None:
+        self._closed = True
         if self._sender is not None:
             await self._sender.producer.stop()
             self._sender = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from aiokafka.errors import ProducerClosed
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from app.batch_producer import BatchSender
+from app import batch_producer
+from app.batch_producer import BatchSender, OwnProducerSender
 from app.runtime import Produce
 
 
@@ -107,3 +110,15 @@ async def test_output_batches_are_cut_to_the_topics_message_limit() -> None:
     assert all(batch.size() <= 2500 for batch in dlq)
     (changelog,) = [batch for topic, batch in producer.batches if topic == "changelog"]
     assert changelog.record_count() == 3
+
+
+async def test_a_closed_sender_starts_no_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send after `close` (a drain loop still running during shutdown) fails like a send on a
+    stopped producer, instead of starting a producer nobody would stop."""
+    started: list[object] = []
+    monkeypatch.setattr(batch_producer, "new_batch_producer", lambda *a, **k: started.append(a))
+    sender = OwnProducerSender("127.0.0.1:1")  # type: ignore[arg-type]
+    await sender.close()
+    with pytest.raises(ProducerClosed):
+        await sender.send([Produce("t", 0, b"k", b"v", 0, [])])
+    assert started == []
