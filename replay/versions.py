@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -9,7 +10,7 @@ from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import UnknownError, for_code
+from aiokafka.errors import KafkaError, UnknownError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from app.admin import existing_topics
@@ -125,12 +126,7 @@ async def drop(settings: Settings, version: int) -> str:
         await admin.start()
         # The group first: a broker refuses to delete a group with members (workers of this
         # version elsewhere), and then nothing has been deleted yet.
-        group_note = await _delete_group(admin, topology.group_id)
-        if group_note is None:
-            raise ConfigError(
-                f"version {version} still has running workers (consumer group "
-                f"{topology.group_id} is not empty); stop them first"
-            )
+        group_note = await _delete_group(admin, topology.group_id, version)
         existing = set(await admin.list_topics())
         doomed = [t for t in topics if t in existing]
         if doomed:
@@ -178,27 +174,58 @@ def _undeleted(response: DeleteTopicsResult) -> list[tuple[str, str]]:
         topic, code = entry[0], entry[1]
         if code in (0, UNKNOWN_TOPIC_OR_PARTITION):
             continue
-        error = for_code(code)
         # aiokafka names only the codes it knows (73 TOPIC_DELETION_DISABLED is UnknownError).
-        name = error.__name__ + (f" (code {code})" if error is UnknownError else "")
-        failed.append((topic, name))
+        failed.append((topic, _error_name(code)))
     return failed
 
 
-async def _delete_group(admin: AIOKafkaAdminClient, group: str) -> str | None:
-    """What became of the group, or None if the broker refused: it still has members."""
-    try:
-        node = await admin.find_coordinator(group)
-        # aiokafka's admin has no delete-groups call; the protocol request is there.
-        resp = await admin._client.send(node, DeleteGroupsRequest([group]))
-        code = resp.results[0][1]
-    except Exception as e:  # report it; the rest of the drop goes on
-        return f"consumer group {group} not deleted ({type(e).__name__})"
-    if code == NON_EMPTY_GROUP:
-        return None
-    if code in (0, GROUP_ID_NOT_FOUND):
-        return f"consumer group {group} deleted"
-    return f"group {group}: error {code}"
+# The group's coordinator is loading or moving (a broker restart, a leader change): asked again.
+COORDINATOR_BUSY = (14, 15, 16)
+
+
+async def _delete_group(
+    admin: AIOKafkaAdminClient,
+    group: str,
+    version: int,
+    attempts: int = 6,
+    first_delay_s: float = 0.5,
+) -> str:
+    """Delete the version's consumer group, or refuse the drop. The broker's answer is the only
+    sign of the version's workers on other machines: it refuses to delete a group with members.
+    So the drop goes on only once the group is deleted or never existed; a coordinator that is
+    busy is asked again, and any other answer refuses the drop before anything is deleted."""
+    delay = first_delay_s
+    for attempt in range(attempts):
+        try:
+            node = await admin.find_coordinator(group)
+            # aiokafka's admin has no delete-groups call; the protocol request is there.
+            resp = await admin._client.send(node, DeleteGroupsRequest([group]))
+            code = resp.results[0][1]
+            error = "" if code in (0, GROUP_ID_NOT_FOUND) else _error_name(code)
+        except (KafkaError, OSError, TimeoutError) as e:
+            code, error = None, type(e).__name__
+        if code in (0, GROUP_ID_NOT_FOUND):
+            return f"consumer group {group} deleted"
+        if code == NON_EMPTY_GROUP:
+            raise ConfigError(
+                f"version {version} still has running workers (consumer group {group} is not "
+                "empty); stop them first"
+            )
+        if code is not None and code not in COORDINATOR_BUSY:
+            break
+        if attempt < attempts - 1:
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise ConfigError(
+        f"version {version} not dropped: could not delete its consumer group {group} ({error}), "
+        "the only check for its workers on other machines; nothing was deleted, run kappa drop "
+        f"{version} again"
+    )
+
+
+def _error_name(code: int) -> str:
+    error = for_code(code)
+    return error.__name__ + (f" (code {code})" if error is UnknownError else "")
 
 
 async def read_latest(

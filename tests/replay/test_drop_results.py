@@ -47,12 +47,29 @@ def test_responses_with_error_messages_are_read_too() -> None:
 
 
 @dataclass
+class GroupAnswers:
+    """The broker's answers to DeleteGroups, one per attempt (an exception: no answer)."""
+
+    answers: list[int | Exception]
+    asked: int = 0
+
+    async def send(self, node: int, request: object) -> object:
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return type("DeleteGroupsResponse", (), {"results": [("kappa-v2", answer)]})()
+
+
+@dataclass
 class RefusingAdmin:
-    """An admin client whose broker deletes the group but refuses to delete the topics."""
+    """An admin client whose broker deletes the group (unless told otherwise) but refuses to
+    delete the topics."""
 
     topics: list[str]
     deleted: list[list[str]] = field(default_factory=list)
     error_code: int = 29  # TOPIC_AUTHORIZATION_FAILED
+    _client: GroupAnswers = field(default_factory=lambda: GroupAnswers([0]))
 
     async def start(self) -> None:
         pass
@@ -61,7 +78,7 @@ class RefusingAdmin:
         pass
 
     async def find_coordinator(self, group: str) -> int:
-        raise OSError("no coordinator here")  # the drop reports it and goes on
+        return 0
 
     async def list_topics(self) -> list[str]:
         return self.topics
@@ -139,3 +156,47 @@ async def test_a_drop_marks_the_version_dropped_before_letting_go_of_its_state_d
     assert [r.status for r in registry.written] == [DROPPED]
     assert locked_while_marked == [True]
     assert not (tmp_path / "v2").exists()
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (68, "version 2 still has running workers (consumer group kappa-v2 is not empty)"),
+        (30, "could not delete its consumer group kappa-v2 (GroupAuthorizationFailedError)"),
+    ],
+)
+async def test_a_group_the_broker_does_not_delete_refuses_the_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: int, said: str
+) -> None:
+    """The group is the only sign of the version's workers on other machines: unless it is
+    deleted (or never existed), nothing of the version is."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    (tmp_path / "v2" / "orders" / "p0").mkdir(parents=True)
+    admin = RefusingAdmin(["orders.revenue-1m.v2"], error_code=0, _client=GroupAnswers([answer]))
+    registry = RecordingRegistry(RegistryView({2: VersionRecord(2, RUNNING, ["orders"])}, {}))
+    monkeypatch.setattr(versions, "new_admin", lambda _: admin)
+    monkeypatch.setattr(versions, "Registry", lambda _: registry)
+    with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        await versions.drop(settings, 2)
+    assert admin.deleted == [] and registry.written == []
+    assert (tmp_path / "v2" / "orders" / "p0").is_dir()
+    assert admin._client.asked == 1  # neither answer changes by asking again
+
+
+async def test_a_busy_coordinator_is_asked_again() -> None:
+    busy = GroupAnswers([OSError("connection reset"), 14, 16, 0])  # loading, moving, deleted
+    assert await versions._delete_group(RefusingAdmin([], _client=busy), "kappa-v2", 2, 6, 0) == (
+        "consumer group kappa-v2 deleted"
+    )
+    assert busy.asked == 4
+    gone = GroupAnswers([69])  # GROUP_ID_NOT_FOUND: no worker of the version ever ran
+    assert await versions._delete_group(RefusingAdmin([], _client=gone), "kappa-v2", 2, 6, 0) == (
+        "consumer group kappa-v2 deleted"
+    )
+
+
+async def test_a_coordinator_busy_for_every_attempt_refuses_the_drop() -> None:
+    busy = GroupAnswers([16])
+    with pytest.raises(ConfigError, match=r"NotCoordinatorForGroupError.*nothing was deleted"):
+        await versions._delete_group(RefusingAdmin([], _client=busy), "kappa-v2", 2, 3, 0)
+    assert busy.asked == 3
