@@ -462,16 +462,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         signal.signal(signal.SIGTERM, on_sigterm)  # inside: a SIGTERM right after is caught
         return int(args.fn(args) or 0)
-    except KafkaError as e:
+    except (KafkaError, TimeoutError) as e:  # TimeoutError: a read or fetch that never ended
         where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")
         hint = (
             " (is it running? start it with `kappa broker` or set KAPPA_BROKER)"
             if isinstance(e, (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable))
             else ""
         )
+        said = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}: no answer in time"
         print(
-            f"kappa {args.command}: error: Kafka broker at {where}: {type(e).__name__}: {e}{hint}",
-            file=sys.stderr,
+            f"kappa {args.command}: error: Kafka broker at {where}: {said}{hint}", file=sys.stderr
         )
         return EXIT_USAGE
     except (

@@ -294,19 +294,38 @@ def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
     assert "nope" in error  # the command still runs; test-only variables are known
 
 
-def test_a_write_the_broker_refuses_for_good_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A replay (or any command) whose writes the broker refuses for good (ACLs, sizes) stops
-    with the refusal's one line, as for bad configuration."""
-    from app import cli
+def _refused() -> BaseException:
     from app.send_refusals import SendRefused
 
-    def refused(args: object) -> int:
-        raise SendRefused("the broker refused writes to orders.dlq: ...")
+    return SendRefused("the broker refused writes to orders.dlq: ...")
 
-    monkeypatch.setattr(cli, "cmd_status", refused)
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        # A replay (or any command) whose writes the broker refuses for good (ACLs, sizes).
+        (_refused(), "the broker refused writes to orders.dlq: ..."),
+        # A read that never reached the end of a topic (an offline partition, a slow broker).
+        (
+            TimeoutError("reading orders.revenue-1m did not reach its end in 60s"),
+            "Kafka broker at 127.0.0.1:1: TimeoutError: reading orders.revenue-1m did not reach "
+            "its end in 60s",
+        ),
+        (TimeoutError(), "Kafka broker at 127.0.0.1:1: TimeoutError: no answer in time"),
+    ],
+)
+def test_broker_trouble_met_by_a_command_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    line: str,
+) -> None:
+    from app import cli
+
+    def failing(args: object) -> int:
+        raise error
+
+    monkeypatch.setenv("KAPPA_BROKER", "127.0.0.1:1")
+    monkeypatch.setattr(cli, "cmd_status", failing)
     assert cli.main(["status"]) == 2
-    assert capsys.readouterr().err == (
-        "kappa status: error: the broker refused writes to orders.dlq: ...\n"
-    )
+    assert capsys.readouterr().err == f"kappa status: error: {line}\n"
