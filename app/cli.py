@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -132,7 +133,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from replay.runner import prepare_replay
 
         # Refused here, in one line, rather than once per process.
-        topology = asyncio.run(prepare_replay(settings, opts))[2]
+        whole = dataclasses.replace(opts, process_count=args.processes)
+        topology = asyncio.run(prepare_replay(settings, whole))[2]
         lock_state_dir(topology.state_root(), shared=True).release()
         child = [*args.pipelines, "--version", str(args.version)]
         if args.since is not None:

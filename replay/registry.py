@@ -5,7 +5,9 @@ partition of a replay stage that reached its snapshot), so several replay proces
 version can coordinate through it, `complete/N` (a replay of N finished: it moves a
 running version to complete, and nothing else, so it never undoes a promote or a drop that
 landed meanwhile; Kafka has no conditional writes), and `definition/N` (the window settings
-version N's results are built with, recorded by its first worker or replay).
+version N's results are built with, recorded by its first worker or replay), and `split/N`
+(how many processes replay it, `--process I/N`: processes of one version that split it
+differently would miss or overlap partitions).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class RegistryView:
     marked: dict[int, int] = field(default_factory=dict)
     # version → the settings its windows were built with (`definition/N`, the first one wins)
     definitions: dict[int, dict[str, object]] = field(default_factory=dict)
+    # version → the number of processes its replay is split over (`split/N`, the first wins)
+    splits: dict[int, int] = field(default_factory=dict)
 
     @property
     def live(self) -> int:
@@ -104,6 +108,9 @@ class Registry:
     async def put_definition(self, version: int, definition: dict[str, object]) -> None:
         await self.put((f"definition/{version}", definition))
 
+    async def put_split(self, version: int, processes: int) -> None:
+        await self.put((f"split/{version}", {"processes": processes}))
+
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
 
@@ -137,13 +144,16 @@ async def require_definition(
     nothing). Two first ones at the same moment: the first record wins, and the other is
     refused here after reading it back."""
     mine = version_definition(registry.settings)
+    wrote = False
     if version not in view.definitions:
         if not record:
             return
         await registry.put_definition(version, mine)
-        view = await registry.load()
+        view, wrote = await registry.load(), True
     built = view.definitions[version]
     if built != mine:
+        if wrote:  # lost the race: the winner's is written again, so compaction keeps it
+            await registry.put_definition(version, built)
         have = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(mine.items()))
         was = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(built.items()))
         nxt = max([*view.versions, *view.definitions, view.live]) + 1
@@ -170,6 +180,8 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
                 rec.status, rec.updated_at = COMPLETE, str(d["at"])
         elif name.startswith("definition/"):
             view.definitions.setdefault(int(name.split("/")[1]), dict(d))
+        elif name.startswith("split/"):
+            view.splits.setdefault(int(name.split("/")[1]), int(d["processes"]))
         elif name.startswith("progress/"):
             _, v, pipeline, p = name.split("/")
             view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
@@ -199,3 +211,30 @@ def require_version(view: RegistryView, version: int) -> VersionRecord:
         known = ", ".join(str(v) for v in sorted(view.versions)) or "none"
         raise ConfigError(f"version {version} is not in the registry (known: {known})")
     return rec
+
+
+async def require_split(
+    registry: Registry, view: RegistryView, version: int, processes: int, record: bool = True
+) -> None:
+    """Refuse to replay a running version split over another number of processes than it was
+    started with: each process takes the partitions `p % N == I`, so two splits would miss
+    partitions (and every process would wait for them forever) or replay some twice. The first
+    process records the split (`record=False`: a check that writes nothing); as for window
+    settings, the first record wins and is written again by a process that lost the race."""
+    rec = view.versions.get(version)
+    if rec is not None and rec.status != RUNNING:  # replayed to its end: nothing left to split
+        return
+    wrote = False
+    if version not in view.splits:
+        if not record:
+            return
+        await registry.put_split(version, processes)
+        view, wrote = await registry.load(), True
+    started = view.splits[version]
+    if started != processes:
+        if wrote:
+            await registry.put_split(version, started)
+        raise ConfigError(
+            f"version {version} is being replayed by {started} process(es) (--process I/{started} "
+            f"or --processes {started}), not {processes}: resume every process of it the same way"
+        )

@@ -36,6 +36,7 @@ from replay.registry import (
     RegistryView,
     VersionRecord,
     require_definition,
+    require_split,
 )
 from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
@@ -63,6 +64,12 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     # and `kappa drop` out while it runs.
     lock = lock_state_dir(topology.state_root(), shared=True)
     try:
+        # Checked again under the lock: a drop that ended since would otherwise see its
+        # version rebuilt. Only now, with every check passed, is anything recorded.
+        view = await registry.load()
+        rec = _check_version(view, topology, opts) or rec
+        await require_definition(registry, view, opts.version)
+        await require_split(registry, view, opts.version, opts.process_count)
         return await _replay(settings, opts, registry, view, topology, rec, started)
     finally:
         lock.release()
@@ -81,8 +88,8 @@ async def prepare_replay(
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)
-    # A dry run or the pre-check of --processes records nothing.
-    await require_definition(registry, view, opts.version, record=create)
+    await require_definition(registry, view, opts.version, record=False)
+    await require_split(registry, view, opts.version, opts.process_count, record=False)
     if rec is None:
         snapshot = {
             topology.physical(t): {

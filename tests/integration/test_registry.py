@@ -20,6 +20,7 @@ from replay.registry import (
     Registry,
     VersionRecord,
     require_definition,
+    require_split,
 )
 from replay.runner import _create_version
 from replay.versions import diff, drop
@@ -263,3 +264,89 @@ async def test_of_two_first_runs_with_other_settings_the_first_record_wins(
     await require_definition(other, stale, 9)  # lands first
     with pytest.raises(ConfigError, match="version 9 is built with KAPPA_GRACE_MS=0"):
         await require_definition(registry, stale, 9)
+    (records,) = (await read_to_end(registry.settings.kafka, registry.topic)).values()
+    newest = [r for r in records if r.key == b"definition/9"][-1]
+    assert json.loads(newest.value)["grace_ms"] == 0  # what compaction keeps: the winner's
+
+
+async def test_a_running_versions_split_is_recorded_once_and_then_required(
+    registry: Registry,
+) -> None:
+    await registry.ensure()  # as `kappa replay` does first: one partition
+    await registry.put_version(running(10, 5))
+    await require_split(registry, await registry.load(), 10, 2, record=False)  # a check only
+    assert 10 not in (await registry.load()).splits
+    await require_split(registry, await registry.load(), 10, 2)  # the first: recorded
+    await require_split(registry, await registry.load(), 10, 2)  # the same: fine
+    with pytest.raises(ConfigError) as refused:
+        await require_split(registry, await registry.load(), 10, 3)
+    assert str(refused.value) == (
+        "version 10 is being replayed by 2 process(es) (--process I/2 or --processes 2), not 3: "
+        "resume every process of it the same way"
+    )
+    await registry.put_completion(10)  # replayed to its end: nothing left to split
+    await require_split(registry, await registry.load(), 10, 3)
+
+
+async def test_of_two_first_processes_with_other_splits_the_first_record_wins(
+    registry: Registry,
+) -> None:
+    stale = await registry.load()  # `--process 0/2` and `--process 1/3`, started at once
+    # (load creates the registry, with one partition)
+    await require_split(registry, stale, 11, 2)  # lands first
+    with pytest.raises(ConfigError, match="by 2 process"):
+        await require_split(registry, stale, 11, 3)
+    (records,) = (await read_to_end(registry.settings.kafka, registry.topic)).values()
+    newest = [r for r in records if r.key == b"split/11"][-1]
+    assert json.loads(newest.value) == {"processes": 2}  # what compaction keeps
+
+
+def _replay_settings(broker: str, unique: str, tmp_path: Path, name: str) -> Settings:
+    return load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"{name}-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+
+
+async def test_a_replay_refuses_a_version_dropped_after_its_checks(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `kappa drop` that ends between a replay's checks and its lock: the replay must not
+    rebuild the dropped version's topics and state."""
+    from app.admin import ensure_topics, existing_topics
+    from replay import runner
+    from replay.runner import ReplayOptions, run_replay
+
+    settings = _replay_settings(broker, unique, tmp_path, "race")
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    registry = Registry(settings)
+    prepare = runner.prepare_replay
+
+    async def prepare_then_drop(*args: Any, **kwargs: Any) -> Any:
+        prepared = await prepare(*args, **kwargs)
+        await registry.put_version(VersionRecord(3, DROPPED))  # what `kappa drop 3` writes
+        return prepared
+
+    monkeypatch.setattr(runner, "prepare_replay", prepare_then_drop)
+    with pytest.raises(ConfigError, match="version 3 was dropped"):
+        await run_replay(settings, ReplayOptions(3, ["orders"], progress=False))
+    topology = Topology(settings, 3).select(["orders"])
+    assert not set(topology.output_topics()) & await existing_topics(broker)
+    assert not (await registry.load()).definitions.get(3)
+
+
+async def test_a_refused_replay_records_nothing(broker: str, unique: str, tmp_path: Path) -> None:
+    """Refused before it starts (here: no source topic), a replay leaves no window settings or
+    split behind that a corrected run would then be refused by."""
+    from app.topic_reader import TopicMissing
+    from replay.runner import ReplayOptions, run_replay
+
+    settings = _replay_settings(broker, unique, tmp_path, "refused")
+    with pytest.raises(TopicMissing):
+        await run_replay(settings, ReplayOptions(2, ["orders"], progress=False))
+    view = await Registry(settings).load()
+    assert (view.definitions, view.splits, view.versions) == ({}, {}, {})
