@@ -115,6 +115,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             "--metrics-port is not served with --processes; run --process I/N processes, "
             "each with its own port"
         )
+    if args.parent_pid is not None:
+        from replay.parallel import stop_with_parent
+
+        stop_with_parent(args.parent_pid)
     settings = _settings_with_broker()
     index, count = args.process
     opts = ReplayOptions(
@@ -340,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--no-progress", action="store_true", help="log lines instead of a progress bar"
     )
+    # Given by `--processes N` to its children: the parent's pid (they stop when it dies).
+    sp.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
     add("versions", cmd_versions, "List versions: status, pipelines, creation time, snapshot size.")
     sp = add("promote", cmd_promote, "Make a version live (workers without --version run it).")
@@ -490,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 128 + signal.SIGTERM if terminated else 130
+    except BrokenPipeError:  # stdout's reader went away (`kappa tail ... | head`, a dead parent)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
     finally:
         signal.signal(signal.SIGTERM, previous)
 

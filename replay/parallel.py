@@ -6,6 +6,8 @@ coordinate through the version registry exactly as separately started processes 
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +52,8 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
                         "--no-progress",
                         "--process",
                         f"{i}/{processes}",
+                        "--parent-pid",
+                        str(os.getpid()),
                     ],
                     stdout=subprocess.PIPE,
                     text=True,
@@ -95,6 +99,20 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
         return 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
     return code, f"{total.line()} across {processes} processes"
+
+
+# prctl(2) option: a signal for this process when the thread that started it exits.
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """In a child of `--processes N`: be sent SIGTERM (which stops a replay in order) when the
+    parent dies, even by SIGKILL. Left running, children would hold the version's state
+    directory, and running the command again to resume would be refused. Linux only."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before that
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop(children: list[subprocess.Popen[str]]) -> None:

@@ -1,10 +1,19 @@
-"""`kappa replay --processes N` when no child gets as far as its summary line."""
+"""`kappa replay --processes N` when no child gets as far as its summary line, or its parent
+dies first."""
 
 from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from replay.parallel import exit_code, run_parallel
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_children_that_all_fail_give_their_exit_status_and_say_so(
@@ -19,3 +28,67 @@ def test_children_that_all_fail_give_their_exit_status_and_say_so(
 
 def test_a_child_killed_by_a_signal_exits_as_a_shell_reports_it() -> None:
     assert (exit_code(-9), exit_code(-15), exit_code(2), exit_code(0)) == (137, 143, 2, 0)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_child_stops_when_its_parent_is_killed() -> None:
+    """`kill -9` of `kappa replay --processes N` must not leave its children replaying: they
+    would hold the version's state directory, and running the command again would be refused."""
+    child = (
+        "import sys, time; from replay.parallel import stop_with_parent; "
+        "stop_with_parent(int(sys.argv[1])); print('ready', flush=True); time.sleep(120)"
+    )
+    parent = (
+        "import os, subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())], "
+        "stdout=subprocess.PIPE, text=True); "
+        "c.stdout.readline(); print(c.pid, flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        child_pid = int(proc.stdout.readline())
+        assert not _gone(child_pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not _gone(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child_pid), "the child outlived its parent"
+    finally:
+        proc.kill()
+
+
+def test_a_command_whose_reader_went_away_exits_quietly() -> None:
+    """`kappa tail ... | head`, or a `--processes` child whose parent died: no traceback."""
+    script = (
+        "import sys; from app import cli\n"
+        "def chatty(args):\n"
+        "    for _ in range(1_000_000):\n"
+        "        print('x' * 100)\n"
+        "cli.cmd_status = chatty\n"
+        "sys.exit(cli.main(['status']))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away
+    assert proc.wait(60) == 128 + signal.SIGPIPE
+    assert proc.stderr.read() == ""
