@@ -13,8 +13,11 @@ differently would miss or overlap partitions).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
 from app.admin import ensure_topics
 from app.kafka_clients import new_producer
@@ -22,6 +25,7 @@ from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
+T = TypeVar("T")
 
 
 def now_iso() -> str:
@@ -144,16 +148,15 @@ async def require_definition(
     nothing). Two first ones at the same moment: the first record wins, and the other is
     refused here after reading it back."""
     mine = version_definition(registry.settings)
-    wrote = False
-    if version not in view.definitions:
-        if not record:
-            return
-        await registry.put_definition(version, mine)
-        view, wrote = await registry.load(), True
-    built = view.definitions[version]
-    if built != mine:
-        if wrote:  # lost the race: the winner's is written again, so compaction keeps it
-            await registry.put_definition(version, built)
+    built, view = await _first_recorded(
+        registry,
+        view,
+        lambda v: v.definitions.get(version),
+        partial(registry.put_definition, version),
+        mine,
+        record,
+    )
+    if built is not None and built != mine:
         have = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(mine.items()))
         was = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(built.items()))
         nxt = max([*view.versions, *view.definitions, view.live]) + 1
@@ -224,17 +227,37 @@ async def require_split(
     rec = view.versions.get(version)
     if rec is not None and rec.status != RUNNING:  # replayed to its end: nothing left to split
         return
-    wrote = False
-    if version not in view.splits:
-        if not record:
-            return
-        await registry.put_split(version, processes)
-        view, wrote = await registry.load(), True
-    started = view.splits[version]
-    if started != processes:
-        if wrote:
-            await registry.put_split(version, started)
+    started, _ = await _first_recorded(
+        registry,
+        view,
+        lambda v: v.splits.get(version),
+        partial(registry.put_split, version),
+        processes,
+        record,
+    )
+    if started is not None and started != processes:
         raise ConfigError(
             f"version {version} is being replayed by {started} process(es) (--process I/{started} "
             f"or --processes {started}), not {processes}: resume every process of it the same way"
         )
+
+
+async def _first_recorded(
+    registry: Registry,
+    view: RegistryView,
+    recorded: Callable[[RegistryView], T | None],
+    put: Callable[[T], Awaitable[None]],
+    mine: T,
+    record: bool,
+) -> tuple[T | None, RegistryView]:
+    """The value of a first-record-wins key (Kafka has no conditional write): `mine` is
+    recorded if none is (unless `record` is False); if another process's landed first, that
+    one is written again, so the newest record, all compaction keeps, carries it too."""
+    found = recorded(view)
+    if found is None and record:
+        await put(mine)
+        view = await registry.load()
+        found = recorded(view)
+        if found != mine:
+            await put(found)  # type: ignore[arg-type]
+    return found, view
