@@ -350,3 +350,26 @@ async def test_a_refused_replay_records_nothing(broker: str, unique: str, tmp_pa
         await run_replay(settings, ReplayOptions(2, ["orders"], progress=False))
     view = await Registry(settings).load()
     assert (view.definitions, view.splits, view.versions) == ({}, {}, {})
+
+
+async def test_a_split_replay_is_resumed_by_the_same_processes_option(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`--processes 2` killed midway and run again: its pre-check compares the recorded split
+    with 2, not with the parent's own share (1 of 1); `--processes 3` is refused."""
+    from app.admin import ensure_topics
+    from tests.support.workers import kappa_env, run_kappa
+
+    env = kappa_env(broker, unique, tmp_path)
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("KAPPA_")})
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    registry = Registry(settings)
+    names = sorted(p.name for p in Topology(settings, 2).pipelines)
+    await registry.ensure()
+    empty = {f"{unique}.orders": {str(p): 0 for p in range(settings.partitions)}}
+    await registry.put_version(VersionRecord(2, RUNNING, names, empty))
+    await registry.put_split(2, 2)  # as the children of a killed `--processes 2` left it
+    refused = run_kappa(["replay", "--version", "2", "--processes", "3"], env)
+    assert refused.returncode == 2 and "being replayed by 2 process(es)" in refused.stderr
+    resumed = run_kappa(["replay", "--version", "2", "--processes", "2"], env, timeout=60)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
