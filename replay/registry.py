@@ -258,6 +258,6 @@ async def _first_recorded(
         await put(mine)
         view = await registry.load()
         found = recorded(view)
-        if found != mine:
-            await put(found)  # type: ignore[arg-type]
+        if found is not None and found != mine:
+            await put(found)
     return found, view
