@@ -189,7 +189,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from replay.versions import diff
+    from replay.diff import diff
 
     report, differences = asyncio.run(diff(_settings_with_broker(), args.v1, args.v2, args.limit))
     print(report)

@@ -8,6 +8,7 @@ watermark in a fetch response is right there and on Apache Kafka alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,28 +44,51 @@ async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> list[Topi
 
 
 async def read_to_end(
-    bootstrap: Conn, topic: str, timeout_s: float = 60.0, max_records: int = 10_000
+    bootstrap: Conn, topic: str, stall_timeout_s: float = 60.0, max_records: int = 10_000
 ) -> dict[int, list[ConsumerRecord]]:
     """Every record of `topic`, per partition in offset order, up to the high watermark seen."""
+    out: dict[int, list[ConsumerRecord]] = {}
+    async with contextlib.aclosing(
+        read_chunks(bootstrap, topic, stall_timeout_s, max_records)
+    ) as chunks:
+        async for partition, records in chunks:
+            out.setdefault(partition, []).extend(records)
+    return out
+
+
+async def read_chunks(
+    bootstrap: Conn, topic: str, stall_timeout_s: float = 60.0, max_records: int = 10_000
+) -> AsyncIterator[tuple[int, list[ConsumerRecord]]]:
+    """Every record of `topic` up to the high watermark seen, as (partition, records) chunks,
+    each partition's in offset order; every partition is yielded, an empty one with [].
+
+    For reads too large to hold: the caller folds chunks as they come. TimeoutError only when
+    the read makes no progress for `stall_timeout_s`, however long the whole read takes.
+    """
     consumer = bounded_consumer(bootstrap)
     await consumer.start()
     try:
         tps = await assign_from_start(consumer, topic)
-        out: dict[int, list[ConsumerRecord]] = {tp.partition: [] for tp in tps}
+        for tp in tps:
+            yield tp.partition, []
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = loop.time() + stall_timeout_s
         pending = set(tps)
         while pending:
             if loop.time() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s}s")
+                raise TimeoutError(
+                    f"reading {topic} made no progress for {stall_timeout_s:g}s "
+                    f"({len(pending)} partitions short of their end)"
+                )
             batches = await consumer.getmany(*pending, timeout_ms=200, max_records=max_records)
             for tp, records in batches.items():
-                out[tp.partition].extend(records)
+                if records:
+                    deadline = loop.time() + stall_timeout_s
+                    yield tp.partition, records
             for tp in list(pending):
                 hw = consumer.highwater(tp)
                 if hw is not None and await consumer.position(tp) >= hw:
                     pending.discard(tp)
-        return out
     finally:
         await consumer.stop()
 

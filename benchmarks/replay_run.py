@@ -58,7 +58,7 @@ async def check_replay(bootstrap: str, topic: str, dataset: Dataset) -> dict[str
     """Sum of window counts == good orders, sum of window sums ≈ the generator's total."""
     windows: dict[tuple[str, int, int], dict[str, Any]] = {}
     provisional = 0
-    for records in (await read_to_end(bootstrap, topic, timeout_s=300)).values():
+    for records in (await read_to_end(bootstrap, topic, stall_timeout_s=300)).values():
         for r in records:
             w = json.loads(r.value)
             windows[(w["product_id"], w["window_start"], w["window_end"])] = w

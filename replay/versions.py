@@ -1,14 +1,12 @@
-"""`kappa versions | promote | drop | diff | status`: managing what replays produced."""
+"""`kappa versions | promote | drop | status`: managing what replays produced."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, UnknownError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
@@ -17,7 +15,6 @@ from app.admin import existing_topics
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
-from app.topic_reader import read_to_end
 from app.topology import Topology
 from replay.registry import (
     COMPLETE,
@@ -28,10 +25,6 @@ from replay.registry import (
     VersionRecord,
     require_version,
 )
-
-PROVISIONAL = "__provisional"  # marks a window emitted by a replay's final flush
-REVENUE = "orders.revenue-1m"
-USER_TOTALS = "orders.user-totals"
 
 
 async def list_versions(settings: Settings) -> str:
@@ -226,137 +219,6 @@ async def _delete_group(
 def _error_name(code: int) -> str:
     error = for_code(code)
     return error.__name__ + (f" (code {code})" if error is UnknownError else "")
-
-
-async def read_latest(
-    settings: Settings, topic: str, key_fields: tuple[str, ...]
-) -> dict[tuple, dict]:  # type: ignore[type-arg]
-    """Last value per key (upsert semantics) of a JSON output topic."""
-    latest: dict[tuple, dict] = {}  # type: ignore[type-arg]
-    for recs in (await read_to_end(settings.kafka, topic)).values():
-        upsert_latest(latest, recs, key_fields, topic)
-    return latest
-
-
-def upsert_latest(
-    latest: dict[tuple, dict],  # type: ignore[type-arg]
-    records: Iterable[ConsumerRecord],
-    key_fields: tuple[str, ...],
-    topic: str,
-) -> None:
-    """Fold one partition's output records (offset order) into `latest`, by key. An output
-    record Kappa did not write is reported in one line naming where it is."""
-    for r in records:
-        if r.value is None:
-            continue
-        try:
-            d = json.loads(r.value)
-            key = tuple(d[f] for f in key_fields)
-            hash(key)
-        except (ValueError, TypeError, KeyError, RecursionError) as e:
-            raise ConfigError(
-                f"{topic}[{r.partition}] offset {r.offset} is not a Kappa output record "
-                f"({type(e).__name__}): only Kappa may write to a version's output topics"
-            ) from None
-        # `final` says how the version emits (KAPPA_EMIT_UPDATES), not what it computed.
-        d.pop("final", None)
-        if any(k == "kappa.provisional" for k, _ in r.headers or ()):
-            d[PROVISIONAL] = True
-        latest[key] = d
-
-
-async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
-    """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
-    view = await Registry(settings).load()
-    recs = {v: require_version(view, v) for v in (v1, v2)}
-    for v, rec in recs.items():
-        if rec.status == DROPPED:
-            raise ConfigError(f"version {v} was dropped: its outputs are gone")
-    # A replay of some pipelines (`kappa replay orders --version 3`) has only their outputs.
-    t1, t2 = (Topology(settings, v).select(recs[v].pipelines) for v in (v1, v2))
-    lines: list[str] = []
-    total = 0
-    compared: list[str] = []
-    skipped: list[str] = []
-    for logical, keys in (
-        (REVENUE, ("product_id", "window_start", "window_end")),
-        (USER_TOTALS, ("user_id",)),
-    ):
-        lacking = [t for t in (t1, t2) if logical not in _outputs(t)]
-        if lacking:
-            ran_only = "; ".join(
-                f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
-                for t in lacking
-            )
-            lines.append(f"{logical}: skipped ({ran_only})")
-            skipped.append(logical)
-            continue
-        compared.append(logical)
-        a = await read_latest(settings, t1.physical(logical), keys)
-        b = await read_latest(settings, t2.physical(logical), keys)
-        # A window still open on one side and flushed (provisional) on the other is not a
-        # difference in results: it is reported, not counted.
-        provisional = {
-            k for k in set(a) | set(b) if PROVISIONAL in a.get(k, {}) or PROVISIONAL in b.get(k, {})
-        }
-        only_a = sorted(set(a) - set(b) - provisional)
-        only_b = sorted(set(b) - set(a) - provisional)
-        changed = sorted(k for k in (set(a) & set(b)) - provisional if not _same(a[k], b[k]))
-        n = len(only_a) + len(only_b) + len(changed)
-        total += n
-        lines.append(
-            f"{logical}: {len(a):,} in v{v1}, {len(b):,} in v{v2}; {len(only_a)} only in v{v1}, "
-            f"{len(only_b)} only in v{v2}, {len(changed)} differ"
-            + (
-                f"; {len(provisional)} provisional (flushed by a replay), not compared"
-                if provisional
-                else ""
-            )
-        )
-        shown = 0
-        for k in only_a:
-            if shown < limit:
-                lines.append(f"  - v{v1} only {k}: {json.dumps(a[k])}")
-                shown += 1
-        for k in only_b:
-            if shown < limit:
-                lines.append(f"  + v{v2} only {k}: {json.dumps(b[k])}")
-                shown += 1
-        for k in changed:
-            if shown < limit:
-                fields = {
-                    f: (a[k].get(f), b[k].get(f))
-                    for f in {**a[k], **b[k]}
-                    if not _close(a[k].get(f), b[k].get(f))
-                }
-                lines.append(
-                    f"  ~ {k}: " + ", ".join(f"{f} {x} → {y}" for f, (x, y) in fields.items())
-                )
-                shown += 1
-        if n > shown:
-            lines.append(f"  … {n - shown} more")
-    if total:
-        lines.append(f"{total} differences")
-    elif skipped:  # "identical" alone would vouch for outputs nobody compared
-        lines.append(f"identical in {', '.join(compared)} ({', '.join(skipped)} not compared)")
-    else:
-        lines.append("identical")
-    return "\n".join(lines), total
-
-
-def _outputs(topology: Topology) -> set[str]:
-    """The logical output topics the topology's selected pipelines write."""
-    return {t for p in topology.pipelines for t in p.outputs}
-
-
-def _close(x: object, y: object) -> bool:
-    if isinstance(x, float) and isinstance(y, float):
-        return abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y))
-    return x == y
-
-
-def _same(a: dict, b: dict) -> bool:  # type: ignore[type-arg]
-    return a.keys() == b.keys() and all(_close(a[f], b[f]) for f in a)
 
 
 async def status(settings: Settings) -> str:

@@ -170,10 +170,11 @@ class RocksStore:
         with self._io_errors():
             return [get(k) for k in keys]
 
-    def scan(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, start: bytes = b"", stop: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Entries with start <= key < stop (to the end if stop is None), in key order."""
         with self._io_errors():
             for k, v in self.db.items(from_key=start):
-                if k >= stop:
+                if stop is not None and k >= stop:
                     break
                 yield k, v
 

@@ -12,6 +12,7 @@ from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
+from replay.diff import diff
 from replay.registry import (
     COMPLETE,
     DROPPED,
@@ -23,7 +24,7 @@ from replay.registry import (
     require_split,
 )
 from replay.runner import _create_version
-from replay.versions import diff, drop
+from replay.versions import drop
 
 pytestmark = pytest.mark.integration
 
