@@ -79,6 +79,7 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
     # New first: until the old one is marked complete, it stays live (`RegistryView.live`: the
     # earliest marked wins), so a promote that stops in between changes nothing and can be
     # run again. Every other version still marked live (by such a promote) is then complete.
+    was = rec.status
     rec.status = LIVE
     await registry.put_version(rec)
     for other in view.versions.values():
@@ -88,6 +89,16 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
     if previous.version not in view.versions:
         previous.status = COMPLETE
         await registry.put_version(previous)
+    # Two promotes at once (of different versions) both read the same live version: the one
+    # marked first is live (`RegistryView.live`), and the other takes its mark back.
+    live = (await registry.load()).live
+    if live != version:
+        rec.status = was
+        await registry.put_version(rec)
+        raise ConfigError(
+            f"version {live} was promoted at the same time and is live; version {version} was "
+            f"not promoted (run kappa promote {version} again to make it live)"
+        )
     return (
         f"version {version} is live (was {previous.version}); restart workers without --version "
         "to run it"

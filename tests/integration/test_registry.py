@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ from replay.registry import (
     LIVE,
     RUNNING,
     Registry,
+    RegistryView,
     VersionRecord,
     require_definition,
     require_split,
 )
 from replay.runner import _create_version
-from replay.versions import drop
+from replay.versions import drop, promote
 
 pytestmark = pytest.mark.integration
 
@@ -223,6 +225,44 @@ async def test_a_replay_finishing_after_a_promote_leaves_the_version_live(
     await registry.put_completion(4)
     view = await registry.load()
     assert view.versions[4].status == LIVE and view.live == 4
+
+
+async def test_two_promotes_at_once_leave_one_version_live_and_say_so(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both read version 2 live before either wrote: the first marked wins, the other says it
+    was not promoted and takes its mark back (both used to print "is live")."""
+    for v in (2, 3, 4):
+        status = LIVE if v == 2 else COMPLETE
+        await registry.put_version(VersionRecord(v, status, ["orders"], {"orders": {"0": 10}}))
+    both_read = asyncio.Barrier(2)
+    first_loads = [0]
+    load = Registry.load
+
+    async def load_together(self: Registry, create: bool = True) -> RegistryView:
+        view = await load(self, create)
+        if first_loads[0] < 2:  # each promote's first read sees the same registry
+            first_loads[0] += 1
+            await both_read.wait()
+        return view
+
+    monkeypatch.setattr(Registry, "load", load_together)
+    results = await asyncio.gather(
+        *(promote(registry.settings, v, force=False) for v in (3, 4)), return_exceptions=True
+    )
+    view = await load(registry)
+    loser = 4 if view.live == 3 else 3
+    assert view.live in (3, 4)
+    assert results[view.live - 3] == (
+        f"version {view.live} is live (was 2); restart workers without --version to run it"
+    )
+    refused = results[loser - 3]
+    assert isinstance(refused, ConfigError)
+    assert str(refused) == (
+        f"version {view.live} was promoted at the same time and is live; version {loser} was "
+        f"not promoted (run kappa promote {loser} again to make it live)"
+    )
+    assert view.versions[loser].status == COMPLETE and view.versions[2].status == COMPLETE
 
 
 async def test_a_replay_finishing_completes_a_running_version_only(registry: Registry) -> None:
