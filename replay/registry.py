@@ -62,6 +62,12 @@ class RegistryView:
         live = [v for v, rec in self.versions.items() if rec.status == LIVE]
         return min(live, key=lambda v: self.marked.get(v, 0)) if live else 1
 
+    @property
+    def unused_version(self) -> int:
+        """A version number nothing in the registry names yet, for hints in refusals (a
+        replay that stopped early may have recorded only a version's window settings)."""
+        return max([*self.versions, *self.definitions, *self.splits, self.live]) + 1
+
 
 class Registry:
     def __init__(self, settings: Settings) -> None:
@@ -159,11 +165,10 @@ async def require_definition(
     if built is not None and built != mine:
         have = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(mine.items()))
         was = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(built.items()))
-        nxt = max([*view.versions, *view.definitions, view.live]) + 1
         raise ConfigError(
             f"version {version} is built with {was}, not {have}: a version's windows never "
-            f"change; replay into a new version (kappa replay --version {nxt}) or restore "
-            "those settings"
+            f"change; replay into a new version (kappa replay --version "
+            f"{view.unused_version}) or restore those settings"
         )
 
 

@@ -192,8 +192,9 @@ def _check_version(
 ) -> VersionRecord | None:
     v = opts.version
     if v == view.live:
-        nxt = max([*view.versions, view.live]) + 1
-        raise ConfigError(f"version {v} is live; replay into a new version (e.g. --version {nxt})")
+        raise ConfigError(
+            f"version {v} is live; replay into a new version (e.g. --version {view.unused_version})"
+        )
     rec = view.versions.get(v)
     if rec is None:
         return None

@@ -103,3 +103,14 @@ async def test_promotes_that_stop_halfway_change_nothing_and_can_be_finished(
     await promote(4)  # 2 and the stale 3 are marked complete
     view = await registry.load()
     assert view.live == 4 and [view.versions[v].status for v in (1, 2, 3)] == ["complete"] * 3
+
+
+def test_a_refusal_suggests_a_version_number_nothing_has_used() -> None:
+    """A replay that stopped after recording only its window settings or split used a number."""
+    view = RegistryView({}, {})
+    assert view.unused_version == 2  # version 1 is live before any promote
+    fold_record(view, b"version/3", json.dumps(VersionRecord(3, "complete").__dict__).encode(), "")
+    fold_record(view, b"definition/5", b'{"window_ms": 60000}', "here")
+    assert view.unused_version == 6
+    fold_record(view, b"split/7", b'{"processes": 2}', "here")
+    assert view.unused_version == 8
