@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError
 
 from agents.base import Pipeline
 from app.admin import copy_max_bytes, ensure_topics, require_partitions, warn_time_retention
@@ -40,6 +42,8 @@ from replay.registry import (
 )
 from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
+
+log = logging.getLogger("kappa.replay")
 
 
 @dataclass
@@ -325,7 +329,12 @@ async def _consume(
 
 
 async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """Commit a version's positions so its live worker (after a promote) continues there."""
+    """Commit a version's positions so its live worker (after a promote) continues there.
+
+    If workers of the version run by now (`promote --force` while it replayed), Apache Kafka
+    refuses a commit from outside their group (UNKNOWN_MEMBER_ID): the positions are theirs,
+    and the replay ends without overwriting them.
+    """
     if not offsets:
         return
     consumer = new_consumer(bootstrap, group_id=group, enable_auto_commit=False)
@@ -334,6 +343,13 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
         tps = {p: TopicPartition(topic, p) for p in offsets}
         consumer.assign(list(tps.values()))
         await consumer.commit({tps[p]: o for p, o in offsets.items()})
+    except CommitFailedError:
+        log.warning(
+            "consumer group %s has members (workers of this version): the replay's positions "
+            "in %s were not committed, the workers keep theirs",
+            group,
+            topic,
+        )
     finally:
         await consumer.stop()
 
