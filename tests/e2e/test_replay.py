@@ -103,21 +103,31 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout + diff.stderr
 
 
-async def test_replay_killed_midway_resumes_to_identical_results(dataset: Dataset) -> None:
-    env = {
-        **dataset.env,
-        "KAPPA_REPLAY_BATCH_MAX": "400",
-        "KAPPA_CHAOS_KILL": "orders:4:after-send",
-    }
-    killed = run_kappa(["replay", "--version", "3", "--no-progress"], env)
-    assert killed.returncode == -9, killed.stdout + killed.stderr  # SIGKILL midway
+@pytest.mark.parametrize(
+    ("version", "kill_at", "split"),
+    [
+        (3, "orders:4:after-send", []),  # outputs sent, state not committed
+        (20, "orders:4:before-send", []),
+        (21, "orders:4:after-commit", []),  # committed, or held with its changelog unsent
+        (22, "user-totals:2:after-send", []),  # the second stage, reading orders.by-user
+        (23, "orders:3:after-send", ["--processes", "2"]),  # a child of a split replay
+    ],
+)
+async def test_replay_killed_midway_resumes_to_identical_results(
+    dataset: Dataset, version: int, kill_at: str, split: list[str]
+) -> None:
+    env = {**dataset.env, "KAPPA_REPLAY_BATCH_MAX": "400", "KAPPA_CHAOS_KILL": kill_at}
+    args = ["replay", "--version", str(version), "--no-progress", *split]
+    killed = run_kappa(args, env)
+    # SIGKILL midway (a split replay's parent exits with 128 + 9, as a shell reports it)
+    assert killed.returncode == (137 if split else -9), killed.stdout + killed.stderr
     versions = run_kappa(["versions"], dataset.env).stdout
-    assert any(line.split()[:2] == ["3", "running"] for line in versions.splitlines()), versions
+    assert any(line.split()[:2] == [str(version), "running"] for line in versions.splitlines())
     del env["KAPPA_CHAOS_KILL"]
-    resumed = run_kappa(["replay", "--version", "3", "--no-progress"], env)
+    resumed = run_kappa(args, env)
     assert resumed.returncode == 0, resumed.stderr
-    await check_replay(dataset, 3)
-    assert run_kappa(["diff", "2", "3"], dataset.env).returncode == 0
+    await check_replay(dataset, version)
+    assert run_kappa(["diff", "1", str(version)], dataset.env).returncode == 0
 
 
 async def test_replay_split_over_two_processes(dataset: Dataset) -> None:
