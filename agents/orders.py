@@ -25,6 +25,7 @@ from tables.cleaning import (
     MIN_EVENT_MS,
     InvalidRecord,
     json_float,
+    json_long_int,
     require_event_time_ms,
     require_number,
     require_positive_int,
@@ -115,8 +116,13 @@ def parse_order(rec: Record) -> Order:
         raise InvalidRecord("not_utf8") from None
     try:  # Decimal: `ts` fractions are floored exactly; amounts become the same floats
         obj = json.loads(text, parse_float=json_float)
-    except (ValueError, RecursionError):
+    except RecursionError:
         raise InvalidRecord("not_json") from None
+    except ValueError:  # not JSON, or an integer past Python's 4,300-digit limit
+        try:
+            obj = json.loads(text, parse_float=json_float, parse_int=json_long_int)
+        except (ValueError, RecursionError):
+            raise InvalidRecord("not_json") from None
     if type(obj) is not dict:
         raise InvalidRecord("not_an_object", type(obj).__name__)
     order = _parse_fields(obj)

@@ -33,6 +33,8 @@ def require_text(obj: dict[str, Any], field: str) -> str:
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
+    if isinstance(v, LongInteger):
+        raise InvalidRecord("field_too_long", f"{field} > {MAX_TEXT_CHARS} chars")
     if isinstance(v, int) and not isinstance(v, bool):
         v = str(v)
     if not isinstance(v, str):
@@ -101,6 +103,20 @@ def json_float(text: str) -> Decimal | float:
         return float(text)
 
 
+class LongInteger(Decimal):
+    """An integer literal longer than Python converts to int (4,300 digits): still valid
+    JSON, so it fails the field's own rule (too long for an id, too large for a float)."""
+
+
+def json_long_int(text: str) -> int | Decimal:
+    """`parse_int` for JSON text that plain decoding refused: ints past the conversion limit
+    become `LongInteger`s instead of failing the whole record as not JSON."""
+    try:
+        return int(text)
+    except ValueError:
+        return LongInteger(text)
+
+
 def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
     """Event time as epoch ms: a number (or numeric string) of ms, or ISO-8601 with a zone.
 
@@ -111,9 +127,9 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
     v = obj.get(field)
     if v is None:
         raise InvalidRecord("missing_field", field)
+    if isinstance(v, str) and len(v) > 64:  # before any parsing: its cost grows with length
+        raise InvalidRecord("bad_timestamp", f"{field} unparseable")
     if isinstance(v, str) and v and not _is_float(v):
-        if len(v) > 64:
-            raise InvalidRecord("bad_timestamp", f"{field} unparseable")
         try:
             dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -152,8 +168,9 @@ def _floor_decimal(v: str | Decimal, field: str) -> int:
 
 # A numeric string: ASCII digits with an optional sign, fraction and exponent, spaces around
 # allowed (as CSV cells have them). Python's float() also takes "1_000" and non-ASCII digits,
-# which are not numbers any other consumer of the record would read.
-_DECIMAL = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+# which are not numbers any other consumer of the record would read. Possessive quantifiers:
+# the match never backtracks, so its time is linear in the length whatever the text.
+_DECIMAL = re.compile(r"\s*+[+-]?+(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][+-]?+\d++)?+\s*+", re.ASCII)
 
 
 def _number_text(s: str) -> float | None:

@@ -121,6 +121,12 @@ BAD_INPUTS = [
     (order(amount=1.000001e15), b"p1", "out_of_range"),
     (order(quantity=10**9 + 1), b"p1", "out_of_range"),
     (order(order_id=10**1025), b"p1", "field_too_long"),
+    # integer literals past Python's 4,300-digit conversion limit are still JSON
+    (with_literal("amount", "1" * 4301), b"p1", "not_finite"),
+    (with_literal("quantity", "1" * 4301), b"p1", "not_finite"),
+    (with_literal("ts", "1" * 4301), b"p1", "timestamp_out_of_range"),
+    (with_literal("order_id", "1" * 4301), b"p1", "field_too_long"),
+    (with_literal("order_id", "1" * 4301)[:-1], b"p1", "not_json"),
     (order(quantity=0), b"p1", "out_of_range"),
     (order(quantity=1.5), b"p1", "not_an_integer"),
     # integral only as the nearest float: not as written
