@@ -139,27 +139,26 @@ def compare_latest(
     def key(fields: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(fields.get(f) for f in key_fields)
 
+    def only_in(stored: bytes, mark: str) -> int:
+        """1 if a key on one side only is a difference, 0 if it is provisional there."""
+        fields, provisional = decode_entry(stored)
+        if provisional:
+            out.provisional += 1
+            return 0
+        out._show(f"  {mark} only {key(fields)}: {json.dumps(fields)}")
+        return 1
+
     ia, ib = iter(a), iter(b)
     ea, eb = next(ia, None), next(ib, None)
     while ea is not None or eb is not None:
         if eb is None or (ea is not None and ea[0] < eb[0]):
             assert ea is not None
             out.in_a += 1
-            fields, provisional = decode_entry(ea[1])
-            if provisional:
-                out.provisional += 1
-            else:
-                out.only_a += 1
-                out._show(f"  - v{v1} only {key(fields)}: {json.dumps(fields)}")
+            out.only_a += only_in(ea[1], f"- v{v1}")
             ea = next(ia, None)
         elif ea is None or eb[0] < ea[0]:
             out.in_b += 1
-            fields, provisional = decode_entry(eb[1])
-            if provisional:
-                out.provisional += 1
-            else:
-                out.only_b += 1
-                out._show(f"  + v{v2} only {key(fields)}: {json.dumps(fields)}")
+            out.only_b += only_in(eb[1], f"+ v{v2}")
             eb = next(ib, None)
         else:
             out.in_a += 1
