@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerClosed
+from aiokafka.errors import ProducerClosed, UnknownError
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.kafka_clients import Conn, new_producer
 from app.runtime import PRODUCER_BATCH_BYTES, Produce, SourceCommit
+from app.send_refusals import SendRefused
 
 
 class KeyPartitioner:
@@ -215,7 +216,18 @@ class TransactionalSender:
             producer = new_batch_producer(
                 self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
-            await producer.start()
+            try:
+                await producer.start()  # InitProducerId: the broker's transaction coordinator
+            except BaseException as e:
+                await producer.stop()  # a producer that failed to start still holds a client
+                if isinstance(e, UnknownError):
+                    raise SendRefused(
+                        f"the broker did not start a transactional producer for "
+                        f"{self.prefix}-{partition} (InitProducerId: UnknownError): "
+                        "KAPPA_PROCESSING_GUARANTEE=exactly_once needs a broker with "
+                        "transactions (Apache Kafka, Redpanda); the embedded dev broker has none"
+                    ) from e
+                raise
             sender = BatchSender(producer, False, self.output_batch_bytes)
             found = self._producers[partition] = (producer, sender)
         return found
