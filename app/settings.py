@@ -176,6 +176,17 @@ def address_problem(address: str) -> str | None:
         return "must be host:port"
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         return "needs a port number from 1 to 65535"
+    return host_problem(host.strip("[]"))
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be looked up (an empty or over-63-character DNS label), or None."""
+    if ":" in host:  # an IPv6 address
+        return None
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return "is not a host name (a dot-separated label is empty or over 63 characters)"
     return None
 
 
@@ -195,6 +206,15 @@ def _validate(s: Settings) -> None:
         )
     if not s.web_host.strip():
         raise ConfigError("KAPPA_WEB_HOST must not be empty (e.g. 127.0.0.1 or 0.0.0.0)")
+    problem = host_problem(s.web_host)
+    if problem:
+        raise ConfigError(f"KAPPA_WEB_HOST={s.web_host!r} {problem}")
+    # Kafka's protocol carries partition counts as int32 and replication factors as int16.
+    if s.partitions > 2**31 - 1 or s.replication > 2**15 - 1:
+        raise ConfigError(
+            f"KAPPA_PARTITIONS must be at most {2**31 - 1} and KAPPA_REPLICATION at most "
+            f"{2**15 - 1}, got {s.partitions} and {s.replication}"
+        )
     if s.session_timeout_ms > MAX_SESSION_TIMEOUT_MS:
         raise ConfigError(
             f"KAPPA_SESSION_TIMEOUT_MS must be at most {MAX_SESSION_TIMEOUT_MS}, got "
@@ -260,7 +280,12 @@ def _validate(s: Settings) -> None:
             raise ConfigError("SASL needs KAPPA_SASL_USERNAME and KAPPA_SASL_PASSWORD")
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         path = getattr(s, name)
-        if path and not Path(path).is_file():
+        try:
+            readable = not path or Path(path).is_file()
+        except OSError as e:  # a name too long, a path the user may not search
+            readable, path = False, f"{path[:80]}…" if len(path) > 80 else path
+            path += f" ({e.strerror})"
+        if not readable:
             raise ConfigError(f"KAPPA_{name.upper()}={path!r} is not a readable file")
     try:  # certificates and keys are read here, so a bad file is said at once, in one line
         s.kafka.ssl_context()

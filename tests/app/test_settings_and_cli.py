@@ -138,6 +138,13 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_STATE_DIR": ""}, "KAPPA_STATE_DIR='.' must name a directory"),
         ({"KAPPA_STATE_DIR": "."}, "not the current directory"),
         ({"KAPPA_WEB_HOST": ""}, "KAPPA_WEB_HOST must not be empty"),
+        # names the resolver cannot encode (it raised UnicodeError from deep in a command)
+        ({"KAPPA_BROKER": "a..b:9092"}, "'a..b:9092' is not a host name"),
+        ({"KAPPA_BROKER": "x" * 64 + ".io:9092"}, "label is empty or over 63 characters"),
+        ({"KAPPA_WEB_HOST": "a..b"}, "KAPPA_WEB_HOST='a..b' is not a host name"),
+        ({"KAPPA_PARTITIONS": str(2**31)}, "KAPPA_PARTITIONS must be at most 2147483647"),
+        ({"KAPPA_REPLICATION": "32768"}, "KAPPA_REPLICATION at most 32767"),
+        ({"KAPPA_SSL_CERTFILE": "c" * 300}, "(File name too long)' is not a readable file"),
         ({"KAPPA_SESSION_TIMEOUT_MS": "120000"}, "KAPPA_SESSION_TIMEOUT_MS must be at most"),
         ({"KAPPA_REBALANCE_TIMEOUT_MS": "99999999999"}, "KAPPA_REBALANCE_TIMEOUT_MS must be at"),
         ({"KAPPA_FETCH_MAX_WAIT_MS": "4000000000"}, "KAPPA_FETCH_MAX_WAIT_MS must be at most"),
