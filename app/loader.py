@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import time
 from collections.abc import Iterable, Iterator
 
@@ -81,7 +82,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         sent = asyncio.run(run())
-    except (OSError, ValueError) as e:  # the file went bad part way
+    except (OSError, ValueError, csv.Error) as e:  # the file went bad part way
         before = (
             f"; {read:,} records were produced before reading failed (loading the file again "
             "produces them again)"

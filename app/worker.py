@@ -115,7 +115,12 @@ def create_app(
     """The worker's Faust app for one version; `since_ms` is the version's own (a version
     replayed with `--since` counts only windows starting then or later, live as in replay)."""
     topology = Topology(settings, version, since_ms=since_ms).select(pipelines or [])
-    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    try:
+        (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in its place, no permission
+        raise StateError(
+            f"cannot create {settings.state_dir / 'faust'} for the worker: {e.strerror}"
+        ) from None
     app = KappaApp(
         topology.group_id,
         broker=[f"kafka://{b}" for b in settings.bootstrap],

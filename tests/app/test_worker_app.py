@@ -20,3 +20,12 @@ def test_the_web_server_binds_the_host_given_ipv6_included(
     app = create_app(settings, 1)
     assert str(app.conf.canonical_url) == url  # faust refused "http://::1:6066"
     assert app.conf.web_bind == host
+
+
+def test_a_file_where_the_workers_faust_directory_goes_is_one_line(tmp_path: Path) -> None:
+    from tables.rocks import StateError
+
+    (tmp_path / "faust").write_text("not a directory")
+    with pytest.raises(StateError) as refused:
+        create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    assert str(refused.value) == f"cannot create {tmp_path / 'faust'} for the worker: File exists"
