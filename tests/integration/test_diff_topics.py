@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -88,3 +90,74 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "3 differences",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed
+
+
+async def test_a_long_read_goes_on_while_it_progresses_and_stops_when_it_stalls(
+    broker: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker is made slow (0.4 s a fetch, one record each): the whole read takes longer
+    than the timeout, and only a read with no new record for that long gives up."""
+    from aiokafka import AIOKafkaConsumer
+
+    from app.topic_reader import read_chunks, read_to_end
+
+    topic = f"slow-{unique}"
+    await ensure_topics(broker, {topic: (1, {})})
+    producer = new_producer(broker)
+    await producer.start()
+    try:
+        for i in range(5):
+            await producer.send_and_wait(topic, b"%d" % i)
+    finally:
+        await producer.stop()
+    getmany = AIOKafkaConsumer.getmany
+
+    async def slow(self: AIOKafkaConsumer, *tps: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.4)  # stands in for a slow broker
+        return await getmany(self, *tps, **{**kwargs, "max_records": 1})
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", slow)
+    got = await read_to_end(broker, topic, stall_timeout_s=1.0)  # about 2 s in all
+    assert [r.value for r in got[0]] == [b"0", b"1", b"2", b"3", b"4"]
+
+    async def stalled(self: AIOKafkaConsumer, *tps: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.2)
+        return {}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", stalled)
+    with pytest.raises(TimeoutError, match=rf"reading {topic} made no progress for 1s"):
+        async with contextlib.aclosing(read_chunks(broker, topic, stall_timeout_s=1.0)) as chunks:
+            async for _ in chunks:
+                pass
+
+
+async def test_diff_says_how_far_it_has_read(
+    broker: str,
+    unique: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from app.settings import load_settings as load
+    from replay import diff as diff_module
+    from tables.rocks import RocksStore
+
+    monkeypatch.setattr(diff_module, "LOG_EVERY_S", 0.0)  # a line for every fetch
+    settings = load({"KAPPA_BROKER": broker, "KAPPA_STATE_DIR": str(tmp_path)})
+    topic = f"progress-{unique}"
+    await ensure_topics(broker, {topic: (1, {})})
+    producer = new_producer(broker)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, revenue("p", 0, 1), key=b"p")
+    finally:
+        await producer.stop()
+    store = RocksStore(tmp_path / "scratch")
+    try:
+        read = await diff_module.fold_latest(
+            settings, topic, ("product_id", "window_start", "window_end"), store
+        )
+    finally:
+        store.close()
+    assert read == 1
+    assert f"diff: read 1 records of {topic}" in caplog.text
