@@ -37,6 +37,7 @@ from tables.windows import TumblingWindows
 
 SOURCE = "orders"
 REVENUE = "orders.revenue-1m"
+PROVISIONAL_HEADER = "kappa.provisional"  # a window emitted open, by a replay's final flush
 DLQ = "orders.dlq"
 LATE = "orders.late"
 BY_USER = "orders.by-user"
@@ -295,7 +296,7 @@ class OrdersPipeline:
         self, out: BatchOutput, closed: list[tuple[WindowKey, Moments]], provisional: bool = False
     ) -> None:
         final = (not provisional) if self.config.emit_updates else None
-        headers = [("kappa.provisional", b"1")] if provisional else []
+        headers = [(PROVISIONAL_HEADER, b"1")] if provisional else []
         for key, m in closed:
             product = key[2]
             value = revenue_value(product, key, m, final)

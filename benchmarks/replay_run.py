@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from agents.orders import PROVISIONAL_HEADER
 from app.topic_reader import read_to_end
 from benchmarks.dataset import Dataset
 from benchmarks.processes import KAPPA, MeasuredProcess
@@ -62,7 +63,7 @@ async def check_replay(bootstrap: str, topic: str, dataset: Dataset) -> dict[str
         for r in records:
             w = json.loads(r.value)
             windows[(w["product_id"], w["window_start"], w["window_end"])] = w
-            provisional += any(k == "kappa.provisional" for k, _ in r.headers or ())
+            provisional += any(k == PROVISIONAL_HEADER for k, _ in r.headers or ())
     count = sum(int(w["count"]) for w in windows.values())
     total = sum(float(w["sum"]) for w in windows.values())
     errors = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from agents.orders import REVENUE
+from agents.orders import PROVISIONAL_HEADER, REVENUE
 from agents.user_totals import USER_TOTALS
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_chunks
@@ -35,7 +35,6 @@ COMPARED_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (REVENUE, ("product_id", "window_start", "window_end")),
     (USER_TOTALS, ("user_id",)),
 )
-PROVISIONAL_HEADER = "kappa.provisional"  # a window emitted by a replay's final flush
 _FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
 
 Entry = tuple[bytes, bytes]  # (sort key, flag byte + the record's value)
@@ -119,7 +118,7 @@ class OutputDiff:
         hidden = self.differences - len(self.shown)
         return [self.summary(topic), *self.shown] + ([f"  … {hidden} more"] if hidden else [])
 
-    def _show(self, line: str) -> None:
+    def show(self, line: str) -> None:
         if len(self.shown) < self.limit:
             self.shown.append(line)
 
@@ -145,7 +144,7 @@ def compare_latest(
         if provisional:
             out.provisional += 1
             return 0
-        out._show(f"  {mark} only {key(fields)}: {json.dumps(fields)}")
+        out.show(f"  {mark} only {key(fields)}: {json.dumps(fields)}")
         return 1
 
     ia, ib = iter(a), iter(b)
@@ -174,7 +173,7 @@ def compare_latest(
                     for f in {**fa, **fb}
                     if not _close(fa.get(f), fb.get(f))
                 )
-                out._show(f"  ~ {key(fa)}: {changes}")
+                out.show(f"  ~ {key(fa)}: {changes}")
             ea, eb = next(ia, None), next(ib, None)
     return out
 
