@@ -20,7 +20,14 @@ from aiokafka.errors import (
     NoBrokersAvailable,
 )
 
-from app.settings import ConfigError, Settings, load_settings, unknown_variables
+from app.settings import (
+    MAX_VERSION,
+    ConfigError,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
+from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS
 
 EXIT_USAGE = 2
 
@@ -191,6 +198,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from replay.diff import diff
 
+    if args.v1 == args.v2:
+        raise UserError(f"both versions are {args.v1}: name two different versions")
     report, differences = asyncio.run(diff(_settings_with_broker(), args.v1, args.v2, args.limit))
     print(report)
     return 1 if differences else 0
@@ -235,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs)."
     )
-    sp.add_argument("--version", type=_positive_int, default=1, help="version (default 1)")
+    sp.add_argument("--version", type=_version, default=1, help="version (default 1)")
     sp.add_argument(
         "--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default 30)"
     )
 
     sp = add("worker", cmd_worker, "Run a live worker (all pipelines unless --pipeline is given).")
     sp.add_argument(
-        "--version", type=_positive_int, default=None, help="version to run (default: the live one)"
+        "--version", type=_version, default=None, help="version to run (default: the live one)"
     )
     sp.add_argument(
         "--pipeline",
@@ -257,11 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL (.jsonl/.ndjson/.json) or CSV (.csv) file of orders")
     src.add_argument(
-        "--generate", type=_positive_int, metavar="N", help="generate N synthetic orders"
+        "--generate",
+        type=_number(int, 1, MAX_GENERATED),
+        metavar="N",
+        help="generate N synthetic orders",
     )
     sp.add_argument(
         "--rate",
-        type=_positive_float,
+        type=_number(float, MIN_RATE),
         default=None,
         help="events per second (default: as fast as possible)",
     )
@@ -274,18 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--start-ms",
-        type=int,
+        type=_event_ms,
         default=None,
         help="event time of the first generated order (default: now)",
     )
     sp.add_argument(
         "--span-ms",
-        type=_positive_int,
+        type=_event_span_ms,
         default=None,
         help="event-time span of the generated orders (default: N/rate seconds, or one hour)",
     )
     sp.add_argument(
-        "--disorder-ms", type=_non_negative_int, default=0, help="max out-of-order jitter (ms)"
+        "--disorder-ms", type=_event_disorder_ms, default=0, help="max out-of-order jitter (ms)"
     )
     sp.add_argument(
         "--late-fraction", type=_fraction, default=0.0, help="fraction of far-too-late events"
@@ -312,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "pipelines", nargs="*", metavar="PIPELINE", help="pipelines to replay (default: all)"
     )
-    sp.add_argument("--version", type=_positive_int, required=True, help="version to build, e.g. 2")
+    sp.add_argument("--version", type=_version, required=True, help="version to build, e.g. 2")
     sp.add_argument(
         "--since",
         type=_event_time,
@@ -336,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--processes",
-        type=_positive_int,
+        type=_number(int, 1, MAX_PROCESSES),
         default=1,
         help="split the replay over N processes on this machine (one per core is a good start)",
     )
@@ -349,21 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("versions", cmd_versions, "List versions: status, pipelines, creation time, snapshot size.")
     sp = add("promote", cmd_promote, "Make a version live (workers without --version run it).")
-    sp.add_argument("version", type=_positive_int)
+    sp.add_argument("version", type=_version)
     sp.add_argument(
         "--force", action="store_true", help="promote even if its replay has not completed"
     )
     sp = add(
         "drop", cmd_drop, "Delete a non-live version's topics, consumer group and local state."
     )
-    sp.add_argument("version", type=_positive_int)
+    sp.add_argument("version", type=_version)
     sp = add(
         "diff",
         cmd_diff,
         "Compare two versions' outputs, window by window and user by user (exit 1 if they differ).",
     )
-    sp.add_argument("v1", type=_positive_int)
-    sp.add_argument("v2", type=_positive_int)
+    sp.add_argument("v1", type=_version)
+    sp.add_argument("v2", type=_version)
     sp.add_argument(
         "--limit",
         type=_positive_int,
@@ -378,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
         "What `make run` runs: broker, topics, generator and worker; prints windows.",
     )
     sp.add_argument(
-        "--rate", type=_positive_float, default=200.0, help="generated orders per second"
+        "--rate",
+        type=_number(float, MIN_RATE, 1_000_000),
+        default=200.0,
+        help="generated orders per second",
     )
     return p
 
@@ -393,23 +408,43 @@ def _number(
         try:
             v = convert(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+            raise argparse.ArgumentTypeError(f"{_echoed(s)} is not {kind}") from None
         if isinstance(v, float) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+            raise argparse.ArgumentTypeError(f"{_echoed(s)} is not a finite number")
         if v < low or (strict and v == low) or (high is not None and v > high):
-            bound = f"> {low:g}" if strict else f">= {low:g}"
-            rng = f"between {low:g} and {high:g}" if high is not None else bound
-            raise argparse.ArgumentTypeError(f"{s!r} must be {rng}")
+            bound = f"> {_shown(low)}" if strict else f">= {_shown(low)}"
+            rng = f"between {_shown(low)} and {_shown(high)}" if high is not None else bound
+            raise argparse.ArgumentTypeError(f"{_echoed(s)} must be {rng}")
         return v
 
     return parse
 
 
+def _echoed(arg: str) -> str:
+    """An argument quoted back in an error, cut short so that the error stays one line."""
+    return repr(arg if len(arg) <= 40 else f"{arg[:20]}…{arg[-8:]}")
+
+
+def _shown(bound: float) -> str:
+    """A bound as a person reads it: 1,000,000,000,000 rather than 1e+12 (ports stay 65535)."""
+    if isinstance(bound, int):
+        return f"{bound:,}" if bound >= 100_000 else str(bound)
+    return f"{bound:g}"
+
+
 # The generator holds its product ids in memory (about 60 bytes each).
 MAX_GENERATED_KEYS = 10_000_000
+# Beyond what a run could produce (a million a second for ten days), and what floats hold exactly.
+MAX_GENERATED = 10**12
+# One machine's processes; each has its own consumer, state and Python interpreter.
+MAX_PROCESSES = 256
+# Slowest generated rate: one order in 1,000 s.
+MIN_RATE = 0.001
 _positive_int = _number(int, 0, strict=True)
-_non_negative_int = _number(int, 0)
-_positive_float = _number(float, 0, strict=True)
+_version = _number(int, 1, MAX_VERSION)
+_event_ms = _number(int, MIN_EVENT_MS, MAX_EVENT_MS - 1)
+_event_span_ms = _number(int, 0, MAX_EVENT_MS, strict=True)
+_event_disorder_ms = _number(int, 0, MAX_EVENT_MS)
 _fraction = _number(float, 0.0, 1.0)
 _seconds = _number(float, 0.0)
 _port = _number(int, 1, 65535)
@@ -429,9 +464,11 @@ def _event_time(s: str) -> int:
 
     try:
         return require_event_time_ms({"time": s}, "time")
-    except InvalidRecord:
+    except InvalidRecord as e:
+        if e.reason == "timestamp_out_of_range":
+            raise argparse.ArgumentTypeError(f"{_echoed(s)} is outside 1970..2100") from None
         raise argparse.ArgumentTypeError(
-            f"{s!r} is not epoch milliseconds or ISO-8601 with a time zone"
+            f"{_echoed(s)} is not epoch milliseconds or ISO-8601 with a time zone"
         ) from None
 
 
@@ -440,6 +477,37 @@ def _process_slot(s: str) -> tuple[int, int]:
     if not (i.isdigit() and n.isdigit()) or int(n) < 1 or int(i) >= int(n):
         raise argparse.ArgumentTypeError(f"{s!r} must be I/N with 0 <= I < N, e.g. 0/2")
     return int(i), int(n)
+
+
+class OutputFailed(Exception):
+    """Standard output cannot be written (a full disk, a device error): not a bug of ours."""
+
+
+class _GuardedOutput:
+    """Standard output whose write errors, other than a closed pipe, raise `OutputFailed`, so
+    that `main` can tell them from an OSError anywhere else (which is a bug, with a traceback)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed(e.strerror or str(e)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed(e.strerror or str(e)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -467,9 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # container, a process with no handler would ignore it until the SIGKILL. The worker and
     # the demo install their own once they run.
     previous = signal.getsignal(signal.SIGTERM)
+    stdout = sys.stdout
+    sys.stdout = _GuardedOutput(stdout)  # type: ignore[assignment]
     try:
         signal.signal(signal.SIGTERM, on_sigterm)  # inside: a SIGTERM right after is caught
-        return int(args.fn(args) or 0)
+        code = int(args.fn(args) or 0)
+        sys.stdout.flush()  # a full disk shows here, not as an ignored error at exit
+        return code
     except (KafkaError, TimeoutError) as e:  # TimeoutError: a read or fetch that never ended
         where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")
         hint = (
@@ -499,7 +571,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader went away (`kappa tail ... | head`, a dead parent)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE
+    except OutputFailed as e:
+        print(f"kappa {args.command}: error: cannot write the output: {e}", file=sys.stderr)
+        sys.stdout = stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return EXIT_USAGE
     finally:
+        sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
 
 

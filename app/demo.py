@@ -15,14 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.admin import ensure_topics
 from app.broker import DevBroker, port_open, split_address
 from app.kafka_clients import new_consumer
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 from app.topology import Topology
 
 KAPPA = [sys.executable, "-m", "app.cli"]
@@ -34,7 +35,8 @@ def run_demo(settings: Settings, rate: float) -> int:
         if not port_open(host, port):
             broker = DevBroker(host, port).start()
             stack.callback(broker.stop)
-            clear_state(settings.state_dir)
+            with _files_of("the state directory", settings.state_dir):
+                clear_state(settings.state_dir)
             print(f"started the embedded broker on {broker.address} (memory only)", flush=True)
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
@@ -42,10 +44,11 @@ def run_demo(settings: Settings, rate: float) -> int:
         spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
         asyncio.run(ensure_topics(settings.kafka, spec, settings.replication))
         log_dir = settings.state_dir.parent
-        log_dir.mkdir(parents=True, exist_ok=True)
         logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
-        # The logs are appended to: what this run's children write starts here.
-        starts = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
+        with _files_of("the log directory", log_dir):
+            log_dir.mkdir(parents=True, exist_ok=True)
+            # The logs are appended to: what this run's children write starts here.
+            starts = {name: _open_log(log) for name, log in logs.items()}
         generator = _spawn(
             [
                 "produce",
@@ -96,6 +99,25 @@ def run_demo(settings: Settings, rate: float) -> int:
                 )
                 return 1
     return 0
+
+
+@contextmanager
+def _files_of(what: str, path: Path) -> Iterator[None]:
+    """A file system error while preparing the demo, as one line naming the path."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or path
+        raise ConfigError(
+            f"cannot use {what} {path} ({where}: {e.strerror or e}); "
+            "set KAPPA_STATE_DIR to a writable directory"
+        ) from None
+
+
+def _open_log(log: Path) -> int:
+    """The log's size (where this run's lines start), after checking it can be appended to."""
+    with log.open("ab") as f:
+        return f.tell()
 
 
 def stop_reason(log: Path, start: int) -> str | None:

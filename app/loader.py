@@ -41,6 +41,10 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
         raise ConfigError(str(e)) from None
 
 
+class _ReadFailed(Exception):
+    """The input file could not be read part way (its reason as the message)."""
+
+
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     if args.file is not None:
         if not args.file.strip():
@@ -61,8 +65,17 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     read = 0
 
     def counted(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
+        """The records, counted; an error reading the file part way is `_ReadFailed`, so that
+        it is not confused with an error of the broker or of producing."""
         nonlocal read
-        for record in records:
+        source = iter(records)
+        while True:
+            try:
+                record = next(source)
+            except StopIteration:
+                return
+            except (OSError, ValueError, csv.Error) as e:
+                raise _ReadFailed(str(e)) from None
             yield record
             read += 1
 
@@ -82,7 +95,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         sent = asyncio.run(run())
-    except (OSError, ValueError, csv.Error) as e:  # the file went bad part way
+    except _ReadFailed as e:  # the file went bad part way
         before = (
             f"; {read:,} records were produced before reading failed (loading the file again "
             "produces them again)"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS
+
 ORDER_FIELDS: tuple[str, ...] = (
     "order_id",
     "user_id",
@@ -79,6 +81,12 @@ class GeneratorSpec:
         if self.span_ms < 0 or self.disorder_ms < 0:
             raise ValueError(
                 f"span_ms and disorder_ms must be >= 0, got {self.span_ms} and {self.disorder_ms}"
+            )
+        if not MIN_EVENT_MS <= self.start_ms < MAX_EVENT_MS - self.span_ms:
+            # Every order would be rejected as timestamp_out_of_range: say so before producing.
+            raise ValueError(
+                f"event times from {self.start_ms} over {self.span_ms} ms leave 1970..2100 "
+                "(epoch ms); choose another start, span or rate"
             )
         for name in ("late_fraction", "bad_fraction"):
             value = getattr(self, name)

@@ -154,6 +154,9 @@ _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 MAX_TOPIC_CHARS = 249
 # The app id and the prefix both go into changelog names (`{prefix}{app_id}-vN-...-changelog`).
 MAX_APP_ID = 64
+# Versions go into topic, group and directory names; six digits keep every name within Kafka's
+# 249 characters whatever the app id and prefix.
+MAX_VERSION = 999_999
 
 
 def topic_name_problem(name: str) -> str | None:
@@ -287,6 +290,11 @@ def _validate(s: Settings) -> None:
             path += f" ({e.strerror})"
         if not readable:
             raise ConfigError(f"KAPPA_{name.upper()}={path!r} is not a readable file")
+    if (s.ssl_keyfile or s.ssl_password) and not s.ssl_certfile:
+        # The key belongs to a client certificate; without one it would be ignored silently.
+        raise ConfigError(
+            "KAPPA_SSL_KEYFILE/PASSWORD need KAPPA_SSL_CERTFILE (the client certificate)"
+        )
     try:  # certificates and keys are read here, so a bad file is said at once, in one line
         s.kafka.ssl_context()
     except (ssl.SSLError, OSError) as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 
@@ -84,6 +83,6 @@ async def tail(
 def run_tail(
     settings: Settings, topic: str, follow: bool, limit: int | None, whole: bool = False
 ) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings, topic, follow, limit, whole))
+    # Ctrl-C and SIGTERM reach the command line's handler: exit 130 and 143, as other commands.
+    asyncio.run(tail(settings, topic, follow, limit, whole))
     return 0

@@ -16,7 +16,7 @@ from agents.base import Pipeline
 from agents.orders import OrdersConfig, OrdersPipeline
 from agents.user_totals import UserTotalsPipeline
 from app.admin import KEEP_FOREVER
-from app.settings import ConfigError, Settings
+from app.settings import MAX_VERSION, ConfigError, Settings
 
 
 def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
@@ -34,8 +34,8 @@ class Topology:
     since_ms: int | None = None
 
     def __post_init__(self) -> None:
-        if self.version < 1:
-            raise ConfigError("version must be >= 1")
+        if not 1 <= self.version <= MAX_VERSION:
+            raise ConfigError(f"version must be between 1 and {MAX_VERSION:,}")
         if not self.pipelines:
             self.pipelines = build_pipelines(self.settings, self.since_ms)
 

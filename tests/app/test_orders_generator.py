@@ -219,6 +219,8 @@ def test_late_records_need_a_good_record_before_them() -> None:
         {"count": -1},
         {"keys": 0},
         {"disorder_ms": -1},
+        {"start_ms": -1},  # every order would be timestamp_out_of_range
+        {"start_ms": 4_102_444_800_000 - 100, "span_ms": 100},
     ],
 )
 def test_impossible_specs_are_rejected(changes: dict[str, float]) -> None:

@@ -154,6 +154,8 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_APP_ID": "ü"}, "KAPPA_APP_ID='ü' may only hold ASCII letters"),
         ({"KAPPA_APP_ID": ""}, "KAPPA_APP_ID=''"),
         ({"KAPPA_APP_ID": "a" * 65}, "at most 64 characters"),
+        # a client key without its certificate was ignored silently
+        ({"KAPPA_SSL_KEYFILE": "/etc/hostname"}, "KAPPA_SSL_KEYFILE/PASSWORD need KAPPA_SSL_CERT"),
     ],
 )
 def test_settings_kafka_or_the_worker_would_refuse_later_are_refused_at_load(
@@ -169,6 +171,32 @@ def test_a_certificate_file_that_is_no_certificate_is_refused_at_load(tmp_path: 
     env = {"KAPPA_SECURITY_PROTOCOL": "SSL", "KAPPA_SSL_CAFILE": str(tmp_path / "ca.pem")}
     with pytest.raises(ConfigError, match="cannot set up TLS"):
         load_settings({"KAPPA_STATE_DIR": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (
+            ["produce", "x", "--generate", "1", "--start-ms", "4102444700000"],
+            "event times from 4102444700000 over 3600000 ms leave 1970..2100",
+        ),
+        (["diff", "3", "3"], "both versions are 3: name two different versions"),
+    ],
+)
+def test_arguments_that_cannot_go_together_are_one_line_before_connecting(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    assert words in _error_line(_kappa(args, tmp_path))
+
+
+def test_a_demo_that_cannot_write_its_logs_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "generator.log").mkdir()  # where the demo appends the generator's log
+    line = _error_line(_kappa(["demo"], tmp_path, KAPPA_STATE_DIR=str(tmp_path / "state")))
+    assert line == (
+        f"kappa demo: error: cannot use the log directory {tmp_path} "
+        f"({tmp_path / 'generator.log'}: Is a directory); set KAPPA_STATE_DIR to a writable "
+        "directory"
+    )
 
 
 def test_a_broker_port_that_is_no_number_is_one_line(tmp_path: Path) -> None:
@@ -200,6 +228,18 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         (["tail", "é"], "topic name 'é' may only hold ASCII letters"),
         (["produce", "x", "--generate", "1", "--keys", "99999999999999"], "between 1 and"),
         (["worker", "--web-port", "1" + "0" * 400], "must be between 1 and 65535"),
+        # numbers past what floats hold, or whose derived times leave 1970..2100: these raised
+        # OverflowError, or produced orders that were all out of range
+        (["produce", "x", "--generate", "1" + "0" * 400], "…00000000' must be between 1 and"),
+        (["produce", "x", "--generate", "1", "--span-ms", "9" * 40], "must be between 0"),
+        (["produce", "x", "--generate", "1", "--disorder-ms", "9" * 40], "must be between 0"),
+        (["produce", "x", "--generate", "1", "--start-ms", "-1"], "must be between 0 and"),
+        (["produce", "x", "--generate", "1", "--rate", "1e-307"], "must be >= 0.001"),
+        (["demo", "--rate", "1e9"], "'1e9' must be between 0.001 and 1,000,000"),
+        (["topics", "--version", "1000000"], "must be between 1 and 999,999"),
+        (["promote", "9" * 300], "must be between 1 and 999,999"),
+        (["replay", "--version", "2", "--processes", "1000"], "must be between 1 and 256"),
+        (["replay", "--version", "2", "--since", "99999999999999999"], "is outside 1970..2100"),
     ],
 )
 def test_arguments_that_would_fail_later_are_refused_by_the_parser(
@@ -229,7 +269,7 @@ def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
         (["replay"], "the following arguments are required: --version"),
         (["replay", "--version", "2", "--process", "3/2"], "must be I/N"),
         (["replay", "--version", "2", "--since", "yesterday"], "is not epoch milliseconds"),
-        (["produce", "orders", "--generate", "0"], "'0' must be > 0"),
+        (["produce", "orders", "--generate", "0"], "'0' must be between 1 and"),
         (["produce", "orders"], "one of the arguments --file --generate is required"),
         (["produce", "orders", "--generate", "5", "--bad-fraction", "2"], "between 0 and 1"),
         (["worker", "--web-port", "http"], "'http' is not an integer"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from app.admin import ensure_topics, existing_topics
 from app.topic_reader import read_to_end
 from tests.support.processes import taken_port
-from tests.support.workers import kappa_env, run_kappa
+from tests.support.workers import KAPPA, ROOT, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +99,43 @@ async def test_a_csv_without_the_order_columns_names_the_file_once(
         f"kappa produce: error: cannot read {orders}: CSV header lacks column(s) product_id, "
         "category, amount, quantity, ts"
     )
+
+
+@pytest.mark.parametrize("command", [["status"], ["tail", "orders"]])
+async def test_a_full_standard_output_is_one_line(
+    broker: str, unique: str, tmp_path: Path, command: list[str]
+) -> None:
+    """`kappa status > /dev/full` printed a traceback; a failing output is the user's to fix."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    if command[0] == "tail":
+        topic = f"{unique}.orders"
+        run_kappa(["produce", topic, "--generate", "3", "--no-progress"], env)
+        command = ["tail", topic]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            KAPPA + command, env=env, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True
+        )
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line == (f"kappa {command[0]}: error: cannot write the output: No space left on device")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_tail_follow_stopped_by_a_signal_exits_as_the_other_commands(
+    broker: str, unique: str, tmp_path: Path, sig: int
+) -> None:
+    """It exited 0 on SIGTERM, which a supervisor reads as 'finished on its own'."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    topic = f"{unique}.orders"
+    run_kappa(["produce", topic, "--generate", "1", "--no-progress"], env)
+    tail = subprocess.Popen(
+        [*KAPPA, "tail", "-f", topic], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert tail.stdout is not None
+        assert tail.stdout.readline().startswith('{"order_id"')  # it is following
+        tail.send_signal(sig)
+        assert tail.wait(30) == 128 + sig
+    finally:
+        tail.kill()
+        tail.wait()
