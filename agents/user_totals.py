@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ USER_TOTALS = "orders.user-totals"
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _raw_decode = json.JSONDecoder().raw_decode
 TABLE = "user-totals"
+_MAX_SPEND = sys.float_info.max
 
 
 class UserTotalsPipeline:
@@ -60,6 +62,8 @@ class UserTotalsPipeline:
                     and 0 <= row[1] < 1 << 31
                     and 0 <= row[2] < 1 << 63
                     and 0 <= row[3] < 1 << 63
+                    # spend: a sum of bounded amounts >= 0, so NaN, inf or negative is foreign
+                    and 0.0 <= row[4] <= _MAX_SPEND
                     and -(1 << 63) <= row[5] < 1 << 63
                 ):
                     raise ValueError("out of range")  # what the stored format holds

@@ -81,6 +81,10 @@ def test_state_written_as_json_by_an_earlier_version_is_read_and_rewritten_binar
         {"user_id": 7},  # not a string: once crashed the pipeline on `.encode()`
         {"user_id": "\ud800"},  # JSON can carry a lone surrogate: no UTF-8 key, once a crash
         {"user_id": ""},
+        # spend is a sum of amounts >= 0: these were summed and written out as NaN/Infinity
+        {"spend": float("nan")},
+        {"spend": float("inf")},
+        {"spend": -1.0},
     ],
 )
 def test_a_forward_outside_what_the_state_can_hold_goes_to_the_dlq(fields: dict) -> None:
