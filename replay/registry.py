@@ -41,6 +41,9 @@ class VersionRecord:
     since_ms: int | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
+    # Whether its replay emits the windows still open at the snapshot (marked provisional);
+    # records written before this field existed were all flushed.
+    flush: bool = True
 
 
 @dataclass
@@ -201,13 +204,14 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
 
 
 def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecord:
-    """A version's definition (snapshot, pipelines, since, creation) is its first record's:
+    """A version's definition (snapshot, pipelines, since, flush, creation) is its first record's:
     if two replay processes created the version at the same moment, both end up replaying
     to the same snapshot. Later records change only its status."""
     if first is None:
         return latest
     latest.snapshot, latest.pipelines = first.snapshot, first.pipelines
     latest.since_ms, latest.created_at = first.since_ms, first.created_at
+    latest.flush = first.flush
     return latest
 
 

@@ -103,7 +103,12 @@ async def prepare_replay(
             for t in topology.external_sources
         }
         rec = VersionRecord(
-            opts.version, RUNNING, [p.name for p in topology.pipelines], snapshot, opts.since_ms
+            opts.version,
+            RUNNING,
+            [p.name for p in topology.pipelines],
+            snapshot,
+            opts.since_ms,
+            flush=opts.flush,
         )
     topics = list(topology.all_topics())
     await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
@@ -165,15 +170,17 @@ async def _create_version(registry: Registry, rec: VersionRecord) -> VersionReco
     await registry.put_version(rec)
     settled = (await registry.load()).versions[rec.version]
     same_run = (
-        sorted(settled.pipelines) == sorted(rec.pipelines) and settled.since_ms == rec.since_ms
+        sorted(settled.pipelines) == sorted(rec.pipelines)
+        and settled.since_ms == rec.since_ms
+        and settled.flush == rec.flush
     )
     if settled.snapshot != rec.snapshot or not same_run:
         await registry.put_version(settled)
     if not same_run:  # split processes started with different arguments
         raise ConfigError(
             f"version {rec.version} was registered at the same moment by another replay with "
-            f"pipelines {settled.pipelines} and since {settled.since_ms}; start every process "
-            "of a version with the same arguments"
+            f"pipelines {settled.pipelines}, since {settled.since_ms} and flush {settled.flush}; "
+            "start every process of a version with the same arguments"
         )
     return settled
 
@@ -209,6 +216,14 @@ def _check_version(
         raise ConfigError(
             f"version {v} exists with pipelines {rec.pipelines} and since {rec.since_ms}; "
             "resume it with the same arguments or use a new version"
+        )
+    if rec.flush != opts.flush:
+        # Its other partitions (other processes, or before a crash) were replayed the other
+        # way: the version's outputs would hold provisional windows for some of them only.
+        was, now = ("with", "without") if rec.flush else ("without", "with")
+        raise ConfigError(
+            f"version {v} was replayed {was} --no-flush and this replay is {now} it; resume "
+            "it with the same arguments or use a new version"
         )
     return rec
 

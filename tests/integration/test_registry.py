@@ -69,22 +69,25 @@ async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapsho
     assert json.loads(newest.value)["snapshot"] == {"orders": {"0": 10}}  # what compaction keeps
 
 
+@pytest.mark.parametrize("other", [{"since_ms": 5}, {"flush": False}])
 async def test_a_replay_that_lost_the_race_with_other_arguments_is_refused(
-    registry: Registry, broker: str
+    registry: Registry, broker: str, other: dict[str, Any]
 ) -> None:
     """`kappa replay --process 1/2 --since T` and `--process 2/2` without it, started at once:
-    the second must not run the first's snapshot with its own `--since`."""
+    the second must not run the first's snapshot with its own `--since` (or `--no-flush`)."""
     await registry.ensure()  # as `kappa replay` does first: one partition
     await registry.put_version(running(4, 10))
     with pytest.raises(ConfigError) as refused:
-        await _create_version(registry, running(4, 10, since_ms=5))
+        await _create_version(registry, running(4, 10, **other))
     assert str(refused.value) == (
         "version 4 was registered at the same moment by another replay with pipelines "
-        "['orders'] and since None; start every process of a version with the same arguments"
+        "['orders'], since None and flush True; start every process of a version with the same "
+        "arguments"
     )
     (records,) = (await read_to_end(broker, registry.topic)).values()
     newest = [r for r in records if r.key == b"version/4"][-1]
-    assert json.loads(newest.value).get("since_ms") is None  # what compaction keeps
+    kept = json.loads(newest.value)  # what compaction keeps
+    assert (kept.get("since_ms"), kept.get("flush")) == (None, True)
 
 
 async def test_a_version_running_on_this_machine_is_not_dropped(

@@ -4,12 +4,15 @@ Kappa did not write is one clear error."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import pytest
 
-from app.settings import ConfigError
+from app.settings import ConfigError, load_settings
+from app.topology import Topology
 from replay.registry import RegistryView, VersionRecord, fold_record
+from replay.runner import ReplayOptions, _check_version
 
 
 def test_version_and_progress_records_fold_into_the_view() -> None:
@@ -114,3 +117,27 @@ def test_a_refusal_suggests_a_version_number_nothing_has_used() -> None:
     assert view.unused_version == 6
     fold_record(view, b"split/7", b'{"processes": 2}', "here")
     assert view.unused_version == 8
+
+
+def test_a_record_from_before_flush_was_recorded_reads_as_flushed() -> None:
+    view = RegistryView({}, {})
+    fold_record(view, b"version/2", b'{"version": 2, "status": "running"}', "here")
+    assert view.versions[2].flush is True
+    unflushed = VersionRecord(3, "running", flush=False)
+    fold_record(view, b"version/3", json.dumps(unflushed.__dict__).encode(), "here")
+    later = VersionRecord(3, "complete")  # a status change: the definition stays the first's
+    fold_record(view, b"version/3", json.dumps(later.__dict__).encode(), "here")
+    assert (view.versions[3].status, view.versions[3].flush) == ("complete", False)
+
+
+@pytest.mark.parametrize("flushed", [True, False])
+def test_a_version_is_resumed_only_with_its_flush_setting(flushed: bool) -> None:
+    """Processes of one version that differ in `--no-flush` would leave provisional windows
+    in its outputs for some partitions only."""
+    view = RegistryView({2: VersionRecord(2, "running", ["orders"], flush=flushed)}, {})
+    topology = Topology(load_settings({}), 2).select(["orders"])
+    same = ReplayOptions(version=2, pipelines=["orders"], flush=flushed)
+    assert _check_version(view, topology, same) is view.versions[2]
+    other = dataclasses.replace(same, flush=not flushed)
+    with pytest.raises(ConfigError, match=r"^version 2 was replayed (with|without) --no-flush"):
+        _check_version(view, topology, other)
