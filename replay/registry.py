@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
-from app.admin import ensure_topics
+from app.admin import ensure_topics, existing_topics
 from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
@@ -86,9 +86,11 @@ class Registry:
 
     async def load(self, create: bool = True) -> RegistryView:
         """The registry's current content; with create=False a missing registry reads empty."""
+        view = RegistryView({}, {})
         if create:
             await self.ensure()
-        view = RegistryView({}, {})
+        elif self.topic not in await existing_topics(self.settings.kafka):
+            return view  # at once: a missing topic's partitions are waited for (topic_reader)
         try:
             parts = await read_to_end(self.settings.kafka, self.topic)
         except ValueError:  # the topic does not exist (and create=False)

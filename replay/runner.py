@@ -20,7 +20,13 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
 
 from agents.base import Pipeline
-from app.admin import copy_max_bytes, ensure_topics, require_partitions, warn_time_retention
+from app.admin import (
+    copy_max_bytes,
+    ensure_topics,
+    existing_topics,
+    require_partitions,
+    warn_time_retention,
+)
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer
@@ -28,7 +34,7 @@ from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner, retrying
 from app.settings import ConfigError, Settings
 from app.state_guard import lock_state_dir
-from app.topic_reader import bounded_consumer
+from app.topic_reader import TopicMissing, bounded_consumer
 from app.topology import Topology
 from replay.progress import ReplayProgress
 from replay.registry import (
@@ -95,6 +101,10 @@ async def prepare_replay(
     await require_definition(registry, view, opts.version, record=False)
     await require_split(registry, view, opts.version, opts.process_count, record=False)
     if rec is None:
+        present = await existing_topics(settings.kafka)
+        for t in topology.external_sources:  # at once, rather than after waiting for metadata
+            if topology.physical(t) not in present:
+                raise TopicMissing(f"topic {topology.physical(t)} does not exist")
         snapshot = {
             topology.physical(t): {
                 str(p): e
