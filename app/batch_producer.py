@@ -9,7 +9,9 @@ records land where any other Kafka producer would put them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -196,6 +198,32 @@ def _append(batch: object, r: Produce) -> bool:
     return meta is not None
 
 
+_SENDER_LOG = logging.getLogger("aiokafka.producer.sender")
+
+
+def _init_refused(record: logging.LogRecord) -> bool:
+    """aiokafka's log line for an InitProducerId answered UnknownError, which is said once,
+    in one line, as `SendRefused` (it logs it once per attempt before that)."""
+    message = record.getMessage()
+    return "InitProducerIdRequest" in message and "UnknownError" in message
+
+
+@contextlib.contextmanager
+def _unlogged(
+    logger: logging.Logger, dropped: Callable[[logging.LogRecord], bool]
+) -> Iterator[None]:
+    """`logger` without the records `dropped` selects, for a while."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not dropped(record)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class TransactionalSender:
     """processing_guarantee=exactly_once: a batch's outputs, its changelog entries and its
     source offset commit are one Kafka transaction (read_committed consumers see each output
@@ -217,7 +245,8 @@ class TransactionalSender:
                 self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
             try:
-                await producer.start()  # InitProducerId: the broker's transaction coordinator
+                with _unlogged(_SENDER_LOG, _init_refused):
+                    await producer.start()  # InitProducerId: the broker's transaction coordinator
             except BaseException as e:
                 await producer.stop()  # a producer that failed to start still holds a client
                 if isinstance(e, UnknownError):
