@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -83,6 +84,8 @@ async def tail(
 def run_tail(
     settings: Settings, topic: str, follow: bool, limit: int | None, whole: bool = False
 ) -> int:
-    # Ctrl-C and SIGTERM reach the command line's handler: exit 130 and 143, as other commands.
-    asyncio.run(tail(settings, topic, follow, limit, whole))
+    # Ctrl-C or SIGTERM is how `tail -f` is meant to end: an orderly stop, exit 0 (as the
+    # broker, the demo and a worker).
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail(settings, topic, follow, limit, whole))
     return 0
