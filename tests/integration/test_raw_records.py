@@ -27,12 +27,15 @@ async def _read_all(broker: str, topic: str, n: int, **options: object) -> list[
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("codec", [None, "gzip", "lz4", "snappy", "zstd"])
 async def test_raw_records_match_consumer_records_and_other_consumers_are_untouched(
-    broker: str, unique: str
+    broker: str, unique: str, codec: str | None
 ) -> None:
+    """Whatever codec a producer (or the topic's `compression.type`) chose: without its
+    library installed, a worker stopped on the first such batch, and again on every restart."""
     topic = f"raw-{unique}"
     await ensure_topics(broker, {topic: (1, {})})
-    producer = new_producer(broker, linger_ms=50)
+    producer = new_producer(broker, linger_ms=50, compression_type=codec)
     await producer.start()
     try:
         futures = [
