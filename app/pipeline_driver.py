@@ -27,7 +27,8 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from agents.base import Record
 from app.batch_delivery import BatchBuffer
 from app.runtime import BrokerDataLost, PipelineRunner
-from app.send_refusals import SendRefused
+from app.send_refusals import ReadRefused, SendRefused, read_refusal
+from app.topic_reader import TopicMissing
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,8 @@ class PipelineDriver:
                         await self._process_with_retry(taken)
         except asyncio.CancelledError:
             raise
-        except (BrokerDataLost, StateError, SendRefused) as exc:  # said in one line
-            log.error("kappa worker: %s", exc)
+        except (BrokerDataLost, StateError, SendRefused, ReadRefused, TopicMissing) as exc:
+            log.error("kappa worker: %s", exc)  # said in one line
             await self.fail(exc)
         except ProducerFenced as exc:
             log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
@@ -131,6 +132,9 @@ class PipelineDriver:
             except ProducerFenced:  # another worker owns these partitions now: a zombie stops
                 raise
             except (TimeoutError, KafkaError, OSError) as e:
+                refused = read_refusal(e, self.name)
+                if refused is not None:
+                    raise refused from e
                 log.warning(
                     "%s: broker trouble (%s); retrying in %.1fs", self.name, type(e).__name__, delay
                 )
@@ -157,10 +161,15 @@ class PipelineDriver:
                     await self.runner.state(partition)
         except asyncio.CancelledError:
             raise
-        except (BrokerDataLost, StateError) as exc:
+        except (BrokerDataLost, StateError, TopicMissing) as exc:
             log.error("kappa worker: %s", exc)
             await self.fail(exc)
         except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
+            refused = read_refusal(e, self.name)
+            if refused is not None:
+                log.error("kappa worker: %s", refused)
+                await self.fail(refused)
+                return
             log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
         except Exception as exc:  # a bug: stop loudly, as the drain loop does
             log.exception("pipeline %s: opening assigned partitions failed", self.name)

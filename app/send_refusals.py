@@ -1,7 +1,8 @@
-"""Produce errors that retrying cannot fix: the broker refuses the write itself (authorization,
-record size, topic policy, timestamps). A worker or replay stops on them with one line naming
-the topics and what to change, instead of retrying forever behind a healthy `/health` (Kafka
-Streams fails its thread on these too). Broker and network trouble is still retried."""
+"""Kafka errors that retrying cannot fix: the broker refuses the write itself (authorization,
+record size, topic policy, timestamps), or a read cannot succeed (authorization, a codec this
+client lacks, a corrupt batch). A worker or replay stops on them with one line naming what to
+change, instead of retrying forever behind a healthy `/health` (Kafka Streams fails its thread
+on these too). Broker and network trouble is still retried."""
 
 from __future__ import annotations
 
@@ -50,4 +51,32 @@ def refusal(error: BaseException, topics: Iterable[str]) -> SendRefused | None:
     return SendRefused(
         f"the broker refused writes to {names}: {type(error).__name__}: {error} "
         f"(not retried: {hint}; then restart)"
+    )
+
+
+_READ_HINTS: dict[type[errors.KafkaError], str] = {
+    errors.TopicAuthorizationFailedError: "grant this client's principal Read and Describe on "
+    "the version's topics (ACLs)",
+    errors.GroupAuthorizationFailedError: "grant this client's principal Read on its consumer "
+    "groups (ACLs)",
+    errors.UnsupportedCodecError: "this installation lacks the codec: reinstall Kappa with its "
+    "dependencies (cramjam)",
+    errors.CorruptRecordException: "a record batch on the broker is corrupt: check the broker's "
+    "log and disks",
+    errors.UnsupportedVersionError: "the broker is too old for this client's requests",
+}
+
+
+class ReadRefused(RuntimeError):
+    """A read failed in a way retrying cannot fix (one-line message)."""
+
+
+def read_refusal(error: BaseException, what: str) -> ReadRefused | None:
+    """The one-line error for a failed read of `what` if retrying cannot help, else None."""
+    hint = next((h for kind, h in _READ_HINTS.items() if isinstance(error, kind)), None)
+    if hint is None:
+        return None
+    return ReadRefused(
+        f"{what}: reading failed: {type(error).__name__}: {error} (not retried: {hint}; "
+        "then restart)"
     )

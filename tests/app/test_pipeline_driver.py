@@ -9,12 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import (
+    KafkaConnectionError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    UnsupportedCodecError,
+)
 
 from app.batch_delivery import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.runtime import BrokerDataLost
-from app.send_refusals import SendRefused
+from app.send_refusals import ReadRefused, SendRefused
+from app.topic_reader import TopicMissing
 from tables.rocks import StateError
 
 
@@ -229,6 +235,8 @@ async def test_a_workers_pipelines_are_revoked_at_once() -> None:
         (StateError("state from another version"), "fail"),
         (ProducerFenced(), "fail"),
         (SendRefused("the broker refused writes to orders.dlq"), "fail"),
+        # a changelog deleted under the worker, or a dev broker restarted: was a traceback
+        (TopicMissing("topic kappa-v1-orders-changelog does not exist"), "fail"),
         (RuntimeError("a bug"), "crash"),
     ],
 )
@@ -263,3 +271,52 @@ async def test_errors_said_in_one_line_stop_the_worker_without_a_crash(
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(driver.drain(), 5)
     assert stops == [(way, error)]
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (UnsupportedCodecError("Libraries for lz4 compression codec not found"), True),
+        (TopicAuthorizationFailedError(), True),
+        (KafkaConnectionError(), False),  # broker trouble: waited out
+    ],
+)
+async def test_a_read_retrying_cannot_fix_stops_the_worker_in_one_line(
+    error: BaseException, refused: bool
+) -> None:
+    """It was retried forever as broker trouble, with /health saying ok."""
+    stops: list[BaseException] = []
+    calls = 0
+
+    class _ReadFailingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise error
+            await super().handle_many(batches)
+
+    async def fail(exc: BaseException) -> None:
+        stops.append(exc)
+
+    runner = _ReadFailingRunner(opened={0})
+    driver = PipelineDriver(
+        runner,  # type: ignore[arg-type]
+        BatchBuffer(100, 10),
+        _Consumer({0}),
+        linger_s=0,
+        revoke_deadline_s=5.0,
+        release=lambda parts: asyncio.sleep(0),
+        fail=fail,
+        crash=fail,
+        should_stop=lambda: bool(stops or runner.handled),
+    )
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(driver.drain(), 5)
+    if refused:
+        (stop,) = stops
+        assert isinstance(stop, ReadRefused)
+        assert str(stop).startswith(f"orders: reading failed: {type(error).__name__}")
+        assert runner.handled == []
+    else:
+        assert stops == [] and runner.handled == [{0: [1]}]
