@@ -638,6 +638,9 @@ class PipelineRunner:
         source by whoever opens the partition next."""
         self._states.pop(partition, None)
         self._following.discard(partition)
+        # Its stream time is its next owner's to export: a frozen series here would be stale.
+        with contextlib.suppress(KeyError):
+            metrics.STREAM_TIME.remove(*self._label, str(partition))
         store = self._stores.pop(partition, None)
         if store is not None:
             store.close()

@@ -656,3 +656,24 @@ async def test_every_failure_of_concurrent_batches_is_retrieved() -> None:
         await runtime.run_concurrently([fail("a"), fail("b")])
     gc.collect()
     assert unretrieved == []
+
+
+async def test_a_partition_let_go_stops_exporting_its_stream_time(tmp_path: Path) -> None:
+    """After a rebalance the old owner kept a frozen `kappa_stream_time_ms` for it."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 7).select(["orders"])  # a version of its own: its own series
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, one_request=True)
+    await runner.handle_many({0: _orders(0, 3), 1: _orders(1, 3)})
+
+    def exported(partition: int) -> float | None:
+        labels = {"pipeline": "orders", "version": "7", "partition": str(partition)}
+        return REGISTRY.get_sample_value("kappa_stream_time_ms", labels)
+
+    assert exported(0) is not None and exported(1) is not None
+    runner.close_partition(1)
+    assert exported(0) is not None and exported(1) is None
+    runner.close()
