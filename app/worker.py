@@ -128,6 +128,10 @@ def create_app(
         store="memory://",
         autodiscover=False,
         web_enabled=True,
+        # faust's own /router and /table pages know nothing of Kappa's state (it keeps no faust
+        # tables): they answered 500 with a traceback, or a misleading 503.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         web_host=f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -60,6 +60,10 @@ async def test_live_worker_outputs_equal_batch_computation(
             _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody%7B%2F%7D")
         assert e.value.code == 404
         assert json.loads(e.value.read()) == {"error": "no orders for user nobody{/}"}
+        for faust_page in ("/router/x/", "/table/x/y/"):  # faust's own: a 500 and a 503 once
+            with pytest.raises(urllib.error.HTTPError) as e:
+                _get_json(f"http://127.0.0.1:{worker.web_port}{faust_page}")
+            assert e.value.code == 404, faust_page
         m = worker.metrics()
         assert m["kappa_dlq_total"] == len(ref.dlq)
         assert m["kappa_late_total"] == len(ref.late)
