@@ -73,7 +73,11 @@ def latest_entry(record: ConsumerRecord, key_fields: Sequence[str], topic: str) 
             f"{topic}[{record.partition}] offset {record.offset} is not a Kappa output record "
             f"({type(e).__name__}): only Kappa may write to a version's output topics"
         ) from None
-    provisional = any(k == PROVISIONAL_HEADER for k, _ in record.headers or ())
+    # Still open: flushed by a replay (the header), or a running value of a version that
+    # emits updates (KAPPA_EMIT_UPDATES) whose window has not closed yet.
+    provisional = d.get("final") is False or any(
+        k == PROVISIONAL_HEADER for k, _ in record.headers or ()
+    )
     return sort_key(key), (_PROVISIONAL if provisional else _FINAL) + bytes(record.value)
 
 
@@ -111,7 +115,7 @@ class OutputDiff:
             f"{self.changed} differ"
         )
         if self.provisional:
-            line += f"; {self.provisional} provisional (flushed by a replay), not compared"
+            line += f"; {self.provisional} provisional (windows still open), not compared"
         return line
 
     def lines(self, topic: str) -> list[str]:
@@ -132,7 +136,8 @@ def compare_latest(
     limit: int = 20,
 ) -> OutputDiff:
     """Walk two stores of latest values (each in sort-key order) side by side. A key that is
-    provisional (still open, flushed by a replay) on either side is counted, not compared."""
+    provisional (a window still open: flushed by a replay, or an update) on either side is
+    counted, not compared."""
     out = OutputDiff(v1, v2, limit)
 
     def key(fields: dict[str, Any]) -> tuple[Any, ...]:

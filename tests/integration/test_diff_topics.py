@@ -80,7 +80,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
     assert differences == 3
     assert report.splitlines() == [
         "orders.revenue-1m: 2,001 in v2, 2,001 in v3; 1 only in v2, 1 only in v3, 1 differ; "
-        "1 provisional (flushed by a replay), not compared",
+        "1 provisional (windows still open), not compared",
         "  - v2 only ('p5', 540000, 600000): "
         '{"product_id": "p5", "window_start": 540000, "window_end": 600000, "count": 109}',
         "  ~ ('p7', 180000, 240000): count 103 → 104",

@@ -46,6 +46,18 @@ def test_diff_compares_results_not_how_a_version_emits_them() -> None:
     assert compare_latest([a], [b], WINDOW_KEY, 2, 3).differences == 0
 
 
+def test_a_window_still_open_in_a_version_that_emits_updates_is_not_a_difference() -> None:
+    """Its latest record is a running value (`"final":false`, no provisional header): it was
+    reported as a window only that version has."""
+    window = b'{"product_id":"p","window_start":0,"window_end":60000,"count":2,"sum":3.0'
+    running = latest_entry(
+        SourceRecord("r.v2", 0, 0, None, b"p", window + b',"final":false}'), WINDOW_KEY, "r"
+    )
+    assert running is not None
+    diffed = compare_latest([running], [], WINDOW_KEY, 2, 3)
+    assert (diffed.differences, diffed.provisional) == (0, 1)
+
+
 keys = st.tuples(st.text(), st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1))
 
 
@@ -96,7 +108,7 @@ def test_two_outputs_are_walked_side_by_side_in_key_order() -> None:
     assert (result.only_a, result.only_b, result.changed, result.provisional) == (1, 1, 1, 1)
     assert result.lines("revenue") == [
         "revenue: 5 in v2, 5 in v3; 1 only in v2, 1 only in v3, 1 differ; "
-        "1 provisional (flushed by a replay), not compared",
+        "1 provisional (windows still open), not compared",
         "  ~ ('p', 60000, 120000): count 2 → 7",
         "  - v2 only ('p', 120000, 180000): "
         '{"product_id": "p", "window_start": 120000, "window_end": 180000, "count": 3}',
