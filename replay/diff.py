@@ -24,7 +24,14 @@ from agents.user_totals import USER_TOTALS
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_chunks
 from app.topology import Topology
-from replay.registry import DROPPED, Registry, require_version
+from replay.registry import (
+    DROPPED,
+    RUNNING,
+    Registry,
+    RegistryView,
+    VersionRecord,
+    require_version,
+)
 from tables.rocks import RocksStore
 
 log = logging.getLogger("kappa.diff")
@@ -252,11 +259,30 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
         lines.extend(result.lines(logical))
     if total:
         lines.append(f"{total} differences")
+        lines.extend(_why_they_may_differ(view, recs))
     elif skipped:  # "identical" alone would vouch for outputs nobody compared
         lines.append(f"identical in {', '.join(compared)} ({', '.join(skipped)} not compared)")
     else:
         lines.append("identical")
     return "\n".join(lines), total
+
+
+def _why_they_may_differ(view: RegistryView, recs: dict[int, VersionRecord]) -> list[str]:
+    """Notes on differences that are expected: a replay still running, or a live version that
+    has gone on past the other's snapshot (the walk-through's backfill beside a live one)."""
+    notes = [
+        f"note: version {v}'s replay has not completed: its outputs may be partial (kappa versions)"
+        for v, rec in recs.items()
+        if rec.status == RUNNING and v != view.live
+    ]
+    for v, other in (tuple(recs), tuple(recs)[::-1]):
+        if v == view.live and recs[other].snapshot:
+            notes.append(
+                f"note: version {v} is live and goes on processing orders produced after "
+                f"version {other}'s snapshot; windows and totals they reach differ until "
+                f"version {other} runs live too"
+            )
+    return notes
 
 
 @contextlib.contextmanager

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from agents.base import SourceRecord
 from app.settings import ConfigError
-from replay.diff import Entry, compare_latest, decode_entry, latest_entry, sort_key
+from replay.diff import (
+    Entry,
+    _why_they_may_differ,
+    compare_latest,
+    decode_entry,
+    latest_entry,
+    sort_key,
+)
+from replay.registry import COMPLETE, LIVE, RUNNING, RegistryView, VersionRecord
 
 WINDOW_KEY = ("product_id", "window_start", "window_end")
 
@@ -115,3 +123,28 @@ def test_two_outputs_are_walked_side_by_side_in_key_order() -> None:
         "  … 1 more",
     ]
     assert compare_latest(a, a, WINDOW_KEY, 2, 2).differences == 0
+
+
+def test_differences_that_are_expected_say_why() -> None:
+    """A replay still running, or a live version past the other's snapshot, differs as a
+    matter of course: the report said only how many differences there were."""
+    snapshot = {"orders": {"0": 10}}
+    view = RegistryView(
+        {
+            1: VersionRecord(1, LIVE),
+            2: VersionRecord(2, RUNNING, ["orders"], snapshot),
+            3: VersionRecord(3, COMPLETE, ["orders"], snapshot),
+        },
+        {},
+    )
+    view.marked[1] = 1
+    assert view.live == 1
+    notes = _why_they_may_differ(view, {2: view.versions[2], 3: view.versions[3]})
+    assert notes == [
+        "note: version 2's replay has not completed: its outputs may be partial (kappa versions)"
+    ]
+    notes = _why_they_may_differ(view, {1: view.versions[1], 3: view.versions[3]})
+    assert notes == [
+        "note: version 1 is live and goes on processing orders produced after version 3's "
+        "snapshot; windows and totals they reach differ until version 3 runs live too"
+    ]
