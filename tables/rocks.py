@@ -120,8 +120,9 @@ class RocksStore:
             # RocksDB names its LOCK file; don't match "block" (as in "block checksum mismatch").
             if "/LOCK" in msg or "lock hold" in msg or "lock file" in msg.lower():
                 raise StateLockedError(
-                    f"state directory {path} is in use by another worker process "
-                    "(give each worker its own KAPPA_STATE_DIR)"
+                    f"state directory {path} is in use by another Kappa process: a worker (give "
+                    "each worker its own KAPPA_STATE_DIR), or a replay of the same partitions "
+                    "of this version (wait for it to end)"
                 ) from None
             first = msg.splitlines()[0] if msg else type(e).__name__
             raise unreadable(path, first.strip()) from None

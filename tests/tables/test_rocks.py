@@ -144,5 +144,6 @@ def test_a_store_open_elsewhere_in_this_process_is_locked(
     with pytest.raises(StateLockedError) as e:
         RocksStore(path, IDENTITY)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert "or a replay of the same partitions of this version" in str(e.value)  # not only
     stores.pop().close()
     RocksStore(path, IDENTITY).close()  # free again once closed
