@@ -137,21 +137,14 @@ def _wait_all_or_first_failure(
         running = any(reader.is_alive() for reader in readers)
         failed = [c for c in children if c.poll() not in (None, 0)]
         if failed:
-            for child in children:
-                if child.poll() is None:
-                    child.terminate()
+            alive = [c for c in children if c.poll() is None]
+            for child in alive:
+                child.terminate()
             for reader in readers:
                 reader.join()
-            index = children.index(failed[0])
             rc = failed[0].returncode
-            how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
-            others = "stopped the others" if running else "the others had finished"
-            print(
-                f"replay: process {index}/{len(children)} failed ({how}); {others}. Run the "
-                "same command again to resume",
-                file=sys.stderr,
-                flush=True,
-            )
+            line = failure_line([children.index(c) for c in failed], rc, len(children), len(alive))
+            print(line, file=sys.stderr, flush=True)
             return exit_code(rc)
         if not running:
             for child in children:
@@ -160,6 +153,23 @@ def _wait_all_or_first_failure(
                 return 0
             continue  # one failed as its output ended: said above
         time.sleep(0.1)
+
+
+def failure_line(failed: list[int], returncode: int, processes: int, stopped: int) -> str:
+    """What the parent says when children failed: which (`failed`, by index), how the first
+    did, and whether it stopped the `stopped` others or they had finished."""
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+    names = ", ".join(f"{i}/{processes}" for i in failed)
+    what = (
+        f"process {names} failed ({how})"
+        if len(failed) == 1
+        else f"processes {names} failed (the first: {how})"
+    )
+    if stopped:
+        what += "; stopped the others"
+    elif len(failed) < processes:
+        what += "; the others had finished"
+    return f"replay: {what}. Run the same command again to resume"
 
 
 def exit_code(returncode: int) -> int:

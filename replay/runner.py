@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
@@ -255,7 +256,12 @@ async def _wait_for_stage(
         if _stage_done(view, topology, upstream, rec):
             return
         if not announced:
-            print(f"waiting for other replay processes to finish {upstream.name}…", flush=True)
+            # stderr: with --processes it is shared with the parent, so it shows as it happens
+            print(
+                f"waiting for other replay processes to finish {upstream.name}…",
+                file=sys.stderr,
+                flush=True,
+            )
             announced = True
         await asyncio.sleep(0.5)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from replay.parallel import exit_code, run_parallel
+from replay.parallel import exit_code, failure_line, run_parallel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,22 @@ def test_children_that_all_fail_give_their_exit_status_and_say_so(
     assert code == 2
     assert summary is None  # no summary line of a replay that failed
     said = capfd.readouterr().err
-    assert "replay: process 0/2 failed (exit 2)" in said or "process 1/2 failed (exit 2)" in said
+    assert "failed (exit 2)" in said or "failed (the first: exit 2)" in said
+    assert "the others had finished" not in said
+
+
+def test_the_failure_line_says_which_processes_failed_and_what_became_of_the_others() -> None:
+    """Two failed children were reported as one failed and "the others had finished"."""
+    again = ". Run the same command again to resume"
+    assert failure_line([1], 2, 2, stopped=1) == (
+        f"replay: process 1/2 failed (exit 2); stopped the others{again}"
+    )
+    assert failure_line([0, 1], 2, 2, stopped=0) == (
+        f"replay: processes 0/2, 1/2 failed (the first: exit 2){again}"
+    )
+    assert failure_line([2], -9, 3, stopped=0) == (
+        f"replay: process 2/3 failed (killed by signal 9); the others had finished{again}"
+    )
 
 
 def test_a_child_killed_by_a_signal_exits_as_a_shell_reports_it() -> None:
