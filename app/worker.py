@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
+from aiohttp.web import AppRunner
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
@@ -44,6 +45,7 @@ from app.send_refusals import SendRefused
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
+from tables.cleaning import MAX_TEXT_CHARS
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
@@ -240,6 +242,11 @@ async def freeze_startup_heap() -> None:
     tune_for_batches()
 
 
+# The longest request line the query serves: a 1,024-character id, 4 UTF-8 bytes a character,
+# 3 characters per percent-encoded byte, and the method, path and protocol.
+QUERY_LINE_BYTES = MAX_TEXT_CHARS * 4 * 3 + 256
+
+
 def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings: Settings) -> None:
     """`GET /tables/user-totals/{user_id}`: the user's totals from this worker's state.
 
@@ -249,6 +256,10 @@ def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings
     """
     partitioner = DefaultPartitioner()
     partitions = list(range(settings.partitions))
+    # A user id of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line:
+    # over aiohttp's default limit (8,190 bytes), which answered 400 and logged a traceback.
+    web = app.web
+    web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
 
     @app.page("/tables/user-totals/{user_id:.+}")  # any id, "{", "}" and "/" included
     class UserTotals(View):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -60,6 +61,10 @@ async def test_live_worker_outputs_equal_batch_computation(
             _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody%7B%2F%7D")
         assert e.value.code == 404
         assert json.loads(e.value.read()) == {"error": "no orders for user nobody{/}"}
+        longest = urllib.parse.quote("中" * 1024)  # the longest id, 9 KiB encoded: was a 400
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/{longest}")
+        assert e.value.code == 404, e.value.read()
         for faust_page in ("/router/x/", "/table/x/y/"):  # faust's own: a 500 and a 503 once
             with pytest.raises(urllib.error.HTTPError) as e:
                 _get_json(f"http://127.0.0.1:{worker.web_port}{faust_page}")
