@@ -7,7 +7,8 @@ running version to complete, and nothing else, so it never undoes a promote or a
 landed meanwhile; Kafka has no conditional writes), and `definition/N` (the window settings
 version N's results are built with, recorded by its first worker or replay), and `split/N`
 (how many processes replay it, `--process I/N`: processes of one version that split it
-differently would miss or overlap partitions).
+differently would miss or overlap partitions), and `dropping/N` (a drop of N has started: a
+promote of N at the same moment backs out, or the drop does; see `replay/versions.py`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class RegistryView:
     definitions: dict[int, dict[str, object]] = field(default_factory=dict)
     # version → the number of processes its replay is split over (`split/N`, the first wins)
     splits: dict[int, int] = field(default_factory=dict)
+    # versions a drop has started on (`dropping/N`, active until a drop that backed out says so)
+    dropping: set[int] = field(default_factory=set)
 
     @property
     def live(self) -> int:
@@ -126,6 +129,10 @@ class Registry:
     async def put_split(self, version: int, processes: int) -> None:
         await self.put((f"split/{version}", {"processes": processes}))
 
+    async def put_dropping(self, version: int, active: bool) -> None:
+        """A drop of `version` starts (written before anything is deleted), or backs out."""
+        await self.put((f"dropping/{version}", {"active": active, "at": now_iso()}))
+
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
 
@@ -193,6 +200,12 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
                 rec.status, rec.updated_at = COMPLETE, str(d["at"])
         elif name.startswith("definition/"):
             view.definitions.setdefault(int(name.split("/")[1]), dict(d))
+        elif name.startswith("dropping/"):
+            v = int(name.split("/")[1])
+            if d["active"]:
+                view.dropping.add(v)
+            else:
+                view.dropping.discard(v)
         elif name.startswith("split/"):
             view.splits.setdefault(int(name.split("/")[1]), int(d["processes"]))
         elif name.startswith("progress/"):

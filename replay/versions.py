@@ -67,6 +67,8 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
         return f"version {version} is already live"
     if rec.status == DROPPED:
         raise ConfigError(f"version {version} was dropped")
+    if version in view.dropping:
+        raise ConfigError(_being_dropped(version))
     if rec.status not in (COMPLETE, LIVE) and not force:  # LIVE: a promote that stopped halfway
         raise ConfigError(
             f"version {version} is {rec.status}: its replay has not completed (use --force to "
@@ -82,6 +84,12 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
     was = rec.status
     rec.status = LIVE
     await registry.put_version(rec)
+    # A drop of this version at the same moment: each writes before it reads again, so at
+    # least one of the two sees the other and backs out. The old version is still live here.
+    if version in (await registry.load()).dropping:
+        rec.status = was
+        await registry.put_version(rec)
+        raise ConfigError(_being_dropped(version))
     for other in view.versions.values():
         if other.status == LIVE and other.version != version:
             other.status = COMPLETE
@@ -102,6 +110,13 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
     return (
         f"version {version} is live (was {previous.version}); restart workers without --version "
         "to run it"
+    )
+
+
+def _being_dropped(version: int) -> str:
+    return (
+        f"version {version} is being dropped, or a drop of it stopped part way (run kappa drop "
+        f"{version} again to finish it); not promoted"
     )
 
 
@@ -127,10 +142,24 @@ async def drop(settings: Settings, version: int) -> str:
         ) from None
     admin = new_admin(settings.kafka)
     try:
+        # Said before anything is deleted, then read back: a promote of this version at the
+        # same moment backs out if it sees this, and this drop backs out if it sees the promote.
+        await registry.put_dropping(version, True)
+        again = await registry.load()
+        marked = again.versions.get(version)
+        if again.live == version or (marked is not None and marked.status == LIVE):
+            await registry.put_dropping(version, False)
+            raise ConfigError(
+                f"version {version} was promoted while it was being dropped; not dropped"
+            )
         await admin.start()
         # The group first: a broker refuses to delete a group with members (workers of this
         # version elsewhere), and then nothing has been deleted yet.
-        group_note = await _delete_group(admin, topology.group_id, version)
+        try:
+            group_note = await _delete_group(admin, topology.group_id, version)
+        except BaseException:
+            await registry.put_dropping(version, False)  # nothing deleted: promotable again
+            raise
         existing = set(await admin.list_topics())
         doomed = [t for t in topics if t in existing]
         if doomed:

@@ -13,6 +13,7 @@ from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
+from replay import versions
 from replay.diff import diff
 from replay.registry import (
     COMPLETE,
@@ -417,3 +418,81 @@ async def test_a_split_replay_is_resumed_by_the_same_processes_option(
     assert refused.returncode == 2 and "being replayed by 2 process(es)" in refused.stderr
     resumed = run_kappa(["replay", "--version", "2", "--processes", "2"], env, timeout=60)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+
+def _versions_settings(registry: Registry, tmp_path: Path) -> Settings:
+    return _settings_of(
+        registry, KAPPA_STATE_DIR=str(tmp_path), KAPPA_TOPIC_PREFIX=f"{registry.settings.app_id}."
+    )
+
+
+async def test_a_promote_during_a_drop_of_the_same_version_is_refused(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promote landing while the drop deleted the version's group and topics used to succeed:
+    the drop then marked it dropped, and no version was live."""
+    settings = _versions_settings(registry, tmp_path)
+    registry = Registry(settings)
+    for v, status in ((2, LIVE), (3, COMPLETE)):
+        await registry.put_version(VersionRecord(v, status, ["orders"], {"orders": {"0": 1}}))
+    promoted: list[object] = []
+    delete_group = versions._delete_group
+
+    async def promote_meanwhile(*args: Any, **kwargs: Any) -> str:
+        try:
+            promoted.append(await promote(settings, 3, force=False))
+        except ConfigError as e:
+            promoted.append(e)
+        return await delete_group(*args, **kwargs)
+
+    monkeypatch.setattr(versions, "_delete_group", promote_meanwhile)
+    assert (await drop(settings, 3)).startswith("dropped version 3")
+    (refused,) = promoted
+    assert str(refused) == (
+        "version 3 is being dropped, or a drop of it stopped part way (run kappa drop 3 again "
+        "to finish it); not promoted"
+    )
+    view = await registry.load()
+    assert view.live == 2 and view.versions[3].status == DROPPED
+
+
+async def test_a_drop_that_sees_the_version_promoted_meanwhile_backs_out(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The promote marked it live between the drop's first read and its own mark."""
+    settings = _versions_settings(registry, tmp_path)
+    registry = Registry(settings)
+    for v, status in ((2, LIVE), (3, COMPLETE)):
+        await registry.put_version(VersionRecord(v, status, ["orders"], {"orders": {"0": 1}}))
+    put_dropping = Registry.put_dropping
+
+    async def promoted_first(self: Registry, version: int, active: bool) -> None:
+        if active:  # the promote's mark lands just before the drop's
+            await self.put_version(VersionRecord(3, LIVE, ["orders"], {"orders": {"0": 1}}))
+        await put_dropping(self, version, active)
+
+    monkeypatch.setattr(Registry, "put_dropping", promoted_first)
+    with pytest.raises(ConfigError) as refused:
+        await drop(settings, 3)
+    assert str(refused.value) == "version 3 was promoted while it was being dropped; not dropped"
+    view = await registry.load()
+    assert 3 not in view.dropping and view.versions[3].status == LIVE  # the promote goes on
+
+
+async def test_a_promote_that_sees_a_drop_started_meanwhile_takes_its_mark_back(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for v, status in ((2, LIVE), (3, COMPLETE)):
+        await registry.put_version(VersionRecord(v, status, ["orders"], {"orders": {"0": 1}}))
+    put_version = Registry.put_version
+
+    async def dropped_meanwhile(self: Registry, rec: VersionRecord) -> None:
+        await put_version(self, rec)
+        if rec.version == 3 and rec.status == LIVE:  # the drop's mark lands just after
+            await self.put_dropping(3, True)
+
+    monkeypatch.setattr(Registry, "put_version", dropped_meanwhile)
+    with pytest.raises(ConfigError, match="version 3 is being dropped"):
+        await promote(registry.settings, 3, force=False)
+    view = await registry.load()
+    assert view.live == 2 and view.versions[3].status == COMPLETE

@@ -94,12 +94,16 @@ class RefusingAdmin:
 class RecordingRegistry:
     view: RegistryView
     written: list[VersionRecord] = field(default_factory=list)
+    dropping: list[tuple[int, bool]] = field(default_factory=list)
 
     async def load(self) -> RegistryView:
         return self.view
 
     async def put_version(self, rec: VersionRecord) -> None:
         self.written.append(rec)
+
+    async def put_dropping(self, version: int, active: bool) -> None:
+        self.dropping.append((version, active))
 
 
 async def test_a_refused_delete_keeps_the_state_and_the_registry_entry(
