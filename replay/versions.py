@@ -128,6 +128,11 @@ async def drop(settings: Settings, version: int) -> str:
     # A version made by `kappa topics/worker --version N` without a replay has no record: it is
     # dropped all the same, and recorded as dropped so its number is not used again.
     rec = view.versions.get(version) or VersionRecord(version, DROPPED)
+    if rec.status == LIVE:  # marked by a promote that has not finished (`promoting`)
+        raise ConfigError(
+            f"version {version} is being promoted, or a promote of it stopped part way: run "
+            f"kappa promote {version} again, or promote another version, before dropping it"
+        )
     topology = Topology(settings, version)
     topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
     unknown = version not in view.versions and not topology.state_root().exists()

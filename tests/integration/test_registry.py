@@ -496,3 +496,15 @@ async def test_a_promote_that_sees_a_drop_started_meanwhile_takes_its_mark_back(
         await promote(registry.settings, 3, force=False)
     view = await registry.load()
     assert view.live == 2 and view.versions[3].status == COMPLETE
+
+
+async def test_a_version_a_stopped_promote_marked_live_is_not_dropped(
+    registry: Registry, tmp_path: Path
+) -> None:
+    settings = _versions_settings(registry, tmp_path)
+    registry = Registry(settings)
+    for v, status in ((2, LIVE), (3, LIVE)):  # 3: marked after 2, so `promoting`
+        await registry.put_version(VersionRecord(v, status, ["orders"], {"orders": {"0": 1}}))
+    with pytest.raises(ConfigError, match="^version 3 is being promoted, or a promote of it"):
+        await drop(settings, 3)
+    assert 3 not in (await registry.load()).dropping  # refused before anything was written
