@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import math
@@ -20,6 +19,8 @@ from aiokafka.errors import (
     NoBrokersAvailable,
 )
 
+from app import command_loop
+from app.command_loop import Terminated
 from app.settings import (
     MAX_VERSION,
     ConfigError,
@@ -45,7 +46,7 @@ def _settings_with_broker(timeout_s: float = 10.0) -> Settings:
     from app.admin import wait_for_broker
 
     settings = load_settings()
-    asyncio.run(wait_for_broker(settings.kafka, timeout_s=timeout_s))
+    command_loop.run(wait_for_broker(settings.kafka, timeout_s=timeout_s))
     return settings
 
 
@@ -82,7 +83,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
         return await ensure_topics(settings.kafka, spec, settings.replication)
 
-    created = asyncio.run(run())
+    created = command_loop.run(run())
     for t in created:
         print(f"created {t}")
     print(
@@ -145,7 +146,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         # Refused here, in one line, rather than once per process.
         whole = dataclasses.replace(opts, process_count=args.processes)
-        topology = asyncio.run(prepare_replay(settings, whole))[2]
+        topology = command_loop.run(prepare_replay(settings, whole))[2]
         lock_state_dir(topology.state_root(), shared=True).release()
         child = [*args.pipelines, "--version", str(args.version)]
         if args.since is not None:
@@ -168,7 +169,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             ) from None
     if not args.dry_run:
         tune_for_batches()
-    summary = asyncio.run(run_replay(settings, opts))
+    summary = command_loop.run(run_replay(settings, opts))
     if summary is not None:
         print(summary.line(), flush=True)
     return 0
@@ -177,21 +178,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_versions(args: argparse.Namespace) -> int:
     from replay.versions import list_versions
 
-    print(asyncio.run(list_versions(_settings_with_broker())))
+    print(command_loop.run(list_versions(_settings_with_broker())))
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from replay.versions import promote
 
-    print(asyncio.run(promote(_settings_with_broker(), args.version, args.force)))
+    print(command_loop.run(promote(_settings_with_broker(), args.version, args.force)))
     return 0
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
     from replay.versions import drop
 
-    print(asyncio.run(drop(_settings_with_broker(), args.version)))
+    print(command_loop.run(drop(_settings_with_broker(), args.version)))
     return 0
 
 
@@ -200,7 +201,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.v1 == args.v2:
         raise UserError(f"both versions are {args.v1}: name two different versions")
-    report, differences = asyncio.run(diff(_settings_with_broker(), args.v1, args.v2, args.limit))
+    report, differences = command_loop.run(
+        diff(_settings_with_broker(), args.v1, args.v2, args.limit)
+    )
     print(report)
     return 1 if differences else 0
 
@@ -208,7 +211,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from replay.versions import status
 
-    print(asyncio.run(status(_settings_with_broker())))
+    print(command_loop.run(status(_settings_with_broker())))
     return 0
 
 
@@ -526,10 +529,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kappa {args.command}: warning: {line}", file=sys.stderr)
     terminated = False
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_sigterm(signum: int, frame: Any) -> None:
+        """Outside a command's event loop (`command_loop.run` cancels its task instead): stop
+        as Ctrl-C does. A second SIGTERM while the first one's cleanup runs is ignored."""
         nonlocal terminated
-        terminated = True
-        raise KeyboardInterrupt
+        if not terminated:
+            terminated = True
+            raise KeyboardInterrupt
 
     # SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does; as PID 1 in a
     # container, a process with no handler would ignore it until the SIGKILL. The worker and
@@ -566,8 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as e:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 128 + signal.SIGTERM if terminated else 130
+    except KeyboardInterrupt as e:
+        return 128 + signal.SIGTERM if terminated or isinstance(e, Terminated) else 130
     except BrokenPipeError:  # stdout's reader went away (`kappa tail ... | head`, a dead parent)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import time
 from collections.abc import Iterable, Iterator
 
+from app import command_loop
 from app.admin import KEEP_FOREVER, ensure_topics, wait_for_broker
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
@@ -94,7 +94,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     try:
-        sent = asyncio.run(run())
+        sent = command_loop.run(run())
     except _ReadFailed as e:  # the file went bad part way
         before = (
             f"; {read:,} records were produced before reading failed (loading the file again "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 
+from app import command_loop
 from app.admin import existing_topics, wait_for_broker
 from app.kafka_clients import new_consumer
 from app.settings import Settings
@@ -87,5 +87,5 @@ def run_tail(
     # Ctrl-C or SIGTERM is how `tail -f` is meant to end: an orderly stop, exit 0 (as the
     # broker, the demo and a worker).
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings, topic, follow, limit, whole))
+        command_loop.run(tail(settings, topic, follow, limit, whole))
     return 0

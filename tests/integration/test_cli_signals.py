@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from app.broker import free_port
 from app.topic_reader import high_watermarks
-from tests.support.processes import child_pids
+from tests.support.processes import child_pids, exited
 from tests.support.workers import KAPPA, ROOT, kappa_env
 
 pytestmark = pytest.mark.integration
@@ -76,3 +77,52 @@ def test_sigterm_stops_the_embedded_broker_command_and_its_broker(tmp_path: Path
         err = _sigterm(proc)
     assert proc.returncode == 0, err
     assert not [pid for pid in brokers if Path(f"/proc/{pid}").exists()]
+
+
+def _ignoring_sigint() -> None:
+    """As a script's background job runs (`kappa replay ... &`): asyncio.run then leaves
+    SIGINT, and with it Ctrl-C's orderly path, alone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def test_a_replay_whose_parent_is_killed_stops_its_processes_quietly(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`kill -9` of `replay --processes 2`: each child gets SIGTERM (its parent's death signal)
+    and stops in order. Raised as KeyboardInterrupt wherever it landed, it left tracebacks
+    from inside aiokafka's sender and tasks destroyed while pending."""
+    env = kappa_env(broker, unique, tmp_path / "state") | {"KAPPA_REPLAY_BATCH_MAX": "100"}
+    produced = subprocess.run(
+        [*KAPPA, "produce", f"{unique}.orders", "--generate", "100000", "--no-progress"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    assert produced.returncode == 0, produced.stderr
+    parent = subprocess.Popen(
+        [*KAPPA, "replay", "--version", "2", "--processes", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignoring_sigint,
+    )
+    try:
+        output = f"{unique}.orders.revenue-1m.v2"
+        while sum((await _ends(broker, output)).values()) == 0:  # replaying
+            assert parent.poll() is None, parent.communicate()
+        children = child_pids(parent.pid)
+        assert len(children) == 2
+        parent.kill()
+        _, err = parent.communicate(timeout=60)  # at its end once the children have exited too
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    deadline = time.monotonic() + 30  # their output ends a moment before they do
+    while not all(exited(pid) for pid in children):
+        assert time.monotonic() < deadline, "a child outlived its parent"
+        await asyncio.sleep(0.05)
+    for noise in ("Traceback", "destroyed but it is pending", "never retrieved"):
+        assert noise not in err, err

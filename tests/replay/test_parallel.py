@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replay.parallel import exit_code, failure_line, run_parallel
+from tests.support.processes import exited
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,15 +46,6 @@ def test_a_child_killed_by_a_signal_exits_as_a_shell_reports_it() -> None:
     assert (exit_code(-9), exit_code(-15), exit_code(2), exit_code(0)) == (137, 143, 2, 0)
 
 
-def _gone(pid: int) -> bool:
-    """Exited (a zombie waiting for its new parent to reap it counts)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 def test_a_child_stops_when_its_parent_is_killed() -> None:
     """`kill -9` of `kappa replay --processes N` must not leave its children replaying: they
@@ -74,13 +66,13 @@ def test_a_child_stops_when_its_parent_is_killed() -> None:
     try:
         assert proc.stdout is not None
         child_pid = int(proc.stdout.readline())
-        assert not _gone(child_pid)
+        assert not exited(child_pid)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 30
-        while not _gone(child_pid) and time.monotonic() < deadline:
+        while not exited(child_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _gone(child_pid), "the child outlived its parent"
+        assert exited(child_pid), "the child outlived its parent"
     finally:
         proc.kill()
 
