@@ -353,8 +353,17 @@ async def _consume(
                 summary.add((await runner.handle_many(batches)).counts)
                 progress.advance(sum(len(recs) for recs in batches.values()))
             for p in list(todo):
-                if await consumer.position(tps[p]) >= ends[p]:
+                position = await consumer.position(tps[p])
+                if position >= ends[p]:
                     todo.discard(p)
+                    continue
+                high = consumer.highwater(tps[p])
+                if high is not None and position >= high:  # read to the log's end, short of it
+                    raise ConfigError(
+                        f"{topic}[{p}] now ends at offset {high}, before offset {ends[p]} where "
+                        "this replay's snapshot ends: the topic was deleted and created again, "
+                        "or truncated; replay into a new version"
+                    )
     finally:
         await consumer.stop()
 

@@ -511,3 +511,28 @@ async def test_a_version_a_stopped_promote_marked_live_is_not_dropped(
     with pytest.raises(ConfigError, match=r"^version 3 is being promoted, or a promote of it"):
         await drop(settings, 3)
     assert 3 not in (await registry.load()).dropping  # refused before anything was written
+
+
+async def test_a_source_shorter_than_the_versions_snapshot_is_one_line(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A source topic deleted and created again since the version was registered: resuming
+    the version waited forever for offsets the log no longer reaches."""
+    from app.admin import ensure_topics
+    from replay.runner import ReplayOptions, run_replay
+
+    settings = _replay_settings(broker, unique, tmp_path, "short")
+    source = f"{unique}.orders"
+    await ensure_topics(broker, {source: (settings.partitions, {})})
+    registry = Registry(settings)
+    await registry.ensure()
+    ends = {str(p): 0 for p in range(settings.partitions)} | {"0": 5}  # 5 records, once
+    await registry.put_version(VersionRecord(2, RUNNING, ["orders"], {source: ends}))
+    with pytest.raises(ConfigError) as refused:
+        await asyncio.wait_for(
+            run_replay(settings, ReplayOptions(2, ["orders"], progress=False)), 60
+        )
+    assert str(refused.value) == (
+        f"{source}[0] now ends at offset 0, before offset 5 where this replay's snapshot ends: "
+        "the topic was deleted and created again, or truncated; replay into a new version"
+    )
