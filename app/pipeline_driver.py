@@ -31,6 +31,9 @@ from app.send_refusals import ReadRefused, SendRefused, read_refusal
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
 
+# Errors that stop the worker in order, said in one line (no traceback: they are not bugs).
+ONE_LINE_STOPS = (BrokerDataLost, StateError, SendRefused, ReadRefused, TopicMissing)
+
 log = logging.getLogger(__name__)
 
 
@@ -94,8 +97,8 @@ class PipelineDriver:
                         await self._process_with_retry(taken)
         except asyncio.CancelledError:
             raise
-        except (BrokerDataLost, StateError, SendRefused, ReadRefused, TopicMissing) as exc:
-            log.error("kappa worker: %s", exc)  # said in one line
+        except ONE_LINE_STOPS as exc:
+            log.error("kappa worker: %s", exc)
             await self.fail(exc)
         except ProducerFenced as exc:
             log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
@@ -161,7 +164,7 @@ class PipelineDriver:
                     await self.runner.state(partition)
         except asyncio.CancelledError:
             raise
-        except (BrokerDataLost, StateError, TopicMissing) as exc:
+        except ONE_LINE_STOPS as exc:
             log.error("kappa worker: %s", exc)
             await self.fail(exc)
         except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
@@ -210,6 +213,10 @@ class PipelineDriver:
                     self.runner.close_partition(partition)
         except ProducerFenced as exc:
             log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
+            await self.fail(exc)
+            return
+        except ONE_LINE_STOPS as exc:  # as in the drain loop, not out into faust's rebalance
+            log.error("kappa worker: %s", exc)
             await self.fail(exc)
             return
         finally:

@@ -320,3 +320,32 @@ async def test_a_read_retrying_cannot_fix_stops_the_worker_in_one_line(
         assert runner.handled == []
     else:
         assert stops == [] and runner.handled == [{0: [1]}]
+
+
+async def test_a_hand_over_that_cannot_be_sent_stops_the_worker_in_one_line() -> None:
+    """It raised out of the revoke into faust's rebalance callback instead."""
+    stops: list[BaseException] = []
+    refused = SendRefused("the broker refused writes to orders.revenue-1m")
+
+    class _RefusingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            raise refused
+
+    async def fail(exc: BaseException) -> None:
+        stops.append(exc)
+
+    driver = PipelineDriver(
+        _RefusingRunner(opened={0}),  # type: ignore[arg-type]
+        BatchBuffer(100, 10),
+        _Consumer({0}),
+        linger_s=0,
+        revoke_deadline_s=5.0,
+        release=lambda parts: asyncio.sleep(0),
+        fail=fail,
+        crash=fail,
+        should_stop=lambda: False,
+    )
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(driver.on_revoked({0}), 5)
+    assert stops == [refused]
+    assert not driver.lock.locked()
