@@ -126,6 +126,31 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[Pipeli
     return driver, released
 
 
+def _stopping_driver(runner: _Runner) -> tuple[PipelineDriver, list[tuple[str, BaseException]]]:
+    """A driver of partition 0 that records how it was stopped: ("fail" or "crash", error). Its
+    drain loop ends once it was stopped or has handled a batch."""
+    stops: list[tuple[str, BaseException]] = []
+
+    async def fail(exc: BaseException) -> None:
+        stops.append(("fail", exc))
+
+    async def crash(exc: BaseException) -> None:
+        stops.append(("crash", exc))
+
+    driver = PipelineDriver(
+        runner,  # type: ignore[arg-type]
+        BatchBuffer(100, 10),
+        _Consumer({0}),
+        linger_s=0,
+        revoke_deadline_s=5.0,
+        release=lambda parts: asyncio.sleep(0),
+        fail=fail,
+        crash=crash,
+        should_stop=lambda: bool(stops or runner.handled),
+    )
+    return driver, stops
+
+
 async def _buffer(driver: PipelineDriver, partition: int, *offsets: int) -> None:
     for offset in offsets:
         await driver.buffer.put(_Record(partition, offset))  # type: ignore[arg-type]
@@ -245,29 +270,12 @@ async def test_errors_said_in_one_line_stop_the_worker_without_a_crash(
 ) -> None:
     """An error the worker explains in one line stops it in order (`fail`); only a bug goes
     through `crash`, whose log carries the traceback."""
-    stops: list[tuple[str, BaseException]] = []
-
-    async def fail(exc: BaseException) -> None:
-        stops.append(("fail", exc))
-
-    async def crash(exc: BaseException) -> None:
-        stops.append(("crash", exc))
 
     class _FailingRunner(_Runner):
         async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
             raise error
 
-    driver = PipelineDriver(
-        _FailingRunner(opened={0}),  # type: ignore[arg-type]
-        BatchBuffer(100, 10),
-        _Consumer({0}),
-        linger_s=0,
-        revoke_deadline_s=5.0,
-        release=lambda parts: asyncio.sleep(0),
-        fail=fail,
-        crash=crash,
-        should_stop=lambda: False,
-    )
+    driver, stops = _stopping_driver(_FailingRunner(opened={0}))
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(driver.drain(), 5)
     assert stops == [(way, error)]
@@ -285,7 +293,6 @@ async def test_a_read_retrying_cannot_fix_stops_the_worker_in_one_line(
     error: BaseException, refused: bool
 ) -> None:
     """It was retried forever as broker trouble, with /health saying ok."""
-    stops: list[BaseException] = []
     calls = 0
 
     class _ReadFailingRunner(_Runner):
@@ -296,26 +303,13 @@ async def test_a_read_retrying_cannot_fix_stops_the_worker_in_one_line(
                 raise error
             await super().handle_many(batches)
 
-    async def fail(exc: BaseException) -> None:
-        stops.append(exc)
-
     runner = _ReadFailingRunner(opened={0})
-    driver = PipelineDriver(
-        runner,  # type: ignore[arg-type]
-        BatchBuffer(100, 10),
-        _Consumer({0}),
-        linger_s=0,
-        revoke_deadline_s=5.0,
-        release=lambda parts: asyncio.sleep(0),
-        fail=fail,
-        crash=fail,
-        should_stop=lambda: bool(stops or runner.handled),
-    )
+    driver, stops = _stopping_driver(runner)
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(driver.drain(), 5)
     if refused:
-        (stop,) = stops
-        assert isinstance(stop, ReadRefused)
+        ((way, stop),) = stops
+        assert way == "fail" and isinstance(stop, ReadRefused)
         assert str(stop).startswith(f"orders: reading failed: {type(error).__name__}")
         assert runner.handled == []
     else:
@@ -324,28 +318,14 @@ async def test_a_read_retrying_cannot_fix_stops_the_worker_in_one_line(
 
 async def test_a_hand_over_that_cannot_be_sent_stops_the_worker_in_one_line() -> None:
     """It raised out of the revoke into faust's rebalance callback instead."""
-    stops: list[BaseException] = []
     refused = SendRefused("the broker refused writes to orders.revenue-1m")
 
     class _RefusingRunner(_Runner):
         async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
             raise refused
 
-    async def fail(exc: BaseException) -> None:
-        stops.append(exc)
-
-    driver = PipelineDriver(
-        _RefusingRunner(opened={0}),  # type: ignore[arg-type]
-        BatchBuffer(100, 10),
-        _Consumer({0}),
-        linger_s=0,
-        revoke_deadline_s=5.0,
-        release=lambda parts: asyncio.sleep(0),
-        fail=fail,
-        crash=fail,
-        should_stop=lambda: False,
-    )
+    driver, stops = _stopping_driver(_RefusingRunner(opened={0}))
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(driver.on_revoked({0}), 5)
-    assert stops == [refused]
+    assert stops == [("fail", refused)]
     assert not driver.lock.locked()
