@@ -83,6 +83,7 @@ class PipelineDriver:
         self.revokes_waiting = 0
         self.rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
         self._opening: set[asyncio.Future[None]] = set()
+        self._in_flight: asyncio.Future[None] | None = None  # the batch being processed
 
     async def drain(self) -> None:
         """Take what is buffered as one batch, process it, repeat until the worker stops."""
@@ -94,7 +95,7 @@ class PipelineDriver:
                 async with self.lock:
                     taken = self.buffer.take()  # empty if a revoke took it meanwhile
                     if taken:
-                        await self._process_with_retry(taken)
+                        await self._process_abandonable(taken)
         except asyncio.CancelledError:
             raise
         except ONE_LINE_STOPS as exc:
@@ -106,6 +107,31 @@ class PipelineDriver:
         except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
             log.exception("pipeline %s failed", self.name)
             await self.crash(exc)
+
+    async def _process_abandonable(self, taken: dict[int, Sequence[Record]]) -> None:
+        """Process a batch in a task of its own, which a revoke past its deadline cancels
+        (`abandon_batch`): a send still being retried then sends nothing more, so no entry of
+        a revoked partition lands after its next owner's."""
+        work = asyncio.ensure_future(self._process_with_retry(taken))
+        self._in_flight = work
+        try:
+            await asyncio.wait({work})  # cancelled itself (the worker stops): the batch too
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            self._in_flight = None
+        if work.cancelled():  # abandoned: not acknowledged, its records read again
+            log.warning("%s: batch abandoned for a revoke past its deadline", self.name)
+            for partition in taken:  # a reopened partition reads the gap
+                self.runner.close_partition(partition)
+            return
+        work.result()  # its error, if any, for the drain loop's handlers
+
+    def abandon_batch(self) -> None:
+        """Cancel the batch in progress, if any (its state changes are discarded)."""
+        if self._in_flight is not None:
+            self._in_flight.cancel()
 
     async def _process(self, taken: dict[int, Sequence[Record]]) -> None:
         for partition in taken:  # opens (maybe restores) the partitions' states
@@ -189,7 +215,18 @@ class PipelineDriver:
             opening.cancel()
         self.revokes_waiting += 1
         try:
-            await self.lock.acquire()
+            acquiring = asyncio.ensure_future(self.lock.acquire())
+            try:
+                left = self.revoke_deadline_s - (self.clock() - started)
+                if not (await asyncio.wait({acquiring}, timeout=max(left, 0.0)))[0]:
+                    self.abandon_batch()  # past the deadline: it must send nothing more
+                await acquiring
+            except asyncio.CancelledError:
+                if acquiring.done() and not acquiring.cancelled():
+                    self.lock.release()  # granted just before the cancel
+                else:
+                    acquiring.cancel()
+                raise
         finally:
             self.revokes_waiting -= 1
         try:

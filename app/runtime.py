@@ -629,9 +629,26 @@ class PipelineRunner:
         """Revoked partitions: send their held changelog entries, then let them go, so
         whoever takes one over restores all of it from the changelog (no batch read again)."""
         partitions = set(partitions)
+        await self._background_send_done()
         await self.send_held(partitions)
         for p in partitions:
             self.close_partition(p)
+
+    async def _background_send_done(self) -> None:
+        """Wait for a background send of held entries (`send_held_soon`): it may hold entries
+        of partitions already closed, which must not land after their next owner's. The
+        caller's deadline cancels it with the caller; a failure was logged by the task."""
+        task = self._sending_held
+        if task is None or task.done():
+            return
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller was cancelled (its deadline): the send went with it
+        except Exception:
+            return
 
     def close_partition(self, partition: int) -> None:
         """Let a partition go; a held batch not sent (`send_held`) is read again from the

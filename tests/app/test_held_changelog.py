@@ -376,3 +376,32 @@ async def test_a_partition_handed_over_leaves_its_held_batch_in_the_changelog(
     assert await next_owner.applied_offset(0) == 19
     next_owner.close()
     runner.close()
+
+
+async def test_a_hand_over_waits_for_a_background_send_and_its_deadline_cancels_it(
+    tmp_path: Path,
+) -> None:
+    """A batch dropped for a waiting revoke closes its partition; the idle-time send of the
+    held entries could still be retrying, and landed after the next owner's entries."""
+    broker = _Broker()
+    unblocked = asyncio.Event()
+    blocked: list[bool] = []
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        if blocked:  # the broker stops answering after the first batch
+            await unblocked.wait()
+        blocked.append(True)
+        await broker.send(records, commit)
+
+    runner = _holding_runner(tmp_path, send)
+    await runner.handle_many({0: _orders(10)})  # acknowledged; its entries are held
+    runner.send_held_soon()  # idle: their own send, in the background, stuck
+    await asyncio.sleep(0)
+    runner.close_partition(0)  # a batch left for a waiting revoke
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(runner.hand_over({0}), 0.2)  # the revoke's deadline
+    sends = len(broker.sends)
+    unblocked.set()
+    await asyncio.sleep(0.05)
+    assert len(broker.sends) == sends == 1  # nothing after the revoke let go of the partition
+    runner.close()

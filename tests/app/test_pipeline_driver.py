@@ -126,7 +126,9 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[Pipeli
     return driver, released
 
 
-def _stopping_driver(runner: _Runner) -> tuple[PipelineDriver, list[tuple[str, BaseException]]]:
+def _stopping_driver(
+    runner: _Runner, revoke_deadline_s: float = 5.0
+) -> tuple[PipelineDriver, list[tuple[str, BaseException]]]:
     """A driver of partition 0 that records how it was stopped: ("fail" or "crash", error). Its
     drain loop ends once it was stopped or has handled a batch."""
     stops: list[tuple[str, BaseException]] = []
@@ -142,7 +144,7 @@ def _stopping_driver(runner: _Runner) -> tuple[PipelineDriver, list[tuple[str, B
         BatchBuffer(100, 10),
         _Consumer({0}),
         linger_s=0,
-        revoke_deadline_s=5.0,
+        revoke_deadline_s=revoke_deadline_s,
         release=lambda parts: asyncio.sleep(0),
         fail=fail,
         crash=crash,
@@ -329,3 +331,33 @@ async def test_a_hand_over_that_cannot_be_sent_stops_the_worker_in_one_line() ->
     await asyncio.wait_for(driver.on_revoked({0}), 5)
     assert stops == [("fail", refused)]
     assert not driver.lock.locked()
+
+
+async def test_a_revoke_past_its_deadline_abandons_a_batch_still_being_sent() -> None:
+    """The revoke waited for the batch in progress however long its send was retried, and
+    that send (with the previous batch's changelog entries) landed after the next owner's."""
+    sending = asyncio.Event()
+    cancelled: list[bool] = []
+
+    class _StuckRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            sending.set()
+            try:
+                await asyncio.Event().wait()  # retried against a broker that does not answer
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    runner = _StuckRunner(opened={0})
+    driver, stops = _stopping_driver(runner, revoke_deadline_s=0.2)
+    drain = asyncio.ensure_future(driver.drain())
+    try:
+        await _buffer(driver, 0, 1)
+        await asyncio.wait_for(sending.wait(), 5)
+        await asyncio.wait_for(driver.on_revoked({0}), 5)
+        assert cancelled == [True] and stops == []
+        assert 0 in runner.closed and runner.handed_over == []
+        assert driver.consumer.acked == {}  # type: ignore[attr-defined]
+        assert not drain.done()  # the worker goes on with its other partitions
+    finally:
+        drain.cancel()
