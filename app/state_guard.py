@@ -95,6 +95,7 @@ def state_identity(topology: Topology, pipeline: str, partition: int) -> dict[st
     """What a partition directory's `KAPPA` marker records (see `tables.rocks`)."""
     return {
         "app_id": topology.settings.app_id,
+        "topic_prefix": topology.settings.topic_prefix,  # names the changelog it mirrors
         "version": topology.version,
         "pipeline": pipeline,
         "partition": partition,

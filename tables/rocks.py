@@ -19,8 +19,9 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 MARKER = "KAPPA"
 # Marker fields that must match for a directory to be this partition's state. The version is
-# recorded but not compared: a version's state may be seeded from another version's.
-IDENTITY_FIELDS = ("app_id", "pipeline", "partition")
+# recorded but not compared: a version's state may be seeded from another version's. A field
+# a marker lacks (written before it was recorded) is not compared.
+IDENTITY_FIELDS = ("app_id", "topic_prefix", "pipeline", "partition")
 # Files RocksDB (or rocksdict) may leave in a directory before it holds a database at all.
 _PRE_DB_FILES = ("LOCK", "LOG", MARKER, MARKER + ".tmp")
 _REBUILD = "the partition is rebuilt from its source"
@@ -144,8 +145,9 @@ class RocksStore:
             theirs = ", ".join(f"{k}={found[k]!r}" for k in IDENTITY_FIELDS if k in found)
             ours = ", ".join(f"{k}={identity[k]!r}" for k in IDENTITY_FIELDS if k in identity)
             raise ForeignStateError(
-                f"state at {self.path} belongs to {theirs}, not {ours}: check KAPPA_STATE_DIR "
-                f"and KAPPA_APP_ID, or remove it with `rm -rf {self.path}` and restart; {_REBUILD}"
+                f"state at {self.path} belongs to {theirs}, not {ours}: check KAPPA_STATE_DIR, "
+                f"KAPPA_APP_ID and KAPPA_TOPIC_PREFIX, or remove it with `rm -rf {self.path}` "
+                f"and restart; {_REBUILD}"
             )
 
     def _check_is_database(self) -> None:

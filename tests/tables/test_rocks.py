@@ -17,7 +17,13 @@ from tables.rocks import (
     StateUnreadableError,
 )
 
-IDENTITY = {"app_id": "kappa", "version": 1, "pipeline": "orders", "partition": 3}
+IDENTITY = {
+    "app_id": "kappa",
+    "topic_prefix": "team-a.",
+    "version": 1,
+    "pipeline": "orders",
+    "partition": 3,
+}
 
 
 @pytest.fixture
@@ -74,7 +80,14 @@ def test_an_unmarked_store_is_adopted(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "field,value", [("app_id", "someone-else"), ("pipeline", "user-totals"), ("partition", 1)]
+    "field,value",
+    [
+        ("app_id", "someone-else"),
+        ("pipeline", "user-totals"),
+        ("partition", 1),
+        # another prefix's changelog: was refused as "the broker lost its data", or rebuilt
+        ("topic_prefix", "team-b."),
+    ],
 )
 def test_a_foreign_marker_is_refused(path: Path, field: str, value: object) -> None:
     _make(path, {**IDENTITY, field: value})
@@ -83,6 +96,11 @@ def test_a_foreign_marker_is_refused(path: Path, field: str, value: object) -> N
     assert str(path) in str(e.value)
     assert f"{field}={value!r}" in str(e.value)
     _assert_rebuild_advice(e.value, path)
+
+
+def test_a_marker_written_before_the_prefix_was_recorded_is_not_foreign(path: Path) -> None:
+    _make(path, {k: v for k, v in IDENTITY.items() if k != "topic_prefix"})
+    RocksStore(path, IDENTITY).close()
 
 
 def test_another_version_of_the_same_partition_is_not_foreign(path: Path) -> None:
