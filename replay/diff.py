@@ -26,7 +26,6 @@ from app.topic_reader import read_chunks
 from app.topology import Topology
 from replay.registry import (
     DROPPED,
-    RUNNING,
     Registry,
     RegistryView,
     VersionRecord,
@@ -273,7 +272,7 @@ def _why_they_may_differ(view: RegistryView, recs: dict[int, VersionRecord]) -> 
     notes = [
         f"note: version {v}'s replay has not completed: its outputs may be partial (kappa versions)"
         for v, rec in recs.items()
-        if rec.status == RUNNING and v != view.live
+        if not rec.replay_done
     ]
     for v, other in (tuple(recs), tuple(recs)[::-1]):
         if v == view.live and recs[other].snapshot:

@@ -45,6 +45,10 @@ class VersionRecord:
     # Whether its replay emits the windows still open at the snapshot (marked provisional);
     # records written before this field existed were all flushed.
     flush: bool = True
+    # Whether its replay reached the snapshot (kept when a `promote --force` marks it live, so
+    # moved aside again it is `running`, not `complete`); once true, it stays true. Records
+    # written before this field existed, and versions made without a replay, count as done.
+    replay_done: bool = True
 
 
 @dataclass
@@ -196,8 +200,10 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
             view.marked[v] = max(view.marked.values(), default=0) + 1
         elif name.startswith("complete/"):
             rec = view.versions.get(int(name.split("/")[1]))
-            if rec is not None and rec.status == RUNNING:  # not a promote or drop after it
-                rec.status, rec.updated_at = COMPLETE, str(d["at"])
+            if rec is not None:
+                rec.replay_done = True
+                if rec.status == RUNNING:  # not a promote or drop after it
+                    rec.status, rec.updated_at = COMPLETE, str(d["at"])
         elif name.startswith("definition/"):
             view.definitions.setdefault(int(name.split("/")[1]), dict(d))
         elif name.startswith("dropping/"):
@@ -227,6 +233,7 @@ def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecor
     latest.snapshot, latest.pipelines = first.snapshot, first.pipelines
     latest.since_ms, latest.created_at = first.since_ms, first.created_at
     latest.flush = first.flush
+    latest.replay_done = latest.replay_done or first.replay_done
     return latest
 
 

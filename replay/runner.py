@@ -120,6 +120,7 @@ async def prepare_replay(
             snapshot,
             opts.since_ms,
             flush=opts.flush,
+            replay_done=False,
         )
     topics = list(topology.all_topics())
     await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
@@ -167,7 +168,7 @@ async def _replay(
     view = await registry.load()
     if all(_stage_done(view, topology, p, rec) for p in topology.pipelines):
         current = view.versions.get(opts.version, rec)
-        if current.status == RUNNING:
+        if current.status == RUNNING or not current.replay_done:  # e.g. promoted with --force
             await registry.put_completion(opts.version)
     summary.seconds = time.monotonic() - started
     return summary

@@ -20,6 +20,7 @@ from replay.registry import (
     COMPLETE,
     DROPPED,
     LIVE,
+    RUNNING,
     Registry,
     RegistryView,
     VersionRecord,
@@ -92,7 +93,8 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
         raise ConfigError(_being_dropped(version))
     for other in view.versions.values():
         if other.status == LIVE and other.version != version:
-            other.status = COMPLETE
+            # A version promoted with --force before its replay ended is not complete.
+            other.status = COMPLETE if other.replay_done else RUNNING
             await registry.put_version(other)
     if previous.version not in view.versions:
         previous.status = COMPLETE

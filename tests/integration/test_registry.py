@@ -536,3 +536,21 @@ async def test_a_source_shorter_than_the_versions_snapshot_is_one_line(
         f"{source}[0] now ends at offset 0, before offset 5 where this replay's snapshot ends: "
         "the topic was deleted and created again, or truncated; replay into a new version"
     )
+
+
+async def test_a_version_promoted_before_its_replay_ended_is_running_again_when_moved_aside(
+    registry: Registry,
+) -> None:
+    """It came back as `complete`, and a promote without --force then took it."""
+    await registry.ensure()
+    await registry.put_version(VersionRecord(2, LIVE, ["orders"], {"orders": {"0": 1}}))
+    await registry.put_version(running(3, 10, replay_done=False))
+    await registry.put_version(VersionRecord(4, COMPLETE, ["orders"], {"orders": {"0": 1}}))
+    await promote(registry.settings, 3, force=True)
+    await promote(registry.settings, 4, force=False)
+    view = await registry.load()
+    assert (view.live, view.versions[3].status) == (4, RUNNING)
+    with pytest.raises(ConfigError, match="version 3 is running: its replay has not completed"):
+        await promote(registry.settings, 3, force=False)
+    await registry.put_completion(3)  # its replay, resumed, reached the snapshot
+    assert (await registry.load()).versions[3].status == COMPLETE

@@ -132,7 +132,7 @@ def test_differences_that_are_expected_say_why() -> None:
     view = RegistryView(
         {
             1: VersionRecord(1, LIVE),
-            2: VersionRecord(2, RUNNING, ["orders"], snapshot),
+            2: VersionRecord(2, RUNNING, ["orders"], snapshot, replay_done=False),
             3: VersionRecord(3, COMPLETE, ["orders"], snapshot),
         },
         {},
