@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE
 from agents.user_totals import USER_TOTALS
+from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_chunks
 from app.topology import Topology
@@ -258,7 +259,8 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
         lines.extend(result.lines(logical))
     if total:
         lines.append(f"{total} differences")
-        lines.extend(_why_they_may_differ(view, recs))
+        ahead = await _live_past_snapshot(settings, view, recs)
+        lines.extend(_why_they_may_differ(recs, ahead))
     elif skipped:  # "identical" alone would vouch for outputs nobody compared
         lines.append(f"identical in {', '.join(compared)} ({', '.join(skipped)} not compared)")
     else:
@@ -266,22 +268,59 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
     return "\n".join(lines), total
 
 
-def _why_they_may_differ(view: RegistryView, recs: dict[int, VersionRecord]) -> list[str]:
-    """Notes on differences that are expected: a replay still running, or a live version that
-    has gone on past the other's snapshot (the walk-through's backfill beside a live one)."""
+def _why_they_may_differ(
+    recs: dict[int, VersionRecord], live_ahead: tuple[int, int] | None
+) -> list[str]:
+    """Notes on differences that are expected: a replay not completed, other `--since`, or
+    a live version that has read past the other's snapshot (`live_ahead`: (live, other))."""
     notes = [
         f"note: version {v}'s replay has not completed: its outputs may be partial (kappa versions)"
         for v, rec in recs.items()
         if not rec.replay_done
     ]
-    for v, other in (tuple(recs), tuple(recs)[::-1]):
-        if v == view.live and recs[other].snapshot:
-            notes.append(
-                f"note: version {v} is live and goes on processing orders produced after "
-                f"version {other}'s snapshot; windows and totals they reach differ until "
-                f"version {other} runs live too"
-            )
+    (v1, r1), (v2, r2) = recs.items()
+    if r1.since_ms != r2.since_ms:
+        notes.append(
+            f"note: the versions count windows from different times (--since): version {v1} "
+            f"{_since(r1.since_ms)}, version {v2} {_since(r2.since_ms)}"
+        )
+    if live_ahead is not None:
+        live, other = live_ahead
+        notes.append(
+            f"note: version {live} is live and has read orders produced after version {other}'s "
+            f"snapshot; windows and totals they reach differ until version {other} runs live too"
+        )
     return notes
+
+
+def _since(since_ms: int | None) -> str:
+    return "from the start" if since_ms is None else f"from {since_ms} (epoch ms)"
+
+
+async def _live_past_snapshot(
+    settings: Settings, view: RegistryView, recs: dict[int, VersionRecord]
+) -> tuple[int, int] | None:
+    """(live, other) if one version is live and its committed source positions are past the
+    other version's snapshot, else None."""
+    for live, other in (tuple(recs), tuple(recs)[::-1]):
+        snapshot = recs[other].snapshot
+        if live != view.live or not snapshot:
+            continue
+        group = Topology(settings, live).group_id
+        admin = new_admin(settings.kafka)
+        await admin.start()
+        try:
+            for topic, ends in snapshot.items():
+                tps = [TopicPartition(topic, int(p)) for p in ends]  # explicit: DEV-BROKER.md
+                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+                if any(
+                    meta is not None and meta.offset > ends[str(tp.partition)]
+                    for tp, meta in committed.items()
+                ):
+                    return live, other
+        finally:
+            await admin.close()
+    return None
 
 
 @contextlib.contextmanager

@@ -161,3 +161,26 @@ async def test_diff_says_how_far_it_has_read(
         store.close()
     assert read == 1
     assert f"diff: read 1 records of {topic}" in caplog.text
+
+
+async def test_a_live_version_is_said_to_be_past_a_snapshot_only_when_it_is(
+    broker: str, unique: str
+) -> None:
+    """The note about orders produced after the snapshot was printed whenever one side was
+    live, even when the differences had another cause (a --since)."""
+    from app.admin import ensure_topics
+    from app.settings import load_settings
+    from replay.diff import _live_past_snapshot
+    from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
+    from replay.runner import commit_offsets
+
+    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"ahead-{unique}"})
+    source = f"{unique}.orders"
+    await ensure_topics(broker, {source: (1, {})})
+    recs = {1: VersionRecord(1, LIVE), 2: VersionRecord(2, COMPLETE, [], {source: {"0": 5}})}
+    view = RegistryView(dict(recs), {})
+    view.marked[1] = 1
+    await commit_offsets(broker, f"ahead-{unique}-v1", source, {0: 5})  # at the snapshot
+    assert await _live_past_snapshot(settings, view, recs) is None
+    await commit_offsets(broker, f"ahead-{unique}-v1", source, {0: 7})  # read on past it
+    assert await _live_past_snapshot(settings, view, recs) == (1, 2)

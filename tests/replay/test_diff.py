@@ -18,7 +18,7 @@ from replay.diff import (
     latest_entry,
     sort_key,
 )
-from replay.registry import COMPLETE, LIVE, RUNNING, RegistryView, VersionRecord
+from replay.registry import COMPLETE, LIVE, RUNNING, VersionRecord
 
 WINDOW_KEY = ("product_id", "window_start", "window_end")
 
@@ -126,25 +126,20 @@ def test_two_outputs_are_walked_side_by_side_in_key_order() -> None:
 
 
 def test_differences_that_are_expected_say_why() -> None:
-    """A replay still running, or a live version past the other's snapshot, differs as a
-    matter of course: the report said only how many differences there were."""
+    """A replay still running, other `--since`, or a live version past the other's snapshot
+    differ as a matter of course: the report said only how many differences there were."""
     snapshot = {"orders": {"0": 10}}
-    view = RegistryView(
-        {
-            1: VersionRecord(1, LIVE),
-            2: VersionRecord(2, RUNNING, ["orders"], snapshot, replay_done=False),
-            3: VersionRecord(3, COMPLETE, ["orders"], snapshot),
-        },
-        {},
-    )
-    view.marked[1] = 1
-    assert view.live == 1
-    notes = _why_they_may_differ(view, {2: view.versions[2], 3: view.versions[3]})
-    assert notes == [
+    unfinished = VersionRecord(2, RUNNING, ["orders"], snapshot, replay_done=False)
+    since = VersionRecord(3, COMPLETE, ["orders"], snapshot, since_ms=60_000)
+    live = VersionRecord(1, LIVE)
+    assert _why_they_may_differ({1: live, 2: unfinished}, None) == [
         "note: version 2's replay has not completed: its outputs may be partial (kappa versions)"
     ]
-    notes = _why_they_may_differ(view, {1: view.versions[1], 3: view.versions[3]})
-    assert notes == [
-        "note: version 1 is live and goes on processing orders produced after version 3's "
-        "snapshot; windows and totals they reach differ until version 3 runs live too"
+    assert _why_they_may_differ({1: live, 3: since}, None) == [
+        "note: the versions count windows from different times (--since): version 1 from the "
+        "start, version 3 from 60000 (epoch ms)"
+    ]
+    assert _why_they_may_differ({1: live, 4: VersionRecord(4, COMPLETE)}, (1, 4)) == [
+        "note: version 1 is live and has read orders produced after version 4's snapshot; "
+        "windows and totals they reach differ until version 4 runs live too"
     ]
