@@ -190,11 +190,20 @@ async def _create_version(registry: Registry, rec: VersionRecord) -> VersionReco
         await registry.put_version(settled)
     if not same_run:  # split processes started with different arguments
         raise ConfigError(
-            f"version {rec.version} was registered at the same moment by another replay with "
-            f"pipelines {settled.pipelines}, since {settled.since_ms} and flush {settled.flush}; "
-            "start every process of a version with the same arguments"
+            f"version {rec.version} was registered at the same moment by another replay, as "
+            f"`{_arguments(settled)}`; start every process of a version with the same arguments"
         )
     return settled
+
+
+def _arguments(rec: VersionRecord) -> str:
+    """The replay command a version was registered by, as a user would type it."""
+    words = ["kappa replay", *rec.pipelines, "--version", str(rec.version)]
+    if rec.since_ms is not None:
+        words += ["--since", str(rec.since_ms)]
+    if not rec.flush:
+        words.append("--no-flush")
+    return " ".join(words)
 
 
 def _check_inputs(topology: Topology) -> None:
@@ -226,8 +235,8 @@ def _check_version(
     names = sorted(p.name for p in topology.pipelines)
     if sorted(rec.pipelines) != names or rec.since_ms != opts.since_ms:
         raise ConfigError(
-            f"version {v} exists with pipelines {rec.pipelines} and since {rec.since_ms}; "
-            "resume it with the same arguments or use a new version"
+            f"version {v} exists as `{_arguments(rec)}`; resume it with the same arguments "
+            "or use a new version"
         )
     if rec.flush != opts.flush:
         # Its other partitions (other processes, or before a crash) were replayed the other

@@ -137,7 +137,10 @@ async def drop(settings: Settings, version: int) -> str:
         )
     topology = Topology(settings, version)
     topics = [*topology.output_topics(), *(topology.changelog(p) for p in topology.pipelines)]
-    unknown = version not in view.versions and not topology.state_root().exists()
+    root = topology.state_root()
+    unknown = version not in view.versions and not root.exists()
+    # Before the lock, which creates the directory: what a worker or replay left there.
+    had_state = root.is_dir() and any(p.name != "LOCK" for p in root.iterdir())
     if unknown and not set(topics) & await existing_topics(settings.kafka):  # a mistyped number
         require_version(view, version)  # refused, naming the versions there are
     try:  # a worker of this version on this machine holds its state directory
@@ -189,9 +192,8 @@ async def drop(settings: Settings, version: int) -> str:
     finally:
         await admin.close()
         lock.release()
-    return (
-        f"dropped version {version}: {len(doomed)} topics deleted, {group_note}, "
-        f"state {topology.state_root()} removed"
+    return f"dropped version {version}: {len(doomed)} topics deleted, {group_note}, " + (
+        f"state {root} removed" if had_state else "no local state"
     )
 
 

@@ -81,9 +81,8 @@ async def test_a_replay_that_lost_the_race_with_other_arguments_is_refused(
     with pytest.raises(ConfigError) as refused:
         await _create_version(registry, running(4, 10, **other))
     assert str(refused.value) == (
-        "version 4 was registered at the same moment by another replay with pipelines "
-        "['orders'], since None and flush True; start every process of a version with the same "
-        "arguments"
+        "version 4 was registered at the same moment by another replay, as `kappa replay orders "
+        "--version 4`; start every process of a version with the same arguments"
     )
     (records,) = (await read_to_end(broker, registry.topic)).values()
     newest = [r for r in records if r.key == b"version/4"][-1]

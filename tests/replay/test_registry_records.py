@@ -138,6 +138,14 @@ def test_a_version_is_resumed_only_with_its_flush_setting(flushed: bool) -> None
     topology = Topology(load_settings({}), 2).select(["orders"])
     same = ReplayOptions(version=2, pipelines=["orders"], flush=flushed)
     assert _check_version(view, topology, same) is view.versions[2]
+    since = dataclasses.replace(same, since_ms=60_000)
+    with pytest.raises(ConfigError) as refused:
+        _check_version(view, topology, since)
+    no_flush = "" if flushed else " --no-flush"
+    assert str(refused.value) == (  # as typed, not Python's ['orders'] and None
+        f"version 2 exists as `kappa replay orders --version 2{no_flush}`; resume it with the "
+        "same arguments or use a new version"
+    )
     other = dataclasses.replace(same, flush=not flushed)
     with pytest.raises(ConfigError, match=r"^version 2 was replayed (with|without) --no-flush"):
         _check_version(view, topology, other)
