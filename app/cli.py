@@ -72,22 +72,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from app.admin import ensure_topics, wait_for_broker
     from app.topology import Topology
-    from replay.registry import refuse_dropped
+    from replay.registry import Registry, refuse_dropped
 
     settings = _settings()
-    topo = Topology(settings, args.version)
 
-    async def run() -> list[str]:
+    async def run() -> tuple[Topology, list[str]]:
         await wait_for_broker(settings.kafka, timeout_s=args.timeout)
-        await refuse_dropped(settings, args.version)
+        version = args.version
+        if version is None:  # the version workers run without --version
+            version = (await Registry(settings).load(create=False)).live
+        await refuse_dropped(settings, version)
+        topo = Topology(settings, version)
         spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
-        return await ensure_topics(settings.kafka, spec, settings.replication)
+        return topo, await ensure_topics(settings.kafka, spec, settings.replication)
 
-    created = command_loop.run(run())
+    topo, created = command_loop.run(run())
     for t in created:
         print(f"created {t}")
     print(
-        f"{len(topo.all_topics())} topics ready for version {args.version} ({len(created)} created)"
+        f"{len(topo.all_topics())} topics ready for version {topo.version} ({len(created)} created)"
     )
     return 0
 
@@ -247,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs)."
     )
-    sp.add_argument("--version", type=_version, default=1, help="version (default 1)")
+    sp.add_argument(
+        "--version", type=_version, default=None, help="version (default: the live one)"
+    )
     sp.add_argument(
         "--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default 30)"
     )

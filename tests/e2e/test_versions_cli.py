@@ -104,3 +104,18 @@ async def test_a_version_refuses_other_window_settings_than_it_was_built_with(
         (line,) = r.stderr.strip().splitlines()
         assert "error: version 5 is built with KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=60000" in line
         assert "replay into a new version (kappa replay --version 6)" in line
+
+
+async def test_topics_without_a_version_creates_the_live_ones(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """After a promote and a drop of version 1, `kappa topics` still tried version 1."""
+    from replay.registry import LIVE, Registry, VersionRecord
+
+    env = kappa_env(broker, unique, tmp_path / "state")
+    registry = Registry(load_settings(env))
+    await registry.ensure()
+    await registry.put_version(VersionRecord(3, LIVE, ["orders"], {}))
+    made = run_kappa(["topics"], env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (8 created)")
