@@ -17,6 +17,7 @@ Client-agnostic: the worker adapts faust's consumer and signals to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -117,7 +118,9 @@ class PipelineDriver:
         try:
             await asyncio.wait({work})  # cancelled itself (the worker stops): the batch too
         except asyncio.CancelledError:
-            work.cancel()
+            work.cancel()  # its cleanup (discarding staged changes) ends before the lock goes
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({work})
             raise
         finally:
             self._in_flight = None

@@ -384,24 +384,27 @@ async def test_a_hand_over_waits_for_a_background_send_and_its_deadline_cancels_
     """A batch dropped for a waiting revoke closes its partition; the idle-time send of the
     held entries could still be retrying, and landed after the next owner's entries."""
     broker = _Broker()
-    unblocked = asyncio.Event()
-    blocked: list[bool] = []
+    stuck = asyncio.Event()
+    sends = 0
 
     async def send(records: list[Produce], commit: SourceCommit) -> None:
-        if blocked:  # the broker stops answering after the first batch
-            await unblocked.wait()
-        blocked.append(True)
+        nonlocal sends
+        sends += 1
+        if sends > 1:  # the broker stops answering after the first batch
+            stuck.set()
+            await asyncio.Event().wait()
         await broker.send(records, commit)
 
     runner = _holding_runner(tmp_path, send)
     await runner.handle_many({0: _orders(10)})  # acknowledged; its entries are held
-    runner.send_held_soon()  # idle: their own send, in the background, stuck
-    await asyncio.sleep(0)
+    runner.send_held_soon()  # idle: their own send, in the background
+    background = runner._sending_held
+    assert background is not None
+    await asyncio.wait_for(stuck.wait(), 5)  # ... retried against a broker that does not answer
     runner.close_partition(0)  # a batch left for a waiting revoke
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(runner.hand_over({0}), 0.2)  # the revoke's deadline
-    sends = len(broker.sends)
-    unblocked.set()
-    await asyncio.sleep(0.05)
-    assert len(broker.sends) == sends == 1  # nothing after the revoke let go of the partition
+    # Without the wait, the hand-over returned at once and left the send going on.
+    assert background.cancelled()  # it can send nothing after the partition was let go
+    assert len(broker.sends) == 1
     runner.close()
