@@ -72,6 +72,12 @@ class BatchOutput:
     records: list[OutRecord] = field(default_factory=list)
     counts: BatchCounts = field(default_factory=BatchCounts)
 
+    def add_dead_letter(self, topic: str, rec: Record, reason: str, detail: str = "") -> None:
+        """Send `rec` to the DLQ `topic` (see `dead_letter`) and count it under `reason`."""
+        self.records.append(dead_letter(topic, rec, reason, detail))
+        self.counts.dlq += 1
+        self.counts.dlq_reasons[reason] = self.counts.dlq_reasons.get(reason, 0) + 1
+
     def extend(self, other: BatchOutput) -> None:
         """Append another batch's output (consecutive batches of one partition)."""
         self.records.extend(other.records)
@@ -91,7 +97,7 @@ class Pipeline(Protocol):
 
     name: str
     source: str  # logical source topic
-    outputs: tuple[str, ...]  # logical output topics (created by `kappa topics create`)
+    outputs: tuple[str, ...]  # logical output topics (created by `kappa topics` and by workers)
     dlq: str  # logical topic (one of `outputs`) for records it cannot process
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from agents.base import BatchOutput, OutRecord, Record, dead_letter
+from agents.base import BatchOutput, OutRecord, Record
 from agents.user_state import decode_partial, encode_partial
 from tables.aggregates import Moments
 from tables.cleaning import (
@@ -158,11 +158,6 @@ def _parse_fields(obj: dict[str, object]) -> Order:
     return Order(order_id, user_id, product_id, category, amount, quantity, ts)
 
 
-def dlq_record(rec: Record, err: InvalidRecord) -> OutRecord:
-    """The original bytes, with the reason and (added by the runtime) the source position."""
-    return dead_letter(DLQ, rec, err.reason, err.detail)
-
-
 def revenue_value(product_id: str, key: WindowKey, m: Moments, final: bool | None = None) -> bytes:
     """Deterministic JSON (fixed field order), so a re-sent window is byte-identical.
 
@@ -233,9 +228,7 @@ class OrdersPipeline:
                 try:
                     order = parse_order(rec)
                 except InvalidRecord as err:
-                    counts.dlq += 1
-                    counts.dlq_reasons[err.reason] = counts.dlq_reasons.get(err.reason, 0) + 1
-                    emit(dlq_record(rec, err))
+                    out.add_dead_letter(DLQ, rec, err.reason, err.detail)
                     continue
                 fields = (order.product_id, order.user_id, order.total, order.ts)
             product, user, total, ts = fields

@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record
-from agents.orders import BY_USER, DLQ, dlq_record
+from agents.orders import BY_USER, DLQ
 from agents.user_state import Parts, decode_parts, encode_parts
-from tables.cleaning import InvalidRecord
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _raw_decode = json.JSONDecoder().raw_decode
-TABLE = "user-totals"
+USER_TOTALS_STORE = "user-totals"  # the per-user state table
 _MAX_SPEND = sys.float_info.max
 
 
@@ -69,15 +68,13 @@ class UserTotalsPipeline:
                     raise ValueError("out of range")  # what the stored format holds
                 parsed.append(row)
             except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-                counts.dlq += 1
-                counts.dlq_reasons["bad_forward"] = counts.dlq_reasons.get("bad_forward", 0) + 1
-                out.records.append(dlq_record(rec, InvalidRecord("bad_forward")))
+                out.add_dead_letter(DLQ, rec, "bad_forward")
         if not parsed:
             return out
         users = list(dict.fromkeys(p[0] for p in parsed))
         current = {
             u: (decode_parts(raw) if raw is not None else {})
-            for u, raw in zip(users, state.get_values(TABLE, users))
+            for u, raw in zip(users, state.get_values(USER_TOTALS_STORE, users))
         }
         changed: dict[str, None] = {}
         for user, src_p, src_o, n, spend, ts in parsed:
@@ -90,7 +87,7 @@ class UserTotalsPipeline:
             changed[user] = None
         for user in changed:
             parts = current[user]
-            state.put_value(TABLE, user, encode_parts(parts))
+            state.put_value(USER_TOTALS_STORE, user, encode_parts(parts))
             orders, spend, ts = totals(parts)
             if math.isfinite(spend):  # formatted directly: what json.dumps gives
                 value = f'{{"user_id":{_json_str(user)},"orders":{orders},"spend":{spend!r}}}'
@@ -103,6 +100,15 @@ class UserTotalsPipeline:
 
     def flush(self, state: PartitionState) -> BatchOutput:
         return BatchOutput()
+
+
+def settled_totals(state: PartitionState, user_id: str) -> tuple[int, float] | None:
+    """A user's (orders, spend) as of the last acknowledged batch; None if it has no orders."""
+    raw = state.settled_values(USER_TOTALS_STORE, [user_id])[0]
+    if raw is None:
+        return None
+    orders, spend, _ = totals(decode_parts(raw))
+    return orders, spend
 
 
 def totals(parts: Parts) -> tuple[int, float, int]:

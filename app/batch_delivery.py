@@ -2,18 +2,16 @@
 
 faust's stream path costs ~0.2 ms of CPU per event (event objects, queues, per-event acks and
 context switches). Its conductor is pluggable, so for Kappa's topics the per-partition handler
-only tracks the message (for faust's commit bookkeeping) and appends it to a bounded buffer; a
-task drains the buffers a batch at a time, hands each partition's records to its
-`PipelineRunner`, and acks them. faust keeps the consumer group, rebalancing, offset commits,
-flow control and the web server.
+only tracks the message (for faust's commit bookkeeping) and appends it to a bounded buffer,
+which `app.pipeline_driver` drains a batch at a time into each partition's `PipelineRunner`;
+`ack_offsets` then acks them into faust's commit bookkeeping. faust keeps the consumer group,
+rebalancing, offset commits, flow control and the web server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,93 +22,10 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP, Message
 
-from agents.base import SourceRecord
+from app.batch_buffer import BatchBuffer
 from app.raw_records import RAW_RECORDS, consumer_record
 
 log = logging.getLogger(__name__)
-
-
-class BatchBuffer:
-    """Raw messages of one topic, per partition in offset order, bounded (backpressure)."""
-
-    def __init__(
-        self, max_buffered: int, target: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.max_buffered = max_buffered
-        self.target = min(target, max_buffered)
-        self.partitions: dict[int, list[Message]] = {}
-        self.size = 0
-        self.clock = clock
-        self.oldest_at = 0.0  # clock() when the oldest buffered message arrived (s)
-        self.has_data = asyncio.Event()
-        self.reached_target = asyncio.Event()
-        self.has_room = asyncio.Event()
-        self.has_room.set()
-
-    async def put(self, message: Message) -> None:
-        buf = self.partitions.get(message.partition)
-        if buf is None:
-            buf = self.partitions[message.partition] = []
-        buf.append(message)
-        if not self.size:
-            self.oldest_at = self.clock()
-        self.size += 1
-        self.has_data.set()
-        if self.size >= self.target:
-            self.reached_target.set()
-        if self.size >= self.max_buffered:
-            self.has_room.clear()
-            await self.has_room.wait()  # the consumer's drain loop waits: backpressure
-
-    async def wait_for_batch(self, linger_s: float) -> None:
-        """Return when something is buffered and either the target size is reached or the
-        oldest buffered message has waited `linger_s`.
-
-        Like a Kafka producer's `linger.ms`, the linger counts from the first message's
-        arrival, not from when the drain loop asks: it trades a few ms of latency for batches
-        big enough to amortise the per-batch costs when records trickle in, and adds nothing
-        when the previous cycle already took longer than the linger (steady load).
-        """
-        await self.has_data.wait()
-        if self.size >= self.target or linger_s <= 0:
-            return
-        remaining = self.oldest_at + linger_s - self.clock()
-        if remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reached_target.wait(), remaining)
-
-    async def put_many(self, partition: int, messages: list[Message]) -> None:
-        if not messages:
-            return
-        buf = self.partitions.get(partition)
-        if buf is None:
-            self.partitions[partition] = list(messages)
-        else:
-            buf.extend(messages)
-        if not self.size:
-            self.oldest_at = self.clock()
-        self.size += len(messages)
-        self.has_data.set()
-        if self.size >= self.target:
-            self.reached_target.set()
-        if self.size >= self.max_buffered:
-            self.has_room.clear()
-            await self.has_room.wait()
-
-    def take(self, partitions: Iterable[int] | None = None) -> dict[int, list[Message]]:
-        """Remove and return the buffered messages (of `partitions`, or all)."""
-        if partitions is None:
-            taken, self.partitions = self.partitions, {}
-        else:
-            taken = {p: self.partitions.pop(p) for p in list(partitions) if p in self.partitions}
-        self.size -= sum(len(v) for v in taken.values())
-        if not self.size:
-            self.has_data.clear()
-        if self.size < self.target:
-            self.reached_target.clear()
-        if self.size < self.max_buffered:
-            self.has_room.set()
-        return taken
 
 
 class BatchTopic(faust.Topic):  # type: ignore[misc]
@@ -266,18 +181,3 @@ def ack_offsets(consumer: Any, tp: TP, offsets: list[int]) -> None:
         index.update(new)
         consumer._acked[tp].extend(new)
         consumer._n_acked += len(new)
-
-
-def to_source_records(messages: list[Message]) -> list[SourceRecord]:
-    return [
-        SourceRecord(
-            m.topic,
-            m.partition,
-            m.offset,
-            round(m.timestamp * 1000) if m.timestamp else None,
-            m.key,
-            m.value,
-            list(m.headers or ()),
-        )
-        for m in messages
-    ]

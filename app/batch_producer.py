@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerClosed, UnknownError
+from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced, UnknownError
 from aiokafka.partitioner import DefaultPartitioner
 
+from app import metrics
 from app.kafka_clients import Conn, new_producer
-from app.runtime import PRODUCER_BATCH_BYTES, Produce, SourceCommit
-from app.send_refusals import SendRefused
+from app.runtime import PRODUCER_BATCH_BYTES, Produce, Sender, SourceCommit
+from app.send_refusals import SendRefused, refusal
 
 
 class KeyPartitioner:
@@ -198,6 +199,7 @@ def _append(batch: object, r: Produce) -> bool:
     return meta is not None
 
 
+log = logging.getLogger(__name__)
 _SENDER_LOG = logging.getLogger("aiokafka.producer.sender")
 
 
@@ -282,3 +284,37 @@ class TransactionalSender:
         for producer, _ in self._producers.values():
             await producer.stop()
         self._producers.clear()
+
+
+def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:
+    """A sender that retries a whole batch with backoff until the broker acknowledges it.
+
+    Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
+    and window) and the state is committed only after success. Only broker and network
+    failures are retried: a fenced transactional producer (another instance took over) is a
+    zombie and must stop, a write the broker refuses for good (`send_refusals`) stops with one
+    line, and any other exception is a bug that retrying would hide.
+    """
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await send_once(records, commit)
+                return
+            except asyncio.CancelledError:
+                raise
+            except ProducerFenced:
+                raise
+            except (KafkaError, OSError, TimeoutError) as e:
+                refused = refusal(e, (r.topic for r in records))
+                if refused is not None:
+                    raise refused from e
+                metrics.SEND_RETRIES.labels(*label).inc()
+                log.warning(
+                    "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff_s)
+
+    return send

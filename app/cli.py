@@ -22,6 +22,7 @@ from aiokafka.errors import (
 from app import command_loop
 from app.command_loop import Terminated
 from app.settings import (
+    DEFAULT_BROKER,
     MAX_VERSION,
     ConfigError,
     Settings,
@@ -83,8 +84,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
             version = (await Registry(settings).load(create=False)).live
         await refuse_dropped(settings, version)
         topo = Topology(settings, version)
-        spec = {t: (settings.partitions, cfg) for t, cfg in topo.all_topics().items()}
-        return topo, await ensure_topics(settings.kafka, spec, settings.replication)
+        return topo, await ensure_topics(settings.kafka, topo.topic_spec(), settings.replication)
 
     topo, created = command_loop.run(run())
     for t in created:
@@ -145,17 +145,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.processes > 1 and not args.dry_run:
         from app.state_guard import lock_state_dir
         from replay.parallel import run_parallel
-        from replay.runner import prepare_replay
+        from replay.runner import prepare_replay, replay_arguments
 
         # Refused here, in one line, rather than once per process.
         whole = dataclasses.replace(opts, process_count=args.processes)
         topology = command_loop.run(prepare_replay(settings, whole))[2]
         lock_state_dir(topology.state_root(), shared=True).release()
-        child = [*args.pipelines, "--version", str(args.version)]
-        if args.since is not None:
-            child += ["--since", str(args.since)]
-        if args.no_flush:
-            child.append("--no-flush")
+        child = replay_arguments(args.pipelines, args.version, args.since, not args.no_flush)
         code, summary = run_parallel(child, args.processes)
         if summary is not None:
             print(summary, flush=True)
@@ -521,7 +517,6 @@ class _GuardedOutput:
 def main(argv: Sequence[str] | None = None) -> int:
     from app.admin import BrokerUnreachable
     from app.broker import BrokerError
-    from app.runtime import BrokerDataLost
     from app.send_refusals import SendRefused
     from app.topic_reader import TopicMissing
     from tables.rocks import StateError
@@ -554,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk shows here, not as an ignored error at exit
         return code
     except (KafkaError, TimeoutError) as e:  # TimeoutError: a read or fetch that never ended
-        where = os.environ.get("KAPPA_BROKER", "127.0.0.1:9092")
+        where = os.environ.get("KAPPA_BROKER", DEFAULT_BROKER)
         hint = (
             " (is it running? start it with `kappa broker` or set KAPPA_BROKER)"
             if isinstance(e, (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable))
@@ -571,7 +566,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         BrokerUnreachable,
         BrokerError,
         StateError,
-        BrokerDataLost,
         SendRefused,
         TopicMissing,
     ) as e:

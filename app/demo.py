@@ -41,8 +41,7 @@ def run_demo(settings: Settings, rate: float) -> int:
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
         topology = Topology(settings)
-        spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-        asyncio.run(ensure_topics(settings.kafka, spec, settings.replication))
+        asyncio.run(ensure_topics(settings.kafka, topology.topic_spec(), settings.replication))
         log_dir = settings.state_dir.parent
         logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
         with _files_of("the log directory", log_dir):

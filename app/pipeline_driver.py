@@ -26,14 +26,14 @@ from typing import Protocol
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import Record
-from app.batch_delivery import BatchBuffer
-from app.runtime import BrokerDataLost, PipelineRunner
+from app.batch_buffer import BatchBuffer
+from app.runtime import PipelineRunner
 from app.send_refusals import ReadRefused, SendRefused, read_refusal
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
 
 # Errors that stop the worker in order, said in one line (no traceback: they are not bugs).
-ONE_LINE_STOPS = (BrokerDataLost, StateError, SendRefused, ReadRefused, TopicMissing)
+ONE_LINE_STOPS = (StateError, SendRefused, ReadRefused, TopicMissing)
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,17 @@ class PipelineDriver:
         except asyncio.CancelledError:
             raise
         except ONE_LINE_STOPS as exc:
-            log.error("kappa worker: %s", exc)
-            await self.fail(exc)
+            await self._stop(exc)
         except ProducerFenced as exc:
-            log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
-            await self.fail(exc)
+            await self._stop(exc, f"{self.name}: fenced by a newer producer; stopping")
         except Exception as exc:  # a bug, not bad data (that goes to the DLQ): stop loudly
             log.exception("pipeline %s failed", self.name)
             await self.crash(exc)
+
+    async def _stop(self, exc: BaseException, line: str | None = None) -> None:
+        """Stop the worker, saying why in one ERROR line (`line`, else the error itself)."""
+        log.error("kappa worker: %s", exc if line is None else line)
+        await self.fail(exc)
 
     async def _process_abandonable(self, taken: dict[int, Sequence[Record]]) -> None:
         """Process a batch in a task of its own, which a revoke past its deadline cancels
@@ -194,13 +197,11 @@ class PipelineDriver:
         except asyncio.CancelledError:
             raise
         except ONE_LINE_STOPS as exc:
-            log.error("kappa worker: %s", exc)
-            await self.fail(exc)
+            await self._stop(exc)
         except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
             refused = read_refusal(e, self.name)
             if refused is not None:
-                log.error("kappa worker: %s", refused)
-                await self.fail(refused)
+                await self._stop(refused)
                 return
             log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
         except Exception as exc:  # a bug: stop loudly, as the drain loop does
@@ -252,12 +253,10 @@ class PipelineDriver:
                 for partition in parts:
                     self.runner.close_partition(partition)
         except ProducerFenced as exc:
-            log.error("kappa worker: %s: fenced by a newer producer; stopping", self.name)
-            await self.fail(exc)
+            await self._stop(exc, f"{self.name}: fenced by a newer producer; stopping")
             return
         except ONE_LINE_STOPS as exc:  # as in the drain loop, not out into faust's rebalance
-            log.error("kappa worker: %s", exc)
-            await self.fail(exc)
+            await self._stop(exc)
             return
         finally:
             self.lock.release()

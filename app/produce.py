@@ -1,4 +1,4 @@
-"""Producing records (generated or loaded from a file) to Kafka fast, and creating topics.
+"""Producing records (generated or loaded from a file) to Kafka fast, at a paced rate.
 
 Wall-clock time is fine here: this is a producer feeding the pipeline, not part of the
 event-time core.

@@ -7,8 +7,8 @@ A consumer created with `value_deserializer=RAW_RECORDS` gets those as they are;
 consumer in the process is untouched.
 
 This depends on aiokafka's fetcher internals (`PartitionRecords._consumer_record`, looked up
-per record); aiokafka is pinned in pyproject.toml and `tests/app/test_raw_records.py` checks
-the hook against the installed version.
+per record); aiokafka is pinned in pyproject.toml and `tests/integration/test_raw_records.py`
+checks the hook against the installed version.
 """
 
 from __future__ import annotations

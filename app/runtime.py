@@ -12,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import (
     BatchOutput,
@@ -29,13 +25,12 @@ from agents.base import (
     Pipeline,
     Record,
     SourceRecord,
-    dead_letter,
     fit_copy,
     source_headers,
 )
 from app import metrics
-from app.send_refusals import refusal
-from app.state_guard import state_identity
+from app.chaos import ChaosKill
+from app.state_guard import broker_data_lost, state_identity
 from app.topology import Topology
 from tables.partition_state import PartitionState
 from tables.rocks import RocksStore, StateError
@@ -76,10 +71,6 @@ class SourceCommit:
 Sender = Callable[[list[Produce], SourceCommit], Awaitable[None]]
 # (partition, start, end) → chunks of the source records with start <= offset < end
 GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
-
-
-class BrokerDataLost(RuntimeError):
-    """The source log is shorter than what the state applied (one-line message)."""
 
 
 class ChangelogSource(Protocol):
@@ -169,11 +160,10 @@ class PipelineRunner:
                 raise
             if remote < st.applied_offset:
                 store.close()
-                raise BrokerDataLost(
+                raise broker_data_lost(
                     f"{self.changelog}[{partition}]: the changelog reflects source offset "
-                    f"{remote} but the local state has applied up to {st.applied_offset}: the "
-                    "broker lost its data (the embedded broker keeps nothing across restarts) "
-                    f"— stop the workers and remove {self.topology.state_root()} to start over"
+                    f"{remote} but the local state has applied up to {st.applied_offset}",
+                    self.topology.state_root(),
                 )
             if remote > st.applied_offset:
                 store.close()
@@ -233,11 +223,10 @@ class PipelineRunner:
             return
         applied = (await self.state(partition)).applied_offset
         if high_watermark <= applied:
-            raise BrokerDataLost(
+            raise broker_data_lost(
                 f"{self.topology.physical(self.pipeline.source)}[{partition}]: the broker's log "
-                f"ends at offset {high_watermark} but the state has applied up to {applied}: the "
-                "broker lost its data (the embedded broker keeps nothing across restarts) — stop "
-                f"the workers and remove {self.topology.state_root()} to start over"
+                f"ends at offset {high_watermark} but the state has applied up to {applied}",
+                self.topology.state_root(),
             )
 
     async def applied_offset(self, partition: int) -> int:
@@ -426,11 +415,9 @@ class PipelineRunner:
                     exc_info=error,
                 )
             dead_letters += 1
-            dead = BatchOutput(
-                [dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)]
-            )
-            dead.counts.events = dead.counts.dlq = 1
-            dead.counts.dlq_reasons[PROCESSING_ERROR] = 1
+            dead = BatchOutput()
+            dead.add_dead_letter(self.pipeline.dlq, poison, PROCESSING_ERROR, type(error).__name__)
+            dead.counts.events = 1
             if good:
                 before = self._staged(state, records[:good])
                 if good > 1 and state.staged_bytes() > CHANGELOG_BATCH_BYTES:
@@ -536,11 +523,9 @@ class PipelineRunner:
             metrics.record_batch(
                 self.pipeline.name, self.topology.version, out.counts, len(out.records)
             )
-            for clock in state._clocks.values():
-                if clock.max_event_ms is not None:
-                    metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(
-                        clock.max_event_ms
-                    )
+            stream_time = state.stream_time_ms()
+            if stream_time is not None:
+                metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(stream_time)
 
     def _outputs_of(self, state: PartitionState, out: BatchOutput) -> list[Produce]:
         """A batch's outputs, to the version's physical topics, with source headers where a
@@ -691,68 +676,3 @@ async def run_concurrently(coros: Sequence[Awaitable[None]]) -> None:
             t.cancel()
         # Every outcome retrieved: a second failure is not logged later as never retrieved.
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:
-    """A sender that retries a whole batch with backoff until the broker acknowledges it.
-
-    Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
-    and window) and the state is committed only after success. Only broker and network
-    failures are retried: a fenced transactional producer (another instance took over) is a
-    zombie and must stop, a write the broker refuses for good (`send_refusals`) stops with one
-    line, and any other exception is a bug that retrying would hide.
-    """
-
-    async def send(records: list[Produce], commit: SourceCommit) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await send_once(records, commit)
-                return
-            except asyncio.CancelledError:
-                raise
-            except ProducerFenced:
-                raise
-            except (KafkaError, OSError, TimeoutError) as e:
-                refused = refusal(e, (r.topic for r in records))
-                if refused is not None:
-                    raise refused from e
-                metrics.SEND_RETRIES.labels(*label).inc()
-                log.warning(
-                    "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_backoff_s)
-
-    return send
-
-
-class ChaosKill:
-    """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
-    in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
-    acknowledged but state not committed, after-commit: committed or held). Unset in production."""
-
-    def __init__(self, batch: int | None, phase: str) -> None:
-        self.batch, self.phase, self.count = batch, phase, 0
-
-    @classmethod
-    def from_env(cls, pipeline: str) -> ChaosKill:
-        spec = os.environ.get("KAPPA_CHAOS_KILL", "")
-        name, _, rest = spec.partition(":")
-        batch, _, phase = rest.partition(":")
-        if name != pipeline or not batch.isdigit():
-            return cls(None, "")
-        return cls(int(batch), phase or "after-send")
-
-    def step(self, phase: str, batches: int = 1) -> None:
-        """At `phase` of the next `batches` batches (made durable together)."""
-        if (
-            self.batch is not None
-            and self.count < self.batch <= self.count + batches
-            and phase == self.phase
-        ):
-            log.warning("chaos: killing the process in batch %d at %s", self.batch, phase)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def batch_done(self) -> None:
-        self.count += 1

@@ -21,9 +21,12 @@ class ConfigError(ValueError):
     """Bad configuration: reported as one line, never as a traceback."""
 
 
+DEFAULT_BROKER = "127.0.0.1:9092"  # the embedded broker's default address
+
+
 @dataclass(frozen=True)
 class Settings:
-    broker: str = "127.0.0.1:9092"  # bootstrap servers, comma-separated host:port
+    broker: str = DEFAULT_BROKER  # bootstrap servers, comma-separated host:port
     app_id: str = "kappa"  # prefix of consumer groups, changelogs and internal topics
     topic_prefix: str = ""  # prepended to every topic name (to share a cluster)
     state_dir: Path = Path(

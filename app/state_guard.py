@@ -27,8 +27,16 @@ LOCK_FILE = "LOCK"
 _PARTITION_DIR = re.compile(r"p(\d+)")
 
 
-class BrokerLostDataError(StateError):
-    """The local state has applied offsets the broker's log does not reach."""
+class BrokerDataLost(StateError):
+    """The local state has applied source offsets the broker's log does not reach."""
+
+
+def broker_data_lost(observed: str, state_root: Path) -> BrokerDataLost:
+    """The one-line refusal, after `observed` (what was compared with what)."""
+    return BrokerDataLost(
+        f"{observed}: the broker lost its data (the embedded broker keeps nothing across "
+        f"restarts) — stop the workers and remove {state_root} to start over"
+    )
 
 
 @dataclass
@@ -145,7 +153,7 @@ async def check_broker_has_state(
     ListOffsets). On Apache Kafka a high watermark never moves back, so this only fires when
     the log really is gone (dev-broker restart, topic deleted and recreated, another cluster).
     """
-    from replay.snapshot import high_watermarks
+    from app.topic_reader import high_watermarks
 
     sources = {p.name: topology.physical(p.source) for p in topology.pipelines}
     by_topic: dict[str, dict[int, int]] = {}
@@ -163,8 +171,8 @@ async def check_broker_has_state(
     if lost:
         topic, p, a, h = lost[0]
         more = f" (and {len(lost) - 1} more partitions)" if len(lost) > 1 else ""
-        raise BrokerLostDataError(
+        raise broker_data_lost(
             f"local state for {topic}[{p}] has applied offset {a} but the broker's log ends at "
-            f"{h}{more}: the broker lost its data (the embedded broker keeps nothing across "
-            f"restarts) — remove {topology.state_root()} to start over"
+            f"{h}{more}",
+            topology.state_root(),
         )

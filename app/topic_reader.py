@@ -152,7 +152,11 @@ def to_source_record(r: ConsumerRecord) -> SourceRecord:
 
 
 async def high_watermarks(bootstrap: Conn, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
-    """partition → high watermark (the offset after the last record) of every partition."""
+    """partition → high watermark (the offset after the last record) of every partition.
+
+    Taken from fetch responses: ListOffsets(latest) is wrong on the embedded broker whenever the
+    last batch held several records; a fetch response's high watermark is right there and on
+    Apache Kafka. Bounded replays take their end offsets from here."""
     consumer = bounded_consumer(bootstrap, max_partition_fetch_bytes=1024)
     await consumer.start()
     try:

@@ -114,3 +114,8 @@ class Topology:
         for p in self.pipelines:
             topics[self.changelog(p)] = {"cleanup.policy": "compact"}
         return topics
+
+    def topic_spec(self) -> dict[str, tuple[int, dict[str, str]]]:
+        """`all_topics` with each one's partition count, as `app.admin.ensure_topics` takes it
+        (every topic of a version has the source's partition count)."""
+        return {t: (self.settings.partitions, cfg) for t, cfg in self.all_topics().items()}

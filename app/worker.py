@@ -19,33 +19,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
-from aiohttp.web import AppRunner
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.base import Pipeline, SourceRecord
-from agents.user_state import decode_parts
-from agents.user_totals import TABLE as USER_TOTALS_TABLE
-from agents.user_totals import totals as user_totals
-from app.batch_delivery import BatchBuffer, BatchTopic, KappaApp, ack_offsets
-from app.batch_producer import OwnProducerSender, TransactionalSender
+from app.batch_buffer import BatchBuffer
+from app.batch_delivery import BatchTopic, KappaApp, ack_offsets
+from app.batch_producer import OwnProducerSender, TransactionalSender, retrying
 from app.changelog import KafkaChangelog
+from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
+    GapReader,
     PipelineRunner,
     Sender,
-    retrying,
 )
 from app.send_refusals import SendRefused
 from app.settings import Settings
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
-from tables.cleaning import MAX_TEXT_CHARS
+from app.web import register_pages
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
@@ -197,26 +192,12 @@ def create_app(
 
     @app.on_before_shutdown.connect
     async def close_senders(app: faust.App, **kwargs: object) -> None:
-        if os.environ.get("KAPPA_CHAOS_HANG_ON_STOP"):  # fault injection for tests
-            await asyncio.Event().wait()
+        await hang_on_stop_if_asked()
         await send_held_on_stop(runners, HELD_SEND_ON_STOP_S)
         for sender in senders:
             await sender.close()
 
-    @app.page("/metrics")
-    class Metrics(View):
-        async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/health")
-    class Health(View):
-        async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "version": version, "group": topology.group_id})
-
-    totals_runner = next((r for r in runners if r.pipeline.name == "user-totals"), None)
-    if totals_runner is not None:
-        _register_user_totals_query(app, totals_runner, settings)
-
+    register_pages(app, version, topology.group_id, runners, settings)
     app.kappa_runners = runners  # type: ignore[attr-defined]
     return app
 
@@ -242,45 +223,7 @@ async def freeze_startup_heap() -> None:
     tune_for_batches()
 
 
-# The longest request line the query serves: a 1,024-character id, 4 UTF-8 bytes a character,
-# 3 characters per percent-encoded byte, and the method, path and protocol.
-QUERY_LINE_BYTES = MAX_TEXT_CHARS * 4 * 3 + 256
-
-
-def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings: Settings) -> None:
-    """`GET /tables/user-totals/{user_id}`: the user's totals from this worker's state.
-
-    Read-only, served from the partition's RocksDB state when this worker holds it (a user's
-    partition is the Kafka default partitioner's over its key, as for every keyed record);
-    otherwise 404 naming the partition, so a caller can ask the worker that owns it.
-    """
-    partitioner = DefaultPartitioner()
-    partitions = list(range(settings.partitions))
-    # A user id of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line:
-    # over aiohttp's default limit (8,190 bytes), which answered 400 and logged a traceback.
-    web = app.web
-    web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
-
-    @app.page("/tables/user-totals/{user_id:.+}")  # any id, "{", "}" and "/" included
-    class UserTotals(View):
-        async def get(self, request: Request, user_id: str) -> Response:
-            partition = partitioner(user_id.encode(), partitions, partitions)
-            state = runner.open_state(partition)
-            if state is None:
-                return self.json(
-                    {"error": f"partition {partition} of this user is not on this worker"},
-                    status=404,
-                )
-            raw = state.settled_values(USER_TOTALS_TABLE, [user_id])[0]
-            if raw is None:
-                return self.json({"error": f"no orders for user {user_id}"}, status=404)
-            orders, spend, _ = user_totals(decode_parts(raw))
-            return self.json(
-                {"user_id": user_id, "orders": orders, "spend": spend, "partition": partition}
-            )
-
-
-def _gap_reader(settings: Settings, topic: str):
+def _gap_reader(settings: Settings, topic: str) -> GapReader:
     async def read(partition: int, start: int, end: int) -> AsyncIterator[list[SourceRecord]]:
         async for chunk in read_range(settings.kafka, topic, partition, start, end):
             yield [to_source_record(r) for r in chunk]

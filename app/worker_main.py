@@ -121,9 +121,8 @@ async def prepare_topics(
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
-    spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-    await ensure_topics(settings.kafka, spec, settings.replication)
-    await require_partitions(settings.kafka, list(spec), settings.partitions)
+    await ensure_topics(settings.kafka, topology.topic_spec(), settings.replication)
+    await require_partitions(settings.kafka, list(topology.all_topics()), settings.partitions)
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
     await warn_time_retention(settings.kafka, topology.kept_topics())

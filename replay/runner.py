@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -28,14 +29,14 @@ from app.admin import (
     require_partitions,
     warn_time_retention,
 )
-from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
+from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer, retrying
 from app.changelog import KafkaChangelog
 from app.kafka_clients import new_consumer
 from app.raw_records import RAW_RECORDS
-from app.runtime import PipelineRunner, retrying
+from app.runtime import PipelineRunner
 from app.settings import ConfigError, Settings
 from app.state_guard import lock_state_dir
-from app.topic_reader import TopicMissing, bounded_consumer
+from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks
 from app.topology import Topology
 from replay.progress import ReplayProgress
 from replay.registry import (
@@ -47,7 +48,6 @@ from replay.registry import (
     require_definition,
     require_split,
 )
-from replay.snapshot import high_watermarks
 from replay.summary import ReplaySummary
 
 log = logging.getLogger("kappa.replay")
@@ -138,8 +138,7 @@ async def _replay(
 ) -> ReplaySummary:
     if rec.version not in view.versions:
         rec = await _create_version(registry, rec)
-    spec = {t: (settings.partitions, cfg) for t, cfg in topology.all_topics().items()}
-    await ensure_topics(settings.kafka, spec, settings.replication)
+    await ensure_topics(settings.kafka, topology.topic_spec(), settings.replication)
     await warn_time_retention(settings.kafka, topology.kept_topics())
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
     topology = dataclasses.replace(
@@ -196,14 +195,22 @@ async def _create_version(registry: Registry, rec: VersionRecord) -> VersionReco
     return settled
 
 
+def replay_arguments(
+    pipelines: Sequence[str], version: int, since_ms: int | None, flush: bool
+) -> list[str]:
+    """`kappa replay`'s arguments for a version's definition, as a user would type them."""
+    words = [*pipelines, "--version", str(version)]
+    if since_ms is not None:
+        words += ["--since", str(since_ms)]
+    if not flush:
+        words.append("--no-flush")
+    return words
+
+
 def _arguments(rec: VersionRecord) -> str:
     """The replay command a version was registered by, as a user would type it."""
-    words = ["kappa replay", *rec.pipelines, "--version", str(rec.version)]
-    if rec.since_ms is not None:
-        words += ["--since", str(rec.since_ms)]
-    if not rec.flush:
-        words.append("--no-flush")
-    return " ".join(words)
+    words = replay_arguments(rec.pipelines, rec.version, rec.since_ms, rec.flush)
+    return " ".join(["kappa replay", *words])
 
 
 def _check_inputs(topology: Topology) -> None:

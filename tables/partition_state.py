@@ -94,6 +94,11 @@ class PartitionState:
             self._clocks[name] = clock
         return clock
 
+    def stream_time_ms(self) -> int | None:
+        """The largest event time any of this partition's clocks has seen (None: none yet)."""
+        seen = [c.max_event_ms for c in self._clocks.values() if c.max_event_ms is not None]
+        return max(seen, default=None)
+
     # -- key/value tables --------------------------------------------------------------------
     def get_values(self, table: str, keys: Sequence[str]) -> list[bytes | None]:
         prefix = KV_PREFIX + table.encode() + b"\0"
@@ -126,9 +131,6 @@ class PartitionState:
     # -- metadata ----------------------------------------------------------------------------
     def get_meta(self, name: str) -> bytes | None:
         return self.get_raw([META_PREFIX + name.encode()])[0]
-
-    def put_meta(self, name: str, value: bytes) -> None:
-        self._staged[META_PREFIX + name.encode()] = value
 
     # -- commit ------------------------------------------------------------------------------
     def stage(self, key: bytes, value: bytes | None) -> None:

@@ -16,10 +16,10 @@ from aiokafka.errors import (
     UnsupportedCodecError,
 )
 
-from app.batch_delivery import BatchBuffer
+from app.batch_buffer import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
-from app.runtime import BrokerDataLost
 from app.send_refusals import ReadRefused, SendRefused
+from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import signal
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -21,10 +22,14 @@ from prometheus_client import REGISTRY
 
 from agents.base import BatchOutput, Pipeline, Record, SourceRecord, record_bytes_bound
 from agents.user_state import decode_partial
+from app import chaos as chaos_module
 from app import runtime
+from app.batch_producer import retrying
+from app.chaos import ChaosKill
 from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.send_refusals import SendRefused
 from app.settings import load_settings
+from app.state_guard import BrokerDataLost
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET, PartitionState
 from tests.support.datasets import GOOD_ORDER
@@ -246,15 +251,15 @@ async def test_handle_many_retried_after_a_failure_mid_cycle_counts_each_record_
 
 def test_chaos_kill_point_is_hit_inside_a_combined_send(monkeypatch: pytest.MonkeyPatch) -> None:
     kills: list[int] = []
-    monkeypatch.setattr(runtime.os, "kill", lambda pid, sig: kills.append(sig))
-    chaos = runtime.ChaosKill(3, "before-send")
+    monkeypatch.setattr(chaos_module.os, "kill", lambda pid, sig: kills.append(sig))
+    chaos = ChaosKill(3, "before-send")
     chaos.step("before-send", 2)  # batches 1 and 2: not yet
     chaos.batch_done()
     chaos.batch_done()
     chaos.step("after-send", 2)  # batches 3 and 4, other phase
     assert kills == []
     chaos.step("before-send", 2)  # batches 3 and 4 go out together: batch 3 is among them
-    assert kills == [runtime.signal.SIGKILL]
+    assert kills == [signal.SIGKILL]
 
 
 def _age_samples() -> tuple[float, float]:
@@ -362,7 +367,7 @@ async def test_local_state_ahead_of_its_changelog_is_refused(tmp_path: Path) -> 
     after = PipelineRunner(
         topology.pipelines[0], topology, send, changelog_source=_ListChangelog([])
     )
-    with pytest.raises(runtime.BrokerDataLost, match="remove"):
+    with pytest.raises(BrokerDataLost, match="remove"):
         await after.state(0)
     after.close()
 
@@ -376,7 +381,7 @@ async def test_only_broker_and_network_failures_are_retried() -> None:
         if failures:
             raise failures.pop(0)
 
-    send = runtime.retrying(send_once, ("orders", "1"))
+    send = retrying(send_once, ("orders", "1"))
     with pytest.raises(TypeError, match="a bug"):  # not retried: it would stall the partition
         await send([], SourceCommit("orders", 0, 1, "g"))
     assert len(calls) == 2  # the broker failure was retried once
@@ -401,7 +406,7 @@ async def test_a_write_the_broker_refuses_for_good_is_not_retried(
         calls.append(1)
         raise error
 
-    send = runtime.retrying(send_once, ("orders", "1"))
+    send = retrying(send_once, ("orders", "1"))
     records = [
         Produce(topic, None, b"k", b"v", 0, []) for topic in ("orders.dlq", "c", "orders.dlq")
     ]

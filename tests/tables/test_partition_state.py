@@ -85,3 +85,17 @@ def test_a_held_batch_whose_write_fails_stays_held() -> None:
     store.fail = False
     state.commit_held()
     assert store.data[b"Kt\0a"] == b"1"
+
+
+def test_stream_time_is_the_latest_event_time_of_any_clock_and_survives_a_commit() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 0)
+    assert state.stream_time_ms() is None  # nothing seen yet: no gauge value
+    state.clock("a", 10).observe(5_000)
+    state.clock("b", 10).observe(7_000)
+    assert state.stream_time_ms() == 7_000
+    state.prepare(0)
+    state.commit()
+    reopened = PartitionState(store, 0)
+    reopened.clock("a", 10)
+    assert reopened.stream_time_ms() == 5_000

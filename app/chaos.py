@@ -1,0 +1,52 @@
+"""Fault injection for tests, driven by environment variables that production never sets.
+
+`KAPPA_CHAOS_KILL` kills the process at a chosen point of a batch (the chaos tests check that a
+restart from any such point gives exact results); `KAPPA_CHAOS_HANG_ON_STOP` makes an orderly
+shutdown hang (the stop deadline's test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+log = logging.getLogger(__name__)
+
+
+class ChaosKill:
+    """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
+    in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
+    acknowledged but state not committed, after-commit: committed or held). Unset in production."""
+
+    def __init__(self, batch: int | None, phase: str) -> None:
+        self.batch, self.phase, self.count = batch, phase, 0
+
+    @classmethod
+    def from_env(cls, pipeline: str) -> ChaosKill:
+        spec = os.environ.get("KAPPA_CHAOS_KILL", "")
+        name, _, rest = spec.partition(":")
+        batch, _, phase = rest.partition(":")
+        if name != pipeline or not batch.isdigit():
+            return cls(None, "")
+        return cls(int(batch), phase or "after-send")
+
+    def step(self, phase: str, batches: int = 1) -> None:
+        """At `phase` of the next `batches` batches (made durable together)."""
+        if (
+            self.batch is not None
+            and self.count < self.batch <= self.count + batches
+            and phase == self.phase
+        ):
+            log.warning("chaos: killing the process in batch %d at %s", self.batch, phase)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def batch_done(self) -> None:
+        self.count += 1
+
+
+async def hang_on_stop_if_asked() -> None:
+    """With `KAPPA_CHAOS_HANG_ON_STOP` set, never return: an orderly shutdown that never ends."""
+    if os.environ.get("KAPPA_CHAOS_HANG_ON_STOP"):
+        await asyncio.Event().wait()
