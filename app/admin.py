@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING
 
-from aiokafka.admin import NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from app.kafka_clients import Conn, connection, new_admin
 from app.settings import ConfigError
+
+if TYPE_CHECKING:
+    from app.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,13 @@ log = logging.getLogger(__name__)
 # its user-totals stage has yet to read) deleted minutes after they are written. A replay also
 # needs the sources from offset zero.
 KEEP_FOREVER = {"retention.ms": "-1"}
+
+# Brokers from Kafka 3.6 refuse a record stamped further from their clock than these topic
+# configs allow (KIP-937; Kafka 4.0 limits the future to one hour by default). Kappa stamps its
+# outputs with event time (a window's end - 1, a user's latest order), so a far-future event, or
+# a replay over older history, would be refused, and a refused write stops the worker.
+TIMESTAMP_LIMITS = ("message.timestamp.before.max.ms", "message.timestamp.after.max.ms")
+NO_LIMIT_MS = str(2**63 - 1)  # Kafka's Long.MAX_VALUE: no limit
 
 
 class BrokerUnreachable(RuntimeError):
@@ -92,27 +103,49 @@ async def existing_topics(bootstrap: Conn) -> set[str]:
         await admin.close()
 
 
+async def ensure_version_topics(bootstrap: Conn, topology: Topology) -> list[str]:
+    """Create the version's missing topics (sources, outputs, changelogs); return those created.
+    Outputs are created without timestamp limits where the broker has them."""
+    return await ensure_topics(
+        bootstrap,
+        topology.topic_spec(),
+        topology.settings.replication,
+        event_time=topology.output_topics(),
+    )
+
+
 async def ensure_topics(
-    bootstrap: Conn, topics: dict[str, tuple[int, dict[str, str]]], replication: int = 1
+    bootstrap: Conn,
+    topics: dict[str, tuple[int, dict[str, str]]],
+    replication: int = 1,
+    event_time: Collection[str] = (),
 ) -> list[str]:
     """Create missing topics (name → (partitions, config)); return the ones created.
 
     Topics are always created explicitly: brokers that auto-create use their own partition
-    count, and changelogs must match their source's partitions.
+    count, and changelogs must match their source's partitions. The `event_time` topics also
+    get `TIMESTAMP_LIMITS` lifted, if the broker knows them (older brokers refuse unknown
+    topic configs).
     """
     admin = new_admin(bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        missing = {name: spec for name, spec in topics.items() if name not in existing}
+        if not missing:
+            return []
+        lifted: dict[str, str] = {}
+        if any(name in missing for name in event_time):
+            lifted = no_timestamp_limits(await _broker_config_names(admin))
         new = [
             NewTopic(
-                name, num_partitions=parts, replication_factor=replication, topic_configs=config
+                name,
+                num_partitions=parts,
+                replication_factor=replication,
+                topic_configs={**config, **lifted} if name in event_time else config,
             )
-            for name, (parts, config) in topics.items()
-            if name not in existing
+            for name, (parts, config) in missing.items()
         ]
-        if not new:
-            return []
         try:
             response = await admin.create_topics(new)
         except TopicAlreadyExistsError:
@@ -124,6 +157,31 @@ async def ensure_topics(
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+def no_timestamp_limits(broker_config_names: Collection[str]) -> dict[str, str]:
+    """The topic configs that let records of any timestamp in, of those this broker knows
+    (it reports `log.<name>` among its own configs)."""
+    return {name: NO_LIMIT_MS for name in TIMESTAMP_LIMITS if f"log.{name}" in broker_config_names}
+
+
+async def _broker_config_names(admin: AIOKafkaAdminClient) -> set[str]:
+    """The names of a broker's configs (Apache Kafka reports all of them; none if it won't say)."""
+    try:
+        cluster = await admin.describe_cluster()
+        broker_id = str(cluster["brokers"][0]["node_id"])
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, broker_id)]
+        )
+    except (KafkaError, LookupError) as e:  # e.g. no DescribeConfigs on the cluster
+        log.info("cannot read the broker's configs (%s)", type(e).__name__)
+        return set()
+    names: set[str] = set()
+    for response in responses:
+        for error_code, _, _, _, entries, *_ in response.resources:
+            if not error_code:
+                names.update(entry[0] for entry in entries)
+    return names
 
 
 async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
@@ -202,6 +260,46 @@ async def warn_time_retention(bootstrap: Conn, topics: list[str]) -> list[str]:
             ", ".join(f"{t} (retention.ms={v})" for t, v in sorted(finite.items())),
         )
     return sorted(finite)
+
+
+async def require_compacted(bootstrap: Conn, topics: list[str]) -> None:
+    """Refuse changelogs (and the version registry) that delete records by age or size: a
+    restore would read back part of the state, a registry would forget its versions, silently.
+    Topics the broker reports nothing for (missing, or not set on the dev broker) pass."""
+    policies = await topic_config(bootstrap, topics, "cleanup.policy")
+    wrong = {t: p for t, p in policies.items() if "compact" not in p.split(",")}
+    if wrong:
+        desc = ", ".join(f"{t} (cleanup.policy={p})" for t, p in sorted(wrong.items()))
+        raise ConfigError(
+            f"{desc} must be compacted: set cleanup.policy=compact on them (created by someone "
+            "else, or changed since Kappa created them)"
+        )
+
+
+async def warn_timestamp_limits(bootstrap: Conn, topics: list[str]) -> list[str]:
+    """Say (one line) which output `topics` refuse records stamped far from the broker's clock
+    (`TIMESTAMP_LIMITS`): created before Kappa lifted them, or by someone else. Returns them.
+    Only a warning, as for retention: an operator may mean it."""
+    try:
+        limits = {name: await topic_config(bootstrap, topics, name) for name in TIMESTAMP_LIMITS}
+    except KafkaError as e:
+        log.warning("cannot read the output topics' timestamp limits (%s)", type(e).__name__)
+        return []
+    limited: dict[str, list[str]] = {}
+    for name, values in limits.items():
+        for topic, value in values.items():
+            if value.isdigit() and int(value) < 2**63 - 1:
+                limited.setdefault(topic, []).append(f"{name}={value}")
+    if limited:
+        log.warning(
+            "%s refuse records stamped that far from the broker's clock, and Kappa stamps its "
+            "outputs with event time: an output of a far-future event, or of a replay over older "
+            "history, would be refused and stop the worker; set %s to %s on them",
+            ", ".join(f"{t} ({', '.join(v)})" for t, v in sorted(limited.items())),
+            " and ".join(TIMESTAMP_LIMITS),
+            NO_LIMIT_MS,
+        )
+    return sorted(limited)
 
 
 async def copy_max_bytes(bootstrap: Conn, limit: int, topics: list[str]) -> int:

@@ -263,6 +263,13 @@ class TransactionalSender:
             found = self._producers[partition] = (producer, sender)
         return found
 
+    async def fence(self, partition: int) -> None:
+        """Initialise the partition's transactional producer now: InitProducerId fences a
+        previous owner still writing for it and completes or aborts its open transaction, so
+        a restore that follows reads a changelog no zombie can add to (as Kafka Streams does
+        when it creates a task)."""
+        await self._for(partition)
+
     async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:
         producer, sender = await self._for(commit.partition)
         async with producer.transaction():  # aborted if anything below raises

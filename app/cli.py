@@ -71,7 +71,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from app.admin import ensure_topics, wait_for_broker
+    from app.admin import ensure_version_topics, wait_for_broker
     from app.topology import Topology
     from replay.registry import Registry, refuse_dropped
 
@@ -84,7 +84,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
             version = (await Registry(settings).load(create=False)).live
         await refuse_dropped(settings, version)
         topo = Topology(settings, version)
-        return topo, await ensure_topics(settings.kafka, topo.topic_spec(), settings.replication)
+        return topo, await ensure_version_topics(settings.kafka, topo)
 
     topo, created = command_loop.run(run())
     for t in created:

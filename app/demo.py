@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.admin import ensure_topics
+from app.admin import ensure_version_topics
 from app.broker import DevBroker, port_open, split_address
 from app.kafka_clients import new_consumer
 from app.settings import ConfigError, Settings
@@ -41,7 +41,7 @@ def run_demo(settings: Settings, rate: float) -> int:
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
         topology = Topology(settings)
-        asyncio.run(ensure_topics(settings.kafka, topology.topic_spec(), settings.replication))
+        asyncio.run(ensure_version_topics(settings.kafka, topology))
         log_dir = settings.state_dir.parent
         logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
         with _files_of("the log directory", log_dir):

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import Record
 from app.batch_buffer import BatchBuffer
-from app.runtime import PipelineRunner
+from app.runtime import PipelineRunner, SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused, read_refusal
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
@@ -166,6 +166,10 @@ class PipelineDriver:
                 return
             except ProducerFenced:  # another worker owns these partitions now: a zombie stops
                 raise
+            except SourceEndBehind as e:
+                log.warning("%s: %s; waiting for the broker to catch up", self.name, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
             except (TimeoutError, KafkaError, OSError) as e:
                 refused = read_refusal(e, self.name)
                 if refused is not None:

@@ -73,6 +73,11 @@ Sender = Callable[[list[Produce], SourceCommit], Awaitable[None]]
 GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
 
 
+class SourceEndBehind(RuntimeError):
+    """A source partition's end looks at or before what its state applied, not yet for long
+    enough to call it lost: retry the batch (nothing of it was applied)."""
+
+
 class ChangelogSource(Protocol):
     """Where a partition's state can be restored from (the changelog topic)."""
 
@@ -112,6 +117,8 @@ class PipelineRunner:
         one_request: bool = False,
         wall_clock: Callable[[], float] = time.time,
         hold_changelog: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
+        before_open: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.pipeline = pipeline
         # Each batch's changelog entries go out with the next batch's outputs, in one produce
@@ -140,6 +147,11 @@ class PipelineRunner:
         metrics.DLQ.labels(*self._label, PROCESSING_ERROR)
         self._chaos = ChaosKill.from_env(pipeline.name)
         self._source = topology.physical(pipeline.source)
+        self.monotonic = monotonic  # s: how long a source end has looked behind the state
+        # Awaited before a partition's state is opened (restored): exactly_once fences the
+        # partition's previous owner there (`TransactionalSender.fence`).
+        self.before_open = before_open
+        self._source_behind_since: dict[int, float] = {}
 
     async def state(self, partition: int) -> PartitionState:
         """The partition's state, opened on first use; restored from the changelog when the
@@ -147,6 +159,8 @@ class PipelineRunner:
         st = self._states.get(partition)
         if st is not None:
             return st
+        if self.before_open is not None:
+            await self.before_open(partition)
         path = self.topology.state_path(self.pipeline, partition)
         store = RocksStore(path, self._identity(partition))
         st = PartitionState(store, partition)
@@ -218,16 +232,26 @@ class PipelineRunner:
     async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
         """Refuse to go on if the source log ends before what the state has applied: the
         broker lost its data (the embedded broker keeps nothing across restarts), and the new
-        records at low offsets would otherwise be skipped as already applied."""
+        records at low offsets would otherwise be skipped as already applied.
+
+        Only once it has looked so for `KAPPA_SOURCE_END_GRACE_MS`: until then `SourceEndBehind`
+        asks for the batch to be retried, as a new partition leader can briefly report an end
+        older than its predecessor did (KIP-207)."""
         if high_watermark is None:
             return
         applied = (await self.state(partition)).applied_offset
-        if high_watermark <= applied:
-            raise broker_data_lost(
-                f"{self.topology.physical(self.pipeline.source)}[{partition}]: the broker's log "
-                f"ends at offset {high_watermark} but the state has applied up to {applied}",
-                self.topology.state_root(),
-            )
+        if high_watermark > applied:
+            self._source_behind_since.pop(partition, None)
+            return
+        where = (
+            f"{self._source}[{partition}]: the broker's log ends at offset {high_watermark} but "
+            f"the state has applied up to {applied}"
+        )
+        now = self.monotonic()
+        since = self._source_behind_since.setdefault(partition, now)
+        if (now - since) * 1000 < self.topology.settings.source_end_grace_ms:
+            raise SourceEndBehind(where)
+        raise broker_data_lost(where, self.topology.state_root())
 
     async def applied_offset(self, partition: int) -> int:
         return (await self.state(partition)).applied_offset
@@ -640,6 +664,7 @@ class PipelineRunner:
         source by whoever opens the partition next."""
         self._states.pop(partition, None)
         self._following.discard(partition)
+        self._source_behind_since.pop(partition, None)
         # Its stream time is its next owner's to export: a frozen series here would be stale.
         with contextlib.suppress(KeyError):
             metrics.STREAM_TIME.remove(*self._label, str(partition))

@@ -28,8 +28,8 @@ _HINTS: dict[type[errors.KafkaError], str] = {
     errors.RecordListTooLargeError: _SIZE,
     errors.RecordTooLargeError: _SIZE,
     errors.InvalidTimestampError: "the topics refuse records stamped with these event times: "
-    "raise their message.timestamp.before.max.ms (message.timestamp.difference.max.ms before "
-    "Kafka 3.6)",
+    "raise their message.timestamp.after.max.ms (future times) and message.timestamp.before.max.ms "
+    "(past times; message.timestamp.difference.max.ms before Kafka 3.6)",
     errors.PolicyViolationError: "the broker's policy refuses these writes",
     errors.InvalidTopicError: "the broker refuses these topic names",
     errors.InvalidRequiredAcksError: "the broker refuses acks=all",

@@ -51,6 +51,9 @@ class Settings:
     # live: a worker told to stop (SIGTERM, Ctrl-C) exits after this long even if its orderly
     # shutdown has not finished; nothing is lost (state commits batch by batch)
     shutdown_timeout_ms: int = 20_000
+    # how long a source partition's end may stay at or before what the state applied before
+    # it counts as lost (a new partition leader can briefly report an older end, KIP-207)
+    source_end_grace_ms: int = 30_000
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
     log_level: str = "info"
@@ -229,6 +232,7 @@ def _validate(s: Settings) -> None:
     for name in (
         "rebalance_timeout_ms",
         "shutdown_timeout_ms",
+        "source_end_grace_ms",
         "fetch_max_wait_ms",
         "batch_linger_ms",
     ):
@@ -260,9 +264,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"KAPPA_COPY_MAX_BYTES must be >= {MIN_COPY_BYTES}, got {s.copy_max_bytes}"
         )
-    if s.grace_ms < 0 or s.batch_linger_ms < 0 or s.fetch_max_wait_ms < 0:
+    if min(s.grace_ms, s.batch_linger_ms, s.fetch_max_wait_ms, s.source_end_grace_ms) < 0:
         raise ConfigError(
-            "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS and KAPPA_FETCH_MAX_WAIT_MS must be >= 0"
+            "KAPPA_GRACE_MS, KAPPA_BATCH_LINGER_MS, KAPPA_FETCH_MAX_WAIT_MS and "
+            "KAPPA_SOURCE_END_GRACE_MS must be >= 0"
         )
     if not s.app_id or not set(s.app_id) <= _TOPIC_CHARS - {"."} or len(s.app_id) > MAX_APP_ID:
         raise ConfigError(

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -150,8 +151,9 @@ async def check_broker_has_state(
     """Refuse state whose applied offset is at or past its source partition's high watermark.
 
     The high watermark comes from a fetch response (right on the embedded broker, unlike
-    ListOffsets). On Apache Kafka a high watermark never moves back, so this only fires when
-    the log really is gone (dev-broker restart, topic deleted and recreated, another cluster).
+    ListOffsets). It only stays behind when the log really is gone (dev-broker restart, topic
+    deleted and recreated, another cluster); a new partition leader can report an older one
+    for a moment (KIP-207), so it is asked again for up to `KAPPA_SOURCE_END_GRACE_MS`.
     """
     from app.topic_reader import high_watermarks
 
@@ -162,12 +164,20 @@ async def check_broker_has_state(
             continue
         parts = by_topic.setdefault(sources[name], {})
         parts[partition] = max(offset, parts.get(partition, -1))
-    lost: list[tuple[str, int, int, int]] = []
-    for topic, parts in sorted(by_topic.items()):
-        ends = await high_watermarks(bootstrap, topic)
-        lost.extend(
-            (topic, p, a, ends[p]) for p, a in sorted(parts.items()) if p in ends and a >= ends[p]
-        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + topology.settings.source_end_grace_ms / 1000
+    while True:
+        lost: list[tuple[str, int, int, int]] = []
+        for topic, parts in sorted(by_topic.items()):
+            ends = await high_watermarks(bootstrap, topic)
+            lost.extend(
+                (topic, p, a, ends[p])
+                for p, a in sorted(parts.items())
+                if p in ends and a >= ends[p]
+            )
+        if not lost or loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(1.0, deadline - loop.time()))
     if lost:
         topic, p, a, h = lost[0]
         more = f" (and {len(lost) - 1} more partitions)" if len(lost) > 1 else ""

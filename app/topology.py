@@ -26,6 +26,11 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
     return [orders, UserTotalsPipeline()]
 
 
+def registry_topic(settings: Settings) -> str:
+    """The compacted topic holding the version registry (one per app and topic prefix)."""
+    return f"{settings.topic_prefix}{settings.app_id}-versions"
+
+
 @dataclass
 class Topology:
     settings: Settings
@@ -114,6 +119,10 @@ class Topology:
         for p in self.pipelines:
             topics[self.changelog(p)] = {"cleanup.policy": "compact"}
         return topics
+
+    def compacted_topics(self) -> list[str]:
+        """The changelogs: topics that must keep each key's latest record (`cleanup.policy`)."""
+        return sorted(t for t, cfg in self.all_topics().items() if "compact" in cfg.values())
 
     def topic_spec(self) -> dict[str, tuple[int, dict[str, str]]]:
         """`all_topics` with each one's partition count, as `app.admin.ensure_topics` takes it

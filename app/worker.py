@@ -176,6 +176,7 @@ def create_app(
             KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
             one_request=not settings.exactly_once,
             hold_changelog=not settings.exactly_once,
+            before_open=sender.fence if isinstance(sender, TransactionalSender) else None,
         )
         runners.append(runner)
         driver = _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)

@@ -17,14 +17,16 @@ import sys
 
 from app.admin import (
     copy_max_bytes,
-    ensure_topics,
+    ensure_version_topics,
+    require_compacted,
     require_partitions,
     wait_for_broker,
     warn_time_retention,
+    warn_timestamp_limits,
 )
 from app.settings import ConfigError, Settings
 from app.state_guard import check_broker_has_state, check_partition_dirs, lock_state_dir
-from app.topology import Topology
+from app.topology import Topology, registry_topic
 
 log = logging.getLogger("kappa.worker")
 
@@ -121,11 +123,15 @@ async def prepare_topics(
     state that has applied records the broker no longer has (`applied`: from
     `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
-    await ensure_topics(settings.kafka, topology.topic_spec(), settings.replication)
+    await ensure_version_topics(settings.kafka, topology)
     await require_partitions(settings.kafka, list(topology.all_topics()), settings.partitions)
+    await require_compacted(
+        settings.kafka, [*topology.compacted_topics(), registry_topic(settings)]
+    )
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
     await warn_time_retention(settings.kafka, topology.kept_topics())
+    await warn_timestamp_limits(settings.kafka, topology.output_topics())
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
     return dataclasses.replace(settings, copy_max_bytes=limit)
 

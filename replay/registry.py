@@ -24,6 +24,7 @@ from app.admin import ensure_topics, existing_topics
 from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
+from app.topology import registry_topic
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class RegistryView:
 class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topic = f"{settings.topic_prefix}{settings.app_id}-versions"
+        self.topic = registry_topic(settings)
 
     async def ensure(self) -> None:
         await ensure_topics(

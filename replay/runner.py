@@ -24,10 +24,12 @@ from aiokafka.errors import CommitFailedError
 from agents.base import Pipeline
 from app.admin import (
     copy_max_bytes,
-    ensure_topics,
+    ensure_version_topics,
     existing_topics,
+    require_compacted,
     require_partitions,
     warn_time_retention,
+    warn_timestamp_limits,
 )
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer, retrying
 from app.changelog import KafkaChangelog
@@ -124,6 +126,7 @@ async def prepare_replay(
         )
     topics = list(topology.all_topics())
     await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
+    await require_compacted(settings.kafka, [*topology.compacted_topics(), registry.topic])
     return registry, view, topology, rec
 
 
@@ -138,8 +141,9 @@ async def _replay(
 ) -> ReplaySummary:
     if rec.version not in view.versions:
         rec = await _create_version(registry, rec)
-    await ensure_topics(settings.kafka, topology.topic_spec(), settings.replication)
+    await ensure_version_topics(settings.kafka, topology)
     await warn_time_retention(settings.kafka, topology.kept_topics())
+    await warn_timestamp_limits(settings.kafka, topology.output_topics())
     limit = await copy_max_bytes(settings.kafka, settings.copy_max_bytes, topology.output_topics())
     topology = dataclasses.replace(
         topology, settings=dataclasses.replace(settings, copy_max_bytes=limit)
@@ -314,6 +318,7 @@ async def _run_stage(
         changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         one_request=not settings.exactly_once,
         hold_changelog=not settings.exactly_once,
+        before_open=txn.fence if txn is not None else None,
     )
     progress: ReplayProgress | None = None
     try:

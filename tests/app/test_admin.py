@@ -16,3 +16,15 @@ async def test_a_broker_that_will_not_tell_its_limits_leaves_the_copy_limit_as_s
 
     monkeypatch.setattr(admin, "max_message_bytes", refuse)
     assert await admin.copy_max_bytes("127.0.0.1:1", 5000, ["orders.dlq"]) == 5000
+
+
+def test_outputs_get_timestamp_limits_lifted_only_where_the_broker_knows_the_configs() -> None:
+    # Apache Kafka 3.6+ reports `log.message.timestamp.{before,after}.max.ms` among its configs;
+    # older brokers refuse an unknown topic config, so a topic gets none there.
+    kafka_36 = {"log.message.timestamp.before.max.ms", "log.message.timestamp.after.max.ms", "x"}
+    assert admin.no_timestamp_limits(kafka_36) == {
+        "message.timestamp.before.max.ms": "9223372036854775807",
+        "message.timestamp.after.max.ms": "9223372036854775807",
+    }
+    assert admin.no_timestamp_limits({"log.message.timestamp.difference.max.ms"}) == {}
+    assert admin.no_timestamp_limits(set()) == {}  # the dev broker, or one that will not say

@@ -26,7 +26,7 @@ from app import chaos as chaos_module
 from app import runtime
 from app.batch_producer import retrying
 from app.chaos import ChaosKill
-from app.runtime import PipelineRunner, Produce, SourceCommit
+from app.runtime import PipelineRunner, Produce, SourceCommit, SourceEndBehind
 from app.send_refusals import SendRefused
 from app.settings import load_settings
 from app.state_guard import BrokerDataLost
@@ -370,6 +370,65 @@ async def test_local_state_ahead_of_its_changelog_is_refused(tmp_path: Path) -> 
     with pytest.raises(BrokerDataLost, match="remove"):
         await after.state(0)
     after.close()
+
+
+async def test_a_source_end_behind_the_state_is_waited_for_before_it_counts_as_lost(
+    tmp_path: Path,
+) -> None:
+    """A new partition leader can report an older end for a moment (KIP-207): the batch is
+    retried meanwhile, and only an end that stays behind for the grace stops the worker."""
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path / "state"), "KAPPA_SOURCE_END_GRACE_MS": "30000"}
+    )
+    topology = Topology(settings, 1).select(["orders"])
+    now = [100.0]
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(topology.pipelines[0], topology, send, monotonic=lambda: now[0])
+    await runner.handle(0, _orders(0, 5))  # applied up to offset 4
+    await runner.check_log_kept(0, 5)  # the end is past it
+    with pytest.raises(SourceEndBehind, match="ends at offset 3 but the state has applied up to 4"):
+        await runner.check_log_kept(0, 3)
+    now[0] += 29.0
+    with pytest.raises(SourceEndBehind):
+        await runner.check_log_kept(0, 4)
+    await runner.check_log_kept(0, 6)  # caught up: the next look behind starts a new wait
+    now[0] += 100.0
+    with pytest.raises(SourceEndBehind):
+        await runner.check_log_kept(0, 2)
+    now[0] += 30.0
+    with pytest.raises(BrokerDataLost, match="remove"):
+        await runner.check_log_kept(0, 2)
+    runner.close()
+
+
+async def test_the_previous_owner_is_fenced_before_the_state_is_restored(tmp_path: Path) -> None:
+    """exactly_once: a zombie's open transaction must be ended before the changelog is read,
+    or a restore could miss what the zombie then commits."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, 1).select(["orders"])
+    calls: list[str] = []
+
+    class Changelog(_ListChangelog):
+        async def last_applied(self, partition: int, fresh: bool = False) -> int:
+            calls.append(f"changelog p{partition}")
+            return await super().last_applied(partition, fresh)
+
+    async def fence(partition: int) -> None:
+        calls.append(f"fence p{partition}")
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, send, changelog_source=Changelog([]), before_open=fence
+    )
+    await runner.state(2)
+    await runner.state(2)  # already open: nothing again
+    assert calls == ["fence p2", "changelog p2"]
+    runner.close()
 
 
 async def test_only_broker_and_network_failures_are_retried() -> None:

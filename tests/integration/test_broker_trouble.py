@@ -77,7 +77,8 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
     own_broker: DevBroker, unique: str, tmp_path: Path
 ) -> None:
     addr = own_broker.address
-    env = kappa_env(addr, unique, tmp_path / "state")
+    # A source end behind the state is looked at again for this long before it counts as lost.
+    env = kappa_env(addr, unique, tmp_path / "state", KAPPA_SOURCE_END_GRACE_MS="2000")
     assert run_kappa(["topics"], env).returncode == 0
     await produce_records(
         addr,

@@ -226,7 +226,7 @@ async def test_a_worker_refuses_state_a_restarted_broker_no_longer_has(
     unique: str, tmp_path: Path, own_broker: DevBroker
 ) -> None:
     address = own_broker.start().address
-    env = kappa_env(address, unique, tmp_path / "state")
+    env = kappa_env(address, unique, tmp_path / "state", KAPPA_SOURCE_END_GRACE_MS="1000")
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         worker.wait_until(lambda m: bool(m))

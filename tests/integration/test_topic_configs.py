@@ -1,0 +1,87 @@
+"""Existing topics whose settings would break Kappa: changelogs that are not compacted are
+refused, outputs that refuse records stamped far from the broker's clock are named."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from app.admin import (
+    NO_LIMIT_MS,
+    TIMESTAMP_LIMITS,
+    ensure_topics,
+    require_compacted,
+    warn_timestamp_limits,
+)
+from app.broker import free_port
+from app.settings import ConfigError, load_settings
+from app.topology import Topology
+from tests.support.workers import kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_changelog_or_registry_that_deletes_records_is_refused(
+    broker: str, unique: str
+) -> None:
+    compact, both, deleting = f"{unique}.c", f"{unique}.cd", f"{unique}.d"
+    await ensure_topics(
+        broker,
+        {
+            compact: (1, {"cleanup.policy": "compact"}),
+            both: (1, {"cleanup.policy": "compact,delete"}),
+            deleting: (1, {"cleanup.policy": "delete"}),
+        },
+    )
+    await require_compacted(broker, [compact, both, f"{unique}.missing"])
+    with pytest.raises(
+        ConfigError, match=rf"^{deleting} \(cleanup.policy=delete\) must be compacted"
+    ):
+        await require_compacted(broker, [compact, deleting])
+
+
+async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compaction(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    topology = Topology(load_settings(env), 2)
+    (orders,) = (p for p in topology.pipelines if p.name == "orders")
+    changelog = topology.changelog(orders)
+    await ensure_topics(broker, {changelog: (4, {"cleanup.policy": "delete"})})
+    await ensure_topics(broker, {f"{unique}.orders": (4, {})})
+
+    refusal = (
+        f"error: {changelog} (cleanup.policy=delete) must be compacted: set "
+        "cleanup.policy=compact on them (created by someone else, or changed since Kappa "
+        "created them)"
+    )
+    r = run_kappa(["replay", "orders", "--version", "2", "--dry-run"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [f"kappa replay: {refusal}"]
+
+    worker = ["worker", "--version", "2", "--pipeline", "orders", "--web-port", str(free_port())]
+    r = run_kappa(worker, env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"kappa worker: {refusal}"
+
+
+async def test_outputs_that_refuse_far_timestamps_are_named_in_one_warning(
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hour, lifted, plain = f"{unique}.hour", f"{unique}.lifted", f"{unique}.plain"
+    await ensure_topics(
+        broker,
+        {
+            hour: (1, {"message.timestamp.after.max.ms": "3600000"}),
+            lifted: (1, dict.fromkeys(TIMESTAMP_LIMITS, NO_LIMIT_MS)),
+            plain: (1, {}),  # the dev broker reports only what was set
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="app.admin"):
+        assert await warn_timestamp_limits(broker, [hour, lifted, plain]) == [hour]
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(
+        f"{hour} (message.timestamp.after.max.ms=3600000) refuse records stamped that far"
+    )
