@@ -43,14 +43,16 @@ class UserTotalsPipeline:
             counts.events += 1
             try:
                 d = _decode_forward(rec.value)
-                src_p, src_o = d["src"]
+                src = d["src"]
+                if type(src) is not list or len(src) != 2 or type(d["spend"]) not in _NUMBER:
+                    raise TypeError("not a forward")
                 row = (
                     d["user_id"],
-                    int(src_p),
-                    int(src_o),
-                    int(d["orders"]),
+                    _exact_int(src[0]),
+                    _exact_int(src[1]),
+                    _exact_int(d["orders"]),
                     float(d["spend"]),
-                    int(d["ts"]),
+                    _exact_int(d["ts"]),
                 )
                 if not (
                     type(row[0]) is str
@@ -120,6 +122,16 @@ def totals(parts: Parts) -> tuple[int, float, int]:
         spend += s
         ts = max(ts, t)
     return orders, spend, ts
+
+
+_NUMBER = (int, float)
+
+
+def _exact_int(v: object) -> int:
+    """A JSON integer as the orders pipeline writes it (no bool, string or float)."""
+    if type(v) is not int:
+        raise TypeError("not an integer")
+    return v
 
 
 def _decode_forward(raw: bytes | None) -> dict[str, Any]:

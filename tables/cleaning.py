@@ -139,6 +139,8 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
         ms = (dt - _EPOCH) // _MS
     elif isinstance(v, str | Decimal):
         ms = _floor_decimal(v, field)
+    elif type(v) is int:  # exact however large (a float would overflow): checked below
+        ms = v
     else:
         try:
             x = require_number(obj, field)

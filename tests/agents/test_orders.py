@@ -144,6 +144,7 @@ BAD_INPUTS = [
     (order(ts="2023-11-14T22:13:20"), b"p1", "bad_timestamp"),
     (order(ts=-1), b"p1", "timestamp_out_of_range"),
     (order(ts=99_999_999_999_999), b"p1", "timestamp_out_of_range"),
+    (order(ts=10**400), b"p1", "timestamp_out_of_range"),  # readable, too large for a float
     (order(category="x" * 1_000_000), b"p1", "field_too_long"),
     (order(), None, "null_key"),
     (order(), b"p2", "key_mismatch"),

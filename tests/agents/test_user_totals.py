@@ -85,6 +85,14 @@ def test_state_written_as_json_by_an_earlier_version_is_read_and_rewritten_binar
         {"spend": float("nan")},
         {"spend": float("inf")},
         {"spend": -1.0},
+        # typed only as the orders pipeline writes them: "12" once read as partition 1, offset 2
+        {"src": "12"},
+        {"src": [0, 1, 2]},
+        {"src": [0.0, 1]},
+        {"orders": True},
+        {"orders": "3"},
+        {"spend": "1.0"},
+        {"ts": 1.5},
     ],
 )
 def test_a_forward_outside_what_the_state_can_hold_goes_to_the_dlq(fields: dict) -> None:
