@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.transport.conductor import Conductor
@@ -24,6 +24,9 @@ from faust.types import TP, Message
 
 from app.batch_buffer import BatchBuffer
 from app.raw_records import RAW_RECORDS, consumer_record
+
+if TYPE_CHECKING:
+    from app.runtime import PipelineRunner
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        conf = self.app.conf
-        if getattr(conf, "kappa_read_committed", False):
+        app: KappaApp = self.app
+        if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"
-        wait_ms = getattr(conf, "kappa_fetch_max_wait_ms", None)
+        wait_ms = app.kappa_fetch_max_wait_ms
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
@@ -83,7 +86,7 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         return KappaConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in worker
-        buffers: dict[str, BatchBuffer] = getattr(self.app, "kappa_batch_buffers", {})
+        buffers = self.app.kappa_batch_buffers
         callback = self.callback
         to_message = self._to_message
         read_offset = self._read_offset
@@ -159,7 +162,19 @@ class KappaTransport(Transport):  # type: ignore[misc]
 
 
 class KappaApp(faust.App):  # type: ignore[misc]
-    """faust.App with the batch-delivering conductor."""
+    """faust.App with the batch-delivering conductor, and what Kappa's parts of the worker
+    (`app.worker.create_app` sets them) share through it."""
+
+    kappa_read_committed: bool = False  # exactly_once: the consumer reads committed records
+    kappa_fetch_max_wait_ms: int | None = None  # None: faust's own
+    kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
+    kappa_runners: list[PipelineRunner]
+    kappa_stop_on_error: Callable[[BaseException], Awaitable[None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kappa_batch_buffers = {}
+        self.kappa_runners = []
 
     def _new_transport(self) -> Transport:
         return KappaTransport(self.conf.broker_consumer, self)

@@ -108,7 +108,7 @@ def create_app(
     version: int,
     pipelines: list[str] | None = None,
     since_ms: int | None = None,
-) -> faust.App:
+) -> KappaApp:
     """The worker's Faust app for one version; `since_ms` is the version's own (a version
     replayed with `--since` counts only windows starting then or later, live as in replay)."""
     topology = Topology(settings, version, since_ms=since_ms).select(pipelines or [])
@@ -150,11 +150,9 @@ def create_app(
         logging_config=None,
         datadir=str(settings.state_dir / "faust"),
     )
-    app.conf.kappa_topology = topology  # type: ignore[attr-defined]
-    app.kappa_stop_on_error = StopOnError()  # type: ignore[attr-defined]
-    app.kappa_batch_buffers = {}  # type: ignore[attr-defined]
-    app.conf.kappa_read_committed = settings.exactly_once  # type: ignore[attr-defined]
-    app.conf.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.kappa_stop_on_error = StopOnError()
+    app.kappa_read_committed = settings.exactly_once
+    app.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms
     runners: list[PipelineRunner] = []
     drivers: list[tuple[str, PipelineDriver]] = []  # (physical source, its driver)
 
@@ -199,7 +197,7 @@ def create_app(
             await sender.close()
 
     register_pages(app, version, topology.group_id, runners, settings)
-    app.kappa_runners = runners  # type: ignore[attr-defined]
+    app.kappa_runners = runners
     return app
 
 
@@ -233,7 +231,7 @@ def _gap_reader(settings: Settings, topic: str) -> GapReader:
 
 
 def _register_batch_pipeline(
-    app: faust.App,
+    app: KappaApp,
     topology: Topology,
     pipeline: Pipeline,
     runner: PipelineRunner,
@@ -258,7 +256,7 @@ def _register_batch_pipeline(
     )
     topic.buffer = buffer = BatchBuffer(settings.batch_max, target=settings.batch_max // 4)
     app.topics.add(topic)
-    app.kappa_batch_buffers[source] = buffer  # type: ignore[attr-defined]
+    app.kappa_batch_buffers[source] = buffer
     driver = PipelineDriver(
         runner,
         buffer,

@@ -128,7 +128,7 @@ async def test_the_worker_sends_transactionally_only_under_exactly_once(
     )
     app = create_app(settings, 1)
     exactly_once = guarantee == "exactly_once"
-    assert app.conf.kappa_read_committed is exactly_once
+    assert app.kappa_read_committed is exactly_once
     transactional = [
         isinstance(getattr(s, "__self__", None), TransactionalSender) for s in _wrapped_senders(app)
     ]
