@@ -216,6 +216,14 @@ async def require_partitions(bootstrap: Conn, topics: list[str], expected: int) 
 async def topic_config(bootstrap: Conn, topics: list[str], name: str) -> dict[str, str]:
     """Each topic's config value `name`, where the broker reports one (Apache Kafka reports
     every topic's, its default included; the dev broker only those set explicitly)."""
+    configs = await topic_configs(bootstrap, topics, [name])
+    return {t: cfg[name] for t, cfg in configs.items() if name in cfg}
+
+
+async def topic_configs(
+    bootstrap: Conn, topics: list[str], names: Collection[str]
+) -> dict[str, dict[str, str]]:
+    """Each topic's values of the configs `names` that the broker reports, in one request."""
     admin = new_admin(bootstrap)
     await admin.start()
     try:
@@ -224,12 +232,12 @@ async def topic_config(bootstrap: Conn, topics: list[str], name: str) -> dict[st
         )
     finally:
         await admin.close()
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, str]] = {}
     for response in responses:
         for error_code, _, _, topic, entries, *_ in response.resources:
             for entry in entries if not error_code else ():
-                if entry[0] == name and entry[1] is not None:
-                    found[topic] = entry[1]
+                if entry[0] in names and entry[1] is not None:
+                    found.setdefault(topic, {})[entry[0]] = entry[1]
     return found
 
 
@@ -246,20 +254,15 @@ async def warn_time_retention(bootstrap: Conn, topics: list[str]) -> list[str]:
     """Say (one line) which of `topics` delete records by age: created before Kappa set
     `KEEP_FOREVER`, or by someone else. Returns them. Only a warning: an operator may mean it,
     and the broker may not tell (e.g. no DescribeConfigs permission)."""
-    try:
-        retention = await topic_config(bootstrap, topics, "retention.ms")
-    except KafkaError as e:
-        log.warning("cannot read the topics' retention.ms (%s)", type(e).__name__)
-        return []
-    finite = {t: v for t, v in retention.items() if v.lstrip("-").isdigit() and int(v) >= 0}
-    if finite:
-        log.warning(
-            "%s delete records older than retention.ms by their timestamp (event time for "
-            "outputs): a replay cannot reach deleted source records, and a backfill's older "
-            "outputs are deleted minutes after they are written; set retention.ms=-1 on them",
-            ", ".join(f"{t} (retention.ms={v})" for t, v in sorted(finite.items())),
-        )
-    return sorted(finite)
+    return await _warn_about(
+        bootstrap,
+        topics,
+        ["retention.ms"],
+        lambda v: v.lstrip("-").isdigit() and int(v) >= 0,
+        "delete records older than retention.ms by their timestamp (event time for outputs): a "
+        "replay cannot reach deleted source records, and a backfill's older outputs are deleted "
+        "minutes after they are written; set retention.ms=-1 on them",
+    )
 
 
 async def require_compacted(bootstrap: Conn, topics: list[str]) -> None:
@@ -280,26 +283,41 @@ async def warn_timestamp_limits(bootstrap: Conn, topics: list[str]) -> list[str]
     """Say (one line) which output `topics` refuse records stamped far from the broker's clock
     (`TIMESTAMP_LIMITS`): created before Kappa lifted them, or by someone else. Returns them.
     Only a warning, as for retention: an operator may mean it."""
+    return await _warn_about(
+        bootstrap,
+        topics,
+        TIMESTAMP_LIMITS,
+        lambda v: v.isdigit() and int(v) < int(NO_LIMIT_MS),
+        "refuse records stamped that far from the broker's clock, and Kappa stamps its outputs "
+        "with event time: an output of a far-future event, or of a replay over older history, "
+        f"would be refused and stop the worker; set {' and '.join(TIMESTAMP_LIMITS)} to "
+        f"{NO_LIMIT_MS} on them",
+    )
+
+
+async def _warn_about(
+    bootstrap: Conn,
+    topics: list[str],
+    names: Collection[str],
+    offends: Callable[[str], bool],
+    consequence: str,
+) -> list[str]:
+    """Log one line naming the `topics` whose configs `names` have values that `offends`, and
+    `consequence`; return those topics. A broker that will not say gets a line of its own."""
     try:
-        limits = {name: await topic_config(bootstrap, topics, name) for name in TIMESTAMP_LIMITS}
+        configs = await topic_configs(bootstrap, topics, names)
     except KafkaError as e:
-        log.warning("cannot read the output topics' timestamp limits (%s)", type(e).__name__)
+        log.warning("cannot read the topics' %s (%s)", " and ".join(names), type(e).__name__)
         return []
-    limited: dict[str, list[str]] = {}
-    for name, values in limits.items():
-        for topic, value in values.items():
-            if value.isdigit() and int(value) < 2**63 - 1:
-                limited.setdefault(topic, []).append(f"{name}={value}")
-    if limited:
-        log.warning(
-            "%s refuse records stamped that far from the broker's clock, and Kappa stamps its "
-            "outputs with event time: an output of a far-future event, or of a replay over older "
-            "history, would be refused and stop the worker; set %s to %s on them",
-            ", ".join(f"{t} ({', '.join(v)})" for t, v in sorted(limited.items())),
-            " and ".join(TIMESTAMP_LIMITS),
-            NO_LIMIT_MS,
-        )
-    return sorted(limited)
+    found = {
+        topic: [f"{n}={v}" for n, v in sorted(cfg.items()) if offends(v)]
+        for topic, cfg in configs.items()
+    }
+    found = {topic: values for topic, values in found.items() if values}
+    if found:
+        named = ", ".join(f"{t} ({', '.join(v)})" for t, v in sorted(found.items()))
+        log.warning("%s %s", named, consequence)
+    return sorted(found)
 
 
 async def copy_max_bytes(bootstrap: Conn, limit: int, topics: list[str]) -> int:
