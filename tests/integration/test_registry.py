@@ -199,6 +199,10 @@ async def test_an_exactly_once_replay_stops_its_transactional_producers(
     async def close(self: TransactionalSender) -> None:
         closed.append(self.prefix)
 
+    async def fence(self: TransactionalSender, partition: int) -> None:
+        pass
+
+    monkeypatch.setattr(TransactionalSender, "fence", fence)
     monkeypatch.setattr(TransactionalSender, "send", send)
     monkeypatch.setattr(TransactionalSender, "close", close)
     settings = load_settings(
