@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import faust
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import ack_lock as faust_ack_lock
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
@@ -54,6 +56,16 @@ class BatchConductor(Conductor):  # type: ignore[misc]
         return on_message
 
 
+def sticky_assignor() -> type[StickyPartitionAssignor]:
+    """aiokafka's sticky assignor, for one consumer: it keeps its member's last assignment in
+    class attributes, so each consumer gets a class of its own.
+
+    Each member then keeps its partitions through a rebalance where it can, so a worker
+    joining or leaving moves only the partitions it must: every partition that moves is
+    restored from its whole changelog by its new owner."""
+    return type("KappaStickyAssignor", (StickyPartitionAssignor,), {})
+
+
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     """faust's consumer thread with settings faust does not expose: read_committed under
     exactly_once (faust ties it to its own transactions, which Kappa does not use), the
@@ -63,6 +75,9 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
+        # Sticky first, round-robin (what faust picks for an app without faust tables) as the
+        # protocol a group of old and new workers can still agree on during an upgrade.
+        consumer._partition_assignment_strategy = (sticky_assignor(), RoundRobinPartitionAssignor)
         app: KappaApp = self.app
         if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"
