@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pathlib import Path
 from app.topology import Topology
 from tables.partition_state import PartitionState
 from tables.rocks import RocksStore, StateError, StateLockedError, unreadable
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = "LOCK"
 _PARTITION_DIR = re.compile(r"p(\d+)")
@@ -166,6 +169,7 @@ async def check_broker_has_state(
         parts[partition] = max(offset, parts.get(partition, -1))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + topology.settings.source_end_grace_ms / 1000
+    waited = False
     while True:
         lost: list[tuple[str, int, int, int]] = []
         for topic, parts in sorted(by_topic.items()):
@@ -175,8 +179,21 @@ async def check_broker_has_state(
                 for p, a in sorted(parts.items())
                 if p in ends and a >= ends[p]
             )
-        if not lost or loop.time() >= deadline:
+        # An empty log is gone for good (a leader catching up still holds what it served).
+        if not lost or loop.time() >= deadline or any(end == 0 for *_, end in lost):
             break
+        if not waited:
+            topic, p, a, end = lost[0]
+            log.warning(
+                "%s[%d] ends at offset %d, at or before the state's applied offset %d: asking "
+                "the broker again for up to %.0f s (KAPPA_SOURCE_END_GRACE_MS)",
+                topic,
+                p,
+                end,
+                a,
+                deadline - loop.time(),
+            )
+            waited = True
         await asyncio.sleep(min(1.0, deadline - loop.time()))
     if lost:
         topic, p, a, h = lost[0]
