@@ -268,15 +268,32 @@ async def warn_time_retention(bootstrap: Conn, topics: list[str]) -> list[str]:
 async def require_compacted(bootstrap: Conn, topics: list[str]) -> None:
     """Refuse changelogs (and the version registry) that delete records by age or size: a
     restore would read back part of the state, a registry would forget its versions, silently.
-    Topics the broker reports nothing for (missing, or not set on the dev broker) pass."""
-    policies = await topic_config(bootstrap, topics, "cleanup.policy")
-    wrong = {t: p for t, p in policies.items() if "compact" not in p.split(",")}
+    `compact,delete` passes only with no retention limit. What the broker does not report
+    (a missing topic; on the dev broker, a config never set) passes."""
+    configs = await topic_configs(bootstrap, topics, _RETENTION)
+    wrong = {t: cfg for t, cfg in configs.items() if not _keeps_latest_per_key(cfg)}
     if wrong:
-        desc = ", ".join(f"{t} (cleanup.policy={p})" for t, p in sorted(wrong.items()))
-        raise ConfigError(
-            f"{desc} must be compacted: set cleanup.policy=compact on them (created by someone "
-            "else, or changed since Kappa created them)"
+        desc = ", ".join(
+            f"{t} ({', '.join(f'{n}={v}' for n, v in sorted(cfg.items()))})"
+            for t, cfg in sorted(wrong.items())
         )
+        raise ConfigError(
+            f"{desc} must keep every key's latest record: set cleanup.policy=compact on them "
+            "(created by someone else, or changed since Kappa created them)"
+        )
+
+
+_RETENTION = ("cleanup.policy", "retention.ms", "retention.bytes")
+
+
+def _keeps_latest_per_key(config: dict[str, str]) -> bool:
+    policy = config.get("cleanup.policy", "compact").split(",")
+    if "compact" not in policy:
+        return False
+    unlimited = ("-1", None)
+    return "delete" not in policy or (
+        config.get("retention.ms") in unlimited and config.get("retention.bytes") in unlimited
+    )
 
 
 async def warn_timestamp_limits(bootstrap: Conn, topics: list[str]) -> list[str]:

@@ -56,14 +56,29 @@ class BatchConductor(Conductor):  # type: ignore[misc]
         return on_message
 
 
-def sticky_assignor() -> type[StickyPartitionAssignor]:
+def sticky_assignor(consumer: Any) -> type[StickyPartitionAssignor]:
     """aiokafka's sticky assignor, for one consumer: it keeps its member's last assignment in
     class attributes, so each consumer gets a class of its own.
 
     Each member then keeps its partitions through a rebalance where it can, so a worker
     joining or leaving moves only the partitions it must: every partition that moves is
-    restored from its whole changelog by its new owner."""
-    return type("KappaStickyAssignor", (StickyPartitionAssignor,), {})
+    restored from its whole changelog by its new owner. aiokafka never tells the assignor the
+    group generation its assignment is from, so each member would claim its partitions as of
+    generation -1, and a member that dropped out of the group and came back with an old
+    claim could win a partition from its current owner; the generation is taken from the
+    consumer's coordinator instead, as the Java client does."""
+
+    def on_assignment(cls: type[StickyPartitionAssignor], assignment: Any) -> None:
+        StickyPartitionAssignor.on_assignment.__func__(cls, assignment)  # type: ignore[attr-defined]
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is not None and coordinator.generation > 0:
+            cls.generation = coordinator.generation
+
+    return type(
+        "KappaStickyAssignor",
+        (StickyPartitionAssignor,),
+        {"on_assignment": classmethod(on_assignment)},
+    )
 
 
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
@@ -77,7 +92,8 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         consumer = super()._create_worker_consumer(transport)
         # Sticky first, round-robin (what faust picks for an app without faust tables) as the
         # protocol a group of old and new workers can still agree on during an upgrade.
-        consumer._partition_assignment_strategy = (sticky_assignor(), RoundRobinPartitionAssignor)
+        sticky = sticky_assignor(consumer)
+        consumer._partition_assignment_strategy = (sticky, RoundRobinPartitionAssignor)
         app: KappaApp = self.app
         if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"

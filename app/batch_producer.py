@@ -267,8 +267,16 @@ class TransactionalSender:
         """Initialise the partition's transactional producer now: InitProducerId fences a
         previous owner still writing for it and completes or aborts its open transaction, so
         a restore that follows reads a changelog no zombie can add to (as Kafka Streams does
-        when it creates a task)."""
-        await self._for(partition)
+        when it creates a task). A refusal retrying cannot fix (no ACL on the transactional
+        id) is said in one line, as when a send is refused; other errors are the caller's to
+        retry."""
+        try:
+            await self._for(partition)
+        except (KafkaError, OSError, TimeoutError) as e:
+            refused = refusal(e, [f"transactional id {self.prefix}-{partition}"])
+            if refused is not None:
+                raise refused from e
+            raise
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:
         producer, sender = await self._for(commit.partition)

@@ -249,9 +249,7 @@ class PipelineRunner:
         )
         now = self.monotonic()
         since = self._source_behind_since.setdefault(partition, now)
-        waited_ms = (now - since) * 1000
-        # An empty log is gone for good (a leader catching up still holds what it served).
-        if high_watermark > 0 and waited_ms < self.topology.settings.source_end_grace_ms:
+        if (now - since) * 1000 < self.topology.settings.source_end_grace_ms:
             raise SourceEndBehind(where)
         raise broker_data_lost(where, self.topology.state_root())
 

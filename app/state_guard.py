@@ -179,8 +179,7 @@ async def check_broker_has_state(
                 for p, a in sorted(parts.items())
                 if p in ends and a >= ends[p]
             )
-        # An empty log is gone for good (a leader catching up still holds what it served).
-        if not lost or loop.time() >= deadline or any(end == 0 for *_, end in lost):
+        if not lost or loop.time() >= deadline:
             break
         if not waited:
             topic, p, a, end = lost[0]

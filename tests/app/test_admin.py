@@ -28,3 +28,22 @@ def test_outputs_get_timestamp_limits_lifted_only_where_the_broker_knows_the_con
     }
     assert admin.no_timestamp_limits({"log.message.timestamp.difference.max.ms"}) == {}
     assert admin.no_timestamp_limits(set()) == {}  # the dev broker, or one that will not say
+
+
+async def test_the_broker_config_names_are_read_from_its_describe_configs_answer() -> None:
+    """The answer's shape as aiokafka 0.14 decodes it (error, message, type, name, entries)."""
+    from types import SimpleNamespace
+
+    class _Admin:
+        async def describe_cluster(self) -> dict:
+            return {"brokers": [{"node_id": 3}]}
+
+        async def describe_configs(self, resources: list) -> list:
+            assert [(r.resource_type.name, r.name) for r in resources] == [("BROKER", "3")]
+            entries = [("log.message.timestamp.after.max.ms", "3600000", False, 5, False, [])]
+            return [SimpleNamespace(resources=[(0, "", 4, "3", entries)])]
+
+    names = await admin._broker_config_names(_Admin())  # type: ignore[arg-type]
+    assert admin.no_timestamp_limits(names) == {
+        "message.timestamp.after.max.ms": "9223372036854775807"
+    }

@@ -272,3 +272,25 @@ async def test_a_revoked_partitions_transactional_producer_is_let_go(
     (source, _), *_ = app.kappa_batch_buffers.items()
     await asyncio.wait_for(app.on_partitions_revoked.send({TP(source, 0)}), 10)
     assert stopped == ["p0"] and list(sender._producers) == [1]
+
+
+async def test_a_fence_the_broker_refuses_for_good_is_said_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without Write on the transactional id the fence can never succeed: stop in one line,
+    as a refused send does, rather than retry it as broker trouble."""
+    from aiokafka.errors import KafkaConnectionError, TransactionalIdAuthorizationFailed
+
+    from app.send_refusals import SendRefused
+
+    errors: list[BaseException] = [TransactionalIdAuthorizationFailed(), KafkaConnectionError()]
+
+    async def failing(self: TransactionalSender, partition: int) -> Any:
+        raise errors.pop(0)
+
+    monkeypatch.setattr(TransactionalSender, "_for", failing)
+    sender = TransactionalSender("127.0.0.1:1", "kappa-v1-orders")
+    with pytest.raises(SendRefused, match="transactional id kappa-v1-orders-3"):
+        await sender.fence(3)
+    with pytest.raises(KafkaConnectionError):  # passing trouble: the caller retries
+        await sender.fence(3)

@@ -4,6 +4,7 @@ for them (a late changelog entry would land after the next owner's)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from aiokafka.errors import (
 
 from app.batch_buffer import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
+from app.runtime import SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused
 from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
@@ -361,3 +363,26 @@ async def test_a_revoke_past_its_deadline_abandons_a_batch_still_being_sent() ->
         assert not drain.done()  # the worker goes on with its other partitions
     finally:
         drain.cancel()
+
+
+async def test_a_source_end_behind_the_state_is_retried_not_a_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A new partition leader's older end (`SourceEndBehind`) is waited out like broker
+    trouble; the batch goes through once the end has caught up."""
+    looks = 0
+
+    class _BehindOnceRunner(_Runner):
+        async def check_log_kept(self, partition: int, high_watermark: int | None) -> None:
+            nonlocal looks
+            looks += 1
+            if looks == 1:
+                raise SourceEndBehind("orders[0]: the broker's log ends at offset 3 but ...")
+
+    runner = _BehindOnceRunner(opened={0})
+    driver, stops = _stopping_driver(runner)
+    await _buffer(driver, 0, 5)
+    with caplog.at_level(logging.WARNING, logger="app.pipeline_driver"):
+        await asyncio.wait_for(driver.drain(), 5)
+    assert stops == [] and runner.handled == [{0: [5]}] and looks == 2
+    assert "waiting for the broker to catch up" in caplog.text

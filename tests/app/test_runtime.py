@@ -404,22 +404,6 @@ async def test_a_source_end_behind_the_state_is_waited_for_before_it_counts_as_l
     runner.close()
 
 
-async def test_an_empty_source_log_counts_as_lost_at_once(tmp_path: Path) -> None:
-    """A leader catching up still holds what it served: an end of 0 is a log that is gone
-    (the dev broker restarted), with no wait."""
-    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
-    topology = Topology(settings, 1).select(["orders"])
-
-    async def send(records: list[Produce], commit: SourceCommit) -> None:
-        pass
-
-    runner = PipelineRunner(topology.pipelines[0], topology, send)
-    await runner.handle(0, _orders(0, 5))
-    with pytest.raises(BrokerDataLost, match="ends at offset 0"):
-        await runner.check_log_kept(0, 0)
-    runner.close()
-
-
 async def test_the_previous_owner_is_fenced_before_the_state_is_restored(tmp_path: Path) -> None:
     """exactly_once: a zombie's open transaction must be ended before the changelog is read,
     or a restore could miss what the zombie then commits."""

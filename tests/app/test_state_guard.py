@@ -48,12 +48,3 @@ async def test_a_source_end_still_behind_after_the_grace_is_refused(
         BrokerDataLost, match=r"has applied offset 9 but the broker's log ends at 7"
     ):
         await check_broker_has_state("b:1", _topology(tmp_path, 1_500), {("orders", 0): 9})
-
-
-async def test_an_empty_source_log_is_refused_without_waiting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    asked = _answers(monkeypatch, 0)  # the dev broker restarted: nothing of the log is left
-    with pytest.raises(BrokerDataLost, match="ends at 0"):
-        await check_broker_has_state("b:1", _topology(tmp_path, 3_600_000), {("orders", 0): 9})
-    assert len(asked) == 1

@@ -45,3 +45,21 @@ async def test_the_worker_consumer_prefers_sticky_assignment_with_round_robin_fo
     # The sticky assignor keeps its member's last assignment in class attributes: one class
     # per consumer, or two consumers in a process would report each other's partitions.
     assert first[0] is not second[0]
+
+
+def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation() -> None:
+    """aiokafka never tells the assignor the generation: without it every member claims its
+    partitions as of generation -1, and a member back from a timeout could win a partition
+    from its current owner."""
+    from types import SimpleNamespace
+
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from app.batch_delivery import sticky_assignor
+
+    consumer = SimpleNamespace(_coordinator=SimpleNamespace(generation=7))
+    assignor = sticky_assignor(consumer)
+    assignor.on_assignment(ConsumerProtocolMemberAssignment(0, [("orders", [1, 3])], b""))
+    claim = assignor.parse_member_metadata(assignor.metadata(["orders"]))
+    assert claim.generation == 7
+    assert sorted(tp.partition for tp in claim.partitions) == [1, 3]

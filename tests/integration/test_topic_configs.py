@@ -26,20 +26,23 @@ pytestmark = pytest.mark.integration
 async def test_a_changelog_or_registry_that_deletes_records_is_refused(
     broker: str, unique: str
 ) -> None:
-    compact, both, deleting = f"{unique}.c", f"{unique}.cd", f"{unique}.d"
+    compact, both, aging, deleting = (f"{unique}.{n}" for n in ("c", "cd", "cda", "d"))
     await ensure_topics(
         broker,
         {
             compact: (1, {"cleanup.policy": "compact"}),
-            both: (1, {"cleanup.policy": "compact,delete"}),
+            both: (1, {"cleanup.policy": "compact,delete", "retention.ms": "-1"}),
+            aging: (1, {"cleanup.policy": "compact,delete", "retention.ms": "604800000"}),
             deleting: (1, {"cleanup.policy": "delete"}),
         },
     )
     await require_compacted(broker, [compact, both, f"{unique}.missing"])
-    with pytest.raises(
-        ConfigError, match=rf"^{deleting} \(cleanup.policy=delete\) must be compacted"
-    ):
-        await require_compacted(broker, [compact, deleting])
+    with pytest.raises(ConfigError) as refused:
+        await require_compacted(broker, [compact, both, aging, deleting])
+    assert str(refused.value).startswith(
+        f"{aging} (cleanup.policy=compact,delete, retention.ms=604800000), "
+        f"{deleting} (cleanup.policy=delete) must keep every key's latest record"
+    )
 
 
 async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compaction(
@@ -53,7 +56,7 @@ async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compacti
     await ensure_topics(broker, {f"{unique}.orders": (4, {})})
 
     refusal = (
-        f"error: {changelog} (cleanup.policy=delete) must be compacted: set "
+        f"error: {changelog} (cleanup.policy=delete) must keep every key's latest record: set "
         "cleanup.policy=compact on them (created by someone else, or changed since Kappa "
         "created them)"
     )
