@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -20,16 +19,33 @@ from aiokafka.errors import (
 )
 
 from app import command_loop
+from app.cli_args import (
+    MAX_GENERATED,
+    MAX_GENERATED_KEYS,
+    MAX_PROCESSES,
+    MIN_RATE,
+    bounded_number,
+    event_disorder_ms,
+    event_ms,
+    event_span_ms,
+    event_time,
+    fraction,
+    port_number,
+    positive_int,
+    process_slot,
+    seconds,
+    topic_name,
+    version_number,
+)
+from app.cli_output import GuardedOutput, OutputFailed
 from app.command_loop import Terminated
 from app.settings import (
     DEFAULT_BROKER,
-    MAX_VERSION,
     ConfigError,
     Settings,
     load_settings,
     unknown_variables,
 )
-from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS
 
 EXIT_USAGE = 2
 
@@ -247,15 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         "topics", cmd_topics, "Create every topic a version needs (sources, outputs, changelogs)."
     )
     sp.add_argument(
-        "--version", type=_version, default=None, help="version (default: the live one)"
+        "--version", type=version_number, default=None, help="version (default: the live one)"
     )
     sp.add_argument(
-        "--timeout", type=_seconds, default=30.0, help="seconds to wait for the broker (default 30)"
+        "--timeout", type=seconds, default=30.0, help="seconds to wait for the broker (default 30)"
     )
 
     sp = add("worker", cmd_worker, "Run a live worker (all pipelines unless --pipeline is given).")
     sp.add_argument(
-        "--version", type=_version, default=None, help="version to run (default: the live one)"
+        "--version",
+        type=version_number,
+        default=None,
+        help="version to run (default: the live one)",
     )
     sp.add_argument(
         "--pipeline",
@@ -263,58 +282,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="run only this pipeline: orders or user-totals (repeatable)",
     )
-    sp.add_argument("--web-port", type=_port, default=None, help="port for /metrics and /health")
+    sp.add_argument(
+        "--web-port", type=port_number, default=None, help="port for /metrics and /health"
+    )
 
     sp = add("produce", cmd_produce, "Load a file or synthetic orders into a topic.")
-    sp.add_argument("topic", type=_topic, help="topic to produce to, e.g. orders")
+    sp.add_argument("topic", type=topic_name, help="topic to produce to, e.g. orders")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSONL (.jsonl/.ndjson/.json) or CSV (.csv) file of orders")
     src.add_argument(
         "--generate",
-        type=_number(int, 1, MAX_GENERATED),
+        type=bounded_number(int, 1, MAX_GENERATED),
         metavar="N",
         help="generate N synthetic orders",
     )
     sp.add_argument(
         "--rate",
-        type=_number(float, MIN_RATE),
+        type=bounded_number(float, MIN_RATE),
         default=None,
         help="events per second (default: as fast as possible)",
     )
     sp.add_argument("--seed", type=int, default=0, help="random seed for --generate (default 0)")
     sp.add_argument(
         "--keys",
-        type=_number(int, 1, MAX_GENERATED_KEYS),
+        type=bounded_number(int, 1, MAX_GENERATED_KEYS),
         default=1000,
         help=f"distinct product ids for --generate (default 1000, at most {MAX_GENERATED_KEYS:,})",
     )
     sp.add_argument(
         "--start-ms",
-        type=_event_ms,
+        type=event_ms,
         default=None,
         help="event time of the first generated order (default: now)",
     )
     sp.add_argument(
         "--span-ms",
-        type=_event_span_ms,
+        type=event_span_ms,
         default=None,
         help="event-time span of the generated orders (default: N/rate seconds, or one hour)",
     )
     sp.add_argument(
-        "--disorder-ms", type=_event_disorder_ms, default=0, help="max out-of-order jitter (ms)"
+        "--disorder-ms", type=event_disorder_ms, default=0, help="max out-of-order jitter (ms)"
     )
     sp.add_argument(
-        "--late-fraction", type=_fraction, default=0.0, help="fraction of far-too-late events"
+        "--late-fraction", type=fraction, default=0.0, help="fraction of far-too-late events"
     )
     sp.add_argument(
-        "--bad-fraction", type=_fraction, default=0.0, help="fraction of malformed records"
+        "--bad-fraction", type=fraction, default=0.0, help="fraction of malformed records"
     )
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sp = add("tail", cmd_tail, "Print a topic's records (JSON lines) from the beginning.")
-    sp.add_argument("topic", type=_topic)
+    sp.add_argument("topic", type=topic_name)
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
-    sp.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
+    sp.add_argument("--limit", type=positive_int, default=None, help="stop after N records")
     sp.add_argument(
         "--records",
         action="store_true",
@@ -328,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "pipelines", nargs="*", metavar="PIPELINE", help="pipelines to replay (default: all)"
     )
-    sp.add_argument("--version", type=_version, required=True, help="version to build, e.g. 2")
+    sp.add_argument(
+        "--version", type=version_number, required=True, help="version to build, e.g. 2"
+    )
     sp.add_argument(
         "--since",
-        type=_event_time,
+        type=event_time,
         default=None,
         metavar="TIME",
         help="only events in windows starting at or after TIME (epoch ms or ISO-8601 with zone)",
@@ -345,18 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--process",
-        type=_process_slot,
+        type=process_slot,
         default=(0, 1),
         metavar="I/N",
         help="this process's share of the partitions (e.g. 1/2 for the second of two)",
     )
     sp.add_argument(
         "--processes",
-        type=_number(int, 1, MAX_PROCESSES),
+        type=bounded_number(int, 1, MAX_PROCESSES),
         default=1,
         help="split the replay over N processes on this machine (one per core is a good start)",
     )
-    sp.add_argument("--metrics-port", type=_port, default=None, help="serve progress gauges here")
+    sp.add_argument(
+        "--metrics-port", type=port_number, default=None, help="serve progress gauges here"
+    )
     sp.add_argument(
         "--no-progress", action="store_true", help="log lines instead of a progress bar"
     )
@@ -365,24 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("versions", cmd_versions, "List versions: status, pipelines, creation time, snapshot size.")
     sp = add("promote", cmd_promote, "Make a version live (workers without --version run it).")
-    sp.add_argument("version", type=_version)
+    sp.add_argument("version", type=version_number)
     sp.add_argument(
         "--force", action="store_true", help="promote even if its replay has not completed"
     )
     sp = add(
         "drop", cmd_drop, "Delete a non-live version's topics, consumer group and local state."
     )
-    sp.add_argument("version", type=_version)
+    sp.add_argument("version", type=version_number)
     sp = add(
         "diff",
         cmd_diff,
         "Compare two versions' outputs, window by window and user by user (exit 1 if they differ).",
     )
-    sp.add_argument("v1", type=_version)
-    sp.add_argument("v2", type=_version)
+    sp.add_argument("v1", type=version_number)
+    sp.add_argument("v2", type=version_number)
     sp.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="differences to show per output (default 20)",
     )
@@ -395,123 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--rate",
-        type=_number(float, MIN_RATE, 1_000_000),
+        type=bounded_number(float, MIN_RATE, 1_000_000),
         default=200.0,
         help="generated orders per second",
     )
     return p
-
-
-def _number(
-    convert: Callable[[str], float], low: float, high: float | None = None, strict: bool = False
-) -> Callable[[str], Any]:
-    """An argparse type: `convert`, then check low <= value (< when strict) <= high."""
-    kind = "an integer" if convert is int else "a number"
-
-    def parse(s: str) -> Any:
-        try:
-            v = convert(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{_echoed(s)} is not {kind}") from None
-        if isinstance(v, float) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{_echoed(s)} is not a finite number")
-        if v < low or (strict and v == low) or (high is not None and v > high):
-            bound = f"> {_shown(low)}" if strict else f">= {_shown(low)}"
-            rng = f"between {_shown(low)} and {_shown(high)}" if high is not None else bound
-            raise argparse.ArgumentTypeError(f"{_echoed(s)} must be {rng}")
-        return v
-
-    return parse
-
-
-def _echoed(arg: str) -> str:
-    """An argument quoted back in an error, cut short so that the error stays one line."""
-    return repr(arg if len(arg) <= 40 else f"{arg[:20]}…{arg[-8:]}")
-
-
-def _shown(bound: float) -> str:
-    """A bound as a person reads it: 1,000,000,000,000 rather than 1e+12 (ports stay 65535)."""
-    if isinstance(bound, int):
-        return f"{bound:,}" if bound >= 100_000 else str(bound)
-    return f"{bound:g}"
-
-
-# The generator holds its product ids in memory (about 60 bytes each).
-MAX_GENERATED_KEYS = 10_000_000
-# Beyond what a run could produce (a million a second for ten days), and what floats hold exactly.
-MAX_GENERATED = 10**12
-# One machine's processes; each has its own consumer, state and Python interpreter.
-MAX_PROCESSES = 256
-# Slowest generated rate: one order in 1,000 s.
-MIN_RATE = 0.001
-_positive_int = _number(int, 0, strict=True)
-_version = _number(int, 1, MAX_VERSION)
-_event_ms = _number(int, MIN_EVENT_MS, MAX_EVENT_MS - 1)
-_event_span_ms = _number(int, 0, MAX_EVENT_MS, strict=True)
-_event_disorder_ms = _number(int, 0, MAX_EVENT_MS)
-_fraction = _number(float, 0.0, 1.0)
-_seconds = _number(float, 0.0)
-_port = _number(int, 1, 65535)
-
-
-def _topic(s: str) -> str:
-    from app.settings import topic_name_problem
-
-    problem = topic_name_problem(s)
-    if problem:
-        raise argparse.ArgumentTypeError(f"topic name {s!r} {problem}")
-    return s
-
-
-def _event_time(s: str) -> int:
-    from tables.cleaning import InvalidRecord, require_event_time_ms
-
-    try:
-        return require_event_time_ms({"time": s}, "time")
-    except InvalidRecord as e:
-        if e.reason == "timestamp_out_of_range":
-            raise argparse.ArgumentTypeError(f"{_echoed(s)} is outside 1970..2100") from None
-        raise argparse.ArgumentTypeError(
-            f"{_echoed(s)} is not epoch milliseconds or ISO-8601 with a time zone"
-        ) from None
-
-
-def _process_slot(s: str) -> tuple[int, int]:
-    i, _, n = s.partition("/")
-    if not (i.isdigit() and n.isdigit()) or int(n) < 1 or int(i) >= int(n):
-        raise argparse.ArgumentTypeError(f"{s!r} must be I/N with 0 <= I < N, e.g. 0/2")
-    return int(i), int(n)
-
-
-class OutputFailed(Exception):
-    """Standard output cannot be written (a full disk, a device error): not a bug of ours."""
-
-
-class _GuardedOutput:
-    """Standard output whose write errors, other than a closed pipe, raise `OutputFailed`, so
-    that `main` can tell them from an OSError anywhere else (which is a bug, with a traceback)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            raise OutputFailed(e.strerror or str(e)) from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            raise OutputFailed(e.strerror or str(e)) from None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -542,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the demo install their own once they run.
     previous = signal.getsignal(signal.SIGTERM)
     stdout = sys.stdout
-    sys.stdout = _GuardedOutput(stdout)  # type: ignore[assignment]
+    sys.stdout = GuardedOutput(stdout)  # type: ignore[assignment]
     try:
         signal.signal(signal.SIGTERM, on_sigterm)  # inside: a SIGTERM right after is caught
         code = int(args.fn(args) or 0)

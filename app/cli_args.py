@@ -1,0 +1,90 @@
+"""argparse types of the `kappa` CLI: bounded numbers, names and times, each refused in one
+line that quotes the argument (cut short) and says what it must be."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+from app.settings import MAX_VERSION, topic_name_problem
+from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS, InvalidRecord, require_event_time_ms
+
+
+def bounded_number(
+    convert: Callable[[str], float], low: float, high: float | None = None, strict: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: `convert`, then check low <= value (< when strict) <= high."""
+    kind = "an integer" if convert is int else "a number"
+
+    def parse(s: str) -> Any:
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{echoed(s)} is not {kind}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{echoed(s)} is not a finite number")
+        if v < low or (strict and v == low) or (high is not None and v > high):
+            bound = f"> {shown(low)}" if strict else f">= {shown(low)}"
+            rng = f"between {shown(low)} and {shown(high)}" if high is not None else bound
+            raise argparse.ArgumentTypeError(f"{echoed(s)} must be {rng}")
+        return v
+
+    return parse
+
+
+def echoed(arg: str) -> str:
+    """An argument quoted back in an error, cut short so that the error stays one line."""
+    return repr(arg if len(arg) <= 40 else f"{arg[:20]}…{arg[-8:]}")
+
+
+def shown(bound: float) -> str:
+    """A bound as a person reads it: 1,000,000,000,000 rather than 1e+12 (ports stay 65535)."""
+    if isinstance(bound, int):
+        return f"{bound:,}" if bound >= 100_000 else str(bound)
+    return f"{bound:g}"
+
+
+# The generator holds its product ids in memory (about 60 bytes each).
+MAX_GENERATED_KEYS = 10_000_000
+# Beyond what a run could produce (a million a second for ten days), and what floats hold exactly.
+MAX_GENERATED = 10**12
+# One machine's processes; each has its own consumer, state and Python interpreter.
+MAX_PROCESSES = 256
+# Slowest generated rate: one order in 1,000 s.
+MIN_RATE = 0.001
+positive_int = bounded_number(int, 0, strict=True)
+version_number = bounded_number(int, 1, MAX_VERSION)
+event_ms = bounded_number(int, MIN_EVENT_MS, MAX_EVENT_MS - 1)
+event_span_ms = bounded_number(int, 0, MAX_EVENT_MS, strict=True)
+event_disorder_ms = bounded_number(int, 0, MAX_EVENT_MS)
+fraction = bounded_number(float, 0.0, 1.0)
+seconds = bounded_number(float, 0.0)
+port_number = bounded_number(int, 1, 65535)
+
+
+def topic_name(s: str) -> str:
+    problem = topic_name_problem(s)
+    if problem:
+        raise argparse.ArgumentTypeError(f"topic name {s!r} {problem}")
+    return s
+
+
+def event_time(s: str) -> int:
+    """Epoch milliseconds or ISO-8601 with a zone, as `ts` in the orders schema."""
+    try:
+        return require_event_time_ms({"time": s}, "time")
+    except InvalidRecord as e:
+        if e.reason == "timestamp_out_of_range":
+            raise argparse.ArgumentTypeError(f"{echoed(s)} is outside 1970..2100") from None
+        raise argparse.ArgumentTypeError(
+            f"{echoed(s)} is not epoch milliseconds or ISO-8601 with a time zone"
+        ) from None
+
+
+def process_slot(s: str) -> tuple[int, int]:
+    i, _, n = s.partition("/")
+    if not (i.isdigit() and n.isdigit()) or int(n) < 1 or int(i) >= int(n):
+        raise argparse.ArgumentTypeError(f"{s!r} must be I/N with 0 <= I < N, e.g. 0/2")
+    return int(i), int(n)
