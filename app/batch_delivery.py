@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import faust
-from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import ack_lock as faust_ack_lock
@@ -90,10 +89,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # Sticky first, round-robin (what faust picks for an app without faust tables) as the
-        # protocol a group of old and new workers can still agree on during an upgrade.
-        sticky = sticky_assignor(consumer)
-        consumer._partition_assignment_strategy = (sticky, RoundRobinPartitionAssignor)
+        # Sticky only. Offering round-robin too (what faust picks for an app without faust
+        # tables, so what workers before this one use) would let a group mix them during an
+        # in-place upgrade, but doubles every group join on the dev broker (2 s → 4 s).
+        consumer._partition_assignment_strategy = (sticky_assignor(consumer),)
         app: KappaApp = self.app
         if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"

@@ -31,17 +31,13 @@ def test_a_file_where_the_workers_faust_directory_goes_is_one_line(tmp_path: Pat
     assert str(refused.value) == f"cannot create {tmp_path / 'faust'} for the worker: File exists"
 
 
-async def test_the_worker_consumer_prefers_sticky_assignment_with_round_robin_for_upgrades(
-    tmp_path: Path,
-) -> None:
-    """Sticky: a worker joining or leaving moves only the partitions it must (each move is a
-    restore). Round-robin second: what workers before this one offer, so a mixed group during
-    a rolling upgrade still agrees on a protocol."""
+async def test_the_worker_consumer_assigns_partitions_sticky(tmp_path: Path) -> None:
+    """A worker joining or leaving moves only the partitions it must (each move is a restore)."""
     app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
     thread = app.consumer._thread
     first = thread._create_worker_consumer(app.transport)._partition_assignment_strategy
     second = thread._create_worker_consumer(app.transport)._partition_assignment_strategy
-    assert [a.name for a in first] == ["sticky", "roundrobin"]
+    assert [a.name for a in first] == ["sticky"]
     # The sticky assignor keeps its member's last assignment in class attributes: one class
     # per consumer, or two consumers in a process would report each other's partitions.
     assert first[0] is not second[0]
