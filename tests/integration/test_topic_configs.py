@@ -4,6 +4,7 @@ refused, outputs that refuse records stamped far from the broker's clock are nam
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from app.admin import (
     TIMESTAMP_LIMITS,
     ensure_topics,
     require_compacted,
+    warn_time_retention,
     warn_timestamp_limits,
 )
 from app.broker import free_port
@@ -70,21 +72,38 @@ async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compacti
     assert r.stderr.strip().splitlines()[-1] == f"kappa worker: {refusal}"
 
 
-async def test_outputs_that_refuse_far_timestamps_are_named_in_one_warning(
-    broker: str, unique: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("warn", "limited", "unlimited", "warning"),
+    [
+        # sources and outputs that delete by age: a replay cannot reach what is gone
+        (
+            warn_time_retention,
+            {"retention.ms": "604800000"},
+            {"retention.ms": "-1"},
+            "(retention.ms=604800000) delete records older than retention.ms",
+        ),
+        # outputs that refuse records stamped far from the broker's clock (event time)
+        (
+            warn_timestamp_limits,
+            {"message.timestamp.after.max.ms": "3600000"},
+            dict.fromkeys(TIMESTAMP_LIMITS, NO_LIMIT_MS),
+            "(message.timestamp.after.max.ms=3600000) refuse records stamped that far",
+        ),
+    ],
+)
+async def test_topics_whose_configs_break_kappa_are_named_in_one_warning(
+    broker: str,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+    warn: Callable[[str, list[str]], Awaitable[list[str]]],
+    limited: dict[str, str],
+    unlimited: dict[str, str],
+    warning: str,
 ) -> None:
-    hour, lifted, plain = f"{unique}.hour", f"{unique}.lifted", f"{unique}.plain"
-    await ensure_topics(
-        broker,
-        {
-            hour: (1, {"message.timestamp.after.max.ms": "3600000"}),
-            lifted: (1, dict.fromkeys(TIMESTAMP_LIMITS, NO_LIMIT_MS)),
-            plain: (1, {}),  # the dev broker reports only what was set
-        },
-    )
+    bad, fine, plain = f"{unique}.bad", f"{unique}.fine", f"{unique}.plain"
+    # the dev broker reports only what was set: `plain` reports nothing
+    await ensure_topics(broker, {bad: (1, limited), fine: (1, unlimited), plain: (1, {})})
     with caplog.at_level(logging.WARNING, logger="app.admin"):
-        assert await warn_timestamp_limits(broker, [hour, lifted, plain]) == [hour]
-    (warning,) = caplog.records
-    assert warning.getMessage().startswith(
-        f"{hour} (message.timestamp.after.max.ms=3600000) refuse records stamped that far"
-    )
+        assert await warn(broker, [bad, fine, plain]) == [bad]
+    (logged,) = caplog.records
+    assert logged.getMessage().startswith(f"{bad} {warning}")

@@ -4,12 +4,11 @@ event time, so a backfill's outputs would otherwise be deleted as soon as they a
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 
-from app.admin import ensure_topics, topic_config, warn_time_retention
+from app.admin import ensure_topics, topic_config
 from app.produce import produce_records
 from app.settings import load_settings
 from app.topology import Topology
@@ -34,25 +33,6 @@ async def test_a_versions_sources_and_outputs_are_created_keeping_every_record(
     assert await topic_config(broker, list(spec), "cleanup.policy") == dict.fromkeys(
         changelogs, "compact"
     )
-
-
-async def test_topics_that_delete_by_age_are_named_in_one_warning(
-    broker: str, unique: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    week, kept, plain = f"{unique}.week", f"{unique}.kept", f"{unique}.plain"
-    await ensure_topics(
-        broker,
-        {
-            week: (1, {"retention.ms": "604800000"}),
-            kept: (1, {"retention.ms": "-1"}),
-            plain: (1, {}),  # the dev broker reports only what was set
-        },
-    )
-    with caplog.at_level(logging.WARNING, logger="app.admin"):
-        assert await warn_time_retention(broker, [week, kept, plain]) == [week]
-    (warning,) = caplog.records
-    assert warning.getMessage().startswith(f"{week} (retention.ms=604800000) delete records")
-    assert "set retention.ms=-1" in warning.getMessage()
 
 
 async def test_a_replay_and_a_worker_warn_about_a_source_that_deletes_by_age(
