@@ -47,3 +47,17 @@ async def test_the_broker_config_names_are_read_from_its_describe_configs_answer
     assert admin.no_timestamp_limits(names) == {
         "message.timestamp.after.max.ms": "9223372036854775807"
     }
+
+
+async def test_a_broker_that_will_not_tell_its_topic_configs_does_not_stop_a_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without DescribeConfigs permission the compaction check cannot be made: a warning, not a
+    refusal to start (the configs may well be right)."""
+
+    async def refuse(bootstrap: object, topics: list[str], names: object) -> dict:
+        raise KafkaError("TopicAuthorizationFailed")
+
+    monkeypatch.setattr(admin, "topic_configs", refuse)
+    await admin.require_compacted("127.0.0.1:1", ["kappa-v1-orders-changelog"])
+    assert "not checked that they are compacted" in caplog.text

@@ -107,3 +107,24 @@ async def test_topics_whose_configs_break_kappa_are_named_in_one_warning(
         assert await warn(broker, [bad, fine, plain]) == [bad]
     (logged,) = caplog.records
     assert logged.getMessage().startswith(f"{bad} {warning}")
+
+
+async def test_a_versions_outputs_are_created_without_timestamp_limits_where_known(
+    broker: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dev broker reports no broker configs, so it is told here that it knows the limits
+    (as Apache Kafka 3.6+ does); the topics themselves are created on it for real."""
+    from app import admin
+
+    async def kafka_36(_: object) -> set[str]:
+        return {f"log.{name}" for name in TIMESTAMP_LIMITS}
+
+    monkeypatch.setattr(admin, "_broker_config_names", kafka_36)
+    settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_TOPIC_PREFIX": f"{unique}."})
+    topology = Topology(settings, 2)
+    await admin.ensure_version_topics(broker, topology)
+    configs = await admin.topic_configs(broker, list(topology.all_topics()), TIMESTAMP_LIMITS)
+    lifted = dict.fromkeys(TIMESTAMP_LIMITS, NO_LIMIT_MS)
+    assert {t: cfg for t, cfg in configs.items() if cfg} == dict.fromkeys(
+        topology.output_topics(), lifted
+    )  # outputs only: not the source, not the changelogs
