@@ -18,6 +18,7 @@ import bisect
 import functools
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -182,6 +183,14 @@ def over_time(times: list[float], lat: list[float], slice_s: float = 5.0) -> lis
     return out
 
 
+def write_stop_file(path: Path, text: str) -> None:
+    """Write a child's stop file whole: a child polls for it, so it must never see it empty or
+    half written (write a temporary file, then rename it into place, which is atomic)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class ReadyChild:
     """A helper child (`python -m benchmarks.…`) that prints `ready` once it is fetching; it
     stops when its stop file exists."""
@@ -222,7 +231,7 @@ class Relay(ReadyChild):
         super().__init__("benchmarks.relay", [bootstrap, source, forward], cwd, stop_file)
 
     async def stop(self) -> None:
-        self.stop_file.write_text("stop")
+        write_stop_file(self.stop_file, "stop")
         await self.wait(30)
 
 
@@ -240,7 +249,7 @@ class Tailer(ReadyChild):
         last: dict[int, int] = {}
         for s in sent:
             last[s.partition] = max(last.get(s.partition, -1), s.offset)
-        self.stop_file.write_text(json.dumps(last))
+        write_stop_file(self.stop_file, json.dumps(last))
         await self.wait(timeout_s)
         if not self.out.exists():
             return []

@@ -28,6 +28,15 @@ from benchmarks.bare_reader import read_from_beginning
 DEFAULT_FETCH_WAIT_MS = 10
 
 
+def read_targets(stop_file: Path) -> dict[int, int] | None:
+    """The last offsets to wait for, or None while the stop file is missing or not yet whole
+    (the harness renames it into place, but a reader must not die on a partial write)."""
+    try:
+        return {int(p): int(o) for p, o in json.loads(stop_file.read_text()).items()}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 async def tail(
     bootstrap: str, topic: str, mode: str, stop_file: Path, timeout_s: float, fetch_wait_ms: int
 ) -> tuple[list[list[float]], bool]:
@@ -55,8 +64,8 @@ async def tail(
                     seen.append([p, o, now])
                     if o > highest.get(p, -1):
                         highest[p] = o
-            if targets is None and stop_file.exists():
-                targets = {int(p): o for p, o in json.loads(stop_file.read_text()).items()}
+            if targets is None:
+                targets = read_targets(stop_file)
             if targets is not None and all(highest.get(p, -1) >= o for p, o in targets.items()):
                 return seen, True
         return seen, False
