@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from agents.base import (
     BatchOutput,
@@ -30,10 +27,11 @@ from agents.base import (
 )
 from app import metrics
 from app.chaos import ChaosKill
-from app.state_guard import broker_data_lost, state_identity
+from app.state_guard import broker_data_lost
+from app.state_restore import ChangelogSource, StateOpener
 from app.topology import Topology
 from tables.partition_state import PartitionState
-from tables.rocks import RocksStore, StateError
+from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +74,6 @@ GapReader = Callable[[int, int, int], AsyncIterator[list[SourceRecord]]]
 class SourceEndBehind(RuntimeError):
     """A source partition's end looks at or before what its state applied, not yet for long
     enough to call it lost: retry the batch (nothing of it was applied)."""
-
-
-class ChangelogSource(Protocol):
-    """Where a partition's state can be restored from (the changelog topic)."""
-
-    async def last_applied(self, partition: int, fresh: bool = False) -> int:
-        """The source offset the changelog's newest complete batch reflects (-1: empty).
-        `fresh`: ask the broker now, not a cached end of the log."""
-        ...
-
-    def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        """Every changelog entry of the partition, oldest first, in chunks."""
-        ...
 
 
 # One batch's changelog entries should fit in one Kafka record batch (appended atomically by
@@ -136,94 +121,28 @@ class PipelineRunner:
         self.topology = topology
         self.send = send
         self.read_gap = read_gap
-        self.changelog_source = changelog_source
         self.changelog = topology.changelog(pipeline)
+        self._opener = StateOpener(
+            pipeline, topology, self.changelog, changelog_source, before_open
+        )
         self._states: dict[int, PartitionState] = {}
         # Partitions whose delivered batches follow on from their state (see `_gap_before`).
         self._following: set[int] = set()
-        self._stores: dict[int, RocksStore] = {}
         self._label = (pipeline.name, str(topology.version))
         # Exported at 0 from the start: an alert on its increase then sees the first one.
         metrics.DLQ.labels(*self._label, PROCESSING_ERROR)
         self._chaos = ChaosKill.from_env(pipeline.name)
         self._source = topology.physical(pipeline.source)
         self.monotonic = monotonic  # s: how long a source end has looked behind the state
-        # Awaited before a partition's state is opened (restored): exactly_once fences the
-        # partition's previous owner there (`TransactionalSender.fence`).
-        self.before_open = before_open
         self._source_behind_since: dict[int, float] = {}
 
     async def state(self, partition: int) -> PartitionState:
-        """The partition's state, opened on first use; restored from the changelog when the
-        changelog is ahead of the local copy (the partition was processed elsewhere)."""
+        """The partition's state, opened on first use (restored from the changelog when the
+        changelog is ahead of the local copy: the partition was processed elsewhere)."""
         st = self._states.get(partition)
-        if st is not None:
-            return st
-        if self.before_open is not None:
-            await self.before_open(partition)
-        path = self.topology.state_path(self.pipeline, partition)
-        store = RocksStore(path, self._identity(partition))
-        st = PartitionState(store, partition)
-        if self.changelog_source is not None:
-            try:  # closed on any failure: a retry must find the directory unlocked
-                remote = await self.changelog_source.last_applied(partition)
-                if remote < st.applied_offset:  # impossible unless the log was lost: look again
-                    remote = await self.changelog_source.last_applied(partition, fresh=True)
-            except BaseException:
-                store.close()
-                raise
-            if remote < st.applied_offset:
-                store.close()
-                raise broker_data_lost(
-                    f"{self.changelog}[{partition}]: the changelog reflects source offset "
-                    f"{remote} but the local state has applied up to {st.applied_offset}",
-                    self.topology.state_root(),
-                )
-            if remote > st.applied_offset:
-                store.close()
-                store, st = await self._restore(partition, path, st.applied_offset, remote)
-        self._stores[partition] = store
-        self._states[partition] = st
+        if st is None:
+            st = self._states[partition] = await self._opener.open(partition)
         return st
-
-    async def _restore(
-        self, partition: int, path: Path, local: int, remote: int
-    ) -> tuple[RocksStore, PartitionState]:
-        assert self.changelog_source is not None
-        log.warning(
-            "%s p%d: local state at offset %d, changelog at %d: restoring from %s",
-            self.pipeline.name,
-            partition,
-            local,
-            remote,
-            self.changelog,
-        )
-        t0 = time.perf_counter()
-        shutil.rmtree(path, ignore_errors=True)
-        store = RocksStore(path, self._identity(partition))
-        n = 0
-        try:  # a retry after a failure starts over, so the directory must be unlocked
-            async for chunk in self.changelog_source.entries(partition):
-                store.write(dict(chunk))
-                n += len(chunk)
-        except BaseException:
-            store.close()
-            raise
-        st = PartitionState(store, partition)
-        metrics.RESTORED.labels(*self._label).inc(n)
-        log.warning(
-            "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",
-            self.pipeline.name,
-            partition,
-            n,
-            time.perf_counter() - t0,
-            st.applied_offset,
-        )
-        return store, st
-
-    def _identity(self, partition: int) -> dict[str, object]:
-        """Recorded in the partition directory, so a foreign directory is refused."""
-        return state_identity(self.topology, self.pipeline.name, partition)
 
     def open_state(self, partition: int) -> PartitionState | None:
         """The partition's state if this runner has it open (it is assigned here), else None."""
@@ -662,18 +581,17 @@ class PipelineRunner:
     def close_partition(self, partition: int) -> None:
         """Let a partition go; a held batch not sent (`send_held`) is read again from the
         source by whoever opens the partition next."""
-        self._states.pop(partition, None)
+        st = self._states.pop(partition, None)
         self._following.discard(partition)
         self._source_behind_since.pop(partition, None)
         # Its stream time is its next owner's to export: a frozen series here would be stale.
         with contextlib.suppress(KeyError):
             metrics.STREAM_TIME.remove(*self._label, str(partition))
-        store = self._stores.pop(partition, None)
-        if store is not None:
-            store.close()
+        if st is not None:
+            st.store.close()
 
     def close(self) -> None:
-        for p in list(self._stores):
+        for p in list(self._states):
             self.close_partition(p)
 
 

@@ -25,16 +25,15 @@ from faust.types import TP
 from agents.base import Pipeline, SourceRecord
 from app.batch_buffer import BatchBuffer
 from app.batch_delivery import BatchTopic, KappaApp, ack_offsets
-from app.batch_producer import OwnProducerSender, TransactionalSender, retrying
-from app.changelog import KafkaChangelog
+from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
+from app.kafka_runner import kafka_pipeline_runner
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     GapReader,
     PipelineRunner,
-    Sender,
 )
 from app.send_refusals import SendRefused
 from app.settings import Settings
@@ -165,16 +164,9 @@ def create_app(
         else:
             sender = OwnProducerSender(settings.kafka, settings.copy_max_bytes)
         senders.append(sender)
-        send: Sender = sender.send
-        runner = PipelineRunner(
-            pipeline,
-            topology,
-            retrying(send, (pipeline.name, str(version))),
-            _gap_reader(settings, topology.physical(pipeline.source)),
-            KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
-            one_request=not settings.exactly_once,
-            hold_changelog=not settings.exactly_once,
-            before_open=sender.fence if isinstance(sender, TransactionalSender) else None,
+        source = topology.physical(pipeline.source)
+        runner = kafka_pipeline_runner(
+            settings, topology, pipeline, sender, _gap_reader(settings, source)
         )
         runners.append(runner)
         driver = _register_batch_pipeline(app, topology, pipeline, runner, settings, sender.release)

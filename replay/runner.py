@@ -31,9 +31,9 @@ from app.admin import (
     warn_time_retention,
     warn_timestamp_limits,
 )
-from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer, retrying
-from app.changelog import KafkaChangelog
+from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.kafka_clients import new_consumer
+from app.kafka_runner import kafka_pipeline_runner
 from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner
 from app.settings import ConfigError, Settings
@@ -297,29 +297,17 @@ async def _run_stage(
     opts: ReplayOptions,
     summary: ReplaySummary,
 ) -> None:
-    label = (pipeline.name, str(topology.version))
-
-    txn: TransactionalSender | None = None
+    sender: BatchSender | TransactionalSender
     if settings.exactly_once:
-        txn = TransactionalSender(
+        sender = TransactionalSender(
             settings.kafka,
             f"{topology.group_id}-{pipeline.name}-replay",
             topology.settings.copy_max_bytes,
         )
-        send = retrying(txn.send, label)
     else:
-        send = retrying(BatchSender(producer, True, topology.settings.copy_max_bytes).send, label)
-
+        sender = BatchSender(producer, True, topology.settings.copy_max_bytes)
     source = topology.physical(pipeline.source)
-    runner = PipelineRunner(
-        pipeline,
-        topology,
-        send,
-        changelog_source=KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
-        one_request=not settings.exactly_once,
-        hold_changelog=not settings.exactly_once,
-        before_open=txn.fence if txn is not None else None,
-    )
+    runner = kafka_pipeline_runner(settings, topology, pipeline, sender)
     progress: ReplayProgress | None = None
     try:
         starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
@@ -339,8 +327,8 @@ async def _run_stage(
         if progress is not None:
             progress.close()
         runner.close()
-        if txn is not None:
-            await txn.close()
+        if isinstance(sender, TransactionalSender):
+            await sender.close()
 
 
 async def _consume(

@@ -46,6 +46,10 @@ class KeyValueStore(Protocol):
         """Apply all puts (value) and deletes (None) atomically."""
         ...
 
+    def close(self) -> None:
+        """Release the store (a RocksDB directory's lock); it is not used again."""
+        ...
+
 
 def encode_window_key(store: str, key: WindowKey) -> bytes:
     end, start, name = key
@@ -263,3 +267,6 @@ class MemoryStore:
                 self.data.pop(k, None)
             else:
                 self.data[k] = v
+
+    def close(self) -> None:
+        pass

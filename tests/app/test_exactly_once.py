@@ -134,7 +134,7 @@ async def test_the_worker_sends_transactionally_only_under_exactly_once(
     ]
     assert transactional and all(t is exactly_once for t in transactional)
     # A partition's previous owner is fenced before its state is restored, not at the first send.
-    fences = [getattr(r.before_open, "__self__", None) for r in app.kappa_runners]
+    fences = [getattr(r._opener.before_open, "__self__", None) for r in app.kappa_runners]
     assert all(isinstance(f, TransactionalSender) is exactly_once for f in fences)
     assert exactly_once or fences == [None] * len(fences)
 
@@ -226,8 +226,8 @@ async def test_a_fenced_worker_stops_instead_of_retrying(
     monkeypatch.setattr(app, "kappa_stop_on_error", stop_on_error)
     app._consumer = _NoConsumer()  # type: ignore[assignment]
     for runner in app.kappa_runners:  # no broker here: nothing to restore or fence
-        runner.changelog_source = None
-        runner.before_open = None
+        runner._opener.changelog_source = None
+        runner._opener.before_open = None
     await app.kappa_runners[0].state(0)  # open: a revoke finishes only open partitions
     (source, buffer), *_ = app.kappa_batch_buffers.items()
     order = {"order_id": "1", "user_id": "u", "product_id": "p", "category": "c"}

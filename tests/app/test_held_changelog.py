@@ -76,7 +76,7 @@ class _Changelog:
 
 
 def _stored_offset(runner: PipelineRunner, partition: int = 0) -> int:
-    raw = runner._stores[partition].get_many([APPLIED_OFFSET])[0]
+    raw = runner._states[partition].store.get_many([APPLIED_OFFSET])[0]
     return struct.unpack(">q", raw)[0] if raw is not None else -1
 
 
@@ -150,7 +150,7 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
     for batch in batches:
         await runner.handle(0, batch)
     await runner.flush(0)
-    expected = list(runner._stores[0].scan(b"", b"\xff" * 8))
+    expected = list(runner._states[0].store.scan(b"", b"\xff" * 8))
     runner.close()
 
     topology = _topology(tmp_path, "held")
@@ -181,7 +181,7 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
     await runner.flush(0)
     await runner.send_held()
     assert crashes
-    assert list(runner._stores[0].scan(b"", b"\xff" * 8)) == expected
+    assert list(runner._states[0].store.scan(b"", b"\xff" * 8)) == expected
     assert broker.outputs(topology.physical(REVENUE)) == plain.outputs(
         plain_topology.physical(REVENUE)
     )
@@ -237,7 +237,7 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     reference = _topology(tmp_path, "reference")
     plain = PipelineRunner(reference.pipelines[0], reference, _Broker().send)
     await plain.handle(0, records)
-    expected = list(plain._stores[0].scan(b"", b"\xff" * 8))
+    expected = list(plain._states[0].store.scan(b"", b"\xff" * 8))
     plain.close()
 
     broker = _Broker()
@@ -262,7 +262,7 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     release.set()
     await runner.handle_many({0: records[10:]})  # the retry
     await runner.send_held()
-    assert list(runner._stores[0].scan(b"", b"\xff" * 8)) == expected
+    assert list(runner._states[0].store.scan(b"", b"\xff" * 8)) == expected
     runner.close()
 
 
@@ -315,7 +315,7 @@ async def _run_with_flaky_sends(
         await _until_sent(lambda step=step: runner.handle_many(step))
     await _until_sent(runner.send_held)
     result = (
-        [list(runner._stores[p].scan(b"", b"\xff" * 8)) for p in sorted(runner._stores)],
+        [list(runner._states[p].store.scan(b"", b"\xff" * 8)) for p in sorted(runner._states)],
         broker.outputs(topology.physical(REVENUE)),
         broker.outputs(topology.physical("orders.dlq")),
     )

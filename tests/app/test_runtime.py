@@ -525,7 +525,7 @@ async def test_a_record_that_makes_the_pipeline_raise_goes_to_the_dlq_and_the_re
         await runner.flush(0)  # the windows' results (forwards to by-user are per batch)
         revenue = topology.physical("orders.revenue-1m")
         results[run] = (
-            list(runner._stores[0].scan(b"", b"\xff" * 8)),
+            list(runner._states[0].store.scan(b"", b"\xff" * 8)),
             [(r.key, r.value) for r in sent if r.topic == revenue],
         )
         dead = {int(dict(r.headers)["kappa.source.offset"]) for r in sent if "dlq" in r.topic}
@@ -650,10 +650,10 @@ async def test_a_corrupt_state_file_stops_the_partition_instead_of_dead_letterin
     runner = PipelineRunner(topology.pipelines[0], topology, _recording(sent))
     orders = _orders(0, 40)
     await runner.handle(0, orders[:10])  # products p00000-p00009
-    runner._stores[0].db.flush()
+    runner._states[0].store.db.flush()
     older = set((tmp_path / "v1").rglob("*.sst"))
     await runner.handle(0, orders[10:20])  # other products; the applied offset, in a newer file
-    runner._stores[0].db.flush()
+    runner._states[0].store.db.flush()
     runner.close()
     for table in older:  # a bad sector in the older file
         with table.open("r+b") as f:

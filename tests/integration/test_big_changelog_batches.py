@@ -34,7 +34,7 @@ def _order(offset: int, product: str, ts: int) -> SourceRecord:
 
 
 def _everything(runner: PipelineRunner) -> list[tuple[bytes, bytes]]:
-    store = runner._stores[0]
+    store = runner._states[0].store
     return list(store.scan(b"", b"\xff" * 8))
 
 

@@ -1,0 +1,124 @@
+"""Opening a partition's state: the local RocksDB copy, or a restore from the changelog.
+
+A partition processed elsewhere (a rebalance moved it, or this machine's copy is old) has a
+changelog ahead of the local state: the local copy is dropped and the changelog read whole.
+A changelog *behind* the local state means the broker lost its data, which is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from agents.base import Pipeline
+from app import metrics
+from app.state_guard import broker_data_lost, state_identity
+from app.topology import Topology
+from tables.partition_state import PartitionState
+from tables.rocks import RocksStore
+
+log = logging.getLogger(__name__)
+
+
+class ChangelogSource(Protocol):
+    """Where a partition's state can be restored from (the changelog topic)."""
+
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        """The source offset the changelog's newest complete batch reflects (-1: empty).
+        `fresh`: ask the broker now, not a cached end of the log."""
+        ...
+
+    def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        """Every changelog entry of the partition, oldest first, in chunks."""
+        ...
+
+
+class StateOpener:
+    """Opens one pipeline's partition states for one version, restoring where needed."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        topology: Topology,
+        changelog: str,
+        changelog_source: ChangelogSource | None = None,
+        before_open: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.name = pipeline.name
+        self.topology = topology
+        self.changelog = changelog  # its physical name, for messages
+        self.changelog_source = changelog_source  # None: the local state is all there is
+        # Awaited before a partition's state is opened (restored): exactly_once fences the
+        # partition's previous owner there (`TransactionalSender.fence`).
+        self.before_open = before_open
+
+    async def open(self, partition: int) -> PartitionState:
+        """The partition's state, restored first when the changelog is ahead of it. On any
+        failure the store is closed again: a retry must find the directory unlocked."""
+        if self.before_open is not None:
+            await self.before_open(partition)
+        path = self.topology.state_path(self.pipeline, partition)
+        store = RocksStore(path, self._identity(partition))
+        st = PartitionState(store, partition)
+        if self.changelog_source is None:
+            return st
+        try:
+            remote = await self.changelog_source.last_applied(partition)
+            if remote < st.applied_offset:  # impossible unless the log was lost: look again
+                remote = await self.changelog_source.last_applied(partition, fresh=True)
+        except BaseException:
+            store.close()
+            raise
+        if remote < st.applied_offset:
+            store.close()
+            raise broker_data_lost(
+                f"{self.changelog}[{partition}]: the changelog reflects source offset "
+                f"{remote} but the local state has applied up to {st.applied_offset}",
+                self.topology.state_root(),
+            )
+        if remote > st.applied_offset:
+            store.close()
+            return await self._restore(partition, path, st.applied_offset, remote)
+        return st
+
+    async def _restore(self, partition: int, path: Path, local: int, remote: int) -> PartitionState:
+        assert self.changelog_source is not None
+        log.warning(
+            "%s p%d: local state at offset %d, changelog at %d: restoring from %s",
+            self.name,
+            partition,
+            local,
+            remote,
+            self.changelog,
+        )
+        t0 = time.perf_counter()
+        shutil.rmtree(path, ignore_errors=True)
+        store = RocksStore(path, self._identity(partition))
+        n = 0
+        try:
+            async for chunk in self.changelog_source.entries(partition):
+                store.write(dict(chunk))
+                n += len(chunk)
+        except BaseException:
+            store.close()
+            raise
+        st = PartitionState(store, partition)
+        metrics.RESTORED.labels(self.name, str(self.topology.version)).inc(n)
+        log.warning(
+            "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",
+            self.name,
+            partition,
+            n,
+            time.perf_counter() - t0,
+            st.applied_offset,
+        )
+        return st
+
+    def _identity(self, partition: int) -> dict[str, object]:
+        """Recorded in the partition directory, so a foreign directory is refused."""
+        return state_identity(self.topology, self.name, partition)

@@ -1,0 +1,51 @@
+"""The worker and the replay build their runners in one place: the guarantee decides how."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.batch_producer import OwnProducerSender, TransactionalSender
+from app.kafka_runner import kafka_pipeline_runner
+from app.settings import Settings, load_settings
+from app.topology import Topology
+
+
+def _setup(tmp_path: Path, guarantee: str) -> tuple[Settings, Topology]:
+    settings = load_settings(
+        {"KAPPA_PROCESSING_GUARANTEE": guarantee, "KAPPA_STATE_DIR": str(tmp_path)}
+    )
+    return settings, Topology(settings, 1).select(["orders"])
+
+
+def test_at_least_once_holds_changelog_entries_for_one_request_per_cycle(tmp_path: Path) -> None:
+    settings, topology = _setup(tmp_path, "at_least_once")
+    sender = OwnProducerSender(settings.kafka)
+    runner = kafka_pipeline_runner(settings, topology, topology.pipelines[0], sender)
+    assert runner.one_request and runner.hold_changelog
+    assert runner._opener.before_open is None and runner._opener.changelog_source is not None
+
+
+def test_exactly_once_fences_before_opening_and_sends_one_transaction_per_partition(
+    tmp_path: Path,
+) -> None:
+    settings, topology = _setup(tmp_path, "exactly_once")
+    sender = TransactionalSender(settings.kafka, "kappa-test")
+    runner = kafka_pipeline_runner(settings, topology, topology.pipelines[0], sender)
+    assert not runner.one_request and not runner.hold_changelog
+    assert runner._opener.before_open == sender.fence
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_sender_that_does_not_give_the_guarantee_is_refused(
+    guarantee: str, tmp_path: Path
+) -> None:
+    settings, topology = _setup(tmp_path, guarantee)
+    wrong = (
+        OwnProducerSender(settings.kafka)
+        if guarantee == "exactly_once"
+        else TransactionalSender(settings.kafka, "kappa-test")
+    )
+    with pytest.raises(ValueError, match=f"is not {guarantee}"):
+        kafka_pipeline_runner(settings, topology, topology.pipelines[0], wrong)
