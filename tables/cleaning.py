@@ -91,16 +91,25 @@ def _exactly_integral(v: object) -> bool:
             v = Decimal(v.strip())
         except InvalidOperation:  # "1e-99999999999999999999": its float, 0.0, is integral
             return False
+    if isinstance(v, RoundedFloat):
+        return False
     return not isinstance(v, Decimal) or v == v.to_integral_value()
 
 
 def json_float(text: str) -> Decimal | float:
     """`parse_float` for JSON: exact Decimals, so `ts` fractions floor exactly; a literal with
-    an exponent beyond Decimal's range becomes the float it rounds to (inf or 0.0)."""
+    an exponent beyond Decimal's range becomes the float it rounds to (inf or 0.0), marked."""
     try:
         return Decimal(text)
     except InvalidOperation:
-        return float(text)
+        x = float(text)
+        mantissa = text.lower().partition("e")[0]
+        return x if not mantissa.strip("+-0.") else RoundedFloat(x)  # zero is exact
+
+
+class RoundedFloat(float):
+    """A JSON number literal past Decimal's range, as the float it rounds to: not that value
+    as written ("1e-99999999999999999999" is 0.0 here, but not an integer)."""
 
 
 class LongInteger(Decimal):
