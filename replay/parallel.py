@@ -27,8 +27,26 @@ class Terminated(Exception):
     """SIGTERM (a supervisor, `timeout`, `kill`) reached the parent."""
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+class TerminateHandler:
+    """The parent's SIGTERM handler: raises `Terminated`, except while a child is being started.
+    Raised inside `Popen` (the child forked, `Popen` not yet returned), it would leave a running
+    child the parent does not know of; so it is held until the children are all started."""
+
+    def __init__(self) -> None:
+        self.spawning = False
+        self.pending = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.spawning:
+            self.pending = True
+        else:
+            raise Terminated
+
+    def spawned(self) -> None:
+        """The children are started: a SIGTERM held meanwhile is raised now."""
+        self.spawning = False
+        if self.pending:
+            raise Terminated
 
 
 def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | None]:
@@ -38,7 +56,9 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     replaying with nobody reading their output (and hold the version's state directory)."""
     started = time.monotonic()
     children: list[subprocess.Popen[str]] = []
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    on_term = TerminateHandler()
+    on_term.spawning = True
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         for i in range(processes):
             children.append(
@@ -59,6 +79,7 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
                     text=True,
                 )
             )
+        on_term.spawned()
         outputs = [""] * processes
 
         def collect(i: int) -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from replay.parallel import exit_code, failure_line, run_parallel
+from replay.parallel import (
+    Terminated,
+    TerminateHandler,
+    exit_code,
+    failure_line,
+    run_parallel,
+)
 from tests.support.processes import exited
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +105,20 @@ def test_a_command_whose_reader_went_away_exits_quietly() -> None:
     proc.stdout.close()  # the reader goes away
     assert proc.wait(60) == 128 + signal.SIGPIPE
     assert proc.stderr.read() == ""
+
+
+def test_a_sigterm_while_children_start_is_held_until_all_are_started() -> None:
+    # Raised inside Popen, it would orphan a child that has forked but is not yet listed.
+    on_term = TerminateHandler()
+    on_term.spawning = True
+    on_term(signal.SIGTERM, None)  # does not raise
+    with pytest.raises(Terminated):
+        on_term.spawned()
+    with pytest.raises(Terminated):  # once started, at once
+        on_term(signal.SIGTERM, None)
+
+
+def test_without_a_sigterm_starting_the_children_raises_nothing() -> None:
+    on_term = TerminateHandler()
+    on_term.spawning = True
+    on_term.spawned()
