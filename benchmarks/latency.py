@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import functools
 import gc
 import json
@@ -206,12 +207,28 @@ class ReadyChild:
             *self.args, cwd=self.cwd, env=python_env(), stdout=asyncio.subprocess.PIPE
         )
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
+        except BaseException:
+            await self.close()
+            raise
         if line.strip() != b"ready":
-            await self.proc.wait()
+            await self.close()
             name = self.args[2]
             raise RuntimeError(f"{name} did not start ({self.proc.returncode}): {line!r}")
         return self
+
+    async def close(self) -> None:
+        """Make sure it is gone (a failed phase must not leave it polling a dead broker)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def wait(self, timeout_s: float) -> None:
         """Wait for it to exit (terminated after `timeout_s`)."""
@@ -230,9 +247,11 @@ class Relay(ReadyChild):
         stop_file = cwd / f"relay-{time.monotonic_ns()}.stop"
         super().__init__("benchmarks.relay", [bootstrap, source, forward], cwd, stop_file)
 
-    async def stop(self) -> None:
-        write_stop_file(self.stop_file, "stop")
-        await self.wait(30)
+    async def close(self) -> None:
+        """Stop it in order (its stop file); terminated if it takes longer than 30 s."""
+        if self.proc is not None and self.proc.returncode is None:
+            write_stop_file(self.stop_file, "stop")
+            await self.wait(30)
 
 
 class Tailer(ReadyChild):
@@ -313,9 +332,9 @@ async def bare_latency(
     """A bare consumer tailing a fresh source topic while orders are produced at the rate."""
     await ensure_topics(bootstrap, {topic: (partitions, {})})
     records = _run_orders(cfg, int(time.time() * 1000))
-    tailer = await Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]).start()
-    sent, produce_s = await produce_paced(bootstrap, topic, records, cfg["rate"])
-    seen = await tailer.finish(sent, timeout_s=30)
+    async with Tailer(bootstrap, topic, "source", cwd, cfg["fetch_wait_ms"]) as tailer:
+        sent, produce_s = await produce_paced(bootstrap, topic, records, cfg["rate"])
+        seen = await tailer.finish(sent, timeout_s=30)
     result, _ = _measured(sent, seen, bare_latencies, produce_s)
     return result
 
@@ -334,15 +353,12 @@ async def relay_latency(
         bootstrap, {source_topic: (partitions, {}), forward_topic: (partitions, {})}
     )
     records = _run_orders(cfg, int(time.time() * 1000))
-    relay = await Relay(bootstrap, source_topic, forward_topic, cwd).start()
-    try:
-        tailer = await Tailer(
-            bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
-        ).start()
+    async with (
+        Relay(bootstrap, source_topic, forward_topic, cwd),
+        Tailer(bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]) as tailer,
+    ):
         sent, produce_s = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
         forwards = await tailer.finish(sent, timeout_s=60)
-    finally:
-        await relay.stop()
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     errors = _uncovered(missing)
     result["correct"] = {"ok": not errors, "errors": errors}
@@ -367,6 +383,7 @@ async def live_latency(
     await ensure_topics(bootstrap, {source_topic: (partitions, {})})
     now_ms = int(time.time() * 1000)
     worker = LiveWorker(env, cwd, "worker-latency", pipelines=cfg.get("pipelines", ()))
+    observers = contextlib.AsyncExitStack()
     try:
         await asyncio.to_thread(worker.wait_until, lambda m: True, READY_TIMEOUT_S)
         # Warm-up: the group has joined and the pipeline runs once these are counted.
@@ -377,14 +394,14 @@ async def live_latency(
         )
         records = _run_orders(cfg, now_ms)
         n = len(records)
-        tailer = await Tailer(
-            bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"]
-        ).start()
+        tailer = await observers.enter_async_context(
+            Tailer(bootstrap, forward_topic, "forward", cwd, cfg["fetch_wait_ms"])
+        )
         beside = None
         if cfg.get("bare_beside_live"):
-            beside = await Tailer(
-                bootstrap, source_topic, "source", cwd, cfg["fetch_wait_ms"]
-            ).start()
+            beside = await observers.enter_async_context(
+                Tailer(bootstrap, source_topic, "source", cwd, cfg["fetch_wait_ms"])
+            )
         sent, produce_s = await produce_paced(bootstrap, source_topic, records, cfg["rate"])
         forwards = await tailer.finish(sent, timeout_s=60)
         if beside is not None:
@@ -396,6 +413,7 @@ async def live_latency(
         cpu_s = worker.process.cpu_now()
         peak_rss = worker.process.peak_rss_now()
     finally:
+        await observers.aclose()
         usage = await asyncio.to_thread(worker.process.stop)
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     result["forwards_seen"] = len(forwards)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,7 +91,9 @@ def main() -> None:
     seen, complete = asyncio.run(
         tail(a.bootstrap, a.topic, a.mode, a.stop_file, a.timeout, a.fetch_wait_ms)
     )
-    a.out.write_text(json.dumps({"complete": complete, "records": seen}))
+    tmp = a.out.with_name(a.out.name + ".tmp")  # renamed into place: never read half written
+    tmp.write_text(json.dumps({"complete": complete, "records": seen}))
+    os.replace(tmp, a.out)
     sys.exit(0 if complete else 3)
 
 
