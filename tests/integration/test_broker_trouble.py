@@ -52,7 +52,9 @@ async def test_worker_rides_out_a_frozen_broker_and_stays_exact(
     )
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
-        worker.wait_until(lambda m: m.get("kappa_events_in_total", 0) >= 2_000)
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 2_000
+        )
         assert own_broker.proc is not None
         os.kill(own_broker.proc.pid, signal.SIGSTOP)  # the broker stops answering
         frozen_at = worker.metric("kappa_events_in_total")
@@ -88,7 +90,9 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
     )
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
-        worker.wait_until(lambda m: m.get("kappa_events_in_total", 0) >= 1_500)
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 1_500
+        )
         own_broker.stop()  # everything the broker held is gone
         own_broker.start()
         assert run_kappa(["topics"], env).returncode == 0

@@ -20,6 +20,7 @@ from app.topic_reader import read_to_end
 
 KAPPA = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parents[2]
+SCRAPE_RETRY_S = 20  # how long a metric asserted on may take to be scraped
 
 
 def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[str, str]:
@@ -87,10 +88,17 @@ class Worker:
         return out
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample summed over the label sets that match `labels`."""
+        """One sample summed over the label sets that match `labels`. Asserted on, so a scrape
+        that fails (a busy worker's answer slower than 2 s) is tried again, not read as 0."""
+        deadline = time.monotonic() + SCRAPE_RETRY_S
+        while not (samples := self._samples()):
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no /metrics from the worker\n{self.tail_log()}")
+            time.sleep(0.2)
         return sum(
             v
-            for n, lab, v in self._samples()
+            for n, lab, v in samples
             if n == name and all(lab.get(k) == want for k, want in labels.items())
         )
 
