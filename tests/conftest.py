@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from app.broker import DevBroker, free_port
+
+# Property tests assert results, never speed: no per-example deadline and no "too slow" health
+# check, which a loaded CI machine would fail. Under CI the examples are the same every run
+# (`derandomize`), so a run is reproducible; local runs keep exploring new ones.
+settings.register_profile(
+    "kappa",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
+settings.load_profile("kappa")
 
 
 @pytest.fixture(scope="session")
