@@ -156,9 +156,10 @@ def _wait_all_or_first_failure(
     partitions (a later stage starts when every partition of the one before is done)."""
     while True:
         running = any(reader.is_alive() for reader in readers)
-        failed = [c for c in children if c.poll() not in (None, 0)]
+        codes = [c.poll() for c in children]  # one look: a child may exit meanwhile
+        failed = [c for c, code in zip(children, codes) if code not in (None, 0)]
         if failed:
-            alive = [c for c in children if c.poll() is None]
+            alive = [c for c, code in zip(children, codes) if code is None]
             for child in alive:
                 child.terminate()
             for reader in readers:

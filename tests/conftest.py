@@ -22,6 +22,13 @@ settings.register_profile(
 )
 settings.load_profile("kappa")
 
+# The suite's own parameters (`make chaos`); every other KAPPA_* variable of the shell that runs
+# the tests (a developer's KAPPA_BROKER, a left-over KAPPA_CHAOS_KILL) is Kappa configuration
+# that would reach the code under test and the processes it starts, so it is dropped.
+SUITE_PARAMETERS = {"KAPPA_CHAOS_ROUNDS", "KAPPA_CHAOS_SEED"}
+for _name in [n for n in os.environ if n.startswith("KAPPA_") and n not in SUITE_PARAMETERS]:
+    del os.environ[_name]
+
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:

@@ -98,9 +98,13 @@ async def test_a_failed_batch_aborts_its_transaction() -> None:
 async def test_exactly_once_consumers_read_committed_only() -> None:
     settings = load_settings({"KAPPA_PROCESSING_GUARANTEE": "exactly_once"})
     consumer = new_consumer(settings.kafka)
-    assert consumer._isolation_level == "read_committed"
     default = new_consumer(load_settings({}).kafka)
-    assert default._isolation_level == "read_uncommitted"
+    try:
+        assert consumer._isolation_level == "read_committed"
+        assert default._isolation_level == "read_uncommitted"
+    finally:
+        await consumer.stop()
+        await default.stop()
 
 
 def test_processing_guarantee_is_validated() -> None:
@@ -158,9 +162,12 @@ async def test_the_worker_consumer_gets_the_fetch_wait_and_isolation_settings(
     thread = app.consumer._thread
     assert isinstance(thread, KappaConsumerThread)
     consumer = thread._create_worker_consumer(app.transport)
-    assert consumer._fetch_max_wait_ms == 7
-    assert consumer._isolation_level == "read_committed"
-    assert consumer._value_deserializer is RAW_RECORDS  # no ConsumerRecord per record
+    try:
+        assert consumer._fetch_max_wait_ms == 7
+        assert consumer._isolation_level == "read_committed"
+        assert consumer._value_deserializer is RAW_RECORDS  # no ConsumerRecord per record
+    finally:
+        await consumer.stop()
 
 
 async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any) -> None:

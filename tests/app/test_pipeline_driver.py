@@ -96,6 +96,9 @@ class _Consumer:
         self.acked.setdefault(partition, []).extend(offsets)
 
 
+DEADLINE_S = 3600.0  # `_driver`'s revoke deadline
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -118,7 +121,9 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[Pipeli
         BatchBuffer(100, 10),
         consumer,
         linger_s=0,
-        revoke_deadline_s=5.0,
+        # Long, as the fake clock decides when it passes; the driver also waits for real
+        # with what is left, which a stalled CI machine must never run out of.
+        revoke_deadline_s=DEADLINE_S,
         release=release,
         fail=crash,
         crash=crash,
@@ -189,7 +194,7 @@ async def test_a_revoke_past_its_deadline_lets_the_partitions_go_without_sending
     await runner.restoring.wait()  # a restore holds the pipeline
     revoking = asyncio.create_task(driver.on_revoked({0, 1}))
     await asyncio.sleep(0)
-    clock.now = 6.0  # the restore took longer than the deadline (5 s)
+    clock.now = DEADLINE_S + 1  # the restore took longer than the deadline
     runner.restored.set()
     await revoking
     draining.cancel()

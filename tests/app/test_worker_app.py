@@ -35,12 +35,16 @@ async def test_the_worker_consumer_assigns_partitions_sticky(tmp_path: Path) -> 
     """A worker joining or leaving moves only the partitions it must (each move is a restore)."""
     app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
     thread = app.consumer._thread
-    first = thread._create_worker_consumer(app.transport)._partition_assignment_strategy
-    second = thread._create_worker_consumer(app.transport)._partition_assignment_strategy
-    assert [a.name for a in first] == ["sticky"]
-    # The sticky assignor keeps its member's last assignment in class attributes: one class
-    # per consumer, or two consumers in a process would report each other's partitions.
-    assert first[0] is not second[0]
+    consumers = [thread._create_worker_consumer(app.transport) for _ in range(2)]
+    try:
+        first, second = (c._partition_assignment_strategy for c in consumers)
+        assert [a.name for a in first] == ["sticky"]
+        # The sticky assignor keeps its member's last assignment in class attributes: one
+        # class per consumer, or two consumers in a process would report each other's.
+        assert first[0] is not second[0]
+    finally:
+        for c in consumers:
+            await c.stop()
 
 
 def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation() -> None:
