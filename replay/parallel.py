@@ -60,26 +60,28 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     on_term.spawning = True
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        for i in range(processes):
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "app.cli",
-                        "replay",
-                        *replay_args,
-                        "--no-progress",
-                        "--process",
-                        f"{i}/{processes}",
-                        "--parent-pid",
-                        str(os.getpid()),
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
+        try:
+            for i in range(processes):
+                children.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "app.cli",
+                            "replay",
+                            *replay_args,
+                            "--no-progress",
+                            "--process",
+                            f"{i}/{processes}",
+                            "--parent-pid",
+                            str(os.getpid()),
+                        ],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
                 )
-            )
-        on_term.spawned()
+        finally:  # a SIGTERM held meanwhile wins over a failure to start a child
+            on_term.spawned()
         outputs = [""] * processes
 
         def collect(i: int) -> None:

@@ -3,6 +3,7 @@ dies first."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from replay.parallel import (
+    TERMINATED,
     Terminated,
     TerminateHandler,
     exit_code,
@@ -122,3 +124,24 @@ def test_without_a_sigterm_starting_the_children_raises_nothing() -> None:
     on_term = TerminateHandler()
     on_term.spawning = True
     on_term.spawned()
+
+
+def test_a_sigterm_held_while_a_child_failed_to_start_still_stops_the_replay(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    real_popen = subprocess.Popen
+    started: list[subprocess.Popen[str]] = []
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        if started:  # the second child: a SIGTERM arrives, then starting it fails
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    code, summary = run_parallel(["--version", "3"], 2)
+    assert (code, summary) == (TERMINATED, None)
+    assert "terminated (SIGTERM); stopped its 1 processes" in capfd.readouterr().err
+    assert started[0].poll() is not None  # the child that did start was stopped
