@@ -90,7 +90,7 @@ def _exactly_integral(v: object) -> bool:
         try:  # a plain decimal (require_number accepted it), if within Decimal's range
             v = Decimal(v.strip())
         except InvalidOperation:  # "1e-99999999999999999999": its float, 0.0, is integral
-            return False
+            return _zero_mantissa(v)
     if isinstance(v, RoundedFloat):
         return False
     return not isinstance(v, Decimal) or v == v.to_integral_value()
@@ -103,8 +103,12 @@ def json_float(text: str) -> Decimal | float:
         return Decimal(text)
     except InvalidOperation:
         x = float(text)
-        mantissa = text.lower().partition("e")[0]
-        return x if not mantissa.strip("+-0.") else RoundedFloat(x)  # zero is exact
+        return x if _zero_mantissa(text) else RoundedFloat(x)  # zero is exact
+
+
+def _zero_mantissa(text: str) -> bool:
+    """Whether a decimal number's text is zero whatever its exponent ("0.0e99999")."""
+    return not text.strip().lower().partition("e")[0].strip("+-0.")
 
 
 class RoundedFloat(float):
@@ -150,6 +154,8 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
         ms = _floor_decimal(v, field)
     elif type(v) is int:  # exact however large (a float would overflow): checked below
         ms = v
+    elif isinstance(v, RoundedFloat):  # its floor is unknown, as for the same text in a string
+        raise InvalidRecord("bad_timestamp", field)
     else:
         try:
             x = require_number(obj, field)

@@ -135,6 +135,10 @@ BAD_INPUTS = [
     (order(quantity="1e-99999999999999999999"), b"p1", "not_an_integer"),
     (with_literal("quantity", "1e-99999999999999999999"), b"p1", "not_an_integer"),
     (with_literal("quantity", "0.0e99999999999999999999"), b"p1", "out_of_range"),  # 0 exactly
+    (order(quantity="0.0e99999999999999999999"), b"p1", "out_of_range"),
+    (with_literal("ts", "-1e-99999999999999999999"), b"p1", "bad_timestamp"),  # floor is -1
+    (with_literal("ts", "1e-99999999999999999999"), b"p1", "bad_timestamp"),
+    (order(ts="1e-99999999999999999999"), b"p1", "bad_timestamp"),
     # exponents past what Decimal's context or constructor take
     (with_literal("ts", "1e1000000"), b"p1", "timestamp_out_of_range"),
     (with_literal("ts", "-1e1000000"), b"p1", "timestamp_out_of_range"),
