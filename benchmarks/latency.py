@@ -210,10 +210,10 @@ class ReadyChild:
         try:
             line = await asyncio.wait_for(self.proc.stdout.readline(), READY_TIMEOUT_S)
         except BaseException:
-            await self.close()
+            await ReadyChild.close(self)  # not started: no orderly stop to wait for
             raise
         if line.strip() != b"ready":
-            await self.close()
+            await ReadyChild.close(self)
             name = self.args[2]
             raise RuntimeError(f"{name} did not start ({self.proc.returncode}): {line!r}")
         return self
@@ -413,8 +413,10 @@ async def live_latency(
         cpu_s = worker.process.cpu_now()
         peak_rss = worker.process.peak_rss_now()
     finally:
-        await observers.aclose()
-        usage = await asyncio.to_thread(worker.process.stop)
+        try:
+            await observers.aclose()
+        finally:  # the worker is stopped whatever stopping the observers met
+            usage = await asyncio.to_thread(worker.process.stop)
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     result["forwards_seen"] = len(forwards)
     if beside is not None:
