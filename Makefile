@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 chaos: $(STAMP)
-	KAPPA_CHAOS_ROUNDS=50 $(BIN)/python -m pytest -q -m chaos --timeout 1800
+	KAPPA_CHAOS_ROUNDS=50 $(BIN)/python -m pytest -q -m chaos
 
 broker: $(STAMP)
 	$(BIN)/kappa broker
