@@ -48,6 +48,10 @@ class Settings:
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
     rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
+    # live: longest the fetch loop may wait on a pipeline before the worker leaves its group.
+    # It waits while a partition's state is restored (the buffer fills meanwhile), so a longer
+    # restore makes the worker leave, rejoin and start the restore over. faust's is 1000 s.
+    max_poll_interval_ms: int = 3_600_000
     # live: a worker told to stop (SIGTERM, Ctrl-C) exits after this long even if its orderly
     # shutdown has not finished; nothing is lost (state commits batch by batch)
     shutdown_timeout_ms: int = 20_000
@@ -155,6 +159,7 @@ MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 # ints, and faust needs the session timeout under its request timeout (90 s).
 MAX_SESSION_TIMEOUT_MS = 85_000
 MAX_TIMEOUT_MS = 3_600_000
+MAX_INT32 = 2**31 - 1
 # Kafka's topic names: ASCII letters, digits, '.', '_' and '-', at most 249 characters.
 _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MAX_TOPIC_CHARS = 249
@@ -241,6 +246,11 @@ def _validate(s: Settings) -> None:
                 f"KAPPA_{name.upper()} must be at most {MAX_TIMEOUT_MS} (1 hour), got "
                 f"{getattr(s, name)}"
             )
+    if s.max_poll_interval_ms > MAX_INT32:
+        raise ConfigError(
+            f"KAPPA_MAX_POLL_INTERVAL_MS must be at most {MAX_INT32} (Kafka's int32), got "
+            f"{s.max_poll_interval_ms}"
+        )
     for name in (
         "partitions",
         "replication",
@@ -250,6 +260,7 @@ def _validate(s: Settings) -> None:
         "web_port",
         "session_timeout_ms",
         "rebalance_timeout_ms",
+        "max_poll_interval_ms",
         "shutdown_timeout_ms",
     ):
         if getattr(s, name) <= 0:

@@ -138,6 +138,7 @@ def create_app(
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
+        broker_max_poll_interval=settings.max_poll_interval_ms / 1000,
         broker_heartbeat_interval=max(settings.session_timeout_ms / 3000, 0.1),
         stream_wait_empty=False,
         producer_acks=-1,

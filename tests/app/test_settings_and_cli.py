@@ -153,6 +153,8 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_REBALANCE_TIMEOUT_MS": "99999999999"}, "KAPPA_REBALANCE_TIMEOUT_MS must be at"),
         ({"KAPPA_FETCH_MAX_WAIT_MS": "4000000000"}, "KAPPA_FETCH_MAX_WAIT_MS must be at most"),
         ({"KAPPA_SHUTDOWN_TIMEOUT_MS": "99999999999999"}, "KAPPA_SHUTDOWN_TIMEOUT_MS must be at"),
+        ({"KAPPA_MAX_POLL_INTERVAL_MS": str(2**31)}, "KAPPA_MAX_POLL_INTERVAL_MS must be at"),
+        ({"KAPPA_MAX_POLL_INTERVAL_MS": "0"}, "KAPPA_MAX_POLL_INTERVAL_MS must be > 0"),
         ({"KAPPA_TOPIC_PREFIX": "é."}, "may only hold ASCII letters"),
         ({"KAPPA_TOPIC_PREFIX": "p" * 200}, "at most 124 characters"),
         ({"KAPPA_APP_ID": "ü"}, "KAPPA_APP_ID='ü' may only hold ASCII letters"),

@@ -63,3 +63,19 @@ def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation()
     claim = assignor.parse_member_metadata(assignor.metadata(["orders"]))
     assert claim.generation == 7
     assert sorted(tp.partition for tp in claim.partitions) == [1, 3]
+
+
+async def test_a_restore_may_hold_the_fetch_loop_for_the_max_poll_interval(tmp_path: Path) -> None:
+    """A restore keeps the fetch loop waiting once the buffer is full; past the consumer's
+    max poll interval the worker leaves its group and the restore starts over."""
+    default = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    assert default.max_poll_interval_ms == 3_600_000  # above faust's 1000 s
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_MAX_POLL_INTERVAL_MS": "7200000"}
+    )
+    app = create_app(settings, 1)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert consumer._max_poll_interval_ms == 7_200_000
+    finally:
+        await consumer.stop()
