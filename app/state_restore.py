@@ -64,23 +64,22 @@ class StateOpener:
             await self.before_open(partition)
         path = self.topology.state_path(self.pipeline, partition)
         store = RocksStore(path, self._identity(partition))
-        st = PartitionState(store, partition)
-        if self.changelog_source is None:
-            return st
         try:
+            st = PartitionState(store, partition)
+            if self.changelog_source is None:
+                return st
             remote = await self.changelog_source.last_applied(partition)
             if remote < st.applied_offset:  # impossible unless the log was lost: look again
                 remote = await self.changelog_source.last_applied(partition, fresh=True)
-        except BaseException:
+            if remote < st.applied_offset:
+                raise broker_data_lost(
+                    f"{self.changelog}[{partition}]: the changelog reflects source offset "
+                    f"{remote} but the local state has applied up to {st.applied_offset}",
+                    self.topology.state_root(),
+                )
+        except BaseException:  # closed, not left to the collector: the traceback holds it
             store.close()
             raise
-        if remote < st.applied_offset:
-            store.close()
-            raise broker_data_lost(
-                f"{self.changelog}[{partition}]: the changelog reflects source offset "
-                f"{remote} but the local state has applied up to {st.applied_offset}",
-                self.topology.state_root(),
-            )
         if remote > st.applied_offset:
             store.close()
             return await self._restore(partition, path, st.applied_offset, remote)
@@ -104,10 +103,10 @@ class StateOpener:
             async for chunk in self.changelog_source.entries(partition):
                 store.write(dict(chunk))
                 n += len(chunk)
+            st = PartitionState(store, partition)
         except BaseException:
             store.close()
             raise
-        st = PartitionState(store, partition)
         metrics.RESTORED.labels(self.name, str(self.topology.version)).inc(n)
         log.warning(
             "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",

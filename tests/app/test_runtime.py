@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from agents.base import BatchOutput, Pipeline, Record, SourceRecord, record_bytes_bound
 from agents.user_state import decode_partial
 from app import chaos as chaos_module
-from app import runtime
+from app import runtime, state_restore
 from app.batch_producer import retrying
 from app.chaos import ChaosKill
 from app.runtime import PipelineRunner, Produce, SourceCommit, SourceEndBehind
@@ -349,6 +349,37 @@ async def test_a_restore_that_failed_midway_can_be_retried(tmp_path: Path) -> No
         await runner.state(0)
     # The worker retries broker trouble: the partition's directory must not still be locked.
     assert (await runner.state(0)).applied_offset == 4
+    runner.close()
+
+
+async def test_a_state_that_fails_to_load_leaves_its_directory_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the state's applied offset failed once (an I/O error): the store is closed at
+    once, not when the collector frees it (the error's traceback holds it meanwhile)."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    real = state_restore.PartitionState
+    calls: list[int] = []
+
+    def failing_once(store: object, partition: int) -> object:
+        calls.append(partition)
+        if len(calls) == 1:
+            raise OSError("read failed")
+        return real(store, partition)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state_restore, "PartitionState", failing_once)
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, send, changelog_source=_ListChangelog([])
+    )
+    with pytest.raises(OSError) as failed:
+        await runner.state(0)
+    assert failed.value.__traceback__ is not None  # still held, with the frames that opened it
+    assert (await runner.state(0)).applied_offset == -1
     runner.close()
 
 
