@@ -23,6 +23,9 @@ from tables.rocks import RocksStore
 
 log = logging.getLogger(__name__)
 
+# A restore says how far it got this often (s), so a long one is not taken for a hang.
+RESTORE_PROGRESS_EVERY_S = 10.0
+
 
 class ChangelogSource(Protocol):
     """Where a partition's state can be restored from (the changelog topic)."""
@@ -47,8 +50,10 @@ class StateOpener:
         changelog: str,
         changelog_source: ChangelogSource | None = None,
         before_open: Callable[[int], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pipeline = pipeline
+        self.clock = clock  # s: how long a restore has taken
         self.name = pipeline.name
         self.topology = topology
         self.changelog = changelog  # its physical name, for messages
@@ -95,25 +100,36 @@ class StateOpener:
             remote,
             self.changelog,
         )
-        t0 = time.perf_counter()
+        t0 = self.clock()
+        said_at = t0
         shutil.rmtree(path, ignore_errors=True)
         store = RocksStore(path, self._identity(partition))
+        restored = metrics.RESTORED.labels(self.name, str(self.topology.version))
         n = 0
         try:
             async for chunk in self.changelog_source.entries(partition):
                 store.write(dict(chunk))
                 n += len(chunk)
+                restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard
+                if self.clock() - said_at >= RESTORE_PROGRESS_EVERY_S:
+                    said_at = self.clock()
+                    log.warning(
+                        "%s p%d: restoring, %d changelog entries so far (%.0fs)",
+                        self.name,
+                        partition,
+                        n,
+                        said_at - t0,
+                    )
             st = PartitionState(store, partition)
         except BaseException:
             store.close()
             raise
-        metrics.RESTORED.labels(self.name, str(self.topology.version)).inc(n)
         log.warning(
             "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",
             self.name,
             partition,
             n,
-            time.perf_counter() - t0,
+            self.clock() - t0,
             st.applied_offset,
         )
         return st
