@@ -169,6 +169,15 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
             raise
 
 
+def consumer_idle_s(app: Any) -> float | None:
+    """How long (s) the worker's Kafka consumer has gone without a fetch, by aiokafka's own
+    measure: the one by which it leaves its group (`max_poll_interval_ms`) and refuses to
+    rejoin it. None before the consumer exists."""
+    thread = getattr(app.consumer, "_thread", None)
+    subscription = getattr(getattr(thread, "_consumer", None), "_subscription", None)
+    return None if subscription is None else float(subscription.fetcher_idle_time)
+
+
 def offset_gaps(read_offset: int | None, recs: Iterable[Any]) -> list[tuple[int, int]]:
     """Offsets missing between fetched records (aborted transactions and their markers, a
     compacted source), as faust's `_add_gap(start, end)` takes them: without them acked,

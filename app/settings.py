@@ -49,8 +49,8 @@ class Settings:
     )
     rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
     # live: longest the fetch loop may wait on a pipeline before the worker leaves its group.
-    # It waits while a partition's state is restored (the buffer fills meanwhile), so a longer
-    # restore makes the worker leave, rejoin and start the restore over. faust's is 1000 s.
+    # It waits while a partition's state is restored (the buffer fills meanwhile); past it the
+    # worker stops (exit 1) and its restart restores again. faust's default is 1000 s.
     max_poll_interval_ms: int = 3_600_000
     # live: a worker told to stop (SIGTERM, Ctrl-C) exits after this long even if its orderly
     # shutdown has not finished; nothing is lost (state commits batch by batch)

@@ -24,7 +24,7 @@ from faust.types import TP
 
 from agents.base import Pipeline, SourceRecord
 from app.batch_buffer import BatchBuffer
-from app.batch_delivery import BatchTopic, KappaApp, ack_offsets
+from app.batch_delivery import BatchTopic, KappaApp, ack_offsets, consumer_idle_s
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
@@ -81,6 +81,26 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
             flush=True,
         )
         os._exit(self.stop_on_error.exit_code)
+
+
+class FetchLoopStalled(RuntimeError):
+    """The consumer went without a fetch for the max poll interval and left its group."""
+
+
+def fetch_loop_stalled(idle_s: float | None, settings: Settings) -> FetchLoopStalled | None:
+    """Past `KAPPA_MAX_POLL_INTERVAL_MS` without a fetch (a pipeline held the fetch loop: a long
+    changelog restore, most likely), aiokafka leaves the group and, as faust never fetches again
+    until it is assigned partitions, never rejoins: the worker would sit idle. It stops instead,
+    with this reason, for its supervisor to restart it."""
+    limit_s = settings.max_poll_interval_ms / 1000
+    if idle_s is None or idle_s < limit_s:
+        return None
+    return FetchLoopStalled(
+        f"the worker went {idle_s:.0f}s without fetching (a pipeline held it: a long changelog "
+        f"restore, most likely), past KAPPA_MAX_POLL_INTERVAL_MS={settings.max_poll_interval_ms}"
+        ", so it left its consumer group and cannot rejoin; stopping. Raise "
+        "KAPPA_MAX_POLL_INTERVAL_MS above the longest restore and start it again"
+    )
 
 
 class StopOnError:
@@ -175,10 +195,14 @@ def create_app(
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+        stalled = fetch_loop_stalled(consumer_idle_s(app), settings)
         await revoke_all(
             [driver for _, driver in drivers],
             [{tp.partition for tp in revoked if tp.topic == source} for source, _ in drivers],
         )
+        if stalled is not None:
+            log.error("%s", stalled)
+            await app.kappa_stop_on_error(stalled)
 
     app.task(freeze_startup_heap)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation()
 
 async def test_a_restore_may_hold_the_fetch_loop_for_the_max_poll_interval(tmp_path: Path) -> None:
     """A restore keeps the fetch loop waiting once the buffer is full; past the consumer's
-    max poll interval the worker leaves its group and the restore starts over."""
+    max poll interval the worker leaves its group (and stops: faust would never rejoin)."""
     default = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
     assert default.max_poll_interval_ms == 3_600_000  # above faust's 1000 s
     settings = load_settings(
@@ -79,3 +80,55 @@ async def test_a_restore_may_hold_the_fetch_loop_for_the_max_poll_interval(tmp_p
         assert consumer._max_poll_interval_ms == 7_200_000
     finally:
         await consumer.stop()
+
+
+@pytest.mark.parametrize("idle_s", [None, 0.0, 7199.9])
+def test_a_fetch_loop_within_the_max_poll_interval_is_no_reason_to_stop(
+    tmp_path: Path, idle_s: float | None
+) -> None:
+    from app.worker import fetch_loop_stalled
+
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_MAX_POLL_INTERVAL_MS": "7200000"}
+    )
+    assert fetch_loop_stalled(idle_s, settings) is None
+
+
+async def test_a_worker_whose_consumer_left_the_group_for_a_stalled_fetch_loop_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka leaves the group past the max poll interval without a fetch and then refuses
+    to rejoin, and faust fetches again only once assigned: the worker would sit idle."""
+    from faust.types import TP
+
+    from app import worker
+
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    app = worker.create_app(settings, 1, ["orders"])
+    stopped: list[BaseException] = []
+
+    async def stop_on_error(exc: BaseException) -> None:
+        stopped.append(exc)
+
+    monkeypatch.setattr(app, "kappa_stop_on_error", stop_on_error)
+    monkeypatch.setattr(worker, "consumer_idle_s", lambda app: 3_601.0)
+    (source,) = app.kappa_batch_buffers
+    await asyncio.wait_for(app.on_partitions_revoked.send({TP(source, 0)}), 10)
+    (reason,) = stopped
+    assert isinstance(reason, worker.FetchLoopStalled)
+    assert "went 3601s without fetching" in str(reason)
+    assert "Raise KAPPA_MAX_POLL_INTERVAL_MS above the longest restore" in str(reason)
+
+
+def test_the_consumers_idle_time_is_aiokafkas_own() -> None:
+    from types import SimpleNamespace
+
+    from app.batch_delivery import consumer_idle_s
+
+    subscription = SimpleNamespace(fetcher_idle_time=12.5)
+    thread = SimpleNamespace(_consumer=SimpleNamespace(_subscription=subscription))
+    assert consumer_idle_s(SimpleNamespace(consumer=SimpleNamespace(_thread=thread))) == 12.5
+    no_consumer_yet = SimpleNamespace(_consumer=None)
+    assert (
+        consumer_idle_s(SimpleNamespace(consumer=SimpleNamespace(_thread=no_consumer_yet))) is None
+    )
