@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -123,12 +124,22 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         acks_enabled_for = self.app.topics.acks_enabled_for
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
+        # When each partition last had records come in: faust's livelock check reads it (its
+        # stream path sets it per event) and, without it, logs "Stream has not started
+        # processing" as an ERROR every 2.5 s for every partition with a backlog once the worker
+        # has run `stream_processing_timeout` (300 s), however fast the pipeline goes. A
+        # pipeline that stops taking records stops it, and faust says so.
+        monitor = self.app.monitor
+        inbound = monitor.stream_inbound_time if monitor is not None else {}
         try:
             while not (consumer_stopped() or fetcher_stopped()):
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
                 if not records or self.should_stop or not self.flow_active:
                     continue
+                fetched_at = monotonic()
+                for tp in records:  # reached the worker (and again once buffered, below)
+                    inbound[tp] = fetched_at
                 generation = self.app.consumer_generation_id
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -158,6 +169,7 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                             await callback(to_message(tp, consumer_record(tp, r)))
                     else:  # raw records as fetched: the `Record` the pipelines read
                         await buffer.put_many(tp.partition, recs)
+                        inbound[tp] = monotonic()  # taken in: a stuck pipeline stops this
                     read_offset[tp] = recs[-1].offset
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

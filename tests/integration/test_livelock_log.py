@@ -1,0 +1,70 @@
+"""A healthy worker working through a backlog logs no false "stream has not started
+processing" errors (faust's livelock check, which Kappa's batch delivery must feed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.orders_generator import generate
+from app.produce import produce_records
+from tests.support.datasets import orders_spec
+from tests.support.workers import ROOT, Worker, kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+N = 100_000
+
+# faust checks every partition every 2.5 s once a worker has run `stream_processing_timeout`
+# (300 s): 1 s here. It looks only at partitions whose fetch position is behind the end, so
+# fetches are made small: a backlog of a few seconds then meets the check.
+WORKER = """
+import sys
+import app.worker as w
+make = w.create_app
+def create_app(*args, **kwargs):
+    app = make(*args, **kwargs)
+    app.conf.stream_processing_timeout = 1.0
+    app.conf.consumer_max_fetch_size = 16_384  # a fetch takes part of the backlog, not all
+    return app
+w.create_app = create_app
+from app.cli import main
+sys.argv = ["kappa", *sys.argv[1:]]
+main()
+"""
+
+
+class _QuickCheckWorker(Worker):
+    def start(self, *args: str) -> Worker:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, "worker", "--web-port", str(self.web_port), *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+
+async def test_a_worker_catching_up_is_not_reported_as_a_stalled_stream(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    # Small batches: the backlog takes seconds to work through, as a big one would take minutes.
+    env = kappa_env(broker, unique, tmp_path / "state", KAPPA_BATCH_MAX="20")
+    assert run_kappa(["topics"], env).returncode == 0
+    spec = orders_spec(N, 5, keys=50, users=40)
+    await produce_records(
+        broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
+    )
+    worker = _QuickCheckWorker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= N)
+    finally:
+        stopped = worker.stop()
+    log = worker.log_path.read_text()
+    assert stopped == 0, log[-3000:]
+    assert "Stream has not started processing" not in log, log[-3000:]
