@@ -89,7 +89,7 @@ def _exactly_integral(v: object) -> bool:
     if isinstance(v, str):
         try:  # a plain decimal (require_number accepted it), if within Decimal's range
             v = Decimal(v.strip())
-        except InvalidOperation:  # "1e-99999999999999999999": its float, 0.0, is integral
+        except InvalidOperation:  # past Decimal's range: only a zero ("0e99999...") is integral
             return _zero_mantissa(v)
     if isinstance(v, RoundedFloat):
         return False

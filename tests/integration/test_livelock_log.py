@@ -3,7 +3,6 @@ processing" errors (faust's livelock check, which Kappa's batch delivery must fe
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.datasets import orders_spec
-from tests.support.workers import ROOT, Worker, kappa_env, run_kappa
+from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -37,19 +36,6 @@ main()
 """
 
 
-class _QuickCheckWorker(Worker):
-    def start(self, *args: str) -> Worker:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, "worker", "--web-port", str(self.web_port), *args],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-
 async def test_a_worker_catching_up_is_not_reported_as_a_stalled_stream(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
@@ -60,7 +46,8 @@ async def test_a_worker_catching_up_is_not_reported_as_a_stalled_stream(
     await produce_records(
         broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
     )
-    worker = _QuickCheckWorker(env, tmp_path / "worker.log").start()
+    command = [sys.executable, "-c", WORKER]
+    worker = Worker(env, tmp_path / "worker.log", command=command).start()
     try:
         worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= N)
     finally:

@@ -53,11 +53,12 @@ class Worker:
     log_path: Path
     web_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    command: list[str] = field(default_factory=lambda: list(KAPPA))  # what runs `worker ARGS`
 
     def start(self, *args: str) -> Worker:
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*KAPPA, "worker", "--web-port", str(self.web_port), *args],
+            [*self.command, "worker", "--web-port", str(self.web_port), *args],
             env=self.env,
             cwd=ROOT,
             stdout=self._log,
