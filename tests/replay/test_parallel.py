@@ -123,7 +123,10 @@ def test_a_sigterm_while_children_start_is_held_until_all_are_started() -> None:
 def test_without_a_sigterm_starting_the_children_raises_nothing() -> None:
     on_term = TerminateHandler()
     on_term.spawning = True
-    on_term.spawned()
+    on_term.spawned()  # would raise Terminated if a SIGTERM were held
+    assert (on_term.spawning, on_term.pending) == (False, False)
+    with pytest.raises(Terminated):  # and from now on a SIGTERM stops the parent at once
+        on_term(signal.SIGTERM, None)
 
 
 def test_a_sigterm_held_while_a_child_failed_to_start_still_stops_the_replay(
