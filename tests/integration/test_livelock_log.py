@@ -3,7 +3,6 @@ processing" errors (faust's livelock check, which Kappa's batch delivery must fe
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.datasets import orders_spec
-from tests.support.workers import Worker, kappa_env, run_kappa
+from tests.support.workers import Worker, kappa_env, patched_kappa, run_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -20,8 +19,7 @@ N = 100_000
 # faust checks every partition every 2.5 s once a worker has run `stream_processing_timeout`
 # (300 s): 1 s here. It looks only at partitions whose fetch position is behind the end, so
 # fetches are made small: a backlog of a few seconds then meets the check.
-WORKER = """
-import sys
+PATCH = """
 import app.worker as w
 make = w.create_app
 def create_app(*args, **kwargs):
@@ -30,9 +28,6 @@ def create_app(*args, **kwargs):
     app.conf.consumer_max_fetch_size = 16_384  # a fetch takes part of the backlog, not all
     return app
 w.create_app = create_app
-from app.cli import main
-sys.argv = ["kappa", *sys.argv[1:]]
-main()
 """
 
 
@@ -46,8 +41,7 @@ async def test_a_worker_catching_up_is_not_reported_as_a_stalled_stream(
     await produce_records(
         broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
     )
-    command = [sys.executable, "-c", WORKER]
-    worker = Worker(env, tmp_path / "worker.log", command=command).start()
+    worker = Worker(env, tmp_path / "worker.log", command=patched_kappa(PATCH)).start()
     try:
         worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= N)
     finally:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +22,14 @@ from app.topic_reader import read_to_end
 KAPPA = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_RETRY_S = 20  # how long a metric asserted on may take to be scraped
+
+
+def patched_kappa(patch: str) -> list[str]:
+    """A `kappa` command that first runs `patch` (Python source) in the process: for tests
+    that need a worker slowed or reconfigured where no setting reaches. Its exit code is
+    kappa's."""
+    run = "from app.cli import main\nsys.argv = ['kappa', *sys.argv[1:]]\nsys.exit(main())\n"
+    return [sys.executable, "-c", f"import sys\n{textwrap.dedent(patch)}\n{run}"]
 
 
 def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[str, str]:
