@@ -15,7 +15,8 @@ from typing import Any
 
 class BatchBuffer:
     """One topic's fetched records (raw records or faust messages: anything with a `partition`),
-    per partition in offset order, bounded: a full buffer makes the fetch loop wait."""
+    per partition in offset order, bounded: a full buffer makes the fetch loop wait for room,
+    for a while (`put_many`), and then hold back the topic's partitions."""
 
     def __init__(
         self, max_buffered: int, target: int, clock: Callable[[], float] = time.monotonic
@@ -51,10 +52,18 @@ class BatchBuffer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.reached_target.wait(), remaining)
 
-    async def put_many(self, partition: int, messages: list[Any]) -> None:
-        """Append one partition's records (in offset order); waits while the buffer is full."""
+    @property
+    def full(self) -> bool:
+        return self.size >= self.max_buffered
+
+    async def put_many(
+        self, partition: int, messages: list[Any], wait_s: float | None = None
+    ) -> bool:
+        """Append one partition's records (in offset order). While the buffer is then full,
+        wait for room: until there is (`wait_s` None) or for up to `wait_s`. Whether there is
+        room now: False tells the caller to stop fetching for the topic."""
         if not messages:
-            return
+            return not self.full
         buf = self.partitions.get(partition)
         if buf is None:
             self.partitions[partition] = list(messages)
@@ -66,9 +75,14 @@ class BatchBuffer:
         self.has_data.set()
         if self.size >= self.target:
             self.reached_target.set()
-        if self.size >= self.max_buffered:
+        if self.full:
             self.has_room.clear()
-            await self.has_room.wait()
+            if wait_s is None:
+                await self.has_room.wait()
+            elif wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.has_room.wait(), wait_s)
+        return not self.full
 
     def take(self, partitions: Iterable[int] | None = None) -> dict[int, list[Any]]:
         """Remove and return the buffered messages (of `partitions`, or all)."""
@@ -81,6 +95,6 @@ class BatchBuffer:
             self.has_data.clear()
         if self.size < self.target:
             self.reached_target.clear()
-        if self.size < self.max_buffered:
+        if not self.full:
             self.has_room.set()
         return taken

@@ -5,16 +5,18 @@ context switches). Its conductor is pluggable, so for Kappa's topics the per-par
 only tracks the message (for faust's commit bookkeeping) and appends it to a bounded buffer,
 which `app.pipeline_driver` drains a batch at a time into each partition's `PipelineRunner`;
 `ack_offsets` then acks them into faust's commit bookkeeping. faust keeps the consumer group,
-rebalancing, offset commits, flow control and the web server.
+rebalancing, offset commits, flow control and the web server. A pipeline that stops taking
+records (a restore, a batch retrying broker trouble) holds back only its own source
+(`SourceHold`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import faust
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
@@ -31,6 +33,14 @@ if TYPE_CHECKING:
     from app.runtime import PipelineRunner
 
 log = logging.getLogger(__name__)
+
+# A source's buffer still full after this long (s) holds back its partitions: a pipeline's
+# batch takes far less; a restore, or a batch retrying broker trouble, can take much longer.
+HOLD_AFTER_S = 1.0
+# While a source is held back, how often (s) the fetch loop looks whether its buffer has room.
+HELD_CHECK_S = 0.05
+# What a poll asks for when every partition is held back (no partitions at all would mean all).
+NO_PARTITION = TP("", -1)
 
 
 class BatchTopic(faust.Topic):  # type: ignore[misc]
@@ -81,6 +91,58 @@ def sticky_assignor(consumer: Any) -> type[StickyPartitionAssignor]:
     )
 
 
+class HoldableConsumer(Protocol):
+    """What `SourceHold` uses of faust's consumer: its own flow control for full buffers."""
+
+    _buffered_partitions: set[TP]
+    _paused_partitions: set[TP]
+
+    def assignment(self) -> set[TP]: ...
+
+    def on_buffer_full(self, tp: TP) -> None: ...
+
+    def on_buffer_drop(self, tp: TP) -> None: ...
+
+    def _get_active_partitions(self) -> set[TP]: ...
+
+
+class SourceHold:
+    """Sources whose pipeline is not taking records and whose buffer stays full: their
+    partitions are left out of the consumer's fetches until the buffer has room, as faust does
+    for a full stream buffer (`on_buffer_full`). What was fetched for them stays in the
+    client's buffer, so nothing is skipped.
+
+    The fetch loop waiting for room instead would stop the worker's other pipelines, and its
+    polls: past the max poll interval, aiokafka leaves the group (and faust never rejoins)."""
+
+    def __init__(self, consumer: HoldableConsumer, buffers: Mapping[str, BatchBuffer]) -> None:
+        self.consumer = consumer
+        self.buffers = buffers
+        self.topics: set[str] = set()  # held back
+
+    def hold(self, topic: str) -> None:
+        for tp in self.consumer.assignment():
+            if tp.topic == topic:
+                self.consumer.on_buffer_full(tp)
+        self.topics.add(topic)
+
+    def release_drained(self) -> None:
+        """Fetch again for the held sources whose buffer has room."""
+        consumer = self.consumer
+        for topic in [t for t in self.topics if not self.buffers[t].full]:
+            self.topics.discard(topic)
+            assigned = consumer.assignment()
+            for tp in [tp for tp in consumer._buffered_partitions if tp.topic == topic]:
+                if tp in assigned and tp not in consumer._paused_partitions:
+                    consumer.on_buffer_drop(tp)
+                else:  # revoked, or paused by faust for a rebalance (it resumes them after)
+                    consumer._buffered_partitions.discard(tp)
+
+    def holds_everything(self) -> bool:
+        """Every partition the consumer would fetch is held back."""
+        return bool(self.topics) and not self.consumer._get_active_partitions()
+
+
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     """faust's consumer thread with settings faust does not expose: read_committed under
     exactly_once (faust ties it to its own transactions, which Kappa does not use), the
@@ -116,6 +178,21 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
     def _new_consumer_thread(self) -> KappaConsumerThread:
         return KappaConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    _kappa_hold: SourceHold | None = None
+
+    def _source_hold(self) -> SourceHold:
+        """One per consumer: it outlives a restart of the fetch loop, as what it holds does."""
+        if self._kappa_hold is None:
+            self._kappa_hold = SourceHold(self, self.app.kappa_batch_buffers)
+        return self._kappa_hold
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        if self.flow_active and self._source_hold().holds_everything():
+            # A poll that asks for nothing, as a Java consumer polls with every partition
+            # paused: aiokafka counts time outside a poll against max_poll_interval_ms.
+            return await self._getmany(active_partitions={NO_PARTITION}, timeout=timeout), set()
+        return await super()._wait_next_records(timeout)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in worker
         buffers = self.app.kappa_batch_buffers
         callback = self.callback
@@ -131,12 +208,17 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         # pipeline that stops taking records stops it, and faust says so.
         monitor = self.app.monitor
         inbound = monitor.stream_inbound_time if monitor is not None else {}
+        hold = self._source_hold()
         try:
             while not (consumer_stopped() or fetcher_stopped()):
-                records, active = await self._wait_next_records(1.0)
+                hold.release_drained()
+                records, active = await self._wait_next_records(
+                    HELD_CHECK_S if hold.topics else 1.0
+                )
                 await asyncio.sleep(0)
                 if not records or self.should_stop or not self.flow_active:
                     continue
+                full: set[str] = set()  # sources found full (and held back) in this fetch
                 fetched_at = monotonic()
                 for tp in records:  # reached the worker (and again once buffered, below)
                     inbound[tp] = fetched_at
@@ -168,7 +250,10 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                         for r in recs:
                             await callback(to_message(tp, consumer_record(tp, r)))
                     else:  # raw records as fetched: the `Record` the pipelines read
-                        await buffer.put_many(tp.partition, recs)
+                        wait_s = 0.0 if tp.topic in full else HOLD_AFTER_S
+                        if not await buffer.put_many(tp.partition, recs, wait_s):
+                            full.add(tp.topic)
+                            hold.hold(tp.topic)
                         inbound[tp] = monotonic()  # taken in: a stuck pipeline stops this
                     read_offset[tp] = recs[-1].offset
         except self.consumer_stopped_errors:

@@ -48,10 +48,11 @@ class Settings:
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
     rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
-    # live: longest the fetch loop may wait on a pipeline before the worker leaves its group.
-    # It waits while a partition's state is restored (the buffer fills meanwhile); past it the
-    # worker stops (exit 1) and its restart restores again. faust's default is 1000 s.
-    max_poll_interval_ms: int = 3_600_000
+    # live: longest the worker's fetch loop may go without polling before its consumer leaves
+    # the group (Kafka's max.poll.interval.ms and default). A pipeline that takes no records
+    # (a restore) holds back only its own source and the loop polls on; past it the worker
+    # stops (exit 1), as faust would never rejoin.
+    max_poll_interval_ms: int = 300_000
     # live: a worker told to stop (SIGTERM, Ctrl-C) exits after this long even if its orderly
     # shutdown has not finished; nothing is lost (state commits batch by batch)
     shutdown_timeout_ms: int = 20_000

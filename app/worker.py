@@ -84,22 +84,21 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
 
 
 class FetchLoopStalled(RuntimeError):
-    """The consumer went without a fetch for the max poll interval and left its group."""
+    """The consumer went without a poll for the max poll interval and left its group."""
 
 
 def fetch_loop_stalled(idle_s: float | None, settings: Settings) -> FetchLoopStalled | None:
-    """Past `KAPPA_MAX_POLL_INTERVAL_MS` without a fetch (a pipeline held the fetch loop: a long
-    changelog restore, most likely), aiokafka leaves the group and, as faust never fetches again
-    until it is assigned partitions, never rejoins: the worker would sit idle. It stops instead,
-    with this reason, for its supervisor to restart it."""
+    """Past `KAPPA_MAX_POLL_INTERVAL_MS` without a poll (the fetch loop itself held up: a
+    pipeline that takes no records holds back only its source), aiokafka leaves the group and,
+    as faust never fetches again until it is assigned partitions, never rejoins: the worker
+    would sit idle. It stops instead, with this reason, for its supervisor to restart it."""
     limit_s = settings.max_poll_interval_ms / 1000
     if idle_s is None or idle_s < limit_s:
         return None
     return FetchLoopStalled(
-        f"the worker went {idle_s:.0f}s without fetching (a pipeline held it: a long changelog "
-        f"restore, most likely), past KAPPA_MAX_POLL_INTERVAL_MS={settings.max_poll_interval_ms}"
-        ", so it left its consumer group and cannot rejoin; stopping. Raise "
-        "KAPPA_MAX_POLL_INTERVAL_MS above the longest restore and start it again"
+        f"the worker went {idle_s:.0f}s without polling its consumer, past "
+        f"KAPPA_MAX_POLL_INTERVAL_MS={settings.max_poll_interval_ms}, so it left its consumer "
+        "group and cannot rejoin; stopping"
     )
 
 

@@ -102,3 +102,20 @@ async def test_a_full_buffer_holds_the_consumer_until_a_batch_is_taken() -> None
     assert taken == {0: [Msg(0, 1), Msg(0, 2)]}
     assert buffer.take() == {1: [Msg(1, 1)]}
     assert buffer.size == 0 and not buffer.has_data.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_full_buffer_waits_for_room_only_as_long_as_it_is_asked_to() -> None:
+    """The fetch loop waits a while for room, then holds the source back and goes on."""
+    buffer = BatchBuffer(3, target=1, clock=Clock())
+    assert await buffer.put_many(0, [Msg(0, 1)], wait_s=0.0)  # room left
+    assert not await buffer.put_many(0, [Msg(0, 2), Msg(0, 3)], wait_s=0.0)  # full: at once
+    assert not await buffer.put_many(1, [Msg(1, 1)], wait_s=0.01)  # still full after the wait
+    assert buffer.size == 4  # appended all the same: nothing fetched is dropped
+    putting = asyncio.create_task(buffer.put_many(1, [Msg(1, 2)], wait_s=LONG_LINGER_S))
+    await settle()
+    assert not putting.done()
+    buffer.take([0])
+    await settle()
+    assert putting.done() and putting.result()
+    assert not buffer.full

@@ -1,12 +1,19 @@
-"""The offset gaps faust's commit bookkeeping must be told about (no broker)."""
+"""Batch delivery's parts of faust's consumer (no broker): the offset gaps faust's commit
+bookkeeping must be told about, and holding back a source whose pipeline takes no records."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
+from faust.types import TP
 
-from app.batch_delivery import offset_gaps
+from app.batch_buffer import BatchBuffer
+from app.batch_delivery import NO_PARTITION, SourceHold, offset_gaps
+from app.settings import load_settings
+from app.worker import create_app
 
 
 @dataclass
@@ -35,3 +42,69 @@ def test_offsets_missing_between_fetched_records_are_gaps(
     read_offset: int | None, offsets: tuple[int, ...], gaps: list[tuple[int, int]]
 ) -> None:
     assert offset_gaps(read_offset, _at(*offsets)) == gaps
+
+
+def _consumer_of(tmp_path: Path, buffers: dict[str, BatchBuffer], assigned: set[TP]) -> Any:
+    """The worker's faust consumer (not started), with `assigned` as its assignment."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    app.kappa_batch_buffers = buffers
+    consumer = app.consumer
+    consumer.assignment = lambda: set(assigned)
+    consumer._set_active_tps(assigned)
+    return consumer
+
+
+def _full_buffer() -> BatchBuffer:
+    buffer = BatchBuffer(1, target=1)
+    buffer.partitions, buffer.size = {0: [Msg(0, 0)]}, 1
+    return buffer
+
+
+ORDERS = [TP("orders", p) for p in range(2)]
+BY_USER = [TP("by-user", p) for p in range(2)]
+
+
+def test_a_held_source_is_left_out_of_fetches_until_its_buffer_has_room(tmp_path: Path) -> None:
+    buffers = {"orders": _full_buffer(), "by-user": BatchBuffer(10, 1)}
+    consumer = _consumer_of(tmp_path, buffers, {*ORDERS, *BY_USER})
+    hold = SourceHold(consumer, buffers)
+    hold.hold("orders")
+    assert consumer._get_active_partitions() == set(BY_USER)  # the other source goes on
+    assert not hold.holds_everything()
+    hold.release_drained()  # still full: still held
+    assert consumer._get_active_partitions() == set(BY_USER)
+    buffers["orders"].take()
+    hold.release_drained()
+    assert consumer._get_active_partitions() == {*ORDERS, *BY_USER}
+    assert not hold.topics and not consumer._buffered_partitions
+
+
+def test_a_held_partition_revoked_or_paused_meanwhile_is_not_fetched_again(tmp_path: Path) -> None:
+    buffers = {"orders": _full_buffer()}
+    consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    hold = SourceHold(consumer, buffers)
+    hold.hold("orders")
+    assert hold.holds_everything()
+    consumer.pause_partitions([ORDERS[0]])  # faust, at the start of a rebalance
+    consumer.assignment = lambda: {ORDERS[0]}  # ORDERS[1] revoked
+    buffers["orders"].take()
+    hold.release_drained()
+    assert consumer._get_active_partitions() == set()  # faust resumes ORDERS[0] itself
+    assert not consumer._buffered_partitions
+
+
+async def test_a_consumer_whose_every_source_is_held_still_polls(tmp_path: Path) -> None:
+    """aiokafka leaves the group after max_poll_interval_ms outside a poll; faust would only
+    sleep when it has no partition to fetch."""
+    buffers = {"orders": _full_buffer()}
+    consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    polls: list[set[TP]] = []
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        polls.append(active_partitions)
+        return {}
+
+    consumer._getmany = getmany
+    consumer._source_hold().hold("orders")
+    assert await consumer._wait_next_records(0.05) == ({}, set())
+    assert polls == [{NO_PARTITION}]

@@ -1,0 +1,114 @@
+"""A pipeline that cannot take records (its state still restoring) holds back only its own
+source: the worker's other pipelines keep going, and the worker stays in its group."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from app.orders_generator import generate
+from app.produce import produce_records
+from tests.support.checks import check_outputs, eventually, reference_for
+from tests.support.datasets import orders_spec
+from tests.support.workers import Worker, kappa_env, patched_kappa, run_kappa
+
+pytestmark = pytest.mark.integration
+
+# A worker whose pipeline TEST_HELD opens no partition state until the file
+# TEST_GATE exists: what a long changelog restore looks like to the rest of the worker.
+HELD = """
+import asyncio, os
+from pathlib import Path
+import app.state_restore as restore
+gate, held = Path(os.environ["TEST_GATE"]), os.environ["TEST_HELD"]
+open_state = restore.StateOpener.open
+async def open_when_let(self, partition):
+    while self.name == held and not gate.exists():
+        await asyncio.sleep(0.05)
+    return await open_state(self, partition)
+restore.StateOpener.open = open_when_let
+"""
+
+
+def _held_worker(env: dict[str, str], log: Path) -> Worker:
+    return Worker(env, log, command=patched_kappa(HELD))
+
+
+async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    # A small buffer: the held pipeline's source fills it within the first batches.
+    env = kappa_env(
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_BATCH_MAX="50",
+        TEST_GATE=str(gate),
+        TEST_HELD="user-totals",
+    )
+    assert run_kappa(["topics"], env).returncode == 0
+    n = 4_000
+    spec = orders_spec(n, 11, keys=60, users=200, ms_per_event=1_200_000 // n)
+    orders = [(r.key, r.value) for r in generate(spec)]
+    worker = _held_worker(env, tmp_path / "worker.log").start()
+    try:
+        # The first half fills the held pipeline's buffer (its source is orders.by-user,
+        # which the orders pipeline writes); the second half comes after that.
+        for upto in (n // 2, n):
+            await produce_records(
+                broker, f"{unique}.orders", orders[upto - n // 2 : upto], progress=False
+            )
+            worker.wait_until(
+                lambda _, upto=upto: (
+                    worker.metric("kappa_events_in_total", pipeline="orders") >= upto
+                )
+            )
+        assert worker.metric("kappa_events_in_total", pipeline="user-totals") == 0
+        ref = await reference_for(broker, f"{unique}.orders")
+        gate.touch()
+        await eventually(lambda: check_outputs(broker, unique, ref))
+    finally:
+        stopped = worker.stop()
+    assert stopped == 0, worker.tail_log()
+
+
+async def test_a_worker_whose_every_source_is_held_stays_in_its_group(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    poll_interval_s = 3
+    env = kappa_env(
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_BATCH_MAX="50",
+        KAPPA_MAX_POLL_INTERVAL_MS=str(poll_interval_s * 1000),
+        TEST_GATE=str(gate),
+        TEST_HELD="orders",
+    )
+    assert run_kappa(["topics"], env).returncode == 0
+    n = 1_000
+    spec = orders_spec(n, 12, keys=60, users=40)
+    await produce_records(
+        broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
+    )
+    worker = _held_worker(env, tmp_path / "worker.log").start("--pipeline", "orders")
+    try:
+        worker.wait_until(lambda m: True)  # serving
+        # Held for three times the max poll interval: a consumer that stops polling is out
+        # of its group by then (and the worker stops: it could not rejoin).
+        deadline = time.monotonic() + 3 * poll_interval_s
+        while time.monotonic() < deadline:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+            time.sleep(0.2)
+        assert worker.metric("kappa_events_in_total", pipeline="orders") == 0
+        gate.touch()
+        worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= n)
+    finally:
+        stopped = worker.stop()
+    log = worker.log_path.read_text()
+    assert stopped == 0, log[-3000:]
+    assert "without polling" not in log, log[-3000:]
