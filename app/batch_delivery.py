@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 HOLD_AFTER_S = 1.0
 # While a source is held back, how often (s) the fetch loop looks whether its buffer has room.
 HELD_CHECK_S = 0.05
+# A source held back this recently (s) is held back again as soon as its buffer is full.
+HELD_LATELY_S = 10.0
 # What a poll asks for when every partition is held back (no partitions at all would mean all).
 NO_PARTITION = TP("", -1)
 
@@ -113,18 +115,43 @@ class SourceHold:
     client's buffer, so nothing is skipped.
 
     The fetch loop waiting for room instead would stop the worker's other pipelines, and its
-    polls: past the max poll interval, aiokafka leaves the group (and faust never rejoins)."""
+    polls: past the max poll interval, aiokafka leaves the group (and faust never rejoins).
+    `on_change(topic, held)` is told when a source is held back and let go."""
 
-    def __init__(self, consumer: HoldableConsumer, buffers: Mapping[str, BatchBuffer]) -> None:
+    def __init__(
+        self,
+        consumer: HoldableConsumer,
+        buffers: Mapping[str, BatchBuffer],
+        on_change: Callable[[str, bool], None] = lambda topic, held: None,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
         self.consumer = consumer
         self.buffers = buffers
-        self.topics: set[str] = set()  # held back
+        self.on_change = on_change
+        self.clock = clock
+        self.topics: set[str] = set()  # held back now
+        self.held_at: dict[str, float] = {}  # clock() when each was last held back
+
+    def wait_s(self, topic: str) -> float:
+        """How long the fetch loop waits for room in the topic's full buffer before holding it
+        back: not at all if it was held back lately (its pipeline is slow, and every wait would
+        stop the other pipelines' deliveries again)."""
+        held_at = self.held_at.get(topic)
+        if held_at is not None and self.clock() - held_at < HELD_LATELY_S:
+            return 0.0
+        return HOLD_AFTER_S
 
     def hold(self, topic: str) -> None:
-        for tp in self.consumer.assignment():
+        consumer = self.consumer
+        for tp in consumer.assignment():
             if tp.topic == topic:
-                self.consumer.on_buffer_full(tp)
-        self.topics.add(topic)
+                consumer.on_buffer_full(tp)
+        # faust declines while it recovers tables of its own: the next full buffer waits again
+        if any(tp.topic == topic for tp in consumer._buffered_partitions):
+            self.held_at[topic] = self.clock()
+            if topic not in self.topics:
+                self.topics.add(topic)
+                self.on_change(topic, True)
 
     def release_drained(self) -> None:
         """Fetch again for the held sources whose buffer has room."""
@@ -137,10 +164,7 @@ class SourceHold:
                     consumer.on_buffer_drop(tp)
                 else:  # revoked, or paused by faust for a rebalance (it resumes them after)
                     consumer._buffered_partitions.discard(tp)
-
-    def holds_everything(self) -> bool:
-        """Every partition the consumer would fetch is held back."""
-        return bool(self.topics) and not self.consumer._get_active_partitions()
+            self.on_change(topic, False)
 
 
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
@@ -183,13 +207,21 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
     def _source_hold(self) -> SourceHold:
         """One per consumer: it outlives a restart of the fetch loop, as what it holds does."""
         if self._kappa_hold is None:
-            self._kappa_hold = SourceHold(self, self.app.kappa_batch_buffers)
+            gauges = self.app.kappa_source_held
+
+            def on_change(topic: str, held: bool) -> None:
+                if topic in gauges:
+                    gauges[topic].set(int(held))
+
+            self._kappa_hold = SourceHold(self, self.app.kappa_batch_buffers, on_change)
         return self._kappa_hold
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
-        if self.flow_active and self._source_hold().holds_everything():
-            # A poll that asks for nothing, as a Java consumer polls with every partition
-            # paused: aiokafka counts time outside a poll against max_poll_interval_ms.
+        if self.flow_active and not self.app.client_only and not self._get_active_partitions():
+            # Nothing to fetch (every source held back, or no partitions assigned: a spare
+            # worker). faust would sleep; this polls for nothing instead, as a Java consumer
+            # polls with every partition paused: aiokafka counts time outside a poll against
+            # max_poll_interval_ms, and leaves the group past it.
             return await self._getmany(active_partitions={NO_PARTITION}, timeout=timeout), set()
         return await super()._wait_next_records(timeout)
 
@@ -218,7 +250,6 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                 await asyncio.sleep(0)
                 if not records or self.should_stop or not self.flow_active:
                     continue
-                full: set[str] = set()  # sources found full (and held back) in this fetch
                 fetched_at = monotonic()
                 for tp in records:  # reached the worker (and again once buffered, below)
                     inbound[tp] = fetched_at
@@ -250,9 +281,7 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                         for r in recs:
                             await callback(to_message(tp, consumer_record(tp, r)))
                     else:  # raw records as fetched: the `Record` the pipelines read
-                        wait_s = 0.0 if tp.topic in full else HOLD_AFTER_S
-                        if not await buffer.put_many(tp.partition, recs, wait_s):
-                            full.add(tp.topic)
+                        if not await buffer.put_many(tp.partition, recs, hold.wait_s(tp.topic)):
                             hold.hold(tp.topic)
                         inbound[tp] = monotonic()  # taken in: a stuck pipeline stops this
                     read_offset[tp] = recs[-1].offset
@@ -304,12 +333,14 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_read_committed: bool = False  # exactly_once: the consumer reads committed records
     kappa_fetch_max_wait_ms: int | None = None  # None: faust's own
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
+    kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]
     kappa_stop_on_error: Callable[[BaseException], Awaitable[None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kappa_batch_buffers = {}
+        self.kappa_source_held = {}
         self.kappa_runners = []
 
     def _new_transport(self) -> Transport:

@@ -50,6 +50,12 @@ RESTORED = Counter(
     "State entries restored from changelogs",
     ["pipeline", "version"],
 )
+SOURCE_HELD = Gauge(
+    "kappa_source_held",
+    "1 while the pipeline's source is left out of the worker's fetches: its buffer stayed full "
+    "(the pipeline takes no records: its state restoring, a batch retrying)",
+    ["pipeline", "version"],
+)
 SEND_RETRIES = Counter(
     "kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"]
 )

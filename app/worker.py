@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from agents.base import Pipeline, SourceRecord
+from app import metrics
 from app.batch_buffer import BatchBuffer
 from app.batch_delivery import BatchTopic, KappaApp, ack_offsets, consumer_idle_s
 from app.batch_producer import OwnProducerSender, TransactionalSender
@@ -273,6 +274,10 @@ def _register_batch_pipeline(
     topic.buffer = buffer = BatchBuffer(settings.batch_max, target=settings.batch_max // 4)
     app.topics.add(topic)
     app.kappa_batch_buffers[source] = buffer
+    app.kappa_source_held[source] = held = metrics.SOURCE_HELD.labels(
+        pipeline.name, str(topology.version)
+    )
+    held.set(0)  # exported from the start, for alerts
     driver = PipelineDriver(
         runner,
         buffer,

@@ -11,7 +11,13 @@ import pytest
 from faust.types import TP
 
 from app.batch_buffer import BatchBuffer
-from app.batch_delivery import NO_PARTITION, SourceHold, offset_gaps
+from app.batch_delivery import (
+    HELD_LATELY_S,
+    HOLD_AFTER_S,
+    NO_PARTITION,
+    SourceHold,
+    offset_gaps,
+)
 from app.settings import load_settings
 from app.worker import create_app
 
@@ -64,19 +70,28 @@ ORDERS = [TP("orders", p) for p in range(2)]
 BY_USER = [TP("by-user", p) for p in range(2)]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_held_source_is_left_out_of_fetches_until_its_buffer_has_room(tmp_path: Path) -> None:
     buffers = {"orders": _full_buffer(), "by-user": BatchBuffer(10, 1)}
     consumer = _consumer_of(tmp_path, buffers, {*ORDERS, *BY_USER})
-    hold = SourceHold(consumer, buffers)
+    changes: list[tuple[str, bool]] = []
+    hold = SourceHold(consumer, buffers, lambda topic, held: changes.append((topic, held)))
     hold.hold("orders")
     assert consumer._get_active_partitions() == set(BY_USER)  # the other source goes on
-    assert not hold.holds_everything()
     hold.release_drained()  # still full: still held
     assert consumer._get_active_partitions() == set(BY_USER)
     buffers["orders"].take()
     hold.release_drained()
     assert consumer._get_active_partitions() == {*ORDERS, *BY_USER}
     assert not hold.topics and not consumer._buffered_partitions
+    assert changes == [("orders", True), ("orders", False)]  # the kappa_source_held gauge
 
 
 def test_a_held_partition_revoked_or_paused_meanwhile_is_not_fetched_again(tmp_path: Path) -> None:
@@ -84,7 +99,6 @@ def test_a_held_partition_revoked_or_paused_meanwhile_is_not_fetched_again(tmp_p
     consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
     hold = SourceHold(consumer, buffers)
     hold.hold("orders")
-    assert hold.holds_everything()
     consumer.pause_partitions([ORDERS[0]])  # faust, at the start of a rebalance
     consumer.assignment = lambda: {ORDERS[0]}  # ORDERS[1] revoked
     buffers["orders"].take()
@@ -93,11 +107,43 @@ def test_a_held_partition_revoked_or_paused_meanwhile_is_not_fetched_again(tmp_p
     assert not consumer._buffered_partitions
 
 
-async def test_a_consumer_whose_every_source_is_held_still_polls(tmp_path: Path) -> None:
-    """aiokafka leaves the group after max_poll_interval_ms outside a poll; faust would only
-    sleep when it has no partition to fetch."""
+def test_a_source_held_lately_is_held_again_without_waiting(tmp_path: Path) -> None:
+    """A slow pipeline (each batch over a second) would otherwise stop the fetch loop, and the
+    other pipelines' deliveries, for a second after every batch it takes."""
+    buffers = {"orders": _full_buffer()}
+    clock = Clock()
+    hold = SourceHold(_consumer_of(tmp_path, buffers, set(ORDERS)), buffers, clock=clock)
+    assert hold.wait_s("orders") == HOLD_AFTER_S
+    hold.hold("orders")
+    buffers["orders"].take()
+    hold.release_drained()
+    clock.now += HELD_LATELY_S - 1
+    assert hold.wait_s("orders") == 0.0
+    clock.now += 1
+    assert hold.wait_s("orders") == HOLD_AFTER_S
+
+
+def test_a_hold_faust_declines_is_not_taken_for_one(tmp_path: Path) -> None:
+    """faust keeps a full buffer's partitions in its fetches while it recovers tables of its
+    own: the next full buffer must wait for room again, not grow by a fetch each time."""
     buffers = {"orders": _full_buffer()}
     consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    consumer.app.in_recovery = True
+    hold = SourceHold(consumer, buffers)
+    hold.hold("orders")
+    assert consumer._get_active_partitions() == set(ORDERS)
+    assert not hold.topics and hold.wait_s("orders") == HOLD_AFTER_S
+
+
+@pytest.mark.parametrize("assigned", [set(ORDERS), set()], ids=["all-held", "none-assigned"])
+async def test_a_consumer_with_nothing_to_fetch_still_polls(
+    tmp_path: Path, assigned: set[TP]
+) -> None:
+    """aiokafka leaves the group after max_poll_interval_ms outside a poll, and faust only
+    sleeps when it has no partition to fetch: every source held back, or a spare worker with
+    no partitions at all."""
+    buffers = {"orders": _full_buffer()}
+    consumer = _consumer_of(tmp_path, buffers, assigned)
     polls: list[set[TP]] = []
 
     async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:

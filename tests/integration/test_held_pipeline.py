@@ -67,9 +67,12 @@ async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
                 )
             )
         assert worker.metric("kappa_events_in_total", pipeline="user-totals") == 0
+        assert worker.metric("kappa_source_held", pipeline="user-totals") == 1
+        assert worker.metric("kappa_source_held", pipeline="orders") == 0
         ref = await reference_for(broker, f"{unique}.orders")
         gate.touch()
         await eventually(lambda: check_outputs(broker, unique, ref))
+        assert worker.metric("kappa_source_held", pipeline="user-totals") == 0
     finally:
         stopped = worker.stop()
     assert stopped == 0, worker.tail_log()
@@ -97,7 +100,7 @@ async def test_a_worker_whose_every_source_is_held_stays_in_its_group(
     )
     worker = _held_worker(env, tmp_path / "worker.log").start("--pipeline", "orders")
     try:
-        worker.wait_until(lambda m: True)  # serving
+        worker.wait_until(lambda _: worker.metric("kappa_source_held", pipeline="orders") == 1)
         # Held for three times the max poll interval: a consumer that stops polling is out
         # of its group by then (and the worker stops: it could not rejoin).
         deadline = time.monotonic() + 3 * poll_interval_s
@@ -112,3 +115,47 @@ async def test_a_worker_whose_every_source_is_held_stays_in_its_group(
     log = worker.log_path.read_text()
     assert stopped == 0, log[-3000:]
     assert "without polling" not in log, log[-3000:]
+
+
+async def test_a_worker_with_no_partitions_stays_in_its_group(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A spare worker (more workers than partitions) has nothing to fetch, and still polls."""
+    poll_interval_s = 3
+    env = kappa_env(
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_PARTITIONS="1",
+        KAPPA_MAX_POLL_INTERVAL_MS=str(poll_interval_s * 1000),
+    )
+    assert run_kappa(["topics"], env).returncode == 0
+    workers = [
+        Worker({**env, "KAPPA_STATE_DIR": str(tmp_path / name)}, tmp_path / f"{name}.log")
+        for name in ("a", "b")
+    ]
+    try:
+        for worker in workers:
+            worker.start("--pipeline", "orders")
+        n = 100
+        spec = orders_spec(n, 13, keys=10, users=10)
+        await produce_records(
+            broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
+        )
+        # Both in the group: one of them has the partition and has processed its records.
+        await eventually(lambda: _processed(workers, n))
+        deadline = time.monotonic() + 3 * poll_interval_s
+        while time.monotonic() < deadline:
+            for worker in workers:
+                assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+            time.sleep(0.2)
+    finally:
+        stopped = [worker.stop() for worker in workers]
+    logs = [worker.log_path.read_text() for worker in workers]
+    assert stopped == [0, 0], [log[-3000:] for log in logs]
+    assert not any("without polling" in log for log in logs), [log[-3000:] for log in logs]
+
+
+async def _processed(workers: list[Worker], n: int) -> None:
+    counts = [w.metric("kappa_events_in_total", pipeline="orders") for w in workers]
+    assert sum(counts) == n and 0 in counts, counts
