@@ -19,14 +19,12 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.changelog import KafkaChangelog
-from app.orders_generator import generate
-from app.produce import produce_records
 from app.settings import load_settings
 from app.state_guard import check_partition_dirs
 from app.topic_reader import high_watermarks
 from app.topology import Topology
 from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids
 from tests.support.reference import Reference, assert_windows_equal
 from tests.support.workers import KAPPA, ROOT, Worker, kappa_env, read_records, run_kappa
@@ -61,8 +59,7 @@ async def dataset(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     try:
         live.wait_until(lambda m: bool(m))  # the live worker is up
         first = spec(6_000, 7, START_MS)
-        records = ((r.key, r.value) for r in generate(first))
-        await produce_records(broker, f"{prefix}.orders", records, rate=3_000, progress=False)
+        await produce_orders(broker, f"{prefix}.orders", first, rate=3_000)
         ref = await reference_for(broker, f"{prefix}.orders")
         await eventually(lambda: check_outputs(broker, prefix, ref))
     finally:
@@ -272,8 +269,7 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
     # A worker without --version now runs version 5 and continues where its replay ended.
     worker = Worker(d.env, d.tmp / "v5.log").start()
     try:
-        more = ((r.key, r.value) for r in generate(spec(1_500, 8, d.next_start_ms)))
-        await produce_records(d.broker, f"{d.prefix}.orders", more, progress=False)
+        await produce_orders(d.broker, f"{d.prefix}.orders", spec(1_500, 8, d.next_start_ms))
         ref = await reference_for(d.broker, f"{d.prefix}.orders")
 
         async def continued_exactly() -> None:

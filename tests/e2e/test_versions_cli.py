@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 
 from app.admin import existing_topics
-from app.orders_generator import generate
-from app.produce import produce_records
 from app.settings import load_settings
 from app.topology import Topology
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import kappa_env, run_kappa
 
 pytestmark = pytest.mark.e2e
@@ -59,8 +57,7 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
     spec = orders_spec(3_000, 11, keys=20, users=15, ms_per_event=200, disorder_ms=4_000)
-    records = ((r.key, r.value) for r in generate(spec))
-    await produce_records(broker, f"{unique}.orders", records, progress=False)
+    await produce_orders(broker, f"{unique}.orders", spec)
     for replay in (["--version", "2"], ["orders", "--version", "3"]):
         r = run_kappa(["replay", *replay, "--no-progress"], env)
         assert r.returncode == 0, r.stdout + r.stderr

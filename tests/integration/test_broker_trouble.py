@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 
 from app.broker import DevBroker, free_port
-from app.orders_generator import generate
-from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -47,9 +45,7 @@ async def test_worker_rides_out_a_frozen_broker_and_stays_exact(
     env = kappa_env(addr, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
     first = _spec(2_000, 21)
-    await produce_records(
-        addr, f"{unique}.orders", ((r.key, r.value) for r in generate(first)), progress=False
-    )
+    await produce_orders(addr, f"{unique}.orders", first)
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         worker.wait_until(
@@ -65,9 +61,7 @@ async def test_worker_rides_out_a_frozen_broker_and_stays_exact(
         assert worker.metrics(), "the worker's /metrics must answer during a broker outage"
         os.kill(own_broker.proc.pid, signal.SIGCONT)
         second = _spec(2_000, 22, start_ms=first.start_ms + first.span_ms)
-        await produce_records(
-            addr, f"{unique}.orders", ((r.key, r.value) for r in generate(second)), progress=False
-        )
+        await produce_orders(addr, f"{unique}.orders", second)
         ref = await reference_for(addr, f"{unique}.orders")
         await eventually(lambda: check_outputs(addr, unique, ref), timeout=120)
         assert worker.metric("kappa_events_in_total") > frozen_at
@@ -82,12 +76,7 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
     # A source end behind the state is looked at again for this long before it counts as lost.
     env = kappa_env(addr, unique, tmp_path / "state", KAPPA_SOURCE_END_GRACE_MS="2000")
     assert run_kappa(["topics"], env).returncode == 0
-    await produce_records(
-        addr,
-        f"{unique}.orders",
-        ((r.key, r.value) for r in generate(_spec(1_500, 23))),
-        progress=False,
-    )
+    await produce_orders(addr, f"{unique}.orders", _spec(1_500, 23))
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         worker.wait_until(
@@ -96,12 +85,7 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
         own_broker.stop()  # everything the broker held is gone
         own_broker.start()
         assert run_kappa(["topics"], env).returncode == 0
-        await produce_records(
-            addr,
-            f"{unique}.orders",
-            ((r.key, r.value) for r in generate(_spec(50, 24))),
-            progress=False,
-        )
+        await produce_orders(addr, f"{unique}.orders", _spec(50, 24))
         assert worker.proc is not None
         code = worker.proc.wait(120)
         log = worker.log_path.read_text()

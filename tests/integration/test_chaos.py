@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app.orders_generator import generate
-from app.produce import produce_records
 from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -56,8 +54,7 @@ async def test_kill_9_at_random_points_keeps_results_exact(
         assert rounds <= 2 * ROUNDS, f"only {len(kills)} kill points reached in {rounds - 1} rounds"
         chunk = _spec(800, 100 + rounds, start)  # fresh work every round: a batch to die in
         start += chunk.span_ms
-        records = ((r.key, r.value) for r in generate(chunk))
-        await produce_records(broker, f"{unique}.orders", records, progress=False)
+        await produce_orders(broker, f"{unique}.orders", chunk)
         point = f"{rng.choice(['orders', 'user-totals'])}:{rng.randint(1, 3)}:{rng.choice(PHASES)}"
         worker = Worker({**env, "KAPPA_CHAOS_KILL": point}, tmp_path / f"round{rounds}.log").start()
         assert worker.proc is not None
@@ -96,13 +93,7 @@ async def test_three_workers_one_killed_the_others_take_over_exactly(
         for w in workers:
             w.wait_until(lambda m: bool(m))
         first = _spec(6_000, 12)
-        await produce_records(
-            broker,
-            f"{unique}.orders",
-            ((r.key, r.value) for r in generate(first)),
-            rate=4_000,
-            progress=False,
-        )
+        await produce_orders(broker, f"{unique}.orders", first, rate=4_000)
         victim = workers[1]
         victim.wait_until(lambda m: m.get("kappa_events_in_total", 0) > 0, timeout=60)
         # Idle, every worker sent its held batches: the victim's partitions have changelog
@@ -110,9 +101,7 @@ async def test_three_workers_one_killed_the_others_take_over_exactly(
         await eventually(lambda: changelogs_caught_up(base), timeout=60)
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
         second = _spec(6_000, 13, start_ms=first.start_ms + first.span_ms)
-        await produce_records(
-            broker, f"{unique}.orders", ((r.key, r.value) for r in generate(second)), progress=False
-        )
+        await produce_orders(broker, f"{unique}.orders", second)
         ref = await reference_for(broker, f"{unique}.orders")
         await eventually(lambda: check_outputs(broker, unique, ref), timeout=180)
         logs = "".join(w.log_path.read_text() for w in (workers[0], workers[2]))

@@ -11,7 +11,7 @@ import pytest
 from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, patched_kappa, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -30,6 +30,15 @@ async def open_when_let(self, partition):
     return await open_state(self, partition)
 restore.StateOpener.open = open_when_let
 """
+
+
+def _stay_up(workers: list[Worker], seconds: float) -> None:
+    """Fail if a worker exits within `seconds` (they are meant to outlast a max poll interval)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for worker in workers:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+        time.sleep(0.2)
 
 
 def _held_worker(env: dict[str, str], log: Path) -> Worker:
@@ -95,18 +104,13 @@ async def test_a_worker_whose_every_source_is_held_stays_in_its_group(
     assert run_kappa(["topics"], env).returncode == 0
     n = 1_000
     spec = orders_spec(n, 12, keys=60, users=40)
-    await produce_records(
-        broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
-    )
+    await produce_orders(broker, f"{unique}.orders", spec)
     worker = _held_worker(env, tmp_path / "worker.log").start("--pipeline", "orders")
     try:
         worker.wait_until(lambda _: worker.metric("kappa_source_held", pipeline="orders") == 1)
         # Held for three times the max poll interval: a consumer that stops polling is out
         # of its group by then (and the worker stops: it could not rejoin).
-        deadline = time.monotonic() + 3 * poll_interval_s
-        while time.monotonic() < deadline:
-            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
-            time.sleep(0.2)
+        _stay_up([worker], 3 * poll_interval_s)
         assert worker.metric("kappa_events_in_total", pipeline="orders") == 0
         gate.touch()
         worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= n)
@@ -139,16 +143,10 @@ async def test_a_worker_with_no_partitions_stays_in_its_group(
             worker.start("--pipeline", "orders")
         n = 100
         spec = orders_spec(n, 13, keys=10, users=10)
-        await produce_records(
-            broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
-        )
+        await produce_orders(broker, f"{unique}.orders", spec)
         # Both in the group: one of them has the partition and has processed its records.
         await eventually(lambda: _processed(workers, n))
-        deadline = time.monotonic() + 3 * poll_interval_s
-        while time.monotonic() < deadline:
-            for worker in workers:
-                assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
-            time.sleep(0.2)
+        _stay_up(workers, 3 * poll_interval_s)
     finally:
         stopped = [worker.stop() for worker in workers]
     logs = [worker.log_path.read_text() for worker in workers]

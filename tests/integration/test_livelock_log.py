@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.orders_generator import generate
-from app.produce import produce_records
-from tests.support.datasets import orders_spec
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, patched_kappa, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -38,9 +36,7 @@ async def test_a_worker_catching_up_is_not_reported_as_a_stalled_stream(
     env = kappa_env(broker, unique, tmp_path / "state", KAPPA_BATCH_MAX="20")
     assert run_kappa(["topics"], env).returncode == 0
     spec = orders_spec(N, 5, keys=50, users=40)
-    await produce_records(
-        broker, f"{unique}.orders", ((r.key, r.value) for r in generate(spec)), progress=False
-    )
+    await produce_orders(broker, f"{unique}.orders", spec)
     worker = Worker(env, tmp_path / "worker.log", command=patched_kappa(PATCH)).start()
     try:
         worker.wait_until(lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= N)

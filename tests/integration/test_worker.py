@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.orders_generator import GeneratorSpec, generate
-from app.produce import produce_records
+from app.orders_generator import GeneratorSpec
 from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
-from tests.support.datasets import START_MS, orders_spec
+from tests.support.datasets import START_MS, orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -24,10 +23,6 @@ pytestmark = pytest.mark.integration
 def _spec(count: int, seed: int, start_ms: int = START_MS) -> GeneratorSpec:
     """Event times over 20 minutes whatever the count, so windows close within a run."""
     return orders_spec(count, seed, start_ms, keys=60, users=40, ms_per_event=1_200_000 // count)
-
-
-async def _produce(broker: str, topic: str, spec: GeneratorSpec) -> None:
-    await produce_records(broker, topic, ((r.key, r.value) for r in generate(spec)), progress=False)
 
 
 def _get_json(url: str) -> dict:  # type: ignore[type-arg]
@@ -49,7 +44,7 @@ async def test_live_worker_outputs_equal_batch_computation(
 ) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
-    await _produce(broker, f"{unique}.orders", _spec(8_000, seed=1))
+    await produce_orders(broker, f"{unique}.orders", _spec(8_000, seed=1))
     ref = await reference_for(broker, f"{unique}.orders")
     assert ref.dlq and ref.late and len(ref.windows) > 100  # the dataset exercises every path
 
@@ -115,7 +110,7 @@ async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
     subscriptions; each source's partitions go only to the workers that read it."""
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
-    await _produce(broker, f"{unique}.orders", _spec(4_000, seed=4))
+    await produce_orders(broker, f"{unique}.orders", _spec(4_000, seed=4))
     ref = await reference_for(broker, f"{unique}.orders")
     orders = Worker(env, tmp_path / "orders.log").start("--pipeline", "orders")
     totals_env = kappa_env(broker, unique, tmp_path / "state-totals")  # a state dir each
@@ -138,7 +133,7 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
     env = kappa_env(broker, unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
     first = _spec(5_000, seed=2)
-    await _produce(broker, f"{unique}.orders", first)
+    await produce_orders(broker, f"{unique}.orders", first)
 
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
@@ -147,7 +142,7 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
         stopped = worker.stop()  # SIGTERM midway (after a failed wait too: none left running)
     assert stopped == 0, worker.tail_log()
 
-    await _produce(
+    await produce_orders(
         broker, f"{unique}.orders", _spec(5_000, seed=3, start_ms=first.start_ms + first.span_ms)
     )
     ref = await reference_for(broker, f"{unique}.orders")
@@ -171,7 +166,7 @@ async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_sou
     for phase, seed in enumerate((4, 5, 6)):
         batch = _spec(2_500, seed=seed, start_ms=start)
         start += batch.span_ms
-        await _produce(broker, f"{unique}.orders", batch)
+        await produce_orders(broker, f"{unique}.orders", batch)
         ref = await reference_for(broker, f"{unique}.orders")
         worker = Worker(env, tmp_path / f"worker{phase}.log").start()
         try:

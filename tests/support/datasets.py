@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from app.orders_generator import GeneratorSpec
+from typing import Any
+
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
 
 START_MS = 1_700_000_000_000
 
@@ -30,6 +33,12 @@ def orders_spec(
         late_fraction=0.01,
         bad_fraction=0.02,
     )
+
+
+async def produce_orders(broker: str, topic: str, spec: GeneratorSpec, **options: Any) -> None:
+    """Produce the spec's orders to `topic` (`options`: `produce_records`', e.g. a rate)."""
+    records = ((r.key, r.value) for r in generate(spec))
+    await produce_records(broker, topic, records, progress=False, **options)
 
 
 # One well-formed order, as the orders pipeline accepts it (unit tests of both pipelines).
