@@ -33,6 +33,7 @@ from aiokafka.structs import RecordMetadata
 from app.admin import ensure_topics
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
+from benchmarks.acked_worker import KAPPA_ACKED, read_acks
 from benchmarks.live import LiveWorker
 from benchmarks.processes import python_env
 
@@ -382,7 +383,14 @@ async def live_latency(
     which tells the broker's share of the live latency from the worker's."""
     await ensure_topics(bootstrap, {source_topic: (partitions, {})})
     now_ms = int(time.time() * 1000)
-    worker = LiveWorker(env, cwd, "worker-latency", pipelines=cfg.get("pipelines", ()))
+    acks = cwd / f"acks-{time.monotonic_ns()}.log"  # when each batch's outputs were written
+    worker = LiveWorker(
+        {**env, "BENCH_ACK_LOG": str(acks)},
+        cwd,
+        "worker-latency",
+        pipelines=cfg.get("pipelines", ()),
+        kappa=KAPPA_ACKED,
+    )
     observers = contextlib.AsyncExitStack()
     try:
         await asyncio.to_thread(worker.wait_until, lambda m: True, READY_TIMEOUT_S)
@@ -419,6 +427,11 @@ async def live_latency(
             usage = await asyncio.to_thread(worker.process.stop)
     result, missing = _measured(sent, forwards, covered_latencies, produce_s)
     result["forwards_seen"] = len(forwards)
+    # The issue's "output record written": when the broker acknowledged the event's batch,
+    # without the observer's fetch of the output topic, which the dev broker makes slower with
+    # every batch the worker writes to it (RESULTS.md, after Run 9).
+    written, _ = _measured(sent, read_acks(str(acks)), covered_latencies, produce_s)
+    result["written"] = {k: written[k] for k in ("latency", "missing", "over_time")}
     if beside is not None:
         result["bare_beside"] = bare_beside
     result["worker"] = {

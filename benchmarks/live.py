@@ -60,9 +60,11 @@ def scrape(port: int) -> WorkerMetrics | None:
     return m
 
 
-def worker_command(port: int, version: int | None, pipelines: Sequence[str]) -> list[str]:
+def worker_command(
+    port: int, version: int | None, pipelines: Sequence[str], kappa: Sequence[str] = KAPPA
+) -> list[str]:
     """`kappa worker` on `port`; no pipelines named: every pipeline, as it runs by default."""
-    args = [*KAPPA, "worker", "--web-port", str(port)]
+    args = [*kappa, "worker", "--web-port", str(port)]
     if version is not None:
         args += ["--version", str(version)]
     for pipeline in pipelines:
@@ -80,9 +82,10 @@ class LiveWorker:
         name: str,
         version: int | None = None,
         pipelines: Sequence[str] = (),
+        kappa: Sequence[str] = KAPPA,
     ) -> None:
         self.port = free_port()
-        args = worker_command(self.port, version, pipelines)
+        args = worker_command(self.port, version, pipelines, kappa)
         self.process = MeasuredProcess(args, env, cwd, cwd / f"{name}.log")
 
     def metrics(self) -> WorkerMetrics | None:

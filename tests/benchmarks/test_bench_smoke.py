@@ -55,4 +55,7 @@ def test_quick_benchmark_completes_with_correct_outputs(tmp_path: Path) -> None:
     beside = run["latency_live"]["bare_beside"]  # the same events, tailed during the live run
     assert beside["missing"] == 0 and beside["latency"]["count"] == RATE * SECONDS, beside
     assert "| bare consumer beside the live worker, p99 (ms)" in done.stdout
+    written = run["latency_live"]["written"]  # to the acknowledgement of the event's batch
+    assert written["missing"] == 0 and written["latency"]["count"] == RATE * SECONDS, written
+    assert "| live worker latency to its outputs written (acknowledged) p99 (ms)" in done.stdout
     assert all(v is not None for k, v in result["summary"].items() if not k.startswith("live2"))
