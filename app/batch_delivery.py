@@ -146,7 +146,8 @@ class SourceHold:
         for tp in consumer.assignment():
             if tp.topic == topic:
                 consumer.on_buffer_full(tp)
-        # faust declines while it recovers tables of its own: the next full buffer waits again
+        # faust declines while it recovers tables of its own (Kappa has none): the next full
+        # buffer then waits a second for room again instead of being held at once
         if any(tp.topic == topic for tp in consumer._buffered_partitions):
             self.held_at[topic] = self.clock()
             if topic not in self.topics:

@@ -7,27 +7,13 @@ linger is checked by what has or has not returned after the event loop ran, neve
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import pytest
 
 from app.batch_buffer import BatchBuffer
+from tests.support.fakes import ManualClock, Msg
 
 LONG_LINGER_S = 3600.0  # never reached in a test: only the clock decides
-
-
-@dataclass
-class Msg:
-    partition: int
-    offset: int
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def settle() -> None:
@@ -45,7 +31,7 @@ async def waiting(buffer: BatchBuffer, linger_s: float) -> asyncio.Task[None]:
 
 @pytest.mark.asyncio
 async def test_linger_waits_for_the_target_while_the_oldest_message_is_fresh() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     buffer = BatchBuffer(100, target=3, clock=clock)
     await buffer.put(Msg(0, 1))
     wait = await waiting(buffer, LONG_LINGER_S)
@@ -58,7 +44,7 @@ async def test_linger_waits_for_the_target_while_the_oldest_message_is_fresh() -
 @pytest.mark.asyncio
 async def test_linger_counts_from_the_oldest_messages_arrival() -> None:
     """After a cycle longer than the linger, what arrived during it is taken at once."""
-    clock = Clock()
+    clock = ManualClock(100.0)
     buffer = BatchBuffer(100, target=50, clock=clock)
     await buffer.put(Msg(0, 1))
     clock.now += 0.050  # the previous cycle took 50 ms
@@ -68,7 +54,7 @@ async def test_linger_counts_from_the_oldest_messages_arrival() -> None:
 
 @pytest.mark.asyncio
 async def test_linger_restarts_once_the_buffer_was_emptied() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     buffer = BatchBuffer(100, target=50, clock=clock)
     await buffer.put(Msg(0, 1))
     clock.now += 1.0
@@ -81,7 +67,7 @@ async def test_linger_restarts_once_the_buffer_was_emptied() -> None:
 
 @pytest.mark.asyncio
 async def test_waits_for_data_and_returns_without_linger_when_linger_is_zero() -> None:
-    buffer = BatchBuffer(100, target=50, clock=Clock())
+    buffer = BatchBuffer(100, target=50, clock=ManualClock(100.0))
     wait = await waiting(buffer, 0)
     assert not wait.done()
     await buffer.put(Msg(2, 7))
@@ -91,7 +77,7 @@ async def test_waits_for_data_and_returns_without_linger_when_linger_is_zero() -
 
 @pytest.mark.asyncio
 async def test_a_full_buffer_holds_the_consumer_until_a_batch_is_taken() -> None:
-    buffer = BatchBuffer(3, target=1, clock=Clock())
+    buffer = BatchBuffer(3, target=1, clock=ManualClock(100.0))
     await buffer.put_many(0, [Msg(0, 1), Msg(0, 2)])
     putting = asyncio.create_task(buffer.put(Msg(1, 1)))  # the third fills the buffer
     await settle()
@@ -107,7 +93,7 @@ async def test_a_full_buffer_holds_the_consumer_until_a_batch_is_taken() -> None
 @pytest.mark.asyncio
 async def test_a_full_buffer_waits_for_room_only_as_long_as_it_is_asked_to() -> None:
     """The fetch loop waits a while for room, then holds the source back and goes on."""
-    buffer = BatchBuffer(3, target=1, clock=Clock())
+    buffer = BatchBuffer(3, target=1, clock=ManualClock(100.0))
     assert await buffer.put_many(0, [Msg(0, 1)], wait_s=0.0)  # room left
     assert not await buffer.put_many(0, [Msg(0, 2), Msg(0, 3)], wait_s=0.0)  # full: at once
     assert not await buffer.put_many(1, [Msg(1, 1)], wait_s=0.01)  # still full after the wait

@@ -24,6 +24,7 @@ from app.send_refusals import ReadRefused, SendRefused
 from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
+from tests.support.fakes import ManualClock
 
 
 @dataclass
@@ -99,15 +100,7 @@ class _Consumer:
 DEADLINE_S = 3600.0  # `_driver`'s revoke deadline
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _driver(runner: _Runner, consumer: _Consumer, clock: _Clock) -> tuple[PipelineDriver, Any]:
+def _driver(runner: _Runner, consumer: _Consumer, clock: ManualClock) -> tuple[PipelineDriver, Any]:
     released: list[set[int]] = []
 
     async def release(parts: set[int]) -> None:
@@ -166,7 +159,7 @@ async def _buffer(driver: PipelineDriver, partition: int, *offsets: int) -> None
 
 
 async def test_a_batch_whose_restore_outlasts_the_start_of_a_revoke_is_not_sent() -> None:
-    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), ManualClock()
     driver, released = _driver(runner, consumer, clock)
     await _buffer(driver, 0, 10, 11)
     await _buffer(driver, 1, 5)  # p1 moved here: its state must be restored first
@@ -187,7 +180,7 @@ async def test_a_batch_whose_restore_outlasts_the_start_of_a_revoke_is_not_sent(
 
 
 async def test_a_revoke_past_its_deadline_lets_the_partitions_go_without_sending() -> None:
-    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), ManualClock()
     driver, released = _driver(runner, consumer, clock)
     await _buffer(driver, 1, 5)
     draining = asyncio.create_task(driver.drain())
@@ -206,7 +199,7 @@ async def test_a_revoke_past_its_deadline_lets_the_partitions_go_without_sending
 async def test_a_revoke_sends_what_was_delivered_for_open_partitions_only() -> None:
     """Records of a partition not opened yet are left to the next owner: opening it could
     mean a restore, for a partition that is going away."""
-    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), _Clock()
+    runner, consumer, clock = _Runner(opened={0}), _Consumer({0, 1}), ManualClock()
     driver, released = _driver(runner, consumer, clock)
     await _buffer(driver, 0, 10, 11)
     await _buffer(driver, 1, 5)
@@ -219,7 +212,7 @@ async def test_a_revoke_sends_what_was_delivered_for_open_partitions_only() -> N
 
 
 async def test_assigned_partitions_are_opened_before_their_first_record() -> None:
-    runner, consumer, clock = _Runner(opened=set()), _Consumer({0, 1}), _Clock()
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({0, 1}), ManualClock()
     runner.restored.set()
     driver, _ = _driver(runner, consumer, clock)
     driver.on_assigned({0, 1, 2})  # 2: no longer assigned by the time it runs
@@ -230,7 +223,7 @@ async def test_assigned_partitions_are_opened_before_their_first_record() -> Non
 async def test_an_open_scheduled_before_a_revoke_does_nothing() -> None:
     """It would reopen partitions the group may have moved: a later assignment reopens them,
     checking the changelog again."""
-    runner, consumer, clock = _Runner(opened=set()), _Consumer({0}), _Clock()
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({0}), ManualClock()
     runner.restored.set()
     driver, _ = _driver(runner, consumer, clock)
     driver.on_assigned({0})
@@ -240,7 +233,7 @@ async def test_an_open_scheduled_before_a_revoke_does_nothing() -> None:
 
 
 async def test_a_revoke_cancels_a_restore_started_for_an_assignment() -> None:
-    runner, consumer, clock = _Runner(opened=set()), _Consumer({1}), _Clock()
+    runner, consumer, clock = _Runner(opened=set()), _Consumer({1}), ManualClock()
     driver, released = _driver(runner, consumer, clock)
     driver.on_assigned({1})
     await runner.restoring.wait()  # never ends by itself
@@ -253,7 +246,7 @@ async def test_a_workers_pipelines_are_revoked_at_once() -> None:
     revoked while the first hands its over."""
     first, second = _Runner(opened={0}), _Runner(opened={0})
     first.hand_over_gate.clear()
-    drivers = [_driver(r, _Consumer({0}), _Clock())[0] for r in (first, second)]
+    drivers = [_driver(r, _Consumer({0}), ManualClock())[0] for r in (first, second)]
     revoking = asyncio.create_task(revoke_all(drivers, [{0}, {0}]))
     await first.handing_over.wait()
     assert drivers[1].rebalances == 1  # under way while the first still hands over

@@ -15,21 +15,14 @@ from app.settings import load_settings
 from app.state_restore import RESTORE_PROGRESS_EVERY_S, StateOpener
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.fakes import ManualClock
 
 
 class _Chunks:
     """Three chunks of entries, the applied offset (7) last; the clock moves on between them,
     and what the metric showed before each chunk is noted."""
 
-    def __init__(self, clock: _Clock, counted: object) -> None:
+    def __init__(self, clock: ManualClock, counted: object) -> None:
         self.clock = clock
         self.counted = counted
         self.seen: list[float] = []
@@ -56,7 +49,7 @@ async def test_a_restore_counts_as_it_goes_and_says_how_far_it_got(
     topology = Topology(settings, 31).select(["orders"])  # a version no other test counts
     pipeline = topology.pipelines[0]
     counted = metrics.RESTORED.labels(pipeline.name, "31")
-    clock = _Clock()
+    clock = ManualClock()
     source = _Chunks(clock, counted)
     opener = StateOpener(pipeline, topology, "changelog", source, clock=clock)
     with caplog.at_level(logging.WARNING, logger="app.state_restore"):
