@@ -52,8 +52,8 @@ RESTORED = Counter(
 )
 SOURCE_HELD = Gauge(
     "kappa_source_held",
-    "1 while the pipeline's source is left out of the worker's fetches: its buffer stayed full "
-    "(the pipeline takes no records: its state restoring, a batch retrying)",
+    "1 while the pipeline's source is left out of the worker's fetches: its buffer is full and "
+    "the pipeline is not keeping up (its state restoring, a batch retrying, slow batches)",
     ["pipeline", "version"],
 )
 SEND_RETRIES = Counter(

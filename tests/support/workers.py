@@ -146,6 +146,13 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def check_stopped(worker: Worker, code: int, never_logged: str) -> None:
+    """A stopped worker exited 0 and its log never said `never_logged`."""
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 0, log[-3000:]
+    assert never_logged not in log, log[-3000:]
+
+
 async def read_records(
     broker: str, topic: str
 ) -> dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]:
