@@ -6,6 +6,11 @@ big for a record batch go out as several, in order, the applied offset last. So 
 record of a changelog partition is that offset unless a worker died between those record
 batches, and replaying the partition from the start (or its compacted form) up to the last
 applied offset rebuilds exactly the state of the last complete batch.
+
+A local copy that is only behind (its partition was processed elsewhere for a while) resumes
+instead: the entries after its own batch's applied offset, on the log its origin names (the
+first record of the partition), rebuild the same state, as Kafka Streams restores from a
+checkpoint. Compaction keeps that correct: a record dropped from the tail has a newer one there.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from app.kafka_clients import Conn
 from app.topic_reader import high_watermarks, read_range
-from tables.partition_state import APPLIED_OFFSET
+from tables.partition_state import APPLIED_OFFSET, ORIGIN
 
 _I64 = struct.Struct(">q")
 ENDS_TTL_S = 2.0
@@ -24,6 +29,10 @@ ENDS_TTL_S = 2.0
 # marker and a transaction's commit record), then windows 64 times wider.
 FIRST_WINDOW = 2
 WINDOW_GROWTH = 64
+# The backward search for a local copy's own batch: windows 4 times wider each step, so no more
+# than about 4 times the entries to apply are read to find where they start.
+RESUME_FIRST_WINDOW = 64
+RESUME_WINDOW_GROWTH = 4
 
 
 class KafkaChangelog:
@@ -75,11 +84,46 @@ class KafkaChangelog:
                     found = (_I64.unpack(r.value)[0], r.offset + 1)
         return found
 
-    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        """Entries up to the last applied offset (call `last_applied` first, as a restore does):
-        what follows it belongs to a batch that was never completed, and is done again."""
+    async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
+        """The offset just after the marker of the batch that applied `applied`, if this log
+        starts with `origin` (call `last_applied` first); None: restore the whole log."""
+        end = await self._complete(partition)
+        first = [
+            r
+            async for chunk in read_range(self.bootstrap, self.topic, partition, 0, 1)
+            for r in chunk
+        ]
+        if not first or first[0].key != ORIGIN or first[0].value != origin:
+            return None
+        stop, window = end, RESUME_FIRST_WINDOW
+        while stop > 1:
+            start = max(1, stop - window)
+            newest: tuple[int, int] | None = None  # (applied offset, the offset after it)
+            async for chunk in read_range(self.bootstrap, self.topic, partition, start, stop):
+                for r in chunk:
+                    if r.key == APPLIED_OFFSET and r.value is not None:
+                        value = _I64.unpack(r.value)[0]
+                        if value <= applied:
+                            newest = (value, r.offset + 1)
+            if newest is not None:
+                value, after = newest
+                return after if value == applied else None
+            stop, window = start, window * RESUME_WINDOW_GROWTH
+        return None
+
+    async def _complete(self, partition: int) -> int:
+        """Where the complete batches end (after `last_applied`; else the high watermark)."""
         end = self._complete_end.get(partition)
         if end is None:
             end = self._ends.get(partition) or await self._end(partition)
-        async for chunk in read_range(self.bootstrap, self.topic, partition, 0, end):
+        return end
+
+    async def entries(
+        self, partition: int, start: int = 0
+    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        """Entries from `start` up to the last applied offset (call `last_applied` first, as a
+        restore does): what follows it belongs to a batch that was never completed, and is
+        done again."""
+        end = await self._complete(partition)
+        async for chunk in read_range(self.bootstrap, self.topic, partition, start, end):
             yield [(r.key, r.value) for r in chunk]

@@ -1,8 +1,10 @@
 """Opening a partition's state: the local RocksDB copy, or a restore from the changelog.
 
 A partition processed elsewhere (a rebalance moved it, or this machine's copy is old) has a
-changelog ahead of the local state: the local copy is dropped and the changelog read whole.
-A changelog *behind* the local state means the broker lost its data, which is refused.
+changelog ahead of the local state. The local copy then catches up from the changelog entries
+after its own last batch, when the log still holds that batch and is the one the copy came from
+(its origin); otherwise it is dropped and the changelog read whole. A changelog *behind* the
+local state means the broker lost its data, which is refused.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ class ChangelogSource(Protocol):
         `fresh`: ask the broker now, not a cached end of the log."""
         ...
 
-    def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        """Every changelog entry of the partition, oldest first, in chunks."""
+    def entries(
+        self, partition: int, start: int = 0
+    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        """The partition's changelog entries from offset `start`, oldest first, in chunks."""
+        ...
+
+    async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
+        """The changelog offset after the batch that applied `applied`, on the log that
+        `origin` started (None: not there, restore the whole log)."""
         ...
 
 
@@ -82,32 +91,57 @@ class StateOpener:
                     f"{remote} but the local state has applied up to {st.applied_offset}",
                     self.topology.state_root(),
                 )
+            if remote == st.applied_offset:
+                return st
+            start = await self._resume_point(st)
         except BaseException:  # closed, not left to the collector: the traceback holds it
             store.close()
             raise
-        if remote > st.applied_offset:
+        if start is None:
             store.close()
             return await self._restore(partition, path, st.applied_offset, remote)
-        return st
+        return await self._restore(partition, path, st.applied_offset, remote, (store, start))
 
-    async def _restore(self, partition: int, path: Path, local: int, remote: int) -> PartitionState:
+    async def _resume_point(self, st: PartitionState) -> int | None:
+        """Where a local copy behind the changelog can catch up from (None: it cannot)."""
+        assert self.changelog_source is not None
+        origin = st.origin()
+        if st.applied_offset < 0 or origin is None:
+            return None
+        return await self.changelog_source.resume_point(st.partition, st.applied_offset, origin)
+
+    async def _restore(
+        self,
+        partition: int,
+        path: Path,
+        local: int,
+        remote: int,
+        resume: tuple[RocksStore, int] | None = None,
+    ) -> PartitionState:
+        """Apply the changelog to a new store from the log's start, or with `resume`, to the
+        local copy's store from the offset after its last batch (it catches up)."""
         assert self.changelog_source is not None
         log.warning(
-            "%s p%d: local state at offset %d, changelog at %d: restoring from %s",
+            "%s p%d: local state at offset %d, changelog at %d: %s",
             self.name,
             partition,
             local,
             remote,
-            self.changelog,
+            f"catching up from {self.changelog} offset {resume[1]}"
+            if resume is not None
+            else f"restoring from {self.changelog}",
         )
         t0 = self.clock()
         said_at = t0
-        shutil.rmtree(path, ignore_errors=True)
-        store = RocksStore(path, self._identity(partition))
+        if resume is not None:
+            store, start = resume
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            store, start = RocksStore(path, self._identity(partition)), 0
         restored = metrics.RESTORED.labels(self.name, str(self.topology.version))
         n = 0
         try:
-            async for chunk in self.changelog_source.entries(partition):
+            async for chunk in self.changelog_source.entries(partition, start):
                 store.write(dict(chunk))
                 n += len(chunk)
                 restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard

@@ -7,6 +7,11 @@ together with the source offset they reflect. Because the applied offset travels
 atomic write as the state, a restart skips exactly the records already applied: no double
 counting.
 
+A state started from nothing writes a random *origin* as the first entry of its first batch, so
+it is the first record of its changelog: a local copy names the changelog it came from, and a
+restore may resume from where the copy left off only on that same log (not on one rebuilt after
+the broker lost its data, whose batches may end at the same offsets).
+
 Between the two, a batch may be *held*: its outputs are acknowledged but its changelog entries
 are not yet, so it must not reach the store (local state is never ahead of the changelog), yet
 the next batch must read it. Reads look at the staged batch, then the held one, then the store.
@@ -14,8 +19,9 @@ the next batch must read it. Reads look at the staged batch, then the held one, 
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from tables.aggregates import Moments
@@ -31,6 +37,8 @@ WINDOW_PREFIX = b"W"
 KV_PREFIX = b"K"
 META_PREFIX = b"M"
 APPLIED_OFFSET = META_PREFIX + b"applied-offset"
+ORIGIN = META_PREFIX + b"origin"
+ORIGIN_BYTES = 16
 
 
 class KeyValueStore(Protocol):
@@ -70,9 +78,15 @@ def decode_window_key(raw: bytes, prefix_len: int) -> WindowKey:
 class PartitionState:
     """Staged view over one partition's store; see the module docstring."""
 
-    def __init__(self, store: KeyValueStore, partition: int) -> None:
+    def __init__(
+        self,
+        store: KeyValueStore,
+        partition: int,
+        new_origin: Callable[[], bytes] = lambda: os.urandom(ORIGIN_BYTES),
+    ) -> None:
         self.store = store
         self.partition = partition
+        self.new_origin = new_origin  # the origin of a state started from nothing
         self._staged: dict[bytes, bytes | None] = {}
         # The held batch (see the module docstring): its prepared entries, in changelog order.
         self._held: dict[bytes, bytes | None] = {}
@@ -136,6 +150,11 @@ class PartitionState:
     def get_meta(self, name: str) -> bytes | None:
         return self.get_raw([META_PREFIX + name.encode()])[0]
 
+    def origin(self) -> bytes | None:
+        """The origin of this state's changelog (None: a state written before origins, or
+        nothing applied yet)."""
+        return self.get_raw([ORIGIN])[0]
+
     # -- commit ------------------------------------------------------------------------------
     def stage(self, key: bytes, value: bytes | None) -> None:
         self._staged[key] = value
@@ -148,6 +167,8 @@ class PartitionState:
                 self._staged[META_PREFIX + f"stream-time:{name}".encode()] = _I64.pack(
                     clock.max_event_ms
                 )
+        if self.applied_offset < 0 and self.origin() is None:  # first, in a log's first batch
+            self._staged = {ORIGIN: self.new_origin(), **self._staged}
         self._staged.pop(APPLIED_OFFSET, None)
         # Last, always: in the changelog the applied offset closes each batch's entries.
         self._staged[APPLIED_OFFSET] = _I64.pack(max(applied_offset, self.applied_offset))

@@ -18,6 +18,8 @@ from app.runtime import PipelineRunner, Produce, SourceCommit
 from app.settings import load_settings
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET
+from tests.support.fakes import ListChangelog
+from tests.support.state import state_contents
 
 REVENUE = "orders.revenue-1m"
 
@@ -58,21 +60,9 @@ class _Broker:
         return {(r.key, r.value) for recs in self.sends for r in recs if r.topic == topic}
 
 
-class _Changelog:
+def _changelog(broker: _Broker) -> ListChangelog:
     """A changelog source over what `_Broker` received."""
-
-    def __init__(self, broker: _Broker) -> None:
-        self.broker = broker
-
-    async def last_applied(self, partition: int, fresh: bool = False) -> int:
-        applied = -1
-        for k, v in self.broker.changelog():
-            if k == APPLIED_OFFSET and v is not None:
-                applied = struct.unpack(">q", v)[0]
-        return applied
-
-    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        yield self.broker.changelog()
+    return ListChangelog(broker.changelog)
 
 
 def _stored_offset(runner: PipelineRunner, partition: int = 0) -> int:
@@ -150,7 +140,7 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
     for batch in batches:
         await runner.handle(0, batch)
     await runner.flush(0)
-    expected = list(runner._states[0].store.scan(b"", b"\xff" * 8))
+    expected = state_contents(runner._states[0].store)
     runner.close()
 
     topology = _topology(tmp_path, "held")
@@ -162,7 +152,7 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
             topology,
             broker.send,
             read_gap,
-            _Changelog(broker),
+            _changelog(broker),
             one_request=True,
             hold_changelog=True,
         )
@@ -181,7 +171,7 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
     await runner.flush(0)
     await runner.send_held()
     assert crashes
-    assert list(runner._states[0].store.scan(b"", b"\xff" * 8)) == expected
+    assert state_contents(runner._states[0].store) == expected
     assert broker.outputs(topology.physical(REVENUE)) == plain.outputs(
         plain_topology.physical(REVENUE)
     )
@@ -192,9 +182,9 @@ async def test_crashes_with_a_held_batch_give_the_same_state_and_windows(
         restored_topology.pipelines[0],
         restored_topology,
         broker.send,
-        changelog_source=_Changelog(broker),
+        changelog_source=_changelog(broker),
     )
-    assert list((await restored.state(0)).store.scan(b"", b"\xff" * 8)) == expected
+    assert state_contents((await restored.state(0)).store) == expected
     restored.close()
 
 
@@ -237,7 +227,7 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     reference = _topology(tmp_path, "reference")
     plain = PipelineRunner(reference.pipelines[0], reference, _Broker().send)
     await plain.handle(0, records)
-    expected = list(plain._states[0].store.scan(b"", b"\xff" * 8))
+    expected = state_contents(plain._states[0].store)
     plain.close()
 
     broker = _Broker()
@@ -262,7 +252,7 @@ async def test_a_batch_cancelled_while_waiting_for_its_partition_leaves_nothing_
     release.set()
     await runner.handle_many({0: records[10:]})  # the retry
     await runner.send_held()
-    assert list(runner._states[0].store.scan(b"", b"\xff" * 8)) == expected
+    assert state_contents(runner._states[0].store) == expected
     runner.close()
 
 
@@ -315,7 +305,7 @@ async def _run_with_flaky_sends(
         await _until_sent(lambda step=step: runner.handle_many(step))
     await _until_sent(runner.send_held)
     result = (
-        [list(runner._states[p].store.scan(b"", b"\xff" * 8)) for p in sorted(runner._states)],
+        [state_contents(runner._states[p].store) for p in sorted(runner._states)],
         broker.outputs(topology.physical(REVENUE)),
         broker.outputs(topology.physical("orders.dlq")),
     )
@@ -368,10 +358,10 @@ async def test_a_partition_handed_over_leaves_its_held_batch_in_the_changelog(
     await runner.handle_many({0: records[10:]})
     await runner.hand_over([0])
     assert runner.open_state(0) is None
-    assert await _Changelog(broker).last_applied(0) == 19
+    assert await _changelog(broker).last_applied(0) == 19
     topology = _topology(tmp_path, "next-owner")
     next_owner = PipelineRunner(
-        topology.pipelines[0], topology, broker.send, changelog_source=_Changelog(broker)
+        topology.pipelines[0], topology, broker.send, changelog_source=_changelog(broker)
     )
     assert await next_owner.applied_offset(0) == 19
     next_owner.close()

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import signal
-import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -31,8 +31,10 @@ from app.send_refusals import SendRefused
 from app.settings import load_settings
 from app.state_guard import BrokerDataLost
 from app.topology import Topology
-from tables.partition_state import APPLIED_OFFSET, PartitionState
+from tables.partition_state import PartitionState
 from tests.support.datasets import GOOD_ORDER
+from tests.support.fakes import ListChangelog
+from tests.support.state import state_contents
 
 
 def _records(n: int) -> list[SourceRecord]:
@@ -222,7 +224,9 @@ class _FlakyChangelog:
             raise ConnectionError("broker gone")
         return -1
 
-    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+    async def entries(
+        self, partition: int, start: int = 0
+    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
         return
         yield []
 
@@ -296,29 +300,26 @@ async def test_each_durable_batch_observes_its_first_records_age(tmp_path: Path)
     runner.close()
 
 
-class _ListChangelog:
-    """A changelog source over a list of entries; `fail_entries` fails a restore midway once,
-    raised through a future as aiokafka raises (which keeps the failed frame alive)."""
+class _ListChangelog(ListChangelog):
+    """`fail_entries` fails a restore midway once, raised through a future as aiokafka raises
+    (which keeps the failed frame alive)."""
 
     def __init__(self, entries: list[tuple[bytes, bytes | None]], fail_entries: bool = False):
-        self.entries_ = entries
+        super().__init__(entries)
         self.fail_entries = fail_entries
 
-    async def last_applied(self, partition: int, fresh: bool = False) -> int:
-        applied = -1
-        for k, v in self.entries_:
-            if k == APPLIED_OFFSET and v is not None:
-                applied = struct.unpack(">q", v)[0]
-        return applied
-
-    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
-        yield self.entries_[:1]
+    async def entries(
+        self, partition: int, start: int = 0
+    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+        chunks = [c async for c in super().entries(partition, start)]
+        whole = [e for c in chunks for e in c]
+        yield whole[:1]
         if self.fail_entries:
             self.fail_entries = False
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(KafkaConnectionError("broker gone"))
             await failed
-        yield self.entries_[1:]
+        yield whole[1:]
 
 
 async def _changelog_of(tmp_path: Path, n: int) -> list[tuple[bytes, bytes | None]]:
@@ -350,6 +351,66 @@ async def test_a_restore_that_failed_midway_can_be_retried(tmp_path: Path) -> No
     # The worker retries broker trouble: the partition's directory must not still be locked.
     assert (await runner.state(0)).applied_offset == 4
     runner.close()
+
+
+def _logging_runner(tmp_path: Path, directory: str, log: list[tuple[bytes, bytes | None]]):
+    """A runner with its own state directory whose changelog is `log` (shared by all)."""
+    topology = Topology(load_settings({"KAPPA_STATE_DIR": str(tmp_path / directory)}), 1)
+    topology = topology.select(["orders"])
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        log.extend((r.key or b"", r.value) for r in records if r.atomic)
+
+    return PipelineRunner(
+        topology.pipelines[0], topology, send, changelog_source=ListChangelog(log)
+    )
+
+
+async def test_a_copy_behind_its_changelog_catches_up_from_after_its_own_last_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rebalance moved the partition away and back: the first owner's copy applies only what
+    the other owner wrote meanwhile, and ends as the other's state, exactly."""
+    log: list[tuple[bytes, bytes | None]] = []
+    first = _logging_runner(tmp_path, "a", log)
+    await first.handle(0, _orders(0, 40)[:20])
+    first.close()
+    own = len(log)
+    other = _logging_runner(tmp_path, "b", log)
+    await other.handle(0, _orders(0, 40)[20:])
+    expected = list(other._states[0].store.scan(b"", b"\xff" * 8))
+    other.close()
+    back = _logging_runner(tmp_path, "a", log)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="app.state_restore"):
+        state = await back.state(0)
+    assert state.applied_offset == 39
+    assert list(state.store.scan(b"", b"\xff" * 8)) == expected  # its origin too
+    said = [r.getMessage() for r in caplog.records if r.name == "app.state_restore"]
+    assert said == [
+        f"orders p0: local state at offset 19, changelog at 39: catching up from "
+        f"{back.changelog} offset {own}",
+        f"orders p0: restored {len(log) - own} changelog entries in 0.0s (state at offset 39)",
+    ]
+    back.close()
+
+
+async def test_a_copy_of_another_changelog_is_restored_whole(tmp_path: Path) -> None:
+    """The broker lost the log and it was written anew, its batches ending at the same offsets:
+    the local copy's batches are not in it, so the copy must not resume on it."""
+    old: list[tuple[bytes, bytes | None]] = []
+    first = _logging_runner(tmp_path, "a", old)
+    await first.handle(0, _orders(0, 40)[:20])
+    first.close()
+    new: list[tuple[bytes, bytes | None]] = []
+    rebuilt = _logging_runner(tmp_path, "b", new)
+    await rebuilt.handle(0, _orders(0, 40)[:20])
+    await rebuilt.handle(0, _orders(0, 40)[20:])
+    expected = list(rebuilt._states[0].store.scan(b"", b"\xff" * 8))
+    rebuilt.close()
+    back = _logging_runner(tmp_path, "a", new)
+    assert list((await back.state(0)).store.scan(b"", b"\xff" * 8)) == expected
+    back.close()
 
 
 async def test_a_state_that_fails_to_load_leaves_its_directory_unlocked(
@@ -556,7 +617,7 @@ async def test_a_record_that_makes_the_pipeline_raise_goes_to_the_dlq_and_the_re
         await runner.flush(0)  # the windows' results (forwards to by-user are per batch)
         revenue = topology.physical("orders.revenue-1m")
         results[run] = (
-            list(runner._states[0].store.scan(b"", b"\xff" * 8)),
+            state_contents(runner._states[0].store),
             [(r.key, r.value) for r in sent if r.topic == revenue],
         )
         dead = {int(dict(r.headers)["kappa.source.offset"]) for r in sent if "dlq" in r.topic}

@@ -35,7 +35,9 @@ class _Chunks:
     async def last_applied(self, partition: int, fresh: bool = False) -> int:
         return 7
 
-    async def entries(self, partition: int) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+    async def entries(
+        self, partition: int, start: int = 0
+    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
         for chunk in self.chunks:
             self.seen.append(self.counted._value.get())  # type: ignore[attr-defined]
             yield chunk  # type: ignore[misc]

@@ -21,6 +21,7 @@ from app.settings import load_settings
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET
 from tests.support.datasets import GOOD_ORDER
+from tests.support.state import state_contents
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def _order(offset: int, product: str, ts: int) -> SourceRecord:
 
 def _everything(runner: PipelineRunner) -> list[tuple[bytes, bytes]]:
     store = runner._states[0].store
-    return list(store.scan(b"", b"\xff" * 8))
+    return state_contents(store)
 
 
 async def test_a_record_that_closes_more_windows_than_a_record_batch_holds(

@@ -1,9 +1,16 @@
-"""Stand-ins for unit tests that run without a broker: a clock the test sets, and a fetched
-record that has only what the batch buffer and the consumer's bookkeeping read."""
+"""Stand-ins for unit tests that run without a broker: a clock the test sets, a fetched record
+that has only what the batch buffer and the consumer's bookkeeping read, and a changelog kept
+in a list."""
 
 from __future__ import annotations
 
+import struct
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+from tables.partition_state import APPLIED_OFFSET, ORIGIN
+
+Entry = tuple[bytes, bytes | None]
 
 
 class ManualClock:
@@ -20,3 +27,38 @@ class ManualClock:
 class Msg:
     partition: int
     offset: int
+
+
+class ListChangelog:
+    """A `ChangelogSource` over one partition's entries, a list index standing for the offset,
+    with the same rules as `KafkaChangelog`: restores end at the newest marker, and a local copy
+    resumes after its own marker on a log that starts with its origin. `entries_of` gives the
+    entries as they are now (a list that a test's sender appends to)."""
+
+    def __init__(self, entries: list[Entry] | Callable[[], list[Entry]]) -> None:
+        self.entries_of = entries if callable(entries) else lambda: entries
+
+    def _markers(self) -> list[tuple[int, int]]:
+        """(offset, applied offset) of every marker, oldest first."""
+        return [
+            (i, struct.unpack(">q", v)[0])
+            for i, (k, v) in enumerate(self.entries_of())
+            if k == APPLIED_OFFSET and v is not None
+        ]
+
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        markers = self._markers()
+        return markers[-1][1] if markers else -1
+
+    async def entries(self, partition: int, start: int = 0) -> AsyncIterator[list[Entry]]:
+        markers = self._markers()
+        end = markers[-1][0] + 1 if markers else 0
+        if start < end:
+            yield self.entries_of()[start:end]
+
+    async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
+        entries = self.entries_of()
+        if not entries or entries[0] != (ORIGIN, origin):
+            return None
+        before = [(i, a) for i, a in self._markers() if a <= applied]
+        return before[-1][0] + 1 if before and before[-1][1] == applied else None

@@ -3,10 +3,12 @@ held, then stored), what reaches the store and when."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from tables.aggregates import Moments
-from tables.partition_state import MemoryStore, PartitionState
+from tables.partition_state import APPLIED_OFFSET, ORIGIN, MemoryStore, PartitionState
 
 
 def _moments(*values: float) -> Moments:
@@ -99,3 +101,30 @@ def test_stream_time_is_the_latest_event_time_of_any_clock_and_survives_a_commit
     reopened = PartitionState(store, 0)
     reopened.clock("a", 10)
     assert reopened.stream_time_ms() == 5_000
+
+
+def test_a_state_started_from_nothing_writes_its_origin_first_once() -> None:
+    """The origin opens the changelog (its first record names the log a local copy came from);
+    a failed first batch does not lose it, and later batches do not repeat it."""
+    origins = iter([b"o1", b"o2", b"o3"])
+    state = PartitionState(MemoryStore(), 0, new_origin=lambda: next(origins))
+    state.put_value("t", "a", b"1")
+    assert state.prepare(0)[0] == (ORIGIN, b"o1")
+    state.discard()
+    state.put_value("t", "a", b"1")
+    first = state.prepare(0)
+    assert first[0] == (ORIGIN, b"o2") and first[-1][0] == APPLIED_OFFSET
+    state.hold()
+    state.put_value("t", "a", b"2")
+    assert all(k != ORIGIN for k, _ in state.prepare(1))
+    state.commit()
+    assert state.origin() == b"o2"
+
+
+def test_a_state_with_batches_but_no_origin_gets_none() -> None:
+    """A state written before origins: an origin now would not be its log's first record."""
+    store = MemoryStore()
+    store.write({b"Kt\0a": b"1", APPLIED_OFFSET: struct.pack(">q", 0)})
+    state = PartitionState(store, 0)
+    state.put_value("t", "a", b"2")
+    assert all(k != ORIGIN for k, _ in state.prepare(1)) and state.origin() is None

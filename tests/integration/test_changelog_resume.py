@@ -1,0 +1,134 @@
+"""A local copy behind its changelog catches up from after its own last batch, against the
+embedded broker: found without reading the whole log, only on the log the copy came from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+
+import pytest
+
+from agents.base import SourceRecord
+from app import changelog as changelog_module
+from app.admin import ensure_topics
+from app.batch_producer import BatchSender, new_batch_producer
+from app.changelog import KafkaChangelog
+from app.produce import produce_records
+from app.runtime import PipelineRunner
+from app.settings import load_settings
+from app.topology import Topology
+from tables.partition_state import APPLIED_OFFSET, ORIGIN
+from tests.support.datasets import GOOD_ORDER
+
+pytestmark = pytest.mark.integration
+
+Entry = tuple[bytes, bytes | None]
+
+
+def _batch(applied: int) -> list[Entry]:
+    return [(b"K%d" % (applied % 7), b"%d" % applied), (APPLIED_OFFSET, struct.pack(">q", applied))]
+
+
+async def _changelog(broker: str, topic: str, entries: list[Entry]) -> KafkaChangelog:
+    await ensure_topics(broker, {topic: (1, {"cleanup.policy": "compact"})})
+    await produce_records(broker, topic, entries, progress=False)
+    return KafkaChangelog(broker, topic)
+
+
+async def _entries(changelog: KafkaChangelog, start: int) -> list[Entry]:
+    return [e async for chunk in changelog.entries(0, start) for e in chunk]
+
+
+async def test_the_entries_after_a_copys_own_batch_are_found_on_its_own_log_only(
+    broker: str, unique: str
+) -> None:
+    head = [(ORIGIN, b"origin-1"), *_batch(4), *_batch(9)]
+    tail = _batch(14)
+    partial = [(b"K1", b"never completed")]  # a dead writer's: done again, never applied
+    changelog = await _changelog(broker, f"{unique}.a", head + tail + partial)
+    assert await changelog.last_applied(0) == 14
+    start = await changelog.resume_point(0, 9, b"origin-1")
+    assert start == len(head)
+    assert await _entries(changelog, start) == tail
+    assert await changelog.resume_point(0, 9, b"origin-2") is None  # another log
+    assert await changelog.resume_point(0, 7, b"origin-1") is None  # no batch ended at 7
+    old = await _changelog(broker, f"{unique}.b", [*_batch(4), *_batch(9), *tail])
+    assert await old.last_applied(0) == 14
+    assert await old.resume_point(0, 9, b"origin-1") is None  # written before origins
+
+
+async def test_a_copy_just_behind_does_not_read_the_whole_log(
+    broker: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [(ORIGIN, b"o"), *(e for applied in range(20_000) for e in _batch(applied))]
+    changelog = await _changelog(broker, f"{unique}.changelog", entries)
+    starts: list[int] = []
+    real_read_range = changelog_module.read_range
+
+    def recording_read_range(*args: object, **kwargs: object) -> object:
+        starts.append(args[3])  # type: ignore[arg-type]
+        return real_read_range(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
+    assert await changelog.last_applied(0) == 19_999
+    starts.clear()
+    start = await changelog.resume_point(0, 19_989, b"o")
+    assert start == len(entries) - 20
+    assert starts == [0, len(entries) - 64]  # its first record, then one window back
+    assert await _entries(changelog, start) == entries[-20:]
+
+
+def _orders(first: int, n: int) -> list[SourceRecord]:
+    out = []
+    for offset in range(first, first + n):
+        product = f"product-{offset % 13}"
+        value = {**GOOD_ORDER, "order_id": str(offset), "product_id": product}
+        value["ts"] = GOOD_ORDER["ts"] + offset * 7_000  # windows close as the orders go on
+        out.append(
+            SourceRecord("orders", 0, offset, None, product.encode(), json.dumps(value).encode())
+        )
+    return out
+
+
+async def test_a_partition_moved_away_and_back_catches_up_exactly(
+    broker: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"KAPPA_BROKER": broker, "KAPPA_TOPIC_PREFIX": f"{unique}.", "KAPPA_APP_ID": unique}
+
+    def topology(state_dir: str) -> Topology:
+        settings = load_settings({**env, "KAPPA_STATE_DIR": str(tmp_path / state_dir)})
+        return Topology(settings, 1).select(["orders"])
+
+    first = topology("a")
+    await ensure_topics(broker, {t: (1, c) for t, c in first.all_topics().items()})
+    changelog = first.changelog(first.pipelines[0])
+    producer = new_batch_producer(broker)
+    await producer.start()
+
+    def runner(t: Topology) -> PipelineRunner:
+        source = KafkaChangelog(broker, changelog)
+        return PipelineRunner(
+            t.pipelines[0], t, BatchSender(producer).send, changelog_source=source
+        )
+
+    try:
+        owner = runner(first)
+        await owner.handle(0, _orders(0, 100))
+        owner.close()
+        other = runner(topology("b"))  # restores all of it, then goes on
+        await other.handle(0, _orders(100, 50))
+        expected = list(other._states[0].store.scan(b"", b"\xff" * 8))
+        other.close()
+        back = runner(topology("a"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="app.state_restore"):
+            state = await back.state(0)
+        assert state.applied_offset == 149
+        assert list(state.store.scan(b"", b"\xff" * 8)) == expected
+        said = [r.getMessage() for r in caplog.records if r.name == "app.state_restore"]
+        assert "local state at offset 99, changelog at 149: catching up from" in said[0]
+        back.close()
+    finally:
+        await producer.stop()
