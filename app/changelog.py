@@ -10,18 +10,28 @@ applied offset rebuilds exactly the state of the last complete batch.
 A local copy that is only behind (its partition was processed elsewhere for a while) resumes
 instead: the entries after its own batch's applied offset, on the log its origin names (the
 first record of the partition), rebuild the same state, as Kafka Streams restores from a
-checkpoint. Compaction keeps that correct: a record dropped from the tail has a newer one there.
+checkpoint. Compaction keeps that correct (a record dropped from the tail has a newer one there)
+as long as no tombstone was dropped from the tail: the broker drops one `delete.retention.ms`
+after writing it at the earliest, so a copy resumes only on a tail younger than half of that.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+
+from app.admin import topic_configs
 from app.kafka_clients import Conn
 from app.topic_reader import high_watermarks, read_range
 from tables.partition_state import APPLIED_OFFSET, ORIGIN
+
+log = logging.getLogger(__name__)
 
 _I64 = struct.Struct(">q")
 ENDS_TTL_S = 2.0
@@ -33,12 +43,17 @@ WINDOW_GROWTH = 64
 # than about 4 times the entries to apply are read to find where they start.
 RESUME_FIRST_WINDOW = 64
 RESUME_WINDOW_GROWTH = 4
+# Kafka's default `delete.retention.ms` (a day), for a broker that does not report the topic's.
+DEFAULT_DELETE_RETENTION_MS = 86_400_000
 
 
 class KafkaChangelog:
-    def __init__(self, bootstrap: Conn, topic: str) -> None:
+    def __init__(
+        self, bootstrap: Conn, topic: str, now_ms: Callable[[], float] = lambda: time.time() * 1e3
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.now_ms = now_ms  # wall clock (ms), against the tail's record timestamps
         self._ends: dict[int, int] = {}
         self._ends_at = -1e9
         # Where the complete batches end, when entries follow the last applied offset.
@@ -86,15 +101,20 @@ class KafkaChangelog:
 
     async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
         """The offset just after the marker of the batch that applied `applied`, if this log
-        starts with `origin` (call `last_applied` first); None: restore the whole log."""
+        starts with `origin` and its tail since is whole (call `last_applied` first); None:
+        restore the whole log."""
         end = await self._complete(partition)
-        first = [
-            r
-            async for chunk in read_range(self.bootstrap, self.topic, partition, 0, 1)
-            for r in chunk
-        ]
-        if not first or first[0].key != ORIGIN or first[0].value != origin:
+        first = await self._first_records(partition, 0, end)
+        if not first or first[0].offset != 0 or (first[0].key, first[0].value) != (ORIGIN, origin):
             return None
+        after = await self._after_marker(partition, applied, end)
+        if after is None or not await self._tail_kept(partition, after, end):
+            return None
+        return after
+
+    async def _after_marker(self, partition: int, applied: int, end: int) -> int | None:
+        """The offset after the marker of `applied`, read backwards from `end` in windows until
+        a marker at or below it; None if that one is of another offset (or there is none)."""
         stop, window = end, RESUME_FIRST_WINDOW
         while stop > 1:
             start = max(1, stop - window)
@@ -106,10 +126,35 @@ class KafkaChangelog:
                         if value <= applied:
                             newest = (value, r.offset + 1)
             if newest is not None:
-                value, after = newest
-                return after if value == applied else None
+                return newest[1] if newest[0] == applied else None
             stop, window = start, window * RESUME_WINDOW_GROWTH
         return None
+
+    async def _first_records(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
+        """The first records at or after `start` (before `end`): one fetch's worth, or none."""
+        reader = read_range(self.bootstrap, self.topic, partition, start, end, chunk=1)
+        async with contextlib.aclosing(reader) as chunks:
+            return await anext(chunks, [])
+
+    async def _tail_kept(self, partition: int, start: int, end: int) -> bool:
+        """No tombstone after `start` can have been dropped yet: the oldest record left there
+        is younger than half the topic's `delete.retention.ms`. False when unknown."""
+        oldest = await self._first_records(partition, start, end)
+        if not oldest:
+            return True  # nothing written since the copy's last batch
+        try:
+            configs = await topic_configs(self.bootstrap, [self.topic], ["delete.retention.ms"])
+        except KafkaError as e:
+            log.warning(
+                "cannot read %s's delete.retention.ms (%s): restoring it whole",
+                self.topic,
+                type(e).__name__,
+            )
+            return False
+        retention = int(
+            configs.get(self.topic, {}).get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS)
+        )
+        return self.now_ms() - oldest[0].timestamp < retention / 2
 
     async def _complete(self, partition: int) -> int:
         """Where the complete batches end (after `last_applied`; else the high watermark)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def _batch(applied: int) -> list[Entry]:
     return [(b"K%d" % (applied % 7), b"%d" % applied), (APPLIED_OFFSET, struct.pack(">q", applied))]
 
 
-async def _changelog(broker: str, topic: str, entries: list[Entry]) -> KafkaChangelog:
-    await ensure_topics(broker, {topic: (1, {"cleanup.policy": "compact"})})
+async def _changelog(
+    broker: str, topic: str, entries: list[Entry], **config: str
+) -> KafkaChangelog:
+    await ensure_topics(broker, {topic: (1, {"cleanup.policy": "compact", **config})})
     await produce_records(broker, topic, entries, progress=False)
     return KafkaChangelog(broker, topic)
 
@@ -76,8 +79,27 @@ async def test_a_copy_just_behind_does_not_read_the_whole_log(
     starts.clear()
     start = await changelog.resume_point(0, 19_989, b"o")
     assert start == len(entries) - 20
-    assert starts == [0, len(entries) - 64]  # its first record, then one window back
+    # its first record, one window back, then the first record after its batch
+    assert starts == [0, len(entries) - 64, len(entries) - 20]
     assert await _entries(changelog, start) == entries[-20:]
+
+
+@pytest.mark.parametrize(
+    ("config", "retention_ms"),
+    [({"delete.retention.ms": "3600000"}, 3_600_000), ({}, 86_400_000)],  # set, or Kafka's
+)
+async def test_a_tail_whose_tombstones_may_be_gone_is_not_resumed_on(
+    broker: str, unique: str, config: dict[str, str], retention_ms: int
+) -> None:
+    """Compaction drops a tombstone `delete.retention.ms` after it was written at the earliest:
+    a copy that missed it would keep the deleted entry, so an older tail is restored whole."""
+    entries = [(ORIGIN, b"o"), *_batch(4), (b"K1", None), *_batch(9)]
+    written = await _changelog(broker, f"{unique}.changelog", entries, **config)
+    assert await written.last_applied(0) == 9
+    for age_ms, resumed in ((0.4 * retention_ms, True), (0.6 * retention_ms, False)):
+        later = KafkaChangelog(broker, written.topic, now_ms=lambda a=age_ms: time.time() * 1e3 + a)
+        assert await later.last_applied(0) == 9
+        assert (await later.resume_point(0, 4, b"o") is not None) == resumed
 
 
 def _orders(first: int, n: int) -> list[SourceRecord]:

@@ -153,6 +153,36 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
         assert worker.stop() == 0, worker.tail_log()
 
 
+async def test_partitions_handed_back_catch_up_from_their_changelogs(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A rolling restart: a worker that gets back partitions whose state it still has applies
+    only what the other worker wrote to their changelogs meanwhile, and results stay exact."""
+    base = kappa_env(broker, unique, tmp_path / "unused")
+    assert run_kappa(["topics"], base).returncode == 0
+    a = Worker({**base, "KAPPA_STATE_DIR": str(tmp_path / "a")}, tmp_path / "a.log").start()
+    b = Worker({**base, "KAPPA_STATE_DIR": str(tmp_path / "b")}, tmp_path / "b.log")
+    start = START_MS
+    try:
+        for step, seed in enumerate((7, 8, 9)):
+            chunk = _spec(2_000, seed=seed, start_ms=start)
+            start += chunk.span_ms
+            await produce_orders(broker, f"{unique}.orders", chunk)
+            ref = await reference_for(broker, f"{unique}.orders")
+            await eventually(lambda ref=ref: check_outputs(broker, unique, ref), alive=_alive(a))
+            await eventually(lambda: changelogs_caught_up(base), timeout=60)  # held ones sent
+            if step == 0:  # b takes over half of a's partitions, restoring them whole
+                b.start().wait_until(lambda m: m.get("kappa_changelog_restored_total", 0) > 0)
+            if step == 1:  # and hands them back
+                assert b.stop() == 0, b.tail_log()
+        log = a.log_path.read_text()
+        assert "catching up from" in log and "restoring from" not in log, log[-3000:]
+    finally:
+        for w in (a, b):
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+
+
 async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_source(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
