@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from agents.base import SourceRecord
-from app import changelog as changelog_module
 from app import runtime
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, new_batch_producer
@@ -21,6 +20,7 @@ from app.settings import load_settings
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET
 from tests.support.datasets import GOOD_ORDER
+from tests.support.fakes import changelog_read_starts
 from tests.support.state import state_contents
 
 pytestmark = pytest.mark.integration
@@ -112,14 +112,7 @@ async def test_the_last_applied_offset_is_found_without_reading_the_whole_partit
     await produce_records(
         broker, topic, [(b"K%d" % i, b"partial") for i in range(300)], progress=False
     )
-    starts: list[int] = []
-    real_read_range = changelog_module.read_range
-
-    def recording_read_range(*args: object, **kwargs: object) -> object:
-        starts.append(args[3])  # type: ignore[arg-type]
-        return real_read_range(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
+    starts = changelog_read_starts(monkeypatch)
     changelog = KafkaChangelog(broker, topic)
     assert await changelog.last_applied(0) == 19_999
     assert min(starts) > 0

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from agents.base import SourceRecord
-from app import changelog as changelog_module
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, new_batch_producer
 from app.changelog import KafkaChangelog
@@ -22,6 +21,7 @@ from app.settings import load_settings
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET, ORIGIN
 from tests.support.datasets import GOOD_ORDER
+from tests.support.fakes import changelog_read_starts
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +67,7 @@ async def test_a_copy_just_behind_does_not_read_the_whole_log(
 ) -> None:
     entries = [(ORIGIN, b"o"), *(e for applied in range(20_000) for e in _batch(applied))]
     changelog = await _changelog(broker, f"{unique}.changelog", entries)
-    starts: list[int] = []
-    real_read_range = changelog_module.read_range
-
-    def recording_read_range(*args: object, **kwargs: object) -> object:
-        starts.append(args[3])  # type: ignore[arg-type]
-        return real_read_range(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
+    starts = changelog_read_starts(monkeypatch)
     assert await changelog.last_applied(0) == 19_999
     starts.clear()
     start = await changelog.resume_point(0, 19_989, b"o")

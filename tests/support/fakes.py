@@ -1,13 +1,17 @@
 """Stand-ins for unit tests that run without a broker: a clock the test sets, a fetched record
-that has only what the batch buffer and the consumer's bookkeeping read, and a changelog kept
-in a list."""
+that has only what the batch buffer and the consumer's bookkeeping read, a changelog kept in a
+list, and a record of where the changelog reader reads."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
+import pytest
+
+from app import changelog as changelog_module
 from tables.partition_state import APPLIED_OFFSET, ORIGIN
 
 Entry = tuple[bytes, bytes | None]
@@ -62,3 +66,16 @@ class ListChangelog:
             return None
         before = [(i, a) for i, a in self._markers() if a <= applied]
         return before[-1][0] + 1 if before and before[-1][1] == applied else None
+
+
+def changelog_read_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The start offset of every range `app.changelog` reads from now on, in order."""
+    starts: list[int] = []
+    real_read_range = changelog_module.read_range
+
+    def recording_read_range(*args: Any, **kwargs: Any) -> Any:
+        starts.append(args[3])
+        return real_read_range(*args, **kwargs)
+
+    monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
+    return starts
