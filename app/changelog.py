@@ -21,7 +21,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -39,12 +39,49 @@ ENDS_TTL_S = 2.0
 # marker and a transaction's commit record), then windows 64 times wider.
 FIRST_WINDOW = 2
 WINDOW_GROWTH = 64
-# The backward search for a local copy's own batch: windows 4 times wider each step, so no more
-# than about 4 times the entries to apply are read to find where they start.
+# The backward search for a local copy's own batch: windows twice as wide each step, so no more
+# than about twice the entries to apply are read to find where they start.
 RESUME_FIRST_WINDOW = 64
-RESUME_WINDOW_GROWTH = 4
+RESUME_WINDOW_GROWTH = 2
 # Kafka's default `delete.retention.ms` (a day), for a broker that does not report the topic's.
 DEFAULT_DELETE_RETENTION_MS = 86_400_000
+
+
+class OwnMarkerSearch:
+    """Finds where a local copy's own last batch ends, from windows of the changelog read
+    newest first (each window oldest first). Its marker must be the only one of its applied
+    offset (a flush repeats the last batch's, so the copy could be either), and the search
+    ends at the marker before it, or where every record is older than `cutoff_ms` (ms, record
+    timestamps) with no marker found: a tail that old is not resumed on anyway."""
+
+    def __init__(self, applied: int, cutoff_ms: float) -> None:
+        self.applied = applied
+        self.cutoff_ms = cutoff_ms
+        self.hits: list[int] = []  # the offset after each marker of `applied`
+        self.done = False
+        self._below = False  # a marker of an earlier batch: nothing older matters
+        self._newest_ms: int | None = None  # the window's newest record's timestamp
+
+    def read(self, records: Sequence[ConsumerRecord]) -> None:
+        for r in records:
+            if r.key == APPLIED_OFFSET and r.value is not None:
+                value = _I64.unpack(r.value)[0]
+                if value == self.applied:
+                    self.hits.append(r.offset + 1)
+                elif value < self.applied:
+                    self._below = True
+        if records:
+            self._newest_ms = records[-1].timestamp
+
+    def window_read(self) -> None:
+        old = self._newest_ms is not None and self._newest_ms < self.cutoff_ms
+        self.done = self._below or (old and not self.hits)
+        self._newest_ms = None
+
+    def found(self, log_start_read: bool) -> int | None:
+        """The offset after the copy's marker, or None (not found, or not the only one)."""
+        sure = self._below or log_start_read
+        return self.hits[0] if sure and len(self.hits) == 1 else None
 
 
 class KafkaChangelog:
@@ -107,28 +144,22 @@ class KafkaChangelog:
         first = await self._first_records(partition, 0, end)
         if not first or first[0].offset != 0 or (first[0].key, first[0].value) != (ORIGIN, origin):
             return None
-        after = await self._after_marker(partition, applied, end)
-        if after is None or not await self._tail_kept(partition, after, end):
+        keep_ms = await self._tombstones_kept_ms()
+        if keep_ms is None:
             return None
-        return after
-
-    async def _after_marker(self, partition: int, applied: int, end: int) -> int | None:
-        """The offset after the marker of `applied`, read backwards from `end` in windows until
-        a marker at or below it; None if that one is of another offset (or there is none)."""
+        search = OwnMarkerSearch(applied, cutoff_ms=self.now_ms() - keep_ms / 2)
         stop, window = end, RESUME_FIRST_WINDOW
-        while stop > 1:
+        while stop > 1 and not search.done:
             start = max(1, stop - window)
-            newest: tuple[int, int] | None = None  # (applied offset, the offset after it)
             async for chunk in read_range(self.bootstrap, self.topic, partition, start, stop):
-                for r in chunk:
-                    if r.key == APPLIED_OFFSET and r.value is not None:
-                        value = _I64.unpack(r.value)[0]
-                        if value <= applied:
-                            newest = (value, r.offset + 1)
-            if newest is not None:
-                return newest[1] if newest[0] == applied else None
+                search.read(chunk)
+            search.window_read()
             stop, window = start, window * RESUME_WINDOW_GROWTH
-        return None
+        after = search.found(log_start_read=stop <= 1)
+        if after is None:
+            return None
+        tail = await self._first_records(partition, after, end)
+        return after if not tail or tail[0].timestamp >= search.cutoff_ms else None
 
     async def _first_records(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
         """The first records at or after `start` (before `end`): one fetch's worth, or none."""
@@ -136,25 +167,22 @@ class KafkaChangelog:
         async with contextlib.aclosing(reader) as chunks:
             return await anext(chunks, [])
 
-    async def _tail_kept(self, partition: int, start: int, end: int) -> bool:
-        """No tombstone after `start` can have been dropped yet: the oldest record left there
-        is younger than half the topic's `delete.retention.ms`. False when unknown."""
-        oldest = await self._first_records(partition, start, end)
-        if not oldest:
-            return True  # nothing written since the copy's last batch
+    async def _tombstones_kept_ms(self) -> int | None:
+        """The topic's `delete.retention.ms` (Kafka's default where the broker describes the
+        topic without it); None when the broker will not say (a permission, an error)."""
         try:
-            configs = await topic_configs(self.bootstrap, [self.topic], ["delete.retention.ms"])
-        except KafkaError as e:
-            log.warning(
-                "cannot read %s's delete.retention.ms (%s): restoring it whole",
-                self.topic,
-                type(e).__name__,
+            configs = await topic_configs(
+                self.bootstrap, [self.topic], ["delete.retention.ms", "cleanup.policy"]
             )
-            return False
-        retention = int(
-            configs.get(self.topic, {}).get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS)
-        )
-        return self.now_ms() - oldest[0].timestamp < retention / 2
+        except KafkaError as e:
+            configs, why = {}, type(e).__name__
+        else:
+            why = "not described"
+        config = configs.get(self.topic)
+        if config is None:
+            log.warning("%s: delete.retention.ms unknown (%s): restoring it whole", self.topic, why)
+            return None
+        return int(config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
 
     async def _complete(self, partition: int) -> int:
         """Where the complete batches end (after `last_applied`; else the high watermark)."""

@@ -87,6 +87,7 @@ class PartitionState:
         self.store = store
         self.partition = partition
         self.new_origin = new_origin  # the origin of a state started from nothing
+        self._drawn_origin: bytes | None = None  # kept: a retried first batch may have landed
         self._staged: dict[bytes, bytes | None] = {}
         # The held batch (see the module docstring): its prepared entries, in changelog order.
         self._held: dict[bytes, bytes | None] = {}
@@ -168,7 +169,9 @@ class PartitionState:
                     clock.max_event_ms
                 )
         if self.applied_offset < 0 and self.origin() is None:  # first, in a log's first batch
-            self._staged = {ORIGIN: self.new_origin(), **self._staged}
+            if self._drawn_origin is None:
+                self._drawn_origin = self.new_origin()
+            self._staged = {ORIGIN: self._drawn_origin, **self._staged}
         self._staged.pop(APPLIED_OFFSET, None)
         # Last, always: in the changelog the applied offset closes each batch's entries.
         self._staged[APPLIED_OFFSET] = _I64.pack(max(applied_offset, self.applied_offset))

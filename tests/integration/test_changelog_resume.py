@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agents.base import SourceRecord
+from app import changelog as changelog_module
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, new_batch_producer
 from app.changelog import KafkaChangelog
@@ -60,6 +61,11 @@ async def test_the_entries_after_a_copys_own_batch_are_found_on_its_own_log_only
     old = await _changelog(broker, f"{unique}.b", [*_batch(4), *_batch(9), *tail])
     assert await old.last_applied(0) == 14
     assert await old.resume_point(0, 9, b"origin-1") is None  # written before origins
+    # a flush repeats the last batch's marker: the copy may hold either, so it is restored whole
+    flushed = [*head, (b"K1", None), (APPLIED_OFFSET, struct.pack(">q", 9)), *tail]
+    flushed_log = await _changelog(broker, f"{unique}.c", flushed)
+    assert await flushed_log.last_applied(0) == 14
+    assert await flushed_log.resume_point(0, 9, b"origin-1") is None
 
 
 async def test_a_copy_just_behind_does_not_read_the_whole_log(
@@ -93,6 +99,25 @@ async def test_a_tail_whose_tombstones_may_be_gone_is_not_resumed_on(
         later = KafkaChangelog(broker, written.topic, now_ms=lambda a=age_ms: time.time() * 1e3 + a)
         assert await later.last_applied(0) == 9
         assert (await later.resume_point(0, 4, b"o") is not None) == resumed
+
+
+async def test_a_copy_is_restored_whole_where_the_broker_will_not_describe_its_changelog(
+    broker: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its `delete.retention.ms` unknown, compaction may have dropped tombstones from the tail
+    (a worker without DescribeConfigs permission gets the topic left out, not an error)."""
+    entries = [(ORIGIN, b"o"), *(e for applied in range(100) for e in _batch(applied))]
+    changelog = await _changelog(broker, f"{unique}.changelog", entries)
+    assert await changelog.last_applied(0) == 99
+    assert await changelog.resume_point(0, 60, b"o") == 1 + 2 * 61
+    starts = changelog_read_starts(monkeypatch)
+
+    async def not_described(*args: object) -> dict[str, dict[str, str]]:
+        return {}
+
+    monkeypatch.setattr(changelog_module, "topic_configs", not_described)
+    assert await changelog.resume_point(0, 60, b"o") is None
+    assert starts == [0]  # its origin only
 
 
 def _orders(first: int, n: int) -> list[SourceRecord]:

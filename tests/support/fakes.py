@@ -36,8 +36,10 @@ class Msg:
 class ListChangelog:
     """A `ChangelogSource` over one partition's entries, a list index standing for the offset,
     with the same rules as `KafkaChangelog`: restores end at the newest marker, and a local copy
-    resumes after its own marker on a log that starts with its origin. `entries_of` gives the
-    entries as they are now (a list that a test's sender appends to)."""
+    resumes after its own marker (the only one of its offset) on a log that starts with its
+    origin. `entries_of` gives the
+    entries as they are now (a list that a test's sender appends to). Record timestamps, and
+    so the age of a tail, are not modelled."""
 
     def __init__(self, entries: list[Entry] | Callable[[], list[Entry]]) -> None:
         self.entries_of = entries if callable(entries) else lambda: entries
@@ -64,8 +66,8 @@ class ListChangelog:
         entries = self.entries_of()
         if not entries or entries[0] != (ORIGIN, origin):
             return None
-        before = [(i, a) for i, a in self._markers() if a <= applied]
-        return before[-1][0] + 1 if before and before[-1][1] == applied else None
+        own = [i + 1 for i, a in self._markers() if a == applied]
+        return own[0] if len(own) == 1 else None  # a flush repeats a marker: which is it?
 
 
 def changelog_read_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
