@@ -139,14 +139,14 @@ class KafkaChangelog:
     async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
         """The offset just after the marker of the batch that applied `applied`, if this log
         starts with `origin` and its tail since is whole (call `last_applied` first); None:
-        restore the whole log."""
+        restore the whole log, and say why."""
         end = await self._complete(partition)
         first = await self._first_records(partition, 0, end)
         if not first or first[0].offset != 0 or (first[0].key, first[0].value) != (ORIGIN, origin):
-            return None
+            return self._whole(partition, "the changelog is not the one it came from")
         keep_ms = await self._tombstones_kept_ms()
         if keep_ms is None:
-            return None
+            return self._whole(partition, "the changelog's delete.retention.ms is unknown")
         search = OwnMarkerSearch(applied, cutoff_ms=self.now_ms() - keep_ms / 2)
         stop, window = end, RESUME_FIRST_WINDOW
         while stop > 1 and not search.done:
@@ -157,9 +157,16 @@ class KafkaChangelog:
             stop, window = start, window * RESUME_WINDOW_GROWTH
         after = search.found(log_start_read=stop <= 1)
         if after is None:
-            return None
+            why = "repeated by a flush" if len(search.hits) > 1 else "not found, or too old"
+            return self._whole(partition, f"the marker of its last batch ({applied}) is {why}")
         tail = await self._first_records(partition, after, end)
-        return after if not tail or tail[0].timestamp >= search.cutoff_ms else None
+        if tail and tail[0].timestamp < search.cutoff_ms:
+            return self._whole(partition, "what it misses is older than half delete.retention.ms")
+        return after
+
+    def _whole(self, partition: int, why: str) -> None:
+        log.warning("%s[%d]: the local copy cannot catch up: %s", self.topic, partition, why)
+        return None
 
     async def _first_records(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
         """The first records at or after `start` (before `end`): one fetch's worth, or none."""
@@ -180,7 +187,7 @@ class KafkaChangelog:
             why = "not described"
         config = configs.get(self.topic)
         if config is None:
-            log.warning("%s: delete.retention.ms unknown (%s): restoring it whole", self.topic, why)
+            log.warning("%s: cannot read delete.retention.ms (%s)", self.topic, why)
             return None
         return int(config.get("delete.retention.ms", DEFAULT_DELETE_RETENTION_MS))
 

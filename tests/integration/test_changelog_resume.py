@@ -46,7 +46,7 @@ async def _entries(changelog: KafkaChangelog, start: int) -> list[Entry]:
 
 
 async def test_the_entries_after_a_copys_own_batch_are_found_on_its_own_log_only(
-    broker: str, unique: str
+    broker: str, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     head = [(ORIGIN, b"origin-1"), *_batch(4), *_batch(9)]
     tail = _batch(14)
@@ -66,6 +66,15 @@ async def test_the_entries_after_a_copys_own_batch_are_found_on_its_own_log_only
     flushed_log = await _changelog(broker, f"{unique}.c", flushed)
     assert await flushed_log.last_applied(0) == 14
     assert await flushed_log.resume_point(0, 9, b"origin-1") is None
+    said = [r.getMessage() for r in caplog.records if r.name == "app.changelog"]
+    assert said == [
+        f"{unique}.a[0]: the local copy cannot catch up: the changelog is not the one it came from",
+        f"{unique}.a[0]: the local copy cannot catch up: the marker of its last batch (7) is not "
+        "found, or too old",
+        f"{unique}.b[0]: the local copy cannot catch up: the changelog is not the one it came from",
+        f"{unique}.c[0]: the local copy cannot catch up: the marker of its last batch (9) is "
+        "repeated by a flush",
+    ]
 
 
 async def test_a_copy_just_behind_does_not_read_the_whole_log(
