@@ -5,16 +5,22 @@ changelog ahead of the local state. The local copy then catches up from the chan
 after its own last batch, when the log still holds that batch and is the one the copy came from
 (its origin); otherwise it is dropped and the changelog read whole. A changelog *behind* the
 local state means the broker lost its data, which is refused.
+
+Opening a RocksDB directory, removing one and writing a restore's chunks are file work that can
+take seconds on a big state: it runs in a thread, so the worker's heartbeats, fetches and
+/metrics go on meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from agents.base import Pipeline
 from app import metrics
@@ -24,6 +30,8 @@ from tables.partition_state import PartitionState
 from tables.rocks import RocksStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A restore says how far it got this often (s), so a long one is not taken for a hang.
 RESTORE_PROGRESS_EVERY_S = 10.0
@@ -47,6 +55,28 @@ class ChangelogSource(Protocol):
         """The changelog offset after the batch that applied `applied`, on the log that
         `origin` started (None: not there, restore the whole log)."""
         ...
+
+
+async def off_loop(work: Callable[[], T], undo: Callable[[T], None] | None = None) -> T:
+    """`work()` in a thread. A thread cannot be stopped: if the caller is cancelled meanwhile,
+    the work still ends (and `undo` releases what it made, such as an opened store) before the
+    cancellation goes on, so a retry finds nothing half done or still locked."""
+    done = asyncio.get_running_loop().run_in_executor(None, work)
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        while not done.done():
+            try:
+                await asyncio.wait({done})
+            except asyncio.CancelledError:
+                continue  # cancelled again: it is going on all the same
+        if undo is not None and done.exception() is None:
+            undo(done.result())
+        raise
+
+
+def _close(store: RocksStore) -> None:
+    store.close()
 
 
 class StateOpener:
@@ -77,7 +107,8 @@ class StateOpener:
         if self.before_open is not None:
             await self.before_open(partition)
         path = self.topology.state_path(self.pipeline, partition)
-        store = RocksStore(path, self._identity(partition))
+        identity = self._identity(partition)
+        store = await off_loop(lambda: RocksStore(path, identity), _close)
         try:
             st = PartitionState(store, partition)
             if self.changelog_source is None:
@@ -136,13 +167,14 @@ class StateOpener:
         if resume is not None:
             store, start = resume
         else:
-            shutil.rmtree(path, ignore_errors=True)
-            store, start = RocksStore(path, self._identity(partition)), 0
+            identity = self._identity(partition)
+            await off_loop(lambda: shutil.rmtree(path, ignore_errors=True))
+            store, start = await off_loop(lambda: RocksStore(path, identity), _close), 0
         restored = metrics.RESTORED.labels(self.name, str(self.topology.version))
         n = 0
         try:
             async for chunk in self.changelog_source.entries(partition, start):
-                store.write(dict(chunk))
+                await off_loop(functools.partial(store.write, dict(chunk)))
                 n += len(chunk)
                 restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard
                 if self.clock() - said_at >= RESTORE_PROGRESS_EVERY_S:

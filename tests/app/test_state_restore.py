@@ -1,20 +1,25 @@
 """A restore from the changelog shows its progress: in the metric as it goes, and in a log line
-every `RESTORE_PROGRESS_EVERY_S`, so a long one is not taken for a hang."""
+every `RESTORE_PROGRESS_EVERY_S`, so a long one is not taken for a hang. Its file work runs off
+the event loop, and a cancelled open leaves nothing locked."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from app import metrics
+from app import metrics, state_restore
 from app.settings import load_settings
-from app.state_restore import RESTORE_PROGRESS_EVERY_S, StateOpener
+from app.state_restore import RESTORE_PROGRESS_EVERY_S, StateOpener, off_loop
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET
+from tables.rocks import RocksStore
 from tests.support.fakes import ManualClock
 
 
@@ -65,3 +70,49 @@ async def test_a_restore_counts_as_it_goes_and_says_how_far_it_got(
         "orders p0: restoring, 6 changelog entries so far (12s)",
         "orders p0: restored 6 changelog entries in 18.0s (state at offset 7)",
     ]
+
+
+async def test_file_work_runs_off_the_event_loop() -> None:
+    """Heartbeats, fetches and /metrics go on while a big state opens: the work waits for the
+    loop to run a coroutine, which it could not do if it held the loop."""
+    loop_ran = threading.Event()
+
+    async def on_the_loop() -> None:
+        loop_ran.set()
+
+    other = asyncio.ensure_future(on_the_loop())
+    assert await off_loop(lambda: loop_ran.wait(timeout=30)) is True
+    await other
+
+
+async def test_an_open_cancelled_midway_leaves_the_directory_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partition was revoked while its store opened in a thread: the open still ends, and
+    the store is closed, so the next owner in this process can open it."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 32).select(["orders"])
+    opener = StateOpener(topology.pipelines[0], topology, "changelog")
+    started, release = threading.Event(), threading.Event()
+
+    class SlowStore(RocksStore):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            started.set()
+            release.wait(timeout=30)
+
+    monkeypatch.setattr(state_restore, "RocksStore", SlowStore)
+    opening = asyncio.ensure_future(opener.open(0))
+    assert await asyncio.to_thread(started.wait, 30)
+    opening.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not opening.done()  # waits for the thread, which cannot be stopped
+    release.set()
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await opening
+    monkeypatch.setattr(state_restore, "RocksStore", RocksStore)
+    # closed, not left to the collector: the cancellation's traceback still holds the store
+    assert cancelled.value.__traceback__ is not None
+    state = await opener.open(0)  # not locked by the cancelled open
+    state.store.close()
