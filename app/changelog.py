@@ -21,7 +21,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -130,10 +130,11 @@ class KafkaChangelog:
     async def _last_marker(self, partition: int, start: int, stop: int) -> tuple[int, int] | None:
         """(applied offset, the offset after it) of the newest marker in [start, stop)."""
         found = None
-        async for chunk in read_range(self.bootstrap, self.topic, partition, start, stop):
-            for r in chunk:
-                if r.key == APPLIED_OFFSET and r.value is not None:
-                    found = (_I64.unpack(r.value)[0], r.offset + 1)
+        async with self._read(partition, start, stop) as chunks:
+            async for chunk in chunks:
+                for r in chunk:
+                    if r.key == APPLIED_OFFSET and r.value is not None:
+                        found = (_I64.unpack(r.value)[0], r.offset + 1)
         return found
 
     async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
@@ -151,8 +152,9 @@ class KafkaChangelog:
         stop, window = end, RESUME_FIRST_WINDOW
         while stop > 1 and not search.done:
             start = max(1, stop - window)
-            async for chunk in read_range(self.bootstrap, self.topic, partition, start, stop):
-                search.read(chunk)
+            async with self._read(partition, start, stop) as chunks:
+                async for chunk in chunks:
+                    search.read(chunk)
             search.window_read()
             stop, window = start, window * RESUME_WINDOW_GROWTH
         after = search.found(log_start_read=stop <= 1)
@@ -170,9 +172,17 @@ class KafkaChangelog:
 
     async def _first_records(self, partition: int, start: int, end: int) -> list[ConsumerRecord]:
         """The first records at or after `start` (before `end`): one fetch's worth, or none."""
-        reader = read_range(self.bootstrap, self.topic, partition, start, end, chunk=1)
-        async with contextlib.aclosing(reader) as chunks:
+        async with self._read(partition, start, end, chunk=1) as chunks:
             return await anext(chunks, [])
+
+    def _read(
+        self, partition: int, start: int, stop: int, chunk: int = 20_000
+    ) -> contextlib.aclosing[AsyncGenerator[list[ConsumerRecord], None]]:
+        """The partition's records in [start, stop), in chunks; its consumer stops on leaving,
+        also when the reading failed or was cancelled midway."""
+        return contextlib.aclosing(
+            read_range(self.bootstrap, self.topic, partition, start, stop, chunk=chunk)
+        )
 
     async def _tombstones_kept_ms(self) -> int | None:
         """The topic's `delete.retention.ms` (Kafka's default where the broker describes the
@@ -200,10 +210,11 @@ class KafkaChangelog:
 
     async def entries(
         self, partition: int, start: int = 0
-    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+    ) -> AsyncGenerator[list[tuple[bytes, bytes | None]], None]:
         """Entries from `start` up to the last applied offset (call `last_applied` first, as a
         restore does): what follows it belongs to a batch that was never completed, and is
         done again."""
         end = await self._complete(partition)
-        async for chunk in read_range(self.bootstrap, self.topic, partition, start, end):
-            yield [(r.key, r.value) for r in chunk]
+        async with self._read(partition, start, end) as chunks:
+            async for chunk in chunks:
+                yield [(r.key, r.value) for r in chunk]

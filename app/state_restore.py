@@ -14,11 +14,12 @@ take seconds on a big state: it runs in a thread, so the worker's heartbeats, fe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -47,7 +48,7 @@ class ChangelogSource(Protocol):
 
     def entries(
         self, partition: int, start: int = 0
-    ) -> AsyncIterator[list[tuple[bytes, bytes | None]]]:
+    ) -> AsyncGenerator[list[tuple[bytes, bytes | None]], None]:
         """The partition's changelog entries from offset `start`, oldest first, in chunks."""
         ...
 
@@ -173,19 +174,21 @@ class StateOpener:
         restored = metrics.RESTORED.labels(self.name, str(self.topology.version))
         n = 0
         try:
-            async for chunk in self.changelog_source.entries(partition, start):
-                await off_loop(functools.partial(store.write, dict(chunk)))
-                n += len(chunk)
-                restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard
-                if self.clock() - said_at >= RESTORE_PROGRESS_EVERY_S:
-                    said_at = self.clock()
-                    log.warning(
-                        "%s p%d: restoring, %d changelog entries so far (%.0fs)",
-                        self.name,
-                        partition,
-                        n,
-                        said_at - t0,
-                    )
+            entries = contextlib.aclosing(self.changelog_source.entries(partition, start))
+            async with entries as chunks:
+                async for chunk in chunks:
+                    await off_loop(functools.partial(store.write, dict(chunk)))
+                    n += len(chunk)
+                    restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard
+                    if self.clock() - said_at >= RESTORE_PROGRESS_EVERY_S:
+                        said_at = self.clock()
+                        log.warning(
+                            "%s p%d: restoring, %d changelog entries so far (%.0fs)",
+                            self.name,
+                            partition,
+                            n,
+                            said_at - t0,
+                        )
             st = PartitionState(store, partition)
         except BaseException:
             store.close()

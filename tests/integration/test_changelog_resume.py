@@ -8,19 +8,24 @@ import logging
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from agents.base import SourceRecord
 from app import changelog as changelog_module
+from app import topic_reader
 from app.admin import ensure_topics
 from app.batch_producer import BatchSender, new_batch_producer
 from app.changelog import KafkaChangelog
 from app.produce import produce_records
 from app.runtime import PipelineRunner
 from app.settings import load_settings
+from app.state_restore import StateOpener
 from app.topology import Topology
 from tables.partition_state import APPLIED_OFFSET, ORIGIN
+from tables.rocks import RocksStore
 from tests.support.datasets import GOOD_ORDER
 from tests.support.fakes import changelog_read_starts
 
@@ -181,3 +186,30 @@ async def test_a_partition_moved_away_and_back_catches_up_exactly(
         back.close()
     finally:
         await producer.stop()
+
+
+async def test_a_restore_that_fails_midway_stops_its_changelog_reader_at_once(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not when the collector gets to it: the failure's traceback holds the reading frames, and
+    a worker retrying a restore over and over would pile up open consumers meanwhile."""
+    changelog = await _changelog(broker, f"{unique}.changelog", [(ORIGIN, b"o"), *_batch(4)])
+    consumers: list[AIOKafkaConsumer] = []
+    real_bounded_consumer = topic_reader.bounded_consumer
+
+    def recording_consumer(*args: Any, **kwargs: Any) -> AIOKafkaConsumer:
+        consumers.append(real_bounded_consumer(*args, **kwargs))
+        return consumers[-1]
+
+    monkeypatch.setattr(topic_reader, "bounded_consumer", recording_consumer)
+
+    def failing_write(self: RocksStore, changes: dict[bytes, bytes | None]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RocksStore, "write", failing_write)
+    topology = Topology(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1).select(["orders"])
+    opener = StateOpener(topology.pipelines[0], topology, changelog.topic, changelog)
+    with pytest.raises(OSError, match="disk full") as failed:
+        await opener.open(0)
+    assert failed.value.__traceback__ is not None  # still held
+    assert consumers and all(c._closed for c in consumers)
