@@ -168,8 +168,8 @@ async def check_broker_has_state(
         parts = by_topic.setdefault(sources[name], {})
         parts[partition] = max(offset, parts.get(partition, -1))
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + topology.settings.source_end_grace_ms / 1000
-    waited = False
+    grace_s = topology.settings.source_end_grace_ms / 1000
+    deadline: float | None = None  # the grace runs from the first sight of a lost end
     while True:
         lost: list[tuple[str, int, int, int]] = []
         for topic, parts in sorted(by_topic.items()):
@@ -179,9 +179,12 @@ async def check_broker_has_state(
                 for p, a in sorted(parts.items())
                 if p in ends and a >= ends[p]
             )
-        if not lost or loop.time() >= deadline:
+        if not lost or (deadline is not None and loop.time() >= deadline):
             break
-        if not waited:
+        if deadline is None:
+            deadline = loop.time() + grace_s
+            if grace_s <= 0:
+                break
             topic, p, a, end = lost[0]
             log.warning(
                 "%s[%d] ends at offset %d, at or before the state's applied offset %d: asking "
@@ -190,10 +193,9 @@ async def check_broker_has_state(
                 p,
                 end,
                 a,
-                deadline - loop.time(),
+                grace_s,
             )
-            waited = True
-        await asyncio.sleep(min(1.0, deadline - loop.time()))
+        await asyncio.sleep(max(0.0, min(1.0, deadline - loop.time())))
     if lost:
         topic, p, a, h = lost[0]
         more = f" (and {len(lost) - 1} more partitions)" if len(lost) > 1 else ""
