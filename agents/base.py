@@ -24,6 +24,8 @@ class Record(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
 
 
 @dataclass(slots=True)
@@ -64,6 +66,7 @@ class BatchCounts:
     late: int = 0
     windows_closed: int = 0  # emitted final: the watermark passed them
     windows_provisional: int = 0  # emitted still open, by the flush at a bounded replay's end
+    anomalies: int = 0  # trend points flagged as anomalies
     dlq_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -88,6 +91,7 @@ class BatchOutput:
         c.late += o.late
         c.windows_closed += o.windows_closed
         c.windows_provisional += o.windows_provisional
+        c.anomalies += o.anomalies
         for reason, n in o.dlq_reasons.items():
             c.dlq_reasons[reason] = c.dlq_reasons.get(reason, 0) + n
 

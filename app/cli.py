@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         action="append",
         default=[],
-        help="run only this pipeline: orders or user-totals (repeatable)",
+        help="run only this pipeline: orders, user-totals or product-trends (repeatable)",
     )
     sp.add_argument(
         "--web-port", type=port_number, default=None, help="port for /metrics and /health"

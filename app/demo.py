@@ -1,4 +1,5 @@
-"""`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows.
+"""`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows
+and anomalies.
 
 Starts the embedded broker unless one already answers on KAPPA_BROKER. Everything it starts
 is stopped on Ctrl-C. Because the embedded broker keeps nothing across restarts, a demo that
@@ -83,7 +84,8 @@ def run_demo(settings: Settings, rate: float) -> int:
             flush=True,
         )
         children = {"worker": worker, "generator": generator}
-        asyncio.run(_print_windows(settings, topology.physical("orders.revenue-1m"), children))
+        topics = (topology.physical("orders.revenue-1m"), topology.physical("orders.anomalies"))
+        asyncio.run(_print_windows(settings, topics, children))
         for name, child in children.items():
             code = child.returncode
             if code is not None:  # it stopped on its own: the demo failed
@@ -172,11 +174,21 @@ def format_window(value: bytes) -> str:
     )
 
 
+def format_anomaly(value: bytes) -> str:
+    d = json.loads(value)
+    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
+    z = "-" if d["zscore"] is None else f"{d['zscore']:+.1f}"
+    return (
+        f"{d['product_id']:>8}  [{start}] ANOMALY  revenue={d['revenue']:.2f}, "
+        f"forecast {d['expected']:.2f} (z={z})"
+    )
+
+
 async def _print_windows(
-    settings: Settings, topic: str, children: dict[str, subprocess.Popen[bytes]]
+    settings: Settings, topics: tuple[str, str], children: dict[str, subprocess.Popen[bytes]]
 ) -> None:
-    """Print windows as they close until Ctrl-C (or SIGTERM), or until a child (the worker, the
-    generator) exits.
+    """Print windows as they close, and anomalies as they are found, until Ctrl-C (or SIGTERM),
+    or until a child (the worker, the generator) exits.
 
     The signals set a flag the loop checks: cancelling the task instead would be swallowed by
     a consumer fetch in progress, and the demo would go on printing."""
@@ -184,14 +196,16 @@ async def _print_windows(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    consumer = new_consumer(settings.kafka, topic, group_id=None, auto_offset_reset="latest")
+    windows, _ = topics
+    consumer = new_consumer(settings.kafka, *topics, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
         while all(c.poll() is None for c in children.values()) and not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
+            for tp, records in batches.items():
+                show = format_window if tp.topic == windows else format_anomaly
                 for r in records:
-                    print(format_window(r.value), flush=True)
+                    print(show(r.value), flush=True)
         if stop.is_set():
             print("\nstopping…", flush=True)
     finally:

@@ -26,6 +26,11 @@ WINDOWS_PROVISIONAL = Counter(
     "Open windows emitted provisional by the flush at the end of a bounded replay",
     ["pipeline", "version"],
 )
+ANOMALIES = Counter(
+    "kappa_anomalies_total",
+    "Windows far off their key's forecast, sent to the anomalies topic",
+    ["pipeline", "version"],
+)
 RECORDS_OUT = Counter("kappa_records_out_total", "Records produced", ["pipeline", "version"])
 BATCH_SECONDS = Histogram(
     "kappa_batch_seconds",
@@ -74,6 +79,8 @@ def record_batch(pipeline: str, version: int, counts: BatchCounts, produced: int
         WINDOWS_CLOSED.labels(pipeline, v).inc(counts.windows_closed)
     if counts.windows_provisional:
         WINDOWS_PROVISIONAL.labels(pipeline, v).inc(counts.windows_provisional)
+    if counts.anomalies:
+        ANOMALIES.labels(pipeline, v).inc(counts.anomalies)
     RECORDS_OUT.labels(pipeline, v).inc(produced)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agents.base import MIN_COPY_BYTES
 from app.kafka_clients import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaConnection
+from tables.trends import TrendConfig
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,12 @@ class Settings:
     window_ms: int = 60_000  # revenue window size
     grace_ms: int = 10_000  # how long after a window's end late events are still accepted
     emit_updates: bool = False  # also emit running window values on every change
+    # product-trends: windows in the moving average; half-life (in windows) of the trend's and
+    # the anomaly baseline's weights; |z| above which a window is an anomaly, after a warm-up
+    trend_windows: int = 5
+    trend_half_life: float = 10.0
+    anomaly_z: float = 3.0
+    anomaly_warmup: int = 10
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
@@ -137,6 +144,8 @@ def _convert(name: str, raw: str, typ: object) -> object:
     try:
         if typ == "int":
             return int(raw)
+        if typ == "float":
+            return float(raw)
         if typ == "bool":
             low = raw.strip().lower()
             if low in ("1", "true", "yes", "on"):
@@ -270,6 +279,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"KAPPA_WINDOW_MS and KAPPA_GRACE_MS must be at most {MAX_WINDOW_MS} (366 days)"
         )
+    try:
+        trend_config(s)
+    except ValueError as err:  # "average_windows must be ...": named as the variable
+        name, _, rest = str(err).partition(" ")
+        raise ConfigError(f"{_TREND_VARIABLES[name]} {rest}") from None
     if s.web_port > 65535:
         raise ConfigError(f"KAPPA_WEB_PORT must be a port number (1-65535), got {s.web_port}")
     if s.copy_max_bytes < MIN_COPY_BYTES:
@@ -328,3 +342,16 @@ def _validate(s: Settings) -> None:
         )
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"KAPPA_LOG_LEVEL={s.log_level!r} must be debug, info, warning or error")
+
+
+_TREND_VARIABLES = {
+    "average_windows": "KAPPA_TREND_WINDOWS",
+    "half_life_windows": "KAPPA_TREND_HALF_LIFE",
+    "anomaly_z": "KAPPA_ANOMALY_Z",
+    "warmup_windows": "KAPPA_ANOMALY_WARMUP",
+}
+
+
+def trend_config(s: Settings) -> TrendConfig:
+    """The product-trends pipeline's analytics settings; raises ValueError when out of range."""
+    return TrendConfig(s.trend_windows, s.trend_half_life, s.anomaly_z, s.anomaly_warmup)

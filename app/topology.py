@@ -14,16 +14,17 @@ from pathlib import Path
 
 from agents.base import Pipeline
 from agents.orders import OrdersConfig, OrdersPipeline
+from agents.product_trends import ProductTrendsPipeline
 from agents.user_totals import UserTotalsPipeline
 from app.admin import KEEP_FOREVER
-from app.settings import MAX_VERSION, ConfigError, Settings
+from app.settings import MAX_VERSION, ConfigError, Settings, trend_config
 
 
 def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
     orders = OrdersPipeline(
         OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates, since_ms)
     )
-    return [orders, UserTotalsPipeline()]
+    return [orders, UserTotalsPipeline(), ProductTrendsPipeline(trend_config(settings))]
 
 
 def registry_topic(settings: Settings) -> str:

@@ -1,4 +1,4 @@
-"""The worker's HTTP pages, on faust's web server: `/metrics`, `/health` and the user-totals query.
+"""The worker's HTTP pages, on faust's web server: `/metrics`, `/health` and the table queries.
 
 faust's own `/router` and `/table` pages are switched off in `app.worker.create_app`: they know
 nothing of Kappa's state.
@@ -6,7 +6,8 @@ nothing of Kappa's state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import faust
 from aiohttp.web import AppRunner
@@ -14,10 +15,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.product_trends import settled_trend
 from agents.user_totals import settled_totals
 from app.runtime import PipelineRunner
 from app.settings import Settings
 from tables.cleaning import MAX_TEXT_CHARS
+from tables.partition_state import PartitionState
 
 # The longest request line the query serves: a 1,024-character id, 4 UTF-8 bytes a character,
 # 3 characters per percent-encoded byte, and the method, path and protocol.
@@ -31,7 +34,7 @@ def register_pages(
     runners: Sequence[PipelineRunner],
     settings: Settings,
 ) -> None:
-    """Serve `/metrics`, `/health` and, when this worker runs user-totals, its query."""
+    """Serve `/metrics`, `/health` and a query for each table this worker's pipelines keep."""
 
     @app.page("/metrics")
     class Metrics(View):
@@ -43,39 +46,54 @@ def register_pages(
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "version": version, "group": group_id})
 
-    totals_runner = next((r for r in runners if r.pipeline.name == "user-totals"), None)
-    if totals_runner is not None:
-        _register_user_totals_query(app, totals_runner, settings)
+    # A key of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line,
+    # over aiohttp's default limit (8,190 bytes). faust builds its runner with that default.
+    web = app.web
+    web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
+    for runner in runners:
+        if runner.pipeline.name == "user-totals":
+            _register_query(app, runner, settings, "user-totals", "user", _user_totals)
+        elif runner.pipeline.name == "product-trends":
+            _register_query(app, runner, settings, "product-trends", "product", settled_trend)
 
 
-def _register_user_totals_query(app: faust.App, runner: PipelineRunner, settings: Settings) -> None:
-    """`GET /tables/user-totals/{user_id}`: the user's totals from this worker's state.
+def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
+    found = settled_totals(state, user_id)
+    if found is None:
+        return None
+    orders, spend = found
+    return {"user_id": user_id, "orders": orders, "spend": spend}
 
-    Read-only, served from the partition's RocksDB state when this worker holds it (a user's
-    partition is the Kafka default partitioner's over its key, as for every keyed record);
+
+def _register_query(
+    app: faust.App,
+    runner: PipelineRunner,
+    settings: Settings,
+    table: str,
+    noun: str,
+    lookup: Callable[[PartitionState, str], dict[str, Any] | None],
+) -> None:
+    """`GET /tables/{table}/{key}`: the key's entry from this worker's state.
+
+    Read-only, served from the partition's RocksDB state when this worker holds it (a key's
+    partition is the Kafka default partitioner's over it, as for every keyed record);
     otherwise 404 naming the partition, so a caller can ask the worker that owns it.
     """
     partitioner = DefaultPartitioner()
     partitions = list(range(settings.partitions))
-    # A user id of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line,
-    # over aiohttp's default limit (8,190 bytes). faust builds its runner with that default.
-    web = app.web
-    web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
 
-    @app.page("/tables/user-totals/{user_id:.+}")  # any id, "{", "}" and "/" included
-    class UserTotals(View):
-        async def get(self, request: Request, user_id: str) -> Response:
-            partition = partitioner(user_id.encode(), partitions, partitions)
-            state = runner.open_state(partition)
-            if state is None:
-                return self.json(
-                    {"error": f"partition {partition} of this user is not on this worker"},
-                    status=404,
-                )
-            found = settled_totals(state, user_id)
-            if found is None:
-                return self.json({"error": f"no orders for user {user_id}"}, status=404)
-            orders, spend = found
-            return self.json(
-                {"user_id": user_id, "orders": orders, "spend": spend, "partition": partition}
+    async def get(view: View, request: Request, key: str) -> Response:
+        partition = partitioner(key.encode(), partitions, partitions)
+        state = runner.open_state(partition)
+        if state is None:
+            return view.json(
+                {"error": f"partition {partition} of this {noun} is not on this worker"},
+                status=404,
             )
+        found = lookup(state, key)
+        if found is None:
+            return view.json({"error": f"no orders for {noun} {key}"}, status=404)
+        return view.json({**found, "partition": partition})
+
+    # any key, "{", "}" and "/" included
+    app.page(f"/tables/{table}/{{key:.+}}")(type(f"Query-{table}", (View,), {"get": get}))

@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE
+from agents.product_trends import TRENDS
 from agents.user_totals import USER_TOTALS
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
@@ -38,9 +39,12 @@ log = logging.getLogger("kappa.diff")
 LOG_EVERY_S = 5.0
 
 # The outputs compared, and the fields that make a record's key (its window, its user).
+# Trend points are compared too: their settings (KAPPA_TREND_*, KAPPA_ANOMALY_*) may differ
+# between versions with identical windows.
 COMPARED_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (REVENUE, ("product_id", "window_start", "window_end")),
     (USER_TOTALS, ("user_id",)),
+    (TRENDS, ("product_id", "window_start", "window_end")),
 )
 _FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
 

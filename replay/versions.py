@@ -30,21 +30,20 @@ from replay.registry import (
 
 async def list_versions(settings: Settings) -> str:
     view = await Registry(settings).load()
-    rows = [
-        f"{'version':>7}  {'status':<9}  {'pipelines':<22}  {'created':<25}  snapshot (records)"
-    ]
     versions = dict(view.versions)
     if view.live not in versions:
         versions[view.live] = VersionRecord(view.live, LIVE, created_at="-")
+    names = {v: ",".join(rec.pipelines) or "all" for v, rec in versions.items()}
+    wide = max(22, *(len(n) for n in names.values()))
+    rows = [
+        f"{'version':>7}  {'status':<9}  {'pipelines':<{wide}}  {'created':<25}  snapshot (records)"
+    ]
     for v in sorted(versions):
         rec = versions[v]
         status = shown_status(view, v, rec)
         records = sum(e for parts in rec.snapshot.values() for e in parts.values())
         snap = f"{records:,}" if rec.snapshot else "-"
-        rows.append(
-            f"{v:>7}  {status:<9}  {','.join(rec.pipelines) or 'all':<22}  "
-            f"{rec.created_at:<25}  {snap}"
-        )
+        rows.append(f"{v:>7}  {status:<9}  {names[v]:<{wide}}  {rec.created_at:<25}  {snap}")
     return "\n".join(rows)
 
 

@@ -64,13 +64,16 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
 
     diff = run_kappa(["diff", "2", "3"], env)
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    revenue, user_totals, verdict = diff.stdout.strip().splitlines()
+    revenue, user_totals, trends, verdict = diff.stdout.strip().splitlines()
     assert revenue.startswith("orders.revenue-1m: ")
     assert "; 0 only in v2, 0 only in v3, 0 differ" in revenue
     windows = int(revenue.split(": ")[1].split(" in v2")[0].replace(",", ""))
     assert windows > 0  # something was compared
     assert user_totals == "orders.user-totals: skipped (version 3 ran orders only)"
-    assert verdict == "identical in orders.revenue-1m (orders.user-totals not compared)"
+    assert trends == "orders.product-trends: skipped (version 3 ran orders only)"
+    assert verdict == (
+        "identical in orders.revenue-1m (orders.user-totals, orders.product-trends not compared)"
+    )
 
 
 async def test_dropping_a_version_that_never_existed_is_refused(
@@ -115,4 +118,4 @@ async def test_topics_without_a_version_creates_the_live_ones(
     await registry.put_version(VersionRecord(3, LIVE, ["orders"], {}))
     made = run_kappa(["topics"], env)
     assert made.returncode == 0, made.stdout + made.stderr
-    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (8 created)")
+    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (11 created)")

@@ -44,7 +44,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
     names = {
         (v, logical): t.physical(logical)
         for v, t in topics.items()
-        for logical in ("orders.revenue-1m", "orders.user-totals")
+        for logical in ("orders.revenue-1m", "orders.user-totals", "orders.product-trends")
     }
     await ensure_topics(broker, {name: (3, {}) for name in names.values()})
 
@@ -72,12 +72,17 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
             for u in range(50):
                 total = json.dumps({"user_id": f"u{u}", "orders": u}).encode()
                 await producer.send(names[(v, "orders.user-totals")], total, key=f"u{u}".encode())
+            # trends with other settings: the same windows, another forecast
+            point = {"product_id": "p1", "window_start": 0, "window_end": 60_000}
+            point["forecast_next"] = 2.5 if v == 2 else 3.0
+            trends = names[(v, "orders.product-trends")]
+            await producer.send(trends, json.dumps(point).encode(), key=b"p1")
         await producer.flush()
     finally:
         await producer.stop()
 
     report, differences = await diff(settings, 2, 3, limit=5)
-    assert differences == 3
+    assert differences == 4
     assert report.splitlines() == [
         "orders.revenue-1m: 2,001 in v2, 2,001 in v3; 1 only in v2, 1 only in v3, 1 differ; "
         "1 provisional (windows still open), not compared",
@@ -87,7 +92,9 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "  + v3 only ('p9', 600000, 660000): "
         '{"product_id": "p9", "window_start": 600000, "window_end": 660000, "count": 1}',
         "orders.user-totals: 50 in v2, 50 in v3; 0 only in v2, 0 only in v3, 0 differ",
-        "3 differences",
+        "orders.product-trends: 1 in v2, 1 in v3; 0 only in v2, 0 only in v3, 1 differ",
+        "  ~ ('p1', 0, 60000): forecast_next 2.5 → 3.0",
+        "4 differences",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed
 

@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.orders_generator import GeneratorSpec
 from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec, produce_orders
-from tests.support.workers import Worker, kappa_env, run_kappa
+from tests.support.workers import Worker, kappa_env, read_records, run_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +52,7 @@ async def test_live_worker_outputs_equal_batch_computation(
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
         await _user_totals_answered(worker, ref.user_totals)  # the table is queryable
+        await _trends_answered(worker, broker, unique)
         with pytest.raises(urllib.error.HTTPError) as e:
             _get_json(f"http://127.0.0.1:{worker.web_port}/tables/user-totals/nobody%7B%2F%7D")
         assert e.value.code == 404
@@ -95,6 +96,25 @@ async def _user_totals_answered(worker: Worker, totals: dict[str, tuple[int, flo
         assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
 
 
+async def _trends_answered(worker: Worker, broker: str, prefix: str) -> None:
+    """Each product's trend is queryable, and stands where its newest point left it."""
+    newest: dict[str, dict[str, object]] = {}
+    for rs in (await read_records(broker, f"{prefix}.orders.product-trends")).values():
+        for _, _, value, _ in rs:
+            point = json.loads(value or b"")
+            newest[point["product_id"]] = point  # a product's points are in order
+    assert newest
+    for product, point in newest.items():
+        got = _get_json(f"http://127.0.0.1:{worker.web_port}/tables/product-trends/{product}")
+        assert got["last_window_start"] == point["window_start"], product
+        for field in ("windows", "cum_orders", "cum_revenue", "moving_avg", "forecast_next"):
+            assert got[field] == point[field], (product, field)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get_json(f"http://127.0.0.1:{worker.web_port}/tables/product-trends/nothing")
+    assert e.value.code == 404
+    assert json.loads(e.value.read()) == {"error": "no orders for product nothing"}
+
+
 def _pipelines_counted(worker: Worker) -> set[str]:
     return {
         labels["pipeline"]
@@ -114,7 +134,9 @@ async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
     ref = await reference_for(broker, f"{unique}.orders")
     orders = Worker(env, tmp_path / "orders.log").start("--pipeline", "orders")
     totals_env = kappa_env(broker, unique, tmp_path / "state-totals")  # a state dir each
-    totals = Worker(totals_env, tmp_path / "totals.log").start("--pipeline", "user-totals")
+    totals = Worker(totals_env, tmp_path / "totals.log").start(
+        "--pipeline", "user-totals", "--pipeline", "product-trends"
+    )
 
     def both_alive() -> None:
         _alive(orders)()
@@ -123,7 +145,7 @@ async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=both_alive)
         assert _pipelines_counted(orders) == {"orders"}
-        assert _pipelines_counted(totals) == {"user-totals"}
+        assert _pipelines_counted(totals) == {"user-totals", "product-trends"}
     finally:
         assert orders.stop() == 0, orders.tail_log()
         assert totals.stop() == 0, totals.tail_log()

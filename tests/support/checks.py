@@ -7,10 +7,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
+from agents.orders import PROVISIONAL_HEADER
+from agents.product_trends import parse_window, trend_dict
 from app.changelog import KafkaChangelog
 from app.settings import load_settings
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from tables.trends import TrendConfig, trend_points
 from tests.support.reference import Reference, assert_windows_equal, compute
 from tests.support.workers import read_records, read_windows, source_positions
 
@@ -31,7 +34,8 @@ async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = 
 
 
 async def check_side_outputs(broker: str, prefix: str, ref: Reference, suffix: str = "") -> None:
-    """DLQ (with reasons), late records and user totals of one version equal the reference."""
+    """DLQ (with reasons), late records and user totals of one version equal the reference,
+    and the trends are those of its windows."""
     t = f"{prefix}.orders"
     dlq_recs = await read_records(broker, f"{t}.dlq{suffix}")
     dlq = source_positions(dlq_recs)
@@ -57,6 +61,49 @@ async def check_side_outputs(broker: str, prefix: str, ref: Reference, suffix: s
     for u, (n, spend) in ref.user_totals.items():
         assert totals[u][0] == n, (u, totals[u], n)
         assert abs(totals[u][1] - spend) <= 1e-6 * max(1.0, abs(spend)), (u, totals[u], spend)
+    await check_trends(broker, prefix, suffix)
+
+
+async def check_trends(broker: str, prefix: str, suffix: str = "") -> None:
+    """Per product, the trend points and anomalies are exactly the fold of the final windows
+    the orders pipeline emitted (the windows themselves are checked against the reference)."""
+    t = f"{prefix}.orders"
+    windows: dict[str, dict[int, tuple[int, int, int, float]]] = {}
+    for rs in (await read_records(broker, f"{t}.revenue-1m{suffix}")).values():
+        for _, key, value, headers in rs:
+            parsed = parse_window(key, value)
+            if parsed is not None and PROVISIONAL_HEADER not in headers:
+                product, start, end, count, total = parsed
+                windows.setdefault(product, {})[start] = (start, end, count, total)
+    want = {
+        product: [trend_dict(product, p) for p in trend_points(sorted(ws.values()), TrendConfig())]
+        for product, ws in windows.items()
+    }
+    assert want, "no final windows to fold"
+    got = await _points_by_product(broker, f"{t}.product-trends{suffix}")
+    assert got.keys() == want.keys(), f"missing {want.keys() - got.keys()}"
+    for product, points in want.items():
+        assert got[product] == points, product
+    anomalies = await _points_by_product(broker, f"{t}.anomalies{suffix}")
+    assert anomalies == {
+        product: [p for p in points if p["anomaly"]]
+        for product, points in want.items()
+        if any(p["anomaly"] for p in points)
+    }
+
+
+async def _points_by_product(broker: str, topic: str) -> dict[str, list[dict[str, object]]]:
+    """Each product's points in window order; a re-sent point must be byte-identical."""
+    seen: dict[tuple[str, int], bytes] = {}
+    for rs in (await read_records(broker, topic)).values():
+        for _, _, value, _ in rs:
+            d = json.loads(value or b"")
+            k = (d["product_id"], d["window_start"])
+            assert seen.setdefault(k, value or b"") == value, f"point {k} re-sent different"
+    out: dict[str, list[dict[str, object]]] = {}
+    for (product, _), value in sorted(seen.items()):
+        out.setdefault(product, []).append(json.loads(value))
+    return out
 
 
 async def eventually(

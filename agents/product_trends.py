@@ -1,0 +1,147 @@
+"""Per-product trends over the closed revenue windows: moving average, cumulative orders and
+revenue, a forecast of the next window, and anomalies (windows far off the forecast).
+
+Source `orders.revenue-1m` is keyed by product, so a product's windows arrive on one partition
+in window order. Only final windows count: a replay's provisional ones (header
+`kappa.provisional`) and the running updates of `KAPPA_EMIT_UPDATES` (`"final":false`) are
+skipped, and a window re-sent after a crash upstream is skipped by its start. Each product's
+trend is therefore the same fold over the same windows, live or replayed (`tables/trends.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agents.base import BatchOutput, OutRecord, Record
+from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
+from tables.partition_state import PartitionState
+from tables.trends import Trend, TrendConfig, TrendPoint
+
+TRENDS = "orders.product-trends"
+ANOMALIES = "orders.anomalies"
+TRENDS_STORE = "product-trends"  # per product: its `Trend`
+
+Window = tuple[str, int, int, int, float]  # product, start, end, count, sum
+
+
+class ProductTrendsPipeline:
+    name = "product-trends"
+    source = REVENUE
+    outputs = (TRENDS, ANOMALIES, DLQ)
+    dlq = DLQ
+
+    def __init__(self, config: TrendConfig | None = None) -> None:
+        self.config = config or TrendConfig()
+
+    def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
+        out = BatchOutput()
+        counts = out.counts
+        applied = state.applied_offset
+        windows: list[Window] = []
+        for rec in records:
+            if rec.offset <= applied:
+                counts.skipped += 1
+                continue
+            counts.events += 1
+            if any(k == PROVISIONAL_HEADER for k, _ in rec.headers or ()):
+                counts.skipped += 1
+                continue
+            try:
+                window = parse_window(rec.key, rec.value)
+            except ValueError as err:
+                out.add_dead_letter(DLQ, rec, "bad_window", str(err))
+                continue
+            if window is None:
+                counts.skipped += 1  # a running update, not a closed window
+                continue
+            windows.append(window)
+        if not windows:
+            return out
+        products = list(dict.fromkeys(w[0] for w in windows))
+        trends = {
+            p: Trend.from_bytes(raw) if raw is not None else Trend()
+            for p, raw in zip(products, state.get_values(TRENDS_STORE, products))
+        }
+        changed: dict[str, None] = {}
+        for product, start, end, count, value in windows:
+            point = trends[product].observe(start, end, count, value, self.config)
+            if point is None:
+                counts.skipped += 1  # re-sent
+                continue
+            changed[product] = None
+            key, body = product.encode(), trend_value(product, point)
+            out.records.append(OutRecord(TRENDS, key, body, end - 1))
+            if point.anomaly:
+                out.records.append(OutRecord(ANOMALIES, key, body, end - 1))
+                counts.anomalies += 1
+        for product in changed:
+            state.put_value(TRENDS_STORE, product, trends[product].to_bytes())
+        return out
+
+    def flush(self, state: PartitionState) -> BatchOutput:
+        return BatchOutput()  # nothing open: every point is final when its window is
+
+
+def parse_window(key: bytes | None, raw: bytes | None) -> Window | None:
+    """A revenue window as the orders pipeline writes it; None for a running update.
+
+    Raises ValueError naming what is wrong with anything else.
+    """
+    try:
+        d = json.loads(raw or b"")
+    except (ValueError, RecursionError):
+        raise ValueError("not JSON") from None
+    if type(d) is not dict:
+        raise ValueError("not a JSON object")
+    if d.get("final", True) is False:
+        return None
+    product, start, end, count, value = (
+        d.get("product_id"),
+        d.get("window_start"),
+        d.get("window_end"),
+        d.get("count"),
+        d.get("sum"),
+    )
+    if type(product) is not str or not product or key != product.encode():
+        raise ValueError("product_id missing, or not the record key")
+    if not (type(start) is int and type(end) is int and -(1 << 62) < start < end < 1 << 62):
+        raise ValueError("window_start and window_end must be integers, start < end")
+    if type(count) is not int or not 1 <= count < 1 << 63:
+        raise ValueError("count must be a positive integer")
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ValueError("sum must be a finite number >= 0")
+    return product, start, end, count, float(value)
+
+
+def trend_value(product: str, p: TrendPoint) -> bytes:
+    """Deterministic JSON (fixed field order), so a re-sent point is byte-identical."""
+    return json.dumps(trend_dict(product, p), separators=(",", ":"), allow_nan=False).encode()
+
+
+def trend_dict(product: str, p: TrendPoint) -> dict[str, Any]:
+    return {
+        "product_id": product,
+        "window_start": p.window_start,
+        "window_end": p.window_end,
+        "count": p.count,
+        "revenue": p.value,
+        "moving_avg": p.moving_average,
+        "windows": p.windows,
+        "cum_orders": p.cumulative_count,
+        "cum_revenue": p.cumulative_value,
+        "expected": p.expected,
+        "forecast_next": p.forecast_next,
+        "zscore": p.zscore,
+        "anomaly": p.anomaly,
+    }
+
+
+def settled_trend(state: PartitionState, product: str) -> dict[str, Any] | None:
+    """A product's trend as of the last acknowledged batch; None if it has no closed window."""
+    raw = state.settled_values(TRENDS_STORE, [product])[0]
+    if raw is None:
+        return None
+    return {"product_id": product, **Trend.from_bytes(raw).summary()}

@@ -1,0 +1,225 @@
+"""Online analytics over one key's series of closed windows: moving average, cumulative
+totals, a forecast from a weighted linear trend, and anomaly scores.
+
+Pure and sequential: a `Trend` is updated one closed window at a time, in window order, and
+every result is a fixed sequence of float operations on the windows seen so far. So the same
+windows give the same bits however they were batched, live, replayed or after a restart.
+
+The series is the key's windows *with data* (an empty window is never emitted upstream), in
+window-start order. Positions on the time axis are window indexes (`start // size`), so gaps
+stretch the trend's x axis but do not count as zeros.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Shared by every key of a pipeline; a change of these is a change of results (a new version).
+
+
+@dataclass(frozen=True, slots=True)
+class TrendConfig:
+    """`average_windows`: windows in the moving average. `half_life_windows`: after how many
+    windows a window weighs half as much in the trend and in the anomaly baseline.
+    `anomaly_z`: |z| above which a window is an anomaly, once `warmup_windows` came before."""
+
+    average_windows: int = 5
+    half_life_windows: float = 10.0
+    anomaly_z: float = 3.0
+    warmup_windows: int = 10
+
+    def __post_init__(self) -> None:
+        bounds = {
+            "average_windows": (1, 1_000),
+            "half_life_windows": (0.5, 1e6),
+            "anomaly_z": (1e-6, 1e6),
+            "warmup_windows": (1, 1_000_000),
+        }
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # also refuses NaN
+                raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value}")
+
+    @property
+    def decay(self) -> float:
+        """How much an older window's weight shrinks per newer window (0 < decay < 1)."""
+        return float(0.5 ** (1.0 / self.half_life_windows))
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPoint:
+    """What one closed window tells about its key, given every earlier window."""
+
+    window_start: int
+    window_end: int  # exclusive
+    count: int  # events in this window
+    value: float  # this window's value (the revenue pipeline: its sum)
+    moving_average: float  # mean value of the last `average_windows` windows, this one included
+    windows: int  # windows seen so far, this one included
+    cumulative_count: int  # events in all windows so far
+    cumulative_value: float
+    expected: float | None  # what the trend forecast for this window before it (None: first)
+    forecast_next: float  # the trend's value one window after this one (never negative)
+    zscore: float | None  # (value − expected) / RMS of earlier errors; None before 2 errors
+    anomaly: bool
+
+
+_HEAD = struct.Struct(">BqqqqddddddddH")
+_FORMAT = 1
+
+
+@dataclass(slots=True)
+class Trend:
+    """One key's running analytics. `observe` folds in the next closed window.
+
+    The trend is a least-squares line through (window index, value), each window weighted by
+    `decay` per newer window (recursive least squares with forgetting). Its sums are held
+    relative to the newest window's index, so they stay small however far the epoch is.
+    A window's anomaly score is its error against that forecast, in units of the earlier
+    errors' exponentially weighted root mean square: a steady trend is no anomaly, a jump off
+    it is.
+    """
+
+    last_start: int = -(1 << 63)
+    last_index: int = 0
+    windows: int = 0
+    cumulative_count: int = 0
+    cumulative_value: float = 0.0
+    error_square: float = 0.0  # weighted mean square of the forecast errors so far
+    # Σw, Σw·d, Σw·d², Σw·y, Σw·d·y over the windows, d = index − last_index (≤ 0).
+    s0: float = 0.0
+    s1: float = 0.0
+    s2: float = 0.0
+    sy: float = 0.0
+    sdy: float = 0.0
+    recent: list[float] = field(default_factory=list)  # newest last, at most average_windows
+
+    def observe(
+        self, start: int, end: int, count: int, value: float, config: TrendConfig
+    ) -> TrendPoint | None:
+        """Fold in the next window; None (and nothing changed) if it is not after the last one
+        (a window re-sent after a crash upstream)."""
+        if start <= self.last_start:
+            return None
+        size = end - start
+        index = start // size if size > 0 else start
+        expected = self._forecast(index - self.last_index) if self.windows else None
+        zscore, anomaly = self._score(value, expected, config)
+
+        decay = config.decay
+        if expected is not None:  # scored first, then the error joins the baseline
+            error = value - expected
+            if self.windows == 1:
+                self.error_square = error * error
+            else:
+                self.error_square = decay * self.error_square + (1.0 - decay) * error * error
+            shift = float(index - self.last_index)  # move the origin to this window
+            self.s2 = decay * (self.s2 - 2.0 * shift * self.s1 + shift * shift * self.s0)
+            self.s1 = decay * (self.s1 - shift * self.s0)
+            self.sdy = decay * (self.sdy - shift * self.sy)
+            self.s0 = decay * self.s0
+            self.sy = decay * self.sy
+        self.s0 += 1.0
+        self.sy += value
+        self.last_start, self.last_index = start, index
+        self.windows += 1
+        self.cumulative_count += count
+        self.cumulative_value += value
+        recent = self.recent
+        recent.append(value)
+        if len(recent) > config.average_windows:
+            del recent[: len(recent) - config.average_windows]
+        average = math.fsum(recent) / len(recent)
+        return TrendPoint(
+            start,
+            end,
+            count,
+            value,
+            average,
+            self.windows,
+            self.cumulative_count,
+            self.cumulative_value,
+            expected,
+            max(0.0, self._forecast(1)),
+            zscore,
+            anomaly,
+        )
+
+    def summary(self) -> dict[str, float | int]:
+        """Where the key stands after its newest window (for queries)."""
+        return {
+            "windows": self.windows,
+            "last_window_start": self.last_start,
+            "cum_orders": self.cumulative_count,
+            "cum_revenue": self.cumulative_value,
+            "moving_avg": math.fsum(self.recent) / len(self.recent) if self.recent else 0.0,
+            "forecast_next": max(0.0, self._forecast(1)) if self.windows else 0.0,
+        }
+
+    def _forecast(self, ahead: int) -> float:
+        """The trend line's value `ahead` windows after the newest one."""
+        s0, s1 = self.s0, self.s1
+        det = s0 * self.s2 - s1 * s1
+        if det <= 1e-12 * s0 * s0:  # one window, or all at one index: a flat line
+            return self.sy / s0
+        slope = (s0 * self.sdy - s1 * self.sy) / det
+        return (self.sy - slope * s1) / s0 + slope * ahead
+
+    def _score(
+        self, value: float, expected: float | None, config: TrendConfig
+    ) -> tuple[float | None, bool]:
+        """`value`'s forecast error in units of the earlier errors' RMS; None before two
+        earlier windows. Errors below a billionth of the forecast count as float noise."""
+        if expected is None or self.windows < 2:
+            return None, False
+        warm = self.windows - 1 >= config.warmup_windows  # errors in the baseline
+        spread = max(math.sqrt(self.error_square), 1e-9 * abs(expected))
+        if spread == 0.0:  # every earlier forecast exact and zero
+            return None, warm and value != expected
+        z = (value - expected) / spread
+        return z, warm and abs(z) > config.anomaly_z
+
+    def to_bytes(self) -> bytes:
+        head = _HEAD.pack(
+            _FORMAT,
+            self.last_start,
+            self.last_index,
+            self.windows,
+            self.cumulative_count,
+            self.cumulative_value,
+            self.error_square,
+            0.0,  # reserved
+            self.s0,
+            self.s1,
+            self.s2,
+            self.sy,
+            self.sdy,
+            len(self.recent),
+        )
+        return head + struct.pack(f">{len(self.recent)}d", *self.recent)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Trend:
+        fields = _HEAD.unpack_from(raw)
+        if fields[0] != _FORMAT:
+            raise ValueError(f"unknown trend state format {fields[0]}")
+        n = fields[-1]
+        recent = list(struct.unpack_from(f">{n}d", raw, _HEAD.size))
+        (_, start, index, windows, count, value, error_square, _, s0, s1, s2, sy, sdy, _) = fields
+        return cls(start, index, windows, count, value, error_square, s0, s1, s2, sy, sdy, recent)
+
+
+def trend_points(
+    windows: Sequence[tuple[int, int, int, float]], config: TrendConfig
+) -> list[TrendPoint]:
+    """Every point of one key's series of (start, end, count, value) windows, in order."""
+    trend = Trend()
+    points = []
+    for start, end, count, value in windows:
+        point = trend.observe(start, end, count, value, config)
+        if point is not None:
+            points.append(point)
+    return points

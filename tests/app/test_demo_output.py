@@ -1,0 +1,32 @@
+"""What `kappa demo` prints for a closed window and for an anomaly."""
+
+from __future__ import annotations
+
+import json
+
+from app.demo import format_anomaly, format_window
+
+
+def test_a_window_and_an_anomaly_are_one_line_each() -> None:
+    window = {
+        "product_id": "p00042",
+        "window_start": 1_700_000_040_000,
+        "window_end": 1_700_000_100_000,
+        "count": 2,
+        "sum": 25.0,
+        "mean": 12.5,
+        "min": 5.0,
+        "max": 20.0,
+        "std": 7.5,
+    }
+    assert format_window(json.dumps(window).encode()) == (
+        "  p00042  [22:14:00, 22:15:00)  count=2    sum=     25.00  mean=   12.50  "
+        "min=    5.00  max=   20.00  std=    7.50"
+    )
+    point = {"product_id": "p00042", "window_start": 1_700_000_040_000, "revenue": 125.0}
+    anomaly = {**point, "expected": 19.6, "zscore": 5.21, "anomaly": True}
+    assert format_anomaly(json.dumps(anomaly).encode()) == (
+        "  p00042  [22:14:00] ANOMALY  revenue=125.00, forecast 19.60 (z=+5.2)"
+    )
+    exact = {**anomaly, "zscore": None}  # off a series that was forecast exactly
+    assert format_anomaly(json.dumps(exact).encode()).endswith("(z=-)")
