@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from agents.base import BatchOutput, OutRecord, Record
 from agents.user_state import decode_partial, encode_partial
+from agents.window_reports import BY_WINDOW, BY_WINDOW_KEY, report_values
 from tables.aggregates import Moments
 from tables.cleaning import (
     MAX_EVENT_MS,
@@ -193,7 +194,7 @@ class OrdersPipeline:
 
     name = "orders"
     source = SOURCE
-    outputs = (REVENUE, DLQ, LATE, BY_USER)
+    outputs = (REVENUE, DLQ, LATE, BY_USER, BY_WINDOW)
     dlq = DLQ
 
     def __init__(self, config: OrdersConfig | None = None) -> None:
@@ -249,6 +250,7 @@ class OrdersPipeline:
 
         clock = state.clock(self.store_name, self.config.grace_ms)
         windows = state.windows(self.store_name)
+        watermark_before = clock.watermark
         result = self.processor.process_columns(keys, times, values, clock, windows)
         for late in result.late:
             rec = rows[late.record]
@@ -269,6 +271,14 @@ class OrdersPipeline:
         self._emit_closed(out, result.closed)
         created = result.created  # born and closed in this batch: never stored, nothing to delete
         windows.delete(k for k, _ in result.closed if k not in created)
+        watermark = clock.watermark
+        if result.closed or (
+            watermark is not None
+            and (
+                watermark_before is None or watermark // window_ms != watermark_before // window_ms
+            )
+        ):
+            out.records.extend(_report_windows(state.partition, watermark, result.closed))
         if users:
             out.records.extend(_forward_user_partials(state, users, rows[-1].offset))
         return out
@@ -298,6 +308,19 @@ class OrdersPipeline:
             out.counts.windows_provisional += len(closed)
         else:
             out.counts.windows_closed += len(closed)
+
+
+def _report_windows(
+    partition: int, watermark: int | None, closed: list[tuple[WindowKey, Moments]]
+) -> list[OutRecord]:
+    """The windows this batch closed and the watermark after them, for the top-products
+    ranking; also sent with no window when the watermark passes a window boundary, so the
+    ranking learns that this partition has nothing more for the windows before it."""
+    reported = [(k[2], k[1], k[0], m.total, m.count) for k, m in closed]
+    return [
+        OutRecord(BY_WINDOW, BY_WINDOW_KEY, value, max(watermark or 0, 0))
+        for value in report_values(partition, watermark, reported)
+    ]
 
 
 def _forward_user_partials(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record
-from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
+from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, PROVISIONAL_HEADER, REVENUE
 from tables.partition_state import PartitionState
 from tables.trends import Trend, TrendConfig, TrendPoint
 
@@ -25,6 +25,8 @@ ANOMALIES = "orders.anomalies"
 TRENDS_STORE = "product-trends"  # per product: its `Trend`
 
 Window = tuple[str, int, int, int, float]  # product, start, end, count, sum
+MAX_TOTAL = MAX_AMOUNT * MAX_QUANTITY  # the largest total of one order
+MAX_WINDOW_COUNT = 1 << 40  # orders in one window: far beyond any real minute, and int64-safe
 
 
 class ProductTrendsPipeline:
@@ -33,8 +35,9 @@ class ProductTrendsPipeline:
     outputs = (TRENDS, ANOMALIES, DLQ)
     dlq = DLQ
 
-    def __init__(self, config: TrendConfig | None = None) -> None:
+    def __init__(self, config: TrendConfig | None = None, window_ms: int = 60_000) -> None:
         self.config = config or TrendConfig()
+        self.window_ms = window_ms
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
@@ -50,7 +53,7 @@ class ProductTrendsPipeline:
                 counts.skipped += 1
                 continue
             try:
-                window = parse_window(rec.key, rec.value)
+                window = parse_window(rec.key, rec.value, self.window_ms)
             except ValueError as err:
                 out.add_dead_letter(DLQ, rec, "bad_window", str(err))
                 continue
@@ -85,10 +88,11 @@ class ProductTrendsPipeline:
         return BatchOutput()  # nothing open: every point is final when its window is
 
 
-def parse_window(key: bytes | None, raw: bytes | None) -> Window | None:
+def parse_window(key: bytes | None, raw: bytes | None, window_ms: int) -> Window | None:
     """A revenue window as the orders pipeline writes it; None for a running update.
 
-    Raises ValueError naming what is wrong with anything else.
+    Raises ValueError naming what is wrong with anything else, including values beyond what
+    the orders pipeline can emit (which would overflow the trend's sums and state).
     """
     try:
         d = json.loads(raw or b"")
@@ -96,8 +100,6 @@ def parse_window(key: bytes | None, raw: bytes | None) -> Window | None:
         raise ValueError("not JSON") from None
     if type(d) is not dict:
         raise ValueError("not a JSON object")
-    if d.get("final", True) is False:
-        return None
     product, start, end, count, value = (
         d.get("product_id"),
         d.get("window_start"),
@@ -107,18 +109,36 @@ def parse_window(key: bytes | None, raw: bytes | None) -> Window | None:
     )
     if type(product) is not str or not product or key != product.encode():
         raise ValueError("product_id missing, or not the record key")
-    if not (type(start) is int and type(end) is int and -(1 << 62) < start < end < 1 << 62):
-        raise ValueError("window_start and window_end must be integers, start < end")
-    if type(count) is not int or not 1 <= count < 1 << 63:
-        raise ValueError("count must be a positive integer")
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise ValueError("sum must be a finite number >= 0")
-    return product, start, end, count, float(value)
+    if not (
+        type(start) is int
+        and type(end) is int
+        and end - start == window_ms
+        and start % window_ms == 0
+        and abs(start) < 1 << 62
+    ):
+        raise ValueError(f"not a window of {window_ms} ms aligned to the epoch")
+    if type(count) is not int or not 1 <= count <= MAX_WINDOW_COUNT:
+        raise ValueError(f"count must be an integer from 1 to {MAX_WINDOW_COUNT}")
+    try:
+        total = float(value) if type(value) in (int, float) else math.nan
+    except OverflowError:
+        total = math.inf
+    if not 0.0 <= total <= MAX_TOTAL * count:  # also refuses NaN
+        raise ValueError("sum must be a number from 0 to count × 1e24")
+    if d.get("final", True) is False:
+        return None
+    return product, start, end, count, total
 
 
 def trend_value(product: str, p: TrendPoint) -> bytes:
     """Deterministic JSON (fixed field order), so a re-sent point is byte-identical."""
     return json.dumps(trend_dict(product, p), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(x: float | None) -> float | None:
+    """A float JSON can hold (no NaN or infinity), else null: never reached by windows
+    `parse_window` accepts, but a point must never stop its product's trend."""
+    return x if x is None or math.isfinite(x) else None
 
 
 def trend_dict(product: str, p: TrendPoint) -> dict[str, Any]:
@@ -127,14 +147,14 @@ def trend_dict(product: str, p: TrendPoint) -> dict[str, Any]:
         "window_start": p.window_start,
         "window_end": p.window_end,
         "count": p.count,
-        "revenue": p.value,
-        "moving_avg": p.moving_average,
+        "revenue": _finite(p.value),
+        "moving_avg": _finite(p.moving_average),
         "windows": p.windows,
         "cum_orders": p.cumulative_count,
-        "cum_revenue": p.cumulative_value,
-        "expected": p.expected,
-        "forecast_next": p.forecast_next,
-        "zscore": p.zscore,
+        "cum_revenue": _finite(p.cumulative_value),
+        "expected": _finite(p.expected),
+        "forecast_next": _finite(p.forecast_next),
+        "zscore": _finite(p.zscore),
         "anomaly": p.anomaly,
     }
 

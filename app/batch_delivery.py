@@ -347,6 +347,22 @@ class KappaApp(faust.App):  # type: ignore[misc]
     def _new_transport(self) -> Transport:
         return KappaTransport(self.conf.broker_consumer, self)
 
+    def on_rebalance_end(self) -> None:
+        """Every assigned partition counts as started when a rebalance ends.
+
+        faust's livelock check logs "Stream has not started processing" for a partition with
+        records waiting and none taken in since the rebalance (which cleared the times). A
+        partition whose state is still opening, or whose first records were only just written
+        (a pipeline reading another's output), has not stalled. One that then takes in nothing
+        for `stream_processing_timeout` is still reported ("has stopped processing").
+        """
+        super().on_rebalance_end()
+        monitor = self.monitor
+        if monitor is not None and self._consumer is not None:
+            now = monotonic()
+            for tp in self._consumer.assignment():
+                monitor.stream_inbound_time.setdefault(tp, now)
+
 
 def ack_offsets(consumer: Any, tp: TP, offsets: list[int]) -> None:
     """Tell faust's consumer these offsets are processed, so its commits advance past them.

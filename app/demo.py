@@ -1,5 +1,5 @@
-"""`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows
-and anomalies.
+"""`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows,
+anomalies and each window's top products.
 
 Starts the embedded broker unless one already answers on KAPPA_BROKER. Everything it starts
 is stopped on Ctrl-C. Because the embedded broker keeps nothing across restarts, a demo that
@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,8 +84,12 @@ def run_demo(settings: Settings, rate: float) -> int:
             flush=True,
         )
         children = {"worker": worker, "generator": generator}
-        topics = (topology.physical("orders.revenue-1m"), topology.physical("orders.anomalies"))
-        asyncio.run(_print_windows(settings, topics, children))
+        shows = {
+            topology.physical("orders.revenue-1m"): format_window,
+            topology.physical("orders.anomalies"): format_anomaly,
+            topology.physical("orders.top-products"): format_ranking,
+        }
+        asyncio.run(_print_windows(settings, shows, children))
         for name, child in children.items():
             code = child.returncode
             if code is not None:  # it stopped on its own: the demo failed
@@ -184,11 +188,21 @@ def format_anomaly(value: bytes) -> str:
     )
 
 
+def format_ranking(value: bytes) -> str:
+    d = json.loads(value)
+    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
+    top = ", ".join(f"{e['product_id']} {e['revenue']:.2f}" for e in d["top"][:3])
+    return f"     top  [{start}] {top}"
+
+
 async def _print_windows(
-    settings: Settings, topics: tuple[str, str], children: dict[str, subprocess.Popen[bytes]]
+    settings: Settings,
+    shows: dict[str, Callable[[bytes], str]],
+    children: dict[str, subprocess.Popen[bytes]],
 ) -> None:
-    """Print windows as they close, and anomalies as they are found, until Ctrl-C (or SIGTERM),
-    or until a child (the worker, the generator) exits.
+    """Print windows as they close, anomalies as they are found and each window's top products
+    once every partition passed it, until Ctrl-C (or SIGTERM), or until a child (the worker,
+    the generator) exits.
 
     The signals set a flag the loop checks: cancelling the task instead would be swallowed by
     a consumer fetch in progress, and the demo would go on printing."""
@@ -196,14 +210,13 @@ async def _print_windows(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    windows, _ = topics
-    consumer = new_consumer(settings.kafka, *topics, group_id=None, auto_offset_reset="latest")
+    consumer = new_consumer(settings.kafka, *shows, group_id=None, auto_offset_reset="latest")
     await consumer.start()
     try:
         while all(c.poll() is None for c in children.values()) and not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
-                show = format_window if tp.topic == windows else format_anomaly
+                show = shows[tp.topic]
                 for r in records:
                     print(show(r.value), flush=True)
         if stop.is_set():

@@ -44,6 +44,7 @@ class Settings:
     trend_half_life: float = 10.0
     anomaly_z: float = 3.0
     anomaly_warmup: int = 10
+    top_k: int = 10  # top-products: products ranked per window
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
@@ -284,6 +285,8 @@ def _validate(s: Settings) -> None:
     except ValueError as err:  # "average_windows must be ...": named as the variable
         name, _, rest = str(err).partition(" ")
         raise ConfigError(f"{_TREND_VARIABLES[name]} {rest}") from None
+    if not 1 <= s.top_k <= 1_000:
+        raise ConfigError(f"KAPPA_TOP_K must be from 1 to 1000, got {s.top_k}")
     if s.web_port > 65535:
         raise ConfigError(f"KAPPA_WEB_PORT must be a port number (1-65535), got {s.web_port}")
     if s.copy_max_bytes < MIN_COPY_BYTES:

@@ -15,6 +15,7 @@ from pathlib import Path
 from agents.base import Pipeline
 from agents.orders import OrdersConfig, OrdersPipeline
 from agents.product_trends import ProductTrendsPipeline
+from agents.top_products import TopProductsPipeline
 from agents.user_totals import UserTotalsPipeline
 from app.admin import KEEP_FOREVER
 from app.settings import MAX_VERSION, ConfigError, Settings, trend_config
@@ -24,7 +25,12 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
     orders = OrdersPipeline(
         OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates, since_ms)
     )
-    return [orders, UserTotalsPipeline(), ProductTrendsPipeline(trend_config(settings))]
+    return [
+        orders,
+        UserTotalsPipeline(),
+        ProductTrendsPipeline(trend_config(settings), settings.window_ms),
+        TopProductsPipeline(settings.top_k, settings.partitions),
+    ]
 
 
 def registry_topic(settings: Settings) -> str:

@@ -21,6 +21,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE
 from agents.product_trends import TRENDS
+from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
@@ -45,6 +46,7 @@ COMPARED_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (REVENUE, ("product_id", "window_start", "window_end")),
     (USER_TOTALS, ("user_id",)),
     (TRENDS, ("product_id", "window_start", "window_end")),
+    (TOP_PRODUCTS, ("window_start", "window_end")),
 )
 _FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
 

@@ -158,8 +158,20 @@ def refuse_if_dropped(view: RegistryView, version: int) -> VersionRecord | None:
 
 def version_definition(settings: Settings) -> dict[str, object]:
     """The settings a version's results depend on beyond its pipelines and `--since`: its
-    windows (their size names the state store) and when they close."""
-    return {"window_ms": settings.window_ms, "grace_ms": settings.grace_ms}
+    windows (their size names the state store), when they close, and the analytics over them."""
+    return {
+        "window_ms": settings.window_ms,
+        "grace_ms": settings.grace_ms,
+        "trend_windows": settings.trend_windows,
+        "trend_half_life": settings.trend_half_life,
+        "anomaly_z": settings.anomaly_z,
+        "anomaly_warmup": settings.anomaly_warmup,
+        "top_k": settings.top_k,
+    }
+
+
+# A definition recorded before a setting existed was built with that setting's default.
+_DEFAULT_DEFINITION = version_definition(Settings())
 
 
 async def require_definition(
@@ -179,12 +191,15 @@ async def require_definition(
         mine,
         record,
     )
+    if built is not None:
+        built = {**_DEFAULT_DEFINITION, **built}
     if built is not None and built != mine:
-        have = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(mine.items()))
-        was = ", ".join(f"KAPPA_{k.upper()}={v}" for k, v in sorted(built.items()))
+        differ = sorted(k for k in mine if built.get(k) != mine[k])
+        have = ", ".join(f"KAPPA_{k.upper()}={mine[k]}" for k in differ)
+        was = ", ".join(f"KAPPA_{k.upper()}={built.get(k)}" for k in differ)
         raise ConfigError(
-            f"version {version} is built with {was}, not {have}: a version's windows never "
-            f"change; replay into a new version (kappa replay --version "
+            f"version {version} is built with {was}, not {have}: a version's windows and "
+            f"analytics never change; replay into a new version (kappa replay --version "
             f"{view.unused_version}) or restore those settings"
         )
 

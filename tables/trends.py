@@ -177,9 +177,9 @@ class Trend:
             return None, False
         warm = self.windows - 1 >= config.warmup_windows  # errors in the baseline
         spread = max(math.sqrt(self.error_square), 1e-9 * abs(expected))
-        if spread == 0.0:  # every earlier forecast exact and zero
+        z = (value - expected) / spread if spread > 0.0 else math.inf
+        if not math.isfinite(z):  # every earlier forecast exact (or errors underflowed to 0)
             return None, warm and value != expected
-        z = (value - expected) / spread
         return z, warm and abs(z) > config.anomaly_z
 
     def to_bytes(self) -> bytes:

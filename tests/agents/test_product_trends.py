@@ -126,6 +126,13 @@ def test_provisional_windows_updates_and_resent_windows_are_skipped() -> None:
             b"p1",
         ),
         (window("p1", 0, 1.0, count=0), b"p1"),
+        (window("p1", 0, 1.0, count=True), b"p1"),
+        (window("p1", 0, 1.0).replace(b'"window_end":60000', b'"window_end":60001'), b"p1"),
+        (window("p1", 0, 1.0).replace(b'"window_start":0', b'"window_start":1'), b"p1"),
+        (window("p1", 0, 1.0).replace(b'"sum":1.0', b'"sum":1' + b"0" * 400), b"p1"),
+        (window("p1", 0, 1.0).replace(b'"sum":1.0', b'"sum":1e300'), b"p1"),
+        (window("p1", 0, 1.0, count=2**62), b"p1"),
+        (window("p2", 0, 1.0, final=False), b"p1"),  # an update, but not of this key's product
         (window("p1", 0, -1.0), b"p1"),
         (window("p1", 0, 1.0).replace(b'"sum":1.0', b'"sum":"1"'), b"p1"),
         (window("p1", 0, 1.0), None),

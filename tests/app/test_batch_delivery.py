@@ -141,3 +141,21 @@ async def test_a_consumer_with_nothing_to_fetch_still_polls(
     consumer._source_hold().hold("orders")
     assert await consumer._wait_next_records(0.05) == ({}, set())
     assert polls == [{NO_PARTITION}]
+
+
+def test_assigned_partitions_count_as_started_when_a_rebalance_ends(tmp_path: Path) -> None:
+    """faust's livelock check must not call a partition that could not yet take records in
+    (its state opening, its first records only just written) a stream that never started."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    taken, waiting = TP("orders", 0), TP("orders.revenue-1m", 3)
+
+    class Assigned:
+        def assignment(self) -> set[TP]:
+            return {taken, waiting}
+
+    app._consumer = Assigned()
+    app.on_rebalance_start()  # clears faust's inbound times
+    app.monitor.stream_inbound_time[taken] = 1.0  # records taken in during the rebalance
+    app.on_rebalance_end()
+    inbound = app.monitor.stream_inbound_time
+    assert inbound[taken] == 1.0 and inbound[waiting] > 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.demo import format_anomaly, format_window
+from app.demo import format_anomaly, format_ranking, format_window
 
 
 def test_a_window_and_an_anomaly_are_one_line_each() -> None:
@@ -30,3 +30,11 @@ def test_a_window_and_an_anomaly_are_one_line_each() -> None:
     )
     exact = {**anomaly, "zscore": None}  # off a series that was forecast exactly
     assert format_anomaly(json.dumps(exact).encode()).endswith("(z=-)")
+
+
+def test_a_ranking_shows_its_first_three() -> None:
+    top = [{"product_id": f"p{i}", "revenue": 10.0 - i, "count": 1} for i in range(5)]
+    value = {"window_start": 1_700_000_040_000, "window_end": 1_700_000_100_000, "top": top}
+    assert format_ranking(json.dumps(value).encode()) == (
+        "     top  [22:14:00] p0 10.00, p1 9.00, p2 8.00"
+    )

@@ -89,11 +89,20 @@ async def test_a_batch_too_big_for_one_changelog_batch_is_split(
         assert changelog[-1].key == b"Mapplied-offset"  # each batch ends with its offset
     assert [c.offset for _, c in split] == sorted(c.offset for _, c in split)
     assert split[-1][1].offset == 3_000
-    # Windows (and DLQ, late) are the same records in the same order; per-user forwards come
-    # once per batch, so smaller batches send more of them, ending at the same running totals.
-    assert [o for o in _outputs(split) if o[0] != "orders.by-user"] == [
-        o for o in _outputs(whole) if o[0] != "orders.by-user"
+    # Windows (and DLQ, late) are the same records in the same order; per-user forwards and
+    # window reports come once per batch, so smaller batches send more of them, ending at the
+    # same running totals, and reporting the same windows and the same window boundary passed
+    # (a report goes out when the watermark passes one).
+    forwards = ("orders.by-user", "orders.by-window")
+    assert [o for o in _outputs(split) if o[0] not in forwards] == [
+        o for o in _outputs(whole) if o[0] not in forwards
     ]
+
+    def reported(sent: list[tuple[list[Produce], SourceCommit]]) -> tuple[list[object], int]:
+        reports = [json.loads(v or b"") for t, v in _outputs(sent) if t == "orders.by-window"]
+        return [w for r in reports for w in r["w"]], reports[-1]["wm"] // 60_000
+
+    assert reported(split) == reported(whole)
 
     def last_forward(sent: list[tuple[list[Produce], SourceCommit]]) -> dict[str, bytes | None]:
         return {

@@ -64,15 +64,17 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
 
     diff = run_kappa(["diff", "2", "3"], env)
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    revenue, user_totals, trends, verdict = diff.stdout.strip().splitlines()
+    revenue, user_totals, trends, top, verdict = diff.stdout.strip().splitlines()
     assert revenue.startswith("orders.revenue-1m: ")
     assert "; 0 only in v2, 0 only in v3, 0 differ" in revenue
     windows = int(revenue.split(": ")[1].split(" in v2")[0].replace(",", ""))
     assert windows > 0  # something was compared
     assert user_totals == "orders.user-totals: skipped (version 3 ran orders only)"
     assert trends == "orders.product-trends: skipped (version 3 ran orders only)"
+    assert top == "orders.top-products: skipped (version 3 ran orders only)"
     assert verdict == (
-        "identical in orders.revenue-1m (orders.user-totals, orders.product-trends not compared)"
+        "identical in orders.revenue-1m "
+        "(orders.user-totals, orders.product-trends, orders.top-products not compared)"
     )
 
 
@@ -102,7 +104,10 @@ async def test_a_version_refuses_other_window_settings_than_it_was_built_with(
         r = run_kappa(args, changed)
         assert r.returncode == 2, r.stdout + r.stderr
         (line,) = r.stderr.strip().splitlines()
-        assert "error: version 5 is built with KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=60000" in line
+        assert (
+            "error: version 5 is built with KAPPA_WINDOW_MS=60000, not KAPPA_WINDOW_MS=30000"
+            in line
+        )
         assert "replay into a new version (kappa replay --version 6)" in line
 
 
@@ -118,4 +123,4 @@ async def test_topics_without_a_version_creates_the_live_ones(
     await registry.put_version(VersionRecord(3, LIVE, ["orders"], {}))
     made = run_kappa(["topics"], env)
     assert made.returncode == 0, made.stdout + made.stderr
-    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (11 created)")
+    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (14 created)")

@@ -44,7 +44,12 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
     names = {
         (v, logical): t.physical(logical)
         for v, t in topics.items()
-        for logical in ("orders.revenue-1m", "orders.user-totals", "orders.product-trends")
+        for logical in (
+            "orders.revenue-1m",
+            "orders.user-totals",
+            "orders.product-trends",
+            "orders.top-products",
+        )
     }
     await ensure_topics(broker, {name: (3, {}) for name in names.values()})
 
@@ -94,6 +99,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "orders.user-totals: 50 in v2, 50 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "orders.product-trends: 1 in v2, 1 in v3; 0 only in v2, 0 only in v3, 1 differ",
         "  ~ ('p1', 0, 60000): forecast_next 2.5 → 3.0",
+        "orders.top-products: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "4 differences",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed

@@ -298,10 +298,24 @@ async def test_a_versions_window_settings_are_recorded_once_and_then_required(
     with pytest.raises(ConfigError) as refused:
         await require_definition(other, await other.load(), 8)
     assert str(refused.value).startswith(
-        "version 8 is built with KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=60000, not "
-        "KAPPA_GRACE_MS=10000, KAPPA_WINDOW_MS=30000: a version's windows never change; "
-        "replay into a new version (kappa replay --version 9)"
+        "version 8 is built with KAPPA_WINDOW_MS=60000, not KAPPA_WINDOW_MS=30000: a "
+        "version's windows and analytics never change; replay into a new version (kappa "
+        "replay --version 9)"
     )
+    for name, value in (("KAPPA_ANOMALY_Z", "4"), ("KAPPA_TOP_K", "3")):
+        tuned = Registry(_settings_of(registry, **{name: value}))
+        with pytest.raises(ConfigError, match=f"^version 8 is built with {name}="):
+            await require_definition(tuned, await tuned.load(), 8)
+
+
+async def test_a_definition_recorded_before_the_analytics_settings_means_their_defaults(
+    registry: Registry,
+) -> None:
+    await registry.put_definition(10, {"window_ms": 60_000, "grace_ms": 10_000})
+    await require_definition(registry, await registry.load(), 10)  # the defaults: fine
+    tuned = Registry(_settings_of(registry, KAPPA_TREND_WINDOWS="8"))
+    with pytest.raises(ConfigError, match="built with KAPPA_TREND_WINDOWS=5, not KAPPA_TREND_W"):
+        await require_definition(tuned, await tuned.load(), 10)
 
 
 async def test_of_two_first_runs_with_other_settings_the_first_record_wins(

@@ -13,11 +13,13 @@ from app.changelog import KafkaChangelog
 from app.settings import load_settings
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from tables.top_k import ranked
 from tables.trends import TrendConfig, trend_points
 from tests.support.reference import Reference, assert_windows_equal, compute
 from tests.support.workers import read_records, read_windows, source_positions
 
 WINDOW_MS, GRACE_MS = 60_000, 10_000
+ClosedWindowRow = tuple[int, int, int, float]  # start, end, count, sum
 
 
 async def reference_for(broker: str, source_topic: str, flush: bool = False) -> Reference:
@@ -61,20 +63,29 @@ async def check_side_outputs(broker: str, prefix: str, ref: Reference, suffix: s
     for u, (n, spend) in ref.user_totals.items():
         assert totals[u][0] == n, (u, totals[u], n)
         assert abs(totals[u][1] - spend) <= 1e-6 * max(1.0, abs(spend)), (u, totals[u], spend)
-    await check_trends(broker, prefix, suffix)
+    windows = await final_windows(broker, f"{t}.revenue-1m{suffix}")
+    await check_trends(broker, prefix, windows, suffix)
+    await check_top_products(broker, prefix, windows, ref, suffix)
 
 
-async def check_trends(broker: str, prefix: str, suffix: str = "") -> None:
-    """Per product, the trend points and anomalies are exactly the fold of the final windows
-    the orders pipeline emitted (the windows themselves are checked against the reference)."""
-    t = f"{prefix}.orders"
-    windows: dict[str, dict[int, tuple[int, int, int, float]]] = {}
-    for rs in (await read_records(broker, f"{t}.revenue-1m{suffix}")).values():
+async def final_windows(broker: str, topic: str) -> dict[str, dict[int, ClosedWindowRow]]:
+    """Per product, the final windows the orders pipeline emitted (start → window)."""
+    windows: dict[str, dict[int, ClosedWindowRow]] = {}
+    for rs in (await read_records(broker, topic)).values():
         for _, key, value, headers in rs:
-            parsed = parse_window(key, value)
+            parsed = parse_window(key, value, WINDOW_MS)
             if parsed is not None and PROVISIONAL_HEADER not in headers:
                 product, start, end, count, total = parsed
                 windows.setdefault(product, {})[start] = (start, end, count, total)
+    return windows
+
+
+async def check_trends(
+    broker: str, prefix: str, windows: dict[str, dict[int, ClosedWindowRow]], suffix: str = ""
+) -> None:
+    """Per product, the trend points and anomalies are exactly the fold of the final windows
+    the orders pipeline emitted (the windows themselves are checked against the reference)."""
+    t = f"{prefix}.orders"
     want = {
         product: [trend_dict(product, p) for p in trend_points(sorted(ws.values()), TrendConfig())]
         for product, ws in windows.items()
@@ -90,6 +101,35 @@ async def check_trends(broker: str, prefix: str, suffix: str = "") -> None:
         for product, points in want.items()
         if any(p["anomaly"] for p in points)
     }
+
+
+async def check_top_products(
+    broker: str,
+    prefix: str,
+    windows: dict[str, dict[int, ClosedWindowRow]],
+    ref: Reference,
+    suffix: str = "",
+) -> None:
+    """Every window that all source partitions' final watermarks passed is ranked once, as a
+    plain sort of the final windows the orders pipeline emitted; no other window is."""
+    low = min(ref.watermarks.values(), default=None)  # the datasets fill every partition
+    by_window: dict[tuple[int, int], list[tuple[str, float, int]]] = {}
+    for product, ws in windows.items():
+        for start, end, count, total in ws.values():
+            if low is not None and end <= low:
+                by_window.setdefault((start, end), []).append((product, total, count))
+    want = {
+        w: [{"product_id": p, "revenue": v, "count": c} for p, v, c in ranked(entries, 10)]
+        for w, entries in by_window.items()
+    }
+    assert want, "no window every source partition has passed"
+    got: dict[tuple[int, int], bytes] = {}
+    for rs in (await read_records(broker, f"{prefix}.orders.top-products{suffix}")).values():
+        for _, _, value, _ in rs:
+            d = json.loads(value or b"")
+            w = (d["window_start"], d["window_end"])
+            assert got.setdefault(w, value or b"") == value, f"ranking {w} re-sent different"
+    assert {w: json.loads(v)["top"] for w, v in got.items()} == want
 
 
 async def _points_by_product(broker: str, topic: str) -> dict[str, list[dict[str, object]]]:

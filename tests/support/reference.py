@@ -22,6 +22,7 @@ class Reference:
     late: set[tuple[int, int]] = field(default_factory=set)  # (partition, offset)
     dlq: dict[tuple[int, int], str] = field(default_factory=dict)  # → reason
     user_totals: dict[str, tuple[int, float]] = field(default_factory=dict)
+    watermarks: dict[int, int] = field(default_factory=dict)  # partition → final watermark
 
 
 def compute(
@@ -69,6 +70,7 @@ def compute(
                 "std": statistics.pstdev(values),
             }
     ref.user_totals = {u: (len(v), math.fsum(v)) for u, v in users.items()}
+    ref.watermarks = final_wm
     return ref
 
 

@@ -135,6 +135,15 @@ def test_a_change_in_a_constant_series_is_an_anomaly() -> None:
     assert [p.anomaly for p in points] == [False] * 6 + [True]
 
 
+def test_errors_too_small_for_a_float_make_no_infinite_score() -> None:
+    """Tiny values underflow every error to 0: a later change is an anomaly with no z-score,
+    not an infinity (which JSON cannot hold)."""
+    points = trend_points(series([1e-300] * 6 + [1.0, 1.0]), CONFIG)
+    assert [p.zscore for p in points[-2:]] == [None, points[-1].zscore]
+    assert points[-2].anomaly
+    assert all(p.zscore is None or math.isfinite(p.zscore) for p in points)
+
+
 def test_a_window_not_after_the_last_is_skipped_and_changes_nothing() -> None:
     trend = Trend()
     assert trend.observe(SIZE, 2 * SIZE, 1, 3.0, CONFIG) is not None

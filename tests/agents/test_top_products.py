@@ -1,0 +1,171 @@
+"""The top-products pipeline and the orders pipeline's window reports, without a broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.base import SourceRecord
+from agents.orders import DLQ, OrdersPipeline
+from agents.top_products import TOP_PRODUCTS, TopProductsPipeline
+from agents.window_reports import BY_WINDOW, BY_WINDOW_KEY, parse_report, report_values
+from tables.partition_state import MemoryStore, PartitionState
+
+
+def order(i: int, product: str, ts: int, amount: float) -> bytes:
+    return json.dumps(
+        {
+            "order_id": f"o{i}",
+            "user_id": "u",
+            "product_id": product,
+            "category": "c",
+            "amount": amount,
+            "quantity": 1,
+            "ts": ts,
+        }
+    ).encode()
+
+
+def orders_partition(partition: int, rows: list[tuple[str, int, float]]) -> list[SourceRecord]:
+    return [
+        SourceRecord("orders", partition, i, None, p.encode(), order(i, p, ts, amount))
+        for i, (p, ts, amount) in enumerate(rows)
+    ]
+
+
+def reports(out: object) -> list[bytes]:
+    return [r.value for r in out.records if r.topic == BY_WINDOW]  # type: ignore[attr-defined]
+
+
+def test_orders_report_closed_windows_and_passed_boundaries() -> None:
+    pipeline = OrdersPipeline()
+    state = PartitionState(MemoryStore(), 2)
+    first = pipeline.process(state, orders_partition(2, [("a", 1_000, 2.0), ("b", 30_000, 1.0)]))
+    (value,) = reports(first)  # the first watermark: a boundary passed
+    assert json.loads(value) == {"src": 2, "wm": 20_000, "w": []}
+    assert all(r.key == BY_WINDOW_KEY for r in first.records if r.topic == BY_WINDOW)
+    state.prepare(1)
+    state.commit()
+    rows = [("a", 40_000, 1.0), ("a", 80_000, 5.0)]  # watermark 30 s, then 70 s: [0, 60 s) closes
+    src = [
+        SourceRecord("orders", 2, 2 + i, None, r.key, r.value)
+        for i, r in enumerate(orders_partition(2, rows))
+    ]
+    later = pipeline.process(state, src[:1])
+    assert reports(later) == []  # 20 s → 30 s: no window boundary passed, nothing closed
+    state.prepare(2)
+    state.commit()
+    (value,) = reports(pipeline.process(state, src[1:]))
+    assert json.loads(value) == {
+        "src": 2,
+        "wm": 70_000,
+        "w": [["a", 0, 60_000, 3.0, 2], ["b", 0, 60_000, 1.0, 1]],
+    }
+
+
+def test_a_big_report_is_cut_and_only_its_last_record_carries_the_watermark() -> None:
+    windows = [(f"p{i}", 0, 10, 1.0, 1) for i in range(2_500)]
+    values = [json.loads(v) for v in report_values(1, 99, windows)]
+    assert [len(v["w"]) for v in values] == [1_000, 1_000, 500]
+    assert [v["wm"] for v in values] == [None, None, 99]
+    assert [w for v in values for w in parse_report(json.dumps(v).encode(), 4)[2]] == windows
+
+
+def report(
+    offset: int, partition: int, wm: int | None, windows: list[list[object]]
+) -> SourceRecord:
+    value = json.dumps({"src": partition, "wm": wm, "w": windows}).encode()
+    return SourceRecord(BY_WINDOW, 0, offset, None, BY_WINDOW_KEY, value)
+
+
+RUN = [
+    report(0, 0, 60_000, [["a", 0, 60_000, 5.0, 2], ["b", 0, 60_000, 7.0, 1]]),
+    report(1, 1, 30_000, []),
+    report(2, 0, 60_000, [["a", 0, 60_000, 5.0, 2]]),  # re-sent after a crash upstream
+    report(3, 1, 65_000, [["c", 0, 60_000, 6.0, 3], ["d", 0, 60_000, 1.0, 1]]),
+    report(4, 1, 130_000, [["c", 60_000, 120_000, 2.0, 1]]),
+    report(5, 0, 125_000, [["a", 60_000, 120_000, 4.0, 1]]),
+]
+
+
+def test_each_window_is_ranked_once_every_partition_passed_it() -> None:
+    out = TopProductsPipeline(k=3, partitions=2).process(PartitionState(MemoryStore(), 0), RUN)
+    ranked = [
+        (r.key, json.loads(r.value), r.timestamp) for r in out.records if r.topic == TOP_PRODUCTS
+    ]
+    assert ranked == [
+        (
+            b"0",
+            {
+                "window_start": 0,
+                "window_end": 60_000,
+                "top": [
+                    {"product_id": "b", "revenue": 7.0, "count": 1},
+                    {"product_id": "c", "revenue": 6.0, "count": 3},
+                    {"product_id": "a", "revenue": 5.0, "count": 2},
+                ],
+            },
+            59_999,
+        ),
+        (
+            b"60000",
+            {
+                "window_start": 60_000,
+                "window_end": 120_000,
+                "top": [
+                    {"product_id": "a", "revenue": 4.0, "count": 1},
+                    {"product_id": "c", "revenue": 2.0, "count": 1},
+                ],
+            },
+            119_999,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_batches_and_restarts_give_the_same_rankings(size: int) -> None:
+    whole = TopProductsPipeline(k=3, partitions=2).process(PartitionState(MemoryStore(), 0), RUN)
+    store = MemoryStore()
+    split = []
+    for at in range(0, len(RUN), size):
+        state = PartitionState(store, 0)  # a restart between every batch
+        out = TopProductsPipeline(k=3, partitions=2).process(state, RUN[at : at + size])
+        state.prepare(RUN[min(at + size, len(RUN)) - 1].offset)
+        state.commit()
+        split += out.records
+    assert [(r.key, r.value) for r in split] == [(r.key, r.value) for r in whole.records]
+    assert len(whole.records) == 2
+    left = {k for k in store.data if b"top-products" in k and not k.endswith(b"meta")}
+    assert left == set()  # both windows emitted: nothing open is kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"nope",
+        b"[]",
+        b'{"src": 9, "wm": 1, "w": []}',  # no such source partition
+        b'{"src": 0, "wm": "1", "w": []}',
+        b'{"src": 0, "wm": 1, "w": [["a", 10, 10, 1.0, 1]]}',  # empty window
+        b'{"src": 0, "wm": 1, "w": [["a", 0, 10, -1.0, 1]]}',
+        b'{"src": 0, "wm": 1, "w": [["a", 0, 10, 1.0, true]]}',
+        b'{"src": 0, "wm": 1, "w": [["a", 0, 10, 1.0]]}',
+    ],
+)
+def test_what_is_no_report_goes_to_the_dlq_and_the_pipeline_goes_on(value: bytes) -> None:
+    bad = SourceRecord(BY_WINDOW, 0, 0, None, BY_WINDOW_KEY, value)
+    good = [SourceRecord(BY_WINDOW, 0, 1 + r.offset, None, r.key, r.value) for r in RUN]
+    out = TopProductsPipeline(k=3, partitions=2).process(
+        PartitionState(MemoryStore(), 0), [bad, *good]
+    )
+    (dead,) = [r for r in out.records if r.topic == DLQ]
+    assert dict(dead.headers)["kappa.error"] == b"bad_report" and dead.value == value
+    assert len([r for r in out.records if r.topic == TOP_PRODUCTS]) == 2
+
+
+def test_a_flush_emits_no_ranking() -> None:
+    state = PartitionState(MemoryStore(), 0)
+    pipeline = TopProductsPipeline(k=3, partitions=2)
+    pipeline.process(state, RUN[:1])
+    assert pipeline.flush(state).records == []
