@@ -54,6 +54,9 @@ class OutRecord:
     # Set on records that pass a source record on (DLQ, late): the runtime adds the
     # kappa.source.{topic,partition,offset} headers, so they can be traced back.
     source_offset: int | None = None
+    # The records of one send to this record's topic and partition must land in the order
+    # given, each only after those before it (parts of one report: see agents/window_reports).
+    in_order: bool = False
 
 
 @dataclass(slots=True)

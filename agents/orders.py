@@ -278,7 +278,9 @@ class OrdersPipeline:
                 watermark_before is None or watermark // window_ms != watermark_before // window_ms
             )
         ):
-            out.records.extend(_report_windows(state.partition, watermark, result.closed))
+            out.records.extend(
+                _report_windows(state.partition, watermark_before, watermark, result.closed)
+            )
         if users:
             out.records.extend(_forward_user_partials(state, users, rows[-1].offset))
         return out
@@ -311,15 +313,20 @@ class OrdersPipeline:
 
 
 def _report_windows(
-    partition: int, watermark: int | None, closed: list[tuple[WindowKey, Moments]]
+    partition: int,
+    since: int | None,
+    watermark: int | None,
+    closed: list[tuple[WindowKey, Moments]],
 ) -> list[OutRecord]:
-    """The windows this batch closed and the watermark after them, for the top-products
-    ranking; also sent with no window when the watermark passes a window boundary, so the
-    ranking learns that this partition has nothing more for the windows before it."""
+    """The windows this batch closed and the watermark before and after it, for the
+    top-products ranking; also sent with no window when the watermark passes a window
+    boundary, so the ranking learns that this partition has nothing more for the windows
+    before it. Stamped with the watermark (not below 0: Kafka has no earlier timestamps)."""
     reported = [(k[2], k[1], k[0], m.total, m.count) for k, m in closed]
+    stamp = max(watermark or 0, 0)
     return [
-        OutRecord(BY_WINDOW, BY_WINDOW_KEY, value, max(watermark or 0, 0))
-        for value in report_values(partition, watermark, reported)
+        OutRecord(BY_WINDOW, BY_WINDOW_KEY, value, stamp, in_order=True)
+        for value in report_values(partition, since, watermark, reported)
     ]
 
 

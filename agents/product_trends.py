@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record
-from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, PROVISIONAL_HEADER, REVENUE
+from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
+from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT
 from tables.partition_state import PartitionState
 from tables.trends import Trend, TrendConfig, TrendPoint
 
@@ -25,8 +26,6 @@ ANOMALIES = "orders.anomalies"
 TRENDS_STORE = "product-trends"  # per product: its `Trend`
 
 Window = tuple[str, int, int, int, float]  # product, start, end, count, sum
-MAX_TOTAL = MAX_AMOUNT * MAX_QUANTITY  # the largest total of one order
-MAX_WINDOW_COUNT = 1 << 40  # orders in one window: far beyond any real minute, and int64-safe
 
 
 class ProductTrendsPipeline:

@@ -7,6 +7,10 @@ source partition's watermark has passed it (`tables/top_k.py`). Until every part
 `orders` has reported at least once, nothing is final: an idle partition holds the rankings
 back, as it holds back its own windows. A replay's final flush emits no ranking: a window
 still open somewhere is not final anywhere.
+
+State: each open window's top k under a key ordered by window end, so a batch reads only the
+windows its reports touch and those that became final (a range scan), however many wait
+behind an idle partition; and one small entry with each partition's watermark and start.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record
 from agents.orders import DLQ
-from agents.window_reports import BY_WINDOW, parse_report
+from agents.window_reports import BY_WINDOW, Report, parse_report
 from tables.partition_state import PartitionState
-from tables.top_k import ClosedWindow, Entry, Ranking, WindowId
+from tables.top_k import Entry, Ranking, WindowId
 
 TOP_PRODUCTS = "orders.top-products"
 RANKING_STORE = "top-products"
-_META = "meta"  # watermarks, final_until and the open windows
+_META = "meta"  # each partition's watermark and start, and final_until
+_BIAS = 1 << 63  # window keys: unsigned, fixed width, so that key order is end order
 
 
 class TopProductsPipeline:
@@ -32,36 +37,41 @@ class TopProductsPipeline:
     outputs = (TOP_PRODUCTS, DLQ)
     dlq = DLQ
 
-    def __init__(self, k: int = 10, partitions: int = 4) -> None:
+    def __init__(self, k: int = 10, partitions: int = 4, window_ms: int = 60_000) -> None:
         self.k = k
         self.partitions = partitions
+        self.window_ms = window_ms
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
         applied = state.applied_offset
-        reports: list[tuple[int, int | None, list[ClosedWindow]]] = []
+        reports: list[Report] = []
         for rec in records:
             if rec.offset <= applied:
                 counts.skipped += 1
                 continue
             counts.events += 1
             try:
-                reports.append(parse_report(rec.value, self.partitions))
+                reports.append(parse_report(rec.value, self.partitions, self.window_ms))
             except ValueError as err:
                 out.add_dead_letter(DLQ, rec, "bad_report", str(err))
         if not reports:
             return out
         ranking = load_ranking(state, self.k, self.partitions)
+        touched = sorted({(w[1], w[2]) for _, _, _, windows in reports for w in windows})
+        ranking.open = load_windows(state, touched)
         before = {w: list(top) for w, top in ranking.open.items()}
-        for partition, watermark, windows in reports:
-            ranking.report(partition, watermark, windows)
-        final = ranking.take_final()
-        for (start, end), top in final:
-            key = str(start).encode()
-            out.records.append(
-                OutRecord(TOP_PRODUCTS, key, ranking_value(start, end, top), end - 1)
-            )
+        for partition, since, watermark, windows in reports:
+            ranking.report(partition, since, watermark, windows)
+        bound = ranking.final_bound()
+        if bound is not None:  # the stored windows that became final
+            for w, top in scan_windows(state, bound).items():
+                if w not in ranking.open:
+                    ranking.open[w] = before[w] = top
+        for (start, end), top in ranking.take_final():
+            value = ranking_value(start, end, top)
+            out.records.append(OutRecord(TOP_PRODUCTS, str(start).encode(), value, end - 1))
         store_ranking(state, ranking, before)
         return out
 
@@ -80,30 +90,45 @@ def ranking_value(start: int, end: int, top: Iterable[Entry]) -> bytes:
 
 
 def _window_key(w: WindowId) -> str:
-    return f"w{w[0]}:{w[1]}"
+    return f"w{w[1] + _BIAS:020d}:{w[0] + _BIAS:020d}"
+
+
+def _window_of(key: str) -> WindowId:
+    end, start = key[1:].split(":")
+    return int(start) - _BIAS, int(end) - _BIAS
+
+
+def _decode_top(raw: bytes) -> list[Entry]:
+    return [(p, v, c) for p, v, c in json.loads(raw)]
 
 
 def load_ranking(state: PartitionState, k: int, partitions: int) -> Ranking:
+    """The ranking's watermarks and starts (no window: see `load_windows`, `scan_windows`)."""
     ranking = Ranking(k, partitions)
     raw = state.get_values(RANKING_STORE, [_META])[0]
-    if raw is None:
-        return ranking
-    meta: dict[str, Any] = json.loads(raw)
-    ranking.watermarks = {int(p): wm for p, wm in meta["wm"].items()}
-    ranking.final_until = meta["final"]
-    windows = [(s, e) for s, e in meta["open"]]
-    for w, stored in zip(
-        windows, state.get_values(RANKING_STORE, [_window_key(w) for w in windows])
-    ):
-        ranking.open[w] = [(p, v, c) for p, v, c in json.loads(stored or b"[]")]
+    if raw is not None:
+        meta: dict[str, Any] = json.loads(raw)
+        ranking.watermarks = {int(p): wm for p, wm in meta["wm"].items()}
+        ranking.starts = {int(p): s for p, s in meta["starts"].items()}
+        ranking.final_until = meta["final"]
     return ranking
+
+
+def load_windows(state: PartitionState, windows: list[WindowId]) -> dict[WindowId, list[Entry]]:
+    found = state.get_values(RANKING_STORE, [_window_key(w) for w in windows])
+    return {w: _decode_top(raw) for w, raw in zip(windows, found) if raw is not None}
+
+
+def scan_windows(state: PartitionState, bound: int) -> dict[WindowId, list[Entry]]:
+    """The stored windows ending at or before `bound`."""
+    stop = f"w{bound + 1 + _BIAS:020d}"
+    return {_window_of(k): _decode_top(v) for k, v in state.scan_values(RANKING_STORE, "w", stop)}
 
 
 def store_ranking(
     state: PartitionState, ranking: Ranking, before: dict[WindowId, list[Entry]]
 ) -> None:
-    """Write the open windows that changed (each its own entry) and the meta entry; delete
-    the emitted ones."""
+    """Write the windows that changed, delete the emitted ones, and the meta entry."""
     for w in before.keys() - ranking.open.keys():
         state.put_value(RANKING_STORE, _window_key(w), None)
     for w, top in ranking.open.items():
@@ -111,7 +136,7 @@ def store_ranking(
             state.put_value(RANKING_STORE, _window_key(w), json.dumps(top).encode())
     meta = {
         "wm": {str(p): wm for p, wm in sorted(ranking.watermarks.items())},
+        "starts": {str(p): s for p, s in sorted(ranking.starts.items())},
         "final": ranking.final_until,
-        "open": sorted(ranking.open),
     }
     state.put_value(RANKING_STORE, _META, json.dumps(meta).encode())

@@ -1,52 +1,65 @@
 """The reports the orders pipeline sends onto `orders.by-window` for the top-products
-ranking: the windows a batch closed, and the source partition's watermark after them.
+ranking: the windows a batch closed, the source partition's watermark before the batch
+(`from`) and after it (`wm`).
 
 One key for all reports, so one partition of the topic sees every source partition's reports,
 each partition's in the order it sent them. A report too big for one record is cut into
-records of at most 1,000 windows, and only the last carries the watermark: a watermark must
-not pass a window before all of the report that closes it has arrived.
+records of at most `RECORD_BYTES`, sent in order, and only the last carries the watermark: a
+watermark must not pass a window before all of the report that closes it has arrived.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from tables.top_k import ClosedWindow
 
 BY_WINDOW = "orders.by-window"
 BY_WINDOW_KEY = b"all"
-WINDOWS_PER_RECORD = 1_000
+RECORD_BYTES = 256_000  # well under Kafka's default max.message.bytes (1,048,588)
+MAX_TOTAL = 1e24  # the largest total of one order (orders' MAX_AMOUNT × MAX_QUANTITY)
+MAX_WINDOW_COUNT = 1 << 40  # orders in one window: far beyond any real one, and int64-safe
+
+Report = tuple[int, int | None, int | None, list[ClosedWindow]]  # src, from, wm, windows
 
 
 def report_values(
-    partition: int, watermark: int | None, windows: list[ClosedWindow]
+    partition: int, since: int | None, watermark: int | None, windows: list[ClosedWindow]
 ) -> list[bytes]:
     """A partition's report as record values (compact JSON, fixed field order)."""
-    chunks = [
-        windows[i : i + WINDOWS_PER_RECORD] for i in range(0, len(windows), WINDOWS_PER_RECORD)
-    ] or [[]]
-    out = []
-    for i, chunk in enumerate(chunks):
-        mark = watermark if i == len(chunks) - 1 else None
-        body = {"src": partition, "wm": mark, "w": [list(w) for w in chunk]}
-        out.append(json.dumps(body, separators=(",", ":")).encode())
-    return out
+    encoded = [json.dumps(list(w), separators=(",", ":")) for w in windows]
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for w in encoded:
+        if chunks[-1] and size + len(w) + 1 > RECORD_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(w)
+        size += len(w) + 1
+    head = f'{{"src":{partition},"from":{json.dumps(since)},"wm":'
+    last = len(chunks) - 1
+    return [
+        f'{head}{json.dumps(watermark if i == last else None)},"w":[{",".join(c)}]}}'.encode()
+        for i, c in enumerate(chunks)
+    ]
 
 
-def parse_report(raw: bytes | None, partitions: int) -> tuple[int, int | None, list[ClosedWindow]]:
-    """(source partition, watermark or None, closed windows) of a report; ValueError if it is
-    not one the orders pipeline writes."""
+def parse_report(raw: bytes | None, partitions: int, window_ms: int) -> Report:
+    """(source partition, watermark before, watermark after or None, closed windows) of a
+    report; ValueError if it is not one the orders pipeline writes."""
     try:
         d = json.loads(raw or b"")
     except (ValueError, RecursionError):
         raise ValueError("not JSON") from None
     if type(d) is not dict:
         raise ValueError("not a JSON object")
-    src, wm, windows = d.get("src"), d.get("wm"), d.get("w")
+    src, since, wm, windows = d.get("src"), d.get("from"), d.get("wm"), d.get("w")
     if type(src) is not int or not 0 <= src < partitions:
         raise ValueError(f"src must be a partition of the source (0 to {partitions - 1})")
-    if wm is not None and (type(wm) is not int or not -(1 << 62) < wm < 1 << 62):
-        raise ValueError("wm must be an integer or null")
+    for mark in (since, wm):
+        if mark is not None and (type(mark) is not int or not -(1 << 62) < mark < 1 << 62):
+            raise ValueError("from and wm must be integers or null")
     if type(windows) is not list:
         raise ValueError("w must be a list of windows")
     out: list[ClosedWindow] = []
@@ -54,17 +67,25 @@ def parse_report(raw: bytes | None, partitions: int) -> tuple[int, int | None, l
         if type(w) is not list or len(w) != 5:
             raise ValueError("a window must be [product, start, end, revenue, count]")
         product, start, end, value, count = w
+        try:
+            total = float(value) if type(value) in (int, float) else math.nan
+        except OverflowError:
+            total = math.inf
         if not (
             type(product) is str
             and product
             and type(start) is int
             and type(end) is int
-            and -(1 << 62) < start < end < 1 << 62
-            and type(value) in (int, float)
-            and 0 <= value < float("inf")
+            and end - start == window_ms
+            and start % window_ms == 0
+            and abs(start) < 1 << 62
             and type(count) is int
-            and 1 <= count < 1 << 63
+            and 1 <= count <= MAX_WINDOW_COUNT
+            and 0.0 <= total <= MAX_TOTAL * count
         ):
-            raise ValueError("a window must be [product, start, end, revenue, count]")
-        out.append((product, start, end, float(value), count))
-    return src, wm, out
+            raise ValueError(
+                f"a window must be [product, start, end, revenue, count], {window_ms} ms long "
+                "and aligned to the epoch, with what orders can add up to"
+            )
+        out.append((product, start, end, total, count))
+    return src, since, wm, out

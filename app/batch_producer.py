@@ -98,14 +98,15 @@ class BatchSender:
         producer = self.producer
         for (topic, partition), recs in groups.items():
             batches = self._batches(topic, recs)
-            if len(batches) > 1 and recs[0].atomic:
+            if len(batches) > 1 and (recs[0].atomic or recs[0].in_order):
                 in_order.append((topic, partition, batches))
                 continue
             for batch in batches:
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         for topic, partition, batches in in_order:
             # A changelog batch too big for one record batch: its parts go out one after the
-            # other, so the last entry (the applied offset) lands only after all of them.
+            # other, so the last entry (the applied offset) lands only after all of them. The
+            # same for outputs that must land in order (a report's parts).
             for batch in batches:
                 await (await producer.send_batch(batch, topic, partition=partition))
         if futures:

@@ -52,6 +52,9 @@ class Produce:
     # Must not land before the send's other records (a changelog entry of the batch whose
     # outputs go out in the same send): sent once those are acknowledged.
     after_outputs: bool = False
+    # An output whose topic+partition's records of one send must land in order, each record
+    # batch after the one before it (`OutRecord.in_order`).
+    in_order: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +478,9 @@ class PipelineRunner:
         record passes a source record on."""
         physical = self.topology.physical
         return [
-            Produce(physical(r.topic), None, r.key, r.value, r.timestamp, r.headers)
+            Produce(
+                physical(r.topic), None, r.key, r.value, r.timestamp, r.headers, in_order=r.in_order
+            )
             if r.source_offset is None
             else self._copy_of_source(r, state.partition, r.source_offset)
             for r in out.records

@@ -285,8 +285,8 @@ def _validate(s: Settings) -> None:
     except ValueError as err:  # "average_windows must be ...": named as the variable
         name, _, rest = str(err).partition(" ")
         raise ConfigError(f"{_TREND_VARIABLES[name]} {rest}") from None
-    if not 1 <= s.top_k <= 1_000:
-        raise ConfigError(f"KAPPA_TOP_K must be from 1 to 1000, got {s.top_k}")
+    if not 1 <= s.top_k <= 100:  # a ranking of long ids must stay one record (~620 KB at 100)
+        raise ConfigError(f"KAPPA_TOP_K must be from 1 to 100, got {s.top_k}")
     if s.web_port > 65535:
         raise ConfigError(f"KAPPA_WEB_PORT must be a port number (1-65535), got {s.web_port}")
     if s.copy_max_bytes < MIN_COPY_BYTES:

@@ -29,7 +29,7 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
         orders,
         UserTotalsPipeline(),
         ProductTrendsPipeline(trend_config(settings), settings.window_ms),
-        TopProductsPipeline(settings.top_k, settings.partitions),
+        TopProductsPipeline(settings.top_k, settings.partitions, settings.window_ms),
     ]
 
 

@@ -144,6 +144,22 @@ class PartitionState:
         found = iter(self.store.get_many([k for k in raw if k not in held]))
         return [held[k] if k in held else next(found) for k in raw]
 
+    def scan_values(self, table: str, start: str, stop: str) -> list[tuple[str, bytes]]:
+        """Entries of `table` with start <= key < stop, in key order, as the pipeline sees them
+        (staged, else held, else stored)."""
+        prefix = KV_PREFIX + table.encode() + b"\0"
+        low, high = prefix + start.encode(), prefix + stop.encode()
+        found = dict(self.store.scan(low, high))
+        for overlay in (self._held, self._staged):
+            for k, v in overlay.items():
+                if low <= k < high:
+                    if v is None:
+                        found.pop(k, None)
+                    else:
+                        found[k] = v
+        n = len(prefix)
+        return [(k[n:].decode(), v) for k, v in sorted(found.items())]
+
     def put_value(self, table: str, key: str, value: bytes | None) -> None:
         self._staged[KV_PREFIX + table.encode() + b"\0" + key.encode()] = value
 

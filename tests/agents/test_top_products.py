@@ -7,9 +7,16 @@ import json
 import pytest
 
 from agents.base import SourceRecord
-from agents.orders import DLQ, OrdersPipeline
+from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, OrdersPipeline
 from agents.top_products import TOP_PRODUCTS, TopProductsPipeline
-from agents.window_reports import BY_WINDOW, BY_WINDOW_KEY, parse_report, report_values
+from agents.window_reports import (
+    BY_WINDOW,
+    BY_WINDOW_KEY,
+    MAX_TOTAL,
+    RECORD_BYTES,
+    parse_report,
+    report_values,
+)
 from tables.partition_state import MemoryStore, PartitionState
 
 
@@ -43,8 +50,8 @@ def test_orders_report_closed_windows_and_passed_boundaries() -> None:
     state = PartitionState(MemoryStore(), 2)
     first = pipeline.process(state, orders_partition(2, [("a", 1_000, 2.0), ("b", 30_000, 1.0)]))
     (value,) = reports(first)  # the first watermark: a boundary passed
-    assert json.loads(value) == {"src": 2, "wm": 20_000, "w": []}
-    assert all(r.key == BY_WINDOW_KEY for r in first.records if r.topic == BY_WINDOW)
+    assert json.loads(value) == {"src": 2, "from": None, "wm": 20_000, "w": []}
+    assert all(r.key == BY_WINDOW_KEY and r.in_order for r in first.records if r.topic == BY_WINDOW)
     state.prepare(1)
     state.commit()
     rows = [("a", 40_000, 1.0), ("a", 80_000, 5.0)]  # watermark 30 s, then 70 s: [0, 60 s) closes
@@ -59,23 +66,30 @@ def test_orders_report_closed_windows_and_passed_boundaries() -> None:
     (value,) = reports(pipeline.process(state, src[1:]))
     assert json.loads(value) == {
         "src": 2,
+        "from": 30_000,
         "wm": 70_000,
         "w": [["a", 0, 60_000, 3.0, 2], ["b", 0, 60_000, 1.0, 1]],
     }
 
 
-def test_a_big_report_is_cut_and_only_its_last_record_carries_the_watermark() -> None:
-    windows = [(f"p{i}", 0, 10, 1.0, 1) for i in range(2_500)]
-    values = [json.loads(v) for v in report_values(1, 99, windows)]
-    assert [len(v["w"]) for v in values] == [1_000, 1_000, 500]
-    assert [v["wm"] for v in values] == [None, None, 99]
-    assert [w for v in values for w in parse_report(json.dumps(v).encode(), 4)[2]] == windows
+def test_a_big_report_is_cut_by_size_and_only_its_last_record_carries_the_watermark() -> None:
+    windows = [("é" * 1024 + str(i), 0, 60_000, 1.0, 1) for i in range(500)]  # 6 KiB each
+    values = report_values(1, 40, 99, windows)
+    assert len(values) > 1 and all(len(v) <= RECORD_BYTES + 200 for v in values)
+    parsed = [parse_report(v, 4, 60_000) for v in values]
+    assert [p[2] for p in parsed] == [None] * (len(values) - 1) + [99]
+    assert {p[1] for p in parsed} == {40}
+    assert [w for p in parsed for w in p[3]] == windows
+
+
+def test_what_later_pipelines_accept_of_a_window_is_what_orders_can_add_up_to() -> None:
+    assert MAX_AMOUNT * MAX_QUANTITY == MAX_TOTAL
 
 
 def report(
-    offset: int, partition: int, wm: int | None, windows: list[list[object]]
+    offset: int, partition: int, wm: int | None, windows: list[list[object]], since: int | None = 0
 ) -> SourceRecord:
-    value = json.dumps({"src": partition, "wm": wm, "w": windows}).encode()
+    value = json.dumps({"src": partition, "from": since, "wm": wm, "w": windows}).encode()
     return SourceRecord(BY_WINDOW, 0, offset, None, BY_WINDOW_KEY, value)
 
 
@@ -169,3 +183,19 @@ def test_a_flush_emits_no_ranking() -> None:
     pipeline = TopProductsPipeline(k=3, partitions=2)
     pipeline.process(state, RUN[:1])
     assert pipeline.flush(state).records == []
+
+
+def test_a_batch_reads_and_writes_only_the_windows_it_touches_or_finishes() -> None:
+    """Behind an idle partition windows pile up; a batch must not pay for all of them."""
+    pipeline = TopProductsPipeline(k=3, partitions=2)
+    state = PartitionState(MemoryStore(), 0)
+    waiting = [["a", i * 60_000, (i + 1) * 60_000, 1.0, 1] for i in range(200)]
+    pipeline.process(state, [report(0, 0, 200 * 60_000, waiting)])  # partition 1 idle
+    state.prepare(0)
+    state.commit()
+    pipeline.process(state, [report(1, 0, 200 * 60_000, [["b", 0, 60_000, 2.0, 1]])])
+    staged = [k for k in state._staged if b"top-products" in k]
+    assert len(staged) == 2  # the touched window and the meta entry
+    out = pipeline.process(state, [report(2, 1, 120_000, [])])  # partition 1 passes 2 windows
+    assert [json.loads(r.value)["window_start"] for r in out.records] == [0, 60_000]
+    assert json.loads(out.records[0].value)["top"][0]["product_id"] == "b"

@@ -129,3 +129,18 @@ def test_a_state_with_batches_but_no_origin_gets_none() -> None:
     state = PartitionState(store, 0)
     state.put_value("t", "a", b"2")
     assert all(k != ORIGIN for k, _ in state.prepare(1)) and state.origin() is None
+
+
+def test_a_scan_of_a_table_sees_the_staged_and_held_batches_over_the_store() -> None:
+    state = PartitionState(MemoryStore(), 0)
+    for key in ("a", "b", "c", "z"):
+        state.put_value("t", key, key.encode())
+    state.put_value("other", "b", b"x")
+    state.prepare(0)
+    state.commit()
+    state.put_value("t", "b", None)
+    state.put_value("t", "bb", b"new")
+    state.prepare(1)
+    state.hold()  # acknowledged outputs, changelog not yet: read through
+    state.put_value("t", "c", b"C")
+    assert state.scan_values("t", "a", "d") == [("a", b"a"), ("bb", b"new"), ("c", b"C")]
