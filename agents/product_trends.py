@@ -130,8 +130,27 @@ def parse_window(key: bytes | None, raw: bytes | None, window_ms: int) -> Window
 
 
 def trend_value(product: str, p: TrendPoint) -> bytes:
-    """Deterministic JSON (fixed field order), so a re-sent point is byte-identical."""
-    return json.dumps(trend_dict(product, p), separators=(",", ":"), allow_nan=False).encode()
+    """Deterministic JSON (fixed field order), so a re-sent point is byte-identical.
+
+    Formatted directly: the bytes `json.dumps(trend_dict(...), separators=(",", ":"))` gives
+    (floats by repr, a non-finite one as null), at a fraction of the cost.
+    """
+    return (
+        f'{{"product_id":{_json_str(product)},"window_start":{p.window_start},'
+        f'"window_end":{p.window_end},"count":{p.count},"revenue":{_num(p.value)},'
+        f'"moving_avg":{_num(p.moving_average)},"windows":{p.windows},'
+        f'"cum_orders":{p.cumulative_count},"cum_revenue":{_num(p.cumulative_value)},'
+        f'"expected":{_num(p.expected)},"forecast_next":{_num(p.forecast_next)},'
+        f'"zscore":{_num(p.zscore)},"anomaly":{"true" if p.anomaly else "false"}}}'
+    ).encode()
+
+
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _num(x: float | None) -> str:
+    """A float as JSON: repr, or null for None and a non-finite value."""
+    return repr(x) if x is not None and math.isfinite(x) else "null"
 
 
 def _finite(x: float | None) -> float | None:

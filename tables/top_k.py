@@ -65,6 +65,8 @@ class Ranking:
             if done is not None and end <= done:
                 continue  # emitted already: this is a re-sent report
             top = self.open.setdefault((start, end), [])
+            if len(top) >= self.k and (-value, key) > (-top[-1][1], top[-1][0]):
+                continue  # ranks below a full top k (its last entry is the lowest)
             entries = {e[0]: e for e in top}
             seen = entries.get(key)
             if seen is None or (value, count) > (seen[1], seen[2]):

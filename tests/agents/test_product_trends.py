@@ -10,9 +10,16 @@ import pytest
 
 from agents.base import SourceRecord
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE, OrdersConfig, OrdersPipeline
-from agents.product_trends import ANOMALIES, TRENDS, ProductTrendsPipeline, settled_trend
+from agents.product_trends import (
+    ANOMALIES,
+    TRENDS,
+    ProductTrendsPipeline,
+    settled_trend,
+    trend_dict,
+    trend_value,
+)
 from tables.partition_state import MemoryStore, PartitionState
-from tables.trends import TrendConfig, trend_points
+from tables.trends import TrendConfig, TrendPoint, trend_points
 
 SIZE = 60_000
 CONFIG = TrendConfig(average_windows=2, half_life_windows=3.0, anomaly_z=3.0, warmup_windows=3)
@@ -193,3 +200,17 @@ def test_the_settled_trend_is_queryable() -> None:
     assert (found["product_id"], found["windows"], found["cum_revenue"]) == ("p1", 3, 18.0)
     assert found["forecast_next"] == pytest.approx(10.0)
     assert settled_trend(state, "p2") is None
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        TrendPoint(0, 60_000, 1, 2.5, 2.5, 1, 1, 2.5, None, 2.5, None, False),
+        TrendPoint(60_000, 120_000, 3, 1e-300, 0.1, 9, 40, 1e24, 3.0, 0.0, -2.25, True),
+        TrendPoint(0, 60_000, 1, 1.0, 1.0, 2, 2, 2.0, 1.0, 1.0, float("inf"), True),
+    ],
+)
+def test_points_are_written_as_json_dumps_would(point: TrendPoint) -> None:
+    product = 'p"\\é\U0001f600'
+    want = json.dumps(trend_dict(product, point), separators=(",", ":"), allow_nan=False)
+    assert trend_value(product, point) == want.encode()

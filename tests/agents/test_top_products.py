@@ -82,6 +82,13 @@ def test_a_big_report_is_cut_by_size_and_only_its_last_record_carries_the_waterm
     assert [w for p in parsed for w in p[3]] == windows
 
 
+def test_reports_are_written_as_json_dumps_would() -> None:
+    windows = [('p"\\é', 0, 60_000, 0.1, 3), ("q", -60_000, 0, 1e24, 1)]
+    (value,) = report_values(0, None, -5, windows)
+    want = {"src": 0, "from": None, "wm": -5, "w": [list(w) for w in windows]}
+    assert value == json.dumps(want, separators=(",", ":")).encode()
+
+
 def test_what_later_pipelines_accept_of_a_window_is_what_orders_can_add_up_to() -> None:
     assert MAX_AMOUNT * MAX_QUANTITY == MAX_TOTAL
 
