@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -97,6 +97,17 @@ class BatchOutput:
         c.anomalies += o.anomalies
         for reason, n in o.dlq_reasons.items():
             c.dlq_reasons[reason] = c.dlq_reasons.get(reason, 0) + n
+
+
+def unapplied(records: Sequence[Record], applied: int, counts: BatchCounts) -> Iterator[Record]:
+    """The records after `applied` (a state's applied offset), counted as events; those at or
+    before it (re-delivered after a restart) counted as skipped."""
+    for rec in records:
+        if rec.offset <= applied:
+            counts.skipped += 1
+            continue
+        counts.events += 1
+        yield rec
 
 
 class Pipeline(Protocol):

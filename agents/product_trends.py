@@ -15,9 +15,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record
+from agents.base import BatchOutput, OutRecord, Record, unapplied
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
-from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT
+from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT, json_object
 from tables.partition_state import PartitionState
 from tables.trends import Trend, TrendConfig, TrendPoint
 
@@ -41,13 +41,8 @@ class ProductTrendsPipeline:
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
-        applied = state.applied_offset
         windows: list[Window] = []
-        for rec in records:
-            if rec.offset <= applied:
-                counts.skipped += 1
-                continue
-            counts.events += 1
+        for rec in unapplied(records, state.applied_offset, counts):
             if any(k == PROVISIONAL_HEADER for k, _ in rec.headers or ()):
                 counts.skipped += 1
                 continue
@@ -93,12 +88,7 @@ def parse_window(key: bytes | None, raw: bytes | None, window_ms: int) -> Window
     Raises ValueError naming what is wrong with anything else, including values beyond what
     the orders pipeline can emit (which would overflow the trend's sums and state).
     """
-    try:
-        d = json.loads(raw or b"")
-    except (ValueError, RecursionError):
-        raise ValueError("not JSON") from None
-    if type(d) is not dict:
-        raise ValueError("not a JSON object")
+    d = json_object(raw)
     product, start, end, count, value = (
         d.get("product_id"),
         d.get("window_start"),

@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record
+from agents.base import BatchOutput, OutRecord, Record, unapplied
 from agents.orders import DLQ
 from agents.window_reports import BY_WINDOW, Report, parse_report
 from tables.partition_state import PartitionState
@@ -45,13 +45,8 @@ class TopProductsPipeline:
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
-        applied = state.applied_offset
         reports: list[Report] = []
-        for rec in records:
-            if rec.offset <= applied:
-                counts.skipped += 1
-                continue
-            counts.events += 1
+        for rec in unapplied(records, state.applied_offset, counts):
             try:
                 reports.append(parse_report(rec.value, self.partitions, self.window_ms))
             except ValueError as err:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record
+from agents.base import BatchOutput, OutRecord, Record, unapplied
 from agents.orders import BY_USER, DLQ
 from agents.user_state import Parts, decode_parts, encode_parts
 from tables.partition_state import PartitionState
@@ -34,13 +34,8 @@ class UserTotalsPipeline:
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
         counts = out.counts
-        applied = state.applied_offset
         parsed: list[tuple[str, int, int, int, float, int]] = []
-        for rec in records:
-            if rec.offset <= applied:
-                counts.skipped += 1
-                continue
-            counts.events += 1
+        for rec in unapplied(records, state.applied_offset, counts):
             try:
                 d = _decode_forward(rec.value)
                 src = d["src"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from tables.top_k import ClosedWindow
 
@@ -49,15 +50,21 @@ def report_values(
     ]
 
 
-def parse_report(raw: bytes | None, partitions: int, window_ms: int) -> Report:
-    """(source partition, watermark before, watermark after or None, closed windows) of a
-    report; ValueError if it is not one the orders pipeline writes."""
+def json_object(raw: bytes | None) -> dict[str, Any]:
+    """A record value that must be a JSON object; ValueError naming what it is not."""
     try:
         d = json.loads(raw or b"")
     except (ValueError, RecursionError):
         raise ValueError("not JSON") from None
     if type(d) is not dict:
         raise ValueError("not a JSON object")
+    return d
+
+
+def parse_report(raw: bytes | None, partitions: int, window_ms: int) -> Report:
+    """(source partition, watermark before, watermark after or None, closed windows) of a
+    report; ValueError if it is not one the orders pipeline writes."""
+    d = json_object(raw)
     src, since, wm, windows = d.get("src"), d.get("from"), d.get("wm"), d.get("w")
     if type(src) is not int or not 0 <= src < partitions:
         raise ValueError(f"src must be a partition of the source (0 to {partitions - 1})")

@@ -168,10 +168,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _clock(ms: int) -> str:
+    """An event time (epoch ms) as the UTC time of day."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
+
+
 def format_window(value: bytes) -> str:
     d = json.loads(value)
-    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
-    end = datetime.fromtimestamp(d["window_end"] / 1000, UTC).strftime("%H:%M:%S")
+    start, end = _clock(d["window_start"]), _clock(d["window_end"])
     return (
         f"{d['product_id']:>8}  [{start}, {end})  count={d['count']:<4} sum={d['sum']:>10.2f}  "
         f"mean={d['mean']:>8.2f}  min={d['min']:>8.2f}  max={d['max']:>8.2f}  std={d['std']:>8.2f}"
@@ -180,7 +184,7 @@ def format_window(value: bytes) -> str:
 
 def format_anomaly(value: bytes) -> str:
     d = json.loads(value)
-    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
+    start = _clock(d["window_start"])
     z = "-" if d["zscore"] is None else f"{d['zscore']:+.1f}"
     return (
         f"{d['product_id']:>8}  [{start}] ANOMALY  revenue={d['revenue']:.2f}, "
@@ -190,7 +194,7 @@ def format_anomaly(value: bytes) -> str:
 
 def format_ranking(value: bytes) -> str:
     d = json.loads(value)
-    start = datetime.fromtimestamp(d["window_start"] / 1000, UTC).strftime("%H:%M:%S")
+    start = _clock(d["window_start"])
     top = ", ".join(f"{e['product_id']} {e['revenue']:.2f}" for e in d["top"][:3])
     return f"     top  [{start}] {top}"
 
