@@ -112,6 +112,25 @@ async def test_output_batches_are_cut_to_the_topics_message_limit() -> None:
     assert changelog.record_count() == 3
 
 
+async def test_outputs_that_must_land_in_order_go_out_one_record_batch_after_another() -> None:
+    """A report's parts (`in_order`): a later part must not land before an earlier one, which
+    could fail and be retried after it; other outputs' batches go out at once."""
+    producer = _HeldProducer()
+    parts = [Produce("report", 0, b"all", bytes(1000), 1, [], in_order=True) for _ in range(3)]
+    copies = [Produce("dlq", 0, b"k", bytes(1000), 1, []) for _ in range(3)]
+    sender = BatchSender(producer, output_batch_bytes=1500)  # type: ignore[arg-type]
+    sending = asyncio.create_task(sender.send([*parts, *copies]))
+    assert await producer.sent_at_least(4) == ["dlq", "dlq", "dlq", "report"]
+    for expected in (5, 6):
+        producer.sent[-1][1].set_result(None)  # the part before is acknowledged: the next
+        assert (await producer.sent_at_least(expected))[-1] == "report"
+        assert len(producer.sent) == expected and not sending.done()
+    for _, ack in producer.sent:
+        if not ack.done():
+            ack.set_result(None)
+    await sending
+
+
 async def test_a_closed_sender_starts_no_producer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A send after `close` (a drain loop still running during shutdown) fails like a send on a
     stopped producer, instead of starting a producer nobody would stop."""

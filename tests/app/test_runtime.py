@@ -103,6 +103,8 @@ async def test_a_batch_too_big_for_one_changelog_batch_is_split(
         return [w for r in reports for w in r["w"]], reports[-1]["wm"] // 60_000
 
     assert reported(split) == reported(whole)
+    reports = [r for records, _ in split for r in records if r.topic == "orders.by-window"]
+    assert reports and all(r.in_order for r in reports)  # a report's parts land in order
 
     def last_forward(sent: list[tuple[list[Produce], SourceCommit]]) -> dict[str, bytes | None]:
         return {
