@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiokafka.errors import (
@@ -223,6 +224,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if differences else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from replay.export import export
+
+    print(command_loop.run(export(_settings_with_broker(), args.directory, args.version)))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from replay.versions import status
 
@@ -411,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=20,
         help="differences to show per output (default 20)",
+    )
+    sp = add(
+        "export",
+        cmd_export,
+        "Write a version's final results to files, one JSON-lines file per output.",
+    )
+    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
+    sp.add_argument(
+        "--version", type=version_number, default=None, help="the version (default: the live one)"
     )
     add("status", cmd_status, "Show the live version and where its outputs and state are.")
 

@@ -1,32 +1,29 @@
 """`kappa diff`: two versions' outputs compared key by key, in memory that does not grow with them.
 
-Each side's output topic is folded, as it is read, into a temporary RocksDB store of the last
-value per key (outputs are upserts); the two stores are then walked side by side in key order.
-The disk holds one copy of each side's latest values; memory holds one fetch and one key.
+Each side's outputs are read back as their latest value per key (replay/latest.py), and the two
+stores are walked side by side in key order: memory holds one fetch and one key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 
-from agents.orders import PROVISIONAL_HEADER, REVENUE
-from agents.product_trends import TRENDS
-from agents.top_products import TOP_PRODUCTS
-from agents.user_totals import USER_TOTALS
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
-from app.topic_reader import read_chunks
 from app.topology import Topology
+from replay.latest import (
+    RESULT_OUTPUTS,
+    Entry,
+    decode_entry,
+    fold_latest,
+    outputs_of,
+    scratch_dir,
+)
 from replay.registry import (
     DROPPED,
     Registry,
@@ -35,71 +32,6 @@ from replay.registry import (
     require_version,
 )
 from tables.rocks import RocksStore
-
-log = logging.getLogger("kappa.diff")
-LOG_EVERY_S = 5.0
-
-# The outputs compared, and the fields that make a record's key (its window, its user).
-# Trend points are compared too: their settings (KAPPA_TREND_*, KAPPA_ANOMALY_*) may differ
-# between versions with identical windows.
-COMPARED_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (REVENUE, ("product_id", "window_start", "window_end")),
-    (USER_TOTALS, ("user_id",)),
-    (TRENDS, ("product_id", "window_start", "window_end")),
-    (TOP_PRODUCTS, ("window_start", "window_end")),
-)
-_FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
-
-Entry = tuple[bytes, bytes]  # (sort key, flag byte + the record's value)
-
-
-def sort_key(key: Sequence[Any]) -> bytes:
-    """Bytes whose order is the key's order for strings and 64-bit integers, field by field
-    (so windows come out by product, then start time); other values sort after, by JSON."""
-    out = bytearray()
-    for v in key:
-        if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63:
-            out += b"\x01" + (v + 2**63).to_bytes(8, "big")
-        elif isinstance(v, str):
-            out += b"\x02" + _escaped(v.encode("utf-8", "surrogatepass"))
-        else:
-            out += b"\x03" + _escaped(json.dumps(v, sort_keys=True).encode())
-    return bytes(out)
-
-
-def _escaped(raw: bytes) -> bytes:
-    """Prefix-free and order-preserving: NUL becomes NUL 0xFF, and NUL NUL ends the field."""
-    return raw.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
-
-
-def latest_entry(record: ConsumerRecord, key_fields: Sequence[str], topic: str) -> Entry | None:
-    """A record's (sort key, stored value); None for a tombstone. An output record Kappa did
-    not write is reported in one line naming where it is."""
-    if record.value is None:
-        return None
-    try:
-        d = json.loads(record.value)
-        key = tuple(d[f] for f in key_fields)
-        hash(key)
-    except (ValueError, TypeError, KeyError, RecursionError) as e:
-        raise ConfigError(
-            f"{topic}[{record.partition}] offset {record.offset} is not a Kappa output record "
-            f"({type(e).__name__}): only Kappa may write to a version's output topics"
-        ) from None
-    # Still open: flushed by a replay (the header), or a running value of a version that
-    # emits updates (KAPPA_EMIT_UPDATES) whose window has not closed yet.
-    provisional = d.get("final") is False or any(
-        k == PROVISIONAL_HEADER for k, _ in record.headers or ()
-    )
-    return sort_key(key), (_PROVISIONAL if provisional else _FINAL) + bytes(record.value)
-
-
-def decode_entry(stored: bytes) -> tuple[dict[str, Any], bool]:
-    """(the result's fields, provisional?). `final` says how a version emits
-    (KAPPA_EMIT_UPDATES), not what it computed, so it is left out."""
-    fields = json.loads(stored[1:])
-    fields.pop("final", None)
-    return fields, stored[:1] == _PROVISIONAL
 
 
 @dataclass
@@ -206,28 +138,6 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(_close(a[f], b[f]) for f in a)
 
 
-async def fold_latest(
-    settings: Settings, topic: str, key_fields: Sequence[str], store: RocksStore
-) -> int:
-    """Read `topic` to its end into `store` (last value per key); returns records read."""
-    read = 0
-    last_log = time.monotonic()
-    async with contextlib.aclosing(read_chunks(settings.kafka, topic)) as chunks:
-        async for _, records in chunks:
-            changes: dict[bytes, bytes | None] = {}
-            for r in records:
-                entry = latest_entry(r, key_fields, topic)
-                if entry is not None:
-                    changes[entry[0]] = entry[1]
-            if changes:
-                store.write(changes)
-            read += len(records)
-            if time.monotonic() - last_log >= LOG_EVERY_S:
-                last_log = time.monotonic()
-                log.warning("diff: read %d records of %s", read, topic)
-    return read
-
-
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
     """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
     view = await Registry(settings).load()
@@ -241,8 +151,8 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
     total = 0
     compared: list[str] = []
     skipped: list[str] = []
-    for logical, keys in COMPARED_OUTPUTS:
-        lacking = [t for t in (t1, t2) if logical not in _outputs(t)]
+    for logical, keys in RESULT_OUTPUTS:
+        lacking = [t for t in (t1, t2) if logical not in outputs_of(t)]
         if lacking:
             ran_only = "; ".join(
                 f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
@@ -252,7 +162,7 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
             skipped.append(logical)
             continue
         compared.append(logical)
-        with _scratch(settings) as scratch:
+        with scratch_dir(settings) as scratch:
             stores = [RocksStore(scratch / side) for side in ("a", "b")]
             try:
                 for t, store in zip((t1, t2), stores):
@@ -327,19 +237,3 @@ async def _live_past_snapshot(
         finally:
             await admin.close()
     return None
-
-
-@contextlib.contextmanager
-def _scratch(settings: Settings) -> Iterator[Path]:
-    """A directory for the two stores, beside the state (where there is room), removed after."""
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create {settings.state_dir} for the diff: {e}") from None
-    with tempfile.TemporaryDirectory(prefix="kappa-diff-", dir=settings.state_dir) as d:
-        yield Path(d)
-
-
-def _outputs(topology: Topology) -> set[str]:
-    """The logical output topics the topology's selected pipelines write."""
-    return {t for p in topology.pipelines for t in p.outputs}

@@ -99,6 +99,37 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     diff = run_kappa(["diff", "1", "2"], dataset.env)
     assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout + diff.stderr
 
+    # Exported, the live version's results and the replay's are the same bytes.
+    live_dir, replay_dir = dataset.tmp / "export-v1", dataset.tmp / "export-v2"
+    live = run_kappa(["export", str(live_dir)], dataset.env)  # the live version by default
+    replayed = run_kappa(["export", str(replay_dir), "--version", "2"], dataset.env)
+    assert live.returncode == replayed.returncode == 0, live.stderr + replayed.stderr
+    files = sorted(p.name for p in live_dir.iterdir())
+    assert files == sorted(p.name for p in replay_dir.iterdir())
+    assert files == [
+        "export.json",
+        "orders.product-trends.jsonl",
+        "orders.revenue-1m.jsonl",
+        "orders.top-products.jsonl",
+        "orders.user-totals.jsonl",
+    ]
+    for name in files[1:]:
+        assert (live_dir / name).read_bytes() == (replay_dir / name).read_bytes(), name
+    exported = [json.loads(line) for line in (replay_dir / files[2]).read_bytes().splitlines()]
+    assert_windows_equal(
+        {(w["product_id"], w["window_start"], w["window_end"]): w for w in exported},
+        dataset.reference,
+    )
+    left_out = len(dataset.flushed.windows) - len(dataset.reference.windows)
+    assert left_out > 0  # the replay flushed open windows: not results yet
+    assert f"orders.revenue-1m: {len(exported):,} results → {replay_dir / files[2]} " in (
+        replayed.stdout
+    )
+    assert f"({left_out:,} still open, left out)" in replayed.stdout
+    manifest = json.loads((replay_dir / "export.json").read_text())
+    assert manifest["version"] == 2 and manifest["replay_done"] is True
+    assert manifest["outputs"]["orders.revenue-1m"]["results"] == len(exported)
+
 
 @pytest.mark.parametrize(
     ("version", "kill_at", "split"),

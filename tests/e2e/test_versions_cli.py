@@ -3,6 +3,7 @@ made without a replay and replays of some pipelines only."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,32 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
         "identical in orders.revenue-1m "
         "(orders.user-totals, orders.product-trends, orders.top-products not compared)"
     )
+
+    # An export of that version holds the outputs it has, and says which it does not.
+    out = tmp_path / "export"
+    exported = run_kappa(["export", str(out), "--version", "3"], env)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    lines = exported.stdout.strip().splitlines()
+    counts = re.fullmatch(r".*: ([\d,]+) results → .* \(([\d,]+) still open, left out\)", lines[0])
+    assert counts, lines[0]
+    results, still_open = (int(n.replace(",", "")) for n in counts.groups())
+    assert still_open > 0 and results + still_open == windows  # the replay flushed some
+    assert lines == [
+        f"orders.revenue-1m: {results:,} results → {out / 'orders.revenue-1m.jsonl'} "
+        f"({still_open:,} still open, left out)",
+        "orders.user-totals: not exported (version 3 did not run its pipeline)",
+        "orders.product-trends: not exported (version 3 did not run its pipeline)",
+        "orders.top-products: not exported (version 3 did not run its pipeline)",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "orders.revenue-1m.jsonl"]
+    assert len((out / "orders.revenue-1m.jsonl").read_bytes().splitlines()) == results
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    refused = run_kappa(["export", str(blocked / "sub"), "--version", "3"], env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"kappa export: error: cannot create {blocked / 'sub'}: Not a directory"
+    ]
 
 
 async def test_dropping_a_version_that_never_existed_is_refused(

@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from agents.base import SourceRecord
 from app.settings import ConfigError
-from replay.diff import (
+from replay.diff import _why_they_may_differ, compare_latest
+from replay.latest import (
     Entry,
-    _why_they_may_differ,
-    compare_latest,
     decode_entry,
     latest_entry,
     sort_key,
