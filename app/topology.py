@@ -96,19 +96,24 @@ class Topology:
 
     def stages(self) -> list[Pipeline]:
         """Pipelines in dependency order: a pipeline comes after the one producing its source."""
-        ordered: list[Pipeline] = []
+        return [p for level in self.levels() for p in level]
+
+    def levels(self) -> list[list[Pipeline]]:
+        """Pipelines grouped by dependency depth: each reads only what earlier levels (or the
+        outside) produce, so the pipelines of one level can run at the same time."""
+        levels: list[list[Pipeline]] = []
         remaining = list(self.pipelines)
         while remaining:
-            done_outputs = {t for p in ordered for t in p.outputs}
+            done_outputs = {t for level in levels for p in level for t in p.outputs}
             selected_outputs = {t for p in remaining for t in p.outputs}
             ready = [
                 p for p in remaining if p.source in done_outputs or p.source not in selected_outputs
             ]
             if not ready:
                 raise ConfigError("pipelines form a cycle")
-            ordered.extend(ready)
+            levels.append(ready)
             remaining = [p for p in remaining if p not in ready]
-        return ordered
+        return levels
 
     def state_root(self) -> Path:
         return self.settings.state_dir / f"v{self.version}"

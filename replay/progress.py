@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 from prometheus_client import Gauge
 
@@ -30,26 +31,10 @@ class ReplayProgress:
         self._last_log = self.started
         TOTAL.labels(*self.labels).set(total)
         DONE.labels(*self.labels).set(0)
-        self._bar = None
+        self._bar: Any = None
         if show_bar and sys.stderr.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn(f"replay v{version} {pipeline}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>9,.0f} ev/s"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._task = self._bar.add_task("replay", total=total, rate=0.0)
-            self._bar.start()
+            self._bar = _shared_bar()
+            self._task = self._bar.add_task(f"replay v{version} {pipeline}", total=total, rate=0.0)
 
     def advance(self, n: int) -> None:
         self.done += n
@@ -75,4 +60,43 @@ class ReplayProgress:
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            self._bar = None
+            _release_bar()
+
+
+# One display for every pipeline replaying at the same time (rich shows one live display at
+# a time): a bar per pipeline, stopped when the last one closes.
+_bar: Any = None
+_bar_users = 0
+
+
+def _shared_bar() -> Any:
+    global _bar, _bar_users
+    if _bar is None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        _bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9,.0f} ev/s"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        _bar.start()
+    _bar_users += 1
+    return _bar
+
+
+def _release_bar() -> None:
+    global _bar, _bar_users
+    _bar_users -= 1
+    if _bar_users == 0 and _bar is not None:
+        _bar.stop()
+        _bar = None

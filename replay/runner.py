@@ -15,8 +15,9 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
@@ -153,7 +154,8 @@ async def _replay(
     producer = new_batch_producer(settings.kafka, linger_ms=20)
     await producer.start()
     try:
-        for pipeline in topology.stages():
+
+        async def stage(pipeline: Pipeline) -> None:
             source = topology.physical(pipeline.source)
             if pipeline.source in topology.external_sources:
                 ends = {int(p): e for p, e in rec.snapshot[source].items()}
@@ -165,6 +167,11 @@ async def _replay(
             await _run_stage(settings, topology, pipeline, ends, mine, producer, opts, summary)
             for p in mine:
                 await registry.put_progress(opts.version, pipeline.name, p, ends[p])
+
+        # The pipelines of a level run at the same time: one's fetches and state opening
+        # overlap the others' processing, and the broker works on the other core meanwhile.
+        for level in topology.levels():
+            await all_or_none([stage(p) for p in level])
     finally:
         await producer.stop()
 
@@ -175,6 +182,21 @@ async def _replay(
             await registry.put_completion(opts.version)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def all_or_none(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run them at once; the first to fail cancels the others, and its error is raised as it
+    is (a one-line error stays one line, not an exception group)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:  # also when this task is cancelled (Ctrl-C): no stage left running
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+    if failed:
+        raise failed[0]  # type: ignore[misc]
 
 
 async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:

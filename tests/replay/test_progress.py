@@ -27,3 +27,22 @@ def test_progress_sets_done_total_rate_and_eta(caplog: pytest.LogCaptureFixture)
     assert eta is not None and eta == pytest.approx(750 / rate, rel=0.05)
     assert "250/1000 events" in caplog.text  # no terminal: a log line instead of a bar
     progress.close()
+
+
+def test_pipelines_replaying_at_once_share_one_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich shows one live display at a time: a second one would fail (LiveError)."""
+    import replay.progress as progress_module
+
+    monkeypatch.setattr(progress_module.sys.stderr, "isatty", lambda: True)
+    first = ReplayProgress(42, "user-totals", total=10, show_bar=True)
+    second = ReplayProgress(42, "product-trends", total=20, show_bar=True)
+    bar = progress_module._bar
+    assert bar is not None and [t.description for t in bar.tasks] == [
+        "replay v42 user-totals",
+        "replay v42 product-trends",
+    ]
+    first.advance(10)
+    first.close()
+    assert progress_module._bar is bar and bar.live.is_started  # the other still shows
+    second.close()
+    assert progress_module._bar is None and not bar.live.is_started
