@@ -127,18 +127,18 @@ def trend_value(product: str, p: TrendPoint) -> bytes:
     """
     return (
         f'{{"product_id":{_json_str(product)},"window_start":{p.window_start},'
-        f'"window_end":{p.window_end},"count":{p.count},"revenue":{_num(p.value)},'
-        f'"moving_avg":{_num(p.moving_average)},"windows":{p.windows},'
-        f'"cum_orders":{p.cumulative_count},"cum_revenue":{_num(p.cumulative_value)},'
-        f'"expected":{_num(p.expected)},"forecast_next":{_num(p.forecast_next)},'
-        f'"zscore":{_num(p.zscore)},"anomaly":{"true" if p.anomaly else "false"}}}'
+        f'"window_end":{p.window_end},"count":{p.count},"revenue":{json_number(p.value)},'
+        f'"moving_avg":{json_number(p.moving_average)},"windows":{p.windows},'
+        f'"cum_orders":{p.cumulative_count},"cum_revenue":{json_number(p.cumulative_value)},'
+        f'"expected":{json_number(p.expected)},"forecast_next":{json_number(p.forecast_next)},'
+        f'"zscore":{json_number(p.zscore)},"anomaly":{"true" if p.anomaly else "false"}}}'
     ).encode()
 
 
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
-def _num(x: float | None) -> str:
+def json_number(x: float | None) -> str:
     """A float as JSON: repr, or null for None and a non-finite value."""
     return repr(x) if x is not None and math.isfinite(x) else "null"
 

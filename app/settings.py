@@ -45,6 +45,7 @@ class Settings:
     anomaly_z: float = 3.0
     anomaly_warmup: int = 10
     top_k: int = 10  # top-products: products ranked per window
+    demand_levels: int = 3  # product-signals: demand levels (clusters) learned per product
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
@@ -287,6 +288,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{_TREND_VARIABLES[name]} {rest}") from None
     if not 1 <= s.top_k <= 100:  # a ranking of long ids must stay one record (~620 KB at 100)
         raise ConfigError(f"KAPPA_TOP_K must be from 1 to 100, got {s.top_k}")
+    if not 1 <= s.demand_levels <= 10:
+        raise ConfigError(f"KAPPA_DEMAND_LEVELS must be from 1 to 10, got {s.demand_levels}")
     if s.web_port > 65535:
         raise ConfigError(f"KAPPA_WEB_PORT must be a port number (1-65535), got {s.web_port}")
     if s.copy_max_bytes < MIN_COPY_BYTES:

@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE
+from agents.product_signals import SIGNALS
 from agents.product_trends import TRENDS
 from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
@@ -40,6 +41,7 @@ RESULT_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (USER_TOTALS, ("user_id",)),
     (TRENDS, ("product_id", "window_start", "window_end")),
     (TOP_PRODUCTS, ("window_start", "window_end")),
+    (SIGNALS, ("product_id", "window_start", "window_end")),
 )
 _FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
 

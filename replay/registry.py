@@ -167,6 +167,7 @@ def version_definition(settings: Settings) -> dict[str, object]:
         "anomaly_z": settings.anomaly_z,
         "anomaly_warmup": settings.anomaly_warmup,
         "top_k": settings.top_k,
+        "demand_levels": settings.demand_levels,
     }
 
 

@@ -108,6 +108,7 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     assert files == sorted(p.name for p in replay_dir.iterdir())
     assert files == [
         "export.json",
+        "orders.product-signals.jsonl",
         "orders.product-trends.jsonl",
         "orders.revenue-1m.jsonl",
         "orders.top-products.jsonl",
@@ -115,16 +116,15 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     ]
     for name in files[1:]:
         assert (live_dir / name).read_bytes() == (replay_dir / name).read_bytes(), name
-    exported = [json.loads(line) for line in (replay_dir / files[2]).read_bytes().splitlines()]
+    revenue = replay_dir / "orders.revenue-1m.jsonl"
+    exported = [json.loads(line) for line in revenue.read_bytes().splitlines()]
     assert_windows_equal(
         {(w["product_id"], w["window_start"], w["window_end"]): w for w in exported},
         dataset.reference,
     )
     left_out = len(dataset.flushed.windows) - len(dataset.reference.windows)
     assert left_out > 0  # the replay flushed open windows: not results yet
-    assert f"orders.revenue-1m: {len(exported):,} results → {replay_dir / files[2]} " in (
-        replayed.stdout
-    )
+    assert f"orders.revenue-1m: {len(exported):,} results → {revenue} " in (replayed.stdout)
     assert f"({left_out:,} still open, left out)" in replayed.stdout
     manifest = json.loads((replay_dir / "export.json").read_text())
     assert manifest["version"] == 2 and manifest["replay_done"] is True

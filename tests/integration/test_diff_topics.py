@@ -49,6 +49,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
             "orders.user-totals",
             "orders.product-trends",
             "orders.top-products",
+            "orders.product-signals",
         )
     }
     await ensure_topics(broker, {name: (3, {}) for name in names.values()})
@@ -100,6 +101,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "orders.product-trends: 1 in v2, 1 in v3; 0 only in v2, 0 only in v3, 1 differ",
         "  ~ ('p1', 0, 60000): forecast_next 2.5 → 3.0",
         "orders.top-products: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
+        "orders.product-signals: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "4 differences",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed
@@ -152,10 +154,10 @@ async def test_diff_says_how_far_it_has_read(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from app.settings import load_settings as load
-    from replay import diff as diff_module
+    from replay import latest as latest_module
     from tables.rocks import RocksStore
 
-    monkeypatch.setattr(diff_module, "LOG_EVERY_S", 0.0)  # a line for every fetch
+    monkeypatch.setattr(latest_module, "LOG_EVERY_S", 0.0)  # a line for every fetch
     settings = load({"KAPPA_BROKER": broker, "KAPPA_STATE_DIR": str(tmp_path)})
     topic = f"progress-{unique}"
     await ensure_topics(broker, {topic: (1, {})})
@@ -167,13 +169,13 @@ async def test_diff_says_how_far_it_has_read(
         await producer.stop()
     store = RocksStore(tmp_path / "scratch")
     try:
-        read = await diff_module.fold_latest(
+        read = await latest_module.fold_latest(
             settings, topic, ("product_id", "window_start", "window_end"), store
         )
     finally:
         store.close()
     assert read == 1
-    assert f"diff: read 1 records of {topic}" in caplog.text
+    assert f"read 1 records of {topic}" in caplog.text
 
 
 async def test_a_live_version_is_said_to_be_past_a_snapshot_only_when_it_is(

@@ -135,7 +135,14 @@ async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
     orders = Worker(env, tmp_path / "orders.log").start("--pipeline", "orders")
     totals_env = kappa_env(broker, unique, tmp_path / "state-totals")  # a state dir each
     totals = Worker(totals_env, tmp_path / "totals.log").start(
-        "--pipeline", "user-totals", "--pipeline", "product-trends", "--pipeline", "top-products"
+        "--pipeline",
+        "user-totals",
+        "--pipeline",
+        "product-trends",
+        "--pipeline",
+        "top-products",
+        "--pipeline",
+        "product-signals",
     )
 
     def both_alive() -> None:
@@ -145,7 +152,12 @@ async def test_each_pipeline_in_its_own_process_gives_the_same_outputs(
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=both_alive)
         assert _pipelines_counted(orders) == {"orders"}
-        assert _pipelines_counted(totals) == {"user-totals", "product-trends", "top-products"}
+        assert _pipelines_counted(totals) == {
+            "user-totals",
+            "product-trends",
+            "top-products",
+            "product-signals",
+        }
     finally:
         assert orders.stop() == 0, orders.tail_log()
         assert totals.stop() == 0, totals.tail_log()

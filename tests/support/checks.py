@@ -6,13 +6,16 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from agents.orders import PROVISIONAL_HEADER
+from agents.product_signals import signal_value
 from agents.product_trends import parse_window, trend_dict
 from app.changelog import KafkaChangelog
 from app.settings import load_settings
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from tables.signals import Signals, TrendInput
 from tables.top_k import ranked
 from tables.trends import TrendConfig, trend_points
 from tests.support.reference import Reference, assert_windows_equal, compute
@@ -64,7 +67,8 @@ async def check_side_outputs(broker: str, prefix: str, ref: Reference, suffix: s
         assert totals[u][0] == n, (u, totals[u], n)
         assert abs(totals[u][1] - spend) <= 1e-6 * max(1.0, abs(spend)), (u, totals[u], spend)
     windows = await final_windows(broker, f"{t}.revenue-1m{suffix}")
-    await check_trends(broker, prefix, windows, suffix)
+    trends = await check_trends(broker, prefix, windows, suffix)
+    await check_signals(broker, prefix, trends, suffix)
     await check_top_products(broker, prefix, windows, ref, suffix)
 
 
@@ -82,9 +86,10 @@ async def final_windows(broker: str, topic: str) -> dict[str, dict[int, ClosedWi
 
 async def check_trends(
     broker: str, prefix: str, windows: dict[str, dict[int, ClosedWindowRow]], suffix: str = ""
-) -> None:
+) -> dict[str, list[dict[str, Any]]]:
     """Per product, the trend points and anomalies are exactly the fold of the final windows
-    the orders pipeline emitted (the windows themselves are checked against the reference)."""
+    the orders pipeline emitted (the windows themselves are checked against the reference);
+    returns the points."""
     t = f"{prefix}.orders"
     want = {
         product: [trend_dict(product, p) for p in trend_points(sorted(ws.values()), TrendConfig())]
@@ -101,6 +106,33 @@ async def check_trends(
         for product, points in want.items()
         if any(p["anomaly"] for p in points)
     }
+    return want
+
+
+async def check_signals(
+    broker: str, prefix: str, trends: dict[str, list[dict[str, Any]]], suffix: str = ""
+) -> None:
+    """Per product, the demand levels and direction are exactly the fold of its trend points."""
+    want: dict[str, list[dict[str, Any]]] = {}
+    for product, points in trends.items():
+        s = Signals(3)
+        folded = (
+            s.observe(
+                TrendInput(
+                    p["window_start"],
+                    p["window_end"],
+                    p["revenue"],
+                    p["moving_avg"],
+                    p["forecast_next"],
+                )
+            )
+            for p in points
+        )
+        want[product] = [json.loads(signal_value(product, sp)) for sp in folded if sp is not None]
+    got = await _points_by_product(broker, f"{prefix}.orders.product-signals{suffix}")
+    assert got.keys() == want.keys(), f"missing {want.keys() - got.keys()}"
+    for product, points in want.items():
+        assert got[product] == points, product
 
 
 async def check_top_products(

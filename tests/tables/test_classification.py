@@ -1,0 +1,35 @@
+"""Online logistic regression, scored prequentially."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tables.classification import OnlineLogistic
+
+
+def test_it_learns_a_separable_rule_and_scores_each_prediction_before_learning() -> None:
+    model = OnlineLogistic(2, learning_rate=0.5)
+    assert model.probability([1.0, 3.0]) == 0.5 and model.accuracy is None
+    examples = [([1.0, x], x > 0) for x in (2.0, -1.5, 0.5, -3.0, 1.0, -0.5) * 20]
+    for x, label in examples:
+        model.learn(x, label)
+    assert model.scored == len(examples)
+    assert model.probability([1.0, 2.0]) > 0.9 and model.probability([1.0, -2.0]) < 0.1
+    assert model.accuracy is not None and model.accuracy > 0.9
+
+
+def test_one_step_is_the_gradient_of_the_log_loss() -> None:
+    model = OnlineLogistic(2, learning_rate=0.1, weights=[0.2, -0.4])
+    x = [1.0, 2.0]
+    p = 1 / (1 + math.exp(-(0.2 - 0.8)))
+    model.learn(x, True)
+    assert model.weights == pytest.approx([0.2 + 0.1 * (1 - p), -0.4 + 0.1 * (1 - p) * 2])
+    assert (model.scored, model.correct) == (1, 0)  # p < 0.5 said "no"
+
+
+def test_huge_features_give_a_certain_probability_not_an_overflow() -> None:
+    model = OnlineLogistic(1, weights=[1.0])
+    assert model.probability([1e300]) == pytest.approx(1.0)
+    assert model.probability([-1e300]) == pytest.approx(0.0)
