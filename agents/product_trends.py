@@ -1,11 +1,15 @@
-"""Per-product trends over the closed revenue windows: moving average, cumulative orders and
-revenue, a forecast of the next window, and anomalies (windows far off the forecast).
+"""Per-product analytics over the closed revenue windows: moving average, cumulative orders
+and revenue, a forecast of the next window, anomalies (windows far off the forecast), and the
+signals over those points: demand level (clustering) and next-window direction (classification).
 
 Source `orders.revenue-1m` is keyed by product, so a product's windows arrive on one partition
 in window order. Only final windows count: a replay's provisional ones (header
 `kappa.provisional`) and the running updates of `KAPPA_EMIT_UPDATES` (`"final":false`) are
 skipped, and a window re-sent after a crash upstream is skipped by its start. Each product's
-trend is therefore the same fold over the same windows, live or replayed (`tables/trends.py`).
+trend and signals are therefore the same fold over the same windows, live or replayed
+(`tables/trends.py`, `tables/signals.py`). The signals are folded here, from the points as they
+are made, rather than in a pipeline of their own reading them back: that would decode every
+point again and cost a replay a whole stage.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from agents.base import BatchOutput, OutRecord, Record, unapplied
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
 from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT, json_object
 from tables.partition_state import PartitionState
+from tables.signals import SignalPoint, Signals, TrendInput
 from tables.trends import Trend, TrendConfig, TrendPoint
 
 TRENDS = "orders.product-trends"
 ANOMALIES = "orders.anomalies"
+SIGNALS = "orders.product-signals"
 TRENDS_STORE = "product-trends"  # per product: its `Trend`
+SIGNALS_STORE = "product-signals"  # per product: its `Signals`
 
 Window = tuple[str, int, int, int, float]  # product, start, end, count, sum
 
@@ -31,12 +38,15 @@ Window = tuple[str, int, int, int, float]  # product, start, end, count, sum
 class ProductTrendsPipeline:
     name = "product-trends"
     source = REVENUE
-    outputs = (TRENDS, ANOMALIES, DLQ)
+    outputs = (TRENDS, ANOMALIES, SIGNALS, DLQ)
     dlq = DLQ
 
-    def __init__(self, config: TrendConfig | None = None, window_ms: int = 60_000) -> None:
+    def __init__(
+        self, config: TrendConfig | None = None, window_ms: int = 60_000, levels: int = 3
+    ) -> None:
         self.config = config or TrendConfig()
         self.window_ms = window_ms
+        self.levels = levels  # demand levels learned per product
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
@@ -62,7 +72,12 @@ class ProductTrendsPipeline:
             p: Trend.from_bytes(raw) if raw is not None else Trend()
             for p, raw in zip(products, state.get_values(TRENDS_STORE, products))
         }
+        signals = {
+            p: Signals.from_bytes(raw) if raw is not None else Signals(self.levels)
+            for p, raw in zip(products, state.get_values(SIGNALS_STORE, products))
+        }
         changed: dict[str, None] = {}
+        records = out.records
         for product, start, end, count, value in windows:
             point = trends[product].observe(start, end, count, value, self.config)
             if point is None:
@@ -70,12 +85,16 @@ class ProductTrendsPipeline:
                 continue
             changed[product] = None
             key, body = product.encode(), trend_value(product, point)
-            out.records.append(OutRecord(TRENDS, key, body, end - 1))
+            records.append(OutRecord(TRENDS, key, body, end - 1))
             if point.anomaly:
-                out.records.append(OutRecord(ANOMALIES, key, body, end - 1))
+                records.append(OutRecord(ANOMALIES, key, body, end - 1))
                 counts.anomalies += 1
+            signal = signals[product].observe(signal_input(point))
+            if signal is not None:
+                records.append(OutRecord(SIGNALS, key, signal_value(product, signal), end - 1))
         for product in changed:
             state.put_value(TRENDS_STORE, product, trends[product].to_bytes())
+            state.put_value(SIGNALS_STORE, product, signals[product].to_bytes())
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:
@@ -149,6 +168,29 @@ def _finite(x: float | None) -> float | None:
     return x if x is None or math.isfinite(x) else None
 
 
+def signal_input(p: TrendPoint) -> TrendInput:
+    """What the signals read of a trend point: the values its record carries (a non-finite
+    one, which bounded windows never give, as 0, as the record's null would be read)."""
+    return TrendInput(
+        p.window_start,
+        p.window_end,
+        _finite(p.value) or 0.0,
+        _finite(p.moving_average) or 0.0,
+        _finite(p.forecast_next) or 0.0,
+    )
+
+
+def signal_value(product: str, p: SignalPoint) -> bytes:
+    """Deterministic JSON (fixed field order), formatted directly as `trend_value` is."""
+    return (
+        f'{{"product_id":{_json_str(product)},"window_start":{p.window_start},'
+        f'"window_end":{p.window_end},"revenue":{json_number(p.revenue)},"level":{p.level},'
+        f'"level_revenue":{json_number(p.level_revenue)},"levels":{p.levels},'
+        f'"p_up_next":{json_number(p.p_up_next)},"accuracy":{json_number(p.accuracy)},'
+        f'"scored":{p.scored}}}'
+    ).encode()
+
+
 def trend_dict(product: str, p: TrendPoint) -> dict[str, Any]:
     return {
         "product_id": product,
@@ -173,3 +215,21 @@ def settled_trend(state: PartitionState, product: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     return {"product_id": product, **Trend.from_bytes(raw).summary()}
+
+
+def settled_signals(state: PartitionState, product: str) -> dict[str, Any] | None:
+    """A product's demand levels and direction model as of the last acknowledged batch; None
+    if it has no closed window."""
+    raw = state.settled_values(SIGNALS_STORE, [product])[0]
+    if raw is None:
+        return None
+    s = Signals.from_bytes(raw)
+    return {
+        "product_id": product,
+        "last_window_start": s.last_start,
+        "level_revenues": [math.expm1(c) for c in s.kmeans.centres],
+        "level_counts": list(s.kmeans.counts),
+        "p_up_next": s.classifier.probability(s.pending) if s.pending is not None else None,
+        "accuracy": s.classifier.accuracy,
+        "scored": s.classifier.scored,
+    }

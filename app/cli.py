@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         action="append",
         default=[],
-        help="run only this pipeline: orders, user-totals, product-trends, top-products or "
-        "product-signals (repeatable)",
+        help="run only this pipeline: orders, user-totals, product-trends or top-products "
+        "(repeatable)",
     )
     sp.add_argument(
         "--web-port", type=port_number, default=None, help="port for /metrics and /health"

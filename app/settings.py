@@ -45,7 +45,7 @@ class Settings:
     anomaly_z: float = 3.0
     anomaly_warmup: int = 10
     top_k: int = 10  # top-products: products ranked per window
-    demand_levels: int = 3  # product-signals: demand levels (clusters) learned per product
+    demand_levels: int = 3  # product-trends: demand levels (clusters) learned per product
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from agents.base import Pipeline
 from agents.orders import OrdersConfig, OrdersPipeline
-from agents.product_signals import ProductSignalsPipeline
 from agents.product_trends import ProductTrendsPipeline
 from agents.top_products import TopProductsPipeline
 from agents.user_totals import UserTotalsPipeline
@@ -29,9 +28,8 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
     return [
         orders,
         UserTotalsPipeline(),
-        ProductTrendsPipeline(trend_config(settings), settings.window_ms),
+        ProductTrendsPipeline(trend_config(settings), settings.window_ms, settings.demand_levels),
         TopProductsPipeline(settings.top_k, settings.partitions, settings.window_ms),
-        ProductSignalsPipeline(settings.demand_levels, settings.window_ms),
     ]
 
 

@@ -15,8 +15,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.product_signals import settled_signals
-from agents.product_trends import settled_trend
+from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
 from app.runtime import PipelineRunner
 from app.settings import Settings
@@ -56,7 +55,6 @@ def register_pages(
             _register_query(app, runner, settings, "user-totals", "user", _user_totals)
         elif runner.pipeline.name == "product-trends":
             _register_query(app, runner, settings, "product-trends", "product", settled_trend)
-        elif runner.pipeline.name == "product-signals":
             _register_query(app, runner, settings, "product-signals", "product", settled_signals)
 
 

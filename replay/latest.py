@@ -20,8 +20,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE
-from agents.product_signals import SIGNALS
-from agents.product_trends import TRENDS
+from agents.product_trends import SIGNALS, TRENDS
 from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
 from app.settings import ConfigError, Settings

@@ -8,6 +8,7 @@ Pure and deterministic: the same examples in the same order give the same bits.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,13 +33,15 @@ class OnlineLogistic:
 
     def probability(self, x: Sequence[float]) -> float:
         """P(label 1 | x): 0.5 before anything was learned."""
-        margin = math.fsum(w * v for w, v in zip(self.weights, x))
+        margin = sum(map(operator.mul, self.weights, x))  # in feature order: deterministic
         margin = max(-_MAX_MARGIN, min(_MAX_MARGIN, margin))
         return 1.0 / (1.0 + math.exp(-margin))
 
-    def learn(self, x: Sequence[float], label: bool) -> None:
-        """Score the prediction for x against its label, then take one gradient step."""
-        p = self.probability(x)
+    def learn(self, x: Sequence[float], label: bool, p: float | None = None) -> None:
+        """Score the prediction for x against its label, then take one gradient step.
+        `p`: `probability(x)` if the caller has it (the weights unchanged since)."""
+        if p is None:
+            p = self.probability(x)
         self.scored += 1
         self.correct += (p >= 0.5) == label
         step = self.learning_rate * ((1.0 if label else 0.0) - p)

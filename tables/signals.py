@@ -40,7 +40,7 @@ class TrendInput:
     forecast_next: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per window, and a frozen init costs 2x
 class SignalPoint:
     window_start: int
     window_end: int
@@ -64,6 +64,9 @@ class Signals:
     last_start: int | None = None
     last_revenue: float = 0.0
     pending: list[float] | None = None  # features of the last window, labelled by the next
+    # the classifier's probability for `pending` (the weights have not changed since); not
+    # stored: recomputed after a restart, to the same bits
+    pending_p: float | None = None
 
     def __post_init__(self) -> None:
         self.kmeans = LineKMeans(self.levels)
@@ -74,7 +77,7 @@ class Signals:
         if self.last_start is not None and t.window_start <= self.last_start:
             return None
         if self.pending is not None:
-            self.classifier.learn(self.pending, t.revenue > self.last_revenue)
+            self.classifier.learn(self.pending, t.revenue > self.last_revenue, self.pending_p)
         log_revenue = math.log1p(t.revenue)
         level = self.kmeans.add(log_revenue)
         known = len(self.kmeans.centres)
@@ -85,6 +88,7 @@ class Signals:
             level / (known - 1) - 0.5 if known > 1 else 0.0,
         ]
         self.pending = features
+        self.pending_p = p = self.classifier.probability(features)
         self.last_start, self.last_revenue = t.window_start, t.revenue
         return SignalPoint(
             t.window_start,
@@ -93,7 +97,7 @@ class Signals:
             level,
             math.expm1(self.kmeans.centres[level]),
             known,
-            self.classifier.probability(features),
+            p,
             self.classifier.accuracy,
             self.classifier.scored,
         )

@@ -176,9 +176,9 @@ async def test_each_worker_pipeline_sends_through_its_own_producer(tmp_path: Any
 
     app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
     owners = [getattr(s, "__self__", None) for s in _wrapped_senders(app)]
-    assert len(owners) == len(app.kappa_runners) == 5
+    assert len(owners) == len(app.kappa_runners) == 4
     assert all(isinstance(o, OwnProducerSender) for o in owners)
-    assert len({id(o) for o in owners}) == 5
+    assert len({id(o) for o in owners}) == 4
     assert all(r.one_request for r in app.kappa_runners)  # a cycle's partitions in one request
 
 

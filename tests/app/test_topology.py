@@ -35,11 +35,7 @@ def test_an_unknown_pipeline_is_refused_naming_the_known_ones(tmp_path: Path) ->
 def test_pipelines_that_read_only_earlier_outputs_form_one_level(tmp_path: Path) -> None:
     """A replay runs each level's pipelines at the same time, the levels one after another."""
     levels = [[p.name for p in level] for level in _topology(tmp_path).levels()]
-    assert levels == [
-        ["orders"],
-        ["user-totals", "product-trends", "top-products"],
-        ["product-signals"],
-    ]
+    assert levels == [["orders"], ["user-totals", "product-trends", "top-products"]]
     selected = _topology(tmp_path).select(["user-totals", "orders"])
     assert [[p.name for p in level] for level in selected.levels()] == [
         ["orders"],

@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agents.orders import PROVISIONAL_HEADER
-from agents.product_signals import signal_value
-from agents.product_trends import parse_window, trend_dict
+from agents.product_trends import parse_window, signal_value, trend_dict
 from app.changelog import KafkaChangelog
 from app.settings import load_settings
 from app.topic_reader import high_watermarks
