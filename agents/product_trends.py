@@ -170,13 +170,13 @@ def _finite(x: float | None) -> float | None:
 
 def signal_input(p: TrendPoint) -> TrendInput:
     """What the signals read of a trend point: the values its record carries (a non-finite
-    one, which bounded windows never give, as 0, as the record's null would be read)."""
+    one, which bounded windows never give, as 0 rather than the record's null)."""
     return TrendInput(
         p.window_start,
         p.window_end,
-        _finite(p.value) or 0.0,
-        _finite(p.moving_average) or 0.0,
-        _finite(p.forecast_next) or 0.0,
+        p.value if math.isfinite(p.value) else 0.0,
+        p.moving_average if math.isfinite(p.moving_average) else 0.0,
+        p.forecast_next if math.isfinite(p.forecast_next) else 0.0,
     )
 
 

@@ -8,7 +8,6 @@ Pure and deterministic: the same examples in the same order give the same bits.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +32,11 @@ class OnlineLogistic:
 
     def probability(self, x: Sequence[float]) -> float:
         """P(label 1 | x): 0.5 before anything was learned."""
-        margin = sum(map(operator.mul, self.weights, x))  # in feature order: deterministic
+        margin = 0.0
+        for w, v in zip(self.weights, x):  # one add at a time, in feature order: the same
+            margin += w * v  # bits on every Python (3.12's sum() compensates, 3.11's does not)
+        if not math.isfinite(margin):
+            raise ValueError(f"features or weights are not finite: {list(x)}, {self.weights}")
         margin = max(-_MAX_MARGIN, min(_MAX_MARGIN, margin))
         return 1.0 / (1.0 + math.exp(-margin))
 

@@ -11,6 +11,7 @@ Pure and deterministic: the same values in the same order give the same bits.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 
@@ -41,7 +42,10 @@ class LineKMeans:
         return j if self.centres[j] - x < x - self.centres[j - 1] else j - 1
 
     def add(self, x: float) -> int:
-        """Take x in; returns its level (the index of the centre it joined)."""
+        """Take x in; returns its level (the index of the centre it joined). ValueError for a
+        value that is not finite (it would break the centres' order)."""
+        if not math.isfinite(x):
+            raise ValueError(f"a value to cluster must be finite, got {x}")
         if len(self.centres) < self.k and x not in self.centres:
             i = sum(1 for c in self.centres if c < x)
             self.centres.insert(i, x)

@@ -73,9 +73,12 @@ class Signals:
         self.classifier = OnlineLogistic(FEATURES)
 
     def observe(self, t: TrendInput) -> SignalPoint | None:
-        """Fold in the next trend point; None if it is not after the last one (re-sent)."""
+        """Fold in the next trend point; None if it is not after the last one (re-sent).
+        ValueError for a negative or non-finite value, which no trend point carries."""
         if self.last_start is not None and t.window_start <= self.last_start:
             return None
+        if not all(0.0 <= v < math.inf for v in (t.revenue, t.moving_average, t.forecast_next)):
+            raise ValueError(f"trend values must be finite and >= 0: {t}")
         if self.pending is not None:
             self.classifier.learn(self.pending, t.revenue > self.last_revenue, self.pending_p)
         log_revenue = math.log1p(t.revenue)
@@ -127,6 +130,16 @@ class Signals:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Signals:
+        """ValueError for bytes `to_bytes` did not write."""
+        try:
+            return cls._unpacked(raw)
+        except (struct.error, IndexError):
+            raise ValueError(
+                f"signals state of {len(raw)} bytes does not match its layout"
+            ) from None
+
+    @classmethod
+    def _unpacked(cls, raw: bytes) -> Signals:
         fmt, levels, last_start, last_revenue, scored, correct = _HEAD.unpack_from(raw)
         if fmt != _FORMAT:
             raise ValueError(f"unknown signals state format {fmt}")
@@ -144,5 +157,7 @@ class Signals:
         s.kmeans.counts = list(struct.unpack_from(f">{known}q", raw, at))
         at += 8 * known
         n = raw[at]
+        if len(raw) != at + 1 + 8 * n:
+            raise ValueError(f"signals state of {len(raw)} bytes does not match its layout")
         s.pending = list(struct.unpack_from(f">{n}d", raw, at + 1)) if n else None
         return s

@@ -123,6 +123,7 @@ async def _trends_answered(worker: Worker, broker: str, prefix: str) -> None:
         got = _get_json(f"http://127.0.0.1:{worker.web_port}/tables/product-signals/{product}")
         assert got["last_window_start"] == point["window_start"], product
         assert (got["accuracy"], got["scored"]) == (point["accuracy"], point["scored"]), product
+        assert got["p_up_next"] == point["p_up_next"], product
         assert sorted(got["level_revenues"]) == got["level_revenues"]
         assert len(got["level_revenues"]) == point["levels"]
         assert got["level_revenues"][point["level"]] == point["level_revenue"], product

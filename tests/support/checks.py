@@ -11,7 +11,7 @@ from typing import Any
 from agents.orders import PROVISIONAL_HEADER
 from agents.product_trends import parse_window, signal_value, trend_dict
 from app.changelog import KafkaChangelog
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from app.topic_reader import high_watermarks
 from app.topology import Topology
 from tables.signals import Signals, TrendInput
@@ -114,7 +114,7 @@ async def check_signals(
     """Per product, the demand levels and direction are exactly the fold of its trend points."""
     want: dict[str, list[dict[str, Any]]] = {}
     for product, points in trends.items():
-        s = Signals(3)
+        s = Signals(Settings().demand_levels)
         folded = (
             s.observe(
                 TrendInput(

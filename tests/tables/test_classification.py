@@ -33,3 +33,19 @@ def test_huge_features_give_a_certain_probability_not_an_overflow() -> None:
     model = OnlineLogistic(1, weights=[1.0])
     assert model.probability([1e300]) == pytest.approx(1.0)
     assert model.probability([-1e300]) == pytest.approx(0.0)
+
+
+def test_the_margin_is_added_one_term_at_a_time_in_feature_order() -> None:
+    """The same bits on every Python: 3.12's sum() compensates rounding, which would give 1.0
+    here (p = 0.73) where a plain left-to-right sum gives 0.0 (p = 0.5)."""
+    model = OnlineLogistic(3, weights=[1e16, 1.0, -1e16])
+    assert model.probability([1.0, 1.0, 1.0]) == 0.5
+
+
+def test_a_feature_that_is_not_finite_is_an_error_not_a_certainty() -> None:
+    model = OnlineLogistic(2)
+    with pytest.raises(ValueError, match="not finite"):
+        model.learn([1.0, math.inf], True)
+    assert model.weights == [0.0, 0.0] and model.scored == 0
+    with pytest.raises(ValueError, match="not finite"):
+        model.probability([math.nan, 1.0])

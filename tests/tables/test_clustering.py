@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,3 +42,12 @@ def test_centres_stay_sorted_and_each_is_the_mean_of_its_members(xs: list[float]
 def test_k_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="k must be from 1 to 100"):
         LineKMeans(0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_value_that_is_not_finite_is_refused_and_changes_nothing(bad: float) -> None:
+    km = LineKMeans(3)
+    km.add(1.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        km.add(bad)
+    assert km.centres == [1.0] and km.counts == [1]

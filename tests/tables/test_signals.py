@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,3 +68,21 @@ def test_a_point_at_or_before_the_last_one_is_skipped() -> None:
     before = s.to_bytes()
     assert s.observe(second) is None and s.observe(first) is None
     assert s.to_bytes() == before
+
+
+def test_values_no_trend_point_carries_are_refused() -> None:
+    s = Signals()
+    for bad in (TrendInput(0, SIZE, -1.0, 1.0, 1.0), TrendInput(0, SIZE, 1.0, 1.0, math.inf)):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            s.observe(bad)
+    assert s.last_start is None and s.kmeans.centres == []
+
+
+def test_a_state_value_of_another_length_is_refused() -> None:
+    s = Signals()
+    s.observe(inputs([5.0])[0])
+    raw = s.to_bytes()
+    assert Signals.from_bytes(raw).to_bytes() == raw
+    for broken in (raw[:-1], raw + b"\x00", raw[:20]):
+        with pytest.raises(ValueError):
+            Signals.from_bytes(broken)
