@@ -1,33 +1,44 @@
 """`kappa export`: a version's results written to files, one JSON-lines file per output.
 
 Each output is read back as its latest value per key (replay/latest.py) and written in key
-order, final results only (a window still open is left out and counted). So the same input
-gives the same bytes whether the version ran live, was replayed, restarted or spread over
-workers. A file is written beside its name and renamed into place: a reader sees the old file
-or the new one, never half of one. `export.json`, written last, says what the export holds.
+order, final results only (a window still open is left out and counted), each line the
+record's fields without `final` (which says how a version emits, as `kappa diff` ignores it).
+So the same input gives the same bytes whether the version ran live, was replayed, restarted
+or spread over workers, with or without running updates.
+
+A file is written beside its name and renamed into place: a reader sees the old file or the
+new one, never half of one. `export.json` is removed first and written last, so a directory
+with it holds one complete export; files of outputs the version does not produce are removed.
+One export at a time writes to a directory (a lock file beside the results).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from app.settings import ConfigError, Settings
 from app.topology import Topology
 from replay.latest import (
     RESULT_OUTPUTS,
+    decode_entry,
     fold_latest,
     is_provisional,
     outputs_of,
     scratch_dir,
 )
-from replay.registry import DROPPED, Registry, require_version
-from tables.rocks import RocksStore
+from replay.registry import DROPPED, Registry, recorded_definition, require_version
+from tables.rocks import RocksStore, StateError
 
 MANIFEST = "export.json"
+LOCK = ".export.lock"
 
 
 @dataclass(frozen=True)
@@ -39,88 +50,151 @@ class Written:
     provisional: int
 
 
+def result_line(stored: bytes) -> bytes:
+    """A stored latest value as one line: its fields, `final` left out, as compact JSON."""
+    fields, _ = decode_entry(stored)
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+@contextlib.contextmanager
+def _replaced(path: Path) -> Iterator[BinaryIO]:
+    """A file object whose content replaces `path` atomically when the block ends; on any
+    error (Ctrl-C included) `path` is left as it was and nothing else remains."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_results(entries: Iterable[tuple[bytes, bytes]], path: Path) -> Written:
     """Write the final values of a store of latest values (in its key order), one JSON object
     per line, atomically: to a hidden file beside `path`, flushed to disk, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
     results = provisional = 0
     try:
-        with open(tmp, "wb") as f:
+        with _replaced(path) as f:
             for _, stored in entries:
                 if is_provisional(stored):
                     provisional += 1
                     continue
-                value = stored[1:]
-                if b"\n" in value or b"\r" in value:  # whitespace between tokens: one line
-                    value = json.dumps(json.loads(value), separators=(",", ":")).encode()
-                f.write(value + b"\n")
+                f.write(result_line(stored))
                 results += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
     return Written(path, results, provisional)
 
 
 def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
-    """`export.json`: atomically, as the result files are."""
+    """`export.json`: atomically, as the result files are, then the directory synced."""
     path = directory / MANIFEST
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        with _replaced(path) as f:
+            f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the renames too
+        finally:
+            os.close(dir_fd)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def export_lock(directory: Path) -> Iterator[None]:
+    """Hold the directory's export lock; ConfigError if another export holds it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another export is writing to {directory}") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 async def export(settings: Settings, directory: Path, version: int | None = None) -> str:
     """Write a version's (the live one's by default) final results under `directory`;
     returns the report, one line per output."""
+    if not str(directory).strip():
+        raise ConfigError("name a directory to export to")
     view = await Registry(settings).load()
     v = view.live if version is None else version
     rec = require_version(view, v)
-    if rec.status == DROPPED:
+    if rec.status == DROPPED or v in view.dropping:
         raise ConfigError(f"version {v} was dropped: its outputs are gone")
     topology = Topology(settings, v).select(rec.pipelines)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}
-    for logical, keys in RESULT_OUTPUTS:
-        if logical not in outputs_of(topology):
-            lines.append(f"{logical}: not exported (version {v} did not run its pipeline)")
-            continue
-        with scratch_dir(settings) as scratch:
-            store = RocksStore(scratch / "latest")
-            try:
-                await fold_latest(settings, topology.physical(logical), keys, store)
-                written = write_results(store.scan(), directory / f"{logical}.jsonl")
-            finally:
-                store.close()
-        left_out = f" ({written.provisional:,} still open, left out)" if written.provisional else ""
-        lines.append(f"{logical}: {written.results:,} results → {written.path}{left_out}")
-        outputs[logical] = {
-            "file": written.path.name,
-            "results": written.results,
-            "provisional_left_out": written.provisional,
-            "key": list(keys),
-        }
-    write_manifest(
-        directory,
-        {
-            "version": v,
-            "pipelines": [p.name for p in topology.pipelines],
-            "replay_done": rec.replay_done,
-            "since_ms": rec.since_ms,
-            "settings": view.definitions.get(v, {}),
-            "outputs": outputs,
-        },
-    )
+    with export_lock(directory):
+        _remove(directory / MANIFEST)  # until the last file is written: no complete export
+        for logical, keys in RESULT_OUTPUTS:
+            path = directory / f"{logical}.jsonl"
+            if logical not in outputs_of(topology):
+                _remove(path)  # an earlier export's, of a version that produced it
+                lines.append(f"{logical}: not exported (version {v} did not run its pipeline)")
+                continue
+            written = await _export_output(settings, topology.physical(logical), keys, path)
+            left_out = (
+                f" ({written.provisional:,} still open, left out)" if written.provisional else ""
+            )
+            lines.append(f"{logical}: {written.results:,} results → {written.path}{left_out}")
+            outputs[logical] = {
+                "file": path.name,
+                "results": written.results,
+                "provisional_left_out": written.provisional,
+                "key": list(keys),
+            }
+        write_manifest(
+            directory,
+            {
+                "version": v,
+                "pipelines": [p.name for p in topology.pipelines],
+                "replay_done": rec.replay_done,
+                "since_ms": rec.since_ms,
+                "settings": recorded_definition(view, v),
+                "outputs": outputs,
+            },
+        )
     if not rec.replay_done:
         lines.append(f"note: version {v}'s replay has not completed: its results may be partial")
     return "\n".join(lines)
+
+
+async def _export_output(
+    settings: Settings, topic: str, keys: tuple[str, ...], path: Path
+) -> Written:
+    with scratch_dir(settings) as scratch:
+        store: RocksStore | None = None
+        try:
+            store = RocksStore(scratch / "latest")
+            await fold_latest(settings, topic, keys, store)
+            written = write_results(store.scan(), path)
+        except BaseException as e:
+            if store is not None:
+                with contextlib.suppress(Exception):  # a failed store may fail to close too
+                    store.close()
+            if isinstance(e, StateError):
+                raise ConfigError(
+                    f"cannot keep {topic}'s latest values under {settings.state_dir} "
+                    "(is its disk full?)"
+                ) from None
+            raise
+        store.close()
+        return written
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot remove {path}: {e.strerror or e}") from None

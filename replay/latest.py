@@ -124,12 +124,14 @@ async def fold_latest(
 
 @contextlib.contextmanager
 def scratch_dir(settings: Settings) -> Iterator[Path]:
-    """A directory for the two stores, beside the state (where there is room), removed after."""
+    """A directory for the stores of latest values, beside the state (where there is room),
+    removed after."""
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(prefix="kappa-read-", dir=settings.state_dir)
     except OSError as e:
         raise ConfigError(f"cannot create {settings.state_dir} for reading outputs: {e}") from None
-    with tempfile.TemporaryDirectory(prefix="kappa-read-", dir=settings.state_dir) as d:
+    with scratch as d:
         yield Path(d)
 
 

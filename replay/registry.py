@@ -175,6 +175,13 @@ def version_definition(settings: Settings) -> dict[str, object]:
 _DEFAULT_DEFINITION = version_definition(Settings())
 
 
+def recorded_definition(view: RegistryView, version: int) -> dict[str, object] | None:
+    """The settings a version was built with (defaults filled in for settings recorded before
+    they existed); None if no worker or replay of it has recorded them yet."""
+    built = view.definitions.get(version)
+    return None if built is None else {**_DEFAULT_DEFINITION, **built}
+
+
 async def require_definition(
     registry: Registry, view: RegistryView, version: int, record: bool = True
 ) -> None:

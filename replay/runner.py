@@ -160,8 +160,6 @@ async def _replay(
             if pipeline.source in topology.external_sources:
                 ends = {int(p): e for p, e in rec.snapshot[source].items()}
             else:
-                upstream = next(p for p in topology.pipelines if pipeline.source in p.outputs)
-                await _wait_for_stage(registry, topology, upstream, rec)
                 ends = await high_watermarks(settings.kafka, source)
             mine = [p for p in sorted(ends) if p % opts.process_count == opts.process_index]
             await _run_stage(settings, topology, pipeline, ends, mine, producer, opts, summary)
@@ -171,6 +169,11 @@ async def _replay(
         # The pipelines of a level run at the same time: one's fetches and state opening
         # overlap the others' processing, and the broker works on the other core meanwhile.
         for level in topology.levels():
+            upstreams = {
+                q.name: q for p in level for q in topology.pipelines if p.source in q.outputs
+            }
+            for upstream in upstreams.values():  # other processes' partitions of it too
+                await _wait_for_stage(registry, topology, upstream, rec)
             await all_or_none([stage(p) for p in level])
     finally:
         await producer.stop()
@@ -194,9 +197,12 @@ async def all_or_none(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    failed = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
-    if failed:
-        raise failed[0]  # type: ignore[misc]
+    for t in tasks:  # in the order given: the same error each time when several fail
+        if t in done:
+            if t.cancelled():  # from inside: the stage did not finish
+                raise asyncio.CancelledError
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
 
 
 async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:

@@ -104,8 +104,11 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     live = run_kappa(["export", str(live_dir)], dataset.env)  # the live version by default
     replayed = run_kappa(["export", str(replay_dir), "--version", "2"], dataset.env)
     assert live.returncode == replayed.returncode == 0, live.stderr + replayed.stderr
-    files = sorted(p.name for p in live_dir.iterdir())
-    assert files == sorted(p.name for p in replay_dir.iterdir())
+    files = sorted(p.name for p in live_dir.iterdir() if not p.name.startswith("."))
+    assert sorted(p.name for p in live_dir.iterdir()) == sorted(
+        p.name for p in replay_dir.iterdir()
+    )
+    assert [p.name for p in live_dir.iterdir() if p.name.startswith(".")] == [".export.lock"]
     assert files == [
         "export.json",
         "orders.product-signals.jsonl",

@@ -3,6 +3,7 @@ made without a replay and replays of some pipelines only."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -80,8 +81,11 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
         "orders.product-signals not compared)"
     )
 
-    # An export of that version holds the outputs it has, and says which it does not.
+    # An export of that version holds the outputs it has, and says which it does not; over an
+    # export of version 2, it leaves none of version 2's files.
     out = tmp_path / "export"
+    assert run_kappa(["export", str(out), "--version", "2"], env).returncode == 0
+    assert len(list(out.glob("*.jsonl"))) == 5
     exported = run_kappa(["export", str(out), "--version", "3"], env)
     assert exported.returncode == 0, exported.stdout + exported.stderr
     lines = exported.stdout.strip().splitlines()
@@ -97,7 +101,12 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
         "orders.top-products: not exported (version 3 did not run its pipeline)",
         "orders.product-signals: not exported (version 3 did not run its pipeline)",
     ]
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "orders.revenue-1m.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".export.lock",
+        "export.json",
+        "orders.revenue-1m.jsonl",
+    ]
+    assert json.loads((out / "export.json").read_text())["version"] == 3
     assert len((out / "orders.revenue-1m.jsonl").read_bytes().splitlines()) == results
     blocked = tmp_path / "a-file"
     blocked.write_text("")

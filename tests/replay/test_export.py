@@ -9,7 +9,7 @@ import pytest
 
 from agents.base import SourceRecord
 from app.settings import ConfigError
-from replay.export import MANIFEST, write_manifest, write_results
+from replay.export import MANIFEST, export_lock, write_manifest, write_results
 from replay.latest import latest_entry
 from tables.rocks import RocksStore
 
@@ -88,3 +88,38 @@ def test_the_manifest_is_stable_json(tmp_path: Path) -> None:
     text = (tmp_path / MANIFEST).read_text()
     assert json.loads(text) == {"version": 2, "outputs": {"a": 2, "b": 1}}
     assert text.index('"a"') < text.index('"b"')  # keys sorted: two exports compare as text
+
+
+def test_how_a_version_emits_is_left_out_so_both_ways_export_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """`"final":true` comes with KAPPA_EMIT_UPDATES, which does not change results."""
+    plain, updates = tmp_path / "plain.jsonl", tmp_path / "updates.jsonl"
+    write_results([(b"k", b'F{"product_id":"p1","sum":2.5}')], plain)
+    write_results([(b"k", b'F{"product_id":"p1","sum":2.5,"final":true}')], updates)
+    assert plain.read_bytes() == updates.read_bytes() == b'{"product_id":"p1","sum":2.5}\n'
+
+
+def test_a_stopped_export_leaves_the_old_file_and_no_temporary_one(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"old\n")
+
+    def interrupted() -> object:
+        yield b"k", b'F{"a":1}'
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_results(interrupted(), path)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+    assert path.read_bytes() == b"old\n"
+
+
+def test_one_export_at_a_time_writes_to_a_directory(tmp_path: Path) -> None:
+    with (
+        export_lock(tmp_path / "out"),
+        pytest.raises(ConfigError, match=r"^another export is writing to .*out$"),
+        export_lock(tmp_path / "out"),
+    ):
+        pass
+    with export_lock(tmp_path / "out"):  # released
+        pass

@@ -63,3 +63,14 @@ async def test_cancelling_the_level_cancels_every_stage() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sorted(cancelled) == [1, 2]
+
+
+async def test_of_several_errors_the_first_stage_given_is_raised() -> None:
+    """The same error every run, whichever stage failed first."""
+
+    async def failing(message: str) -> None:
+        raise ConfigError(message)
+
+    for _ in range(5):
+        with pytest.raises(ConfigError, match=r"^first$"):
+            await all_or_none([failing("first"), failing("second")])
