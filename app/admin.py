@@ -96,8 +96,8 @@ def _quiet_aiokafka() -> Iterator[None]:
 async def existing_topics(bootstrap: Conn) -> set[str]:
     """The broker's topic names (a metadata request for all topics: creates nothing)."""
     admin = new_admin(bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # inside: stopped even if cancelled while starting
         return set(await admin.list_topics())
     finally:
         await admin.close()
@@ -128,8 +128,8 @@ async def ensure_topics(
     topic configs).
     """
     admin = new_admin(bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # inside: stopped even if cancelled while starting
         existing = set(await admin.list_topics())
         missing = {name: spec for name, spec in topics.items() if name not in existing}
         if not missing:
@@ -187,8 +187,8 @@ async def _broker_config_names(admin: AIOKafkaAdminClient) -> set[str]:
 async def partition_counts(bootstrap: Conn, topics: list[str]) -> dict[str, int]:
     """Partitions per existing topic (missing topics are absent from the result)."""
     admin = new_admin(bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # inside: stopped even if cancelled while starting
         # Only topics that exist: a metadata request naming a missing topic creates it on a
         # broker that auto-creates topics (the embedded one does).
         existing = set(await admin.list_topics())
@@ -225,8 +225,8 @@ async def topic_configs(
 ) -> dict[str, dict[str, str]]:
     """Each topic's values of the configs `names` that the broker reports, in one request."""
     admin = new_admin(bootstrap)
-    await admin.start()
     try:
+        await admin.start()  # inside: stopped even if cancelled while starting
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
         )

@@ -215,8 +215,8 @@ async def _print_windows(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     consumer = new_consumer(settings.kafka, *shows, group_id=None, auto_offset_reset="latest")
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         while all(c.poll() is None for c in children.values()) and not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():

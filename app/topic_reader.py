@@ -66,8 +66,8 @@ async def read_chunks(
     the read makes no progress for `stall_timeout_s`, however long the whole read takes.
     """
     consumer = bounded_consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         tps = await assign_from_start(consumer, topic)
         for tp in tps:
             yield tp.partition, []
@@ -120,8 +120,8 @@ async def read_range(
         return
     tp = TopicPartition(topic, partition)
     consumer = bounded_consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]
         consumer.seek(tp, max(start, first))
@@ -158,8 +158,8 @@ async def high_watermarks(bootstrap: Conn, topic: str, timeout_s: float = 30.0) 
     last batch held several records; a fetch response's high watermark is right there and on
     Apache Kafka. Bounded replays take their end offsets from here."""
     consumer = bounded_consumer(bootstrap, max_partition_fetch_bytes=1024)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         tps = await assign_from_start(consumer, topic)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

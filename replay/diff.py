@@ -224,8 +224,8 @@ async def _live_past_snapshot(
             continue
         group = Topology(settings, live).group_id
         admin = new_admin(settings.kafka)
-        await admin.start()
         try:
+            await admin.start()  # inside: stopped even if cancelled while starting
             for topic, ends in snapshot.items():
                 tps = [TopicPartition(topic, int(p)) for p in ends]  # explicit: DEV-BROKER.md
                 committed = await admin.list_consumer_group_offsets(group, partitions=tps)

@@ -111,8 +111,8 @@ class Registry:
 
     async def put(self, *records: tuple[str, dict[str, object]]) -> None:
         producer = new_producer(self.settings.kafka, acks="all")
-        await producer.start()
         try:
+            await producer.start()  # inside: stopped even if cancelled while starting
             for key, value in records:
                 await producer.send_and_wait(
                     self.topic, json.dumps(value, sort_keys=True).encode(), key=key.encode()

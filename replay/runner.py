@@ -152,8 +152,8 @@ async def _replay(
 
     summary = ReplaySummary(opts.version)
     producer = new_batch_producer(settings.kafka, linger_ms=20)
-    await producer.start()
     try:
+        await producer.start()  # inside: stopped even if cancelled while starting
 
         async def stage(pipeline: Pipeline) -> None:
             source = topology.physical(pipeline.source)
@@ -370,8 +370,8 @@ async def _consume(
     summary: ReplaySummary,
 ) -> None:
     consumer = bounded_consumer(settings.kafka, value_deserializer=RAW_RECORDS)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         tps = {p: TopicPartition(topic, p) for p in todo}
         consumer.assign(list(tps.values()))
         for p, tp in tps.items():
@@ -416,8 +416,8 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
     if not offsets:
         return
     consumer = new_consumer(bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: stopped even if cancelled while starting
         tps = {p: TopicPartition(topic, p) for p in offsets}
         consumer.assign(list(tps.values()))
         await consumer.commit({tps[p]: o for p, o in offsets.items()})
