@@ -62,6 +62,7 @@ def _replaced(path: Path) -> Iterator[BinaryIO]:
     error (Ctrl-C included) `path` is left as it was and nothing else remains."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: mkstemp's is 0600
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -70,6 +71,12 @@ def _replaced(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_results(entries: Iterable[tuple[bytes, bytes]], path: Path) -> Written:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,15 @@ def test_one_export_at_a_time_writes_to_a_directory(tmp_path: Path) -> None:
         pass
     with export_lock(tmp_path / "out"):  # released
         pass
+
+
+def test_files_get_the_permissions_open_would_give_them(tmp_path: Path) -> None:
+    """Readable by the analysts' tools, as the user's umask allows (not a temporary 0600)."""
+    previous = os.umask(0o027)
+    try:
+        write_results([(b"k", b'F{"a":1}')], tmp_path / "out.jsonl")
+        write_manifest(tmp_path, {"version": 1})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / MANIFEST).stat().st_mode) == 0o640
