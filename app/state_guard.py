@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.file_lock import try_lock
 from app.topology import Topology
 from tables.partition_state import PartitionState
 from tables.rocks import RocksStore, StateError, StateLockedError, unreadable
@@ -70,23 +70,17 @@ def lock_state_dir(root: Path, shared: bool = False) -> StateDirLock:
     fails even from the same process.
     """
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, taken = try_lock(root, LOCK_FILE, shared)
     except OSError as e:
         raise StateError(f"cannot use state directory {root}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not taken:
         holder = _read_pid(fd)
         os.close(fd)
         who = f" (pid {holder})" if holder else ""
         raise StateLockedError(
             f"state directory {root} is in use by another kappa worker or replay{who}; "
             "run one worker per KAPPA_STATE_DIR, and no worker beside a replay of its version"
-        ) from None
-    except OSError as e:
-        os.close(fd)
-        raise StateError(f"cannot lock state directory {root}: {e.strerror or e}") from None
+        )
     os.ftruncate(fd, 0)
     if not shared:  # shared holders would overwrite each other's pid
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

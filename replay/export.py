@@ -15,7 +15,6 @@ One export at a time writes to a directory (a lock file beside the results).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from app.file_lock import try_lock
 from app.settings import ConfigError, Settings
 from app.topology import Topology
 from replay.latest import (
@@ -115,15 +115,12 @@ def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
 def export_lock(directory: Path) -> Iterator[None]:
     """Hold the directory's export lock; ConfigError if another export holds it."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, taken = try_lock(directory, LOCK)
     except OSError as e:
         raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another export is writing to {directory}") from None
+        if not taken:
+            raise ConfigError(f"another export is writing to {directory}")
         yield
     finally:
         os.close(fd)
