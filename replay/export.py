@@ -62,8 +62,8 @@ def _replaced(path: Path) -> Iterator[BinaryIO]:
     error (Ctrl-C included) `path` is left as it was and nothing else remains."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: mkstemp's is 0600
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would: mkstemp's is 0600
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -134,8 +134,10 @@ async def export(settings: Settings, directory: Path, version: int | None = None
     view = await Registry(settings).load()
     v = view.live if version is None else version
     rec = require_version(view, v)
-    if rec.status == DROPPED or v in view.dropping:
+    if rec.status == DROPPED:
         raise ConfigError(f"version {v} was dropped: its outputs are gone")
+    if v in view.dropping:
+        raise ConfigError(f"a drop of version {v} has started: its outputs may be gone")
     topology = Topology(settings, v).select(rec.pipelines)
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}
