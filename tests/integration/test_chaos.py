@@ -22,7 +22,7 @@ from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-ROUNDS = int(os.environ.get("KAPPA_CHAOS_ROUNDS", "6"))
+ROUNDS = int(os.environ.get("KAPPA_CHAOS_ROUNDS", "4"))
 PHASES = ("before-send", "after-send", "after-commit")
 
 
