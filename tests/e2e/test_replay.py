@@ -187,6 +187,9 @@ async def test_replay_with_processes_option_splits_and_sums_up(dataset: Dataset)
     assert "2 processes" in r.stdout and "replay v6:" in r.stdout
     events = int(r.stdout.split("replay v6: ")[1].split(" events")[0].replace(",", ""))
     assert events >= 6_000  # both halves' source records were counted
+    # A process that waits for the other's part of orders says so once, not once per stage
+    # of the next level.
+    assert r.stderr.count("waiting for other replay processes to finish orders") <= 2, r.stderr
     await check_replay(dataset, 6)
 
 
