@@ -29,7 +29,7 @@ _FORMAT = 1
 _HEAD = struct.Struct(">BBqdqq")  # format, levels, last start, last revenue, scored, correct
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per window, and a frozen init costs 2x
 class TrendInput:
     """What a trend point says of one window (the fields the signals read)."""
 
