@@ -10,7 +10,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -458,24 +457,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in unknown_variables(os.environ):
         print(f"kappa {args.command}: warning: {line}", file=sys.stderr)
-    terminated = False
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        """Outside a command's event loop (`command_loop.run` cancels its task instead): stop
-        as Ctrl-C does. A second SIGTERM while the first one's cleanup runs is ignored."""
-        nonlocal terminated
-        if not terminated:
-            terminated = True
-            raise KeyboardInterrupt
-
     # SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does; as PID 1 in a
-    # container, a process with no handler would ignore it until the SIGKILL. The worker and
-    # the demo install their own once they run.
+    # container, a process with no handler would ignore it until the SIGKILL. Command loops
+    # take it over while they run; the worker and the demo install their own once they run.
+    command_loop.forget_sigterm()
     previous = signal.getsignal(signal.SIGTERM)
+    unraisable = sys.unraisablehook
     stdout = sys.stdout
     sys.stdout = GuardedOutput(stdout)  # type: ignore[assignment]
     try:
-        signal.signal(signal.SIGTERM, on_sigterm)  # inside: a SIGTERM right after is caught
+        sys.unraisablehook = command_loop.quiet_unraisable(unraisable)
+        # inside the try: a SIGTERM right after is caught
+        signal.signal(signal.SIGTERM, command_loop.stop_outside_loop)
         code = int(args.fn(args) or 0)
         sys.stdout.flush()  # a full disk shows here, not as an ignored error at exit
         return code
@@ -503,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kappa {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
-        return 128 + signal.SIGTERM if terminated or isinstance(e, Terminated) else 130
+        terminated = command_loop.sigterm_seen() or isinstance(e, Terminated)
+        return 128 + signal.SIGTERM if terminated else 130
     except BrokenPipeError:  # stdout's reader went away (`kappa tail ... | head`, a dead parent)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE
@@ -515,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = unraisable
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ signal handler instead could land anywhere (inside aiokafka's sender, a store's 
 left chained tracebacks and tasks destroyed while pending. Whatever SIGINT's disposition:
 `asyncio.run` handles Ctrl-C only where SIGINT has Python's default handler, and a background
 job of a script runs with SIGINT ignored.
+
+Outside a command's loop (start-up, between two loops) `stop_outside_loop` handles SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +23,47 @@ T = TypeVar("T")
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM stopped the command (the CLI exits 143)."""
+
+
+_sigterm_seen = False  # a SIGTERM reached `stop_outside_loop`
+
+
+def stop_outside_loop(signum: int, frame: object) -> None:
+    """SIGTERM's handler outside a command's loop: stop as Ctrl-C does (raise `Terminated`);
+    a second SIGTERM during that cleanup is ignored.
+
+    A garbage collection pass can run a weakref callback or a finalizer at any point, and an
+    exception raised inside one is only reported, then dropped. So the SIGTERM is also
+    remembered: the next command loop does not start, and `quiet_unraisable` keeps the report
+    (a traceback) off stderr."""
+    global _sigterm_seen
+    if not _sigterm_seen:
+        _sigterm_seen = True
+        raise Terminated
+
+
+def sigterm_seen() -> bool:
+    """Whether SIGTERM reached `stop_outside_loop` since `forget_sigterm`."""
+    return _sigterm_seen
+
+
+def forget_sigterm() -> None:
+    """A new command starts (the CLI's entry point, once per command)."""
+    global _sigterm_seen
+    _sigterm_seen = False
+
+
+def quiet_unraisable(
+    previous: Callable[[Any], object],
+) -> Callable[[Any], object]:
+    """`sys.unraisablehook` that drops the report of a `Terminated` raised inside a finalizer
+    (remembered by `stop_outside_loop`) and passes every other report on to `previous`."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous(unraisable)
+
+    return hook
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -39,6 +82,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
                 task.cancel()
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        if _sigterm_seen:  # before this loop took SIGTERM over, and its exception dropped
+            main.close()
+            raise Terminated
         return await main
 
     try:
