@@ -27,6 +27,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP, Message
 
 from app.batch_buffer import BatchBuffer
+from app.group_leave import leave_on_close
 from app.raw_records import RAW_RECORDS, consumer_record
 
 if TYPE_CHECKING:
@@ -173,7 +174,8 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     exactly_once (faust ties it to its own transactions, which Kappa does not use), the
     fetch wait (faust hard-codes 1500 ms; brokers that answer a fetch only when the wait
     expires, like the embedded one, would add that to every record's latency), and raw
-    records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay)."""
+    records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay), and
+    a LeaveGroup on stop in every generation (`app.group_leave`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -189,6 +191,11 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        if self._consumer is not None:
+            leave_on_close(self._consumer)  # the dev broker's first generation included
+        await super().on_thread_stop()
 
 
 class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]

@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.tables import TableManager
 from faust.types import TP
 
 from agents.base import Pipeline, SourceRecord
@@ -47,6 +48,21 @@ log = logging.getLogger(__name__)
 # On stop, how long held changelog entries may take to go out (s); unsent, the batches they
 # belong to are read again from the source on restart.
 HELD_SEND_ON_STOP_S = 5.0
+# How long the event loop keeps turning after the worker's services stopped, before it closes
+# (s): for the close callbacks they scheduled.
+LOOP_CLOSE_GRACE_S = 0.05
+
+
+class PromptTableManager(TableManager):  # type: ignore[misc]
+    """faust's table manager without its 1 s wait at start-up, which gave faust tables declared
+    late the time to register. Kappa keeps no faust tables (its state is its own), so the
+    wait only delayed every worker's subscription. Keep in step with faust-streaming's
+    `TableManager.on_start` when upgrading (pinned in pyproject)."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
@@ -73,6 +89,12 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
             self._deadline = threading.Timer(self.stop_timeout_s, self._exit_after_deadline)
             self._deadline.daemon = True
             self._deadline.start()
+
+    async def _sentinel_task(self) -> None:
+        """mode waits 1 s here before it closes the loop, with every task already done and
+        cancelled: a second added to every stop and restart. Callbacks scheduled by the
+        services' close (transports, the web server) need a few turns of the loop, not that."""
+        await asyncio.sleep(LOOP_CLOSE_GRACE_S)
 
     def _exit_after_deadline(self) -> None:
         print(
@@ -142,6 +164,7 @@ def create_app(
         broker=[f"kafka://{b}" for b in settings.bootstrap],
         broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",
+        TableManager=PromptTableManager,
         autodiscover=False,
         web_enabled=True,
         # faust's own /router and /table pages know nothing of Kappa's state (it keeps no faust

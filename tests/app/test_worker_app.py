@@ -134,3 +134,44 @@ def test_the_consumers_idle_time_is_aiokafkas_own() -> None:
     assert (
         consumer_idle_s(SimpleNamespace(consumer=SimpleNamespace(_thread=no_consumer_yet))) is None
     )
+
+
+async def test_the_worker_subscribes_without_faust_s_wait_for_late_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust's table manager sleeps 1 s before subscribing, for faust tables that Kappa does
+    not have: a second on every worker start."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    manager = app.tables
+    steps: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        steps.append(f"sleep {seconds}")
+
+    async def update_channels() -> None:
+        steps.append("subscribe")
+
+    class Recovery:
+        async def start(self) -> None:
+            steps.append("recover")
+
+    monkeypatch.setattr(manager, "sleep", sleep)
+    monkeypatch.setattr(manager, "_update_channels", update_channels)
+    monkeypatch.setattr(type(manager), "recovery", Recovery())
+    await manager.on_start()
+    assert steps == ["subscribe", "recover"]
+
+
+async def test_the_worker_closes_its_loop_without_mode_s_one_second_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.worker import LOOP_CLOSE_GRACE_S, BoundedStopWorker
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    await BoundedStopWorker._sentinel_task(object())  # type: ignore[arg-type]
+    assert slept == [LOOP_CLOSE_GRACE_S] and LOOP_CLOSE_GRACE_S < 1.0
