@@ -53,6 +53,18 @@ HELD_SEND_ON_STOP_S = 5.0
 LOOP_CLOSE_GRACE_S = 0.05
 
 
+# Longest interval between two heartbeats (s). A heartbeat is also how a member learns that a
+# rebalance began, so every member's pause for a rebalance waits for the slowest one's next.
+MAX_HEARTBEAT_INTERVAL_S = 1.0
+
+
+def heartbeat_interval_s(session_timeout_ms: int) -> float:
+    """At most a third of the session timeout (a member outlives two lost heartbeats), and
+    at most `MAX_HEARTBEAT_INTERVAL_S`: with the 10 s default, a third would keep a rebalance
+    waiting up to 3.3 s for each member to notice it."""
+    return max(min(session_timeout_ms / 3000, MAX_HEARTBEAT_INTERVAL_S), 0.1)
+
+
 class PromptTableManager(TableManager):  # type: ignore[misc]
     """faust's table manager without its 1 s wait at start-up, which gave faust tables declared
     late the time to register. Kappa keeps no faust tables (its state is its own), so the
@@ -182,7 +194,7 @@ def create_app(
         broker_session_timeout=settings.session_timeout_ms / 1000,
         broker_rebalance_timeout=settings.rebalance_timeout_ms / 1000,
         broker_max_poll_interval=settings.max_poll_interval_ms / 1000,
-        broker_heartbeat_interval=max(settings.session_timeout_ms / 3000, 0.1),
+        broker_heartbeat_interval=heartbeat_interval_s(settings.session_timeout_ms),
         stream_wait_empty=False,
         producer_acks=-1,
         producer_linger_ms=5,

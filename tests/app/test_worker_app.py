@@ -175,3 +175,14 @@ async def test_the_worker_closes_its_loop_without_mode_s_one_second_wait(
     monkeypatch.setattr(asyncio, "sleep", sleep)
     await BoundedStopWorker._sentinel_task(object())  # type: ignore[arg-type]
     assert slept == [LOOP_CLOSE_GRACE_S] and LOOP_CLOSE_GRACE_S < 1.0
+
+
+@pytest.mark.parametrize("session_ms,heartbeat_s", [(10_000, 1.0), (1_500, 0.5), (85_000, 1.0)])
+def test_a_worker_heartbeats_every_third_of_its_session_and_at_least_every_second(
+    tmp_path: Path, session_ms: int, heartbeat_s: float
+) -> None:
+    """A heartbeat is how a member learns a rebalance began: the whole group waits for the
+    slowest member's next one."""
+    env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_SESSION_TIMEOUT_MS": str(session_ms)}
+    app = create_app(load_settings(env), 1)
+    assert app.conf.broker_heartbeat_interval == heartbeat_s
