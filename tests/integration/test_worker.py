@@ -39,6 +39,12 @@ def _alive(worker: Worker):
     return check
 
 
+def _logs(*workers: Worker) -> str:
+    return "\n".join(
+        f"--- {w.log_path.name}:\n{w.tail_log(200)}" for w in workers if w.log_path.exists()
+    )
+
+
 async def test_live_worker_outputs_equal_batch_computation(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
@@ -214,7 +220,11 @@ async def test_partitions_handed_back_catch_up_from_their_changelogs(
             start += chunk.span_ms
             await produce_orders(broker, f"{unique}.orders", chunk)
             ref = await reference_for(broker, f"{unique}.orders")
-            await eventually(lambda ref=ref: check_outputs(broker, unique, ref), alive=_alive(a))
+            await eventually(
+                lambda ref=ref: check_outputs(broker, unique, ref),
+                alive=_alive(a),
+                explain=lambda: _logs(a, b),
+            )
             await eventually(lambda: changelogs_caught_up(base), timeout=60)  # held ones sent
             if step == 0:  # b takes over half of a's partitions, restoring them whole
                 b.start().wait_until(lambda m: m.get("kappa_changelog_restored_total", 0) > 0)

@@ -181,16 +181,20 @@ async def eventually(
     check: Callable[[], Awaitable[None]],
     timeout: float = 120,
     alive: Callable[[], None] | None = None,
+    explain: Callable[[], str] | None = None,
 ) -> None:
-    """Retry an async check until it passes; on timeout raise its last failure."""
+    """Retry an async check until it passes; on timeout raise its last failure, followed by
+    what `explain` says (the workers' logs, say)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             await check()
             return
-        except AssertionError:
+        except AssertionError as e:
             if time.monotonic() > deadline:
-                raise
+                if explain is None:
+                    raise
+                raise AssertionError(f"{e}\n{explain()}") from e
         if alive is not None:
             alive()
         await asyncio.sleep(0.5)
