@@ -52,10 +52,16 @@ def register_pages(
     web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
     for runner in runners:
         if runner.pipeline.name == "user-totals":
-            _register_query(app, runner, settings, "user-totals", "user", _user_totals)
+            _register_query(
+                app, runner, settings, "user-totals", "user", _user_totals, "no orders for user"
+            )
         elif runner.pipeline.name == "product-trends":
-            _register_query(app, runner, settings, "product-trends", "product", settled_trend)
-            _register_query(app, runner, settings, "product-signals", "product", settled_signals)
+            for table, lookup, missing in (
+                ("product-trends", settled_trend, "no closed window for product"),
+                # a version upgraded to signals has none for windows closed before that
+                ("product-signals", settled_signals, "no signals yet for product"),
+            ):
+                _register_query(app, runner, settings, table, "product", lookup, missing)
 
 
 def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
@@ -73,8 +79,10 @@ def _register_query(
     table: str,
     noun: str,
     lookup: Callable[[PartitionState, str], dict[str, Any] | None],
+    missing: str,
 ) -> None:
-    """`GET /tables/{table}/{key}`: the key's entry from this worker's state.
+    """`GET /tables/{table}/{key}`: the key's entry from this worker's state; 404 with
+    `missing` and the key when `lookup` finds none.
 
     Read-only, served from the partition's RocksDB state when this worker holds it (a key's
     partition is the Kafka default partitioner's over it, as for every keyed record);
@@ -93,7 +101,7 @@ def _register_query(
             )
         found = lookup(state, key)
         if found is None:
-            return view.json({"error": f"no orders for {noun} {key}"}, status=404)
+            return view.json({"error": f"{missing} {key}"}, status=404)
         return view.json({**found, "partition": partition})
 
     # any key, "{", "}" and "/" included

@@ -118,7 +118,7 @@ async def _trends_answered(worker: Worker, broker: str, prefix: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         _get_json(f"http://127.0.0.1:{worker.web_port}/tables/product-trends/nothing")
     assert e.value.code == 404
-    assert json.loads(e.value.read()) == {"error": "no orders for product nothing"}
+    assert json.loads(e.value.read()) == {"error": "no closed window for product nothing"}
     signals: dict[str, dict[str, object]] = {}
     for rs in (await read_records(broker, f"{prefix}.orders.product-signals")).values():
         for _, _, value, _ in rs:
@@ -133,6 +133,10 @@ async def _trends_answered(worker: Worker, broker: str, prefix: str) -> None:
         assert sorted(got["level_revenues"]) == got["level_revenues"]
         assert len(got["level_revenues"]) == point["levels"]
         assert got["level_revenues"][point["level"]] == point["level_revenue"], product
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _get_json(f"http://127.0.0.1:{worker.web_port}/tables/product-signals/nothing")
+    assert e.value.code == 404
+    assert json.loads(e.value.read()) == {"error": "no signals yet for product nothing"}
 
 
 def _pipelines_counted(worker: Worker) -> set[str]:
