@@ -168,6 +168,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         topology = command_loop.run(prepare_replay(settings, whole))[2]
         lock_state_dir(topology.state_root(), shared=True).release()
         child = replay_arguments(args.pipelines, args.version, args.since, not args.no_flush)
+        command_loop.raise_if_sigterm_seen()
         code, summary = run_parallel(child, args.processes)
         if summary is not None:
             print(summary, flush=True)

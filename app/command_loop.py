@@ -47,6 +47,13 @@ def sigterm_seen() -> bool:
     return _sigterm_seen
 
 
+def raise_if_sigterm_seen() -> None:
+    """Before a long step outside `run` (a worker's faust loop, a demo's children): stop if a
+    SIGTERM came whose exception was dropped."""
+    if _sigterm_seen:
+        raise Terminated
+
+
 def forget_sigterm() -> None:
     """A new command starts (the CLI's entry point, once per command)."""
     global _sigterm_seen

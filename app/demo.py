@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app import command_loop
 from app.admin import ensure_version_topics
 from app.broker import DevBroker, port_open, split_address
 from app.kafka_clients import new_consumer
@@ -42,7 +43,7 @@ def run_demo(settings: Settings, rate: float) -> int:
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
         topology = Topology(settings)
-        asyncio.run(ensure_version_topics(settings.kafka, topology))
+        command_loop.run(ensure_version_topics(settings.kafka, topology))
         log_dir = settings.state_dir.parent
         logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
         with _files_of("the log directory", log_dir):
@@ -89,7 +90,11 @@ def run_demo(settings: Settings, rate: float) -> int:
             topology.physical("orders.anomalies"): format_anomaly,
             topology.physical("orders.top-products"): format_ranking,
         }
+        command_loop.raise_if_sigterm_seen()
         asyncio.run(_print_windows(settings, shows, children))
+        # Its loop's close left SIGTERM at its default: while the children are stopped, a
+        # second one is ignored, as during any command's cleanup (they would be orphaned).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for name, child in children.items():
             code = child.returncode
             if code is not None:  # it stopped on its own: the demo failed

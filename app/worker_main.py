@@ -8,13 +8,13 @@ partition directory and makes sure the broker still holds what that state has ap
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import logging
 import socket
 import sys
 
+from app import command_loop
 from app.admin import (
     copy_max_bytes,
     ensure_version_topics,
@@ -46,12 +46,12 @@ def run_worker(
         applied = check_partition_dirs(named)
     else:  # the live version, known only from the broker
         lock, applied = None, None
-    version, since_ms = asyncio.run(version_to_run(settings, version))
+    version, since_ms = command_loop.run(version_to_run(settings, version))
     topology = Topology(settings, version, since_ms=since_ms).select(pipelines)
     if lock is None:
         lock = lock_state_dir(topology.state_root())
         applied = check_partition_dirs(topology)
-    settings = asyncio.run(prepare_topics(settings, topology, applied))
+    settings = command_loop.run(prepare_topics(settings, topology, applied))
 
     from app.worker import BoundedStopWorker, create_app
 
@@ -70,6 +70,7 @@ def run_worker(
         flush=True,
     )
     try:
+        command_loop.raise_if_sigterm_seen()  # from here on, faust's handlers take SIGTERM
         worker.execute_from_commandline()
     except SystemExit as e:
         return int(e.code or 0) or worker.stop_on_error.exit_code

@@ -16,7 +16,7 @@ import pytest
 from app.broker import free_port
 from app.topic_reader import high_watermarks
 from tests.support.processes import child_pids, exited
-from tests.support.workers import KAPPA, ROOT, kappa_env
+from tests.support.workers import KAPPA, ROOT, kappa_env, patched_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,42 @@ async def test_a_replay_whose_parent_is_killed_stops_its_processes_quietly(
         await asyncio.sleep(0.05)
     for noise in ("Traceback", "destroyed but it is pending", "never retrieved"):
         assert noise not in err, err
+
+
+# SIGTERM's exception raised inside a weakref callback, as a garbage collection pass can run
+# one at any point: Python drops it, so only the remembered SIGTERM can stop the command.
+DROPPED_SIGTERM = """
+import signal, weakref
+from app import command_loop, demo, worker_main
+
+def dropping_sigterm(step):
+    def step_after_a_dropped_sigterm(*args):
+        class Dropped: pass
+        obj = Dropped()
+        ref = weakref.ref(obj, lambda _: command_loop.stop_outside_loop(signal.SIGTERM, None))
+        del obj
+        return step(*args)
+    return step_after_a_dropped_sigterm
+
+worker_main.require_free_address = dropping_sigterm(worker_main.require_free_address)
+demo.port_open = dropping_sigterm(demo.port_open)
+"""
+
+
+@pytest.mark.parametrize("command", [["worker"], ["demo"]])
+def test_a_sigterm_dropped_during_start_up_stops_the_command_quietly(
+    broker: str, unique: str, tmp_path: Path, command: list[str]
+) -> None:
+    """Started anyway, a worker or a demo would run until killed: their faust loop or their
+    own takes SIGTERM over only once they are up."""
+    env = kappa_env(broker, unique, tmp_path / "state", KAPPA_WEB_PORT=str(free_port()))
+    done = subprocess.run(
+        [*patched_kappa(DROPPED_SIGTERM), *command],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
