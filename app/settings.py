@@ -170,6 +170,10 @@ MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 # Longest timeout (ms) a setting may ask for: Kafka's protocol carries them as signed 32-bit
 # ints, and faust needs the session timeout under its request timeout (90 s).
 MAX_SESSION_TIMEOUT_MS = 85_000
+# Partitions per topic. Far above what a Python worker needs (a partition's records go
+# through one process), and far below what stalls a broker: asked for 999,999,999 partitions
+# the embedded one grew to 4.7 GB and died, and 100,000 made every command take minutes.
+MAX_PARTITIONS = 1_000
 MAX_TIMEOUT_MS = 3_600_000
 MAX_INT32 = 2**31 - 1
 # Kafka's topic names: ASCII letters, digits, '.', '_' and '-', at most 249 characters.
@@ -235,12 +239,13 @@ def _validate(s: Settings) -> None:
     problem = host_problem(s.web_host)
     if problem:
         raise ConfigError(f"KAPPA_WEB_HOST={s.web_host!r} {problem}")
-    # Kafka's protocol carries partition counts as int32 and replication factors as int16.
-    if s.partitions > 2**31 - 1 or s.replication > 2**15 - 1:
+    if s.partitions > MAX_PARTITIONS:
         raise ConfigError(
-            f"KAPPA_PARTITIONS must be at most {2**31 - 1} and KAPPA_REPLICATION at most "
-            f"{2**15 - 1}, got {s.partitions} and {s.replication}"
+            f"KAPPA_PARTITIONS must be at most {MAX_PARTITIONS}, got {s.partitions} (each "
+            "partition is a state store per pipeline on the worker that holds it)"
         )
+    if s.replication > 2**15 - 1:  # Kafka's protocol carries it as an int16
+        raise ConfigError(f"KAPPA_REPLICATION must be at most {2**15 - 1}, got {s.replication}")
     if s.session_timeout_ms > MAX_SESSION_TIMEOUT_MS:
         raise ConfigError(
             f"KAPPA_SESSION_TIMEOUT_MS must be at most {MAX_SESSION_TIMEOUT_MS}, got "
