@@ -78,8 +78,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     )
     try:
         assert broker.proc is not None
-        broker.proc.wait()
-        return broker.proc.returncode or 0
+        code = broker.proc.wait()
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        print(f"kappa broker: error: the embedded broker {how}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:

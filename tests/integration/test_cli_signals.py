@@ -4,6 +4,7 @@ in a container, where a process with no handler for it ignores it until the SIGK
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
@@ -77,6 +78,18 @@ def test_sigterm_stops_the_embedded_broker_command_and_its_broker(tmp_path: Path
         err = _sigterm(proc)
     assert proc.returncode == 0, err
     assert not [pid for pid in brokers if Path(f"/proc/{pid}").exists()]
+
+
+def test_the_broker_command_says_so_when_its_broker_dies(tmp_path: Path) -> None:
+    env = kappa_env("127.0.0.1:1", "sig", tmp_path / "state")
+    with _kappa(["broker", "--address", f"127.0.0.1:{free_port()}"], env) as proc:
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()  # up
+        [broker] = child_pids(proc.pid)
+        os.kill(broker, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 1, err
+    assert err.strip() == "kappa broker: error: the embedded broker was killed by signal 9"
 
 
 def _ignoring_sigint() -> None:
