@@ -47,7 +47,7 @@ async def test_a_changelog_or_registry_that_deletes_records_is_refused(
     )
 
 
-async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compaction(
+async def test_a_replay_a_worker_and_topics_refuse_a_changelog_created_without_compaction(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
@@ -70,6 +70,21 @@ async def test_a_replay_and_a_worker_refuse_a_changelog_created_without_compacti
     r = run_kappa(worker, env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"kappa worker: {refusal}"
+
+    r = run_kappa(["topics", "--version", "2"], env)  # it would say they were ready
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [f"kappa topics: {refusal}"]
+
+
+async def test_topics_refuses_topics_with_another_partition_count_as_a_worker_does(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    r = run_kappa(["topics"], {**env, "KAPPA_PARTITIONS": "8"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("kappa topics: error: topics must have KAPPA_PARTITIONS=8 partitions")
 
 
 @pytest.mark.parametrize(
