@@ -266,7 +266,7 @@ def require_version(view: RegistryView, version: int) -> VersionRecord:
     if rec is None:
         if version == view.live:
             return VersionRecord(version, LIVE)
-        known = ", ".join(str(v) for v in sorted(view.versions)) or "none"
+        known = ", ".join(str(v) for v in sorted({*view.versions, view.live}))
         raise ConfigError(f"version {version} is not in the registry (known: {known})")
     return rec
 

@@ -149,3 +149,13 @@ def test_a_version_is_resumed_only_with_its_flush_setting(flushed: bool) -> None
     other = dataclasses.replace(same, flush=not flushed)
     with pytest.raises(ConfigError, match=r"^version 2 was replayed (with|without) --no-flush"):
         _check_version(view, topology, other)
+
+
+def test_an_unknown_version_is_refused_naming_the_live_one_among_the_known() -> None:
+    """Before any replay the registry holds no record, yet version 1 is live (and listed by
+    `kappa versions`): "known: none" contradicted it."""
+    from replay.registry import require_version
+
+    with pytest.raises(ConfigError) as refused:
+        require_version(RegistryView({}, {}), 5)
+    assert str(refused.value) == "version 5 is not in the registry (known: 1)"
