@@ -343,6 +343,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]
+    kappa_rebalances_done: int
     kappa_stop_on_error: Callable[[BaseException], Awaitable[None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -350,6 +351,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
         self.kappa_batch_buffers = {}
         self.kappa_source_held = {}
         self.kappa_runners = []
+        self.kappa_rebalances_done = 0  # ended since start: 0 while not yet in its group
 
     def _new_transport(self) -> Transport:
         return KappaTransport(self.conf.broker_consumer, self)
@@ -364,6 +366,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
         for `stream_processing_timeout` is still reported ("has stopped processing").
         """
         super().on_rebalance_end()
+        self.kappa_rebalances_done += 1
         monitor = self.monitor
         if monitor is not None and self._consumer is not None:
             now = monotonic()

@@ -147,6 +147,10 @@ class PipelineRunner:
             st = self._states[partition] = await self._opener.open(partition)
         return st
 
+    def open_partitions(self) -> set[int]:
+        """The partitions whose state this runner has open."""
+        return set(self._states)
+
     def open_state(self, partition: int) -> PartitionState | None:
         """The partition's state if this runner has it open (it is assigned here), else None."""
         return self._states.get(partition)

@@ -1,4 +1,5 @@
-"""The worker's HTTP pages, on faust's web server: `/metrics`, `/health` and the table queries.
+"""The worker's HTTP pages, on faust's web server: `/metrics`, `/health`, `/ready` and the
+table queries.
 
 faust's own `/router` and `/table` pages are switched off in `app.worker.create_app`: they know
 nothing of Kappa's state.
@@ -6,7 +7,7 @@ nothing of Kappa's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -17,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
+from app.readiness import PipelinePartitions, readiness
 from app.runtime import PipelineRunner
 from app.settings import Settings
 from tables.cleaning import MAX_TEXT_CHARS
@@ -33,8 +35,10 @@ def register_pages(
     group_id: str,
     runners: Sequence[PipelineRunner],
     settings: Settings,
+    partitions: Callable[[], Mapping[str, PipelinePartitions]],
 ) -> None:
-    """Serve `/metrics`, `/health` and a query for each table this worker's pipelines keep."""
+    """Serve `/metrics`, `/health`, `/ready` and a query for each table this worker's
+    pipelines keep. `partitions`: each pipeline's assigned and open partitions, now."""
 
     @app.page("/metrics")
     class Metrics(View):
@@ -45,6 +49,14 @@ def register_pages(
     class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json({"status": "ok", "version": version, "group": group_id})
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            ready, body = readiness(
+                getattr(app, "kappa_rebalances_done", 0), bool(app.rebalancing), partitions()
+            )
+            return self.json({**body, "version": version}, status=200 if ready else 503)
 
     # A key of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line,
     # over aiohttp's default limit (8,190 bytes). faust builds its runner with that default.

@@ -32,6 +32,7 @@ from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.kafka_runner import kafka_pipeline_runner
 from app.pipeline_driver import PipelineDriver, revoke_all
+from app.readiness import PipelinePartitions
 from app.runtime import (
     PRODUCER_BATCH_BYTES,
     GapReader,
@@ -248,7 +249,13 @@ def create_app(
         for sender in senders:
             await sender.close()
 
-    register_pages(app, version, topology.group_id, runners, settings)
+    def partitions() -> dict[str, PipelinePartitions]:
+        return {
+            d.name: PipelinePartitions(d.consumer.assigned(), d.runner.open_partitions())
+            for _, d in drivers
+        }
+
+    register_pages(app, version, topology.group_id, runners, settings, partitions)
     app.kappa_runners = runners
     return app
 

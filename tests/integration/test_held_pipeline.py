@@ -3,7 +3,10 @@ source: the worker's other pipelines keep going, and the worker stays in its gro
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,19 @@ def _stay_up(workers: list[Worker], seconds: float) -> None:
         for worker in workers:
             assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
         time.sleep(0.2)
+
+
+PIPELINES = ("orders", "user-totals", "product-trends", "top-products")
+
+
+def _ready(worker: Worker) -> tuple[int, dict[str, object]]:
+    """`GET /ready`: its status code and body."""
+    url = f"http://127.0.0.1:{worker.web_port}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 def _held_worker(env: dict[str, str], log: Path) -> Worker:
@@ -78,10 +94,16 @@ async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
         assert worker.metric("kappa_events_in_total", pipeline="user-totals") == 0
         assert worker.metric("kappa_source_held", pipeline="user-totals") == 1
         assert worker.metric("kappa_source_held", pipeline="orders") == 0
+        code, body = _ready(worker)  # its user-totals states are still "restoring"
+        assert (code, body["status"]) == (503, "restoring"), body
+        assert body["partitions"] == {"user-totals": [0, 1, 2, 3]}, body
         ref = await reference_for(broker, f"{unique}.orders")
         gate.touch()
         await eventually(lambda: check_outputs(broker, unique, ref))
         assert worker.metric("kappa_source_held", pipeline="user-totals") == 0
+        code, body = _ready(worker)
+        assert (code, body["status"]) == (200, "ready"), body
+        assert body["partitions"] == {p: [0, 1, 2, 3] for p in PIPELINES}, body
     finally:
         stopped = worker.stop()
     assert stopped == 0, worker.tail_log()
@@ -144,6 +166,7 @@ async def test_a_worker_with_no_partitions_stays_in_its_group(
         await produce_orders(broker, f"{unique}.orders", spec)
         # Both in the group: one of them has the partition and has processed its records.
         await eventually(lambda: _processed(workers, n))
+        await eventually(lambda: _both_ready(workers))  # the spare one too, with no partition
         _stay_up(workers, 3 * poll_interval_s)
     finally:
         stopped = [worker.stop() for worker in workers]
@@ -154,3 +177,10 @@ async def test_a_worker_with_no_partitions_stays_in_its_group(
 async def _processed(workers: list[Worker], n: int) -> None:
     counts = [w.metric("kappa_events_in_total", pipeline="orders") for w in workers]
     assert sum(counts) == n and 0 in counts, counts
+
+
+async def _both_ready(workers: list[Worker]) -> None:
+    answers = [_ready(w) for w in workers]
+    assert [code for code, _ in answers] == [200, 200], answers
+    assigned = sorted(body["partitions"]["orders"] for _, body in answers)  # type: ignore[index]
+    assert assigned == [[], [0]], answers
