@@ -36,6 +36,9 @@ from tables.rocks import StateError
 ONE_LINE_STOPS = (StateError, SendRefused, ReadRefused, TopicMissing)
 
 log = logging.getLogger(__name__)
+# Backoff (s) between attempts to open an assigned partition's state that broker trouble failed.
+OPEN_RETRY_FIRST_S = 0.5
+OPEN_RETRY_MAX_S = 10.0
 
 
 class SourceConsumer(Protocol):
@@ -85,6 +88,8 @@ class PipelineDriver:
         self.rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
         self._opening: set[asyncio.Future[None]] = set()
         self._in_flight: asyncio.Future[None] | None = None  # the batch being processed
+        # Backoff of a partition open that broker trouble failed: (first, longest) delay in s.
+        self.open_retry_s = (OPEN_RETRY_FIRST_S, OPEN_RETRY_MAX_S)
 
     async def drain(self) -> None:
         """Take what is buffered as one batch, process it, repeat until the worker stops."""
@@ -191,26 +196,57 @@ class PipelineDriver:
     async def _open_assigned(self, parts: set[int], scheduled_at: int) -> None:
         """Open (restoring where the changelog is ahead) the states of assigned partitions
         before their first record: queries answer at once after a restart or a rebalance,
-        not only once each partition gets new input."""
+        not only once each partition gets new input.
+
+        A partition that broker trouble keeps from opening does not hold up the others, and is
+        tried again, with backoff, while it stays assigned and no newer rebalance came: the
+        first batch would open it too, but a quiet partition may get none for long, and the
+        worker is not ready (`/ready`) meanwhile."""
+        delay_s, max_delay_s = self.open_retry_s
+        said = False
         try:
-            async with self.lock:
-                for partition in sorted(parts & self.consumer.assigned()):
-                    if scheduled_at != self.rebalances or self.revokes_waiting:
-                        return
-                    await self.runner.state(partition)
+            while True:
+                failed: BaseException | None = None
+                async with self.lock:
+                    for partition in sorted(parts & self.consumer.assigned()):
+                        if self._open_is_stale(scheduled_at):
+                            return
+                        if self.runner.open_state(partition) is not None:
+                            continue
+                        try:
+                            await self.runner.state(partition)
+                        except (TimeoutError, KafkaError, OSError) as e:
+                            failed = e
+                            if read_refusal(e, self.name) is not None:
+                                break  # retrying cannot fix it
+                if failed is None:
+                    return
+                refused = read_refusal(failed, self.name)
+                if refused is not None:
+                    await self._stop(refused)
+                    return
+                if not said:  # once: the retries go on quietly
+                    log.warning(
+                        "%s: assigned partitions not opened yet (%r); trying again",
+                        self.name,
+                        failed,
+                    )
+                    said = True
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, max_delay_s)
+                if self._open_is_stale(scheduled_at):
+                    return
         except asyncio.CancelledError:
             raise
         except ONE_LINE_STOPS as exc:
             await self._stop(exc)
-        except (TimeoutError, KafkaError, OSError) as e:  # the first batch opens them instead
-            refused = read_refusal(e, self.name)
-            if refused is not None:
-                await self._stop(refused)
-                return
-            log.warning("%s: assigned partitions not opened yet (%r)", self.name, e)
         except Exception as exc:  # a bug: stop loudly, as the drain loop does
             log.exception("pipeline %s: opening assigned partitions failed", self.name)
             await self.crash(exc)
+
+    def _open_is_stale(self, scheduled_at: int) -> bool:
+        """A revoke came since the open was scheduled (or is waiting), or the worker stops."""
+        return scheduled_at != self.rebalances or bool(self.revokes_waiting) or self.should_stop()
 
     async def on_revoked(self, parts: set[int]) -> None:
         """Finish what was delivered for the revoked partitions and send their held changelog
