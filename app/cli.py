@@ -95,7 +95,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
         require_partitions,
         wait_for_broker,
     )
-    from app.topology import Topology
+    from app.topology import Topology, registry_topic
     from replay.registry import Registry, refuse_dropped
 
     settings = _settings()
@@ -110,7 +110,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
         created = await ensure_version_topics(settings.kafka, topo)
         # "ready" means a worker takes them: topics made by others are checked as it does
         await require_partitions(settings.kafka, list(topo.all_topics()), settings.partitions)
-        await require_compacted(settings.kafka, topo.compacted_topics())
+        await require_compacted(
+            settings.kafka, [*topo.compacted_topics(), registry_topic(settings)]
+        )
         return topo, created
 
     topo, created = command_loop.run(run())
@@ -303,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable)",
     )
     sp.add_argument(
-        "--web-port", type=port_number, default=None, help="port for /metrics and /health"
+        "--web-port",
+        type=port_number,
+        default=None,
+        help="port for /metrics, /health, /ready and the queries",
     )
 
     sp = add("produce", cmd_produce, "Load a file or synthetic orders into a topic.")

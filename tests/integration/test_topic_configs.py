@@ -143,3 +143,16 @@ async def test_a_versions_outputs_are_created_without_timestamp_limits_where_kno
     assert {t: cfg for t, cfg in configs.items() if cfg} == dict.fromkeys(
         topology.output_topics(), lifted
     )  # outputs only: not the source, not the changelogs
+
+
+async def test_topics_refuses_a_registry_that_deletes_records_as_a_worker_does(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    from app.topology import registry_topic
+
+    env = kappa_env(broker, unique, tmp_path / "state")
+    registry = registry_topic(load_settings(env))
+    await ensure_topics(broker, {registry: (1, {"cleanup.policy": "delete"})})
+    r = run_kappa(["topics", "--version", "1"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{registry} (cleanup.policy=delete) must keep every key's latest record" in r.stderr
