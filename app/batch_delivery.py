@@ -25,6 +25,7 @@ from faust.transport.consumer import ack_lock as faust_ack_lock
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaDriverConsumer
 from faust.types import TP, Message
+from mode import Service
 
 from app.batch_buffer import BatchBuffer
 from app.group_leave import leave_on_close
@@ -196,6 +197,20 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         if self._consumer is not None:
             leave_on_close(self._consumer)  # the dev broker's first generation included
         await super().on_thread_stop()
+
+    async def stop(self) -> None:
+        """mode joins the consumer thread from the event loop, blocking it. A rebalance
+        callback the thread was running then waited for that loop forever: a worker stopped
+        while joining its group hung until its shutdown deadline. Joined off the loop here."""
+        if self._started.is_set():
+            await Service.stop(self)  # what mode's `ServiceThread.stop` does first
+            if self._thread is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._thread.stop)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.should_stop:  # stopping: nothing will take records from them
+            return
+        await super().on_partitions_assigned(assigned, generation_id)
 
 
 class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]

@@ -178,3 +178,42 @@ def test_a_sigterm_dropped_during_start_up_stops_the_command_quietly(
     )
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+# SIGTERM at the moment the worker asks to join its group (the dev broker holds every join ~3 s).
+SIGTERM_WHILE_JOINING = """
+import os, signal
+from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
+join = CoordinatorGroupRebalance.perform_group_join
+async def perform_group_join(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return await join(self)
+CoordinatorGroupRebalance.perform_group_join = perform_group_join
+"""
+
+
+def test_a_worker_stopped_while_joining_its_group_stops_when_the_join_answers(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """mode joined the consumer thread blocking the event loop, while the thread's assignment
+    callback waited for that loop: the worker hung until its shutdown deadline (here a minute,
+    past this test's timeout). Python's development mode gives the timing where that happened
+    every time (without it the thread usually stopped first)."""
+    env = kappa_env(
+        broker,
+        unique,
+        tmp_path / "state",
+        KAPPA_WEB_PORT=str(free_port()),
+        KAPPA_SHUTDOWN_TIMEOUT_MS="60000",
+        PYTHONDEVMODE="1",
+    )
+    done = subprocess.run(
+        [*patched_kappa(SIGTERM_WHILE_JOINING), "worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "did not finish" not in done.stderr and "Traceback" not in done.stderr, done.stderr
