@@ -207,6 +207,7 @@ class PipelineDriver:
         try:
             while True:
                 failed: BaseException | None = None
+                refused: BaseException | None = None
                 async with self.lock:
                     for partition in sorted(parts & self.consumer.assigned()):
                         if self._open_is_stale(scheduled_at):
@@ -216,14 +217,13 @@ class PipelineDriver:
                         try:
                             await self.runner.state(partition)
                         except (TimeoutError, KafkaError, OSError) as e:
-                            failed = e
-                            if read_refusal(e, self.name) is not None:
+                            failed, refused = e, read_refusal(e, self.name)
+                            if refused is not None:
                                 break  # retrying cannot fix it
-                if failed is None:
-                    return
-                refused = read_refusal(failed, self.name)
-                if refused is not None:
+                if refused is not None:  # stopped outside the lock: a revoke may need it
                     await self._stop(refused)
+                    return
+                if failed is None:
                     return
                 if not said:  # once: the retries go on quietly
                     log.warning(
