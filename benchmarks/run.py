@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.broker import DevBroker, free_port
+from app.settings import MAX_PARTITIONS
 from benchmarks import ceiling, latency, live, replay_run, report
 from benchmarks.dataset import Dataset, orders_spec, preload
 from benchmarks.processes import ROOT, kappa_env, python_env, stop_all
@@ -104,6 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.events < 1 or args.repeats < 1 or args.rate <= 0 or args.latency_seconds <= 0:
         p.error("--events, --repeats, --rate and --latency-seconds must be > 0")
+    if args.keys < 1:
+        p.error("--keys must be > 0")
+    if not 1 <= args.partitions <= MAX_PARTITIONS:
+        # The workers it starts refuse more (KAPPA_PARTITIONS): fail here, not in a child.
+        p.error(f"--partitions must be between 1 and {MAX_PARTITIONS}")
     if args.latency_pipeline and "orders" not in args.latency_pipeline:
         p.error("--latency-pipeline must include orders: the latency is read from its forwards")
     return args
