@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from app.atomic_file import replaced, synced_directory
 from app.file_lock import try_lock
 from app.settings import ConfigError, Settings
 from app.topology import Topology
@@ -32,9 +31,10 @@ from replay.latest import (
     fold_latest,
     is_provisional,
     outputs_of,
+    result_line,
     scratch_dir,
 )
-from replay.registry import DROPPED, Registry, recorded_definition, require_version
+from replay.registry import Registry, recorded_definition, require_readable
 from tables.rocks import RocksStore, StateError
 
 MANIFEST = "export.json"
@@ -50,33 +50,10 @@ class Written:
     provisional: int
 
 
-def result_line(stored: bytes) -> bytes:
+def stored_line(stored: bytes) -> bytes:
     """A stored latest value as one line: its fields, `final` left out, as compact JSON."""
     fields, _ = decode_entry(stored)
-    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
-
-
-@contextlib.contextmanager
-def _replaced(path: Path) -> Iterator[BinaryIO]:
-    """A file object whose content replaces `path` atomically when the block ends; on any
-    error (Ctrl-C included) `path` is left as it was and nothing else remains."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would: mkstemp's is 0600
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return result_line(fields)
 
 
 def write_results(entries: Iterable[tuple[bytes, bytes]], path: Path) -> Written:
@@ -84,12 +61,12 @@ def write_results(entries: Iterable[tuple[bytes, bytes]], path: Path) -> Written
     per line, atomically: to a hidden file beside `path`, flushed to disk, then renamed."""
     results = provisional = 0
     try:
-        with _replaced(path) as f:
+        with replaced(path) as f:
             for _, stored in entries:
                 if is_provisional(stored):
                     provisional += 1
                     continue
-                f.write(result_line(stored))
+                f.write(stored_line(stored))
                 results += 1
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
@@ -100,13 +77,9 @@ def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
     """`export.json`: atomically, as the result files are, then the directory synced."""
     path = directory / MANIFEST
     try:
-        with _replaced(path) as f:
+        with replaced(path) as f:
             f.write((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the renames too
-        finally:
-            os.close(dir_fd)
+        synced_directory(directory)  # the renames too
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
@@ -133,11 +106,7 @@ async def export(settings: Settings, directory: Path, version: int | None = None
         raise ConfigError("name a directory to export to")
     view = await Registry(settings).load()
     v = view.live if version is None else version
-    rec = require_version(view, v)
-    if rec.status == DROPPED:
-        raise ConfigError(f"version {v} was dropped: its outputs are gone")
-    if v in view.dropping:
-        raise ConfigError(f"a drop of version {v} has started: its outputs may be gone")
+    rec = require_readable(view, v)
     topology = Topology(settings, v).select(rec.pipelines)
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}

@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,19 @@ def _escaped(raw: bytes) -> bytes:
     return raw.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
 
 
-def latest_entry(record: ConsumerRecord, key_fields: Sequence[str], topic: str) -> Entry | None:
-    """A record's (sort key, stored value); None for a tombstone. An output record Kappa did
-    not write is reported in one line naming where it is."""
+@dataclass(frozen=True)
+class OutputRecord:
+    """An output record read back: its result's fields (`final` left out: it says how a version
+    emits, KAPPA_EMIT_UPDATES, not what it computed), its key, and whether it is still open."""
+
+    fields: dict[str, Any]
+    key: tuple[Any, ...]
+    provisional: bool
+
+
+def parse_output_record(record: Any, key_fields: Sequence[str], topic: str) -> OutputRecord | None:
+    """A record of a version's output topic as a result; None for a tombstone. A record Kappa
+    did not write is reported in one line naming where it is."""
     if record.value is None:
         return None
     try:
@@ -82,10 +93,24 @@ def latest_entry(record: ConsumerRecord, key_fields: Sequence[str], topic: str) 
         ) from None
     # Still open: flushed by a replay (the header), or a running value of a version that
     # emits updates (KAPPA_EMIT_UPDATES) whose window has not closed yet.
-    provisional = d.get("final") is False or any(
+    provisional = d.pop("final", None) is False or any(
         k == PROVISIONAL_HEADER for k, _ in record.headers or ()
     )
-    return sort_key(key), (_PROVISIONAL if provisional else _FINAL) + bytes(record.value)
+    return OutputRecord(d, key, provisional)
+
+
+def result_line(fields: dict[str, Any]) -> bytes:
+    """A result as one line of compact JSON: how `kappa export` and `kappa sink` write it."""
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def latest_entry(record: ConsumerRecord, key_fields: Sequence[str], topic: str) -> Entry | None:
+    """A record's (sort key, stored value); None for a tombstone."""
+    parsed = parse_output_record(record, key_fields, topic)
+    if parsed is None:
+        return None
+    flag = _PROVISIONAL if parsed.provisional else _FINAL
+    return sort_key(parsed.key), flag + bytes(record.value)
 
 
 def is_provisional(stored: bytes) -> bool:

@@ -271,6 +271,17 @@ def require_version(view: RegistryView, version: int) -> VersionRecord:
     return rec
 
 
+def require_readable(view: RegistryView, version: int) -> VersionRecord:
+    """A version whose outputs can be read back (exported, sunk to files): not dropped, and
+    no drop of it under way."""
+    rec = require_version(view, version)
+    if rec.status == DROPPED:
+        raise ConfigError(f"version {version} was dropped: its outputs are gone")
+    if version in view.dropping:
+        raise ConfigError(f"a drop of version {version} has started: its outputs may be gone")
+    return rec
+
+
 async def require_split(
     registry: Registry, view: RegistryView, version: int, processes: int, record: bool = True
 ) -> None:
