@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -244,6 +245,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sink(args: argparse.Namespace) -> int:
+    from replay.sink import sink
+    from replay.sink_files import RollPolicy
+
+    settings = _settings_with_broker()
+    policy = RollPolicy(max_results=args.roll_results, max_age_s=args.roll_seconds)
+    # A sink runs until stopped: Ctrl-C or SIGTERM is its orderly stop (files finished), 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        command_loop.run(
+            sink(
+                settings,
+                args.directory,
+                args.version,
+                args.output,
+                policy,
+                lambda line: print(line, flush=True),
+            )
+        )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from replay.versions import status
 
@@ -444,6 +466,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
     sp.add_argument(
         "--version", type=version_number, default=None, help="the version (default: the live one)"
+    )
+    sp = add(
+        "sink",
+        cmd_sink,
+        "Follow a version's outputs into files: every final result, exactly once, until stopped.",
+    )
+    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
+    sp.add_argument(
+        "--version", type=version_number, default=None, help="the version (default: the live one)"
+    )
+    sp.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this output, e.g. orders.revenue-1m (repeatable; default: all the version's)",
+    )
+    sp.add_argument(
+        "--roll-results",
+        type=positive_int,
+        default=100_000,
+        help="finish a partition's file at this many results (default 100,000)",
+    )
+    sp.add_argument(
+        "--roll-seconds",
+        type=bounded_number(float, 0.0, 86_400.0, strict=True),
+        default=60.0,
+        help="finish a partition's file this long after its first result (default 60)",
     )
     add("status", cmd_status, "Show the live version and where its outputs and state are.")
 

@@ -1,0 +1,125 @@
+"""How `kappa sink` lays a version's results out in files, and how it resumes (no broker).
+
+Each output partition has a directory, `OUTPUT/partition=P/`. Its finished files are named by
+the first and last offsets they cover, `FIRST-LAST.jsonl` (20 digits each, so names sort as
+offsets), and they tile the partition's log: each file starts at the offset after the one
+before it. Records that give no line (a window still open) count in a file's range all the
+same. A file is written under a hidden temporary name and renamed when finished, so the
+finished files are the sink's only record of its progress: a sink stopped at any point (a
+`kill -9` included) drops its temporary files and reads on after its last finished file. No
+result is lost or written twice; only where files end depends on when records came.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.atomic_file import AtomicFile, synced_directory
+
+_FINISHED = re.compile(r"^(\d{20})-(\d{20})\.jsonl$")
+_DIGITS = 20  # an int64 offset's decimal digits, at most 19: zero-padded, names sort as offsets
+
+
+def partition_directory(root: Path, output: str, partition: int) -> Path:
+    return root / output / f"partition={partition}"
+
+
+def file_name(first: int, last: int) -> str:
+    """A finished file's name: the first and last offsets it covers, inclusive."""
+    return f"{first:0{_DIGITS}d}-{last:0{_DIGITS}d}.jsonl"
+
+
+def finished_range(name: str) -> tuple[int, int] | None:
+    """(first, last) offsets of a finished file's name; None for any other name."""
+    m = _FINISHED.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def resume_offset(directory: Path) -> int:
+    """The offset after the last finished file's (0 for none): where reading goes on."""
+    ends = [r[1] for p in _names(directory) if (r := finished_range(p)) is not None]
+    return max(ends) + 1 if ends else 0
+
+
+def remove_unfinished(directory: Path) -> int:
+    """Remove the temporary files a stopped sink left (they are written again); returns how
+    many. Only one sink writes a directory (its lock), so none of them is being written."""
+    removed = 0
+    for name in _names(directory):
+        if name.startswith(".") and name.endswith(".tmp"):
+            (directory / name).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _names(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir()] if directory.is_dir() else []
+
+
+@dataclass(frozen=True)
+class RollPolicy:
+    """When an open file is finished: at its `max_results`th line, or `max_age_s` seconds (of
+    the sink's clock) after its first line, whichever comes first. Files that end on the
+    count end at the same results however the records were fetched."""
+
+    max_results: int = 100_000
+    max_age_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    path: Path
+    first: int
+    last: int
+    results: int
+
+
+class PartitionFile:
+    """One output partition's open file: lines are appended as records are read, and
+    `finish` renames it to the offsets it covers and opens the next (lazily, at its first
+    line: a partition with nothing new has no temporary file)."""
+
+    def __init__(self, directory: Path, first: int) -> None:
+        self.directory = directory
+        self.first = first  # the offset after the last finished file's
+        self.last = first - 1  # the last offset read into this file
+        self.results = 0
+        self.opened_at: float | None = None  # the sink's clock at the first line
+        self._file: AtomicFile | None = None
+
+    def add(self, offset: int, line: bytes | None, now: float) -> None:
+        """The record at `offset` read; `line` is its result, None if it gives none."""
+        if line is not None:
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = AtomicFile(self.directory, f"{self.first:0{_DIGITS}d}.jsonl")
+                self.opened_at = now
+            self._file.file.write(line)
+            self.results += 1
+        self.last = offset
+
+    def due(self, now: float, policy: RollPolicy) -> bool:
+        if self.results == 0 or self.opened_at is None:
+            return False
+        return self.results >= policy.max_results or now - self.opened_at >= policy.max_age_s
+
+    def finish(self) -> Finished | None:
+        """Rename the open file to the offsets it covers (None if it has no line yet: the
+        records read so far are read again after a restart, and give no line again)."""
+        if self._file is None:
+            return None
+        path = self.directory / file_name(self.first, self.last)
+        self._file.commit(path)
+        synced_directory(self.directory)
+        done = Finished(path, self.first, self.last, self.results)
+        self._file, self.opened_at = None, None
+        self.first, self.results = self.last + 1, 0
+        return done
+
+    def discard(self) -> None:
+        """Drop the open file (its records are read again after a restart)."""
+        if self._file is not None:
+            self._file.discard()
+            self._file, self.opened_at, self.results = None, None, 0
