@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 class ChaosKill:
     """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
     in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
-    acknowledged but state not committed, after-commit: committed or held). Unset in production."""
+    acknowledged but state not committed, after-commit: committed or held); for `kappa sink`,
+    `sink:FILE:PHASE` in the FILEth file it finishes (before-finish, after-finish). Unset in
+    production."""
 
     def __init__(self, batch: int | None, phase: str) -> None:
         self.batch, self.phase, self.count = batch, phase, 0

@@ -23,6 +23,7 @@ from aiokafka import TopicPartition
 
 from app.admin import existing_topics
 from app.atomic_file import replaced, synced_directory
+from app.chaos import ChaosKill
 from app.file_lock import try_lock
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
@@ -154,6 +155,7 @@ async def _follow(
 ) -> None:
     consumer = bounded_consumer(settings.kafka, fetch_max_wait_ms=FETCH_WAIT_MS)
     files: dict[TopicPartition, PartitionFile] = {}
+    chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
     outputs: dict[str, str] = {t: logical for logical, t in topics.items()}
     try:
         await consumer.start()  # inside: stopped even if cancelled while starting
@@ -187,28 +189,35 @@ async def _follow(
                         f.add(r.offset, None, now)
                     else:
                         f.add(r.offset, result_line(parsed.fields), now)
-                        if f.results >= policy.max_results:  # exactly: where files end is
-                            _report(report, logical, tp.partition, _finish(f))  # the input's
+                        if f.results >= policy.max_results:  # exactly there: files that
+                            done = _finish(f, chaos)  # end on the count end where the input says
+                            _report(report, logical, tp.partition, done)
             for tp, f in files.items():
                 if f.due(now, policy):
-                    _report(report, outputs[tp.topic], tp.partition, _finish(f))
+                    _report(report, outputs[tp.topic], tp.partition, _finish(f, chaos))
     finally:
         # However the sink stops (Ctrl-C, SIGTERM, an error), what it read is finished into
         # files: the next sink goes on after them.
         for tp, f in files.items():
             try:
-                _report(report, outputs[tp.topic], tp.partition, _finish(f))
+                _report(report, outputs[tp.topic], tp.partition, _finish(f, chaos))
             except ConfigError as e:  # read again by the next sink
                 report(f"{outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
         await consumer.stop()
 
 
-def _finish(f: PartitionFile) -> Finished | None:
+def _finish(f: PartitionFile, chaos: ChaosKill) -> Finished | None:
+    if f.results == 0:
+        return None
+    chaos.step("before-finish")  # tests: a file fully written, not yet renamed
     try:
-        return f.finish()
+        done = f.finish()
     except OSError as e:
         f.discard()
         raise ConfigError(f"cannot write in {f.directory}: {e.strerror or e}") from None
+    chaos.step("after-finish")
+    chaos.batch_done()
+    return done
 
 
 def _report(

@@ -23,6 +23,8 @@ from app.settings import load_settings
 from app.state_guard import check_partition_dirs
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from replay.latest import RESULT_OUTPUTS
+from replay.sink_files import file_name
 from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids
@@ -282,6 +284,130 @@ async def _topics(broker: str) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def sink_expected(d: Dataset, version: int) -> dict[tuple[str, int], list[bytes]]:
+    """(output, partition) → the lines a sink of the version writes: each final result in
+    topic order, `final` left out, as compact JSON."""
+    expected: dict[tuple[str, int], list[bytes]] = {}
+    suffix = "" if version == 1 else f".v{version}"
+    for output, _ in RESULT_OUTPUTS:
+        topic = f"{d.prefix}.{output}{suffix}"
+        for partition, records in (await read_records(d.broker, topic)).items():
+            lines = expected.setdefault((output, partition), [])
+            for _, _, value, headers in records:
+                result = json.loads(value or b"")
+                if "kappa.provisional" in headers or result.pop("final", True) is False:
+                    continue
+                lines.append(json.dumps(result, separators=(",", ":")).encode())
+    return expected
+
+
+def sink_files(out: Path) -> dict[tuple[str, int], list[bytes]]:
+    """(output, partition) → the lines of its finished files, in order; the files' offset
+    ranges must tile the log from 0."""
+    found: dict[tuple[str, int], list[bytes]] = {}
+    for output, _ in RESULT_OUTPUTS:
+        for where in sorted((out / output).glob("partition=*")):
+            lines = found.setdefault((output, int(where.name.split("=")[1])), [])
+            after = 0
+            for path in sorted(where.glob("[0-9]*.jsonl")):
+                first, last = (int(n) for n in path.stem.split("-"))
+                assert first == after, f"{path}: expected to start at {after}"
+                after = last + 1
+                lines += path.read_bytes().splitlines()
+    return found
+
+
+ROLL = 40  # results per sink file: small, so that a partition has several
+SINK_ROLL = ["--roll-results", str(ROLL), "--roll-seconds", "86400"]  # on the count only
+
+
+async def sink_until_written(
+    d: Dataset, out: Path, expected: dict[tuple[str, int], list[bytes]]
+) -> str:
+    """Run `kappa sink OUT` until its files hold every whole file's worth of the expected
+    results, then stop it (SIGTERM finishes the rest); returns its output."""
+    sink = subprocess.Popen(
+        [*KAPPA, "sink", str(out), *SINK_ROLL],
+        env=d.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        async def whole_files_written() -> None:
+            assert sink.poll() is None, sink.communicate()
+            found = sink_files(out)
+            for k, lines in expected.items():
+                whole = len(lines) - len(lines) % ROLL
+                assert found.get(k, [])[: whole + 1] == lines[:whole], k
+
+        await eventually(whole_files_written, timeout=60)
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        stdout, stderr = sink.communicate(timeout=30)
+    assert sink.returncode == 0, stderr  # an orderly stop
+    assert not list(out.rglob(".*.tmp"))
+    return stdout
+
+
+async def test_a_sink_writes_every_final_result_once_through_a_kill(dataset: Dataset) -> None:
+    d = dataset
+    expected = {k: v for k, v in (await sink_expected(d, 1)).items() if v}
+    assert sum(len(lines) for lines in expected.values()) > 10 * ROLL
+    out = d.tmp / "sink-v1"
+    # Killed as it finishes its third file: that one is written whole under its temporary
+    # name, and other partitions' files are open.
+    killed = run_kappa(
+        ["sink", str(out), *SINK_ROLL],
+        {**d.env, "KAPPA_CHAOS_KILL": "sink:3:before-finish"},
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert list(out.rglob(".*.tmp")), "the kill left no file unfinished"
+    assert json.loads((out / "sink.json").read_text())["version"] == 1
+
+    before = {p: p.stat().st_ino for p in out.rglob("[0-9]*.jsonl")}
+    assert len(before) == 2  # finished before the kill
+
+    said = await sink_until_written(d, out, expected)
+    assert {p: p.stat().st_ino for p in before} == before  # it went on after them
+    assert "sinking version 1's orders.revenue-1m, orders.user-totals" in said
+    assert {k: v for k, v in sink_files(out).items() if v} == expected
+
+    # Uninterrupted, a sink writes the same files, byte for byte: files end on the count.
+    again = d.tmp / "sink-v1-again"
+    await sink_until_written(d, again, expected)
+    written = sorted(p.relative_to(out) for p in out.rglob("[0-9]*.jsonl"))
+    assert written == sorted(p.relative_to(again) for p in again.rglob("[0-9]*.jsonl"))
+    assert all((out / p).read_bytes() == (again / p).read_bytes() for p in written)
+
+    # Files past their topic's end are another topic's offsets (a restarted dev broker made
+    # it anew): refused, nothing written.
+    beyond = again / "orders.user-totals" / "partition=0" / file_name(0, 10**11)
+    beyond.write_bytes(b"{}\n")
+    end = len((await read_records(d.broker, f"{d.prefix}.orders.user-totals"))[0])
+    refused = run_kappa(["sink", str(again)], d.env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().endswith(
+        f"ends at {end}: the topic was made anew (a restarted dev broker?); sink it to another "
+        "directory"
+    )
+
+    # The last line per window is the batch computation's result.
+    revenue = [
+        json.loads(line)
+        for (output, _), lines in sink_files(out).items()
+        if output == "orders.revenue-1m"
+        for line in lines
+    ]
+    assert_windows_equal(
+        {(w["product_id"], w["window_start"], w["window_end"]): w for w in revenue},
+        d.reference,
+    )
 
 
 async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:

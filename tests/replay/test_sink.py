@@ -1,0 +1,80 @@
+"""What `kappa sink` follows and which directories it refuses, without a broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.settings import ConfigError, load_settings
+from app.topology import Topology
+from replay.sink import MANIFEST, chosen_outputs, claim_directory, sink_lock
+
+
+def topology(pipelines: list[str] | None = None) -> Topology:
+    t = Topology(load_settings({}), 2)
+    return t.select(pipelines) if pipelines else t
+
+
+def test_a_sink_follows_every_output_of_the_version_or_the_named_ones() -> None:
+    assert list(chosen_outputs(topology(), [])) == [
+        "orders.revenue-1m",
+        "orders.user-totals",
+        "orders.product-trends",
+        "orders.top-products",
+        "orders.product-signals",
+    ]
+    assert chosen_outputs(topology(), ["orders.user-totals"]) == {
+        "orders.user-totals": ("user_id",)
+    }
+    assert list(chosen_outputs(topology(["orders"]), [])) == ["orders.revenue-1m"]
+
+
+def test_an_output_that_is_not_there_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^no output orders\.nope \(outputs: orders\.rev"):
+        chosen_outputs(topology(), ["orders.nope"])
+    with pytest.raises(
+        ConfigError, match=r"^version 2 does not produce orders\.user-totals \(it ran orders\)$"
+    ):
+        chosen_outputs(topology(["orders"]), ["orders.user-totals"])
+
+
+def test_a_directory_is_claimed_for_one_version_and_its_topics(tmp_path: Path) -> None:
+    claim_directory(tmp_path, 2, {"orders.revenue-1m": "orders.revenue-1m.v2"})
+    claim_directory(tmp_path, 2, {"orders.user-totals": "orders.user-totals.v2"})  # added
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["version"] == 2
+    assert manifest["topics"] == {
+        "orders.revenue-1m": "orders.revenue-1m.v2",
+        "orders.user-totals": "orders.user-totals.v2",
+    }
+    assert manifest["keys"]["orders.user-totals"] == ["user_id"]
+    with pytest.raises(
+        ConfigError,
+        match=r"holds version 2's results, not version 3's: sink version 3 to another "
+        r"directory \(or pass --version 2\)$",
+    ):
+        claim_directory(tmp_path, 3, {"orders.revenue-1m": "orders.revenue-1m.v3"})
+    with pytest.raises(ConfigError, match=r"holds offsets of orders\.revenue-1m\.v2, not x\.v2"):
+        claim_directory(tmp_path, 2, {"orders.revenue-1m": "x.v2"})  # another topic prefix
+
+
+def test_a_directory_with_something_else_in_its_manifest_is_refused(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="is not a kappa sink's: use another directory$"):
+        claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(ConfigError, match="^cannot read "):
+        claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
+
+
+def test_one_sink_at_a_time_writes_a_directory(tmp_path: Path) -> None:
+    with (
+        sink_lock(tmp_path),
+        pytest.raises(ConfigError, match=f"^another sink is writing to {tmp_path}$"),
+        sink_lock(tmp_path),
+    ):
+        pass
+    with sink_lock(tmp_path):  # released when the first one ends
+        pass

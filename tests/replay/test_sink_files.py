@@ -1,0 +1,97 @@
+"""How `kappa sink` names, finishes and resumes its files, without a broker."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from replay.sink_files import (
+    PartitionFile,
+    RollPolicy,
+    file_name,
+    finished_range,
+    partition_directory,
+    remove_unfinished,
+    resume_offset,
+)
+
+
+def test_names_sort_as_the_offsets_they_cover() -> None:
+    names = [file_name(0, 9), file_name(10, 99), file_name(100, 2**63 - 1)]
+    assert names == sorted(names)
+    assert [finished_range(n) for n in names] == [(0, 9), (10, 99), (100, 2**63 - 1)]
+    assert finished_range(".00000000000000000000.jsonl.abc.tmp") is None
+    assert finished_range("notes.txt") is None
+
+
+def test_reading_goes_on_after_the_last_finished_file(tmp_path: Path) -> None:
+    assert resume_offset(tmp_path / "missing") == 0
+    assert resume_offset(tmp_path) == 0
+    for first, last in ((0, 41), (42, 99)):
+        (tmp_path / file_name(first, last)).write_bytes(b"{}\n")
+    (tmp_path / ".00000000000000000100.jsonl.x.tmp").write_bytes(b"{}\n")  # not finished
+    assert resume_offset(tmp_path) == 100
+
+
+def test_a_stopped_sinks_temporary_files_are_removed_and_finished_ones_kept(
+    tmp_path: Path,
+) -> None:
+    finished = tmp_path / file_name(0, 9)
+    finished.write_bytes(b"{}\n")
+    (tmp_path / ".00000000000000000010.jsonl.x.tmp").write_bytes(b"{}\n")
+    assert remove_unfinished(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]
+    assert remove_unfinished(tmp_path / "missing") == 0
+
+
+def test_files_tile_the_log_and_records_without_a_result_count_in_their_range(
+    tmp_path: Path,
+) -> None:
+    where = partition_directory(tmp_path, "orders.revenue-1m", 3)
+    f = PartitionFile(where, first=0)
+    f.add(0, None, now=0.0)  # a window still open: no line, and no file yet
+    assert f.finish() is None and not where.exists()
+    f.add(1, b'{"a":1}\n', now=0.0)
+    f.add(2, b'{"a":2}\n', now=0.0)
+    f.add(3, None, now=0.0)
+    assert [p.name for p in where.iterdir()][0].startswith(".")  # being written: hidden
+    first = f.finish()
+    assert first is not None and (first.first, first.last, first.results) == (0, 3, 2)
+    assert first.path == where / file_name(0, 3)
+    assert first.path.read_bytes() == b'{"a":1}\n{"a":2}\n'
+    f.add(7, b'{"a":3}\n', now=1.0)  # offsets 4-6 gone (compaction): still in this file's range
+    second = f.finish()
+    assert second is not None and (second.first, second.last) == (4, 7)
+    assert sorted(p.name for p in where.iterdir()) == [file_name(0, 3), file_name(4, 7)]
+    assert resume_offset(where) == 8
+
+
+def test_a_file_is_due_at_its_count_or_its_age_and_never_empty(tmp_path: Path) -> None:
+    policy = RollPolicy(max_results=2, max_age_s=10.0)
+    f = PartitionFile(tmp_path, first=0)
+    assert not f.due(100.0, policy)  # nothing to finish, however long it waited
+    f.add(0, b"{}\n", now=5.0)
+    assert not f.due(14.9, policy)
+    assert f.due(15.0, policy)  # 10 s after its first line
+    f.add(1, b"{}\n", now=5.1)
+    assert f.due(5.1, policy)  # its count
+
+
+def test_a_discarded_file_leaves_nothing_and_is_read_again(tmp_path: Path) -> None:
+    f = PartitionFile(tmp_path, first=5)
+    f.add(5, b"{}\n", now=0.0)
+    f.discard()
+    assert list(tmp_path.iterdir()) == []
+    assert resume_offset(tmp_path) == 0
+
+
+def test_finished_files_get_the_umasks_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        f = PartitionFile(tmp_path, first=0)
+        f.add(0, b"{}\n", now=0.0)
+        done = f.finish()
+    finally:
+        os.umask(old)
+    assert done is not None and stat.S_IMODE(done.path.stat().st_mode) == 0o640
