@@ -139,3 +139,34 @@ async def test_tail_follow_stopped_by_a_signal_is_an_orderly_stop(
     finally:
         tail.kill()
         tail.wait()
+
+
+async def test_a_sink_refused_says_why_in_one_line_and_writes_nothing(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")
+    out = tmp_path / "out"
+
+    def refusal(*args: str) -> str:
+        r = run_kappa(["sink", *args], env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        return line
+
+    assert refusal(str(out)) == (
+        f"kappa sink: error: topic {unique}.orders.revenue-1m does not exist "
+        "(run `kappa topics --version 1`)"
+    )
+    assert refusal(str(out), "--version", "7") == (
+        "kappa sink: error: version 7 is not in the registry (known: 1)"
+    )
+    assert refusal(str(out), "--output", "orders.nope").startswith(
+        "kappa sink: error: no output orders.nope (outputs: orders.revenue-1m, "
+    )
+    assert not out.exists()
+    assert run_kappa(["topics"], env).returncode == 0
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert refusal(str(blocked / "sub")) == (
+        f"kappa sink: error: cannot create {blocked / 'sub'}: Not a directory"
+    )

@@ -62,10 +62,10 @@ def test_a_directory_is_claimed_for_one_version_and_its_topics(tmp_path: Path) -
 
 def test_a_directory_with_something_else_in_its_manifest_is_refused(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="is not a kappa sink's: use another directory$"):
+    with pytest.raises(ConfigError, match=r"is not a kappa sink.s: use another directory$"):
         claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
     (tmp_path / MANIFEST).write_text("{not json")
-    with pytest.raises(ConfigError, match="^cannot read "):
+    with pytest.raises(ConfigError, match=r"^cannot read "):
         claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
 
 

@@ -55,7 +55,8 @@ def test_files_tile_the_log_and_records_without_a_result_count_in_their_range(
     f.add(1, b'{"a":1}\n', now=0.0)
     f.add(2, b'{"a":2}\n', now=0.0)
     f.add(3, None, now=0.0)
-    assert [p.name for p in where.iterdir()][0].startswith(".")  # being written: hidden
+    (being_written,) = where.iterdir()
+    assert being_written.name.startswith(".")  # hidden
     first = f.finish()
     assert first is not None and (first.first, first.last, first.results) == (0, 3, 2)
     assert first.path == where / file_name(0, 3)
