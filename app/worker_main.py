@@ -39,8 +39,8 @@ def run_worker(
 ) -> int:
     if web_port is not None:
         settings = dataclasses.replace(settings, web_port=web_port)
-    require_free_address(settings.web_host, settings.web_port)
     named = Topology(settings, version or 1).select(pipelines)  # unknown names fail at once
+    require_free_address(settings.web_host, settings.web_port)
     if version is not None:  # its state directory is checked before any waiting for a broker
         lock = lock_state_dir(named.state_root())  # held until the process exits
         applied = check_partition_dirs(named)
