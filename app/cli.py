@@ -538,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, command_loop.stop_outside_loop)
         code = int(args.fn(args) or 0)
         sys.stdout.flush()  # a full disk shows here, not as an ignored error at exit
+        if command_loop.sigterm_seen():  # after the last loop, its exception dropped
+            return 128 + signal.SIGTERM
         return code
     except (KafkaError, TimeoutError) as e:  # TimeoutError: a read or fetch that never ended
         where = os.environ.get("KAPPA_BROKER", DEFAULT_BROKER)

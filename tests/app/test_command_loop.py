@@ -89,3 +89,19 @@ def test_a_command_loop_runs_its_command_when_no_sigterm_came(
         return 7
 
     assert command_loop.run(command()) == 7
+
+
+def test_a_sigterm_dropped_after_the_last_loop_still_exits_143(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app import cli
+
+    def status_that_finished(args: object) -> int:
+        _sigterm_inside_a_weakref_callback()  # after its work, as it returns
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_status", status_that_finished)
+    try:
+        assert cli.main(["status"]) == 128 + signal.SIGTERM
+    finally:
+        command_loop.forget_sigterm()
