@@ -279,6 +279,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(), rate=args.rate)
 
 
+def add_files_of_a_version(sp: argparse.ArgumentParser) -> None:
+    """The arguments `export` and `sink` share: where the files go and whose results."""
+    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
+    sp.add_argument(
+        "--version", type=version_number, default=None, help="the version (default: the live one)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kappa",
@@ -463,19 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_export,
         "Write a version's final results to files, one JSON-lines file per output.",
     )
-    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
-    sp.add_argument(
-        "--version", type=version_number, default=None, help="the version (default: the live one)"
-    )
+    add_files_of_a_version(sp)
     sp = add(
         "sink",
         cmd_sink,
         "Follow a version's outputs into files: every final result, exactly once, until stopped.",
     )
-    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
-    sp.add_argument(
-        "--version", type=version_number, default=None, help="the version (default: the live one)"
-    )
+    add_files_of_a_version(sp)
     sp.add_argument(
         "--output",
         action="append",

@@ -7,9 +7,13 @@ even from the same process; closing the descriptor releases it, as does the proc
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from app.settings import ConfigError
 
 
 def try_lock(directory: Path, name: str, shared: bool = False) -> tuple[int, bool]:
@@ -26,3 +30,19 @@ def try_lock(directory: Path, name: str, shared: bool = False) -> tuple[int, boo
         os.close(fd)
         raise
     return fd, True
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path, name: str, writer: str) -> Iterator[None]:
+    """Hold `directory/name` while one `writer` (an export, a sink) writes the directory;
+    ConfigError, one line, if another holds it or the directory cannot be made."""
+    try:
+        fd, taken = try_lock(directory, name)
+    except OSError as e:
+        raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
+    try:
+        if not taken:
+            raise ConfigError(f"another {writer} is writing to {directory}")
+        yield
+    finally:
+        os.close(fd)

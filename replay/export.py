@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.atomic_file import replaced, synced_directory
-from app.file_lock import try_lock
+from app.file_lock import writer_lock
 from app.settings import ConfigError, Settings
-from app.topology import Topology
 from replay.latest import (
     RESULT_OUTPUTS,
     decode_entry,
@@ -34,7 +32,7 @@ from replay.latest import (
     result_line,
     scratch_dir,
 )
-from replay.registry import Registry, recorded_definition, require_readable
+from replay.registry import readable_version, recorded_definition
 from tables.rocks import RocksStore, StateError
 
 MANIFEST = "export.json"
@@ -84,19 +82,9 @@ def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-@contextlib.contextmanager
-def export_lock(directory: Path) -> Iterator[None]:
+def export_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the directory's export lock; ConfigError if another export holds it."""
-    try:
-        fd, taken = try_lock(directory, LOCK)
-    except OSError as e:
-        raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
-    try:
-        if not taken:
-            raise ConfigError(f"another export is writing to {directory}")
-        yield
-    finally:
-        os.close(fd)
+    return writer_lock(directory, LOCK, "export")
 
 
 async def export(settings: Settings, directory: Path, version: int | None = None) -> str:
@@ -104,10 +92,8 @@ async def export(settings: Settings, directory: Path, version: int | None = None
     returns the report, one line per output."""
     if not str(directory).strip():
         raise ConfigError("name a directory to export to")
-    view = await Registry(settings).load()
-    v = view.live if version is None else version
-    rec = require_readable(view, v)
-    topology = Topology(settings, v).select(rec.pipelines)
+    readable = await readable_version(settings, version)
+    view, rec, topology, v = readable.view, readable.record, readable.topology, readable.number
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}
     with export_lock(directory):

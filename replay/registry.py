@@ -24,7 +24,7 @@ from app.admin import ensure_topics, existing_topics
 from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_to_end
-from app.topology import registry_topic
+from app.topology import Topology, registry_topic
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
 T = TypeVar("T")
@@ -271,15 +271,30 @@ def require_version(view: RegistryView, version: int) -> VersionRecord:
     return rec
 
 
-def require_readable(view: RegistryView, version: int) -> VersionRecord:
-    """A version whose outputs can be read back (exported, sunk to files): not dropped, and
-    no drop of it under way."""
-    rec = require_version(view, version)
+@dataclass(frozen=True)
+class ReadableVersion:
+    """A version whose outputs can be read back (exported, sunk to files), and what it ran."""
+
+    view: RegistryView
+    record: VersionRecord
+    topology: Topology  # its pipelines only
+
+    @property
+    def number(self) -> int:
+        return self.record.version
+
+
+async def readable_version(settings: Settings, version: int | None) -> ReadableVersion:
+    """Version `version` (the live one for None); ConfigError if it was dropped, or a drop of
+    it has started."""
+    view = await Registry(settings).load()
+    v = view.live if version is None else version
+    rec = require_version(view, v)
     if rec.status == DROPPED:
-        raise ConfigError(f"version {version} was dropped: its outputs are gone")
-    if version in view.dropping:
-        raise ConfigError(f"a drop of version {version} has started: its outputs may be gone")
-    return rec
+        raise ConfigError(f"version {v} was dropped: its outputs are gone")
+    if v in view.dropping:
+        raise ConfigError(f"a drop of version {v} has started: its outputs may be gone")
+    return ReadableVersion(view, rec, Topology(settings, v).select(rec.pipelines))
 
 
 async def require_split(

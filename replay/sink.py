@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import TopicPartition
@@ -24,12 +23,12 @@ from aiokafka import TopicPartition
 from app.admin import existing_topics
 from app.atomic_file import replaced, synced_directory
 from app.chaos import ChaosKill
-from app.file_lock import try_lock
+from app.file_lock import writer_lock
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
 from app.topology import Topology
 from replay.latest import RESULT_OUTPUTS, outputs_of, parse_output_record, result_line
-from replay.registry import Registry, require_readable
+from replay.registry import readable_version
 from replay.sink_files import (
     Finished,
     PartitionFile,
@@ -46,19 +45,9 @@ DEFAULT_ROLL = RollPolicy()
 POLL_MS = 1_000  # the longest a due file waits for a quiet sink to look at its clock
 
 
-@contextlib.contextmanager
-def sink_lock(directory: Path) -> Iterator[None]:
+def sink_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
     """Hold the directory's sink lock; ConfigError if another sink holds it."""
-    try:
-        fd, taken = try_lock(directory, LOCK)
-    except OSError as e:
-        raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
-    try:
-        if not taken:
-            raise ConfigError(f"another sink is writing to {directory}")
-        yield
-    finally:
-        os.close(fd)
+    return writer_lock(directory, LOCK, "sink")
 
 
 def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str, ...]]:
@@ -129,10 +118,8 @@ async def sink(
     until cancelled; open files are finished first. `report` gets one line per file."""
     if not str(directory).strip():
         raise ConfigError("name a directory to write to")
-    view = await Registry(settings).load()
-    v = view.live if version is None else version
-    rec = require_readable(view, v)
-    topology = Topology(settings, v).select(rec.pipelines)
+    readable = await readable_version(settings, version)
+    topology, v = readable.topology, readable.number
     keys = chosen_outputs(topology, outputs or [])
     topics = {logical: topology.physical(logical) for logical in keys}
     there = await existing_topics(settings.kafka)
