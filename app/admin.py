@@ -57,7 +57,7 @@ async def wait_for_broker(
     delay = 0.2
     last = ""
     while True:
-        with _quiet_aiokafka():
+        with quiet_aiokafka():
             admin = new_admin(bootstrap, request_timeout_ms=5000)
             try:
                 await admin.start()
@@ -82,7 +82,7 @@ async def wait_for_broker(
 
 
 @contextlib.contextmanager
-def _quiet_aiokafka() -> Iterator[None]:
+def quiet_aiokafka() -> Iterator[None]:
     """Silence aiokafka's error log (one line per failed connection attempt) for a while."""
     logger = logging.getLogger("aiokafka")
     level = logger.level

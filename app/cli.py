@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -26,6 +25,7 @@ from app.cli_args import (
     MAX_PROCESSES,
     MIN_RATE,
     bounded_number,
+    directory_path,
     event_disorder_ms,
     event_ms,
     event_span_ms,
@@ -281,7 +281,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_files_of_a_version(sp: argparse.ArgumentParser) -> None:
     """The arguments `export` and `sink` share: where the files go and whose results."""
-    sp.add_argument("directory", type=Path, help="where the files go (created if missing)")
+    sp.add_argument(
+        "directory", type=directory_path, help="where the files go (created if missing)"
+    )
     sp.add_argument(
         "--version", type=version_number, default=None, help="the version (default: the live one)"
     )

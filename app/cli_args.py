@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.settings import MAX_VERSION, topic_name_problem
@@ -27,7 +28,15 @@ def bounded_number(
             raise argparse.ArgumentTypeError(f"{echoed(s)} is not a finite number")
         if v < low or (strict and v == low) or (high is not None and v > high):
             bound = f"> {shown(low)}" if strict else f">= {shown(low)}"
-            rng = f"between {shown(low)} and {shown(high)}" if high is not None else bound
+            rng = (
+                bound
+                if high is None
+                else (
+                    f"> {shown(low)} and <= {shown(high)}"  # "between 0 and 1" would admit 0
+                    if strict
+                    else f"between {shown(low)} and {shown(high)}"
+                )
+            )
             raise argparse.ArgumentTypeError(f"{echoed(s)} must be {rng}")
         return v
 
@@ -69,6 +78,14 @@ def topic_name(s: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(f"topic name {s!r} {problem}")
     return s
+
+
+def directory_path(s: str) -> Path:
+    """A directory to write to: `Path("")` would be the current one, so an empty or blank
+    argument (an unset shell variable) is refused."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("name a directory to write to")
+    return Path(s)
 
 
 def event_time(s: str) -> int:

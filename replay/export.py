@@ -90,8 +90,6 @@ def export_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
 async def export(settings: Settings, directory: Path, version: int | None = None) -> str:
     """Write a version's (the live one's by default) final results under `directory`;
     returns the report, one line per output."""
-    if not str(directory).strip():
-        raise ConfigError("name a directory to export to")
     readable = await readable_version(settings, version)
     view, rec, topology, v = readable.view, readable.record, readable.topology, readable.number
     lines: list[str] = []

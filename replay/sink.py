@@ -12,15 +12,17 @@ given another version's offsets, e.g. after a promote made another version live.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
-from app.admin import existing_topics
+from app.admin import existing_topics, quiet_aiokafka
 from app.atomic_file import replaced, synced_directory
 from app.chaos import ChaosKill
 from app.file_lock import writer_lock
@@ -33,9 +35,10 @@ from replay.sink_files import (
     Finished,
     PartitionFile,
     RollPolicy,
+    last_finished,
+    last_line,
     partition_directory,
     remove_unfinished,
-    resume_offset,
 )
 
 MANIFEST = "sink.json"
@@ -43,6 +46,7 @@ LOCK = ".sink.lock"
 FETCH_WAIT_MS = 500  # how long an idle sink's fetch waits at the broker for new results
 DEFAULT_ROLL = RollPolicy()
 POLL_MS = 1_000  # the longest a due file waits for a quiet sink to look at its clock
+TOPIC_CHECK_S = 10.0  # how often a running sink checks that its topics (and broker) are there
 
 
 def sink_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
@@ -116,8 +120,6 @@ async def sink(
 ) -> None:
     """Follow a version's (the live one's by default) outputs into files under `directory`
     until cancelled; open files are finished first. `report` gets one line per file."""
-    if not str(directory).strip():
-        raise ConfigError("name a directory to write to")
     readable = await readable_version(settings, version)
     topology, v = readable.topology, readable.number
     keys = chosen_outputs(topology, outputs or [])
@@ -140,57 +142,182 @@ async def _follow(
     policy: RollPolicy,
     report: Callable[[str], None],
 ) -> None:
-    consumer = bounded_consumer(settings.kafka, fetch_max_wait_ms=FETCH_WAIT_MS)
-    files: dict[TopicPartition, PartitionFile] = {}
-    chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
-    outputs: dict[str, str] = {t: logical for logical, t in topics.items()}
-    try:
-        await consumer.start()  # inside: stopped even if cancelled while starting
-        for logical, topic in topics.items():
+    # aiokafka logs every failed connection attempt, many a second while the broker is away:
+    # the sink says it once instead (`_TopicWatch`).
+    with quiet_aiokafka():
+        run = _SinkRun(settings, directory, version, topics, keys, policy, report)
+        try:
+            await run.start()
+            await run.follow()
+        finally:
+            await run.stop()
+
+
+class OtherTopic(ConfigError):
+    """The topic is not the one the files came from (one line)."""
+
+
+class _SinkRun:
+    """One run of a sink: its consumer, the open file of each partition, and the checks that
+    the topics are still the ones the files came from."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path,
+        version: int,
+        topics: dict[str, str],
+        keys: dict[str, tuple[str, ...]],
+        policy: RollPolicy,
+        report: Callable[[str], None],
+    ) -> None:
+        self.settings, self.directory, self.version = settings, directory, version
+        self.topics, self.keys, self.policy, self.report = topics, keys, policy, report
+        # Read committed: results of aborted transactions (an exactly_once version's retries)
+        # are not results, whatever this process's own KAPPA_PROCESSING_GUARANTEE says.
+        self.consumer = bounded_consumer(
+            settings.kafka, fetch_max_wait_ms=FETCH_WAIT_MS, isolation_level="read_committed"
+        )
+        self.files: dict[TopicPartition, PartitionFile] = {}
+        self.outputs = {t: logical for logical, t in topics.items()}
+        self.unverified: dict[TopicPartition, bytes] = {}  # → the last line of its files
+        self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
+        self.watch = _TopicWatch(settings, version, set(topics.values()), report)
+
+    async def start(self) -> None:
+        consumer = self.consumer
+        await consumer.start()  # inside `run`'s try: stopped even if cancelled while starting
+        for logical, topic in self.topics.items():
             for p in sorted(await topic_partitions(consumer, topic)):
-                where = partition_directory(directory, logical, p)
+                tp = TopicPartition(topic, p)
+                where = partition_directory(self.directory, logical, p)
                 try:
                     remove_unfinished(where)
-                    files[TopicPartition(topic, p)] = PartitionFile(where, resume_offset(where))
+                    last = last_finished(where)
+                    if last is not None:
+                        self.unverified[tp] = last_line(last[0]) + b"\n"
                 except OSError as e:
                     raise ConfigError(f"cannot use {where}: {e.strerror or e}") from None
-        await _check_not_past_the_end(settings, files)
-        consumer.assign(list(files))
-        for tp, f in files.items():
-            if f.first:
-                consumer.seek(tp, f.first)  # before the log start (retention): from there
-        if fresh := [tp for tp, f in files.items() if not f.first]:
+                self.files[tp] = PartitionFile(where, last[1] + 1 if last else 0)
+        await _check_not_past_the_end(self.settings, self.files)
+        consumer.assign(list(self.files))
+        for tp in self.unverified:
+            consumer.seek(tp, self.files[tp].first - 1)  # the files' last record, checked
+        if fresh := [tp for tp in self.files if tp not in self.unverified]:
             await consumer.seek_to_beginning(*fresh)  # one wait for the fetcher, not one each
-        report(
-            f"sinking version {version}'s {', '.join(topics)} to {directory} (a file per "
-            f"partition every {policy.max_age_s:g} s or {policy.max_results:,} results)"
+        self.report(
+            f"sinking version {self.version}'s {', '.join(self.topics)} to {self.directory} "
+            f"(a file per partition every {self.policy.max_age_s:g} s or "
+            f"{self.policy.max_results:,} results)"
         )
+
+    async def follow(self) -> None:
+        try:
+            await self._follow()
+        except OtherTopic:
+            # A drop deletes the topics, and a consumer's next metadata request may make them
+            # anew (brokers that create topics on request): say so if that is what happened.
+            await readable_version(self.settings, self.version)
+            raise
+
+    async def _follow(self) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=10_000)
+            batches = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=10_000)
             now = time.monotonic()
             for tp, records in batches.items():
-                f, logical = files[tp], outputs[tp.topic]
-                for r in records:
-                    parsed = parse_output_record(r, keys[logical], tp.topic)
-                    if parsed is None or parsed.provisional:  # a tombstone, a window open
-                        f.add(r.offset, None, now)
-                    else:
-                        f.add(r.offset, result_line(parsed.fields), now)
-                        if f.results >= policy.max_results:  # exactly there: files that
-                            done = _finish(f, chaos)  # end on the count end where the input says
-                            _report(report, logical, tp.partition, done)
-            for tp, f in files.items():
-                if f.due(now, policy):
-                    _report(report, outputs[tp.topic], tp.partition, _finish(f, chaos))
-    finally:
+                self._take(tp, records, now)
+            for tp, f in self.files.items():
+                hw = self.consumer.highwater(tp)
+                if hw is not None and hw <= f.last_read:
+                    raise self._made_anew(tp, f"ends at {hw}, before offset {f.last_read}")
+                if f.due(now, self.policy):
+                    self._finish(tp)
+            await self.watch.check(now)
+
+    def _take(self, tp: TopicPartition, records: list[ConsumerRecord], now: float) -> None:
+        f = self.files[tp]
+        if tp in self.unverified and records:
+            first, records = records[0], records[1:]
+            if first.offset != f.first - 1 or self._line(first) != self.unverified.pop(tp):
+                raise self._made_anew(
+                    tp, f"does not hold at offset {f.first - 1} the result its files end with"
+                )
+        for r in records:
+            if r.offset <= f.last_read:  # offsets went back: another log
+                raise self._made_anew(tp, f"went back from offset {f.last_read} to {r.offset}")
+            try:
+                f.add(r.offset, self._line(r), now)
+            except OSError as e:
+                f.discard()
+                raise ConfigError(f"cannot write in {f.directory}: {e.strerror or e}") from None
+            if f.results >= self.policy.max_results:  # exactly there: files that end on the
+                self._finish(tp)  # count end where the input says, however it was fetched
+
+    def _line(self, r: ConsumerRecord) -> bytes | None:
+        """A record's line; None for a tombstone or a window still open."""
+        parsed = parse_output_record(r, self.keys[self.outputs[r.topic]], r.topic)
+        if parsed is None or parsed.provisional:
+            return None
+        return result_line(parsed.fields)
+
+    def _made_anew(self, tp: TopicPartition, what: str) -> OtherTopic:
+        return OtherTopic(
+            f"{tp.topic}[{tp.partition}] {what}: it is not the topic "
+            f"{self.files[tp].directory} came from (made anew by a restarted dev broker, or "
+            "its records deleted); sink it to another directory"
+        )
+
+    def _finish(self, tp: TopicPartition) -> None:
+        _report(
+            self.report, self.outputs[tp.topic], tp.partition, _finish(self.files[tp], self.chaos)
+        )
+
+    async def stop(self) -> None:
         # However the sink stops (Ctrl-C, SIGTERM, an error), what it read is finished into
         # files: the next sink goes on after them.
-        for tp, f in files.items():
+        for tp in self.files:
             try:
-                _report(report, outputs[tp.topic], tp.partition, _finish(f, chaos))
+                self._finish(tp)
             except ConfigError as e:  # read again by the next sink
-                report(f"{outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
-        await consumer.stop()
+                self.report(f"{self.outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
+        await self.consumer.stop()
+
+
+class _TopicWatch:
+    """Every `TOPIC_CHECK_S`, that the followed topics still exist (a `kappa drop` deletes
+    them, and a consumer of a deleted topic waits without a word) and that the broker
+    answers: said once when it stops answering, once when it is back."""
+
+    def __init__(
+        self, settings: Settings, version: int, topics: set[str], report: Callable[[str], None]
+    ) -> None:
+        self.settings, self.version, self.topics, self.report = settings, version, topics, report
+        self.next_check = time.monotonic() + TOPIC_CHECK_S
+        self.unreachable = False
+
+    async def check(self, now: float) -> None:
+        if now < self.next_check:
+            return
+        self.next_check = now + TOPIC_CHECK_S
+        try:
+            there = await asyncio.wait_for(existing_topics(self.settings.kafka), TOPIC_CHECK_S)
+        except (KafkaError, OSError, TimeoutError) as e:
+            if not self.unreachable:
+                self.unreachable = True
+                self.report(
+                    f"cannot reach the broker at {self.settings.broker} ({type(e).__name__}): "
+                    "the sink goes on once it answers"
+                )
+            return
+        if self.unreachable:
+            self.unreachable = False
+            self.report(f"the broker at {self.settings.broker} answers again")
+        if gone := sorted(self.topics - there):
+            await readable_version(self.settings, self.version)  # dropped: it says so
+            raise ConfigError(
+                f"{', '.join(gone)} no longer exist (was version {self.version} dropped?): "
+                "the sink stops; its files stay as they are"
+            )
 
 
 def _finish(f: PartitionFile, chaos: ChaosKill) -> Finished | None:

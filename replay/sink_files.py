@@ -3,11 +3,13 @@
 Each output partition has a directory, `OUTPUT/partition=P/`. Its finished files are named by
 the first and last offsets they cover, `FIRST-LAST.jsonl` (20 digits each, so names sort as
 offsets), and they tile the partition's log: each file starts at the offset after the one
-before it. Records that give no line (a window still open) count in a file's range all the
-same. A file is written under a hidden temporary name and renamed when finished, so the
-finished files are the sink's only record of its progress: a sink stopped at any point (a
-`kill -9` included) drops its temporary files and reads on after its last finished file. No
-result is lost or written twice; only where files end depends on when records came.
+before it, and ends at the record of its last line. Records that give no line (a window still
+open) count in the range of the file after them. A file is written under a hidden temporary
+name and renamed when finished, so the finished files are the sink's only record of its
+progress: a sink stopped at any point (a `kill -9` included) drops its temporary files and
+reads on after its last finished file, once the record at that file's LAST still gives its
+last line (the topic is the one the files came from). No result is lost or written twice;
+only where files end depends on when records came.
 """
 
 from __future__ import annotations
@@ -39,8 +41,34 @@ def finished_range(name: str) -> tuple[int, int] | None:
 
 def resume_offset(directory: Path) -> int:
     """The offset after the last finished file's (0 for none): where reading goes on."""
-    ends = [r[1] for p in _names(directory) if (r := finished_range(p)) is not None]
-    return max(ends) + 1 if ends else 0
+    last = last_finished(directory)
+    return last[1] + 1 if last else 0
+
+
+def last_finished(directory: Path) -> tuple[Path, int] | None:
+    """The last finished file and its LAST offset (the record of its last line); None for
+    none."""
+    ends = {r[1]: n for n in _names(directory) if (r := finished_range(n)) is not None}
+    if not ends:
+        return None
+    last = max(ends)
+    return directory / ends[last], last
+
+
+def last_line(path: Path, chunk: int = 64 * 1024) -> bytes:
+    """A file's last line, without its newline, read from the end (files can be large)."""
+    with path.open("rb") as f:
+        end = f.seek(0, 2)
+        tail = b""
+        while True:
+            start = max(0, end - chunk)
+            f.seek(start)
+            tail = f.read(end - start) + tail
+            body = tail[:-1] if tail.endswith(b"\n") else tail
+            cut = body.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                return body[cut + 1 :]
+            end = start
 
 
 def remove_unfinished(directory: Path) -> int:
@@ -84,21 +112,26 @@ class PartitionFile:
     def __init__(self, directory: Path, first: int) -> None:
         self.directory = directory
         self.first = first  # the offset after the last finished file's
-        self.last = first - 1  # the last offset read into this file
+        self.last_read = first - 1  # the last offset read (offsets only grow in one topic)
+        self.last_line = first - 1  # the offset of the open file's last line
         self.results = 0
         self.opened_at: float | None = None  # the sink's clock at the first line
         self._file: AtomicFile | None = None
 
     def add(self, offset: int, line: bytes | None, now: float) -> None:
-        """The record at `offset` read; `line` is its result, None if it gives none."""
+        """The record at `offset` read; `line` is its result, None if it gives none.
+        OSError if the file cannot be made or written."""
         if line is not None:
             if self._file is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
+                if not self.directory.is_dir():
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    synced_directory(self.directory.parent)  # a new directory survives too
                 self._file = AtomicFile(self.directory, f"{self.first:0{_DIGITS}d}.jsonl")
                 self.opened_at = now
             self._file.file.write(line)
             self.results += 1
-        self.last = offset
+            self.last_line = offset
+        self.last_read = offset
 
     def due(self, now: float, policy: RollPolicy) -> bool:
         if self.results == 0 or self.opened_at is None:
@@ -106,16 +139,17 @@ class PartitionFile:
         return self.results >= policy.max_results or now - self.opened_at >= policy.max_age_s
 
     def finish(self) -> Finished | None:
-        """Rename the open file to the offsets it covers (None if it has no line yet: the
-        records read so far are read again after a restart, and give no line again)."""
+        """Rename the open file to the offsets it covers, up to its last line (None if it has
+        none yet). Records read after that line give none: they are the next file's, and are
+        read again after a restart."""
         if self._file is None:
             return None
-        path = self.directory / file_name(self.first, self.last)
+        path = self.directory / file_name(self.first, self.last_line)
         self._file.commit(path)
         synced_directory(self.directory)
-        done = Finished(path, self.first, self.last, self.results)
+        done = Finished(path, self.first, self.last_line, self.results)
         self._file, self.opened_at = None, None
-        self.first, self.results = self.last + 1, 0
+        self.first, self.results = self.last_line + 1, 0
         return done
 
     def discard(self) -> None:

@@ -233,12 +233,15 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         (["produce", "a b", "--generate", "1"], "may only hold ASCII letters"),
         (["produce", "..", "--generate", "1"], "cannot be '.' or '..'"),
         (["tail", "é"], "topic name 'é' may only hold ASCII letters"),
+        (["export", ""], "argument directory: name a directory to write to"),  # not "."
+        (["sink", " "], "argument directory: name a directory to write to"),
+        (["sink", "out", "--roll-seconds", "0"], "'0' must be > 0 and <= 86400"),
         (["produce", "x", "--generate", "1", "--keys", "99999999999999"], "between 1 and"),
         (["worker", "--web-port", "1" + "0" * 400], "must be between 1 and 65535"),
         # numbers past what floats hold, or whose derived times leave 1970..2100: these raised
         # OverflowError, or produced orders that were all out of range
         (["produce", "x", "--generate", "1" + "0" * 400], "…00000000' must be between 1 and"),
-        (["produce", "x", "--generate", "1", "--span-ms", "9" * 40], "must be between 0"),
+        (["produce", "x", "--generate", "1", "--span-ms", "9" * 40], "must be > 0 and <="),
         (["produce", "x", "--generate", "1", "--disorder-ms", "9" * 40], "must be between 0"),
         (["produce", "x", "--generate", "1", "--start-ms", "-1"], "must be between 0 and"),
         (["produce", "x", "--generate", "1", "--rate", "1e-307"], "must be >= 0.001"),

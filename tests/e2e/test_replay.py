@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -397,6 +398,32 @@ async def test_a_sink_writes_every_final_result_once_through_a_kill(dataset: Dat
         "directory"
     )
 
+    # Files whose last line is not the record at their LAST offset came from another topic of
+    # that name (made anew with other records): refused, nothing written.
+    shutil.rmtree(again / "orders.user-totals")
+    last = max((out / "orders.revenue-1m" / "partition=0").glob("[0-9]*.jsonl"))
+    copied = again / "orders.revenue-1m" / "partition=0" / last.name
+    copied.write_bytes(last.read_bytes().replace(b'"count":', b'"count":1'))
+    refused = run_kappa(["sink", str(again)], d.env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    last_offset = int(last.stem.split("-")[1])
+    assert (
+        f"orders.revenue-1m[0] does not hold at offset {last_offset} the result its files end "
+        "with: it is not the topic"
+    ) in refused.stderr
+    assert sorted(copied.parent.iterdir())[-1] == copied  # nothing written after it
+
+    # A directory it cannot write in is one line.
+    blocked = d.tmp / "sink-blocked"
+    blocked.mkdir()
+    (blocked / "orders.revenue-1m").write_text("")
+    refused = run_kappa(["sink", str(blocked), "--output", "orders.revenue-1m"], d.env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith(": Not a directory")
+    assert f"kappa sink: error: cannot write in {blocked}/orders.revenue-1m/partition=" in (
+        refused.stderr
+    )
+
     # The last line per window is the batch computation's result.
     revenue = [
         json.loads(line)
@@ -451,8 +478,29 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
     finally:
         assert worker.stop() == 0, worker.tail_log()
 
-    dropped = run_kappa(["drop", "1"], d.env)
-    assert dropped.returncode == 0, dropped.stderr
+    # A sink following version 1 stops in one line when the drop deletes its topics.
+    sink = subprocess.Popen(
+        [*KAPPA, "sink", str(d.tmp / "sink-dropped"), "--version", "1"],
+        env=d.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None
+        assert sink.stdout.readline().startswith("sinking version 1's")  # it follows
+        dropped = run_kappa(["drop", "1"], d.env)
+        assert dropped.returncode == 0, dropped.stderr
+        _, said = sink.communicate(timeout=60)  # its next check of its topics
+    finally:
+        sink.kill()
+        sink.wait()
+    assert sink.returncode == 2, said
+    assert said.strip() in (  # as the drop deletes the topics, or once it has
+        "kappa sink: error: a drop of version 1 has started: its outputs may be gone",
+        "kappa sink: error: version 1 was dropped: its outputs are gone",
+    )
     remaining = await _topics(d.broker)
     assert f"{d.prefix}.orders.revenue-1m" not in remaining and f"{d.prefix}.orders" in remaining
     assert any(

@@ -11,6 +11,8 @@ from replay.sink_files import (
     RollPolicy,
     file_name,
     finished_range,
+    last_finished,
+    last_line,
     partition_directory,
     remove_unfinished,
     resume_offset,
@@ -45,27 +47,38 @@ def test_a_stopped_sinks_temporary_files_are_removed_and_finished_ones_kept(
     assert remove_unfinished(tmp_path / "missing") == 0
 
 
-def test_files_tile_the_log_and_records_without_a_result_count_in_their_range(
-    tmp_path: Path,
-) -> None:
+def test_files_tile_the_log_and_end_at_their_last_line(tmp_path: Path) -> None:
     where = partition_directory(tmp_path, "orders.revenue-1m", 3)
     f = PartitionFile(where, first=0)
     f.add(0, None, now=0.0)  # a window still open: no line, and no file yet
     assert f.finish() is None and not where.exists()
     f.add(1, b'{"a":1}\n', now=0.0)
     f.add(2, b'{"a":2}\n', now=0.0)
-    f.add(3, None, now=0.0)
+    f.add(3, None, now=0.0)  # after the last line: the next file's
     (being_written,) = where.iterdir()
     assert being_written.name.startswith(".")  # hidden
     first = f.finish()
-    assert first is not None and (first.first, first.last, first.results) == (0, 3, 2)
-    assert first.path == where / file_name(0, 3)
+    assert first is not None and (first.first, first.last, first.results) == (0, 2, 2)
+    assert first.path == where / file_name(0, 2)
     assert first.path.read_bytes() == b'{"a":1}\n{"a":2}\n'
-    f.add(7, b'{"a":3}\n', now=1.0)  # offsets 4-6 gone (compaction): still in this file's range
+    f.add(7, b'{"a":3}\n', now=1.0)  # 3 gave no line, 4-6 are gone: in this file's range
     second = f.finish()
-    assert second is not None and (second.first, second.last) == (4, 7)
-    assert sorted(p.name for p in where.iterdir()) == [file_name(0, 3), file_name(4, 7)]
+    assert second is not None and (second.first, second.last) == (3, 7)
+    assert sorted(p.name for p in where.iterdir()) == [file_name(0, 2), file_name(3, 7)]
     assert resume_offset(where) == 8
+    assert last_finished(where) == (where / file_name(3, 7), 7)
+    assert last_line(second.path) == b'{"a":3}'
+
+
+def test_the_last_line_is_read_from_the_end_of_a_file_of_any_size(tmp_path: Path) -> None:
+    path = tmp_path / "f.jsonl"
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 50)) for i in range(3000)]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert last_line(path, chunk=7) == lines[-1]
+    assert last_line(path) == lines[-1]
+    path.write_bytes(b"only\n")
+    assert last_line(path, chunk=2) == b"only"
+    assert last_finished(tmp_path) is None
 
 
 def test_a_file_is_due_at_its_count_or_its_age_and_never_empty(tmp_path: Path) -> None:
