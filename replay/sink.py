@@ -182,7 +182,7 @@ class _SinkRun:
         self.outputs = {t: logical for logical, t in topics.items()}
         self.unverified: dict[TopicPartition, bytes] = {}  # → the last line of its files
         self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
-        self.watch = _TopicWatch(settings, version, set(topics.values()), report)
+        self.watch = _TopicWatch(settings, version, set(topics.values()), report, time.monotonic())
 
     async def start(self) -> None:
         consumer = self.consumer
@@ -289,10 +289,15 @@ class _TopicWatch:
     answers: said once when it stops answering, once when it is back."""
 
     def __init__(
-        self, settings: Settings, version: int, topics: set[str], report: Callable[[str], None]
+        self,
+        settings: Settings,
+        version: int,
+        topics: set[str],
+        report: Callable[[str], None],
+        now: float,
     ) -> None:
         self.settings, self.version, self.topics, self.report = settings, version, topics, report
-        self.next_check = time.monotonic() + TOPIC_CHECK_S
+        self.next_check = now + TOPIC_CHECK_S
         self.unreachable = False
 
     async def check(self, now: float) -> None:

@@ -78,3 +78,33 @@ def test_one_sink_at_a_time_writes_a_directory(tmp_path: Path) -> None:
         pass
     with sink_lock(tmp_path):  # released when the first one ends
         pass
+
+
+async def test_a_broker_away_is_said_once_and_its_return_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from replay import sink
+
+    answers: list[object] = [KafkaConnectionError(), KafkaConnectionError(), {"t.v2"}]
+
+    async def existing_topics(conn: object) -> set[str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    monkeypatch.setattr(sink, "existing_topics", existing_topics)
+    said: list[str] = []
+    settings = load_settings({"KAPPA_BROKER": "b:9092"})
+    watch = sink._TopicWatch(settings, 2, {"t.v2"}, said.append, now=0.0)
+    await watch.check(1.0)  # not yet due
+    for i in range(1, 4):
+        await watch.check(i * sink.TOPIC_CHECK_S)
+    assert said == [
+        "cannot reach the broker at b:9092 (KafkaConnectionError): the sink goes on once it "
+        "answers",
+        "the broker at b:9092 answers again",
+    ]
+    assert answers == []
