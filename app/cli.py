@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
@@ -78,12 +77,12 @@ def cmd_broker(args: argparse.Namespace) -> int:
         f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it"
     )
     try:
-        assert broker.proc is not None
-        code = broker.proc.wait()
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        print(f"kappa broker: error: the embedded broker {how}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
+        with command_loop.stop_is_the_end():
+            assert broker.proc is not None
+            code = broker.proc.wait()
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            print(f"kappa broker: error: the embedded broker {how}", file=sys.stderr, flush=True)
+            return 1
         return 0
     finally:
         broker.stop()
@@ -252,7 +251,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     settings = _settings_with_broker()
     policy = RollPolicy(max_results=args.roll_results, max_age_s=args.roll_seconds)
     # A sink runs until stopped: Ctrl-C or SIGTERM is its orderly stop (files finished), 0.
-    with contextlib.suppress(KeyboardInterrupt):
+    with command_loop.stop_is_the_end():
         command_loop.run(
             sink(
                 settings,

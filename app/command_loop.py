@@ -14,8 +14,9 @@ Outside a command's loop (start-up, between two loops) `stop_outside_loop` handl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -58,6 +59,16 @@ def forget_sigterm() -> None:
     """A new command starts (the CLI's entry point, once per command)."""
     global _sigterm_seen
     _sigterm_seen = False
+
+
+@contextlib.contextmanager
+def stop_is_the_end() -> Iterator[None]:
+    """For commands that run until stopped (`broker`, `tail -f`, `sink`): Ctrl-C or SIGTERM
+    is their orderly end, exit 0, so the stop is swallowed and the SIGTERM forgotten."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        forget_sigterm()
 
 
 def quiet_unraisable(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 
@@ -86,6 +85,6 @@ def run_tail(
 ) -> int:
     # Ctrl-C or SIGTERM is how `tail -f` is meant to end: an orderly stop, exit 0 (as the
     # broker, the demo and a worker).
-    with contextlib.suppress(KeyboardInterrupt):
+    with command_loop.stop_is_the_end():
         command_loop.run(tail(settings, topic, follow, limit, whole))
     return 0
