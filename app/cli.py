@@ -248,10 +248,11 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from replay.sink import sink
     from replay.sink_files import RollPolicy
 
-    settings = _settings_with_broker()
     policy = RollPolicy(max_results=args.roll_results, max_age_s=args.roll_seconds)
-    # A sink runs until stopped: Ctrl-C or SIGTERM is its orderly stop (files finished), 0.
+    # A sink runs until stopped: Ctrl-C or SIGTERM is its orderly stop (files finished), 0,
+    # while it waits for the broker too.
     with command_loop.stop_is_the_end():
+        settings = _settings_with_broker()
         command_loop.run(
             sink(
                 settings,

@@ -290,11 +290,23 @@ async def readable_version(settings: Settings, version: int | None) -> ReadableV
     view = await Registry(settings).load()
     v = view.live if version is None else version
     rec = require_version(view, v)
-    if rec.status == DROPPED:
-        raise ConfigError(f"version {v} was dropped: its outputs are gone")
-    if v in view.dropping:
-        raise ConfigError(f"a drop of version {v} has started: its outputs may be gone")
+    _refuse_dropped(view, v)
     return ReadableVersion(view, rec, Topology(settings, v).select(rec.pipelines))
+
+
+async def refuse_if_outputs_dropped(settings: Settings, version: int) -> None:
+    """ConfigError if `version` was dropped or a drop of it has started; nothing otherwise.
+    It reads the registry and never makes it: a reader that finds its topics gone asks why,
+    and a restarted dev broker has no registry (its own refusal says what it saw)."""
+    _refuse_dropped(await Registry(settings).load(create=False), version)
+
+
+def _refuse_dropped(view: RegistryView, version: int) -> None:
+    rec = view.versions.get(version)
+    if rec is not None and rec.status == DROPPED:
+        raise ConfigError(f"version {version} was dropped: its outputs are gone")
+    if version in view.dropping:
+        raise ConfigError(f"a drop of version {version} has started: its outputs may be gone")
 
 
 async def require_split(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from app.admin import existing_topics, quiet_aiokafka
 from app.atomic_file import replaced, synced_directory
@@ -30,13 +30,14 @@ from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
 from app.topology import Topology
 from replay.latest import RESULT_OUTPUTS, outputs_of, parse_output_record, result_line
-from replay.registry import readable_version
+from replay.registry import readable_version, refuse_if_outputs_dropped
 from replay.sink_files import (
     Finished,
+    NewestFileCheck,
     PartitionFile,
     RollPolicy,
+    finished_range,
     last_finished,
-    last_line,
     partition_directory,
     remove_unfinished,
 )
@@ -174,19 +175,24 @@ class _SinkRun:
         self.settings, self.directory, self.version = settings, directory, version
         self.topics, self.keys, self.policy, self.report = topics, keys, policy, report
         # Read committed: results of aborted transactions (an exactly_once version's retries)
-        # are not results, whatever this process's own KAPPA_PROCESSING_GUARANTEE says.
+        # are not results, whatever this process's own KAPPA_PROCESSING_GUARANTEE says. No
+        # offset reset: records deleted before the sink read them stop it (`_fetch`), where
+        # "earliest" would jump over them without a word.
         self.consumer = bounded_consumer(
-            settings.kafka, fetch_max_wait_ms=FETCH_WAIT_MS, isolation_level="read_committed"
+            settings.kafka,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            isolation_level="read_committed",
+            auto_offset_reset="none",
         )
         self.files: dict[TopicPartition, PartitionFile] = {}
         self.outputs = {t: logical for logical, t in topics.items()}
-        self.unverified: dict[TopicPartition, bytes] = {}  # → the last line of its files
         self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
         self.watch = _TopicWatch(settings, version, set(topics.values()), report, time.monotonic())
 
     async def start(self) -> None:
         consumer = self.consumer
         await consumer.start()  # inside `run`'s try: stopped even if cancelled while starting
+        newest: dict[TopicPartition, Path] = {}  # → its newest finished file
         for logical, topic in self.topics.items():
             for p in sorted(await topic_partitions(consumer, topic)):
                 tp = TopicPartition(topic, p)
@@ -194,16 +200,17 @@ class _SinkRun:
                 try:
                     remove_unfinished(where)
                     last = last_finished(where)
-                    if last is not None:
-                        self.unverified[tp] = last_line(last[0]) + b"\n"
                 except OSError as e:
                     raise ConfigError(f"cannot use {where}: {e.strerror or e}") from None
+                if last is not None:
+                    newest[tp] = last[0]
                 self.files[tp] = PartitionFile(where, last[1] + 1 if last else 0)
         await _check_not_past_the_end(self.settings, self.files)
+        await self._check_newest_files(newest)  # before a line is written, in any partition
         consumer.assign(list(self.files))
-        for tp in self.unverified:
-            consumer.seek(tp, self.files[tp].first - 1)  # the files' last record, checked
-        if fresh := [tp for tp in self.files if tp not in self.unverified]:
+        for tp in newest:
+            consumer.seek(tp, self.files[tp].first)
+        if fresh := [tp for tp in self.files if tp not in newest]:
             await consumer.seek_to_beginning(*fresh)  # one wait for the fetcher, not one each
         self.report(
             f"sinking version {self.version}'s {', '.join(self.topics)} to {self.directory} "
@@ -211,18 +218,67 @@ class _SinkRun:
             f"{self.policy.max_results:,} results)"
         )
 
+    async def _check_newest_files(self, newest: dict[TopicPartition, Path]) -> None:
+        """Read each partition again over its newest finished file's range: it must give
+        that file's lines (`NewestFileCheck`), or the topic is not the one the files came
+        from and the sink stops before writing anything."""
+        if not newest:
+            return
+        consumer = self.consumer
+        consumer.assign(list(newest))
+        starts = await consumer.beginning_offsets(list(newest))
+        checks: dict[TopicPartition, NewestFileCheck] = {}
+        try:
+            for tp, path in newest.items():
+                first, last = finished_range(path.name) or (0, 0)
+                if starts[tp] > last:
+                    raise self._made_anew(tp, f"starts at offset {starts[tp]}, after {last}")
+                checks[tp] = NewestFileCheck(path, first, last, starts[tp])
+                consumer.seek(tp, checks[tp].start)
+            while checks:
+                for tp, records in (await self._fetch()).items():
+                    if (check := checks.get(tp)) is None:
+                        continue
+                    for r in records:
+                        if (problem := check.take(r.offset, self._line(r))) is not None:
+                            raise self._made_anew(tp, problem)
+                        if check.done:
+                            check.close()
+                            del checks[tp]
+                            consumer.pause(tp)
+                            break
+                for tp, check in checks.items():
+                    hw = consumer.highwater(tp)
+                    if hw is not None and hw <= check.last:
+                        raise self._made_anew(tp, f"ends at {hw}, before offset {check.last}")
+                await self.watch.check(time.monotonic())
+        except OSError as e:
+            raise ConfigError(f"cannot read the sink's files: {e.strerror or e}") from None
+        finally:
+            for check in checks.values():
+                check.close()
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+        try:
+            return await self.consumer.getmany(timeout_ms=POLL_MS, max_records=10_000)
+        except OffsetOutOfRangeError as e:
+            tp, offset = next(iter(e.args[0].items()))
+            raise self._made_anew(
+                tp, f"no longer holds offset {offset} (deleted before the sink read it?)"
+            ) from None
+
     async def follow(self) -> None:
         try:
             await self._follow()
         except OtherTopic:
             # A drop deletes the topics, and a consumer's next metadata request may make them
             # anew (brokers that create topics on request): say so if that is what happened.
-            await readable_version(self.settings, self.version)
+            await refuse_if_outputs_dropped(self.settings, self.version)
             raise
 
     async def _follow(self) -> None:
         while True:
-            batches = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=10_000)
+            batches = await self._fetch()
             now = time.monotonic()
             for tp, records in batches.items():
                 self._take(tp, records, now)
@@ -236,12 +292,6 @@ class _SinkRun:
 
     def _take(self, tp: TopicPartition, records: list[ConsumerRecord], now: float) -> None:
         f = self.files[tp]
-        if tp in self.unverified and records:
-            first, records = records[0], records[1:]
-            if first.offset != f.first - 1 or self._line(first) != self.unverified.pop(tp):
-                raise self._made_anew(
-                    tp, f"does not hold at offset {f.first - 1} the result its files end with"
-                )
         for r in records:
             if r.offset <= f.last_read:  # offsets went back: another log
                 raise self._made_anew(tp, f"went back from offset {f.last_read} to {r.offset}")
@@ -318,7 +368,7 @@ class _TopicWatch:
             self.unreachable = False
             self.report(f"the broker at {self.settings.broker} answers again")
         if gone := sorted(self.topics - there):
-            await readable_version(self.settings, self.version)  # dropped: it says so
+            await refuse_if_outputs_dropped(self.settings, self.version)  # dropped: it says so
             raise ConfigError(
                 f"{', '.join(gone)} no longer exist (was version {self.version} dropped?): "
                 "the sink stops; its files stay as they are"

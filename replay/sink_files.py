@@ -7,14 +7,15 @@ before it, and ends at the record of its last line. Records that give no line (a
 open) count in the range of the file after them. A file is written under a hidden temporary
 name and renamed when finished, so the finished files are the sink's only record of its
 progress: a sink stopped at any point (a `kill -9` included) drops its temporary files and
-reads on after its last finished file, once the record at that file's LAST still gives its
-last line (the topic is the one the files came from). No result is lost or written twice;
-only where files end depends on when records came.
+reads on after its last finished file, once the records of that file's range still give its
+lines (`NewestFileCheck`: the topic is the one the files came from). No result is lost or
+written twice; only where files end depends on when records came.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,55 @@ def last_finished(directory: Path) -> tuple[Path, int] | None:
         return None
     last = max(ends)
     return directory / ends[last], last
+
+
+class NewestFileCheck:
+    """That a partition read again over its newest finished file's range gives that file's
+    lines, before the sink writes anything after them: a topic made anew (a restarted dev
+    broker) or with records deleted is told from the one the files came from.
+
+    The whole file is compared when the log still starts at or before its FIRST; when
+    retention has taken its first records, only its last line (at LAST, where lines can no
+    longer be lined up with offsets). A log that starts after LAST cannot be checked (the
+    caller refuses it: records after the files may be gone too)."""
+
+    def __init__(self, path: Path, first: int, last: int, log_start: int) -> None:
+        if log_start > last:
+            raise ValueError(f"the log starts at {log_start}, after the file's last offset {last}")
+        self.path, self.last = path, last
+        self.start = first if log_start <= first else last  # where to read from
+        self.whole = self.start == first
+        self.done = False
+        self._lines: Iterator[bytes] = (
+            _lines_of(path) if self.whole else iter([last_line(path) + b"\n"])
+        )
+
+    def close(self) -> None:
+        """Close the file (a check given up before its end)."""
+        if isinstance(self._lines, Generator):
+            self._lines.close()
+
+    def take(self, offset: int, line: bytes | None) -> str | None:
+        """The record at `offset` read (`line` its result, None if it gives none); what does
+        not match, or None. `done` once the record at LAST was read and matched."""
+        if self.done or offset < self.start:
+            return None
+        if offset > self.last:
+            return f"holds no record at offset {self.last}, where its files' last line is"
+        if line is not None and line != next(self._lines, None):
+            return f"holds at offset {offset} another result than its files"
+        if offset == self.last:
+            if line is None:
+                return f"gives no result at offset {offset}, where its files' last line is"
+            if next(self._lines, None) is not None:
+                return f"holds fewer results up to offset {offset} than its files"
+            self.done = True
+        return None
+
+
+def _lines_of(path: Path) -> Generator[bytes, None, None]:
+    with path.open("rb") as f:
+        yield from f
 
 
 def last_line(path: Path, chunk: int = 64 * 1024) -> bytes:

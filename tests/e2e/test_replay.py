@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -398,20 +399,28 @@ async def test_a_sink_writes_every_final_result_once_through_a_kill(dataset: Dat
         "directory"
     )
 
-    # Files whose last line is not the record at their LAST offset came from another topic of
-    # that name (made anew with other records): refused, nothing written.
+    # Files whose newest file ends with the record at its LAST offset but holds another result
+    # before it came from another topic of that name (made anew with other records): refused
+    # before anything is written, in any partition (user-totals has no files: it would be
+    # written from offset 0).
     shutil.rmtree(again / "orders.user-totals")
-    last = max((out / "orders.revenue-1m" / "partition=0").glob("[0-9]*.jsonl"))
-    copied = again / "orders.revenue-1m" / "partition=0" / last.name
-    copied.write_bytes(last.read_bytes().replace(b'"count":', b'"count":1'))
+    last = max(
+        (f for f in out.glob("orders.revenue-1m/partition=*/[0-9]*.jsonl")),
+        key=lambda f: (len(f.read_bytes().splitlines()) > 1, f.name),
+    )
+    partition = last.parent.name.split("=")[1]
+    copied = again / "orders.revenue-1m" / last.parent.name / last.name
+    first, *rest = last.read_bytes().splitlines(keepends=True)
+    copied.write_bytes(b"".join([first.replace(b'"count":', b'"count":1'), *rest]))
     refused = run_kappa(["sink", str(again)], d.env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    last_offset = int(last.stem.split("-")[1])
-    assert (
-        f"orders.revenue-1m[0] does not hold at offset {last_offset} the result its files end "
-        "with: it is not the topic"
-    ) in refused.stderr
+    assert re.search(
+        rf"orders\.revenue-1m\[{partition}\] holds at offset \d+ another result than its "
+        "files: it is not the topic",
+        refused.stderr,
+    ), refused.stderr
     assert sorted(copied.parent.iterdir())[-1] == copied  # nothing written after it
+    assert not (again / "orders.user-totals").exists()  # nor anywhere else
 
     # A directory it cannot write in is one line.
     blocked = d.tmp / "sink-blocked"

@@ -217,3 +217,33 @@ def test_a_worker_stopped_while_joining_its_group_stops_when_the_join_answers(
     )
     assert done.returncode == 0, done.stderr
     assert "did not finish" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# SIGTERM while the command waits for a broker that is not there (yet).
+SIGTERM_WHILE_WAITING_FOR_THE_BROKER = """
+import os, signal
+import app.admin
+wait_for_broker = app.admin.wait_for_broker
+async def waiting(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return await wait_for_broker(*args, **kwargs)
+app.admin.wait_for_broker = waiting
+"""
+
+
+def test_a_sink_stopped_while_it_waits_for_the_broker_stops_as_it_would_later(
+    tmp_path: Path,
+) -> None:
+    """A sink runs until stopped, so SIGTERM is its orderly end (0), before it starts too."""
+    env = kappa_env(f"127.0.0.1:{free_port()}", "nobody", tmp_path / "state")  # no broker
+    done = subprocess.run(
+        [*patched_kappa(SIGTERM_WHILE_WAITING_FOR_THE_BROKER), "sink", str(tmp_path / "out")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()

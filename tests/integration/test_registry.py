@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.admin import existing_topics
 from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
@@ -23,6 +24,7 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    refuse_if_outputs_dropped,
     require_definition,
     require_split,
 )
@@ -119,6 +121,22 @@ async def test_diff_refuses_a_dropped_or_unknown_version(broker: str, unique: st
         await diff(settings, 1, 2)
     with pytest.raises(ConfigError, match="version 3 is not in the registry"):
         await diff(settings, 1, 3)
+
+
+async def test_a_reader_whose_topics_are_gone_asks_the_registry_why_without_making_it(
+    registry: Registry,
+) -> None:
+    # A restarted dev broker has no registry: nothing to say, and none is made.
+    await refuse_if_outputs_dropped(registry.settings, 2)
+    assert registry.topic not in await existing_topics(registry.settings.kafka)
+    await registry.put_version(VersionRecord(2, COMPLETE, ["orders"]))
+    await refuse_if_outputs_dropped(registry.settings, 2)
+    await registry.put_dropping(2, True)
+    with pytest.raises(ConfigError, match=r"^a drop of version 2 has started"):
+        await refuse_if_outputs_dropped(registry.settings, 2)
+    await registry.put_version(VersionRecord(2, DROPPED, ["orders"]))
+    with pytest.raises(ConfigError, match=r"^version 2 was dropped: its outputs are gone$"):
+        await refuse_if_outputs_dropped(registry.settings, 2)
 
 
 async def test_a_worker_runs_a_version_with_the_since_of_its_replay(

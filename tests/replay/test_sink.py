@@ -108,3 +108,37 @@ async def test_a_broker_away_is_said_once_and_its_return_once(
         "the broker at b:9092 answers again",
     ]
     assert answers == []
+
+
+async def test_records_deleted_before_the_sink_read_them_stop_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no offset reset, a position whose records retention took is an error, not a jump
+    over them (the dev broker has no retention: the error is raised here as Kafka sends it)."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import OffsetOutOfRangeError
+
+    from replay import sink
+    from replay.sink_files import PartitionFile
+
+    tp = TopicPartition("orders.revenue-1m.v2", 1)
+    run = sink._SinkRun(
+        load_settings({}), tmp_path, 2, {"orders.revenue-1m": tp.topic},
+        {"orders.revenue-1m": ("product_id",)}, sink.DEFAULT_ROLL, print,
+    )  # fmt: skip
+    assert run.consumer._auto_offset_reset == "none"
+    run.files[tp] = PartitionFile(tmp_path / "p", 7)
+
+    async def getmany(**_: object) -> None:
+        raise OffsetOutOfRangeError({tp: 7})
+
+    monkeypatch.setattr(run.consumer, "getmany", getmany)
+    try:
+        with pytest.raises(
+            sink.OtherTopic,
+            match=r"^orders\.revenue-1m\.v2\[1\] no longer holds offset 7 \(deleted before the "
+            r"sink read it\?\): it is not the topic",
+        ):
+            await run._fetch()
+    finally:
+        await run.consumer.stop()

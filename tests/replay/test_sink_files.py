@@ -6,7 +6,10 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from replay.sink_files import (
+    NewestFileCheck,
     PartitionFile,
     RollPolicy,
     file_name,
@@ -109,3 +112,60 @@ def test_finished_files_get_the_umasks_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert done is not None and stat.S_IMODE(done.path.stat().st_mode) == 0o640
+
+
+def newest_file(tmp_path: Path, lines: list[bytes], first: int, last: int) -> Path:
+    path = tmp_path / file_name(first, last)
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def test_a_topic_read_again_must_give_the_newest_files_lines_over_its_range(
+    tmp_path: Path,
+) -> None:
+    # Offsets 10..14: a result, a record giving none (an open window), two results, the last.
+    path = newest_file(tmp_path, [b"a", b"b", b"c", b"d"], 10, 14)
+    same = [(10, b"a\n"), (11, None), (12, b"b\n"), (13, b"c\n"), (14, b"d\n")]
+    check = NewestFileCheck(path, 10, 14, log_start=0)
+    assert (check.start, check.whole) == (10, True)
+    assert [check.take(o, line) for o, line in same] == [None] * 5
+    assert check.done
+    assert check.take(15, b"e\n") is None  # after LAST: the sink's to write, not the check's
+
+    def first_problem(records: list[tuple[int, bytes | None]]) -> str | None:
+        check = NewestFileCheck(path, 10, 14, log_start=0)
+        problems = [p for o, line in records if (p := check.take(o, line)) is not None]
+        check.close()
+        return problems[0] if problems else None
+
+    # The same last result as the files, but another before it: a topic made anew.
+    assert first_problem([(10, b"a\n"), (12, b"X\n"), (13, b"c\n"), (14, b"d\n")]) == (
+        "holds at offset 12 another result than its files"
+    )
+    assert first_problem([(10, b"a\n"), (12, b"b\n"), (14, b"d\n")]) == (
+        "holds at offset 14 another result than its files"
+    )
+    assert first_problem([(10, b"a\n"), (12, b"b\n"), (13, b"c\n"), (14, None)]) == (
+        "gives no result at offset 14, where its files' last line is"
+    )
+    assert first_problem([(10, b"a\n"), (12, b"b\n"), (13, b"c\n"), (15, b"d\n")]) == (
+        "holds no record at offset 14, where its files' last line is"
+    )
+    assert first_problem([(12, b"b\n"), (13, b"c\n"), (14, b"d\n")]) == (
+        "holds at offset 12 another result than its files"  # its first records deleted
+    )
+
+
+def test_a_log_that_starts_inside_the_newest_file_is_checked_at_its_last_line(
+    tmp_path: Path,
+) -> None:
+    path = newest_file(tmp_path, [b"a", b"b", b"c", b"d"], 10, 14)
+    check = NewestFileCheck(path, 10, 14, log_start=12)  # retention took 10 and 11
+    assert (check.start, check.whole) == (14, False)
+    assert check.take(12, b"whatever\n") is None  # before the check's start
+    assert check.take(14, b"d\n") is None
+    assert check.done
+    check = NewestFileCheck(path, 10, 14, log_start=12)
+    assert check.take(14, b"e\n") == "holds at offset 14 another result than its files"
+    with pytest.raises(ValueError, match="starts at 15, after the file's last offset 14"):
+        NewestFileCheck(path, 10, 14, log_start=15)
