@@ -19,6 +19,7 @@ CONFIGURING = [
     DEPLOY / "k8s" / "configmap.yaml",
     DEPLOY / "k8s" / "statefulset.yaml",
     DEPLOY / "k8s" / "replay-job.yaml",
+    DEPLOY / "k8s" / "sink.yaml",
     DEPLOY / "compose.yaml",
     DEPLOY / "Dockerfile",
 ]
@@ -58,3 +59,21 @@ def test_the_files_the_configmap_names_are_on_volumes_the_pods_mount() -> None:
     for pod in ("statefulset.yaml", "replay-job.yaml"):
         mounts = re.findall(r"mountPath:\s*(\S+)", (DEPLOY / "k8s" / pod).read_text())
         assert str(Path(cafile).parent) in mounts and state in mounts, pod
+    sink = (DEPLOY / "k8s" / "sink.yaml").read_text()  # it keeps no state: its files
+    mounts = re.findall(r"mountPath:\s*(\S+)", sink)
+    assert str(Path(cafile).parent) in mounts, "sink.yaml"
+
+
+def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
+    """Its directory must be on the volume (files on an emptyDir or the image are lost with
+    the pod, and the next one starts again from offset zero), and name the version it sinks."""
+    sink = (DEPLOY / "k8s" / "sink.yaml").read_text()
+    (args,) = re.findall(r'args: \["sink", "([^"]+)", "--version", "(\d+)"\]', sink)
+    (landing,) = re.findall(r"- name: landing\n\s+mountPath:\s*(\S+)", sink)
+    assert args[0].startswith(landing + "/") and args[0].endswith(f"/v{args[1]}")
+    compose = (DEPLOY / "compose.yaml").read_text()
+    (command,) = re.findall(r'command: \["sink", "([^"]+)", "--version", "(\d+)"\]', compose)
+    assert re.search(rf"- kappa-landing:{command[0].rsplit('/', 1)[0]}\n", compose)
+    assert command[0].endswith(f"/v{command[1]}")
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert command[0].rsplit("/", 1)[0] in dockerfile  # made in the image: the user owns it
