@@ -39,7 +39,7 @@ from replay.sink_files import (
     finished_range,
     last_finished,
     partition_directory,
-    remove_unfinished,
+    remove_every_unfinished,
 )
 
 MANIFEST = "sink.json"
@@ -193,12 +193,15 @@ class _SinkRun:
         consumer = self.consumer
         await consumer.start()  # inside `run`'s try: stopped even if cancelled while starting
         newest: dict[TopicPartition, Path] = {}  # → its newest finished file
+        try:
+            remove_every_unfinished(self.directory)
+        except OSError as e:
+            raise ConfigError(f"cannot use {self.directory}: {e.strerror or e}") from None
         for logical, topic in self.topics.items():
             for p in sorted(await topic_partitions(consumer, topic)):
                 tp = TopicPartition(topic, p)
                 where = partition_directory(self.directory, logical, p)
                 try:
-                    remove_unfinished(where)
                     last = last_finished(where)
                 except OSError as e:
                     raise ConfigError(f"cannot use {where}: {e.strerror or e}") from None

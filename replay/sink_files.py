@@ -132,6 +132,12 @@ def remove_unfinished(directory: Path) -> int:
     return removed
 
 
+def remove_every_unfinished(root: Path) -> int:
+    """`remove_unfinished` in every output's partitions under a sink's directory, followed now
+    or not: a sink started again with fewer `--output`s leaves none of its files behind."""
+    return sum(remove_unfinished(d) for d in sorted(root.glob("*/partition=*")))
+
+
 def _names(directory: Path) -> list[str]:
     return [p.name for p in directory.iterdir()] if directory.is_dir() else []
 

@@ -17,6 +17,7 @@ from replay.sink_files import (
     last_finished,
     last_line,
     partition_directory,
+    remove_every_unfinished,
     remove_unfinished,
     resume_offset,
 )
@@ -48,6 +49,21 @@ def test_a_stopped_sinks_temporary_files_are_removed_and_finished_ones_kept(
     assert remove_unfinished(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [finished.name]
     assert remove_unfinished(tmp_path / "missing") == 0
+
+
+def test_a_sink_removes_the_unfinished_files_of_outputs_it_no_longer_follows(
+    tmp_path: Path,
+) -> None:
+    followed = partition_directory(tmp_path, "orders.revenue-1m", 0)
+    dropped = partition_directory(tmp_path, "orders.user-totals", 3)
+    for d in (followed, dropped):
+        d.mkdir(parents=True)
+        (d / ".00000000000000000000.jsonl.x.tmp").write_bytes(b"{}\n")
+        (d / file_name(0, 0)).write_bytes(b"{}\n")
+    (tmp_path / "sink.json").write_text("{}")
+    assert remove_every_unfinished(tmp_path) == 2
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == []
+    assert len(list(tmp_path.rglob("*.jsonl"))) == 2  # finished files stay
 
 
 def test_files_tile_the_log_and_end_at_their_last_line(tmp_path: Path) -> None:
