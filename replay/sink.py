@@ -150,8 +150,13 @@ async def _follow(
         try:
             await run.start()
             await run.follow()
-        finally:
+        except asyncio.CancelledError:  # Ctrl-C, SIGTERM: the orderly stop, unless a file
+            if unfinished := await run.stop():  # it read could not be finished
+                raise unfinished[0] from None
+            raise
+        except BaseException:  # the error says why it stopped; files not finished are said
             await run.stop()
+            raise
 
 
 class OtherTopic(ConfigError):
@@ -325,15 +330,19 @@ class _SinkRun:
             self.report, self.outputs[tp.topic], tp.partition, _finish(self.files[tp], self.chaos)
         )
 
-    async def stop(self) -> None:
-        # However the sink stops (Ctrl-C, SIGTERM, an error), what it read is finished into
-        # files: the next sink goes on after them.
+    async def stop(self) -> list[ConfigError]:
+        """Finish what it read into files, however the sink stops (Ctrl-C, SIGTERM, an error):
+        the next sink goes on after them. Returns the files that could not be finished (each
+        also said in a line); their records are read again by the next sink."""
+        unfinished: list[ConfigError] = []
         for tp in self.files:
             try:
                 self._finish(tp)
-            except ConfigError as e:  # read again by the next sink
+            except ConfigError as e:
                 self.report(f"{self.outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
+                unfinished.append(e)
         await self.consumer.stop()
+        return unfinished
 
 
 class _TopicWatch:

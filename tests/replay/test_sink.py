@@ -142,3 +142,40 @@ async def test_records_deleted_before_the_sink_read_them_stop_it(
             await run._fetch()
     finally:
         await run.consumer.stop()
+
+
+@pytest.mark.parametrize("unfinished", [[], ["cannot write in d: No space left on device"]])
+async def test_a_stopped_sink_is_an_orderly_stop_unless_a_file_could_not_be_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unfinished: list[str]
+) -> None:
+    import asyncio
+
+    from replay import sink
+
+    started = asyncio.Event()
+
+    class Run:
+        def __init__(self, *_: object) -> None:
+            pass
+
+        async def start(self) -> None:
+            started.set()
+
+        async def follow(self) -> None:
+            await asyncio.Event().wait()  # until stopped
+
+        async def stop(self) -> list[ConfigError]:
+            return [ConfigError(e) for e in unfinished]
+
+    monkeypatch.setattr(sink, "_SinkRun", Run)
+    following = asyncio.create_task(
+        sink._follow(load_settings({}), tmp_path, 1, {}, {}, sink.DEFAULT_ROLL, print)
+    )
+    await started.wait()
+    following.cancel()  # what Ctrl-C and SIGTERM do
+    if unfinished:
+        with pytest.raises(ConfigError, match=r"^cannot write in d: No space left on device$"):
+            await following
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            await following
