@@ -287,7 +287,7 @@ class ReadableVersion:
 async def readable_version(settings: Settings, version: int | None) -> ReadableVersion:
     """Version `version` (the live one for None); ConfigError if it was dropped, or a drop of
     it has started."""
-    view = await Registry(settings).load()
+    view = await Registry(settings).load(create=False)  # a reader makes no topic
     v = view.live if version is None else version
     rec = require_version(view, v)
     _refuse_dropped(view, v)

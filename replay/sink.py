@@ -191,6 +191,7 @@ class _SinkRun:
         )
         self.files: dict[TopicPartition, PartitionFile] = {}
         self.outputs = {t: logical for logical, t in topics.items()}
+        self.end_behind_since: dict[TopicPartition, float] = {}  # `_check_end`
         self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
         self.watch = _TopicWatch(settings, version, set(topics.values()), report, time.monotonic())
 
@@ -239,8 +240,13 @@ class _SinkRun:
         try:
             for tp, path in newest.items():
                 first, last = finished_range(path.name) or (0, 0)
+                if starts[tp] == last + 1:
+                    continue  # retention took exactly what the files hold: nothing to compare
                 if starts[tp] > last:
-                    raise self._made_anew(tp, f"starts at offset {starts[tp]}, after {last}")
+                    raise self._made_anew(
+                        tp, f"starts at offset {starts[tp]}: offsets {last + 1} to "
+                        f"{starts[tp] - 1} were deleted before the sink read them",
+                    )  # fmt: skip
                 checks[tp] = NewestFileCheck(path, first, last, starts[tp])
                 consumer.seek(tp, checks[tp].start)
             while checks:
@@ -255,11 +261,15 @@ class _SinkRun:
                             del checks[tp]
                             consumer.pause(tp)
                             break
+                now = time.monotonic()
                 for tp, check in checks.items():
-                    hw = consumer.highwater(tp)
-                    if hw is not None and hw <= check.last:
-                        raise self._made_anew(tp, f"ends at {hw}, before offset {check.last}")
-                await self.watch.check(time.monotonic())
+                    self._check_end(tp, consumer.highwater(tp), check.last, now)
+                    if await consumer.position(tp) > check.last:  # past LAST with no record
+                        raise self._made_anew(  # read: only a marker or an aborted one there
+                            tp, f"holds no record at offset {check.last}, where its files' "
+                            "last line is",
+                        )  # fmt: skip
+                await self.watch.check(now)
         except OSError as e:
             raise ConfigError(f"cannot read the sink's files: {e.strerror or e}") from None
         finally:
@@ -281,7 +291,10 @@ class _SinkRun:
         except OtherTopic:
             # A drop deletes the topics, and a consumer's next metadata request may make them
             # anew (brokers that create topics on request): say so if that is what happened.
-            await refuse_if_outputs_dropped(self.settings, self.version)
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):  # else its own line
+                await asyncio.wait_for(
+                    refuse_if_outputs_dropped(self.settings, self.version), TOPIC_CHECK_S
+                )
             raise
 
     async def _follow(self) -> None:
@@ -291,9 +304,7 @@ class _SinkRun:
             for tp, records in batches.items():
                 self._take(tp, records, now)
             for tp, f in self.files.items():
-                hw = self.consumer.highwater(tp)
-                if hw is not None and hw <= f.last_read:
-                    raise self._made_anew(tp, f"ends at {hw}, before offset {f.last_read}")
+                self._check_end(tp, self.consumer.highwater(tp), f.last_read, now)
                 if f.due(now, self.policy):
                     self._finish(tp)
             await self.watch.check(now)
@@ -310,6 +321,17 @@ class _SinkRun:
                 raise ConfigError(f"cannot write in {f.directory}: {e.strerror or e}") from None
             if f.results >= self.policy.max_results:  # exactly there: files that end on the
                 self._finish(tp)  # count end where the input says, however it was fetched
+
+    def _check_end(self, tp: TopicPartition, hw: int | None, read: int, now: float) -> None:
+        """OtherTopic once the partition's end has looked at or before an offset already
+        read for `KAPPA_SOURCE_END_GRACE_MS`: a new partition leader can report an older end
+        for a moment (KIP-207); a log made anew keeps it."""
+        if hw is None or hw > read:
+            self.end_behind_since.pop(tp, None)
+            return
+        since = self.end_behind_since.setdefault(tp, now)
+        if (now - since) * 1000 >= self.settings.source_end_grace_ms:
+            raise self._made_anew(tp, f"ends at {hw}, before offset {read}")
 
     def _line(self, r: ConsumerRecord) -> bytes | None:
         """A record's line; None for a tombstone or a window still open."""

@@ -179,3 +179,140 @@ async def test_a_stopped_sink_is_an_orderly_stop_unless_a_file_could_not_be_fini
     else:
         with pytest.raises(asyncio.CancelledError):
             await following
+
+
+class ScriptedLog:
+    """The consumer calls a sink's start check makes, over scripted partitions: offset →
+    value, where an offset in [start, end) with no value is a transaction marker or an
+    aborted record (never delivered, as with read_committed). Not Kafka: the check's control
+    flow, for what the dev broker cannot hold (transactions, retention)."""
+
+    def __init__(self, start: int, end: int, values: dict[int, bytes]) -> None:
+        self.start, self.end, self.values = start, end, values
+        self.at: int | None = None
+        self.fetched = False
+
+    def assign(self, tps: list[object]) -> None:
+        self.at, self.fetched = None, False
+
+    async def beginning_offsets(self, tps: list[object]) -> dict[object, int]:
+        return dict.fromkeys(tps, self.start)
+
+    def seek(self, tp: object, offset: int) -> None:
+        self.at = offset
+
+    def pause(self, tp: object) -> None:
+        self.at = None
+
+    def highwater(self, tp: object) -> int | None:
+        return self.end if self.fetched else None
+
+    async def position(self, tp: object) -> int:
+        assert self.at is not None
+        return self.at
+
+    async def getmany(self, **_: object) -> dict[object, list[object]]:
+        import asyncio
+
+        from aiokafka import ConsumerRecord, TopicPartition
+
+        await asyncio.sleep(0.01)  # a fetch waits at the broker
+        if self.at is None:
+            return {}
+        tp = TopicPartition(TOPIC, 0)
+        records = [
+            ConsumerRecord(TOPIC, 0, o, 0, 0, None, v, None, 0, len(v), [])
+            for o in range(self.at, self.end)
+            if (v := self.values.get(o)) is not None
+        ]
+        self.at, self.fetched = self.end, True
+        return {tp: records} if records else {}
+
+
+TOPIC = "orders.user-totals.v1"
+
+
+def user(i: int, final: bool = True) -> bytes:
+    fields: dict[str, object] = {"user_id": f"u{i}", "total": i}
+    return json.dumps(fields if final else {**fields, "final": False}).encode()
+
+
+@pytest.mark.parametrize(
+    ("log", "refusal"),
+    [
+        # Markers inside the range, a record giving no line before LAST: the same topic.
+        (ScriptedLog(0, 9, {0: user(0), 2: user(1), 3: user(3, False), 4: user(2)}), None),
+        # Retention took the file's first records: its last line is compared.
+        (ScriptedLog(3, 9, {4: user(2), 6: user(5)}), None),
+        # Retention took exactly what the files hold: nothing to compare, nothing lost.
+        (ScriptedLog(5, 9, {6: user(5)}), None),
+        # Another result where the file has its last one.
+        (
+            ScriptedLog(0, 5, {0: user(0), 2: user(1), 3: user(3)}),
+            r"holds at offset 3 another result",
+        ),
+        # Only markers from 3 on, nothing after LAST: it waited without a word for a record.
+        (
+            ScriptedLog(0, 5, {0: user(0), 2: user(1)}),
+            r"holds no record at offset 4, where its files' last line is",
+        ),
+        (ScriptedLog(7, 9, {8: user(8)}), r"starts at offset 7: offsets 5 to 6 were deleted"),
+    ],
+)
+async def test_a_start_checks_the_newest_file_against_the_log_as_it_is_now(
+    tmp_path: Path, log: ScriptedLog, refusal: str | None
+) -> None:
+    import asyncio
+
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from replay import sink
+    from replay.sink_files import PartitionFile, file_name
+
+    tp = TopicPartition(TOPIC, 0)
+    run = sink._SinkRun(
+        load_settings({}), tmp_path, 1, {"orders.user-totals": TOPIC},
+        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, print,
+    )  # fmt: skip
+    await run.consumer.stop()
+    # The files' newest file: offsets 0 to 4, the results of users 0, 1 and 2 (at 0, 2, 4).
+    where = tmp_path / "orders.user-totals" / "partition=0"
+    where.mkdir(parents=True)
+    newest = where / file_name(0, 4)
+    lines = [
+        run._line(ConsumerRecord(TOPIC, 0, o, 0, 0, None, user(i), None, 0, 1, []))
+        for o, i in [(0, 0), (2, 1), (4, 2)]
+    ]
+    newest.write_bytes(b"".join(line or b"" for line in lines))
+    run.files[tp] = PartitionFile(where, 5)
+    run.consumer = log  # type: ignore[assignment]
+    checking = asyncio.wait_for(run._check_newest_files({tp: newest}), 10)
+    if refusal is None:
+        await checking
+    else:
+        with pytest.raises(sink.OtherTopic, match=rf"^orders\.user-totals\.v1\[0\] {refusal}"):
+            await checking
+
+
+async def test_an_end_before_what_was_read_stops_a_sink_only_if_it_stays(tmp_path: Path) -> None:
+    """A new partition leader can report an older end for a moment (KIP-207); a log made
+    anew keeps it for KAPPA_SOURCE_END_GRACE_MS."""
+    from aiokafka import TopicPartition
+
+    from replay import sink
+    from replay.sink_files import PartitionFile
+
+    tp = TopicPartition(TOPIC, 0)
+    run = sink._SinkRun(
+        load_settings({"KAPPA_SOURCE_END_GRACE_MS": "1000"}), tmp_path, 1,
+        {"orders.user-totals": TOPIC}, {"orders.user-totals": ("user_id",)},
+        sink.DEFAULT_ROLL, print,
+    )  # fmt: skip
+    await run.consumer.stop()
+    run.files[tp] = PartitionFile(tmp_path, 10)
+    run._check_end(tp, 5, 9, now=0.0)  # behind: not yet
+    run._check_end(tp, 5, 9, now=0.9)
+    run._check_end(tp, 10, 9, now=0.95)  # caught up again: the clock starts over
+    run._check_end(tp, 5, 9, now=1.5)
+    with pytest.raises(sink.OtherTopic, match=r"\[0\] ends at 5, before offset 9: it is not"):
+        run._check_end(tp, 5, 9, now=2.5)
