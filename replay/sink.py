@@ -131,22 +131,13 @@ async def sink(
             raise TopicMissing(f"topic {topic} does not exist (run `kappa topics --version {v}`)")
     with sink_lock(directory):
         claim_directory(directory, v, topics)
-        await _follow(settings, directory, v, topics, keys, policy, report)
+        await _follow(_SinkRun(settings, directory, v, topics, keys, policy, report))
 
 
-async def _follow(
-    settings: Settings,
-    directory: Path,
-    version: int,
-    topics: dict[str, str],
-    keys: dict[str, tuple[str, ...]],
-    policy: RollPolicy,
-    report: Callable[[str], None],
-) -> None:
+async def _follow(run: _SinkRun) -> None:
     # aiokafka logs every failed connection attempt, many a second while the broker is away:
     # the sink says it once instead (`_TopicWatch`).
     with quiet_aiokafka():
-        run = _SinkRun(settings, directory, version, topics, keys, policy, report)
         try:
             await run.start()
             await run.follow()

@@ -31,7 +31,15 @@ from tests.support.checks import check_outputs, check_side_outputs, eventually, 
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids
 from tests.support.reference import Reference, assert_windows_equal
-from tests.support.workers import KAPPA, ROOT, Worker, kappa_env, read_records, run_kappa
+from tests.support.workers import (
+    KAPPA,
+    ROOT,
+    Worker,
+    kappa_env,
+    read_records,
+    run_kappa,
+    start_kappa,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -330,14 +338,7 @@ async def sink_until_written(
 ) -> str:
     """Run `kappa sink OUT` until its files hold every whole file's worth of the expected
     results, then stop it (SIGTERM finishes the rest); returns its output."""
-    sink = subprocess.Popen(
-        [*KAPPA, "sink", str(out), *SINK_ROLL],
-        env=d.env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sink = start_kappa(["sink", str(out), *SINK_ROLL], d.env)
     try:
 
         async def whole_files_written() -> None:
@@ -488,14 +489,7 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
         assert worker.stop() == 0, worker.tail_log()
 
     # A sink following version 1 stops in one line when the drop deletes its topics.
-    sink = subprocess.Popen(
-        [*KAPPA, "sink", str(d.tmp / "sink-dropped"), "--version", "1"],
-        env=d.env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sink = start_kappa(["sink", str(d.tmp / "sink-dropped"), "--version", "1"], d.env)
     try:
         assert sink.stdout is not None
         assert sink.stdout.readline().startswith("sinking version 1's")  # it follows

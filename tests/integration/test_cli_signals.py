@@ -17,7 +17,7 @@ import pytest
 from app.broker import free_port
 from app.topic_reader import high_watermarks
 from tests.support.processes import child_pids, exited
-from tests.support.workers import KAPPA, ROOT, kappa_env, patched_kappa
+from tests.support.workers import KAPPA, ROOT, kappa_env, patched_kappa, run_kappa, start_kappa
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.integration
 @contextmanager
 def _kappa(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """A `kappa` command running, killed on the way out if it is still there."""
-    proc = subprocess.Popen(
-        [*KAPPA, *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_kappa(args, env)
     try:
         yield proc
     finally:
@@ -168,14 +161,7 @@ def test_a_sigterm_dropped_during_start_up_stops_the_command_quietly(
     """Started anyway, a worker or a demo would run until killed: their faust loop or their
     own takes SIGTERM over only once they are up."""
     env = kappa_env(broker, unique, tmp_path / "state", KAPPA_WEB_PORT=str(free_port()))
-    done = subprocess.run(
-        [*patched_kappa(DROPPED_SIGTERM), *command],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_kappa([*command], env, timeout=60, command=patched_kappa(DROPPED_SIGTERM))
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
 
@@ -207,14 +193,7 @@ def test_a_worker_stopped_while_joining_its_group_stops_when_the_join_answers(
         KAPPA_SHUTDOWN_TIMEOUT_MS="60000",
         PYTHONDEVMODE="1",
     )
-    done = subprocess.run(
-        [*patched_kappa(SIGTERM_WHILE_JOINING), "worker"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=45,
-    )
+    done = run_kappa(["worker"], env, timeout=45, command=patched_kappa(SIGTERM_WHILE_JOINING))
     assert done.returncode == 0, done.stderr
     assert "did not finish" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
@@ -236,13 +215,11 @@ def test_a_sink_stopped_while_it_waits_for_the_broker_stops_as_it_would_later(
 ) -> None:
     """A sink runs until stopped, so SIGTERM is its orderly end (0), before it starts too."""
     env = kappa_env(f"127.0.0.1:{free_port()}", "nobody", tmp_path / "state")  # no broker
-    done = subprocess.run(
-        [*patched_kappa(SIGTERM_WHILE_WAITING_FOR_THE_BROKER), "sink", str(tmp_path / "out")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_kappa(
+        ["sink", str(tmp_path / "out")],
+        env,
         timeout=60,
+        command=patched_kappa(SIGTERM_WHILE_WAITING_FOR_THE_BROKER),
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr

@@ -146,7 +146,7 @@ async def test_records_deleted_before_the_sink_read_them_stop_it(
 
 @pytest.mark.parametrize("unfinished", [[], ["cannot write in d: No space left on device"]])
 async def test_a_stopped_sink_is_an_orderly_stop_unless_a_file_could_not_be_finished(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unfinished: list[str]
+    unfinished: list[str],
 ) -> None:
     import asyncio
 
@@ -155,9 +155,6 @@ async def test_a_stopped_sink_is_an_orderly_stop_unless_a_file_could_not_be_fini
     started = asyncio.Event()
 
     class Run:
-        def __init__(self, *_: object) -> None:
-            pass
-
         async def start(self) -> None:
             started.set()
 
@@ -167,10 +164,7 @@ async def test_a_stopped_sink_is_an_orderly_stop_unless_a_file_could_not_be_fini
         async def stop(self) -> list[ConfigError]:
             return [ConfigError(e) for e in unfinished]
 
-    monkeypatch.setattr(sink, "_SinkRun", Run)
-    following = asyncio.create_task(
-        sink._follow(load_settings({}), tmp_path, 1, {}, {}, sink.DEFAULT_ROLL, print)
-    )
+    following = asyncio.create_task(sink._follow(Run()))  # type: ignore[arg-type]
     await started.wait()
     following.cancel()  # what Ctrl-C and SIGTERM do
     if unfinished:

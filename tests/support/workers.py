@@ -49,10 +49,24 @@ def kappa_env(broker: str, prefix: str, state_dir: Path, **extra: str) -> dict[s
 
 
 def run_kappa(
-    args: list[str], env: dict[str, str], timeout: float = 120
+    args: list[str], env: dict[str, str], timeout: float = 120, command: list[str] = KAPPA
 ) -> subprocess.CompletedProcess[str]:
+    """`kappa ARGS` to its end (`command`: e.g. a `patched_kappa`), its output captured."""
     return subprocess.run(
-        KAPPA + args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [*command, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_kappa(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`kappa ARGS` started, its stdout and stderr piped (text): for commands that run until
+    stopped."""
+    return subprocess.Popen(
+        [*KAPPA, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
