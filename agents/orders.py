@@ -27,6 +27,7 @@ from tables.cleaning import (
     InvalidRecord,
     json_float,
     json_long_int,
+    numeral_value,
     require_event_time_ms,
     require_number,
     require_positive_int,
@@ -72,9 +73,10 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
     """(product_id, user_id, total, ts) of a well-formed, well-typed order, else None.
 
     The hot path: one decode, one dict lookup per field and one combined check, no object per
-    event. Anything it does not accept outright (a string amount to convert, a missing field,
-    non-ASCII ids, ...) returns None and goes through `parse_order`, which converts what it
-    can and names the DLQ reason. Whatever this accepts, `parse_order` accepts identically.
+    event; an amount sent as a numeral string ("12.50") is converted here too. Anything it
+    does not accept outright (a missing field, a word for an amount, non-ASCII ids, ...)
+    returns None and goes through `parse_order`, which converts what it can and names the DLQ
+    reason. Whatever this accepts, `parse_order` accepts identically.
     """
     try:
         text = raw.decode()  # type: ignore[union-attr]
@@ -82,6 +84,8 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
         oid, uid, pid, cat = obj["order_id"], obj["user_id"], obj["product_id"], obj["category"]
         amount, qty, ts = obj["amount"], obj["quantity"], obj["ts"]
     except Exception:  # anything unusual is parse_order's to judge and name
+        return None
+    if type(amount) is str and (amount := numeral_value(amount)) is None:  # "12.50": coerced
         return None
     if (
         end == len(text)

@@ -190,6 +190,13 @@ def _floor_decimal(v: str | Decimal, field: str) -> int:
 _DECIMAL = re.compile(r"\s*+[+-]?+(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][+-]?+\d++)?+\s*+", re.ASCII)
 
 
+def numeral_value(s: str) -> float | None:
+    """The float of a numeric string (a numeral, spaces around allowed) exactly as
+    `require_number` reads it; None for anything else it would have to judge (a word, too
+    long): a hot path takes numerals and leaves the rest to `require_number` to name."""
+    return float(s) if len(s) <= 64 and _DECIMAL.fullmatch(s) else None
+
+
 def _number_text(s: str) -> float | None:
     """The value of a numeric string; "inf" and "nan" words as such (not finite, which the
     caller names); None for anything else."""
