@@ -187,15 +187,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(summary, flush=True)
         return code
     if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(args.metrics_port, addr=settings.web_host)
-        except OSError as e:
-            raise ConfigError(
-                f"cannot serve metrics on {settings.web_host}:{args.metrics_port}: "
-                f"{e.strerror or e}"
-            ) from None
+        serve_metrics(settings, args.metrics_port)
     if not args.dry_run:
         tune_for_batches()
     summary = command_loop.run(run_replay(settings, opts))
@@ -253,6 +245,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
     # while it waits for the broker too.
     with command_loop.stop_is_the_end():
         settings = _settings_with_broker()
+        if args.metrics_port:
+            serve_metrics(settings, args.metrics_port)
         command_loop.run(
             sink(
                 settings,
@@ -277,6 +271,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
     return run_demo(_settings(), rate=args.rate)
+
+
+def serve_metrics(settings: Settings, port: int) -> None:
+    """This process's Prometheus series on `port` (KAPPA_WEB_HOST), or one line why not."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=settings.web_host)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot serve metrics on {settings.web_host}:{port}: {e.strerror or e}"
+        ) from None
 
 
 def add_files_of_a_version(sp: argparse.ArgumentParser) -> None:
@@ -498,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=bounded_number(float, 0.0, 86_400.0, strict=True),
         default=60.0,
         help="finish a partition's file this long after its first result (default 60)",
+    )
+    sp.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=None,
+        help="serve its lag and finished files to Prometheus here",
     )
     add("status", cmd_status, "Show the live version and where its outputs and state are.")
 

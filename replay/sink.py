@@ -41,6 +41,7 @@ from replay.sink_files import (
     partition_directory,
     remove_every_unfinished,
 )
+from replay.sink_metrics import SinkMetrics
 
 MANIFEST = "sink.json"
 LOCK = ".sink.lock"
@@ -183,6 +184,7 @@ class _SinkRun:
         self.files: dict[TopicPartition, PartitionFile] = {}
         self.outputs = {t: logical for logical, t in topics.items()}
         self.end_behind_since: dict[TopicPartition, float] = {}  # `_check_end`
+        self.metrics = SinkMetrics(version, list(topics))
         self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
         self.watch = _TopicWatch(settings, version, set(topics.values()), report, time.monotonic())
 
@@ -295,7 +297,10 @@ class _SinkRun:
             for tp, records in batches.items():
                 self._take(tp, records, now)
             for tp, f in self.files.items():
-                self._check_end(tp, self.consumer.highwater(tp), f.last_read, now)
+                hw = self.consumer.highwater(tp)
+                self._check_end(tp, hw, f.last_read, now)
+                if hw is not None:
+                    self.metrics.lag(self.outputs[tp.topic], tp.partition, hw, f.last_read + 1)
                 if f.due(now, self.policy):
                     self._finish(tp)
             await self.watch.check(now)
@@ -339,9 +344,11 @@ class _SinkRun:
         )
 
     def _finish(self, tp: TopicPartition) -> None:
-        _report(
-            self.report, self.outputs[tp.topic], tp.partition, _finish(self.files[tp], self.chaos)
-        )
+        output = self.outputs[tp.topic]
+        done = _finish(self.files[tp], self.chaos)
+        if done is not None:
+            self.metrics.finished(output, done.results)
+        _report(self.report, output, tp.partition, done)
 
     async def stop(self) -> list[ConfigError]:
         """Finish what it read into files, however the sink stops (Ctrl-C, SIGTERM, an error):

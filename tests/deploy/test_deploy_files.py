@@ -10,8 +10,8 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 import app.metrics  # noqa: F401 - registers the worker's metrics
-import replay.progress  # noqa: F401 - registers the replay's gauges
 from app.settings import unknown_variables
+from replay import progress, sink_metrics  # noqa: F401 - register the replay's and sink's
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 QUERYING = [DEPLOY / "prometheus" / "rules.yml", DEPLOY / "grafana" / "dashboard-kappa.json"]
@@ -68,12 +68,16 @@ def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
     """Its directory must be on the volume (files on an emptyDir or the image are lost with
     the pod, and the next one starts again from offset zero), and name the version it sinks."""
     sink = (DEPLOY / "k8s" / "sink.yaml").read_text()
-    (args,) = re.findall(r'args: \["sink", "([^"]+)", "--version", "(\d+)"\]', sink)
+    (args,) = re.findall(r'args: \["sink", "([^"]+)", "--version", "(\d+)"', sink)
     (landing,) = re.findall(r"- name: landing\n\s+mountPath:\s*(\S+)", sink)
     assert args[0].startswith(landing + "/") and args[0].endswith(f"/v{args[1]}")
     compose = (DEPLOY / "compose.yaml").read_text()
-    (command,) = re.findall(r'command: \["sink", "([^"]+)", "--version", "(\d+)"\]', compose)
+    (command,) = re.findall(r'command: \["sink", "([^"]+)", "--version", "(\d+)"', compose)
     assert re.search(rf"- kappa-landing:{command[0].rsplit('/', 1)[0]}\n", compose)
     assert command[0].endswith(f"/v{command[1]}")
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert command[0].rsplit("/", 1)[0] in dockerfile  # made in the image: the user owns it
+    # Prometheus scrapes it where it serves (the KappaSinkStalled alert).
+    assert '"--metrics-port", "6066"]' in sink and 'prometheus.io/port: "6066"' in sink
+    assert '"--metrics-port", "6066"]' in compose
+    assert "kappa-sink:6066" in (DEPLOY / "prometheus" / "prometheus.yml").read_text()

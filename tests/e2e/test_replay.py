@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.broker import free_port
 from app.changelog import KafkaChangelog
 from app.settings import load_settings
 from app.state_guard import check_partition_dirs
@@ -38,6 +39,7 @@ from tests.support.workers import (
     kappa_env,
     read_records,
     run_kappa,
+    scrape,
     start_kappa,
 )
 
@@ -334,11 +336,13 @@ SINK_ROLL = ["--roll-results", str(ROLL), "--roll-seconds", "86400"]  # on the c
 
 
 async def sink_until_written(
-    d: Dataset, out: Path, expected: dict[tuple[str, int], list[bytes]]
+    d: Dataset, out: Path, expected: dict[tuple[str, int], list[bytes]], metrics: bool = False
 ) -> str:
     """Run `kappa sink OUT` until its files hold every whole file's worth of the expected
-    results, then stop it (SIGTERM finishes the rest); returns its output."""
-    sink = start_kappa(["sink", str(out), *SINK_ROLL], d.env)
+    results, then stop it (SIGTERM finishes the rest); returns its output. With `metrics`,
+    its /metrics must then say what its files hold, and no lag."""
+    port = free_port()
+    sink = start_kappa(["sink", str(out), *SINK_ROLL, "--metrics-port", str(port)], d.env)
     try:
 
         async def whole_files_written() -> None:
@@ -348,7 +352,21 @@ async def sink_until_written(
                 whole = len(lines) - len(lines) % ROLL
                 assert found.get(k, [])[: whole + 1] == lines[:whole], k
 
+        async def metrics_say_so() -> None:  # nothing more is finished until the stop
+            samples = scrape(port)
+            for output in {o for o, _ in expected}:
+                files = list((out / output).rglob("[0-9]*.jsonl"))
+                lines = sum(len(f.read_bytes().splitlines()) for f in files)
+                mine = {"version": "1", "output": output}
+                said = {n: v for n, lab, v in samples if lab == mine}
+                assert said.get("kappa_sink_files_total") == len(files), (output, said)
+                assert said.get("kappa_sink_results_total") == lines, (output, said)
+            lags = [v for n, _, v in samples if n == "kappa_sink_lag_records"]
+            assert len(lags) == len(expected) and not any(lags), lags
+
         await eventually(whole_files_written, timeout=60)
+        if metrics:
+            await eventually(metrics_say_so, timeout=30)
     finally:
         sink.send_signal(signal.SIGTERM)
         stdout, stderr = sink.communicate(timeout=30)
@@ -381,9 +399,10 @@ async def test_a_sink_writes_every_final_result_once_through_a_kill(dataset: Dat
     assert "sinking version 1's orders.revenue-1m, orders.user-totals" in said
     assert {k: v for k, v in sink_files(out).items() if v} == expected
 
-    # Uninterrupted, a sink writes the same files, byte for byte: files end on the count.
+    # Uninterrupted, a sink writes the same files, byte for byte: files end on the count. Its
+    # metrics say what it finished, and that it has read everything.
     again = d.tmp / "sink-v1-again"
-    await sink_until_written(d, again, expected)
+    await sink_until_written(d, again, expected, metrics=True)
     written = sorted(p.relative_to(out) for p in out.rglob("[0-9]*.jsonl"))
     assert written == sorted(p.relative_to(again) for p in again.rglob("[0-9]*.jsonl"))
     assert all((out / p).read_bytes() == (again / p).read_bytes() for p in written)

@@ -54,13 +54,16 @@ async def test_a_replay_refuses_a_source_with_another_partition_count(
     )
 
 
-async def test_a_metrics_port_in_use_is_one_line(broker: str, unique: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["replay", "--version", "2"], ["sink", "out"]])
+async def test_a_metrics_port_in_use_is_one_line(
+    broker: str, unique: str, tmp_path: Path, command: list[str]
+) -> None:
     env = kappa_env(broker, unique, tmp_path / "state")
     with taken_port() as port:
-        r = run_kappa(["replay", "--version", "2", "--metrics-port", str(port)], env)
+        r = run_kappa([*command, "--metrics-port", str(port)], env)
     assert r.returncode == 2, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(f"kappa replay: error: cannot serve metrics on 127.0.0.1:{port}: ")
+    assert line.startswith(f"kappa {command[0]}: error: cannot serve metrics on 127.0.0.1:{port}: ")
 
 
 async def test_a_file_that_goes_bad_part_way_says_how_much_was_produced(

@@ -310,3 +310,23 @@ async def test_an_end_before_what_was_read_stops_a_sink_only_if_it_stays(tmp_pat
     run._check_end(tp, 5, 9, now=1.5)
     with pytest.raises(sink.OtherTopic, match=r"\[0\] ends at 5, before offset 9: it is not"):
         run._check_end(tp, 5, 9, now=2.5)
+
+
+def test_a_sinks_series_exist_from_its_start_and_count_what_it_finished() -> None:
+    from prometheus_client import REGISTRY
+
+    from replay.sink_metrics import SinkMetrics
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"version": "77", **labels})
+
+    metrics = SinkMetrics(77, ["orders.revenue-1m"])
+    assert sample("kappa_sink_files_total", output="orders.revenue-1m") == 0
+    metrics.finished("orders.revenue-1m", 40)
+    metrics.finished("orders.revenue-1m", 3)
+    assert sample("kappa_sink_files_total", output="orders.revenue-1m") == 2
+    assert sample("kappa_sink_results_total", output="orders.revenue-1m") == 43
+    metrics.lag("orders.revenue-1m", 1, end=120, position=100)
+    assert sample("kappa_sink_lag_records", output="orders.revenue-1m", partition="1") == 20
+    metrics.lag("orders.revenue-1m", 1, end=120, position=121)  # a fetch's end can trail
+    assert sample("kappa_sink_lag_records", output="orders.revenue-1m", partition="1") == 0

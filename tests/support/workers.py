@@ -70,6 +70,21 @@ def start_kappa(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample on 127.0.0.1:PORT/metrics as (name, labels, value); empty if nothing
+    answers (yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return []
+    return [
+        (s.name, s.labels, s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    ]
+
+
 @dataclass
 class Worker:
     env: dict[str, str]
@@ -91,18 +106,7 @@ class Worker:
 
     def _samples(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample on /metrics (empty if the worker is not up yet)."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.web_port}/metrics", timeout=2
-            ) as r:
-                text = r.read().decode()
-        except OSError:
-            return []
-        return [
-            (s.name, s.labels, s.value)
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        ]
+        return scrape(self.web_port)
 
     def metrics(self) -> dict[str, float]:
         """Sum of each sample name over all label sets (empty if the worker is not up yet)."""
