@@ -362,7 +362,7 @@ async def sink_until_written(
                 assert said.get("kappa_sink_files_total") == len(files), (output, said)
                 assert said.get("kappa_sink_results_total") == lines, (output, said)
             lags = [v for n, _, v in samples if n == "kappa_sink_lag_records"]
-            assert len(lags) == len(expected) and not any(lags), lags
+            assert len(lags) >= len(expected) and not any(lags), lags  # every partition
 
         await eventually(whole_files_written, timeout=60)
         if metrics:
