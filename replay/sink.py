@@ -299,8 +299,10 @@ class _SinkRun:
             for tp, f in self.files.items():
                 hw = self.consumer.highwater(tp)
                 self._check_end(tp, hw, f.last_read, now)
-                if hw is not None:
-                    self.metrics.lag(self.outputs[tp.topic], tp.partition, hw, f.last_read + 1)
+                if hw is not None:  # fetched: its position is known (past any marker, which
+                    # a read_committed consumer steps over without a record)
+                    position = await self.consumer.position(tp)
+                    self.metrics.lag(self.outputs[tp.topic], tp.partition, hw, position)
                 if f.due(now, self.policy):
                     self._finish(tp)
             await self.watch.check(now)

@@ -8,7 +8,8 @@ from prometheus_client import Counter, Gauge
 
 LAG = Gauge(
     "kappa_sink_lag_records",
-    "Sink: records of the output partition not read yet (its end minus its position)",
+    "Sink: records of the output partition not read yet (its high watermark minus the "
+    "sink's position; records of a transaction still open count)",
     ["version", "output", "partition"],
 )
 RESULTS = Counter(

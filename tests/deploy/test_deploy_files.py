@@ -80,4 +80,5 @@ def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
     # Prometheus scrapes it where it serves (the KappaSinkStalled alert).
     assert '"--metrics-port", "6066"]' in sink and 'prometheus.io/port: "6066"' in sink
     assert '"--metrics-port", "6066"]' in compose
-    assert "kappa-sink:6066" in (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    scraping = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert re.search(r'names: \["kappa-sink"\]\n\s+type: A\n\s+port: 6066\n', scraping)

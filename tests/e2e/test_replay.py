@@ -339,8 +339,8 @@ async def sink_until_written(
     d: Dataset, out: Path, expected: dict[tuple[str, int], list[bytes]], metrics: bool = False
 ) -> str:
     """Run `kappa sink OUT` until its files hold every whole file's worth of the expected
-    results, then stop it (SIGTERM finishes the rest); returns its output. With `metrics`,
-    its /metrics must then say what its files hold, and no lag."""
+    results, then stop it (SIGTERM finishes the rest); returns its output. It serves its
+    metrics; with `metrics`, they must then say what its files hold, and no lag."""
     port = free_port()
     sink = start_kappa(["sink", str(out), *SINK_ROLL, "--metrics-port", str(port)], d.env)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -330,3 +331,43 @@ def test_a_sinks_series_exist_from_its_start_and_count_what_it_finished() -> Non
     assert sample("kappa_sink_lag_records", output="orders.revenue-1m", partition="1") == 20
     metrics.lag("orders.revenue-1m", 1, end=120, position=121)  # a fetch's end can trail
     assert sample("kappa_sink_lag_records", output="orders.revenue-1m", partition="1") == 0
+
+
+async def test_a_sink_past_a_commit_marker_at_the_end_has_no_lag(tmp_path: Path) -> None:
+    """An exactly_once version's last record is a transaction's commit marker: it takes an
+    offset, and a read_committed consumer steps over it without a record. The lag is the end
+    minus the consumer's position, not minus the last record read (which stayed at 1)."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from prometheus_client import REGISTRY
+
+    from replay import sink
+    from replay.sink_files import PartitionFile
+
+    tp = TopicPartition(TOPIC, 0)
+    run = sink._SinkRun(
+        load_settings({}), tmp_path, 88, {"orders.user-totals": TOPIC},
+        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, print,
+    )  # fmt: skip
+    await run.consumer.stop()
+    run.files[tp] = PartitionFile(tmp_path / "p0", 0)
+    log = ScriptedLog(0, 6, {0: user(0), 2: user(1), 4: user(2)})  # markers at 1, 3 and 5
+    log.seek(tp, 0)
+    run.consumer = log  # type: ignore[assignment]
+    following = asyncio.create_task(run._follow())
+    labels = {"version": "88", "output": "orders.user-totals", "partition": "0"}
+
+    async def lag_said() -> float:
+        while (lag := REGISTRY.get_sample_value("kappa_sink_lag_records", labels)) is None:
+            await asyncio.sleep(0.01)
+        return lag
+
+    try:
+        assert await asyncio.wait_for(lag_said(), 10) == 0
+        assert run.files[tp].results == 3
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        run.files[tp].discard()
