@@ -10,7 +10,7 @@ import pytest
 
 from app.settings import ConfigError, load_settings
 from app.topology import Topology
-from replay.sink import MANIFEST, chosen_outputs, claim_directory, sink_lock
+from replay.sink import MANIFEST, _SinkRun, chosen_outputs, claim_directory, sink_lock
 
 
 def topology(pipelines: list[str] | None = None) -> Topology:
@@ -227,6 +227,18 @@ class ScriptedLog:
 TOPIC = "orders.user-totals.v1"
 
 
+async def user_totals_run(tmp_path: Path, version: int = 1, **env: str) -> _SinkRun:
+    """A sink's run over `TOPIC`, its own consumer stopped: tests hand it a scripted one."""
+    from replay import sink
+
+    run = sink._SinkRun(
+        load_settings(env), tmp_path, version, {"orders.user-totals": TOPIC},
+        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, print,
+    )  # fmt: skip
+    await run.consumer.stop()
+    return run
+
+
 def user(i: int, final: bool = True) -> bytes:
     fields: dict[str, object] = {"user_id": f"u{i}", "total": i}
     return json.dumps(fields if final else {**fields, "final": False}).encode()
@@ -265,11 +277,7 @@ async def test_a_start_checks_the_newest_file_against_the_log_as_it_is_now(
     from replay.sink_files import PartitionFile, file_name
 
     tp = TopicPartition(TOPIC, 0)
-    run = sink._SinkRun(
-        load_settings({}), tmp_path, 1, {"orders.user-totals": TOPIC},
-        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, print,
-    )  # fmt: skip
-    await run.consumer.stop()
+    run = await user_totals_run(tmp_path)
     # The files' newest file: offsets 0 to 4, the results of users 0, 1 and 2 (at 0, 2, 4).
     where = tmp_path / "orders.user-totals" / "partition=0"
     where.mkdir(parents=True)
@@ -298,12 +306,7 @@ async def test_an_end_before_what_was_read_stops_a_sink_only_if_it_stays(tmp_pat
     from replay.sink_files import PartitionFile
 
     tp = TopicPartition(TOPIC, 0)
-    run = sink._SinkRun(
-        load_settings({"KAPPA_SOURCE_END_GRACE_MS": "1000"}), tmp_path, 1,
-        {"orders.user-totals": TOPIC}, {"orders.user-totals": ("user_id",)},
-        sink.DEFAULT_ROLL, print,
-    )  # fmt: skip
-    await run.consumer.stop()
+    run = await user_totals_run(tmp_path, KAPPA_SOURCE_END_GRACE_MS="1000")
     run.files[tp] = PartitionFile(tmp_path, 10)
     run._check_end(tp, 5, 9, now=0.0)  # behind: not yet
     run._check_end(tp, 5, 9, now=0.9)
@@ -342,15 +345,10 @@ async def test_a_sink_past_a_commit_marker_at_the_end_has_no_lag(tmp_path: Path)
     from aiokafka import TopicPartition
     from prometheus_client import REGISTRY
 
-    from replay import sink
     from replay.sink_files import PartitionFile
 
     tp = TopicPartition(TOPIC, 0)
-    run = sink._SinkRun(
-        load_settings({}), tmp_path, 88, {"orders.user-totals": TOPIC},
-        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, print,
-    )  # fmt: skip
-    await run.consumer.stop()
+    run = await user_totals_run(tmp_path, version=88)
     run.files[tp] = PartitionFile(tmp_path / "p0", 0)
     log = ScriptedLog(0, 6, {0: user(0), 2: user(1), 4: user(2)})  # markers at 1, 3 and 5
     log.seek(tp, 0)
