@@ -94,6 +94,8 @@ async def export(settings: Settings, directory: Path, version: int | None = None
     view, rec, topology, v = readable.view, readable.record, readable.topology, readable.number
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}
+    if (directory / "sink.json").exists():  # its files would be read as the sink's twice
+        raise ConfigError(f"{directory} is a kappa sink's directory: export to another one")
     with export_lock(directory):
         _remove(directory / MANIFEST)  # until the last file is written: no complete export
         for logical, keys in RESULT_OUTPUTS:

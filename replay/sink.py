@@ -74,6 +74,10 @@ def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str,
 def claim_directory(directory: Path, version: int, topics: dict[str, str]) -> None:
     """Record in `sink.json` the version and topics whose offsets the files hold; refuse a
     directory that holds another version's, or another topic's under the same output."""
+    if list(directory.glob("*.jsonl")) or (directory / "export.json").exists():
+        raise ConfigError(  # a reader of the directory would read both as one
+            f"{directory} holds a kappa export's files: sink to another directory"
+        )
     path = directory / MANIFEST
     try:
         known = json.loads(path.read_text()) if path.exists() else None
@@ -404,8 +408,8 @@ class _TopicWatch:
         if gone := sorted(self.topics - there):
             await refuse_if_outputs_dropped(self.settings, self.version)  # dropped: it says so
             raise ConfigError(
-                f"{', '.join(gone)} no longer exist (was version {self.version} dropped?): "
-                "the sink stops; its files stay as they are"
+                f"{', '.join(gone)} no longer exist (a drop of version {self.version}, or a "
+                "restarted dev broker that lost them): the sink stops; its files stay as they are"
             )
 
 
@@ -428,7 +432,8 @@ def _report(
 ) -> None:
     if done is not None:
         span = f"{done.first}–{done.last}"
-        report(f"{output}[{partition}] {span}: {done.results:,} results → {done.path}")
+        results = f"{done.results:,} result{'' if done.results == 1 else 's'}"
+        report(f"{output}[{partition}] {span}: {results} → {done.path}")
 
 
 async def _check_not_past_the_end(

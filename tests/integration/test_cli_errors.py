@@ -173,3 +173,19 @@ async def test_a_sink_refused_says_why_in_one_line_and_writes_nothing(
     assert refusal(str(blocked / "sub")) == (
         f"kappa sink: error: cannot create {blocked / 'sub'}: Not a directory"
     )
+
+
+async def test_an_export_into_a_sinks_directory_is_refused(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A reader of the directory would count the sink's results and the export's twice."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "sink.json").write_text("{}")
+    r = run_kappa(["export", str(landing)], kappa_env(broker, unique, tmp_path / "state"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert (
+        line == f"kappa export: error: {landing} is a kappa sink's directory: export to another one"
+    )
+    assert sorted(p.name for p in landing.iterdir()) == ["sink.json"]

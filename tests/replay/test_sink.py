@@ -369,3 +369,11 @@ async def test_a_sink_past_a_commit_marker_at_the_end_has_no_lag(tmp_path: Path)
         with contextlib.suppress(asyncio.CancelledError):
             await following
         run.files[tp].discard()
+
+
+def test_a_directory_holding_an_export_is_not_a_sinks(tmp_path: Path) -> None:
+    """A reader of the directory would count the export's results and the sink's twice."""
+    (tmp_path / "orders.revenue-1m.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"holds a kappa export's files: sink to another"):
+        claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
+    assert not (tmp_path / MANIFEST).exists()
