@@ -33,6 +33,7 @@ from replay.latest import (
     scratch_dir,
 )
 from replay.registry import readable_version, recorded_definition
+from replay.sink_files import MANIFEST as SINK_MANIFEST
 from tables.rocks import RocksStore, StateError
 
 MANIFEST = "export.json"
@@ -94,7 +95,7 @@ async def export(settings: Settings, directory: Path, version: int | None = None
     view, rec, topology, v = readable.view, readable.record, readable.topology, readable.number
     lines: list[str] = []
     outputs: dict[str, dict[str, object]] = {}
-    if (directory / "sink.json").exists():  # its files would be read as the sink's twice
+    if (directory / SINK_MANIFEST).exists():  # its files would be read as the sink's twice
         raise ConfigError(f"{directory} is a kappa sink's directory: export to another one")
     with export_lock(directory):
         _remove(directory / MANIFEST)  # until the last file is written: no complete export

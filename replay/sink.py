@@ -29,9 +29,11 @@ from app.file_lock import writer_lock
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
 from app.topology import Topology
+from replay.export import MANIFEST as EXPORT_MANIFEST
 from replay.latest import RESULT_OUTPUTS, outputs_of, parse_output_record, result_line
 from replay.registry import readable_version, refuse_if_outputs_dropped
 from replay.sink_files import (
+    MANIFEST,
     Finished,
     NewestFileCheck,
     PartitionFile,
@@ -43,7 +45,6 @@ from replay.sink_files import (
 )
 from replay.sink_metrics import SinkMetrics
 
-MANIFEST = "sink.json"
 LOCK = ".sink.lock"
 FETCH_WAIT_MS = 500  # how long an idle sink's fetch waits at the broker for new results
 DEFAULT_ROLL = RollPolicy()
@@ -74,7 +75,7 @@ def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str,
 def claim_directory(directory: Path, version: int, topics: dict[str, str]) -> None:
     """Record in `sink.json` the version and topics whose offsets the files hold; refuse a
     directory that holds another version's, or another topic's under the same output."""
-    if list(directory.glob("*.jsonl")) or (directory / "export.json").exists():
+    if list(directory.glob("*.jsonl")) or (directory / EXPORT_MANIFEST).exists():
         raise ConfigError(  # a reader of the directory would read both as one
             f"{directory} holds a kappa export's files: sink to another directory"
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from app.atomic_file import AtomicFile, synced_directory
 
+MANIFEST = "sink.json"  # the version, topics and keys a sink directory's files hold
 _FINISHED = re.compile(r"^(\d{20})-(\d{20})\.jsonl$")
 _DIGITS = 20  # an int64 offset's decimal digits, at most 19: zero-padded, names sort as offsets
 
