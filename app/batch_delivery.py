@@ -359,7 +359,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]
     kappa_rebalances_done: int
-    kappa_stop_on_error: Callable[[BaseException], Awaitable[None]]
+    kappa_stop_on_error: Callable[[BaseException, str], Awaitable[None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

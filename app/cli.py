@@ -39,6 +39,7 @@ from app.cli_args import (
 )
 from app.cli_output import GuardedOutput, OutputFailed
 from app.command_loop import Terminated
+from app.log_repeats import limit_repeats
 from app.settings import (
     DEFAULT_BROKER,
     ConfigError,
@@ -538,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    limit_repeats("aiokafka")
     for line in unknown_variables(os.environ):
         print(f"kappa {args.command}: warning: {line}", file=sys.stderr)
     # SIGTERM (a supervisor, `timeout`, `kill`) stops a command as Ctrl-C does; as PID 1 in a

@@ -67,7 +67,7 @@ class PipelineDriver:
         linger_s: float,
         revoke_deadline_s: float,
         release: Callable[[set[int]], Awaitable[None]],
-        fail: Callable[[BaseException], Awaitable[None]],
+        fail: Callable[[BaseException, str], Awaitable[None]],
         crash: Callable[[BaseException], Awaitable[None]],
         should_stop: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
@@ -79,7 +79,7 @@ class PipelineDriver:
         self.linger_s = linger_s
         self.revoke_deadline_s = revoke_deadline_s
         self.release = release
-        self.fail = fail  # stops the worker on an error already said in one line
+        self.fail = fail  # says the error in one line and stops the worker
         self.crash = crash  # stops it on a bug, with its traceback
         self.should_stop = should_stop
         self.clock = clock
@@ -114,8 +114,7 @@ class PipelineDriver:
 
     async def _stop(self, exc: BaseException, line: str | None = None) -> None:
         """Stop the worker, saying why in one ERROR line (`line`, else the error itself)."""
-        log.error("kappa worker: %s", exc if line is None else line)
-        await self.fail(exc)
+        await self.fail(exc, str(exc) if line is None else line)
 
     async def _process_abandonable(self, taken: dict[int, Sequence[Record]]) -> None:
         """Process a batch in a task of its own, which a revoke past its deadline cancels

@@ -43,6 +43,19 @@ def broker_data_lost(observed: str, state_root: Path) -> BrokerDataLost:
     )
 
 
+class VersionTopicGone(StateError):
+    """A topic the worker checked at start is no longer on the broker."""
+
+
+def version_topic_gone(topic: str, state_root: Path) -> VersionTopicGone:
+    """The one-line stop when a version's topic vanishes under a running worker."""
+    return VersionTopicGone(
+        f"topic {topic} is gone from the broker: the broker lost its data (the embedded broker "
+        f"keeps nothing across restarts) or the version was dropped — stop the workers; after "
+        f"a broker restart, remove {state_root} and run `kappa topics` to start over"
+    )
+
+
 @dataclass
 class StateDirLock:
     """An exclusive flock on `root/LOCK`; released when the process exits (or by `release`)."""

@@ -25,7 +25,8 @@ from typing import Protocol, TypeVar
 
 from agents.base import Pipeline
 from app import metrics
-from app.state_guard import broker_data_lost, state_identity
+from app.state_guard import broker_data_lost, state_identity, version_topic_gone
+from app.topic_reader import TopicMissing
 from app.topology import Topology
 from tables.partition_state import PartitionState
 from tables.rocks import RocksStore
@@ -114,9 +115,12 @@ class StateOpener:
             st = PartitionState(store, partition)
             if self.changelog_source is None:
                 return st
-            remote = await self.changelog_source.last_applied(partition)
-            if remote < st.applied_offset:  # impossible unless the log was lost: look again
-                remote = await self.changelog_source.last_applied(partition, fresh=True)
+            try:
+                remote = await self.changelog_source.last_applied(partition)
+                if remote < st.applied_offset:  # impossible unless the log was lost: look again
+                    remote = await self.changelog_source.last_applied(partition, fresh=True)
+            except TopicMissing:  # it was there when the worker started
+                raise version_topic_gone(self.changelog, self.topology.state_root()) from None
             if remote < st.applied_offset:
                 raise broker_data_lost(
                     f"{self.changelog}[{partition}]: the changelog reflects source offset "

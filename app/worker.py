@@ -31,6 +31,7 @@ from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.kafka_runner import kafka_pipeline_runner
+from app.log_repeats import limit_repeats
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.readiness import PipelinePartitions
 from app.runtime import (
@@ -139,18 +140,23 @@ def fetch_loop_stalled(idle_s: float | None, settings: Settings) -> FetchLoopSta
 
 
 class StopOnError:
-    """Stops the worker on an error it has already said in one line (the broker lost its data,
-    local state it cannot use, a newer producer fenced it): the orderly stop a SIGTERM makes,
-    then exit code 1. mode's `crash` would log the error again with a traceback, and stopping
+    """Stops the worker on an error it can say in one line (the broker lost its data, local
+    state it cannot use, a newer producer fenced it): the orderly stop a SIGTERM makes, then
+    exit code 1. mode's `crash` would log the error again with a traceback, and stopping
     a crashed consumer thread logs another."""
 
     def __init__(self) -> None:
         self.reason: BaseException | None = None
 
-    async def __call__(self, reason: BaseException) -> None:
-        if self.reason is None:  # a second pipeline failing too: the stop is under way
+    async def __call__(self, reason: BaseException, line: str) -> None:
+        """Say `line` and stop. Only the first reason is an ERROR line: the others (pipelines
+        failing on the same cause, such as their changelogs all gone) are said at INFO."""
+        if self.reason is None:
             self.reason = reason
+            log.error("kappa worker: %s", line)
             os.kill(os.getpid(), signal.SIGTERM)
+        else:  # the stop is under way
+            log.info("kappa worker: also: %s", line)
 
     @property
     def exit_code(self) -> int:
@@ -206,6 +212,7 @@ def create_app(
         logging_config=None,
         datadir=str(settings.state_dir / "faust"),
     )
+    limit_repeats("aiokafka")  # while the broker is away: a line per kind and 30 s, not per attempt
     app.kappa_stop_on_error = StopOnError()
     app.kappa_read_committed = settings.exactly_once
     app.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms
@@ -237,8 +244,7 @@ def create_app(
             [{tp.partition for tp in revoked if tp.topic == source} for source, _ in drivers],
         )
         if stalled is not None:
-            log.error("%s", stalled)
-            await app.kappa_stop_on_error(stalled)
+            await app.kappa_stop_on_error(stalled, str(stalled))
 
     app.task(freeze_startup_heap)
 
@@ -327,7 +333,8 @@ def _register_batch_pipeline(
         linger_s=settings.batch_linger_ms / 1000,
         revoke_deadline_s=settings.rebalance_timeout_ms / 2000,
         release=release,
-        fail=lambda exc: app.kappa_stop_on_error(exc),  # looked up when called (tests replace it)
+        # looked up when called (tests replace it)
+        fail=lambda exc, line: app.kappa_stop_on_error(exc, line),
         crash=lambda exc: app.crash(exc),
         should_stop=lambda: bool(app.should_stop),
     )

@@ -227,7 +227,7 @@ async def test_a_fenced_worker_stops_instead_of_retrying(
     app = worker.create_app(settings, 1, ["orders"])
     stopped: list[BaseException] = []
 
-    async def stop_on_error(exc: BaseException) -> None:
+    async def stop_on_error(exc: BaseException, line: str) -> None:
         stopped.append(exc)
 
     monkeypatch.setattr(app, "kappa_stop_on_error", stop_on_error)

@@ -106,7 +106,7 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: ManualClock) -> tuple[P
     async def release(parts: set[int]) -> None:
         released.append(parts)
 
-    async def crash(exc: BaseException) -> None:
+    async def crash(exc: BaseException, line: str = "") -> None:
         raise AssertionError(f"crashed: {exc!r}")
 
     driver = PipelineDriver(
@@ -133,7 +133,7 @@ def _stopping_driver(
     drain loop ends once it was stopped or has handled a batch."""
     stops: list[tuple[str, BaseException]] = []
 
-    async def fail(exc: BaseException) -> None:
+    async def fail(exc: BaseException, line: str) -> None:
         stops.append(("fail", exc))
 
     async def crash(exc: BaseException) -> None:

@@ -116,3 +116,35 @@ async def test_an_open_cancelled_midway_leaves_the_directory_unlocked(
     assert cancelled.value.__traceback__ is not None
     state = await opener.open(0)  # not locked by the cancelled open
     state.store.close()
+
+
+class _GoneChangelog:
+    """A changelog topic deleted under the worker (a dev-broker restart, `kappa drop`)."""
+
+    async def last_applied(self, partition: int, fresh: bool = False) -> int:
+        from app.topic_reader import TopicMissing
+
+        raise TopicMissing("topic kappa-v32-orders-changelog does not exist")
+
+
+async def test_a_changelog_gone_under_the_worker_is_one_line_that_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """Each pipeline said only "topic ... does not exist", which hid the usual cause."""
+    from app.state_guard import VersionTopicGone
+
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 32).select(["orders"])
+    pipeline = topology.pipelines[0]
+    gone = _GoneChangelog()
+    opener = StateOpener(pipeline, topology, "kappa-v32-orders-changelog", gone)  # type: ignore[arg-type]
+    with pytest.raises(VersionTopicGone) as refused:
+        await opener.open(0)
+    assert str(refused.value) == (
+        "topic kappa-v32-orders-changelog is gone from the broker: the broker lost its data "
+        "(the embedded broker keeps nothing across restarts) or the version was dropped — stop "
+        f"the workers; after a broker restart, remove {tmp_path / 'v32'} and run `kappa topics` "
+        "to start over"
+    )
+    opener.changelog_source = None
+    (await opener.open(0)).store.close()  # the failed open left it unlocked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ async def test_a_worker_whose_consumer_left_the_group_for_a_stalled_fetch_loop_s
     app = worker.create_app(settings, 1, ["orders"])
     stopped: list[BaseException] = []
 
-    async def stop_on_error(exc: BaseException) -> None:
+    async def stop_on_error(exc: BaseException, line: str) -> None:
         stopped.append(exc)
 
     monkeypatch.setattr(app, "kappa_stop_on_error", stop_on_error)
@@ -186,3 +187,36 @@ def test_a_worker_heartbeats_every_third_of_its_session_and_at_least_every_secon
     env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_SESSION_TIMEOUT_MS": str(session_ms)}
     app = create_app(load_settings(env), 1)
     assert app.conf.broker_heartbeat_interval == heartbeat_s
+
+
+async def test_only_the_first_reason_to_stop_is_an_error_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pipelines failing on one cause (every changelog gone after a dev-broker restart) said
+    it once each, at ERROR: four lines where the README promises one."""
+    import signal
+
+    from app import worker
+
+    signals: list[int] = []
+    monkeypatch.setattr(worker.os, "kill", lambda pid, sig: signals.append(sig))
+    stop = worker.StopOnError()
+    with caplog.at_level(logging.INFO, logger="app.worker"):
+        await stop(ValueError("a"), "topic a is gone")
+        await stop(ValueError("b"), "topic b is gone")
+    assert signals == [signal.SIGTERM]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "kappa worker: topic a is gone"),
+        ("INFO", "kappa worker: also: topic b is gone"),
+    ]
+    assert str(stop.reason) == "a" and stop.exit_code == 1
+
+
+def test_a_worker_limits_the_clients_repeated_errors(tmp_path: Path) -> None:
+    """While the broker was away, one worker logged about 1,900 aiokafka ERROR lines in 40 s."""
+    from app.log_repeats import RepeatLimiter
+
+    create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1, ["orders"])
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher"):
+        filters = logging.getLogger(name).filters
+        assert any(isinstance(f, RepeatLimiter) for f in filters), name

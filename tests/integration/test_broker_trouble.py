@@ -94,3 +94,35 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
         assert "Traceback" not in log, log[-3000:]  # said in one line, then an orderly stop
     finally:
         worker.stop()
+
+
+async def test_a_worker_whose_restarted_dev_broker_has_no_topics_says_so_once(
+    own_broker: DevBroker, unique: str, tmp_path: Path
+) -> None:
+    """A dev broker restarted without `kappa topics`: every pipeline found its changelog gone
+    and said "topic ... does not exist", one ERROR line each, after thousands of aiokafka
+    lines for the outage. Now: a line per kind of client error, and one line saying why."""
+    addr = own_broker.address
+    env = kappa_env(addr, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    await produce_orders(addr, f"{unique}.orders", _spec(500, 25))
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 500
+        )
+        own_broker.stop()
+        await asyncio.sleep(3)  # the outage (the stimulus): dozens of attempts per second
+        own_broker.start()
+        assert worker.proc is not None
+        code = worker.proc.wait(120)
+        log = worker.log_path.read_text()
+        assert code == 1, log[-3000:]
+        said = [line for line in log.splitlines() if "[ERROR] kappa worker:" in line]
+        assert len(said) == 1, log[-3000:]
+        assert "is gone from the broker: the broker lost its data" in said[0]
+        assert f"remove {tmp_path / 'state' / 'v1'} and run `kappa topics`" in said[0]
+        assert log.count("Unable connect to node") <= 2, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        worker.stop()
