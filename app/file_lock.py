@@ -39,6 +39,8 @@ def writer_lock(directory: Path, name: str, writer: str) -> Iterator[None]:
     try:
         fd, taken = try_lock(directory, name)
     except OSError as e:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(f"{directory} is a file, not a directory: name a directory") from None
         raise ConfigError(f"cannot create {directory}: {e.strerror or e}") from None
     try:
         if not taken:

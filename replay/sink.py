@@ -31,7 +31,7 @@ from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, to
 from app.topology import Topology
 from replay.export import MANIFEST as EXPORT_MANIFEST
 from replay.latest import RESULT_OUTPUTS, outputs_of, parse_output_record, result_line
-from replay.registry import readable_version, refuse_if_outputs_dropped
+from replay.registry import DROPPED, RegistryView, readable_version, refuse_if_outputs_dropped
 from replay.sink_files import (
     MANIFEST,
     Finished,
@@ -63,7 +63,7 @@ def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str,
     results = dict(RESULT_OUTPUTS)
     for name in named:
         if name not in results:
-            raise ConfigError(f"no output {name} (outputs: {', '.join(results)})")
+            raise ConfigError(f"no output {name} (outputs: {', '.join(results)}){_hint(name)}")
         if name not in produced:
             raise ConfigError(
                 f"version {topology.version} does not produce {name} (it ran "
@@ -72,29 +72,72 @@ def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str,
     return {o: k for o, k in RESULT_OUTPUTS if o in produced and (not named or o in named)}
 
 
-def claim_directory(directory: Path, version: int, topics: dict[str, str]) -> None:
-    """Record in `sink.json` the version and topics whose offsets the files hold; refuse a
-    directory that holds another version's, or another topic's under the same output."""
+def _hint(name: str) -> str:
+    """What an unknown output name was probably meant to be: a topic name (with its version
+    suffix), or a name without its `orders.` part."""
+    base, dot, suffix = name.rpartition(".v")
+    if dot and suffix.isdigit() and base in dict(RESULT_OUTPUTS):
+        return f": output names take no version suffix (pass {base} and --version {suffix})"
+    near = [o for o, _ in RESULT_OUTPUTS if o.endswith("." + name)]
+    return f": did you mean {near[0]}?" if near else ""
+
+
+def read_claim(directory: Path) -> dict[str, object] | None:
+    """The directory's `sink.json` (None if it has none); ConfigError if the directory is not
+    a sink's or the manifest cannot be read."""
     if list(directory.glob("*.jsonl")) or (directory / EXPORT_MANIFEST).exists():
         raise ConfigError(  # a reader of the directory would read both as one
             f"{directory} holds a kappa export's files: sink to another directory"
         )
     path = directory / MANIFEST
     try:
-        known = json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
+        text = path.read_text() if path.exists() else None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if text is None:
+        return None
+    try:
+        known = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}): restore it, or "
+            "sink to another directory"
+        ) from None
+    if not isinstance(known, dict) or not isinstance(known.get("topics"), dict):
+        raise ConfigError(f"{path} is not a kappa sink's: use another directory")
+    return known
+
+
+def other_version(directory: Path, recorded: object, version: int, view: RegistryView) -> str:
+    """Why a directory of version `recorded` is not sunk into for `version`, and what to do:
+    pass `--version` only where that version can still be read."""
+    held = f"{directory} holds version {recorded}'s results"
+    instead = f"sink version {version} to another directory"
+    rec = view.versions.get(recorded) if isinstance(recorded, int) else None
+    if rec is None:
+        return (
+            f"{held}, and the broker has no version {recorded} (a restarted dev broker keeps "
+            f"nothing): {instead}"
+        )
+    if rec.status == DROPPED or recorded in view.dropping:
+        return f"{held}, and version {recorded} was dropped: {instead}"
+    return f"{held}, not version {version}'s: {instead} (or pass --version {recorded})"
+
+
+def claim_directory(directory: Path, version: int, topics: dict[str, str]) -> None:
+    """Record in `sink.json` the version and topics whose offsets the files hold; refuse a
+    directory that holds another version's, or another topic's under the same output."""
+    path = directory / MANIFEST
+    known = read_claim(directory)
     recorded: dict[str, str] = {}
     if known is not None:
-        if not isinstance(known, dict) or not isinstance(known.get("topics"), dict):
-            raise ConfigError(f"{path} is not a kappa sink's: use another directory")
         if known.get("version") != version:
             raise ConfigError(
                 f"{directory} holds version {known.get('version')}'s results, not version "
                 f"{version}'s: sink version {version} to another directory (or pass "
                 f"--version {known.get('version')})"
             )
-        recorded = known["topics"]
+        recorded = known["topics"]  # type: ignore[assignment]
         for logical, topic in topics.items():
             if recorded.get(logical, topic) != topic:
                 raise ConfigError(
@@ -131,6 +174,9 @@ async def sink(
     topology, v = readable.topology, readable.number
     keys = chosen_outputs(topology, outputs or [])
     topics = {logical: topology.physical(logical) for logical in keys}
+    claimed = read_claim(directory)  # another version's directory: said before missing topics
+    if claimed is not None and claimed.get("version") != v:
+        raise ConfigError(other_version(directory, claimed.get("version"), v, readable.view))
     there = await existing_topics(settings.kafka)
     for topic in topics.values():
         if topic not in there:

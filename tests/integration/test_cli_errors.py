@@ -166,12 +166,24 @@ async def test_a_sink_refused_says_why_in_one_line_and_writes_nothing(
     assert refusal(str(out), "--output", "orders.nope").startswith(
         "kappa sink: error: no output orders.nope (outputs: orders.revenue-1m, "
     )
+    # A version 2 sink's directory on a broker without version 2 (a restarted dev broker), with
+    # version 1's topics missing too: the directory is the first mistake to say.
+    elsewhere = tmp_path / "v2-landing"
+    elsewhere.mkdir()
+    (elsewhere / "sink.json").write_text('{"version": 2, "topics": {}}')
+    assert refusal(str(elsewhere)) == (
+        f"kappa sink: error: {elsewhere} holds version 2's results, and the broker has no "
+        "version 2 (a restarted dev broker keeps nothing): sink version 1 to another directory"
+    )
     assert not out.exists()
     assert run_kappa(["topics"], env).returncode == 0
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     assert refusal(str(blocked / "sub")) == (
         f"kappa sink: error: cannot create {blocked / 'sub'}: Not a directory"
+    )
+    assert refusal(str(blocked)) == (
+        f"kappa sink: error: {blocked} is a file, not a directory: name a directory"
     )
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from app.settings import ConfigError, load_settings
 from app.topology import Topology
-from replay.sink import MANIFEST, _SinkRun, chosen_outputs, claim_directory, sink_lock
+from replay.registry import DROPPED, LIVE, RegistryView, VersionRecord
+from replay.sink import (
+    MANIFEST,
+    _SinkRun,
+    chosen_outputs,
+    claim_directory,
+    other_version,
+    sink_lock,
+)
 
 
 def topology(pipelines: list[str] | None = None) -> Topology:
@@ -35,6 +43,14 @@ def test_a_sink_follows_every_output_of_the_version_or_the_named_ones() -> None:
 def test_an_output_that_is_not_there_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"^no output orders\.nope \(outputs: orders\.rev"):
         chosen_outputs(topology(), ["orders.nope"])
+    with pytest.raises(
+        ConfigError,
+        match=r"^no output orders\.user-totals\.v2 \(outputs: .*\): output names take no "
+        r"version suffix \(pass orders\.user-totals and --version 2\)$",
+    ):
+        chosen_outputs(topology(), ["orders.user-totals.v2"])  # the topic's name
+    with pytest.raises(ConfigError, match=r"\): did you mean orders\.user-totals\?$"):
+        chosen_outputs(topology(), ["user-totals"])
     with pytest.raises(
         ConfigError, match=r"^version 2 does not produce orders\.user-totals \(it ran orders\)$"
     ):
@@ -65,9 +81,13 @@ def test_a_directory_with_something_else_in_its_manifest_is_refused(tmp_path: Pa
     (tmp_path / MANIFEST).write_text("[1, 2]")
     with pytest.raises(ConfigError, match=r"is not a kappa sink.s: use another directory$"):
         claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
-    (tmp_path / MANIFEST).write_text("{not json")
-    with pytest.raises(ConfigError, match=r"^cannot read "):
+    (tmp_path / MANIFEST).write_text('{"version": 1,\n not json')
+    with pytest.raises(ConfigError) as refused:
         claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
+    assert str(refused.value) == (  # not the parser's own message
+        f"{tmp_path / MANIFEST} is not valid JSON (line 2, column 2): restore it, or sink to "
+        "another directory"
+    )
 
 
 def test_one_sink_at_a_time_writes_a_directory(tmp_path: Path) -> None:
@@ -377,3 +397,36 @@ def test_a_directory_holding_an_export_is_not_a_sinks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"holds a kappa export's files: sink to another"):
         claim_directory(tmp_path, 1, {"orders.revenue-1m": "orders.revenue-1m"})
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_another_versions_directory_is_refused_with_a_hint_that_works(tmp_path: Path) -> None:
+    """ "(or pass --version 1)" was said for a dropped version 1, and for a version a restarted
+    dev broker no longer has: both only led to the next refusal."""
+    view = RegistryView(
+        {1: VersionRecord(1, DROPPED), 2: VersionRecord(2, LIVE), 3: VersionRecord(3, "complete")},
+        {},
+        dropping={3},
+    )
+    d = tmp_path
+    assert other_version(d, 2, 4, view) == (
+        f"{d} holds version 2's results, not version 4's: sink version 4 to another directory "
+        "(or pass --version 2)"
+    )
+    assert other_version(d, 1, 2, view) == (
+        f"{d} holds version 1's results, and version 1 was dropped: sink version 2 to another "
+        "directory"
+    )
+    assert other_version(d, 3, 2, view).endswith(
+        "and version 3 was dropped: sink version 2 to another directory"
+    )
+    assert other_version(d, 7, 2, view) == (
+        f"{d} holds version 7's results, and the broker has no version 7 (a restarted dev "
+        "broker keeps nothing): sink version 2 to another directory"
+    )
+
+
+def test_a_file_named_as_the_directory_is_said_to_be_a_file(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("")
+    with pytest.raises(ConfigError) as refused, sink_lock(tmp_path / "out"):
+        pass
+    assert str(refused.value) == f"{tmp_path / 'out'} is a file, not a directory: name a directory"
