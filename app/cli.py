@@ -37,7 +37,7 @@ from app.cli_args import (
     topic_name,
     version_number,
 )
-from app.cli_output import GuardedOutput, OutputFailed
+from app.cli_output import PROGRESS, GuardedOutput, OutputFailed
 from app.command_loop import Terminated
 from app.log_repeats import limit_repeats
 from app.settings import (
@@ -539,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    PROGRESS.setLevel(logging.INFO)
     limit_repeats("aiokafka")
     for line in unknown_variables(os.environ):
         print(f"kappa {args.command}: warning: {line}", file=sys.stderr)

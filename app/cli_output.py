@@ -1,8 +1,14 @@
-"""Standard output for the `kappa` CLI: its write errors told apart from any other OSError."""
+"""Output of the `kappa` CLI: its standard output's write errors told apart from any other
+OSError, and the progress lines of long commands when no bar can be drawn."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+# Progress lines off a terminal (produce, replay, export): INFO, which the CLI shows for this
+# logger alone; everything else it shows from WARNING up.
+PROGRESS = logging.getLogger("kappa.progress")
 
 
 class OutputFailed(Exception):

@@ -7,7 +7,6 @@ event-time core.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Iterable, Sized
@@ -25,9 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from app.cli_output import PROGRESS
 from app.kafka_clients import Conn, new_producer
-
-log = logging.getLogger(__name__)
 
 # Await send futures in chunks of this many records: bounded memory, no per-record round trip.
 SEND_CHUNK = 5_000
@@ -101,9 +99,7 @@ class _Reporter:
         if final or now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             of_total = f"/{self._total:,}" if self._total is not None else ""
-            # The CLI shows warnings and up: progress must reach the user; the end it prints.
-            log.log(
-                logging.INFO if final else logging.WARNING,
+            PROGRESS.info(
                 "%s %s%s records to %s (%.0f ev/s)",
                 "produced" if final else "producing",
                 f"{sent:,}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -24,12 +23,12 @@ from agents.orders import PROVISIONAL_HEADER, REVENUE
 from agents.product_trends import SIGNALS, TRENDS
 from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
+from app.cli_output import PROGRESS
 from app.settings import ConfigError, Settings
 from app.topic_reader import read_chunks
 from app.topology import Topology
 from tables.rocks import RocksStore
 
-log = logging.getLogger("kappa.latest")
 LOG_EVERY_S = 5.0
 
 # The outputs read back (compared, exported), and the fields that make a record's key (its
@@ -143,7 +142,7 @@ async def fold_latest(
             read += len(records)
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()
-                log.warning("read %d records of %s", read, topic)
+                PROGRESS.info("read %d records of %s", read, topic)
     return read
 
 

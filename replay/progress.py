@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from typing import Any
 
 from prometheus_client import Gauge
+
+from app.cli_output import PROGRESS
 
 DONE = Gauge(
     "kappa_replay_events_done", "Replay: source records processed", ["version", "pipeline"]
@@ -18,7 +19,6 @@ TOTAL = Gauge(
 RATE = Gauge("kappa_replay_events_per_second", "Replay: current rate", ["version", "pipeline"])
 ETA = Gauge("kappa_replay_eta_seconds", "Replay: estimated seconds left", ["version", "pipeline"])
 
-log = logging.getLogger("kappa.replay")
 LOG_EVERY_S = 5.0
 
 
@@ -49,7 +49,7 @@ class ReplayProgress:
             self._bar.update(self._task, completed=self.done, rate=rate)
         elif now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
-            log.warning(
+            PROGRESS.info(
                 "replay v%s %s: %d/%d events (%.0f ev/s, ETA %.0fs)",
                 *self.labels,
                 self.done,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -15,6 +16,7 @@ from app.admin import ensure_topics
 from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import RateLimiter, produce_records
+from tests.support.workers import kappa_env, patched_kappa, run_kappa
 
 CONSUME_TIMEOUT_S = 60.0
 
@@ -97,7 +99,7 @@ async def test_generated_records_round_trip_with_keys_partitioned(broker: str) -
 async def test_rate_limited_list_input_sends_everything_and_logs_the_total(
     broker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.produce")
+    caplog.set_level(logging.INFO, logger="kappa.progress")
     topic = _unique_topic("rated")
     await ensure_topics(broker, {topic: (2, {})})
     records = [(f"k{index % 7}".encode(), f'{{"n":{index}}}'.encode()) for index in range(300)]
@@ -154,15 +156,18 @@ def test_rate_limiter_rejects_a_rate_that_is_not_positive() -> None:
 
 
 @pytest.mark.integration
-async def test_progress_off_a_terminal_is_a_line_the_cli_shows(
-    broker: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+async def test_progress_off_a_terminal_is_an_info_line_the_cli_shows(
+    broker: str, unique: str, tmp_path: Path
 ) -> None:
-    """The CLI shows warnings and up; progress logged below that would never be seen."""
-    monkeypatch.setattr("app.produce.LOG_EVERY_S", 0.0)
-    caplog.set_level(logging.WARNING)
+    """The CLI shows warnings and up, so progress was logged as WARNING; it is INFO now, on
+    the one logger the CLI shows at INFO."""
     topic = _unique_topic("progress")
     await ensure_topics(broker, {topic: (1, {})})
-    records = [(None, f'{{"n":{index}}}'.encode()) for index in range(6_000)]  # > SEND_CHUNK
-    await produce_records(broker, topic, records, progress=True)
-    assert f"records to {topic}" in caplog.text
-    assert "producing " in caplog.text
+    env = kappa_env(broker, unique, tmp_path / "state")
+    patch = "import app.produce\napp.produce.LOG_EVERY_S = 0.0"
+    done = run_kappa(["produce", topic, "--generate", "6000"], env, command=patched_kappa(patch))
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.splitlines()
+    assert any(" INFO kappa.progress: producing " in line for line in said), said
+    assert any(f"records to {topic}" in line for line in said), said
+    assert not [line for line in said if " WARNING " in line], said

@@ -17,7 +17,7 @@ def _gauge(name: str) -> float | None:
 def test_progress_sets_done_total_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
     progress = ReplayProgress(42, "orders", total=1_000, show_bar=False)
     progress._last_log = -1e9  # due for a log line
-    with caplog.at_level(logging.WARNING, logger="kappa.replay"):
+    with caplog.at_level(logging.INFO, logger="kappa.progress"):
         progress.advance(250)
     assert _gauge("kappa_replay_events_total") == 1_000
     assert _gauge("kappa_replay_events_done") == 250
@@ -25,7 +25,8 @@ def test_progress_sets_done_total_rate_and_eta(caplog: pytest.LogCaptureFixture)
     eta = _gauge("kappa_replay_eta_seconds")
     assert rate is not None and rate > 0
     assert eta is not None and eta == pytest.approx(750 / rate, rel=0.05)
-    assert "250/1000 events" in caplog.text  # no terminal: a log line instead of a bar
+    (line,) = caplog.records  # no terminal: a log line instead of a bar
+    assert "250/1000 events" in line.getMessage() and line.levelname == "INFO"
     progress.close()
 
 
