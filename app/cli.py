@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--start-ms",
         type=event_ms,
         default=None,
-        help="event time of the first generated order (default: now)",
+        help="event time of the first generated order (default: now, or just after the "
+        "newest order already in the topic, so that a second run is not late)",
     )
     sp.add_argument(
         "--span-ms",

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import time
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 
 from app import command_loop
-from app.admin import KEEP_FOREVER, ensure_topics, wait_for_broker
+from app.admin import KEEP_FOREVER, ensure_topics, existing_topics, wait_for_broker
+from app.kafka_clients import Conn
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
 from app.settings import ConfigError, Settings
+from app.topic_reader import high_watermarks, read_range
+from tables.cleaning import InvalidRecord, require_event_time_ms
 
 KeyValue = tuple[bytes | None, bytes]
+# Records read back from the end of each partition to find the newest event time there.
+TAIL_RECORDS = 1000
 
 
 def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
@@ -41,11 +49,50 @@ def generator_spec(args: argparse.Namespace) -> GeneratorSpec:
         raise ConfigError(str(e)) from None
 
 
+async def newest_event_ms(bootstrap: Conn, topic: str) -> int | None:
+    """The newest event time among the last `TAIL_RECORDS` orders of each partition (None: no
+    topic, or no order with a valid `ts` there)."""
+    if topic not in await existing_topics(bootstrap):
+        return None
+    newest: int | None = None
+    for partition, end in sorted((await high_watermarks(bootstrap, topic)).items()):
+        async for chunk in read_range(bootstrap, topic, partition, max(0, end - TAIL_RECORDS), end):
+            for record in chunk:
+                try:
+                    ms = require_event_time_ms(json.loads(record.value), "ts")
+                except (InvalidRecord, ValueError, TypeError, AttributeError):
+                    continue  # not an order (a malformed record, another schema)
+                newest = ms if newest is None else max(newest, ms)
+    return newest
+
+
+async def continue_after_topic(bootstrap: Conn, topic: str, spec: GeneratorSpec) -> GeneratorSpec:
+    """Generated orders that would start at or before the newest event already in the topic
+    (a second `--generate` within the first one's span) would mostly be late: they start just
+    after it instead, and say so."""
+    newest = await newest_event_ms(bootstrap, topic)
+    if newest is None or newest < spec.start_ms:
+        return spec
+    try:
+        moved = dataclasses.replace(spec, start_ms=newest + 1)
+    except ValueError as e:
+        raise ConfigError(f"{e} (the newest order in {topic} is at {newest})") from None
+    when = datetime.fromtimestamp(moved.start_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    print(
+        f"{topic} already holds orders up to event time {newest}: generated orders start after "
+        f"them, at {moved.start_ms} ({when.replace('+00:00', 'Z')}; --start-ms chooses)",
+        flush=True,
+    )
+    return moved
+
+
 class _ReadFailed(Exception):
     """The input file could not be read part way (its reason as the message)."""
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
+    spec: GeneratorSpec | None = None
+    records: Iterable[KeyValue] = ()
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
@@ -58,8 +105,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError(str(reason)) from None
         total = None
     else:
-        spec = generator_spec(args)
-        records = ((r.key, r.value) for r in generate(spec))
+        spec = generator_spec(args)  # checked before connecting; generated in `run`
         total = spec.count
 
     read = 0
@@ -80,7 +126,13 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             read += 1
 
     async def run() -> int:
+        nonlocal records
         await wait_for_broker(settings.kafka)
+        if spec is not None:
+            chosen = spec
+            if args.start_ms is None:  # "now", unless the topic already holds later orders
+                chosen = await continue_after_topic(settings.kafka, args.topic, spec)
+            records = ((r.key, r.value) for r in generate(chosen))
         await ensure_topics(
             settings.kafka, {args.topic: (settings.partitions, KEEP_FOREVER)}, settings.replication
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -16,6 +17,7 @@ from app.admin import ensure_topics
 from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import RateLimiter, produce_records
+from app.topic_reader import read_to_end
 from tests.support.workers import kappa_env, patched_kappa, run_kappa
 
 CONSUME_TIMEOUT_S = 60.0
@@ -171,3 +173,40 @@ async def test_progress_off_a_terminal_is_an_info_line_the_cli_shows(
     assert any(" INFO kappa.progress: producing " in line for line in said), said
     assert any(f"records to {topic}" in line for line in said), said
     assert not [line for line in said if " WARNING " in line], said
+
+
+@pytest.mark.integration
+async def test_a_second_generate_continues_after_the_orders_already_in_the_topic(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Each run's default start is "now" and spans an hour: a second run a minute later put
+    almost all its orders behind the first run's watermark, where they are late."""
+    topic = _unique_topic("again")
+    env = kappa_env(broker, unique, tmp_path / "state")
+    first = run_kappa(["produce", topic, "--generate", "300", "--no-progress"], env)
+    assert first.returncode == 0, first.stderr
+    assert "already holds" not in first.stdout
+    await produce_records(broker, topic, [(None, b"not json"), (None, b'{"ts": "soon"}')])
+    before = await _event_times(broker, topic)
+    second = run_kappa(["produce", topic, "--generate", "300", "--no-progress"], env)
+    assert second.returncode == 0, second.stderr
+    after = await _event_times(broker, topic)
+    firsts = [ms for times in before.values() for ms in times]
+    seconds = [ms for p, times in after.items() for ms in times[len(before.get(p, [])) :]]
+    assert len(firsts) == len(seconds) == 300
+    line = second.stdout.splitlines()[0]
+    assert line.startswith(
+        f"{topic} already holds orders up to event time {max(firsts)}: generated orders start "
+        f"after them, at {max(firsts) + 1} ("
+    ), line
+    assert min(seconds) > max(firsts)
+    chosen = run_kappa(["produce", topic, "--generate", "10", "--start-ms", "1700000000000"], env)
+    assert chosen.returncode == 0 and "already holds" not in chosen.stdout  # a start given is kept
+
+
+async def _event_times(broker: str, topic: str) -> dict[int, list[int]]:
+    """Each partition's orders' `ts`, in offset order (other records left out)."""
+    return {
+        partition: [json.loads(r.value)["ts"] for r in records if r.value.startswith(b'{"order')]
+        for partition, records in (await read_to_end(broker, topic)).items()
+    }
