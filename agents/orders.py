@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from agents.base import BatchOutput, OutRecord, Record
@@ -35,10 +35,11 @@ from tables.cleaning import (
 )
 from tables.partition_state import PartitionState
 from tables.window_processor import WindowKey, WindowProcessor
-from tables.windows import TumblingWindows
+from tables.windows import HoppingWindows, TumblingWindows, WindowsFrom
 
 SOURCE = "orders"
 REVENUE = "orders.revenue-1m"
+REVENUE_HOPPING = "orders.revenue-hopping"  # empty unless hopping windows are configured
 PROVISIONAL_HEADER = "kappa.provisional"  # a window emitted open, by a replay's final flush
 DLQ = "orders.dlq"
 LATE = "orders.late"
@@ -191,14 +192,16 @@ class OrdersConfig:
     grace_ms: int = 10_000
     emit_updates: bool = False  # also emit each window's running value whenever it changes
     since_ms: int | None = None  # replay --since: skip events in windows starting before this
+    hopping: tuple[int, int] | None = None  # (size, step) ms of orders.revenue-hopping
 
 
 class OrdersPipeline:
-    """Per product: tumbling revenue windows of `total = amount × quantity`."""
+    """Per product: tumbling revenue windows of `total = amount × quantity`, and optionally
+    hopping ones."""
 
     name = "orders"
     source = SOURCE
-    outputs = (REVENUE, DLQ, LATE, BY_USER, BY_WINDOW)
+    outputs = (REVENUE, DLQ, LATE, BY_USER, BY_WINDOW, REVENUE_HOPPING)
     dlq = DLQ
 
     def __init__(self, config: OrdersConfig | None = None) -> None:
@@ -206,6 +209,14 @@ class OrdersPipeline:
         spec = TumblingWindows(self.config.window_ms)
         self.processor = WindowProcessor(spec, self.config.grace_ms)
         self.store_name = f"revenue-{spec.name}"
+        self.hopping: WindowProcessor | None = None
+        self.hopping_from: WindowsFrom | None = None  # with --since
+        if self.config.hopping is not None:
+            hops = HoppingWindows(*self.config.hopping)
+            self.hopping_store = f"revenue-{hops.name}"  # its own clock and windows
+            since = self.config.since_ms
+            self.hopping_from = None if since is None else WindowsFrom(hops, since)
+            self.hopping = WindowProcessor(self.hopping_from or hops, self.config.grace_ms)
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
@@ -227,6 +238,9 @@ class OrdersPipeline:
         users: dict[str, list[float]] = {}  # user → [latest ts, total, total, ...] in order
         since = self.config.since_ms
         window_ms = self.config.window_ms
+        # With --since, the hopping windows get the events their own windows keep.
+        hop_from = self.hopping_from
+        hopped = _Columns() if hop_from is not None else None
         for rec in records:
             fields = quick_order(rec.value, rec.key)
             if fields is None:
@@ -237,6 +251,8 @@ class OrdersPipeline:
                     continue
                 fields = (order.product_id, order.user_id, order.total, order.ts)
             product, user, total, ts = fields
+            if hop_from is not None and hop_from.covers(ts):
+                hopped.add(product, ts, total, rec)  # type: ignore[union-attr]
             if since is not None and ts - ts % window_ms < since:
                 counts.skipped += 1
                 continue
@@ -285,9 +301,44 @@ class OrdersPipeline:
             out.records.extend(
                 _report_windows(state.partition, watermark_before, watermark, result.closed)
             )
+        if self.hopping is not None:
+            if hopped is None:  # no --since: the same events as the tumbling windows
+                hopped = _Columns(keys, times, values, rows)
+            late_already = {rows[late.record].offset for late in result.late}
+            self._process_hopping(state, out, hopped, late_already)
         if users:
             out.records.extend(_forward_user_partials(state, users, rows[-1].offset))
         return out
+
+    def _process_hopping(
+        self, state: PartitionState, out: BatchOutput, cols: _Columns, late_already: set[int]
+    ) -> None:
+        """orders.revenue-hopping: an order counts in each of its windows still open. One
+        late for all of them goes to orders.late (header `kappa.late-for`) unless it is
+        there already, late for its tumbling window too."""
+        assert self.hopping is not None
+        clock = state.clock(self.hopping_store, self.config.grace_ms)
+        windows = state.windows(self.hopping_store)
+        result = self.hopping.process_columns(cols.keys, cols.times, cols.values, clock, windows)
+        for late in result.late:
+            rec = cols.rows[late.record]
+            if rec.offset in late_already:
+                continue
+            headers = [
+                ("kappa.late-by-ms", str(late.late_by_ms).encode()),
+                ("kappa.watermark", str(late.watermark).encode()),
+                ("kappa.late-for", REVENUE_HOPPING.encode()),
+            ]
+            copy = OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers, rec.offset)
+            out.records.append(copy)
+            out.counts.late += 1
+        if self.config.emit_updates:
+            for key, m in sorted(result.updated.items()):
+                value = revenue_value(key[2], key, m, False)
+                out.records.append(OutRecord(REVENUE_HOPPING, key[2].encode(), value, key[0] - 1))
+        windows.put(result.updated)
+        self._emit_closed(out, result.closed, output=REVENUE_HOPPING)
+        windows.delete(k for k, _ in result.closed if k not in result.created)
 
     def flush(self, state: PartitionState) -> BatchOutput:
         """Emit every open window, marked provisional (header `kappa.provisional`).
@@ -299,21 +350,44 @@ class OrdersPipeline:
         out = BatchOutput()
         windows = state.windows(self.store_name)
         self._emit_closed(out, self.processor.flush(windows, {}), provisional=True)
+        if self.hopping is not None:
+            hopping = self.hopping.flush(state.windows(self.hopping_store), {})
+            self._emit_closed(out, hopping, provisional=True, output=REVENUE_HOPPING)
         return out
 
     def _emit_closed(
-        self, out: BatchOutput, closed: list[tuple[WindowKey, Moments]], provisional: bool = False
+        self,
+        out: BatchOutput,
+        closed: list[tuple[WindowKey, Moments]],
+        provisional: bool = False,
+        output: str = REVENUE,
     ) -> None:
         final = (not provisional) if self.config.emit_updates else None
         headers = [(PROVISIONAL_HEADER, b"1")] if provisional else []
         for key, m in closed:
             product = key[2]
             value = revenue_value(product, key, m, final)
-            out.records.append(OutRecord(REVENUE, product.encode(), value, key[0] - 1, headers))
+            out.records.append(OutRecord(output, product.encode(), value, key[0] - 1, headers))
         if provisional:
             out.counts.windows_provisional += len(closed)
         else:
             out.counts.windows_closed += len(closed)
+
+
+@dataclass(slots=True)
+class _Columns:
+    """A batch's valid orders as columns, for a window processor."""
+
+    keys: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    rows: list[Record] = field(default_factory=list)
+
+    def add(self, key: str, ts: int, value: float, row: Record) -> None:
+        self.keys.append(key)
+        self.times.append(ts)
+        self.values.append(value)
+        self.rows.append(row)
 
 
 def _report_windows(

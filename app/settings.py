@@ -36,6 +36,9 @@ class Settings:
     partitions: int = 4  # partitions of topics Kappa creates
     replication: int = 1  # replication factor of topics Kappa creates
     window_ms: int = 60_000  # revenue window size
+    # orders.revenue-hopping: windows of this size starting every step (0: none emitted)
+    hopping_size_ms: int = 0
+    hopping_step_ms: int = 0
     grace_ms: int = 10_000  # how long after a window's end late events are still accepted
     emit_updates: bool = False  # also emit running window values on every change
     # product-trends: windows in the moving average; half-life (in windows) of the trend's and
@@ -167,6 +170,29 @@ def _convert(name: str, raw: str, typ: object) -> object:
 MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 
 
+# Most hopping windows an event counts in (size / step): each is a state update per event.
+MAX_HOPS_PER_EVENT = 60
+
+
+def _check_hopping(size_ms: int, step_ms: int) -> None:
+    """Hopping windows are off (both 0) or a size with a step that divides it into at most
+    `MAX_HOPS_PER_EVENT` overlapping windows."""
+    if size_ms == 0 and step_ms == 0:
+        return
+    if size_ms <= 0 or step_ms <= 0:
+        raise ConfigError(
+            "KAPPA_HOPPING_SIZE_MS and KAPPA_HOPPING_STEP_MS must both be > 0 (or both 0: no "
+            f"hopping windows), got {size_ms} and {step_ms}"
+        )
+    if size_ms > MAX_WINDOW_MS:
+        raise ConfigError(f"KAPPA_HOPPING_SIZE_MS must be at most {MAX_WINDOW_MS} (366 days)")
+    if size_ms % step_ms or size_ms // step_ms > MAX_HOPS_PER_EVENT:
+        raise ConfigError(
+            f"KAPPA_HOPPING_STEP_MS={step_ms} must divide KAPPA_HOPPING_SIZE_MS={size_ms} into "
+            f"1 to {MAX_HOPS_PER_EVENT} steps (each order counts in size/step windows)"
+        )
+
+
 # Longest timeout (ms) a setting may ask for: Kafka's protocol carries them as signed 32-bit
 # ints, and faust needs the session timeout under its request timeout (90 s).
 MAX_SESSION_TIMEOUT_MS = 85_000
@@ -286,6 +312,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"KAPPA_WINDOW_MS and KAPPA_GRACE_MS must be at most {MAX_WINDOW_MS} (366 days)"
         )
+    _check_hopping(s.hopping_size_ms, s.hopping_step_ms)
     try:
         trend_config(s)
     except ValueError as err:  # "average_windows must be ...": named as the variable

@@ -22,8 +22,15 @@ from app.settings import MAX_VERSION, ConfigError, Settings, trend_config
 
 
 def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
+    hopping = (settings.hopping_size_ms, settings.hopping_step_ms)
     orders = OrdersPipeline(
-        OrdersConfig(settings.window_ms, settings.grace_ms, settings.emit_updates, since_ms)
+        OrdersConfig(
+            settings.window_ms,
+            settings.grace_ms,
+            settings.emit_updates,
+            since_ms,
+            hopping if settings.hopping_size_ms else None,
+        )
     )
     return [
         orders,

@@ -23,12 +23,14 @@ from replay.latest import (
     fold_latest,
     outputs_of,
     scratch_dir,
+    unused_outputs,
 )
 from replay.registry import (
     DROPPED,
     Registry,
     RegistryView,
     VersionRecord,
+    recorded_definition,
     require_version,
 )
 from tables.rocks import RocksStore
@@ -153,6 +155,15 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
     skipped: list[str] = []
     for logical, keys in RESULT_OUTPUTS:
         lacking = [t for t in (t1, t2) if logical not in outputs_of(t)]
+        unused = [
+            t
+            for t in (t1, t2)
+            if logical in unused_outputs(t, recorded_definition(view, t.version))
+        ]
+        if not lacking and len(unused) == 2:
+            lines.append(f"{logical}: skipped (neither version has hopping windows)")
+            skipped.append(logical)
+            continue
         if lacking:
             ran_only = "; ".join(
                 f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"

@@ -31,6 +31,7 @@ from replay.latest import (
     outputs_of,
     result_line,
     scratch_dir,
+    unused_outputs,
 )
 from replay.registry import readable_version, recorded_definition
 from replay.sink_files import MANIFEST as SINK_MANIFEST
@@ -99,11 +100,17 @@ async def export(settings: Settings, directory: Path, version: int | None = None
         raise ConfigError(f"{directory} is a kappa sink's directory: export to another one")
     with export_lock(directory):
         _remove(directory / MANIFEST)  # until the last file is written: no complete export
+        unused = unused_outputs(topology, recorded_definition(view, v))
         for logical, keys in RESULT_OUTPUTS:
             path = directory / f"{logical}.jsonl"
-            if logical not in outputs_of(topology):
+            if logical not in outputs_of(topology) or logical in unused:
                 _remove(path)  # an earlier export's, of a version that produced it
-                lines.append(f"{logical}: not exported (version {v} did not run its pipeline)")
+                why = (
+                    "was built without hopping windows"
+                    if logical in unused
+                    else ("did not run its pipeline")
+                )
+                lines.append(f"{logical}: not exported (version {v} {why})")
                 continue
             written = await _export_output(settings, topology.physical(logical), keys, path)
             left_out = (

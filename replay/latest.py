@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from agents.orders import PROVISIONAL_HEADER, REVENUE
+from agents.orders import PROVISIONAL_HEADER, REVENUE, REVENUE_HOPPING
 from agents.product_trends import SIGNALS, TRENDS
 from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
@@ -37,6 +37,7 @@ LOG_EVERY_S = 5.0
 # between versions with identical windows.
 RESULT_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (REVENUE, ("product_id", "window_start", "window_end")),
+    (REVENUE_HOPPING, ("product_id", "window_start", "window_end")),
     (USER_TOTALS, ("user_id",)),
     (TRENDS, ("product_id", "window_start", "window_end")),
     (TOP_PRODUCTS, ("window_start", "window_end")),
@@ -162,3 +163,15 @@ def scratch_dir(settings: Settings) -> Iterator[Path]:
 def outputs_of(topology: Topology) -> set[str]:
     """The logical output topics the topology's selected pipelines write."""
     return {t for p in topology.pipelines for t in p.outputs}
+
+
+def unused_outputs(topology: Topology, definition: dict[str, object] | None) -> set[str]:
+    """Outputs the version never writes to, by the settings it was built with (`definition`,
+    or this process's when none is recorded yet): orders.revenue-hopping without hopping
+    windows. Exports and sinks leave them out."""
+    size = (
+        topology.settings.hopping_size_ms
+        if definition is None
+        else definition.get("hopping_size_ms")
+    )
+    return set() if size else {REVENUE_HOPPING}

@@ -162,6 +162,8 @@ def version_definition(settings: Settings) -> dict[str, object]:
     return {
         "window_ms": settings.window_ms,
         "grace_ms": settings.grace_ms,
+        "hopping_size_ms": settings.hopping_size_ms,
+        "hopping_step_ms": settings.hopping_step_ms,
         "trend_windows": settings.trend_windows,
         "trend_half_life": settings.trend_half_life,
         "anomaly_z": settings.anomaly_z,

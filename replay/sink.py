@@ -30,8 +30,20 @@ from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
 from app.topology import Topology
 from replay.export import MANIFEST as EXPORT_MANIFEST
-from replay.latest import RESULT_OUTPUTS, outputs_of, parse_output_record, result_line
-from replay.registry import DROPPED, RegistryView, readable_version, refuse_if_outputs_dropped
+from replay.latest import (
+    RESULT_OUTPUTS,
+    outputs_of,
+    parse_output_record,
+    result_line,
+    unused_outputs,
+)
+from replay.registry import (
+    DROPPED,
+    RegistryView,
+    readable_version,
+    recorded_definition,
+    refuse_if_outputs_dropped,
+)
 from replay.sink_files import (
     MANIFEST,
     Finished,
@@ -57,13 +69,22 @@ def sink_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
     return writer_lock(directory, LOCK, "sink")
 
 
-def chosen_outputs(topology: Topology, named: list[str]) -> dict[str, tuple[str, ...]]:
-    """logical output → its key fields: the named ones (all the version's by default)."""
-    produced = outputs_of(topology)
+def chosen_outputs(
+    topology: Topology, named: list[str], definition: dict[str, object] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """logical output → its key fields: the named ones (all the version's by default), of a
+    version built with `definition` (None: this process's settings)."""
+    unused = unused_outputs(topology, definition)
+    produced = outputs_of(topology) - unused
     results = dict(RESULT_OUTPUTS)
     for name in named:
         if name not in results:
             raise ConfigError(f"no output {name} (outputs: {', '.join(results)}){_hint(name)}")
+        if name in unused:
+            raise ConfigError(
+                f"version {topology.version} was built without hopping windows "
+                f"(KAPPA_HOPPING_SIZE_MS=0): {name} stays empty"
+            )
         if name not in produced:
             raise ConfigError(
                 f"version {topology.version} does not produce {name} (it ran "
@@ -172,7 +193,7 @@ async def sink(
     until cancelled; open files are finished first. `report` gets one line per file."""
     readable = await readable_version(settings, version)
     topology, v = readable.topology, readable.number
-    keys = chosen_outputs(topology, outputs or [])
+    keys = chosen_outputs(topology, outputs or [], recorded_definition(readable.view, v))
     topics = {logical: topology.physical(logical) for logical in keys}
     claimed = read_claim(directory)  # another version's directory: said before missing topics
     if claimed is not None and claimed.get("version") != v:

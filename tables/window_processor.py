@@ -109,7 +109,9 @@ class WindowProcessor:
         result: BatchResult[int] = BatchResult()
         groups: dict[WindowKey, list[float]] = {}
         if isinstance(self.spec, TumblingWindows):
-            self._assign_tumbling(keys, times, values, clock, groups, result.late)
+            self._assign_tumbling(
+                self.spec.size_ms, keys, times, values, clock, groups, result.late
+            )
         else:
             self._assign_general(keys, times, values, clock, groups, result.late)
 
@@ -132,6 +134,7 @@ class WindowProcessor:
 
     def _assign_tumbling(
         self,
+        size: int,
         keys: Sequence[str],
         times: Sequence[int],
         values: Sequence[float],
@@ -142,7 +145,6 @@ class WindowProcessor:
         """The general rule, inlined for one window per event: values grouped by window."""
         if not times:
             return
-        size = self.spec.size_ms
         grace = self.grace_ms
         max_ts = clock.max_event_ms
         if max_ts is None:

@@ -62,4 +62,25 @@ class HoppingWindows:
         ]
 
 
-WindowSpec = TumblingWindows | HoppingWindows
+@dataclass(frozen=True, slots=True)
+class WindowsFrom:
+    """`windows` without those starting before `since_ms` (a replay's `--since`): the same
+    windows, so the same store name."""
+
+    windows: HoppingWindows
+    since_ms: int
+
+    @property
+    def name(self) -> str:
+        return self.windows.name
+
+    def assign(self, ts: int) -> list[Window]:
+        return [w for w in self.windows.assign(ts) if w.start >= self.since_ms]
+
+    def covers(self, ts: int) -> bool:
+        """Whether any of the event's windows starts at or after `since_ms` (its last one
+        starts at the step boundary at or before it)."""
+        return ts - ts % self.windows.step_ms >= self.since_ms
+
+
+WindowSpec = TumblingWindows | HoppingWindows | WindowsFrom

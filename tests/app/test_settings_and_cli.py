@@ -75,6 +75,21 @@ def _usage_error(r: subprocess.CompletedProcess[str]) -> str:
         ({"KAPPA_GRACE_MS": "-1"}, ["worker"], "KAPPA_GRACE_MS"),
         ({"KAPPA_WINDOW_MS": "0"}, ["topics"], "KAPPA_WINDOW_MS must be > 0"),
         (
+            {"KAPPA_HOPPING_SIZE_MS": "60000"},
+            ["topics"],
+            "KAPPA_HOPPING_SIZE_MS and KAPPA_HOPPING_STEP_MS must both be > 0 (or both 0",
+        ),
+        (
+            {"KAPPA_HOPPING_SIZE_MS": "60000", "KAPPA_HOPPING_STEP_MS": "7000"},
+            ["worker"],
+            "KAPPA_HOPPING_STEP_MS=7000 must divide KAPPA_HOPPING_SIZE_MS=60000 into 1 to 60",
+        ),
+        (
+            {"KAPPA_HOPPING_SIZE_MS": "61000", "KAPPA_HOPPING_STEP_MS": "1000"},
+            ["topics"],
+            "into 1 to 60 steps",
+        ),
+        (
             {"KAPPA_SHUTDOWN_TIMEOUT_MS": "0"},
             ["topics"],
             "KAPPA_SHUTDOWN_TIMEOUT_MS must be > 0",

@@ -38,6 +38,17 @@ def test_a_sink_follows_every_output_of_the_version_or_the_named_ones() -> None:
         "orders.user-totals": ("user_id",)
     }
     assert list(chosen_outputs(topology(["orders"]), [])) == ["orders.revenue-1m"]
+    hopping = {"hopping_size_ms": 120_000, "hopping_step_ms": 60_000}
+    assert list(chosen_outputs(topology(["orders"]), [], hopping)) == [
+        "orders.revenue-1m",
+        "orders.revenue-hopping",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"^version 2 was built without hopping windows \(KAPPA_HOPPING_SIZE_MS=0\): "
+        r"orders\.revenue-hopping stays empty$",
+    ):
+        chosen_outputs(topology(), ["orders.revenue-hopping"], {"hopping_size_ms": 0})
 
 
 def test_an_output_that_is_not_there_is_refused_in_one_line() -> None:

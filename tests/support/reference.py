@@ -86,3 +86,52 @@ def assert_windows_equal(
         assert g["min"] == exp["min"] and g["max"] == exp["max"], (k, g, exp)
         for f in ("sum", "mean", "std"):
             assert math.isclose(g[f], exp[f], rel_tol=1e-9, abs_tol=1e-6), (k, f, g, exp)
+
+
+def compute_hopping(
+    records: dict[int, list[tuple[int, bytes | None, bytes | None]]],
+    size_ms: int,
+    step_ms: int,
+    grace_ms: int,
+    flush: bool = False,
+) -> tuple[dict[tuple[str, int, int], dict[str, float]], set[tuple[int, int]]]:
+    """orders.revenue-hopping's windows (those closed by each partition's final watermark, or
+    all if `flush`), and the orders late for every one of their hopping windows: an order
+    counts in each of its windows whose end is past the watermark when it arrives."""
+    groups: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    window_partition: dict[tuple[str, int, int], int] = {}
+    final_wm: dict[int, int] = {}
+    late: set[tuple[int, int]] = set()
+    for p, recs in records.items():
+        max_ts: int | None = None
+        for offset, key, value in recs:
+            try:
+                order = parse_order(SourceRecord("orders", p, offset, None, key, value))
+            except InvalidRecord:
+                continue
+            max_ts = order.ts if max_ts is None else max(max_ts, order.ts)
+            last = order.ts - order.ts % step_ms
+            landed = False
+            for start in range(last - size_ms + step_ms, last + 1, step_ms):
+                if start + size_ms > max_ts - grace_ms:
+                    wkey = (order.product_id, start, start + size_ms)
+                    groups[wkey].append(order.total)
+                    window_partition[wkey] = p
+                    landed = True
+            if not landed:
+                late.add((p, offset))
+        if max_ts is not None:
+            final_wm[p] = max_ts - grace_ms
+    windows = {
+        wkey: {
+            "count": len(values),
+            "sum": math.fsum(values),
+            "mean": statistics.fmean(values),
+            "min": min(values),
+            "max": max(values),
+            "std": statistics.pstdev(values),
+        }
+        for wkey, values in groups.items()
+        if flush or wkey[2] <= final_wm[window_partition[wkey]]
+    }
+    return windows, late
