@@ -74,11 +74,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
     host, port = split_address(args.address or _settings().broker)
     broker = DevBroker(host, port, quiet=not args.verbose)
     broker.start()
-    print(
-        f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; Ctrl-C stops it"
-    )
     try:
+        # From the line on: a stop right after it (a supervisor that waited for it) is the end.
         with command_loop.stop_is_the_end():
+            print(
+                f"embedded Kafka broker (Tansu, memory only) listening on {broker.address}; "
+                "Ctrl-C stops it",
+                flush=True,
+            )
             assert broker.proc is not None
             code = broker.proc.wait()
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

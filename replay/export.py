@@ -105,12 +105,8 @@ async def export(settings: Settings, directory: Path, version: int | None = None
             path = directory / f"{logical}.jsonl"
             if logical not in outputs_of(topology) or logical in unused:
                 _remove(path)  # an earlier export's, of a version that produced it
-                why = (
-                    "was built without hopping windows"
-                    if logical in unused
-                    else ("did not run its pipeline")
-                )
-                lines.append(f"{logical}: not exported (version {v} {why})")
+                if logical not in unused:  # never written, by the settings: not worth a line
+                    lines.append(f"{logical}: not exported (version {v} did not run its pipeline)")
                 continue
             written = await _export_output(settings, topology.physical(logical), keys, path)
             left_out = (

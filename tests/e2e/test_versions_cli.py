@@ -162,4 +162,4 @@ async def test_topics_without_a_version_creates_the_live_ones(
     await registry.put_version(VersionRecord(3, LIVE, ["orders"], {}))
     made = run_kappa(["topics"], env)
     assert made.returncode == 0, made.stdout + made.stderr
-    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (15 created)")
+    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (16 created)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,7 @@ async def test_diff_says_how_far_it_has_read(
     from tables.rocks import RocksStore
 
     monkeypatch.setattr(latest_module, "LOG_EVERY_S", 0.0)  # a line for every fetch
+    caplog.set_level(logging.INFO, logger="kappa.progress")
     settings = load({"KAPPA_BROKER": broker, "KAPPA_STATE_DIR": str(tmp_path)})
     topic = f"progress-{unique}"
     await ensure_topics(broker, {topic: (1, {})})
