@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
 from app.settings import ConfigError, Settings
 from app.topic_reader import high_watermarks, read_range
+from app.topology import Topology, written_by_kappa
 from tables.cleaning import InvalidRecord, require_event_time_ms
 
 KeyValue = tuple[bytes | None, bytes]
@@ -90,15 +92,41 @@ class _ReadFailed(Exception):
     """The input file could not be read part way (its reason as the message)."""
 
 
+def check_topic(settings: Settings, topic: str) -> None:
+    """Refuse a topic Kappa writes itself; warn (one line) about one no pipeline reads."""
+    owned = written_by_kappa(settings, topic)
+    sources = [Topology(settings).physical(t) for t in Topology(settings).external_sources]
+    if owned is not None:
+        raise ConfigError(
+            f"{topic} is {owned}: only Kappa writes it (orders go to {', '.join(sources)})"
+        )
+    if topic not in sources:
+        print(
+            f"kappa produce: warning: no pipeline reads {topic} (they read {', '.join(sources)})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _records_word(n: int) -> str:
+    return f"{n:,} record" if n == 1 else f"{n:,} records"
+
+
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
     records: Iterable[KeyValue] = ()
+    check_topic(settings, args.topic)
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
         try:
-            with open(args.file, "rb"):  # missing or unreadable: say so first, before connecting
-                pass
+            with open(args.file, "rb") as f:  # missing or unreadable: said before connecting
+                array = f.read(4096).lstrip().startswith(b"[")
+                if array and not args.file.lower().endswith(".csv"):
+                    raise ConfigError(
+                        f"{args.file} holds a JSON array: kappa produce reads JSON lines, one "
+                        f"object per line (jq -c '.[]' {args.file} writes them)"
+                    )
             records = read_file(args.file)
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
@@ -109,11 +137,12 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         total = spec.count
 
     read = 0
+    not_objects = 0  # values that cannot be a JSON object (they will go to the DLQ)
 
     def counted(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
         """The records, counted; an error reading the file part way is `_ReadFailed`, so that
         it is not confused with an error of the broker or of producing."""
-        nonlocal read
+        nonlocal read, not_objects
         source = iter(records)
         while True:
             try:
@@ -122,6 +151,8 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
                 return
             except (OSError, ValueError, csv.Error) as e:
                 raise _ReadFailed(str(e)) from None
+            if not record[1].lstrip().startswith(b"{"):
+                not_objects += 1
             yield record
             read += 1
 
@@ -149,11 +180,27 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         sent = command_loop.run(run())
     except _ReadFailed as e:  # the file went bad part way
         before = (
-            f"; {read:,} records were produced before reading failed (loading the file again "
-            "produces them again)"
+            f"; {_records_word(read)} were produced before reading failed (loading the file "
+            "again produces them again)"
             if read
             else ""
         )
         raise ConfigError(f"cannot read {args.file}: {e}{before}") from None
-    print(f"produced {sent:,} records to {args.topic}", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: how far it got, since a rerun sends them again
+        print(
+            f"kappa produce: stopped; up to {_records_word(read)} went to {args.topic} "
+            "(producing the same again sends them again)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    print(f"produced {_records_word(sent)} to {args.topic}", flush=True)
+    if args.file is not None and not_objects:
+        print(
+            f"kappa produce: warning: {not_objects:,} of the {_records_word(read)} from "
+            f"{args.file} are not JSON objects (one object per line is expected); they go to "
+            "the DLQ",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0

@@ -8,6 +8,7 @@ topics (those no pipeline writes, like `orders`) are shared by every version.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +44,24 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
 def registry_topic(settings: Settings) -> str:
     """The compacted topic holding the version registry (one per app and topic prefix)."""
     return f"{settings.topic_prefix}{settings.app_id}-versions"
+
+
+def written_by_kappa(settings: Settings, topic: str) -> str | None:
+    """What `topic` is if Kappa itself writes it (any version's output or changelog, or the
+    version registry), else None: a record produced there by hand would be read as Kappa's."""
+    if topic == registry_topic(settings):
+        return "the version registry"
+    pipelines = build_pipelines(settings)
+    prefix = settings.topic_prefix
+    if topic.startswith(prefix):
+        base = re.sub(r"\.v\d+$", "", topic[len(prefix) :])
+        for p in pipelines:
+            if base in p.outputs:
+                return f"an output of the {p.name} pipeline"
+    names = "|".join(re.escape(p.name) for p in pipelines)
+    if re.fullmatch(rf"{re.escape(prefix + settings.app_id)}-v\d+-({names})-changelog", topic):
+        return "a changelog of Kappa's state"
+    return None
 
 
 @dataclass

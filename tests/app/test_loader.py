@@ -57,3 +57,48 @@ def test_a_csv_field_past_the_csv_module_limit_is_one_line(
     with pytest.raises(ConfigError) as refused:
         loader.run_produce(load_settings({}), args)
     assert str(refused.value).startswith(f"cannot read {big}: field larger than field limit")
+
+
+@pytest.mark.parametrize(
+    ("topic", "what"),
+    [
+        ("orders.revenue-1m", "an output of the orders pipeline"),
+        ("orders.user-totals.v3", "an output of the user-totals pipeline"),
+        ("orders.by-user", "an output of the orders pipeline"),
+        ("kappa-v2-orders-changelog", "a changelog of Kappa's state"),
+        ("kappa-versions", "the version registry"),
+    ],
+)
+def test_a_topic_kappa_writes_is_refused_before_connecting(topic: str, what: str) -> None:
+    """Records produced there by hand broke `kappa diff` and `kappa export` of the version for
+    good ("... is not a Kappa output record")."""
+    from app.settings import ConfigError
+
+    args = build_parser().parse_args(["produce", topic, "--generate", "1"])
+    with pytest.raises(ConfigError) as refused:
+        loader.run_produce(load_settings({}), args)
+    assert str(refused.value) == f"{topic} is {what}: only Kappa writes it (orders go to orders)"
+
+
+def test_a_topic_no_pipeline_reads_is_produced_to_with_a_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = load_settings({"KAPPA_TOPIC_PREFIX": "t."})
+    loader.check_topic(settings, "t.orders")
+    assert capsys.readouterr().err == ""
+    loader.check_topic(settings, "orders")  # the prefix forgotten
+    assert capsys.readouterr().err == (
+        "kappa produce: warning: no pipeline reads orders (they read t.orders)\n"
+    )
+
+
+def test_a_json_array_file_is_refused_before_connecting(tmp_path: Any) -> None:
+    """Sent line by line, every line of a pretty-printed array went to the DLQ, and the
+    command said it had produced them."""
+    from app.settings import ConfigError
+
+    path = tmp_path / "orders.json"
+    path.write_text('\n  [\n  {"order_id": "1"}\n]\n')
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path)])
+    with pytest.raises(ConfigError, match=r"holds a JSON array: kappa produce reads JSON lines"):
+        loader.run_produce(load_settings({}), args)

@@ -51,6 +51,7 @@ async def test_sigterm_stops_a_running_command_with_status_143(
         err = _sigterm(proc)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
+    assert "kappa produce: stopped; up to " in err and f" went to {topic} (producing" in err, err
 
 
 async def _ends(broker: str, topic: str) -> dict[int, int]:

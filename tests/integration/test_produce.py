@@ -210,3 +210,21 @@ async def _event_times(broker: str, topic: str) -> dict[int, list[int]]:
         partition: [json.loads(r.value)["ts"] for r in records if r.value.startswith(b'{"order')]
         for partition, records in (await read_to_end(broker, topic)).items()
     }
+
+
+@pytest.mark.integration
+async def test_a_file_with_lines_that_are_not_objects_is_produced_with_a_count_of_them(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """They go to the DLQ, as the README says; the command said nothing of them."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"order_id": "1"}\n\xff\xfe garbage\n  {"order_id": "2"}\n[1, 2]\n')
+    topic = _unique_topic("mixed")
+    env = kappa_env(broker, unique, tmp_path / "state")
+    done = run_kappa(["produce", topic, "--file", str(path)], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"produced 4 records to {topic}"
+    assert done.stderr.splitlines()[-1] == (
+        f"kappa produce: warning: 2 of the 4 records from {path} are not JSON objects (one "
+        "object per line is expected); they go to the DLQ"
+    )
