@@ -39,7 +39,9 @@ def broker_data_lost(observed: str, state_root: Path) -> BrokerDataLost:
     """The one-line refusal, after `observed` (what was compared with what)."""
     return BrokerDataLost(
         f"{observed}: the broker lost its data (the embedded broker keeps nothing across "
-        f"restarts) — stop the workers and remove {state_root} to start over"
+        f"restarts) — stop the workers and remove {state_root} to start over (after a "
+        f"dev-broker restart, all of {state_root.parent}: every version is gone, and version 1 "
+        "is live again)"
     )
 
 
@@ -52,7 +54,8 @@ def version_topic_gone(topic: str, state_root: Path) -> VersionTopicGone:
     return VersionTopicGone(
         f"topic {topic} is gone from the broker: the broker lost its data (the embedded broker "
         f"keeps nothing across restarts) or the version was dropped — stop the workers; after "
-        f"a broker restart, remove {state_root} and run `kappa topics` to start over"
+        f"a broker restart, remove {state_root.parent} (every version is gone, and version 1 "
+        "is live again) and run `kappa topics` to start over"
     )
 
 

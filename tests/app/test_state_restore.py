@@ -143,8 +143,8 @@ async def test_a_changelog_gone_under_the_worker_is_one_line_that_says_what_to_d
     assert str(refused.value) == (
         "topic kappa-v32-orders-changelog is gone from the broker: the broker lost its data "
         "(the embedded broker keeps nothing across restarts) or the version was dropped — stop "
-        f"the workers; after a broker restart, remove {tmp_path / 'v32'} and run `kappa topics` "
-        "to start over"
+        f"the workers; after a broker restart, remove {tmp_path} (every version is gone, and "
+        "version 1 is live again) and run `kappa topics` to start over"
     )
     opener.changelog_source = None
     (await opener.open(0)).store.close()  # the failed open left it unlocked
