@@ -92,20 +92,28 @@ class _ReadFailed(Exception):
     """The input file could not be read part way (its reason as the message)."""
 
 
-def check_topic(settings: Settings, topic: str) -> None:
-    """Refuse a topic Kappa writes itself; warn (one line) about one no pipeline reads."""
+def refuse_kappa_topic(settings: Settings, topic: str) -> None:
+    """Refuse a topic Kappa writes itself: a record produced there would be read as Kappa's."""
     owned = written_by_kappa(settings, topic)
-    sources = [Topology(settings).physical(t) for t in Topology(settings).external_sources]
     if owned is not None:
-        raise ConfigError(
-            f"{topic} is {owned}: only Kappa writes it (orders go to {', '.join(sources)})"
-        )
+        sources = ", ".join(_sources(settings))
+        raise ConfigError(f"{topic} is {owned}: only Kappa writes it (orders go to {sources})")
+
+
+def warn_if_unread(settings: Settings, topic: str) -> None:
+    """One line when no pipeline reads `topic` (a typo, a forgotten KAPPA_TOPIC_PREFIX)."""
+    sources = _sources(settings)
     if topic not in sources:
         print(
             f"kappa produce: warning: no pipeline reads {topic} (they read {', '.join(sources)})",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _sources(settings: Settings) -> list[str]:
+    topology = Topology(settings)
+    return [topology.physical(t) for t in topology.external_sources]
 
 
 def _records_word(n: int) -> str:
@@ -115,7 +123,7 @@ def _records_word(n: int) -> str:
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
     records: Iterable[KeyValue] = ()
-    check_topic(settings, args.topic)
+    refuse_kappa_topic(settings, args.topic)
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
@@ -135,6 +143,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     else:
         spec = generator_spec(args)  # checked before connecting; generated in `run`
         total = spec.count
+    warn_if_unread(settings, args.topic)  # once the arguments are known to be good
 
     read = 0
     not_objects = 0  # values that cannot be a JSON object (they will go to the DLQ)

@@ -170,6 +170,24 @@ def _convert(name: str, raw: str, typ: object) -> object:
 MAX_WINDOW_MS = 366 * 24 * 3600 * 1000
 
 
+def _shared_directory(state_dir: Path) -> str | None:
+    """What `state_dir` is if it holds more than Kappa's state (`kappa demo` clears the `vN/`
+    and `faust/` directories in it): the current directory, the root, the home directory."""
+    if not str(state_dir).strip() or state_dir == Path("."):  # Path("") is "."
+        return "the current directory"
+    try:
+        where = state_dir.expanduser().resolve()
+        if where == Path.cwd().resolve():
+            return f"the current directory ({where})"
+        if where == Path(where.anchor):
+            return f"the filesystem root ({where})"
+        if where == Path.home().resolve():
+            return f"the home directory ({where})"
+    except (OSError, RuntimeError):  # no home, a symlink loop: left to the commands
+        return None
+    return None
+
+
 # Most hopping windows an event counts in (size / step): each is a state update per event.
 MAX_HOPS_PER_EVENT = 60
 
@@ -255,11 +273,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 f"KAPPA_BROKER={s.broker!r}: {address!r} {problem} (host:port[,host:port...])"
             )
-    if not str(s.state_dir).strip() or s.state_dir == Path("."):
-        raise ConfigError(
-            f"KAPPA_STATE_DIR={str(s.state_dir)!r} must name a directory for Kappa's state "
-            "(not the current directory)"
-        )
+    shared = _shared_directory(s.state_dir)
+    if shared:
+        raise ConfigError(f"KAPPA_STATE_DIR must name a directory for Kappa's state, not {shared}")
     if not s.web_host.strip():
         raise ConfigError("KAPPA_WEB_HOST must not be empty (e.g. 127.0.0.1 or 0.0.0.0)")
     problem = host_problem(s.web_host)

@@ -84,9 +84,9 @@ def test_a_topic_no_pipeline_reads_is_produced_to_with_a_warning(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = load_settings({"KAPPA_TOPIC_PREFIX": "t."})
-    loader.check_topic(settings, "t.orders")
+    loader.warn_if_unread(settings, "t.orders")
     assert capsys.readouterr().err == ""
-    loader.check_topic(settings, "orders")  # the prefix forgotten
+    loader.warn_if_unread(settings, "orders")  # the prefix forgotten
     assert capsys.readouterr().err == (
         "kappa produce: warning: no pipeline reads orders (they read t.orders)\n"
     )

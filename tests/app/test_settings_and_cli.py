@@ -154,8 +154,11 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_BROKER": "127.0.0.1:99999"}, "needs a port number from 1 to 65535"),
         ({"KAPPA_BROKER": ":9092"}, "':9092' must be host:port"),
         ({"KAPPA_BROKER": "a:1,b"}, "'b' must be host:port"),
-        ({"KAPPA_STATE_DIR": ""}, "KAPPA_STATE_DIR='.' must name a directory"),
+        ({"KAPPA_STATE_DIR": ""}, "must name a directory for Kappa's state, not the current"),
         ({"KAPPA_STATE_DIR": "."}, "not the current directory"),
+        ({"KAPPA_STATE_DIR": os.getcwd()}, f"not the current directory ({Path.cwd()})"),
+        ({"KAPPA_STATE_DIR": "/"}, "not the filesystem root (/)"),
+        ({"KAPPA_STATE_DIR": "~"}, f"not the home directory ({Path.home().resolve()})"),
         ({"KAPPA_WEB_HOST": ""}, "KAPPA_WEB_HOST must not be empty"),
         # names the resolver cannot encode (it raised UnicodeError from deep in a command)
         ({"KAPPA_BROKER": "a..b:9092"}, "'a..b:9092' is not a host name"),
