@@ -138,7 +138,10 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     known = {_ENV_PREFIX + f.name.upper() for f in fields(Settings)} | TEST_ONLY_VARIABLES
     out = []
     for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in known):
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+        if name.upper() in known:  # KAPPA_web_port: the names are upper case
+            close = [name.upper()]
+        else:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
         out.append(f"{name} is not a setting{hint}; ignored")
     return out

@@ -157,7 +157,7 @@ class StateOpener:
         """Apply the changelog to a new store from the log's start, or with `resume`, to the
         local copy's store from the offset after its last batch (it catches up)."""
         assert self.changelog_source is not None
-        log.warning(
+        log.info(
             "%s p%d: local state at offset %d, changelog at %d: %s",
             self.name,
             partition,
@@ -186,7 +186,7 @@ class StateOpener:
                     restored.inc(len(chunk))  # as it goes: a long restore shows on the dashboard
                     if self.clock() - said_at >= RESTORE_PROGRESS_EVERY_S:
                         said_at = self.clock()
-                        log.warning(
+                        log.info(
                             "%s p%d: restoring, %d changelog entries so far (%.0fs)",
                             self.name,
                             partition,
@@ -197,7 +197,7 @@ class StateOpener:
         except BaseException:
             store.close()
             raise
-        log.warning(
+        log.info(
             "%s p%d: restored %d changelog entries in %.1fs (state at offset %d)",
             self.name,
             partition,

@@ -393,7 +393,7 @@ async def test_a_copy_behind_its_changelog_catches_up_from_after_its_own_last_ba
     other.close()
     back = _logging_runner(tmp_path, "a", log)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="app.state_restore"):
+    with caplog.at_level(logging.INFO, logger="app.state_restore"):
         state = await back.state(0)
     assert state.applied_offset == 39
     assert list(state.store.scan(b"", b"\xff" * 8)) == expected  # its origin too

@@ -421,3 +421,13 @@ def test_broker_trouble_met_by_a_command_is_one_line(
     monkeypatch.setattr(cli, "cmd_status", failing)
     assert cli.main(["status"]) == 2
     assert capsys.readouterr().err == f"kappa status: error: {line}\n"
+
+
+def test_a_setting_in_the_wrong_case_is_named_in_upper_case() -> None:
+    """`KAPPA_web_port` was "not a setting" with no hint: close matches compared case."""
+    from app.settings import unknown_variables
+
+    assert unknown_variables({"KAPPA_web_port": "1", "KAPPA_Anomaly_Zz": "5"}) == [
+        "KAPPA_Anomaly_Zz is not a setting (did you mean KAPPA_ANOMALY_Z?); ignored",
+        "KAPPA_web_port is not a setting (did you mean KAPPA_WEB_PORT?); ignored",
+    ]

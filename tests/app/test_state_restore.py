@@ -59,7 +59,7 @@ async def test_a_restore_counts_as_it_goes_and_says_how_far_it_got(
     clock = ManualClock()
     source = _Chunks(clock, counted)
     opener = StateOpener(pipeline, topology, "changelog", source, clock=clock)
-    with caplog.at_level(logging.WARNING, logger="app.state_restore"):
+    with caplog.at_level(logging.INFO, logger="app.state_restore"):
         state = await opener.open(0)
     state.store.close()
     assert state.applied_offset == 7

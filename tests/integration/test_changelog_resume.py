@@ -177,7 +177,7 @@ async def test_a_partition_moved_away_and_back_catches_up_exactly(
         other.close()
         back = runner(topology("a"))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="app.state_restore"):
+        with caplog.at_level(logging.INFO, logger="app.state_restore"):
             state = await back.state(0)
         assert state.applied_offset == 149
         assert list(state.store.scan(b"", b"\xff" * 8)) == expected
