@@ -30,6 +30,7 @@ from app.cli_args import (
     event_span_ms,
     event_time,
     fraction,
+    non_negative_int,
     port_number,
     positive_int,
     process_slot,
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, fn: Callable[[argparse.Namespace], int], help_: str
     ) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(fn=fn)
+        sp.set_defaults(fn=fn, command_parser=sp)
         return sp
 
     sp = add(
@@ -475,9 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("v2", type=version_number)
     sp.add_argument(
         "--limit",
-        type=positive_int,
+        type=non_negative_int,
         default=20,
-        help="differences to show per output (default 20)",
+        help="differences to show per output (default 20; 0: the counts only)",
     )
     sp = add(
         "export",
@@ -539,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.topic_reader import TopicMissing
     from tables.rocks import StateError
 
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # with the command's usage line, not the top-level one
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

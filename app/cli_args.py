@@ -64,6 +64,7 @@ MAX_PROCESSES = 256
 # Slowest generated rate: one order in 1,000 s.
 MIN_RATE = 0.001
 positive_int = bounded_number(int, 0, strict=True)
+non_negative_int = bounded_number(int, 0)
 version_number = bounded_number(int, 1, MAX_VERSION)
 event_ms = bounded_number(int, MIN_EVENT_MS, MAX_EVENT_MS - 1)
 event_span_ms = bounded_number(int, 0, MAX_EVENT_MS, strict=True)

@@ -304,12 +304,20 @@ def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
         (["worker", "--web-port", "70000"], "'70000' must be between 1 and 65535"),
         (["replay", "--version", "2", "--metrics-port", "0"], "'0' must be between 1 and 65535"),
         (["tail", "orders", "--limit", "-1"], "must be > 0"),
+        (["diff", "1", "2", "--limit", "-1"], "'-1' must be >= 0"),  # 0: the counts only
+        # the command's own usage and name, not the top-level "usage: kappa [-h] COMMAND ..."
+        (["status", "--version", "2"], "kappa status: error: unrecognized arguments: --version"),
     ],
 )
 def test_bad_arguments_get_argparse_usage_and_one_error(
     tmp_path: Path, args: list[str], words: str
 ) -> None:
     assert words in _usage_error(_kappa(args, tmp_path))
+
+
+def test_an_unknown_argument_shows_the_commands_usage(tmp_path: Path) -> None:
+    r = _kappa(["status", "--version", "2"], tmp_path)
+    assert r.stderr.splitlines()[0] == "usage: kappa status [-h]"
 
 
 def test_settings_from_a_mapping() -> None:
