@@ -35,6 +35,8 @@ class ReplayProgress:
         if show_bar and sys.stderr.isatty():
             self._bar = _shared_bar()
             self._task = self._bar.add_task(f"replay v{version} {pipeline}", total=total, rate=0.0)
+        else:  # a line at once: a stage shorter than LOG_EVERY_S said nothing until the summary
+            PROGRESS.info("replay v%s %s: %d events to read", *self.labels, total)
 
     def advance(self, n: int) -> None:
         self.done += n

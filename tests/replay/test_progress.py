@@ -47,3 +47,12 @@ def test_pipelines_replaying_at_once_share_one_display(monkeypatch: pytest.Monke
     assert progress_module._bar is bar and bar.live.is_started  # the other still shows
     second.close()
     assert progress_module._bar is None and not bar.live.is_started
+
+
+def test_a_stage_says_at_once_how_much_it_reads(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a terminal a stage shorter than LOG_EVERY_S said nothing before its summary."""
+    with caplog.at_level(logging.INFO, logger="kappa.progress"):
+        progress = ReplayProgress(43, "orders", total=293_000, show_bar=False)
+    (line,) = caplog.records
+    assert line.getMessage() == "replay v43 orders: 293000 events to read"
+    progress.close()
