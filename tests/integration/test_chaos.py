@@ -79,8 +79,13 @@ async def test_kill_9_at_random_points_keeps_results_exact(
 async def test_three_workers_one_killed_the_others_take_over_exactly(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
-    base = kappa_env(
-        broker, unique, tmp_path / "unused", KAPPA_PARTITIONS="8", KAPPA_BATCH_MAX="2000"
+    base = kappa_env(  # INFO: the restore's lines
+        broker,
+        unique,
+        tmp_path / "unused",
+        KAPPA_PARTITIONS="8",
+        KAPPA_BATCH_MAX="2000",
+        KAPPA_LOG_LEVEL="info",
     )
     assert run_kappa(["topics"], base).returncode == 0
     workers = [

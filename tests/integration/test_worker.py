@@ -213,7 +213,7 @@ async def test_partitions_handed_back_catch_up_from_their_changelogs(
 ) -> None:
     """A rolling restart: a worker that gets back partitions whose state it still has applies
     only what the other worker wrote to their changelogs meanwhile, and results stay exact."""
-    base = kappa_env(broker, unique, tmp_path / "unused")
+    base = kappa_env(broker, unique, tmp_path / "unused", KAPPA_LOG_LEVEL="info")  # restores
     assert run_kappa(["topics"], base).returncode == 0
     a = Worker({**base, "KAPPA_STATE_DIR": str(tmp_path / "a")}, tmp_path / "a.log").start()
     b = Worker({**base, "KAPPA_STATE_DIR": str(tmp_path / "b")}, tmp_path / "b.log")
@@ -249,7 +249,7 @@ async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_sou
     lose records: the changelog restores it; without a changelog the worker reads the gap from
     the source. Either way re-sent windows are byte-identical and the results exact."""
     state = tmp_path / "state"
-    env = kappa_env(broker, unique, state)
+    env = kappa_env(broker, unique, state, KAPPA_LOG_LEVEL="info")  # the restore's lines
     assert run_kappa(["topics"], env).returncode == 0
     start = 1_700_000_000_000
     for phase, seed in enumerate((4, 5, 6)):
