@@ -61,14 +61,7 @@ def compute(
             final_wm[p] = max_ts - grace_ms
     for wkey, values in groups.items():
         if flush or wkey[2] <= final_wm[window_partition[wkey]]:
-            ref.windows[wkey] = {
-                "count": len(values),
-                "sum": math.fsum(values),
-                "mean": statistics.fmean(values),
-                "min": min(values),
-                "max": max(values),
-                "std": statistics.pstdev(values),
-            }
+            ref.windows[wkey] = window_statistics(values)
     ref.user_totals = {u: (len(v), math.fsum(v)) for u, v in users.items()}
     ref.watermarks = final_wm
     return ref
@@ -123,15 +116,20 @@ def compute_hopping(
         if max_ts is not None:
             final_wm[p] = max_ts - grace_ms
     windows = {
-        wkey: {
-            "count": len(values),
-            "sum": math.fsum(values),
-            "mean": statistics.fmean(values),
-            "min": min(values),
-            "max": max(values),
-            "std": statistics.pstdev(values),
-        }
+        wkey: window_statistics(values)
         for wkey, values in groups.items()
         if flush or wkey[2] <= final_wm[window_partition[wkey]]
     }
     return windows, late
+
+
+def window_statistics(values: list[float]) -> dict[str, float]:
+    """A window's fields, computed directly (exact sums, population std)."""
+    return {
+        "count": len(values),
+        "sum": math.fsum(values),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "std": statistics.pstdev(values),
+    }
