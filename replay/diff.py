@@ -196,8 +196,9 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
 def _why_they_may_differ(
     recs: dict[int, VersionRecord], live_ahead: tuple[int, int] | None
 ) -> list[str]:
-    """Notes on differences that are expected: a replay not completed, other `--since`, or
-    a live version that has read past the other's snapshot (`live_ahead`: (live, other))."""
+    """Notes on differences that are expected: a replay not completed, other `--since`, other
+    snapshots, or a live version that has read past the other's snapshot (`live_ahead`: (live,
+    other))."""
     notes = [
         f"note: version {v}'s replay has not completed: its outputs may be partial (kappa versions)"
         for v, rec in recs.items()
@@ -208,6 +209,13 @@ def _why_they_may_differ(
         notes.append(
             f"note: the versions count windows from different times (--since): version {v1} "
             f"{_since(r1.since_ms)}, version {v2} {_since(r2.since_ms)}"
+        )
+    if r1.snapshot and r2.snapshot and r1.snapshot != r2.snapshot:
+        n1, n2 = (sum(e for parts in r.snapshot.values() for e in parts.values()) for r in (r1, r2))
+        notes.append(
+            f"note: the versions were replayed up to different snapshots of their sources "
+            f"(version {v1}: {n1:,} records, version {v2}: {n2:,}); windows and totals the "
+            "records in between reach differ"
         )
     if live_ahead is not None:
         live, other = live_ahead

@@ -138,6 +138,11 @@ def test_differences_that_are_expected_say_why() -> None:
         "note: the versions count windows from different times (--since): version 1 from the "
         "start, version 3 from 60000 (epoch ms)"
     ]
+    later = VersionRecord(5, COMPLETE, ["orders"], {"orders": {"0": 10, "1": 25}})
+    assert _why_they_may_differ({2: unfinished, 5: later}, None)[1:] == [
+        "note: the versions were replayed up to different snapshots of their sources (version "
+        "2: 10 records, version 5: 35); windows and totals the records in between reach differ"
+    ]
     assert _why_they_may_differ({1: live, 4: VersionRecord(4, COMPLETE)}, (1, 4)) == [
         "note: version 1 is live and has read orders produced after version 4's snapshot; "
         "windows and totals they reach differ until version 4 runs live too"
