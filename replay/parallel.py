@@ -121,7 +121,7 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     if total is None:
         return 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
-    return code, f"{total.line()} across {processes} processes"
+    return code, total.line(f" across {processes} processes")
 
 
 # prctl(2) option: a signal for this process when the thread that started it exits.

@@ -140,6 +140,7 @@ async def _replay(
     rec: VersionRecord,
     started: float,
 ) -> ReplaySummary:
+    resumed = _replayed_here_before(topology, opts)  # before any stage makes a directory
     if rec.version not in view.versions:
         rec = await _create_version(registry, rec)
     await ensure_version_topics(settings.kafka, topology)
@@ -150,7 +151,7 @@ async def _replay(
         topology, settings=dataclasses.replace(settings, copy_max_bytes=limit)
     )
 
-    summary = ReplaySummary(opts.version)
+    summary = ReplaySummary(opts.version, resumed=resumed)
     producer = new_batch_producer(settings.kafka, linger_ms=20)
     try:
         await producer.start()  # inside: stopped even if cancelled while starting
@@ -185,6 +186,21 @@ async def _replay(
             await registry.put_completion(opts.version)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _replayed_here_before(topology: Topology, opts: ReplayOptions) -> bool:
+    """Whether this process's partitions already have state directories: the replay was run
+    here before (killed, then resumed), and this run counts only what it reads itself."""
+    for pipeline in topology.pipelines:
+        base = topology.state_root() / pipeline.name
+        if not base.is_dir():
+            continue
+        for entry in base.iterdir():
+            digits = entry.name[1:]
+            mine = digits.isdigit() and int(digits) % opts.process_count == opts.process_index
+            if entry.name[:1] == "p" and mine:
+                return True
+    return False
 
 
 async def all_or_none(coros: Sequence[Coroutine[Any, Any, None]]) -> None:

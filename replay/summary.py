@@ -11,7 +11,7 @@ from agents.base import BatchCounts
 _LINE = re.compile(
     r"replay v(?P<version>\d+): (?P<events>[\d,]+) events, (?P<windows>[\d,]+) windows closed, "
     r"(?P<provisional>[\d,]+) provisional, (?P<late>[\d,]+) late, (?P<dlq>[\d,]+) DLQ "
-    r"in (?P<seconds>[\d.]+) s"
+    r"in (?P<seconds>[\d.]+) s \([\d,]+ events/s\)(?: across \d+ processes)?(?P<resumed>; resumed)?"
 )
 
 
@@ -24,6 +24,7 @@ class ReplaySummary:
     late: int = 0
     dlq: int = 0
     seconds: float = 0.0
+    resumed: bool = False  # the version had been replayed in part: counts are this run's only
 
     def add(self, counts: BatchCounts) -> None:
         c = counts
@@ -40,13 +41,16 @@ class ReplaySummary:
         self.provisional += other.provisional
         self.late += other.late
         self.dlq += other.dlq
+        self.resumed = self.resumed or other.resumed
 
-    def line(self) -> str:
+    def line(self, where: str = "") -> str:
+        """The line, with `where` (" across 2 processes") after the rate."""
         rate = self.events / self.seconds if self.seconds > 0 else 0.0
         return (
             f"replay v{self.version}: {self.events:,} events, {self.windows:,} windows closed, "
             f"{self.provisional:,} provisional, {self.late:,} late, {self.dlq:,} DLQ "
-            f"in {self.seconds:.1f} s ({rate:,.0f} events/s)"
+            f"in {self.seconds:.1f} s ({rate:,.0f} events/s){where}"
+            + ("; resumed: these count only what this run read" if self.resumed else "")
         )
 
     @classmethod
@@ -56,6 +60,8 @@ class ReplaySummary:
         if found is None:
             return None
         raw = found.groupdict()
-        values: dict[str, float] = {k: int(raw[k].replace(",", "")) for k in raw if k != "seconds"}
+        numbers = [f.name for f in fields(cls) if f.name not in ("seconds", "resumed")]
+        values: dict[str, object] = {k: int(raw[k].replace(",", "")) for k in numbers}
         values["seconds"] = float(raw["seconds"])
-        return cls(**{f.name: values[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+        values["resumed"] = raw["resumed"] is not None
+        return cls(**values)  # type: ignore[arg-type]

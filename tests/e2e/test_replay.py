@@ -109,6 +109,7 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     r = run_kappa(["replay", "--version", "2", "--no-progress"], dataset.env)
     assert r.returncode == 0, r.stderr
     assert "replay v2:" in r.stdout and "events/s" in r.stdout
+    assert "resumed" not in r.stdout  # a first replay counts everything
     await check_replay(dataset, 2)
     diff = run_kappa(["diff", "1", "2"], dataset.env)
     assert diff.returncode == 0 and "identical" in diff.stdout, diff.stdout + diff.stderr
@@ -171,6 +172,7 @@ async def test_replay_killed_midway_resumes_to_identical_results(
     del env["KAPPA_CHAOS_KILL"]
     resumed = run_kappa(args, env)
     assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.rstrip().endswith("; resumed: these count only what this run read")
     await check_replay(dataset, version)
     assert run_kappa(["diff", "1", str(version)], dataset.env).returncode == 0
 
@@ -199,6 +201,7 @@ async def test_replay_with_processes_option_splits_and_sums_up(dataset: Dataset)
     r = run_kappa(["replay", "--version", "6", "--processes", "2"], dataset.env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 processes" in r.stdout and "replay v6:" in r.stdout
+    assert "resumed" not in r.stdout  # a sibling's directories are not this process's
     events = int(r.stdout.split("replay v6: ")[1].split(" events")[0].replace(",", ""))
     assert events >= 6_000  # both halves' source records were counted
     # A process that waits for the other's part of orders says so once, not once per stage

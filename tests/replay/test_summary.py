@@ -26,3 +26,16 @@ def test_closed_and_provisional_windows_are_counted_apart() -> None:
     summary.add_summary(other)
     assert (summary.events, summary.windows, summary.provisional) == (6, 3, 4)
     assert (summary.late, summary.dlq, summary.seconds) == (1, 1, 0.0)
+
+
+def test_a_resumed_replay_says_its_counts_are_this_runs_only() -> None:
+    """A replay killed and run again counted only what the second run read, without a word."""
+    summary = ReplaySummary(7, events=170_516, seconds=2.0, resumed=True)
+    line = summary.line(" across 2 processes")
+    assert line.endswith(
+        "(85,258 events/s) across 2 processes; resumed: these count only what this run read"
+    )
+    assert ReplaySummary.parse(line) == summary
+    fresh = ReplaySummary(7, events=1)
+    fresh.add_summary(summary)
+    assert fresh.resumed
