@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -116,6 +117,13 @@ def _sources(settings: Settings) -> list[str]:
     return [topology.physical(t) for t in topology.external_sources]
 
 
+def _json_array(head: bytes) -> bool:
+    """Whether a file starting with `head` is a JSON array of objects (pretty-printed: a first
+    line `[`; or on one line: `[{...`), not JSON lines. A line such as `[1, 2]` is a record."""
+    first = head.removeprefix(b"\xef\xbb\xbf").lstrip().split(b"\n", 1)[0].strip()
+    return first == b"[" or re.match(rb"\[\s*\{", first) is not None
+
+
 def _records_word(n: int) -> str:
     return f"{n:,} record" if n == 1 else f"{n:,} records"
 
@@ -129,8 +137,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError("--file needs a path")
         try:
             with open(args.file, "rb") as f:  # missing or unreadable: said before connecting
-                array = f.read(4096).lstrip().startswith(b"[")
-                if array and not args.file.lower().endswith(".csv"):
+                if _json_array(f.read(4096)) and not args.file.lower().endswith(".csv"):
                     raise ConfigError(
                         f"{args.file} holds a JSON array: kappa produce reads JSON lines, one "
                         f"object per line (jq -c '.[]' {args.file} writes them)"
@@ -205,10 +212,11 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         raise
     print(f"produced {_records_word(sent)} to {args.topic}", flush=True)
     if args.file is not None and not_objects:
+        verb = "is not a JSON object" if not_objects == 1 else "are not JSON objects"
+        dlq = "; they go to the DLQ" if args.topic in _sources(settings) else ""
         print(
             f"kappa produce: warning: {not_objects:,} of the {_records_word(read)} from "
-            f"{args.file} are not JSON objects (one object per line is expected); they go to "
-            "the DLQ",
+            f"{args.file} {verb} (one object per line is expected){dlq}",
             file=sys.stderr,
             flush=True,
         )

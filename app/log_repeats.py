@@ -2,8 +2,9 @@
 
 While the broker is away, aiokafka logs an ERROR line for every connection, fetch, metadata and
 heartbeat attempt: about 1,900 lines in 40 s from one worker, which bury whatever else was said.
-Each kind of line (its logger and message template) now passes once per `interval_s`; the next
-one after that says how many like it were held back. Other lines are untouched.
+Each kind of warning or error line (its logger and message template) now passes once per
+`interval_s`; the next one after that says how many like it were held back. INFO and DEBUG
+lines are untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class RepeatLimiter(logging.Filter):
         self._kinds: dict[tuple[str, object], tuple[float, int]] = {}  # → (passed at, held back)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:  # a rebalance's "Joined group" lines, and the like
+            return True
         kind = (record.name, record.msg)
         now = self.clock()
         seen = self._kinds.get(kind)

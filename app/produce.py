@@ -100,10 +100,11 @@ class _Reporter:
             self._last_log = now
             of_total = f"/{self._total:,}" if self._total is not None else ""
             PROGRESS.info(
-                "%s %s%s records to %s (%.0f ev/s)",
+                "%s %s%s %s to %s (%.0f ev/s)",
                 "produced" if final else "producing",
                 f"{sent:,}",
                 of_total,
+                "record" if (self._total or sent) == 1 else "records",
                 self._topic,
                 rate,
             )

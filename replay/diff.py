@@ -162,10 +162,13 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
         ]
         if not lacking and len(unused) == 2:  # empty in both: not worth a line
             continue
-        if lacking:
+        if lacking or unused:
             ran_only = "; ".join(
-                f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
-                for t in lacking
+                [
+                    f"version {t.version} ran {', '.join(p.name for p in t.pipelines)} only"
+                    for t in lacking
+                ]
+                + [f"version {t.version} was built without hopping windows" for t in unused]
             )
             lines.append(f"{logical}: skipped ({ran_only})")
             skipped.append(logical)

@@ -102,3 +102,17 @@ def test_a_json_array_file_is_refused_before_connecting(tmp_path: Any) -> None:
     args = build_parser().parse_args(["produce", "orders", "--file", str(path)])
     with pytest.raises(ConfigError, match=r"holds a JSON array: kappa produce reads JSON lines"):
         loader.run_produce(load_settings({}), args)
+
+
+@pytest.mark.parametrize(
+    ("head", "array"),
+    [
+        (b'[\n  {"order_id": "1"}\n]\n', True),  # pretty-printed
+        (b'[{"order_id": "1"}, {"order_id": "2"}]\n', True),  # on one line
+        (b'\xef\xbb\xbf  [\n{"a": 1}]', True),  # after a byte order mark
+        (b'[1, 2]\n{"order_id": "1"}\n', False),  # JSON lines whose first record is bad
+        (b'{"order_id": "1"}\n[\n', False),
+    ],
+)
+def test_what_counts_as_a_json_array_file(head: bytes, array: bool) -> None:
+    assert loader._json_array(head) is array

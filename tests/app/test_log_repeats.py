@@ -55,3 +55,13 @@ def test_every_existing_logger_under_the_prefix_gets_one_limiter(
     counts = [sum(isinstance(f, RepeatLimiter) for f in lg.filters) for lg in loggers]
     assert counts == [1, 1, 0]
     assert not isinstance(logging.root.manager.loggerDict["kappatest.a"], logging.Logger)
+
+
+def test_info_lines_are_never_held_back() -> None:
+    """A second rebalance's "Joined group" within the interval must still be said."""
+    limiter = RepeatLimiter(30.0, ManualClock())
+    joined = [
+        logging.LogRecord("aiokafka.consumer", logging.INFO, __file__, 1, "Joined group", (), None)
+        for _ in range(3)
+    ]
+    assert [limiter.filter(r) for r in joined] == [True, True, True]

@@ -16,7 +16,9 @@ from tests.support.workers import Worker, kappa_env, read_records, run_kappa, so
 
 pytestmark = pytest.mark.integration
 
-SIZE, STEP = 180_000, 60_000  # the last 3 minutes, every minute
+# 40 s windows every 20 s: one ends 20 to 40 s after an order, its 60 s tumbling window up to
+# 60 s after it, so with 40 s of disorder an order can be late for the hopping windows alone.
+SIZE, STEP = 40_000, 20_000
 
 
 def _windows(
@@ -44,7 +46,7 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
         KAPPA_HOPPING_STEP_MS=str(STEP),
     )
     assert run_kappa(["topics"], env).returncode == 0
-    spec = orders_spec(3_000, 31, START_MS, keys=40, users=30, ms_per_event=400)
+    spec = orders_spec(3_000, 31, START_MS, keys=40, users=30, ms_per_event=400, disorder_ms=40_000)
     await produce_orders(broker, f"{unique}.orders", spec)
     source = {
         p: [(o, k, v) for o, k, v, _ in rs]
@@ -54,7 +56,7 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
     closed, hop_late = compute_hopping(source, SIZE, STEP, GRACE_MS)
     every, _ = compute_hopping(source, SIZE, STEP, GRACE_MS, flush=True)
     only_hopping_late = hop_late - tumbling.late
-    assert len(closed) > 100 and tumbling.late  # the dataset closes windows and has late orders
+    assert len(closed) > 100 and tumbling.late and only_hopping_late  # every path is taken
 
     async def live_done() -> None:
         final, provisional = _windows(
@@ -85,7 +87,7 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
     assert_windows_equal({**final, **provisional}, Reference(windows=every))
     diff = run_kappa(["diff", "1", "2"], env)
     assert diff.returncode == 0 and diff.stdout.endswith("identical\n"), diff.stdout
-    hopping_line = f"orders.revenue-hopping: {len(closed)} in v1, {len(every)} in v2; 0 only in"
+    hopping_line = f"orders.revenue-hopping: {len(closed):,} in v1, {len(every):,} in v2; 0 only in"
     assert hopping_line in diff.stdout, diff.stdout
 
     out = tmp_path / "export"
@@ -94,10 +96,16 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
     lines = (out / "orders.revenue-hopping.jsonl").read_bytes().splitlines()
     assert len(lines) == len(closed)  # the final ones: provisional windows are not results yet
 
-    other = dict(env, KAPPA_HOPPING_STEP_MS="30000")  # a version's windows never change
+    other = dict(env, KAPPA_HOPPING_STEP_MS="10000")  # a version's windows never change
     refused = run_kappa(["replay", "--version", "2", "--no-progress"], other)
     assert refused.returncode == 2
-    assert (
-        "version 2 is built with KAPPA_HOPPING_STEP_MS=60000, not KAPPA_HOPPING_STEP_MS=30000"
-        in (refused.stderr)
-    )
+    said = "version 2 is built with KAPPA_HOPPING_STEP_MS=20000, not KAPPA_HOPPING_STEP_MS=10000"
+    assert said in refused.stderr, refused.stderr
+
+    # A version without hopping windows: nothing to compare them with (not "all only in v2").
+    plain = {k: v for k, v in env.items() if not k.startswith("KAPPA_HOPPING_")}
+    assert run_kappa(["replay", "--version", "3", "--no-progress"], plain).returncode == 0
+    diff = run_kappa(["diff", "2", "3"], plain)
+    assert diff.returncode == 0, diff.stdout
+    skipped = "orders.revenue-hopping: skipped (version 3 was built without hopping windows)"
+    assert skipped in diff.stdout.splitlines(), diff.stdout
