@@ -251,8 +251,8 @@ class OrdersPipeline:
                     continue
                 fields = (order.product_id, order.user_id, order.total, order.ts)
             product, user, total, ts = fields
-            if hop_from is not None and hop_from.covers(ts):
-                hopped.add(product, ts, total, rec)  # type: ignore[union-attr]
+            if hopped is not None and hop_from is not None and hop_from.covers(ts):
+                hopped.add(product, ts, total, rec)
             if since is not None and ts - ts % window_ms < since:
                 counts.skipped += 1
                 continue
