@@ -35,13 +35,22 @@ class BrokerDataLost(StateError):
     """The local state has applied source offsets the broker's log does not reach."""
 
 
+# Why a log is shorter than the state, or gone, and what a dev-broker restart means for the rest.
+BROKER_LOST = "the broker lost its data (the embedded broker keeps nothing across restarts)"
+
+
+def _after_a_restart(state_dir: Path) -> str:
+    return (
+        f"after a dev-broker restart, remove all of {state_dir}: every version is gone, and "
+        "version 1 is live again"
+    )
+
+
 def broker_data_lost(observed: str, state_root: Path) -> BrokerDataLost:
     """The one-line refusal, after `observed` (what was compared with what)."""
     return BrokerDataLost(
-        f"{observed}: the broker lost its data (the embedded broker keeps nothing across "
-        f"restarts) — stop the workers and remove {state_root} to start over (after a "
-        f"dev-broker restart, all of {state_root.parent}: every version is gone, and version 1 "
-        "is live again)"
+        f"{observed}: {BROKER_LOST} — stop the workers and remove {state_root} to start over "
+        f"({_after_a_restart(state_root.parent)})"
     )
 
 
@@ -52,10 +61,8 @@ class VersionTopicGone(StateError):
 def version_topic_gone(topic: str, state_root: Path) -> VersionTopicGone:
     """The one-line stop when a version's topic vanishes under a running worker."""
     return VersionTopicGone(
-        f"topic {topic} is gone from the broker: the broker lost its data (the embedded broker "
-        f"keeps nothing across restarts) or the version was dropped — stop the workers; after "
-        f"a broker restart, remove {state_root.parent} (every version is gone, and version 1 "
-        "is live again) and run `kappa topics` to start over"
+        f"topic {topic} is gone from the broker: {BROKER_LOST} or the version was dropped — "
+        f"stop the workers; {_after_a_restart(state_root.parent)}; then run `kappa topics`"
     )
 
 

@@ -121,7 +121,7 @@ async def test_a_worker_whose_restarted_dev_broker_has_no_topics_says_so_once(
         said = [line for line in log.splitlines() if "[ERROR] kappa worker:" in line]
         assert len(said) == 1, log[-3000:]
         assert "is gone from the broker: the broker lost its data" in said[0]
-        assert f"remove {tmp_path / 'state'} (every version is gone" in said[0]
+        assert f"remove all of {tmp_path / 'state'}: every version is gone" in said[0]
         assert log.count("Unable connect to node") <= 2, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
     finally:
