@@ -315,6 +315,12 @@ def test_bad_arguments_get_argparse_usage_and_one_error(
     assert words in _usage_error(_kappa(args, tmp_path))
 
 
+def test_diff_limit_zero_asks_for_the_counts_only() -> None:
+    from app.cli import build_parser
+
+    assert build_parser().parse_args(["diff", "1", "2", "--limit", "0"]).limit == 0
+
+
 def test_an_unknown_argument_shows_the_commands_usage(tmp_path: Path) -> None:
     r = _kappa(["status", "--version", "2"], tmp_path)
     assert r.stderr.splitlines()[0] == "usage: kappa status [-h]"

@@ -54,6 +54,30 @@ async def test_sigterm_stops_a_running_command_with_status_143(
     assert "kappa produce: stopped; up to " in err and f" went to {topic} (producing" in err, err
 
 
+# A supervisor that stops the broker as soon as it has said it listens: the SIGTERM lands while
+# the line is printed, before the command waits on the broker.
+SIGTERM_ON_THE_LISTENING_LINE = """
+import builtins, os, signal
+said = builtins.print
+def print_then_stop(*args, **kwargs):
+    said(*args, **kwargs)
+    if args and "listening on" in str(args[0]):
+        os.kill(os.getpid(), signal.SIGTERM)
+builtins.print = print_then_stop
+"""
+
+
+def test_a_sigterm_right_after_the_broker_says_it_listens_is_its_orderly_end(
+    tmp_path: Path,
+) -> None:
+    """It came before the stop handler and ended the command with 143 (seen under load)."""
+    env = kappa_env("127.0.0.1:1", "sig", tmp_path / "state")
+    command = patched_kappa(SIGTERM_ON_THE_LISTENING_LINE)
+    done = run_kappa(["broker", "--address", f"127.0.0.1:{free_port()}"], env, command=command)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 async def _ends(broker: str, topic: str) -> dict[int, int]:
     try:
         return await high_watermarks(broker, topic, timeout_s=5)
