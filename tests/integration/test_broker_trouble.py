@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.broker import DevBroker, free_port
+from app.orders_generator import GeneratorSpec
 from tests.support.checks import check_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.workers import Worker, kappa_env, run_kappa
@@ -75,13 +76,8 @@ async def test_worker_stops_clearly_when_a_restarted_dev_broker_lost_its_data(
     addr = own_broker.address
     # A source end behind the state is looked at again for this long before it counts as lost.
     env = kappa_env(addr, unique, tmp_path / "state", KAPPA_SOURCE_END_GRACE_MS="2000")
-    assert run_kappa(["topics"], env).returncode == 0
-    await produce_orders(addr, f"{unique}.orders", _spec(1_500, 23))
-    worker = Worker(env, tmp_path / "worker.log").start()
+    worker = await _worker_through(env, addr, f"{unique}.orders", _spec(1_500, 23), tmp_path)
     try:
-        worker.wait_until(
-            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 1_500
-        )
         own_broker.stop()  # everything the broker held is gone
         own_broker.start()
         assert run_kappa(["topics"], env).returncode == 0
@@ -104,13 +100,8 @@ async def test_a_worker_whose_restarted_dev_broker_has_no_topics_says_so_once(
     lines for the outage. Now: a line per kind of client error, and one line saying why."""
     addr = own_broker.address
     env = kappa_env(addr, unique, tmp_path / "state")
-    assert run_kappa(["topics"], env).returncode == 0
-    await produce_orders(addr, f"{unique}.orders", _spec(500, 25))
-    worker = Worker(env, tmp_path / "worker.log").start()
+    worker = await _worker_through(env, addr, f"{unique}.orders", _spec(500, 25), tmp_path)
     try:
-        worker.wait_until(
-            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 500
-        )
         own_broker.stop()
         await asyncio.sleep(1)  # the outage (the stimulus): several attempts a second
         own_broker.start()
@@ -126,3 +117,20 @@ async def test_a_worker_whose_restarted_dev_broker_has_no_topics_says_so_once(
         assert "Traceback" not in log, log[-3000:]
     finally:
         worker.stop()
+
+
+async def _worker_through(
+    env: dict[str, str], addr: str, source: str, spec: GeneratorSpec, tmp_path: Path
+) -> Worker:
+    """A worker started on a version's fresh topics, once it has processed `spec`'s orders."""
+    assert run_kappa(["topics"], env).returncode == 0
+    await produce_orders(addr, source, spec)
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= spec.count
+        )
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
