@@ -9,6 +9,7 @@ absolute running value, not a delta, so a re-sent or re-batched forward can neve
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import math
@@ -34,7 +35,7 @@ from tables.cleaning import (
     require_text,
 )
 from tables.partition_state import PartitionState
-from tables.window_processor import WindowKey, WindowProcessor
+from tables.window_processor import LateEvent, WindowKey, WindowProcessor
 from tables.windows import HoppingWindows, TumblingWindows, WindowsFrom
 
 SOURCE = "orders"
@@ -272,13 +273,7 @@ class OrdersPipeline:
         windows = state.windows(self.store_name)
         watermark_before = clock.watermark
         result = self.processor.process_columns(keys, times, values, clock, windows)
-        for late in result.late:
-            rec = rows[late.record]
-            headers = [
-                ("kappa.late-by-ms", str(late.late_by_ms).encode()),
-                ("kappa.watermark", str(late.watermark).encode()),
-            ]
-            emit(OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers, rec.offset))
+        late_copies = [_late_copy(rows[late.record], late) for late in result.late]
         counts.late = len(result.late)
         if self.config.emit_updates:
             for key, m in sorted(result.updated.items()):
@@ -304,34 +299,32 @@ class OrdersPipeline:
         if self.hopping is not None:
             if hopped is None:  # no --since: the same events as the tumbling windows
                 hopped = _Columns(keys, times, values, rows)
-            late_already = {rows[late.record].offset for late in result.late}
-            self._process_hopping(state, out, hopped, late_already)
+            late_already = {copy.source_offset for copy in late_copies}
+            late_for_hopping = self._process_hopping(state, out, hopped, late_already)
+            if late_for_hopping:  # one stream in source order, whatever the batching
+                late_copies = list(heapq.merge(late_copies, late_for_hopping, key=_source_offset))
+        out.records.extend(late_copies)
         if users:
             out.records.extend(_forward_user_partials(state, users, rows[-1].offset))
         return out
 
     def _process_hopping(
         self, state: PartitionState, out: BatchOutput, cols: _Columns, late_already: set[int]
-    ) -> None:
+    ) -> list[OutRecord]:
         """orders.revenue-hopping: an order counts in each of its windows still open. One
         late for all of them goes to orders.late (header `kappa.late-for`) unless it is
-        there already, late for its tumbling window too."""
+        there already, late for its tumbling window too: those copies are returned, in
+        source order."""
         assert self.hopping is not None
         clock = state.clock(self.hopping_store, self.config.grace_ms)
         windows = state.windows(self.hopping_store)
         result = self.hopping.process_columns(cols.keys, cols.times, cols.values, clock, windows)
-        for late in result.late:
-            rec = cols.rows[late.record]
-            if rec.offset in late_already:
-                continue
-            headers = [
-                ("kappa.late-by-ms", str(late.late_by_ms).encode()),
-                ("kappa.watermark", str(late.watermark).encode()),
-                ("kappa.late-for", REVENUE_HOPPING.encode()),
-            ]
-            copy = OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers, rec.offset)
-            out.records.append(copy)
-            out.counts.late += 1
+        late_copies = [
+            _late_copy(cols.rows[late.record], late, late_for=REVENUE_HOPPING)
+            for late in result.late
+            if cols.rows[late.record].offset not in late_already
+        ]
+        out.counts.late += len(late_copies)
         if self.config.emit_updates:
             for key, m in sorted(result.updated.items()):
                 value = revenue_value(key[2], key, m, False)
@@ -339,6 +332,7 @@ class OrdersPipeline:
         windows.put(result.updated)
         self._emit_closed(out, result.closed, output=REVENUE_HOPPING)
         windows.delete(k for k, _ in result.closed if k not in result.created)
+        return late_copies
 
     def flush(self, state: PartitionState) -> BatchOutput:
         """Emit every open window, marked provisional (header `kappa.provisional`).
@@ -388,6 +382,23 @@ class _Columns:
         self.times.append(ts)
         self.values.append(value)
         self.rows.append(row)
+
+
+def _late_copy(rec: Record, late: LateEvent[int], late_for: str | None = None) -> OutRecord:
+    """The copy of a late order for orders.late; `late_for` names the only output it was
+    late for, when that is not orders.revenue-1m."""
+    headers = [
+        ("kappa.late-by-ms", str(late.late_by_ms).encode()),
+        ("kappa.watermark", str(late.watermark).encode()),
+    ]
+    if late_for is not None:
+        headers.append(("kappa.late-for", late_for.encode()))
+    return OutRecord(LATE, rec.key, rec.value, rec.timestamp, headers, rec.offset)
+
+
+def _source_offset(copy: OutRecord) -> int:
+    assert copy.source_offset is not None
+    return copy.source_offset
 
 
 def _report_windows(
