@@ -65,3 +65,63 @@ def test_info_lines_are_never_held_back() -> None:
         for _ in range(3)
     ]
     assert [limiter.filter(r) for r in joined] == [True, True, True]
+
+
+class _Timers:
+    """The limiter's timer, run by hand: (delay s, callback) as scheduled."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, object]] = []
+
+    def __call__(self, delay_s: float, callback: object) -> None:
+        self.pending.append((delay_s, callback))
+
+    def fire(self) -> None:
+        _, callback = self.pending.pop(0)
+        callback()  # type: ignore[operator]
+
+
+def _unable(limiter: RepeatLimiter, clock: ManualClock, seconds: range) -> list[bool]:
+    passed = []
+    for second in seconds:
+        clock.now = float(second)
+        passed.append(limiter.filter(_record("aiokafka.conn", "Unable connect to %s", "node 1")))
+    return passed
+
+
+def test_a_count_held_back_when_the_trouble_stops_is_said_after_a_quiet_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker came back after 12 s: no 13th line of the kind ever comes to carry the
+    count of the 11 held back, so the timer says it, once."""
+    clock, timers = ManualClock(), _Timers()
+    limiter = RepeatLimiter(30.0, clock, timers, quiet_s=5.0)
+    assert _unable(limiter, clock, range(0, 12)) == [True] + [False] * 11
+    assert [delay for delay, _ in timers.pending] == [35.0]  # one timer, however many held
+    clock.now = 35.0
+    with caplog.at_level(logging.WARNING, logger="aiokafka.conn"):
+        timers.fire()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "Unable connect to node 1 (11 more like this in the 11s after it)")
+    ]
+    assert limiter.filter(caplog.records[0])  # the count line itself always passes
+    assert not timers.pending  # nothing held any more
+    assert _unable(limiter, clock, range(40, 41)) == [True]  # a new outage is said at once
+
+
+def test_a_count_is_not_said_twice_when_the_trouble_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Still failing at 30 s: that line carries the 29 held back, and the timer says only the
+    5 held back after it, once they are followed by quiet."""
+    clock, timers = ManualClock(), _Timers()
+    limiter = RepeatLimiter(30.0, clock, timers, quiet_s=5.0)
+    assert _unable(limiter, clock, range(0, 36)).count(True) == 2  # at 0 s and at 30 s
+    clock.now = 36.0
+    with caplog.at_level(logging.WARNING, logger="aiokafka.conn"):
+        while timers.pending:
+            timers.fire()
+            clock.now += 30.0
+    assert [r.getMessage() for r in caplog.records] == [
+        "Unable connect to node 1 (5 more like this in the 5s after it)"
+    ]
