@@ -45,6 +45,7 @@ async def wait_for_broker(
     *,
     max_delay_s: float = 5.0,
     on_wait: Callable[[str], None] | None = None,
+    attempt_timeout_ms: int = 5000,
 ) -> None:
     """Return once the broker answers a metadata request; retry with backoff until timeout.
 
@@ -58,7 +59,7 @@ async def wait_for_broker(
     last = ""
     while True:
         with quiet_aiokafka():
-            admin = new_admin(bootstrap, request_timeout_ms=5000)
+            admin = new_admin(bootstrap, request_timeout_ms=attempt_timeout_ms)
             try:
                 await admin.start()
                 await admin.list_topics()
@@ -68,17 +69,50 @@ async def wait_for_broker(
             finally:
                 await admin.close()
         if deadline is not None and loop.time() + delay > deadline:
-            secured = connection(bootstrap).security_protocol != "PLAINTEXT"
-            hint = " or check KAPPA_SECURITY_PROTOCOL and its settings" if secured else ""
-            raise BrokerUnreachable(
-                f"cannot reach the Kafka broker at {bootstrap} ({last}); "
-                f"start it with `kappa broker` or set KAPPA_BROKER{hint}"
-            )
+            raise BrokerUnreachable(await _unreachable(bootstrap, last))
         if on_wait is not None:
             on_wait(last)
             on_wait = None
         await asyncio.sleep(delay)
         delay = min(delay * 2, max_delay_s)
+
+
+async def _unreachable(bootstrap: Conn, error: str) -> str:
+    """Why no broker answered, in one line: nothing listens at the address, or something does
+    but says no Kafka (a broker stopped or overloaded, or a TLS listener spoken to in plain)."""
+    secured = connection(bootstrap).security_protocol != "PLAINTEXT"
+    if await accepts_connections(connection(bootstrap).bootstrap):
+        protocol = (
+            "check KAPPA_SECURITY_PROTOCOL and its settings"
+            if secured
+            else "if its listener wants TLS or SASL, set KAPPA_SECURITY_PROTOCOL"
+        )
+        return (
+            f"the Kafka broker at {bootstrap} accepts connections but does not answer "
+            f"({error}): it may be stopped, frozen or overloaded; {protocol}"
+        )
+    hint = " or check KAPPA_SECURITY_PROTOCOL and its settings" if secured else ""
+    return (
+        f"cannot reach the Kafka broker at {bootstrap} ({error}); "
+        f"start it with `kappa broker` or set KAPPA_BROKER{hint}"
+    )
+
+
+async def accepts_connections(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Whether any of the bootstrap addresses (`host:port,...`) accepts a TCP connection."""
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
+            )
+        except (OSError, ValueError, TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
 
 
 @contextlib.contextmanager

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka.errors import KafkaError
 
 from app import admin
+from app.admin import BrokerUnreachable, accepts_connections, wait_for_broker
+from app.broker import free_port
 
 
 async def test_a_broker_that_will_not_tell_its_limits_leaves_the_copy_limit_as_set(
@@ -61,3 +65,28 @@ async def test_a_broker_that_will_not_tell_its_topic_configs_does_not_stop_a_wor
     monkeypatch.setattr(admin, "topic_configs", refuse)
     await admin.require_compacted("127.0.0.1:1", ["kappa-v1-orders-changelog"])
     assert "not checked that they are compacted" in caplog.text
+
+
+async def test_an_address_that_accepts_connections_but_says_no_kafka_is_told_apart() -> None:
+    """A frozen broker, or a TLS listener spoken to in plain, accepts the connection and never
+    answers: "cannot reach ... start it with kappa broker" sent users after the wrong cause."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # held open, never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(BrokerUnreachable) as refused:
+            await wait_for_broker(f"127.0.0.1:{port}", timeout_s=0.1, attempt_timeout_ms=300)
+    finally:
+        for writer in connections:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert str(refused.value).startswith(
+        f"the Kafka broker at 127.0.0.1:{port} accepts connections but does not answer ("
+    )
+    assert "if its listener wants TLS or SASL, set KAPPA_SECURITY_PROTOCOL" in str(refused.value)
+    assert await accepts_connections(f"127.0.0.1:{free_port()}") is False
