@@ -188,9 +188,32 @@ async def ensure_topics(
             code = err[1]
             if code and for_code(code) is not TopicAlreadyExistsError:
                 raise KafkaError(f"creating topic {err[0]} failed: {for_code(code).__name__}")
+        warning = replication_warning(replication, await _broker_count(admin), len(new))
+        if warning:
+            log.warning(warning)
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+def replication_warning(replication: int, brokers: int, created: int) -> str | None:
+    """A line when topics were just created unreplicated on a cluster that could replicate them:
+    KAPPA_REPLICATION's default (1) suits the one-broker dev broker, not a production cluster."""
+    if replication != 1 or brokers < 2:
+        return None
+    return (
+        f"created {created} topic(s) with replication factor 1 on a cluster of {brokers} "
+        "brokers: losing one broker loses their records, changelogs included; set "
+        "KAPPA_REPLICATION (3 is usual) before creating topics"
+    )
+
+
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
+    """How many brokers the cluster has (0 if it will not say)."""
+    try:
+        return len((await admin.describe_cluster())["brokers"])
+    except (KafkaError, LookupError, TypeError):
+        return 0
 
 
 def no_timestamp_limits(broker_config_names: Collection[str]) -> dict[str, str]:

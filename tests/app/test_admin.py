@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from aiokafka.errors import KafkaError
@@ -90,3 +91,52 @@ async def test_an_address_that_accepts_connections_but_says_no_kafka_is_told_apa
     )
     assert "if its listener wants TLS or SASL, set KAPPA_SECURITY_PROTOCOL" in str(refused.value)
     assert await accepts_connections(f"127.0.0.1:{free_port()}") is False
+
+
+class _Cluster:
+    """An admin client of a cluster of `brokers` brokers with no topics yet."""
+
+    def __init__(self, brokers: int) -> None:
+        self.brokers = brokers
+        self.created: list[object] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def list_topics(self) -> list[str]:
+        return []
+
+    async def create_topics(self, new: list[object]) -> object:
+        from types import SimpleNamespace
+
+        self.created.extend(new)
+        return SimpleNamespace(topic_errors=[])
+
+    async def describe_cluster(self) -> dict[str, object]:
+        return {"brokers": [{"node_id": i} for i in range(self.brokers)]}
+
+
+@pytest.mark.parametrize(
+    ("brokers", "replication", "warned"), [(3, 1, True), (1, 1, False), (3, 3, False)]
+)
+async def test_unreplicated_topics_on_a_cluster_of_several_brokers_get_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    brokers: int,
+    replication: int,
+    warned: bool,
+) -> None:
+    """KAPPA_REPLICATION defaults to 1, right for the one dev broker: on a real cluster a
+    broker lost would take changelogs with it, so creating topics that way is said."""
+    cluster = _Cluster(brokers)
+    monkeypatch.setattr(admin, "new_admin", lambda *a, **kw: cluster)
+    created = await admin.ensure_topics("127.0.0.1:1", {"a": (4, {}), "b": (4, {})}, replication)
+    assert created == ["a", "b"]
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    expected = (
+        "created 2 topic(s) with replication factor 1 on a cluster of 3 brokers: losing one "
+        "broker loses their records, changelogs included; set KAPPA_REPLICATION (3 is usual) "
+        "before creating topics"
+    )
+    assert said == ([expected] if warned else [])
