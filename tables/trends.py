@@ -61,9 +61,9 @@ class TrendPoint:
     windows: int  # windows seen so far, this one included
     cumulative_count: int  # events in all windows so far
     cumulative_value: float
-    expected: float | None  # what the trend forecast for this window before it (None: first)
+    expected: float | None  # the trend's forecast for this window before it (None: first; ≥ 0)
     forecast_next: float  # the trend's value one window after this one (never negative)
-    zscore: float | None  # (value − expected) / RMS of earlier errors; None before 2 errors
+    zscore: float | None  # (value − expected) / weighted RMS of earlier errors; None before one
     anomaly: bool
 
 
@@ -78,9 +78,11 @@ class Trend:
     The trend is a least-squares line through (window index, value), each window weighted by
     `decay` per newer window (recursive least squares with forgetting). Its sums are held
     relative to the newest window's index, so they stay small however far the epoch is.
-    A window's anomaly score is its error against that forecast, in units of the earlier
-    errors' exponentially weighted root mean square: a steady trend is no anomaly, a jump off
-    it is.
+    A window's anomaly score is its error against that forecast, in units of the root mean
+    square of the earlier errors, each weighted by `decay` per newer error: a steady trend is
+    no anomaly, a jump off it is. An anomaly joins the line and the errors only as far as the
+    threshold (its value moved to `anomaly_z` spreads off the forecast), so one spike neither
+    bends the forecasts after it nor hides the next jump behind a spread it inflated.
     """
 
     last_start: int = -(1 << 63)
@@ -88,7 +90,7 @@ class Trend:
     windows: int = 0
     cumulative_count: int = 0
     cumulative_value: float = 0.0
-    error_square: float = 0.0  # weighted mean square of the forecast errors so far
+    error_sum: float = 0.0  # Σw·e² over the forecast errors so far (w: decay per newer error)
     # Σw, Σw·d, Σw·d², Σw·y, Σw·d·y over the windows, d = index − last_index (≤ 0).
     s0: float = 0.0
     s1: float = 0.0
@@ -96,6 +98,7 @@ class Trend:
     sy: float = 0.0
     sdy: float = 0.0
     recent: list[float] = field(default_factory=list)  # newest last, at most average_windows
+    error_weight: float = 0.0  # Σw over the same errors; 0 with errors: a pre-Σw state
 
     def observe(
         self, start: int, end: int, count: int, value: float, config: TrendConfig
@@ -106,24 +109,30 @@ class Trend:
             return None
         size = end - start
         index = start // size if size > 0 else start
-        expected = self._forecast(index - self.last_index) if self.windows else None
-        zscore, anomaly = self._score(value, expected, config)
-
         decay = config.decay
+        if self.windows >= 2 and self.error_weight == 0.0:  # stored as a running mean square
+            self.error_weight = 1.0 / (1.0 - decay)
+            self.error_sum *= self.error_weight
+        ahead = index - self.last_index
+        expected = max(0.0, self._forecast(ahead)) if self.windows else None
+        zscore, anomaly, spread = self._score(value, expected, config)
+        fitted = value  # what joins the line and the errors
+        if anomaly and spread > 0.0 and expected is not None:  # as far as the threshold
+            limit = config.anomaly_z * spread
+            fitted = expected + limit if value > expected else expected - limit
+
         if expected is not None:  # scored first, then the error joins the baseline
-            error = value - expected
-            if self.windows == 1:
-                self.error_square = error * error
-            else:
-                self.error_square = decay * self.error_square + (1.0 - decay) * error * error
-            shift = float(index - self.last_index)  # move the origin to this window
+            error = fitted - expected
+            self.error_sum = decay * self.error_sum + error * error
+            self.error_weight = decay * self.error_weight + 1.0
+            shift = float(ahead)  # move the origin to this window
             self.s2 = decay * (self.s2 - 2.0 * shift * self.s1 + shift * shift * self.s0)
             self.s1 = decay * (self.s1 - shift * self.s0)
             self.sdy = decay * (self.sdy - shift * self.sy)
             self.s0 = decay * self.s0
             self.sy = decay * self.sy
         self.s0 += 1.0
-        self.sy += value
+        self.sy += fitted
         self.last_start, self.last_index = start, index
         self.windows += 1
         self.cumulative_count += count
@@ -170,17 +179,21 @@ class Trend:
 
     def _score(
         self, value: float, expected: float | None, config: TrendConfig
-    ) -> tuple[float | None, bool]:
-        """`value`'s forecast error in units of the earlier errors' RMS; None before two
-        earlier windows. Errors below a billionth of the forecast count as float noise."""
+    ) -> tuple[float | None, bool, float]:
+        """`value`'s forecast error in units of the earlier errors' weighted RMS; None before an
+        earlier error. Errors below a billionth of the forecast count as float noise. Also the
+        RMS itself, 0.0 where the errors were no more than that noise: an anomaly then joins
+        whole (a series forecast exactly, which changed, has no spread to bound it by)."""
         if expected is None or self.windows < 2:
-            return None, False
+            return None, False, 0.0
         warm = self.windows - 1 >= config.warmup_windows  # errors in the baseline
-        spread = max(math.sqrt(self.error_square), 1e-9 * abs(expected))
+        measured = math.sqrt(self.error_sum / self.error_weight)
+        noise = 1e-9 * expected
+        spread = max(measured, noise)
         z = (value - expected) / spread if spread > 0.0 else math.inf
         if not math.isfinite(z):  # every earlier forecast exact (or errors underflowed to 0)
-            return None, warm and value != expected
-        return z, warm and abs(z) > config.anomaly_z
+            return None, warm and value != expected, 0.0
+        return z, warm and abs(z) > config.anomaly_z, measured if measured > noise else 0.0
 
     def to_bytes(self) -> bytes:
         head = _HEAD.pack(
@@ -190,8 +203,8 @@ class Trend:
             self.windows,
             self.cumulative_count,
             self.cumulative_value,
-            self.error_square,
-            0.0,  # reserved
+            self.error_sum,
+            self.error_weight,  # 0.0 in states written before it (a mean square before it)
             self.s0,
             self.s1,
             self.s2,
@@ -208,8 +221,23 @@ class Trend:
             raise ValueError(f"unknown trend state format {fields[0]}")
         n = fields[-1]
         recent = list(struct.unpack_from(f">{n}d", raw, _HEAD.size))
-        (_, start, index, windows, count, value, error_square, _, s0, s1, s2, sy, sdy, _) = fields
-        return cls(start, index, windows, count, value, error_square, s0, s1, s2, sy, sdy, recent)
+        (_, start, index, windows, count, value, error_sum, error_weight, *_) = fields
+        s0, s1, s2, sy, sdy = fields[8:13]
+        return cls(
+            start,
+            index,
+            windows,
+            count,
+            value,
+            error_sum,
+            s0,
+            s1,
+            s2,
+            sy,
+            sdy,
+            recent,
+            error_weight,
+        )
 
 
 def trend_points(

@@ -4,6 +4,7 @@ batching independence, state round trips, and what counts as an anomaly."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from hypothesis import given
@@ -50,9 +51,14 @@ gaps_st = st.lists(st.integers(1, 5), min_size=40, max_size=40)
 
 @given(values_st, gaps_st)
 def test_every_measure_equals_its_batch_computation(values: list[float], gaps: list[int]) -> None:
+    """Each point against the rule computed afresh from all the windows before it: the line
+    and the errors over the values as fitted (an anomaly's moved to the threshold)."""
     indexes = [sum(gaps[:i]) for i in range(len(values))]
     points = trend_points(series(values, indexes), CONFIG)
     assert len(points) == len(values)
+    decay = CONFIG.decay
+    fitted: list[float] = []  # each window's value as it joined the line and the errors
+    errors: list[float] = []
     for i, p in enumerate(points):
         seen = values[: i + 1]
         assert p.windows == i + 1
@@ -60,29 +66,37 @@ def test_every_measure_equals_its_batch_computation(values: list[float], gaps: l
         assert close(p.cumulative_value, sum(seen))
         recent = seen[-CONFIG.average_windows :]
         assert close(p.moving_average, sum(recent) / len(recent))
-        a, b = weighted_line(list(zip(indexes[: i + 1], seen)), CONFIG.decay)
-        assert math.isclose(p.forecast_next, max(0.0, a + b), rel_tol=1e-6, abs_tol=1e-3)
-        if i:
-            a, b = weighted_line(list(zip(indexes[:i], values[:i])), CONFIG.decay)
-            ahead = indexes[i] - indexes[i - 1]
+        if not i:
+            assert p.expected is None and p.zscore is None
+            fitted.append(values[0])
+        else:
+            a, b = weighted_line(list(zip(indexes[:i], fitted)), decay)
+            expected = max(0.0, a + b * (indexes[i] - indexes[i - 1]))
             assert p.expected is not None
-            assert math.isclose(p.expected, a + b * ahead, rel_tol=1e-6, abs_tol=1e-3)
-        else:
-            assert p.expected is None
-    # z: each error over the weighted RMS of the errors before it (the first one weighs in
-    # whole, every later one by 1 − decay, all shrinking by decay per newer error)
-    errors = [p.value - p.expected for p in points if p.expected is not None]
-    decay = CONFIG.decay
-    for m, p in enumerate(points[2:], start=1):
-        square = decay ** (m - 1) * errors[0] ** 2 + sum(
-            (1 - decay) * decay ** (m - j) * errors[j - 1] ** 2 for j in range(2, m + 1)
-        )
-        spread = max(math.sqrt(square), 1e-9 * abs(p.expected or 0.0))
-        if spread == 0.0 or not math.isfinite(errors[m] / spread):  # no finite z to give
-            assert p.zscore is None
-        else:
-            assert p.zscore is not None
-            assert math.isclose(p.zscore, errors[m] / spread, rel_tol=1e-6, abs_tol=1e-6)
+            assert math.isclose(p.expected, expected, rel_tol=1e-6, abs_tol=1e-3)
+            z, measured = None, 0.0
+            if errors:  # weighted by decay per newer error, as a mean
+                w = [decay ** (len(errors) - 1 - j) for j in range(len(errors))]
+                measured = math.sqrt(sum(wj * e * e for wj, e in zip(w, errors)) / sum(w))
+                spread = max(measured, 1e-9 * p.expected)
+                if spread > 0.0 and math.isfinite((values[i] - p.expected) / spread):
+                    z = (values[i] - p.expected) / spread
+            if z is None:
+                assert p.zscore is None
+            else:
+                assert p.zscore is not None
+                assert math.isclose(p.zscore, z, rel_tol=1e-6, abs_tol=1e-6)
+                warm = i - 1 >= CONFIG.warmup_windows
+                if abs(abs(z) - CONFIG.anomaly_z) > 1e-6:  # not on the threshold's edge
+                    assert p.anomaly == (warm and abs(z) > CONFIG.anomaly_z)
+            value = values[i]
+            if p.anomaly and p.zscore is not None and measured > 1e-9 * p.expected:
+                limit = CONFIG.anomaly_z * measured  # bounded by a spread the errors measured
+                value = p.expected + (limit if p.zscore > 0 else -limit)
+            fitted.append(value)
+            errors.append(value - p.expected)
+        a, b = weighted_line(list(zip(indexes[: i + 1], fitted)), decay)
+        assert math.isclose(p.forecast_next, max(0.0, a + b), rel_tol=1e-6, abs_tol=1e-3)
 
 
 @given(values_st, st.lists(st.integers(1, 7), min_size=1, max_size=10))
@@ -123,6 +137,48 @@ def test_a_jump_off_the_trend_is_an_anomaly_once_warm() -> None:
     assert points[6].zscore is not None and points[6].zscore > CONFIG.anomaly_z
 
 
+def _noisy_level(n: int, level: float = 300.0) -> list[float]:
+    """A steady level with ±5% noise (a fixed sequence: the test is the same every run)."""
+    rng = random.Random(3)
+    return [level * (1 + rng.uniform(-0.05, 0.05)) for _ in range(n)]
+
+
+def test_a_spike_neither_hides_the_next_jump_nor_bends_the_forecasts_after_it() -> None:
+    """One 10× spike used to join the errors' spread whole: a 3× jump ten windows later scored
+    |z| < 1, and the forecasts stayed 40% high for ten windows."""
+    values = _noisy_level(60)
+    values[30], values[40] = 3000.0, 900.0
+    points = trend_points(series(values), TrendConfig())
+    assert [i for i, p in enumerate(points) if p.anomaly] == [30, 40]
+    for p in points[31:40]:
+        assert p.expected is not None and abs(p.expected - 300.0) < 45.0
+    assert not any(p.anomaly for p in points[41:])
+
+
+def test_a_lasting_shift_is_flagged_until_the_forecast_has_caught_up() -> None:
+    """A level that doubles and stays: its first windows are anomalies, then the trend has
+    learnt the new level (each anomaly moves the line by the threshold's worth, no more)."""
+    values = _noisy_level(30) + _noisy_level(40, level=600.0)
+    points = trend_points(series(values), TrendConfig())
+    flagged = [i for i, p in enumerate(points) if p.anomaly]
+    assert flagged[0] == 30 and len(flagged) < 10
+    last = points[-1]
+    assert last.expected is not None and abs(last.expected - 600.0) < 60.0
+
+
+def test_a_state_stored_before_the_weights_were_kept_reads_its_spread_as_it_was() -> None:
+    """States written before `error_weight` hold the errors' mean square in its place and 0.0
+    in the slot it now takes: the next score uses that mean square as the spread."""
+    trend = Trend()
+    for w in series([10.0, 12.0, 14.0]):
+        trend.observe(*w, CONFIG)
+    trend.error_sum, trend.error_weight = 4.0, 0.0  # as such a state reads back
+    old = Trend.from_bytes(trend.to_bytes())
+    point = old.observe(3 * SIZE, 4 * SIZE, 1, 30.0, CONFIG)
+    assert point is not None and point.expected is not None and point.zscore is not None
+    assert math.isclose(point.zscore, (30.0 - point.expected) / 2.0)
+
+
 def test_no_anomaly_before_the_warmup() -> None:
     """Before `warmup_windows` forecast errors there is no baseline to judge by."""
     points = trend_points(series([10.0, 11.0, 500.0]), CONFIG)
@@ -131,8 +187,9 @@ def test_no_anomaly_before_the_warmup() -> None:
 
 
 def test_a_change_in_a_constant_series_is_an_anomaly() -> None:
-    points = trend_points(series([5.0] * 6 + [5.5]), CONFIG)
-    assert [p.anomaly for p in points] == [False] * 6 + [True]
+    """Once: with no spread to bound it by, it joins the line whole, which learns the level."""
+    points = trend_points(series([5.0] * 6 + [5.5] * 30), CONFIG)
+    assert [i for i, p in enumerate(points) if p.anomaly] == [6]
 
 
 def test_errors_too_small_for_a_float_make_no_infinite_score() -> None:
@@ -153,8 +210,9 @@ def test_a_window_not_after_the_last_is_skipped_and_changes_nothing() -> None:
 
 
 def test_forecasts_are_never_negative() -> None:
-    points = trend_points(series([100.0, 50.0, 1.0]), CONFIG)
-    assert points[-1].forecast_next == 0.0
+    points = trend_points(series([100.0, 50.0, 1.0, 1.0]), CONFIG)
+    assert points[2].forecast_next == 0.0
+    assert points[3].expected == 0.0  # the line goes below 0 there: no revenue is negative
 
 
 def test_summary_is_where_the_key_stands() -> None:
