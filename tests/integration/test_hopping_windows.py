@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.checks import GRACE_MS, eventually, reference_for
+from tests.support.checks import GRACE_MS, check_downstream, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec, produce_orders
 from tests.support.reference import Reference, assert_windows_equal, compute_hopping
 from tests.support.workers import Worker, kappa_env, read_records, run_kappa, source_positions
@@ -73,6 +73,7 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
             if h.get("kappa.late-for") == b"orders.revenue-hopping"
         }
         assert marked == only_hopping_late
+        await check_downstream(broker, unique, tumbling)  # the other pipelines are done too
 
     worker = Worker(env, tmp_path / "worker.log").start()
     try:

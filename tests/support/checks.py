@@ -56,6 +56,13 @@ async def check_side_outputs(broker: str, prefix: str, ref: Reference, suffix: s
     assert set(late) == ref.late, (
         f"late missing {ref.late - set(late)} extra {set(late) - ref.late}"
     )
+    await check_downstream(broker, prefix, ref, suffix)
+
+
+async def check_downstream(broker: str, prefix: str, ref: Reference, suffix: str = "") -> None:
+    """User totals equal the reference; trends, signals and rankings are those of the final
+    windows the orders pipeline emitted (so every pipeline after it has caught up)."""
+    t = f"{prefix}.orders"
     totals: dict[str, tuple[int, float]] = {}
     for rs in (await read_records(broker, f"{t}.user-totals{suffix}")).values():
         for _, _, v, _ in rs:
