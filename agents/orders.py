@@ -356,7 +356,8 @@ class OrdersPipeline:
         provisional: bool = False,
         output: str = REVENUE,
     ) -> None:
-        final = (not provisional) if self.config.emit_updates else None
+        # A provisional window says so in its value too, for readers that drop the headers.
+        final = False if provisional else (True if self.config.emit_updates else None)
         headers = [(PROVISIONAL_HEADER, b"1")] if provisional else []
         for key, m in closed:
             product = key[2]

@@ -232,6 +232,8 @@ def test_a_flush_counts_its_windows_as_provisional_not_closed() -> None:
     flushed = p.flush(state)
     assert (flushed.counts.windows_closed, flushed.counts.windows_provisional) == (0, 1)
     assert [dict(r.headers) for r in flushed.records] == [{"kappa.provisional": b"1"}]
+    # Said in the value too, for a reader that drops headers (a sink connector): not final.
+    assert [json.loads(r.value)["final"] for r in flushed.records] == [False]
 
 
 @pytest.mark.parametrize("final", [None, True, False])
