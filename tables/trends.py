@@ -67,8 +67,12 @@ class TrendPoint:
     anomaly: bool
 
 
-_HEAD = struct.Struct(">BqqqqddddddddH")
-_FORMAT = 1
+# Format 2: (2, last_start, last_index, windows, count, value, Σw·e², Σw, s0, s1, s2, sy, sdy,
+# last_anomaly, n) then the n recent values. Format 1, read only, had no last_anomaly, its
+# errors' running mean square where Σw·e² is, and 0.0 where Σw is.
+_HEAD = struct.Struct(">BqqqqddddddddbH")
+_HEAD_1 = struct.Struct(">BqqqqddddddddH")
+_FORMAT = 2
 
 
 @dataclass(slots=True)
@@ -98,7 +102,8 @@ class Trend:
     sy: float = 0.0
     sdy: float = 0.0
     recent: list[float] = field(default_factory=list)  # newest last, at most average_windows
-    error_weight: float = 0.0  # Σw over the same errors; 0 with errors: a pre-Σw state
+    error_weight: float = 0.0  # Σw over the same errors; 0 with errors: a format-1 state
+    last_anomaly: int = 0  # the newest window's anomaly side: +1 above, -1 below, 0 none
 
     def observe(
         self, start: int, end: int, count: int, value: float, config: TrendConfig
@@ -117,9 +122,13 @@ class Trend:
         expected = max(0.0, self._forecast(ahead)) if self.windows else None
         zscore, anomaly, spread = self._score(value, expected, config)
         fitted = value  # what joins the line and the errors
-        if anomaly and spread > 0.0 and expected is not None:  # as far as the threshold
-            limit = config.anomaly_z * spread
-            fitted = expected + limit if value > expected else expected - limit
+        side = (1 if value > expected else -1) if anomaly and expected is not None else 0
+        # A spike joins as far as the threshold. A second anomaly on the same side is a shift,
+        # and one after a gap was judged by an extrapolation: the forecast may be what is wrong,
+        # so those join whole.
+        if side and spread > 0.0 and side != self.last_anomaly and ahead == 1:
+            fitted = expected + side * config.anomaly_z * spread  # type: ignore[operator]
+        self.last_anomaly = side
 
         if expected is not None:  # scored first, then the error joins the baseline
             error = fitted - expected
@@ -204,24 +213,32 @@ class Trend:
             self.cumulative_count,
             self.cumulative_value,
             self.error_sum,
-            self.error_weight,  # 0.0 in states written before it (a mean square before it)
+            self.error_weight,
             self.s0,
             self.s1,
             self.s2,
             self.sy,
             self.sdy,
+            self.last_anomaly,
             len(self.recent),
         )
         return head + struct.pack(f">{len(self.recent)}d", *self.recent)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Trend:
-        fields = _HEAD.unpack_from(raw)
-        if fields[0] != _FORMAT:
-            raise ValueError(f"unknown trend state format {fields[0]}")
+        """A stored state, of this format or of format 1 (its mean square is converted on the
+        next window); an older process refuses format 2 rather than misread it."""
+        if raw[:1] == b"\x01":
+            fields = _HEAD_1.unpack_from(raw)
+            head, error_weight, last_anomaly = _HEAD_1.size, 0.0, 0
+        elif raw[:1] == bytes([_FORMAT]):
+            fields = _HEAD.unpack_from(raw)
+            head, error_weight, last_anomaly = _HEAD.size, fields[7], fields[13]
+        else:
+            raise ValueError(f"unknown trend state format {raw[:1].hex() or 'none'}")
         n = fields[-1]
-        recent = list(struct.unpack_from(f">{n}d", raw, _HEAD.size))
-        (_, start, index, windows, count, value, error_sum, error_weight, *_) = fields
+        recent = list(struct.unpack_from(f">{n}d", raw, head))
+        start, index, windows, count, value, error_sum = fields[1:7]
         s0, s1, s2, sy, sdy = fields[8:13]
         return cls(
             start,
@@ -237,6 +254,7 @@ class Trend:
             sdy,
             recent,
             error_weight,
+            last_anomaly,
         )
 
 
