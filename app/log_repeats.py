@@ -65,24 +65,35 @@ class RepeatLimiter(logging.Filter):
             return True
         if getattr(record, _SUMMARY, False):
             return True
-        kind = (record.name, record.msg)
-        with self._lock:
+        template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+        kind = (record.name, template)
+        with self._lock:  # nothing inside calls out: no record's formatting, no thread start
             now = self.clock()
             seen = self._kinds.get(kind)
-            if seen is not None and now - seen.passed_at < self.interval_s:
+            hold = seen is not None and now - seen.passed_at < self.interval_s
+            if seen is not None and hold:
                 seen.held += 1
                 seen.last_at = now
-                if not self._timer_set:
-                    self._timer_set = True
-                    self._schedule(self.interval_s + self.quiet_s, self.say_held)
-                return False
-            message = record.getMessage()
-            if seen is not None and seen.held:
-                held, since = seen.held, now - seen.passed_at
-                record.msg = f"{message} ({held} more like this in the last {since:.0f}s)"
-                record.args = ()  # not None: mode's formatter would make it (None,)
-            self._kinds[kind] = _Kind(now, level=record.levelno, message=message)
+                start_timer, self._timer_set = not self._timer_set, True
+            else:
+                held, since = (seen.held, now - seen.passed_at) if seen is not None else (0, 0.0)
+                passed = self._kinds[kind] = _Kind(now, level=record.levelno)
+        if hold:
+            if start_timer:
+                self._start_timer(self.interval_s + self.quiet_s)
+            return False
+        passed.message = _text(record)
+        if held:
+            record.msg = f"{passed.message} ({held} more like this in the last {since:.0f}s)"
+            record.args = ()  # not None: mode's formatter would make it (None,)
         return True
+
+    def _start_timer(self, delay_s: float) -> None:
+        try:
+            self._schedule(delay_s, self.say_held)
+        except Exception:  # no thread to be had: the counts go unsaid, the logging goes on
+            with self._lock:
+                self._timer_set = False
 
     def say_held(self) -> None:
         """Say the count of each kind held back and then quiet for `quiet_s` past its interval;
@@ -100,9 +111,9 @@ class RepeatLimiter(logging.Filter):
             ]
             for _, kind in due:
                 kind.held = 0
-            self._timer_set = any(kind.held for kind in self._kinds.values())
-            if self._timer_set:
-                self._schedule(self.interval_s, self.say_held)
+            self._timer_set = again = any(kind.held for kind in self._kinds.values())
+        if again:
+            self._start_timer(self.interval_s)
         for name, level, message, held, span in lines:
             logging.getLogger(name).log(
                 level,
@@ -112,6 +123,15 @@ class RepeatLimiter(logging.Filter):
                 span,
                 extra={_SUMMARY: True},
             )
+
+
+def _text(record: logging.LogRecord) -> str:
+    """The record's message; a record whose arguments do not fit its format stays as logging
+    would have it (its handler reports the error), instead of raising here."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return str(record.msg)
 
 
 def limit_repeats(prefix: str = "aiokafka", limiter: RepeatLimiter | None = None) -> None:

@@ -125,3 +125,24 @@ def test_a_count_is_not_said_twice_when_the_trouble_goes_on(
     assert [r.getMessage() for r in caplog.records] == [
         "Unable connect to node 1 (5 more like this in the 5s after it)"
     ]
+
+
+def test_a_record_whose_arguments_do_not_fit_its_format_is_passed_on_not_raised() -> None:
+    """Formatting is the handler's to fail (logging reports it); a filter that raised would
+    throw into the client that logged."""
+    limiter = RepeatLimiter(30.0, ManualClock())
+    assert limiter.filter(_record("aiokafka.conn", "bad %d format", "x"))
+    assert limiter.filter(logging.LogRecord("aiokafka.x", logging.ERROR, "", 1, {"a": 1}, (), None))
+
+
+def test_no_thread_for_the_timer_leaves_logging_going_and_tries_again_later() -> None:
+    clock = ManualClock()
+    tries: list[float] = []
+
+    def no_thread(delay_s: float, callback: object) -> None:
+        tries.append(delay_s)
+        raise RuntimeError("can't start new thread")
+
+    limiter = RepeatLimiter(30.0, clock, no_thread, quiet_s=5.0)
+    assert _unable(limiter, clock, range(0, 3)) == [True, False, False]
+    assert tries == [35.0, 35.0]  # not marked as set when it could not start
