@@ -89,7 +89,8 @@ async def _unreachable(bootstrap: Conn, error: str) -> str:
         )
         return (
             f"the Kafka broker at {bootstrap} accepts connections but does not answer "
-            f"({error}): it may be stopped, frozen or overloaded; {protocol}"
+            f"({error}): it may be stopped, frozen or overloaded, or advertise an address "
+            f"(advertised.listeners) this host cannot reach; {protocol}"
         )
     hint = " or check KAPPA_SECURITY_PROTOCOL and its settings" if secured else ""
     return (
@@ -106,7 +107,7 @@ async def accepts_connections(bootstrap: str, timeout_s: float = 2.0) -> bool:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
             )
-        except (OSError, ValueError, TimeoutError):
+        except (OSError, ValueError, OverflowError, TimeoutError):  # refused, unparsable
             continue
         writer.close()
         with contextlib.suppress(OSError):
@@ -208,11 +209,16 @@ def replication_warning(replication: int, brokers: int, created: int) -> str | N
     )
 
 
+BROKER_COUNT_TIMEOUT_S = 5.0
+
+
 async def _broker_count(admin: AIOKafkaAdminClient) -> int:
-    """How many brokers the cluster has (0 if it will not say)."""
+    """How many brokers the cluster has (0 if it will not say soon): only for a warning, so
+    nothing here may fail or hold up the topics just created."""
     try:
-        return len((await admin.describe_cluster())["brokers"])
-    except (KafkaError, LookupError, TypeError):
+        cluster = await asyncio.wait_for(admin.describe_cluster(), BROKER_COUNT_TIMEOUT_S)
+        return len(cluster["brokers"])
+    except (KafkaError, LookupError, TypeError, TimeoutError, OSError):
         return 0
 
 

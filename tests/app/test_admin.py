@@ -140,3 +140,21 @@ async def test_unreplicated_topics_on_a_cluster_of_several_brokers_get_a_warning
         "before creating topics"
     )
     assert said == ([expected] if warned else [])
+
+
+async def test_a_cluster_that_will_not_say_its_brokers_still_gets_its_topics(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker count only decides a warning: a describe that hangs or fails must neither
+    hold the command up past a few seconds nor fail it after the topics were made."""
+
+    class _Stalls(_Cluster):
+        async def describe_cluster(self) -> dict[str, object]:
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError
+
+    cluster = _Stalls(3)
+    monkeypatch.setattr(admin, "new_admin", lambda *a, **kw: cluster)
+    monkeypatch.setattr(admin, "BROKER_COUNT_TIMEOUT_S", 0.05)
+    assert await admin.ensure_topics("127.0.0.1:1", {"a": (4, {})}) == ["a"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
