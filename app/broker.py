@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import time
@@ -53,18 +54,26 @@ def port_open(host: str, port: int) -> bool:
 
 
 _handed_out: set[int] = set()
+# Where free_port picks: None for any port the kernel offers. Processes that pick side by side
+# (the test suite's pytest-xdist processes) each take a range of their own, below the kernel's
+# ephemeral ports, so that one cannot be handed a port the other picked but has not bound yet.
+PORT_RANGE: range | None = None
 
 
 def free_port() -> int:
     """A port nothing listens on now, never one this process was given before: ports are
     often bound a while after they are picked, and the kernel may offer one twice meanwhile."""
-    while True:
+    for _ in range(100_000):
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", 0 if PORT_RANGE is None else random.choice(PORT_RANGE)))
+            except OSError:  # in use: another from the range
+                continue
             port = int(s.getsockname()[1])
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+    raise RuntimeError(f"no free port left in {PORT_RANGE}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+import app.broker
 from app.broker import DevBroker, free_port
 
 # Property tests assert results, never speed: no per-example deadline and no "too slow" health
@@ -28,6 +29,14 @@ settings.load_profile("kappa")
 SUITE_PARAMETERS = {"KAPPA_CHAOS_ROUNDS", "KAPPA_CHAOS_SEED"}
 for _name in [n for n in os.environ if n.startswith("KAPPA_") and n not in SUITE_PARAMETERS]:
     del os.environ[_name]
+
+
+# Under pytest-xdist (`make test`), each test process picks ports from its own range: one
+# process could otherwise be handed a port the other has picked and not yet bound.
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+if _xdist_worker.startswith("gw") and int(_xdist_worker[2:]) < 4:
+    _first = 10_000 + 5_000 * int(_xdist_worker[2:])
+    app.broker.PORT_RANGE = range(_first, _first + 5_000)
 
 
 @pytest.fixture(scope="session")
