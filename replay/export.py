@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.top_products import TOP_PRODUCTS
 from app.atomic_file import replaced, synced_directory
 from app.file_lock import writer_lock
 from app.settings import ConfigError, Settings
@@ -119,6 +120,7 @@ async def export(settings: Settings, directory: Path, version: int | None = None
                 "provisional_left_out": written.provisional,
                 "key": list(keys),
             }
+        ranked = directory / f"{TOP_PRODUCTS}.jsonl"
         write_manifest(
             directory,
             {
@@ -128,11 +130,20 @@ async def export(settings: Settings, directory: Path, version: int | None = None
                 "since_ms": rec.since_ms,
                 "settings": recorded_definition(view, v),
                 "outputs": outputs,
+                "complete_until_ms": complete_until(ranked) if TOP_PRODUCTS in outputs else None,
             },
         )
     if not rec.replay_done:
         lines.append(f"note: version {v}'s replay has not completed: its results may be partial")
     return "\n".join(lines)
+
+
+def complete_until(ranked: Path) -> int | None:
+    """The end of the last window ranked in `ranked` (orders.top-products' export): every
+    source partition's watermark had passed it, so every window ending by then is final and
+    exported, and a product without one there had no orders in it. None if nothing was ranked."""
+    ends = (json.loads(line)["window_end"] for line in ranked.read_bytes().splitlines())
+    return max(ends, default=None)
 
 
 async def _export_output(

@@ -147,6 +147,12 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
     manifest = json.loads((replay_dir / "export.json").read_text())
     assert manifest["version"] == 2 and manifest["replay_done"] is True
     assert manifest["outputs"]["orders.revenue-1m"]["results"] == len(exported)
+    # Every window ending by then is final on every partition (and exported), none after it.
+    lowest = min(dataset.reference.watermarks.values())
+    until = manifest["complete_until_ms"]
+    assert lowest - 60_000 < until <= lowest
+    assert until == max(w["window_end"] for w in exported if w["window_end"] <= lowest)
+    assert json.loads((live_dir / "export.json").read_text())["complete_until_ms"] == until
 
 
 @pytest.mark.parametrize(
