@@ -80,19 +80,19 @@ async def wait_for_broker(
 async def _unreachable(bootstrap: Conn, error: str) -> str:
     """Why no broker answered, in one line: nothing listens at the address, or something does
     but says no Kafka (a broker stopped or overloaded, or a TLS listener spoken to in plain)."""
-    secured = connection(bootstrap).security_protocol != "PLAINTEXT"
-    if await accepts_connections(connection(bootstrap).bootstrap):
+    conn = connection(bootstrap)
+    check = "check KAPPA_SECURITY_PROTOCOL and its settings"
+    secured = conn.security_protocol != "PLAINTEXT"
+    if await accepts_connections(conn.bootstrap):
         protocol = (
-            "check KAPPA_SECURITY_PROTOCOL and its settings"
-            if secured
-            else "if its listener wants TLS or SASL, set KAPPA_SECURITY_PROTOCOL"
+            check if secured else "if its listener wants TLS or SASL, set KAPPA_SECURITY_PROTOCOL"
         )
         return (
             f"the Kafka broker at {bootstrap} accepts connections but does not answer "
             f"({error}): it may be stopped, frozen or overloaded, or advertise an address "
             f"(advertised.listeners) this host cannot reach; {protocol}"
         )
-    hint = " or check KAPPA_SECURITY_PROTOCOL and its settings" if secured else ""
+    hint = f" or {check}" if secured else ""
     return (
         f"cannot reach the Kafka broker at {bootstrap} ({error}); "
         f"start it with `kappa broker` or set KAPPA_BROKER{hint}"

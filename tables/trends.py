@@ -84,9 +84,10 @@ class Trend:
     relative to the newest window's index, so they stay small however far the epoch is.
     A window's anomaly score is its error against that forecast, in units of the root mean
     square of the earlier errors, each weighted by `decay` per newer error: a steady trend is
-    no anomaly, a jump off it is. An anomaly joins the line and the errors only as far as the
-    threshold (its value moved to `anomaly_z` spreads off the forecast), so one spike neither
-    bends the forecasts after it nor hides the next jump behind a spread it inflated.
+    no anomaly, a jump off it is. A spike joins the line and the errors only as far as the
+    threshold (its value moved to `anomaly_z` spreads off the forecast), so it neither bends the
+    forecasts after it nor hides the next jump behind a spread it inflated. A second anomaly on
+    the same side (a shift), or one after a gap (judged by an extrapolation), joins whole.
     """
 
     last_start: int = -(1 << 63)
