@@ -14,7 +14,7 @@ DONE = Gauge(
     "kappa_replay_events_done", "Replay: source records processed", ["version", "pipeline"]
 )
 TOTAL = Gauge(
-    "kappa_replay_events_total", "Replay: source records to process", ["version", "pipeline"]
+    "kappa_replay_events_planned", "Replay: source records to process", ["version", "pipeline"]
 )
 RATE = Gauge("kappa_replay_events_per_second", "Replay: current rate", ["version", "pipeline"])
 ETA = Gauge("kappa_replay_eta_seconds", "Replay: estimated seconds left", ["version", "pipeline"])

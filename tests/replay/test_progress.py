@@ -19,7 +19,7 @@ def test_progress_sets_done_total_rate_and_eta(caplog: pytest.LogCaptureFixture)
     progress._last_log = -1e9  # due for a log line
     with caplog.at_level(logging.INFO, logger="kappa.progress"):
         progress.advance(250)
-    assert _gauge("kappa_replay_events_total") == 1_000
+    assert _gauge("kappa_replay_events_planned") == 1_000
     assert _gauge("kappa_replay_events_done") == 250
     rate = _gauge("kappa_replay_events_per_second")
     eta = _gauge("kappa_replay_eta_seconds")
