@@ -12,11 +12,36 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiokafka.admin.client
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+class MetadataRequestNoAutoCreate(MetadataRequest):
+    """A metadata request that never creates the topics it names.
+
+    aiokafka asks with allow_auto_topic_creation=true, so on a broker with
+    auto.create.topics.enable (Apache Kafka's default) a sink or worker still reading a dropped
+    version, or a mistyped topic, would make an empty topic with the broker's default partition
+    count and cleanup policy. Kappa creates every topic itself; like Kafka Streams
+    (allow.auto.create.topics=false), its clients only ask.
+    """
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+# Every client Kappa makes (here, and faust's, which uses aiokafka's client) builds its
+# metadata requests through these two names.
+aiokafka.client.MetadataRequest = MetadataRequestNoAutoCreate
+aiokafka.admin.client.MetadataRequest = MetadataRequestNoAutoCreate
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 

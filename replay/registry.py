@@ -84,13 +84,19 @@ class Registry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topic = registry_topic(settings)
+        self._ensured = False
 
     async def ensure(self) -> None:
+        """Create the registry topic if it is missing: one partition, compacted. Kappa's
+        clients never have the broker create a topic they write to (`app.kafka_clients`)."""
+        if self._ensured:
+            return
         await ensure_topics(
             self.settings.kafka,
             {self.topic: (1, {"cleanup.policy": "compact"})},
             self.settings.replication,
         )
+        self._ensured = True
 
     async def load(self, create: bool = True) -> RegistryView:
         """The registry's current content; with create=False a missing registry reads empty."""
@@ -110,6 +116,7 @@ class Registry:
         return view
 
     async def put(self, *records: tuple[str, dict[str, object]]) -> None:
+        await self.ensure()
         producer = new_producer(self.settings.kafka, acks="all")
         try:
             await producer.start()  # inside: stopped even if cancelled while starting
