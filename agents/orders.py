@@ -41,6 +41,9 @@ from tables.windows import HoppingWindows, TumblingWindows, WindowsFrom
 SOURCE = "orders"
 REVENUE = "orders.revenue-1m"
 REVENUE_HOPPING = "orders.revenue-hopping"  # empty unless hopping windows are configured
+# `kappa.late-for` of a late order's copy, with hopping windows: what it is missing from.
+LATE_FOR_REVENUE = REVENUE.encode()
+LATE_FOR_BOTH = f"{REVENUE},{REVENUE_HOPPING}".encode()
 PROVISIONAL_HEADER = "kappa.provisional"  # a window emitted open, by a replay's final flush
 DLQ = "orders.dlq"
 LATE = "orders.late"
@@ -300,7 +303,10 @@ class OrdersPipeline:
             if hopped is None:  # no --since: the same events as the tumbling windows
                 hopped = _Columns(keys, times, values, rows)
             late_already = {copy.source_offset for copy in late_copies}
-            late_for_hopping = self._process_hopping(state, out, hopped, late_already)
+            late_for_hopping, hopping_late = self._process_hopping(state, out, hopped, late_already)
+            for copy in late_copies:  # late for the tumbling window: for the hopping ones too?
+                both = copy.source_offset in hopping_late
+                copy.headers.append(("kappa.late-for", LATE_FOR_BOTH if both else LATE_FOR_REVENUE))
             if late_for_hopping:  # one stream in source order, whatever the batching
                 late_copies = list(heapq.merge(late_copies, late_for_hopping, key=_source_offset))
         out.records.extend(late_copies)
@@ -310,15 +316,16 @@ class OrdersPipeline:
 
     def _process_hopping(
         self, state: PartitionState, out: BatchOutput, cols: _Columns, late_already: set[int]
-    ) -> list[OutRecord]:
+    ) -> tuple[list[OutRecord], set[int]]:
         """orders.revenue-hopping: an order counts in each of its windows still open. One
         late for all of them goes to orders.late (header `kappa.late-for`) unless it is
-        there already, late for its tumbling window too: those copies are returned, in
-        source order."""
+        there already, late for its tumbling window too. Returns those copies, in source
+        order, and the source offsets of every order late for all its hopping windows."""
         assert self.hopping is not None
         clock = state.clock(self.hopping_store, self.config.grace_ms)
         windows = state.windows(self.hopping_store)
         result = self.hopping.process_columns(cols.keys, cols.times, cols.values, clock, windows)
+        late_offsets = {cols.rows[late.record].offset for late in result.late}
         late_copies = [
             _late_copy(cols.rows[late.record], late, late_for=REVENUE_HOPPING)
             for late in result.late
@@ -332,7 +339,7 @@ class OrdersPipeline:
         windows.put(result.updated)
         self._emit_closed(out, result.closed, output=REVENUE_HOPPING)
         windows.delete(k for k, _ in result.closed if k not in result.created)
-        return late_copies
+        return late_copies, late_offsets
 
     def flush(self, state: PartitionState) -> BatchOutput:
         """Emit every open window, marked provisional (header `kappa.provisional`).
@@ -386,8 +393,9 @@ class _Columns:
 
 
 def _late_copy(rec: Record, late: LateEvent[int], late_for: str | None = None) -> OutRecord:
-    """The copy of a late order for orders.late; `late_for` names the only output it was
-    late for, when that is not orders.revenue-1m."""
+    """The copy of a late order for orders.late. With hopping windows, `kappa.late-for` names
+    the outputs whose windows had all closed (the order counted in the others); without
+    them there is none: late for orders.revenue-1m."""
     headers = [
         ("kappa.late-by-ms", str(late.late_by_ms).encode()),
         ("kappa.watermark", str(late.watermark).encode()),

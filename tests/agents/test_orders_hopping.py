@@ -120,8 +120,16 @@ def test_any_batching_gives_the_plain_computations_hopping_windows_and_late_orde
     said = [offset for offset, _ in late]
     # Each late order once, in source order: the same late topic however the stream is cut.
     assert said == sorted(tumbling_late | hop_late)
-    marked = {offset for offset, headers in late if "kappa.late-for" in headers}
-    assert marked == hop_late - tumbling_late
+    # What each copy missed: every late order is marked, by the outputs it is missing from.
+    late_for = {offset: headers.get("kappa.late-for") for offset, headers in late}
+    assert late_for == {
+        offset: {
+            (True, False): b"orders.revenue-1m",
+            (False, True): b"orders.revenue-hopping",
+            (True, True): b"orders.revenue-1m,orders.revenue-hopping",
+        }[(offset in tumbling_late, offset in hop_late)]
+        for offset in tumbling_late | hop_late
+    }
 
 
 def test_an_order_counts_in_every_window_that_contains_it() -> None:
@@ -135,14 +143,24 @@ def test_an_order_late_for_one_kind_of_window_only_is_copied_once() -> None:
     """After 100,000 the watermark is 97,000. 91,500's hopping windows ended by 96,000 while
     its tumbling one, [90,000, 100,000), is open: copied, marked for the hopping windows.
     89,000's tumbling window ended at 90,000, and its last hopping one, [88,000, 94,000), too:
-    late for both, copied once, unmarked (as without hopping windows). The copies are in
-    source order, as they would be if each order came in a batch of its own."""
+    late for both, copied once, marked for both. The copies are in source order, as they
+    would be if each order came in a batch of its own."""
     events = [("p1", 100_000, 1.0), ("p1", 91_500, 1.0), ("p1", 89_000, 1.0)]
     _, late = _run(events, [])
     assert [(offset, headers.get("kappa.late-for")) for offset, headers in late] == [
         (1, b"orders.revenue-hopping"),
-        (2, None),
+        (2, b"orders.revenue-1m,orders.revenue-hopping"),
     ]
+
+
+def test_an_order_late_for_its_tumbling_window_only_says_so() -> None:
+    """After 95,000 the watermark is 92,000: 89,000's tumbling window ended at 90,000, but
+    its hopping window [88,000, 94,000) is open and counts it."""
+    windows, late = _run([("p1", 95_000, 1.0), ("p1", 89_000, 3.0)], [])
+    assert [(offset, headers.get("kappa.late-for")) for offset, headers in late] == [
+        (1, b"orders.revenue-1m")
+    ]
+    assert windows[("p1", 88_000)]["sum"] == 3.0  # counted there
 
 
 def test_without_hopping_settings_the_pipeline_writes_no_hopping_window() -> None:

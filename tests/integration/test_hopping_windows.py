@@ -67,12 +67,17 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
         late = await read_records(broker, f"{unique}.orders.late")
         assert sorted(source_positions(late)) == sorted(tumbling.late | hop_late)
         marked = {
-            (int(h["kappa.source.partition"]), int(h["kappa.source.offset"]))
+            (int(h["kappa.source.partition"]), int(h["kappa.source.offset"])): h["kappa.late-for"]
             for rs in late.values()
             for _, _, _, h in rs
-            if h.get("kappa.late-for") == b"orders.revenue-hopping"
         }
-        assert marked == only_hopping_late
+        assert {p for p, m in marked.items() if m == b"orders.revenue-hopping"} == (
+            only_hopping_late
+        )
+        assert {p for p, m in marked.items() if m.startswith(b"orders.revenue-1m")} == (
+            tumbling.late
+        )
+        assert {p for p, m in marked.items() if m.endswith(b"orders.revenue-hopping")} == hop_late
         await check_downstream(broker, unique, tumbling)  # the other pipelines are done too
 
     worker = Worker(env, tmp_path / "worker.log").start()
