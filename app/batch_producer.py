@@ -11,11 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerClosed, ProducerFenced, UnknownError
+from aiokafka.errors import (
+    KafkaError,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from app import metrics
@@ -302,14 +308,26 @@ class TransactionalSender:
         self._producers.clear()
 
 
-def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5.0) -> Sender:
+# Given the topics of a send the broker did not know, raises (a one-line stop) if some of
+# them are really gone; returns if they are all there (the broker was catching up).
+TopicsCheck = Callable[[set[str]], Awaitable[None]]
+
+
+def retrying(
+    send_once: Sender,
+    label: tuple[str, str],
+    max_backoff_s: float = 5.0,
+    topics_gone: TopicsCheck | None = None,
+) -> Sender:
     """A sender that retries a whole batch with backoff until the broker acknowledges it.
 
     Re-sending records that did land is safe: outputs are deterministic (consumers upsert by key
     and window) and the state is committed only after success. Only broker and network
     failures are retried: a fenced transactional producer (another instance took over) is a
     zombie and must stop, a write the broker refuses for good (`send_refusals`) stops with one
-    line, and any other exception is a bug that retrying would hide.
+    line, and any other exception is a bug that retrying would hide. A send to a topic the
+    broker does not know is checked with `topics_gone`: a topic deleted under the worker (its
+    version dropped elsewhere) stops it, where a broker that is catching up is retried.
     """
 
     async def send(records: list[Produce], commit: SourceCommit) -> None:
@@ -326,6 +344,8 @@ def retrying(send_once: Sender, label: tuple[str, str], max_backoff_s: float = 5
                 refused = refusal(e, (r.topic for r in records))
                 if refused is not None:
                     raise refused from e
+                if topics_gone is not None and isinstance(e, UnknownTopicOrPartitionError):
+                    await topics_gone({r.topic for r in records})
                 metrics.SEND_RETRIES.labels(*label).inc()
                 log.warning(
                     "produce failed (%s: %s); retrying in %.1fs", type(e).__name__, e, delay

@@ -8,11 +8,21 @@ owner fenced before the state is opened, under exactly_once).
 
 from __future__ import annotations
 
+from aiokafka.errors import KafkaError
+
 from agents.base import Pipeline
-from app.batch_producer import BatchSender, OwnProducerSender, TransactionalSender, retrying
+from app.admin import existing_topics
+from app.batch_producer import (
+    BatchSender,
+    OwnProducerSender,
+    TopicsCheck,
+    TransactionalSender,
+    retrying,
+)
 from app.changelog import KafkaChangelog
 from app.runtime import GapReader, PipelineRunner
 from app.settings import Settings
+from app.state_guard import version_topic_gone
 from app.topology import Topology
 
 
@@ -31,10 +41,30 @@ def kafka_pipeline_runner(
     return PipelineRunner(
         pipeline,
         topology,
-        retrying(sender.send, (pipeline.name, str(topology.version))),
+        retrying(
+            sender.send,
+            (pipeline.name, str(topology.version)),
+            topics_gone=stop_if_gone(settings, topology),
+        ),
         read_gap,
         KafkaChangelog(settings.kafka, topology.changelog(pipeline)),
         one_request=not transactional,
         hold_changelog=not transactional,
         before_open=sender.fence if isinstance(sender, TransactionalSender) else None,
     )
+
+
+def stop_if_gone(settings: Settings, topology: Topology) -> TopicsCheck:
+    """The check a send the broker answered with UnknownTopicOrPartition gets: a topic missing
+    from the broker's list stops the worker in one line (Kappa's clients never recreate it);
+    if the list cannot be read, or has them all, the send is retried."""
+
+    async def check(topics: set[str]) -> None:
+        try:
+            there = await existing_topics(settings.kafka)
+        except (KafkaError, OSError, TimeoutError):
+            return
+        if gone := sorted(topics - there):
+            raise version_topic_gone(gone[0], topology.state_root())
+
+    return check

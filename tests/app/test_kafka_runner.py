@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from app.admin import ensure_topics
 from app.batch_producer import OwnProducerSender, TransactionalSender
-from app.kafka_runner import kafka_pipeline_runner
+from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.settings import Settings, load_settings
+from app.state_guard import VersionTopicGone
 from app.topology import Topology
 
 
@@ -49,3 +51,27 @@ def test_a_sender_that_does_not_give_the_guarantee_is_refused(
     )
     with pytest.raises(ValueError, match=f"is not {guarantee}"):
         kafka_pipeline_runner(settings, topology, topology.pipelines[0], wrong)
+
+
+@pytest.mark.integration
+async def test_a_send_the_broker_did_not_know_stops_only_for_a_topic_really_gone(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """The check behind `retrying`'s UnknownTopicOrPartition: a topic missing from the broker's
+    list stops the worker in one line; topics all listed (a broker catching up) do not. (The
+    embedded broker itself accepts writes to a deleted topic, so this is checked here.)"""
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+    topology = Topology(settings, 1)
+    there = f"{unique}.orders.late"
+    await ensure_topics(broker, {there: (1, {})})
+    check = stop_if_gone(settings, topology)
+    await check({there})
+    with pytest.raises(VersionTopicGone) as gone:
+        await check({there, f"{unique}.orders.dlq"})
+    assert str(gone.value).startswith(f"topic {unique}.orders.dlq is gone from the broker")

@@ -17,6 +17,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     MessageSizeTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
 )
 from prometheus_client import REGISTRY
 
@@ -578,6 +579,32 @@ async def test_a_write_the_broker_refuses_for_good_is_not_retried(
     message = str(refused.value)
     assert message.startswith(f"the broker refused writes to c, orders.dlq: {type(error).__name__}")
     assert hint in message and "\n" not in message
+
+
+@pytest.mark.parametrize("gone", [True, False])
+async def test_a_send_to_a_topic_the_broker_does_not_know_is_checked(gone: bool) -> None:
+    """UnknownTopicOrPartition: a topic deleted under the worker stops it (the check raises);
+    one the broker still lists is a broker catching up, and the send is retried."""
+    failures = [UnknownTopicOrPartitionError()]
+    checked: list[set[str]] = []
+
+    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
+        if failures:
+            raise failures.pop(0)
+
+    async def topics_gone(topics: set[str]) -> None:
+        checked.append(topics)
+        if gone:
+            raise BrokerDataLost("topic orders.late is gone")
+
+    send = retrying(send_once, ("orders", "1"), max_backoff_s=0.01, topics_gone=topics_gone)
+    records = [Produce(t, None, b"k", b"v", 0, []) for t in ("orders.late", "orders.dlq")]
+    if gone:
+        with pytest.raises(BrokerDataLost):
+            await send(records, SourceCommit("orders", 0, 1, "g"))
+    else:
+        await send(records, SourceCommit("orders", 0, 1, "g"))
+    assert checked == [{"orders.late", "orders.dlq"}]
 
 
 def _poisoned(pipeline: Pipeline, marker: bytes, error: type[BaseException]) -> Callable:
