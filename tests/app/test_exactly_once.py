@@ -113,11 +113,12 @@ def test_processing_guarantee_is_validated() -> None:
 
 
 def _wrapped_senders(app: Any) -> list[Any]:
-    """What each runner's retrying sender wraps (its closure's `send_once`)."""
+    """What each runner's retrying sender wraps (its closure's `send_once`, a sender's bound
+    method; the closure also holds its `topics_gone` check, a plain function)."""
     out = []
     for runner in app.kappa_runners:
         cells = [c.cell_contents for c in runner.send.__closure__ or ()]
-        out.extend(c for c in cells if callable(c))
+        out.extend(c for c in cells if callable(c) and hasattr(c, "__self__"))
     return out
 
 
