@@ -20,6 +20,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class MetadataRequestNoAutoCreate(MetadataRequest):
@@ -42,7 +43,6 @@ class MetadataRequestNoAutoCreate(MetadataRequest):
 # metadata requests through these two names.
 aiokafka.client.MetadataRequest = MetadataRequestNoAutoCreate
 aiokafka.admin.client.MetadataRequest = MetadataRequestNoAutoCreate
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
