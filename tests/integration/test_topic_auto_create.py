@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import UnknownTopicOrPartitionError
 
 from app.admin import existing_topics
-from app.kafka_clients import new_consumer, new_producer
+from app.kafka_clients import new_admin, new_consumer, new_producer
 
 pytestmark = pytest.mark.integration
 
@@ -42,4 +42,18 @@ async def test_a_producer_sending_to_a_missing_topic_fails_without_creating_it(
             await asyncio.wait_for(producer.send_and_wait(topic, b"x"), 30)
     finally:
         await producer.stop()
+    assert topic not in await existing_topics(broker)
+
+
+async def test_an_admin_describing_a_missing_topic_does_not_create_it(
+    broker: str, unique: str
+) -> None:
+    topic = f"missing-{unique}"
+    admin = new_admin(broker)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert [t["error_code"] for t in described] == [UnknownTopicOrPartitionError.errno]
     assert topic not in await existing_topics(broker)
