@@ -8,6 +8,7 @@ import pytest
 
 from app.admin import ensure_topics
 from app.batch_producer import OwnProducerSender, TransactionalSender
+from app.broker import free_port
 from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.settings import Settings, load_settings
 from app.state_guard import VersionTopicGone
@@ -75,3 +76,13 @@ async def test_a_send_the_broker_did_not_know_stops_only_for_a_topic_really_gone
     with pytest.raises(VersionTopicGone) as gone:
         await check({there, f"{unique}.orders.dlq"})
     assert str(gone.value).startswith(f"topic {unique}.orders.dlq is gone from the broker")
+
+
+async def test_a_topic_list_that_cannot_be_read_leaves_the_send_to_be_retried(
+    tmp_path: Path,
+) -> None:
+    """No broker answers: nothing is known to be gone, so the check does not stop the worker."""
+    settings = load_settings(
+        {"KAPPA_BROKER": f"127.0.0.1:{free_port()}", "KAPPA_STATE_DIR": str(tmp_path)}
+    )
+    await stop_if_gone(settings, Topology(settings, 1))({"orders.dlq"})
