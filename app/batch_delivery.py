@@ -28,8 +28,10 @@ from faust.types import TP, Message
 from mode import Service
 
 from app.batch_buffer import BatchBuffer
+from app.commit_watch import watched_commit
 from app.group_leave import leave_on_close
 from app.raw_records import RAW_RECORDS, consumer_record
+from app.state_guard import TopicsCheck
 
 if TYPE_CHECKING:
     from app.runtime import PipelineRunner
@@ -192,6 +194,15 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
         return consumer
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """faust's commit, stopping the worker if one of its topics is gone (`watched_commit`)."""
+        app: KappaApp = self.app
+        commit = super()._commit(offsets)
+        if app.kappa_topics_gone is None:
+            return await commit  # type: ignore[no-any-return]
+        topics = {tp.topic for tp in offsets}
+        return await watched_commit(commit, topics, app.kappa_topics_gone, app.kappa_stop_on_error)
 
     async def on_thread_stop(self) -> None:
         if self._consumer is not None:
@@ -360,6 +371,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_runners: list[PipelineRunner]
     kappa_rebalances_done: int
     kappa_stop_on_error: Callable[[BaseException, str], Awaitable[None]]
+    kappa_topics_gone: TopicsCheck | None = None  # set: a commit hanging on a topic checks it
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -28,6 +28,7 @@ from app import metrics
 from app.kafka_clients import Conn, new_producer
 from app.runtime import PRODUCER_BATCH_BYTES, Produce, Sender, SourceCommit
 from app.send_refusals import SendRefused, refusal
+from app.state_guard import TopicsCheck
 
 
 class KeyPartitioner:
@@ -306,11 +307,6 @@ class TransactionalSender:
         for producer, _ in self._producers.values():
             await producer.stop()
         self._producers.clear()
-
-
-# Given the topics of a send the broker did not know, raises (a one-line stop) if some of
-# them are really gone; returns if they are all there (the broker was catching up).
-TopicsCheck = Callable[[set[str]], Awaitable[None]]
 
 
 def retrying(

@@ -15,14 +15,13 @@ from app.admin import existing_topics
 from app.batch_producer import (
     BatchSender,
     OwnProducerSender,
-    TopicsCheck,
     TransactionalSender,
     retrying,
 )
 from app.changelog import KafkaChangelog
 from app.runtime import GapReader, PipelineRunner
 from app.settings import Settings
-from app.state_guard import version_topic_gone
+from app.state_guard import TopicsCheck, topic_gone
 from app.topology import Topology
 
 
@@ -55,9 +54,9 @@ def kafka_pipeline_runner(
 
 
 def stop_if_gone(settings: Settings, topology: Topology) -> TopicsCheck:
-    """The check a send the broker answered with UnknownTopicOrPartition gets: a topic missing
-    from the broker's list stops the worker in one line (Kappa's clients never recreate it);
-    if the list cannot be read, or has them all, the send is retried."""
+    """The check a send or an offset commit the broker answered with UnknownTopicOrPartition
+    gets: a topic missing from the broker's list stops the worker in one line (Kappa's clients
+    never recreate it); if the list cannot be read, or has them all, it is retried."""
 
     async def check(topics: set[str]) -> None:
         try:
@@ -65,6 +64,6 @@ def stop_if_gone(settings: Settings, topology: Topology) -> TopicsCheck:
         except (KafkaError, OSError, TimeoutError):
             return
         if gone := sorted(topics - there):
-            raise version_topic_gone(gone[0], topology.state_root())
+            raise topic_gone(gone[0], topology)
 
     return check

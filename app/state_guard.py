@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,28 @@ class VersionTopicGone(StateError):
     """A topic the worker checked at start is no longer on the broker."""
 
 
+# Given topics the broker refused as unknown, raises VersionTopicGone (a one-line stop) if
+# some of them are really gone; returns if they are all there (the broker was catching up).
+TopicsCheck = Callable[[set[str]], Awaitable[None]]
+
+
 def version_topic_gone(topic: str, state_root: Path) -> VersionTopicGone:
     """The one-line stop when a version's topic vanishes under a running worker."""
     return VersionTopicGone(
         f"topic {topic} is gone from the broker: {BROKER_LOST} or the version was dropped — "
         f"stop the workers; {_after_a_restart(state_root.parent)}; then run `kappa topics`"
+    )
+
+
+def topic_gone(topic: str, topology: Topology) -> VersionTopicGone:
+    """The one-line stop when `topic` vanishes under a running worker: one of the version's
+    own, or a source it reads from outside (`orders`), deleted or lost with the broker's data."""
+    if topic not in {topology.physical(t) for t in topology.external_sources}:
+        return version_topic_gone(topic, topology.state_root())
+    return VersionTopicGone(
+        f"source topic {topic} is gone from the broker: it was deleted, or {BROKER_LOST} — "
+        f"stop the workers; {_after_a_restart(topology.settings.state_dir)}; then run "
+        "`kappa topics` (a source recreated empty is refused under state that read past its end)"
     )
 
 

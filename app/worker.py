@@ -30,7 +30,7 @@ from app.batch_delivery import BatchTopic, KappaApp, ack_offsets, consumer_idle_
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
-from app.kafka_runner import kafka_pipeline_runner
+from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.log_repeats import limit_repeats
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.readiness import PipelinePartitions
@@ -214,6 +214,7 @@ def create_app(
     )
     limit_repeats("aiokafka")  # while the broker is away: a line per kind and 30 s, not per attempt
     app.kappa_stop_on_error = StopOnError()
+    app.kappa_topics_gone = stop_if_gone(settings, topology)  # a source deleted under it
     app.kappa_read_committed = settings.exactly_once
     app.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms
     runners: list[PipelineRunner] = []

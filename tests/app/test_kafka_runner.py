@@ -11,7 +11,7 @@ from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.broker import free_port
 from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.settings import Settings, load_settings
-from app.state_guard import VersionTopicGone
+from app.state_guard import VersionTopicGone, topic_gone
 from app.topology import Topology
 
 
@@ -86,3 +86,16 @@ async def test_a_topic_list_that_cannot_be_read_leaves_the_send_to_be_retried(
         {"KAPPA_BROKER": f"127.0.0.1:{free_port()}", "KAPPA_STATE_DIR": str(tmp_path)}
     )
     await stop_if_gone(settings, Topology(settings, 1))({"orders.dlq"})
+
+
+def test_a_gone_source_from_outside_is_named_as_a_source_and_a_versions_own_as_its_topic(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({"KAPPA_TOPIC_PREFIX": "p.", "KAPPA_STATE_DIR": str(tmp_path)})
+    v2 = Topology(settings, 2)
+    source = str(topic_gone("p.orders", v2))
+    assert source.startswith("source topic p.orders is gone from the broker: it was deleted")
+    assert f"remove all of {tmp_path}" in source
+    own = str(topic_gone("p.orders.by-user.v2", v2))  # read by user-totals, written by orders
+    assert own.startswith("topic p.orders.by-user.v2 is gone from the broker")
+    assert "or the version was dropped" in own

@@ -20,6 +20,7 @@ from app.broker import DevBroker, free_port
 from app.orders_generator import GeneratorSpec
 from tests.support.checks import check_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec, produce_orders
+from tests.support.topics import delete_topics
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -134,3 +135,27 @@ async def _worker_through(
         worker.stop()
         raise
     return worker
+
+
+async def test_a_worker_whose_source_topic_is_deleted_stops_saying_so(
+    own_broker: DevBroker, unique: str, tmp_path: Path
+) -> None:
+    """A source topic deleted under a running worker: faust's offset commits then failed about
+    40 times a second, the worker read nothing and ran on, and its stop waited out its whole
+    shutdown deadline. Now it stops in one line naming the topic, as Kafka Streams does
+    (`MissingSourceTopicException`)."""
+    addr = own_broker.address
+    env = kappa_env(addr, unique, tmp_path / "state")
+    worker = await _worker_through(env, addr, f"{unique}.orders", _spec(500, 26), tmp_path)
+    try:
+        await delete_topics(addr, [f"{unique}.orders"])
+        assert worker.proc is not None
+        code = worker.proc.wait(60)
+        log = worker.log_path.read_text()
+        assert code == 1, log[-3000:]
+        said = [line for line in log.splitlines() if "[ERROR] kappa worker:" in line]
+        assert len(said) == 1, log[-3000:]
+        assert f"source topic {unique}.orders is gone from the broker" in said[0], said[0]
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        worker.stop()

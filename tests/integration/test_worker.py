@@ -10,11 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from app.orders_generator import GeneratorSpec
 from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec, produce_orders
+from tests.support.topics import delete_topics, list_topics
 from tests.support.workers import Worker, kappa_env, read_records, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -271,25 +271,7 @@ async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_sou
             assert "reading the gap" in log, log[-3000:]
         shutil.rmtree(state / "v1")  # committed offsets now point far past the (empty) state
         if phase == 1:  # and now the changelogs are gone too
-            await _delete_topics(
-                broker, [t for t in await _list_topics(broker) if "changelog" in t and unique in t]
+            await delete_topics(
+                broker, [t for t in await list_topics(broker) if "changelog" in t and unique in t]
             )
             assert run_kappa(["topics"], env).returncode == 0
-
-
-async def _list_topics(broker: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        return list(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
-async def _delete_topics(broker: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
