@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tables.partition_state import PartitionState
+
+# A str as a JSON string (ASCII, escaped): for the outputs formatted directly, not by json.dumps.
+json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 Headers = list[tuple[str, bytes]]
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from agents.base import BatchOutput, OutRecord, Record
+from agents.base import BatchOutput, OutRecord, Record, json_str
 from agents.user_state import decode_partial, encode_partial
 from agents.window_reports import BY_WINDOW, BY_WINDOW_KEY, report_values
 from tables.aggregates import Moments
@@ -181,13 +181,10 @@ def revenue_value(product_id: str, key: WindowKey, m: Moments, final: bool | Non
         return json.dumps(d, separators=(",", ":")).encode()
     tail = "}" if final is None else (',"final":true}' if final else ',"final":false}')
     return (
-        f'{{"product_id":{_json_str(product_id)},"window_start":{key[1]},"window_end":{key[0]},'
+        f'{{"product_id":{json_str(product_id)},"window_start":{key[1]},"window_end":{key[0]},'
         f'"count":{m.count},"sum":{m.total!r},"mean":{m.mean!r},"min":{m.min!r},'
         f'"max":{m.max!r},"std":{m.std!r}{tail}'
     ).encode()
-
-
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +445,7 @@ def _forward_user_partials(
         ts = max(ts, int(batch[0]))
         if spend < _INF:  # formatted directly: what json.dumps gives, at a fraction of the cost
             value = (
-                f'{{"user_id":{_json_str(user)},"src":[{state.partition},{last_offset}],'
+                f'{{"user_id":{json_str(user)},"src":[{state.partition},{last_offset}],'
                 f'"orders":{count},"spend":{spend!r},"ts":{ts}}}'
             )
         else:  # a sum past the float range: json.dumps spells it `Infinity`

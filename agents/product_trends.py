@@ -14,12 +14,11 @@ point again and cost a replay a whole stage.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record, unapplied
+from agents.base import BatchOutput, OutRecord, Record, json_str, unapplied
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
 from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT, json_object
 from tables.partition_state import PartitionState
@@ -145,16 +144,13 @@ def trend_value(product: str, p: TrendPoint) -> bytes:
     (floats by repr, a non-finite one as null), at a fraction of the cost.
     """
     return (
-        f'{{"product_id":{_json_str(product)},"window_start":{p.window_start},'
+        f'{{"product_id":{json_str(product)},"window_start":{p.window_start},'
         f'"window_end":{p.window_end},"count":{p.count},"revenue":{json_number(p.value)},'
         f'"moving_avg":{json_number(p.moving_average)},"windows":{p.windows},'
         f'"cum_orders":{p.cumulative_count},"cum_revenue":{json_number(p.cumulative_value)},'
         f'"expected":{json_number(p.expected)},"forecast_next":{json_number(p.forecast_next)},'
         f'"zscore":{json_number(p.zscore)},"anomaly":{"true" if p.anomaly else "false"}}}'
     ).encode()
-
-
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def json_number(x: float | None) -> str:
@@ -183,7 +179,7 @@ def signal_input(p: TrendPoint) -> TrendInput:
 def signal_value(product: str, p: SignalPoint) -> bytes:
     """Deterministic JSON (fixed field order), formatted directly as `trend_value` is."""
     return (
-        f'{{"product_id":{_json_str(product)},"window_start":{p.window_start},'
+        f'{{"product_id":{json_str(product)},"window_start":{p.window_start},'
         f'"window_end":{p.window_end},"revenue":{json_number(p.revenue)},"level":{p.level},'
         f'"level_revenue":{json_number(p.level_revenue)},"levels":{p.levels},'
         f'"p_up_next":{json_number(p.p_up_next)},"accuracy":{json_number(p.accuracy)},'

@@ -13,13 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record, unapplied
+from agents.base import BatchOutput, OutRecord, Record, json_str, unapplied
 from agents.orders import BY_USER, DLQ
 from agents.user_state import Parts, decode_parts, encode_parts
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _raw_decode = json.JSONDecoder().raw_decode
 USER_TOTALS_STORE = "user-totals"  # the per-user state table
 _MAX_SPEND = sys.float_info.max
@@ -87,7 +86,7 @@ class UserTotalsPipeline:
             state.put_value(USER_TOTALS_STORE, user, encode_parts(parts))
             orders, spend, ts = totals(parts)
             if math.isfinite(spend):  # formatted directly: what json.dumps gives
-                value = f'{{"user_id":{_json_str(user)},"orders":{orders},"spend":{spend!r}}}'
+                value = f'{{"user_id":{json_str(user)},"orders":{orders},"spend":{spend!r}}}'
             else:
                 value = json.dumps(
                     {"user_id": user, "orders": orders, "spend": spend}, separators=(",", ":")

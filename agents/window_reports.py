@@ -14,9 +14,9 @@ import json
 import math
 from typing import Any
 
+from agents.base import json_str
 from tables.top_k import ClosedWindow
 
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 BY_WINDOW = "orders.by-window"
 BY_WINDOW_KEY = b"all"
 RECORD_BYTES = 256_000  # well under Kafka's default max.message.bytes (1,048,588)
@@ -31,7 +31,7 @@ def report_values(
 ) -> list[bytes]:
     """A partition's report as record values (compact JSON, fixed field order)."""
     encoded = [  # what json.dumps(list(w), separators=(",", ":")) gives, formatted directly
-        f"[{_json_str(k)},{start},{end},{value!r},{count}]"
+        f"[{json_str(k)},{start},{end},{value!r},{count}]"
         for k, start, end, value, count in windows
     ]
     chunks: list[list[str]] = [[]]
