@@ -1,4 +1,5 @@
-"""The top products by revenue of each window, over all of `orders`' partitions.
+"""The top products by revenue of each window, over all of `orders`' partitions; and the
+products gone quiet (`agents/quiet_products.py`), from the same reports.
 
 The orders pipeline reports every window it closes, and its watermark, onto `orders.by-window`
 under one key, so a single partition of it sees every source partition's reports in order
@@ -21,8 +22,10 @@ from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record, unapplied
 from agents.orders import DLQ
+from agents.quiet_products import QUIET_PRODUCTS, quiet_records
 from agents.window_reports import BY_WINDOW, Report, parse_report
 from tables.partition_state import PartitionState
+from tables.quiet import QuietConfig
 from tables.top_k import Entry, Ranking, WindowId
 
 TOP_PRODUCTS = "orders.top-products"
@@ -34,13 +37,20 @@ _BIAS = 1 << 63  # window keys: unsigned, fixed width, so that key order is end 
 class TopProductsPipeline:
     name = "top-products"
     source = BY_WINDOW
-    outputs = (TOP_PRODUCTS, DLQ)
+    outputs = (TOP_PRODUCTS, QUIET_PRODUCTS, DLQ)
     dlq = DLQ
 
-    def __init__(self, k: int = 10, partitions: int = 4, window_ms: int = 60_000) -> None:
+    def __init__(
+        self,
+        k: int = 10,
+        partitions: int = 4,
+        window_ms: int = 60_000,
+        quiet: QuietConfig | None = None,
+    ) -> None:
         self.k = k
         self.partitions = partitions
         self.window_ms = window_ms
+        self.quiet = quiet or QuietConfig()
 
     def process(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         out = BatchOutput()
@@ -68,6 +78,7 @@ class TopProductsPipeline:
             value = ranking_value(start, end, top)
             out.records.append(OutRecord(TOP_PRODUCTS, str(start).encode(), value, end - 1))
         store_ranking(state, ranking, before)
+        out.records.extend(quiet_records(state, self.quiet, reports))
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agents.base import MIN_COPY_BYTES
 from app.kafka_clients import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaConnection
+from tables.quiet import QuietConfig
 from tables.trends import TrendConfig
 
 
@@ -412,3 +413,9 @@ _TREND_VARIABLES = {
 def trend_config(s: Settings) -> TrendConfig:
     """The product-trends pipeline's analytics settings; raises ValueError when out of range."""
     return TrendConfig(s.trend_windows, s.trend_half_life, s.anomaly_z, s.anomaly_warmup)
+
+
+def quiet_config(s: Settings) -> QuietConfig:
+    """orders.quiet-products: a product's order rate fades with the trends' half-life, and its
+    silences count after the anomalies' warm-up."""
+    return QuietConfig(0.5 ** (1.0 / s.trend_half_life), s.anomaly_warmup)

@@ -19,7 +19,7 @@ from agents.product_trends import ProductTrendsPipeline
 from agents.top_products import TopProductsPipeline
 from agents.user_totals import UserTotalsPipeline
 from app.admin import KEEP_FOREVER
-from app.settings import MAX_VERSION, ConfigError, Settings, trend_config
+from app.settings import MAX_VERSION, ConfigError, Settings, quiet_config, trend_config
 
 
 def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
@@ -37,7 +37,9 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
         orders,
         UserTotalsPipeline(),
         ProductTrendsPipeline(trend_config(settings), settings.window_ms, settings.demand_levels),
-        TopProductsPipeline(settings.top_k, settings.partitions, settings.window_ms),
+        TopProductsPipeline(
+            settings.top_k, settings.partitions, settings.window_ms, quiet_config(settings)
+        ),
     ]
 
 

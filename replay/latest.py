@@ -21,6 +21,7 @@ from aiokafka import ConsumerRecord
 
 from agents.orders import PROVISIONAL_HEADER, REVENUE, REVENUE_HOPPING
 from agents.product_trends import SIGNALS, TRENDS
+from agents.quiet_products import QUIET_PRODUCTS
 from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
 from app.cli_output import PROGRESS
@@ -42,6 +43,7 @@ RESULT_OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (TRENDS, ("product_id", "window_start", "window_end")),
     (TOP_PRODUCTS, ("window_start", "window_end")),
     (SIGNALS, ("product_id", "window_start", "window_end")),
+    (QUIET_PRODUCTS, ("product_id", "quiet_from")),
 )
 _FINAL, _PROVISIONAL = b"F", b"P"  # first byte of a stored value
 

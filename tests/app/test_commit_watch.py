@@ -90,4 +90,3 @@ async def test_a_commit_that_fails_raises_as_it_did() -> None:
 
     with pytest.raises(RuntimeError, match="bug"):
         await watched_commit(commit(), {"orders"}, check, Stops(), check_every_s=60)
-

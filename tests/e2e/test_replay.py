@@ -128,6 +128,7 @@ async def test_replay_equals_live_and_the_batch_computation(dataset: Dataset) ->
         "export.json",
         "orders.product-signals.jsonl",
         "orders.product-trends.jsonl",
+        "orders.quiet-products.jsonl",
         "orders.revenue-1m.jsonl",
         "orders.top-products.jsonl",
         "orders.user-totals.jsonl",

@@ -66,7 +66,7 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
 
     diff = run_kappa(["diff", "2", "3"], env)
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    revenue, user_totals, trends, top, signals, verdict = diff.stdout.strip().splitlines()
+    revenue, user_totals, trends, top, signals, quiet, verdict = diff.stdout.strip().splitlines()
     assert revenue.startswith("orders.revenue-1m: ")
     assert "; 0 only in v2, 0 only in v3, 0 differ" in revenue
     windows = int(revenue.split(": ")[1].split(" in v2")[0].replace(",", ""))
@@ -75,17 +75,18 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
     assert trends == "orders.product-trends: skipped (version 3 ran orders only)"
     assert top == "orders.top-products: skipped (version 3 ran orders only)"
     assert signals == "orders.product-signals: skipped (version 3 ran orders only)"
+    assert quiet == "orders.quiet-products: skipped (version 3 ran orders only)"
     assert verdict == (
         "identical in orders.revenue-1m "
         "(orders.user-totals, orders.product-trends, orders.top-products, "
-        "orders.product-signals not compared)"
+        "orders.product-signals, orders.quiet-products not compared)"
     )
 
     # An export of that version holds the outputs it has, and says which it does not; over an
     # export of version 2, it leaves none of version 2's files.
     out = tmp_path / "export"
     assert run_kappa(["export", str(out), "--version", "2"], env).returncode == 0
-    assert len(list(out.glob("*.jsonl"))) == 5
+    assert len(list(out.glob("*.jsonl"))) == 6
     exported = run_kappa(["export", str(out), "--version", "3"], env)
     assert exported.returncode == 0, exported.stdout + exported.stderr
     lines = exported.stdout.strip().splitlines()
@@ -100,6 +101,7 @@ async def test_diff_compares_only_the_outputs_both_versions_produce(
         "orders.product-trends: not exported (version 3 did not run its pipeline)",
         "orders.top-products: not exported (version 3 did not run its pipeline)",
         "orders.product-signals: not exported (version 3 did not run its pipeline)",
+        "orders.quiet-products: not exported (version 3 did not run its pipeline)",
     ]
     assert sorted(p.name for p in out.iterdir()) == [
         ".export.lock",
@@ -162,4 +164,4 @@ async def test_topics_without_a_version_creates_the_live_ones(
     await registry.put_version(VersionRecord(3, LIVE, ["orders"], {}))
     made = run_kappa(["topics"], env)
     assert made.returncode == 0, made.stdout + made.stderr
-    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (16 created)")
+    assert made.stdout.rstrip().splitlines()[-1].endswith("topics ready for version 3 (17 created)")

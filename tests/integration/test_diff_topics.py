@@ -51,6 +51,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
             "orders.product-trends",
             "orders.top-products",
             "orders.product-signals",
+            "orders.quiet-products",
         )
     }
     await ensure_topics(broker, {name: (3, {}) for name in names.values()})
@@ -103,6 +104,7 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "  ~ ('p1', 0, 60000): forecast_next 2.5 → 3.0",
         "orders.top-products: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "orders.product-signals: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
+        "orders.quiet-products: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "4 differences",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed

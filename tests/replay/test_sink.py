@@ -33,6 +33,7 @@ def test_a_sink_follows_every_output_of_the_version_or_the_named_ones() -> None:
         "orders.product-trends",
         "orders.top-products",
         "orders.product-signals",
+        "orders.quiet-products",
     ]
     assert chosen_outputs(topology(), ["orders.user-totals"]) == {
         "orders.user-totals": ("user_id",)

@@ -10,10 +10,12 @@ from typing import Any
 
 from agents.orders import PROVISIONAL_HEADER
 from agents.product_trends import parse_window, signal_value, trend_dict
+from agents.quiet_products import quiet_value
 from app.changelog import KafkaChangelog
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, quiet_config
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from tables.quiet import Activity
 from tables.signals import Signals, TrendInput
 from tables.top_k import ranked
 from tables.trends import TrendConfig, trend_points
@@ -76,6 +78,7 @@ async def check_downstream(broker: str, prefix: str, ref: Reference, suffix: str
     trends = await check_trends(broker, prefix, windows, suffix)
     await check_signals(broker, prefix, trends, suffix)
     await check_top_products(broker, prefix, windows, ref, suffix)
+    await check_quiet_products(broker, prefix, windows, ref, suffix)
 
 
 async def final_windows(broker: str, topic: str) -> dict[str, dict[int, ClosedWindowRow]]:
@@ -168,6 +171,41 @@ async def check_top_products(
             w = (d["window_start"], d["window_end"])
             assert got.setdefault(w, value or b"") == value, f"ranking {w} re-sent different"
     assert {w: json.loads(v)["top"] for w, v in got.items()} == want
+
+
+async def check_quiet_products(
+    broker: str,
+    prefix: str,
+    windows: dict[str, dict[int, ClosedWindowRow]],
+    ref: Reference,
+    suffix: str = "",
+) -> None:
+    """Per product, the silences are those of its final windows folded in order: one due
+    before its next window starts, or passed by its partition's final watermark."""
+    config = quiet_config(Settings())
+    want: dict[str, list[dict[str, object]]] = {}
+    for product, ws in windows.items():
+        partition = ref.product_partitions[product]
+        activity: Activity | None = None
+        for start, end, count, _ in sorted(ws.values()):
+            if activity is None:
+                activity = Activity.first(partition, start, end, count, config)
+                continue
+            if activity.due is not None and start >= activity.due:
+                want.setdefault(product, []).append(
+                    json.loads(quiet_value(activity.silence(product)))
+                )
+            activity.observe(partition, start, end, count, config)
+        due = None if activity is None else activity.due
+        if activity is not None and due is not None and due <= ref.watermarks[partition]:
+            want.setdefault(product, []).append(json.loads(quiet_value(activity.silence(product))))
+    got: dict[str, list[dict[str, object]]] = {}
+    for rs in (await read_records(broker, f"{prefix}.orders.quiet-products{suffix}")).values():
+        for _, key, value, _ in rs:
+            point = json.loads(value or b"")
+            assert key == point["product_id"].encode()
+            got.setdefault(point["product_id"], []).append(point)
+    assert got == want
 
 
 async def _points_by_product(broker: str, topic: str) -> dict[str, list[dict[str, object]]]:

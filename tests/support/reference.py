@@ -23,6 +23,7 @@ class Reference:
     dlq: dict[tuple[int, int], str] = field(default_factory=dict)  # → reason
     user_totals: dict[str, tuple[int, float]] = field(default_factory=dict)
     watermarks: dict[int, int] = field(default_factory=dict)  # partition → final watermark
+    product_partitions: dict[str, int] = field(default_factory=dict)  # the source partition
 
 
 def compute(
@@ -57,6 +58,7 @@ def compute(
                 continue
             groups[wkey].append(order.total)
             window_partition[wkey] = p
+            ref.product_partitions[order.product_id] = p
         if max_ts is not None:
             final_wm[p] = max_ts - grace_ms
     for wkey, values in groups.items():
