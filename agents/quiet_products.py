@@ -51,6 +51,12 @@ class QuietWatch:
         if watermark is not None:
             self._say(partition, watermark)
 
+    def load(self, products: list[str]) -> None:
+        """Read the activities of `products` at once (a batch's reports name them all)."""
+        found = self.state.get_values(QUIET_STORE, ["p" + p for p in products])
+        for product, raw in zip(products, found):
+            self._activities[product] = Activity.from_bytes(raw) if raw is not None else None
+
     def _activity(self, product: str) -> Activity | None:
         if product not in self._activities:
             raw = self.state.get_values(QUIET_STORE, ["p" + product])[0]
@@ -102,6 +108,7 @@ def quiet_records(
 ) -> list[OutRecord]:
     """The silences `reports` establish, in the order they were established."""
     watch = QuietWatch(state, config)
+    watch.load(list(dict.fromkeys(w[0] for report in reports for w in report[3])))
     for report in reports:
         watch.report(report)
     return watch.close()
