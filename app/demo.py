@@ -89,6 +89,7 @@ def run_demo(settings: Settings, rate: float) -> int:
             topology.physical("orders.revenue-1m"): format_window,
             topology.physical("orders.anomalies"): format_anomaly,
             topology.physical("orders.top-products"): format_ranking,
+            topology.physical("orders.quiet-products"): format_quiet,
         }
         command_loop.raise_if_sigterm_seen()
         asyncio.run(_print_windows(settings, shows, children))
@@ -197,6 +198,15 @@ def format_anomaly(value: bytes) -> str:
     )
 
 
+def format_quiet(value: bytes) -> str:
+    d = json.loads(value)
+    since, until = _clock(d["quiet_from"]), _clock(d["quiet_until"])
+    return (
+        f"{d['product_id']:>8}  [{since}, {until})  QUIET  no order in {d['windows']} window(s), "
+        f"{d['expected_orders']:.1f} expected"
+    )
+
+
 def format_ranking(value: bytes) -> str:
     d = json.loads(value)
     start = _clock(d["window_start"])
@@ -209,9 +219,9 @@ async def _print_windows(
     shows: dict[str, Callable[[bytes], str]],
     children: dict[str, subprocess.Popen[bytes]],
 ) -> None:
-    """Print windows as they close, anomalies as they are found and each window's top products
-    once every partition passed it, until Ctrl-C (or SIGTERM), or until a child (the worker,
-    the generator) exits.
+    """Print windows as they close, anomalies as they are found, each window's top products
+    once every partition passed it and products gone quiet, until Ctrl-C (or SIGTERM), or
+    until a child (the worker, the generator) exits.
 
     The signals set a flag the loop checks: cancelling the task instead would be swallowed by
     a consumer fetch in progress, and the demo would go on printing."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.demo import format_anomaly, format_ranking, format_window
+from app.demo import format_anomaly, format_quiet, format_ranking, format_window
 
 
 def test_a_window_and_an_anomaly_are_one_line_each() -> None:
@@ -37,4 +37,19 @@ def test_a_ranking_shows_its_first_three() -> None:
     value = {"window_start": 1_700_000_040_000, "window_end": 1_700_000_100_000, "top": top}
     assert format_ranking(json.dumps(value).encode()) == (
         "     top  [22:14:00] p0 10.00, p1 9.00, p2 8.00"
+    )
+
+
+def test_a_quiet_product_shows_its_silence() -> None:
+    value = {
+        "product_id": "p00007",
+        "last_window_start": 1_700_000_040_000,
+        "quiet_from": 1_700_000_100_000,
+        "quiet_until": 1_700_000_220_000,
+        "windows": 2,
+        "orders_per_window": 4.9,
+        "expected_orders": 9.8,
+    }
+    assert format_quiet(json.dumps(value).encode()) == (
+        "  p00007  [22:15:00, 22:17:00)  QUIET  no order in 2 window(s), 9.8 expected"
     )
