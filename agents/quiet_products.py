@@ -10,6 +10,7 @@ silence it establishes with one range read, however many products wait.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 from agents.base import OutRecord, json_str
@@ -28,13 +29,18 @@ def _due_key(partition: int, due: int) -> str:
 
 
 class QuietWatch:
-    """One batch's reports, folded into the products' activities in order; `records` the
-    silences they established. Activities are read once per batch and written at `close`."""
+    """One batch's reports, folded into the products' activities in order; `close` gives the
+    silences they established. Activities are read once per batch, and each product's entries
+    (its activity, its awaited silence) are written once per batch, at `close`: a replay's
+    batch folds many windows of a product, and would otherwise write a due key per window."""
 
     def __init__(self, state: PartitionState, config: QuietConfig) -> None:
         self.state = state
         self.config = config
         self._activities: dict[str, Activity | None] = {}
+        self._stored: dict[str, tuple[int, int] | None] = {}  # (partition, due) as stored
+        self._awaited: dict[int, list[tuple[int, str]]] = {}  # per partition: (due, product)
+        self._scanned: dict[int, int] = {}  # per partition: stored dues read up to this
         self._changed: dict[str, None] = {}
         self.points: list[QuietPoint] = []
 
@@ -55,48 +61,68 @@ class QuietWatch:
         """Read the activities of `products` at once (a batch's reports name them all)."""
         found = self.state.get_values(QUIET_STORE, ["p" + p for p in products])
         for product, raw in zip(products, found):
-            self._activities[product] = Activity.from_bytes(raw) if raw is not None else None
+            self._loaded(product, raw)
+
+    def _loaded(self, product: str, raw: bytes | None) -> Activity | None:
+        activity = Activity.from_bytes(raw) if raw is not None else None
+        self._activities[product] = activity
+        due = None if activity is None else activity.due
+        self._stored[product] = None if due is None else (activity.partition, due)  # type: ignore[union-attr]
+        return activity
 
     def _activity(self, product: str) -> Activity | None:
-        if product not in self._activities:
-            raw = self.state.get_values(QUIET_STORE, ["p" + product])[0]
-            self._activities[product] = Activity.from_bytes(raw) if raw is not None else None
-        return self._activities[product]
+        if product in self._activities:
+            return self._activities[product]
+        return self._loaded(product, self.state.get_values(QUIET_STORE, ["p" + product])[0])
 
     def _observe(self, product: str, partition: int, start: int, end: int, count: int) -> None:
         activity = self._activity(product)
         if activity is None:
             activity = Activity.first(partition, start, end, count, self.config)
             self._activities[product] = activity
-        else:
-            was_partition, was_due = activity.partition, activity.due
-            if not activity.observe(partition, start, end, count, self.config):
-                return  # a re-sent report
-            if was_due is not None:
-                self.state.put_value(QUIET_STORE, _due_key(was_partition, was_due) + product, None)
+        elif not activity.observe(partition, start, end, count, self.config):
+            return  # a re-sent report
         if activity.due is not None:
-            self.state.put_value(QUIET_STORE, _due_key(partition, activity.due) + product, b"")
+            heapq.heappush(self._awaited.setdefault(partition, []), (activity.due, product))
         self._changed[product] = None
 
     def _say(self, partition: int, until: int) -> None:
-        """The silences of `partition`'s products due at or before `until`, in due order."""
-        low = f"d{partition:05d}:"
-        high = _due_key(partition, min(until, _BIAS - 2) + 1)
-        for key, _ in self.state.scan_values(QUIET_STORE, low, high):
-            self.state.put_value(QUIET_STORE, key, None)
-            product = key.split(":", 2)[2]
+        """The silences of `partition`'s products due at or before `until`, in due order: those
+        stored before the batch, and those set in it."""
+        due: list[tuple[int, str]] = []
+        scanned = self._scanned.get(partition)
+        if scanned is None or until > scanned:
+            low = _due_key(partition, scanned + 1) if scanned is not None else f"d{partition:05d}:"
+            high = _due_key(partition, min(until, _BIAS - 2) + 1)
+            for key, _ in self.state.scan_values(QUIET_STORE, low, high):
+                _, at, product = key.split(":", 2)
+                due.append((int(at) - _BIAS, product))
+            self._scanned[partition] = until
+        awaited = self._awaited.get(partition)
+        while awaited and awaited[0][0] <= until:
+            due.append(heapq.heappop(awaited))
+        for at, product in sorted(due):
             activity = self._activity(product)
-            if activity is None or activity.due is None:
-                continue  # not its silence any more (never left by `_observe`)
+            if activity is None or activity.partition != partition or activity.due != at:
+                continue  # no longer awaited: a later window of the product came first
             self.points.append(activity.silence(product))
             self._changed[product] = None
 
     def close(self) -> list[OutRecord]:
-        """Write the activities that changed; the silences as records."""
+        """Write the activities that changed and their awaited silences; the silences said,
+        as records."""
+        put = self.state.put_value
         for product in self._changed:
             activity = self._activities[product]
             assert activity is not None
-            self.state.put_value(QUIET_STORE, "p" + product, activity.to_bytes())
+            put(QUIET_STORE, "p" + product, activity.to_bytes())
+            stored = self._stored.get(product)
+            now = None if activity.due is None else (activity.partition, activity.due)
+            if stored != now:
+                if stored is not None:
+                    put(QUIET_STORE, _due_key(*stored) + product, None)
+                if now is not None:
+                    put(QUIET_STORE, _due_key(*now) + product, b"")
         return [
             OutRecord(QUIET_PRODUCTS, p.product.encode(), quiet_value(p), p.quiet_until - 1)
             for p in self.points
