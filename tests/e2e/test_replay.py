@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from app.broker import free_port
 from app.changelog import KafkaChangelog
@@ -32,6 +31,7 @@ from tests.support.checks import check_outputs, check_side_outputs, eventually, 
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids
 from tests.support.reference import Reference, assert_windows_equal
+from tests.support.topics import list_topics
 from tests.support.workers import (
     KAPPA,
     ROOT,
@@ -299,15 +299,6 @@ async def test_replaying_a_pipeline_without_its_upstream_is_refused(dataset: Dat
     assert "Traceback" not in r.stderr
 
 
-async def _topics(broker: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
 async def sink_expected(d: Dataset, version: int) -> dict[tuple[str, int], list[bytes]]:
     """(output, partition) → the lines a sink of the version writes: each final result in
     topic order, `final` left out, as compact JSON."""
@@ -478,13 +469,13 @@ async def test_a_sink_writes_every_final_result_once_through_a_kill(dataset: Dat
 
 async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
     d = dataset
-    before = await _topics(d.broker)
+    before = set(await list_topics(d.broker))
     dry = run_kappa(["replay", "--version", "9", "--dry-run"], d.env)
     assert dry.returncode == 0, dry.stderr
     assert f"source {d.prefix}.orders[0]: offsets 0 →" in dry.stdout
     assert f"{d.prefix}.orders.revenue-1m.v9" in dry.stdout
     mine = d.prefix + "."  # the session broker holds other tests' topics too
-    assert {t for t in await _topics(d.broker) if t.startswith(mine)} == {
+    assert {t for t in set(await list_topics(d.broker)) if t.startswith(mine)} == {
         t for t in before if t.startswith(mine)
     }  # touched nothing
     assert "9" not in [ln.split()[0] for ln in run_kappa(["versions"], d.env).stdout.splitlines()]
@@ -533,7 +524,7 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
         "kappa sink: error: a drop of version 1 has started: its outputs may be gone",
         "kappa sink: error: version 1 was dropped: its outputs are gone",
     )
-    remaining = await _topics(d.broker)
+    remaining = set(await list_topics(d.broker))
     assert f"{d.prefix}.orders" in remaining
     # None of version 1's outputs came back: the sink's consumer only asks for them.
     version_1 = [t for t in remaining if t.startswith(f"{d.prefix}.orders.")]
