@@ -66,8 +66,10 @@ class QuietWatch:
     def _loaded(self, product: str, raw: bytes | None) -> Activity | None:
         activity = Activity.from_bytes(raw) if raw is not None else None
         self._activities[product] = activity
-        due = None if activity is None else activity.due
-        self._stored[product] = None if due is None else (activity.partition, due)  # type: ignore[union-attr]
+        stored = None
+        if activity is not None and activity.due is not None:
+            stored = (activity.partition, activity.due)
+        self._stored[product] = stored
         return activity
 
     def _activity(self, product: str) -> Activity | None:
