@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -11,6 +12,12 @@ from tables.partition_state import PartitionState
 
 # A str as a JSON string (ASCII, escaped): for the outputs formatted directly, not by json.dumps.
 json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def json_number(x: float | None) -> str:
+    """A float as JSON: repr, or null for None and a non-finite value."""
+    return repr(x) if x is not None and math.isfinite(x) else "null"
+
 
 Headers = list[tuple[str, bytes]]
 

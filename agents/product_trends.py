@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from agents.base import BatchOutput, OutRecord, Record, json_str, unapplied
+from agents.base import BatchOutput, OutRecord, Record, json_number, json_str, unapplied
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
 from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT, json_object
 from tables.partition_state import PartitionState
@@ -151,11 +151,6 @@ def trend_value(product: str, p: TrendPoint) -> bytes:
         f'"expected":{json_number(p.expected)},"forecast_next":{json_number(p.forecast_next)},'
         f'"zscore":{json_number(p.zscore)},"anomaly":{"true" if p.anomaly else "false"}}}'
     ).encode()
-
-
-def json_number(x: float | None) -> str:
-    """A float as JSON: repr, or null for None and a non-finite value."""
-    return repr(x) if x is not None and math.isfinite(x) else "null"
 
 
 def _finite(x: float | None) -> float | None:

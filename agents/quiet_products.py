@@ -13,8 +13,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from agents.base import OutRecord, json_str
-from agents.product_trends import json_number
+from agents.base import OutRecord, json_number, json_str
 from agents.window_reports import Report
 from tables.partition_state import PartitionState
 from tables.quiet import Activity, QuietConfig, QuietPoint
