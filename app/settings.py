@@ -49,6 +49,8 @@ class Settings:
     anomaly_z: float = 3.0
     anomaly_warmup: int = 10
     top_k: int = 10  # top-products: products ranked per window
+    # quiet-products: a product is quiet once a silence this unlikely under its rate has passed
+    quiet_p: float = 0.001
     demand_levels: int = 3  # product-trends: demand levels (clusters) learned per product
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
@@ -340,6 +342,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"{_TREND_VARIABLES[name]} {rest}") from None
     if not 1 <= s.top_k <= 100:  # a ranking of long ids must stay one record (~620 KB at 100)
         raise ConfigError(f"KAPPA_TOP_K must be from 1 to 100, got {s.top_k}")
+    if not 1e-12 <= s.quiet_p <= 0.5:  # also refuses NaN
+        raise ConfigError(f"KAPPA_QUIET_P must be from 1e-12 to 0.5, got {s.quiet_p}")
     if not 1 <= s.demand_levels <= 10:
         raise ConfigError(f"KAPPA_DEMAND_LEVELS must be from 1 to 10, got {s.demand_levels}")
     if s.web_port > 65535:
@@ -416,6 +420,6 @@ def trend_config(s: Settings) -> TrendConfig:
 
 
 def quiet_config(s: Settings) -> QuietConfig:
-    """orders.quiet-products: a product's order rate fades with the trends' half-life, and its
-    silences count after the anomalies' warm-up."""
-    return QuietConfig(0.5 ** (1.0 / s.trend_half_life), s.anomaly_warmup)
+    """orders.quiet-products: a product's order rate fades with the trends' half-life, its
+    silences count after the anomalies' warm-up, and one is quiet below `KAPPA_QUIET_P`."""
+    return QuietConfig(0.5 ** (1.0 / s.trend_half_life), s.anomaly_warmup, s.quiet_p)

@@ -177,6 +177,7 @@ def version_definition(settings: Settings) -> dict[str, object]:
         "anomaly_warmup": settings.anomaly_warmup,
         "top_k": settings.top_k,
         "demand_levels": settings.demand_levels,
+        "quiet_p": settings.quiet_p,
     }
 
 

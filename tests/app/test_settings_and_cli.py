@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.broker import free_port
-from app.settings import ConfigError, load_settings
+from app.settings import ConfigError, load_settings, quiet_config
 from tests.support.processes import taken_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +95,8 @@ def _usage_error(r: subprocess.CompletedProcess[str]) -> str:
             "KAPPA_SHUTDOWN_TIMEOUT_MS must be > 0",
         ),
         ({"KAPPA_EMIT_UPDATES": "maybe"}, ["worker"], "KAPPA_EMIT_UPDATES='maybe'"),
+        ({"KAPPA_QUIET_P": "0.9"}, ["worker"], "KAPPA_QUIET_P must be from 1e-12 to 0.5, got 0.9"),
+        ({"KAPPA_QUIET_P": "nan"}, ["topics"], "KAPPA_QUIET_P must be from 1e-12 to 0.5"),
         ({"KAPPA_LOG_LEVEL": "loud"}, ["worker"], "KAPPA_LOG_LEVEL='loud'"),
         ({"KAPPA_APP_ID": "a/b"}, ["topics"], "KAPPA_APP_ID='a/b'"),
         ({"KAPPA_TOPIC_PREFIX": "a b"}, ["produce", "x", "--generate", "1"], "KAPPA_TOPIC_PREFIX"),
@@ -445,3 +447,9 @@ def test_a_setting_in_the_wrong_case_is_named_in_upper_case() -> None:
         "KAPPA_Anomaly_Zz is not a setting (did you mean KAPPA_ANOMALY_Z?); ignored",
         "KAPPA_web_port is not a setting (did you mean KAPPA_WEB_PORT?); ignored",
     ]
+
+
+def test_kappa_quiet_p_sets_how_unlikely_a_silence_must_be() -> None:
+    strict = quiet_config(load_settings({"KAPPA_QUIET_P": "1e-6"}))
+    assert strict.p_quiet == 1e-6 and strict.quiet_windows(1.0) == 14  # ln(1e6) = 13.8
+    assert quiet_config(load_settings({})).quiet_windows(1.0) == 7

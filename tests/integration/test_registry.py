@@ -320,7 +320,7 @@ async def test_a_versions_window_settings_are_recorded_once_and_then_required(
         "version's windows and analytics never change; replay into a new version (kappa "
         "replay --version 9)"
     )
-    for name, value in (("KAPPA_ANOMALY_Z", "4"), ("KAPPA_TOP_K", "3")):
+    for name, value in (("KAPPA_ANOMALY_Z", "4"), ("KAPPA_TOP_K", "3"), ("KAPPA_QUIET_P", "0.01")):
         tuned = Registry(_settings_of(registry, **{name: value}))
         with pytest.raises(ConfigError, match=f"^version 8 is built with {name}="):
             await require_definition(tuned, await tuned.load(), 8)
