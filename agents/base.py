@@ -81,6 +81,7 @@ class BatchCounts:
     windows_closed: int = 0  # emitted final: the watermark passed them
     windows_provisional: int = 0  # emitted still open, by the flush at a bounded replay's end
     anomalies: int = 0  # trend points flagged as anomalies
+    quiet: int = 0  # silences said (products gone quiet)
     dlq_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -106,6 +107,7 @@ class BatchOutput:
         c.windows_closed += o.windows_closed
         c.windows_provisional += o.windows_provisional
         c.anomalies += o.anomalies
+        c.quiet += o.quiet
         for reason, n in o.dlq_reasons.items():
             c.dlq_reasons[reason] = c.dlq_reasons.get(reason, 0) + n
 

@@ -78,7 +78,9 @@ class TopProductsPipeline:
             value = ranking_value(start, end, top)
             out.records.append(OutRecord(TOP_PRODUCTS, str(start).encode(), value, end - 1))
         store_ranking(state, ranking, before)
-        out.records.extend(quiet_records(state, self.quiet, reports))
+        quiet = quiet_records(state, self.quiet, reports)
+        out.records.extend(quiet)
+        counts.quiet = len(quiet)
         return out
 
     def flush(self, state: PartitionState) -> BatchOutput:

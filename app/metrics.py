@@ -31,6 +31,11 @@ ANOMALIES = Counter(
     "Windows far off their key's forecast, sent to the anomalies topic",
     ["pipeline", "version"],
 )
+QUIET_PRODUCTS = Counter(
+    "kappa_quiet_products_total",
+    "Products said quiet: no order for longer than their own rate makes likely",
+    ["pipeline", "version"],
+)
 RECORDS_OUT = Counter("kappa_records_out_total", "Records produced", ["pipeline", "version"])
 BATCH_SECONDS = Histogram(
     "kappa_batch_seconds",
@@ -81,6 +86,8 @@ def record_batch(pipeline: str, version: int, counts: BatchCounts, produced: int
         WINDOWS_PROVISIONAL.labels(pipeline, v).inc(counts.windows_provisional)
     if counts.anomalies:
         ANOMALIES.labels(pipeline, v).inc(counts.anomalies)
+    if counts.quiet:
+        QUIET_PRODUCTS.labels(pipeline, v).inc(counts.quiet)
     RECORDS_OUT.labels(pipeline, v).inc(produced)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from agents.base import SourceRecord
 from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, OrdersPipeline
+from agents.quiet_products import QUIET_PRODUCTS
 from agents.top_products import TOP_PRODUCTS, TopProductsPipeline
 from agents.window_reports import (
     BY_WINDOW,
@@ -18,6 +19,7 @@ from agents.window_reports import (
     report_values,
 )
 from tables.partition_state import MemoryStore, PartitionState
+from tables.quiet import QuietConfig
 
 
 def order(i: int, product: str, ts: int, amount: float) -> bytes:
@@ -206,3 +208,15 @@ def test_a_batch_reads_and_writes_only_the_windows_it_touches_or_finishes() -> N
     out = pipeline.process(state, [report(2, 1, 120_000, [])])  # partition 1 passes 2 windows
     assert [json.loads(r.value)["window_start"] for r in out.records] == [0, 60_000]
     assert json.loads(out.records[0].value)["top"][0]["product_id"] == "b"
+
+
+def test_the_pipeline_says_and_counts_the_silences_of_its_reports() -> None:
+    pipeline = TopProductsPipeline(k=3, partitions=1, quiet=QuietConfig(warmup_windows=2))
+    state = PartitionState(MemoryStore(), 0)
+    steady = [
+        report(i, 0, (i + 1) * 60_000, [["a", i * 60_000, (i + 1) * 60_000, 9.0, 9]])
+        for i in range(4)
+    ]
+    out = pipeline.process(state, [*steady, report(4, 0, 6 * 60_000, [])])
+    (said,) = [r for r in out.records if r.topic == QUIET_PRODUCTS]
+    assert json.loads(said.value)["product_id"] == "a" and out.counts.quiet == 1

@@ -22,3 +22,9 @@ def test_provisional_windows_are_not_counted_as_closed() -> None:
     metrics.record_batch("orders", 7, BatchCounts(windows_provisional=3), produced=3)
     assert _value("kappa_windows_closed_total") - closed == 2
     assert _value("kappa_windows_provisional_total") - provisional == 3
+
+
+def test_silences_said_are_counted() -> None:
+    before = _value("kappa_quiet_products_total")
+    metrics.record_batch("orders", 7, BatchCounts(quiet=2), produced=2)
+    assert _value("kappa_quiet_products_total") - before == 2
