@@ -11,12 +11,9 @@ broker that is away or slow leaves the commit to aiokafka's own retries, as befo
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 
 from app.state_guard import TopicsCheck, VersionTopicGone
-
-log = logging.getLogger(__name__)
 
 # How long (s) a commit runs before its topics are looked up: a commit takes milliseconds.
 CHECK_EVERY_S = 2.0

@@ -12,12 +12,7 @@ from aiokafka.errors import KafkaError
 
 from agents.base import Pipeline
 from app.admin import existing_topics
-from app.batch_producer import (
-    BatchSender,
-    OwnProducerSender,
-    TransactionalSender,
-    retrying,
-)
+from app.batch_producer import BatchSender, OwnProducerSender, TransactionalSender, retrying
 from app.changelog import KafkaChangelog
 from app.runtime import GapReader, PipelineRunner
 from app.settings import Settings
