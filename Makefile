@@ -7,10 +7,10 @@ PROMTOOL := $(VENV)/promtool/usr/bin/promtool
 
 .PHONY: install run test test-fast lint format bench chaos broker clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt build-constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c build-constraints.txt --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt --build-constraint build-constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
