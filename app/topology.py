@@ -43,6 +43,21 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
     ]
 
 
+def _one_reader_per_source(pipelines: list[Pipeline]) -> None:
+    """A worker delivers each source topic to one pipeline (one batch buffer and one set of
+    committed offsets per topic): a second reader would silently see only part of it, or none.
+    A bug in the pipeline list, so a plain error rather than a ConfigError."""
+    readers: dict[str, str] = {}
+    for p in pipelines:
+        if p.source in readers:
+            raise ValueError(
+                f"pipelines {readers[p.source]} and {p.name} both read {p.source}: a topic has "
+                "one reading pipeline; fold the second into the first (as quiet-products is "
+                "in top-products)"
+            )
+        readers[p.source] = p.name
+
+
 def registry_topic(settings: Settings) -> str:
     """The compacted topic holding the version registry (one per app and topic prefix)."""
     return f"{settings.topic_prefix}{settings.app_id}-versions"
@@ -78,6 +93,7 @@ class Topology:
             raise ConfigError(f"version must be between 1 and {MAX_VERSION:,}")
         if not self.pipelines:
             self.pipelines = build_pipelines(self.settings, self.since_ms)
+        _one_reader_per_source(self.pipelines)
 
     def select(self, names: list[str]) -> Topology:
         """The same version restricted to the named pipelines (all when `names` is empty); a

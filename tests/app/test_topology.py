@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -42,3 +43,13 @@ def test_pipelines_that_read_only_earlier_outputs_form_one_level(tmp_path: Path)
         ["user-totals"],
     ]
     assert [p.name for p in selected.stages()] == ["orders", "user-totals"]
+
+
+def test_two_pipelines_reading_one_source_are_refused(tmp_path: Path) -> None:
+    """A worker delivers a topic to one pipeline: a second reader would see none of it."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    first = Topology(settings, 1).pipelines[0]
+    second = copy.copy(first)
+    second.name = "orders-again"
+    with pytest.raises(ValueError, match="pipelines orders and orders-again both read orders"):
+        Topology(settings, 1, [first, second])
