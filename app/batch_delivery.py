@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import faust
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import ack_lock as faust_ack_lock
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
@@ -30,6 +34,14 @@ from mode import Service
 from app.batch_buffer import BatchBuffer
 from app.commit_watch import watched_commit
 from app.group_leave import leave_on_close
+from app.partition_owners import (
+    OwnersByUrl,
+    PartitionOwners,
+    member_url,
+    owners_bytes,
+    parse_owners,
+    with_url,
+)
 from app.raw_records import RAW_RECORDS, consumer_record
 from app.state_guard import TopicsCheck
 
@@ -72,7 +84,9 @@ class BatchConductor(Conductor):  # type: ignore[misc]
         return on_message
 
 
-def sticky_assignor(consumer: Any) -> type[StickyPartitionAssignor]:
+def sticky_assignor(
+    consumer: Any, owners: PartitionOwners | None = None
+) -> type[StickyPartitionAssignor]:
     """aiokafka's sticky assignor, for one consumer: it keeps its member's last assignment in
     class attributes, so each consumer gets a class of its own.
 
@@ -82,18 +96,49 @@ def sticky_assignor(consumer: Any) -> type[StickyPartitionAssignor]:
     group generation its assignment is from, so each member would claim its partitions as of
     generation -1, and a member that dropped out of the group and came back with an old
     claim could win a partition from its current owner; the generation is taken from the
-    consumer's coordinator instead, as the Java client does."""
+    consumer's coordinator instead, as the Java client does.
+
+    With `owners`, the join also tells the group which worker's web server holds each
+    partition (`app.partition_owners`), and `owners` is kept up to date with the map."""
 
     def on_assignment(cls: type[StickyPartitionAssignor], assignment: Any) -> None:
         StickyPartitionAssignor.on_assignment.__func__(cls, assignment)  # type: ignore[attr-defined]
         coordinator = getattr(consumer, "_coordinator", None)
         if coordinator is not None and coordinator.generation > 0:
             cls.generation = coordinator.generation
+        if owners is not None:
+            owners.by_partition = parse_owners(assignment.user_data or b"")
+
+    def metadata(cls: type[StickyPartitionAssignor], topics: Iterable[str]) -> Any:
+        joined = StickyPartitionAssignor.metadata.__func__(cls, topics)  # type: ignore[attr-defined]
+        if owners is None:
+            return joined
+        user_data = with_url(joined.user_data, owners.own_url)
+        return ConsumerProtocolMemberMetadata(joined.version, joined.subscription, user_data)
+
+    def assign(cls: type[StickyPartitionAssignor], cluster: Any, members: Mapping[str, Any]) -> Any:
+        assignments = StickyPartitionAssignor.assign.__func__(cls, cluster, members)  # type: ignore[attr-defined]
+        urls = {m: member_url(meta.user_data or b"") for m, meta in members.items()}
+        held: OwnersByUrl = {}
+        for member, assignment in assignments.items():
+            url = urls.get(member)
+            if url is not None:
+                for topic, partitions in assignment.assignment:
+                    held.setdefault(url, {}).setdefault(topic, []).extend(partitions)
+        user_data = owners_bytes(held)
+        return {
+            m: ConsumerProtocolMemberAssignment(a.version, a.assignment, user_data)
+            for m, a in assignments.items()
+        }
 
     return type(
         "KappaStickyAssignor",
         (StickyPartitionAssignor,),
-        {"on_assignment": classmethod(on_assignment)},
+        {
+            "on_assignment": classmethod(on_assignment),
+            "metadata": classmethod(metadata),
+            "assign": classmethod(assign),
+        },
     )
 
 
@@ -185,8 +230,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         # Sticky only. Offering round-robin too (what faust picks for an app without faust
         # tables, so what workers before this one use) would let a group mix them during an
         # in-place upgrade, but doubles every group join on the dev broker (2 s → 4 s).
-        consumer._partition_assignment_strategy = (sticky_assignor(consumer),)
         app: KappaApp = self.app
+        consumer._partition_assignment_strategy = (
+            sticky_assignor(consumer, app.kappa_partition_owners),
+        )
         if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"
         wait_ms = app.kappa_fetch_max_wait_ms
@@ -372,6 +419,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_rebalances_done: int
     kappa_stop_on_error: Callable[[BaseException, str], Awaitable[None]]
     kappa_topics_gone: TopicsCheck | None = None  # set: a commit hanging on a topic checks it
+    kappa_partition_owners: PartitionOwners | None = None  # set: the join says who holds what
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

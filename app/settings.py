@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -76,6 +77,9 @@ class Settings:
     source_end_grace_ms: int = 30_000
     web_host: str = "127.0.0.1"  # bind address of the worker's web server (/metrics, /health)
     web_port: int = 6066
+    # the URL other workers' table queries name for this worker's web server (empty: derived
+    # from web_host and web_port, the host name for 0.0.0.0 or ::)
+    advertised_url: str = ""
     log_level: str = "info"
     processing_guarantee: str = "at_least_once"  # or exactly_once (needs broker transactions)
     # Kafka security (reaches every client: see app/kafka_clients.py). Secrets stay out of repr.
@@ -287,6 +291,11 @@ def _validate(s: Settings) -> None:
     problem = host_problem(s.web_host)
     if problem:
         raise ConfigError(f"KAPPA_WEB_HOST={s.web_host!r} {problem}")
+    if s.advertised_url and not re.fullmatch(r"https?://[^\s/?#]+/?", s.advertised_url):
+        raise ConfigError(
+            f"KAPPA_ADVERTISED_URL={s.advertised_url!r} must be http://host:port or "
+            "https://host:port, how other workers and clients reach this worker's web server"
+        )
     if s.partitions > MAX_PARTITIONS:
         raise ConfigError(
             f"KAPPA_PARTITIONS must be at most {MAX_PARTITIONS}, got {s.partitions} (each "

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
+from app.partition_owners import PartitionOwners
 from app.readiness import PipelinePartitions, readiness
 from app.runtime import PipelineRunner
 from app.settings import Settings
@@ -98,19 +99,24 @@ def _register_query(
 
     Read-only, served from the partition's RocksDB state when this worker holds it (a key's
     partition is the Kafka default partitioner's over it, as for every keyed record);
-    otherwise 404 naming the partition, so a caller can ask the worker that owns it.
+    otherwise 404 naming the partition and, when the group's last join said so, the URL of
+    the worker that holds it (`owner`), so a caller can ask there.
     """
     partitioner = DefaultPartitioner()
     partitions = list(range(settings.partitions))
+
+    source = runner.topology.physical(runner.pipeline.source)
+    owners: PartitionOwners | None = getattr(app, "kappa_partition_owners", None)
 
     async def get(view: View, request: Request, key: str) -> Response:
         partition = partitioner(key.encode(), partitions, partitions)
         state = runner.open_state(partition)
         if state is None:
-            return view.json(
-                {"error": f"partition {partition} of this {noun} is not on this worker"},
-                status=404,
-            )
+            body = {"error": f"partition {partition} of this {noun} is not on this worker"}
+            owner = owners.owner(source, partition) if owners is not None else None
+            if owner is not None:  # as of the last rebalance: ask there
+                body["owner"] = owner
+            return view.json(body, status=404)
         found = lookup(state, key)
         if found is None:
             return view.json({"error": f"{missing} {key}"}, status=404)

@@ -32,6 +32,7 @@ from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.log_repeats import limit_repeats
+from app.partition_owners import PartitionOwners, advertised_url
 from app.pipeline_driver import PipelineDriver, revoke_all
 from app.readiness import PipelinePartitions
 from app.runtime import (
@@ -217,6 +218,9 @@ def create_app(
     app.kappa_topics_gone = stop_if_gone(settings, topology)  # a source deleted under it
     app.kappa_read_committed = settings.exactly_once
     app.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.kappa_partition_owners = PartitionOwners(
+        advertised_url(settings.web_host, settings.web_port, settings.advertised_url)
+    )
     runners: list[PipelineRunner] = []
     drivers: list[tuple[str, PipelineDriver]] = []  # (physical source, its driver)
 

@@ -166,6 +166,8 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_BROKER": "a..b:9092"}, "'a..b:9092' is not a host name"),
         ({"KAPPA_BROKER": "x" * 64 + ".io:9092"}, "label is empty or over 63 characters"),
         ({"KAPPA_WEB_HOST": "a..b"}, "KAPPA_WEB_HOST='a..b' is not a host name"),
+        ({"KAPPA_ADVERTISED_URL": "worker-1:6066"}, "must be http://host:port or https://"),
+        ({"KAPPA_ADVERTISED_URL": "http://w 1:6066"}, "KAPPA_ADVERTISED_URL='http://w 1:6066'"),
         ({"KAPPA_PARTITIONS": str(2**31)}, "KAPPA_PARTITIONS must be at most 1000, got"),
         ({"KAPPA_PARTITIONS": "1001"}, "KAPPA_PARTITIONS must be at most 1000, got 1001"),
         ({"KAPPA_REPLICATION": str(2**15)}, "KAPPA_REPLICATION must be at most 32767"),

@@ -91,6 +91,48 @@ async def test_live_worker_outputs_equal_batch_computation(
         assert worker.stop() == 0, worker.tail_log()
 
 
+async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Two workers: a user whose partition the asked worker does not hold gets a 404 naming
+    the other's URL (`owner`), and asking there answers, as Kafka Streams' metadata for a key
+    lets a caller route."""
+    env = kappa_env(broker, unique, tmp_path / "unused")
+    assert run_kappa(["topics"], env).returncode == 0
+    await produce_orders(broker, f"{unique}.orders", _spec(2_000, seed=3))
+    ref = await reference_for(broker, f"{unique}.orders")
+    a = Worker({**env, "KAPPA_STATE_DIR": str(tmp_path / "a")}, tmp_path / "a.log").start()
+    # b runs only user-totals: the group moves orders.by-user partitions to it
+    b = Worker({**env, "KAPPA_STATE_DIR": str(tmp_path / "b")}, tmp_path / "b.log")
+    b.start("--pipeline", "user-totals")
+    b_url = f"http://127.0.0.1:{b.web_port}"
+    routed: set[str] = set()
+
+    async def answered_through_owners() -> None:
+        routed.clear()
+        for user, (n, spend) in ref.user_totals.items():
+            url = f"http://127.0.0.1:{a.web_port}/tables/user-totals/{user}"
+            try:
+                got = _get_json(url)
+            except urllib.error.HTTPError as e:
+                body = json.loads(e.read())
+                assert e.code == 404 and body.get("owner") == b_url, (user, e.code, body)
+                routed.add(user)
+                got = _get_json(f"{body['owner']}/tables/user-totals/{user}")
+            except urllib.error.URLError as e:  # still starting
+                raise AssertionError(f"{user}: {e.reason}") from None
+            assert got["orders"] == n and abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
+        assert routed, "no user was held by the other worker"
+
+    try:
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(a))
+        await eventually(answered_through_owners, alive=_alive(b), explain=lambda: _logs(a, b))
+    finally:
+        for w in (a, b):
+            if w.proc is not None and w.proc.poll() is None:
+                assert w.stop() == 0, w.tail_log()
+
+
 async def _user_totals_answered(worker: Worker, totals: dict[str, tuple[int, float]]) -> None:
     for user, (n, spend) in totals.items():
         try:

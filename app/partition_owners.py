@@ -1,0 +1,76 @@
+"""Which worker holds each source partition, by the URL of its web server: what a table query
+answers for a key held elsewhere (Kafka Streams' `application.server` and `queryMetadataForKey`).
+
+The group's own join carries it, so there is nothing else to keep up to date. Each member
+appends its URL to the sticky assignor's user data in its join metadata (aiokafka decodes that
+field by field and ignores what follows, so members with and without it mix in a rolling
+deploy). The leader hands every member the whole map in its assignment's user data, which the
+sticky assignor leaves empty. A map from a leader that does not send one is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyAssignorUserDataV1
+
+URL_MARK = b"\x00kappa-url\x00"  # cannot occur in sticky user data: topic names have no NUL
+OWNERS_MARK = b"kappa-owners:"
+OwnersByUrl = dict[str, dict[str, list[int]]]  # url -> topic -> partitions
+
+
+def advertised_url(web_host: str, web_port: int, configured: str = "") -> str:
+    """This worker's web address for other workers' answers: `configured` (KAPPA_ADVERTISED_URL)
+    when set, else the bind address, with this machine's host name for a wildcard bind."""
+    if configured:
+        return configured.rstrip("/")
+    host = socket.gethostname() if web_host in ("0.0.0.0", "::") else web_host
+    return f"http://[{host}]:{web_port}" if ":" in host else f"http://{host}:{web_port}"
+
+
+def with_url(sticky_user_data: bytes, url: str) -> bytes:
+    """Join metadata user data: the sticky assignor's, then this member's URL. Empty sticky
+    data (a first join) becomes an empty previous assignment, which decodes the same."""
+    head = sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
+    return head + URL_MARK + url.encode()
+
+
+def member_url(user_data: bytes) -> str | None:
+    """The URL a member's join metadata carries, or None (a member without it)."""
+    _, mark, url = user_data.rpartition(URL_MARK)
+    return url.decode("utf-8", "replace") if mark and url else None
+
+
+def owners_bytes(owners: OwnersByUrl) -> bytes:
+    """The map the leader sends every member (deterministic, compact JSON)."""
+    return OWNERS_MARK + json.dumps(owners, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_owners(raw: bytes) -> dict[tuple[str, int], str]:
+    """(topic, partition) -> URL from an assignment's user data; empty if it carries none."""
+    if not raw.startswith(OWNERS_MARK):
+        return {}
+    try:
+        owners = json.loads(raw[len(OWNERS_MARK) :])
+        return {
+            (topic, int(p)): url
+            for url, topics in owners.items()
+            for topic, partitions in topics.items()
+            for p in partitions
+        }
+    except (ValueError, AttributeError, TypeError):
+        return {}  # not one a Kappa leader sends: no map, rather than a failed join
+
+
+class PartitionOwners:
+    """The latest map this worker was handed (replaced at each rebalance)."""
+
+    def __init__(self, own_url: str) -> None:
+        self.own_url = own_url
+        self.by_partition: dict[tuple[str, int], str] = {}
+
+    def owner(self, topic: str, partition: int) -> str | None:
+        """The URL of the worker holding the partition, or None when unknown or this one."""
+        url = self.by_partition.get((topic, partition))
+        return None if url is None or url == self.own_url else url
