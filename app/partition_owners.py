@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import socket
 
-from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyAssignorUserDataV1
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import (  # type: ignore[import-untyped]
+    StickyAssignorUserDataV1,
+)
 
 URL_MARK = b"\x00kappa-url\x00"  # cannot occur in sticky user data: topic names have no NUL
 OWNERS_MARK = b"kappa-owners:"
