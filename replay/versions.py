@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from app.admin import existing_topics
 from app.kafka_clients import new_admin
-from app.settings import ConfigError, Settings
+from app.settings import MAX_VERSION, ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
 from app.topology import Topology
 from replay.registry import (
@@ -27,23 +28,49 @@ from replay.registry import (
     require_version,
 )
 
+# A version whose output topics are on the broker with no registry record: made by `kappa
+# topics` or `kappa worker --version N` without a replay.
+UNRECORDED = "unrecorded"
+
+
+def unrecorded_versions(settings: Settings, topics: set[str], recorded: set[int]) -> list[int]:
+    """Versions (2 and up) with an output topic among `topics` and no record in the registry."""
+    outputs = Topology(settings).produced
+    pattern = re.compile(rf"{re.escape(settings.topic_prefix)}(.+)\.v(\d+)")
+    found = set()
+    for topic in topics:
+        m = pattern.fullmatch(topic)
+        if m and m.group(1) in outputs and 2 <= int(m.group(2)) <= MAX_VERSION:
+            found.add(int(m.group(2)))
+    return sorted(found - recorded)
+
 
 async def list_versions(settings: Settings) -> str:
     view = await Registry(settings).load()
     versions = dict(view.versions)
     if view.live not in versions:
         versions[view.live] = VersionRecord(view.live, LIVE, created_at="-")
-    names = {v: ",".join(rec.pipelines) or "all" for v, rec in versions.items()}
+    topics = await existing_topics(settings.kafka)
+    for v in unrecorded_versions(settings, topics, set(versions)):
+        versions[v] = VersionRecord(v, UNRECORDED, created_at="-")
+    names = {
+        v: "-" if rec.status == UNRECORDED else ",".join(rec.pipelines) or "all"
+        for v, rec in versions.items()
+    }
     wide = max(22, *(len(n) for n in names.values()))
-    rows = [
-        f"{'version':>7}  {'status':<9}  {'pipelines':<{wide}}  {'created':<25}  snapshot (records)"
-    ]
+    head = f"{'version':>7}  {'status':<10}  {'pipelines':<{wide}}  {'created':<25}"
+    rows = [f"{head}  snapshot (records)"]
     for v in sorted(versions):
         rec = versions[v]
         status = shown_status(view, v, rec)
         records = sum(e for parts in rec.snapshot.values() for e in parts.values())
         snap = f"{records:,}" if rec.snapshot else "-"
-        rows.append(f"{v:>7}  {status:<9}  {names[v]:<{wide}}  {rec.created_at:<25}  {snap}")
+        rows.append(f"{v:>7}  {status:<10}  {names[v]:<{wide}}  {rec.created_at:<25}  {snap}")
+    if any(rec.status == UNRECORDED for rec in versions.values()):
+        rows.append(
+            f"{UNRECORDED}: its topics are on the broker, but no replay recorded it (made by "
+            "kappa topics or kappa worker --version N); kappa drop N removes them"
+        )
     return "\n".join(rows)
 
 

@@ -37,6 +37,9 @@ async def test_a_version_made_by_kappa_topics_can_be_dropped(
     topology = Topology(load_settings(env), 12)
     own = {t for t in topology.all_topics() if t != f"{unique}.orders"}  # not the shared source
     assert own and own <= await existing_topics(broker)
+    listed = run_kappa(["versions"], env).stdout
+    assert _row(listed, 12)[:3] == ["12", "unrecorded", "-"], listed
+    assert "kappa drop N removes them" in listed.splitlines()[-1]
 
     dropped = run_kappa(["drop", "12"], env)
     assert dropped.returncode == 0, dropped.stdout + dropped.stderr

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from app.settings import load_settings
 from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
-from replay.versions import shown_status
+from replay.versions import shown_status, unrecorded_versions
 
 
 def test_a_promote_stopped_halfway_shows_one_version_live_and_the_other_promoting() -> None:
@@ -15,3 +18,19 @@ def test_a_promote_stopped_halfway_shows_one_version_live_and_the_other_promotin
     )
     shown = {v: shown_status(view, v, rec) for v, rec in view.versions.items()}
     assert shown == {2: "live", 3: "promoting", 4: "complete"}
+
+
+def test_versions_with_output_topics_and_no_record_are_found(tmp_path: Path) -> None:
+    """`kappa topics --version 12` or a worker of it leaves topics and no record: listed."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_TOPIC_PREFIX": "x."})
+    topics = {
+        "x.orders",  # the shared source: no version
+        "x.orders.revenue-1m.v12",
+        "x.orders.by-user.v12",
+        "x.orders.revenue-1m.v3",  # recorded
+        "x.orders.revenue-1m",  # version 1
+        "y.orders.revenue-1m.v7",  # another prefix
+        "x.orders.other.v8",  # not an output of Kappa's
+        "x.kappa-v9-orders-changelog",  # a changelog alone does not make a version
+    }
+    assert unrecorded_versions(settings, topics, recorded={1, 3}) == [12]
