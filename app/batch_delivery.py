@@ -227,10 +227,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
+        app: KappaApp = self.app
         # Sticky only. Offering round-robin too (what faust picks for an app without faust
         # tables, so what workers before this one use) would let a group mix them during an
         # in-place upgrade, but doubles every group join on the dev broker (2 s → 4 s).
-        app: KappaApp = self.app
         consumer._partition_assignment_strategy = (
             sticky_assignor(consumer, app.kappa_partition_owners),
         )

@@ -45,8 +45,9 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
 
 def _one_reader_per_source(pipelines: list[Pipeline]) -> None:
     """A worker delivers each source topic to one pipeline (one batch buffer and one set of
-    committed offsets per topic): a second reader would silently see only part of it, or none.
-    A bug in the pipeline list, so a plain error rather than a ConfigError."""
+    committed offsets per topic): a second reader would stop the worker at the topic's first
+    record. Refused here, before anything runs. A bug in the pipeline list, so a plain error
+    rather than a ConfigError."""
     readers: dict[str, str] = {}
     for p in pipelines:
         if p.source in readers:
