@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -35,8 +36,11 @@ from app.cli_args import (
     positive_int,
     process_slot,
     seconds,
+    table_key,
     topic_name,
     version_number,
+    wait_seconds,
+    worker_url,
 )
 from app.cli_output import PROGRESS, GuardedOutput, OutputFailed
 from app.command_loop import Terminated
@@ -48,6 +52,7 @@ from app.settings import (
     load_settings,
     unknown_variables,
 )
+from app.table_query import TABLES
 
 EXIT_USAGE = 2
 
@@ -262,6 +267,26 @@ def cmd_sink(args: argparse.Namespace) -> int:
                 lambda line: print(line, flush=True),
             )
         )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from app.partition_owners import advertised_url
+    from app.table_query import QueryFailed, query
+
+    if args.worker is None:
+        settings = _settings()
+        worker = advertised_url(settings.web_host, settings.web_port, settings.advertised_url)
+    else:
+        worker = args.worker
+    try:
+        answer = query(worker, args.table, args.key, timeout_s=args.timeout)
+    except QueryFailed as e:
+        raise UserError(str(e)) from None
+    if answer.found is None:
+        print(f"kappa query: {answer.missing} (asked {answer.url})", file=sys.stderr)
+        return 1
+    print(json.dumps(answer.found, ensure_ascii=False), flush=True)
     return 0
 
 
@@ -518,6 +543,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve its lag and finished files to Prometheus here",
     )
     add("status", cmd_status, "Show the live version and where its outputs and state are.")
+    sp = add(
+        "query",
+        cmd_query,
+        "Print a key's entry in a table, from whichever worker holds it (exit 1 if it has none).",
+    )
+    sp.add_argument("table", choices=TABLES, help="the table: " + ", ".join(TABLES))
+    sp.add_argument("key", type=table_key, help="the user or product id")
+    sp.add_argument(
+        "--worker",
+        type=worker_url,
+        default=None,
+        metavar="URL",
+        help="any worker's web address, e.g. http://kappa-worker-0.kappa-worker:6066 "
+        "(default: KAPPA_ADVERTISED_URL, or http://KAPPA_WEB_HOST:KAPPA_WEB_PORT)",
+    )
+    sp.add_argument(
+        "--timeout",
+        type=wait_seconds,
+        default=5.0,
+        help="seconds to wait for each worker (default 5)",
+    )
 
     sp = add(
         "demo",

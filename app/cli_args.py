@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.settings import MAX_VERSION, topic_name_problem
+from app.settings import MAX_VERSION, WEB_URL, topic_name_problem
 from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS, InvalidRecord, require_event_time_ms
 
 
@@ -71,7 +71,24 @@ event_span_ms = bounded_number(int, 0, MAX_EVENT_MS, strict=True)
 event_disorder_ms = bounded_number(int, 0, MAX_EVENT_MS)
 fraction = bounded_number(float, 0.0, 1.0)
 seconds = bounded_number(float, 0.0)
+wait_seconds = bounded_number(float, 0.0, 3600.0, strict=True)
 port_number = bounded_number(int, 1, 65535)
+
+
+def table_key(s: str) -> str:
+    """A key to look up: ids are never empty (cleaning refuses an order without one)."""
+    if not s:
+        raise argparse.ArgumentTypeError("name a key: ids are never empty")
+    return s
+
+
+def worker_url(s: str) -> str:
+    """A worker's web address, as KAPPA_ADVERTISED_URL takes it."""
+    if not WEB_URL.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            f"{echoed(s)} must be http://host:port or https://host:port, a worker's web address"
+        )
+    return s
 
 
 def topic_name(s: str) -> str:

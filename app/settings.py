@@ -27,6 +27,10 @@ class ConfigError(ValueError):
 DEFAULT_BROKER = "127.0.0.1:9092"  # the embedded broker's default address
 
 
+# A worker's web address, as other workers and clients use it: scheme, host and port only.
+WEB_URL = re.compile(r"https?://[^\s/?#]+/?")
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str = DEFAULT_BROKER  # bootstrap servers, comma-separated host:port
@@ -291,7 +295,7 @@ def _validate(s: Settings) -> None:
     problem = host_problem(s.web_host)
     if problem:
         raise ConfigError(f"KAPPA_WEB_HOST={s.web_host!r} {problem}")
-    if s.advertised_url and not re.fullmatch(r"https?://[^\s/?#]+/?", s.advertised_url):
+    if s.advertised_url and not WEB_URL.fullmatch(s.advertised_url):
         raise ConfigError(
             f"KAPPA_ADVERTISED_URL={s.advertised_url!r} must be http://host:port or "
             "https://host:port, how other workers and clients reach this worker's web server"

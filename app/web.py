@@ -112,7 +112,10 @@ def _register_query(
         partition = partitioner(key.encode(), partitions, partitions)
         state = runner.open_state(partition)
         if state is None:
-            body = {"error": f"partition {partition} of this {noun} is not on this worker"}
+            body: dict[str, Any] = {
+                "error": f"partition {partition} of this {noun} is not on this worker",
+                "partition": partition,
+            }
             owner = owners.owner(source, partition) if owners is not None else None
             if owner is not None:  # as of the last rebalance: ask there
                 body["owner"] = owner

@@ -117,6 +117,7 @@ async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
             except urllib.error.HTTPError as e:
                 body = json.loads(e.read())
                 assert e.code == 404 and body.get("owner") == b_url, (user, e.code, body)
+                assert isinstance(body.get("partition"), int), body
                 routed.add(user)
                 got = _get_json(f"{body['owner']}/tables/user-totals/{user}")
             except urllib.error.URLError as e:  # still starting
@@ -127,6 +128,18 @@ async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
     try:
         await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(a))
         await eventually(answered_through_owners, alive=_alive(b), explain=lambda: _logs(a, b))
+        # `kappa query` gives the same answer asked of either worker: it follows the owner itself
+        a_url = f"http://127.0.0.1:{a.web_port}"
+        user = min(routed)
+        for asked in (a_url, b_url):
+            done = run_kappa(["query", "user-totals", user, "--worker", asked], env, timeout=30)
+            assert done.returncode == 0, done.stderr
+            got = json.loads(done.stdout)
+            n, spend = ref.user_totals[user]
+            assert (got["user_id"], got["orders"]) == (user, n)
+            assert abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
+        done = run_kappa(["query", "user-totals", "nobody", "--worker", a_url], env, timeout=30)
+        assert done.returncode == 1 and "no orders for user nobody" in done.stderr, done.stderr
     finally:
         for w in (a, b):
             if w.proc is not None and w.proc.poll() is None:
