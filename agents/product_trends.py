@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record, json_number, json_str, unapplied
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE
-from agents.window_reports import MAX_TOTAL, MAX_WINDOW_COUNT, json_object
+from agents.window_reports import MAX_WINDOW_COUNT, json_object, total_orders_can_reach
 from tables.partition_state import PartitionState
 from tables.signals import SignalPoint, Signals, TrendInput
 from tables.trends import Trend, TrendConfig, TrendPoint
@@ -130,7 +130,7 @@ def parse_window(key: bytes | None, raw: bytes | None, window_ms: int) -> Window
         total = float(value) if type(value) in (int, float) else math.nan
     except OverflowError:
         total = math.inf
-    if not 0.0 <= total <= MAX_TOTAL * count:  # also refuses NaN
+    if not total_orders_can_reach(total, count):
         raise ValueError("sum must be a number from 0 to count × 1e24")
     if d.get("final", True) is False:
         return None

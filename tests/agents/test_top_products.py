@@ -8,6 +8,7 @@ import pytest
 
 from agents.base import SourceRecord
 from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, OrdersPipeline
+from agents.product_trends import parse_window
 from agents.quiet_products import QUIET_PRODUCTS
 from agents.top_products import TOP_PRODUCTS, TopProductsPipeline
 from agents.window_reports import (
@@ -93,6 +94,36 @@ def test_reports_are_written_as_json_dumps_would() -> None:
 
 def test_what_later_pipelines_accept_of_a_window_is_what_orders_can_add_up_to() -> None:
     assert MAX_AMOUNT * MAX_QUANTITY == MAX_TOTAL
+
+
+@pytest.mark.parametrize("n", [1, 25, 26, 31, 64, 257])
+def test_a_window_of_the_largest_orders_is_accepted_downstream_with_its_rounding(n: int) -> None:
+    """The orders pipeline sums a window one order at a time: 26 orders of the largest total
+    summed to 2.6000000000000003e+25, above 26 × 1e24, and top-products and product-trends
+    dead-lettered the window and every other window of its report, so that which windows
+    were ranked depended on how the orders were cut into batches."""
+    biggest = {"user_id": "u", "product_id": "A", "category": "c", "amount": MAX_AMOUNT}
+    rows = [{**biggest, "order_id": f"o{i}", "quantity": MAX_QUANTITY, "ts": i} for i in range(n)]
+    rows.append({**biggest, "order_id": "later", "quantity": 1, "ts": 200_000})  # closes it
+    batch = [
+        SourceRecord("orders", 0, i, None, b"A", json.dumps(r).encode()) for i, r in enumerate(rows)
+    ]
+    out = OrdersPipeline().process(PartitionState(MemoryStore(), 0), batch)
+    (window,) = [r for r in out.records if r.topic == "orders.revenue-1m"]
+    (value,) = [r.value for r in out.records if r.topic == BY_WINDOW]
+    assert json.loads(window.value or b"")["count"] == n
+    assert parse_window(window.key, window.value, 60_000) is not None
+    (closed,) = parse_report(value, 1, 60_000)[3]
+    assert closed[3:] == (json.loads(window.value or b"")["sum"], n)
+
+
+def test_a_window_total_beyond_what_its_orders_can_reach_is_refused() -> None:
+    far = [["A", 0, 60_000, MAX_TOTAL * 3 * 1.001, 3]]
+    with pytest.raises(ValueError, match="what orders can add up to"):
+        parse_report(json.dumps({"src": 0, "from": None, "wm": 1, "w": far}).encode(), 1, 60_000)
+    window = {"product_id": "A", "window_start": 0, "window_end": 60_000, "count": 3}
+    with pytest.raises(ValueError, match="sum must be"):
+        parse_window(b"A", json.dumps({**window, "sum": MAX_TOTAL * 3 * 1.001}).encode(), 60_000)
 
 
 def report(
