@@ -106,7 +106,11 @@ def _hint(name: str) -> str:
 def read_claim(directory: Path) -> dict[str, object] | None:
     """The directory's `sink.json` (None if it has none); ConfigError if the directory is not
     a sink's or the manifest cannot be read."""
-    if list(directory.glob("*.jsonl")) or (directory / EXPORT_MANIFEST).exists():
+    try:
+        exported = list(directory.glob("*.jsonl")) or (directory / EXPORT_MANIFEST).exists()
+    except OSError as e:  # e.g. not searchable, a name too long
+        raise ConfigError(f"cannot use {directory}: {e.strerror or e}") from None
+    if exported:
         raise ConfigError(  # a reader of the directory would read both as one
             f"{directory} holds a kappa export's files: sink to another directory"
         )
@@ -435,7 +439,14 @@ class _SinkRun:
             except ConfigError as e:
                 self.report(f"{self.outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
                 unfinished.append(e)
-        await self.consumer.stop()
+        try:
+            await self.consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka cancels a task of its own that has not run yet when stopped right
+            # after its start (`start` refusing the directory): that is not this task's stop.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
         return unfinished
 
 

@@ -177,6 +177,10 @@ async def test_a_sink_refused_says_why_in_one_line_and_writes_nothing(
     )
     assert not out.exists()
     assert run_kappa(["topics"], env).returncode == 0
+    # What the sink cannot clear away once its consumer started: was a CancelledError traceback
+    odd = tmp_path / "odd"
+    (odd / "orders.revenue-1m" / "partition=0" / ".left.tmp").mkdir(parents=True)
+    assert refusal(str(odd)) == f"kappa sink: error: cannot use {odd}: Is a directory"
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     assert refusal(str(blocked / "sub")) == (

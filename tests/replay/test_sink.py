@@ -17,6 +17,7 @@ from replay.sink import (
     chosen_outputs,
     claim_directory,
     other_version,
+    read_claim,
     sink_lock,
 )
 
@@ -442,3 +443,10 @@ def test_a_file_named_as_the_directory_is_said_to_be_a_file(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as refused, sink_lock(tmp_path / "out"):
         pass
     assert str(refused.value) == f"{tmp_path / 'out'} is a file, not a directory: name a directory"
+
+
+def test_a_directory_that_cannot_be_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Not searchable (as a user other than root), or a name too long: was a traceback."""
+    long = tmp_path / ("x" * 300)
+    with pytest.raises(ConfigError, match=r"^cannot use .*x: File name too long$"):
+        read_claim(long)
