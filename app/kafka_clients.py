@@ -8,6 +8,7 @@ Functions elsewhere take `Conn`: a `KafkaConnection`, or a plain `host:port` for
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +122,18 @@ def new_consumer(conn: Conn, *topics: str, **kwargs: Any) -> AIOKafkaConsumer:
     if c.read_committed:
         kwargs.setdefault("isolation_level", "read_committed")
     return AIOKafkaConsumer(*topics, **c.client_kwargs(), **kwargs)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, also right after its start: a group-less aiokafka consumer then
+    cancels a task of its own that has not run yet and raises that CancelledError, which is
+    not a cancellation of the task stopping it."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
 
 def new_producer(conn: Conn, **kwargs: Any) -> AIOKafkaProducer:

@@ -26,6 +26,7 @@ from app.admin import existing_topics, quiet_aiokafka
 from app.atomic_file import replaced, synced_directory
 from app.chaos import ChaosKill
 from app.file_lock import writer_lock
+from app.kafka_clients import stop_consumer
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
 from app.topology import Topology
@@ -55,6 +56,7 @@ from replay.sink_files import (
     partition_directory,
     remove_every_unfinished,
 )
+from replay.sink_identity import LogIdentity, Seen
 from replay.sink_metrics import SinkMetrics
 
 LOCK = ".sink.lock"
@@ -62,6 +64,7 @@ FETCH_WAIT_MS = 500  # how long an idle sink's fetch waits at the broker for new
 DEFAULT_ROLL = RollPolicy()
 POLL_MS = 1_000  # the longest a due file waits for a quiet sink to look at its clock
 TOPIC_CHECK_S = 10.0  # how often a running sink checks that its topics (and broker) are there
+STOP_CONFIRM_S = 5.0  # how long a stopping sink waits to confirm its open files' logs
 
 
 def sink_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
@@ -263,6 +266,11 @@ class _SinkRun:
         self.metrics = SinkMetrics(version, list(topics))
         self.chaos = ChaosKill.from_env("sink")  # tests: KAPPA_CHAOS_KILL=sink:FILE:PHASE
         self.watch = _TopicWatch(settings, version, set(topics.values()), report, time.monotonic())
+        # A file is finished only once its anchor (the record read before its first line) is
+        # read again unchanged: `replay/sink_identity.py`.
+        self.identity = LogIdentity(settings.kafka)
+        self.last_record: dict[TopicPartition, ConsumerRecord] = {}
+        self.anchors: dict[TopicPartition, Seen] = {}
 
     async def start(self) -> None:
         consumer = self.consumer
@@ -325,6 +333,7 @@ class _SinkRun:
                     for r in records:
                         if (problem := check.take(r.offset, self._line(r))) is not None:
                             raise self._made_anew(tp, problem)
+                        self.last_record[tp] = r
                         if check.done:
                             check.close()
                             del checks[tp]
@@ -371,7 +380,7 @@ class _SinkRun:
             batches = await self._fetch()
             now = time.monotonic()
             for tp, records in batches.items():
-                self._take(tp, records, now)
+                await self._take(tp, records, now)
             for tp, f in self.files.items():
                 hw = self.consumer.highwater(tp)
                 self._check_end(tp, hw, f.last_read, now)
@@ -380,21 +389,25 @@ class _SinkRun:
                     position = await self.consumer.position(tp)
                     self.metrics.lag(self.outputs[tp.topic], tp.partition, hw, position)
                 if f.due(now, self.policy):
-                    self._finish(tp)
+                    await self._finish(tp)
             await self.watch.check(now)
 
-    def _take(self, tp: TopicPartition, records: list[ConsumerRecord], now: float) -> None:
+    async def _take(self, tp: TopicPartition, records: list[ConsumerRecord], now: float) -> None:
         f = self.files[tp]
         for r in records:
             if r.offset <= f.last_read:  # offsets went back: another log
                 raise self._made_anew(tp, f"went back from offset {f.last_read} to {r.offset}")
+            line = self._line(r)
+            if line is not None and f.results == 0:  # a file opens: anchored before its line
+                self.anchors[tp] = Seen.of(self.last_record.get(tp, r))
             try:
-                f.add(r.offset, self._line(r), now)
+                f.add(r.offset, line, now)
             except OSError as e:
                 f.discard()
                 raise ConfigError(f"cannot write in {f.directory}: {e.strerror or e}") from None
+            self.last_record[tp] = r
             if f.results >= self.policy.max_results:  # exactly there: files that end on the
-                self._finish(tp)  # count end where the input says, however it was fetched
+                await self._finish(tp)  # count end where the input says, however it was fetched
 
     def _check_end(self, tp: TopicPartition, hw: int | None, read: int, now: float) -> None:
         """OtherTopic once the partition's end has looked at or before an offset already
@@ -421,7 +434,28 @@ class _SinkRun:
             "its records deleted); sink it to another directory"
         )
 
-    def _finish(self, tp: TopicPartition) -> None:
+    async def _finish(self, tp: TopicPartition) -> None:
+        """Finish the partition's open file once its log is confirmed to be the one read;
+        OtherTopic (the file dropped) if it is not."""
+        anchor = self.anchors.get(tp)
+        what = None
+        if self.files[tp].results and anchor is not None:
+            what = (await self._confirm({tp: anchor})).get(tp)
+        if what is not None:
+            self.files[tp].discard()
+            raise self._made_anew(tp, what)
+        self._finish_now(tp)
+
+    async def _confirm(self, anchors: dict[TopicPartition, Seen]) -> dict[TopicPartition, str]:
+        """`LogIdentity.differences`, waited for while the broker is away (said by the watch,
+        which also stops the sink if the topics are gone)."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.identity.differences(anchors), TOPIC_CHECK_S)
+            except (TimeoutError, KafkaError, OSError):
+                await self.watch.check(time.monotonic())
+
+    def _finish_now(self, tp: TopicPartition) -> None:
         output = self.outputs[tp.topic]
         done = _finish(self.files[tp], self.chaos)
         if done is not None:
@@ -433,20 +467,33 @@ class _SinkRun:
         the next sink goes on after them. Returns the files that could not be finished (each
         also said in a line); their records are read again by the next sink."""
         unfinished: list[ConfigError] = []
-        for tp in self.files:
-            try:
-                self._finish(tp)
-            except ConfigError as e:
-                self.report(f"{self.outputs[tp.topic]}[{tp.partition}]: not finished: {e}")
-                unfinished.append(e)
+        open_files = {tp: f for tp, f in self.files.items() if f.results}
+        anchors = {tp: self.anchors[tp] for tp in open_files if tp in self.anchors}
         try:
-            await self.consumer.stop()
-        except asyncio.CancelledError:
-            # aiokafka cancels a task of its own that has not run yet when stopped right
-            # after its start (`start` refusing the directory): that is not this task's stop.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
+            differ: dict[TopicPartition, str] | None = await asyncio.wait_for(
+                self.identity.differences(anchors), STOP_CONFIRM_S
+            )
+        except (TimeoutError, KafkaError, OSError):
+            differ = None
+        for tp, f in open_files.items():
+            said = f"{self.outputs[tp.topic]}[{tp.partition}]: not finished"
+            if differ is None and tp in anchors:
+                f.discard()
+                self.report(
+                    f"{said}: the broker did not confirm its topic in time; the next sink "
+                    "reads its records again"
+                )
+                continue
+            try:
+                if differ is not None and tp in differ:
+                    f.discard()
+                    raise self._made_anew(tp, differ[tp])
+                self._finish_now(tp)
+            except ConfigError as e:
+                self.report(f"{said}: {e}")
+                unfinished.append(e)
+        await self.identity.close()
+        await stop_consumer(self.consumer)  # also right after its start (a refused directory)
         return unfinished
 
 

@@ -450,3 +450,37 @@ def test_a_directory_that_cannot_be_read_is_refused_in_one_line(tmp_path: Path) 
     long = tmp_path / ("x" * 300)
     with pytest.raises(ConfigError, match=r"^cannot use .*x: File name too long$"):
         read_claim(long)
+
+
+async def test_a_file_whose_log_the_broker_cannot_confirm_at_stop_is_left_to_the_next_sink(
+    tmp_path: Path,
+) -> None:
+    """Finished, it could hold a log made anew while the broker was away; left unfinished, the
+    next sink reads its records again and checks its newest file against the log first."""
+    import socket
+
+    from aiokafka import ConsumerRecord, TopicPartition
+
+    from replay import sink
+    from replay.sink_files import PartitionFile
+    from replay.sink_identity import Seen
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    tp = TopicPartition("orders.user-totals.v2", 0)
+    said: list[str] = []
+    run = sink._SinkRun(
+        load_settings({"KAPPA_BROKER": nowhere}), tmp_path, 2, {"orders.user-totals": tp.topic},
+        {"orders.user-totals": ("user_id",)}, sink.DEFAULT_ROLL, said.append,
+    )  # fmt: skip
+    run.files[tp] = f = PartitionFile(tmp_path / "p", 0)
+    f.add(0, b'{"user_id":"u1"}\n', 0.0)
+    r = ConsumerRecord(tp.topic, 0, 0, 5, 0, b"u1", b"{}", None, 0, 2, [])
+    run.anchors[tp] = Seen.of(r)
+    assert await run.stop() == []
+    assert said == [
+        "orders.user-totals[0]: not finished: the broker did not confirm its topic in time; "
+        "the next sink reads its records again"
+    ]
+    assert list((tmp_path / "p").iterdir()) == []
