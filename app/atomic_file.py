@@ -56,6 +56,21 @@ def replaced(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def made_directories(directory: Path) -> None:
+    """`mkdir -p`, with the parent of each directory made fsynced, so that the whole new path
+    survives a crash (a file renamed into a directory whose own entry was lost is lost too)."""
+    missing = []
+    at = directory
+    while not at.is_dir():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        synced_directory(made.parent)
+
+
 def synced_directory(directory: Path) -> None:
     """fsync a directory, so the renames and removals in it survive a crash."""
     fd = os.open(directory, os.O_RDONLY)

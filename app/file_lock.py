@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.atomic_file import made_directories
 from app.settings import ConfigError
 
 
@@ -20,7 +21,7 @@ def try_lock(directory: Path, name: str, shared: bool = False) -> tuple[int, boo
     """(descriptor of `directory/name`, whether the lock was taken), creating both if missing.
     Not taken: another holder has it, and the descriptor is the caller's to read and close.
     OSError for a directory or file that cannot be made or locked."""
-    directory.mkdir(parents=True, exist_ok=True)
+    made_directories(directory)  # a sink's or export's files are only as durable as it
     fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)

@@ -19,7 +19,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.atomic_file import AtomicFile, synced_directory
+from app.atomic_file import AtomicFile, made_directories, synced_directory
 
 MANIFEST = "sink.json"  # the version, topics and keys a sink directory's files hold
 _FINISHED = re.compile(r"^(\d{20})-(\d{20})\.jsonl$")
@@ -181,8 +181,7 @@ class PartitionFile:
         if line is not None:
             if self._file is None:
                 if not self.directory.is_dir():
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                    synced_directory(self.directory.parent)  # a new directory survives too
+                    made_directories(self.directory)  # survives a crash, its output's too
                 self._file = AtomicFile(self.directory, f"{self.first:0{_DIGITS}d}.jsonl")
                 self.opened_at = now
             self._file.file.write(line)
