@@ -6,7 +6,8 @@ mean over every window since its first one, the empty ones included, each weight
 per newer window. With rate λ, a run of g empty windows has probability e^(−λg) under that
 rate; the product is quiet once g windows passed empty where e^(−λg) < `p_quiet`. A product
 that sells 50 orders a window is quiet after one empty window, one that sells one every ten
-windows after 69.
+windows after 52 (with decay 0.5^(1/10) and p_quiet 0.001): λ is taken at its last window
+with orders, which weighs most, so it reads 0.13 rather than 0.1.
 
 When a silence is established follows stream time only: a window is empty once the watermark
 of the source partition the product is read from has passed its end (`Activity.due`). A

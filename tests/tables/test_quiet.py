@@ -31,6 +31,17 @@ def test_the_rate_counts_the_empty_windows_between() -> None:
     assert sparse.rate == pytest.approx(2.0, rel=0.05)
 
 
+def test_an_order_every_ten_windows_reads_as_a_rate_of_0_13_and_a_silence_of_52() -> None:
+    """What the README says: the rate is taken at the product's last window with orders,
+    which weighs most (not the long-run 0.1, whose silence would be 70 windows)."""
+    a = Activity.first(0, 0, W, 1, CONFIG)
+    for i in range(1, 40):
+        a.observe(0, 10 * i * W, (10 * i + 1) * W, 1, CONFIG)
+    d = CONFIG.decay
+    assert a.rate == pytest.approx((1 - d) / (1 - d**10), rel=1e-3)  # 0.134
+    assert CONFIG.quiet_windows(a.rate) == 52
+
+
 def test_silences_are_watched_only_after_the_warm_up() -> None:
     a = Activity.first(1, 0, W, 10, CONFIG)
     a.observe(1, W, 2 * W, 10, CONFIG)
