@@ -262,13 +262,16 @@ def _product_key(value: bytes) -> bytes | None:
     """The product_id of a line that parses to an object holding one, else None (any partition)."""
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # the pipeline dead-letters the line
         return None
     if not isinstance(parsed, dict):
         return None
     product_id = parsed.get("product_id")
     if isinstance(product_id, str | int) and not isinstance(product_id, bool):
-        return str(product_id).encode()
+        try:
+            return str(product_id).encode()
+        except (UnicodeEncodeError, ValueError):  # a lone surrogate (`"\ud800"`), an int
+            return None  # too long for str(): the pipeline dead-letters the line
     return None
 
 

@@ -249,6 +249,20 @@ def test_jsonl_lines_pass_through_with_the_product_id_as_key(tmp_path: Path) -> 
     ]
 
 
+def test_a_line_whose_product_id_is_no_key_goes_through_unkeyed(tmp_path: Path) -> None:
+    """A lone surrogate, or nesting deeper than the parser goes, stopped the whole load as
+    "cannot read FILE"; the pipeline dead-letters such a line (`not_utf8`, `not_json`)."""
+    path = tmp_path / "orders.jsonl"
+    surrogate = b'{"order_id":"a","product_id":"\\ud800"}'
+    deep = b'{"product_id":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path.write_bytes(surrogate + b"\n" + deep + b"\n" + b'{"product_id":"p1"}\n')
+    assert list(read_file(path)) == [
+        (None, surrogate),
+        (None, deep),
+        (b"p1", b'{"product_id":"p1"}'),
+    ]
+
+
 @pytest.mark.parametrize("suffix", [".json", ".ndjson", ".JSONL"])
 def test_every_jsonl_suffix_is_read_as_jsonl(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"orders{suffix}"
