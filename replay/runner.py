@@ -109,6 +109,8 @@ async def prepare_replay(
         for t in topology.external_sources:  # at once, rather than after waiting for metadata
             if topology.physical(t) not in present:
                 raise TopicMissing(f"topic {topology.physical(t)} does not exist")
+        if opts.since_ms is not None:
+            await _refuse_since_over_unrecorded(registry, view, topology, present)
         snapshot = {
             topology.physical(t): {
                 str(p): e
@@ -302,6 +304,27 @@ def _check_version(
             "it with the same arguments or use a new version"
         )
     return rec
+
+
+async def _refuse_since_over_unrecorded(
+    registry: Registry, view: RegistryView, topology: Topology, present: set[str]
+) -> None:
+    """A version no replay recorded whose topics hold records was run by `kappa worker
+    --version N`, from the start of its sources: recording `--since` for it would make a
+    version whose outputs hold every window say they start at T (and its workers apply T from
+    then on). Refused in one line, unless another replay process recorded it meanwhile."""
+    v = topology.version
+    sources = {topology.physical(t) for t in topology.external_sources}
+    for topic in sorted(t for t in topology.all_topics() if t in present and t not in sources):
+        if any((await high_watermarks(topology.settings.kafka, topic)).values()):
+            if v in (await registry.load()).versions:
+                return  # a replay process of the same run registered it: its own checks apply
+            raise ConfigError(
+                f"version {v} already holds results from the start of its sources ({topic} "
+                f"has records: `kappa worker --version {v}` ran it), so it cannot be a --since "
+                f"version; replay into a new version (--version {view.unused_version}), or "
+                f"without --since, or `kappa drop {v}` first"
+            )
 
 
 def _stage_done(

@@ -56,6 +56,36 @@ async def test_a_version_made_by_kappa_topics_can_be_dropped(
     ]
 
 
+async def test_a_since_replay_over_a_version_a_worker_ran_is_refused(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`kappa worker --version 13` fills version 13 from the start of its sources; a `--since`
+    replay of it was accepted and recorded it as a `--since` version, which its outputs are
+    not (and its workers then applied the cut-off live)."""
+    from app.produce import produce_records
+
+    env = kappa_env(broker, unique, tmp_path / "state")
+    for v in (13, 14):
+        made = run_kappa(["topics", "--version", str(v)], env)
+        assert made.returncode == 0, made.stdout + made.stderr
+    await produce_orders(broker, f"{unique}.orders", orders_spec(20, 1, keys=5, users=5))
+    forward = Topology(load_settings(env), 13).physical("orders.by-user")
+    await produce_records(broker, forward, [(b"u1", b"{}")], progress=False)  # a worker's
+    since = ["--since", "1700000600000"]
+    refused = run_kappa(["replay", "--version", "13", *since], env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(
+        f"kappa replay: error: version 13 already holds results from the start of its sources "
+        f"({forward} has records: `kappa worker --version 13` ran it), so it cannot be a "
+        "--since version; replay into a new version (--version "
+    ), line
+    assert _row(run_kappa(["versions"], env).stdout, 13)[:2] == ["13", "unrecorded"]
+    # empty topics (`kappa topics` alone) hold nothing to contradict it
+    planned = run_kappa(["replay", "--version", "14", *since, "--dry-run"], env)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+
+
 async def test_diff_compares_only_the_outputs_both_versions_produce(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
