@@ -160,7 +160,16 @@ def refuse_if_dropped(view: RegistryView, version: int) -> VersionRecord | None:
     rec = view.versions.get(version)
     if rec is not None and rec.status == DROPPED:
         raise ConfigError(f"version {version} was dropped; use a new version number")
+    if version in view.dropping:  # topics deleted in part: they would be made anew, empty
+        raise ConfigError(drop_unfinished(version))
     return rec
+
+
+def drop_unfinished(version: int) -> str:
+    return (
+        f"a drop of version {version} started and has not finished (its topics may be gone "
+        f"in part): run `kappa drop {version}` again to finish it, and use a new version number"
+    )
 
 
 def version_definition(settings: Settings) -> dict[str, object]:

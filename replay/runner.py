@@ -48,6 +48,7 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    drop_unfinished,
     require_definition,
     require_split,
 )
@@ -284,6 +285,8 @@ def _check_version(
         raise ConfigError(
             f"version {v} is live; replay into a new version (e.g. --version {view.unused_version})"
         )
+    if v in view.dropping:
+        raise ConfigError(drop_unfinished(v))
     rec = view.versions.get(v)
     if rec is None:
         return None

@@ -419,6 +419,33 @@ async def test_a_replay_refuses_a_version_dropped_after_its_checks(
     assert not (await registry.load()).definitions.get(3)
 
 
+async def test_a_version_whose_drop_did_not_finish_is_not_replayed_or_run(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A drop stopped part way (its topics deleted in part): a replay or worker of the version
+    made them anew, empty, then stopped as if the broker had lost its data."""
+    from app.admin import ensure_topics, existing_topics
+    from app.worker_main import version_to_run
+    from replay.registry import refuse_dropped
+    from replay.runner import ReplayOptions, run_replay
+
+    settings = _replay_settings(broker, unique, tmp_path, "half-dropped")
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    registry = Registry(settings)
+    ends = {str(p): 0 for p in range(settings.partitions)}
+    await registry.put_version(VersionRecord(4, RUNNING, ["orders"], {f"{unique}.orders": ends}))
+    await registry.put_dropping(4, True)  # what `kappa drop 4` writes before it deletes
+    said = "a drop of version 4 started and has not finished"
+    with pytest.raises(ConfigError, match=said):
+        await run_replay(settings, ReplayOptions(4, ["orders"], progress=False))
+    with pytest.raises(ConfigError, match=said):
+        await version_to_run(settings, 4)  # `kappa worker --version 4`
+    with pytest.raises(ConfigError, match=said):
+        await refuse_dropped(settings, 4)  # `kappa topics --version 4`
+    topology = Topology(settings, 4).select(["orders"])
+    assert not set(topology.output_topics()) & await existing_topics(broker)
+
+
 async def test_a_refused_replay_records_nothing(broker: str, unique: str, tmp_path: Path) -> None:
     """Refused before it starts (here: no source topic), a replay leaves no window settings or
     split behind that a corrected run would then be refused by."""
