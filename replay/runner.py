@@ -285,13 +285,13 @@ def _check_version(
         raise ConfigError(
             f"version {v} is live; replay into a new version (e.g. --version {view.unused_version})"
         )
+    rec = view.versions.get(v)
+    if rec is not None and rec.status == DROPPED:
+        raise ConfigError(f"version {v} was dropped; replay into a new version number")
     if v in view.dropping:
         raise ConfigError(drop_unfinished(v))
-    rec = view.versions.get(v)
     if rec is None:
         return None
-    if rec.status == DROPPED:
-        raise ConfigError(f"version {v} was dropped; replay into a new version number")
     names = sorted(p.name for p in topology.pipelines)
     if sorted(rec.pipelines) != names or rec.since_ms != opts.since_ms:
         raise ConfigError(

@@ -444,6 +444,9 @@ async def test_a_version_whose_drop_did_not_finish_is_not_replayed_or_run(
         await refuse_dropped(settings, 4)  # `kappa topics --version 4`
     topology = Topology(settings, 4).select(["orders"])
     assert not set(topology.output_topics()) & await existing_topics(broker)
+    await registry.put_version(VersionRecord(4, DROPPED))  # the drop, run again, finished
+    with pytest.raises(ConfigError, match=r"^version 4 was dropped; replay into a new version"):
+        await run_replay(settings, ReplayOptions(4, ["orders"], progress=False))
 
 
 async def test_a_refused_replay_records_nothing(broker: str, unique: str, tmp_path: Path) -> None:
