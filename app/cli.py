@@ -286,7 +286,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if answer.found is None:
         print(f"kappa query: {answer.missing} (asked {answer.url})", file=sys.stderr)
         return 1
-    print(json.dumps(answer.found, ensure_ascii=False), flush=True)
+    print(json.dumps(answer.found, ensure_ascii=False, separators=(",", ":")), flush=True)
     return 0
 
 
