@@ -9,11 +9,17 @@ version N's results are built with, recorded by its first worker or replay), and
 (how many processes replay it, `--process I/N`: processes of one version that split it
 differently would miss or overlap partitions), and `dropping/N` (a drop of N has started: a
 promote of N at the same moment backs out, or the drop does; see `replay/versions.py`).
+
+A version's creation, its definition and its split are first-record-wins (Kafka has no
+conditional write). Each process claims them under a key of its own (`version/N/ID`,
+`definition/N/ID`, `split/N/ID`): compaction keeps only the newest record per key, so under one
+shared key a claim that lost the race could outlive the winner's and take its place.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -131,15 +137,21 @@ class Registry:
         rec.updated_at = now_iso()
         await self.put((f"version/{rec.version}", asdict(rec)))
 
+    async def claim_version(self, rec: VersionRecord) -> None:
+        """Register `rec` as version N's creation; the first claim read back is the one that
+        holds (see the module's docstring)."""
+        rec.updated_at = now_iso()
+        await self.put((claim_key("version", rec.version), asdict(rec)))
+
     async def put_completion(self, version: int) -> None:
         """The replay of `version` finished: complete, if it is still running when read."""
         await self.put((f"complete/{version}", {"at": now_iso()}))
 
-    async def put_definition(self, version: int, definition: dict[str, object]) -> None:
-        await self.put((f"definition/{version}", definition))
+    async def claim_definition(self, version: int, definition: dict[str, object]) -> None:
+        await self.put((claim_key("definition", version), definition))
 
-    async def put_split(self, version: int, processes: int) -> None:
-        await self.put((f"split/{version}", {"processes": processes}))
+    async def claim_split(self, version: int, processes: int) -> None:
+        await self.put((claim_key("split", version), {"processes": processes}))
 
     async def put_dropping(self, version: int, active: bool) -> None:
         """A drop of `version` starts (written before anything is deleted), or backs out."""
@@ -147,6 +159,12 @@ class Registry:
 
     async def put_progress(self, version: int, pipeline: str, partition: int, end: int) -> None:
         await self.put((f"progress/{version}/{pipeline}/{partition}", {"end": end}))
+
+
+def claim_key(kind: str, version: int) -> str:
+    """A first-record-wins key of one claim's own, so that compaction keeps every claim and
+    the first one by offset stays first."""
+    return f"{kind}/{version}/{uuid.uuid4().hex}"
 
 
 async def refuse_dropped(settings: Settings, version: int) -> None:
@@ -207,14 +225,14 @@ async def require_definition(
     """Refuse to run `version` with window settings other than those its results were built
     with (its state and outputs would mix both, and a replay could not reproduce them); the
     first worker or replay of a version records them (`record=False`: a check that writes
-    nothing). Two first ones at the same moment: the first record wins, and the other is
+    nothing). Two first ones at the same moment: the first claim wins, and the other is
     refused here after reading it back."""
     mine = version_definition(registry.settings)
     built, view = await _first_recorded(
         registry,
         view,
         lambda v: v.definitions.get(version),
-        partial(registry.put_definition, version),
+        partial(registry.claim_definition, version),
         mine,
         record,
     )
@@ -238,8 +256,11 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
         name = (key or b"").decode()
         d = json.loads(value)
         if name.startswith("version/"):
-            v = int(name.split("/")[1])
-            view.versions[v] = _settled(view.versions.get(v), VersionRecord(**d))
+            v, claim = int(name.split("/")[1]), name.count("/") == 2
+            rec = VersionRecord(**d)
+            if claim and v in view.versions:
+                return  # a creation that lost the race: it changes nothing
+            view.versions[v] = _settled(view.versions.get(v), rec)
             view.marked[v] = max(view.marked.values(), default=0) + 1
         elif name.startswith("complete/"):
             rec = view.versions.get(int(name.split("/")[1]))
@@ -335,7 +356,7 @@ async def require_split(
     started with: each process takes the partitions `p % N == I`, so two splits would miss
     partitions (and every process would wait for them forever) or replay some twice. The first
     process records the split (`record=False`: a check that writes nothing); as for window
-    settings, the first record wins and is written again by a process that lost the race."""
+    settings, the first claim wins."""
     rec = view.versions.get(version)
     if rec is not None and rec.status != RUNNING:  # replayed to its end: nothing left to split
         return
@@ -343,7 +364,7 @@ async def require_split(
         registry,
         view,
         lambda v: v.splits.get(version),
-        partial(registry.put_split, version),
+        partial(registry.claim_split, version),
         processes,
         record,
     )
@@ -362,14 +383,11 @@ async def _first_recorded(
     mine: T,
     record: bool,
 ) -> tuple[T | None, RegistryView]:
-    """The value of a first-record-wins key (Kafka has no conditional write): `mine` is
-    recorded if none is (unless `record` is False); if another process's landed first, that
-    one is written again, so the newest record, all compaction keeps, carries it too."""
+    """The value of a first-record-wins key: `mine` is claimed if none is (unless `record` is
+    False), and the first claim read back wins."""
     found = recorded(view)
     if found is None and record:
         await put(mine)
         view = await registry.load()
         found = recorded(view)
-        if found is not None and found != mine:
-            await put(found)
     return found, view

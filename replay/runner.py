@@ -226,18 +226,15 @@ async def all_or_none(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:
     """Register a new version; if another process registered it at the same moment, the first
-    record's snapshot wins (Kafka has no conditional write): adopt it, and write it again so
-    the newest record (all compaction keeps) carries it too. One started with other pipelines
-    or `--since` is refused (its record is overwritten the same way)."""
-    await registry.put_version(rec)
+    claim's snapshot wins (`replay/registry.py`): adopt it. One started with other pipelines or
+    `--since` is refused."""
+    await registry.claim_version(rec)
     settled = (await registry.load()).versions[rec.version]
     same_run = (
         sorted(settled.pipelines) == sorted(rec.pipelines)
         and settled.since_ms == rec.since_ms
         and settled.flush == rec.flush
     )
-    if settled.snapshot != rec.snapshot or not same_run:
-        await registry.put_version(settled)
     if not same_run:  # split processes started with different arguments
         raise ConfigError(
             f"version {rec.version} was registered at the same moment by another replay, as "

@@ -24,9 +24,11 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    fold_record,
     refuse_if_outputs_dropped,
     require_definition,
     require_split,
+    version_definition,
 )
 from replay.runner import _create_version
 from replay.versions import drop, promote
@@ -61,15 +63,41 @@ async def test_two_processes_creating_a_version_at_once_share_the_first_snapshot
     assert (await registry.load()).versions[2].status == COMPLETE
 
 
-async def test_a_replay_that_lost_the_race_adopts_and_rewrites_the_first_snapshot(
+async def test_a_replay_that_lost_the_race_adopts_the_first_snapshot(
     registry: Registry, broker: str
 ) -> None:
-    await registry.put_version(running(3, 10))
+    await _create_version(registry, running(3, 10))
     adopted = await _create_version(registry, running(3, 12))
     assert adopted.snapshot == {"orders": {"0": 10}}
-    records = (await read_to_end(broker, registry.topic))[0]
-    newest = [r for r in records if r.key == b"version/3"][-1]
-    assert json.loads(newest.value)["snapshot"] == {"orders": {"0": 10}}  # what compaction keeps
+    assert (await compacted(registry)).versions[3].snapshot == {"orders": {"0": 10}}
+
+
+async def compacted(registry: Registry) -> RegistryView:
+    """The registry as it reads once compacted: the newest record of each key, in order."""
+    (records,) = (await read_to_end(registry.settings.kafka, registry.topic)).values()
+    newest = {r.key: r for r in records}
+    view = RegistryView({}, {})
+    for r in sorted(newest.values(), key=lambda r: r.offset):
+        fold_record(view, r.key, r.value, f"offset {r.offset}")
+    return view
+
+
+async def test_a_claim_that_lost_the_race_never_outlives_the_winner_in_compaction(
+    registry: Registry,
+) -> None:
+    """A process that lost a first-record-wins race and was killed right after its write
+    (before it could read the winner back): compaction keeps the winner, as before it."""
+    await registry.ensure()  # as `kappa replay` does first: one partition
+    await _create_version(registry, running(12, 10))
+    await require_definition(registry, await registry.load(), 12)
+    await require_split(registry, await registry.load(), 12, 2)
+    await registry.claim_version(running(12, 15))  # the losers' writes, nothing after them
+    await registry.claim_definition(12, {**version_definition(registry.settings), "grace_ms": 0})
+    await registry.claim_split(12, 3)
+    for view in (await registry.load(), await compacted(registry)):
+        assert view.versions[12].snapshot == {"orders": {"0": 10}}
+        assert view.definitions[12] == version_definition(registry.settings)
+        assert view.splits[12] == 2
 
 
 @pytest.mark.parametrize("other", [{"since_ms": 5}, {"flush": False}])
@@ -79,17 +107,15 @@ async def test_a_replay_that_lost_the_race_with_other_arguments_is_refused(
     """`kappa replay --process 1/2 --since T` and `--process 2/2` without it, started at once:
     the second must not run the first's snapshot with its own `--since` (or `--no-flush`)."""
     await registry.ensure()  # as `kappa replay` does first: one partition
-    await registry.put_version(running(4, 10))
+    await _create_version(registry, running(4, 10))
     with pytest.raises(ConfigError) as refused:
         await _create_version(registry, running(4, 10, **other))
     assert str(refused.value) == (
         "version 4 was registered at the same moment by another replay, as `kappa replay orders "
         "--version 4`; start every process of a version with the same arguments"
     )
-    (records,) = (await read_to_end(broker, registry.topic)).values()
-    newest = [r for r in records if r.key == b"version/4"][-1]
-    kept = json.loads(newest.value)  # what compaction keeps
-    assert (kept.get("since_ms"), kept.get("flush")) == (None, True)
+    kept = (await compacted(registry)).versions[4]
+    assert (kept.since_ms, kept.flush) == (None, True)
 
 
 async def test_a_version_running_on_this_machine_is_not_dropped(
@@ -329,7 +355,7 @@ async def test_a_versions_window_settings_are_recorded_once_and_then_required(
 async def test_a_definition_recorded_before_the_analytics_settings_means_their_defaults(
     registry: Registry,
 ) -> None:
-    await registry.put_definition(10, {"window_ms": 60_000, "grace_ms": 10_000})
+    await registry.claim_definition(10, {"window_ms": 60_000, "grace_ms": 10_000})
     await require_definition(registry, await registry.load(), 10)  # the defaults: fine
     tuned = Registry(_settings_of(registry, KAPPA_TREND_WINDOWS="8"))
     with pytest.raises(ConfigError, match="built with KAPPA_TREND_WINDOWS=5, not KAPPA_TREND_W"):
@@ -344,9 +370,7 @@ async def test_of_two_first_runs_with_other_settings_the_first_record_wins(
     await require_definition(other, stale, 9)  # lands first
     with pytest.raises(ConfigError, match="version 9 is built with KAPPA_GRACE_MS=0"):
         await require_definition(registry, stale, 9)
-    (records,) = (await read_to_end(registry.settings.kafka, registry.topic)).values()
-    newest = [r for r in records if r.key == b"definition/9"][-1]
-    assert json.loads(newest.value)["grace_ms"] == 0  # what compaction keeps: the winner's
+    assert (await compacted(registry)).definitions[9]["grace_ms"] == 0  # the winner's
 
 
 async def test_a_running_versions_split_is_recorded_once_and_then_required(
@@ -376,9 +400,7 @@ async def test_of_two_first_processes_with_other_splits_the_first_record_wins(
     await require_split(registry, stale, 11, 2)  # lands first
     with pytest.raises(ConfigError, match="by 2 process"):
         await require_split(registry, stale, 11, 3)
-    (records,) = (await read_to_end(registry.settings.kafka, registry.topic)).values()
-    newest = [r for r in records if r.key == b"split/11"][-1]
-    assert json.loads(newest.value) == {"processes": 2}  # what compaction keeps
+    assert (await compacted(registry)).splits[11] == 2
 
 
 def _replay_settings(broker: str, unique: str, tmp_path: Path, name: str) -> Settings:
@@ -478,7 +500,7 @@ async def test_a_split_replay_is_resumed_by_the_same_processes_option(
     await registry.ensure()
     empty = {f"{unique}.orders": {str(p): 0 for p in range(settings.partitions)}}
     await registry.put_version(VersionRecord(2, RUNNING, names, empty))
-    await registry.put_split(2, 2)  # as the children of a killed `--processes 2` left it
+    await registry.claim_split(2, 2)  # as the children of a killed `--processes 2` left it
     refused = run_kappa(["replay", "--version", "2", "--processes", "3"], env)
     assert refused.returncode == 2 and "being replayed by 2 process(es)" in refused.stderr
     resumed = run_kappa(["replay", "--version", "2", "--processes", "2"], env, timeout=60)

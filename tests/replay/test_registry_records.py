@@ -27,6 +27,26 @@ def test_version_and_progress_records_fold_into_the_view() -> None:
     assert view.progress == {(2, "orders"): {0: 5}}
 
 
+def test_a_versions_first_claim_holds_and_a_later_claim_changes_nothing() -> None:
+    """Claims (`version/N/ID`) register a version's creation: the first one by offset defines
+    it, later plain records change its status, and a claim that lost the race does neither."""
+    view = RegistryView({}, {})
+    first = VersionRecord(2, "running", ["orders"], {"orders": {"0": 5}})
+    fold_record(view, b"version/2/a", json.dumps(first.__dict__).encode(), "here")
+    live = VersionRecord(2, "live", ["orders"], {"orders": {"0": 5}})
+    fold_record(view, b"version/2", json.dumps(live.__dict__).encode(), "here")
+    marked = dict(view.marked)
+    lost = VersionRecord(2, "running", ["other"], {"orders": {"0": 9}})
+    fold_record(view, b"version/2/b", json.dumps(lost.__dict__).encode(), "here")
+    assert (view.versions[2].status, view.versions[2].snapshot) == ("live", {"orders": {"0": 5}})
+    assert view.marked == marked
+    fold_record(view, b"definition/2/a", b'{"window_ms": 1}', "here")
+    fold_record(view, b"definition/2/b", b'{"window_ms": 2}', "here")
+    fold_record(view, b"split/2/a", b'{"processes": 2}', "here")
+    fold_record(view, b"split/2/b", b'{"processes": 3}', "here")
+    assert (view.definitions[2], view.splits[2]) == ({"window_ms": 1}, 2)
+
+
 @pytest.mark.parametrize(
     "key,value",
     [
