@@ -112,7 +112,7 @@ class StateOpener:
         identity = self._identity(partition)
         store = await off_loop(lambda: RocksStore(path, identity), _close)
         try:
-            st = PartitionState(store, partition)
+            st = PartitionState(store, partition, pipeline=self.name, directory=path)
             if self.changelog_source is None:
                 return st
             try:
@@ -193,7 +193,7 @@ class StateOpener:
                             n,
                             said_at - t0,
                         )
-            st = PartitionState(store, partition)
+            st = PartitionState(store, partition, pipeline=self.name, directory=path)
         except BaseException:
             store.close()
             raise

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
 
 from tables.aggregates import Moments
 from tables.stream_time import StreamTime
@@ -39,6 +40,18 @@ META_PREFIX = b"M"
 APPLIED_OFFSET = META_PREFIX + b"applied-offset"
 ORIGIN = META_PREFIX + b"origin"
 ORIGIN_BYTES = 16
+_SHOWN_KEY_CHARS = 120  # of a key named in an error line
+
+
+class StateError(RuntimeError):
+    """Local state a worker cannot use; the message is one line and says what to do."""
+
+
+class UndecodableStateError(StateError):
+    """A value in a pipeline's own state that Kappa cannot decode. No input record's fault:
+    the same input replayed into fresh state would not meet it, so the worker (or replay)
+    stops rather than dead-letter the records that read it, whose outputs a replay would
+    then not match."""
 
 
 class KeyValueStore(Protocol):
@@ -83,9 +96,13 @@ class PartitionState:
         store: KeyValueStore,
         partition: int,
         new_origin: Callable[[], bytes] = lambda: os.urandom(ORIGIN_BYTES),
+        pipeline: str = "pipeline",
+        directory: Path | None = None,
     ) -> None:
         self.store = store
         self.partition = partition
+        self.pipeline = pipeline  # and `directory` (where the store is): named in errors
+        self.directory = directory
         self.new_origin = new_origin  # the origin of a state started from nothing
         self._drawn_origin: bytes | None = None  # kept: a retried first batch may have landed
         self._staged: dict[bytes, bytes | None] = {}
@@ -100,6 +117,40 @@ class PartitionState:
         applied = store.get_many([APPLIED_OFFSET])[0]
         self.applied_offset: int = _I64.unpack(applied)[0] if applied is not None else -1
 
+    def raise_undecodable(
+        self,
+        table: str,
+        entries: Iterable[tuple[str, bytes | None]],
+        decode: Callable[[bytes], Any],
+        error: Exception,
+    ) -> NoReturn:
+        """For `error`, met decoding stored values of `table`: raise an `UndecodableStateError`
+        naming the first of `entries` (key, value) that `decode` refuses, or `error` itself if
+        none does (it was no decoding error). Called only once decoding failed: pipelines
+        decode without checking first, so the check costs a batch nothing."""
+        for key, raw in entries:
+            if raw is None:
+                continue
+            try:
+                decode(raw)
+            except Exception as e:
+                first = (str(e).splitlines() or [""])[0][:200]
+                kind = type(e).__name__
+                if kind == "error":  # struct.error, binascii.error: named with their module
+                    kind = f"{type(e).__module__}.error"
+                reason = f"{kind}: {first}" if first else kind
+                shown = repr(key[:_SHOWN_KEY_CHARS] + ("…" if len(key) > _SHOWN_KEY_CHARS else ""))
+                where = f"{self.pipeline} partition {self.partition}"
+                command = f" (`rm -rf {self.directory}`)" if self.directory is not None else ""
+                found = UndecodableStateError(
+                    f"{where}: the stored {table} value of key {shown} cannot be decoded "
+                    f"({reason}): remove the partition's state directory{command} and restart: "
+                    "it is restored from its changelog; if the changelog holds the value too, "
+                    "run the Kappa release that wrote it, or replay into a new version"
+                )
+                raise found from e
+        raise error
+
     # -- windows ---------------------------------------------------------------------------
     def windows(self, store_name: str) -> WindowStore:
         return WindowStore(self, store_name)
@@ -108,8 +159,12 @@ class PartitionState:
         """The stream time named `name` (one per window store), loaded once and kept."""
         clock = self._clocks.get(name)
         if clock is None:
-            raw = self.get_meta(f"stream-time:{name}")
-            clock = StreamTime(grace_ms, _I64.unpack(raw)[0] if raw is not None else None)
+            key = f"stream-time:{name}"
+            raw = self.get_meta(key)
+            try:
+                clock = StreamTime(grace_ms, _I64.unpack(raw)[0] if raw is not None else None)
+            except struct.error as e:
+                self.raise_undecodable("meta", [(key, raw)], _I64.unpack, e)
             self._clocks[name] = clock
         return clock
 
@@ -245,6 +300,12 @@ class PartitionState:
         self._clocks = {}  # reloaded (held, else stored): the batch's clock advance is undone
 
 
+def _shown_window(key: WindowKey) -> str:
+    """A window key as an error names it: `key [start, end)`, epoch ms."""
+    end, start, name = key
+    return f"{name} [{start}, {end})"
+
+
 class WindowStore:
     """One window store inside a `PartitionState`; implements the core's `WindowState`."""
 
@@ -255,7 +316,11 @@ class WindowStore:
 
     def get_many(self, keys: Sequence[WindowKey]) -> list[Moments | None]:
         raw = self.state.get_raw([encode_window_key(self.name, k) for k in keys])
-        return [Moments.from_bytes(r) if r is not None else None for r in raw]
+        try:
+            return [Moments.from_bytes(r) if r is not None else None for r in raw]
+        except Exception as e:
+            shown = (_shown_window(k) for k in keys)
+            self.state.raise_undecodable(self.name, zip(shown, raw), Moments.from_bytes, e)
 
     def expiring(self, watermark: int) -> Iterable[tuple[WindowKey, Moments]]:
         """Stored (and held) windows ending at or before `watermark`; what the current batch
@@ -267,6 +332,20 @@ class WindowStore:
         if isinstance(watermark, int):  # not for a flush (+inf), which deletes nothing
             self.state._pending_floor[self.name] = watermark + 1
         n = len(self._prefix)
+        try:
+            return [
+                (decode_window_key(k, n), Moments.from_bytes(v)) for k, v in self._scan(start, stop)
+            ]
+        except StateError:  # the store's own (an I/O error): not a value's
+            raise
+        except Exception as e:
+            found = (
+                (_shown_window(decode_window_key(k, n)), v) for k, v in self._scan(start, stop)
+            )
+            self.state.raise_undecodable(self.name, found, Moments.from_bytes, e)
+
+    def _scan(self, start: bytes, stop: bytes) -> Iterable[tuple[bytes, bytes]]:
+        """Stored windows with start <= key < stop, the held batch's over them."""
         held = self.state._held
         scanned = self.state.store.scan(start, stop)
         if held:  # the held batch's windows replace (or delete) the stored ones
@@ -274,8 +353,8 @@ class WindowStore:
             if overlay:
                 merged = {k: v for k, v in scanned if k not in overlay}
                 merged.update((k, v) for k, v in overlay.items() if v is not None)
-                scanned = iter(sorted(merged.items()))
-        return [(decode_window_key(k, n), Moments.from_bytes(v)) for k, v in scanned]
+                return sorted(merged.items())
+        return scanned
 
     def put(self, updated: dict[WindowKey, Moments]) -> None:
         stage = self.state.stage

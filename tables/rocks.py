@@ -17,6 +17,9 @@ from typing import Any
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
+# Defined with the state it describes (the core, which imports no rocksdict), raised here too.
+from tables.partition_state import StateError as StateError
+
 MARKER = "KAPPA"
 # Marker fields that must match for a directory to be this partition's state. The version is
 # recorded but not compared: a version's state may be seeded from another version's. A field
@@ -25,10 +28,6 @@ IDENTITY_FIELDS = ("app_id", "topic_prefix", "pipeline", "partition")
 # Files RocksDB (or rocksdict) may leave in a directory before it holds a database at all.
 _PRE_DB_FILES = ("LOCK", "LOG", MARKER, MARKER + ".tmp")
 _REBUILD = "the partition is rebuilt from its source"
-
-
-class StateError(RuntimeError):
-    """Local state a worker cannot use; the message is one line and says what to do."""
 
 
 class StateLockedError(StateError):

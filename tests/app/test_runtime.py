@@ -439,11 +439,11 @@ async def test_a_state_that_fails_to_load_leaves_its_directory_unlocked(
     real = state_restore.PartitionState
     calls: list[int] = []
 
-    def failing_once(store: object, partition: int) -> object:
+    def failing_once(store: object, partition: int, **named: object) -> object:
         calls.append(partition)
         if len(calls) == 1:
             raise OSError("read failed")
-        return real(store, partition)  # type: ignore[arg-type]
+        return real(store, partition, **named)  # type: ignore[arg-type]
 
     monkeypatch.setattr(state_restore, "PartitionState", failing_once)
     runner = PipelineRunner(

@@ -4,11 +4,20 @@ held, then stored), what reaches the store and when."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tables.aggregates import Moments
-from tables.partition_state import APPLIED_OFFSET, ORIGIN, MemoryStore, PartitionState
+from tables.partition_state import (
+    APPLIED_OFFSET,
+    ORIGIN,
+    MemoryStore,
+    PartitionState,
+    StateError,
+    UndecodableStateError,
+)
 
 
 def _moments(*values: float) -> Moments:
@@ -144,3 +153,66 @@ def test_a_scan_of_a_table_sees_the_staged_and_held_batches_over_the_store() -> 
     state.hold()  # acknowledged outputs, changelog not yet: read through
     state.put_value("t", "c", b"C")
     assert state.scan_values("t", "a", "d") == [("a", b"a"), ("bb", b"new"), ("c", b"C")]
+
+
+# -- values the state holds that cannot be decoded -------------------------------------------
+
+
+def _raises_undecodable(call: Callable[[], object]) -> str:
+    """The one line `call` stops with: an `UndecodableStateError`, a `StateError`."""
+    with pytest.raises(UndecodableStateError) as caught:
+        call()
+    assert isinstance(caught.value, StateError)
+    line = str(caught.value)
+    assert "\n" not in line
+    return line
+
+
+def test_an_undecodable_value_is_named_with_its_store_partition_key_and_remedy() -> None:
+    state = PartitionState(
+        MemoryStore(), 3, pipeline="product-trends", directory=Path("/s/v2/product-trends/p3")
+    )
+    entries = [("a", b"fine"), ("b", None), ("c\nd", b"bad")]
+
+    def decode(raw: bytes) -> bytes:
+        if raw == b"bad":
+            raise struct.error("unpack requires a buffer of 8 bytes")
+        return raw
+
+    line = _raises_undecodable(
+        lambda: state.raise_undecodable("trends", entries, decode, ValueError("first"))
+    )
+    assert line.startswith(
+        "product-trends partition 3: the stored trends value of key 'c\\nd' cannot be decoded "
+        "(struct.error: unpack requires a buffer of 8 bytes): remove the partition's state "
+        "directory (`rm -rf /s/v2/product-trends/p3`) and restart: it is restored from its "
+        "changelog; if the changelog holds the value too,"
+    )
+
+
+def test_an_error_no_stored_value_causes_is_raised_as_it_was() -> None:
+    """A bug met while decoding is not the state's fault: it stays what it was."""
+    state = PartitionState(MemoryStore(), 0)
+    error = KeyError("not a decoding error")
+    with pytest.raises(KeyError) as caught:
+        state.raise_undecodable("t", [("a", b"fine")], bytes, error)
+    assert caught.value is error
+
+
+def test_an_undecodable_window_or_clock_stops_reads_and_closing_scans() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 0, pipeline="orders")
+    windows = state.windows("revenue")
+    windows.put({(60_000, 0, "p1"): _moments(1.0), (120_000, 60_000, "p1"): _moments(2.0)})
+    state.clock("revenue", 0).observe(61_000)
+    state.prepare(0)
+    state.commit()
+    key = next(k for k in store.data if k.startswith(b"Wrevenue") and k.endswith(b"p1"))
+    store.data[key] = b"\x01short"
+    line = _raises_undecodable(lambda: windows.get_many([(60_000, 0, "p1")]))
+    assert "orders partition 0: the stored revenue value of key 'p1 [0, 60000)'" in line
+    assert "'p1 [0, 60000)'" in _raises_undecodable(lambda: windows.expiring(60_000))
+    (clock,) = [k for k in store.data if k.startswith(b"Mstream-time")]
+    store.data[clock] = b"\x00"
+    line = _raises_undecodable(lambda: PartitionState(store, 0).clock("revenue", 0))
+    assert "the stored meta value of key 'stream-time:revenue' cannot be decoded" in line
