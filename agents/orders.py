@@ -437,7 +437,10 @@ def _forward_user_partials(
     names = list(users)
     out = []
     for user, raw in zip(names, state.get_values(USER_PARTIALS, names)):
-        count, spend, ts = decode_partial(raw) if raw is not None else (0, 0.0, 0)
+        try:
+            count, spend, ts = decode_partial(raw) if raw is not None else (0, 0.0, 0)
+        except Exception as e:  # the state's fault, not the orders': see `raise_undecodable`
+            state.raise_undecodable(USER_PARTIALS, [(user, raw)], decode_partial, e)
         batch = users[user]
         for total in itertools.islice(batch, 1, None):
             spend += total

@@ -67,14 +67,22 @@ class ProductTrendsPipeline:
         if not windows:
             return out
         products = list(dict.fromkeys(w[0] for w in windows))
-        trends = {
-            p: Trend.from_bytes(raw) if raw is not None else Trend()
-            for p, raw in zip(products, state.get_values(TRENDS_STORE, products))
-        }
-        signals = {
-            p: Signals.from_bytes(raw) if raw is not None else Signals(self.levels)
-            for p, raw in zip(products, state.get_values(SIGNALS_STORE, products))
-        }
+        stored = state.get_values(TRENDS_STORE, products)
+        try:
+            trends = {
+                p: Trend.from_bytes(raw) if raw is not None else Trend()
+                for p, raw in zip(products, stored)
+            }
+        except Exception as e:  # the state's fault, not the windows': see `raise_undecodable`
+            state.raise_undecodable(TRENDS_STORE, zip(products, stored), Trend.from_bytes, e)
+        stored = state.get_values(SIGNALS_STORE, products)
+        try:
+            signals = {
+                p: Signals.from_bytes(raw) if raw is not None else Signals(self.levels)
+                for p, raw in zip(products, stored)
+            }
+        except Exception as e:
+            state.raise_undecodable(SIGNALS_STORE, zip(products, stored), Signals.from_bytes, e)
         changed: dict[str, None] = {}
         records = out.records
         for product, start, end, count, value in windows:

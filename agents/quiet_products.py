@@ -63,7 +63,12 @@ class QuietWatch:
             self._loaded(product, raw)
 
     def _loaded(self, product: str, raw: bytes | None) -> Activity | None:
-        activity = Activity.from_bytes(raw) if raw is not None else None
+        try:
+            activity = Activity.from_bytes(raw) if raw is not None else None
+        except Exception as e:  # the state's fault, not the reports': see `raise_undecodable`
+            self.state.raise_undecodable(
+                QUIET_STORE, [("p" + product, raw)], Activity.from_bytes, e
+            )
         self._activities[product] = activity
         stored = None
         if activity is not None and activity.due is not None:

@@ -110,27 +110,43 @@ def _decode_top(raw: bytes) -> list[Entry]:
     return [(p, v, c) for p, v, c in json.loads(raw)]
 
 
+def _decode_meta(raw: bytes) -> tuple[dict[int, int], dict[int, int | None], int | None]:
+    """The meta entry: each partition's watermark and start, and final_until."""
+    meta: dict[str, Any] = json.loads(raw)
+    watermarks = {int(p): wm for p, wm in meta["wm"].items()}
+    starts = {int(p): s for p, s in meta["starts"].items()}
+    return watermarks, starts, meta["final"]
+
+
 def load_ranking(state: PartitionState, k: int, partitions: int) -> Ranking:
     """The ranking's watermarks and starts (no window: see `load_windows`, `scan_windows`)."""
     ranking = Ranking(k, partitions)
     raw = state.get_values(RANKING_STORE, [_META])[0]
     if raw is not None:
-        meta: dict[str, Any] = json.loads(raw)
-        ranking.watermarks = {int(p): wm for p, wm in meta["wm"].items()}
-        ranking.starts = {int(p): s for p, s in meta["starts"].items()}
-        ranking.final_until = meta["final"]
+        try:
+            ranking.watermarks, ranking.starts, ranking.final_until = _decode_meta(raw)
+        except Exception as e:  # the state's fault, not the reports': see `raise_undecodable`
+            state.raise_undecodable(RANKING_STORE, [(_META, raw)], _decode_meta, e)
     return ranking
 
 
 def load_windows(state: PartitionState, windows: list[WindowId]) -> dict[WindowId, list[Entry]]:
-    found = state.get_values(RANKING_STORE, [_window_key(w) for w in windows])
-    return {w: _decode_top(raw) for w, raw in zip(windows, found) if raw is not None}
+    keys = [_window_key(w) for w in windows]
+    found = state.get_values(RANKING_STORE, keys)
+    try:
+        return {w: _decode_top(raw) for w, raw in zip(windows, found) if raw is not None}
+    except Exception as e:
+        state.raise_undecodable(RANKING_STORE, zip(keys, found), _decode_top, e)
 
 
 def scan_windows(state: PartitionState, bound: int) -> dict[WindowId, list[Entry]]:
     """The stored windows ending at or before `bound`."""
     stop = f"w{bound + 1 + _BIAS:020d}"
-    return {_window_of(k): _decode_top(v) for k, v in state.scan_values(RANKING_STORE, "w", stop)}
+    found = state.scan_values(RANKING_STORE, "w", stop)
+    try:
+        return {_window_of(k): _decode_top(v) for k, v in found}
+    except Exception as e:
+        state.raise_undecodable(RANKING_STORE, found, _decode_top, e)
 
 
 def store_ranking(

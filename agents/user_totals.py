@@ -68,10 +68,13 @@ class UserTotalsPipeline:
         if not parsed:
             return out
         users = list(dict.fromkeys(p[0] for p in parsed))
-        current = {
-            u: (decode_parts(raw) if raw is not None else {})
-            for u, raw in zip(users, state.get_values(USER_TOTALS_STORE, users))
-        }
+        stored = state.get_values(USER_TOTALS_STORE, users)
+        try:
+            current = {
+                u: (decode_parts(raw) if raw is not None else {}) for u, raw in zip(users, stored)
+            }
+        except Exception as e:  # the state's fault, not the forwards': see `raise_undecodable`
+            state.raise_undecodable(USER_TOTALS_STORE, zip(users, stored), decode_parts, e)
         changed: dict[str, None] = {}
         for user, src_p, src_o, n, spend, ts in parsed:
             parts = current[user]

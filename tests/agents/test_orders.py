@@ -24,6 +24,7 @@ from agents.user_state import encode_partial
 from agents.user_totals import UserTotalsPipeline
 from tables.cleaning import InvalidRecord
 from tables.partition_state import MemoryStore, PartitionState
+from tables.rocks import StateError
 from tests.support.datasets import GOOD_ORDER as GOOD
 
 
@@ -378,3 +379,25 @@ def test_any_input_is_processed_or_dead_lettered_and_never_raises(
     totals = UserTotalsPipeline().process(PartitionState(MemoryStore(), 0), junk + fwd)
     assert totals.counts.events == len(junk) + len(fwd)
     assert not any(r.topic == DLQ and r.source_offset >= len(junk) for r in totals.records)
+
+
+def test_stored_values_it_cannot_decode_stop_it_in_one_line_instead_of_the_dlq() -> None:
+    """A user's running totals, or an open window, that the state holds and no release wrote:
+    the state's fault, not the order's, so the order is not dead-lettered."""
+    pipeline = OrdersPipeline()
+    store = MemoryStore()
+    state = PartitionState(store, 0, pipeline="orders")
+    pipeline.process(state, [rec(order(), offset=0)])
+    state.prepare(0)
+    state.commit()
+    state.put_value(USER_PARTIALS, "u1", b"\x01\x02")
+    with pytest.raises(StateError) as caught:
+        pipeline.process(state, [rec(order(), offset=1)])
+    assert str(caught.value).startswith(
+        "orders partition 0: the stored user-partials value of key 'u1' cannot be decoded ("
+    )
+    state.discard()
+    (window,) = [k for k in store.data if k.startswith(b"W") and k.endswith(b"p1")]
+    store.data[window] = b"\x00" * 3
+    with pytest.raises(StateError, match=r"value of key 'p1 \[\d+, \d+\)' cannot be decoded"):
+        pipeline.process(state, [rec(order(), offset=1)])

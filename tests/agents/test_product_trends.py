@@ -12,13 +12,16 @@ from agents.base import SourceRecord
 from agents.orders import DLQ, PROVISIONAL_HEADER, REVENUE, OrdersConfig, OrdersPipeline
 from agents.product_trends import (
     ANOMALIES,
+    SIGNALS_STORE,
     TRENDS,
+    TRENDS_STORE,
     ProductTrendsPipeline,
     settled_trend,
     trend_dict,
     trend_value,
 )
 from tables.partition_state import MemoryStore, PartitionState
+from tables.rocks import StateError
 from tables.trends import TrendConfig, TrendPoint, trend_points
 
 SIZE = 60_000
@@ -154,6 +157,26 @@ def test_what_is_no_window_goes_to_the_dlq_and_the_pipeline_goes_on(
     assert dict(dead.headers)["kappa.error"] == b"bad_window"
     assert dead.value == value and dead.source_offset == 0
     assert [p["window_start"] for p in points(out)] == [5 * SIZE]
+
+
+@pytest.mark.parametrize("table", [TRENDS_STORE, SIGNALS_STORE])
+def test_a_stored_value_it_cannot_decode_stops_it_in_one_line_naming_where(table: str) -> None:
+    """The state's fault, not the window's: dead-lettering the window would make the outputs
+    differ from a replay's, which never meets the value."""
+    state = PartitionState(MemoryStore(), 2, pipeline="product-trends")
+    pipeline = ProductTrendsPipeline(CONFIG)
+    pipeline.process(state, records([window("p1", 0, 5.0)]))
+    state.prepare(0)
+    state.commit()
+    state.put_value(table, "p1", b"\x09not a state this release wrote")
+    state.prepare(0)
+    state.commit()
+    with pytest.raises(StateError) as caught:
+        pipeline.process(state, records([window("p1", 1, 6.0)], start=1))
+    assert str(caught.value).startswith(
+        f"product-trends partition 2: the stored {table} value of key 'p1' cannot be decoded ("
+    )
+    assert "\n" not in str(caught.value) and "restored from its changelog" in str(caught.value)
 
 
 def test_anomalies_also_go_to_their_own_topic_and_are_counted() -> None:

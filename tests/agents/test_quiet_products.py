@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.quiet_products import QUIET_PRODUCTS, quiet_records, quiet_value
+from agents.quiet_products import QUIET_PRODUCTS, QUIET_STORE, quiet_records, quiet_value
 from agents.window_reports import Report
 from tables.partition_state import MemoryStore, PartitionState
 from tables.quiet import Activity, QuietConfig, QuietPoint
+from tables.rocks import StateError
 from tables.top_k import ClosedWindow
 
 W = 60_000
@@ -142,3 +144,23 @@ def test_a_silence_not_yet_passed_by_the_partition_waits() -> None:
     fast: History = [{"f": 3} for _ in range(30)]
     said = run([reports_of(0, slow, []) + reports_of(1, fast, [])])
     assert "s" not in said
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_a_stored_activity_it_cannot_decode_stops_it_in_one_line(reported: bool) -> None:
+    """Read for a product the batch reports, or for one whose awaited silence the watermark
+    passes: either way the state's fault, named, not the report's."""
+    state = PartitionState(MemoryStore(), 0, pipeline="top-products")
+    steady: History = [{"p": 3, "q": 3} for _ in range(3)]
+    quiet_records(state, CONFIG, reports_of(0, steady, []))
+    state.prepare(0)
+    state.commit()
+    state.put_value(QUIET_STORE, "pp", Activity(0, 0, W, W).to_bytes()[:-1])
+    state.commit()
+    later = [{"p": 3} if reported else {}, {}]
+    with pytest.raises(StateError) as caught:
+        quiet_records(state, CONFIG, reports_of(0, [*steady, *later], [3])[1:])
+    assert str(caught.value).startswith(
+        "top-products partition 0: the stored quiet-products value of key 'pp' cannot be "
+        "decoded (struct.error: "
+    )

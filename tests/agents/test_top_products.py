@@ -10,7 +10,7 @@ from agents.base import SourceRecord
 from agents.orders import DLQ, MAX_AMOUNT, MAX_QUANTITY, OrdersPipeline
 from agents.product_trends import parse_window
 from agents.quiet_products import QUIET_PRODUCTS
-from agents.top_products import TOP_PRODUCTS, TopProductsPipeline
+from agents.top_products import RANKING_STORE, TOP_PRODUCTS, TopProductsPipeline
 from agents.window_reports import (
     BY_WINDOW,
     BY_WINDOW_KEY,
@@ -21,6 +21,7 @@ from agents.window_reports import (
 )
 from tables.partition_state import MemoryStore, PartitionState
 from tables.quiet import QuietConfig
+from tables.rocks import StateError
 
 
 def order(i: int, product: str, ts: int, amount: float) -> bytes:
@@ -251,3 +252,37 @@ def test_the_pipeline_says_and_counts_the_silences_of_its_reports() -> None:
     out = pipeline.process(state, [*steady, report(4, 0, 6 * 60_000, [])])
     (said,) = [r for r in out.records if r.topic == QUIET_PRODUCTS]
     assert json.loads(said.value)["product_id"] == "a" and out.counts.quiet == 1
+
+
+FIRST_WINDOW = f"w{60_000 + (1 << 63):020d}:{1 << 63:020d}"  # [0, 60 s) in top-products
+
+
+@pytest.mark.parametrize(
+    "key,reports",
+    [
+        ("meta", [report(2, 0, 65_000, [])]),
+        # a window a report touches (read); the same window become final (scanned)
+        (FIRST_WINDOW, [report(2, 0, 65_000, [["c", 0, 60_000, 1.0, 1]])]),
+        (FIRST_WINDOW, [report(2, 1, 70_000, [])]),
+    ],
+)
+def test_a_stored_ranking_it_cannot_decode_stops_it_in_one_line(
+    key: str, reports: list[SourceRecord]
+) -> None:
+    """The state's fault, not the report's: named, and the report is not dead-lettered."""
+    pipeline = TopProductsPipeline(k=3, partitions=2)
+    state = PartitionState(MemoryStore(), 0, pipeline="top-products")
+    pipeline.process(
+        state, [report(0, 0, 65_000, [["a", 0, 60_000, 5.0, 2]]), report(1, 1, 30_000, [])]
+    )
+    state.prepare(1)
+    state.commit()
+    assert state.get_values(RANKING_STORE, [key]) != [None]
+    state.put_value(RANKING_STORE, key, b'{"wm": ')
+    state.commit()
+    with pytest.raises(StateError) as caught:
+        pipeline.process(state, reports)
+    assert str(caught.value).startswith(
+        f"top-products partition 0: the stored top-products value of key '{key}' cannot be "
+        "decoded (JSONDecodeError: "
+    )

@@ -11,6 +11,7 @@ from agents.base import SourceRecord
 from agents.orders import BY_USER, OrdersPipeline
 from agents.user_totals import USER_TOTALS, UserTotalsPipeline
 from tables.partition_state import MemoryStore, PartitionState
+from tables.rocks import StateError
 from tests.support.datasets import GOOD_ORDER
 
 
@@ -69,6 +70,24 @@ def test_state_written_as_json_by_an_earlier_version_is_read_and_rewritten_binar
     assert total == {"user_id": "u", "orders": 4, "spend": 8.5}
     (raw,) = totals_state.get_values("user-totals", ["u"])
     assert raw is not None and raw[0] == 1  # rewritten in the binary format
+
+
+@pytest.mark.parametrize("stored", [b"\x01\x00\x00", b"", b"{not json"])
+def test_stored_totals_it_cannot_decode_stop_it_in_one_line_instead_of_the_dlq(
+    stored: bytes,
+) -> None:
+    """The state's fault, not the forward's: a replay into fresh state would count it."""
+    state = PartitionState(MemoryStore(), 1, pipeline="user-totals")
+    state.put_value("user-totals", "u", stored)
+    state.commit()
+    value = json.dumps({"user_id": "u", "src": [0, 20], "orders": 3, "spend": 7.0, "ts": 2})
+    with pytest.raises(StateError) as caught:
+        UserTotalsPipeline().process(
+            state, [SourceRecord(BY_USER, 1, 0, None, b"u", value.encode())]
+        )
+    assert str(caught.value).startswith(
+        "user-totals partition 1: the stored user-totals value of key 'u' cannot be decoded ("
+    )
 
 
 @pytest.mark.parametrize(

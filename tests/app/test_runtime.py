@@ -33,6 +33,7 @@ from app.settings import load_settings
 from app.state_guard import BrokerDataLost
 from app.topology import Topology
 from tables.partition_state import PartitionState
+from tables.rocks import StateError
 from tests.support.datasets import GOOD_ORDER
 from tests.support.fakes import ListChangelog
 from tests.support.state import state_contents
@@ -798,6 +799,52 @@ async def test_a_corrupt_state_file_stops_the_partition_instead_of_dead_letterin
         await runner.handle(0, again)
     state = runner.open_state(0)
     assert not sent and state is not None and state.applied_offset == 19
+    runner.close()
+
+
+_FORWARD = {"user_id": "u0", "src": [0, 1], "orders": 1, "spend": 1.0, "ts": 1}
+_WINDOW = {"product_id": "p1", "window_start": 0, "window_end": 60_000, "count": 1, "sum": 2.0}
+_REPORT = {"src": 0, "from": None, "wm": 1, "w": [["p1", 0, 60_000, 2.0, 1]]}
+
+
+@pytest.mark.parametrize(
+    "pipeline,table,key,record",
+    [
+        ("orders", "user-partials", "u5", None),  # the order at offset 5 is u5's
+        ("user-totals", "user-totals", "u0", ("orders.by-user", b"u0", _FORWARD)),
+        ("product-trends", "product-trends", "p1", ("orders.revenue-1m", b"p1", _WINDOW)),
+        ("top-products", "quiet-products", "pp1", ("orders.by-window", b"w", _REPORT)),
+    ],
+)
+async def test_a_stored_value_no_release_can_decode_stops_the_partition_and_dead_letters_nothing(
+    tmp_path: Path, pipeline: str, table: str, key: str, record: tuple[str, bytes, dict] | None
+) -> None:
+    """The state's fault, not the record's: a replay into fresh state would never meet it, so
+    dead-lettering the record would leave outputs no replay gives. It stops with one line
+    naming the store, the partition, the key and the directory to remove; the record stays
+    unapplied, to be processed once the state is rebuilt."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select([pipeline])
+    sent: list[Produce] = []
+    runner = PipelineRunner(topology.pipelines[0], topology, _recording(sent))
+    state = await runner.state(0)
+    state.put_value(table, key, b"\x07 no release wrote this")
+    state.prepare(4)
+    state.commit()
+    if record is None:
+        batch = _orders(0, 6)[5:]
+    else:
+        topic, record_key, value = record
+        batch = [SourceRecord(topic, 0, 5, None, record_key, json.dumps(value).encode())]
+    for _ in range(2):  # not skipped past: it stops again
+        with pytest.raises(StateError) as caught:
+            await runner.handle(0, batch)
+        line = str(caught.value)
+        assert line.startswith(
+            f"{pipeline} partition 0: the stored {table} value of key '{key}' cannot be decoded ("
+        )
+        assert f"`rm -rf {tmp_path / 'v1' / pipeline / 'p0'}`" in line and "\n" not in line
+    assert sent == [] and state.applied_offset == 4 and state.staged_bytes() == 0
     runner.close()
 
 
