@@ -86,7 +86,8 @@ class SourceEndBehind(RuntimeError):
 # restore applies entries only up to the last applied offset in the changelog.
 CHANGELOG_BATCH_BYTES = 512 * 1024
 # A pipeline raising on a batch is a bug met by a record: that record goes to the DLQ with this
-# reason. Out of memory or an I/O error (`_NO_RECORDS_FAULT`) is not, and stops the worker.
+# reason. Out of memory, an I/O error or a stored value that cannot be decoded
+# (`_NO_RECORDS_FAULT`; the last two are `StateError`s) is not, and stops the worker.
 PROCESSING_ERROR = "processing_error"
 _NO_RECORDS_FAULT = (MemoryError, OSError, StateError)
 PRODUCER_BATCH_BYTES = 1_000_000  # under the default broker max.message.bytes (1 MB)
