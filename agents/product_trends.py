@@ -213,7 +213,11 @@ def settled_trend(state: PartitionState, product: str) -> dict[str, Any] | None:
     raw = state.settled_values(TRENDS_STORE, [product])[0]
     if raw is None:
         return None
-    return {"product_id": product, **Trend.from_bytes(raw).summary()}
+    try:
+        trend = Trend.from_bytes(raw)
+    except Exception as e:  # the state's fault: see `raise_undecodable`
+        state.raise_undecodable(TRENDS_STORE, [(product, raw)], Trend.from_bytes, e)
+    return {"product_id": product, **trend.summary()}
 
 
 def settled_signals(state: PartitionState, product: str) -> dict[str, Any] | None:
@@ -222,7 +226,10 @@ def settled_signals(state: PartitionState, product: str) -> dict[str, Any] | Non
     raw = state.settled_values(SIGNALS_STORE, [product])[0]
     if raw is None:
         return None
-    s = Signals.from_bytes(raw)
+    try:
+        s = Signals.from_bytes(raw)
+    except Exception as e:  # the state's fault: see `raise_undecodable`
+        state.raise_undecodable(SIGNALS_STORE, [(product, raw)], Signals.from_bytes, e)
     return {
         "product_id": product,
         "last_window_start": s.last_start,

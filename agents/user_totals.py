@@ -106,7 +106,11 @@ def settled_totals(state: PartitionState, user_id: str) -> tuple[int, float] | N
     raw = state.settled_values(USER_TOTALS_STORE, [user_id])[0]
     if raw is None:
         return None
-    orders, spend, _ = totals(decode_parts(raw))
+    try:
+        parts = decode_parts(raw)
+    except Exception as e:  # the state's fault: see `raise_undecodable`
+        state.raise_undecodable(USER_TOTALS_STORE, [(user_id, raw)], decode_parts, e)
+    orders, spend, _ = totals(parts)
     return orders, spend
 
 

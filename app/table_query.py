@@ -51,7 +51,10 @@ def query(
         if status == 200 and body is not None:
             return Answer(url, body)
         if status != 404 or body is None or not isinstance(body.get("error"), str):
-            raise QueryFailed(_unexpected(url, table, status))
+            said = body.get("error") if body is not None else None
+            raise QueryFailed(
+                _unexpected(url, table, status, said if isinstance(said, str) else None)
+            )
         owner = body.get("owner")
         if isinstance(owner, str) and owner:
             owner = owner.rstrip("/")
@@ -93,13 +96,14 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _unexpected(url: str, table: str, status: int) -> str:
+def _unexpected(url: str, table: str, status: int, said: str | None) -> str:
     if status == 404:  # not one of Kappa's table answers: the page itself is missing
         return (
             f"the worker at {url} serves no {table} queries: the pipeline that keeps the table "
             "does not run there (see its --pipeline), or it is not a Kappa worker"
         )
-    return f"the worker at {url} answered HTTP {status} to the {table} query"
+    why = f": {said}" if said else ""
+    return f"the worker at {url} answered HTTP {status} to the {table} query{why}"
 
 
 def _origin(url: str) -> str:

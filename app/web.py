@@ -7,6 +7,7 @@ nothing of Kappa's state.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,9 @@ from app.readiness import PipelinePartitions, readiness
 from app.runtime import PipelineRunner
 from app.settings import Settings
 from tables.cleaning import MAX_TEXT_CHARS
-from tables.partition_state import PartitionState
+from tables.partition_state import PartitionState, StateError
+
+log = logging.getLogger(__name__)
 
 # The longest request line the query serves: a 1,024-character id, 4 UTF-8 bytes a character,
 # 3 characters per percent-encoded byte, and the method, path and protocol.
@@ -111,19 +114,40 @@ def _register_query(
     async def get(view: View, request: Request, key: str) -> Response:
         partition = partitioner(key.encode(), partitions, partitions)
         state = runner.open_state(partition)
-        if state is None:
-            body: dict[str, Any] = {
-                "error": f"partition {partition} of this {noun} is not on this worker",
-                "partition": partition,
-            }
-            owner = owners.owner(source, partition) if owners is not None else None
-            if owner is not None:  # as of the last rebalance: ask there
-                body["owner"] = owner
-            return view.json(body, status=404)
-        found = lookup(state, key)
-        if found is None:
-            return view.json({"error": f"{missing} {key}"}, status=404)
-        return view.json({**found, "partition": partition})
+        owner = None
+        if state is None and owners is not None:  # as of the last rebalance: ask there
+            owner = owners.owner(source, partition)
+        status, body = table_answer(state, partition, key, noun, lookup, missing, owner)
+        return view.json(body, status=status)
 
     # any key, "{", "}" and "/" included
     app.page(f"/tables/{table}/{{key:.+}}")(type(f"Query-{table}", (View,), {"get": get}))
+
+
+def table_answer(
+    state: PartitionState | None,
+    partition: int,
+    key: str,
+    noun: str,
+    lookup: Callable[[PartitionState, str], dict[str, Any] | None],
+    missing: str,
+    owner: str | None,
+) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of a table query for `key` in `partition`, whose state this
+    worker holds (`state`) or not (`owner`: who does, if known)."""
+    if state is None:
+        body: dict[str, Any] = {
+            "error": f"partition {partition} of this {noun} is not on this worker",
+            "partition": partition,
+        }
+        if owner is not None:
+            body["owner"] = owner
+        return 404, body
+    try:
+        found = lookup(state, key)
+    except StateError as e:  # an undecodable value, an I/O error: one line, not a traceback
+        log.error("query for %r: %s", key, e)
+        return 500, {"error": str(e), "partition": partition}
+    if found is None:
+        return 404, {"error": f"{missing} {key}"}
+    return 200, {**found, "partition": partition}

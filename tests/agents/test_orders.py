@@ -23,8 +23,7 @@ from agents.orders import (
 from agents.user_state import encode_partial
 from agents.user_totals import UserTotalsPipeline
 from tables.cleaning import InvalidRecord
-from tables.partition_state import MemoryStore, PartitionState
-from tables.rocks import StateError
+from tables.partition_state import MemoryStore, PartitionState, StateError
 from tests.support.datasets import GOOD_ORDER as GOOD
 
 

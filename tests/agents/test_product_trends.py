@@ -20,8 +20,7 @@ from agents.product_trends import (
     trend_dict,
     trend_value,
 )
-from tables.partition_state import MemoryStore, PartitionState
-from tables.rocks import StateError
+from tables.partition_state import MemoryStore, PartitionState, StateError
 from tables.trends import TrendConfig, TrendPoint, trend_points
 
 SIZE = 60_000

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 
 from agents.quiet_products import QUIET_PRODUCTS, QUIET_STORE, quiet_records, quiet_value
 from agents.window_reports import Report
-from tables.partition_state import MemoryStore, PartitionState
+from tables.partition_state import MemoryStore, PartitionState, StateError
 from tables.quiet import Activity, QuietConfig, QuietPoint
-from tables.rocks import StateError
 from tables.top_k import ClosedWindow
 
 W = 60_000

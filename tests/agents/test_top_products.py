@@ -19,9 +19,8 @@ from agents.window_reports import (
     parse_report,
     report_values,
 )
-from tables.partition_state import MemoryStore, PartitionState
+from tables.partition_state import MemoryStore, PartitionState, StateError
 from tables.quiet import QuietConfig
-from tables.rocks import StateError
 
 
 def order(i: int, product: str, ts: int, amount: float) -> bytes:

@@ -10,8 +10,7 @@ import pytest
 from agents.base import SourceRecord
 from agents.orders import BY_USER, OrdersPipeline
 from agents.user_totals import USER_TOTALS, UserTotalsPipeline
-from tables.partition_state import MemoryStore, PartitionState
-from tables.rocks import StateError
+from tables.partition_state import MemoryStore, PartitionState, StateError
 from tests.support.datasets import GOOD_ORDER
 
 

@@ -23,7 +23,7 @@ from app.runtime import SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused
 from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
-from tables.rocks import StateError
+from tables.partition_state import StateError
 from tests.support.fakes import ManualClock
 
 

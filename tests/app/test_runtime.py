@@ -32,8 +32,7 @@ from app.send_refusals import SendRefused
 from app.settings import load_settings
 from app.state_guard import BrokerDataLost
 from app.topology import Topology
-from tables.partition_state import PartitionState
-from tables.rocks import StateError
+from tables.partition_state import PartitionState, StateError
 from tests.support.datasets import GOOD_ORDER
 from tests.support.fakes import ListChangelog
 from tests.support.state import state_contents

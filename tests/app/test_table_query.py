@@ -107,6 +107,7 @@ def test_a_partition_no_worker_is_known_to_hold_fails_in_one_line() -> None:
     [
         (404, b"404: Not Found", "serves no user-totals queries"),  # the page is not there
         (500, b"oops", "answered HTTP 500"),
+        (500, b'{"error": "p partition 2: the stored t value"}', "query: p partition 2: the st"),
         (200, b"not json", "answered HTTP 200"),
         (200, b"[1]", "answered HTTP 200"),
     ],

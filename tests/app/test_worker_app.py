@@ -25,7 +25,7 @@ def test_the_web_server_binds_the_host_given_ipv6_included(
 
 
 def test_a_file_where_the_workers_faust_directory_goes_is_one_line(tmp_path: Path) -> None:
-    from tables.rocks import StateError
+    from tables.partition_state import StateError
 
     (tmp_path / "faust").write_text("not a directory")
     with pytest.raises(StateError) as refused:
