@@ -22,7 +22,7 @@ from pathlib import Path
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-from app.admin import existing_topics, quiet_aiokafka
+from app.admin import existing_topics, partition_counts, quiet_aiokafka
 from app.atomic_file import replaced, synced_directory
 from app.chaos import ChaosKill
 from app.file_lock import writer_lock
@@ -54,9 +54,10 @@ from replay.sink_files import (
     finished_range,
     last_finished,
     partition_directory,
+    partitions_with_files,
     remove_every_unfinished,
 )
-from replay.sink_identity import LogIdentity, Seen
+from replay.sink_identity import LogIdentity, Seen, vanished
 from replay.sink_metrics import SinkMetrics
 
 LOCK = ".sink.lock"
@@ -281,7 +282,9 @@ class _SinkRun:
         except OSError as e:
             raise ConfigError(f"cannot use {self.directory}: {e.strerror or e}") from None
         for logical, topic in self.topics.items():
-            for p in sorted(await topic_partitions(consumer, topic)):
+            partitions = await topic_partitions(consumer, topic)
+            _refuse_vanished_partitions(self.directory, logical, topic, partitions)
+            for p in sorted(partitions):
                 tp = TopicPartition(topic, p)
                 where = partition_directory(self.directory, logical, p)
                 try:
@@ -347,7 +350,7 @@ class _SinkRun:
                             tp, f"holds no record at offset {check.last}, where its files' "
                             "last line is",
                         )  # fmt: skip
-                await self.watch.check(now)
+                await self._check_topics(now)
         except OSError as e:
             raise ConfigError(f"cannot read the sink's files: {e.strerror or e}") from None
         finally:
@@ -390,7 +393,17 @@ class _SinkRun:
                     self.metrics.lag(self.outputs[tp.topic], tp.partition, hw, position)
                 if f.due(now, self.policy):
                     await self._finish(tp)
-            await self.watch.check(now)
+            await self._check_topics(now)
+
+    async def _check_topics(self, now: float) -> None:
+        """The watch's check, and that no partition followed is gone (OtherTopic): its
+        consumer would wait for it without a word."""
+        counts = await self.watch.check(now)
+        if counts is None:  # not due, or the broker away
+            return
+        for tp in self.files:
+            if tp.topic in counts and tp.partition >= counts[tp.topic]:
+                raise self._made_anew(tp, vanished(tp.topic, counts[tp.topic]))
 
     async def _take(self, tp: TopicPartition, records: list[ConsumerRecord], now: float) -> None:
         f = self.files[tp]
@@ -453,7 +466,7 @@ class _SinkRun:
             try:
                 return await asyncio.wait_for(self.identity.differences(anchors), TOPIC_CHECK_S)
             except (TimeoutError, KafkaError, OSError):
-                await self.watch.check(time.monotonic())
+                await self._check_topics(time.monotonic())
 
     def _finish_now(self, tp: TopicPartition) -> None:
         output = self.outputs[tp.topic]
@@ -500,7 +513,9 @@ class _SinkRun:
 class _TopicWatch:
     """Every `TOPIC_CHECK_S`, that the followed topics still exist (a `kappa drop` deletes
     them, and a consumer of a deleted topic waits without a word) and that the broker
-    answers: said once when it stops answering, once when it is back."""
+    answers: said once when it stops answering, once when it is back. `check` returns the
+    topics' partition counts when it looked (a consumer of a partition gone waits without a
+    word too)."""
 
     def __init__(
         self,
@@ -514,12 +529,12 @@ class _TopicWatch:
         self.next_check = now + TOPIC_CHECK_S
         self.unreachable = False
 
-    async def check(self, now: float) -> None:
+    async def check(self, now: float) -> dict[str, int] | None:
         if now < self.next_check:
-            return
+            return None
         self.next_check = now + TOPIC_CHECK_S
         try:
-            there = await asyncio.wait_for(existing_topics(self.settings.kafka), TOPIC_CHECK_S)
+            there, counts = await asyncio.wait_for(self._look(), TOPIC_CHECK_S)
         except (KafkaError, OSError, TimeoutError) as e:
             if not self.unreachable:
                 self.unreachable = True
@@ -527,7 +542,7 @@ class _TopicWatch:
                     f"cannot reach the broker at {self.settings.broker} ({type(e).__name__}): "
                     "the sink goes on once it answers"
                 )
-            return
+            return None
         if self.unreachable:
             self.unreachable = False
             self.report(f"the broker at {self.settings.broker} answers again")
@@ -537,6 +552,12 @@ class _TopicWatch:
                 f"{', '.join(gone)} no longer exist (a drop of version {self.version}, or a "
                 "restarted dev broker that lost them): the sink stops; its files stay as they are"
             )
+        return counts
+
+    async def _look(self) -> tuple[set[str], dict[str, int]]:
+        """The broker's topic names, and the followed topics' partition counts."""
+        there = await existing_topics(self.settings.kafka)
+        return there, await partition_counts(self.settings.kafka, sorted(self.topics & there))
 
 
 def _finish(f: PartitionFile, chaos: ChaosKill) -> Finished | None:
@@ -560,6 +581,22 @@ def _report(
         span = f"{done.first}–{done.last}"
         results = f"{done.results:,} result{'' if done.results == 1 else 's'}"
         report(f"{output}[{partition}] {span}: {results} → {done.path}")
+
+
+def _refuse_vanished_partitions(root: Path, output: str, topic: str, partitions: set[int]) -> None:
+    """Refuse files of partitions the topic no longer has: Kafka never takes partitions away,
+    so the topic was made anew, and its other partitions' offsets are not the files' either."""
+    try:
+        gone = [p for p in partitions_with_files(root, output) if p not in partitions]
+    except OSError as e:
+        raise ConfigError(f"cannot use {root / output}: {e.strerror or e}") from None
+    if gone:
+        where = partition_directory(root, output, gone[0])
+        raise ConfigError(
+            f"{where} holds results of {topic}[{gone[0]}], which "
+            f"{vanished(topic, len(partitions))}: the topic was made anew (a restarted dev "
+            "broker?); sink it to another directory"
+        )
 
 
 async def _check_not_past_the_end(

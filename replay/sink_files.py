@@ -30,6 +30,16 @@ def partition_directory(root: Path, output: str, partition: int) -> Path:
     return root / output / f"partition={partition}"
 
 
+def partitions_with_files(root: Path, output: str) -> list[int]:
+    """The partitions of `output` that have a finished file under a sink's directory."""
+    found = []
+    for d in (root / output).glob("partition=*"):
+        number = d.name.removeprefix("partition=")
+        if number.isdigit() and last_finished(d) is not None:
+            found.append(int(number))
+    return sorted(found)
+
+
 def file_name(first: int, last: int) -> str:
     """A finished file's name: the first and last offsets it covers, inclusive."""
     return f"{first:0{_DIGITS}d}-{last:0{_DIGITS}d}.jsonl"

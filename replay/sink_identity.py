@@ -5,7 +5,8 @@ a topic recreated by hand) keeps its name, and aiokafka knows no topic ids: once
 passed the sink's position, its records arrive as if they followed the old ones. So before a
 sink finishes a file, the record it read just before the file's first line (its *anchor*) is
 read again: the same record at the same offset means the same log; anything else means the
-file's lines may come from two logs, and the file is not finished.
+file's lines may come from two logs, and the file is not finished. A partition the topic no
+longer has (made anew with fewer) holds no anchor either: partitions are never taken away.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from app.kafka_clients import Conn, stop_consumer
 from app.topic_reader import bounded_consumer
 
 POLL_MS = 200
+
+
+def vanished(topic: str, partitions: int) -> str:
+    """What a partition past a topic's `partitions` says: Kafka never takes partitions away,
+    so the topic was made anew."""
+    return f"no longer exists ({topic} has {partitions} partition{'' if partitions == 1 else 's'})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +62,20 @@ class LogIdentity:
             return {}
         consumer = await self._consumer()
         consumer.assign(list(anchors))  # a new assignment: nothing paused, nothing fetched
-        for tp, seen in anchors.items():
-            consumer.seek(tp, seen.offset)
         differ: dict[TopicPartition, str] = {}
         pending = dict(anchors)
+        # A partition gone is never fetched, nor said to be out of range: asked of the metadata
+        # (fresh: it is cached for minutes), where a topic not there says nothing yet.
+        if await consumer._client.force_metadata_update():
+            for tp in anchors:
+                known = consumer.partitions_for_topic(tp.topic)
+                if known and tp.partition not in known:
+                    differ[tp] = vanished(tp.topic, len(known))
+                    del pending[tp]
+            if differ:
+                consumer.assign(list(pending))  # none fetched, nor its position asked for
+        for tp, seen in pending.items():
+            consumer.seek(tp, seen.offset)
         while pending:
             try:
                 batches = await consumer.getmany(*pending, timeout_ms=POLL_MS)

@@ -1,16 +1,19 @@
-"""A sink whose topic is made anew while it runs: no finished file mixes the two logs."""
+"""A sink whose topic is made anew while it runs, or between two runs: no finished file mixes
+the two logs, and no partition gone is passed over without a word."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from app.admin import ensure_topics
-from app.settings import load_settings
+from app.settings import ConfigError, load_settings
 from replay.sink import OtherTopic, _follow, _SinkRun
 from replay.sink_files import RollPolicy, finished_range
 from tests.support.checks import eventually
@@ -21,12 +24,14 @@ pytestmark = pytest.mark.integration
 OUTPUT = "orders.user-totals"
 
 
-async def _produce(broker: str, topic: str, users: range) -> None:
+async def _produce(broker: str, topic: str, users: range, partition: int | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=5)
     await producer.start()
     try:
         sent = [
-            await producer.send(topic, json.dumps({"user_id": f"u{i}", "orders": i}).encode())
+            await producer.send(
+                topic, json.dumps({"user_id": f"u{i}", "orders": i}).encode(), partition=partition
+            )
             for i in users
         ]
         await asyncio.gather(*sent)
@@ -35,7 +40,8 @@ async def _produce(broker: str, topic: str, users: range) -> None:
 
 
 def _finished(directory: Path) -> list[tuple[int, int]]:
-    return sorted(r for p in directory.iterdir() if (r := finished_range(p.name)) is not None)
+    names = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    return sorted(r for n in names if (r := finished_range(n)) is not None)
 
 
 async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mixes_logs(
@@ -77,3 +83,88 @@ async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mix
     lines = (partition / "00000000000000000000-00000000000000000099.jsonl").read_text()
     assert "u1" in lines and "u1000" not in lines
     assert not [p for p in partition.iterdir() if p.name.endswith(".tmp")]
+
+
+def _run(broker: str, directory: Path, topic: str, said: list[str]) -> _SinkRun:
+    return _SinkRun(
+        load_settings({"KAPPA_BROKER": broker}), directory, 1, {OUTPUT: topic},
+        {OUTPUT: ("user_id",)}, RollPolicy(max_results=100, max_age_s=86_400), said.append,
+    )  # fmt: skip
+
+
+async def test_a_partition_gone_under_a_running_sink_stops_it_and_drops_its_open_file(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """The topic made anew with fewer partitions: the sink's consumer waited for the partition
+    gone without a word (here, until its end looked behind for KAPPA_SOURCE_END_GRACE_MS), a
+    file of it due waited for ever for its anchor, and at the stop its open file was said as
+    "the broker did not confirm its topic in time"."""
+    topic = f"{unique}.{OUTPUT}"
+    tp = TopicPartition(topic, 1)
+    await ensure_topics(broker, {topic: (2, {})})
+    await _produce(broker, topic, range(150), partition=1)
+    said: list[str] = []
+    run = _run(broker, tmp_path, topic, said)
+    following = asyncio.create_task(_follow(run))
+    partition = tmp_path / OUTPUT / "partition=1"
+    try:
+
+        async def read_it_all() -> None:
+            assert not following.done()
+            assert tp in run.files and run.files[tp].last_read == 149
+            assert _finished(partition) == [(0, 99)]
+
+        await eventually(read_it_all, timeout=60)
+        run.watch.next_check = math.inf  # not while the topic is away: that is another stop
+        await delete_topics(broker, [topic])
+        await ensure_topics(broker, {topic: (1, {})})
+        run.watch.next_check = 0.0  # due now, not TOPIC_CHECK_S after the last one
+        t = re.escape(topic)
+        gone = rf"{t}\[1\] no longer exists \({t} has 1 partition\): it is not the topic"
+        with pytest.raises(OtherTopic, match=f"^{gone}"):
+            await asyncio.wait_for(following, 60)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    assert re.fullmatch(rf"{OUTPUT}\[1\]: not finished: {gone} .*", said[-1])
+    assert _finished(partition) == [(0, 99)]  # its open file (100–149) dropped: no log has it
+    assert not [p for p in partition.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_files_of_a_partition_the_topic_no_longer_has_are_refused_at_start(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A topic made anew with fewer partitions between two runs: the sink went on over the
+    partitions left, and the files of the one gone stayed beside theirs without a word."""
+    topic = f"{unique}.{OUTPUT}"
+    await ensure_topics(broker, {topic: (2, {})})
+    await _produce(broker, topic, range(100), partition=1)
+    said: list[str] = []
+    run = _run(broker, tmp_path, topic, said)
+    following = asyncio.create_task(_follow(run))
+    partition = tmp_path / OUTPUT / "partition=1"
+
+    async def finished() -> None:
+        assert not following.done()
+        assert _finished(partition) == [(0, 99)]
+
+    try:
+        await eventually(finished, timeout=60)
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+    await delete_topics(broker, [topic])
+    await ensure_topics(broker, {topic: (1, {})})
+    await _produce(broker, topic, range(1_000, 1_010), partition=0)
+    again = _run(broker, tmp_path, topic, said)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await again.start()
+    finally:
+        await again.stop()
+    assert str(refused.value) == (
+        f"{partition} holds results of {topic}[1], which no longer exists ({topic} has 1 "
+        "partition): the topic was made anew (a restarted dev broker?); sink it to another "
+        "directory"
+    )
+    assert not (tmp_path / OUTPUT / "partition=0").exists()

@@ -129,7 +129,11 @@ async def test_a_broker_away_is_said_once_and_its_return_once(
             raise answer
         return answer  # type: ignore[return-value]
 
+    async def partition_counts(conn: object, topics: list[str]) -> dict[str, int]:
+        return dict.fromkeys(topics, 1)
+
     monkeypatch.setattr(sink, "existing_topics", existing_topics)
+    monkeypatch.setattr(sink, "partition_counts", partition_counts)
     said: list[str] = []
     settings = load_settings({"KAPPA_BROKER": "b:9092"})
     watch = sink._TopicWatch(settings, 2, {"t.v2"}, said.append, now=0.0)

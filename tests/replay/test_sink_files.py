@@ -17,6 +17,7 @@ from replay.sink_files import (
     last_finished,
     last_line,
     partition_directory,
+    partitions_with_files,
     remove_every_unfinished,
     remove_unfinished,
     resume_offset,
@@ -29,6 +30,19 @@ def test_names_sort_as_the_offsets_they_cover() -> None:
     assert [finished_range(n) for n in names] == [(0, 9), (10, 99), (100, 2**63 - 1)]
     assert finished_range(".00000000000000000000.jsonl.abc.tmp") is None
     assert finished_range("notes.txt") is None
+
+
+def test_only_partitions_with_a_finished_file_are_said_to_have_files(tmp_path: Path) -> None:
+    """What a start compares with the topic's partitions: a partition whose files a sink
+    never finished (a temporary file, removed at start) holds nothing of the topic."""
+    assert partitions_with_files(tmp_path, "orders.user-totals") == []
+    for p in (2, 3, 12):
+        partition_directory(tmp_path, "orders.user-totals", p).mkdir(parents=True)
+    (partition_directory(tmp_path, "orders.user-totals", 12) / file_name(0, 9)).write_text("")
+    (partition_directory(tmp_path, "orders.user-totals", 2) / file_name(0, 0)).write_text("")
+    (partition_directory(tmp_path, "orders.user-totals", 3) / ".0.jsonl.x.tmp").write_text("")
+    assert partitions_with_files(tmp_path, "orders.user-totals") == [2, 12]  # as numbers
+    assert partitions_with_files(tmp_path, "orders.revenue-1m") == []
 
 
 def test_reading_goes_on_after_the_last_finished_file(tmp_path: Path) -> None:
