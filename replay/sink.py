@@ -51,6 +51,7 @@ from replay.sink_files import (
     NewestFileCheck,
     PartitionFile,
     RollPolicy,
+    UnsyncedFile,
     finished_range,
     last_finished,
     partition_directory,
@@ -233,6 +234,10 @@ async def _follow(run: _SinkRun) -> None:
 
 class OtherTopic(ConfigError):
     """The topic is not the one the files came from (one line)."""
+
+
+class Unsynced(ConfigError):
+    """A file finished into place whose directory could not be synced (one line, whole)."""
 
 
 class _SinkRun:
@@ -470,10 +475,18 @@ class _SinkRun:
 
     def _finish_now(self, tp: TopicPartition) -> None:
         output = self.outputs[tp.topic]
-        done = _finish(self.files[tp], self.chaos)
+        try:
+            done = _finish(self.files[tp], self.chaos)
+        except UnsyncedFile as e:  # in place: the next sink goes on after it, if it stays
+            self.metrics.finished(output, e.done.results)
+            raise Unsynced(
+                f"{_finished_line(output, tp.partition, e.done)}, but syncing its directory "
+                f"failed ({e.error.strerror or e.error}): a power cut may take the file back, "
+                "and the next sink then writes it again"
+            ) from None
         if done is not None:
             self.metrics.finished(output, done.results)
-        _report(self.report, output, tp.partition, done)
+            self.report(_finished_line(output, tp.partition, done))
 
     async def stop(self) -> list[ConfigError]:
         """Finish what it read into files, however the sink stops (Ctrl-C, SIGTERM, an error):
@@ -502,6 +515,9 @@ class _SinkRun:
                     f.discard()
                     raise self._made_anew(tp, differ[tp])
                 self._finish_now(tp)
+            except Unsynced as e:  # finished, as the line says
+                self.report(str(e))
+                unfinished.append(e)
             except ConfigError as e:
                 self.report(f"{said}: {e}")
                 unfinished.append(e)
@@ -574,13 +590,10 @@ def _finish(f: PartitionFile, chaos: ChaosKill) -> Finished | None:
     return done
 
 
-def _report(
-    report: Callable[[str], None], output: str, partition: int, done: Finished | None
-) -> None:
-    if done is not None:
-        span = f"{done.first}–{done.last}"
-        results = f"{done.results:,} result{'' if done.results == 1 else 's'}"
-        report(f"{output}[{partition}] {span}: {results} → {done.path}")
+def _finished_line(output: str, partition: int, done: Finished) -> str:
+    span = f"{done.first}–{done.last}"
+    results = f"{done.results:,} result{'' if done.results == 1 else 's'}"
+    return f"{output}[{partition}] {span}: {results} → {done.path}"
 
 
 def _refuse_vanished_partitions(root: Path, output: str, topic: str, partitions: set[int]) -> None:

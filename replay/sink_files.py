@@ -171,6 +171,15 @@ class Finished:
     results: int
 
 
+class UnsyncedFile(Exception):
+    """A file renamed into place whose directory could not be synced after: readers see it,
+    but a power cut may take the rename back (its records are then read again)."""
+
+    def __init__(self, done: Finished, error: OSError) -> None:
+        super().__init__(done, error)
+        self.done, self.error = done, error
+
+
 class PartitionFile:
     """One output partition's open file: lines are appended as records are read, and
     `finish` renames it to the offsets it covers and opens the next (lazily, at its first
@@ -207,15 +216,19 @@ class PartitionFile:
     def finish(self) -> Finished | None:
         """Rename the open file to the offsets it covers, up to its last line (None if it has
         none yet). Records read after that line give none: they are the next file's, and are
-        read again after a restart."""
+        read again after a restart. OSError if it could not be renamed (it is dropped:
+        `discard`); UnsyncedFile if it was, and only the directory's sync failed."""
         if self._file is None:
             return None
         path = self.directory / file_name(self.first, self.last_line)
         self._file.commit(path)
-        synced_directory(self.directory)
         done = Finished(path, self.first, self.last_line, self.results)
         self._file, self.opened_at = None, None
         self.first, self.results = self.last_line + 1, 0
+        try:
+            synced_directory(self.directory)
+        except OSError as e:
+            raise UnsyncedFile(done, e) from e
         return done
 
     def discard(self) -> None:

@@ -488,3 +488,39 @@ async def test_a_file_whose_log_the_broker_cannot_confirm_at_stop_is_left_to_the
         "the next sink reads its records again"
     ]
     assert list((tmp_path / "p").iterdir()) == []
+
+
+async def test_a_file_in_place_whose_directory_could_not_be_synced_is_said_to_be_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename done, only the directory's fsync failed: it was said "not finished", for a
+    file readers already see and the next sink goes on after (unless a power cut takes the
+    rename back: then it writes the file again)."""
+    import errno
+
+    from aiokafka import TopicPartition
+
+    from replay import sink, sink_files
+    from replay.sink_files import PartitionFile, file_name
+
+    def fails(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    tp = TopicPartition(TOPIC, 0)
+    said: list[str] = []
+    run = await user_totals_run(tmp_path)
+    run.report = said.append
+    run.files[tp] = f = PartitionFile(tmp_path / "p", 0)
+    f.add(0, b'{"user_id":"u1"}\n', 0.0)
+    f.add(1, b'{"user_id":"u2"}\n', 0.0)
+    monkeypatch.setattr(sink_files, "synced_directory", fails)
+    unfinished = await run.stop()  # no anchor: nothing to confirm, no broker asked
+    path = tmp_path / "p" / file_name(0, 1)
+    assert said == [
+        f"orders.user-totals[0] 0–1: 2 results → {path}, but syncing its directory failed "
+        "(Input/output error): a power cut may take the file back, and the next sink then "
+        "writes it again"
+    ]
+    assert [str(e) for e in unfinished] == said  # the stop's error: exit 2 with that line
+    assert isinstance(unfinished[0], sink.Unsynced)
+    assert path.read_bytes() == b'{"user_id":"u1"}\n{"user_id":"u2"}\n'
