@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record, json_str, unapplied
 from agents.orders import BY_USER, DLQ
 from agents.user_state import Parts, decode_parts, encode_parts
+from agents.window_reports import total_orders_can_reach
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
 _raw_decode = json.JSONDecoder().raw_decode
 USER_TOTALS_STORE = "user-totals"  # the per-user state table
-_MAX_SPEND = sys.float_info.max
 
 
 class UserTotalsPipeline:
@@ -57,8 +56,10 @@ class UserTotalsPipeline:
                     and 0 <= row[1] < 1 << 31
                     and 0 <= row[2] < 1 << 63
                     and 0 <= row[3] < 1 << 63
-                    # spend: a sum of bounded amounts >= 0, so NaN, inf or negative is foreign
-                    and 0.0 <= row[4] <= _MAX_SPEND
+                    # spend: the sum of `orders` orders' totals, so NaN, inf, negative or
+                    # more than they can reach is foreign (two near the float maximum once
+                    # summed to Infinity, written out as no JSON number)
+                    and total_orders_can_reach(row[4], row[3])
                     and -(1 << 63) <= row[5] < 1 << 63
                 ):
                     raise ValueError("out of range")  # what the stored format holds

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from agents.base import SourceRecord
-from agents.orders import BY_USER, OrdersPipeline
+from agents.orders import BY_USER, MAX_AMOUNT, MAX_QUANTITY, OrdersPipeline
 from agents.user_totals import USER_TOTALS, UserTotalsPipeline
 from tables.partition_state import MemoryStore, PartitionState, StateError
 from tests.support.datasets import GOOD_ORDER
@@ -103,6 +103,8 @@ def test_stored_totals_it_cannot_decode_stop_it_in_one_line_instead_of_the_dlq(
         {"spend": float("nan")},
         {"spend": float("inf")},
         {"spend": -1.0},
+        {"spend": 1e300},  # beyond what one order can reach: two such summed to Infinity
+        {"orders": 0},  # a spend with no order
         # typed only as the orders pipeline writes them: "12" once read as partition 1, offset 2
         {"src": "12"},
         {"src": [0, 1, 2]},
@@ -120,6 +122,22 @@ def test_a_forward_outside_what_the_state_can_hold_goes_to_the_dlq(fields: dict)
         [SourceRecord(BY_USER, 0, 0, None, b"u", json.dumps(value).encode())],
     )
     assert [dict(r.headers)["kappa.error"] for r in out.records] == [b"bad_forward"]
+
+
+def test_the_forwards_of_the_largest_orders_are_accepted_with_their_rounding() -> None:
+    """A user's spend is summed one order at a time, each addition rounded: its bound allows
+    for that, as for a window's (`agents/window_reports.total_orders_can_reach`)."""
+    biggest = {**order(), "amount": MAX_AMOUNT, "quantity": MAX_QUANTITY}
+    rows = [{**biggest, "order_id": f"o{i}", "ts": i} for i in range(300)]
+    out = OrdersPipeline().process(
+        PartitionState(MemoryStore(), 0), [rec(r, offset=i) for i, r in enumerate(rows)]
+    )
+    fwd = [r for r in out.records if r.topic == BY_USER]
+    src = [SourceRecord(BY_USER, 0, i, None, r.key, r.value) for i, r in enumerate(fwd)]
+    totals = UserTotalsPipeline().process(PartitionState(MemoryStore(), 0), src)
+    assert totals.counts.dlq == 0
+    (last,) = [r for r in totals.records if r.topic == USER_TOTALS][-1:]
+    assert json.loads(last.value)["orders"] == 300
 
 
 def test_a_deeply_nested_forward_goes_to_the_dlq() -> None:
