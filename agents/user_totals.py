@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from agents.base import BatchOutput, OutRecord, Record, json_str, unapplied
 from agents.orders import BY_USER, DLQ
 from agents.user_state import Parts, decode_parts, encode_parts
-from agents.window_reports import total_orders_can_reach
 from tables.partition_state import PartitionState
 
 USER_TOTALS = "orders.user-totals"
 _raw_decode = json.JSONDecoder().raw_decode
 USER_TOTALS_STORE = "user-totals"  # the per-user state table
+# A forward's largest spend: the sum over every source partition (fewer than 2^31) stays
+# finite (two near the float maximum once summed to Infinity, written out as no JSON
+# number). Not what orders can reach (`total_orders_can_reach`): releases before 94a07b2
+# took unbounded amounts, and a user's running total built then must still be forwarded.
+_MAX_SPEND = sys.float_info.max / (1 << 31)
 
 
 class UserTotalsPipeline:
@@ -56,10 +61,8 @@ class UserTotalsPipeline:
                     and 0 <= row[1] < 1 << 31
                     and 0 <= row[2] < 1 << 63
                     and 0 <= row[3] < 1 << 63
-                    # spend: the sum of `orders` orders' totals, so NaN, inf, negative or
-                    # more than they can reach is foreign (two near the float maximum once
-                    # summed to Infinity, written out as no JSON number)
-                    and total_orders_can_reach(row[4], row[3])
+                    # spend: a sum of amounts >= 0, so NaN, inf or negative is foreign
+                    and 0.0 <= row[4] <= _MAX_SPEND
                     and -(1 << 63) <= row[5] < 1 << 63
                 ):
                     raise ValueError("out of range")  # what the stored format holds
