@@ -13,7 +13,9 @@ promote of N at the same moment backs out, or the drop does; see `replay/version
 A version's creation, its definition and its split are first-record-wins (Kafka has no
 conditional write). Each process claims them under a key of its own (`version/N/ID`,
 `definition/N/ID`, `split/N/ID`): compaction keeps only the newest record per key, so under one
-shared key a claim that lost the race could outlive the winner's and take its place.
+shared key a claim that lost the race could outlive the winner's and take its place. A claim
+that lost is withdrawn (`Registry.withdraw`): a release from before claims wrote under the
+shared keys, and its winner there is replaced by later records.
 """
 
 from __future__ import annotations
@@ -121,15 +123,15 @@ class Registry:
                     fold_record(view, r.key, r.value, f"{self.topic} offset {r.offset}")
         return view
 
-    async def put(self, *records: tuple[str, dict[str, object]]) -> None:
+    async def put(self, *records: tuple[str, dict[str, object] | None]) -> None:
+        """Write `records` in order; a None value is a tombstone (compaction removes the key)."""
         await self.ensure()
         producer = new_producer(self.settings.kafka, acks="all")
         try:
             await producer.start()  # inside: stopped even if cancelled while starting
             for key, value in records:
-                await producer.send_and_wait(
-                    self.topic, json.dumps(value, sort_keys=True).encode(), key=key.encode()
-                )
+                raw = None if value is None else json.dumps(value, sort_keys=True).encode()
+                await producer.send_and_wait(self.topic, raw, key=key.encode())
         finally:
             await producer.stop()
 
@@ -137,21 +139,31 @@ class Registry:
         rec.updated_at = now_iso()
         await self.put((f"version/{rec.version}", asdict(rec)))
 
-    async def claim_version(self, rec: VersionRecord) -> None:
+    async def claim_version(self, rec: VersionRecord) -> str:
         """Register `rec` as version N's creation; the first claim read back is the one that
-        holds (see the module's docstring)."""
+        holds (see the module's docstring). Returns the claim's key."""
         rec.updated_at = now_iso()
-        await self.put((claim_key("version", rec.version), asdict(rec)))
+        return await self._claim(claim_key("version", rec.version), asdict(rec))
 
     async def put_completion(self, version: int) -> None:
         """The replay of `version` finished: complete, if it is still running when read."""
         await self.put((f"complete/{version}", {"at": now_iso()}))
 
-    async def claim_definition(self, version: int, definition: dict[str, object]) -> None:
-        await self.put((claim_key("definition", version), definition))
+    async def claim_definition(self, version: int, definition: dict[str, object]) -> str:
+        return await self._claim(claim_key("definition", version), definition)
 
-    async def claim_split(self, version: int, processes: int) -> None:
-        await self.put((claim_key("split", version), {"processes": processes}))
+    async def claim_split(self, version: int, processes: int) -> str:
+        return await self._claim(claim_key("split", version), {"processes": processes})
+
+    async def _claim(self, key: str, value: dict[str, object]) -> str:
+        await self.put((key, value))
+        return key
+
+    async def withdraw(self, claim: str) -> None:
+        """Remove a claim that lost its race. A release before claims writes the winner under
+        the plain key, which later status records replace: left in place, compaction could
+        leave the loser's claim as the first record."""
+        await self.put((claim, None))
 
     async def put_dropping(self, version: int, active: bool) -> None:
         """A drop of `version` starts (written before anything is deleted), or backs out."""
@@ -379,15 +391,17 @@ async def _first_recorded(
     registry: Registry,
     view: RegistryView,
     recorded: Callable[[RegistryView], T | None],
-    put: Callable[[T], Awaitable[None]],
+    put: Callable[[T], Awaitable[str]],
     mine: T,
     record: bool,
 ) -> tuple[T | None, RegistryView]:
     """The value of a first-record-wins key: `mine` is claimed if none is (unless `record` is
-    False), and the first claim read back wins."""
+    False), and the first claim read back wins; a claim that lost is withdrawn."""
     found = recorded(view)
     if found is None and record:
-        await put(mine)
+        claim = await put(mine)
         view = await registry.load()
         found = recorded(view)
+        if found != mine:
+            await registry.withdraw(claim)
     return found, view

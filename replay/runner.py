@@ -226,15 +226,17 @@ async def all_or_none(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
 
 async def _create_version(registry: Registry, rec: VersionRecord) -> VersionRecord:
     """Register a new version; if another process registered it at the same moment, the first
-    claim's snapshot wins (`replay/registry.py`): adopt it. One started with other pipelines or
-    `--since` is refused."""
-    await registry.claim_version(rec)
+    claim's snapshot wins (`replay/registry.py`): adopt it, and withdraw this one. One started
+    with other pipelines or `--since` is refused."""
+    claim = await registry.claim_version(rec)
     settled = (await registry.load()).versions[rec.version]
     same_run = (
         sorted(settled.pipelines) == sorted(rec.pipelines)
         and settled.since_ms == rec.since_ms
         and settled.flush == rec.flush
     )
+    if not same_run or (settled.snapshot, settled.created_at) != (rec.snapshot, rec.created_at):
+        await registry.withdraw(claim)  # another's claim holds
     if not same_run:  # split processes started with different arguments
         raise ConfigError(
             f"version {rec.version} was registered at the same moment by another replay, as "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ async def compacted(registry: Registry) -> RegistryView:
     newest = {r.key: r for r in records}
     view = RegistryView({}, {})
     for r in sorted(newest.values(), key=lambda r: r.offset):
-        fold_record(view, r.key, r.value, f"offset {r.offset}")
+        if r.value is not None:  # a tombstone: the key is gone
+            fold_record(view, r.key, r.value, f"offset {r.offset}")
     return view
 
 
@@ -98,6 +100,32 @@ async def test_a_claim_that_lost_the_race_never_outlives_the_winner_in_compactio
         assert view.versions[12].snapshot == {"orders": {"0": 10}}
         assert view.definitions[12] == version_definition(registry.settings)
         assert view.splits[12] == 2
+
+
+async def test_a_claim_that_lost_to_a_release_before_claims_is_withdrawn(
+    registry: Registry,
+) -> None:
+    """A release before claims writes the winner under the plain key, and later status records
+    replace it there: a losing claim left in place would be the version's first record once
+    compacted, and its snapshot, window settings or split would take the winner's place."""
+    await registry.ensure()  # as `kappa replay` does first: one partition
+    old_winner = dataclasses.asdict(running(7, 10))
+    await registry.put(("version/7", old_winner), ("definition/7", {"window_ms": 60_000}))
+    await registry.put(("split/7", {"processes": 2}))
+    adopted = await _create_version(registry, running(7, 15))
+    assert adopted.snapshot == {"orders": {"0": 10}}
+    with pytest.raises(ConfigError):
+        await require_definition(
+            Registry(_settings_of(registry, KAPPA_WINDOW_MS="30000")), await registry.load(), 7
+        )
+    with pytest.raises(ConfigError):
+        await require_split(registry, await registry.load(), 7, 3)
+    live = {**old_winner, "status": LIVE}  # what the old release writes next, plain keys all
+    await registry.put(("version/7", live), ("definition/7", {"window_ms": 60_000}))
+    await registry.put(("split/7", {"processes": 2}))
+    view = await compacted(registry)
+    assert (view.versions[7].status, view.versions[7].snapshot) == (LIVE, {"orders": {"0": 10}})
+    assert (view.definitions[7], view.splits[7]) == ({"window_ms": 60_000}, 2)
 
 
 @pytest.mark.parametrize("other", [{"since_ms": 5}, {"flush": False}])
