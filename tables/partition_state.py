@@ -128,11 +128,15 @@ class PartitionState:
         naming the first of `entries` (key, value) that `decode` refuses, or `error` itself if
         none does (it was no decoding error). Called only once decoding failed: pipelines
         decode without checking first, so the check costs a batch nothing."""
+        if isinstance(error, MemoryError):  # no value's fault: it stops the worker as such
+            raise error
         for key, raw in entries:
             if raw is None:
                 continue
             try:
                 decode(raw)
+            except MemoryError:
+                raise
             except Exception as e:
                 first = (str(e).splitlines() or [""])[0][:200]
                 kind = type(e).__name__

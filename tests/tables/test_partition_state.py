@@ -199,6 +199,18 @@ def test_an_error_no_stored_value_causes_is_raised_as_it_was() -> None:
     assert caught.value is error
 
 
+def test_running_out_of_memory_while_decoding_is_no_stored_values_fault() -> None:
+    """It would otherwise be said as an undecodable value, with advice to remove the state."""
+    state = PartitionState(MemoryStore(), 0)
+
+    def decode(raw: bytes) -> None:
+        raise MemoryError
+
+    for error in (MemoryError(), ValueError("met first")):
+        with pytest.raises(MemoryError):
+            state.raise_undecodable("t", [("a", b"any")], decode, error)
+
+
 def test_an_undecodable_window_or_clock_stops_reads_and_closing_scans() -> None:
     store = MemoryStore()
     state = PartitionState(store, 0, pipeline="orders")
