@@ -44,6 +44,26 @@ def _finished(directory: Path) -> list[tuple[int, int]]:
     return sorted(r for n in names if (r := finished_range(n)) is not None)
 
 
+def _run(broker: str, directory: Path, topic: str, said: list[str]) -> _SinkRun:
+    return _SinkRun(
+        load_settings({"KAPPA_BROKER": broker}), directory, 1, {OUTPUT: topic},
+        {OUTPUT: ("user_id",)}, RollPolicy(max_results=100, max_age_s=86_400), said.append,
+    )  # fmt: skip
+
+
+async def _read_up_to_149(
+    run: _SinkRun, following: asyncio.Task[None], tp: TopicPartition, partition: Path
+) -> None:
+    """Until the sink has read offsets 0–149 of `tp` and finished 0–99 (100 results a file)."""
+
+    async def read_it_all() -> None:
+        assert not following.done()
+        assert tp in run.files and run.files[tp].last_read == 149
+        assert _finished(partition) == [(0, 99)]
+
+    await eventually(read_it_all, timeout=60)
+
+
 async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mixes_logs(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
@@ -54,21 +74,11 @@ async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mix
     tp = TopicPartition(topic, 0)
     await ensure_topics(broker, {topic: (1, {})})
     await _produce(broker, topic, range(150))  # u0..u149
-    said: list[str] = []
-    run = _SinkRun(
-        load_settings({"KAPPA_BROKER": broker}), tmp_path, 1, {OUTPUT: topic},
-        {OUTPUT: ("user_id",)}, RollPolicy(max_results=100, max_age_s=86_400), said.append,
-    )  # fmt: skip
+    run = _run(broker, tmp_path, topic, [])
     following = asyncio.create_task(_follow(run))
     partition = tmp_path / OUTPUT / "partition=0"
     try:
-
-        async def read_it_all() -> None:
-            assert not following.done()
-            assert tp in run.files and run.files[tp].last_read == 149
-            assert _finished(partition) == [(0, 99)]
-
-        await eventually(read_it_all, timeout=60)
+        await _read_up_to_149(run, following, tp, partition)
         run.consumer.pause(tp)  # no fetch while the topic is made anew and passes offset 150
         await delete_topics(broker, [topic])
         await ensure_topics(broker, {topic: (1, {})})
@@ -83,13 +93,6 @@ async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mix
     lines = (partition / "00000000000000000000-00000000000000000099.jsonl").read_text()
     assert "u1" in lines and "u1000" not in lines
     assert not [p for p in partition.iterdir() if p.name.endswith(".tmp")]
-
-
-def _run(broker: str, directory: Path, topic: str, said: list[str]) -> _SinkRun:
-    return _SinkRun(
-        load_settings({"KAPPA_BROKER": broker}), directory, 1, {OUTPUT: topic},
-        {OUTPUT: ("user_id",)}, RollPolicy(max_results=100, max_age_s=86_400), said.append,
-    )  # fmt: skip
 
 
 async def test_a_partition_gone_under_a_running_sink_stops_it_and_drops_its_open_file(
@@ -108,13 +111,7 @@ async def test_a_partition_gone_under_a_running_sink_stops_it_and_drops_its_open
     following = asyncio.create_task(_follow(run))
     partition = tmp_path / OUTPUT / "partition=1"
     try:
-
-        async def read_it_all() -> None:
-            assert not following.done()
-            assert tp in run.files and run.files[tp].last_read == 149
-            assert _finished(partition) == [(0, 99)]
-
-        await eventually(read_it_all, timeout=60)
+        await _read_up_to_149(run, following, tp, partition)
         run.watch.next_check = math.inf  # not while the topic is away: that is another stop
         await delete_topics(broker, [topic])
         await ensure_topics(broker, {topic: (1, {})})
