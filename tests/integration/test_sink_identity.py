@@ -51,6 +51,14 @@ def _run(broker: str, directory: Path, topic: str, said: list[str]) -> _SinkRun:
     )  # fmt: skip
 
 
+def _following(
+    broker: str, directory: Path, topic: str, partition: int, said: list[str]
+) -> tuple[_SinkRun, asyncio.Task[None], Path]:
+    """A sink of `topic` into `directory` following it in a task, and `partition`'s files."""
+    run = _run(broker, directory, topic, said)
+    return run, asyncio.create_task(_follow(run)), directory / OUTPUT / f"partition={partition}"
+
+
 async def _read_up_to_149(
     run: _SinkRun, following: asyncio.Task[None], tp: TopicPartition, partition: Path
 ) -> None:
@@ -74,9 +82,7 @@ async def test_a_topic_made_anew_under_a_running_sink_stops_it_before_a_file_mix
     tp = TopicPartition(topic, 0)
     await ensure_topics(broker, {topic: (1, {})})
     await _produce(broker, topic, range(150))  # u0..u149
-    run = _run(broker, tmp_path, topic, [])
-    following = asyncio.create_task(_follow(run))
-    partition = tmp_path / OUTPUT / "partition=0"
+    run, following, partition = _following(broker, tmp_path, topic, 0, [])
     try:
         await _read_up_to_149(run, following, tp, partition)
         run.consumer.pause(tp)  # no fetch while the topic is made anew and passes offset 150
@@ -107,9 +113,7 @@ async def test_a_partition_gone_under_a_running_sink_stops_it_and_drops_its_open
     await ensure_topics(broker, {topic: (2, {})})
     await _produce(broker, topic, range(150), partition=1)
     said: list[str] = []
-    run = _run(broker, tmp_path, topic, said)
-    following = asyncio.create_task(_follow(run))
-    partition = tmp_path / OUTPUT / "partition=1"
+    run, following, partition = _following(broker, tmp_path, topic, 1, said)
     try:
         await _read_up_to_149(run, following, tp, partition)
         run.watch.next_check = math.inf  # not while the topic is away: that is another stop
@@ -137,9 +141,7 @@ async def test_files_of_a_partition_the_topic_no_longer_has_are_refused_at_start
     await ensure_topics(broker, {topic: (2, {})})
     await _produce(broker, topic, range(100), partition=1)
     said: list[str] = []
-    run = _run(broker, tmp_path, topic, said)
-    following = asyncio.create_task(_follow(run))
-    partition = tmp_path / OUTPUT / "partition=1"
+    _, following, partition = _following(broker, tmp_path, topic, 1, said)
 
     async def finished() -> None:
         assert not following.done()
