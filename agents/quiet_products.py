@@ -27,6 +27,18 @@ def _due_key(partition: int, due: int) -> str:
     return f"d{partition:05d}:{due + _BIAS:020d}:"
 
 
+def _due_of(key: str) -> tuple[int, str]:
+    """(due, product) of a stored key `_due_key(partition, due) + product`."""
+    _, at, product = key.split(":", 2)
+    return int(at) - _BIAS, product
+
+
+def _shown_due_key(key: str) -> str:
+    """A stored due key as an error names it (itself), once it decodes (else it raises)."""
+    _due_of(key)
+    return key
+
+
 class QuietWatch:
     """One batch's reports, folded into the products' activities in order; `close` gives the
     silences they established. Activities are read once per batch, and each product's entries
@@ -100,9 +112,13 @@ class QuietWatch:
         if scanned is None or until > scanned:
             low = _due_key(partition, scanned + 1) if scanned is not None else f"d{partition:05d}:"
             high = _due_key(partition, min(until, _BIAS - 2) + 1)
-            for key, _ in self.state.scan_values(QUIET_STORE, low, high):
-                _, at, product = key.split(":", 2)
-                due.append((int(at) - _BIAS, product))
+            found = self.state.scan_values(QUIET_STORE, low, high)
+            try:
+                for key, _ in found:
+                    due.append(_due_of(key))
+            except Exception as e:  # the state's fault, not the reports': see `raise_undecodable`
+                keys = ((k, None) for k, _ in found)
+                self.state.raise_undecodable(QUIET_STORE, keys, bytes, e, _shown_due_key)
             self._scanned[partition] = until
         awaited = self._awaited.get(partition)
         while awaited and awaited[0][0] <= until:

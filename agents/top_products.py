@@ -106,6 +106,12 @@ def _window_of(key: str) -> WindowId:
     return int(start) - _BIAS, int(end) - _BIAS
 
 
+def _shown_window_key(key: str) -> str:
+    """A stored window key as an error names it (itself), once it decodes (else it raises)."""
+    _window_of(key)
+    return key
+
+
 def _decode_top(raw: bytes) -> list[Entry]:
     return [(p, v, c) for p, v, c in json.loads(raw)]
 
@@ -145,8 +151,8 @@ def scan_windows(state: PartitionState, bound: int) -> dict[WindowId, list[Entry
     found = state.scan_values(RANKING_STORE, "w", stop)
     try:
         return {_window_of(k): _decode_top(v) for k, v in found}
-    except Exception as e:
-        state.raise_undecodable(RANKING_STORE, found, _decode_top, e)
+    except Exception as e:  # a window's key or its ranking: see `raise_undecodable`
+        state.raise_undecodable(RANKING_STORE, found, _decode_top, e, _shown_window_key)
 
 
 def store_ranking(

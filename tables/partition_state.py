@@ -48,10 +48,10 @@ class StateError(RuntimeError):
 
 
 class UndecodableStateError(StateError):
-    """A value in a pipeline's own state that Kappa cannot decode. No input record's fault:
-    the same input replayed into fresh state would not meet it, so the worker (or replay)
-    stops rather than dead-letter the records that read it, whose outputs a replay would
-    then not match."""
+    """A key or value in a pipeline's own state that Kappa cannot decode. No input record's
+    fault: the same input replayed into fresh state would not meet it, so the worker (or
+    replay) stops rather than dead-letter the records that read it, whose outputs a replay
+    would then not match."""
 
 
 class KeyValueStore(Protocol):
@@ -88,6 +88,14 @@ def decode_window_key(raw: bytes, prefix_len: int) -> WindowKey:
     return (end - _BIAS, start - _BIAS, raw[prefix_len + 16 :].decode())
 
 
+def _quoted(key: str | bytes) -> str:
+    """A key as an error line names it: quoted and escaped (one line), cut if long."""
+    if len(key) <= _SHOWN_KEY_CHARS:
+        return repr(key)
+    cut = key[:_SHOWN_KEY_CHARS]
+    return repr(cut + "…") if isinstance(cut, str) else repr(cut) + "…"
+
+
 class PartitionState:
     """Staged view over one partition's store; see the module docstring."""
 
@@ -120,17 +128,26 @@ class PartitionState:
     def raise_undecodable(
         self,
         table: str,
-        entries: Iterable[tuple[str, bytes | None]],
+        entries: Iterable[tuple[Any, bytes | None]],
         decode: Callable[[bytes], Any],
         error: Exception,
+        show_key: Callable[[Any], str] | None = None,
     ) -> NoReturn:
-        """For `error`, met decoding stored values of `table`: raise an `UndecodableStateError`
-        naming the first of `entries` (key, value) that `decode` refuses, or `error` itself if
-        none does (it was no decoding error). Called only once decoding failed: pipelines
-        decode without checking first, so the check costs a batch nothing."""
-        if isinstance(error, MemoryError):  # no value's fault: it stops the worker as such
+        """For `error`, met decoding stored entries of `table`: raise an `UndecodableStateError`
+        naming the first of `entries` (key, value; None: no value to check) whose value
+        `decode` refuses, or whose key `show_key` refuses: given for keys read back from the
+        store, it decodes one into the key the line names. If none is refused, `error` itself
+        (it was no decoding error). Called only once decoding failed: pipelines decode without
+        checking first, so the check costs a batch nothing."""
+        if isinstance(error, MemoryError):  # no entry's fault: it stops the worker as such
             raise error
         for key, raw in entries:
+            try:
+                shown = key if show_key is None else show_key(key)
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise self._undecodable(f"the stored {table} key {_quoted(key)}", e) from e
             if raw is None:
                 continue
             try:
@@ -138,22 +155,25 @@ class PartitionState:
             except MemoryError:
                 raise
             except Exception as e:
-                first = (str(e).splitlines() or [""])[0][:200]
-                kind = type(e).__name__
-                if kind == "error":  # struct.error, binascii.error: named with their module
-                    kind = f"{type(e).__module__}.error"
-                reason = f"{kind}: {first}" if first else kind
-                shown = repr(key[:_SHOWN_KEY_CHARS] + ("…" if len(key) > _SHOWN_KEY_CHARS else ""))
-                where = f"{self.pipeline} partition {self.partition}"
-                command = f" (`rm -rf {self.directory}`)" if self.directory is not None else ""
-                found = UndecodableStateError(
-                    f"{where}: the stored {table} value of key {shown} cannot be decoded "
-                    f"({reason}): remove the partition's state directory{command} and restart: "
-                    "it is restored from its changelog; if the changelog holds the value too, "
-                    "run the Kappa release that wrote it, or replay into a new version"
-                )
-                raise found from e
+                what = f"the stored {table} value of key {_quoted(shown)}"
+                raise self._undecodable(what, e) from e
         raise error
+
+    def _undecodable(self, what: str, cause: Exception) -> UndecodableStateError:
+        """The one line for `what` (a stored key or value) that decoding refused with `cause`."""
+        first = (str(cause).splitlines() or [""])[0][:200]
+        kind = type(cause).__name__
+        if kind == "error":  # struct.error, binascii.error: named with their module
+            kind = f"{type(cause).__module__}.error"
+        reason = f"{kind}: {first}" if first else kind
+        where = f"{self.pipeline} partition {self.partition}"
+        command = f" (`rm -rf {self.directory}`)" if self.directory is not None else ""
+        return UndecodableStateError(
+            f"{where}: {what} cannot be decoded ({reason}): remove the partition's state "
+            f"directory{command} and restart: it is restored from its changelog; if the "
+            "changelog holds it too, run the Kappa release that wrote it, or replay into a new "
+            "version"
+        )
 
     # -- windows ---------------------------------------------------------------------------
     def windows(self, store_name: str) -> WindowStore:
@@ -217,7 +237,12 @@ class PartitionState:
                     else:
                         found[k] = v
         n = len(prefix)
-        return [(k[n:].decode(), v) for k, v in sorted(found.items())]
+        entries = sorted(found.items())
+        try:
+            return [(k[n:].decode(), v) for k, v in entries]
+        except Exception as e:  # a key no release wrote (not UTF-8): see `raise_undecodable`
+            keys = ((k[n:], None) for k, _ in entries)
+            self.raise_undecodable(table, keys, bytes, e, bytes.decode)
 
     def put_value(self, table: str, key: str, value: bytes | None) -> None:
         self._staged[KV_PREFIX + table.encode() + b"\0" + key.encode()] = value
@@ -310,6 +335,11 @@ def _shown_window(key: WindowKey) -> str:
     return f"{name} [{start}, {end})"
 
 
+def _shown_stored(raw: bytes) -> str:
+    """A window key read back from its store (its prefix cut) as an error names it."""
+    return _shown_window(decode_window_key(raw, 0))
+
+
 class WindowStore:
     """One window store inside a `PartitionState`; implements the core's `WindowState`."""
 
@@ -340,13 +370,11 @@ class WindowStore:
             return [
                 (decode_window_key(k, n), Moments.from_bytes(v)) for k, v in self._scan(start, stop)
             ]
-        except StateError:  # the store's own (an I/O error): not a value's
+        except StateError:  # the store's own (an I/O error): not an entry's
             raise
         except Exception as e:
-            found = (
-                (_shown_window(decode_window_key(k, n)), v) for k, v in self._scan(start, stop)
-            )
-            self.state.raise_undecodable(self.name, found, Moments.from_bytes, e)
+            found = ((k[n:], v) for k, v in self._scan(start, stop))
+            self.state.raise_undecodable(self.name, found, Moments.from_bytes, e, _shown_stored)
 
     def _scan(self, start: bytes, stop: bytes) -> Iterable[tuple[bytes, bytes]]:
         """Stored windows with start <= key < stop, the held batch's over them."""

@@ -847,6 +847,65 @@ async def test_a_stored_value_no_release_can_decode_stops_the_partition_and_dead
     runner.close()
 
 
+_DUE = f"d00000:{1 << 63:020d}"  # quiet-products: a silence due at 0 on source partition 0
+
+
+@pytest.mark.parametrize(
+    "pipeline,stored,shown,records",
+    [
+        # a window too short for its end and start: closing scans read every window key
+        (
+            "orders",
+            b"Wrevenue-tumbling-60000ms\0\x80\x00",
+            "revenue-tumbling-60000ms key b'\\x80\\x00'",
+            None,
+        ),
+        # a top-products window key: read by the scan of the windows all partitions passed
+        ("top-products", b"Ktop-products\0w00:x", "top-products key 'w00:x'", "all"),
+        ("top-products", b"Ktop-products\0w00\xff", "top-products key b'w00\\xff'", "all"),
+        # a due silence without its product: read by the scan of the silences due
+        (
+            "top-products",
+            f"Kquiet-products\0{_DUE}p1".encode(),
+            f"quiet-products key '{_DUE}p1'",
+            "one",
+        ),
+    ],
+    ids=["window", "ranking-window", "ranking-window-not-utf8", "quiet-due"],
+)
+async def test_a_stored_key_no_release_can_decode_stops_the_partition_and_dead_letters_nothing(
+    tmp_path: Path, pipeline: str, stored: bytes, shown: str, records: str | None
+) -> None:
+    """As for a value: read back by a range scan, a key that cannot be decoded once made every
+    record that scanned it a `processing_error`, where a replay into fresh state has none."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, 1).select([pipeline])
+    sent: list[Produce] = []
+    runner = PipelineRunner(topology.pipelines[0], topology, _recording(sent))
+    state = await runner.state(0)
+    state.stage(stored, b"[]")
+    state.prepare(4)
+    state.commit()
+    if records is None:
+        batch = _orders(0, 6)[5:]
+    else:  # reports of source partition 0, or of every one (windows up to 60 s are final)
+        reporting = range(settings.partitions if records == "all" else 1)
+        reports = [{**_REPORT, "src": p, "wm": 60_000} for p in reporting]
+        batch = [
+            SourceRecord("orders.by-window", 0, 5 + i, None, b"w", json.dumps(r).encode())
+            for i, r in enumerate(reports)
+        ]
+    for _ in range(2):  # not skipped past: it stops again
+        with pytest.raises(StateError) as caught:
+            await runner.handle(0, batch)
+        line = str(caught.value)
+        assert line.startswith(f"{pipeline} partition 0: the stored {shown} cannot be decoded (")
+        assert f"(`rm -rf {tmp_path / 'v1' / pipeline / 'p0'}`) and restart:" in line
+        assert "\n" not in line
+    assert sent == [] and state.applied_offset == 4 and state.staged_bytes() == 0
+    runner.close()
+
+
 def test_the_processing_error_count_is_exported_from_the_start(tmp_path: Path) -> None:
     """At 0, so that an alert on its increase also sees the first one."""
 

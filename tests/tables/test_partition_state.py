@@ -186,7 +186,7 @@ def test_an_undecodable_value_is_named_with_its_store_partition_key_and_remedy()
         "product-trends partition 3: the stored trends value of key 'c\\nd' cannot be decoded "
         "(struct.error: unpack requires a buffer of 8 bytes): remove the partition's state "
         "directory (`rm -rf /s/v2/product-trends/p3`) and restart: it is restored from its "
-        "changelog; if the changelog holds the value too,"
+        "changelog; if the changelog holds it too,"
     )
 
 
@@ -228,3 +228,67 @@ def test_an_undecodable_window_or_clock_stops_reads_and_closing_scans() -> None:
     store.data[clock] = b"\x00"
     line = _raises_undecodable(lambda: PartitionState(store, 0).clock("revenue", 0))
     assert "the stored meta value of key 'stream-time:revenue' cannot be decoded" in line
+
+
+# -- keys the state holds that cannot be decoded ---------------------------------------------
+
+
+def test_an_undecodable_stored_key_is_named_as_stored_and_the_first_bad_entry_wins() -> None:
+    """A key read back from the store (a range scan) decodes into the key the line names; one
+    that does not is named as it was read, in its entry's order with the values."""
+    state = PartitionState(MemoryStore(), 3, pipeline="top-products", directory=Path("/s/p3"))
+
+    def show(key: bytes) -> str:
+        return key.decode()
+
+    def decode(raw: bytes) -> bytes:
+        if raw == b"bad":
+            raise ValueError("bad value")
+        return raw
+
+    entries = [(b"a", b"fine"), (b"w\xff\n", b"fine"), (b"c", b"bad")]
+    line = _raises_undecodable(
+        lambda: state.raise_undecodable("t", entries, decode, KeyError("first"), show)
+    )
+    assert line.startswith(
+        "top-products partition 3: the stored t key b'w\\xff\\n' cannot be decoded "
+        "(UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 1: invalid "
+        "start byte): remove the partition's state directory (`rm -rf /s/p3`) and restart"
+    )
+    line = _raises_undecodable(
+        lambda: state.raise_undecodable("t", entries[::-1], decode, KeyError("first"), show)
+    )
+    assert "the stored t value of key 'c' cannot be decoded (ValueError: bad value)" in line
+
+
+def test_a_key_that_is_not_utf8_stops_a_scan_of_its_table() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 0, pipeline="top-products")
+    state.put_value("t", "a", b"1")
+    state.prepare(0)
+    state.commit()
+    store.data[b"Kt\0b\xff"] = b"2"
+    line = _raises_undecodable(lambda: state.scan_values("t", "a", "c"))
+    assert "partition 0: the stored t key b'b\\xff' cannot be decoded (UnicodeDecodeError" in line
+
+
+@pytest.mark.parametrize(
+    "key,cause",
+    [
+        (b"\x80\x00", "struct.error: unpack_from requires a buffer of at least 16 bytes"),
+        (struct.pack(">QQ", 1 << 63, 1 << 63) + b"p\xff", "UnicodeDecodeError: 'utf-8' codec"),
+    ],
+)
+def test_an_undecodable_window_key_stops_closing_scans(key: bytes, cause: str) -> None:
+    """A window key that is too short or names no UTF-8 key: not raised as it was, which
+    dead-lettered every record that closed windows."""
+    store = MemoryStore()
+    state = PartitionState(store, 0, pipeline="orders")
+    windows = state.windows("revenue")
+    windows.put({(60_000, 0, "p1"): _moments(1.0)})
+    state.prepare(0)
+    state.commit()
+    store.data[b"Wrevenue\0" + key] = _moments(2.0).to_bytes()
+    line = _raises_undecodable(lambda: windows.expiring(60_000))
+    assert line.startswith(f"orders partition 0: the stored revenue key {key!r} cannot be ")
+    assert f"cannot be decoded ({cause}" in line
