@@ -53,6 +53,7 @@ from replay.registry import (
     require_split,
 )
 from replay.summary import ReplaySummary
+from tables.partition_state import UndecodableStateError
 
 log = logging.getLogger("kappa.replay")
 
@@ -86,6 +87,8 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         await require_definition(registry, view, opts.version)
         await require_split(registry, view, opts.version, opts.process_count)
         return await _replay(settings, opts, registry, view, topology, rec, started)
+    except UndecodableStateError as e:  # advice for a worker: a replay is run again instead
+        raise e.with_rerun("run the replay again") from e
     finally:
         lock.release()
 

@@ -51,7 +51,24 @@ class UndecodableStateError(StateError):
     """A key or value in a pipeline's own state that Kappa cannot decode. No input record's
     fault: the same input replayed into fresh state would not meet it, so the worker (or
     replay) stops rather than dead-letter the records that read it, whose outputs a replay
-    would then not match."""
+    would then not match. `what` names it and the cause; `rerun` is how processing resumes
+    once the state directory is removed: a worker's by default (see `with_rerun`)."""
+
+    def __init__(
+        self, what: str, directory: Path | None, rerun: str = "restart the worker"
+    ) -> None:
+        command = f" (`rm -rf {directory}`)" if directory is not None else ""
+        super().__init__(
+            f"{what}: remove the partition's state directory{command} and {rerun}: it is "
+            "restored from its changelog; if the changelog holds it too, run the Kappa release "
+            "that wrote it, or replay into a new version"
+        )
+        self.what = what
+        self.directory = directory
+
+    def with_rerun(self, rerun: str) -> UndecodableStateError:
+        """The same error for a command that resumes otherwise (`kappa replay`: run again)."""
+        return UndecodableStateError(self.what, self.directory, rerun)
 
 
 class KeyValueStore(Protocol):
@@ -167,12 +184,8 @@ class PartitionState:
             kind = f"{type(cause).__module__}.error"
         reason = f"{kind}: {first}" if first else kind
         where = f"{self.pipeline} partition {self.partition}"
-        command = f" (`rm -rf {self.directory}`)" if self.directory is not None else ""
         return UndecodableStateError(
-            f"{where}: {what} cannot be decoded ({reason}): remove the partition's state "
-            f"directory{command} and restart: it is restored from its changelog; if the "
-            "changelog holds it too, run the Kappa release that wrote it, or replay into a new "
-            "version"
+            f"{where}: {what} cannot be decoded ({reason})", self.directory
         )
 
     # -- windows ---------------------------------------------------------------------------

@@ -900,7 +900,7 @@ async def test_a_stored_key_no_release_can_decode_stops_the_partition_and_dead_l
             await runner.handle(0, batch)
         line = str(caught.value)
         assert line.startswith(f"{pipeline} partition 0: the stored {shown} cannot be decoded (")
-        assert f"(`rm -rf {tmp_path / 'v1' / pipeline / 'p0'}`) and restart:" in line
+        assert f"(`rm -rf {tmp_path / 'v1' / pipeline / 'p0'}`) and restart the worker:" in line
         assert "\n" not in line
     assert sent == [] and state.applied_offset == 4 and state.staged_bytes() == 0
     runner.close()

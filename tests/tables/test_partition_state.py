@@ -185,9 +185,25 @@ def test_an_undecodable_value_is_named_with_its_store_partition_key_and_remedy()
     assert line.startswith(
         "product-trends partition 3: the stored trends value of key 'c\\nd' cannot be decoded "
         "(struct.error: unpack requires a buffer of 8 bytes): remove the partition's state "
-        "directory (`rm -rf /s/v2/product-trends/p3`) and restart: it is restored from its "
-        "changelog; if the changelog holds it too,"
+        "directory (`rm -rf /s/v2/product-trends/p3`) and restart the worker: it is restored "
+        "from its changelog; if the changelog holds it too,"
     )
+
+
+def test_a_replay_is_advised_to_run_again_where_a_worker_is_advised_to_restart() -> None:
+    """The line is built where the state is read, which is the same for both: the replay
+    gives its own advice (`replay/runner.py`), the rest of the line unchanged."""
+    state = PartitionState(MemoryStore(), 1, pipeline="orders", directory=Path("/s/v3/orders/p1"))
+    with pytest.raises(UndecodableStateError) as caught:
+        state.raise_undecodable("t", [("k", b"\x00")], struct.Struct(">q").unpack, ValueError())
+    worker = str(caught.value)
+    replay = str(caught.value.with_rerun("run the replay again"))
+    head = "orders partition 1: the stored t value of key 'k' cannot be decoded (struct.error: "
+    rm = "remove the partition's state directory (`rm -rf /s/v3/orders/p1`) and"
+    assert worker.startswith(head) and replay.startswith(head)
+    assert f"{rm} restart the worker: it is restored" in worker
+    assert f"{rm} run the replay again: it is restored" in replay
+    assert worker.replace("restart the worker", "run the replay again") == replay
 
 
 def test_an_error_no_stored_value_causes_is_raised_as_it_was() -> None:
