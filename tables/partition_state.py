@@ -140,7 +140,11 @@ class PartitionState:
         self._scan_floor: dict[str, int] = {}
         self._pending_floor: dict[str, int] = {}
         applied = store.get_many([APPLIED_OFFSET])[0]
-        self.applied_offset: int = _I64.unpack(applied)[0] if applied is not None else -1
+        try:
+            self.applied_offset: int = _I64.unpack(applied)[0] if applied is not None else -1
+        except struct.error as e:  # damaged on disk: see `raise_undecodable`
+            key = APPLIED_OFFSET[len(META_PREFIX) :].decode()
+            self.raise_undecodable("meta", [(key, applied)], _I64.unpack, e)
 
     def raise_undecodable(
         self,

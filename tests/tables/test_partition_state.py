@@ -246,6 +246,17 @@ def test_an_undecodable_window_or_clock_stops_reads_and_closing_scans() -> None:
     assert "the stored meta value of key 'stream-time:revenue' cannot be decoded" in line
 
 
+def test_an_undecodable_applied_offset_stops_the_partition_opening() -> None:
+    store = MemoryStore()
+    state = PartitionState(store, 3)
+    state.prepare(41)
+    state.commit()
+    assert PartitionState(store, 3).applied_offset == 41
+    store.data[APPLIED_OFFSET] = b"\x00\x01"
+    line = _raises_undecodable(lambda: PartitionState(store, 3, pipeline="orders"))
+    assert "orders partition 3: the stored meta value of key 'applied-offset'" in line
+
+
 # -- keys the state holds that cannot be decoded ---------------------------------------------
 
 
