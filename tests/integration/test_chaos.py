@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 ROUNDS = int(os.environ.get("KAPPA_CHAOS_ROUNDS", "4"))
 PHASES = ("before-send", "after-send", "after-commit")
+PIPELINES = ("orders", "user-totals", "top-products", "product-trends")
 
 
 _spec = partial(orders_spec, keys=50, users=40)
@@ -55,7 +56,7 @@ async def test_kill_9_at_random_points_keeps_results_exact(
         chunk = _spec(800, 100 + rounds, start)  # fresh work every round: a batch to die in
         start += chunk.span_ms
         await produce_orders(broker, f"{unique}.orders", chunk)
-        point = f"{rng.choice(['orders', 'user-totals'])}:{rng.randint(1, 3)}:{rng.choice(PHASES)}"
+        point = f"{rng.choice(PIPELINES)}:{rng.randint(1, 3)}:{rng.choice(PHASES)}"
         worker = Worker({**env, "KAPPA_CHAOS_KILL": point}, tmp_path / f"round{rounds}.log").start()
         assert worker.proc is not None
         try:
@@ -66,6 +67,7 @@ async def test_kill_9_at_random_points_keeps_results_exact(
         worker.stop()
         assert code == -signal.SIGKILL, worker.tail_log()
         kills.append(point)
+        print(f"round {rounds}: killed at {point}", flush=True)  # shown if a check fails
         # After every kill: a clean restart must end with exact results.
         ref = await reference_for(broker, f"{unique}.orders")
         clean = Worker(env, tmp_path / f"after{rounds}.log").start()
