@@ -149,6 +149,27 @@ async def ensure_version_topics(bootstrap: Conn, topology: Topology) -> list[str
     )
 
 
+async def check_then_create_version_topics(
+    bootstrap: Conn, topology: Topology, registry: str
+) -> list[str]:
+    """`kappa topics` and `kappa worker`: refuse the version's topics that exist (its sources
+    among them) with another partition count than KAPPA_PARTITIONS, or changelogs (and the
+    `registry` topic) that are not compacted, before creating the missing ones, so that a
+    refusal leaves no topic behind; return those created. Checked again if some were created:
+    another process may have made one of them meanwhile, with its own settings."""
+    expected = topology.settings.partitions
+
+    async def check() -> None:
+        await require_partitions(bootstrap, list(topology.all_topics()), expected)
+        await require_compacted(bootstrap, [*topology.compacted_topics(), registry])
+
+    await check()  # those that exist: the missing ones are created as required
+    created = await ensure_version_topics(bootstrap, topology)
+    if created:
+        await check()
+    return created
+
+
 async def ensure_topics(
     bootstrap: Conn,
     topics: dict[str, tuple[int, dict[str, str]]],

@@ -99,12 +99,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from app.admin import (
-        ensure_version_topics,
-        require_compacted,
-        require_partitions,
-        wait_for_broker,
-    )
+    from app.admin import check_then_create_version_topics, wait_for_broker
     from app.topology import Topology, registry_topic
     from replay.registry import Registry, refuse_dropped
 
@@ -117,11 +112,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
             version = (await Registry(settings).load(create=False)).live
         await refuse_dropped(settings, version)
         topo = Topology(settings, version)
-        created = await ensure_version_topics(settings.kafka, topo)
         # "ready" means a worker takes them: topics made by others are checked as it does
-        await require_partitions(settings.kafka, list(topo.all_topics()), settings.partitions)
-        await require_compacted(
-            settings.kafka, [*topo.compacted_topics(), registry_topic(settings)]
+        created = await check_then_create_version_topics(
+            settings.kafka, topo, registry_topic(settings)
         )
         return topo, created
 

@@ -16,10 +16,8 @@ import sys
 
 from app import command_loop
 from app.admin import (
+    check_then_create_version_topics,
     copy_max_bytes,
-    ensure_version_topics,
-    require_compacted,
-    require_partitions,
     wait_for_broker,
     warn_time_retention,
     warn_timestamp_limits,
@@ -120,15 +118,12 @@ async def prepare_topics(
     topology: Topology,
     applied: dict[tuple[str, int], int] | None = None,
 ) -> Settings:
-    """Create what is missing; refuse sources whose partitioning the state cannot follow, and
-    state that has applied records the broker no longer has (`applied`: from
-    `check_partition_dirs`). Returns the settings with the copy size the topics accept."""
+    """Create what is missing once the topics that exist passed their checks; refuse sources
+    whose partitioning the state cannot follow, and state that has applied records the broker
+    no longer has (`applied`: from `check_partition_dirs`). Returns the settings with the copy
+    size the topics accept."""
     await wait_for_broker_forever(settings.kafka)
-    await ensure_version_topics(settings.kafka, topology)
-    await require_partitions(settings.kafka, list(topology.all_topics()), settings.partitions)
-    await require_compacted(
-        settings.kafka, [*topology.compacted_topics(), registry_topic(settings)]
-    )
+    await check_then_create_version_topics(settings.kafka, topology, registry_topic(settings))
     if applied:
         await check_broker_has_state(settings.kafka, topology, applied)
     await warn_time_retention(settings.kafka, topology.kept_topics())

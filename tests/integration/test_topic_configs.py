@@ -13,6 +13,7 @@ from app.admin import (
     NO_LIMIT_MS,
     TIMESTAMP_LIMITS,
     ensure_topics,
+    existing_topics,
     require_compacted,
     warn_time_retention,
     warn_timestamp_limits,
@@ -85,6 +86,31 @@ async def test_topics_refuses_topics_with_another_partition_count_as_a_worker_do
     assert r.returncode == 2, r.stdout + r.stderr
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("kappa topics: error: topics must have KAPPA_PARTITIONS=8 partitions")
+
+
+@pytest.mark.parametrize("command", ["topics", "worker"])
+async def test_a_partition_count_refused_before_anything_is_created(
+    broker: str, unique: str, tmp_path: Path, command: str
+) -> None:
+    """The version's topics were created first, then refused: the version was listed as
+    `unrecorded`, and the run with the right setting was refused because of them."""
+    await ensure_topics(broker, {f"{unique}.orders": (4, {})})
+    env = kappa_env(broker, unique, tmp_path / "state")
+    args = [command, "--version", "8"]
+    if command == "worker":
+        args += ["--web-port", str(free_port())]
+    r = run_kappa(args, {**env, "KAPPA_PARTITIONS": "2"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"kappa {command}: error: topics must have KAPPA_PARTITIONS=2 partitions, but "
+        f"{unique}.orders has 4"
+    )
+    mine = set(Topology(load_settings(env), 8).all_topics()) - {f"{unique}.orders"}
+    assert not mine & await existing_topics(broker)
+    listed = run_kappa(["versions"], env)
+    assert "8" not in [row.split()[0] for row in listed.stdout.splitlines()[1:]], listed.stdout
+    retried = run_kappa(["topics", "--version", "8"], env)  # the right setting (4)
+    assert retried.returncode == 0, retried.stderr
 
 
 @pytest.mark.parametrize(
