@@ -303,7 +303,8 @@ def _check_version(
     if rec.flush != opts.flush:
         # Its other partitions (other processes, or before a crash) were replayed the other
         # way: the version's outputs would hold provisional windows for some of them only.
-        was, now = ("with", "without") if rec.flush else ("without", "with")
+        # `flush` is the default, so a version that was flushed was replayed without the flag
+        was, now = ("without", "with") if rec.flush else ("with", "without")
         raise ConfigError(
             f"version {v} was replayed {was} --no-flush and this replay is {now} it; resume "
             "it with the same arguments or use a new version"
