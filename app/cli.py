@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=event_time,
         default=None,
         metavar="TIME",
-        help="only events in windows starting at or after TIME (epoch ms or ISO-8601 with zone)",
+        help="only events in windows starting at or after TIME (whole epoch ms or ISO-8601 "
+        "with zone)",
     )
     sp.add_argument("--dry-run", action="store_true", help="print the plan and touch nothing")
     sp.add_argument(

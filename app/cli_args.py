@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.settings import MAX_VERSION, WEB_URL, topic_name_problem
-from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS, InvalidRecord, require_event_time_ms
+from tables.cleaning import (
+    MAX_EVENT_MS,
+    MIN_EVENT_MS,
+    InvalidRecord,
+    numeral_value,
+    require_event_time_ms,
+)
 
 
 def bounded_number(
@@ -106,8 +113,19 @@ def directory_path(s: str) -> Path:
     return Path(s)
 
 
+# A whole number of milliseconds, as `--since` takes one (a sign is left to the range check).
+_WHOLE = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+
+
 def event_time(s: str) -> int:
-    """Epoch milliseconds or ISO-8601 with a zone, as `ts` in the orders schema."""
+    """Whole epoch milliseconds or ISO-8601 with a zone. Unlike `ts` in the orders schema, a
+    numeral with a fraction or an exponent is refused: a time typed as `1.5` is more likely
+    seconds, or a slip, than milliseconds to floor."""
+    if numeral_value(s) is not None and not _WHOLE.fullmatch(s):
+        raise argparse.ArgumentTypeError(
+            f"{echoed(s)} is not whole epoch milliseconds (no fraction or exponent) or "
+            "ISO-8601 with a time zone"
+        )
     try:
         return require_event_time_ms({"time": s}, "time")
     except InvalidRecord as e:

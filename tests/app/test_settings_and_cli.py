@@ -272,6 +272,10 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         (["promote", "9" * 300], "must be between 1 and 999,999"),
         (["replay", "--version", "2", "--processes", "1000"], "must be between 1 and 256"),
         (["replay", "--version", "2", "--since", "99999999999999999"], "is outside 1970..2100"),
+        # epoch ms are whole: these were floored (1.5 to 1 ms, a time typed in seconds)
+        (["replay", "--version", "2", "--since", "1.5"], "'1.5' is not whole epoch milliseconds"),
+        (["replay", "--version", "2", "--since", "1.7e12"], "'1.7e12' is not whole epoch"),
+        (["replay", "--version", "2", "--since", "1700000000000.0"], "is not whole epoch"),
     ],
 )
 def test_arguments_that_would_fail_later_are_refused_by_the_parser(
@@ -455,3 +459,12 @@ def test_kappa_quiet_p_sets_how_unlikely_a_silence_must_be() -> None:
     strict = quiet_config(load_settings({"KAPPA_QUIET_P": "1e-6"}))
     assert strict.p_quiet == 1e-6 and strict.quiet_windows(1.0) == 14  # ln(1e6) = 13.8
     assert quiet_config(load_settings({})).quiet_windows(1.0) == 7
+
+
+def test_since_takes_whole_epoch_milliseconds_and_iso_times_with_a_zone() -> None:
+    from app.cli import build_parser
+
+    def since(value: str) -> int:
+        return build_parser().parse_args(["replay", "--version", "2", "--since", value]).since
+
+    assert since("1700000000000") == since("2023-11-14T22:13:20Z") == 1_700_000_000_000
