@@ -193,7 +193,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         serve_metrics(settings, args.metrics_port)
     if not args.dry_run:
         tune_for_batches()
-    summary = command_loop.run(run_replay(settings, opts))
+    try:
+        summary = command_loop.run(run_replay(settings, opts))
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as `Terminated`
+        if args.parent_pid is None and not args.dry_run:  # a `--processes` parent says it
+            from replay.parallel import stopped_line
+
+            terminated = isinstance(e, Terminated) or command_loop.sigterm_seen()
+            print(stopped_line(terminated), file=sys.stderr, flush=True)
+        raise
     if summary is not None:
         print(summary.line(), flush=True)
     return 0

@@ -17,8 +17,9 @@ from types import FrameType
 
 from replay.summary import ReplaySummary
 
-# Exit code of a replay stopped by SIGTERM (128 + the signal, as a shell reports it).
+# Exit codes of a replay stopped by SIGTERM or SIGINT (128 + the signal, as a shell reports it).
 TERMINATED = 128 + signal.SIGTERM
+INTERRUPTED = 128 + signal.SIGINT
 # How long (s) a child may take to exit once told to stop, before it is killed.
 CHILD_STOP_S = 10.0
 
@@ -93,16 +94,12 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
         for reader in readers:
             reader.start()
         code = _wait_all_or_first_failure(children, readers)
-    except Terminated:
+    except (Terminated, KeyboardInterrupt) as e:  # KeyboardInterrupt: SIGINT (Ctrl-C)
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the parent at once
         _stop(children)
-        print(
-            f"replay: terminated (SIGTERM); stopped its {len(children)} processes. Run the same "
-            "command again to resume",
-            file=sys.stderr,
-            flush=True,
-        )
-        return TERMINATED, None
+        terminated = isinstance(e, Terminated)
+        print(stopped_line(terminated, len(children)), file=sys.stderr, flush=True)
+        return (TERMINATED if terminated else INTERRUPTED), None
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop(children)
@@ -122,6 +119,14 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
         return 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
     return code, total.line(f" across {processes} processes")
+
+
+def stopped_line(terminated: bool, processes: int | None = None) -> str:
+    """What a replay stopped by SIGTERM (`terminated`) or SIGINT says: state is committed batch
+    by batch, so the same command resumes it. `processes`: the `--processes N` parent's."""
+    how = "terminated (SIGTERM)" if terminated else "interrupted (SIGINT)"
+    children = "" if processes is None else f"; stopped its {processes} processes"
+    return f"replay: {how}{children}. Run the same command again to resume"
 
 
 # prctl(2) option: a signal for this process when the thread that started it exits.

@@ -249,3 +249,74 @@ def test_a_sink_stopped_while_it_waits_for_the_broker_stops_as_it_would_later(
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Ctrl-C or a supervisor's SIGTERM once the replay runs its first stage (sent by the process to
+# itself there, so that it lands in the replay and not before or after it).
+SIGNAL_IN_THE_FIRST_STAGE = """
+import os, signal
+from replay import runner
+run_stage = runner._run_stage
+async def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.{name})
+    return await run_stage(*args, **kwargs)
+runner._run_stage = signalled
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "how"),
+    [("SIGINT", 130, "interrupted (SIGINT)"), ("SIGTERM", 143, "terminated (SIGTERM)")],
+)
+async def test_a_stopped_replay_says_that_running_it_again_resumes(
+    broker: str, unique: str, tmp_path: Path, name: str, code: int, how: str
+) -> None:
+    """It said nothing, where `--processes` said how to go on."""
+    from app.admin import ensure_topics
+
+    await ensure_topics(broker, {f"{unique}.orders": (4, {})})
+    env = kappa_env(broker, unique, tmp_path / "state")
+    command = patched_kappa(SIGNAL_IN_THE_FIRST_STAGE.format(name=name))
+    done = run_kappa(["replay", "--version", "2", "--no-progress"], env, command=command)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == f"replay: {how}. Run the same command again to resume", done.stderr
+    assert done.stderr.count("Run the same command") == 1, done.stderr
+    # a process of `--processes N` leaves it to its parent, whose command it is not
+    child = ["replay", "--version", "2", "--no-progress", "--parent-pid", str(os.getpid())]
+    done = run_kappa(child, env, command=command)
+    assert done.returncode == code, done.stderr
+    assert "Run the same command" not in done.stderr, done.stderr
+
+
+# Ctrl-C reaching the parent of `--processes N` once its processes are started.
+SIGINT_ONCE_STARTED = """
+import os, signal
+from replay import parallel
+wait = parallel._wait_all_or_first_failure
+def interrupted(*args):
+    os.kill(os.getpid(), signal.SIGINT)
+    return wait(*args)
+parallel._wait_all_or_first_failure = interrupted
+"""
+
+
+async def test_ctrl_c_stops_a_split_replay_saying_that_running_it_again_resumes(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    from app.admin import ensure_topics
+
+    await ensure_topics(broker, {f"{unique}.orders": (4, {})})
+    env = kappa_env(broker, unique, tmp_path / "state")
+    done = run_kappa(
+        ["replay", "--version", "2", "--processes", "2"],
+        env,
+        command=patched_kappa(SIGINT_ONCE_STARTED),
+    )
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "replay: interrupted (SIGINT); stopped its 2 processes. Run the same command again to "
+        "resume"
+    )
