@@ -177,12 +177,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.processes > 1 and not args.dry_run:
         from app.state_guard import lock_state_dir
         from replay.parallel import run_parallel
-        from replay.runner import prepare_replay, replay_arguments
+        from replay.runner import prepare_replay, refuse_lost_state, replay_arguments
 
-        # Refused here, in one line, rather than once per process.
+        # Refused here, in one line, rather than once per process (and before any of them
+        # records the version).
         whole = dataclasses.replace(opts, process_count=args.processes)
-        topology = command_loop.run(prepare_replay(settings, whole))[2]
-        lock_state_dir(topology.state_root(), shared=True).release()
+        _, view, topology, _ = command_loop.run(prepare_replay(settings, whole))
+        lock = lock_state_dir(topology.state_root(), shared=True)
+        try:
+            if args.version not in view.versions:
+                command_loop.run(refuse_lost_state(topology, (0, 1)))
+        finally:
+            lock.release()
         child = replay_arguments(args.pipelines, args.version, args.since, not args.no_flush)
         command_loop.raise_if_sigterm_seen()
         code, summary = run_parallel(child, args.processes)

@@ -55,6 +55,17 @@ def broker_data_lost(observed: str, state_root: Path) -> BrokerDataLost:
     )
 
 
+def changelog_behind(
+    changelog: str, partition: int, reflected: int, applied: int, state_root: Path
+) -> BrokerDataLost:
+    """The one-line refusal of local state ahead of its changelog partition."""
+    return broker_data_lost(
+        f"{changelog}[{partition}]: the changelog reflects source offset {reflected} but the "
+        f"local state has applied up to {applied}",
+        state_root,
+    )
+
+
 class VersionTopicGone(StateError):
     """A topic the worker checked at start is no longer on the broker."""
 
@@ -162,12 +173,16 @@ def read_applied_offset(path: Path, partition: int, identity: dict[str, object])
         store.close()
 
 
-def check_partition_dirs(topology: Topology) -> dict[tuple[str, int], int]:
-    """Open and close every existing partition directory of the selected pipelines.
+def check_partition_dirs(
+    topology: Topology, share: tuple[int, int] = (0, 1)
+) -> dict[tuple[str, int], int]:
+    """Open and close every existing partition directory of the selected pipelines (with
+    `share` = (I, N): only the partitions p with p % N == I, a replay process's).
 
     Returns (pipeline, partition) → applied offset; raises `StateError` for a directory that
     is corrupt, foreign or locked. Creates no partition directory.
     """
+    index, count = share
     applied: dict[tuple[str, int], int] = {}
     for pipeline in topology.pipelines:
         base = topology.state_root() / pipeline.name
@@ -178,6 +193,8 @@ def check_partition_dirs(topology: Topology) -> dict[tuple[str, int], int]:
             if m is None:
                 continue
             partition = int(m.group(1))
+            if partition % count != index:
+                continue
             identity = state_identity(topology, pipeline.name, partition)
             applied[(pipeline.name, partition)] = read_applied_offset(entry, partition, identity)
     return applied
@@ -239,3 +256,32 @@ async def check_broker_has_state(
             f"{h}{more}",
             topology.state_root(),
         )
+
+
+async def check_changelogs_have_state(
+    bootstrap: str, topology: Topology, applied: dict[tuple[str, int], int]
+) -> None:
+    """Refuse local state ahead of its changelog (`applied`: from `check_partition_dirs`), as
+    opening it would (`app.state_restore`), for a replay to ask before it records a version:
+    a broker that lost its data (a dev-broker restart) forgot the registry too, so the version
+    looks new while its state directory remains. A changelog the broker does not have
+    reflects nothing (-1); it is not read, nor created, here."""
+    from app.admin import existing_topics
+    from app.changelog import KafkaChangelog
+
+    wanted = [(name, p, a) for (name, p), a in sorted(applied.items()) if a >= 0]
+    if not wanted:
+        return
+    present = await existing_topics(bootstrap)
+    changelogs = {p.name: topology.changelog(p) for p in topology.pipelines}
+    readers: dict[str, KafkaChangelog] = {}
+    for name, partition, offset in wanted:
+        topic = changelogs.get(name)
+        if topic is None:
+            continue
+        reflected = -1
+        if topic in present:
+            reader = readers.setdefault(topic, KafkaChangelog(bootstrap, topic))
+            reflected = await reader.last_applied(partition)
+        if reflected < offset:
+            raise changelog_behind(topic, partition, reflected, offset, topology.state_root())

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 from agents.base import Pipeline
 from app import metrics
-from app.state_guard import broker_data_lost, state_identity, version_topic_gone
+from app.state_guard import changelog_behind, state_identity, version_topic_gone
 from app.topic_reader import TopicMissing
 from app.topology import Topology
 from tables.partition_state import PartitionState
@@ -122,9 +122,11 @@ class StateOpener:
             except TopicMissing:  # it was there when the worker started
                 raise version_topic_gone(self.changelog, self.topology.state_root()) from None
             if remote < st.applied_offset:
-                raise broker_data_lost(
-                    f"{self.changelog}[{partition}]: the changelog reflects source offset "
-                    f"{remote} but the local state has applied up to {st.applied_offset}",
+                raise changelog_behind(
+                    self.changelog,
+                    partition,
+                    remote,
+                    st.applied_offset,
                     self.topology.state_root(),
                 )
             if remote == st.applied_offset:

@@ -38,7 +38,7 @@ from app.kafka_runner import kafka_pipeline_runner
 from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner
 from app.settings import ConfigError, Settings
-from app.state_guard import lock_state_dir
+from app.state_guard import check_changelogs_have_state, check_partition_dirs, lock_state_dir
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks
 from app.topology import Topology
 from replay.progress import ReplayProgress
@@ -84,6 +84,8 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
         # version rebuilt. Only now, with every check passed, is anything recorded.
         view = await registry.load()
         rec = _check_version(view, topology, opts) or rec
+        if opts.version not in view.versions:
+            await refuse_lost_state(topology, (opts.process_index, opts.process_count))
         await require_definition(registry, view, opts.version)
         await require_split(registry, view, opts.version, opts.process_count)
         return await _replay(settings, opts, registry, view, topology, rec, started)
@@ -135,6 +137,16 @@ async def prepare_replay(
     await require_partitions(settings.kafka, topics, settings.partitions)  # those that exist
     await require_compacted(settings.kafka, [*topology.compacted_topics(), registry.topic])
     return registry, view, topology, rec
+
+
+async def refuse_lost_state(topology: Topology, share: tuple[int, int]) -> None:
+    """Before a version the registry does not know is recorded: refuse its local state (the
+    partitions of `share`, (I, N)) that is ahead of its changelogs. A broker that lost its data
+    forgot the registry too; found only once a stage opened that state, the refusal came after
+    the version was recorded as running. A new version has no partition directory to open;
+    one a worker ran (`kappa worker --version N`) has its state opened here once more."""
+    applied = check_partition_dirs(topology, share)
+    await check_changelogs_have_state(topology.settings.kafka, topology, applied)
 
 
 async def _replay(

@@ -26,6 +26,7 @@ from app.state_guard import check_partition_dirs
 from app.topic_reader import high_watermarks
 from app.topology import Topology
 from replay.latest import RESULT_OUTPUTS
+from replay.registry import RUNNING, Registry, VersionRecord
 from replay.sink_files import file_name
 from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec, produce_orders
@@ -224,7 +225,23 @@ async def test_a_failing_replay_process_stops_the_others_instead_of_hanging(
     broken = Path(dataset.env["KAPPA_STATE_DIR"]) / "v13" / "orders" / "p1"
     broken.mkdir(parents=True)
     (broken / "KAPPA").write_text("garbage")
-    r = run_kappa(["replay", "--version", "13", "--processes", "2"], dataset.env, timeout=90)
+    command = ["replay", "--version", "13", "--processes", "2"]
+    # A version not recorded yet has its state checked before any process starts: one line.
+    r = run_kappa(command, dataset.env, timeout=90)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("kappa replay: error: state at ") and "is unreadable" in line, line
+    listed = run_kappa(["versions"], dataset.env).stdout.splitlines()[1:]
+    assert "13" not in [row.split()[0] for row in listed]  # nothing recorded
+    # Recorded (a replay resumed), it is the process that opens that state that fails.
+    settings = load_settings(dataset.env)
+    source = f"{dataset.prefix}.orders"
+    ends = {str(p): end for p, end in (await high_watermarks(settings.kafka, source)).items()}
+    names = [p.name for p in Topology(settings, 13).pipelines]
+    await Registry(settings).put_version(
+        VersionRecord(13, RUNNING, names, {source: ends}, replay_done=False)
+    )
+    r = run_kappa(command, dataset.env, timeout=90)
     assert r.returncode == 2, r.stdout + r.stderr
     assert (
         "unreadable" in r.stderr and "process 1/2 failed (exit 2); stopped the others" in r.stderr

@@ -512,6 +512,75 @@ async def test_a_refused_replay_records_nothing(broker: str, unique: str, tmp_pa
     assert (view.definitions, view.splits, view.versions) == ({}, {}, {})
 
 
+@pytest.mark.parametrize("split", [[], ["--processes", "2"]])
+async def test_local_state_the_broker_lost_is_refused_before_anything_is_recorded(
+    broker: str, unique: str, tmp_path: Path, split: list[str]
+) -> None:
+    """After a dev-broker restart the registry is empty but the state directory is not: the
+    replay was refused (opening that state) only after it had recorded the version as running,
+    with a snapshot, and its window settings and split."""
+    from app.admin import ensure_topics
+    from app.state_guard import state_identity
+    from tables.partition_state import APPLIED_OFFSET
+    from tables.rocks import RocksStore
+    from tests.support.workers import kappa_env, run_kappa
+
+    env = kappa_env(broker, unique, tmp_path)
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("KAPPA_")})
+    await ensure_topics(broker, {f"{unique}.orders": (settings.partitions, {})})
+    topology = Topology(settings, 2)
+    (orders,) = (p for p in topology.pipelines if p.name == "orders")
+    store = RocksStore(topology.state_path(orders, 1), state_identity(topology, "orders", 1))
+    store.write({APPLIED_OFFSET: (41).to_bytes(8, "big", signed=True)})  # the lost broker's
+    store.close()
+    r = run_kappa(["replay", "--version", "2", "--no-progress", *split], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(
+        f"kappa replay: error: {topology.changelog(orders)}[1]: the changelog reflects source "
+        "offset -1 but the local state has applied up to 41: the broker lost its data"
+    ), line
+    assert f"remove {tmp_path / 'v2'} to start over" in line, line
+    view = await Registry(settings).load()
+    assert (view.versions, view.definitions, view.splits) == ({}, {}, {})
+    assert not set(topology.output_topics()) & await existing_topics(broker)
+
+
+async def test_local_state_its_changelog_holds_passes_the_check_before_recording(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A version `kappa worker --version N` ran has state and no registry record either: its
+    state passes when its changelog reflects it, and only this process's partitions count."""
+    import struct
+
+    from app.admin import ensure_topics
+    from app.kafka_clients import new_producer
+    from app.state_guard import BrokerDataLost, state_identity
+    from replay.runner import refuse_lost_state
+    from tables.partition_state import APPLIED_OFFSET
+    from tables.rocks import RocksStore
+
+    settings = _replay_settings(broker, unique, tmp_path, "worker-ran")
+    topology = Topology(settings, 2).select(["orders"])
+    (orders,) = topology.pipelines
+    changelog = topology.changelog(orders)
+    await ensure_topics(broker, {changelog: (settings.partitions, {"cleanup.policy": "compact"})})
+    store = RocksStore(topology.state_path(orders, 1), state_identity(topology, "orders", 1))
+    store.write({APPLIED_OFFSET: struct.pack(">q", 41)})
+    store.close()
+    producer = new_producer(broker)
+    await producer.start()
+    try:  # as the worker's last batch left it
+        await producer.send_and_wait(changelog, struct.pack(">q", 41), APPLIED_OFFSET, 1)
+        await refuse_lost_state(topology, (0, 1))
+        await producer.send_and_wait(changelog, struct.pack(">q", 40), APPLIED_OFFSET, 1)
+    finally:
+        await producer.stop()
+    await refuse_lost_state(topology, (0, 2))  # partition 1 is another process's
+    with pytest.raises(BrokerDataLost, match=r"reflects source offset 40 but the local state"):
+        await refuse_lost_state(topology, (1, 2))
+
+
 async def test_a_split_replay_is_resumed_by_the_same_processes_option(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
