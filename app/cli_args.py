@@ -83,9 +83,18 @@ port_number = bounded_number(int, 1, 65535)
 
 
 def table_key(s: str) -> str:
-    """A key to look up: ids are never empty (cleaning refuses an order without one)."""
+    """A key to look up: ids are never empty (cleaning refuses an order without one), and are
+    UTF-8 text (they are stored and asked for as UTF-8)."""
     if not s:
         raise argparse.ArgumentTypeError("name a key: ids are never empty")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that are not UTF-8 (held as surrogate escapes)
+        raw = s.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        shown = raw if len(raw) <= 40 else f"{raw[:20]}…{raw[-8:]}"  # cut as `echoed` cuts
+        raise argparse.ArgumentTypeError(
+            f"'{shown}' is not UTF-8: every id is UTF-8 text, so no table holds it"
+        ) from None
     return s
 
 

@@ -268,6 +268,9 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         (["produce", "x", "--generate", "1", "--start-ms", "-1"], "must be between 0 and"),
         (["produce", "x", "--generate", "1", "--rate", "1e-307"], "must be >= 0.001"),
         (["demo", "--rate", "1e9"], "'1e9' must be between 0.001 and 1,000,000"),
+        # argv bytes that are not UTF-8 (a UnicodeEncodeError traceback when URL-quoted)
+        (["query", "user-totals", "\udcff"], "argument key: '\\xff' is not UTF-8: every id is"),
+        (["query", "product-trends", "caf\udcc3"], "'caf\\xc3' is not UTF-8"),
         (["topics", "--version", "1000000"], "must be between 1 and 999,999"),
         (["promote", "9" * 300], "must be between 1 and 999,999"),
         (["replay", "--version", "2", "--processes", "1000"], "must be between 1 and 256"),
