@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.settings import MAX_VERSION, WEB_URL, topic_name_problem
+from app.settings import MAX_VERSION, topic_name_problem, web_url_problem
 from tables.cleaning import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,
@@ -100,9 +100,10 @@ def table_key(s: str) -> str:
 
 def worker_url(s: str) -> str:
     """A worker's web address, as KAPPA_ADVERTISED_URL takes it."""
-    if not WEB_URL.fullmatch(s):
+    problem = web_url_problem(s)
+    if problem:
         raise argparse.ArgumentTypeError(
-            f"{echoed(s)} must be http://host:port or https://host:port, a worker's web address"
+            f"{echoed(s)} {problem} (a worker's web address, e.g. http://127.0.0.1:6066)"
         )
     return s
 

@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,8 +28,9 @@ class ConfigError(ValueError):
 DEFAULT_BROKER = "127.0.0.1:9092"  # the embedded broker's default address
 
 
-# A worker's web address, as other workers and clients use it: scheme, host and port only.
-WEB_URL = re.compile(r"https?://[^\s/?#]+/?")
+# A worker's web address, as other workers and clients use it: scheme, host (an IPv6 address in
+# brackets) and an optional port only; `web_url_problem` checks the host and port further.
+WEB_URL = re.compile(r"https?://(?:\[[^\]\s/?#@]+\]|[^\s/?#@\[\]:]+)(?::[0-9]*)?/?")
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,24 @@ def host_problem(host: str) -> str | None:
     return None
 
 
+def web_url_problem(url: str) -> str | None:
+    """Why `url` is not a worker's web address (http or https, a host, a port from 1 to 65535
+    if any, nothing after), or None: what both KAPPA_ADVERTISED_URL and `--worker` take."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:  # "Invalid IPv6 URL", a bracketed host that is no IP address
+        return f"is not a URL: {e}"
+    if not WEB_URL.fullmatch(url):
+        return "must be http://host:port or https://host:port"
+    try:
+        port = parts.port
+    except ValueError:  # digits only (WEB_URL), so out of range
+        port = 0
+    if port == 0:
+        return "needs a port number from 1 to 65535"
+    return host_problem(parts.hostname or "")
+
+
 def _validate(s: Settings) -> None:
     if not s.bootstrap:
         raise ConfigError(f"KAPPA_BROKER={s.broker!r} must be host:port[,host:port...]")
@@ -295,10 +315,11 @@ def _validate(s: Settings) -> None:
     problem = host_problem(s.web_host)
     if problem:
         raise ConfigError(f"KAPPA_WEB_HOST={s.web_host!r} {problem}")
-    if s.advertised_url and not WEB_URL.fullmatch(s.advertised_url):
+    problem = web_url_problem(s.advertised_url) if s.advertised_url else None
+    if problem:
         raise ConfigError(
-            f"KAPPA_ADVERTISED_URL={s.advertised_url!r} must be http://host:port or "
-            "https://host:port, how other workers and clients reach this worker's web server"
+            f"KAPPA_ADVERTISED_URL={s.advertised_url!r} {problem}: the address at which other "
+            "workers and clients reach this worker's web server"
         )
     if s.partitions > MAX_PARTITIONS:
         raise ConfigError(

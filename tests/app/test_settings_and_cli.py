@@ -168,6 +168,13 @@ def test_a_web_port_in_use_is_reported_before_waiting_for_the_broker(tmp_path: P
         ({"KAPPA_WEB_HOST": "a..b"}, "KAPPA_WEB_HOST='a..b' is not a host name"),
         ({"KAPPA_ADVERTISED_URL": "worker-1:6066"}, "must be http://host:port or https://"),
         ({"KAPPA_ADVERTISED_URL": "http://w 1:6066"}, "KAPPA_ADVERTISED_URL='http://w 1:6066'"),
+        # URLs urllib refuses when asked (they passed here, then failed as tracebacks)
+        ({"KAPPA_ADVERTISED_URL": "http://[::1"}, "'http://[::1' is not a URL: Invalid IPv6"),
+        ({"KAPPA_ADVERTISED_URL": "http://[w-1]:6066"}, "does not appear to be an IPv4 or IPv6"),
+        ({"KAPPA_ADVERTISED_URL": "http://w:99999"}, "needs a port number from 1 to 65535"),
+        ({"KAPPA_ADVERTISED_URL": "http://w:0"}, "needs a port number from 1 to 65535"),
+        ({"KAPPA_ADVERTISED_URL": "http://[::1]x:6066"}, "must be http://host:port or https://"),
+        ({"KAPPA_ADVERTISED_URL": "http://a..b:6066"}, "'http://a..b:6066' is not a host name"),
         ({"KAPPA_PARTITIONS": str(2**31)}, "KAPPA_PARTITIONS must be at most 1000, got"),
         ({"KAPPA_PARTITIONS": "1001"}, "KAPPA_PARTITIONS must be at most 1000, got 1001"),
         ({"KAPPA_REPLICATION": str(2**15)}, "KAPPA_REPLICATION must be at most 32767"),
@@ -193,6 +200,23 @@ def test_settings_kafka_or_the_worker_would_refuse_later_are_refused_at_load(
     with pytest.raises(ConfigError) as refused:
         load_settings({"KAPPA_STATE_DIR": str(tmp_path), **env})
     assert words in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://w-1:6066", "https://kappa-0.kappa:6066/", "http://[::1]:7000", "http://w"],
+)
+def test_a_worker_web_address_is_taken_as_advertised(tmp_path: Path, url: str) -> None:
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_ADVERTISED_URL": url})
+    assert settings.advertised_url == url
+
+
+def test_a_bad_advertised_url_is_one_line_where_a_query_would_use_it(tmp_path: Path) -> None:
+    r = _kappa(["query", "user-totals", "u1"], tmp_path, KAPPA_ADVERTISED_URL="http://[::1")
+    assert _error_line(r) == (
+        "kappa query: error: KAPPA_ADVERTISED_URL='http://[::1' is not a URL: Invalid IPv6 URL: "
+        "the address at which other workers and clients reach this worker's web server"
+    )
 
 
 def test_a_certificate_file_that_is_no_certificate_is_refused_at_load(tmp_path: Path) -> None:
@@ -271,6 +295,10 @@ def test_an_empty_file_name_is_one_line(tmp_path: Path) -> None:
         # argv bytes that are not UTF-8 (a UnicodeEncodeError traceback when URL-quoted)
         (["query", "user-totals", "\udcff"], "argument key: '\\xff' is not UTF-8: every id is"),
         (["query", "product-trends", "caf\udcc3"], "'caf\\xc3' is not UTF-8"),
+        # worker URLs urllib refuses (a ValueError traceback), or a port nothing can listen on
+        (["query", "user-totals", "u1", "--worker", "http://[::1"], "is not a URL: Invalid IPv6"),
+        (["query", "user-totals", "u1", "--worker", "http://h:99999"], "port number from 1 to"),
+        (["query", "user-totals", "u1", "--worker", "ftp://h:21"], "must be http://host:port or"),
         (["topics", "--version", "1000000"], "must be between 1 and 999,999"),
         (["promote", "9" * 300], "must be between 1 and 999,999"),
         (["replay", "--version", "2", "--processes", "1000"], "must be between 1 and 256"),
