@@ -31,6 +31,12 @@ def split_address(address: str) -> tuple[str, int]:
     """The embedded broker's (host, port), from a `host:port` it can listen on."""
     from app.settings import address_problem
 
+    if "," in address:  # a bootstrap list: for clients of a cluster, not for one broker to bind
+        raise BrokerError(
+            f"broker address {address!r} is a list: the embedded broker listens on one "
+            "host:port (give `kappa broker` --address HOST:PORT; KAPPA_BROKER may list several "
+            "only for the workers and commands of a real cluster)"
+        )
     problem = address_problem(address)
     if problem:
         raise BrokerError(f"broker address {address!r} {problem}")

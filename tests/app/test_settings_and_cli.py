@@ -324,6 +324,24 @@ def test_an_ipv6_address_for_the_embedded_broker_is_one_line(tmp_path: Path) -> 
     )
 
 
+@pytest.mark.parametrize("where", ["KAPPA_BROKER", "--address"])
+def test_a_list_of_addresses_for_the_embedded_broker_is_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    """Workers take a bootstrap list; the one broker `kappa broker` runs binds one address (it
+    was said to be an IPv6 address, as the list's first port looked like part of one)."""
+    addresses = "127.0.0.1:19397,127.0.0.1:19398"
+    if where == "KAPPA_BROKER":
+        r = _kappa(["broker"], tmp_path, KAPPA_BROKER=addresses)
+    else:
+        r = _kappa(["broker", "--address", addresses], tmp_path)
+    assert _error_line(r) == (
+        f"kappa broker: error: broker address '{addresses}' is a list: the embedded broker "
+        "listens on one host:port (give `kappa broker` --address HOST:PORT; KAPPA_BROKER may "
+        "list several only for the workers and commands of a real cluster)"
+    )
+
+
 def test_a_bad_broker_address_is_one_line(tmp_path: Path) -> None:
     assert "must be host:port" in _error_line(_kappa(["broker", "--address", "nope"], tmp_path))
 
