@@ -34,6 +34,8 @@ from mode import Service
 from app.batch_buffer import BatchBuffer
 from app.commit_watch import watched_commit
 from app.group_leave import leave_on_close
+from app.group_wait import GroupWait, JoinAnswers, watch_join_answers
+from app.group_wait import log as group_wait_log
 from app.partition_owners import (
     OwnersByUrl,
     PartitionOwners,
@@ -222,8 +224,9 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     exactly_once (faust ties it to its own transactions, which Kappa does not use), the
     fetch wait (faust hard-codes 1500 ms; brokers that answer a fetch only when the wait
     expires, like the embedded one, would add that to every record's latency), and raw
-    records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay), and
-    a LeaveGroup on stop in every generation (`app.group_leave`)."""
+    records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay),
+    a LeaveGroup on stop in every generation (`app.group_leave`), and its group coordinator's
+    answers recorded for a worker kept out of its group to say (`app.group_wait`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -240,6 +243,7 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
+        watch_join_answers(consumer, app.kappa_join_answers)
         return consumer
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -420,6 +424,9 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_stop_on_error: Callable[[BaseException, str], Awaitable[None]]
     kappa_topics_gone: TopicsCheck | None = None  # set: a commit hanging on a topic checks it
     kappa_partition_owners: PartitionOwners | None = None  # set: the join says who holds what
+    kappa_join_answers: JoinAnswers  # the coordinator's last answers to the consumer's joins
+    kappa_group_wait: GroupWait | None = None  # set: said when it stays out of its group
+    kappa_group_check_s: float = 1.0  # how often that is looked at (s)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -427,9 +434,25 @@ class KappaApp(faust.App):  # type: ignore[misc]
         self.kappa_source_held = {}
         self.kappa_runners = []
         self.kappa_rebalances_done = 0  # ended since start: 0 while not yet in its group
+        self.kappa_join_answers = JoinAnswers()
 
     def _new_transport(self) -> Transport:
         return KappaTransport(self.conf.broker_consumer, self)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.kappa_group_wait is not None:  # from the start: faust's own timers and tasks
+            # start only once the worker is in its group
+            self.add_future(self._say_when_out_of_group(self.kappa_group_wait))
+
+    async def _say_when_out_of_group(self, wait: GroupWait) -> None:
+        while not self.should_stop:
+            joined = self.kappa_rebalances_done > 0
+            in_group = joined and not self.rebalancing
+            said = wait.check(in_group, "rebalancing" if joined else "joining", monotonic())
+            if said is not None:
+                group_wait_log.log(*said)
+            await self.sleep(self.kappa_group_check_s)  # returns at once on stop
 
     def on_rebalance_end(self) -> None:
         """Every assigned partition counts as started when a rebalance ends.

@@ -30,6 +30,7 @@ from app.batch_delivery import BatchTopic, KappaApp, ack_offsets, consumer_idle_
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
+from app.group_wait import GroupWait, warn_after_s
 from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
 from app.log_repeats import limit_repeats
 from app.partition_owners import PartitionOwners, advertised_url
@@ -252,6 +253,13 @@ def create_app(
             await app.kappa_stop_on_error(stalled, str(stalled))
 
     app.task(freeze_startup_heap)
+    # said in the log when the worker stays out of its group (/ready says only "joining")
+    app.kappa_group_wait = GroupWait(
+        topology.group_id,
+        warn_after_s(settings.session_timeout_ms, settings.rebalance_timeout_ms),
+        app.kappa_join_answers,
+    )
+    app.kappa_group_check_s = heartbeat_interval_s(settings.session_timeout_ms)
 
     @app.on_before_shutdown.connect
     async def close_senders(app: faust.App, **kwargs: object) -> None:

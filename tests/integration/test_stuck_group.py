@@ -1,0 +1,103 @@
+"""A worker the broker keeps out of its consumer group says so in its log, with the broker's
+answers and the remedy, instead of answering "joining" on /ready and nothing else.
+
+The embedded dev broker keeps such a group for good: when a group's follower leaves and its
+leader leaves right after (both workers stopped at once), it keeps the departed leader as the
+group's leader and refuses every later member's SyncGroup with REBALANCE_IN_PROGRESS. Plain
+aiokafka consumers leave here, in that order; the worker then joins their group. (A broker
+that no longer does this lets the worker in, and this test fails: then README's note goes.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+
+from tests.support.workers import Worker, kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+
+def _consumer(broker: str, topic: str, group: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        group_id=group,
+        partition_assignment_strategy=(StickyPartitionAssignor,),  # the worker's protocol
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+
+
+async def _leaders_gone(broker: str, topic: str, group: str, monkeypatch: Any) -> str:
+    """Two consumers join `group`; the follower leaves, then the leader. The leader's id."""
+    assigned_by: dict[str, int] = {}  # member id -> generation it assigned as leader
+    assign = GroupCoordinator._perform_assignment
+
+    async def recorded(self: GroupCoordinator, response: Any) -> Any:
+        assigned_by[response.member_id] = response.generation_id
+        return await assign(self, response)
+
+    monkeypatch.setattr(GroupCoordinator, "_perform_assignment", recorded)
+    first, second = _consumer(broker, topic, group), _consumer(broker, topic, group)
+    await first.start()
+    await second.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            first.assignment()
+            and second.assignment()
+            and first._coordinator.generation == second._coordinator.generation >= 1
+        ):
+            assert time.monotonic() < deadline, "the two consumers never shared a generation"
+            await asyncio.sleep(0.05)
+        generation = first._coordinator.generation
+        leader, follower = (
+            (first, second)
+            if assigned_by.get(first._coordinator.member_id) == generation
+            else (second, first)
+        )
+        leader_id = leader._coordinator.member_id
+        assert assigned_by.get(leader_id) == generation
+    except BaseException:
+        await asyncio.gather(first.stop(), second.stop())
+        raise
+    await follower.stop()  # each sends LeaveGroup (generation >= 1), answered without error
+    await leader.stop()
+    return str(leader_id)
+
+
+async def test_a_worker_kept_out_of_its_group_says_why_and_what_to_do(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = kappa_env(broker, unique, tmp_path / "state")  # session 6 s + rebalance 2 s: 16 s
+    assert run_kappa(["topics"], env).returncode == 0
+    group = f"kappa-{unique}-v1"
+    leader_id = await _leaders_gone(broker, f"{unique}.orders", group, monkeypatch)
+
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 90
+        while "still not in consumer group" not in worker.log_path.read_text(errors="replace"):
+            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+            assert time.monotonic() < deadline, worker.tail_log()
+            time.sleep(0.2)
+    finally:
+        code = worker.stop()
+    [line] = [
+        ln for ln in worker.log_path.read_text().splitlines() if "still not in consumer" in ln
+    ]
+    assert re.search(
+        rf"\[WARNING\] still not in consumer group {group} after 1[67] s \(joining\)", line
+    )
+    assert f"with member {leader_id} as leader; SyncGroup answered REBALANCE_IN_PROGRESS" in line
+    assert "only restarting it clears it" in line
+    assert code == 0, worker.tail_log()
