@@ -225,8 +225,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     fetch wait (faust hard-codes 1500 ms; brokers that answer a fetch only when the wait
     expires, like the embedded one, would add that to every record's latency), and raw
     records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay),
-    a LeaveGroup on stop in every generation (`app.group_leave`), and its group coordinator's
-    answers recorded for a worker kept out of its group to say (`app.group_wait`)."""
+    a LeaveGroup on stop in every generation (`app.group_leave`), the static group
+    membership of `KAPPA_GROUP_INSTANCE_ID` only (faust would also take its own
+    `CONSUMER_GROUP_INSTANCE_ID` environment variable), and its group coordinator's answers
+    recorded for a worker kept out of its group to say (`app.group_wait`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -243,6 +245,7 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read by the fetcher aiokafka builds at start
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
+        consumer._group_instance_id = app.kappa_group_instance_id  # read by start's coordinator
         watch_join_answers(consumer, app.kappa_join_answers)
         return consumer
 
@@ -417,6 +420,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
 
     kappa_read_committed: bool = False  # exactly_once: the consumer reads committed records
     kappa_fetch_max_wait_ms: int | None = None  # None: faust's own
+    kappa_group_instance_id: str | None = None  # static membership (KIP-345); None: dynamic
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]

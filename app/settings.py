@@ -70,6 +70,10 @@ class Settings:
         10_000  # consumer-group session timeout: how fast a dead worker is noticed
     )
     rebalance_timeout_ms: int = 10_000  # how long a rebalance waits for members to rejoin
+    # static group membership (Kafka's group.instance.id, KIP-345): this worker process's id in
+    # its version's consumer group, so a restart within the session timeout gets its partitions
+    # back without a rebalance. Empty: dynamic membership (a restart rebalances the group).
+    group_instance_id: str = ""
     # live: longest the worker's fetch loop may go without polling before its consumer leaves
     # the group (Kafka's max.poll.interval.ms and default). A pipeline that takes no records
     # (a restore) holds back only its own source and the loop polls on; past it the worker
@@ -344,6 +348,14 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 f"KAPPA_{name.upper()} must be at most {MAX_TIMEOUT_MS} (1 hour), got "
                 f"{getattr(s, name)}"
+            )
+    if s.group_instance_id:
+        problem = topic_name_problem(s.group_instance_id)  # Kafka checks it as a topic name
+        if problem:
+            shown = s.group_instance_id
+            shown = f"{shown[:60]}…" if len(shown) > 60 else shown
+            raise ConfigError(
+                f"KAPPA_GROUP_INSTANCE_ID={shown!r} {problem} (empty: dynamic membership)"
             )
     if s.max_poll_interval_ms > MAX_INT32:
         raise ConfigError(

@@ -219,6 +219,7 @@ def create_app(
     app.kappa_topics_gone = stop_if_gone(settings, topology)  # a source deleted under it
     app.kappa_read_committed = settings.exactly_once
     app.kappa_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.kappa_group_instance_id = settings.group_instance_id or None
     app.kappa_partition_owners = PartitionOwners(
         advertised_url(settings.web_host, settings.web_port, settings.advertised_url)
     )
