@@ -30,7 +30,9 @@ def leave_on_close(consumer: Any) -> None:
 
 async def _leave_group(coordinator: Any) -> None:
     """aiokafka's `GroupCoordinator._maybe_leave_group`, first generation included. A best
-    effort: not resent when it fails (the session timeout then frees the partitions)."""
+    effort: not resent when it fails (the session timeout then frees the partitions). A static
+    member (`KAPPA_GROUP_INSTANCE_ID`) never leaves: the broker keeps its partitions for it
+    until its session times out, so a restart gets them back without a rebalance."""
     if coordinator.generation >= 0 and coordinator._group_instance_id is None:
         request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
         try:

@@ -25,26 +25,45 @@ async def _members(broker: str, group: str) -> int:
         await admin.close()
 
 
-async def _joined(broker: str, topic: str, group: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=group)
+async def _joined(broker: str, topic: str, group: str, **options: object) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=group, **options)
     await consumer.start()
     while not consumer.assignment():
         await asyncio.sleep(0.05)
     return consumer
 
 
-async def test_a_consumer_stopped_in_the_first_generation_leaves_its_group(
-    broker: str, unique: str
-) -> None:
-    topic, group = f"{unique}.t", f"{unique}.g"
+async def _topic(broker: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=broker)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
+
+
+async def test_a_consumer_stopped_in_the_first_generation_leaves_its_group(
+    broker: str, unique: str
+) -> None:
+    topic, group = f"{unique}.t", f"{unique}.g"
+    await _topic(broker, topic)
     consumer = await _joined(broker, topic, group)
     assert consumer._coordinator.generation == 0  # the dev broker's first generation
     leave_on_close(consumer)
     await consumer.stop()
     assert await _members(broker, group) == 0  # aiokafka alone: 1, until its session ends
+
+
+async def test_a_static_member_stopped_stays_in_its_group_for_its_restart(
+    broker: str, unique: str
+) -> None:
+    """`KAPPA_GROUP_INSTANCE_ID`: the broker keeps a static member's partitions until its
+    session times out; a LeaveGroup would rebalance the group at once."""
+    topic, group = f"{unique}.t", f"{unique}.g"
+    await _topic(broker, topic)
+    # Kafka's shortest session: the dev broker holds a join for half of it
+    options = {"group_instance_id": f"{unique}-0", "session_timeout_ms": 6000}
+    consumer = await _joined(broker, topic, group, **options)
+    leave_on_close(consumer)
+    await consumer.stop()
+    assert await _members(broker, group) == 1
