@@ -64,6 +64,21 @@ def test_the_files_the_configmap_names_are_on_volumes_the_pods_mount() -> None:
     assert str(Path(cafile).parent) in mounts, "sink.yaml"
 
 
+def test_each_worker_pod_is_a_static_member_named_after_its_pod() -> None:
+    """Restarted, a pod rejoins its group as the same member (KIP-345) and keeps its partitions:
+    its id is its pod name, unique and stable in a StatefulSet. An id in the ConfigMap every pod
+    reads would make all pods one member, fencing each other."""
+    workers = (DEPLOY / "k8s" / "statefulset.yaml").read_text()
+    assert re.search(
+        r"- name: POD_NAME\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata.name\n", workers
+    )
+    assert re.search(r'- name: KAPPA_GROUP_INSTANCE_ID\n\s+value: "\$\(POD_NAME\)"\n', workers)
+    # $(VAR) expands only variables defined before it
+    assert workers.index("name: POD_NAME") < workers.index("name: KAPPA_GROUP_INSTANCE_ID")
+    for shared in ("configmap.yaml", "replay-job.yaml", "sink.yaml"):  # no group, or all pods
+        assert "KAPPA_GROUP_INSTANCE_ID" not in (DEPLOY / "k8s" / shared).read_text(), shared
+
+
 def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
     """Its directory must be on the volume (files on an emptyDir or the image are lost with
     the pod, and the next one starts again from offset zero), and name the version it sinks."""
