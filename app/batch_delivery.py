@@ -101,7 +101,12 @@ def sticky_assignor(
     consumer's coordinator instead, as the Java client does.
 
     With `owners`, the join also tells the group which worker's web server holds each
-    partition (`app.partition_owners`), and `owners` is kept up to date with the map."""
+    partition (`app.partition_owners`), and `owners` is kept up to date with the map.
+
+    The join names the subscribed topics sorted: faust subscribes with a set, whose order
+    differs from process to process (string hashing is randomised), so a restarted worker
+    joined with other metadata than it left with. The dev broker then refused a static
+    member's SyncGroup until the group rebalanced (Apache Kafka keeps the member either way)."""
 
     def on_assignment(cls: type[StickyPartitionAssignor], assignment: Any) -> None:
         StickyPartitionAssignor.on_assignment.__func__(cls, assignment)  # type: ignore[attr-defined]
@@ -112,7 +117,7 @@ def sticky_assignor(
             owners.by_partition = parse_owners(assignment.user_data or b"")
 
     def metadata(cls: type[StickyPartitionAssignor], topics: Iterable[str]) -> Any:
-        joined = StickyPartitionAssignor.metadata.__func__(cls, topics)  # type: ignore[attr-defined]
+        joined = StickyPartitionAssignor.metadata.__func__(cls, sorted(topics))  # type: ignore[attr-defined]
         if owners is None:
             return joined
         user_data = with_url(joined.user_data, owners.own_url)

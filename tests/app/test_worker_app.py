@@ -67,6 +67,27 @@ def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation()
     assert sorted(tp.partition for tp in claim.partitions) == [1, 3]
 
 
+@pytest.mark.parametrize("url", [None, "http://kappa-worker-0.kappa-worker:6066"])
+def test_a_worker_joins_with_the_same_metadata_whatever_its_subscriptions_order(
+    url: str | None,
+) -> None:
+    """faust's subscription is a set, ordered differently in each process: a restarted static
+    member's join must not look changed to the broker (the dev broker then refused it)."""
+    from types import SimpleNamespace
+
+    from app.batch_delivery import sticky_assignor
+    from app.partition_owners import PartitionOwners
+
+    topics = ["p.orders", "p.orders.by-user", "p.orders.by-window", "p.orders.revenue-1m"]
+    joins = {
+        sticky_assignor(SimpleNamespace(), None if url is None else PartitionOwners(url))
+        .metadata(order)
+        .encode()
+        for order in (topics, topics[::-1], topics[1:] + topics[:1])
+    }
+    assert len(joins) == 1
+
+
 async def test_the_max_poll_interval_reaches_the_consumer(tmp_path: Path) -> None:
     """Past it without a poll the worker leaves its group (and stops: faust never rejoins)."""
     default = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
