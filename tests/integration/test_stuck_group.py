@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
+from tests.support.checks import eventually
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -51,14 +51,13 @@ async def _leaders_gone(broker: str, topic: str, group: str, monkeypatch: Any) -
     await first.start()
     await second.start()
     try:
-        deadline = time.monotonic() + 60
-        while not (
-            first.assignment()
-            and second.assignment()
-            and first._coordinator.generation == second._coordinator.generation >= 1
-        ):
-            assert time.monotonic() < deadline, "the two consumers never shared a generation"
-            await asyncio.sleep(0.05)
+
+        async def shared_generation() -> None:
+            assert first.assignment() and second.assignment(), "not both assigned"
+            generation = first._coordinator.generation
+            assert generation == second._coordinator.generation >= 1, "no shared generation"
+
+        await eventually(shared_generation, timeout=60)
         generation = first._coordinator.generation
         leader, follower = (
             (first, second)
@@ -84,20 +83,25 @@ async def test_a_worker_kept_out_of_its_group_says_why_and_what_to_do(
     leader_id = await _leaders_gone(broker, f"{unique}.orders", group, monkeypatch)
 
     worker = Worker(env, tmp_path / "worker.log").start()
+
+    async def warned() -> None:
+        assert "still not in consumer group" in worker.log_path.read_text(errors="replace")
+
+    def alive() -> None:
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+
     try:
-        deadline = time.monotonic() + 90
-        while "still not in consumer group" not in worker.log_path.read_text(errors="replace"):
-            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
-            assert time.monotonic() < deadline, worker.tail_log()
-            time.sleep(0.2)
+        await eventually(warned, timeout=90, alive=alive, explain=worker.tail_log)
     finally:
         code = worker.stop()
     [line] = [
         ln for ln in worker.log_path.read_text().splitlines() if "still not in consumer" in ln
     ]
-    assert re.search(
-        rf"\[WARNING\] still not in consumer group {group} after 1[67] s \(joining\)", line
+    # the wait it names is at least warn_after_s (16 s here), however late the check ran
+    waited = re.search(
+        rf"\[WARNING\] still not in consumer group {group} after (\d+) s \(joining\)", line
     )
+    assert waited is not None and int(waited[1]) >= 16, line
     assert f"with member {leader_id} as leader; SyncGroup answered REBALANCE_IN_PROGRESS" in line
     assert "only restarting it clears it" in line
     assert code == 0, worker.tail_log()
