@@ -50,6 +50,7 @@ def run_worker(
         lock = lock_state_dir(topology.state_root())
         applied = check_partition_dirs(topology)
     settings = command_loop.run(prepare_topics(settings, topology, applied))
+    command_loop.run(record_definition(settings, version))
 
     from app.worker import BoundedStopWorker, create_app
 
@@ -135,7 +136,9 @@ async def prepare_topics(
 async def version_to_run(settings: Settings, version: int | None) -> tuple[int, int | None]:
     """The version to run (None: the one `kappa promote` made live, 1 before any promote) and
     the `--since` its replay was cut at, which it keeps applying live. A dropped version's
-    number is refused: running it would recreate its topics and state under the same names."""
+    number is refused: running it would recreate its topics and state under the same names.
+    Window settings other than the version's are refused here, but a first run's are recorded
+    only once its topics pass their checks (`record_definition`): a refused run leaves none."""
     from replay.registry import Registry, refuse_if_dropped, require_definition
 
     await wait_for_broker_forever(settings.kafka)
@@ -144,5 +147,14 @@ async def version_to_run(settings: Settings, version: int | None) -> tuple[int, 
     if version is None:
         version = view.live
     rec = refuse_if_dropped(view, version)
-    await require_definition(registry, view, version)
+    await require_definition(registry, view, version, record=False)
     return version, rec.since_ms if rec is not None else None
+
+
+async def record_definition(settings: Settings, version: int) -> None:
+    """Record the version's window settings if no run has yet (and refuse them if another
+    first run recorded others meanwhile)."""
+    from replay.registry import Registry, require_definition
+
+    registry = Registry(settings)
+    await require_definition(registry, await registry.load(), version)

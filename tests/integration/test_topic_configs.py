@@ -21,6 +21,7 @@ from app.admin import (
 from app.broker import free_port
 from app.settings import ConfigError, load_settings
 from app.topology import Topology
+from replay.registry import Registry
 from tests.support.workers import kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,7 @@ async def test_a_partition_count_refused_before_anything_is_created(
     assert not mine & await existing_topics(broker)
     listed = run_kappa(["versions"], env)
     assert "8" not in [row.split()[0] for row in listed.stdout.splitlines()[1:]], listed.stdout
+    assert 8 not in (await Registry(load_settings(env)).load()).definitions  # nor its windows
     retried = run_kappa(["topics", "--version", "8"], env)  # the right setting (4)
     assert retried.returncode == 0, retried.stderr
 
