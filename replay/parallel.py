@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from replay.summary import ReplaySummary
 
@@ -28,26 +29,33 @@ class Terminated(Exception):
     """SIGTERM (a supervisor, `timeout`, `kill`) reached the parent."""
 
 
-class TerminateHandler:
-    """The parent's SIGTERM handler: raises `Terminated`, except while a child is being started.
-    Raised inside `Popen` (the child forked, `Popen` not yet returned), it would leave a running
-    child the parent does not know of; so it is held until the children are all started."""
+class StopHandler:
+    """The parent's SIGTERM and SIGINT handler: raises `Terminated` (SIGTERM) or
+    `KeyboardInterrupt` (SIGINT, Ctrl-C), except while a child is being started. Raised inside
+    `Popen` (the child forked, `Popen` not yet returned), either would leave a running child the
+    parent does not know of; so it is held until the children are all started."""
 
     def __init__(self) -> None:
         self.spawning = False
-        self.pending = False
+        self.pending: int | None = None  # the first signal held
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.spawning:
-            self.pending = True
+            self.pending = self.pending or signum
         else:
-            raise Terminated
+            _raise_for(signum)
 
     def spawned(self) -> None:
-        """The children are started: a SIGTERM held meanwhile is raised now."""
+        """The children are started: a signal held meanwhile is raised now."""
         self.spawning = False
-        if self.pending:
-            raise Terminated
+        if self.pending is not None:
+            _raise_for(self.pending)
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated
 
 
 def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | None]:
@@ -57,9 +65,10 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     replaying with nobody reading their output (and hold the version's state directory)."""
     started = time.monotonic()
     children: list[subprocess.Popen[str]] = []
-    on_term = TerminateHandler()
-    on_term.spawning = True
-    previous = signal.signal(signal.SIGTERM, on_term)
+    on_stop = StopHandler()
+    on_stop.spawning = True
+    previous = signal.signal(signal.SIGTERM, on_stop)
+    previous_int = signal.signal(signal.SIGINT, on_stop)
     try:
         try:
             for i in range(processes):
@@ -81,8 +90,8 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
                         text=True,
                     )
                 )
-        finally:  # a SIGTERM held meanwhile wins over a failure to start a child
-            on_term.spawned()
+        finally:  # a signal held meanwhile wins over a failure to start a child
+            on_stop.spawned()
         outputs = [""] * processes
 
         def collect(i: int) -> None:
@@ -95,13 +104,13 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
             reader.start()
         code = _wait_all_or_first_failure(children, readers)
     except (Terminated, KeyboardInterrupt) as e:  # KeyboardInterrupt: SIGINT (Ctrl-C)
-        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the parent at once
+        _restore(previous, previous_int)  # a second signal ends the parent at once
         _stop(children)
         terminated = isinstance(e, Terminated)
         print(stopped_line(terminated, len(children)), file=sys.stderr, flush=True)
         return (TERMINATED if terminated else INTERRUPTED), None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous, previous_int)
         _stop(children)
     total: ReplaySummary | None = None
     for out in outputs:
@@ -119,6 +128,11 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
         return 1, "replay: no process finished its part"
     total.seconds = time.monotonic() - started
     return code, total.line(f" across {processes} processes")
+
+
+def _restore(on_term: Any, on_int: Any) -> None:
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
 
 
 def stopped_line(terminated: bool, processes: int | None = None) -> str:

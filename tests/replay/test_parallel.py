@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from replay.parallel import (
+    INTERRUPTED,
     TERMINATED,
+    StopHandler,
     Terminated,
-    TerminateHandler,
     exit_code,
     failure_line,
     run_parallel,
@@ -109,24 +110,38 @@ def test_a_command_whose_reader_went_away_exits_quietly() -> None:
     assert proc.stderr.read() == ""
 
 
-def test_a_sigterm_while_children_start_is_held_until_all_are_started() -> None:
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_a_signal_while_children_start_is_held_until_all_are_started(
+    signum: int, raised: type[BaseException]
+) -> None:
     # Raised inside Popen, it would orphan a child that has forked but is not yet listed.
-    on_term = TerminateHandler()
-    on_term.spawning = True
-    on_term(signal.SIGTERM, None)  # does not raise
-    with pytest.raises(Terminated):
-        on_term.spawned()
-    with pytest.raises(Terminated):  # once started, at once
-        on_term(signal.SIGTERM, None)
+    on_stop = StopHandler()
+    on_stop.spawning = True
+    on_stop(signum, None)  # does not raise
+    with pytest.raises(raised):
+        on_stop.spawned()
+    with pytest.raises(raised):  # once started, at once
+        on_stop(signum, None)
 
 
-def test_without_a_sigterm_starting_the_children_raises_nothing() -> None:
-    on_term = TerminateHandler()
-    on_term.spawning = True
-    on_term.spawned()  # would raise Terminated if a SIGTERM were held
-    assert (on_term.spawning, on_term.pending) == (False, False)
+def test_the_first_signal_held_is_the_one_raised() -> None:
+    on_stop = StopHandler()
+    on_stop.spawning = True
+    on_stop(signal.SIGINT, None)
+    on_stop(signal.SIGTERM, None)
+    with pytest.raises(KeyboardInterrupt):
+        on_stop.spawned()
+
+
+def test_without_a_signal_starting_the_children_raises_nothing() -> None:
+    on_stop = StopHandler()
+    on_stop.spawning = True
+    on_stop.spawned()  # would raise if a signal were held
+    assert (on_stop.spawning, on_stop.pending) == (False, None)
     with pytest.raises(Terminated):  # and from now on a SIGTERM stops the parent at once
-        on_term(signal.SIGTERM, None)
+        on_stop(signal.SIGTERM, None)
 
 
 def test_a_sigterm_held_while_a_child_failed_to_start_still_stops_the_replay(
@@ -148,3 +163,33 @@ def test_a_sigterm_held_while_a_child_failed_to_start_still_stops_the_replay(
     assert (code, summary) == (TERMINATED, None)
     assert "terminated (SIGTERM); stopped its 1 processes" in capfd.readouterr().err
     assert started[0].poll() is not None  # the child that did start was stopped
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "said"),
+    [
+        (signal.SIGTERM, TERMINATED, "terminated (SIGTERM)"),
+        (signal.SIGINT, INTERRUPTED, "interrupted (SIGINT)"),
+    ],
+)
+def test_a_signal_inside_popen_leaves_no_child_unknown_to_the_parent(
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    signum: int,
+    code: int,
+    said: str,
+) -> None:
+    real_popen = subprocess.Popen
+    started: list[subprocess.Popen[str]] = []
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True)
+        started.append(child)
+        if len(started) == 1:  # the child runs, and Popen has not yet returned it
+            os.kill(os.getpid(), signum)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    assert run_parallel(["--version", "3"], 2) == (code, None)
+    assert f"{said}; stopped its 2 processes" in capfd.readouterr().err
+    assert all(child.poll() is not None for child in started)
