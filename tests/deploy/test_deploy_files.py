@@ -79,6 +79,16 @@ def test_each_worker_pod_is_a_static_member_named_after_its_pod() -> None:
         assert "KAPPA_GROUP_INSTANCE_ID" not in (DEPLOY / "k8s" / shared).read_text(), shared
 
 
+def test_each_compose_worker_is_a_static_member_named_after_its_service() -> None:
+    compose = (DEPLOY / "compose.yaml").read_text()
+    shared = compose[compose.index("x-kappa-worker:") : compose.index("\nservices:")]
+    assert "KAPPA_GROUP_INSTANCE_ID" not in shared  # the generator and sink use it too
+    workers = re.findall(r"\n  (kappa-worker-\d+):\n((?:    .*\n)+)", compose)
+    assert len(workers) == 2
+    for name, body in workers:
+        assert re.search(rf"\n      <<: \*kappa-env\n      KAPPA_GROUP_INSTANCE_ID: {name}\b", body)
+
+
 def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
     """Its directory must be on the volume (files on an emptyDir or the image are lost with
     the pod, and the next one starts again from offset zero), and name the version it sinks."""
