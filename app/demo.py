@@ -31,10 +31,28 @@ from app.topology import Topology
 KAPPA = [sys.executable, "-m", "app.cli"]
 
 
+def broker_answering(
+    bootstrap: list[str], answers: Callable[[str, int], bool] = port_open
+) -> tuple[str, int, bool]:
+    """(host, port, whether a broker answers there): the first address of `KAPPA_BROKER` that
+    answers, else its only address, for the embedded broker. A list none of which answers
+    names a cluster that is down: the demo refuses it rather than stand a broker in for it."""
+    addresses = [split_address(a) for a in bootstrap]
+    for host, port in addresses:
+        if answers(host, port):
+            return host, port, True
+    if len(addresses) > 1:
+        raise ConfigError(
+            f"no broker of KAPPA_BROKER={','.join(bootstrap)} answers: the demo starts the "
+            "embedded broker only for a single address"
+        )
+    return *addresses[0], False
+
+
 def run_demo(settings: Settings, rate: float) -> int:
-    host, port = split_address(settings.bootstrap[0])
+    host, port, answered = broker_answering(settings.bootstrap)
     with ExitStack() as stack:
-        if not port_open(host, port):
+        if not answered:
             broker = DevBroker(host, port).start()
             stack.callback(broker.stop)
             with _files_of("the state directory", settings.state_dir):
