@@ -174,6 +174,10 @@ def _floor_decimal(v: str | Decimal, field: str) -> int:
     try:
         d = Decimal(v)
     except (InvalidOperation, ValueError):
+        # An exponent past Decimal's range: only a zero ("0e99999999999999999999") is known,
+        # as for the same JSON literal (`json_float`).
+        if isinstance(v, str) and _DECIMAL.fullmatch(v) and _zero_mantissa(v):
+            return 0
         raise InvalidRecord("bad_timestamp", field) from None
     if not d.is_finite():
         raise InvalidRecord("bad_timestamp", field)

@@ -81,6 +81,10 @@ def test_a_negative_zero_amount_counts_as_zero() -> None:
         ("2099-12-31T23:59:59.9999Z", 4_102_444_799_999),
         ("1699999979999.9999", 1_699_999_979_999),
         (Literal("1699999979999.9999"), 1_699_999_979_999),
+        # zero whatever its exponent, past Decimal's range: as a string as in a JSON literal
+        (Literal("0e99999999999999999999"), 0),
+        ("0e99999999999999999999", 0),
+        (" -0.0e-99999999999999999999 ", 0),
     ],
 )
 def test_timestamps_in_every_accepted_form(ts: object, ms: int) -> None:
