@@ -49,10 +49,13 @@ DLQ = "orders.dlq"
 LATE = "orders.late"
 BY_USER = "orders.by-user"
 USER_PARTIALS = "user-partials"
-# Upper bounds of a plausible order. Beyond them a value is almost surely a unit or parsing
-# error (DLQ `out_of_range`), and with them no sum, mean or std of totals can leave the float
+# Bounds of a plausible order. Beyond them a value is almost surely a unit or parsing error
+# (DLQ `out_of_range`), and with them no sum, mean or std of totals can leave the float
 # range: totals are at most 1e24, so even 2**63 of them sum to about 1e43 and their M2 to 1e67.
+# Nor can they sink below it: a positive amount under 1e-100 squared in a window's M2 or a
+# trend's error sum would round to 0 (its std read 0, every window of it an anomaly).
 MAX_AMOUNT = 1e15
+MIN_POSITIVE_AMOUNT = 1e-100
 MAX_QUANTITY = 1_000_000_000
 
 
@@ -105,7 +108,8 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
         and 0 < len(uid) <= MAX_TEXT_CHARS
         and 0 < len(pid) <= MAX_TEXT_CHARS
         and 0 < len(cat) <= MAX_TEXT_CHARS
-        and 0.0 <= amount <= MAX_AMOUNT
+        and (amount >= MIN_POSITIVE_AMOUNT or amount == 0.0)  # -0.0 == 0.0
+        and amount <= MAX_AMOUNT
         and 1 <= qty <= MAX_QUANTITY
         and MIN_EVENT_MS <= ts < MAX_EVENT_MS
         and pid.isascii()  # ASCII: encodable (no lone surrogates), and O(1) to check
@@ -157,6 +161,8 @@ def _parse_fields(obj: dict[str, object]) -> Order:
         raise InvalidRecord("out_of_range", "amount must be >= 0")
     if amount > MAX_AMOUNT:
         raise InvalidRecord("out_of_range", "amount must be <= 1e15")
+    if 0 < amount < MIN_POSITIVE_AMOUNT:
+        raise InvalidRecord("out_of_range", "amount must be 0 or >= 1e-100")
     order_id = require_text(obj, "order_id")
     user_id = require_text(obj, "user_id")
     product_id = require_text(obj, "product_id")

@@ -123,6 +123,8 @@ BAD_INPUTS = [
     (order(quantity=10**400), b"p1", "not_finite"),
     (order(amount=1e308, quantity=10), b"p1", "out_of_range"),
     (order(amount=1.000001e15), b"p1", "out_of_range"),
+    (order(amount=9.99e-101), b"p1", "out_of_range"),
+    (order(amount="5e-324"), b"p1", "out_of_range"),
     (order(quantity=10**9 + 1), b"p1", "out_of_range"),
     (order(order_id=10**1025), b"p1", "field_too_long"),
     # integer literals past Python's 4,300-digit conversion limit are still JSON
@@ -280,7 +282,7 @@ _field_values = st.one_of(
     st.integers(-(2**64), 2**64),
     st.just(10**400),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0.0, -0.0, 1e308, 2.5, 1.7e12, 4.2e12]),
+    st.sampled_from([0.0, -0.0, 1e308, 2.5, 1.7e12, 4.2e12, 1e-100, 9.99e-101, 5e-324]),
     st.sampled_from([0, 1, 2**53, 2**53 + 1, 1_700_000_000_000, 4_102_444_800_000]),
     st.text(max_size=3),
     st.sampled_from(["p1", "", "12.5", "p\ud800", "é", "x" * 1025, "1700000000000"]),
