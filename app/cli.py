@@ -177,7 +177,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.processes > 1 and not args.dry_run:
         from app.state_guard import lock_state_dir
         from replay.parallel import run_parallel
-        from replay.runner import prepare_replay, refuse_lost_state, replay_arguments
+        from replay.runner import (
+            prepare_replay,
+            refuse_lost_state,
+            replay_advice,
+            replay_arguments,
+        )
 
         # Refused here, in one line, rather than once per process (and before any of them
         # records the version).
@@ -186,7 +191,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         lock = lock_state_dir(topology.state_root(), shared=True)
         try:
             if args.version not in view.versions:
-                command_loop.run(refuse_lost_state(topology, (0, 1)))
+                with replay_advice():
+                    command_loop.run(refuse_lost_state(topology, (0, 1)))
         finally:
             lock.release()
         child = replay_arguments(args.pipelines, args.version, args.since, not args.no_flush)

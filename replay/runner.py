@@ -11,11 +11,12 @@ ends with identical results; several processes can split a version's partitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,12 @@ from replay.registry import (
     require_split,
 )
 from replay.summary import ReplaySummary
-from tables.partition_state import UndecodableStateError
+from tables.partition_state import StateError
 
 log = logging.getLogger("kappa.replay")
+
+# How a replay goes on once the user has fixed what stopped it (removed a state directory).
+RERUN = "run the replay again"
 
 
 @dataclass
@@ -80,19 +84,31 @@ async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary |
     # and `kappa drop` out while it runs.
     lock = lock_state_dir(topology.state_root(), shared=True)
     try:
-        # Checked again under the lock: a drop that ended since would otherwise see its
-        # version rebuilt. Only now, with every check passed, is anything recorded.
-        view = await registry.load()
-        rec = _check_version(view, topology, opts) or rec
-        if opts.version not in view.versions:
-            await refuse_lost_state(topology, (opts.process_index, opts.process_count))
-        await require_definition(registry, view, opts.version)
-        await require_split(registry, view, opts.version, opts.process_count)
-        return await _replay(settings, opts, registry, view, topology, rec, started)
-    except UndecodableStateError as e:  # advice for a worker: a replay is run again instead
-        raise e.with_rerun("run the replay again") from e
+        with replay_advice():
+            # Checked again under the lock: a drop that ended since would otherwise see its
+            # version rebuilt. Only now, with every check passed, is anything recorded.
+            view = await registry.load()
+            rec = _check_version(view, topology, opts) or rec
+            if opts.version not in view.versions:
+                await refuse_lost_state(topology, (opts.process_index, opts.process_count))
+            await require_definition(registry, view, opts.version)
+            await require_split(registry, view, opts.version, opts.process_count)
+            return await _replay(settings, opts, registry, view, topology, rec, started)
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def replay_advice() -> Iterator[None]:
+    """A `StateError` raised inside, advising a worker to restart once the state is removed,
+    says instead what a replay does: run it again (it resumes where its state left off)."""
+    try:
+        yield
+    except StateError as e:
+        said = e.with_rerun(RERUN)
+        if said is e:  # its advice is not to start again: the same for a replay
+            raise
+        raise said from e
 
 
 async def prepare_replay(

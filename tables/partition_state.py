@@ -23,7 +23,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, Self
 
 from tables.aggregates import Moments
 from tables.stream_time import StreamTime
@@ -44,31 +44,48 @@ _SHOWN_KEY_CHARS = 120  # of a key named in an error line
 
 
 class StateError(RuntimeError):
-    """Local state a worker cannot use; the message is one line and says what to do."""
+    """Local state a worker (or replay) cannot use; the message is one line and says what to do.
+
+    When what to do ends in starting again (once the state is removed), `message` may be a
+    function of how: given None it says it in a worker's words ("... and restart"), given a
+    phrase (`with_rerun`) in another command's ("... and run the replay again").
+    """
+
+    def __init__(self, message: str | Callable[[str | None], str]) -> None:
+        self._advice = None if isinstance(message, str) else message
+        super().__init__(message if isinstance(message, str) else message(None))
+
+    def with_rerun(self, rerun: str) -> Self:
+        """The same error for a command that goes on by `rerun` (`kappa replay`: "run the
+        replay again"); unchanged if its advice is not to start again."""
+        if self._advice is None:
+            return self
+        again = type(self).__new__(type(self))
+        again.__dict__.update(self.__dict__)
+        again.args = (self._advice(rerun),)
+        return again
 
 
 class UndecodableStateError(StateError):
     """A key or value in a pipeline's own state that Kappa cannot decode. No input record's
     fault: the same input replayed into fresh state would not meet it, so the worker (or
     replay) stops rather than dead-letter the records that read it, whose outputs a replay
-    would then not match. `what` names it and the cause; `rerun` is how processing resumes
-    once the state directory is removed: a worker's by default (see `with_rerun`)."""
+    would then not match. `what` names it and the cause."""
 
-    def __init__(
-        self, what: str, directory: Path | None, rerun: str = "restart the worker"
-    ) -> None:
+    def __init__(self, what: str, directory: Path | None) -> None:
         command = f" (`rm -rf {directory}`)" if directory is not None else ""
-        super().__init__(
-            f"{what}: remove the partition's state directory{command} and {rerun}: it is "
-            "restored from its changelog; if the changelog holds it too, run the Kappa release "
-            "that wrote it, or replay into a new version"
-        )
+
+        def advice(rerun: str | None) -> str:
+            return (
+                f"{what}: remove the partition's state directory{command} and "
+                f"{rerun or 'restart the worker'}: it is restored from its changelog; if the "
+                "changelog holds it too, run the Kappa release that wrote it, or replay into a "
+                "new version"
+            )
+
+        super().__init__(advice)
         self.what = what
         self.directory = directory
-
-    def with_rerun(self, rerun: str) -> UndecodableStateError:
-        """The same error for a command that resumes otherwise (`kappa replay`: run again)."""
-        return UndecodableStateError(self.what, self.directory, rerun)
 
 
 class KeyValueStore(Protocol):

@@ -48,8 +48,10 @@ class ForeignStateError(StateError):
 
 def unreadable(path: Path, reason: str) -> StateUnreadableError:
     return StateUnreadableError(
-        f"state at {path} is unreadable ({reason}): remove it with `rm -rf {path}` "
-        f"and restart; {_REBUILD}"
+        lambda rerun: (
+            f"state at {path} is unreadable ({reason}): remove it with "
+            f"`rm -rf {path}` and {rerun or 'restart'}; {_REBUILD}"
+        )
     )
 
 
@@ -143,10 +145,13 @@ class RocksStore:
         if differ:
             theirs = ", ".join(f"{k}={found[k]!r}" for k in IDENTITY_FIELDS if k in found)
             ours = ", ".join(f"{k}={identity[k]!r}" for k in IDENTITY_FIELDS if k in identity)
+            path = self.path
             raise ForeignStateError(
-                f"state at {self.path} belongs to {theirs}, not {ours}: check KAPPA_STATE_DIR, "
-                f"KAPPA_APP_ID and KAPPA_TOPIC_PREFIX, or remove it with `rm -rf {self.path}` "
-                f"and restart; {_REBUILD}"
+                lambda rerun: (
+                    f"state at {path} belongs to {theirs}, not {ours}: check "
+                    "KAPPA_STATE_DIR, KAPPA_APP_ID and KAPPA_TOPIC_PREFIX, or remove it with "
+                    f"`rm -rf {path}` and {rerun or 'restart'}; {_REBUILD}"
+                )
             )
 
     def _check_is_database(self) -> None:
@@ -201,10 +206,17 @@ class RocksStore:
             if type(e) is not Exception:
                 raise
             first = str(e).splitlines()[0] if str(e) else "I/O error"
-            raise StateIOError(
-                f"state at {self.path} failed: {first}: stop the worker, remove it with "
-                f"`rm -rf {self.path}` and restart; {_REBUILD}"
-            ) from e
+            path = self.path
+
+            def advice(rerun: str | None) -> str:
+                # a worker may still be running; a command given `rerun` has stopped
+                stop = "" if rerun else "stop the worker, "
+                return (
+                    f"state at {path} failed: {first}: {stop}remove it with `rm -rf {path}` "
+                    f"and {rerun or 'restart'}; {_REBUILD}"
+                )
+
+            raise StateIOError(advice) from e
 
     def close(self) -> None:
         self.db.close()

@@ -13,6 +13,8 @@ from tables.rocks import (
     MARKER,
     ForeignStateError,
     RocksStore,
+    StateError,
+    StateIOError,
     StateLockedError,
     StateUnreadableError,
 )
@@ -165,3 +167,69 @@ def test_a_store_open_elsewhere_in_this_process_is_locked(
     assert "or a replay of the same partitions of this version" in str(e.value)  # not only
     stores.pop().close()
     RocksStore(path, IDENTITY).close()  # free again once closed
+
+
+# -- the same refusal in a replay's words ------------------------------------------------------
+
+
+def _refusals(path: Path) -> list[StateError]:
+    """Unreadable, foreign, and an I/O error of an open store, as a worker meets them."""
+    found: list[StateError] = []
+    _make(path, {**IDENTITY, "app_id": "someone-else"})
+    with pytest.raises(ForeignStateError) as foreign:
+        RocksStore(path, IDENTITY)
+    found.append(foreign.value)
+    (path / MARKER).write_bytes(b"[]")
+    with pytest.raises(StateUnreadableError) as unreadable:
+        RocksStore(path, IDENTITY)
+    found.append(unreadable.value)
+    store = RocksStore(path)
+    try:
+        # as rocksdict raises them: a bare Exception
+        with pytest.raises(StateIOError) as io, store._io_errors():
+            raise Exception("IO error: No space left on device")
+        found.append(io.value)
+    finally:
+        store.close()
+    return found
+
+
+def test_a_replay_is_told_to_run_again_where_a_worker_is_told_to_restart(path: Path) -> None:
+    """The same line but for the advice (`replay/runner.py` asks for it): the replay has
+    stopped by then, so it is not told to stop the worker either."""
+    for worker_error in _refusals(path):
+        worker = str(worker_error)
+        replay_error = worker_error.with_rerun("run the replay again")
+        replay = str(replay_error)
+        assert type(replay_error) is type(worker_error)
+        assert worker.endswith(
+            f"`rm -rf {path}` and restart; the partition is rebuilt from its source"
+        )
+        assert replay == worker.replace("stop the worker, ", "").replace(
+            " and restart;", " and run the replay again;"
+        )
+        assert "restart" not in replay and "\n" not in replay
+        assert str(worker_error) == worker  # the worker's own is left as it was
+
+
+def test_an_io_error_tells_a_worker_to_stop_first(path: Path) -> None:
+    (*_, io) = _refusals(path)
+    assert str(io) == (
+        f"state at {path} failed: IO error: No space left on device: stop the worker, remove "
+        f"it with `rm -rf {path}` and restart; the partition is rebuilt from its source"
+    )
+    assert str(io.with_rerun("run the replay again")) == (
+        f"state at {path} failed: IO error: No space left on device: remove it with "
+        f"`rm -rf {path}` and run the replay again; the partition is rebuilt from its source"
+    )
+
+
+def test_a_refusal_whose_advice_is_not_to_start_again_is_the_same_for_a_replay(
+    path: Path, stores: list[RocksStore]
+) -> None:
+    stores.append(RocksStore(path, IDENTITY))
+    with pytest.raises(StateLockedError) as locked:
+        RocksStore(path, IDENTITY)
+    assert locked.value.with_rerun("run the replay again") is locked.value
+    plain = StateError("cannot create state directory /x: Permission denied")
+    assert plain.with_rerun("run the replay again") is plain
