@@ -95,6 +95,10 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
         self, *args: Any, stop_timeout_s: float, stop_on_error: StopOnError, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
+        if not _is_terminal(self.stdout):
+            # faust's start-up spinner writes its cursor and backspace sequences even to a
+            # file (`kappa worker > w.log`, the demo's worker.log); it spins only on a terminal
+            self.spinner = None
         self.stop_timeout_s = stop_timeout_s
         self.stop_on_error = stop_on_error
         self._deadline: threading.Timer | None = None
@@ -120,6 +124,13 @@ class BoundedStopWorker(faust.Worker):  # type: ignore[misc]
             flush=True,
         )
         os._exit(self.stop_on_error.exit_code)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 class FetchLoopStalled(RuntimeError):

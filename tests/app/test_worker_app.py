@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import load_settings
-from app.worker import create_app
+from app.worker import BoundedStopWorker, StopOnError, create_app
 
 
 @pytest.mark.parametrize(
@@ -241,3 +241,30 @@ def test_a_worker_limits_the_clients_repeated_errors(tmp_path: Path) -> None:
     for name in ("aiokafka", "aiokafka.conn", "aiokafka.consumer.fetcher"):
         filters = logging.getLogger(name).filters
         assert any(isinstance(f, RepeatLimiter) for f in filters), name
+
+
+def _worker(tmp_path: Path, stdout: object) -> BoundedStopWorker:
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    return BoundedStopWorker(
+        app, stdout=stdout, quiet=True, stop_timeout_s=1.0, stop_on_error=StopOnError()
+    )
+
+
+def test_faust_s_start_up_spinner_is_left_out_when_the_output_is_a_file(tmp_path: Path) -> None:
+    """It writes "hide the cursor" (and backspaces, "show it") even to a file."""
+    with (tmp_path / "worker.log").open("w") as log:
+        assert _worker(tmp_path, log).spinner is None
+    assert (tmp_path / "worker.log").read_text() == ""
+
+
+def test_faust_s_start_up_spinner_spins_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        with os.fdopen(terminal, "w", closefd=False) as tty:
+            assert _worker(tmp_path, tty).spinner is not None
+    finally:
+        os.close(controller)
+        os.close(terminal)
