@@ -6,7 +6,8 @@ that is not in a slow join. The embedded dev broker (Tansu 0.6.0) can keep it ou
 when the members of a group leave one right after the other, a follower first, it keeps the
 departed leader as the group's leader, names it in every JoinGroup answer and refuses every
 member's SyncGroup with REBALANCE_IN_PROGRESS until it restarts. /ready then says "joining"
-for as long; the log says why (see README, the embedded development broker).
+for as long, for how long and what the coordinator answered; the log says that and why (see
+README, the embedded development broker).
 """
 
 from __future__ import annotations
@@ -100,10 +101,18 @@ def _error(code: int) -> str:
     return f"error {code}" if name == "UNKNOWN" else f"{name} ({code})"
 
 
+def out_of_group(status: str, waited_s: float, answers: JoinAnswers) -> str:
+    """How long a worker has been out of its group (`status`: /ready's, joining or
+    rebalancing) and what the group coordinator last answered: /ready's reason and the
+    WARNING both say it so."""
+    return f"{status} for {waited_s:.0f} s; the group coordinator's last answers: {answers.said()}"
+
+
 class GroupWait:
     """Says (as log lines) when a worker has been out of its group `warn_after_s` or more:
-    once, then again every `warn_after_s` while it stays out, and once when it gets in.
-    Times in s, from any monotonic clock the caller reads."""
+    once, then again every `warn_after_s` while it stays out, and once when it gets in; and,
+    for /ready, how long it has been out at any time. Times in s, from any monotonic clock
+    the caller reads."""
 
     def __init__(self, group: str, warn_after_s: float, answers: JoinAnswers) -> None:
         self.group, self.warn_after_s, self.answers = group, warn_after_s, answers
@@ -130,10 +139,19 @@ class GroupWait:
         self._warned_at = now
         return logging.WARNING, self._line(status, waited)
 
+    def waiting(self, status: str, now: float) -> str:
+        """/ready's account of a worker out of its group (`status`: joining, rebalancing):
+        for how long, and the coordinator's last answers. Asked before the first `check` has
+        seen it out, the wait starts now; the warnings and the line said on getting in are
+        `check`'s alone."""
+        if self._out_since is None:
+            self._out_since = now
+        return out_of_group(status, now - self._out_since, self.answers)
+
     def _line(self, status: str, waited: float) -> str:
         head = (
-            f"still not in consumer group {self.group} after {waited:.0f} s ({status}), so "
-            f"not ready; the broker's last answers: {self.answers.said()}"
+            f"still not in consumer group {self.group}, so not ready: "
+            f"{out_of_group(status, waited, self.answers)}"
         )
         if self.answers.refused_under_absent_leader():
             return (

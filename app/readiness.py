@@ -8,7 +8,7 @@ then answer from that state, and its pipelines take records without first restor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +22,24 @@ class PipelinePartitions:
 
 
 def readiness(
-    rebalances_done: int, rebalancing: bool, pipelines: Mapping[str, PipelinePartitions]
+    rebalances_done: int,
+    rebalancing: bool,
+    pipelines: Mapping[str, PipelinePartitions],
+    out_of_group: Callable[[str], str] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     """(ready, the JSON body saying why). `rebalances_done`: rebalances ended since start (0:
-    not yet in its group); `pipelines`: by name."""
+    not yet in its group); `pipelines`: by name; `out_of_group`, given the status (joining,
+    rebalancing), says for how long and what the group coordinator answered (see
+    `app.group_wait.GroupWait.waiting`)."""
+
+    def out(status: str, reason: str) -> tuple[bool, dict[str, Any]]:
+        said = f"{reason}: {out_of_group(status)}" if out_of_group is not None else reason
+        return False, {"status": status, "reason": said}
+
     if rebalances_done == 0:
-        return False, {"status": "joining", "reason": "not yet in its consumer group"}
+        return out("joining", "not yet in its consumer group")
     if rebalancing:
-        return False, {"status": "rebalancing", "reason": "partitions are being reassigned"}
+        return out("rebalancing", "partitions are being reassigned")
     opening = {
         name: sorted(p.assigned - p.open) for name, p in pipelines.items() if p.assigned - p.open
     }

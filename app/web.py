@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from time import monotonic
 from typing import Any
 
 import faust
@@ -19,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
+from app.group_wait import GroupWait
 from app.partition_owners import PartitionOwners
 from app.readiness import PipelinePartitions, readiness
 from app.runtime import PipelineRunner
@@ -57,8 +59,12 @@ def register_pages(
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
+            wait: GroupWait | None = getattr(app, "kappa_group_wait", None)
             ready, body = readiness(
-                getattr(app, "kappa_rebalances_done", 0), bool(app.rebalancing), partitions()
+                getattr(app, "kappa_rebalances_done", 0),
+                bool(app.rebalancing),
+                partitions(),
+                None if wait is None else lambda status: wait.waiting(status, monotonic()),
             )
             return self.json({**body, "version": version}, status=200 if ready else 503)
 

@@ -265,7 +265,7 @@ def create_app(
             await app.kappa_stop_on_error(stalled, str(stalled))
 
     app.task(freeze_startup_heap)
-    # said in the log when the worker stays out of its group (/ready says only "joining")
+    # said in the log when the worker stays out of its group, and on /ready for how long
     app.kappa_group_wait = GroupWait(
         topology.group_id,
         warn_after_s(settings.session_timeout_ms, settings.rebalance_timeout_ms),

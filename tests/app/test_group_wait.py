@@ -17,7 +17,13 @@ from aiokafka.protocol.group import (
     SyncGroupResponse_v3,
 )
 
-from app.group_wait import GroupWait, JoinAnswers, warn_after_s, watch_join_answers
+from app.group_wait import (
+    GroupWait,
+    JoinAnswers,
+    out_of_group,
+    warn_after_s,
+    watch_join_answers,
+)
 
 GROUP = "kappa-v1"
 ME, GONE = "faust-me", "faust-departed-leader"
@@ -54,8 +60,11 @@ def test_a_worker_out_of_its_group_warns_once_then_once_per_bound() -> None:
     first, second = said[40], said[80]
     assert first is not None and second is not None
     assert first[0] == logging.WARNING
-    assert first[1].startswith(f"still not in consumer group {GROUP} after 40 s (joining)")
-    assert "after 80 s" in second[1]
+    assert first[1].startswith(
+        f"still not in consumer group {GROUP}, so not ready: joining for 40 s; the group "
+        "coordinator's last answers: JoinGroup answered generation 3"
+    )
+    assert ": joining for 80 s;" in second[1]
 
 
 def test_the_stuck_dev_broker_group_is_named_with_its_answers_and_the_remedy() -> None:
@@ -119,7 +128,43 @@ def test_getting_in_after_a_warning_is_said_and_a_later_rebalance_counts_afresh(
     wait.check(False, "rebalancing", 60.0)
     assert wait.check(False, "rebalancing", 99.0) is None  # 39 s out, not 99
     said = wait.check(False, "rebalancing", 100.0)
-    assert said is not None and "after 40 s (rebalancing)" in said[1]
+    assert said is not None and "so not ready: rebalancing for 40 s;" in said[1]
+
+
+def test_ready_says_how_long_a_worker_has_been_out_and_the_coordinators_answers() -> None:
+    """The same words as the warning, at any time, not only once per bound."""
+    wait = GroupWait(GROUP, 40.0, _stuck())
+    wait.check(False, "joining", 100.0)  # out of it from here
+    said = wait.waiting("joining", 152.4)
+    assert said == (
+        "joining for 52 s; the group coordinator's last answers: JoinGroup answered "
+        f"generation 3 with member {GONE} as leader; SyncGroup answered "
+        "REBALANCE_IN_PROGRESS (27), 3 times in a row"
+    )
+    wait.answers.synced(27)
+    assert wait.waiting("joining", 153.0).endswith(
+        "joining for 53 s; the group coordinator's last answers: JoinGroup answered "
+        f"generation 3 with member {GONE} as leader; SyncGroup answered "
+        "REBALANCE_IN_PROGRESS (27), 4 times in a row"
+    )
+    line = wait.check(False, "joining", 160.0)  # the warning says the same, built once
+    assert line is not None and out_of_group("joining", 60.0, wait.answers) in line[1]
+
+
+def test_ready_asked_first_starts_the_wait_and_leaves_the_warnings_to_the_check() -> None:
+    wait = GroupWait(GROUP, 40.0, JoinAnswers())
+    assert wait.waiting("joining", 10.0) == (
+        "joining for 0 s; the group coordinator's last answers: no answer to its JoinGroup yet"
+    )
+    assert wait.waiting("joining", 12.0).startswith("joining for 2 s;")
+    assert wait.check(False, "joining", 49.9) is None  # out since 10.0, not since 49.9
+    said = wait.check(False, "joining", 50.0)
+    assert said is not None and ": joining for 40 s;" in said[1]
+    assert wait.check(True, "joining", 55.0) == (
+        logging.INFO,
+        f"now in consumer group {GROUP}, after 45 s out of it",
+    )
+    assert wait.waiting("rebalancing", 70.0).startswith("rebalancing for 0 s;")  # afresh
 
 
 def test_getting_in_without_a_warning_says_nothing() -> None:

@@ -1,5 +1,6 @@
 """A worker the broker keeps out of its consumer group says so in its log, with the broker's
-answers and the remedy, instead of answering "joining" on /ready and nothing else.
+answers and the remedy, and on /ready for how long and what the broker last answered, instead
+of answering "joining" there and nothing else.
 
 The embedded dev broker keeps such a group for good: when a group's follower leaves and its
 leader leaves right after (both workers stopped at once), it keeps the departed leader as the
@@ -11,7 +12,10 @@ that no longer does this lets the worker in, and this test fails: then README's 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,16 @@ async def _leaders_gone(broker: str, topic: str, group: str, monkeypatch: Any) -
     return str(leader_id)
 
 
+def _ready(worker: Worker) -> tuple[int, dict[str, Any]]:
+    """`GET /ready`: its status code and body."""
+    url = f"http://127.0.0.1:{worker.web_port}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 async def test_a_worker_kept_out_of_its_group_says_why_and_what_to_do(
     broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,14 +106,24 @@ async def test_a_worker_kept_out_of_its_group_says_why_and_what_to_do(
 
     try:
         await eventually(warned, timeout=90, alive=alive, explain=worker.tail_log)
+        status, ready = _ready(worker)  # still out of its group: the warning's words
     finally:
         code = worker.stop()
+    assert status == 503 and ready["status"] == "joining", ready
+    said = re.fullmatch(
+        r"not yet in its consumer group: joining for (\d+) s; the group coordinator's last "
+        r"answers: JoinGroup answered generation \d+ with member (\S+) as leader; SyncGroup "
+        r"answered REBALANCE_IN_PROGRESS \(27\)(, \d+ times in a row)?",
+        ready["reason"],
+    )
+    assert said is not None and int(said[1]) >= 16 and said[2] == leader_id, ready
     [line] = [
         ln for ln in worker.log_path.read_text().splitlines() if "still not in consumer" in ln
     ]
     # the wait it names is at least warn_after_s (16 s here), however late the check ran
     waited = re.search(
-        rf"\[WARNING\] still not in consumer group {group} after (\d+) s \(joining\)", line
+        rf"\[WARNING\] still not in consumer group {group}, so not ready: joining for (\d+) s;",
+        line,
     )
     assert waited is not None and int(waited[1]) >= 16, line
     assert f"with member {leader_id} as leader; SyncGroup answered REBALANCE_IN_PROGRESS" in line
