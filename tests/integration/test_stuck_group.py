@@ -88,27 +88,46 @@ def _ready(worker: Worker) -> tuple[int, dict[str, Any]]:
         return e.code, json.loads(e.read())
 
 
+async def _stuck_worker(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str, Worker, tuple[int, dict[str, Any]], int]:
+    """A worker joining a group whose consumers left follower first, then leader: (group,
+    leader id, worker, its /ready once it warned, its exit code). The dev broker does not
+    keep every such group (1 time in about 6 it let the worker in): then again, with a new
+    group, up to 3 times."""
+    for attempt in range(3):
+        prefix = f"{unique}-{attempt}"
+        env = kappa_env(broker, prefix, tmp_path / f"state-{attempt}")  # session 6 s + 2 s: 16 s
+        assert run_kappa(["topics"], env).returncode == 0
+        group = f"kappa-{prefix}-v1"
+        leader_id = await _leaders_gone(broker, f"{prefix}.orders", group, monkeypatch)
+        worker = Worker(env, tmp_path / f"worker-{attempt}.log").start()
+
+        async def warned_or_in(worker: Worker = worker) -> None:
+            assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
+            if "still not in consumer group" not in worker.log_path.read_text(errors="replace"):
+                try:
+                    in_group = _ready(worker)[0] == 200
+                except urllib.error.URLError:  # its web server is not up yet
+                    in_group = False
+                assert in_group, "neither warned nor in its group"
+
+        try:
+            await eventually(warned_or_in, timeout=90, explain=worker.tail_log)
+            ready = _ready(worker)  # still out of its group: the warning's words
+        finally:
+            code = worker.stop()
+        if ready[0] != 200:
+            return group, leader_id, worker, ready, code
+    raise AssertionError("the dev broker let the worker into its group 3 times: README's note goes")
+
+
 async def test_a_worker_kept_out_of_its_group_says_why_and_what_to_do(
     broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = kappa_env(broker, unique, tmp_path / "state")  # session 6 s + rebalance 2 s: 16 s
-    assert run_kappa(["topics"], env).returncode == 0
-    group = f"kappa-{unique}-v1"
-    leader_id = await _leaders_gone(broker, f"{unique}.orders", group, monkeypatch)
-
-    worker = Worker(env, tmp_path / "worker.log").start()
-
-    async def warned() -> None:
-        assert "still not in consumer group" in worker.log_path.read_text(errors="replace")
-
-    def alive() -> None:
-        assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
-
-    try:
-        await eventually(warned, timeout=90, alive=alive, explain=worker.tail_log)
-        status, ready = _ready(worker)  # still out of its group: the warning's words
-    finally:
-        code = worker.stop()
+    group, leader_id, worker, (status, ready), code = await _stuck_worker(
+        broker, unique, tmp_path, monkeypatch
+    )
     assert status == 503 and ready["status"] == "joining", ready
     said = re.fullmatch(
         r"not yet in its consumer group: joining for (\d+) s; the group coordinator's last "
