@@ -1,0 +1,189 @@
+"""Which member of a consumer group gets which partition: even per topic, then in total, then
+sticky (the group leader's computation; `app.batch_delivery.sticky_assignor` runs it).
+
+aiokafka's sticky assignor evens out members' total partition counts only. A worker reads one
+source topic per pipeline, all with the same partition count, so with two workers it could
+give one all of `orders` and the other all of `orders.by-user`: even in total, while the
+pipelines cost very different amounts per record. As Kafka Streams balances tasks per
+sub-topology, each topic here is split among the members subscribed to it, floor or ceil of
+partitions / members each; which members take a topic's remainder is chosen to even out the
+members' totals, and then to leave as many partitions as possible with their previous owner
+(a partition that moves is restored from its changelog by its new owner).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+Partition = tuple[str, int]  # (topic, partition)
+Assignment = dict[str, dict[str, list[int]]]  # member -> topic -> its partitions, ascending
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The partitions a member says it held, and the group generation it held them in (what
+    the sticky assignor's join metadata carries; -1: none known)."""
+
+    generation: int
+    partitions: Collection[Partition]
+
+
+def assign_partitions(
+    partitions: Mapping[str, Collection[int]],
+    subscriptions: Mapping[str, Collection[str]],
+    claims: Mapping[str, Claim] | None = None,
+) -> Assignment:
+    """Every partition of every subscribed topic in `partitions` to exactly one member
+    subscribed to its topic; every member of `subscriptions` has an entry (maybe empty).
+
+    In order of precedence: per topic, each subscribed member gets floor or ceil of partitions
+    / subscribers; members' totals are as even as they can be (least sum of squares); as many
+    partitions as possible stay with their previous owner, the member whose claim on it has
+    the highest generation (the lowest member id among equal ones, which only members that
+    never learnt their generation send). The same input gives the same output, whatever the
+    order of its mappings and collections."""
+    partitions = {t: sorted(set(ps)) for t, ps in partitions.items()}
+    members = sorted(subscriptions)
+    subscribers = {
+        topic: [m for m in members if topic in subscriptions[m]] for topic in sorted(partitions)
+    }
+    subscribers = {topic: ms for topic, ms in subscribers.items() if ms}
+    owners = _previous_owners(members, claims or {}, partitions)
+    held: dict[tuple[str, str], list[int]] = {}  # (member, topic) -> partitions it may keep
+    for (topic, p), member in sorted(owners.items()):
+        if topic in subscribers and member in subscribers[topic]:
+            held.setdefault((member, topic), []).append(p)
+    takers = _remainder_takers(partitions, subscribers, held)
+    assignment: Assignment = {m: {} for m in members}
+    for topic, ms in subscribers.items():
+        floor = len(partitions[topic]) // len(ms)
+        counts = {m: floor + (m in takers[topic]) for m in ms}
+        kept = {m: held.get((m, topic), [])[: counts[m]] for m in ms}
+        taken = {p for ps in kept.values() for p in ps}
+        free = iter(sorted(set(partitions[topic]) - taken))
+        for m in ms:
+            given = [next(free) for _ in range(counts[m] - len(kept[m]))]
+            if kept[m] or given:
+                assignment[m][topic] = sorted(kept[m] + given)
+    return assignment
+
+
+def _previous_owners(
+    members: list[str], claims: Mapping[str, Claim], partitions: Mapping[str, Collection[int]]
+) -> dict[Partition, str]:
+    """Each claimed partition that still exists -> the member with the newest claim on it, as
+    aiokafka's and Java's sticky assignors decide between members that both claim it."""
+    owners: dict[Partition, tuple[int, str]] = {}
+    for member in members:  # ascending: an equal generation later does not take it
+        claim = claims.get(member)
+        if claim is None:
+            continue
+        for topic, p in claim.partitions:
+            if p not in partitions.get(topic, ()):
+                continue
+            newest = owners.get((topic, p))
+            if newest is None or claim.generation > newest[0]:
+                owners[(topic, p)] = (claim.generation, member)
+    return {tp: member for tp, (_, member) in owners.items()}
+
+
+def _remainder_takers(
+    partitions: Mapping[str, Collection[int]],
+    subscribers: Mapping[str, list[str]],
+    held: Mapping[tuple[str, str], list[int]],
+) -> dict[str, set[str]]:
+    """Which subscribers of each topic get one partition over the floor: a min-cost flow that
+    sends each topic's remainder, one partition per member, to its subscribers.
+
+    Taking its k-th remainder partition costs a member `weight` * (its floors' total + k), so
+    the cheapest flow has the least sum of squared totals (the evenest; `weight` puts that
+    first); a remainder partition going to a member that holds more than the floor of that
+    topic costs 1 less (it keeps one partition more)."""
+    topics = [t for t in subscribers if len(partitions[t]) % len(subscribers[t])]
+    remainder = {t: len(partitions[t]) % len(subscribers[t]) for t in topics}
+    floors: dict[str, int] = {}
+    extras: dict[str, int] = {}  # member -> how many topics' remainders it could take part of
+    for topic, ms in subscribers.items():
+        for m in ms:
+            floors[m] = floors.get(m, 0) + len(partitions[topic]) // len(ms)
+            extras[m] = extras.get(m, 0) + (topic in remainder)
+    weight = sum(remainder.values()) + 1  # more than keeping every remainder partition gains
+    members = sorted(m for m, n in extras.items() if n)
+    flow = _Flow(2 + len(topics) + len(members))
+    source, sink = 0, 1
+    topic_node = {t: 2 + i for i, t in enumerate(topics)}
+    member_node = {m: 2 + len(topics) + i for i, m in enumerate(members)}
+    for topic in topics:
+        flow.add(source, topic_node[topic], remainder[topic], 0)
+    edges: dict[tuple[str, str], int] = {}
+    for topic in topics:
+        floor = len(partitions[topic]) // len(subscribers[topic])
+        for m in subscribers[topic]:
+            keeps_one_more = len(held.get((m, topic), ())) > floor
+            edges[(topic, m)] = flow.add(
+                topic_node[topic], member_node[m], 1, -1 if keeps_one_more else 0
+            )
+    for m in members:
+        for k in range(1, extras[m] + 1):
+            flow.add(member_node[m], sink, 1, weight * (floors[m] + k))
+    flow.send(source, sink, sum(remainder.values()))
+    takers: dict[str, set[str]] = {t: set() for t in subscribers}
+    for (topic, m), edge in edges.items():
+        if flow.used(edge):
+            takers[topic].add(m)
+    return takers
+
+
+class _Flow:
+    """A min-cost flow by successive shortest paths (Bellman-Ford: edges may cost less than
+    nothing). Nodes and edges are visited in the order added, so ties always break alike."""
+
+    def __init__(self, nodes: int) -> None:
+        self.out: list[list[int]] = [[] for _ in range(nodes)]  # node -> its edges
+        self.to: list[int] = []
+        self.room: list[int] = []
+        self.cost: list[int] = []
+
+    def add(self, a: int, b: int, capacity: int, cost: int) -> int:
+        """An edge a -> b (and its residual twin, the next index); returns the edge."""
+        for frm, to, room, c in ((a, b, capacity, cost), (b, a, 0, -cost)):
+            self.out[frm].append(len(self.to))
+            self.to.append(to)
+            self.room.append(room)
+            self.cost.append(c)
+        return len(self.to) - 2
+
+    def used(self, edge: int) -> bool:
+        return self.room[edge ^ 1] > 0
+
+    def send(self, source: int, sink: int, amount: int) -> None:
+        """Sends `amount` from source to sink at the least cost (the caller knows it fits)."""
+        while amount > 0:
+            distance = {source: 0}
+            via: dict[int, int] = {}  # node -> the edge its cheapest path arrives by
+            queue, queued = deque([source]), {source}
+            while queue:  # Bellman-Ford, looking again only from nodes that got cheaper
+                node = queue.popleft()
+                queued.discard(node)
+                for e in self.out[node]:
+                    to, here = self.to[e], distance[node] + self.cost[e]
+                    if self.room[e] > 0 and (to not in distance or here < distance[to]):
+                        distance[to], via[to] = here, e
+                        if to not in queued:
+                            queue.append(to)
+                            queued.add(to)
+            if sink not in distance:
+                raise ValueError("the flow does not fit")
+            step, node = amount, sink
+            path = []
+            while node != source:
+                e = via[node]
+                path.append(e)
+                step = min(step, self.room[e])
+                node = self.to[e ^ 1]
+            for e in path:
+                self.room[e] -= step
+                self.room[e ^ 1] += step
+            amount -= step
