@@ -36,6 +36,7 @@ from app.commit_watch import watched_commit
 from app.group_leave import leave_on_close
 from app.group_wait import GroupWait, JoinAnswers, watch_join_answers
 from app.group_wait import log as group_wait_log
+from app.partition_assignment import Claim, assign_partitions
 from app.partition_owners import (
     OwnersByUrl,
     PartitionOwners,
@@ -94,7 +95,11 @@ def sticky_assignor(
 
     Each member then keeps its partitions through a rebalance where it can, so a worker
     joining or leaving moves only the partitions it must: every partition that moves is
-    restored from its whole changelog by its new owner. aiokafka never tells the assignor the
+    restored from its whole changelog by its new owner. As leader it assigns with
+    `app.partition_assignment` rather than aiokafka's algorithm, which evens out members'
+    totals only and could give a worker whole pipelines' sources and another none of them;
+    the join metadata stays aiokafka's, so a group of both kinds of worker (a rolling
+    deploy) works whichever leads. aiokafka never tells the assignor the
     group generation its assignment is from, so each member would claim its partitions as of
     generation -1, and a member that dropped out of the group and came back with an old
     claim could win a partition from its current owner; the generation is taken from the
@@ -124,17 +129,31 @@ def sticky_assignor(
         return ConsumerProtocolMemberMetadata(joined.version, joined.subscription, user_data)
 
     def assign(cls: type[StickyPartitionAssignor], cluster: Any, members: Mapping[str, Any]) -> Any:
-        assignments = StickyPartitionAssignor.assign.__func__(cls, cluster, members)  # type: ignore[attr-defined]
-        urls = {m: member_url(meta.user_data or b"") for m, meta in members.items()}
+        subscriptions: dict[str, list[str]] = {}
+        claims: dict[str, Claim] = {}
+        for member, meta in members.items():
+            joined = cls.parse_member_metadata(meta)  # aiokafka's: it ignores the URL after
+            subscriptions[member] = joined.subscription
+            claims[member] = Claim(
+                joined.generation, [(p.topic, p.partition) for p in joined.partitions]
+            )
+        partitions = {}
+        for topic in sorted({t for topics in subscriptions.values() for t in topics}):
+            numbers = cluster.partitions_for_topic(topic)
+            if numbers is None:  # unknown to the cluster (yet): nothing of it to assign
+                log.warning("No partition metadata for topic %r", topic)
+            else:
+                partitions[topic] = numbers
+        assignments = assign_partitions(partitions, subscriptions, claims)
         held: OwnersByUrl = {}
-        for member, assignment in assignments.items():
-            url = urls.get(member)
+        for member, meta in members.items():
+            url = member_url(meta.user_data or b"")
             if url is not None:
-                for topic, partitions in assignment.assignment:
-                    held.setdefault(url, {}).setdefault(topic, []).extend(partitions)
+                for topic, numbers in assignments[member].items():
+                    held.setdefault(url, {}).setdefault(topic, []).extend(numbers)
         user_data = owners_bytes(held)
         return {
-            m: ConsumerProtocolMemberAssignment(a.version, a.assignment, user_data)
+            m: ConsumerProtocolMemberAssignment(cls.version, sorted(a.items()), user_data)
             for m, a in assignments.items()
         }
 

@@ -93,8 +93,13 @@ def test_members_and_leaders_without_urls_mix_in_a_rolling_deploy() -> None:
     members = {"m-new": new.metadata(["t"]), "m-old": old.metadata(["t"])}
     by_old_leader = StickyPartitionAssignor.assign(_Cluster({"t": 2}), members)
     new.on_assignment(by_old_leader["m-new"])  # no map: nobody named
+    old.on_assignment(by_old_leader["m-old"])
     assert owners is not None and owners.by_partition == {}
+    # The new leader reads the claims in either join (aiokafka's format): nothing moves.
+    members = {"m-new": new.metadata(["t"]), "m-old": old.metadata(["t"])}
     by_new_leader = new.assign(_Cluster({"t": 2}), members)
+    for m in members:
+        assert by_new_leader[m].assignment == by_old_leader[m].assignment
     new.on_assignment(by_new_leader["m-new"])
     old_held = [p for _, ps in by_new_leader["m-old"].assignment for p in ps]
     assert old_held and all(owners.owner("t", p) is None for p in old_held)  # unknown

@@ -67,6 +67,51 @@ def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation()
     assert sorted(tp.partition for tp in claim.partitions) == [1, 3]
 
 
+def test_the_leader_gives_each_worker_its_share_of_every_source() -> None:
+    """aiokafka's own sticky assignment evens out members' totals only: it kept a worker on two
+    whole sources and the other on the other two, while pipelines cost very different amounts
+    per record. The owners map names the worker each partition went to."""
+    from types import SimpleNamespace
+
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from app.batch_delivery import sticky_assignor
+    from app.partition_owners import PartitionOwners, parse_owners
+
+    sources = ["p.orders", "p.orders.by-user", "p.orders.by-window", "p.orders.revenue-1m"]
+    cluster = SimpleNamespace(
+        topics=lambda: set(sources), partitions_for_topic=lambda t: {0, 1, 2, 3}
+    )
+    workers = {}
+    for name, held in (("w-a", sources[:2]), ("w-b", sources[2:])):
+        consumer = SimpleNamespace(_coordinator=SimpleNamespace(generation=5))
+        workers[name] = sticky_assignor(consumer, PartitionOwners(f"http://{name}:6066"))
+        workers[name].on_assignment(
+            ConsumerProtocolMemberAssignment(0, [(t, [0, 1, 2, 3]) for t in held], b"")
+        )
+    got = workers["w-a"].assign(cluster, {n: a.metadata(sources) for n, a in workers.items()})
+    for name in workers:
+        assert [(t, len(ps)) for t, ps in got[name].assignment] == [(t, 2) for t in sources]
+        assert parse_owners(got[name].user_data) == {
+            (t, p): f"http://{n}:6066" for n in workers for t, ps in got[n].assignment for p in ps
+        }
+
+
+def test_a_source_the_leader_has_no_metadata_for_yet_is_left_out() -> None:
+    """It is assigned once the leader's metadata has it (aiokafka then rejoins the group)."""
+    from types import SimpleNamespace
+
+    from app.batch_delivery import sticky_assignor
+
+    assignor = sticky_assignor(SimpleNamespace())
+    cluster = SimpleNamespace(
+        topics=lambda: {"p.orders"},
+        partitions_for_topic=lambda t: {0, 1} if t == "p.orders" else None,
+    )
+    got = assignor.assign(cluster, {"w": assignor.metadata(["p.orders", "p.new"])})
+    assert got["w"].assignment == [("p.orders", [0, 1])]
+
+
 @pytest.mark.parametrize("url", [None, "http://kappa-worker-0.kappa-worker:6066"])
 def test_a_worker_joins_with_the_same_metadata_whatever_its_subscriptions_order(
     url: str | None,
