@@ -97,8 +97,7 @@ async def test_a_static_worker_restarted_in_its_session_keeps_its_partitions_wit
     split: dict[str, Held] = {}
 
     async def shared() -> None:
-        """Both ready, every source's partitions split between them (the sticky assignor
-        balances partition counts, so a worker may hold all of one source and none of another)."""
+        """Both ready, every source's partitions split between them."""
         held = {"other": _ready_partitions(other), "static": _ready_partitions(static)}
         mine, theirs = held["static"], held["other"]
         assert mine and theirs and any(mine.values()) and any(theirs.values()), held

@@ -39,6 +39,25 @@ def _alive(worker: Worker):
     return check
 
 
+def _source_partitions(worker: Worker) -> dict[str, list[int]]:
+    """Each pipeline's source partitions the worker holds, once it is ready (`/ready`)."""
+    try:
+        return _get_json(f"http://127.0.0.1:{worker.web_port}/ready")["partitions"]  # type: ignore[no-any-return]
+    except urllib.error.URLError as e:  # not serving yet, or 503: not ready
+        raise AssertionError(f"{worker.log_path.name}: not ready ({e})") from None
+
+
+async def _each_holds_half_of_every_source(a: Worker, b: Worker) -> None:
+    """aiokafka's own sticky assignment evened out totals only: the worker that joined got
+    two whole sources, the other kept the other two."""
+    held = {"a": _source_partitions(a), "b": _source_partitions(b)}
+    assert held["a"].keys() == held["b"].keys(), held
+    for pipeline, partitions in held["a"].items():
+        theirs = held["b"][pipeline]
+        assert sorted(partitions + theirs) == [0, 1, 2, 3], held
+        assert len(partitions) == len(theirs) == 2, held
+
+
 def _logs(*workers: Worker) -> str:
     return "\n".join(
         f"--- {w.log_path.name}:\n{w.tail_log(200)}" for w in workers if w.log_path.exists()
@@ -287,6 +306,12 @@ async def test_partitions_handed_back_catch_up_from_their_changelogs(
             await eventually(lambda: changelogs_caught_up(base), timeout=60)  # held ones sent
             if step == 0:  # b takes over half of a's partitions, restoring them whole
                 b.start().wait_until(lambda m: m.get("kappa_changelog_restored_total", 0) > 0)
+                await eventually(
+                    lambda: _each_holds_half_of_every_source(a, b),
+                    timeout=60,
+                    alive=_alive(b),
+                    explain=lambda: _logs(a, b),
+                )
             if step == 1:  # and hands them back
                 assert b.stop() == 0, b.tail_log()
         log = a.log_path.read_text()
