@@ -50,7 +50,7 @@ def broker_answering(
 
 
 def run_demo(settings: Settings, rate: float) -> int:
-    host, port, answered = broker_answering(settings.bootstrap)
+    host, port, answered = broker_answering(settings.bootstrap, port_open)
     with ExitStack() as stack:
         if not answered:
             broker = DevBroker(host, port).start()
