@@ -6,6 +6,7 @@ stores are walked side by side in key order: memory holds one fetch and one key.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from replay.latest import (
     fold_latest,
     outputs_of,
     scratch_dir,
+    scratch_store_failed,
     unused_outputs,
 )
 from replay.registry import (
@@ -33,7 +35,7 @@ from replay.registry import (
     recorded_definition,
     require_version,
 )
-from tables.rocks import RocksStore
+from tables.rocks import RocksStore, StateError
 
 
 @dataclass
@@ -175,14 +177,20 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
             continue
         compared.append(logical)
         with scratch_dir(settings) as scratch:
-            stores = [RocksStore(scratch / side) for side in ("a", "b")]
+            stores: list[RocksStore] = []
+            topic = t1.physical(logical)
             try:
-                for t, store in zip((t1, t2), stores):
-                    await fold_latest(settings, t.physical(logical), keys, store)
+                for t, side in zip((t1, t2), ("a", "b")):
+                    topic = t.physical(logical)
+                    stores.append(RocksStore(scratch / side))
+                    await fold_latest(settings, topic, keys, stores[-1])
                 result = compare_latest(stores[0].scan(), stores[1].scan(), keys, v1, v2, limit)
+            except StateError:
+                raise scratch_store_failed(settings, topic) from None
             finally:
                 for store in stores:
-                    store.close()
+                    with contextlib.suppress(Exception):  # a failed store may fail to close too
+                        store.close()
         total += result.differences
         lines.extend(result.lines(logical))
     if total:

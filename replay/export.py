@@ -32,6 +32,7 @@ from replay.latest import (
     outputs_of,
     result_line,
     scratch_dir,
+    scratch_store_failed,
     unused_outputs,
 )
 from replay.registry import readable_version, recorded_definition
@@ -160,10 +161,7 @@ async def _export_output(
                 with contextlib.suppress(Exception):  # a failed store may fail to close too
                     store.close()
             if isinstance(e, StateError):
-                raise ConfigError(
-                    f"cannot keep {topic}'s latest values under {settings.state_dir} "
-                    "(is its disk full?)"
-                ) from None
+                raise scratch_store_failed(settings, topic) from None
             raise
         store.close()
         return written

@@ -162,6 +162,14 @@ def scratch_dir(settings: Settings) -> Iterator[Path]:
         yield Path(d)
 
 
+def scratch_store_failed(settings: Settings, topic: str) -> ConfigError:
+    """A scratch store of latest values failed (`StateError`: a full disk, most likely): one
+    line for `kappa export` and `kappa diff`, not a worker's advice to remove state and restart."""
+    return ConfigError(
+        f"cannot keep {topic}'s latest values under {settings.state_dir} (is its disk full?)"
+    )
+
+
 def outputs_of(topology: Topology) -> set[str]:
     """The logical output topics the topology's selected pipelines write."""
     return {t for p in topology.pipelines for t in p.outputs}

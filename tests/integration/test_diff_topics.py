@@ -12,7 +12,7 @@ import pytest
 
 from app.admin import ensure_topics
 from app.kafka_clients import new_producer
-from app.settings import load_settings
+from app.settings import ConfigError, load_settings
 from app.topology import Topology
 from replay.diff import diff
 from replay.registry import COMPLETE, Registry, VersionRecord
@@ -203,3 +203,43 @@ async def test_a_live_version_is_said_to_be_past_a_snapshot_only_when_it_is(
     assert await _live_past_snapshot(settings, view, recs) is None
     await commit_offsets(broker, f"ahead-{unique}-v1", source, {0: 7})  # read on past it
     assert await _live_past_snapshot(settings, view, recs) == (1, 2)
+
+
+async def test_a_scratch_store_that_fails_is_one_line_not_a_workers_advice(
+    broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scratch store failing (a full disk) said "stop the worker, remove it ... and restart"."""
+    from tables.rocks import RocksStore, StateIOError
+
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"diff-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path / "state"),
+        }
+    )
+    registry = Registry(settings)
+    await registry.ensure()
+    for v in (2, 3):
+        await registry.put_version(VersionRecord(v, COMPLETE, []))
+    topics = [Topology(settings, v) for v in (2, 3)]
+    await ensure_topics(broker, {name: (1, {}) for t in topics for name in t.output_topics()})
+    revenue_v2 = topics[0].physical("orders.revenue-1m")
+    producer = new_producer(broker)
+    await producer.start()
+    try:
+        await producer.send_and_wait(revenue_v2, revenue("p1", 0, 1), key=b"p1")
+    finally:
+        await producer.stop()
+
+    def failing_write(self: RocksStore, changes: object) -> None:
+        raise StateIOError(f"state at {self.path} failed: IO error: No space left on device")
+
+    monkeypatch.setattr(RocksStore, "write", failing_write)
+    with pytest.raises(ConfigError) as failed:
+        await diff(settings, 2, 3, limit=5)
+    assert str(failed.value) == (
+        f"cannot keep {revenue_v2}'s latest values under {tmp_path / 'state'} (is its disk full?)"
+    )
+    assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed
