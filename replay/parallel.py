@@ -67,8 +67,11 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     children: list[subprocess.Popen[str]] = []
     on_stop = StopHandler()
     on_stop.spawning = True
-    previous = signal.signal(signal.SIGTERM, on_stop)
-    previous_int = signal.signal(signal.SIGINT, on_stop)
+    previous: dict[int, Any] = {}  # signal -> the handler to restore
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT first: one between them is held
+        if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # a background job (`&` in a script): Ctrl-C is not for it
+        previous[sig] = signal.signal(sig, on_stop)
     try:
         try:
             for i in range(processes):
@@ -104,13 +107,13 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
             reader.start()
         code = _wait_all_or_first_failure(children, readers)
     except (Terminated, KeyboardInterrupt) as e:  # KeyboardInterrupt: SIGINT (Ctrl-C)
-        _restore(previous, previous_int)  # a second signal ends the parent at once
+        _restore(previous)  # a second signal ends the parent at once
         _stop(children)
         terminated = isinstance(e, Terminated)
         print(stopped_line(terminated, len(children)), file=sys.stderr, flush=True)
         return (TERMINATED if terminated else INTERRUPTED), None
     finally:
-        _restore(previous, previous_int)
+        _restore(previous)
         _stop(children)
     total: ReplaySummary | None = None
     for out in outputs:
@@ -130,9 +133,9 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
     return code, total.line(f" across {processes} processes")
 
 
-def _restore(on_term: Any, on_int: Any) -> None:
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_int)
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def stopped_line(terminated: bool, processes: int | None = None) -> str:

@@ -193,3 +193,28 @@ def test_a_signal_inside_popen_leaves_no_child_unknown_to_the_parent(
     assert run_parallel(["--version", "3"], 2) == (code, None)
     assert f"{said}; stopped its 2 processes" in capfd.readouterr().err
     assert all(child.poll() is not None for child in started)
+
+
+def test_a_parent_started_ignoring_sigint_goes_on_ignoring_it(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A background job (`kappa replay --processes 2 &` in a script) starts with SIGINT
+    ignored: a Ctrl-C at the terminal is not for it, nor for its children."""
+    real_popen = subprocess.Popen
+    started: list[subprocess.Popen[str]] = []
+
+    def popen(*args: object, **kwargs: object) -> subprocess.Popen[str]:
+        child = real_popen([sys.executable, "-c", "pass"], text=True, stdout=subprocess.PIPE)
+        started.append(child)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: it neither stops nor is held
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = run_parallel(["--version", "3"], 2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result == (1, "replay: no process finished its part")  # ran to the children's end
+    assert "interrupted" not in capfd.readouterr().err
