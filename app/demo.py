@@ -23,7 +23,7 @@ from pathlib import Path
 
 from app import command_loop
 from app.admin import ensure_version_topics
-from app.broker import DevBroker, port_open, split_address
+from app.broker import BrokerError, DevBroker, port_open, split_address
 from app.kafka_clients import new_consumer
 from app.settings import ConfigError, Settings
 from app.topology import Topology
@@ -32,25 +32,32 @@ KAPPA = [sys.executable, "-m", "app.cli"]
 
 
 def broker_answering(
-    bootstrap: list[str], answers: Callable[[str, int], bool] = port_open
+    bootstrap: list[str], answers: Callable[[str, int], bool] | None = None
 ) -> tuple[str, int, bool]:
     """(host, port, whether a broker answers there): the first address of `KAPPA_BROKER` that
-    answers, else its only address, for the embedded broker. A list none of which answers
-    names a cluster that is down: the demo refuses it rather than stand a broker in for it."""
-    addresses = [split_address(a) for a in bootstrap]
-    for host, port in addresses:
-        if answers(host, port):
-            return host, port, True
-    if len(addresses) > 1:
-        raise ConfigError(
-            f"no broker of KAPPA_BROKER={','.join(bootstrap)} answers: the demo starts the "
-            "embedded broker only for a single address"
-        )
-    return *addresses[0], False
+    answers, else its only address, for the embedded broker. In a list, an address that does
+    not resolve (or that the IPv4 probe cannot reach) is one that does not answer; a list none
+    of which answers names a cluster that is down: the demo refuses it rather than stand a
+    broker in for it. `answers`: `port_open`, read when called."""
+    probe = answers or port_open
+    if len(bootstrap) == 1:
+        host, port = split_address(bootstrap[0])
+        return host, port, probe(host, port)
+    for address in bootstrap:
+        host, _, port = address.rpartition(":")
+        try:
+            if probe(host.strip("[]"), int(port)):
+                return host, int(port), True
+        except (BrokerError, ValueError):
+            continue
+    raise ConfigError(
+        f"no broker of KAPPA_BROKER={','.join(bootstrap)} answers: the demo starts the "
+        "embedded broker only for a single address"
+    )
 
 
 def run_demo(settings: Settings, rate: float) -> int:
-    host, port, answered = broker_answering(settings.bootstrap, port_open)
+    host, port, answered = broker_answering(settings.bootstrap)
     with ExitStack() as stack:
         if not answered:
             broker = DevBroker(host, port).start()

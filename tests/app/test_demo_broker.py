@@ -3,6 +3,8 @@ embedded broker on its only address."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from app.demo import broker_answering
@@ -29,3 +31,16 @@ def test_a_list_none_of_which_answers_is_refused_in_one_line() -> None:
         "no broker of KAPPA_BROKER=b1:9092,b2:9092 answers: the demo starts the embedded "
         "broker only for a single address"
     )
+
+
+@pytest.mark.parametrize("unusable", ["nosuchhost.invalid:9092", "[::1]:9092"])
+def test_an_address_of_a_list_the_probe_cannot_use_is_one_that_does_not_answer(
+    unusable: str,
+) -> None:
+    """A host that does not resolve, or an IPv6 one (the probe is IPv4), stopped the demo
+    before the next address was tried."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert broker_answering([unusable, f"127.0.0.1:{port}"]) == ("127.0.0.1", port, True)
