@@ -52,8 +52,9 @@ USER_PARTIALS = "user-partials"
 # Bounds of a plausible order. Beyond them a value is almost surely a unit or parsing error
 # (DLQ `out_of_range`), and with them no sum, mean or std of totals can leave the float
 # range: totals are at most 1e24, so even 2**63 of them sum to about 1e43 and their M2 to 1e67.
-# Nor can they sink below it: a positive amount under 1e-100 squared in a window's M2 or a
-# trend's error sum would round to 0 (its std read 0, every window of it an anomaly).
+# Nor can they sink below it: squares of deviations under about 1e-154 round to 0 (a window's
+# std reads 0, a trend's spread too, and every window of the product is an anomaly); a
+# positive amount under 1e-100 is refused, far above that.
 MAX_AMOUNT = 1e15
 MIN_POSITIVE_AMOUNT = 1e-100
 MAX_QUANTITY = 1_000_000_000

@@ -108,7 +108,7 @@ async def _stuck_worker(
             if "still not in consumer group" not in worker.log_path.read_text(errors="replace"):
                 try:
                     in_group = _ready(worker)[0] == 200
-                except urllib.error.URLError:  # its web server is not up yet
+                except (urllib.error.URLError, ConnectionError):  # its web server is not up yet
                     in_group = False
                 assert in_group, "neither warned nor in its group"
 
