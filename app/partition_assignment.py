@@ -8,7 +8,11 @@ pipelines cost very different amounts per record. As Kafka Streams balances task
 sub-topology, each topic here is split among the members subscribed to it, floor or ceil of
 partitions / members each; which members take a topic's remainder is chosen to even out the
 members' totals, and then to leave as many partitions as possible with their previous owner
-(a partition that moves is restored from its changelog by its new owner).
+(a partition that moves is restored from its changelog by its new owner). Partitions that
+must move go, where the counts allow, to a member that still has local state for them (a
+restarted worker claims nothing, but its state directories are still there): it only catches
+up from the changelog, as Kafka Streams places tasks by the offset sums members report
+(KIP-441).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def assign_partitions(
     partitions: Mapping[str, Collection[int]],
     subscriptions: Mapping[str, Collection[str]],
     claims: Mapping[str, Claim] | None = None,
+    local_state: Mapping[str, Collection[Partition]] | None = None,
 ) -> Assignment:
     """Every partition of every subscribed topic in `partitions` to exactly one member
     subscribed to its topic; every member of `subscriptions` has an entry (maybe empty).
@@ -42,8 +47,11 @@ def assign_partitions(
     / subscribers; members' totals are as even as they can be (least sum of squares); as many
     partitions as possible stay with their previous owner, the member whose claim on it has
     the highest generation (the lowest member id among equal ones, which only members that
-    never learnt their generation send). The same input gives the same output, whatever the
-    order of its mappings and collections."""
+    never learnt their generation send); then as many of the other partitions as possible go
+    to a member with `local_state` for them (member -> partitions it has state for), and a
+    member that must give up some of its claimed partitions gives up first those another
+    member has state for. The same input gives the same output, whatever the order of its
+    mappings and collections."""
     partitions = {t: sorted(set(ps)) for t, ps in partitions.items()}
     members = sorted(subscriptions)
     subscribers = {
@@ -55,19 +63,61 @@ def assign_partitions(
     for (topic, p), member in sorted(owners.items()):
         if topic in subscribers and member in subscribers[topic]:
             held.setdefault((member, topic), []).append(p)
+    stateful: dict[Partition, set[str]] = {}  # partition -> the members with state for it
+    for member, held_state in (local_state or {}).items():
+        for topic, p in held_state:
+            if topic in subscribers and member in subscribers[topic]:
+                stateful.setdefault((topic, p), set()).add(member)
     takers = _remainder_takers(partitions, subscribers, held)
     assignment: Assignment = {m: {} for m in members}
     for topic, ms in subscribers.items():
         floor = len(partitions[topic]) // len(ms)
         counts = {m: floor + (m in takers[topic]) for m in ms}
-        kept = {m: held.get((m, topic), [])[: counts[m]] for m in ms}
+        kept: dict[str, list[int]] = {}
+        for m in ms:  # what another member has state for is given up first, then the highest
+            mine = held.get((m, topic), [])
+            wanted = [p for p in mine if stateful.get((topic, p), set()) - {m}]
+            kept[m] = ([p for p in mine if p not in wanted] + wanted)[: counts[m]]
         taken = {p for ps in kept.values() for p in ps}
-        free = iter(sorted(set(partitions[topic]) - taken))
+        free = sorted(set(partitions[topic]) - taken)
+        room = {m: counts[m] - len(kept[m]) for m in ms}
+        placed = _place_on_state(topic, free, room, stateful)
+        rest = iter(p for p in free if p not in placed)
         for m in ms:
-            given = [next(free) for _ in range(counts[m] - len(kept[m]))]
+            given = [p for p, owner in placed.items() if owner == m]
+            given += [next(rest) for _ in range(room[m] - len(given))]
             if kept[m] or given:
                 assignment[m][topic] = sorted(kept[m] + given)
     return assignment
+
+
+def _place_on_state(
+    topic: str, free: list[int], room: Mapping[str, int], stateful: Mapping[Partition, set[str]]
+) -> dict[int, str]:
+    """As many of `free` as can be, each to a member with state for it and room left: a
+    maximum matching by augmenting paths, partitions ascending and members sorted, so ties
+    always break alike. Returns partition -> member for those placed."""
+    candidates = {p: sorted(m for m in stateful.get((topic, p), ()) if room[m] > 0) for p in free}
+    placed: dict[int, str] = {}
+    holding: dict[str, list[int]] = {m: [] for m in room}
+
+    def place(p: int, seen: set[str]) -> bool:
+        """Places p on a member not in `seen`, moving that member's own elsewhere if need be."""
+        for m in candidates[p]:
+            if m in seen:
+                continue
+            seen.add(m)
+            if len(holding[m]) < room[m] or any(place(q, seen) for q in sorted(holding[m])):
+                holding[m] = [q for q in holding[m] if placed.get(q) == m]
+                holding[m].append(p)
+                placed[p] = m
+                return True
+        return False
+
+    for p in free:
+        if candidates[p]:
+            place(p, set())
+    return placed
 
 
 def _previous_owners(

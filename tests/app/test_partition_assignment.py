@@ -8,7 +8,7 @@ from itertools import combinations, product
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.partition_assignment import Assignment, Claim, assign_partitions
+from app.partition_assignment import Assignment, Claim, Partition, assign_partitions
 
 SOURCES = ["orders", "orders.by-user", "orders.by-window", "orders.revenue-1m"]
 
@@ -286,3 +286,122 @@ def test_a_worker_joining_workers_of_the_same_sources_moves_only_what_it_takes(
     after = assign_partitions(partitions, {**workers, joining: sources}, _claims(before, 1))
     owners = _owners(before)
     assert all(owners[tp] == m or m == joining for tp, m in _owners(after).items())
+
+
+def test_a_restarted_worker_gets_back_the_partitions_it_has_state_for() -> None:
+    """A restarted worker claims nothing (the sticky claim lived in its memory), but its state
+    directories are still there: it gets those partitions back, not others (full restores)."""
+    partitions = {t: range(4) for t in SOURCES}
+    everything = Claim(7, [(t, p) for t in SOURCES for p in range(4)])
+    workers = {"w-a": SOURCES, "w-b": SOURCES}
+    for b_state, a_keeps in (([2, 3], [0, 1]), ([0, 1], [2, 3]), ([0, 3], [1, 2])):
+        state = {"w-b": [(t, p) for t in SOURCES for p in b_state]}
+        got = assign_partitions(partitions, workers, {"w-a": everything}, state)
+        assert got == {
+            "w-a": dict.fromkeys(SOURCES, a_keeps),
+            "w-b": dict.fromkeys(SOURCES, b_state),
+        }
+    # Claims come first: a partition stays with its claimant even if another has state for it.
+    claims = {"w-a": Claim(7, [("orders", 0), ("orders", 1)])}
+    state = {"w-b": [("orders", 0), ("orders", 1)]}
+    got = assign_partitions({"orders": range(4)}, workers, claims, state)
+    assert got == {"w-a": {"orders": [0, 1]}, "w-b": {"orders": [2, 3]}}
+
+
+def test_state_places_partitions_within_each_members_share() -> None:
+    """Three workers after all restarted: each gets what it has state for, as far as its
+    share allows, a worker with state for more than its share moving some to the others."""
+    workers = {m: ["orders"] for m in ("w-a", "w-b", "w-c")}
+    state = {
+        "w-a": [("orders", p) for p in (0, 1, 2, 3)],  # from before w-c joined
+        "w-b": [("orders", p) for p in (3, 4, 5)],
+        "w-c": [("orders", 0), ("orders", 9)],  # 9: a partition that no longer exists
+    }
+    got = assign_partitions({"orders": range(6)}, workers, None, state)
+    assert got == {"w-a": {"orders": [1, 2]}, "w-b": {"orders": [3, 4]}, "w-c": {"orders": [0, 5]}}
+    assert _on_state(got, state) == 5  # 5 is nobody's but w-b's, whose share is full
+    # State for a topic the member does not read, or of a member not in the group: nothing.
+    ignored = {"w-a": [("other", 0)], "gone": [("orders", 0)]}
+    assert assign_partitions({"orders": range(6)}, workers, None, ignored) == (
+        assign_partitions({"orders": range(6)}, workers)
+    )
+
+
+@st.composite
+def stateful_groups(
+    draw: st.DrawFn,
+) -> tuple[dict[str, range], dict[str, set[str]], dict[str, Claim], dict[str, list[Partition]]]:
+    """A group as `groups` draws them, and the partitions each member has local state for
+    (possibly of topics it does not read, or partitions that no longer exist)."""
+    partitions, subscriptions, claims = draw(groups())
+    stateful = st.tuples(st.sampled_from([*TOPICS, "gone"]), st.integers(0, 7))
+    state = {
+        m: draw(st.lists(stateful, max_size=12)) for m in draw(st.sets(st.sampled_from(MEMBERS)))
+    }
+    return partitions, subscriptions, claims, state
+
+
+def _most_on_state(
+    partitions: Mapping[str, range],
+    got: Assignment,
+    state: Mapping[str, Collection[Partition]],
+) -> int:
+    """The most partitions that could be on a member with state for them, each member
+    holding as many of each topic as in `got` (a reference: every such split)."""
+    most = 0
+    for t, ps in partitions.items():
+        counts = {m: len(topics[t]) for m, topics in got.items() if t in topics}
+        readers = sorted(counts)
+        most += max(
+            (
+                sum((t, p) in set(state.get(m, ())) for p, m in zip(ps, owners))
+                for owners in product(readers, repeat=len(ps))
+                if all(owners.count(m) == n for m, n in counts.items())
+            ),
+            default=0,
+        )
+    return most
+
+
+def _on_state(got: Assignment, state: Mapping[str, Collection[Partition]]) -> int:
+    return sum(
+        (t, p) in set(state.get(m, ()))
+        for m, topics in got.items()
+        for t, ps in topics.items()
+        for p in ps
+    )
+
+
+@given(stateful_groups())
+def test_local_state_leaves_evenness_and_stickiness_as_they_were(
+    group: tuple[
+        dict[str, range], dict[str, set[str]], dict[str, Claim], dict[str, list[Partition]]
+    ],
+) -> None:
+    partitions, subscriptions, claims, state = group
+    got = assign_partitions(partitions, subscriptions, claims, state)
+    assert _counts(got) == _counts(assign_partitions(partitions, subscriptions, claims))
+    held = _newest_claims(partitions, subscriptions, claims)
+    for (m, t), ps in held.items():
+        assert len(ps & set(got[m].get(t, ()))) == min(len(ps), len(got[m].get(t, ())))
+    reordered = assign_partitions(
+        {t: list(reversed(partitions[t])) for t in reversed(partitions)},
+        {m: sorted(subscriptions[m], reverse=True) for m in reversed(subscriptions)},
+        {
+            m: Claim(claims[m].generation, list(claims[m].partitions)[::-1])
+            for m in reversed(claims)
+        },
+        {m: list(state[m])[::-1] for m in reversed(state)},
+    )
+    assert reordered == got
+
+
+@given(stateful_groups())
+def test_without_claims_every_partition_it_can_goes_to_a_member_with_state_for_it(
+    group: tuple[
+        dict[str, range], dict[str, set[str]], dict[str, Claim], dict[str, list[Partition]]
+    ],
+) -> None:
+    partitions, subscriptions, _, state = group
+    got = assign_partitions(partitions, subscriptions, None, state)
+    assert _on_state(got, state) == _most_on_state(partitions, got, state)
