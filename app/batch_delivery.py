@@ -36,13 +36,15 @@ from app.commit_watch import watched_commit
 from app.group_leave import leave_on_close
 from app.group_wait import GroupWait, JoinAnswers, watch_join_answers
 from app.group_wait import log as group_wait_log
-from app.partition_assignment import Claim, assign_partitions
+from app.partition_assignment import Claim, Partition, assign_partitions
 from app.partition_owners import (
     OwnersByUrl,
     PartitionOwners,
+    member_local_state,
     member_url,
     owners_bytes,
     parse_owners,
+    with_local_state,
     with_url,
 )
 from app.raw_records import RAW_RECORDS, consumer_record
@@ -88,7 +90,9 @@ class BatchConductor(Conductor):  # type: ignore[misc]
 
 
 def sticky_assignor(
-    consumer: Any, owners: PartitionOwners | None = None
+    consumer: Any,
+    owners: PartitionOwners | None = None,
+    local_state: Callable[[], Iterable[Partition]] | None = None,
 ) -> type[StickyPartitionAssignor]:
     """aiokafka's sticky assignor, for one consumer: it keeps its member's last assignment in
     class attributes, so each consumer gets a class of its own.
@@ -106,7 +110,11 @@ def sticky_assignor(
     consumer's coordinator instead, as the Java client does.
 
     With `owners`, the join also tells the group which worker's web server holds each
-    partition (`app.partition_owners`), and `owners` is kept up to date with the map.
+    partition (`app.partition_owners`), and `owners` is kept up to date with the map. With
+    `local_state`, each join also says which partitions it returns (looked at at each join:
+    the source partitions this worker has state directories for), and the leader hands them
+    back to it where it can: a restarted worker claims nothing, but catches up from its
+    changelogs only for partitions whose state it still has.
 
     The join names the subscribed topics sorted: faust subscribes with a set, whose order
     differs from process to process (string hashing is randomised), so a restarted worker
@@ -123,20 +131,29 @@ def sticky_assignor(
 
     def metadata(cls: type[StickyPartitionAssignor], topics: Iterable[str]) -> Any:
         joined = StickyPartitionAssignor.metadata.__func__(cls, sorted(topics))  # type: ignore[attr-defined]
-        if owners is None:
+        if owners is None and local_state is None:
             return joined
-        user_data = with_url(joined.user_data, owners.own_url)
+        user_data = joined.user_data
+        if local_state is not None:
+            try:
+                user_data = with_local_state(user_data, local_state())
+            except OSError as e:  # the state directory unreadable: join without saying
+                log.warning("Cannot list the local state for the group join: %s", e)
+        if owners is not None:
+            user_data = with_url(user_data, owners.own_url)
         return ConsumerProtocolMemberMetadata(joined.version, joined.subscription, user_data)
 
     def assign(cls: type[StickyPartitionAssignor], cluster: Any, members: Mapping[str, Any]) -> Any:
         subscriptions: dict[str, list[str]] = {}
         claims: dict[str, Claim] = {}
+        stateful: dict[str, list[Partition]] = {}
         for member, meta in members.items():
-            joined = cls.parse_member_metadata(meta)  # aiokafka's: it ignores the URL after
+            joined = cls.parse_member_metadata(meta)  # aiokafka's: it ignores what follows
             subscriptions[member] = joined.subscription
             claims[member] = Claim(
                 joined.generation, [(p.topic, p.partition) for p in joined.partitions]
             )
+            stateful[member] = member_local_state(meta.user_data or b"")
         partitions = {}
         for topic in sorted({t for topics in subscriptions.values() for t in topics}):
             numbers = cluster.partitions_for_topic(topic)
@@ -144,7 +161,7 @@ def sticky_assignor(
                 log.warning("No partition metadata for topic %r", topic)
             else:
                 partitions[topic] = numbers
-        assignments = assign_partitions(partitions, subscriptions, claims)
+        assignments = assign_partitions(partitions, subscriptions, claims, stateful)
         held: OwnersByUrl = {}
         for member, meta in members.items():
             url = member_url(meta.user_data or b"")
@@ -261,7 +278,7 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         # tables, so what workers before this one use) would let a group mix them during an
         # in-place upgrade, but doubles every group join on the dev broker (2 s → 4 s).
         consumer._partition_assignment_strategy = (
-            sticky_assignor(consumer, app.kappa_partition_owners),
+            sticky_assignor(consumer, app.kappa_partition_owners, app.kappa_local_state),
         )
         if app.kappa_read_committed:
             consumer._isolation_level = "read_committed"
@@ -452,6 +469,8 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_stop_on_error: Callable[[BaseException, str], Awaitable[None]]
     kappa_topics_gone: TopicsCheck | None = None  # set: a commit hanging on a topic checks it
     kappa_partition_owners: PartitionOwners | None = None  # set: the join says who holds what
+    # set: the join says which source partitions this worker has local state for
+    kappa_local_state: Callable[[], list[Partition]] | None = None
     kappa_join_answers: JoinAnswers  # the coordinator's last answers to the consumer's joins
     kappa_group_wait: GroupWait | None = None  # set: said when it stays out of its group
     kappa_group_check_s: float = 1.0  # how often that is looked at (s)

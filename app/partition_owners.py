@@ -6,18 +6,24 @@ appends its URL to the sticky assignor's user data in its join metadata (aiokafk
 field by field and ignores what follows, so members with and without it mix in a rolling
 deploy). The leader hands every member the whole map in its assignment's user data, which the
 sticky assignor leaves empty. A map from a leader that does not send one is empty.
+
+Between the sticky data and the URL, a member also says which source partitions it has local
+state for (`with_local_state`), so the leader can hand them back to it (a restarted worker
+claims nothing). A leader that does not read it skips it with the rest after the sticky data.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterable
 
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import (  # type: ignore[import-untyped]
     StickyAssignorUserDataV1,
 )
 
 URL_MARK = b"\x00kappa-url\x00"  # cannot occur in sticky user data: topic names have no NUL
+STATE_MARK = b"\x00kappa-state\x00"  # likewise; and JSON has no NUL (it is escaped)
 OWNERS_MARK = b"kappa-owners:"
 OwnersByUrl = dict[str, dict[str, list[int]]]  # url -> topic -> partitions
 
@@ -36,6 +42,30 @@ def with_url(sticky_user_data: bytes, url: str) -> bytes:
     data (a first join) becomes an empty previous assignment, which decodes the same."""
     head = sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
     return head + URL_MARK + url.encode()
+
+
+def with_local_state(sticky_user_data: bytes, partitions: Iterable[tuple[str, int]]) -> bytes:
+    """The sticky assignor's user data, then the partitions this member has local state for
+    (compact JSON, topic -> partitions); `with_url` goes after it."""
+    head = sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
+    by_topic: dict[str, list[int]] = {}
+    for topic, p in sorted(set(partitions)):
+        by_topic.setdefault(topic, []).append(p)
+    return head + STATE_MARK + json.dumps(by_topic, separators=(",", ":")).encode()
+
+
+def member_local_state(user_data: bytes) -> list[tuple[str, int]]:
+    """The partitions a member's join metadata says it has local state for; none for a member
+    that does not say, or says it unreadably (never a failed join)."""
+    head, url_mark, _ = user_data.rpartition(URL_MARK)
+    _, mark, raw = (head if url_mark else user_data).rpartition(STATE_MARK)
+    if not mark:
+        return []
+    try:
+        by_topic = json.loads(raw)
+        return sorted({(topic, p) for topic, ps in by_topic.items() for p in ps if type(p) is int})
+    except (ValueError, AttributeError, TypeError):
+        return []
 
 
 def member_url(user_data: bytes) -> str | None:

@@ -200,6 +200,23 @@ def check_partition_dirs(
     return applied
 
 
+def local_source_partitions(topology: Topology) -> list[tuple[str, int]]:
+    """(physical source topic, partition) for every partition directory of the selected
+    pipelines: what this worker would only catch up on, not restore, if handed it. Only
+    lists directories (it opens none: some are open in this process)."""
+    found: set[tuple[str, int]] = set()
+    for pipeline in topology.pipelines:
+        base = topology.state_root() / pipeline.name
+        if not base.is_dir():
+            continue
+        source = topology.physical(pipeline.source)
+        for entry in base.iterdir():
+            m = _PARTITION_DIR.fullmatch(entry.name)
+            if m is not None and entry.is_dir():
+                found.add((source, int(m.group(1))))
+    return sorted(found)
+
+
 async def check_broker_has_state(
     bootstrap: str, topology: Topology, applied: dict[tuple[str, int], int]
 ) -> None:

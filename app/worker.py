@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -43,6 +44,7 @@ from app.runtime import (
 )
 from app.send_refusals import SendRefused
 from app.settings import Settings
+from app.state_guard import local_source_partitions
 from app.topic_reader import read_range, to_source_record
 from app.topology import Topology
 from app.web import register_pages
@@ -234,6 +236,7 @@ def create_app(
     app.kappa_partition_owners = PartitionOwners(
         advertised_url(settings.web_host, settings.web_port, settings.advertised_url)
     )
+    app.kappa_local_state = partial(local_source_partitions, topology)
     runners: list[PipelineRunner] = []
     drivers: list[tuple[str, PipelineDriver]] = []  # (physical source, its driver)
 

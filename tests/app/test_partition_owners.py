@@ -13,11 +13,15 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 from app.batch_delivery import sticky_assignor
 from app.partition_owners import (
+    STATE_MARK,
+    URL_MARK,
     PartitionOwners,
     advertised_url,
+    member_local_state,
     member_url,
     owners_bytes,
     parse_owners,
+    with_local_state,
     with_url,
 )
 
@@ -35,10 +39,17 @@ class _Cluster:
         return set(range(self.counts[topic]))
 
 
-def _assignor(url: str | None) -> tuple[type[StickyPartitionAssignor], PartitionOwners | None]:
+def _assignor(
+    url: str | None, state: list[tuple[str, int]] | None = None
+) -> tuple[type[StickyPartitionAssignor], PartitionOwners | None]:
     owners = PartitionOwners(url) if url is not None else None
     consumer = SimpleNamespace(_coordinator=SimpleNamespace(generation=1))
-    return sticky_assignor(consumer, owners), owners
+    local_state = None if state is None else lambda: state
+    return sticky_assignor(consumer, owners, local_state), owners
+
+
+def _held(assignment: object) -> list[int]:
+    return sorted(p for _, ps in assignment.assignment for p in ps)  # type: ignore[attr-defined]
 
 
 def test_a_url_after_the_sticky_data_leaves_that_data_as_it_was() -> None:
@@ -113,3 +124,62 @@ def test_the_advertised_url_is_the_setting_else_the_bind_address() -> None:
     assert advertised_url("0.0.0.0", 6066, "https://kappa-0.kappa:6066/") == (
         "https://kappa-0.kappa:6066"
     )
+
+
+def test_local_state_between_the_sticky_data_and_the_url_leaves_both_as_they_were() -> None:
+    sticky = StickyAssignorUserDataV1([("orders", [0, 2])], 7).encode()
+    state = [("orders", 3), ("orders.by-user", 1), ("orders", 1), ("orders", 3)]
+    joined = with_url(with_local_state(sticky, state), "http://w1:6066")
+    assert member_url(joined) == "http://w1:6066"
+    assert member_local_state(joined) == [("orders", 1), ("orders", 3), ("orders.by-user", 1)]
+    decoded = StickyAssignorUserDataV1.decode(joined)  # what any leader reads first
+    assert (list(decoded.previous_assignment), decoded.generation) == ([("orders", [0, 2])], 7)
+    first = with_local_state(b"", [("orders", 0)])  # a first join, and no URL
+    assert StickyAssignorUserDataV1.decode(first).generation == -1
+    assert member_local_state(first) == [("orders", 0)] and member_url(first) is None
+    assert member_local_state(with_local_state(sticky, [])) == []
+
+
+def test_a_member_that_says_no_state_or_says_it_unreadably_has_none() -> None:
+    """Older members' formats, and anything garbled: no state, never a failed join."""
+    sticky = StickyAssignorUserDataV1([("orders", [0])], 2).encode()
+    for older in (b"", sticky, with_url(sticky, "http://old:6066")):
+        assert member_local_state(older) == []
+    for garbled in (b"{", b"[1]", b'{"orders":["x",true,1.5]}', b'{"orders":3}', b"\xff"):
+        assert member_local_state(sticky + STATE_MARK + garbled + URL_MARK + b"http://w") == []
+    mixed = sticky + STATE_MARK + b'{"orders":[0,"x",2]}'
+    assert member_local_state(mixed) == [("orders", 0), ("orders", 2)]  # the readable ones
+
+
+def test_the_leader_hands_a_restarted_member_the_partitions_it_has_state_for() -> None:
+    """The old member claims every partition; the restarted one claims none but has state
+    for 0 and 1. Old and new members and leaders mix: a member that says nothing of its
+    state, or a leader that does not read it, assigns as before."""
+    keeper, _ = _assignor("http://a:6066")
+    keeper.on_assignment(keeper.assign(_Cluster({"t": 4}), {"m-a": keeper.metadata(["t"])})["m-a"])
+    restarted, owners = _assignor("http://b:6066", [("t", 0), ("t", 1), ("other", 0)])
+    members = {"m-a": keeper.metadata(["t"]), "m-b": restarted.metadata(["t"])}
+    for leader in (keeper, restarted):
+        got = leader.assign(_Cluster({"t": 4}), members)
+        assert (_held(got["m-a"]), _held(got["m-b"])) == ([2, 3], [0, 1])
+    restarted.on_assignment(got["m-b"])
+    assert owners is not None and owners.owner("t", 2) == "http://a:6066"  # the URL still read
+    # An old leader reads the claims and ignores the rest: m-a keeps the lowest it claims.
+    by_old = StickyPartitionAssignor.assign(_Cluster({"t": 4}), members)
+    assert sorted(_held(by_old["m-a"]) + _held(by_old["m-b"])) == [0, 1, 2, 3]
+    # A restarted member of an older release says nothing of its state: as before.
+    old_restarted, _ = _assignor("http://b:6066")
+    members["m-b"] = old_restarted.metadata(["t"])
+    got = keeper.assign(_Cluster({"t": 4}), members)
+    assert (_held(got["m-a"]), _held(got["m-b"])) == ([0, 1], [2, 3])
+
+
+def test_a_member_that_cannot_list_its_state_joins_without_it() -> None:
+    def unreadable() -> list[tuple[str, int]]:
+        raise PermissionError("state dir")
+
+    consumer = SimpleNamespace(_coordinator=SimpleNamespace(generation=1))
+    assignor = sticky_assignor(consumer, PartitionOwners("http://a:6066"), unreadable)
+    joined = assignor.metadata(["t"])
+    assert member_url(joined.user_data) == "http://a:6066"
+    assert member_local_state(joined.user_data) == []

@@ -9,7 +9,7 @@ import pytest
 
 from app import topic_reader
 from app.settings import load_settings
-from app.state_guard import BrokerDataLost, check_broker_has_state
+from app.state_guard import BrokerDataLost, check_broker_has_state, local_source_partitions
 from app.topology import Topology
 
 
@@ -48,3 +48,26 @@ async def test_a_source_end_still_behind_after_the_grace_is_refused(
         BrokerDataLost, match=r"has applied offset 9 but the broker's log ends at 7"
     ):
         await check_broker_has_state("b:1", _topology(tmp_path, 1_500), {("orders", 0): 9})
+
+
+def test_the_local_state_a_worker_joins_with_names_its_pipelines_sources(tmp_path: Path) -> None:
+    """What a worker tells its group it has state for: the physical source topic and number of
+    each partition directory of the pipelines it runs, nothing else under its state root."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_TOPIC_PREFIX": "pre."})
+    topology = Topology(settings, 2).select(["orders", "user-totals"])
+    root = topology.state_root()
+    for pipeline, entry in [
+        ("orders", "p0"),
+        ("orders", "p3"),
+        ("user-totals", "p1"),
+        ("user-totals", "LOCK"),
+        ("top-products", "p2"),  # a pipeline it does not run
+    ]:
+        (root / pipeline / entry).mkdir(parents=True)
+    (root / "orders" / "p7").touch()  # not a directory
+    assert local_source_partitions(topology) == [
+        ("pre.orders", 0),
+        ("pre.orders", 3),
+        ("pre.orders.by-user.v2", 1),
+    ]
+    assert local_source_partitions(Topology(settings, 3)) == []  # no state for that version
