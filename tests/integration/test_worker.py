@@ -322,6 +322,48 @@ async def test_partitions_handed_back_catch_up_from_their_changelogs(
                 w.stop()
 
 
+async def test_a_restarted_worker_gets_back_the_partitions_it_has_state_for(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A restarted worker claims nothing, but its join says which partitions it has state
+    for: the leader hands it those (here 0 and 1, which the other worker would otherwise
+    keep, as the lowest of all it claims), and it catches up rather than restoring."""
+    base = kappa_env(broker, unique, tmp_path / "unused", KAPPA_LOG_LEVEL="info")  # restores
+    assert run_kappa(["topics"], base).returncode == 0
+    b_env = {**base, "KAPPA_STATE_DIR": str(tmp_path / "b")}
+    b = Worker(b_env, tmp_path / "b.log").start()
+    a = Worker({**base, "KAPPA_STATE_DIR": str(tmp_path / "a")}, tmp_path / "a.log")
+    b_again = Worker(b_env, tmp_path / "b-again.log")
+    try:
+        await produce_orders(broker, f"{unique}.orders", _spec(1_000, seed=11))
+        ref = await reference_for(broker, f"{unique}.orders")
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(b))
+        await eventually(lambda: changelogs_caught_up(base), timeout=60)
+        assert b.stop() == 0, b.tail_log()
+        for partition_dir in (tmp_path / "b").glob("v1/*/p[23]"):  # b keeps state for 0, 1
+            shutil.rmtree(partition_dir)
+        a.start()  # restores all four from the changelogs, and claims them all from now on
+        chunk = _spec(1_000, seed=12, start_ms=START_MS + _spec(1_000, seed=11).span_ms)
+        await produce_orders(broker, f"{unique}.orders", chunk)  # b's state falls behind
+        ref = await reference_for(broker, f"{unique}.orders")
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(a))
+        await eventually(lambda: changelogs_caught_up(base), timeout=60)
+        b_again.start()
+        await eventually(
+            lambda: _each_holds_half_of_every_source(a, b_again),
+            timeout=60,
+            alive=_alive(b_again),
+            explain=lambda: _logs(a, b_again),
+        )
+        assert set(map(tuple, _source_partitions(b_again).values())) == {(0, 1)}, _logs(b_again)
+        log = b_again.log_path.read_text()
+        assert "catching up from" in log and "restoring from" not in log, log[-3000:]
+    finally:
+        for w in (a, b, b_again):
+            if w.proc is not None and w.proc.poll() is None:
+                w.stop()
+
+
 async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_source(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
