@@ -236,7 +236,10 @@ def create_app(
     app.kappa_partition_owners = PartitionOwners(
         advertised_url(settings.web_host, settings.web_port, settings.advertised_url)
     )
-    app.kappa_local_state = partial(local_source_partitions, topology)
+    # A static member restarted in time gets its partitions back without a rebalance, if it
+    # rejoins with the join metadata it last joined with: state opened since would change it.
+    if app.kappa_group_instance_id is None:
+        app.kappa_local_state = partial(local_source_partitions, topology)
     runners: list[PipelineRunner] = []
     drivers: list[tuple[str, PipelineDriver]] = []  # (physical source, its driver)
 

@@ -49,6 +49,26 @@ async def test_the_worker_consumer_assigns_partitions_sticky(tmp_path: Path) -> 
             await c.stop()
 
 
+async def test_a_worker_joins_naming_the_state_it_has_unless_it_is_a_static_member(
+    tmp_path: Path,
+) -> None:
+    """A static member restarted in time keeps its partitions only if it rejoins with the join
+    metadata it last joined with (on the dev broker), and state it opened since changes it."""
+    from app.partition_owners import member_local_state
+
+    (tmp_path / "v1" / "orders" / "p2").mkdir(parents=True)
+    for instance, said in (("", [("orders", 2)]), ("worker-0", [])):
+        env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_GROUP_INSTANCE_ID": instance}
+        app = create_app(load_settings(env), 1)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            (assignor,) = consumer._partition_assignment_strategy
+            joined = assignor.metadata(["orders"])
+            assert member_local_state(joined.user_data) == said
+        finally:
+            await consumer.stop()
+
+
 def test_the_sticky_assignor_claims_its_partitions_as_of_the_groups_generation() -> None:
     """aiokafka never tells the assignor the generation: without it every member claims its
     partitions as of generation -1, and a member back from a timeout could win a partition
