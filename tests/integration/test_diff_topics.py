@@ -12,7 +12,7 @@ import pytest
 
 from app.admin import ensure_topics
 from app.kafka_clients import new_producer
-from app.settings import ConfigError, load_settings
+from app.settings import ConfigError, Settings, load_settings
 from app.topology import Topology
 from replay.diff import diff
 from replay.registry import COMPLETE, Registry, VersionRecord
@@ -26,9 +26,8 @@ def revenue(product: str, start: int, count: int) -> bytes:
     ).encode()
 
 
-async def test_diff_folds_each_side_by_key_and_reports_what_differs(
-    broker: str, unique: str, tmp_path: Path
-) -> None:
+async def _versions_2_and_3(broker: str, unique: str, tmp_path: Path) -> Settings:
+    """Settings whose registry lists versions 2 and 3 as complete, to diff."""
     settings = load_settings(
         {
             "KAPPA_BROKER": broker,
@@ -41,6 +40,13 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
     await registry.ensure()
     for v in (2, 3):
         await registry.put_version(VersionRecord(v, COMPLETE, []))
+    return settings
+
+
+async def test_diff_folds_each_side_by_key_and_reports_what_differs(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    settings = await _versions_2_and_3(broker, unique, tmp_path)
     topics = {v: Topology(settings, v) for v in (2, 3)}
     names = {
         (v, logical): t.physical(logical)
@@ -211,18 +217,7 @@ async def test_a_scratch_store_that_fails_is_one_line_not_a_workers_advice(
     """A scratch store failing (a full disk) said "stop the worker, remove it ... and restart"."""
     from tables.rocks import RocksStore, StateIOError
 
-    settings = load_settings(
-        {
-            "KAPPA_BROKER": broker,
-            "KAPPA_APP_ID": f"diff-{unique}",
-            "KAPPA_TOPIC_PREFIX": f"{unique}.",
-            "KAPPA_STATE_DIR": str(tmp_path / "state"),
-        }
-    )
-    registry = Registry(settings)
-    await registry.ensure()
-    for v in (2, 3):
-        await registry.put_version(VersionRecord(v, COMPLETE, []))
+    settings = await _versions_2_and_3(broker, unique, tmp_path)
     topics = [Topology(settings, v) for v in (2, 3)]
     await ensure_topics(broker, {name: (1, {}) for t in topics for name in t.output_topics()})
     revenue_v2 = topics[0].physical("orders.revenue-1m")

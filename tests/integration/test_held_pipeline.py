@@ -3,10 +3,7 @@ source: the worker's other pipelines keep going, and the worker stays in its gro
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,16 +44,6 @@ def _stay_up(workers: list[Worker], seconds: float) -> None:
 PIPELINES = ("orders", "user-totals", "product-trends", "top-products")
 
 
-def _ready(worker: Worker) -> tuple[int, dict[str, object]]:
-    """`GET /ready`: its status code and body."""
-    url = f"http://127.0.0.1:{worker.web_port}/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def _held_worker(env: dict[str, str], log: Path) -> Worker:
     return Worker(env, log, command=patched_kappa(HELD))
 
@@ -94,14 +81,14 @@ async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
         assert worker.metric("kappa_events_in_total", pipeline="user-totals") == 0
         assert worker.metric("kappa_source_held", pipeline="user-totals") == 1
         assert worker.metric("kappa_source_held", pipeline="orders") == 0
-        code, body = _ready(worker)  # its user-totals states are still "restoring"
+        code, body = worker.ready()  # its user-totals states are still "restoring"
         assert (code, body["status"]) == (503, "restoring"), body
         assert body["partitions"] == {"user-totals": [0, 1, 2, 3]}, body
         ref = await reference_for(broker, f"{unique}.orders")
         gate.touch()
         await eventually(lambda: check_outputs(broker, unique, ref))
         assert worker.metric("kappa_source_held", pipeline="user-totals") == 0
-        code, body = _ready(worker)
+        code, body = worker.ready()
         assert (code, body["status"]) == (200, "ready"), body
         assert body["partitions"] == {p: [0, 1, 2, 3] for p in PIPELINES}, body
     finally:
@@ -180,7 +167,7 @@ async def _processed(workers: list[Worker], n: int) -> None:
 
 
 async def _both_ready(workers: list[Worker]) -> None:
-    answers = [_ready(w) for w in workers]
+    answers = [w.ready() for w in workers]
     assert [code for code, _ in answers] == [200, 200], answers
     assigned = sorted(body["partitions"]["orders"] for _, body in answers)  # type: ignore[index]
     assert assigned == [[], [0]], answers

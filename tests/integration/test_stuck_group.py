@@ -12,7 +12,6 @@ that no longer does this lets the worker in, and this test fails: then README's 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import urllib.error
 import urllib.request
@@ -78,16 +77,6 @@ async def _leaders_gone(broker: str, topic: str, group: str, monkeypatch: Any) -
     return str(leader_id)
 
 
-def _ready(worker: Worker) -> tuple[int, dict[str, Any]]:
-    """`GET /ready`: its status code and body."""
-    url = f"http://127.0.0.1:{worker.web_port}/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 async def _stuck_worker(
     broker: str, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[str, str, Worker, tuple[int, dict[str, Any]], int]:
@@ -107,14 +96,14 @@ async def _stuck_worker(
             assert worker.proc is not None and worker.proc.poll() is None, worker.tail_log()
             if "still not in consumer group" not in worker.log_path.read_text(errors="replace"):
                 try:
-                    in_group = _ready(worker)[0] == 200
+                    in_group = worker.ready()[0] == 200
                 except (urllib.error.URLError, ConnectionError):  # its web server is not up yet
                     in_group = False
                 assert in_group, "neither warned nor in its group"
 
         try:
             await eventually(warned_or_in, timeout=90, explain=worker.tail_log)
-            ready = _ready(worker)  # still out of its group: the warning's words
+            ready = worker.ready()  # still out of its group: the warning's words
         finally:
             code = worker.stop()
         if ready[0] != 200:

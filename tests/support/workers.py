@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -103,6 +105,15 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
         return self
+
+    def ready(self) -> tuple[int, dict[str, Any]]:
+        """`GET /ready`: its status code and body (URLError: not serving yet)."""
+        url = f"http://127.0.0.1:{self.web_port}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def _samples(self) -> list[tuple[str, dict[str, str], float]]:
         """Every sample on /metrics (empty if the worker is not up yet)."""
