@@ -164,6 +164,8 @@ def test_a_store_open_elsewhere_in_this_process_is_locked(
     with pytest.raises(StateLockedError) as e:
         RocksStore(path, IDENTITY)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+    # its advice is not to start again: the same for a replay
+    assert e.value.with_rerun("run the replay again") is e.value
     assert "or a replay of the same partitions of this version" in str(e.value)  # not only
     stores.pop().close()
     RocksStore(path, IDENTITY).close()  # free again once closed
@@ -223,13 +225,5 @@ def test_an_io_error_tells_a_worker_to_stop_first(path: Path) -> None:
         f"`rm -rf {path}` and run the replay again; the partition is rebuilt from its source"
     )
 
-
-def test_a_refusal_whose_advice_is_not_to_start_again_is_the_same_for_a_replay(
-    path: Path, stores: list[RocksStore]
-) -> None:
-    stores.append(RocksStore(path, IDENTITY))
-    with pytest.raises(StateLockedError) as locked:
-        RocksStore(path, IDENTITY)
-    assert locked.value.with_rerun("run the replay again") is locked.value
     plain = StateError("cannot create state directory /x: Permission denied")
     assert plain.with_rerun("run the replay again") is plain
