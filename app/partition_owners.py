@@ -37,17 +37,23 @@ def advertised_url(web_host: str, web_port: int, configured: str = "") -> str:
     return f"http://[{host}]:{web_port}" if ":" in host else f"http://{host}:{web_port}"
 
 
+def _sticky_or_empty(sticky_user_data: bytes) -> bytes:
+    """Empty sticky data (a first join) as an empty previous assignment, which decodes the
+    same, so that what Kappa appends follows data the sticky decoder reads."""
+    return sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
+
+
 def with_url(sticky_user_data: bytes, url: str) -> bytes:
     """Join metadata user data: the sticky assignor's, then this member's URL. Empty sticky
     data (a first join) becomes an empty previous assignment, which decodes the same."""
-    head = sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
+    head = _sticky_or_empty(sticky_user_data)
     return head + URL_MARK + url.encode()
 
 
 def with_local_state(sticky_user_data: bytes, partitions: Iterable[tuple[str, int]]) -> bytes:
     """The sticky assignor's user data, then the partitions this member has local state for
     (compact JSON, topic -> partitions); `with_url` goes after it."""
-    head = sticky_user_data or StickyAssignorUserDataV1([], -1).encode()
+    head = _sticky_or_empty(sticky_user_data)
     by_topic: dict[str, list[int]] = {}
     for topic, p in sorted(set(partitions)):
         by_topic.setdefault(topic, []).append(p)
