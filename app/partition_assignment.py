@@ -12,7 +12,8 @@ members' totals, and then to leave as many partitions as possible with their pre
 must move go, where the counts allow, to a member that still has local state for them (a
 restarted worker claims nothing, but its state directories are still there): it only catches
 up from the changelog, as Kafka Streams places tasks by the offset sums members report
-(KIP-441).
+(KIP-441); where a topic's partitions do not divide evenly, the odd ones go, other things
+equal, where they land on such state.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def assign_partitions(
         for topic, p in held_state:
             if topic in subscribers and member in subscribers[topic]:
                 stateful.setdefault((topic, p), set()).add(member)
-    takers = _remainder_takers(partitions, subscribers, held)
+    gains = _state_gains(partitions, subscribers, held, stateful)
+    takers = _remainder_takers(partitions, subscribers, held, gains)
     assignment: Assignment = {m: {} for m in members}
     for topic, ms in subscribers.items():
         floor = len(partitions[topic]) // len(ms)
@@ -120,6 +122,35 @@ def _place_on_state(
     return placed
 
 
+def _state_gains(
+    partitions: Mapping[str, Collection[int]],
+    subscribers: Mapping[str, list[str]],
+    held: Mapping[tuple[str, str], list[int]],
+    stateful: Mapping[Partition, set[str]],
+) -> set[tuple[str, str]]:
+    """The (topic, member) pairs where one partition over the floor would let one more of the
+    topic's unclaimed partitions go to a member with state for it: the matching of those
+    partitions grows if that member has room for one more (after a restart of every worker,
+    nobody claims anything, and who takes a remainder decides who restores from scratch)."""
+    gains: set[tuple[str, str]] = set()
+    for topic, ms in subscribers.items():
+        floor, remainder = divmod(len(partitions[topic]), len(ms))
+        if not remainder:
+            continue
+        claimed = {p for m in ms for p in held.get((m, topic), ())}
+        free = [p for p in partitions[topic] if p not in claimed]
+        room = {m: floor - min(len(held.get((m, topic), ())), floor) for m in ms}
+        wanting = [m for m in ms if any(m in stateful.get((topic, p), ()) for p in free)]
+        if not wanting:
+            continue
+        matched = len(_place_on_state(topic, free, room, stateful))
+        for m in wanting:
+            more = len(_place_on_state(topic, free, {**room, m: room[m] + 1}, stateful))
+            if more > matched:
+                gains.add((topic, m))
+    return gains
+
+
 def _previous_owners(
     members: list[str], claims: Mapping[str, Claim], partitions: Mapping[str, Collection[int]]
 ) -> dict[Partition, str]:
@@ -143,6 +174,7 @@ def _remainder_takers(
     partitions: Mapping[str, Collection[int]],
     subscribers: Mapping[str, list[str]],
     held: Mapping[tuple[str, str], list[int]],
+    gains: Collection[tuple[str, str]] = (),
 ) -> dict[str, set[str]]:
     """Which subscribers of each topic get one partition over the floor: a min-cost flow that
     sends each topic's remainder, one partition per member, to its subscribers.
@@ -150,7 +182,9 @@ def _remainder_takers(
     Taking its k-th remainder partition costs a member `weight` * (its floors' total + k), so
     the cheapest flow has the least sum of squared totals (the evenest; `weight` puts that
     first); a remainder partition going to a member that holds more than the floor of that
-    topic costs 1 less (it keeps one partition more)."""
+    topic costs `keep` less (it keeps one partition more), else to a member of `gains`
+    ((topic, member): one more partition would be on its local state) 1 less; `keep` is more
+    than all the remainder partitions could gain by state, so keeping comes first."""
     topics = [t for t in subscribers if len(partitions[t]) % len(subscribers[t])]
     remainder = {t: len(partitions[t]) % len(subscribers[t]) for t in topics}
     floors: dict[str, int] = {}
@@ -159,7 +193,8 @@ def _remainder_takers(
         for m in ms:
             floors[m] = floors.get(m, 0) + len(partitions[topic]) // len(ms)
             extras[m] = extras.get(m, 0) + (topic in remainder)
-    weight = sum(remainder.values()) + 1  # more than keeping every remainder partition gains
+    keep = sum(remainder.values()) + 1
+    weight = keep * keep  # more than all that keeping and state can gain
     members = sorted(m for m, n in extras.items() if n)
     flow = _Flow(2 + len(topics) + len(members))
     source, sink = 0, 1
@@ -172,9 +207,8 @@ def _remainder_takers(
         floor = len(partitions[topic]) // len(subscribers[topic])
         for m in subscribers[topic]:
             keeps_one_more = len(held.get((m, topic), ())) > floor
-            edges[(topic, m)] = flow.add(
-                topic_node[topic], member_node[m], 1, -1 if keeps_one_more else 0
-            )
+            gain = keep if keeps_one_more else int((topic, m) in gains)
+            edges[(topic, m)] = flow.add(topic_node[topic], member_node[m], 1, -gain)
     for m in members:
         for k in range(1, extras[m] + 1):
             flow.add(member_node[m], sink, 1, weight * (floors[m] + k))

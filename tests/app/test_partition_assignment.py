@@ -182,6 +182,11 @@ def _kept(assignment: Assignment, held: Mapping[tuple[str, str], set[int]]) -> i
     return sum(len(ps & set(assignment[m].get(t, ()))) for (m, t), ps in held.items())
 
 
+def _squares(assignment: Assignment) -> int:
+    """The sum of squared totals: the less, the evener."""
+    return sum(sum(len(ps) for ps in topics.values()) ** 2 for topics in assignment.values())
+
+
 def _best_by_brute_force(
     partitions: Mapping[str, range],
     subscriptions: Mapping[str, Collection[str]],
@@ -242,8 +247,9 @@ def test_totals_are_evenest_then_the_most_partitions_stay(
     partitions, subscriptions, claims = group
     got = assign_partitions(partitions, subscriptions, claims)
     held = _newest_claims(partitions, subscriptions, claims)
-    squares = sum(sum(len(ps) for ps in topics.values()) ** 2 for topics in got.values())
-    assert (squares, _kept(got, held)) == _best_by_brute_force(partitions, subscriptions, held)
+    assert (_squares(got), _kept(got, held)) == _best_by_brute_force(
+        partitions, subscriptions, held
+    )
     for (m, t), ps in held.items():  # within its share of a topic, a member keeps what it had
         assert len(ps & set(got[m].get(t, ()))) == min(len(ps), len(got[m].get(t, ())))
 
@@ -380,8 +386,9 @@ def test_local_state_leaves_evenness_and_stickiness_as_they_were(
 ) -> None:
     partitions, subscriptions, claims, state = group
     got = assign_partitions(partitions, subscriptions, claims, state)
-    assert _counts(got) == _counts(assign_partitions(partitions, subscriptions, claims))
     held = _newest_claims(partitions, subscriptions, claims)
+    without = assign_partitions(partitions, subscriptions, claims)
+    assert (_squares(got), _kept(got, held)) == (_squares(without), _kept(without, held))
     for (m, t), ps in held.items():
         assert len(ps & set(got[m].get(t, ()))) == min(len(ps), len(got[m].get(t, ())))
     reordered = assign_partitions(
@@ -405,3 +412,46 @@ def test_without_claims_every_partition_it_can_goes_to_a_member_with_state_for_i
     partitions, subscriptions, _, state = group
     got = assign_partitions(partitions, subscriptions, None, state)
     assert _on_state(got, state) == _most_on_state(partitions, got, state)
+
+
+def test_after_a_full_restart_the_remainder_goes_where_it_lands_on_state() -> None:
+    """Nobody claims anything after every worker restarted: which member takes a topic's odd
+    partition decides whether one more partition catches up or restores from scratch."""
+    workers = {m: ["orders"] for m in ("w-a", "w-b", "w-c")}
+    state = {
+        "w-a": [("orders", 0), ("orders", 1)],
+        "w-b": [("orders", 0), ("orders", 1)],  # the same two: only one of them can gain
+        "w-c": [("orders", 2), ("orders", 3)],
+    }
+    got = assign_partitions({"orders": range(4)}, workers, None, state)
+    assert got["w-c"] == {"orders": [2, 3]}
+    assert _on_state(got, state) == 4
+
+
+@given(
+    st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=4, unique=True).flatmap(
+        lambda members: st.tuples(
+            st.just(members),
+            st.integers(0, 1).map(lambda floor: floor * len(members) + 1),
+            st.fixed_dictionaries(
+                {m: st.lists(st.tuples(st.just("t1"), st.integers(0, 8))) for m in members}
+            ),
+        )
+    )
+)
+def test_without_claims_a_single_remainder_goes_where_the_most_land_on_state(
+    group: tuple[list[str], int, dict[str, list[Partition]]],
+) -> None:
+    """One topic, one partition over the floor: the member taking it is the best choice of
+    all (every split of counts is checked), as far as state goes."""
+    members, count, state = group
+    one = {"t1": range(count)}
+    got = assign_partitions(one, dict.fromkeys(members, ("t1",)), None, state)
+    floor, remainder = divmod(count, len(members))  # remainder 1, or 0 for one member
+    best = max(
+        _most_on_state(
+            one, {m: {"t1": [0] * (floor + (m == taker) * remainder)} for m in members}, state
+        )
+        for taker in members
+    )
+    assert _on_state(got, state) == best
