@@ -1,6 +1,10 @@
 """`kappa demo` (what `make run` runs): broker, topics, a generator and a worker; prints windows,
 anomalies and each window's top products.
 
+It reads its topics from their beginning and prints what was written after it started: a
+window's `top` line waits for that window's product lines, which the reports on
+`orders.by-window` name, and those may have been written before (`app.line_order`).
+
 Starts the embedded broker unless one already answers on KAPPA_BROKER. Everything it starts
 is stopped on Ctrl-C. Because the embedded broker keeps nothing across restarts, a demo that
 starts a fresh broker also clears the local state from the previous run (it would describe
@@ -18,13 +22,23 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.orders import REVENUE
+from agents.product_trends import ANOMALIES
+from agents.quiet_products import QUIET_PRODUCTS
+from agents.top_products import TOP_PRODUCTS
+from agents.window_reports import BY_WINDOW, parse_report
 from app import command_loop
 from app.admin import ensure_version_topics
 from app.broker import BrokerError, DevBroker, port_open, split_address
 from app.kafka_clients import new_consumer
+from app.line_order import LineOrder
 from app.settings import ConfigError, Settings
 from app.topology import Topology
 
@@ -110,14 +124,15 @@ def run_demo(settings: Settings, rate: float) -> int:
             flush=True,
         )
         children = {"worker": worker, "generator": generator}
-        shows = {
-            topology.physical("orders.revenue-1m"): format_window,
-            topology.physical("orders.anomalies"): format_anomaly,
-            topology.physical("orders.top-products"): format_ranking,
-            topology.physical("orders.quiet-products"): format_quiet,
-        }
+        topics = DemoTopics(
+            windows=topology.physical(REVENUE),
+            anomalies=topology.physical(ANOMALIES),
+            rankings=topology.physical(TOP_PRODUCTS),
+            quiet=topology.physical(QUIET_PRODUCTS),
+            reports=topology.physical(BY_WINDOW),
+        )
         command_loop.raise_if_sigterm_seen()
-        asyncio.run(_print_windows(settings, shows, children))
+        asyncio.run(_print_windows(settings, topics, children))
         # Its loop's close left SIGTERM at its default: while the children are stopped, a
         # second one is ignored, as during any command's cleanup (they would be orphaned).
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -199,6 +214,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class DemoTopics:
+    """The physical topics the demo reads: four it prints, and the reports that order them."""
+
+    windows: str  # orders.revenue-1m
+    anomalies: str  # orders.anomalies
+    rankings: str  # orders.top-products
+    quiet: str  # orders.quiet-products
+    reports: str  # orders.by-window: read, never printed
+
+
 def _clock(ms: int) -> str:
     """An event time (epoch ms) as the UTC time of day."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
@@ -239,14 +265,84 @@ def format_ranking(value: bytes) -> str:
     return f"     top  [{start}] {top}"
 
 
+def demo_handlers(
+    order: LineOrder, topics: DemoTopics, partitions: int, window_ms: int
+) -> dict[str, Callable[[bytes, bool], list[str]]]:
+    """Per topic: a record's value and whether it is new (to be printed) → the lines to print
+    now, in the order `order` keeps (`app.line_order`)."""
+
+    def window(value: bytes, new: bool) -> list[str]:
+        d = json.loads(value)
+        closed = d.get("final") is not False  # a running update, or a provisional window
+        line = format_window(value) if new else None
+        return order.window(d["product_id"], d["window_start"], closed, line)
+
+    def anomaly(value: bytes, new: bool) -> list[str]:
+        d = json.loads(value)
+        line = format_anomaly(value) if new else None
+        return order.anomaly(d["product_id"], d["window_start"], line)
+
+    def ranking(value: bytes, new: bool) -> list[str]:
+        d = json.loads(value)
+        line = format_ranking(value) if new else None
+        return order.ranking(d["window_start"], d["window_end"], line)
+
+    def quiet(value: bytes, new: bool) -> list[str]:
+        return [format_quiet(value)] if new else []
+
+    def report(value: bytes, new: bool) -> list[str]:
+        try:
+            src, _, watermark, windows = parse_report(value, partitions, window_ms)
+        except ValueError:  # not a report (the ranking pipeline sends it to its DLQ)
+            return []
+        return order.report(src, watermark, ((w[0], w[1]) for w in windows))
+
+    return {
+        topics.windows: window,
+        topics.anomalies: anomaly,
+        topics.rankings: ranking,
+        topics.quiet: quiet,
+        topics.reports: report,
+    }
+
+
+async def print_lines(
+    consumer: AIOKafkaConsumer,
+    handlers: dict[str, Callable[[bytes, bool], list[str]]],
+    going: Callable[[], bool],
+    emit: Callable[[str], None],
+) -> None:
+    """Read the started `consumer` (every partition of the handlers' topics, from their
+    beginning) while `going()`, and emit the lines the handlers return.
+
+    A record is new if it was written after the demo started: at or past the high watermark
+    of the first fetch response for its partition (fetch responses' high watermarks are right
+    on the dev broker, its ListOffsets "latest" is not). What came before is read all the same,
+    unprinted: the lines that follow may have to wait for it (`app.line_order`)."""
+    firsts: dict[TopicPartition, int] = {}  # each partition's first new offset
+    while going():
+        batches = await consumer.getmany(timeout_ms=500)
+        # aiokafka fetches a partition again only once all it fetched of it was returned: a
+        # partition's high watermark now is that of the response its records here came from.
+        for tp in consumer.assignment():
+            if tp not in firsts and (highwater := consumer.highwater(tp)) is not None:
+                firsts[tp] = highwater
+        for tp, records in batches.items():
+            handle, first = handlers[tp.topic], firsts[tp]
+            for r in records:
+                for line in handle(r.value, r.offset >= first):
+                    emit(line)
+
+
 async def _print_windows(
     settings: Settings,
-    shows: dict[str, Callable[[bytes], str]],
+    topics: DemoTopics,
     children: dict[str, subprocess.Popen[bytes]],
 ) -> None:
     """Print windows as they close, anomalies as they are found, each window's top products
     once every partition passed it and products gone quiet, until Ctrl-C (or SIGTERM), or
-    until a child (the worker, the generator) exits.
+    until a child (the worker, the generator) exits. A window's `top` line comes after all its
+    product lines, an anomaly after its product's line (`app.line_order`).
 
     The signals set a flag the loop checks: cancelling the task instead would be swallowed by
     a consumer fetch in progress, and the demo would go on printing."""
@@ -254,15 +350,16 @@ async def _print_windows(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    consumer = new_consumer(settings.kafka, *shows, group_id=None, auto_offset_reset="latest")
+    order = LineOrder(settings.partitions)
+    handlers = demo_handlers(order, topics, settings.partitions, settings.window_ms)
+    consumer = new_consumer(settings.kafka, *handlers, group_id=None, auto_offset_reset="earliest")
+
+    def going() -> bool:
+        return all(c.poll() is None for c in children.values()) and not stop.is_set()
+
     try:
         await consumer.start()  # inside: stopped even if cancelled while starting
-        while all(c.poll() is None for c in children.values()) and not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, records in batches.items():
-                show = shows[tp.topic]
-                for r in records:
-                    print(show(r.value), flush=True)
+        await print_lines(consumer, handlers, going, partial(print, flush=True))
         if stop.is_set():
             print("\nstopping…", flush=True)
     finally:
