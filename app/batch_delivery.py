@@ -33,6 +33,7 @@ from mode import Service
 
 from app.batch_buffer import BatchBuffer
 from app.commit_watch import watched_commit
+from app.group_fence import GroupFence, InstanceFenced, stop_when_fenced
 from app.group_leave import leave_on_close
 from app.group_wait import GroupWait, JoinAnswers, watch_join_answers
 from app.group_wait import log as group_wait_log
@@ -268,8 +269,9 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     records (`app.raw_records`: no `ConsumerRecord` per fetched record, as in a replay),
     a LeaveGroup on stop in every generation (`app.group_leave`), the static group
     membership of `KAPPA_GROUP_INSTANCE_ID` only (faust would also take its own
-    `CONSUMER_GROUP_INSTANCE_ID` environment variable), and its group coordinator's answers
-    recorded for a worker kept out of its group to say (`app.group_wait`)."""
+    `CONSUMER_GROUP_INSTANCE_ID` environment variable), its group coordinator's answers
+    recorded for a worker kept out of its group to say (`app.group_wait`), and a static member
+    fenced by another process with its id stopped (`app.group_fence`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -288,11 +290,27 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         consumer._value_deserializer = RAW_RECORDS  # likewise; faust sets no deserializer
         consumer._group_instance_id = app.kappa_group_instance_id  # read by start's coordinator
         watch_join_answers(consumer, app.kappa_join_answers)
+        if app.kappa_group_instance_id is not None:
+            fence = app.kappa_group_fence = GroupFence(
+                consumer._group_id, app.kappa_group_instance_id
+            )
+            loop = self.parent_loop  # the worker's: the stop runs there
+
+            def stop() -> None:  # called in the consumer's thread
+                line = fence.line()
+                stopping = app.kappa_stop_on_error(InstanceFenced(line), line)
+                asyncio.run_coroutine_threadsafe(stopping, loop)
+
+            stop_when_fenced(consumer, fence, stop)
         return consumer
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        """faust's commit, stopping the worker if one of its topics is gone (`watched_commit`)."""
+        """faust's commit, stopping the worker if one of its topics is gone (`watched_commit`).
+        A fenced member commits nothing more (the broker would refuse it, and faust would crash
+        on the refusal): its partitions are another process's now."""
         app: KappaApp = self.app
+        if app.kappa_group_fence is not None and app.kappa_group_fence.fenced:
+            return False
         commit = super()._commit(offsets)
         if app.kappa_topics_gone is None:
             return await commit  # type: ignore[no-any-return]
@@ -462,6 +480,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_read_committed: bool = False  # exactly_once: the consumer reads committed records
     kappa_fetch_max_wait_ms: int | None = None  # None: faust's own
     kappa_group_instance_id: str | None = None  # static membership (KIP-345); None: dynamic
+    kappa_group_fence: GroupFence | None = None  # a static member's: set once it is fenced
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]

@@ -1,0 +1,215 @@
+"""A static member the group coordinator fences (FENCED_INSTANCE_ID, 82) stops, and sends no
+group request after that answer (no broker: the consumer's client is a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.group import (
+    HeartbeatRequest,
+    HeartbeatRequest_v1,
+    HeartbeatResponse_v1,
+    JoinGroupRequest,
+    JoinGroupResponse_v5,
+    SyncGroupRequest,
+    SyncGroupResponse_v3,
+)
+from aiokafka.protocol.metadata import MetadataRequest
+
+from app.group_fence import (
+    COORDINATOR_LOG,
+    FENCED_INSTANCE_ID,
+    QUIET_ONCE_FENCED,
+    GroupFence,
+    HeartbeatRequest_v3,
+    InstanceFenced,
+    StaticHeartbeatRequest,
+    fenced_line,
+    stop_when_fenced,
+)
+from app.settings import load_settings
+from app.worker import create_app
+
+GROUP, ME, INSTANCE = "kappa-v1", "faust-me", "worker-0"
+
+
+@pytest.fixture(autouse=True)
+def _coordinator_log_as_it_was() -> Any:
+    """A fenced member quiets aiokafka's coordinator for the rest of its process: not for the
+    other tests here."""
+    yield
+    COORDINATOR_LOG.removeFilter(QUIET_ONCE_FENCED)
+
+
+def test_the_line_names_the_group_and_the_id_and_what_to_do() -> None:
+    assert fenced_line(GROUP, INSTANCE) == (
+        "another process joined consumer group kappa-v1 with KAPPA_GROUP_INSTANCE_ID=worker-0, "
+        "so the broker fenced this one (FENCED_INSTANCE_ID): give each worker process its own "
+        "id; stopping"
+    )
+
+
+def test_only_fenced_instance_id_fences_and_only_the_first_one_says_so() -> None:
+    fence = GroupFence(GROUP, INSTANCE)
+    for other in (0, 25, 27, 22, -1):  # none, unknown member, rebalancing, generation, unknown
+        assert not fence.answered(other)
+    assert not fence.fenced
+    assert fence.answered(FENCED_INSTANCE_ID)
+    assert fence.fenced
+    assert not fence.answered(FENCED_INSTANCE_ID)  # said once
+    assert fence.line() == fenced_line(GROUP, INSTANCE)
+
+
+def test_a_static_members_heartbeat_names_its_id_where_the_broker_takes_version_3() -> None:
+    beat = StaticHeartbeatRequest(HeartbeatRequest(GROUP, 4, ME), INSTANCE)
+    v3 = beat.prepare({12: (0, 4)})
+    assert isinstance(v3, HeartbeatRequest_v3)
+    # Kafka's HeartbeatRequest v3: group, generation, member id, group instance id
+    assert v3.encode() == (
+        b"\x00\x08kappa-v1" + b"\x00\x00\x00\x04" + b"\x00\x08faust-me" + b"\x00\x08worker-0"
+    )
+    assert isinstance(beat.prepare({12: (0, 2)}), HeartbeatRequest_v1)  # an older broker
+
+
+class _Client:
+    """An aiokafka client's `send`, answering from a list and recording what was sent."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.sent: list[Any] = []
+
+    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        self.sent.append(request)
+        return self.answers.pop(0)
+
+
+class _Coordinator:
+    def __init__(self) -> None:
+        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _Consumer:
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self._coordinator = _Coordinator()
+
+
+def _join() -> JoinGroupRequest:
+    return JoinGroupRequest(GROUP, 10_000, 10_000, ME, INSTANCE, "consumer", [])
+
+
+def _sync() -> SyncGroupRequest:
+    return SyncGroupRequest(GROUP, 3, ME, INSTANCE, [])
+
+
+def _commit() -> OffsetCommitRequest:
+    return OffsetCommitRequest(GROUP, 3, ME, -1, [("orders", [(0, 10, "")])])
+
+
+def _watched(answers: list[Any]) -> tuple[_Consumer, GroupFence, list[str]]:
+    consumer = _Consumer(_Client(answers))
+    fence = GroupFence(GROUP, INSTANCE)
+    said: list[str] = []
+    stop_when_fenced(consumer, fence, lambda: said.append(fence.line()))
+    return consumer, fence, said
+
+
+async def test_answers_other_than_fenced_pass_as_they_were() -> None:
+    join = JoinGroupResponse_v5(0, 0, 3, "sticky", ME, ME, [])
+    beat = HeartbeatResponse_v1(0, 27)
+    consumer, fence, said = _watched([join, beat])
+    assert await consumer._client.send(1, _join()) is join
+    assert await consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)) is beat
+    assert isinstance(consumer._client.sent[1], StaticHeartbeatRequest)
+    assert not fence.fenced and said == []
+
+
+@pytest.mark.parametrize(
+    "request_, answer",
+    [
+        (HeartbeatRequest(GROUP, 3, ME), HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)),
+        (_join(), JoinGroupResponse_v5(0, FENCED_INSTANCE_ID, -1, "", "", ME, [])),
+        (_sync(), SyncGroupResponse_v3(0, FENCED_INSTANCE_ID, b"")),
+    ],
+    ids=["heartbeat", "join", "sync"],
+)
+async def test_a_fenced_answer_stops_the_worker_and_no_member_request_is_sent_after_it(
+    request_: Any, answer: Any
+) -> None:
+    metadata = object()
+    consumer, fence, said = _watched([answer, metadata])
+    client = consumer._client
+    fenced = asyncio.ensure_future(client.send(1, request_))
+    beat = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+    join = asyncio.ensure_future(client.send(1, _join()))
+    await asyncio.sleep(0)  # they all run up to where they wait
+    assert said == [fenced_line(GROUP, INSTANCE)] and fence.fenced
+    with pytest.raises(InstanceFenced):  # an offset commit is refused at once
+        await client.send(1, _commit())
+    assert await client.send(1, MetadataRequest([])) is metadata  # not a member's request
+    assert not (fenced.done() or beat.done() or join.done())  # held until the consumer closes
+    consumer._coordinator._closing.set_result(None)
+    for refused in (fenced, beat, join):
+        with pytest.raises(InstanceFenced):
+            await refused
+    assert len(client.sent) == 2  # the fenced request and the metadata request
+    assert said == [fenced_line(GROUP, INSTANCE)]  # said once
+
+
+async def test_a_heartbeat_held_when_fenced_is_cancelled_with_the_consumer_left_open() -> None:
+    """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
+    consumer, _, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
+    beat = asyncio.ensure_future(consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+    await asyncio.sleep(0)
+    beat.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await beat
+    assert not consumer._coordinator._closing.cancelled()
+
+
+async def test_the_coordinators_warnings_are_not_logged_once_fenced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer, fence, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
+    with caplog.at_level(logging.INFO, logger=COORDINATOR_LOG.name):
+        COORDINATOR_LOG.warning("Marking the coordinator dead before")
+        beat = asyncio.ensure_future(consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+        await asyncio.sleep(0)
+        assert fence.fenced
+        COORDINATOR_LOG.error("Error sending JoinGroupRequest_v5 to node 1 [InstanceFenced]")
+        COORDINATOR_LOG.warning("Marking the coordinator dead (node 1) for group %s.", GROUP)
+        COORDINATOR_LOG.info("LeaveGroup request succeeded")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Marking the coordinator dead before",
+        "LeaveGroup request succeeded",
+    ]
+    beat.cancel()
+
+
+async def test_a_fenced_worker_commits_nothing_more(tmp_path: Path) -> None:
+    env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_GROUP_INSTANCE_ID": INSTANCE}
+    app = create_app(load_settings(env), 1)
+    thread = app.consumer._thread
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        fence = app.kappa_group_fence
+        assert fence is not None and fence.instance_id == INSTANCE
+        fence.answered(FENCED_INSTANCE_ID)
+        # faust's commit would need the started consumer (and crash on the broker's refusal)
+        assert await thread._commit({}) is False
+    finally:
+        await consumer.stop()
+
+
+async def test_a_dynamic_member_has_no_fence(tmp_path: Path) -> None:
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        assert app.kappa_group_fence is None
+    finally:
+        await consumer.stop()

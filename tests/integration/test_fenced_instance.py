@@ -1,0 +1,122 @@
+"""A static worker fenced by its group coordinator (FENCED_INSTANCE_ID, what Apache Kafka answers
+the older of two processes joined with the same `KAPPA_GROUP_INSTANCE_ID`) stops in one line,
+and sends no group request (heartbeat, join, sync, offset commit) after the fencing answer.
+
+The dev broker never fences a static member, so a `FaultProxy` between the worker and a broker
+of the test's own says it in the broker's place. Before: a fenced heartbeat crashed the worker
+with a traceback, and a fenced join or sync left it joining for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from app.broker import free_port
+from app.orders_generator import generate
+from app.produce import produce_records
+from tests.support.datasets import orders_spec
+from tests.support.kafka_proxy import (
+    HEARTBEAT,
+    JOIN_GROUP,
+    OFFSET_COMMIT,
+    SYNC_GROUP,
+    FaultProxy,
+    ProxiedBroker,
+)
+from tests.support.workers import Worker, kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+INSTANCE_ID = "worker-0"
+MEMBER_REQUESTS = {HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT}
+_spec = partial(orders_spec, keys=30, users=20, disorder_ms=3_000)
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A proxy to a broker of the test's own, which advertises the proxy's address."""
+    broker_port = free_port()
+    proxy = FaultProxy(("127.0.0.1", broker_port)).start()
+    broker = ProxiedBroker("127.0.0.1", broker_port, advertised_port=proxy.port)
+    try:
+        broker.start()
+        yield proxy
+    finally:
+        broker.stop()
+        proxy.stop()
+
+
+def _stopped_fenced(worker: Worker, proxy: FaultProxy, group: str) -> None:
+    assert worker.proc is not None
+    code = worker.proc.wait(60)
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 1, log[-3000:]
+    said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
+    assert len(said) == 1, log[-3000:]
+    # nothing more about the group: aiokafka's coordinator says nothing of the requests refused
+    warned = [line for line in log.splitlines() if "[WARNING]" in line]
+    assert not [w for w in warned if "roup" in w or "oordinator" in w or "eartbeat" in w], warned
+    assert (
+        f"kappa worker: another process joined consumer group {group} with "
+        f"KAPPA_GROUP_INSTANCE_ID={INSTANCE_ID}, so the broker fenced this one" in said[0]
+    ), said[0]
+    assert "Traceback" not in log, log[-3000:]
+    assert proxy.fenced_answers == 1, log[-3000:]
+    sent = proxy.seen_after_fence()
+    assert not MEMBER_REQUESTS & set(sent), sent
+
+
+def _producing(address: str, topic: str, rate: float) -> tuple[threading.Thread, threading.Event]:
+    """Orders produced to `topic` at `rate` a second, in a thread (the test blocks while it
+    polls the worker), until the event returned is set."""
+    stop = threading.Event()
+    orders = itertools.takewhile(lambda _: not stop.is_set(), generate(_spec(1_000_000, 31)))
+    records = ((r.key, r.value) for r in orders)
+    produce = produce_records(address, topic, records, rate=rate, progress=False)
+    thread = threading.Thread(target=asyncio.run, args=(produce,), daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def test_a_static_worker_whose_heartbeat_is_fenced_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """Fenced while records keep coming: it has processed records whose offsets it has not
+    committed yet (faust commits once a second, and on stop), and commits none of them."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state", KAPPA_GROUP_INSTANCE_ID=INSTANCE_ID)
+    assert run_kappa(["topics"], env).returncode == 0
+    producer, stop_producing = _producing(address, f"{unique}.orders", 2_000)
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 1_000
+        )
+        proxy.fence(HEARTBEAT)
+        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1")
+    finally:
+        worker.stop()
+        stop_producing.set()
+        producer.join(30)
+
+
+@pytest.mark.parametrize("api", [JOIN_GROUP, SYNC_GROUP], ids=["join", "sync"])
+async def test_a_static_worker_fenced_as_it_joins_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path, api: int
+) -> None:
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state", KAPPA_GROUP_INSTANCE_ID=INSTANCE_ID)
+    assert run_kappa(["topics"], env).returncode == 0
+    proxy.fence(api)
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1")
+    finally:
+        worker.stop()
