@@ -28,14 +28,15 @@ HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 12, 11, 14, 8
 # The first version of each api that is flexible (KIP-482): its response header then has a
 # tagged-field section after the correlation id.
 FLEXIBLE_FROM = {HEARTBEAT: 4, JOIN_GROUP: 6, SYNC_GROUP: 4}
+# The first version whose response starts with throttle_time_ms (int32), before the error code.
+THROTTLE_FROM = {HEARTBEAT: 1, JOIN_GROUP: 2, SYNC_GROUP: 1}
 
 
 def error_code_offset(api_key: int, api_version: int) -> int:
-    """Where the top-level error code starts in a response body (after its header): after
-    throttle_time_ms (int32), which these apis' responses carry first from version 1 on."""
+    """Where the top-level error code starts in a response body (after its header)."""
     if api_key not in FLEXIBLE_FROM:
         raise ValueError(f"no error code rewriting for api {api_key}")
-    return 0 if api_version == 0 else 4
+    return 4 if api_version >= THROTTLE_FROM[api_key] else 0
 
 
 def with_error_code(response: bytes, api_key: int, api_version: int, code: int) -> bytes:
