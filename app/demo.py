@@ -41,6 +41,7 @@ from app.kafka_clients import new_consumer
 from app.line_order import LineOrder
 from app.settings import ConfigError, Settings
 from app.topology import Topology
+from replay.registry import Registry, refuse_if_dropped
 
 KAPPA = [sys.executable, "-m", "app.cli"]
 
@@ -70,6 +71,15 @@ def broker_answering(
     )
 
 
+async def demo_topology(settings: Settings) -> Topology:
+    """The live version's topics: the worker the demo starts runs that version (on a broker
+    where a replay was promoted, not version 1). A version whose drop started is refused: its
+    topics would be made anew."""
+    view = await Registry(settings).load(create=False)
+    refuse_if_dropped(view, view.live)
+    return Topology(settings, view.live)
+
+
 def run_demo(settings: Settings, rate: float) -> int:
     host, port, answered = broker_answering(settings.bootstrap)
     with ExitStack() as stack:
@@ -81,7 +91,7 @@ def run_demo(settings: Settings, rate: float) -> int:
             print(f"started the embedded broker on {broker.address} (memory only)", flush=True)
         else:
             print(f"using the broker already listening on {host}:{port}", flush=True)
-        topology = Topology(settings)
+        topology = command_loop.run(demo_topology(settings))
         command_loop.run(ensure_version_topics(settings.kafka, topology))
         log_dir = settings.state_dir.parent
         logs = {name: log_dir / f"{name}.log" for name in ("generator", "worker")}
@@ -113,7 +123,8 @@ def run_demo(settings: Settings, rate: float) -> int:
         worker = _spawn(["worker"], logs["worker"])
         stack.callback(_stop, worker)
         print(
-            f"generator: {rate:g} orders/s → {topology.physical('orders')}; worker metrics on "
+            f"generator: {rate:g} orders/s → {topology.physical('orders')}; worker (version "
+            f"{topology.version}) metrics on "
             f"http://{settings.web_host}:{settings.web_port}/metrics; logs in {log_dir}/",
             flush=True,
         )
