@@ -26,7 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from app import metrics
 from app.kafka_clients import Conn, new_producer
-from app.runtime import PRODUCER_BATCH_BYTES, Produce, Sender, SourceCommit
+from app.runtime import PRODUCER_BATCH_BYTES, Produce, Sender, SenderClosed, SourceCommit
 from app.send_refusals import SendRefused, refusal
 from app.state_guard import TopicsCheck
 
@@ -162,18 +162,18 @@ class OwnProducerSender:
         self.output_batch_bytes = output_batch_bytes
         self._sender: BatchSender | None = None
         self._starting = asyncio.Lock()
-        self._closed = False
+        self.closed = False
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit | None = None) -> None:
         sender = self._sender
         if sender is None:
             async with self._starting:
-                if self._closed:  # stopping: a producer started now would never be stopped
+                if self.closed:  # stopping: a producer started now would never be stopped
                     raise ProducerClosed()
                 if self._sender is None:
                     producer = new_batch_producer(self.kafka)
                     await producer.start()
-                    if self._closed:  # closed while it started
+                    if self.closed:  # closed while it started
                         await producer.stop()
                         raise ProducerClosed()
                     self._sender = BatchSender(producer, True, self.output_batch_bytes)
@@ -184,7 +184,7 @@ class OwnProducerSender:
         """Source partitions revoked: nothing to let go (one producer serves them all)."""
 
     async def close(self) -> None:
-        self._closed = True
+        self.closed = True
         if self._sender is not None:
             await self._sender.producer.stop()
             self._sender = None
@@ -247,10 +247,13 @@ class TransactionalSender:
         self.prefix = transactional_prefix
         self.output_batch_bytes = output_batch_bytes
         self._producers: dict[int, tuple[AIOKafkaProducer, BatchSender]] = {}
+        self.closed = False
 
     async def _for(self, partition: int) -> tuple[AIOKafkaProducer, BatchSender]:
         found = self._producers.get(partition)
         if found is None:
+            if self.closed:  # stopping: a producer started now would never be stopped
+                raise ProducerClosed()
             producer = new_batch_producer(
                 self.kafka, transactional_id=f"{self.prefix}-{partition}", enable_idempotence=True
             )
@@ -304,6 +307,7 @@ class TransactionalSender:
                 await found[0].stop()
 
     async def close(self) -> None:
+        self.closed = True
         for producer, _ in self._producers.values():
             await producer.stop()
         self._producers.clear()
@@ -314,6 +318,7 @@ def retrying(
     label: tuple[str, str],
     max_backoff_s: float = 5.0,
     topics_gone: TopicsCheck | None = None,
+    closed: Callable[[], bool] = lambda: False,
 ) -> Sender:
     """A sender that retries a whole batch with backoff until the broker acknowledges it.
 
@@ -323,7 +328,8 @@ def retrying(
     zombie and must stop, a write the broker refuses for good (`send_refusals`) stops with one
     line, and any other exception is a bug that retrying would hide. A send to a topic the
     broker does not know is checked with `topics_gone`: a topic deleted under the worker (its
-    version dropped elsewhere) stops it, where a broker that is catching up is retried.
+    version dropped elsewhere) stops it, where a broker that is catching up is retried. A
+    send that failed because the sender was `closed()` (stopping) raises `SenderClosed`.
     """
 
     async def send(records: list[Produce], commit: SourceCommit) -> None:
@@ -337,6 +343,8 @@ def retrying(
             except ProducerFenced:
                 raise
             except (KafkaError, OSError, TimeoutError) as e:
+                if isinstance(e, ProducerClosed) and closed():
+                    raise SenderClosed("the sender was closed (stopping)") from e
                 refused = refusal(e, (r.topic for r in records))
                 if refused is not None:
                     raise refused from e

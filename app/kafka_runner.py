@@ -39,6 +39,7 @@ def kafka_pipeline_runner(
             sender.send,
             (pipeline.name, str(topology.version)),
             topics_gone=stop_if_gone(settings, topology),
+            closed=lambda: getattr(sender, "closed", False),  # a replay's BatchSender: never
         ),
         read_gap,
         KafkaChangelog(settings.kafka, topology.changelog(pipeline)),

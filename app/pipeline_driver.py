@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import Record
 from app.batch_buffer import BatchBuffer
-from app.runtime import PipelineRunner, SourceEndBehind
+from app.runtime import PipelineRunner, SenderClosed, SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused, read_refusal
 from app.topic_reader import TopicMissing
 from tables.rocks import StateError
@@ -104,6 +104,8 @@ class PipelineDriver:
                         await self._process_abandonable(taken)
         except asyncio.CancelledError:
             raise
+        except SenderClosed:  # the worker stops: nothing can send this batch, read it again
+            log.info("%s: stopping; the batch in progress is left to be read again", self.name)
         except ONE_LINE_STOPS as exc:
             await self._stop(exc)
         except ProducerFenced as exc:
@@ -279,6 +281,10 @@ class PipelineDriver:
                 if left <= 0:
                     raise TimeoutError
                 await asyncio.wait_for(self._hand_over(parts, taken), left)
+            except SenderClosed:  # the worker stops: let go unsent, as past the deadline
+                log.info("%s: stopping; partitions %s let go unsent", self.name, sorted(parts))
+                for partition in parts:
+                    self.runner.close_partition(partition)
             except TimeoutError:
                 log.warning(
                     "%s: partitions %s revoked but not handed over within %.1fs (half "

@@ -605,11 +605,21 @@ class PipelineRunner:
             self.close_partition(p)
 
 
+class SenderClosed(Exception):
+    """The sender was closed, as the process stops: a batch not acknowledged yet is not
+    retried (nothing could send it); its records are read again on restart. Not a
+    `KafkaError`, so that nothing takes it for broker trouble."""
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A background send of held changelog entries failed: the batches stay held and go out
     with the partitions' next batches; said here so a failure is never silent."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("sending held changelog entries failed", exc_info=task.exception())
+    if task.cancelled() or task.exception() is None:
+        return
+    if isinstance(task.exception(), SenderClosed):  # stopping: read again on restart
+        log.info("held changelog entries not sent: the worker is stopping")
+        return
+    log.error("sending held changelog entries failed", exc_info=task.exception())
 
 
 async def run_concurrently(coros: Sequence[Awaitable[None]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiokafka.errors import ProducerClosed
 
 from app.batch_producer import TransactionalSender
 from app.kafka_clients import new_consumer
@@ -302,3 +303,13 @@ async def test_a_fence_the_broker_refuses_for_good_is_said_in_one_line(
         await sender.fence(3)
     with pytest.raises(KafkaConnectionError):  # passing trouble: the caller retries
         await sender.fence(3)
+
+
+async def test_a_closed_transactional_sender_starts_no_producer() -> None:
+    """A batch sending as the worker stops started a new transactional producer after
+    `close()`, which nothing stopped; now it fails as closed (`retrying` then gives up)."""
+    sender = TransactionalSender("127.0.0.1:1", "kappa-v1-orders")
+    await sender.close()
+    with pytest.raises(ProducerClosed):
+        await sender.send([], SourceCommit("orders", 0, 1, "kappa-v1"))
+    assert sender._producers == {}

@@ -19,7 +19,7 @@ from aiokafka.errors import (
 
 from app.batch_buffer import BatchBuffer
 from app.pipeline_driver import PipelineDriver, revoke_all
-from app.runtime import SourceEndBehind
+from app.runtime import SenderClosed, SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused
 from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
@@ -364,6 +364,29 @@ async def test_a_hand_over_that_cannot_be_sent_stops_the_worker_in_one_line() ->
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(driver.on_revoked({0}), 5)
     assert stops == [("fail", refused)]
+    assert not driver.lock.locked()
+
+
+async def test_a_batch_or_hand_over_the_closed_sender_failed_ends_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker stops and has closed its senders: the batch in progress is left to be read
+    again, and a revoke lets its partitions go unsent, with no error, crash or warning."""
+
+    class _ClosedRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            raise SenderClosed("the sender was closed (stopping)")
+
+    runner = _ClosedRunner(opened={0})
+    driver, stops = _stopping_driver(runner)
+    with caplog.at_level(logging.WARNING):
+        await _buffer(driver, 0, 1)
+        await asyncio.wait_for(driver.drain(), 5)  # ends: nothing can send anymore
+        await _buffer(driver, 0, 2)
+        await asyncio.wait_for(driver.on_revoked({0}), 5)
+    assert stops == [] and caplog.records == []
+    assert driver.consumer.acked == {}  # type: ignore[attr-defined]
+    assert 0 in runner.closed and runner.handed_over == []
     assert not driver.lock.locked()
 
 

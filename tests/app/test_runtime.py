@@ -16,6 +16,7 @@ from aiokafka.errors import (
     InvalidTimestampError,
     KafkaConnectionError,
     MessageSizeTooLargeError,
+    ProducerClosed,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
@@ -27,7 +28,7 @@ from app import chaos as chaos_module
 from app import runtime, state_restore
 from app.batch_producer import retrying
 from app.chaos import ChaosKill
-from app.runtime import PipelineRunner, Produce, SourceCommit, SourceEndBehind
+from app.runtime import PipelineRunner, Produce, SenderClosed, SourceCommit, SourceEndBehind
 from app.send_refusals import SendRefused
 from app.settings import load_settings
 from app.state_guard import BrokerDataLost
@@ -548,6 +549,29 @@ async def test_only_broker_and_network_failures_are_retried() -> None:
     with pytest.raises(TypeError, match="a bug"):  # not retried: it would stall the partition
         await send([], SourceCommit("orders", 0, 1, "g"))
     assert len(calls) == 2  # the broker failure was retried once
+
+
+@pytest.mark.parametrize("closed", [True, False])
+async def test_a_send_the_closed_sender_failed_is_not_retried(
+    closed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopping closes its senders while a batch may be sending: that batch was
+    retried as broker trouble ("produce failed (ProducerClosed …); retrying", a retry
+    counted). A producer that closed otherwise (a revoked partition's) is retried."""
+    failures = [ProducerClosed()]
+
+    async def send_once(records: list[Produce], commit: SourceCommit) -> None:
+        if failures:
+            raise failures.pop(0)
+
+    send = retrying(send_once, ("orders", "1"), max_backoff_s=0.01, closed=lambda: closed)
+    with caplog.at_level(logging.WARNING, logger="app.batch_producer"):
+        if closed:
+            with pytest.raises(SenderClosed):
+                await send([], SourceCommit("orders", 0, 1, "g"))
+        else:
+            await send([], SourceCommit("orders", 0, 1, "g"))
+    assert bool(caplog.records) is not closed
 
 
 @pytest.mark.parametrize(
