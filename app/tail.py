@@ -28,13 +28,35 @@ def format_record(msg: object, whole: bool = False) -> str:
             "partition": getattr(msg, "partition", None),
             "offset": getattr(msg, "offset", None),
             "timestamp": getattr(msg, "timestamp", None),
-            "key": (getattr(msg, "key", None) or b"").decode("utf-8", "replace"),
-            "value": (value or b"").decode("utf-8", "replace"),
-            "headers": {
-                k: v.decode("utf-8", "replace") for k, v in getattr(msg, "headers", ()) or ()
-            },
+            "key": _text(getattr(msg, "key", None)),
+            "value": _text(value),
+            "headers": {k: _text(v) for k, v in getattr(msg, "headers", ()) or ()},
         }
     )
+
+
+def _text(raw: bytes | None) -> str | None:
+    """Bytes as text; None (a null key, a tombstone, a null header) stays null, apart from
+    an empty value."""
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def missing_topic_hint(topic: str, prefix: str, existing: set[str]) -> str:
+    """What a user who named a missing topic may have meant: the prefixed name, or the topic
+    of a version other than 1 (its outputs carry `.vN`)."""
+    prefixed = prefix + topic if prefix and not topic.startswith(prefix) else None
+    if prefixed in existing or (prefixed and not _of_versions(prefixed, existing)):
+        return f" (did you mean {prefixed}? names are used as given)"
+    versions = _of_versions(prefixed or topic, existing) or _of_versions(topic, existing)
+    if versions:
+        return f" (versions other than 1 have their own: {', '.join(versions)})"
+    return ""
+
+
+def _of_versions(topic: str, existing: set[str]) -> list[str]:
+    """`topic`'s names in versions other than 1 (`topic.vN`), by version."""
+    found = [t for t in existing if t.startswith(f"{topic}.v") and t[len(topic) + 2 :].isdigit()]
+    return sorted(found, key=lambda t: int(t[len(topic) + 2 :]))
 
 
 async def tail(
@@ -43,11 +65,9 @@ async def tail(
     await wait_for_broker(settings.kafka)
     # Subscribing to a missing topic would create it on brokers that auto-create (the
     # embedded one does): a typo or a forgotten prefix would leave a stray empty topic.
-    if topic not in await existing_topics(settings.kafka):
-        prefix = settings.topic_prefix
-        hint = ""
-        if prefix and not topic.startswith(prefix):
-            hint = f" (did you mean {prefix}{topic}? names are used as given)"
+    existing = await existing_topics(settings.kafka)
+    if topic not in existing:
+        hint = missing_topic_hint(topic, settings.topic_prefix, existing)
         raise TopicMissing(f"topic {topic} does not exist{hint}")
     consumer = new_consumer(
         settings.kafka,
