@@ -294,7 +294,12 @@ async def require_partitions(bootstrap: Conn, topics: list[str], expected: int) 
     wrong = {t: n for t, n in counts.items() if n != expected}
     if wrong:
         desc = ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
-        raise ConfigError(f"topics must have KAPPA_PARTITIONS={expected} partitions, but {desc}")
+        hint = ""
+        if len(set(wrong.values())) == 1 and len(wrong) == len(counts):  # all of them agree
+            hint = f": set KAPPA_PARTITIONS={next(iter(wrong.values()))} to use them"
+        raise ConfigError(
+            f"topics must have KAPPA_PARTITIONS={expected} partitions, but {desc}{hint}"
+        )
 
 
 async def topic_config(bootstrap: Conn, topics: list[str], name: str) -> dict[str, str]:

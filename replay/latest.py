@@ -157,7 +157,10 @@ def scratch_dir(settings: Settings) -> Iterator[Path]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         scratch = tempfile.TemporaryDirectory(prefix="kappa-read-", dir=settings.state_dir)
     except OSError as e:
-        raise ConfigError(f"cannot create {settings.state_dir} for reading outputs: {e}") from None
+        raise ConfigError(
+            f"cannot use KAPPA_STATE_DIR={settings.state_dir} for reading outputs (a scratch "
+            f"directory in it): {e}"
+        ) from None
     with scratch as d:
         yield Path(d)
 

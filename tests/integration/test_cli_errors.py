@@ -50,7 +50,7 @@ async def test_a_replay_refuses_a_source_with_another_partition_count(
     (line,) = r.stderr.strip().splitlines()
     assert line == (
         f"kappa replay: error: topics must have KAPPA_PARTITIONS=4 partitions, but "
-        f"{unique}.orders has 2"
+        f"{unique}.orders has 2: set KAPPA_PARTITIONS=2 to use them"
     )
 
 

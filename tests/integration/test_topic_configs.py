@@ -104,7 +104,7 @@ async def test_a_partition_count_refused_before_anything_is_created(
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
         f"kappa {command}: error: topics must have KAPPA_PARTITIONS=2 partitions, but "
-        f"{unique}.orders has 4"
+        f"{unique}.orders has 4: set KAPPA_PARTITIONS=4 to use them"
     )
     mine = set(Topology(load_settings(env), 8).all_topics()) - {f"{unique}.orders"}
     assert not mine & await existing_topics(broker)
