@@ -68,8 +68,11 @@ class OutputDiff:
         return line
 
     def lines(self, topic: str) -> list[str]:
+        """The summary, then the differences shown and how many more there are (`limit` 0:
+        the counts only, so no "more" line either)."""
         hidden = self.differences - len(self.shown)
-        return [self.summary(topic), *self.shown] + ([f"  … {hidden} more"] if hidden else [])
+        more = [f"  … {hidden} more"] if hidden and self.limit else []
+        return [self.summary(topic), *self.shown, *more]
 
     def show(self, line: str) -> None:
         if len(self.shown) < self.limit:

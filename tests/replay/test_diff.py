@@ -122,6 +122,10 @@ def test_two_outputs_are_walked_side_by_side_in_key_order() -> None:
         "  … 1 more",
     ]
     assert compare_latest(a, a, WINDOW_KEY, 2, 2).differences == 0
+    # --limit 0 is "the counts only": no "… 3 more" under them either
+    assert compare_latest(a, b, WINDOW_KEY, 2, 3, limit=0).lines("revenue") == [
+        result.summary("revenue")
+    ]
 
 
 def test_differences_that_are_expected_say_why() -> None:
