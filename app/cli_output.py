@@ -1,5 +1,5 @@
 """Output of the `kappa` CLI: its standard output's write errors told apart from any other
-OSError, and the progress lines of long commands when no bar can be drawn."""
+OSError, the progress lines of long commands when no bar can be drawn, and counts in words."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from typing import Any
 # Progress lines off a terminal (produce, replay, export): INFO, which the CLI shows for this
 # logger alone; everything else it shows from WARNING up.
 PROGRESS = logging.getLogger("kappa.progress")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` (with thousands separators) and its noun, singular for exactly one: "1 result",
+    "2,000 results" (`plural` for a noun that does not just take an s)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 class OutputFailed(Exception):

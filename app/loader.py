@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from app import command_loop
 from app.admin import KEEP_FOREVER, ensure_topics, existing_topics, wait_for_broker
+from app.cli_output import counted
 from app.kafka_clients import Conn
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import produce_records
@@ -124,10 +125,6 @@ def _json_array(head: bytes) -> bool:
     return first == b"[" or re.match(rb"\[\s*\{", first) is not None
 
 
-def _records_word(n: int) -> str:
-    return f"{n:,} record" if n == 1 else f"{n:,} records"
-
-
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
     records: Iterable[KeyValue] = ()
@@ -156,7 +153,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     not_objects = 0  # a file's values that cannot be a JSON object (they will go to the DLQ)
     from_file = args.file is not None  # generated orders are objects: nothing to look at
 
-    def counted(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
+    def counting(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
         """The records, counted; an error reading the file part way is `_ReadFailed`, so that
         it is not confused with an error of the broker or of producing."""
         nonlocal read, not_objects
@@ -187,7 +184,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         return await produce_records(
             settings.kafka,
             args.topic,
-            counted(records),
+            counting(records),
             rate=args.rate,
             progress=not args.no_progress,
             total=total,
@@ -197,7 +194,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         sent = command_loop.run(run())
     except _ReadFailed as e:  # the file went bad part way
         before = (
-            f"; {_records_word(read)} were produced before reading failed (loading the file "
+            f"; {counted(read, 'record')} were produced before reading failed (loading the file "
             "again produces them again)"
             if read
             else ""
@@ -205,18 +202,18 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read {args.file}: {e}{before}") from None
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: how far it got, since a rerun sends them again
         print(
-            f"kappa produce: stopped; up to {_records_word(read)} went to {args.topic} "
+            f"kappa produce: stopped; up to {counted(read, 'record')} went to {args.topic} "
             "(producing the same again sends them again)",
             file=sys.stderr,
             flush=True,
         )
         raise
-    print(f"produced {_records_word(sent)} to {args.topic}", flush=True)
+    print(f"produced {counted(sent, 'record')} to {args.topic}", flush=True)
     if args.file is not None and not_objects:
         verb = "is not a JSON object" if not_objects == 1 else "are not JSON objects"
         dlq = "; they go to the DLQ" if args.topic in _sources(settings) else ""
         print(
-            f"kappa produce: warning: {not_objects:,} of the {_records_word(read)} from "
+            f"kappa produce: warning: {not_objects:,} of the {counted(read, 'record')} from "
             f"{args.file} {verb} (one object per line is expected){dlq}",
             file=sys.stderr,
             flush=True,

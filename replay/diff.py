@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from app.cli_output import counted
 from app.kafka_clients import new_admin
 from app.settings import ConfigError, Settings
 from app.topology import Topology
@@ -197,7 +198,7 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
         total += result.differences
         lines.extend(result.lines(logical))
     if total:
-        lines.append(f"{total} differences")
+        lines.append(counted(total, "difference"))
         ahead = await _live_past_snapshot(settings, view, recs)
         lines.extend(_why_they_may_differ(recs, ahead))
     elif skipped:  # "identical" alone would vouch for outputs nobody compared

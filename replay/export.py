@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agents.top_products import TOP_PRODUCTS
 from app.atomic_file import replaced, synced_directory
+from app.cli_output import counted
 from app.file_lock import writer_lock
 from app.settings import ConfigError, Settings
 from replay.latest import (
@@ -50,6 +51,11 @@ class Written:
     path: Path
     results: int
     provisional: int
+
+    def line(self, output: str) -> str:
+        """The export's report line for `output`."""
+        left_out = f" ({self.provisional:,} still open, left out)" if self.provisional else ""
+        return f"{output}: {counted(self.results, 'result')} → {self.path}{left_out}"
 
 
 def stored_line(stored: bytes) -> bytes:
@@ -111,10 +117,7 @@ async def export(settings: Settings, directory: Path, version: int | None = None
                     lines.append(f"{logical}: not exported (version {v} did not run its pipeline)")
                 continue
             written = await _export_output(settings, topology.physical(logical), keys, path)
-            left_out = (
-                f" ({written.provisional:,} still open, left out)" if written.provisional else ""
-            )
-            lines.append(f"{logical}: {written.results:,} results → {written.path}{left_out}")
+            lines.append(written.line(logical))
             outputs[logical] = {
                 "file": path.name,
                 "results": written.results,

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from app.admin import existing_topics, partition_counts, quiet_aiokafka
 from app.atomic_file import replaced, synced_directory
 from app.chaos import ChaosKill
+from app.cli_output import counted
 from app.file_lock import writer_lock
 from app.kafka_clients import stop_consumer
 from app.settings import ConfigError, Settings
@@ -592,8 +593,7 @@ def _finish(f: PartitionFile, chaos: ChaosKill) -> Finished | None:
 
 def _finished_line(output: str, partition: int, done: Finished) -> str:
     span = f"{done.first}–{done.last}"
-    results = f"{done.results:,} result{'' if done.results == 1 else 's'}"
-    return f"{output}[{partition}] {span}: {results} → {done.path}"
+    return f"{output}[{partition}] {span}: {counted(done.results, 'result')} → {done.path}"
 
 
 def _refuse_vanished_partitions(root: Path, output: str, topic: str, partitions: set[int]) -> None:

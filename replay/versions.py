@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError, UnknownError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from app.admin import existing_topics
+from app.cli_output import counted
 from app.kafka_clients import new_admin
 from app.settings import MAX_VERSION, ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
@@ -218,7 +219,7 @@ async def drop(settings: Settings, version: int) -> str:
     finally:
         await admin.close()
         lock.release()
-    return f"dropped version {version}: {len(doomed)} topics deleted, {group_note}, " + (
+    return f"dropped version {version}: {counted(len(doomed), 'topic')} deleted, {group_note}, " + (
         f"state {root} removed" if had_state else "no local state"
     )
 

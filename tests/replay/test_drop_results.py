@@ -156,7 +156,7 @@ async def test_a_drop_marks_the_version_dropped_before_letting_go_of_its_state_d
     monkeypatch.setattr(versions, "new_admin", lambda _: admin)
     monkeypatch.setattr(versions, "Registry", lambda _: registry)
     said = await versions.drop(settings, 2)
-    assert said.startswith("dropped version 2: 1 topics deleted")
+    assert said.startswith("dropped version 2: 1 topic deleted")  # was "1 topics"
     assert [r.status for r in registry.written] == [DROPPED]
     assert locked_while_marked == [True]
     assert not (tmp_path / "v2").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from agents.base import SourceRecord
 from app.settings import ConfigError
-from replay.export import MANIFEST, export_lock, write_manifest, write_results
+from replay.export import MANIFEST, Written, export_lock, write_manifest, write_results
 from replay.latest import latest_entry
 from tables.rocks import RocksStore
 
@@ -61,6 +61,17 @@ def test_final_results_are_written_in_key_order_and_open_windows_left_out(
         ("p2", 60_000, 5.0),
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_report_line_counts_in_words(tmp_path: Path) -> None:
+    """`kappa export` said "1 results"."""
+    path = tmp_path / "orders.user-totals.jsonl"
+    assert Written(path, 1, 0).line("orders.user-totals") == (
+        f"orders.user-totals: 1 result → {path}"
+    )
+    assert Written(path, 2_000, 1).line("orders.user-totals") == (
+        f"orders.user-totals: 2,000 results → {path} (1 still open, left out)"
+    )
 
 
 def test_a_value_spread_over_lines_is_written_on_one(tmp_path: Path) -> None:
