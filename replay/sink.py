@@ -83,9 +83,13 @@ def chosen_outputs(
     unused = unused_outputs(topology, definition)
     produced = outputs_of(topology) - unused
     results = dict(RESULT_OUTPUTS)
+    has = [o for o in results if o in produced]  # in their order
     for name in named:
         if name not in results:
-            raise ConfigError(f"no output {name} (outputs: {', '.join(results)}){_hint(name)}")
+            raise ConfigError(
+                f"no output {name} (version {topology.version}'s outputs: {', '.join(has)})"
+                + _hint(name, has)
+            )
         if name in unused:
             raise ConfigError(
                 f"version {topology.version} was built without hopping windows "
@@ -99,13 +103,13 @@ def chosen_outputs(
     return {o: k for o, k in RESULT_OUTPUTS if o in produced and (not named or o in named)}
 
 
-def _hint(name: str) -> str:
-    """What an unknown output name was probably meant to be: a topic name (with its version
-    suffix), or a name without its `orders.` part."""
+def _hint(name: str, outputs: list[str]) -> str:
+    """What an unknown output name was probably meant to be, among the version's `outputs`: a
+    topic name (with its version suffix), or a name without its `orders.` part."""
     base, dot, suffix = name.rpartition(".v")
-    if dot and suffix.isdigit() and base in dict(RESULT_OUTPUTS):
+    if dot and suffix.isdigit() and base in outputs:
         return f": output names take no version suffix (pass {base} and --version {suffix})"
-    near = [o for o, _ in RESULT_OUTPUTS if o.endswith("." + name)]
+    near = [o for o in outputs if o.endswith("." + name)]
     return f": did you mean {near[0]}?" if near else ""
 
 

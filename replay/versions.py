@@ -18,6 +18,7 @@ from app.kafka_clients import new_admin
 from app.settings import MAX_VERSION, ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
 from app.topology import Topology
+from replay.latest import unused_outputs
 from replay.registry import (
     COMPLETE,
     DROPPED,
@@ -26,6 +27,7 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    recorded_definition,
     require_version,
 )
 
@@ -298,12 +300,20 @@ def _error_name(code: int) -> str:
 
 
 async def status(settings: Settings) -> str:
-    view = await Registry(settings).load()
-    live = Topology(settings, view.live)
+    return status_report(settings, await Registry(settings).load())
+
+
+def status_report(settings: Settings, view: RegistryView) -> str:
+    """`kappa status`: the live version and the outputs it has, those of the pipelines it ran,
+    without `orders.revenue-hopping` if it was built without hopping windows."""
+    rec = view.versions.get(view.live)
+    live = Topology(settings, view.live).select(rec.pipelines if rec is not None else [])
+    unused = {live.physical(t) for t in unused_outputs(live, recorded_definition(view, view.live))}
+    outputs = [t for t in live.output_topics() if t not in unused]
     return "\n".join(
         [
             f"live version: {view.live} (consumer group {live.group_id})",
-            f"outputs: {', '.join(live.output_topics())}",
+            f"outputs: {', '.join(outputs)}",
             f"state: {live.state_root()}",
         ]
     )

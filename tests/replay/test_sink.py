@@ -54,12 +54,24 @@ def test_a_sink_follows_every_output_of_the_version_or_the_named_ones() -> None:
 
 
 def test_an_output_that_is_not_there_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"^no output orders\.nope \(outputs: orders\.rev"):
-        chosen_outputs(topology(), ["orders.nope"])
+    """Naming the version's outputs only: it listed orders.revenue-hopping for a version
+    without hopping windows, and every output for a version that ran some pipelines."""
+    with pytest.raises(ConfigError) as refused:
+        chosen_outputs(topology(), ["orders.nope"], {"hopping_size_ms": 0})
+    assert str(refused.value) == (
+        "no output orders.nope (version 2's outputs: orders.revenue-1m, orders.user-totals, "
+        "orders.product-trends, orders.top-products, orders.product-signals, "
+        "orders.quiet-products)"
+    )
+    with pytest.raises(ConfigError) as refused:
+        chosen_outputs(topology(["orders"]), ["orders.nope"], {"hopping_size_ms": 120_000})
+    assert str(refused.value) == (
+        "no output orders.nope (version 2's outputs: orders.revenue-1m, orders.revenue-hopping)"
+    )
     with pytest.raises(
         ConfigError,
-        match=r"^no output orders\.user-totals\.v2 \(outputs: .*\): output names take no "
-        r"version suffix \(pass orders\.user-totals and --version 2\)$",
+        match=r"^no output orders\.user-totals\.v2 \(version 2's outputs: .*\): output names "
+        r"take no version suffix \(pass orders\.user-totals and --version 2\)$",
     ):
         chosen_outputs(topology(), ["orders.user-totals.v2"])  # the topic's name
     with pytest.raises(ConfigError, match=r"\): did you mean orders\.user-totals\?$"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from app.settings import load_settings
 from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
-from replay.versions import shown_status, unrecorded_versions
+from replay.versions import shown_status, status_report, unrecorded_versions
 
 
 def test_a_promote_stopped_halfway_shows_one_version_live_and_the_other_promoting() -> None:
@@ -34,3 +34,19 @@ def test_versions_with_output_topics_and_no_record_are_found(tmp_path: Path) -> 
         "x.kappa-v9-orders-changelog",  # a changelog alone does not make a version
     }
     assert unrecorded_versions(settings, topics, recorded={1, 3}) == [12]
+
+
+def test_status_lists_the_outputs_the_live_version_has() -> None:
+    """It listed orders.revenue-hopping for a version built without hopping windows, and the
+    outputs of every pipeline for a version that ran some."""
+    settings = load_settings({"KAPPA_TOPIC_PREFIX": "x.", "KAPPA_STATE_DIR": "/s"})
+    view = RegistryView({4: VersionRecord(4, LIVE, ["orders"])}, {})
+    view.definitions[4] = {"hopping_size_ms": 0, "hopping_step_ms": 0}
+    assert status_report(settings, view).splitlines() == [
+        "live version: 4 (consumer group kappa-v4)",
+        "outputs: x.orders.by-user.v4, x.orders.by-window.v4, x.orders.dlq.v4, x.orders.late.v4, "
+        "x.orders.revenue-1m.v4",
+        "state: /s/v4",
+    ]
+    view.definitions[4] = {"hopping_size_ms": 120_000, "hopping_step_ms": 60_000}
+    assert "x.orders.revenue-hopping.v4" in status_report(settings, view).splitlines()[1]
