@@ -34,7 +34,7 @@ from replay.registry import (
     RegistryView,
     VersionRecord,
     recorded_definition,
-    require_version,
+    require_listed_version,
 )
 from tables.rocks import RocksStore, StateError
 
@@ -149,7 +149,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
     """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
     view = await Registry(settings).load()
-    recs = {v: require_version(view, v) for v in (v1, v2)}
+    recs = {v: await require_listed_version(settings, view, v) for v in (v1, v2)}
     for v, rec in recs.items():
         if rec.status == DROPPED:
             raise ConfigError(f"version {v} was dropped: its outputs are gone")

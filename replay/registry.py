@@ -21,8 +21,9 @@ shared keys, and its winner there is replaced by later records.
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -30,11 +31,14 @@ from typing import TypeVar
 
 from app.admin import ensure_topics, existing_topics
 from app.kafka_clients import new_producer
-from app.settings import ConfigError, Settings
+from app.settings import MAX_VERSION, ConfigError, Settings
 from app.topic_reader import read_to_end
 from app.topology import Topology, registry_topic
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
+# A version whose output topics are on the broker with no registry record: made by `kappa
+# topics` or `kappa worker --version N` without a replay (`kappa versions` lists it so).
+UNRECORDED = "unrecorded"
 T = TypeVar("T")
 
 
@@ -313,14 +317,53 @@ def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecor
     return latest
 
 
-def require_version(view: RegistryView, version: int) -> VersionRecord:
+def require_version(
+    view: RegistryView, version: int, unrecorded: Collection[int] = ()
+) -> VersionRecord:
+    """The version's record; ConfigError if the registry has none. `unrecorded`: the versions
+    whose topics are on the broker with no record (`unrecorded_versions`), named as
+    `kappa versions` names them, and a version among them refused as such."""
     rec = view.versions.get(version)
     if rec is None:
         if version == view.live:
             return VersionRecord(version, LIVE)
+        if version in unrecorded:
+            raise ConfigError(
+                f"version {version} is {UNRECORDED}: its topics are on the broker, but no replay "
+                f"recorded it (kappa topics or kappa worker --version {version} made them), so "
+                f"what it holds is not known; replay it to record it (kappa replay --version "
+                f"{version}) or remove it (kappa drop {version}); see `{UNRECORDED}` under "
+                "kappa versions in the README"
+            )
         known = ", ".join(str(v) for v in sorted({*view.versions, view.live}))
+        if unrecorded:
+            known += f"; {UNRECORDED}: {', '.join(str(v) for v in sorted(unrecorded))}"
         raise ConfigError(f"version {version} is not in the registry (known: {known})")
     return rec
+
+
+async def require_listed_version(
+    settings: Settings, view: RegistryView, version: int
+) -> VersionRecord:
+    """`require_version`, with the refusal naming the versions `kappa versions` lists: those
+    recorded and those unrecorded (the broker's topics are listed only for a refusal)."""
+    if version in view.versions or version == view.live:
+        return require_version(view, version)
+    topics = await existing_topics(settings.kafka)
+    unrecorded = unrecorded_versions(settings, topics, {*view.versions, view.live})
+    return require_version(view, version, unrecorded)
+
+
+def unrecorded_versions(settings: Settings, topics: set[str], recorded: set[int]) -> list[int]:
+    """Versions (2 and up) with an output topic among `topics` and no record in the registry."""
+    outputs = Topology(settings).produced
+    pattern = re.compile(rf"{re.escape(settings.topic_prefix)}(.+)\.v(\d+)")
+    found = set()
+    for topic in topics:
+        m = pattern.fullmatch(topic)
+        if m and m.group(1) in outputs and 2 <= int(m.group(2)) <= MAX_VERSION:
+            found.add(int(m.group(2)))
+    return sorted(found - recorded)
 
 
 @dataclass(frozen=True)
@@ -341,7 +384,7 @@ async def readable_version(settings: Settings, version: int | None) -> ReadableV
     it has started."""
     view = await Registry(settings).load(create=False)  # a reader makes no topic
     v = view.live if version is None else version
-    rec = require_version(view, v)
+    rec = await require_listed_version(settings, view, v)
     _refuse_dropped(view, v)
     return ReadableVersion(view, rec, Topology(settings, v).select(rec.pipelines))
 

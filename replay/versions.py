@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -15,7 +14,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 from app.admin import existing_topics
 from app.cli_output import counted
 from app.kafka_clients import new_admin
-from app.settings import MAX_VERSION, ConfigError, Settings
+from app.settings import ConfigError, Settings
 from app.state_guard import StateLockedError, lock_state_dir
 from app.topology import Topology
 from replay.latest import unused_outputs
@@ -24,28 +23,14 @@ from replay.registry import (
     DROPPED,
     LIVE,
     RUNNING,
+    UNRECORDED,
     Registry,
     RegistryView,
     VersionRecord,
     recorded_definition,
-    require_version,
+    require_listed_version,
+    unrecorded_versions,
 )
-
-# A version whose output topics are on the broker with no registry record: made by `kappa
-# topics` or `kappa worker --version N` without a replay.
-UNRECORDED = "unrecorded"
-
-
-def unrecorded_versions(settings: Settings, topics: set[str], recorded: set[int]) -> list[int]:
-    """Versions (2 and up) with an output topic among `topics` and no record in the registry."""
-    outputs = Topology(settings).produced
-    pattern = re.compile(rf"{re.escape(settings.topic_prefix)}(.+)\.v(\d+)")
-    found = set()
-    for topic in topics:
-        m = pattern.fullmatch(topic)
-        if m and m.group(1) in outputs and 2 <= int(m.group(2)) <= MAX_VERSION:
-            found.add(int(m.group(2)))
-    return sorted(found - recorded)
 
 
 async def list_versions(settings: Settings) -> str:
@@ -92,7 +77,7 @@ def shown_status(view: RegistryView, version: int, rec: VersionRecord) -> str:
 async def promote(settings: Settings, version: int, force: bool) -> str:
     registry = Registry(settings)
     view = await registry.load()
-    rec = require_version(view, version)
+    rec = await require_listed_version(settings, view, version)
     if version == view.live:
         return f"version {version} is already live"
     if rec.status == DROPPED:
@@ -171,7 +156,7 @@ async def drop(settings: Settings, version: int) -> str:
     # Before the lock, which creates the directory: what a worker or replay left there.
     had_state = root.is_dir() and any(p.name != "LOCK" for p in root.iterdir())
     if unknown and not set(topics) & await existing_topics(settings.kafka):  # a mistyped number
-        require_version(view, version)  # refused, naming the versions there are
+        await require_listed_version(settings, view, version)  # refused, naming those there are
     try:  # a worker of this version on this machine holds its state directory
         lock = lock_state_dir(topology.state_root())
     except StateLockedError:

@@ -40,6 +40,22 @@ async def test_a_version_made_by_kappa_topics_can_be_dropped(
     listed = run_kappa(["versions"], env).stdout
     assert _row(listed, 12)[:3] == ["12", "unrecorded", "-"], listed
     assert "kappa drop N removes them" in listed.splitlines()[-1]
+    # Export, sink, diff and promote name it as `kappa versions` does: export said "version 12
+    # is not in the registry (known: 1)".
+    for command in (["export", str(tmp_path / "out")], ["sink", str(tmp_path / "feed")]):
+        refused = run_kappa([*command, "--version", "12"], env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"kappa {command[0]}: error: version 12 is unrecorded: its topics are on the broker, "
+            "but no replay recorded it (kappa topics or kappa worker --version 12 made them), "
+            "so what it holds is not known; replay it to record it (kappa replay --version 12) "
+            "or remove it (kappa drop 12); see `unrecorded` under kappa versions in the README"
+        ]
+    mistyped = run_kappa(["export", str(tmp_path / "out"), "--version", "42"], env)
+    assert mistyped.stderr.strip().splitlines() == [
+        "kappa export: error: version 42 is not in the registry (known: 1; unrecorded: 12)"
+    ]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "feed").exists()
 
     dropped = run_kappa(["drop", "12"], env)
     assert dropped.returncode == 0, dropped.stdout + dropped.stderr

@@ -187,3 +187,11 @@ def test_an_unknown_version_is_refused_naming_the_live_one_among_the_known() -> 
     with pytest.raises(ConfigError) as refused:
         require_version(RegistryView({}, {}), 5)
     assert str(refused.value) == "version 5 is not in the registry (known: 1)"
+    with pytest.raises(ConfigError) as refused:  # as `kappa versions` lists them
+        require_version(RegistryView({}, {}), 5, unrecorded=[12])
+    assert str(refused.value) == "version 5 is not in the registry (known: 1; unrecorded: 12)"
+    with pytest.raises(ConfigError) as refused:
+        require_version(RegistryView({}, {}), 12, unrecorded=[12])
+    assert str(refused.value).startswith(
+        "version 12 is unrecorded: its topics are on the broker, but no replay recorded it"
+    )
