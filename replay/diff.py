@@ -31,7 +31,6 @@ from replay.latest import (
 from replay.registry import (
     DROPPED,
     Registry,
-    RegistryView,
     VersionRecord,
     recorded_definition,
     require_listed_version,
@@ -199,8 +198,9 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
         lines.extend(result.lines(logical))
     if total:
         lines.append(counted(total, "difference"))
-        ahead = await _live_past_snapshot(settings, view, recs)
-        lines.extend(_why_they_may_differ(recs, ahead))
+        definitions = {v: recorded_definition(view, v) for v in recs}
+        read = await _read_positions(settings, recs)
+        lines.extend(_why_they_may_differ(recs, definitions, read, view.live))
     elif skipped:  # "identical" alone would vouch for outputs nobody compared
         lines.append(f"identical in {', '.join(compared)} ({', '.join(skipped)} not compared)")
     else:
@@ -208,36 +208,65 @@ async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[s
     return "\n".join(lines), total
 
 
+# topic → partition → offset: how far a version has read its sources
+Positions = dict[str, dict[str, int]]
+
+
 def _why_they_may_differ(
-    recs: dict[int, VersionRecord], live_ahead: tuple[int, int] | None
+    recs: dict[int, VersionRecord],
+    definitions: dict[int, dict[str, object] | None],
+    read: dict[int, Positions],
+    live: int,
 ) -> list[str]:
-    """Notes on differences that are expected: a replay not completed, other `--since`, other
-    snapshots, or a live version that has read past the other's snapshot (`live_ahead`: (live,
-    other))."""
+    """Notes on differences that are expected: a replay not completed, other settings (the
+    `definition` each version's windows and analytics were built with, when both are recorded),
+    other `--since`, or sources read to other points (`read`: each version's positions, its
+    consumer group's where it has committed, its snapshot's elsewhere), a live version ahead
+    of the other most often."""
     notes = [
         f"note: version {v}'s replay has not completed: its outputs may be partial (kappa versions)"
         for v, rec in recs.items()
         if not rec.replay_done
     ]
     (v1, r1), (v2, r2) = recs.items()
+    d1, d2 = definitions[v1], definitions[v2]
+    if d1 is not None and d2 is not None:
+        differ = [k for k in {**d1, **d2} if d1.get(k) != d2.get(k)]
+        if differ:
+            notes.append(
+                "note: the versions were built with different settings: "
+                + "; ".join(
+                    f"KAPPA_{k.upper()} {d1.get(k)} in version {v1}, {d2.get(k)} in version {v2}"
+                    for k in differ
+                )
+            )
     if r1.since_ms != r2.since_ms:
         notes.append(
             f"note: the versions count windows from different times (--since): version {v1} "
             f"{_since(r1.since_ms)}, version {v2} {_since(r2.since_ms)}"
         )
-    if r1.snapshot and r2.snapshot and r1.snapshot != r2.snapshot:
-        n1, n2 = (sum(e for parts in r.snapshot.values() for e in parts.values()) for r in (r1, r2))
-        notes.append(
-            f"note: the versions were replayed up to different snapshots of their sources "
-            f"(version {v1}: {n1:,} records, version {v2}: {n2:,}); windows and totals the "
-            "records in between reach differ"
-        )
-    if live_ahead is not None:
-        live, other = live_ahead
-        notes.append(
-            f"note: version {live} is live and has read orders produced after version {other}'s "
-            f"snapshot; windows and totals they reach differ until version {other} runs live too"
-        )
+    p1, p2 = read.get(v1, {}), read.get(v2, {})
+    common = [(t, p) for t in p1 if t in p2 for p in p1[t] if p in p2[t]]
+    if any(p1[t][p] != p2[t][p] for t, p in common):
+        ahead = [
+            (a, b)
+            for (a, pa), (b, pb) in (((v1, p1), (v2, p2)), ((v2, p2), (v1, p1)))
+            if a == live and all(pa[t][p] >= pb[t][p] for t, p in common)
+        ]
+        if ahead:
+            (a, b), *_ = ahead
+            notes.append(
+                f"note: version {a} is live and has read orders version {b} has not (produced "
+                f"after its snapshot); windows and totals they reach differ until version {b} "
+                "runs live too"
+            )
+        else:
+            n1, n2 = (sum(pos[t][p] for t, p in common) for pos in (p1, p2))
+            notes.append(
+                f"note: the versions have read their sources to different points (version "
+                f"{v1}: {counted(n1, 'record')}, version {v2}: {n2:,}); windows and totals the "
+                "records in between reach differ"
+            )
     return notes
 
 
@@ -245,27 +274,33 @@ def _since(since_ms: int | None) -> str:
     return "from the start" if since_ms is None else f"from {since_ms} (epoch ms)"
 
 
-async def _live_past_snapshot(
-    settings: Settings, view: RegistryView, recs: dict[int, VersionRecord]
-) -> tuple[int, int] | None:
-    """(live, other) if one version is live and its committed source positions are past the
-    other version's snapshot, else None."""
-    for live, other in (tuple(recs), tuple(recs)[::-1]):
-        snapshot = recs[other].snapshot
-        if live != view.live or not snapshot:
-            continue
-        group = Topology(settings, live).group_id
-        admin = new_admin(settings.kafka)
-        try:
-            await admin.start()  # inside: stopped even if cancelled while starting
-            for topic, ends in snapshot.items():
-                tps = [TopicPartition(topic, int(p)) for p in ends]  # explicit: DEV-BROKER.md
-                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-                if any(
-                    meta is not None and meta.offset > ends[str(tp.partition)]
-                    for tp, meta in committed.items()
-                ):
-                    return live, other
-        finally:
-            await admin.close()
-    return None
+async def _read_positions(
+    settings: Settings, recs: dict[int, VersionRecord]
+) -> dict[int, Positions]:
+    """How far each version has read the sources of their snapshots: its consumer group's
+    committed offsets (a live version goes on past its own snapshot), else its snapshot's ends
+    (a replay commits them only as a stage ends)."""
+    partitions = sorted(
+        {(t, int(p)) for rec in recs.values() for t, ends in rec.snapshot.items() for p in ends}
+    )
+    if not partitions:
+        return {}
+    read: dict[int, Positions] = {}
+    admin = new_admin(settings.kafka)
+    try:
+        await admin.start()  # inside: stopped even if cancelled while starting
+        for v, rec in recs.items():
+            group = Topology(settings, v).group_id
+            tps = [TopicPartition(t, p) for t, p in partitions]  # explicit: DEV-BROKER.md
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            positions: Positions = {}
+            for t, p in partitions:
+                meta = committed.get(TopicPartition(t, p))
+                if meta is not None and meta.offset >= 0:
+                    positions.setdefault(t, {})[str(p)] = meta.offset
+                elif str(p) in rec.snapshot.get(t, {}):
+                    positions.setdefault(t, {})[str(p)] = rec.snapshot[t][str(p)]
+            read[v] = positions
+    finally:
+        await admin.close()
+    return read

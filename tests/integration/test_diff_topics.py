@@ -15,7 +15,7 @@ from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings, load_settings
 from app.topology import Topology
 from replay.diff import diff
-from replay.registry import COMPLETE, Registry, VersionRecord
+from replay.registry import COMPLETE, Registry, VersionRecord, version_definition
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,10 @@ async def _versions_2_and_3(broker: str, unique: str, tmp_path: Path) -> Setting
     await registry.ensure()
     for v in (2, 3):
         await registry.put_version(VersionRecord(v, COMPLETE, []))
+    # as their first workers or replays record them: version 3's trends with another half-life
+    built = version_definition(settings)
+    await registry.claim_definition(2, built)
+    await registry.claim_definition(3, {**built, "trend_half_life": 5.0})
     return settings
 
 
@@ -112,6 +116,8 @@ async def test_diff_folds_each_side_by_key_and_reports_what_differs(
         "orders.product-signals: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "orders.quiet-products: 0 in v2, 0 in v3; 0 only in v2, 0 only in v3, 0 differ",
         "4 differences",
+        "note: the versions were built with different settings: KAPPA_TREND_HALF_LIFE 10.0 in "
+        "version 2, 5.0 in version 3",
     ]
     assert not list((tmp_path / "state").iterdir())  # the scratch stores are removed
 
@@ -188,27 +194,44 @@ async def test_diff_says_how_far_it_has_read(
     assert f"read 1 records of {topic}" in caplog.text
 
 
-async def test_a_live_version_is_said_to_be_past_a_snapshot_only_when_it_is(
+async def test_a_version_has_read_to_its_committed_positions_else_to_its_snapshot(
     broker: str, unique: str
 ) -> None:
-    """The note about orders produced after the snapshot was printed whenever one side was
-    live, even when the differences had another cause (a --since)."""
+    """A live version goes on past its own snapshot: diff said two versions were replayed to
+    different snapshots when the live one had read as far as the other's. And the note about
+    orders produced after the snapshot was printed whenever one side was live, even when the
+    differences had another cause (a --since)."""
     from app.admin import ensure_topics
     from app.settings import load_settings
-    from replay.diff import _live_past_snapshot
-    from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
+    from replay.diff import _read_positions
+    from replay.registry import COMPLETE, LIVE, VersionRecord
     from replay.runner import commit_offsets
 
     settings = load_settings({"KAPPA_BROKER": broker, "KAPPA_APP_ID": f"ahead-{unique}"})
     source = f"{unique}.orders"
-    await ensure_topics(broker, {source: (1, {})})
-    recs = {1: VersionRecord(1, LIVE), 2: VersionRecord(2, COMPLETE, [], {source: {"0": 5}})}
-    view = RegistryView(dict(recs), {})
-    view.marked[1] = 1
-    await commit_offsets(broker, f"ahead-{unique}-v1", source, {0: 5})  # at the snapshot
-    assert await _live_past_snapshot(settings, view, recs) is None
-    await commit_offsets(broker, f"ahead-{unique}-v1", source, {0: 7})  # read on past it
-    assert await _live_past_snapshot(settings, view, recs) == (1, 2)
+    await ensure_topics(broker, {source: (2, {})})
+    recs = {
+        5: VersionRecord(5, LIVE, [], {source: {"0": 3, "1": 4}}),
+        6: VersionRecord(6, COMPLETE, [], {source: {"0": 5, "1": 4}}),
+    }
+    # nothing committed (a replay commits as a stage ends): each as far as its snapshot
+    assert await _read_positions(settings, recs) == {
+        5: {source: {"0": 3, "1": 4}},
+        6: {source: {"0": 5, "1": 4}},
+    }
+    await commit_offsets(broker, f"ahead-{unique}-v5", source, {0: 5, 1: 4})  # read on, live
+    await commit_offsets(broker, f"ahead-{unique}-v6", source, {0: 5, 1: 4})  # its replay's end
+    assert await _read_positions(settings, recs) == {
+        5: {source: {"0": 5, "1": 4}},
+        6: {source: {"0": 5, "1": 4}},
+    }
+    await commit_offsets(broker, f"ahead-{unique}-v5", source, {0: 7})
+    assert (await _read_positions(settings, recs))[5] == {source: {"0": 7, "1": 4}}
+    recs[1] = VersionRecord(1, LIVE)  # no snapshot of its own: the others' partitions
+    assert await _read_positions(settings, {1: recs[1], 6: recs[6]}) == {
+        1: {},
+        6: {source: {"0": 5, "1": 4}},
+    }
 
 
 async def test_a_scratch_store_that_fails_is_one_line_not_a_workers_advice(

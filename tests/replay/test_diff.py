@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agents.base import SourceRecord
-from app.settings import ConfigError
+from app.settings import ConfigError, load_settings
 from replay.diff import _why_they_may_differ, compare_latest
 from replay.latest import (
     Entry,
@@ -17,7 +17,7 @@ from replay.latest import (
     latest_entry,
     sort_key,
 )
-from replay.registry import COMPLETE, LIVE, RUNNING, VersionRecord
+from replay.registry import COMPLETE, LIVE, RUNNING, VersionRecord, version_definition
 
 WINDOW_KEY = ("product_id", "window_start", "window_end")
 
@@ -129,25 +129,63 @@ def test_two_outputs_are_walked_side_by_side_in_key_order() -> None:
 
 
 def test_differences_that_are_expected_say_why() -> None:
-    """A replay still running, other `--since`, or a live version past the other's snapshot
-    differ as a matter of course: the report said only how many differences there were."""
+    """A replay still running, other settings, other `--since`, or sources read to other points
+    (a live version past the other's snapshot) differ as a matter of course: the report said
+    only how many differences there were."""
     snapshot = {"orders": {"0": 10}}
     unfinished = VersionRecord(2, RUNNING, ["orders"], snapshot, replay_done=False)
     since = VersionRecord(3, COMPLETE, ["orders"], snapshot, since_ms=60_000)
     live = VersionRecord(1, LIVE)
-    assert _why_they_may_differ({1: live, 2: unfinished}, None) == [
+    unknown: dict[int, dict[str, object] | None] = {v: None for v in range(1, 10)}
+    assert _why_they_may_differ({1: live, 2: unfinished}, unknown, {}, 1) == [
         "note: version 2's replay has not completed: its outputs may be partial (kappa versions)"
     ]
-    assert _why_they_may_differ({1: live, 3: since}, None) == [
+    assert _why_they_may_differ({1: live, 3: since}, unknown, {}, 1) == [
         "note: the versions count windows from different times (--since): version 1 from the "
         "start, version 3 from 60000 (epoch ms)"
     ]
     later = VersionRecord(5, COMPLETE, ["orders"], {"orders": {"0": 10, "1": 25}})
-    assert _why_they_may_differ({2: unfinished, 5: later}, None)[1:] == [
-        "note: the versions were replayed up to different snapshots of their sources (version "
-        "2: 10 records, version 5: 35); windows and totals the records in between reach differ"
+    read = {2: {"orders": {"0": 10, "1": 0}}, 5: {"orders": {"0": 10, "1": 25}}}
+    assert _why_they_may_differ({2: unfinished, 5: later}, unknown, read, 1)[1:] == [
+        "note: the versions have read their sources to different points (version 2: 10 "
+        "records, version 5: 35); windows and totals the records in between reach differ"
     ]
-    assert _why_they_may_differ({1: live, 4: VersionRecord(4, COMPLETE)}, (1, 4)) == [
-        "note: version 1 is live and has read orders produced after version 4's snapshot; "
-        "windows and totals they reach differ until version 4 runs live too"
+    read = {1: {"orders": {"0": 12}}, 4: {"orders": {"0": 10}}}
+    assert _why_they_may_differ({1: live, 4: VersionRecord(4, COMPLETE)}, unknown, read, 1) == [
+        "note: version 1 is live and has read orders version 4 has not (produced after its "
+        "snapshot); windows and totals they reach differ until version 4 runs live too"
+    ]
+
+
+def test_versions_built_with_other_settings_say_which() -> None:
+    """`kappa diff 4 7` of versions replayed to the same snapshot, 7 with KAPPA_WINDOW_MS=120000,
+    gave 100,420 differences and no note."""
+    snapshot = {"orders": {"0": 500, "1": 520}}
+    recs = {v: VersionRecord(v, COMPLETE, [], snapshot) for v in (4, 7)}
+    built = version_definition(load_settings({}))
+    other = {**built, "window_ms": 120_000, "anomaly_z": 2.0}
+    read = {v: snapshot for v in recs}
+    assert _why_they_may_differ(recs, {4: built, 7: other}, read, 1) == [
+        "note: the versions were built with different settings: KAPPA_WINDOW_MS 60000 in "
+        "version 4, 120000 in version 7; KAPPA_ANOMALY_Z 3.0 in version 4, 2.0 in version 7"
+    ]
+    assert _why_they_may_differ(recs, {4: built, 7: dict(built)}, read, 1) == []
+    assert _why_they_may_differ(recs, {4: built, 7: None}, read, 1) == []  # not recorded
+
+
+def test_a_live_version_past_its_own_snapshot_is_not_said_to_have_another_snapshot() -> None:
+    """Live version 5 (replayed to 520,000 records) had read on to 530,268, where version 6
+    was replayed to with other window settings: the note said they were replayed up to
+    different snapshots, and not that their windows differ."""
+    own = {"orders": {"0": 260_000, "1": 260_000}}
+    now = {"orders": {"0": 265_000, "1": 265_268}}
+    recs = {5: VersionRecord(5, LIVE, [], own), 6: VersionRecord(6, COMPLETE, [], now)}
+    built = version_definition(load_settings({}))
+    definitions: dict[int, dict[str, object] | None] = {
+        5: built,
+        6: {**built, "window_ms": 300_000},
+    }
+    assert _why_they_may_differ(recs, definitions, {5: now, 6: now}, 5) == [
+        "note: the versions were built with different settings: KAPPA_WINDOW_MS 60000 in "
+        "version 5, 300000 in version 6"
     ]
