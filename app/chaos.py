@@ -1,8 +1,9 @@
 """Fault injection for tests, driven by environment variables that production never sets.
 
 `KAPPA_CHAOS_KILL` kills the process at a chosen point of a batch (the chaos tests check that a
-restart from any such point gives exact results); `KAPPA_CHAOS_HANG_ON_STOP` makes an orderly
-shutdown hang (the stop deadline's test).
+restart from any such point gives exact results); `KAPPA_CHAOS_STOP` makes a replay signal itself
+at a chosen point, as a Ctrl-C or a supervisor's SIGTERM landing exactly there would;
+`KAPPA_CHAOS_HANG_ON_STOP` makes an orderly shutdown hang (the stop deadline's test).
 """
 
 from __future__ import annotations
@@ -46,6 +47,34 @@ class ChaosKill:
 
     def batch_done(self) -> None:
         self.count += 1
+
+
+class ChaosStop:
+    """Fault injection for tests: `KAPPA_CHAOS_STOP=PIPELINE:BATCH:SIGNAL` makes a replay send
+    its own process SIGNAL (`SIGINT`, the default: Ctrl-C; or `SIGTERM`) once its BATCHth fetch
+    (1-based) of PIPELINE is done: outputs acknowledged, changelog entries held. Then it waits
+    for the stop the signal causes, so nothing is processed after that point. Unset in
+    production."""
+
+    def __init__(self, batch: int | None, sig: signal.Signals = signal.SIGINT) -> None:
+        self.batch, self.signal, self.count = batch, sig, 0
+
+    @classmethod
+    def from_env(cls, pipeline: str) -> ChaosStop:
+        spec = os.environ.get("KAPPA_CHAOS_STOP", "")
+        name, _, rest = spec.partition(":")
+        batch, _, sig = rest.partition(":")
+        if name != pipeline or not batch.isdigit():
+            return cls(None)
+        return cls(int(batch), signal.Signals[sig or "SIGINT"])
+
+    async def batch_done(self) -> None:
+        self.count += 1
+        if self.count != self.batch:
+            return
+        log.warning("chaos: sending %s to the process after batch %d", self.signal.name, self.batch)
+        os.kill(os.getpid(), self.signal)
+        await asyncio.Event().wait()  # until the stop cancels it
 
 
 async def hang_on_stop_if_asked() -> None:

@@ -145,7 +145,13 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
 
 
 TEST_ONLY_VARIABLES = frozenset(
-    {"KAPPA_CHAOS_KILL", "KAPPA_CHAOS_ROUNDS", "KAPPA_CHAOS_SEED", "KAPPA_CHAOS_HANG_ON_STOP"}
+    {
+        "KAPPA_CHAOS_KILL",
+        "KAPPA_CHAOS_STOP",
+        "KAPPA_CHAOS_ROUNDS",
+        "KAPPA_CHAOS_SEED",
+        "KAPPA_CHAOS_HANG_ON_STOP",
+    }
 )
 
 

@@ -34,6 +34,7 @@ from app.admin import (
     warn_timestamp_limits,
 )
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
+from app.chaos import ChaosStop
 from app.kafka_clients import new_consumer
 from app.kafka_runner import kafka_pipeline_runner
 from app.raw_records import RAW_RECORDS
@@ -443,6 +444,7 @@ async def _consume(
     summary: ReplaySummary,
 ) -> None:
     consumer = bounded_consumer(settings.kafka, value_deserializer=RAW_RECORDS)
+    chaos = ChaosStop.from_env(runner.pipeline.name)  # tests: KAPPA_CHAOS_STOP
     try:
         await consumer.start()  # inside: stopped even if cancelled while starting
         tps = {p: TopicPartition(topic, p) for p in todo}
@@ -463,6 +465,7 @@ async def _consume(
             if batches:  # every partition of this fetch in one produce request
                 summary.add((await runner.handle_many(batches)).counts)
                 progress.advance(sum(len(recs) for recs in batches.values()))
+                await chaos.batch_done()
             for p in list(todo):
                 position = await consumer.position(tps[p])
                 if position >= ends[p]:
