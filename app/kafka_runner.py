@@ -8,6 +8,10 @@ owner fenced before the state is opened, under exactly_once).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
+
 from aiokafka.errors import KafkaError
 
 from agents.base import Pipeline
@@ -15,9 +19,17 @@ from app.admin import existing_topics
 from app.batch_producer import BatchSender, OwnProducerSender, TransactionalSender, retrying
 from app.changelog import KafkaChangelog
 from app.runtime import GapReader, PipelineRunner
+from app.send_refusals import SendRefused
 from app.settings import Settings
 from app.state_guard import TopicsCheck, topic_gone
 from app.topology import Topology
+from tables.rocks import StateError
+
+log = logging.getLogger(__name__)
+
+# On stop, how long held changelog entries may take to go out (s); unsent, the batches they
+# belong to are read again from the source on restart.
+HELD_SEND_ON_STOP_S = 5.0
 
 
 def kafka_pipeline_runner(
@@ -63,3 +75,18 @@ def stop_if_gone(settings: Settings, topology: Topology) -> TopicsCheck:
             raise topic_gone(gone[0], topology)
 
     return check
+
+
+async def send_held_on_stop(runners: Sequence[PipelineRunner], timeout_s: float) -> None:
+    """Send every pipeline's held changelog entries at once, within one deadline (a broker
+    that does not answer costs `timeout_s` in all, not per pipeline). Best effort: a batch
+    whose entries did not go out is read again from the source on restart."""
+
+    async def send(runner: PipelineRunner) -> None:
+        try:
+            await asyncio.wait_for(runner.send_held(), timeout_s)
+        except (TimeoutError, KafkaError, OSError, StateError, SendRefused) as e:
+            log.warning("%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e)
+        runner.stop_sending_held()
+
+    await asyncio.gather(*(send(r) for r in runners))

@@ -15,12 +15,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.types import TP
 
@@ -32,7 +31,12 @@ from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.group_wait import GroupWait, warn_after_s
-from app.kafka_runner import kafka_pipeline_runner, stop_if_gone
+from app.kafka_runner import (
+    HELD_SEND_ON_STOP_S,
+    kafka_pipeline_runner,
+    send_held_on_stop,
+    stop_if_gone,
+)
 from app.log_repeats import limit_repeats
 from app.partition_owners import PartitionOwners, advertised_url
 from app.pipeline_driver import PipelineDriver, revoke_all
@@ -42,7 +46,6 @@ from app.runtime import (
     GapReader,
     PipelineRunner,
 )
-from app.send_refusals import SendRefused
 from app.settings import Settings
 from app.state_guard import local_source_partitions
 from app.topic_reader import read_range, to_source_record
@@ -51,9 +54,6 @@ from app.web import register_pages
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
-# On stop, how long held changelog entries may take to go out (s); unsent, the batches they
-# belong to are read again from the source on restart.
-HELD_SEND_ON_STOP_S = 5.0
 # How long the event loop keeps turning after the worker's services stopped, before it closes
 # (s): for the close callbacks they scheduled.
 LOOP_CLOSE_GRACE_S = 0.05
@@ -295,21 +295,6 @@ def create_app(
     register_pages(app, version, topology.group_id, runners, settings, partitions)
     app.kappa_runners = runners
     return app
-
-
-async def send_held_on_stop(runners: Sequence[PipelineRunner], timeout_s: float) -> None:
-    """Send every pipeline's held changelog entries at once, within one deadline (a broker
-    that does not answer costs `timeout_s` in all, not per pipeline). Best effort: a batch
-    whose entries did not go out is read again from the source on restart."""
-
-    async def send(runner: PipelineRunner) -> None:
-        try:
-            await asyncio.wait_for(runner.send_held(), timeout_s)
-        except (TimeoutError, KafkaError, OSError, StateError, SendRefused) as e:
-            log.warning("%s: held changelog entries not sent on stop (%r)", runner.pipeline.name, e)
-        runner.stop_sending_held()
-
-    await asyncio.gather(*(send(r) for r in runners))
 
 
 async def freeze_startup_heap() -> None:

@@ -1,4 +1,5 @@
-"""The worker's stop: every pipeline's held changelog entries go out at once, in one deadline."""
+"""A stop (the worker's, a replay's): every pipeline's held changelog entries go out at once, in
+one deadline."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any, cast
 
 import pytest
 
+from app.kafka_runner import send_held_on_stop
 from app.runtime import PipelineRunner
-from app.worker import send_held_on_stop
 
 
 @dataclass
@@ -68,7 +69,7 @@ async def test_a_send_that_never_ends_is_cut_at_the_deadline_and_said(
         return None
 
     hung, failed, ok = FakeRunner("a", never), FakeRunner("b", refused), FakeRunner("c", fine)
-    with caplog.at_level(logging.WARNING, logger="app.worker"):
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
         await send_held_on_stop(as_runners(hung, failed, ok), timeout_s=0.05)
     assert (hung.sent, failed.sent, ok.sent) == (False, False, True)
     assert hung.stopped and failed.stopped and ok.stopped  # background sends cancelled too
