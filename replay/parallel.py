@@ -21,7 +21,8 @@ from replay.summary import ReplaySummary
 # Exit codes of a replay stopped by SIGTERM or SIGINT (128 + the signal, as a shell reports it).
 TERMINATED = 128 + signal.SIGTERM
 INTERRUPTED = 128 + signal.SIGINT
-# How long (s) a child may take to exit once told to stop, before it is killed.
+# How long (s) a child may take to exit once told to stop, before it is killed: past the
+# deadline it has to send the changelog entries it holds (`HELD_SEND_ON_STOP_S`).
 CHILD_STOP_S = 10.0
 
 

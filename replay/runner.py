@@ -36,7 +36,7 @@ from app.admin import (
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.chaos import ChaosStop
 from app.kafka_clients import new_consumer
-from app.kafka_runner import kafka_pipeline_runner
+from app.kafka_runner import HELD_SEND_ON_STOP_S, kafka_pipeline_runner, send_held_on_stop
 from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner
 from app.settings import ConfigError, Settings
@@ -425,6 +425,15 @@ async def _run_stage(
         await commit_offsets(
             settings.kafka, topology.group_id, source, {p: ends[p] for p in partitions}
         )
+    except asyncio.CancelledError:
+        # Stopped (Ctrl-C, SIGTERM), or a stage beside it failed: the outputs of the batches
+        # whose changelog entries are held went out already. Sent now, the state applies
+        # those batches and a resumed replay starts after them, not writing their outputs
+        # again. Best effort, within the worker's stop deadline; a second Ctrl-C cuts it
+        # short (those batches are then read again). With exactly_once nothing is held: each
+        # batch's entries commit in its own transaction, with its outputs.
+        await send_held_on_stop([runner], HELD_SEND_ON_STOP_S)
+        raise
     finally:
         if progress is not None:
             progress.close()

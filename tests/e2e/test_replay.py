@@ -28,7 +28,14 @@ from app.topology import Topology
 from replay.latest import RESULT_OUTPUTS
 from replay.registry import RUNNING, Registry, VersionRecord
 from replay.sink_files import file_name
-from tests.support.checks import check_outputs, check_side_outputs, eventually, reference_for
+from tests.support.checks import (
+    check_copied_once,
+    check_copies_applied,
+    check_outputs,
+    check_side_outputs,
+    eventually,
+    reference_for,
+)
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids
 from tests.support.reference import Reference, assert_windows_equal
@@ -183,6 +190,30 @@ async def test_replay_killed_midway_resumes_to_identical_results(
     assert resumed.stdout.rstrip().endswith("; resumed: these count only what this run read")
     await check_replay(dataset, version)
     assert run_kappa(["diff", "1", str(version)], dataset.env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "stop", "code"),
+    [(24, "SIGINT", 130), (25, "SIGTERM", 143)],  # Ctrl-C; a supervisor, `timeout`, `kill`
+)
+async def test_a_replay_stopped_midway_resumes_without_writing_a_batch_twice(
+    dataset: Dataset, version: int, stop: str, code: int
+) -> None:
+    """Stopped once a fetch's outputs are out but its changelog entries held (for the next
+    fetch to take along): the entries go out before the replay exits. Left unsent, the state
+    applied up to the fetch before, and the resumed replay wrote that fetch's outputs again:
+    its DLQ and late copies twice."""
+    env = {**dataset.env, "KAPPA_REPLAY_BATCH_MAX": "400", "KAPPA_CHAOS_STOP": f"orders:3:{stop}"}
+    args = ["replay", "--version", str(version), "--no-progress"]
+    stopped = run_kappa(args, env)
+    assert stopped.returncode == code, stopped.stderr
+    assert "Traceback" not in stopped.stderr, stopped.stderr
+    assert await check_copies_applied(dataset.env, version)  # the stop came after some
+    del env["KAPPA_CHAOS_STOP"]
+    resumed = run_kappa(args, env)
+    assert resumed.returncode == 0, resumed.stderr
+    await check_copied_once(dataset.env, version)
+    await check_replay(dataset, version)
 
 
 async def test_replay_split_over_two_processes(dataset: Dataset) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from app.broker import free_port
 from app.topic_reader import high_watermarks
+from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids, exited
 from tests.support.workers import KAPPA, ROOT, kappa_env, patched_kappa, run_kappa, start_kappa
 
@@ -319,4 +320,66 @@ async def test_ctrl_c_stops_a_split_replay_saying_that_running_it_again_resumes(
     assert done.stderr.strip().splitlines()[-1] == (
         "replay: interrupted (SIGINT); stopped its 2 processes. Run the same command again to "
         "resume"
+    )
+
+
+async def _stopped_replay_env(broker: str, unique: str, state: Path) -> dict[str, str]:
+    """Orders to replay, and the settings of a replay that Ctrl-C stops (`KAPPA_CHAOS_STOP`)
+    once its third fetch of orders is done, changelog entries held."""
+    from app.admin import ensure_topics
+
+    await ensure_topics(broker, {f"{unique}.orders": (4, {})})
+    await produce_orders(broker, f"{unique}.orders", orders_spec(3_000, 5, keys=40, users=30))
+    return kappa_env(
+        broker, unique, state, KAPPA_REPLAY_BATCH_MAX="400", KAPPA_CHAOS_STOP="orders:3:SIGINT"
+    )
+
+
+# The held entries' send never answered, as a broker gone quiet would not.
+HELD_SEND_NEVER_ANSWERED = """
+import asyncio, os, signal, sys
+from app.runtime import PipelineRunner
+from replay import runner
+runner.HELD_SEND_ON_STOP_S = {deadline_s}
+async def never_answered(self, partitions=None):
+    print("sending the held entries", file=sys.stderr, flush=True)
+    if {second_ctrl_c}:
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGINT)
+    await asyncio.Event().wait()
+PipelineRunner.send_held = never_answered
+"""
+
+
+async def test_a_stopped_replay_gives_up_its_held_entries_at_the_deadline(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    env = await _stopped_replay_env(broker, unique, tmp_path / "state")
+    patch = HELD_SEND_NEVER_ANSWERED.format(deadline_s=0.2, second_ctrl_c=False)
+    done = run_kappa(
+        ["replay", "--version", "2", "--no-progress"], env, command=patched_kappa(patch)
+    )
+    assert done.returncode == 130, done.stderr
+    assert "sending the held entries" in done.stderr, done.stderr
+    assert "orders: held changelog entries not sent on stop (TimeoutError())" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "replay: interrupted (SIGINT). Run the same command again to resume"
+    )
+
+
+async def test_a_second_ctrl_c_stops_a_replay_sending_its_held_entries(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """Without waiting for the deadline (an hour here: `run_kappa` gives up long before)."""
+    env = await _stopped_replay_env(broker, unique, tmp_path / "state")
+    patch = HELD_SEND_NEVER_ANSWERED.format(deadline_s=3600, second_ctrl_c=True)
+    done = run_kappa(
+        ["replay", "--version", "2", "--no-progress"], env, command=patched_kappa(patch)
+    )
+    assert done.returncode == 130, done.stderr
+    assert "sending the held entries" in done.stderr, done.stderr
+    for noise in ("Traceback", "destroyed but it is pending", "never retrieved"):
+        assert noise not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "replay: interrupted (SIGINT). Run the same command again to resume"
     )

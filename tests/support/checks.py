@@ -13,6 +13,7 @@ from agents.product_trends import parse_window, signal_value, trend_dict
 from agents.quiet_products import quiet_value
 from app.changelog import KafkaChangelog
 from app.settings import Settings, load_settings, quiet_config
+from app.state_guard import check_partition_dirs
 from app.topic_reader import high_watermarks
 from app.topology import Topology
 from tables.quiet import Activity
@@ -262,3 +263,29 @@ async def changelogs_caught_up(env: dict[str, str]) -> None:
         for partition, end in ends.items():
             applied = await changelog.last_applied(partition, fresh=True)
             assert applied == end - 1, (pipeline.name, partition, applied, end)
+
+
+async def check_copies_applied(env: dict[str, str], version: int) -> int:
+    """Every DLQ and late copy a (stopped) replay of `version` wrote is of a source record its
+    local state applied, so resuming from that state writes none of them again. Returns how
+    many copies there are."""
+    topology = Topology(load_settings(env), version)
+    applied = check_partition_dirs(topology)
+    copies = 0
+    for side in ("orders.dlq", "orders.late"):
+        topic = topology.physical(side)
+        positions = source_positions(await read_records(topology.settings.kafka, topic))
+        copies += len(positions)
+        ahead = sorted((p, o) for p, o in positions if o > applied.get(("orders", p), -1))
+        assert not ahead, f"{topic}: copies of records the state has not applied: {ahead}"
+    return copies
+
+
+async def check_copied_once(env: dict[str, str], version: int) -> None:
+    """No source record has two DLQ or two late copies in `version`."""
+    topology = Topology(load_settings(env), version)
+    for side in ("orders.dlq", "orders.late"):
+        topic = topology.physical(side)
+        positions = source_positions(await read_records(topology.settings.kafka, topic))
+        twice = sorted({at for at in positions if positions.count(at) > 1})
+        assert not twice, f"{topic}: records copied twice: {twice}"
