@@ -2,11 +2,11 @@
 
 SIGTERM (a supervisor, `timeout`, `kill`, a `--processes` parent's death) cancels the
 command's task, so its cleanup runs (clients stopped, stores closed) before `Terminated` is
-raised; a second one during that cleanup is ignored. Raising KeyboardInterrupt from a plain
-signal handler instead could land anywhere (inside aiokafka's sender, a store's close) and
-left chained tracebacks and tasks destroyed while pending. Whatever SIGINT's disposition:
-`asyncio.run` handles Ctrl-C only where SIGINT has Python's default handler, and a background
-job of a script runs with SIGINT ignored.
+raised; a second one during that cleanup is ignored, as is one after a Ctrl-C (whose cleanup
+runs). Raising KeyboardInterrupt from a plain signal handler instead could land anywhere
+(inside aiokafka's sender, a store's close) and left chained tracebacks and tasks destroyed
+while pending. Whatever SIGINT's disposition: `asyncio.run` handles Ctrl-C only where SIGINT
+has Python's default handler, and a background job of a script runs with SIGINT ignored.
 
 Outside a command's loop (start-up, between two loops) `stop_outside_loop` handles SIGTERM.
 """
@@ -97,7 +97,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
             nonlocal terminated
             if not terminated:
                 terminated = True
-                task.cancel()
+                # After a Ctrl-C it is the same stop (a terminal's Ctrl-C reaches a
+                # `--processes` child, and its parent's SIGTERM follows): cancelled again, the
+                # cleanup under way (a replay sending what it holds) would be cut short.
+                if not task.cancelling():
+                    task.cancel()
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         if _sigterm_seen:  # before this loop took SIGTERM over, and its exception dropped

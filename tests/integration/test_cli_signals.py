@@ -16,6 +16,7 @@ import pytest
 
 from app.broker import free_port
 from app.topic_reader import high_watermarks
+from tests.support.checks import check_copies_applied
 from tests.support.datasets import orders_spec, produce_orders
 from tests.support.processes import child_pids, exited
 from tests.support.workers import KAPPA, ROOT, kappa_env, patched_kappa, run_kappa, start_kappa
@@ -333,6 +334,33 @@ async def _stopped_replay_env(broker: str, unique: str, state: Path) -> dict[str
     return kappa_env(
         broker, unique, state, KAPPA_REPLAY_BATCH_MAX="400", KAPPA_CHAOS_STOP="orders:3:SIGINT"
     )
+
+
+# The SIGTERM of a `--processes N` parent that Ctrl-C reached too, landing as the process it
+# stops sends the changelog entries it holds.
+SIGTERM_AS_THE_HELD_ENTRIES_GO_OUT = """
+import os, signal
+from app.runtime import PipelineRunner
+send_held = PipelineRunner.send_held
+async def after_a_sigterm(self, partitions=None):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return await send_held(self, partitions)
+PipelineRunner.send_held = after_a_sigterm
+"""
+
+
+async def test_a_replay_process_stopped_by_ctrl_c_and_its_parent_still_sends_what_it_holds(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """At a terminal, Ctrl-C reaches every process of `--processes N`, and their parent then
+    sends each a SIGTERM: cancelling it again cut short the sending of its held changelog
+    entries, so their batches were written again on resume. It is the same stop."""
+    env = await _stopped_replay_env(broker, unique, tmp_path / "state")
+    child = ["replay", "--version", "2", "--no-progress", "--parent-pid", str(os.getpid())]
+    done = run_kappa(child, env, command=patched_kappa(SIGTERM_AS_THE_HELD_ENTRIES_GO_OUT))
+    assert done.returncode == 130, done.stderr  # Ctrl-C came first
+    assert "Traceback" not in done.stderr, done.stderr
+    assert await check_copies_applied(env, 2)
 
 
 # The held entries' send never answered, as a broker gone quiet would not.
