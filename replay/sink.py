@@ -149,6 +149,8 @@ def other_version(directory: Path, recorded: object, version: int, view: Registr
     held = f"{directory} holds version {recorded}'s results"
     instead = f"sink version {version} to another directory"
     rec = view.versions.get(recorded) if isinstance(recorded, int) else None
+    if rec is None and recorded == view.live:  # version 1, recorded only at the first promote
+        return f"{held}, not version {version}'s: {instead} (or pass --version {recorded})"
     if rec is None:
         return (
             f"{held}, and the broker has no version {recorded} (a restarted dev broker keeps "

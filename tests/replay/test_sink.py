@@ -452,6 +452,12 @@ def test_another_versions_directory_is_refused_with_a_hint_that_works(tmp_path: 
         f"{d} holds version 7's results, and the broker has no version 7 (a restarted dev "
         "broker keeps nothing): sink version 2 to another directory"
     )
+    # Version 1 before the first promote: live, and in the registry only from that promote.
+    unpromoted = RegistryView({2: VersionRecord(2, "complete")}, {})
+    assert other_version(d, 1, 2, unpromoted) == (
+        f"{d} holds version 1's results, not version 2's: sink version 2 to another directory "
+        "(or pass --version 1)"
+    )
 
 
 def test_a_file_named_as_the_directory_is_said_to_be_a_file(tmp_path: Path) -> None:
