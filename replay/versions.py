@@ -157,7 +157,7 @@ async def drop(settings: Settings, version: int) -> str:
     had_state = root.is_dir() and any(p.name != "LOCK" for p in root.iterdir())
     if unknown and not set(topics) & await existing_topics(settings.kafka):  # a mistyped number
         await require_listed_version(settings, view, version)  # refused, naming those there are
-    try:  # a worker of this version on this machine holds its state directory
+    try:  # a worker of this version with this KAPPA_STATE_DIR holds its state directory
         lock = lock_state_dir(topology.state_root())
     except StateLockedError:
         raise ConfigError(
@@ -207,7 +207,7 @@ async def drop(settings: Settings, version: int) -> str:
         await admin.close()
         lock.release()
     return f"dropped version {version}: {counted(len(doomed), 'topic')} deleted, {group_note}, " + (
-        f"state {root} removed" if had_state else "no local state"
+        f"state {root} removed" if had_state else f"no local state in {root}"
     )
 
 
