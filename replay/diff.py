@@ -32,6 +32,7 @@ from replay.registry import (
     DROPPED,
     Registry,
     VersionRecord,
+    differing_settings,
     recorded_definition,
     require_listed_version,
 )
@@ -60,18 +61,18 @@ class OutputDiff:
     def summary(self, topic: str) -> str:
         line = (
             f"{topic}: {self.in_a:,} in v{self.v1}, {self.in_b:,} in v{self.v2}; "
-            f"{self.only_a} only in v{self.v1}, {self.only_b} only in v{self.v2}, "
-            f"{self.changed} differ"
+            f"{self.only_a:,} only in v{self.v1}, {self.only_b:,} only in v{self.v2}, "
+            f"{self.changed:,} differ"
         )
         if self.provisional:
-            line += f"; {self.provisional} provisional (windows still open), not compared"
+            line += f"; {self.provisional:,} provisional (windows still open), not compared"
         return line
 
     def lines(self, topic: str) -> list[str]:
         """The summary, then the differences shown and how many more there are (`limit` 0:
         the counts only, so no "more" line either)."""
         hidden = self.differences - len(self.shown)
-        more = [f"  … {hidden} more"] if hidden and self.limit else []
+        more = [f"  … {hidden:,} more"] if hidden and self.limit else []
         return [self.summary(topic), *self.shown, *more]
 
     def show(self, line: str) -> None:
@@ -231,7 +232,7 @@ def _why_they_may_differ(
     (v1, r1), (v2, r2) = recs.items()
     d1, d2 = definitions[v1], definitions[v2]
     if d1 is not None and d2 is not None:
-        differ = [k for k in {**d1, **d2} if d1.get(k) != d2.get(k)]
+        differ = differing_settings(d1, d2)
         if differ:
             notes.append(
                 "note: the versions were built with different settings: "

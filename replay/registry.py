@@ -228,6 +228,16 @@ def version_definition(settings: Settings) -> dict[str, object]:
 _DEFAULT_DEFINITION = version_definition(Settings())
 
 
+def differing_settings(a: dict[str, object], b: dict[str, object]) -> list[str]:
+    """The settings (definition keys, in definition order) two definitions give other values."""
+    return [k for k in {**a, **b} if a.get(k) != b.get(k)]
+
+
+def setting_names(definition: dict[str, object], keys: list[str]) -> str:
+    """`KAPPA_X=value, …` for `keys` of a definition: how a user sets them."""
+    return ", ".join(f"KAPPA_{k.upper()}={definition.get(k)}" for k in keys)
+
+
 def recorded_definition(view: RegistryView, version: int) -> dict[str, object] | None:
     """The settings a version was built with (defaults filled in for settings recorded before
     they existed); None if no worker or replay of it has recorded them yet."""
@@ -255,9 +265,8 @@ async def require_definition(
     if built is not None:
         built = {**_DEFAULT_DEFINITION, **built}
     if built is not None and built != mine:
-        differ = sorted(k for k in mine if built.get(k) != mine[k])
-        have = ", ".join(f"KAPPA_{k.upper()}={mine[k]}" for k in differ)
-        was = ", ".join(f"KAPPA_{k.upper()}={built.get(k)}" for k in differ)
+        differ = sorted(differing_settings(built, mine))
+        have, was = setting_names(mine, differ), setting_names(built, differ)
         raise ConfigError(
             f"version {version} is built with {was}, not {have}: a version's windows and "
             f"analytics never change; replay into a new version (kappa replay --version "

@@ -27,9 +27,12 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    differing_settings,
     recorded_definition,
     require_listed_version,
+    setting_names,
     unrecorded_versions,
+    version_definition,
 )
 
 
@@ -123,9 +126,21 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
             f"version {live} was promoted at the same time and is live; version {version} was "
             f"not promoted (run kappa promote {version} again to make it live)"
         )
+    return f"version {version} is live (was {previous.version}); " + _restart_advice(
+        settings, view, version
+    )
+
+
+def _restart_advice(settings: Settings, view: RegistryView, version: int) -> str:
+    """How to run the promoted version: workers without --version, and with the settings it
+    was built with where this environment's differ (a worker refuses other ones)."""
+    built = recorded_definition(view, version)
+    differ = [] if built is None else differing_settings(built, version_definition(settings))
+    if not differ:
+        return "restart workers without --version to run it"
     return (
-        f"version {version} is live (was {previous.version}); restart workers without --version "
-        "to run it"
+        f"restart workers without --version, with {setting_names(built or {}, differ)} (the "
+        "settings it was built with), to run it"
     )
 
 

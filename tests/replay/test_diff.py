@@ -189,3 +189,16 @@ def test_a_live_version_past_its_own_snapshot_is_not_said_to_have_another_snapsh
         "note: the versions were built with different settings: KAPPA_WINDOW_MS 60000 in "
         "version 5, 300000 in version 6"
     ]
+
+
+def test_every_count_in_a_summary_has_thousands_separators() -> None:
+    """`39,904 in v2` stood beside `16385 only in v2`, `1000 provisional` and `… 67215 more`."""
+    from replay.diff import OutputDiff
+
+    out = OutputDiff(1, 2, 1, 39_904, 39_904, 16_385, 0, 50_831, 1_000, ["  ~ one"])
+    assert out.lines("revenue") == [
+        "revenue: 39,904 in v1, 39,904 in v2; 16,385 only in v1, 0 only in v2, 50,831 differ; "
+        "1,000 provisional (windows still open), not compared",
+        "  ~ one",
+        "  … 67,215 more",
+    ]

@@ -1,12 +1,13 @@
-"""How `kappa versions` shows a version's status, without a broker."""
+"""How `kappa versions` shows a version's status, and `kappa promote` what to do next, without
+a broker."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from app.settings import load_settings
-from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord
-from replay.versions import shown_status, status_report, unrecorded_versions
+from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord, version_definition
+from replay.versions import _restart_advice, shown_status, status_report, unrecorded_versions
 
 
 def test_a_promote_stopped_halfway_shows_one_version_live_and_the_other_promoting() -> None:
@@ -50,3 +51,18 @@ def test_status_lists_the_outputs_the_live_version_has() -> None:
     ]
     view.definitions[4] = {"hopping_size_ms": 120_000, "hopping_step_ms": 60_000}
     assert "x.orders.revenue-hopping.v4" in status_report(settings, view).splitlines()[1]
+
+
+def test_a_promote_says_with_which_settings_to_restart_the_workers() -> None:
+    """`kappa promote 2` of a version built with KAPPA_ANOMALY_Z=2.5 said "restart workers
+    without --version", and workers restarted with the old environment were refused."""
+    settings = load_settings({})
+    view = RegistryView({2: VersionRecord(2, LIVE)}, {})
+    assert _restart_advice(settings, view, 2) == "restart workers without --version to run it"
+    view.definitions[2] = {**version_definition(settings), "anomaly_z": 2.5, "top_k": 5}
+    assert _restart_advice(settings, view, 2) == (
+        "restart workers without --version, with KAPPA_ANOMALY_Z=2.5, KAPPA_TOP_K=5 (the "
+        "settings it was built with), to run it"
+    )
+    view.definitions[2] = version_definition(settings)
+    assert _restart_advice(settings, view, 2) == "restart workers without --version to run it"
