@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -173,6 +172,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         process_count=count,
         dry_run=args.dry_run,
         progress=not args.no_progress,
+        processes=args.processes,
     )
     if args.processes > 1 and not args.dry_run:
         from app.state_guard import lock_state_dir
@@ -186,8 +186,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         # Refused here, in one line, rather than once per process (and before any of them
         # records the version).
-        whole = dataclasses.replace(opts, process_count=args.processes)
-        _, view, topology, _ = command_loop.run(prepare_replay(settings, whole))
+        _, view, topology, _ = command_loop.run(prepare_replay(settings, opts))
         lock = lock_state_dir(topology.state_root(), shared=True)
         try:
             if args.version not in view.versions:

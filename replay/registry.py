@@ -30,6 +30,7 @@ from functools import partial
 from typing import TypeVar
 
 from app.admin import ensure_topics, existing_topics
+from app.cli_output import counted
 from app.kafka_clients import new_producer
 from app.settings import MAX_VERSION, ConfigError, Settings
 from app.topic_reader import read_to_end
@@ -434,8 +435,9 @@ async def require_split(
     )
     if started is not None and started != processes:
         raise ConfigError(
-            f"version {version} is being replayed by {started} process(es) (--process I/{started} "
-            f"or --processes {started}), not {processes}: resume every process of it the same way"
+            f"version {version} is being replayed by {counted(started, 'process', 'processes')} "
+            f"(--process I/{started} or --processes {started}), not {processes}: resume every "
+            "process of it the same way"
         )
 
 

@@ -50,9 +50,13 @@ from replay.registry import (
     Registry,
     RegistryView,
     VersionRecord,
+    differing_settings,
     drop_unfinished,
+    recorded_definition,
     require_definition,
     require_split,
+    setting_names,
+    version_definition,
 )
 from replay.summary import ReplaySummary
 from tables.partition_state import StateError
@@ -73,13 +77,21 @@ class ReplayOptions:
     process_count: int = 1
     dry_run: bool = False
     progress: bool = True
+    # --processes N: the replay is split among N processes started for it (0 and 1: none; a
+    # process of them has process_index/process_count)
+    processes: int = 1
+
+    @property
+    def split(self) -> int:
+        """How many processes the whole replay is split among."""
+        return max(self.process_count, self.processes)
 
 
 async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary | None:
     started = time.monotonic()
     registry, view, topology, rec = await prepare_replay(settings, opts, create=not opts.dry_run)
     if opts.dry_run:
-        print(plan(topology, rec, opts))
+        print(plan(topology, rec, opts, view))
         return None
     # Shared with the version's other replay processes here; keeps a worker of the version
     # and `kappa drop` out while it runs.
@@ -126,7 +138,7 @@ async def prepare_replay(
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)
     await require_definition(registry, view, opts.version, record=False)
-    await require_split(registry, view, opts.version, opts.process_count, record=False)
+    await require_split(registry, view, opts.version, opts.split, record=False)
     if rec is None:
         present = await existing_topics(settings.kafka)
         for t in topology.external_sources:  # at once, rather than after waiting for metadata
@@ -517,18 +529,25 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
         await consumer.stop()
 
 
-def plan(topology: Topology, rec: VersionRecord, opts: ReplayOptions) -> str:
+def plan(topology: Topology, rec: VersionRecord, opts: ReplayOptions, view: RegistryView) -> str:
     """What a replay would do, for --dry-run: it reads the registry and touches nothing."""
     lines = [
         f"replay plan for version {topology.version} (consumer group {topology.group_id})",
         f"  pipelines, in order: {', '.join(p.name for p in topology.stages())}",
+        *_settings_lines(topology, view),
     ]
     if opts.since_ms is not None:
         lines.append(f"  since: events in windows starting at or after {opts.since_ms} ms")
+    if opts.processes > 1:
+        lines.append(
+            f"  processes: {opts.processes}, process I replaying the source partitions P with "
+            f"P % {opts.processes} == I"
+        )
     for topic, parts in rec.snapshot.items():
         for p, end in sorted(parts.items(), key=lambda kv: int(kv[0])):
+            by = f" (process {int(p) % opts.processes})" if opts.processes > 1 else ""
             if int(p) % opts.process_count == opts.process_index:
-                lines.append(f"  source {topic}[{p}]: offsets 0 → {end} (end exclusive)")
+                lines.append(f"  source {topic}[{p}]: offsets 0 → {end} (end exclusive){by}")
     for p in topology.stages():
         if p.source not in topology.external_sources:
             lines.append(f"  then {topology.physical(p.source)}: all partitions to their end")
@@ -537,3 +556,15 @@ def plan(topology: Topology, rec: VersionRecord, opts: ReplayOptions) -> str:
     lines.append(f"  state: {topology.state_root()}")
     lines.append(f"  flush open windows at the end: {'yes' if opts.flush else 'no'}")
     return "\n".join(lines)
+
+
+def _settings_lines(topology: Topology, view: RegistryView) -> list[str]:
+    """The settings the version's results depend on (as the registry records them), and those
+    in which the live version differs."""
+    mine = version_definition(topology.settings)
+    lines = [f"  settings: {setting_names(mine, list(mine))}"]
+    live = recorded_definition(view, view.live)
+    differ = [] if live is None else differing_settings(live, mine)
+    if differ and view.live != topology.version:
+        lines.append(f"  live version {view.live} has: {setting_names(live or {}, differ)}")
+    return lines

@@ -185,6 +185,14 @@ async def test_replay_killed_midway_resumes_to_identical_results(
     versions = run_kappa(["versions"], dataset.env).stdout
     assert any(line.split()[:2] == [str(version), "running"] for line in versions.splitlines())
     del env["KAPPA_CHAOS_KILL"]
+    if split:  # a dry run of the same split was refused: "replayed by 2 process(es), not 1"
+        dry = run_kappa([*args, "--dry-run"], env)
+        assert dry.returncode == 0, dry.stderr
+        assert "  processes: 2, process I replaying the source partitions P with P % 2 == I" in (
+            dry.stdout
+        )
+        assert f"source {dataset.prefix}.orders[1]: offsets 0 → " in dry.stdout
+        assert dry.stdout.count("(end exclusive) (process 1)") == 2, dry.stdout  # of 4
     resumed = run_kappa(args, env)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.rstrip().endswith("; resumed: these count only what this run read")
@@ -522,6 +530,7 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
     assert dry.returncode == 0, dry.stderr
     assert f"source {d.prefix}.orders[0]: offsets 0 →" in dry.stdout
     assert f"{d.prefix}.orders.revenue-1m.v9" in dry.stdout
+    assert "  settings: KAPPA_WINDOW_MS=60000, KAPPA_GRACE_MS=" in dry.stdout
     mine = d.prefix + "."  # the session broker holds other tests' topics too
     assert {t for t in await list_topics(d.broker) if t.startswith(mine)} == {
         t for t in before if t.startswith(mine)
@@ -533,6 +542,10 @@ async def test_dry_run_promote_continue_live_and_drop(dataset: Dataset) -> None:
     assert refused.returncode == 2 and "live" in refused.stderr
     assert run_kappa(["promote", "5"], d.env).returncode == 0
     assert "live version: 5" in run_kappa(["status"], d.env).stdout
+    planned = run_kappa(["replay", "--version", "9", "--dry-run"], d.env).stdout
+    assert "live version" not in planned  # built as version 5 is
+    other = run_kappa(["replay", "--version", "9", "--dry-run"], {**d.env, "KAPPA_TOP_K": "7"})
+    assert "  live version 5 has: KAPPA_TOP_K=10" in other.stdout.splitlines(), other.stdout
 
     # A worker without --version now runs version 5 and continues where its replay ended.
     worker = Worker(d.env, d.tmp / "v5.log").start()

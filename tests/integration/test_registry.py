@@ -413,7 +413,7 @@ async def test_a_running_versions_split_is_recorded_once_and_then_required(
     with pytest.raises(ConfigError) as refused:
         await require_split(registry, await registry.load(), 10, 3)
     assert str(refused.value) == (
-        "version 10 is being replayed by 2 process(es) (--process I/2 or --processes 2), not 3: "
+        "version 10 is being replayed by 2 processes (--process I/2 or --processes 2), not 3: "
         "resume every process of it the same way"
     )
     await registry.put_completion(10)  # replayed to its end: nothing left to split
@@ -599,7 +599,7 @@ async def test_a_split_replay_is_resumed_by_the_same_processes_option(
     await registry.put_version(VersionRecord(2, RUNNING, names, empty))
     await registry.claim_split(2, 2)  # as the children of a killed `--processes 2` left it
     refused = run_kappa(["replay", "--version", "2", "--processes", "3"], env)
-    assert refused.returncode == 2 and "being replayed by 2 process(es)" in refused.stderr
+    assert refused.returncode == 2 and "being replayed by 2 processes" in refused.stderr
     resumed = run_kappa(["replay", "--version", "2", "--processes", "2"], env, timeout=60)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
