@@ -157,9 +157,11 @@ def scratch_dir(settings: Settings) -> Iterator[Path]:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         scratch = tempfile.TemporaryDirectory(prefix="kappa-read-", dir=settings.state_dir)
     except OSError as e:
+        # a file there, or on its path: said as a worker says it, not "[Errno 17] File exists"
+        why = "Not a directory" if isinstance(e, FileExistsError | NotADirectoryError) else None
         raise ConfigError(
             f"cannot use KAPPA_STATE_DIR={settings.state_dir} for reading outputs (a scratch "
-            f"directory in it): {e}"
+            f"directory in it): {why or e.strerror or e}"
         ) from None
     with scratch as d:
         yield Path(d)
