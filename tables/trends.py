@@ -86,8 +86,9 @@ class Trend:
     square of the earlier errors, each weighted by `decay` per newer error: a steady trend is
     no anomaly, a jump off it is. A spike joins the line and the errors only as far as the
     threshold (its value moved to `anomaly_z` spreads off the forecast), so it neither bends the
-    forecasts after it nor hides the next jump behind a spread it inflated. A second anomaly on
-    the same side (a shift), or one after a gap (judged by an extrapolation), joins whole.
+    forecasts after it nor hides the next jump behind a spread it inflated (in a series
+    forecast exactly, the spread is float noise). A second anomaly on the same side (a shift),
+    or one after a gap (judged by an extrapolation), joins whole.
     """
 
     last_start: int = -(1 << 63)
@@ -192,8 +193,9 @@ class Trend:
     ) -> tuple[float | None, bool, float]:
         """`value`'s forecast error in units of the earlier errors' weighted RMS; None before an
         earlier error. Errors below a billionth of the forecast count as float noise. Also the
-        RMS itself, 0.0 where the errors were no more than that noise: an anomaly then joins
-        whole (a series forecast exactly, which changed, has no spread to bound it by)."""
+        spread the score used, which bounds a spike: for a series forecast exactly, that noise
+        (joined whole, a spike there would bend every later forecast and, as the spread, hide
+        the next jump); 0.0 only where the forecast is 0 too, and an anomaly then joins whole."""
         if expected is None or self.windows < 2:
             return None, False, 0.0
         warm = self.windows - 1 >= config.warmup_windows  # errors in the baseline
@@ -203,7 +205,7 @@ class Trend:
         z = (value - expected) / spread if spread > 0.0 else math.inf
         if not math.isfinite(z):  # every earlier forecast exact (or errors underflowed to 0)
             return None, warm and value != expected, 0.0
-        return z, warm and abs(z) > config.anomaly_z, measured if measured > noise else 0.0
+        return z, warm and abs(z) > config.anomaly_z, spread
 
     def to_bytes(self) -> bytes:
         head = _HEAD.pack(

@@ -76,7 +76,7 @@ def test_every_measure_equals_its_batch_computation(values: list[float], gaps: l
             expected = max(0.0, a + b * (indexes[i] - indexes[i - 1]))
             assert p.expected is not None
             assert math.isclose(p.expected, expected, rel_tol=1e-6, abs_tol=1e-3)
-            z, measured = None, 0.0
+            z, spread = None, 0.0
             if errors:  # weighted by decay per newer error, as a mean
                 w = [decay ** (len(errors) - 1 - j) for j in range(len(errors))]
                 measured = math.sqrt(sum(wj * e * e for wj, e in zip(w, errors)) / sum(w))
@@ -94,11 +94,12 @@ def test_every_measure_equals_its_batch_computation(values: list[float], gaps: l
                     assert p.anomaly == (warm and abs(z) > CONFIG.anomaly_z)
             value = values[i]
             side = (1 if values[i] > p.expected else -1) if p.anomaly else 0
-            # A spike is bounded by a spread the errors measured; a second anomaly on the same
-            # side, or one after a gap, joins whole.
+            # A spike is bounded by the spread it was scored against (float noise, for a series
+            # forecast exactly); a second anomaly on the same side, or one after a gap, or one
+            # with no spread at all (a forecast of 0, exact), joins whole.
             ahead = indexes[i] - indexes[i - 1]
-            if side and measured > 1e-9 * p.expected and side != previous_side and ahead == 1:
-                value = p.expected + side * CONFIG.anomaly_z * measured
+            if side and spread > 0.0 and side != previous_side and ahead == 1:
+                value = p.expected + side * CONFIG.anomaly_z * spread
             previous_side = side
             fitted.append(value)
             errors.append(value - p.expected)
@@ -226,9 +227,21 @@ def test_no_anomaly_before_the_warmup() -> None:
 
 
 def test_a_change_in_a_constant_series_is_an_anomaly() -> None:
-    """Once: with no spread to bound it by, it joins the line whole, which learns the level."""
+    """Twice, as a shift in a noisy series: the first joins as far as the threshold of its
+    spread (float noise), the second, on the same side, joins whole and the line learns it."""
     points = trend_points(series([5.0] * 6 + [5.5] * 30), CONFIG)
-    assert [i for i, p in enumerate(points) if p.anomaly] == [6]
+    assert [i for i, p in enumerate(points) if p.anomaly] == [6, 7]
+    assert abs((points[-1].expected or 0.0) - 5.5) < 0.05
+
+
+def test_a_spike_in_a_constant_series_neither_bends_the_forecasts_nor_hides_a_collapse() -> None:
+    """A series forecast exactly has only float noise for a spread: a spike joins as far as
+    that (as in a noisy series), not whole. Joined whole, one 10x spike lifted the forecasts
+    from 100 to 431 and the spread to its error, so a later fall to a tenth went unflagged."""
+    values = [100.0] * 12 + [1000.0] + [100.0] * 3 + [10.0] * 3
+    points = trend_points(series(values), TrendConfig())
+    assert [i for i, p in enumerate(points) if p.anomaly] == [12, 16, 17]
+    assert all(abs((p.expected or 0.0) - 100.0) < 1e-3 for p in points[13:17])
 
 
 def test_errors_too_small_for_a_float_make_no_infinite_score() -> None:
