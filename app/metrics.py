@@ -69,6 +69,12 @@ SOURCE_HELD = Gauge(
 SEND_RETRIES = Counter(
     "kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"]
 )
+WORKER_READY = Gauge(
+    "kappa_worker_ready",
+    "1 while GET /ready would answer 200 (in its group, no rebalance under way, every assigned "
+    "partition's state open), 0 while joining, rebalancing or restoring; set at each scrape",
+    ["version"],
+)
 
 
 def record_batch(pipeline: str, version: int, counts: BatchCounts, produced: int) -> None:

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
+from app import metrics
 from app.group_wait import GroupWait
 from app.partition_owners import PartitionOwners
 from app.readiness import PipelinePartitions, readiness
@@ -46,9 +47,26 @@ def register_pages(
     """Serve `/metrics`, `/health`, `/ready` and a query for each table this worker's
     pipelines keep. `partitions`: each pipeline's assigned and open partitions, now."""
 
+    def ready_now(explained: bool) -> tuple[bool, dict[str, Any]]:
+        """What `/ready` answers now (`explained`: with how long it has been out of its group
+        and the coordinator's answers); `/metrics` says it too (`kappa_worker_ready`), so a
+        worker that stays out of its group, or restoring, can be alerted on."""
+        wait: GroupWait | None = getattr(app, "kappa_group_wait", None)
+        ready, body = readiness(
+            getattr(app, "kappa_rebalances_done", 0),
+            bool(app.rebalancing),
+            partitions(),
+            None
+            if wait is None or not explained
+            else lambda status: wait.waiting(status, monotonic()),
+        )
+        metrics.WORKER_READY.labels(str(version)).set(1 if ready else 0)
+        return ready, body
+
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
+            ready_now(explained=False)
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health")
@@ -59,13 +77,7 @@ def register_pages(
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            wait: GroupWait | None = getattr(app, "kappa_group_wait", None)
-            ready, body = readiness(
-                getattr(app, "kappa_rebalances_done", 0),
-                bool(app.rebalancing),
-                partitions(),
-                None if wait is None else lambda status: wait.waiting(status, monotonic()),
-            )
+            ready, body = ready_now(explained=True)
             return self.json({**body, "version": version}, status=200 if ready else 503)
 
     # A key of up to 1,024 characters, percent-encoded, takes up to 12 KiB of request line,

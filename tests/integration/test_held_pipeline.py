@@ -12,7 +12,14 @@ from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.checks import check_outputs, eventually, reference_for
 from tests.support.datasets import orders_spec, produce_orders
-from tests.support.workers import Worker, check_stopped, kappa_env, patched_kappa, run_kappa
+from tests.support.workers import (
+    Worker,
+    check_stopped,
+    kappa_env,
+    patched_kappa,
+    run_kappa,
+    scrape,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +91,8 @@ async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
         code, body = worker.ready()  # its user-totals states are still "restoring"
         assert (code, body["status"]) == (503, "restoring"), body
         assert body["partitions"] == {"user-totals": [0, 1, 2, 3]}, body
+        # /metrics says it too (the KappaWorkerNotReady alert): 0, not absent
+        assert ("kappa_worker_ready", {"version": "1"}, 0.0) in scrape(worker.web_port)
         ref = await reference_for(broker, f"{unique}.orders")
         gate.touch()
         await eventually(lambda: check_outputs(broker, unique, ref))
@@ -91,6 +100,7 @@ async def test_a_pipeline_waiting_for_its_state_does_not_stop_the_others(
         code, body = worker.ready()
         assert (code, body["status"]) == (200, "ready"), body
         assert body["partitions"] == {p: [0, 1, 2, 3] for p in PIPELINES}, body
+        assert worker.metric("kappa_worker_ready", version="1") == 1
     finally:
         stopped = worker.stop()
     assert stopped == 0, worker.tail_log()
