@@ -130,3 +130,25 @@ def test_a_deployed_sink_writes_its_files_on_the_volume_it_mounts() -> None:
     assert '"--metrics-port", "6066"]' in compose
     scraping = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     assert re.search(r'names: \["kappa-sink"\]\n\s+type: A\n\s+port: 6066\n', scraping)
+
+
+def test_the_replay_job_runs_one_process_of_the_split_per_pod_each_serving_its_progress() -> None:
+    """`--processes 2` in one pod served no metrics (refused with --metrics-port): a backfill
+    in Kubernetes had no progress panel and no KappaReplayStalled."""
+    job = (DEPLOY / "k8s" / "replay-job.yaml").read_text()
+    (completions,) = re.findall(r"\n  completions: (\d+)\n", job)
+    (parallelism,) = re.findall(r"\n  parallelism: (\d+)\n", job)
+    assert "\n  completionMode: Indexed\n" in job
+    (split, port) = re.findall(
+        r'"--process", "\$\(JOB_COMPLETION_INDEX\)/(\d+)",\s+"--metrics-port", "(\d+)"', job
+    )[0]
+    assert (
+        completions == parallelism == split
+    )  # every index, all at once (they wait for each other)
+    assert "--processes" not in job[job.index("args:") :]
+    assert f'prometheus.io/port: "{port}"' in job and 'prometheus.io/scrape: "true"' in job
+    assert re.search(  # $(VAR) in args expands only a variable the container defines
+        r"- name: JOB_COMPLETION_INDEX\b.*\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: "
+        r"metadata.annotations\['batch.kubernetes.io/job-completion-index'\]\n",
+        job,
+    )
