@@ -152,3 +152,12 @@ def test_the_replay_job_runs_one_process_of_the_split_per_pod_each_serving_its_p
         r"metadata.annotations\['batch.kubernetes.io/job-completion-index'\]\n",
         job,
     )
+
+
+def test_voluntary_disruptions_take_one_worker_pod_at_a_time() -> None:
+    """A drain of a node holding both workers took the whole group down at once."""
+    pdb = (DEPLOY / "k8s" / "pdb.yaml").read_text()
+    workers = (DEPLOY / "k8s" / "statefulset.yaml").read_text()
+    (selector,) = re.findall(r"\n  selector:\n    matchLabels:\n((?:      .*\n)+)", workers)
+    assert "\n  maxUnavailable: 1\n" in pdb and selector in pdb
+    assert "  - pdb.yaml\n" in (DEPLOY / "k8s" / "kustomization.yaml").read_text()
