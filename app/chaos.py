@@ -16,6 +16,15 @@ import signal
 log = logging.getLogger(__name__)
 
 
+def _chaos_spec(variable: str, pipeline: str) -> tuple[int | None, str]:
+    """`PIPELINE:BATCH:WHAT` from `variable`: (BATCH, WHAT) for `pipeline`, else (None, "")."""
+    name, _, rest = os.environ.get(variable, "").partition(":")
+    batch, _, what = rest.partition(":")
+    if name != pipeline or not batch.isdigit():
+        return None, ""
+    return int(batch), what
+
+
 class ChaosKill:
     """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
     in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
@@ -28,12 +37,8 @@ class ChaosKill:
 
     @classmethod
     def from_env(cls, pipeline: str) -> ChaosKill:
-        spec = os.environ.get("KAPPA_CHAOS_KILL", "")
-        name, _, rest = spec.partition(":")
-        batch, _, phase = rest.partition(":")
-        if name != pipeline or not batch.isdigit():
-            return cls(None, "")
-        return cls(int(batch), phase or "after-send")
+        batch, phase = _chaos_spec("KAPPA_CHAOS_KILL", pipeline)
+        return cls(batch, phase or "after-send") if batch is not None else cls(None, "")
 
     def step(self, phase: str, batches: int = 1) -> None:
         """At `phase` of the next `batches` batches (made durable together)."""
@@ -61,12 +66,8 @@ class ChaosStop:
 
     @classmethod
     def from_env(cls, pipeline: str) -> ChaosStop:
-        spec = os.environ.get("KAPPA_CHAOS_STOP", "")
-        name, _, rest = spec.partition(":")
-        batch, _, sig = rest.partition(":")
-        if name != pipeline or not batch.isdigit():
-            return cls(None)
-        return cls(int(batch), signal.Signals[sig or "SIGINT"])
+        batch, sig = _chaos_spec("KAPPA_CHAOS_STOP", pipeline)
+        return cls(batch, signal.Signals[sig or "SIGINT"]) if batch is not None else cls(None)
 
     async def batch_done(self) -> None:
         self.count += 1
