@@ -10,6 +10,7 @@ from app.admin import existing_topics, wait_for_broker
 from app.kafka_clients import new_consumer
 from app.settings import Settings
 from app.topic_reader import TopicMissing
+from app.topology import version_suffix
 
 
 def format_record(msg: object, whole: bool = False) -> str:
@@ -36,8 +37,8 @@ def format_record(msg: object, whole: bool = False) -> str:
 
 
 def _text(raw: bytes | None) -> str | None:
-    """Bytes as text; None (a null key, a tombstone, a null header) stays null, apart from
-    an empty value."""
+    """Bytes as text; None (a null key, a tombstone, a null header) stays None, shown as
+    null, while empty bytes are the empty text."""
     return None if raw is None else raw.decode("utf-8", "replace")
 
 
@@ -55,8 +56,8 @@ def missing_topic_hint(topic: str, prefix: str, existing: set[str]) -> str:
 
 def _of_versions(topic: str, existing: set[str]) -> list[str]:
     """`topic`'s names in versions other than 1 (`topic.vN`), by version."""
-    found = [t for t in existing if t.startswith(f"{topic}.v") and t[len(topic) + 2 :].isdigit()]
-    return sorted(found, key=lambda t: int(t[len(topic) + 2 :]))
+    found = {n: t for t in existing for base, n in [version_suffix(t)] if base == topic and n}
+    return [found[n] for n in sorted(found)]
 
 
 async def tail(

@@ -64,6 +64,15 @@ def registry_topic(settings: Settings) -> str:
     return f"{settings.topic_prefix}{settings.app_id}-versions"
 
 
+def version_suffix(topic: str) -> tuple[str, int | None]:
+    """A topic name without its version suffix, and the version: an output of version N >= 2
+    is named `NAME.vN` (version 1's has no suffix, and neither has a source)."""
+    base, dot, n = topic.rpartition(".v")
+    if dot and base and n.isascii() and n.isdigit():
+        return base, int(n)
+    return topic, None
+
+
 def written_by_kappa(settings: Settings, topic: str) -> str | None:
     """What `topic` is if Kappa itself writes it (any version's output or changelog, or the
     version registry), else None: a record produced there by hand would be read as Kappa's."""
@@ -72,7 +81,7 @@ def written_by_kappa(settings: Settings, topic: str) -> str | None:
     pipelines = build_pipelines(settings)
     prefix = settings.topic_prefix
     if topic.startswith(prefix):
-        base = re.sub(r"\.v\d+$", "", topic[len(prefix) :])
+        base, _ = version_suffix(topic[len(prefix) :])
         for p in pipelines:
             if base in p.outputs:
                 return f"an output of the {p.name} pipeline"

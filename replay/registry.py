@@ -21,7 +21,6 @@ shared keys, and its winner there is replaced by later records.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from app.cli_output import counted
 from app.kafka_clients import new_producer
 from app.settings import MAX_VERSION, ConfigError, Settings
 from app.topic_reader import read_to_end
-from app.topology import Topology, registry_topic
+from app.topology import Topology, registry_topic, version_suffix
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
 # A version whose output topics are on the broker with no registry record: made by `kappa
@@ -367,12 +366,17 @@ async def require_listed_version(
 def unrecorded_versions(settings: Settings, topics: set[str], recorded: set[int]) -> list[int]:
     """Versions (2 and up) with an output topic among `topics` and no record in the registry."""
     outputs = Topology(settings).produced
-    pattern = re.compile(rf"{re.escape(settings.topic_prefix)}(.+)\.v(\d+)")
+    prefix = settings.topic_prefix
     found = set()
     for topic in topics:
-        m = pattern.fullmatch(topic)
-        if m and m.group(1) in outputs and 2 <= int(m.group(2)) <= MAX_VERSION:
-            found.add(int(m.group(2)))
+        base, n = version_suffix(topic)
+        if (
+            n
+            and base.startswith(prefix)
+            and base[len(prefix) :] in outputs
+            and 2 <= n <= MAX_VERSION
+        ):
+            found.add(n)
     return sorted(found - recorded)
 
 

@@ -30,7 +30,7 @@ from app.file_lock import writer_lock
 from app.kafka_clients import stop_consumer
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
-from app.topology import Topology
+from app.topology import Topology, version_suffix
 from replay.export import MANIFEST as EXPORT_MANIFEST
 from replay.latest import (
     RESULT_OUTPUTS,
@@ -106,8 +106,8 @@ def chosen_outputs(
 def _hint(name: str, outputs: list[str]) -> str:
     """What an unknown output name was probably meant to be, among the version's `outputs`: a
     topic name (with its version suffix), or a name without its `orders.` part."""
-    base, dot, suffix = name.rpartition(".v")
-    if dot and suffix.isdigit() and base in outputs:
+    base, suffix = version_suffix(name)
+    if suffix is not None and base in outputs:
         return f": output names take no version suffix (pass {base} and --version {suffix})"
     near = [o for o in outputs if o.endswith("." + name)]
     return f": did you mean {near[0]}?" if near else ""

@@ -53,3 +53,15 @@ def test_two_pipelines_reading_one_source_are_refused(tmp_path: Path) -> None:
     second.name = "orders-again"
     with pytest.raises(ValueError, match="pipelines orders and orders-again both read orders"):
         Topology(settings, 1, [first, second])
+
+
+def test_a_topic_names_its_version_by_its_suffix() -> None:
+    """Four places read `.vN` off a topic name, each its own way (a regex, slicing, two
+    partitions of the string)."""
+    from app.topology import version_suffix
+
+    assert version_suffix("kappa.orders.revenue-1m.v12") == ("kappa.orders.revenue-1m", 12)
+    assert version_suffix("orders.revenue-1m") == ("orders.revenue-1m", None)
+    assert version_suffix("a.v5.v2") == ("a.v5", 2)
+    for unversioned in ("orders.v", "orders.vx", ".v3", "orders.v٣"):  # ٣: not an ASCII digit
+        assert version_suffix(unversioned) == (unversioned, None)
