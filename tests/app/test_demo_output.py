@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from app.demo import format_anomaly, format_quiet, format_ranking, format_window
+from app.demo_lines import format_anomaly, format_quiet, format_ranking, format_window
 
 
 def test_a_window_and_an_anomaly_are_one_line_each() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from agents.window_reports import BY_WINDOW_KEY, report_values
 from app.admin import ensure_topics
-from app.demo import (
+from app.demo_lines import (
     DemoTopics,
     demo_handlers,
     format_anomaly,
