@@ -298,8 +298,13 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
             def stop() -> None:  # called in the consumer's thread
                 line = fence.line()
-                stopping = app.kappa_stop_on_error(InstanceFenced(line), line)
-                asyncio.run_coroutine_threadsafe(stopping, loop)
+
+                async def stopping() -> None:  # the senders closed first, then the stop
+                    if app.kappa_on_fenced is not None:
+                        await app.kappa_on_fenced()
+                    await app.kappa_stop_on_error(InstanceFenced(line), line)
+
+                asyncio.run_coroutine_threadsafe(stopping(), loop)
 
             stop_when_fenced(consumer, fence, stop)
         return consumer
@@ -313,9 +318,14 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
             return False
         commit = super()._commit(offsets)
         if app.kappa_topics_gone is None:
-            return await commit  # type: ignore[no-any-return]
-        topics = {tp.topic for tp in offsets}
-        return await watched_commit(commit, topics, app.kappa_topics_gone, app.kappa_stop_on_error)
+            done: bool = await commit
+        else:
+            topics = {tp.topic for tp in offsets}
+            done = await watched_commit(
+                commit, topics, app.kappa_topics_gone, app.kappa_stop_on_error
+            )
+        # fenced while it was under way: refused unsent (`stop_when_fenced`)
+        return done and not (app.kappa_group_fence is not None and app.kappa_group_fence.fenced)
 
     async def on_thread_stop(self) -> None:
         if self._consumer is not None:
@@ -481,6 +491,9 @@ class KappaApp(faust.App):  # type: ignore[misc]
     kappa_fetch_max_wait_ms: int | None = None  # None: faust's own
     kappa_group_instance_id: str | None = None  # static membership (KIP-345); None: dynamic
     kappa_group_fence: GroupFence | None = None  # a static member's: set once it is fenced
+    # set: what the fenced stop awaits first (the worker closes its senders: the partitions,
+    # and their changelogs, are another process's now)
+    kappa_on_fenced: Callable[[], Awaitable[None]] | None = None
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]

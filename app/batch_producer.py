@@ -109,7 +109,9 @@ class BatchSender:
                 in_order.append((topic, partition, batches))
                 continue
             for batch in batches:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                future = await producer.send_batch(batch, topic, partition=partition)
+                future.add_done_callback(_retrieved)  # not awaited if a later one is refused
+                futures.append(future)
         for topic, partition, batches in in_order:
             # A changelog batch too big for one record batch: its parts go out one after the
             # other, so the last entry (the applied offset) lands only after all of them. The
@@ -165,6 +167,8 @@ class OwnProducerSender:
         self.closed = False
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit | None = None) -> None:
+        if self.closed:  # closing (stopping): its producer may not have stopped yet
+            raise ProducerClosed()
         sender = self._sender
         if sender is None:
             async with self._starting:
@@ -183,11 +187,39 @@ class OwnProducerSender:
     async def release(self, partitions: set[int]) -> None:
         """Source partitions revoked: nothing to let go (one producer serves them all)."""
 
+    def close_at_once(self) -> None:
+        """Send nothing more, not even what the producer holds unsent (`drop_unsent`);
+        `close` stops it."""
+        self.closed = True
+        if self._sender is not None:
+            drop_unsent(self._sender.producer)
+
     async def close(self) -> None:
         self.closed = True
         if self._sender is not None:
             await self._sender.producer.stop()
             self._sender = None
+
+
+def drop_unsent(producer: AIOKafkaProducer) -> None:
+    """Fail at once, as `ProducerClosed`, the batches `producer` holds but has not sent, and
+    every batch given to it from now on; its `stop` would send them first. Only a request
+    already on its way still goes out (as a fenced Kafka Streams task closes its producer
+    with no wait). Reaches into aiokafka's accumulator (pinned in pyproject)."""
+    accumulator = producer._message_accumulator
+    accumulator._closed = True  # `add_batch` raises ProducerClosed
+    unsent = [batch for batches in accumulator._batches.values() for batch in batches]
+    accumulator._batches.clear()
+    for batch in unsent:
+        batch.failure(ProducerClosed())
+        _retrieved(batch._drain_waiter)  # `add_batch` raises it to those waiting, if any
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback: `future`'s error is not logged as never retrieved (the first one of
+    a batch's is raised; aiokafka's own waiters may be gone)."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _record_bytes(r: Produce) -> int:
@@ -290,6 +322,8 @@ class TransactionalSender:
             raise
 
     async def send(self, records: Sequence[Produce], commit: SourceCommit) -> None:
+        if self.closed:  # closing (stopping): its producers may not have stopped yet
+            raise ProducerClosed()
         producer, sender = await self._for(commit.partition)
         async with producer.transaction():  # aborted if anything below raises
             await sender.send(records)
@@ -305,6 +339,13 @@ class TransactionalSender:
             found = self._producers.pop(partition, None)
             if found is not None:
                 await found[0].stop()
+
+    def close_at_once(self) -> None:
+        """Send nothing more, not even what the producers hold unsent (`drop_unsent`);
+        `close` stops them."""
+        self.closed = True
+        for producer, _ in self._producers.values():
+            drop_unsent(producer)
 
     async def close(self) -> None:
         self.closed = True

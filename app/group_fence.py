@@ -15,6 +15,7 @@ stops the worker, with no group request (join, heartbeat, offset commit) sent af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -136,8 +137,9 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
     heartbeats, and call `on_fenced` (from the consumer's thread) when the coordinator first
     answers FENCED_INSTANCE_ID. From then on its heartbeats, joins and syncs (the fenced one
     included) wait for the consumer to close and then fail unsent, so it does not rejoin (which
-    would fence the other process back); its offset commits fail at once, unsent; and its
-    coordinator's warnings about them are not logged. Reaches into aiokafka's private client
+    would fence the other process back); its offset commits fail at once, unsent (one the
+    consumer had under way returns without committing: faust would crash on the refusal);
+    and its coordinator's warnings about them are not logged. Reaches into aiokafka's private client
     and coordinator (pinned in pyproject), as `app.group_wait` does."""
     client = getattr(consumer, "_client", None)
     if client is None or not hasattr(client, "send"):
@@ -166,3 +168,12 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
         return response
 
     client.send = send_unless_fenced
+    commit = getattr(consumer, "commit", None)
+    if commit is None:
+        return
+
+    async def commit_unless_fenced(*args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(InstanceFenced):  # fenced since it began: the worker says
+            await commit(*args, **kwargs)  # why, and stops
+
+    consumer.commit = commit_unless_fenced

@@ -279,9 +279,28 @@ def create_app(
     )
     app.kappa_group_check_s = heartbeat_interval_s(settings.session_timeout_ms)
 
+    closing_fenced: list[asyncio.Future[list[None]]] = []
+
+    async def close_when_fenced() -> None:
+        """Fenced (another process has this one's group instance id): its partitions, and
+        the changelog partitions it writes their state to, are that process's now, which
+        restores from them. So nothing more is sent: no send starts from here on, one under
+        way fails as `SenderClosed` (its batch is the other process's to read), and the stop
+        sends no held changelog entries and hands nothing over. Returns once the requests
+        already on their way are answered (at most `HELD_SEND_ON_STOP_S`)."""
+        for sender in senders:
+            sender.close_at_once()
+        closing_fenced.append(asyncio.gather(*(sender.close() for sender in senders)))
+        await asyncio.wait(closing_fenced, timeout=HELD_SEND_ON_STOP_S)
+
+    app.kappa_on_fenced = close_when_fenced
+
     @app.on_before_shutdown.connect
     async def close_senders(app: faust.App, **kwargs: object) -> None:
         await hang_on_stop_if_asked()
+        if closing_fenced:  # fenced: closing already, with nothing held sent
+            await closing_fenced[0]
+            return
         await send_held_on_stop(runners, HELD_SEND_ON_STOP_S)
         for sender in senders:
             await sender.close()

@@ -32,6 +32,7 @@ from app.group_fence import (
     fenced_line,
     stop_when_fenced,
 )
+from app.runtime import SenderClosed, SourceCommit
 from app.settings import load_settings
 from app.worker import create_app
 
@@ -98,6 +99,9 @@ class _Consumer:
         self._client = client
         self._coordinator = _Coordinator()
 
+    async def commit(self, offsets: object) -> None:
+        await self._client.send(1, _commit())
+
 
 def _join() -> JoinGroupRequest:
     return JoinGroupRequest(GROUP, 10_000, 10_000, ME, INSTANCE, "consumer", [])
@@ -161,6 +165,15 @@ async def test_a_fenced_answer_stops_the_worker_and_no_member_request_is_sent_af
     assert said == [fenced_line(GROUP, INSTANCE)]  # said once
 
 
+async def test_a_commit_under_way_when_fenced_returns_uncommitted_instead_of_failing() -> None:
+    """faust crashes its consumer thread on a commit that fails (a traceback, a second ERROR
+    line): one begun before the fence and sent after it is refused, unsent, and returns."""
+    consumer, fence, _ = _watched([])
+    fence.answered(FENCED_INSTANCE_ID)
+    await consumer.commit({})
+    assert consumer._client.sent == []
+
+
 async def test_a_heartbeat_held_when_fenced_is_cancelled_with_the_consumer_left_open() -> None:
     """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
     consumer, _, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
@@ -213,3 +226,59 @@ async def test_a_dynamic_member_has_no_fence(tmp_path: Path) -> None:
         assert app.kappa_group_fence is None
     finally:
         await consumer.stop()
+
+
+async def test_the_fenced_stop_closes_the_senders_before_it_stops_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain loop keeps processing batches until the stop ends it: the senders must be
+    closed before the stop begins, not at its end."""
+    calls: list[Any] = []
+    monkeypatch.setattr(
+        "app.batch_delivery.stop_when_fenced", lambda _c, _f, on_fenced: calls.append(on_fenced)
+    )
+    env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_GROUP_INSTANCE_ID": INSTANCE}
+    app = create_app(load_settings(env), 1)
+    done: list[str] = []
+    stopped = asyncio.Event()
+
+    async def close() -> None:
+        done.append("senders closed")
+
+    async def stop(reason: BaseException, line: str) -> None:
+        done.append(line)
+        stopped.set()
+
+    app.kappa_on_fenced, app.kappa_stop_on_error = close, stop
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        (on_fenced,) = calls
+        await asyncio.get_running_loop().run_in_executor(None, on_fenced)  # the consumer's thread
+        await stopped.wait()
+        assert done == ["senders closed", fenced_line(app.conf.id, INSTANCE)]
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("fenced", [True, False], ids=["fenced", "not fenced"])
+async def test_a_fenced_worker_sends_nothing_more_and_nothing_held_on_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fenced: bool
+) -> None:
+    """Its partitions' changelogs are the other process's, which restores from them: an older
+    entry of this one landing after the other's would win there."""
+    held_sent: list[object] = []
+
+    async def send_held_on_stop(runners: object, timeout_s: float) -> None:
+        held_sent.append(runners)
+
+    monkeypatch.setattr("app.worker.send_held_on_stop", send_held_on_stop)
+    env = {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_GROUP_INSTANCE_ID": INSTANCE}
+    app = create_app(load_settings(env), 1)
+    if fenced:
+        assert app.kappa_on_fenced is not None
+        await app.kappa_on_fenced()
+        for runner in app.kappa_runners:  # a batch now, or one being retried, fails at once
+            with pytest.raises(SenderClosed):
+                await runner.send([], SourceCommit("orders", 0, 1, app.conf.id))
+    await app.on_before_shutdown.send()
+    assert held_sent == ([] if fenced else [app.kappa_runners])

@@ -1,6 +1,7 @@
 """A static worker fenced by its group coordinator (FENCED_INSTANCE_ID, what Apache Kafka answers
 the older of two processes joined with the same `KAPPA_GROUP_INSTANCE_ID`) stops in one line,
-and sends no group request (heartbeat, join, sync, offset commit) after the fencing answer.
+and sends no group request (heartbeat, join, sync, offset commit) and nothing to produce after
+the fencing answer.
 
 The dev broker never fences a static member, so a `FaultProxy` between the worker and a broker
 of the test's own says it in the broker's place. Before: a fenced heartbeat crashed the worker
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -53,7 +55,16 @@ def proxy() -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-def _stopped_fenced(worker: Worker, proxy: FaultProxy, group: str) -> None:
+def _stopped_fenced(
+    worker: Worker,
+    proxy: FaultProxy,
+    group: str,
+    inputs: frozenset[str] = frozenset(),
+    produced_before: int = 0,
+) -> None:
+    """`inputs`: topics the test itself produces to (through the proxy) meanwhile;
+    `produced_before`: how many of the topics produced to after the fence were before the
+    worker said it was fenced (sent before it could know)."""
     assert worker.proc is not None
     code = worker.proc.wait(60)
     log = worker.log_path.read_text(errors="replace")
@@ -71,6 +82,10 @@ def _stopped_fenced(worker: Worker, proxy: FaultProxy, group: str) -> None:
     assert proxy.fenced_answers == 1, log[-3000:]
     sent = proxy.seen_after_fence()
     assert not MEMBER_REQUESTS & set(sent), sent
+    # nor any output or changelog entry: the partitions and their changelogs are another
+    # process's, which restores from them (an older entry landing last there would win)
+    produced = proxy.produced_after_fence()[produced_before:]
+    assert not set(produced) - inputs, produced
 
 
 def _producing(address: str, topic: str, rate: float) -> tuple[threading.Thread, threading.Event]:
@@ -85,26 +100,43 @@ def _producing(address: str, topic: str, rate: float) -> tuple[threading.Thread,
     return thread, stop
 
 
+@pytest.mark.parametrize("rate", [2_000, 20_000], ids=["steady", "busy"])
 def test_a_static_worker_whose_heartbeat_is_fenced_stops_in_one_line(
-    proxy: FaultProxy, unique: str, tmp_path: Path
+    proxy: FaultProxy, unique: str, tmp_path: Path, rate: int
 ) -> None:
     """Fenced while records keep coming: it has processed records whose offsets it has not
-    committed yet (faust commits once a second, and on stop), and commits none of them."""
+    committed yet (faust commits once a second, and on stop), and commits none of them. Once
+    it says it is fenced, it sends neither the batches it takes nor, on stop, the changelog
+    entries it holds (busy, it always holds some): the partitions, and the changelogs the
+    other process restores them from, are that process's now. What it sent between the
+    fencing answer and reading it is not its to help."""
     address = f"127.0.0.1:{proxy.port}"
+    source = f"{unique}.orders"
     env = kappa_env(address, unique, tmp_path / "state", KAPPA_GROUP_INSTANCE_ID=INSTANCE_ID)
     assert run_kappa(["topics"], env).returncode == 0
-    producer, stop_producing = _producing(address, f"{unique}.orders", 2_000)
+    producer, stop_producing = _producing(address, source, rate)
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         worker.wait_until(
-            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 1_000
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= rate
         )
         proxy.fence(HEARTBEAT)
-        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1")
+        _logged(worker, "so the broker fenced this one")
+        before = len(proxy.produced_after_fence())
+        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1", frozenset({source}), before)
     finally:
         worker.stop()
         stop_producing.set()
         producer.join(30)
+
+
+def _logged(worker: Worker, text: str) -> None:
+    """Until the worker's log has `text` (polled: the log is another process's file)."""
+    assert worker.proc is not None
+    deadline = time.monotonic() + 120  # a worker that never says it: fail, not hang
+    while text not in worker.log_path.read_text(errors="replace"):
+        assert worker.proc.poll() is None and time.monotonic() < deadline, worker.tail_log()
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("api", [JOIN_GROUP, SYNC_GROUP], ids=["join", "sync"])

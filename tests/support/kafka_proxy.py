@@ -3,9 +3,13 @@ what the embedded dev broker never says: FENCED_INSTANCE_ID (82), which Apache K
 static member whose `group.instance.id` another process has since joined with.
 
 It forwards every byte both ways and, once `fence(api_key)` is called, sets the error code of
-every later response to that api (Heartbeat 12, JoinGroup 11, SyncGroup 14) to 82. Responses
+every later response to that api (Heartbeat 12, JoinGroup 11, SyncGroup 14) to 82; `answer`
+sets another code (OffsetCommit 8: every partition's, as Kafka's UNKNOWN_MEMBER_ID 25 to a
+replaced static member's commit) and can fence another api from then on. Responses
 name no api, so each connection's requests are tracked by correlation id. It also records the
-api key of every request it forwards (`requests_after_fence`): what a client sent once fenced.
+api key of every request it forwards (`requests_after_fence`): what a client sent once fenced,
+and the topics of the Produce requests among them (`produced_after_fence`: the test's own
+producer goes through the proxy too).
 
 Clients find the brokers' addresses in Metadata and FindCoordinator responses, so the broker
 must advertise the proxy's address (`ProxiedBroker`: a dev broker listening on one port and
@@ -24,12 +28,43 @@ from dataclasses import dataclass, field
 from app.broker import DevBroker, free_port
 
 FENCED_INSTANCE_ID = 82
-HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 12, 11, 14, 8
+PRODUCE, HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 0, 12, 11, 14, 8
 # The first version of each api that is flexible (KIP-482): its response header then has a
 # tagged-field section after the correlation id.
 FLEXIBLE_FROM = {HEARTBEAT: 4, JOIN_GROUP: 6, SYNC_GROUP: 4}
 # The first version whose response starts with throttle_time_ms (int32), before the error code.
 THROTTLE_FROM = {HEARTBEAT: 1, JOIN_GROUP: 2, SYNC_GROUP: 1}
+
+
+def _string(frame: bytes, at: int) -> tuple[str | None, int]:
+    """A (nullable, non-compact) string at `at`, and where what follows it starts."""
+    (n,) = struct.unpack_from(">h", frame, at)
+    at += 2
+    return (None, at) if n < 0 else (frame[at : at + n].decode(), at + n)
+
+
+def produce_topics(frame: bytes) -> list[str]:
+    """The topics a Produce request (a frame without its length prefix, up to version 8:
+    not flexible) writes to."""
+    api_key, api_version = struct.unpack_from(">hh", frame)
+    if api_key != PRODUCE or api_version >= 9:
+        raise ValueError(f"not a Produce request up to version 8: {api_key} v{api_version}")
+    _, at = _string(frame, 8)  # the client id
+    if api_version >= 3:
+        _, at = _string(frame, at)  # the transactional id
+    at += 2 + 4  # acks, timeout
+    topics = []
+    (count,) = struct.unpack_from(">i", frame, at)
+    at += 4
+    for _ in range(count):
+        topic, at = _string(frame, at)
+        topics.append(str(topic))
+        (partitions,) = struct.unpack_from(">i", frame, at)
+        at += 4
+        for _ in range(partitions):
+            (size,) = struct.unpack_from(">i", frame, at + 4)  # after the partition index
+            at += 8 + max(size, 0)
+    return topics
 
 
 def error_code_offset(api_key: int, api_version: int) -> int:
@@ -50,15 +85,36 @@ def with_error_code(response: bytes, api_key: int, api_version: int, code: int) 
     return response[:at] + struct.pack(">h", code) + response[at + 2 :]
 
 
+def with_commit_error(response: bytes, api_version: int, code: int) -> bytes:
+    """An OffsetCommit `response` (up to version 7: not flexible) with every partition's error
+    code set to `code`."""
+    if api_version >= 8:
+        raise ValueError(f"no error code rewriting for OffsetCommit v{api_version}")
+    out = bytearray(response)
+    at = 4 + (4 if api_version >= 3 else 0)  # the correlation id, throttle_time_ms
+    (topics,) = struct.unpack_from(">i", out, at)
+    at += 4
+    for _ in range(topics):
+        _, at = _string(response, at)
+        (partitions,) = struct.unpack_from(">i", out, at)
+        at += 4
+        for _ in range(partitions):
+            struct.pack_into(">h", out, at + 4, code)  # after the partition index
+            at += 6
+    return bytes(out)
+
+
 @dataclass
 class FaultProxy:
     """Forwards 127.0.0.1:`port` to `upstream` (host, port); see the module docstring."""
 
     upstream: tuple[str, int]
     port: int = field(default_factory=free_port)
-    fenced_apis: set[int] = field(default_factory=set)
+    answers: dict[int, int] = field(default_factory=dict)  # api key -> the error code it gets
+    then_fence: dict[int, int] = field(default_factory=dict)  # api key -> api fenced after it
     fenced_answers: int = 0  # responses rewritten so far
     requests_after_fence: list[int] = field(default_factory=list)  # api keys, in order
+    topics_after_fence: list[str] = field(default_factory=list)  # of those that are Produce
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _server: asyncio.Server | None = None
@@ -105,13 +161,26 @@ class FaultProxy:
 
     def fence(self, api_key: int) -> None:
         """From now on, answer every `api_key` request with FENCED_INSTANCE_ID."""
-        error_code_offset(api_key, 1)  # one it can rewrite
+        self.answer(api_key, FENCED_INSTANCE_ID)
+
+    def answer(self, api_key: int, error_code: int, and_fence: int | None = None) -> None:
+        """From now on, answer every `api_key` request with `error_code` (OffsetCommit: every
+        partition's); from the first such answer on, fence `and_fence` too."""
+        if api_key != OFFSET_COMMIT:
+            error_code_offset(api_key, 1)  # one it can rewrite
         with self._lock:
-            self.fenced_apis.add(api_key)
+            self.answers[api_key] = error_code
+            if and_fence is not None:
+                self.then_fence[api_key] = and_fence
 
     def seen_after_fence(self) -> list[int]:
         with self._lock:
             return list(self.requests_after_fence)
+
+    def produced_after_fence(self) -> list[str]:
+        """The topics of the Produce requests forwarded since the first fenced answer."""
+        with self._lock:
+            return list(self.topics_after_fence)
 
     async def _connected(
         self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
@@ -121,7 +190,7 @@ class FaultProxy:
         except OSError:
             client_w.close()
             return
-        apis: dict[int, tuple[int, int]] = {}  # correlation id -> (api key, version)
+        apis: dict[int, tuple[int, int, list[str]]] = {}  # correlation id -> (api, version, topics)
         await asyncio.gather(
             self._pump(client_r, broker_w, lambda frame: self._request(frame, apis)),
             self._pump(broker_r, client_w, lambda frame: self._response(frame, apis)),
@@ -144,22 +213,30 @@ class FaultProxy:
         finally:
             writer.close()
 
-    def _request(self, frame: bytes, apis: dict[int, tuple[int, int]]) -> bytes:
+    def _request(self, frame: bytes, apis: dict[int, tuple[int, int, list[str]]]) -> bytes:
         api_key, api_version, correlation_id = struct.unpack(">hhi", frame[:8])
-        apis[correlation_id] = (api_key, api_version)
+        topics = produce_topics(frame) if api_key == PRODUCE else []
+        apis[correlation_id] = (api_key, api_version, topics)
         with self._lock:
             if self.fenced_answers:
                 self.requests_after_fence.append(api_key)
+                self.topics_after_fence.extend(topics)
         return frame
 
-    def _response(self, frame: bytes, apis: dict[int, tuple[int, int]]) -> bytes:
+    def _response(self, frame: bytes, apis: dict[int, tuple[int, int, list[str]]]) -> bytes:
         (correlation_id,) = struct.unpack(">i", frame[:4])
-        api_key, api_version = apis.pop(correlation_id, (-1, -1))
+        api_key, api_version, _ = apis.pop(correlation_id, (-1, -1, []))
         with self._lock:
-            if api_key not in self.fenced_apis:
+            code = self.answers.get(api_key)
+            if code is None:
                 return frame
             self.fenced_answers += 1
-        return with_error_code(frame, api_key, api_version, FENCED_INSTANCE_ID)
+            fenced = self.then_fence.pop(api_key, None)
+            if fenced is not None:
+                self.answers[fenced] = FENCED_INSTANCE_ID
+        if api_key == OFFSET_COMMIT:
+            return with_commit_error(frame, api_version, code)
+        return with_error_code(frame, api_key, api_version, code)
 
 
 @dataclass
