@@ -10,6 +10,11 @@ again as a new member with the same id, which fences the other process in turn, 
 processes taking the same partitions from each other for as long as both run. Kafka Streams
 treats a fenced instance as fatal; so does Kappa: its heartbeats name the id, and the first 82
 stops the worker, with no group request (join, heartbeat, offset commit) sent after it.
+aiokafka's offset commits (up to v3) do not name the id either: Kafka answers the older
+process's UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION, upon which aiokafka forgets its member id
+and joins again with the instance id, which takes the id back and fences the newer process
+(the one that joined last would stop). So a commit answered so is followed by a heartbeat
+naming the id, and an 82 to that fences this member instead.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from aiokafka.protocol.group import (  # type: ignore[import-untyped]
 from aiokafka.protocol.types import Int32, Schema, String  # type: ignore[import-untyped]
 
 FENCED_INSTANCE_ID = 82  # Kafka's error code
+# What Apache Kafka answers a replaced static member's offset commit, which (aiokafka's, up to
+# version 3) does not name the id: ILLEGAL_GENERATION (22), UNKNOWN_MEMBER_ID (25).
+NOT_THIS_MEMBER = frozenset({22, 25})
 # The requests a fenced member must not send again: each says "I am this member".
 MEMBER_REQUESTS = (HeartbeatRequest, JoinGroupRequest, SyncGroupRequest, OffsetCommitRequest)
 
@@ -118,6 +126,11 @@ class StaticHeartbeatRequest(
 NAMING_THE_ID = (JoinGroupRequest, SyncGroupRequest, StaticHeartbeatRequest)
 
 
+def commit_errors(response: Any) -> set[int]:
+    """The error codes of an OffsetCommit response (one per topic partition)."""
+    return {error for _, partitions in response.topics for _, error in partitions}
+
+
 class QuietOnceFenced(logging.Filter):
     """Put on aiokafka's coordinator's logger once fenced (the process is stopping): its
     warnings and errors then are about the requests the member no longer sends (an ERROR
@@ -153,6 +166,14 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
                 await asyncio.shield(closing)
         raise InstanceFenced(fence.line())
 
+    async def fenced_now(node_id: int, **kwargs: Any) -> bool:
+        """Whether a heartbeat naming the id is answered FENCED_INSTANCE_ID (on Kafka, the
+        check for a replaced static member comes before those of its generation and id)."""
+        coordinator = consumer._coordinator
+        beat = HeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id)
+        answer = await send(node_id, StaticHeartbeatRequest(beat, fence.instance_id), **kwargs)
+        return fence.answered(answer.error_code)
+
     async def send_unless_fenced(node_id: int, request: Any, **kwargs: Any) -> Any:
         if not isinstance(request, MEMBER_REQUESTS):
             return await send(node_id, request, **kwargs)
@@ -161,7 +182,15 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
         if isinstance(request, HeartbeatRequest):
             request = StaticHeartbeatRequest(request, fence.instance_id)
         response: Response = await send(node_id, request, **kwargs)
-        if isinstance(request, NAMING_THE_ID) and fence.answered(response.error_code):
+        if isinstance(request, NAMING_THE_ID):
+            fenced = fence.answered(response.error_code)
+        else:  # aiokafka would join again, as a new member with the id: the other fenced
+            fenced = (
+                isinstance(request, OffsetCommitRequest)
+                and not NOT_THIS_MEMBER.isdisjoint(commit_errors(response))
+                and await fenced_now(node_id, **kwargs)
+            )
+        if fenced:
             COORDINATOR_LOG.addFilter(QUIET_ONCE_FENCED)
             on_fenced()
             return await refuse(request)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.protocol.commit import OffsetCommitRequest, OffsetCommitResponse_v3
 from aiokafka.protocol.group import (
     HeartbeatRequest,
     HeartbeatRequest_v1,
@@ -92,6 +92,7 @@ class _Client:
 class _Coordinator:
     def __init__(self) -> None:
         self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.group_id, self.generation, self.member_id = GROUP, 3, ME
 
 
 class _Consumer:
@@ -163,6 +164,50 @@ async def test_a_fenced_answer_stops_the_worker_and_no_member_request_is_sent_af
             await refused
     assert len(client.sent) == 2  # the fenced request and the metadata request
     assert said == [fenced_line(GROUP, INSTANCE)]  # said once
+
+
+def _committed(*errors: int) -> OffsetCommitResponse_v3:
+    return OffsetCommitResponse_v3(0, [("orders", [(p, e) for p, e in enumerate(errors)])])
+
+
+@pytest.mark.parametrize("error", [25, 22], ids=["unknown member", "illegal generation"])
+async def test_a_commit_refused_as_another_members_is_checked_with_a_heartbeat_naming_the_id(
+    error: int,
+) -> None:
+    """Apache Kafka answers a replaced static member's commit (which does not name the id)
+    UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION: aiokafka would join again with the id, taking it
+    back and fencing the newer process. A heartbeat naming the id says which it is."""
+    fenced = HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)
+    consumer, fence, said = _watched([_committed(0, error), fenced])
+    client = consumer._client
+    with pytest.raises(InstanceFenced):  # so aiokafka does not join again
+        await client.send(1, _commit())
+    probe = client.sent[1]
+    assert isinstance(probe, StaticHeartbeatRequest)
+    assert isinstance(probe.prepare({12: (0, 4)}), HeartbeatRequest_v3)
+    assert (probe.beat._group, probe.beat._generation_id, probe.beat._member_id) == (GROUP, 3, ME)
+    assert said == [fenced_line(GROUP, INSTANCE)] and fence.fenced
+    join = asyncio.ensure_future(client.send(1, _join()))
+    consumer._coordinator._closing.set_result(None)
+    with pytest.raises(InstanceFenced):
+        await join
+    assert len(client.sent) == 2  # the commit and the heartbeat
+
+
+@pytest.mark.parametrize(
+    "answer, probed",
+    [
+        (_committed(0, 25), HeartbeatResponse_v1(0, 25)),  # not replaced: a member gone
+        (_committed(0, 27), None),  # rebalancing: no probe
+        (_committed(0, 0), None),
+    ],
+    ids=["unknown member, not fenced", "rebalancing", "committed"],
+)
+async def test_a_commit_answered_otherwise_passes_as_it_was(answer: Any, probed: Any) -> None:
+    consumer, fence, said = _watched([answer] + ([probed] if probed is not None else []))
+    assert await consumer._client.send(1, _commit()) is answer
+    assert len(consumer._client.sent) == (2 if probed is not None else 1)
+    assert not fence.fenced and said == []
 
 
 async def test_a_commit_under_way_when_fenced_returns_uncommitted_instead_of_failing() -> None:

@@ -29,6 +29,7 @@ from tests.support.kafka_proxy import (
     JOIN_GROUP,
     OFFSET_COMMIT,
     SYNC_GROUP,
+    UNKNOWN_MEMBER_ID,
     FaultProxy,
     ProxiedBroker,
 )
@@ -124,6 +125,42 @@ def test_a_static_worker_whose_heartbeat_is_fenced_stops_in_one_line(
         _logged(worker, "so the broker fenced this one")
         before = len(proxy.produced_after_fence())
         _stopped_fenced(worker, proxy, f"kappa-{unique}-v1", frozenset({source}), before)
+    finally:
+        worker.stop()
+        stop_producing.set()
+        producer.join(30)
+
+
+def test_a_static_worker_whose_commit_is_refused_as_a_replaced_members_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """Apache Kafka answers the older process's offset commit (aiokafka's does not name the
+    id) UNKNOWN_MEMBER_ID, and a heartbeat naming the id FENCED_INSTANCE_ID. aiokafka would
+    join again with the id on that commit answer, taking the id back and fencing the newer
+    process: the one that joined last would stop. Here the older one stops, joining nothing."""
+    address = f"127.0.0.1:{proxy.port}"
+    source = f"{unique}.orders"
+    env = kappa_env(address, unique, tmp_path / "state", KAPPA_GROUP_INSTANCE_ID=INSTANCE_ID)
+    assert run_kappa(["topics"], env).returncode == 0
+    producer, stop_producing = _producing(address, source, 500)  # offsets to commit
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(
+            lambda _: worker.metric("kappa_events_in_total", pipeline="orders") >= 500
+        )
+        proxy.answer(OFFSET_COMMIT, UNKNOWN_MEMBER_ID, and_fence=HEARTBEAT)
+        assert worker.proc is not None
+        code = worker.proc.wait(60)
+        log = worker.log_path.read_text(errors="replace")
+        assert code == 1, log[-3000:]
+        sent = proxy.seen_after_fence()  # after the commit's answer: the heartbeat asking
+        assert not {JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT} & set(sent), sent
+        # aiokafka's answer to the commit (forget the member id, join again) never ran: the
+        # proxy fences every later heartbeat, so the next one would have stopped it anyway
+        assert "will rejoin" not in log, log[-3000:]
+        said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
+        assert len(said) == 1 and "so the broker fenced this one" in said[0], log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
     finally:
         worker.stop()
         stop_producing.set()

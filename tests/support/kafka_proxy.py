@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from app.broker import DevBroker, free_port
 
-FENCED_INSTANCE_ID = 82
+FENCED_INSTANCE_ID, UNKNOWN_MEMBER_ID = 82, 25
 PRODUCE, HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 0, 12, 11, 14, 8
 # The first version of each api that is flexible (KIP-482): its response header then has a
 # tagged-field section after the correlation id.
