@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import TopicPartition
 
 from app import batch_producer
 from app.batch_producer import BatchSender, OwnProducerSender
@@ -141,3 +143,26 @@ async def test_a_closed_sender_starts_no_producer(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ProducerClosed):
         await sender.send([Produce("t", 0, b"k", b"v", 0, [])])
     assert started == []
+
+
+async def test_a_sender_closed_at_once_drops_what_its_producer_has_not_sent() -> None:
+    """aiokafka's `stop` sends every batch it holds first: a fenced worker's must not go out
+    (the partitions and their changelogs are another process's). No broker: nothing is
+    started, the accumulator holds the batch as it would behind a request in flight."""
+    sender = OwnProducerSender("127.0.0.1:1")  # type: ignore[arg-type]
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    sender._sender = BatchSender(producer)
+    batch = producer.create_batch()
+    batch.append(key=b"k", value=b"v", timestamp=None)
+    batch.close()
+    accumulator = producer._message_accumulator
+    queued = await accumulator.add_batch(batch, TopicPartition("out", 0), 1.0)
+    sender.close_at_once()
+    with pytest.raises(ProducerClosed):
+        await queued
+    assert not accumulator._batches
+    with pytest.raises(ProducerClosed):  # and nothing joins it
+        await accumulator.add_batch(producer.create_batch(), TopicPartition("out", 0), 1.0)
+    with pytest.raises(ProducerClosed):  # nor does the sender take another batch
+        await sender.send([Produce("out", 0, b"k", b"v", None, [])])
+    await producer.stop()
