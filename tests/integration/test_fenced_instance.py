@@ -61,11 +61,12 @@ def _stopped_fenced(
     proxy: FaultProxy,
     group: str,
     inputs: frozenset[str] = frozenset(),
-    produced_before: int = 0,
+    said_at: tuple[int, int] = (0, 0),
 ) -> None:
     """`inputs`: topics the test itself produces to (through the proxy) meanwhile;
-    `produced_before`: how many of the topics produced to after the fence were before the
-    worker said it was fenced (sent before it could know)."""
+    `said_at`: how many requests, and topics produced to, the proxy saw after the fencing
+    answer but before the worker said it was fenced (sent before it could read the answer:
+    a busy worker's consumer thread waits for the interpreter's lock)."""
     assert worker.proc is not None
     code = worker.proc.wait(60)
     log = worker.log_path.read_text(errors="replace")
@@ -81,11 +82,11 @@ def _stopped_fenced(
     ), said[0]
     assert "Traceback" not in log, log[-3000:]
     assert proxy.fenced_answers == 1, log[-3000:]
-    sent = proxy.seen_after_fence()
+    sent = proxy.seen_after_fence()[said_at[0] :]
     assert not MEMBER_REQUESTS & set(sent), sent
     # nor any output or changelog entry: the partitions and their changelogs are another
     # process's, which restores from them (an older entry landing last there would win)
-    produced = proxy.produced_after_fence()[produced_before:]
+    produced = proxy.produced_after_fence()[said_at[1] :]
     assert not set(produced) - inputs, produced
 
 
@@ -123,8 +124,8 @@ def test_a_static_worker_whose_heartbeat_is_fenced_stops_in_one_line(
         )
         proxy.fence(HEARTBEAT)
         _logged(worker, "so the broker fenced this one")
-        before = len(proxy.produced_after_fence())
-        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1", frozenset({source}), before)
+        said_at = (len(proxy.seen_after_fence()), len(proxy.produced_after_fence()))
+        _stopped_fenced(worker, proxy, f"kappa-{unique}-v1", frozenset({source}), said_at)
     finally:
         worker.stop()
         stop_producing.set()
