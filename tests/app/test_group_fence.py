@@ -104,6 +104,16 @@ class _Consumer:
         await self._client.send(1, _commit())
 
 
+async def _until_fenced(fence: GroupFence, steps: int = 100) -> None:
+    """Let the loop run the sends until the fence is seen (a failure, not a hang, if never):
+    a fenced send goes on to wait for the consumer's close in the same step."""
+    for _ in range(steps):
+        if fence.fenced:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not fenced after {steps} loop steps")
+
+
 def _join() -> JoinGroupRequest:
     return JoinGroupRequest(GROUP, 10_000, 10_000, ME, INSTANCE, "consumer", [])
 
@@ -152,7 +162,7 @@ async def test_a_fenced_answer_stops_the_worker_and_no_member_request_is_sent_af
     fenced = asyncio.ensure_future(client.send(1, request_))
     beat = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
     join = asyncio.ensure_future(client.send(1, _join()))
-    await asyncio.sleep(0)  # they all run up to where they wait
+    await _until_fenced(fence)  # the others then run up to where they wait
     assert said == [fenced_line(GROUP, INSTANCE)] and fence.fenced
     with pytest.raises(InstanceFenced):  # an offset commit is refused at once
         await client.send(1, _commit())
@@ -221,9 +231,9 @@ async def test_a_commit_under_way_when_fenced_returns_uncommitted_instead_of_fai
 
 async def test_a_heartbeat_held_when_fenced_is_cancelled_with_the_consumer_left_open() -> None:
     """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
-    consumer, _, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
+    consumer, fence, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
     beat = asyncio.ensure_future(consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)))
-    await asyncio.sleep(0)
+    await _until_fenced(fence)  # the beat now waits for the consumer to close
     beat.cancel()
     with pytest.raises(asyncio.CancelledError):
         await beat
@@ -237,8 +247,7 @@ async def test_the_coordinators_warnings_are_not_logged_once_fenced(
     with caplog.at_level(logging.INFO, logger=COORDINATOR_LOG.name):
         COORDINATOR_LOG.warning("Marking the coordinator dead before")
         beat = asyncio.ensure_future(consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)))
-        await asyncio.sleep(0)
-        assert fence.fenced
+        await _until_fenced(fence)
         COORDINATOR_LOG.error("Error sending JoinGroupRequest_v5 to node 1 [InstanceFenced]")
         COORDINATOR_LOG.warning("Marking the coordinator dead (node 1) for group %s.", GROUP)
         COORDINATOR_LOG.info("LeaveGroup request succeeded")
