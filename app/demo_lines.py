@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -27,13 +28,15 @@ class DemoTopics:
     reports: str  # orders.by-window: read, never printed
 
 
+# The formatters take a record's value, decoded (the handlers read its fields too).
+
+
 def _clock(ms: int) -> str:
     """An event time (epoch ms) as the UTC time of day."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
 
 
-def format_window(value: bytes) -> str:
-    d = json.loads(value)
+def format_window(d: dict[str, Any]) -> str:
     start, end = _clock(d["window_start"]), _clock(d["window_end"])
     return (
         f"{d['product_id']:>8}  [{start}, {end})  count={d['count']:<4} sum={d['sum']:>10.2f}  "
@@ -41,8 +44,7 @@ def format_window(value: bytes) -> str:
     )
 
 
-def format_anomaly(value: bytes) -> str:
-    d = json.loads(value)
+def format_anomaly(d: dict[str, Any]) -> str:
     start = _clock(d["window_start"])
     z = "-" if d["zscore"] is None else f"{d['zscore']:+.1f}"
     return (
@@ -51,8 +53,7 @@ def format_anomaly(value: bytes) -> str:
     )
 
 
-def format_quiet(value: bytes) -> str:
-    d = json.loads(value)
+def format_quiet(d: dict[str, Any]) -> str:
     since, until = _clock(d["quiet_from"]), _clock(d["quiet_until"])
     return (
         f"{d['product_id']:>8}  [{since}, {until})  QUIET  no order in {d['windows']} window(s), "
@@ -60,8 +61,7 @@ def format_quiet(value: bytes) -> str:
     )
 
 
-def format_ranking(value: bytes) -> str:
-    d = json.loads(value)
+def format_ranking(d: dict[str, Any]) -> str:
     start = _clock(d["window_start"])
     top = ", ".join(f"{e['product_id']} {e['revenue']:.2f}" for e in d["top"][:3])
     return f"     top  [{start}] {top}"
@@ -76,21 +76,21 @@ def demo_handlers(
     def window(value: bytes, new: bool) -> list[str]:
         d = json.loads(value)
         closed = d.get("final") is not False  # a running update, or a provisional window
-        line = format_window(value) if new else None
+        line = format_window(d) if new else None
         return order.window(d["product_id"], d["window_start"], closed, line)
 
     def anomaly(value: bytes, new: bool) -> list[str]:
         d = json.loads(value)
-        line = format_anomaly(value) if new else None
+        line = format_anomaly(d) if new else None
         return order.anomaly(d["product_id"], d["window_start"], line)
 
     def ranking(value: bytes, new: bool) -> list[str]:
         d = json.loads(value)
-        line = format_ranking(value) if new else None
+        line = format_ranking(d) if new else None
         return order.ranking(d["window_start"], d["window_end"], line)
 
     def quiet(value: bytes, new: bool) -> list[str]:
-        return [format_quiet(value)] if new else []
+        return [format_quiet(json.loads(value))] if new else []
 
     def report(value: bytes, new: bool) -> list[str]:
         try:

@@ -99,7 +99,7 @@ async def test_the_demo_prints_a_windows_ranking_and_anomalies_after_its_lines(
         await write(topics.anomalies, b"b", _anomaly("b", W))
 
         async def ranking_and_anomaly_held() -> None:
-            assert (order.held(), printed) == (2, [format_window(_window("a", W))])
+            assert (order.held(), printed) == (2, [format_window(json.loads(_window("a", W)))])
 
         await eventually(ranking_and_anomaly_held, timeout=60)
         await write(topics.windows, b"b", _window("b", W))
@@ -115,8 +115,8 @@ async def test_the_demo_prints_a_windows_ranking_and_anomalies_after_its_lines(
         await consumer.stop()
         await producer.stop()
     assert printed == [
-        format_window(_window("a", W)),
-        format_window(_window("b", W)),
-        format_anomaly(_anomaly("b", W)),
-        format_ranking(_ranking(W, ["a", "b"])),
+        format_window(json.loads(_window("a", W))),
+        format_window(json.loads(_window("b", W))),
+        format_anomaly(json.loads(_anomaly("b", W))),
+        format_ranking(json.loads(_ranking(W, ["a", "b"]))),
     ]
