@@ -66,8 +66,11 @@ class ChaosStop:
 
     @classmethod
     def from_env(cls, pipeline: str) -> ChaosStop:
-        batch, sig = _chaos_spec("KAPPA_CHAOS_STOP", pipeline)
-        return cls(batch, signal.Signals[sig or "SIGINT"]) if batch is not None else cls(None)
+        batch, name = _chaos_spec("KAPPA_CHAOS_STOP", pipeline)
+        sig = signal.Signals.__members__.get(name or "SIGINT")
+        if batch is None or sig is None:  # not this pipeline's, or no signal's name: none
+            return cls(None)
+        return cls(batch, sig)
 
     async def batch_done(self) -> None:
         self.count += 1
