@@ -29,16 +29,21 @@ class ChaosKill:
     """Fault injection for tests: `KAPPA_CHAOS_KILL=PIPELINE:BATCH:PHASE` SIGKILLs this process
     in batch number BATCH (1-based) of PIPELINE at PHASE (before-send, after-send: outputs
     acknowledged but state not committed, after-commit: committed or held); for `kappa sink`,
-    `sink:FILE:PHASE` in the FILEth file it finishes (before-finish, after-finish). Unset in
-    production."""
+    `sink:FILE:PHASE` in the FILEth file it finishes (before-finish, after-finish).
+    `PIPELINE:BATCH:PHASE:SIGNAL` sends SIGINT or SIGTERM there instead and goes on: the stop
+    lands at the next wait, before-send's in the batch's own send. Unset in production."""
 
-    def __init__(self, batch: int | None, phase: str) -> None:
-        self.batch, self.phase, self.count = batch, phase, 0
+    def __init__(self, batch: int | None, phase: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        self.batch, self.phase, self.signal, self.count = batch, phase, sig, 0
 
     @classmethod
     def from_env(cls, pipeline: str) -> ChaosKill:
-        batch, phase = _chaos_spec("KAPPA_CHAOS_KILL", pipeline)
-        return cls(batch, phase or "after-send") if batch is not None else cls(None, "")
+        batch, what = _chaos_spec("KAPPA_CHAOS_KILL", pipeline)
+        phase, _, name = what.partition(":")
+        sig = signal.Signals.__members__.get(name or "SIGKILL")
+        if batch is None or sig is None:  # not this pipeline's, or no signal's name: none
+            return cls(None, "")
+        return cls(batch, phase or "after-send", sig)
 
     def step(self, phase: str, batches: int = 1) -> None:
         """At `phase` of the next `batches` batches (made durable together)."""
@@ -47,8 +52,13 @@ class ChaosKill:
             and self.count < self.batch <= self.count + batches
             and phase == self.phase
         ):
-            log.warning("chaos: killing the process in batch %d at %s", self.batch, phase)
-            os.kill(os.getpid(), signal.SIGKILL)
+            log.warning(
+                "chaos: sending %s to the process in batch %d at %s",
+                self.signal.name,
+                self.batch,
+                phase,
+            )
+            os.kill(os.getpid(), self.signal)
 
     def batch_done(self) -> None:
         self.count += 1

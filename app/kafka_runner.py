@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -26,10 +27,46 @@ from app.topology import Topology
 from tables.rocks import StateError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # On stop, how long held changelog entries may take to go out (s); unsent, the batches they
 # belong to are read again from the source on restart.
 HELD_SEND_ON_STOP_S = 5.0
+
+
+class StopDeadline:
+    """One deadline for all a stop finishes (the batch under way, then the held changelog
+    entries), counted from the first time it is asked for."""
+
+    def __init__(self, budget_s: float = HELD_SEND_ON_STOP_S) -> None:
+        self.budget_s = budget_s
+        self._at: float | None = None
+
+    def remaining_s(self) -> float:
+        now = asyncio.get_running_loop().time()
+        if self._at is None:
+            self._at = now + self.budget_s
+        return max(0.0, self._at - now)
+
+
+async def finish_on_stop(work: Awaitable[T], deadline: StopDeadline) -> T:
+    """Await `work`; cancelled (a stop), let it finish first, within `deadline`, then go on
+    with the cancel. A batch whose outputs are on their way is so made durable, rather than
+    read again on resume, writing its DLQ and late copies twice. Past the deadline (a broker
+    that does not answer) it is cancelled, and read again."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait({task}, timeout=deadline.remaining_s())
+        finally:  # past the deadline, or cancelled again (a second stop): it ends here too
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("the batch under way at the stop failed (%r)", task.exception())
+        raise
 
 
 def kafka_pipeline_runner(
@@ -77,10 +114,13 @@ def stop_if_gone(settings: Settings, topology: Topology) -> TopicsCheck:
     return check
 
 
-async def send_held_on_stop(runners: Sequence[PipelineRunner], timeout_s: float) -> None:
+async def send_held_on_stop(
+    runners: Sequence[PipelineRunner], deadline: StopDeadline | None = None
+) -> None:
     """Send every pipeline's held changelog entries at once, within one deadline (a broker
-    that does not answer costs `timeout_s` in all, not per pipeline). Best effort: a batch
-    whose entries did not go out is read again from the source on restart."""
+    that does not answer costs `HELD_SEND_ON_STOP_S` in all, not per pipeline). Best effort: a
+    batch whose entries did not go out is read again from the source on restart."""
+    timeout_s = (deadline or StopDeadline()).remaining_s()
 
     async def send(runner: PipelineRunner) -> None:
         try:

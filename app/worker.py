@@ -301,7 +301,7 @@ def create_app(
         if closing_fenced:  # fenced: closing already, with nothing held sent
             await closing_fenced[0]
             return
-        await send_held_on_stop(runners, HELD_SEND_ON_STOP_S)
+        await send_held_on_stop(runners)
         for sender in senders:
             await sender.close()
 

@@ -36,7 +36,12 @@ from app.admin import (
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.chaos import ChaosStop
 from app.kafka_clients import new_consumer
-from app.kafka_runner import HELD_SEND_ON_STOP_S, kafka_pipeline_runner, send_held_on_stop
+from app.kafka_runner import (
+    StopDeadline,
+    finish_on_stop,
+    kafka_pipeline_runner,
+    send_held_on_stop,
+)
 from app.raw_records import RAW_RECORDS
 from app.runtime import PipelineRunner
 from app.settings import ConfigError, Settings
@@ -423,13 +428,14 @@ async def _run_stage(
     source = topology.physical(pipeline.source)
     runner = kafka_pipeline_runner(settings, topology, pipeline, sender)
     progress: ReplayProgress | None = None
+    stop = StopDeadline()
     try:
         starts = {p: await runner.applied_offset(p) + 1 for p in partitions}
         todo = {p for p in partitions if starts[p] < ends[p]}
         total = sum(max(0, ends[p] - starts[p]) for p in partitions)
         progress = ReplayProgress(topology.version, pipeline.name, total, opts.progress)
         if todo:
-            await _consume(settings, source, starts, ends, todo, runner, progress, summary)
+            await _consume(settings, source, starts, ends, todo, runner, progress, summary, stop)
         if opts.flush:
             for p in partitions:
                 summary.add((await runner.flush(p)).counts)
@@ -439,12 +445,13 @@ async def _run_stage(
         )
     except asyncio.CancelledError:
         # Stopped (Ctrl-C, SIGTERM), or a stage beside it failed: the outputs of the batches
-        # whose changelog entries are held went out already. Sent now, the state applies
-        # those batches and a resumed replay starts after them, not writing their outputs
-        # again. Best effort, within the worker's stop deadline; a second Ctrl-C cuts it
-        # short (those batches are then read again). With exactly_once nothing is held: each
-        # batch's entries commit in its own transaction, with its outputs.
-        await send_held_on_stop([runner], HELD_SEND_ON_STOP_S)
+        # whose changelog entries are held went out already (the batch under way was
+        # finished: `_consume`). Sent now, the state applies those batches and a resumed
+        # replay starts after them, not writing their outputs again. Best effort, within the
+        # worker's stop deadline, for both steps; a second Ctrl-C cuts it short (those
+        # batches are then read again). With exactly_once nothing is held: each batch's
+        # entries commit in its own transaction, with its outputs.
+        await send_held_on_stop([runner], stop)
         raise
     finally:
         if progress is not None:
@@ -463,6 +470,7 @@ async def _consume(
     runner: PipelineRunner,
     progress: ReplayProgress,
     summary: ReplaySummary,
+    stop: StopDeadline,
 ) -> None:
     consumer = bounded_consumer(settings.kafka, value_deserializer=RAW_RECORDS)
     chaos = ChaosStop.from_env(runner.pipeline.name)  # tests: KAPPA_CHAOS_STOP
@@ -484,7 +492,7 @@ async def _consume(
                 if recs:
                     batches[tp.partition] = recs
             if batches:  # every partition of this fetch in one produce request
-                summary.add((await runner.handle_many(batches)).counts)
+                summary.add((await finish_on_stop(runner.handle_many(batches), stop)).counts)
                 progress.advance(sum(len(recs) for recs in batches.values()))
                 await chaos.batch_done()
             for p in list(todo):

@@ -32,4 +32,10 @@ def test_a_kill_spec_names_the_pipeline_the_batch_and_the_phase(
     assert (kill.batch, kill.phase) == (4, "before-send")
     monkeypatch.setenv("KAPPA_CHAOS_KILL", "orders:4")
     assert ChaosKill.from_env("orders").phase == "after-send"
+    assert ChaosKill.from_env("orders").signal == signal.SIGKILL
     assert ChaosKill.from_env("sink").batch is None
+    monkeypatch.setenv("KAPPA_CHAOS_KILL", "orders:4:before-send:SIGINT")  # a stop, not a kill
+    kill = ChaosKill.from_env("orders")
+    assert (kill.batch, kill.phase, kill.signal) == (4, "before-send", signal.SIGINT)
+    monkeypatch.setenv("KAPPA_CHAOS_KILL", "orders:4:before-send:SIGNOPE")
+    assert ChaosKill.from_env("orders").batch is None

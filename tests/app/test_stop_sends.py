@@ -1,5 +1,5 @@
-"""A stop (the worker's, a replay's): every pipeline's held changelog entries go out at once, in
-one deadline."""
+"""A stop (the worker's, a replay's): a replay's batch under way is finished, and every
+pipeline's held changelog entries go out at once, all in one deadline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from app.kafka_runner import send_held_on_stop
+from app.kafka_runner import StopDeadline, finish_on_stop, send_held_on_stop
 from app.runtime import PipelineRunner
 
 
@@ -51,7 +51,7 @@ async def test_pipelines_send_their_held_entries_at_the_same_time() -> None:
         second_started.set()
 
     first, second = FakeRunner("orders", wait_for_second), FakeRunner("user-totals", start)
-    await send_held_on_stop(as_runners(first, second), timeout_s=10)
+    await send_held_on_stop(as_runners(first, second), StopDeadline(10))
     assert first.sent and second.sent
     assert first.stopped and second.stopped
 
@@ -70,9 +70,77 @@ async def test_a_send_that_never_ends_is_cut_at_the_deadline_and_said(
 
     hung, failed, ok = FakeRunner("a", never), FakeRunner("b", refused), FakeRunner("c", fine)
     with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
-        await send_held_on_stop(as_runners(hung, failed, ok), timeout_s=0.05)
+        await send_held_on_stop(as_runners(hung, failed, ok), StopDeadline(0.05))
     assert (hung.sent, failed.sent, ok.sent) == (False, False, True)
     assert hung.stopped and failed.stopped and ok.stopped  # background sends cancelled too
     said = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("a: held changelog entries not sent on stop") for m in said)
     assert any("b: held changelog entries not sent on stop" in m and "refused" in m for m in said)
+
+
+async def test_a_stop_lets_the_batch_under_way_finish_then_stops() -> None:
+    """Cancelled while its outputs are on their way, the batch is still made durable (else a
+    resumed replay writes its copies again); then the cancel goes on."""
+    sending, acknowledged, done = asyncio.Event(), asyncio.Event(), []
+
+    async def batch() -> int:
+        sending.set()
+        await acknowledged.wait()
+        done.append("committed")
+        return 7
+
+    stage = asyncio.ensure_future(finish_on_stop(batch(), StopDeadline(10)))
+    await sending.wait()
+    stage.cancel()  # Ctrl-C
+    acknowledged.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stage
+    assert done == ["committed"]
+
+
+async def test_a_batch_that_does_not_finish_by_the_deadline_is_cancelled() -> None:
+    deadline = StopDeadline(0.05)
+    cancelled = []
+
+    async def batch() -> None:
+        try:
+            await asyncio.Event().wait()  # a broker that does not answer
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    stage = asyncio.ensure_future(finish_on_stop(batch(), deadline))
+    await asyncio.sleep(0)  # the batch starts: a cancel before would not run it at all
+    stage.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stage
+    assert cancelled == [True]
+
+
+async def test_a_batch_without_a_stop_gives_its_result() -> None:
+    async def batch() -> int:
+        return 7
+
+    assert await finish_on_stop(batch(), StopDeadline()) == 7
+
+
+async def test_a_second_stop_while_the_batch_finishes_cancels_the_batch_too() -> None:
+    """It does not outlive the stage, whose runner closes next."""
+    cancelled, started = [], asyncio.Event()
+
+    async def batch() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    stage = asyncio.ensure_future(finish_on_stop(batch(), StopDeadline(10)))
+    await started.wait()
+    stage.cancel()  # the first stop: the stage waits for the batch
+    await asyncio.sleep(0)
+    stage.cancel()  # the second
+    with pytest.raises(asyncio.CancelledError):
+        await stage
+    assert cancelled == [True]

@@ -201,23 +201,32 @@ async def test_replay_killed_midway_resumes_to_identical_results(
 
 
 @pytest.mark.parametrize(
-    ("version", "stop", "code"),
-    [(24, "SIGINT", 130), (25, "SIGTERM", 143)],  # Ctrl-C; a supervisor, `timeout`, `kill`
+    ("version", "chaos", "code"),
+    [
+        # Ctrl-C; a supervisor, `timeout`, `kill`: between two fetches
+        (24, ("KAPPA_CHAOS_STOP", "orders:3:SIGINT"), 130),
+        (25, ("KAPPA_CHAOS_STOP", "orders:3:SIGTERM"), 143),
+        # while the third fetch's produce request is on its way
+        (26, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGINT"), 130),
+        (27, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGTERM"), 143),
+    ],
 )
 async def test_a_replay_stopped_midway_resumes_without_writing_a_batch_twice(
-    dataset: Dataset, version: int, stop: str, code: int
+    dataset: Dataset, version: int, chaos: tuple[str, str], code: int
 ) -> None:
-    """Stopped once a fetch's outputs are out but its changelog entries held (for the next
-    fetch to take along): the entries go out before the replay exits. Left unsent, the state
-    applied up to the fetch before, and the resumed replay wrote that fetch's outputs again:
-    its DLQ and late copies twice."""
-    env = {**dataset.env, "KAPPA_REPLAY_BATCH_MAX": "400", "KAPPA_CHAOS_STOP": f"orders:3:{stop}"}
+    """Stopped between two fetches, with a fetch's outputs out and its changelog entries held
+    (for the next fetch to take along): the entries go out before the replay exits. Left
+    unsent, the state applied up to the fetch before, and the resumed replay wrote that
+    fetch's outputs again: its DLQ and late copies twice. Stopped while a fetch's outputs
+    are on their way: that batch is finished first, for the same reason."""
+    variable, spec = chaos
+    env = {**dataset.env, "KAPPA_REPLAY_BATCH_MAX": "400", variable: spec}
     args = ["replay", "--version", str(version), "--no-progress"]
     stopped = run_kappa(args, env)
     assert stopped.returncode == code, stopped.stderr
     assert "Traceback" not in stopped.stderr, stopped.stderr
     assert await check_copies_applied(dataset.env, version)  # the stop came after some
-    del env["KAPPA_CHAOS_STOP"]
+    del env[variable]
     resumed = run_kappa(args, env)
     assert resumed.returncode == 0, resumed.stderr
     await check_copied_once(dataset.env, version)
