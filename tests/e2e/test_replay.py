@@ -201,18 +201,20 @@ async def test_replay_killed_midway_resumes_to_identical_results(
 
 
 @pytest.mark.parametrize(
-    ("version", "chaos", "code"),
+    ("version", "chaos", "code", "split"),
     [
         # Ctrl-C; a supervisor, `timeout`, `kill`: between two fetches
-        (24, ("KAPPA_CHAOS_STOP", "orders:3:SIGINT"), 130),
-        (25, ("KAPPA_CHAOS_STOP", "orders:3:SIGTERM"), 143),
+        (24, ("KAPPA_CHAOS_STOP", "orders:3:SIGINT"), 130, []),
+        (25, ("KAPPA_CHAOS_STOP", "orders:3:SIGTERM"), 143, []),
         # while the third fetch's produce request is on its way
-        (26, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGINT"), 130),
-        (27, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGTERM"), 143),
+        (26, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGINT"), 130, []),
+        (27, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGTERM"), 143, []),
+        # each process of a split replay, or stopped by its parent as the other stops
+        (28, ("KAPPA_CHAOS_KILL", "orders:3:before-send:SIGTERM"), 143, ["--processes", "2"]),
     ],
 )
 async def test_a_replay_stopped_midway_resumes_without_writing_a_batch_twice(
-    dataset: Dataset, version: int, chaos: tuple[str, str], code: int
+    dataset: Dataset, version: int, chaos: tuple[str, str], code: int, split: list[str]
 ) -> None:
     """Stopped between two fetches, with a fetch's outputs out and its changelog entries held
     (for the next fetch to take along): the entries go out before the replay exits. Left
@@ -221,7 +223,7 @@ async def test_a_replay_stopped_midway_resumes_without_writing_a_batch_twice(
     are on their way: that batch is finished first, for the same reason."""
     variable, spec = chaos
     env = {**dataset.env, "KAPPA_REPLAY_BATCH_MAX": "400", variable: spec}
-    args = ["replay", "--version", str(version), "--no-progress"]
+    args = ["replay", "--version", str(version), "--no-progress", *split]
     stopped = run_kappa(args, env)
     assert stopped.returncode == code, stopped.stderr
     assert "Traceback" not in stopped.stderr, stopped.stderr
