@@ -140,6 +140,13 @@ class PipelineDriver:
             return
         work.result()  # its error, if any, for the drain loop's handlers
 
+    async def finish_batch(self, timeout_s: float) -> None:
+        """On stop, before the senders close: let the batch in progress finish, within
+        `timeout_s`. Its outputs may be on their way; left unfinished (`SenderClosed`), it is
+        read again on restart, its DLQ and late copies written twice."""
+        if self._in_flight is not None:
+            await asyncio.wait({self._in_flight}, timeout=timeout_s)
+
     def abandon_batch(self) -> None:
         """Cancel the batch in progress, if any (its state changes are discarded)."""
         if self._in_flight is not None:

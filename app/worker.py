@@ -33,6 +33,7 @@ from app.collector import tune_for_batches
 from app.group_wait import GroupWait, warn_after_s
 from app.kafka_runner import (
     HELD_SEND_ON_STOP_S,
+    StopDeadline,
     kafka_pipeline_runner,
     send_held_on_stop,
     stop_if_gone,
@@ -301,7 +302,9 @@ def create_app(
         if closing_fenced:  # fenced: closing already, with nothing held sent
             await closing_fenced[0]
             return
-        await send_held_on_stop(runners)
+        stop = StopDeadline()  # one deadline for the batches under way and what is held
+        await asyncio.gather(*(d.finish_batch(stop.remaining_s()) for _, d in drivers))
+        await send_held_on_stop(runners, stop)
         for sender in senders:
             await sender.close()
 

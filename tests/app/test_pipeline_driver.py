@@ -441,3 +441,33 @@ async def test_a_source_end_behind_the_state_is_retried_not_a_stop(
         await asyncio.wait_for(driver.drain(), 5)
     assert stops == [] and runner.handled == [{0: [5]}] and looks == 2
     assert "waiting for the broker to catch up" in caplog.text
+
+
+async def test_a_stop_waits_for_the_batch_under_way_and_no_longer_than_its_deadline() -> None:
+    """Before the worker's senders close: a batch whose outputs are on their way is finished
+    (else it is read again on restart, its copies written twice), and one that cannot finish
+    (a broker that does not answer) is left after the deadline, not cancelled."""
+    sending, acknowledged = asyncio.Event(), asyncio.Event()
+
+    class _SendingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            sending.set()
+            await acknowledged.wait()
+            await super().handle_many(batches)
+
+    runner = _SendingRunner(opened={0})
+    driver, stops = _stopping_driver(runner)
+    drain = asyncio.ensure_future(driver.drain())
+    try:
+        await driver.finish_batch(0.0)  # nothing under way: returns at once
+        await _buffer(driver, 0, 1)
+        await asyncio.wait_for(sending.wait(), 5)
+        await driver.finish_batch(0.01)  # the deadline passes: left as it is
+        assert runner.handled == [] and not drain.done()
+        finishing = asyncio.ensure_future(driver.finish_batch(3600))
+        acknowledged.set()
+        await asyncio.wait_for(finishing, 5)
+        assert runner.handled == [{0: [1]}] and stops == []
+        assert driver.consumer.acked == {0: [1]}  # type: ignore[attr-defined]
+    finally:
+        drain.cancel()

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from app.orders_generator import GeneratorSpec
-from tests.support.checks import changelogs_caught_up, check_outputs, eventually, reference_for
+from tests.support.checks import (
+    changelogs_caught_up,
+    check_copied_once,
+    check_copies_applied,
+    check_outputs,
+    eventually,
+    reference_for,
+)
 from tests.support.datasets import START_MS, orders_spec, produce_orders
 from tests.support.topics import delete_topics, list_topics
 from tests.support.workers import Worker, kappa_env, read_records, run_kappa
@@ -397,3 +404,25 @@ async def test_lost_local_state_is_restored_from_changelog_else_rebuilt_from_sou
                 broker, [t for t in await list_topics(broker) if "changelog" in t and unique in t]
             )
             assert run_kappa(["topics"], env).returncode == 0
+
+
+async def test_a_worker_stopped_while_its_outputs_are_on_their_way_copies_no_record_twice(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A SIGTERM (a rolling update) landing while a batch's produce request is on its way."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    await produce_orders(broker, f"{unique}.orders", _spec(5_000, seed=4))
+    chaos = {**env, "KAPPA_CHAOS_KILL": "orders:3:before-send:SIGTERM"}
+    worker = Worker(chaos, tmp_path / "worker.log").start()
+    assert worker.proc is not None
+    worker.proc.wait(120)  # it stops itself
+    assert worker.stop() == 0, worker.tail_log()
+    assert await check_copies_applied(env, 1)
+    ref = await reference_for(broker, f"{unique}.orders")
+    worker = Worker(env, tmp_path / "worker2.log").start()
+    try:
+        await eventually(lambda: check_outputs(broker, unique, ref), alive=_alive(worker))
+    finally:
+        assert worker.stop() == 0, worker.tail_log()
+    await check_copied_once(env, 1)
