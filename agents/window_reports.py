@@ -86,6 +86,8 @@ def parse_report(raw: bytes | None, partitions: int, window_ms: int) -> Report:
         if type(w) is not list or len(w) != 5:
             raise ValueError("a window must be [product, start, end, revenue, count]")
         product, start, end, value, count = w
+        if type(product) is str and not product.isascii() and not _utf8(product):
+            raise ValueError("a window's product must be UTF-8 text (it names state keys)")
         try:
             total = float(value) if type(value) in (int, float) else math.nan
         except OverflowError:
@@ -108,3 +110,13 @@ def parse_report(raw: bytes | None, partitions: int, window_ms: int) -> Report:
             )
         out.append((product, start, end, total, count))
     return src, since, wm, out
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: JSON can carry a lone surrogate ("\\ud800"), which
+    no state key or output key can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

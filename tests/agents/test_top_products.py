@@ -205,6 +205,8 @@ def test_batches_and_restarts_give_the_same_rankings(size: int) -> None:
         b'{"src": 0, "wm": 1, "w": [["a", 0, 10, -1.0, 1]]}',
         b'{"src": 0, "wm": 1, "w": [["a", 0, 10, 1.0, true]]}',
         b'{"src": 0, "wm": 1, "w": [["a", 0, 10, 1.0]]}',
+        # a lone surrogate: no state key (quiet products') nor output key can hold it
+        b'{"src": 0, "wm": 1, "w": [["a\\ud800", 0, 60000, 1.0, 1]]}',
     ],
 )
 def test_what_is_no_report_goes_to_the_dlq_and_the_pipeline_goes_on(value: bytes) -> None:
