@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 from app.admin import topic_configs
 from app.kafka_clients import Conn
 from app.topic_reader import high_watermarks, read_range
-from tables.partition_state import APPLIED_OFFSET, ORIGIN
+from tables.partition_state import APPLIED_OFFSET, ORIGIN, StateError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,20 @@ RESUME_WINDOW_GROWTH = 2
 DEFAULT_DELETE_RETENTION_MS = 86_400_000
 
 
+def marker_value(record: ConsumerRecord, where: str) -> int:
+    """The source offset a marker record (key `APPLIED_OFFSET`, a value) says was applied.
+    Anyone with access to the topic can write one: a value that is no 8-byte offset stops the
+    worker or replay in one line (`where`: the changelog partition) instead of a traceback."""
+    try:
+        return int(_I64.unpack(record.value)[0])
+    except struct.error:
+        raise StateError(
+            f"{where} offset {record.offset}: the applied offset there cannot be decoded "
+            "(not 8 bytes long): only Kappa may write to a changelog topic; "
+            "replay into a new version"
+        ) from None
+
+
 class OwnMarkerSearch:
     """Finds where a local copy's own last batch ends, from windows of the changelog read
     newest first (each window oldest first). Its marker must be the only one of its applied
@@ -54,8 +68,9 @@ class OwnMarkerSearch:
     ends at the marker before it, or where every record is older than `cutoff_ms` (ms, record
     timestamps) with no marker found: a tail that old is not resumed on anyway."""
 
-    def __init__(self, applied: int, cutoff_ms: float) -> None:
+    def __init__(self, applied: int, cutoff_ms: float, where: str = "the changelog") -> None:
         self.applied = applied
+        self.where = where  # the changelog partition, for errors
         self.cutoff_ms = cutoff_ms
         self.hits: list[int] = []  # the offset after each marker of `applied`
         self.done = False
@@ -65,7 +80,7 @@ class OwnMarkerSearch:
     def read(self, records: Sequence[ConsumerRecord]) -> None:
         for r in records:
             if r.key == APPLIED_OFFSET and r.value is not None:
-                value = _I64.unpack(r.value)[0]
+                value = marker_value(r, self.where)
                 if value == self.applied:
                     self.hits.append(r.offset + 1)
                 elif value < self.applied:
@@ -134,7 +149,7 @@ class KafkaChangelog:
             async for chunk in chunks:
                 for r in chunk:
                     if r.key == APPLIED_OFFSET and r.value is not None:
-                        found = (_I64.unpack(r.value)[0], r.offset + 1)
+                        found = (marker_value(r, f"{self.topic}[{partition}]"), r.offset + 1)
         return found
 
     async def resume_point(self, partition: int, applied: int, origin: bytes) -> int | None:
@@ -148,7 +163,8 @@ class KafkaChangelog:
         keep_ms = await self._tombstones_kept_ms()
         if keep_ms is None:
             return self._whole(partition, "the changelog's delete.retention.ms is unknown")
-        search = OwnMarkerSearch(applied, cutoff_ms=self.now_ms() - keep_ms / 2)
+        cutoff_ms = self.now_ms() - keep_ms / 2
+        search = OwnMarkerSearch(applied, cutoff_ms, where=f"{self.topic}[{partition}]")
         stop, window = end, RESUME_FIRST_WINDOW
         while stop > 1 and not search.done:
             start = max(1, stop - window)

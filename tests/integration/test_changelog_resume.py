@@ -24,7 +24,7 @@ from app.runtime import PipelineRunner
 from app.settings import load_settings
 from app.state_restore import StateOpener
 from app.topology import Topology
-from tables.partition_state import APPLIED_OFFSET, ORIGIN
+from tables.partition_state import APPLIED_OFFSET, ORIGIN, StateError
 from tables.rocks import RocksStore
 from tests.support.datasets import GOOD_ORDER
 from tests.support.fakes import changelog_read_starts
@@ -95,6 +95,23 @@ async def test_a_copy_just_behind_does_not_read_the_whole_log(
     # its first record, one window back, then the first record after its batch
     assert starts == [0, len(entries) - 64, len(entries) - 20]
     assert await _entries(changelog, start) == entries[-20:]
+
+
+async def test_a_marker_that_is_no_offset_stops_the_restore_in_one_line(
+    broker: str, unique: str
+) -> None:
+    """Anyone with access to the changelog topic can write a marker: one that is no 8-byte
+    offset is no entry Kappa wrote, and was a struct.error traceback."""
+    topic = f"{unique}.changelog"
+    changelog = await _changelog(
+        broker, topic, [(ORIGIN, b"o"), *_batch(4), (APPLIED_OFFSET, b"9")]
+    )
+    with pytest.raises(StateError) as caught:
+        await changelog.last_applied(0)
+    assert str(caught.value) == (
+        f"{topic}[0] offset 3: the applied offset there cannot be decoded (not 8 bytes long): "
+        "only Kappa may write to a changelog topic; replay into a new version"
+    )
 
 
 @pytest.mark.parametrize(
