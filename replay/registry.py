@@ -282,7 +282,7 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
         d = json.loads(value)
         if name.startswith("version/"):
             v, claim = int(name.split("/")[1]), name.count("/") == 2
-            rec = VersionRecord(**d)
+            rec = _version_record(d)
             if claim and v in view.versions:
                 return  # a creation that lost the race: it changes nothing
             view.versions[v] = _settled(view.versions.get(v), rec)
@@ -294,23 +294,61 @@ def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str)
                 if rec.status == RUNNING:  # not a promote or drop after it
                     rec.status, rec.updated_at = COMPLETE, str(d["at"])
         elif name.startswith("definition/"):
-            view.definitions.setdefault(int(name.split("/")[1]), dict(d))
+            if type(d) is not dict:
+                raise TypeError("not a JSON object")
+            view.definitions.setdefault(int(name.split("/")[1]), d)
         elif name.startswith("dropping/"):
             v = int(name.split("/")[1])
-            if d["active"]:
+            if _typed(d["active"], bool):
                 view.dropping.add(v)
             else:
                 view.dropping.discard(v)
         elif name.startswith("split/"):
-            view.splits.setdefault(int(name.split("/")[1]), int(d["processes"]))
+            view.splits.setdefault(int(name.split("/")[1]), _typed(d["processes"], int))
         elif name.startswith("progress/"):
             _, v, pipeline, p = name.split("/")
-            view.progress.setdefault((int(v), pipeline), {})[int(p)] = int(d["end"])
+            view.progress.setdefault((int(v), pipeline), {})[int(p)] = _typed(d["end"], int)
     except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
         raise ConfigError(
             f"the version registry holds a record Kappa cannot read ({where}, key {key!r}: "
             f"{type(e).__name__}): only Kappa may write to that topic"
         ) from None
+
+
+def _typed(value: object, kind: type[T]) -> T:
+    """`value` if it is exactly a `kind` as JSON gives it (no bool for an int), else TypeError."""
+    if type(value) is not kind:
+        raise TypeError(f"not {kind.__name__}")
+    return value  # type: ignore[return-value]
+
+
+def _version_record(d: object) -> VersionRecord:
+    """A `version/N` record's value, each field of the type Kappa writes (TypeError if not):
+    the commands that read the registry rely on them."""
+    if type(d) is not dict:
+        raise TypeError("not a JSON object")
+    rec = VersionRecord(**d)
+    snapshot = rec.snapshot
+    if not (
+        type(rec.version) is int
+        and type(rec.status) is str
+        and type(rec.pipelines) is list
+        and all(type(p) is str for p in rec.pipelines)
+        and type(snapshot) is dict
+        and all(type(ends) is dict for ends in snapshot.values())
+        and all(
+            type(p) is str and p.isascii() and p.isdigit() and type(end) is int
+            for ends in snapshot.values()
+            for p, end in ends.items()
+        )
+        and (rec.since_ms is None or type(rec.since_ms) is int)
+        and type(rec.created_at) is str
+        and type(rec.updated_at) is str
+        and type(rec.flush) is bool
+        and type(rec.replay_done) is bool
+    ):
+        raise TypeError("a field of the wrong type")
+    return rec
 
 
 def _settled(first: VersionRecord | None, latest: VersionRecord) -> VersionRecord:
