@@ -61,6 +61,16 @@ def marker_value(record: ConsumerRecord, where: str) -> int:
         ) from None
 
 
+def _keyless(where: str, chunk: Sequence[ConsumerRecord]) -> StateError:
+    """A changelog record with no key names no state key: only something other than Kappa
+    writes one (Apache Kafka refuses it on a compacted topic)."""
+    offset = next(r.offset for r in chunk if r.key is None)
+    return StateError(
+        f"{where} offset {offset}: a record without a key: only Kappa may write to a "
+        "changelog topic; replay into a new version"
+    )
+
+
 class OwnMarkerSearch:
     """Finds where a local copy's own last batch ends, from windows of the changelog read
     newest first (each window oldest first). Its marker must be the only one of its applied
@@ -233,4 +243,6 @@ class KafkaChangelog:
         end = await self._complete(partition)
         async with self._read(partition, start, end) as chunks:
             async for chunk in chunks:
+                if any(r.key is None for r in chunk):
+                    raise _keyless(f"{self.topic}[{partition}]", chunk)
                 yield [(r.key, r.value) for r in chunk]

@@ -114,6 +114,23 @@ async def test_a_marker_that_is_no_offset_stops_the_restore_in_one_line(
     )
 
 
+async def test_a_record_without_a_key_stops_the_restore_in_one_line(
+    broker: str, unique: str
+) -> None:
+    """No state key Kappa writes is missing: a keyless record (which Apache Kafka refuses on
+    a compacted topic, and the dev broker takes) was a KeyError traceback from the store."""
+    topic = f"{unique}.changelog"
+    entries = [(ORIGIN, b"o"), (None, b"x"), *_batch(4)]
+    changelog = await _changelog(broker, topic, entries)  # type: ignore[arg-type]
+    assert await changelog.last_applied(0) == 4
+    with pytest.raises(StateError) as caught:
+        await _entries(changelog, 0)
+    assert str(caught.value) == (
+        f"{topic}[0] offset 1: a record without a key: only Kappa may write to a changelog "
+        "topic; replay into a new version"
+    )
+
+
 @pytest.mark.parametrize(
     ("config", "retention_ms"),
     [({"delete.retention.ms": "3600000"}, 3_600_000), ({}, 86_400_000)],  # set, or Kafka's
