@@ -21,6 +21,8 @@ from agents.top_products import TOP_PRODUCTS
 from agents.user_totals import USER_TOTALS
 from app.batch_producer import KeyPartitioner
 from replay.latest import decode_entry
+from tables.partition_state import PartitionState
+from tables.rocks import RocksStore
 from tests.support.reference import Reference, assert_windows_equal, compute, compute_hopping
 from tests.support.topology_driver import (
     Batch,
@@ -115,7 +117,12 @@ def _input(orders: list[tuple[str, str, int, int, str]]) -> list[tuple[bytes, by
 
 
 _counts = st.dictionaries(st.integers(0, PARTITIONS - 1), st.integers(0, 6), max_size=PARTITIONS)
-_crash = st.builds(CrashPoint, st.integers(0, 1), st.sampled_from([-1, 0, 1, 2, 5, 10, 21]))
+_crash = st.builds(
+    CrashPoint,
+    st.integers(0, 1),
+    st.sampled_from([-1, 0, 1, 2, 5, 10, 21]),
+    st.integers(0, 2),  # partitions committed before it, when all landed
+)
 _pipeline = st.sampled_from(PIPELINES)
 _step: st.SearchStrategy[Step] = st.one_of(
     st.builds(Batch, _pipeline, _counts),
@@ -249,4 +256,24 @@ def test_a_lost_local_state_is_restored_from_the_changelog_and_nothing_is_read_a
     assert [driver.applied_offset("orders", p) for p in ends] == [n - 1 for n in ends.values()]
     driver.run_to_end()
     assert len(driver.records(REVENUE)) == sent
+    driver.close()
+
+
+def test_a_crash_between_two_partitions_commits_leaves_only_the_first_committed(
+    tmp_path: Path,
+) -> None:
+    driver = TopologyDriver(tmp_path, ENV)
+    driver.pipe("orders", _orders(30))
+    half = {p: n // 2 for p, n in _all(driver).items()}
+    # The second batch's send carries the first's held changelog entries; as each partition
+    # commits, those entries reach its store.
+    driver.run([Batch("orders", half), Batch("orders", half, CrashPoint(0, -1, committed=1))])
+    assert driver.runners["orders"] is None
+    pipeline = driver.pipelines["orders"]
+    applied = []
+    for p in sorted(half):
+        store = RocksStore(driver.topology.state_path(pipeline, p))
+        applied.append(PartitionState(store, p).applied_offset)
+        store.close()
+    assert applied == [half[0] - 1, -1, -1]
     driver.close()

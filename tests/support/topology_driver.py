@@ -15,9 +15,10 @@ What is modelled:
 - a consumer per pipeline: a position per partition (what it delivers next), the consumer
   group's committed offset (`commit_offsets`, as faust commits acknowledged offsets now and
   then), and a restart that delivers from the committed offset (from 0 if none);
-- crashes: `Batch(..., crash=CrashPoint(send, landed))` lands only some groups of one of that
-  batch's sends, then the process is gone (`CrashPoint`); landing them all is a crash after
-  the acknowledgement, before RocksDB commits. A crash between steps is `Crash`.
+- crashes: `Batch(..., crash=CrashPoint(send, landed, committed))` lands only some groups of
+  one of that batch's sends, then the process is gone (`CrashPoint`); landing them all is a
+  crash after the acknowledgement, before RocksDB commits, or after some of the send's
+  partitions committed (`committed`). A crash between steps is `Crash`.
   The local RocksDB copy keeps what was committed (its writes go through the WAL), or is lost
   (`Restart(lose_local_state=True)`) and restored from the changelog.
 
@@ -115,6 +116,20 @@ class TopicChangelog:
         return await self._of(partition).resume_point(partition, applied, origin)
 
 
+class _CommitCrash:
+    """Stands in for a runner's `ChaosKill`: tells the driver of each partition commit."""
+
+    def __init__(self, driver: TopologyDriver, name: str, life: int) -> None:
+        self.driver, self.name, self.life = driver, name, life
+
+    def step(self, phase: str, batches: int = 1) -> None:
+        if phase == "after-commit":
+            self.driver._committed(self.name, self.life)
+
+    def batch_done(self) -> None:
+        pass
+
+
 # -- the steps of a plan -------------------------------------------------------------------------
 
 
@@ -122,10 +137,13 @@ class TopicChangelog:
 class CrashPoint:
     """The process dies in its `send`-th send from now (0: the first): of that send's
     (topic, partition) groups, in the order they go out, those whose bit is set in `landed`
-    were appended (-1: all of them, acknowledged, and the crash comes before RocksDB commits)."""
+    were appended (-1: all of them, acknowledged, and the crash comes before RocksDB commits).
+    With all landed, `committed` partitions of the send may commit their state first (in the
+    order `PipelineRunner` commits them; all of them: the crash comes right after)."""
 
     send: int = 0
     landed: int = -1
+    committed: int = 0
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,7 @@ class TopologyDriver:
         self.runners: dict[str, PipelineRunner | None] = {}
         self.consumers = {name: _Consumer() for name in self.pipelines}
         self._crash_at: dict[str, CrashPoint] = {}
+        self._commits_left: dict[str, int] = {}  # partition commits before an armed crash
         self._life = dict.fromkeys(self.pipelines, 0)  # a process's sends stop when it dies
         self._loop = asyncio.new_event_loop()
         for name in self.pipelines:
@@ -352,7 +371,7 @@ class TopologyDriver:
         async def read_gap(partition: int, start: int, end: int) -> AsyncIterator[list[Any]]:
             yield self.log.records(source, partition, start, end)
 
-        return PipelineRunner(
+        runner = PipelineRunner(
             pipeline,
             self.topology,
             send,
@@ -361,6 +380,22 @@ class TopologyDriver:
             one_request=True,  # at_least_once, as `kafka_pipeline_runner` builds it
             hold_changelog=True,
         )
+        # The runtime's own fault-injection point (`KAPPA_CHAOS_KILL`, which kills the
+        # process): here it raises `Crashed` between one partition's commit and the next.
+        runner._chaos = _CommitCrash(self, name, life)  # type: ignore[assignment]
+        return runner
+
+    def _committed(self, name: str, life: int) -> None:
+        """A partition of the armed crash's send committed its state."""
+        left = self._commits_left.get(name)
+        if left is None or self._life[name] != life:
+            return
+        if left > 1:
+            self._commits_left[name] = left - 1
+            return
+        del self._commits_left[name]
+        self._life[name] += 1
+        raise Crashed(name)
 
     def _send(self, name: str, life: int, records: list[Produce]) -> None:
         """Append a send's groups as `BatchSender` sends them; at the armed crash point, only
@@ -388,6 +423,9 @@ class TopologyDriver:
                 for r in groups[tp]:
                     self.log.append(tp[0], tp[1], r.key, r.value, r.timestamp_ms, r.headers)
         if point is not None and point.send == 0:
+            if landing == -1 and point.committed > 0:
+                self._commits_left[name] = point.committed  # `_CommitCrash` takes it from here
+                return
             self._life[name] += 1  # dead: sends of its other tasks under way land nothing
             raise Crashed(name)
 
@@ -403,4 +441,7 @@ class TopologyDriver:
             return False
         finally:
             self._crash_at.pop(name, None)
+        if self._commits_left.pop(name, None) is not None:  # fewer partitions committed
+            self.crash(name)  # than asked: the crash comes after the last, before the ack
+            return False
         return True
