@@ -24,7 +24,8 @@ What is modelled:
 
 Not modelled: a record batch of one group cut in parts (a changelog batch too big for one
 record batch, or a report's parts: the runtime sends them one after the other, so a crash can
-land a prefix), record timestamps set by the broker, compaction, rebalances between workers.
+land a prefix), a crash during a restore, record timestamps set by the broker, compaction,
+rebalances between workers.
 """
 
 from __future__ import annotations
