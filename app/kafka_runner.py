@@ -38,8 +38,8 @@ class StopDeadline:
     """One deadline for all a stop finishes (the batch under way, then the held changelog
     entries), counted from the first time it is asked for."""
 
-    def __init__(self, budget_s: float = HELD_SEND_ON_STOP_S) -> None:
-        self.budget_s = budget_s
+    def __init__(self, budget_s: float | None = None) -> None:
+        self.budget_s = HELD_SEND_ON_STOP_S if budget_s is None else budget_s
         self._at: float | None = None
 
     def remaining_s(self) -> float:

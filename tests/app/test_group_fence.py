@@ -322,7 +322,7 @@ async def test_a_fenced_worker_sends_nothing_more_and_nothing_held_on_stop(
     entry of this one landing after the other's would win there."""
     held_sent: list[object] = []
 
-    async def send_held_on_stop(runners: object, timeout_s: float) -> None:
+    async def send_held_on_stop(runners: object, deadline: object) -> None:
         held_sent.append(runners)
 
     monkeypatch.setattr("app.worker.send_held_on_stop", send_held_on_stop)

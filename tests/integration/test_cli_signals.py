@@ -367,8 +367,8 @@ async def test_a_replay_process_stopped_by_ctrl_c_and_its_parent_still_sends_wha
 HELD_SEND_NEVER_ANSWERED = """
 import asyncio, os, signal, sys
 from app.runtime import PipelineRunner
-from replay import runner
-runner.HELD_SEND_ON_STOP_S = {deadline_s}
+from app import kafka_runner
+kafka_runner.HELD_SEND_ON_STOP_S = {deadline_s}
 async def never_answered(self, partitions=None):
     print("sending the held entries", file=sys.stderr, flush=True)
     if {second_ctrl_c}:
