@@ -8,7 +8,7 @@ nothing of Kappa's state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from time import monotonic
 from typing import Any
 
@@ -85,9 +85,21 @@ def register_pages(
     web = app.web
     web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
     for runner in runners:
+
+        def assigned(name: str = runner.pipeline.name) -> Set[int]:
+            held = partitions().get(name)
+            return held.assigned if held is not None else frozenset()
+
         if runner.pipeline.name == "user-totals":
             _register_query(
-                app, runner, settings, "user-totals", "user", _user_totals, "no orders for user"
+                app,
+                runner,
+                assigned,
+                settings,
+                "user-totals",
+                "user",
+                _user_totals,
+                "no orders for user",
             )
         elif runner.pipeline.name == "product-trends":
             for table, lookup, missing in (
@@ -95,7 +107,7 @@ def register_pages(
                 # a version upgraded to signals has none for windows closed before that
                 ("product-signals", settled_signals, "no signals yet for product"),
             ):
-                _register_query(app, runner, settings, table, "product", lookup, missing)
+                _register_query(app, runner, assigned, settings, table, "product", lookup, missing)
 
 
 def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
@@ -109,6 +121,7 @@ def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
 def _register_query(
     app: faust.App,
     runner: PipelineRunner,
+    assigned: Callable[[], Set[int]],
     settings: Settings,
     table: str,
     noun: str,
@@ -121,7 +134,8 @@ def _register_query(
     Read-only, served from the partition's RocksDB state when this worker holds it (a key's
     partition is the Kafka default partitioner's over it, as for every keyed record);
     otherwise 404 naming the partition and, when the group's last join said so, the URL of
-    the worker that holds it (`owner`), so a caller can ask there.
+    the worker that holds it (`owner`), so a caller can ask there. A partition assigned here
+    (`assigned`, the pipeline's source partitions now) whose state is still opening is 503.
     """
     partitioner = DefaultPartitioner()
     partitions = list(range(settings.partitions))
@@ -133,9 +147,12 @@ def _register_query(
         partition = partitioner(key.encode(), partitions, partitions)
         state = runner.open_state(partition)
         owner = None
-        if state is None and owners is not None:  # as of the last rebalance: ask there
+        restoring = state is None and partition in assigned()
+        if state is None and not restoring and owners is not None:  # as of the last rebalance
             owner = owners.owner(source, partition)
-        status, body = table_answer(state, partition, key, noun, lookup, missing, owner)
+        status, body = table_answer(
+            state, partition, key, noun, lookup, missing, owner, restoring=restoring
+        )
         return view.json(body, status=status)
 
     # any key, "{", "}" and "/" included
@@ -150,9 +167,17 @@ def table_answer(
     lookup: Callable[[PartitionState, str], dict[str, Any] | None],
     missing: str,
     owner: str | None,
+    restoring: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of a table query for `key` in `partition`, whose state this
-    worker holds (`state`) or not (`owner`: who does, if known)."""
+    worker holds (`state`), or is still opening (`restoring`: assigned here, its state being
+    opened or restored from its changelog), or not (`owner`: who does, if known)."""
+    if state is None and restoring:
+        return 503, {
+            "error": f"partition {partition} of this {noun} is assigned to this worker but its "
+            "state is still being restored from its changelog; try again shortly",
+            "partition": partition,
+        }
     if state is None:
         body: dict[str, Any] = {
             "error": f"partition {partition} of this {noun} is not on this worker",

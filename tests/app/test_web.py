@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
 
 from agents.base import SourceRecord
 from agents.orders import BY_USER
 from agents.product_trends import SIGNALS_STORE, TRENDS_STORE, settled_signals, settled_trend
 from agents.user_totals import USER_TOTALS_STORE, UserTotalsPipeline
-from app.web import _user_totals, table_answer
+from app.settings import Settings
+from app.web import _register_query, _user_totals, table_answer
 from tables.partition_state import MemoryStore, PartitionState
 
 
@@ -62,3 +68,64 @@ def test_a_stored_value_that_cannot_be_decoded_is_one_line_not_a_traceback() -> 
             f"p partition 3: the stored {table} value of key 'k' cannot be decoded ("
         )
         assert "\n" not in body["error"]
+
+
+class _Pages:
+    """A faust app's `page` decorator, keeping each page's view class by path."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, type] = {}
+
+    def page(self, path: str) -> Callable[[type], type]:
+        def keep(view: type) -> type:
+            self.views[path] = view
+            return view
+
+        return keep
+
+
+class _JsonView:
+    def json(self, body: dict[str, Any], status: int = 200) -> tuple[int, dict[str, Any]]:
+        return status, body
+
+
+async def test_a_key_of_a_partition_still_restoring_here_is_503_not_elsewhere() -> None:
+    """Before its state is restored, a partition assigned to this worker is not "not on this
+    worker" (which sent callers looking elsewhere, and `kappa query` to say no worker holds
+    it): the answer says it is restoring here, to try again."""
+    settings = Settings(partitions=4)
+    key = "u1"
+    partition = DefaultPartitioner()(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+    runner = SimpleNamespace(
+        open_state=lambda p: None,
+        pipeline=SimpleNamespace(source="orders.by-user"),
+        topology=SimpleNamespace(physical=lambda t: t),
+    )
+    assigned: set[int] = set()
+    app = _Pages()
+    _register_query(
+        app,  # type: ignore[arg-type]
+        runner,  # type: ignore[arg-type]
+        lambda: assigned,
+        settings,
+        "user-totals",
+        "user",
+        _user_totals,
+        "no orders for user",
+    )
+    (view,) = app.views.values()
+
+    async def ask() -> tuple[int, dict[str, Any]]:
+        return await view.get(_JsonView(), None, key)  # type: ignore[attr-defined,no-any-return]
+
+    assert await ask() == (
+        404,
+        {
+            "error": f"partition {partition} of this user is not on this worker",
+            "partition": partition,
+        },
+    )
+    assigned.add(partition)
+    status, body = await ask()
+    assert status == 503 and body["partition"] == partition and "owner" not in body
+    assert "is assigned to this worker but its state is still being restored" in body["error"]
