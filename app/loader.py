@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from typing import Any, BinaryIO
 
 from app import command_loop
 from app.admin import KEEP_FOREVER, ensure_topics, existing_topics, wait_for_broker
@@ -125,6 +127,49 @@ def _json_array(head: bytes) -> bool:
     return first == b"[" or re.match(rb"\[\s*\{", first) is not None
 
 
+class _HeadFirst(io.RawIOBase):
+    """A file read from `head`, its first bytes already read, then on from `rest`: a pipe (a
+    `mkfifo` fed by `zcat`) can be read only once, neither reopened nor rewound."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._rest.read1(len(view))  # type: ignore[attr-defined]
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
+
+
+def _file_records(path: str) -> Iterator[KeyValue]:
+    """The file's records, opened once: its head is looked at (a JSON array is refused) and
+    then read again from memory, so a named pipe loses nothing and is not opened twice."""
+    f = open(path, "rb")  # noqa: SIM115 (closed by the records' reader, or here on refusal)
+    try:
+        head = f.read(4096)
+        if _json_array(head) and not path.lower().endswith(".csv"):
+            raise ConfigError(
+                f"{path} holds a JSON array: kappa produce reads JSON lines, one object per "
+                f"line (jq -c '.[]' {path} writes them)"
+            )
+        return read_file(path, io.BufferedReader(_HeadFirst(head, f)))
+    except BaseException:
+        f.close()
+        raise
+
+
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
     records: Iterable[KeyValue] = ()
@@ -133,13 +178,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
         try:
-            with open(args.file, "rb") as f:  # missing or unreadable: said before connecting
-                if _json_array(f.read(4096)) and not args.file.lower().endswith(".csv"):
-                    raise ConfigError(
-                        f"{args.file} holds a JSON array: kappa produce reads JSON lines, one "
-                        f"object per line (jq -c '.[]' {args.file} writes them)"
-                    )
-            records = read_file(args.file)
+            records = _file_records(args.file)  # missing or unreadable: said before connecting
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
             raise ConfigError(str(reason)) from None

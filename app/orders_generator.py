@@ -8,11 +8,13 @@ The orders schema (one JSON object per event): ``order_id`` (str), ``user_id`` (
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tables.cleaning import MAX_EVENT_MS, MIN_EVENT_MS
 
@@ -230,8 +232,12 @@ def generate(spec: GeneratorSpec) -> Iterator[GeneratedRecord]:
         yield GeneratedRecord(product_id.encode(), value, kind)
 
 
-def read_file(path: str | Path) -> Iterator[tuple[bytes | None, bytes]]:
+def read_file(
+    path: str | Path, source: BinaryIO | None = None
+) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, value) pairs from a JSONL or CSV orders file, chosen by suffix; key = product_id.
+    `source`: the file already open (binary), read from where it stands and closed at the end:
+    a pipe cannot be opened a second time.
 
     Raises ValueError at call time (not on first iteration) for an unknown suffix, so a CLI can
     report it before connecting to anything.
@@ -239,18 +245,18 @@ def read_file(path: str | Path) -> Iterator[tuple[bytes | None, bytes]]:
     file_path = Path(path)
     suffix = file_path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(file_path)
+        return _read_jsonl(file_path, source)
     if suffix in CSV_SUFFIXES:
-        return _read_csv(file_path)
+        return _read_csv(file_path, source)
     known = ", ".join(sorted(JSONL_SUFFIXES | CSV_SUFFIXES))
     raise ValueError(
         f"cannot read {file_path}: unknown suffix {suffix or '(none)'!r}, expected one of {known}"
     )
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
+def _read_jsonl(path: Path, source: BinaryIO | None) -> Iterator[tuple[bytes | None, bytes]]:
     """Lines pass through byte for byte (minus the newline): validation is the pipeline's job."""
-    with path.open("rb") as lines:
+    with source if source is not None else path.open("rb") as lines:
         for line in lines:
             value = line.rstrip(b"\r\n")
             if not value.strip():
@@ -275,12 +281,13 @@ def _product_key(value: bytes) -> bytes | None:
     return None
 
 
-def _read_csv(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
+def _read_csv(path: Path, source: BinaryIO | None) -> Iterator[tuple[bytes | None, bytes]]:
     """Each row becomes a JSON object; integer ts/quantity become ints, other cells stay strings.
 
     Empty cells are left out so that the pipeline reports them as missing fields.
     """
-    with path.open(newline="", encoding="utf-8-sig") as text:
+    binary = source if source is not None else path.open("rb")
+    with io.TextIOWrapper(binary, newline="", encoding="utf-8-sig") as text:
         reader = csv.reader(text)
         header = next(reader, None)
         if header is None:

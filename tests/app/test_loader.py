@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from typing import Any
 
 import pytest
@@ -116,3 +119,55 @@ def test_a_json_array_file_is_refused_before_connecting(tmp_path: Any) -> None:
 )
 def test_what_counts_as_a_json_array_file(head: bytes, array: bool) -> None:
     assert loader._json_array(head) is array
+
+
+@pytest.mark.parametrize("name", ["orders.jsonl", "orders.csv"])
+def test_a_named_pipe_is_read_once_and_whole(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str
+) -> None:
+    """`mkfifo orders.jsonl; zcat orders.jsonl.gz > orders.jsonl & kappa produce orders --file
+    orders.jsonl`: its head was read to look for a JSON array, and then the pipe opened again,
+    so the first 4 KiB were lost and the command waited for a second writer for ever."""
+    header = "order_id,user_id,product_id,category,amount,quantity,ts\n"
+    rows = [
+        f"o{i:06d},u{i % 500},p{i % 1000:05d},books,12.50,1,{1_700_000_000_000 + i}\n"
+        for i in range(20_000)
+    ]  # over a pipe's buffer: the writer must wait for the reader
+    if name.endswith(".csv"):
+        text = header + "".join(rows)
+    else:
+        text = "".join(
+            f'{{"order_id":"{o}","user_id":"{u}","product_id":"{p}"}}\n'
+            for o, u, p, *_ in (row.split(",") for row in rows)
+        )
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        try:
+            with open(pipe, "w") as f:
+                f.write(text)
+        except BrokenPipeError:  # the reader closed it early: let a second opening end too
+            with open(pipe, "w"):
+                pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    produced: list[bytes] = []
+
+    async def nothing(*args: Any, **kwargs: Any) -> Any:
+        return 0
+
+    async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        produced.extend(value for _, value in records)
+        return len(produced)
+
+    monkeypatch.setattr(loader, "wait_for_broker", nothing)
+    monkeypatch.setattr(loader, "ensure_topics", nothing)
+    monkeypatch.setattr(loader, "produce_records", consume)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(pipe), "--no-progress"])
+    loader.run_produce(load_settings({}), args)
+    writer.join()
+    assert len(produced) == len(rows)
+    assert json.loads(produced[0])["order_id"] == "o000000"
+    assert json.loads(produced[-1])["order_id"] == "o019999"
