@@ -148,7 +148,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 async def diff(settings: Settings, v1: int, v2: int, limit: int = 20) -> tuple[str, int]:
     """Window-by-window (and user-by-user) differences; returns (report, number of differences)."""
-    view = await Registry(settings).load()
+    view = await Registry(settings).load(create=False)  # a reader makes no topic
     recs = {v: await require_listed_version(settings, view, v) for v in (v1, v2)}
     for v, rec in recs.items():
         if rec.status == DROPPED:

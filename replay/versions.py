@@ -37,7 +37,7 @@ from replay.registry import (
 
 
 async def list_versions(settings: Settings) -> str:
-    view = await Registry(settings).load()
+    view = await Registry(settings).load(create=False)  # a reader makes no topic
     versions = dict(view.versions)
     if view.live not in versions:
         versions[view.live] = VersionRecord(view.live, LIVE, created_at="-")
@@ -300,7 +300,7 @@ def _error_name(code: int) -> str:
 
 
 async def status(settings: Settings) -> str:
-    return status_report(settings, await Registry(settings).load())
+    return status_report(settings, await Registry(settings).load(create=False))
 
 
 def status_report(settings: Settings, view: RegistryView) -> str:

@@ -738,3 +738,16 @@ async def test_a_version_promoted_before_its_replay_ended_is_running_again_when_
         await promote(registry.settings, 3, force=False)
     await registry.put_completion(3)  # its replay, resumed, reached the snapshot
     assert (await registry.load()).versions[3].status == COMPLETE
+
+
+async def test_status_versions_and_diff_read_the_registry_without_making_it(
+    registry: Registry,
+) -> None:
+    """Read-only commands: `kappa status` with a mistyped KAPPA_APP_ID or KAPPA_TOPIC_PREFIX
+    left a stray compacted `...-versions` topic on the cluster."""
+    settings = registry.settings
+    assert (await versions.status(settings)).startswith("live version: 1 (consumer group ")
+    assert "live" in (await versions.list_versions(settings)).splitlines()[1]
+    with pytest.raises(ConfigError, match="version 2 is not in the registry"):
+        await diff(settings, 1, 2)
+    assert registry.topic not in await existing_topics(settings.kafka)
