@@ -19,7 +19,7 @@ from app.admin import KEEP_FOREVER, ensure_topics, existing_topics, wait_for_bro
 from app.cli_output import counted
 from app.kafka_clients import Conn
 from app.orders_generator import GeneratorSpec, generate, read_file
-from app.produce import produce_records
+from app.produce import MAX_REQUEST_SIZE, RecordTooLarge, produce_records
 from app.settings import ConfigError, Settings
 from app.topic_reader import high_watermarks, read_range
 from app.topology import Topology, written_by_kappa
@@ -239,6 +239,17 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             else ""
         )
         raise ConfigError(f"cannot read {args.file}: {e}{before}") from None
+    except RecordTooLarge as e:  # a line of the file: one clear line, not the client's words
+        before = (
+            f"; up to {counted(e.index, 'record')} before it went to {args.topic} (loading the "
+            "file again produces them again)"
+            if e.index
+            else ""
+        )
+        raise ConfigError(
+            f"record {e.index + 1:,} of {args.file} is too large: {e.size:,} bytes as a record "
+            f"batch, over the {MAX_REQUEST_SIZE:,} bytes kappa produce sends at once{before}"
+        ) from None
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: how far it got, since a rerun sends them again
         print(
             f"kappa produce: stopped; up to {counted(read, 'record')} went to {args.topic} "

@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -110,6 +112,16 @@ class _Reporter:
             )
 
 
+class RecordTooLarge(Exception):
+    """A record over `MAX_REQUEST_SIZE`, refused by the producer before it was sent: the
+    records before it (`index` of them) were handed to the producer."""
+
+    def __init__(self, index: int, size: int) -> None:
+        super().__init__(f"record {index + 1} is {size} bytes, over {MAX_REQUEST_SIZE}")
+        self.index = index
+        self.size = size  # bytes as a one-record batch, as the producer measures it
+
+
 async def _start_or_stop(producer: AIOKafkaProducer) -> None:
     """Start the producer, stopping it again if that fails so nothing is left unclosed."""
     try:
@@ -133,6 +145,7 @@ async def produce_records(
     Sends are pipelined and their futures awaited every SEND_CHUNK records, so every record is
     acknowledged before this returns. ``rate`` caps events per second (None: as fast as possible).
     ``total`` only sizes the progress bar (taken from ``len(records)`` when it has one).
+    A record over ``MAX_REQUEST_SIZE`` is `RecordTooLarge`.
     """
     if total is None and isinstance(records, Sized):
         total = len(records)
@@ -155,7 +168,11 @@ async def produce_records(
     try:
         with reporter.context():
             for key, value in records:
-                pending.append(await producer.send(topic, value, key=key))
+                try:
+                    pending.append(await producer.send(topic, value, key=key))
+                except MessageSizeTooLargeError:  # the client's limit: the broker saw nothing
+                    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+                    raise RecordTooLarge(sent, size) from None
                 sent += 1
                 if len(pending) >= SEND_CHUNK:
                     await asyncio.gather(*pending)

@@ -228,3 +228,27 @@ async def test_a_file_with_lines_that_are_not_objects_is_produced_with_a_count_o
         f"kappa produce: warning: 2 of the 4 records from {path} are not JSON objects (one "
         "object per line is expected)"
     )
+
+
+@pytest.mark.integration
+async def test_a_record_over_the_request_limit_is_one_line_naming_it(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A 20 MiB line was "Kafka broker at ...: MessageSizeTooLargeError: ... the maximum request
+    size you have configured with the max_request_size configuration": the client's limit,
+    not the broker's nor one a user sets, and nothing said of the records sent before it."""
+    path = tmp_path / "big.jsonl"
+    small = [json.dumps({"order_id": str(i), "product_id": "p1"}) for i in range(3)]
+    huge = json.dumps({"order_id": "3", "product_id": "p1", "note": "x" * (20 * 1024 * 1024)})
+    path.write_text("\n".join([*small, huge, *small]) + "\n")
+    topic = _unique_topic("huge")
+    env = kappa_env(broker, unique, tmp_path / "state")
+    done = run_kappa(["produce", topic, "--file", str(path), "--no-progress"], env)
+    assert done.returncode == 2, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if " error: " in line]
+    assert line.startswith(f"kappa produce: error: record 4 of {path} is too large: "), line
+    assert line.endswith(
+        f"bytes as a record batch, over the 16,777,216 bytes kappa produce sends at once; up "
+        f"to 3 records before it went to {topic} (loading the file again produces them again)"
+    ), line
+    assert "Traceback" not in done.stderr
