@@ -10,7 +10,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -153,9 +153,10 @@ class _HeadFirst(io.RawIOBase):
         super().close()
 
 
-def _file_records(path: str) -> Iterator[KeyValue]:
+def _file_records(path: str, not_object: Callable[[], None]) -> Iterator[KeyValue]:
     """The file's records, opened once: its head is looked at (a JSON array is refused) and
-    then read again from memory, so a named pipe loses nothing and is not opened twice."""
+    then read again from memory, so a named pipe loses nothing and is not opened twice.
+    `not_object`: called for each line that is not a JSON object."""
     f = open(path, "rb")  # noqa: SIM115 (closed by the records' reader, or here on refusal)
     try:
         head = f.read(4096)
@@ -164,7 +165,7 @@ def _file_records(path: str) -> Iterator[KeyValue]:
                 f"{path} holds a JSON array: kappa produce reads JSON lines, one object per "
                 f"line (jq -c '.[]' {path} writes them)"
             )
-        return read_file(path, io.BufferedReader(_HeadFirst(head, f)))
+        return read_file(path, io.BufferedReader(_HeadFirst(head, f)), not_object)
     except BaseException:
         f.close()
         raise
@@ -173,12 +174,19 @@ def _file_records(path: str) -> Iterator[KeyValue]:
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
     records: Iterable[KeyValue] = ()
+    # a file's lines that are not JSON objects (they will go to the DLQ), counted as read
+    not_objects = 0
+
+    def not_object() -> None:
+        nonlocal not_objects
+        not_objects += 1
+
     refuse_kappa_topic(settings, args.topic)
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
-        try:
-            records = _file_records(args.file)  # missing or unreadable: said before connecting
+        try:  # missing or unreadable: said before connecting
+            records = _file_records(args.file, not_object)
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
             raise ConfigError(str(reason)) from None
@@ -189,13 +197,11 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     warn_if_unread(settings, args.topic)  # once the arguments are known to be good
 
     read = 0
-    not_objects = 0  # a file's values that cannot be a JSON object (they will go to the DLQ)
-    from_file = args.file is not None  # generated orders are objects: nothing to look at
 
     def counting(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
         """The records, counted; an error reading the file part way is `_ReadFailed`, so that
         it is not confused with an error of the broker or of producing."""
-        nonlocal read, not_objects
+        nonlocal read
         source = iter(records)
         while True:
             try:
@@ -204,8 +210,6 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
                 return
             except (OSError, ValueError, csv.Error) as e:
                 raise _ReadFailed(str(e)) from None
-            if from_file and not record[1].lstrip().startswith(b"{"):
-                not_objects += 1
             yield record
             read += 1
 

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -233,11 +233,14 @@ def generate(spec: GeneratorSpec) -> Iterator[GeneratedRecord]:
 
 
 def read_file(
-    path: str | Path, source: BinaryIO | None = None
+    path: str | Path,
+    source: BinaryIO | None = None,
+    not_object: Callable[[], None] | None = None,
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, value) pairs from a JSONL or CSV orders file, chosen by suffix; key = product_id.
     `source`: the file already open (binary), read from where it stands and closed at the end:
-    a pipe cannot be opened a second time.
+    a pipe cannot be opened a second time. `not_object` is called for each line that does not
+    parse as a JSON object, as it is read (a CSV row always becomes one).
 
     Raises ValueError at call time (not on first iteration) for an unknown suffix, so a CLI can
     report it before connecting to anything.
@@ -245,7 +248,7 @@ def read_file(
     file_path = Path(path)
     suffix = file_path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(file_path, source)
+        return _read_jsonl(file_path, source, not_object or (lambda: None))
     if suffix in CSV_SUFFIXES:
         return _read_csv(file_path, source)
     known = ", ".join(sorted(JSONL_SUFFIXES | CSV_SUFFIXES))
@@ -254,22 +257,42 @@ def read_file(
     )
 
 
-def _read_jsonl(path: Path, source: BinaryIO | None) -> Iterator[tuple[bytes | None, bytes]]:
+def _read_jsonl(
+    path: Path, source: BinaryIO | None, not_object: Callable[[], None]
+) -> Iterator[tuple[bytes | None, bytes]]:
     """Lines pass through byte for byte (minus the newline): validation is the pipeline's job."""
     with source if source is not None else path.open("rb") as lines:
         for line in lines:
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue
-            yield _product_key(value), value
+            parsed = _parsed_line(value)
+            if not isinstance(parsed, dict):
+                not_object()
+            yield _product_key(parsed), value
 
 
-def _product_key(value: bytes) -> bytes | None:
-    """The product_id of a line that parses to an object holding one, else None (any partition)."""
+def _parsed_line(value: bytes) -> object:
+    """The line's JSON value as the orders pipeline reads it (strict UTF-8, so a byte order
+    mark or UTF-16 is not JSON there), or None when it is not JSON (the pipeline's DLQ)."""
     try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):  # the pipeline dead-letters the line
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
         return None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return None
+    except ValueError:  # not JSON, or an integer past Python's 4,300-digit limit
+        try:
+            return json.loads(text, parse_int=lambda digits: None)  # JSON still, as there
+        except (ValueError, RecursionError):
+            return None
+
+
+def _product_key(parsed: object) -> bytes | None:
+    """The product_id of a line that parsed to an object holding one, else None (any
+    partition)."""
     if not isinstance(parsed, dict):
         return None
     product_id = parsed.get("product_id")

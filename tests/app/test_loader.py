@@ -171,3 +171,36 @@ def test_a_named_pipe_is_read_once_and_whole(
     assert len(produced) == len(rows)
     assert json.loads(produced[0])["order_id"] == "o000000"
     assert json.loads(produced[-1])["order_id"] == "o019999"
+
+
+def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line was counted as an object when it began with `{`: a truncated last line or a
+    broken one went to the DLQ without a word, and a pretty-printed object's `{` counted."""
+
+    async def nothing(*args: Any, **kwargs: Any) -> Any:
+        return 0
+
+    async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        return sum(1 for _ in records)
+
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(
+        b'{"order_id": "1", "product_id": "p1"}\n'
+        b'  {"order_id": "2"}\n'
+        b"{bad json}\n"
+        b"{\n"  # a pretty-printed object's first line
+        b'\xef\xbb\xbf{"order_id": "3"}\n'  # a byte order mark: not JSON to the pipeline
+        b"[1, 2]\n"
+        b'{"order_id": "4", "product_id": "p1"'  # the last line, cut short
+    )
+    monkeypatch.setattr(loader, "wait_for_broker", nothing)
+    monkeypatch.setattr(loader, "ensure_topics", nothing)
+    monkeypatch.setattr(loader, "produce_records", consume)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
+    loader.run_produce(load_settings({}), args)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"kappa produce: warning: 5 of the 7 records from {path} are not JSON objects (one "
+        "object per line is expected); they go to the DLQ"
+    )
