@@ -55,6 +55,9 @@ def query(
             raise QueryFailed(
                 _unexpected(url, table, status, said if isinstance(said, str) else None)
             )
+        served = body.get("tables")
+        if isinstance(served, list):  # the worker does not serve the table: it names those it does
+            raise QueryFailed(_unexpected(url, table, status, None, [str(t) for t in served]))
         owner = body.get("owner")
         if isinstance(owner, str) and owner:
             owner = owner.rstrip("/")
@@ -96,7 +99,15 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _unexpected(url: str, table: str, status: int, said: str | None) -> str:
+def _unexpected(
+    url: str, table: str, status: int, said: str | None, served: list[str] | None = None
+) -> str:
+    if status == 404 and served is not None:  # a worker naming the tables it serves
+        tables = f"only {', '.join(served)}" if served else "no table"
+        return (
+            f"the worker at {url} serves no {table} queries ({tables}): the pipeline that keeps "
+            "the table does not run there (see its --pipeline)"
+        )
     if status == 404:  # not one of Kappa's table answers: the page itself is missing
         return (
             f"the worker at {url} serves no {table} queries: the pipeline that keeps the table "

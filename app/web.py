@@ -8,6 +8,8 @@ nothing of Kappa's state.
 from __future__ import annotations
 
 import logging
+import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence, Set
 from time import monotonic
 from typing import Any
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 # The longest request line the query serves: a 1,024-character id, 4 UTF-8 bytes a character,
 # 3 characters per percent-encoded byte, and the method, path and protocol.
 QUERY_LINE_BYTES = MAX_TEXT_CHARS * 4 * 3 + 256
+
+# a "%" not starting a two-hex-digit escape
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def register_pages(
@@ -84,6 +89,7 @@ def register_pages(
     # over aiohttp's default limit (8,190 bytes). faust builds its runner with that default.
     web = app.web
     web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
+    served: list[str] = []
     for runner in runners:
 
         def assigned(name: str = runner.pipeline.name) -> Set[int]:
@@ -101,6 +107,7 @@ def register_pages(
                 _user_totals,
                 "no orders for user",
             )
+            served.append("user-totals")
         elif runner.pipeline.name == "product-trends":
             for table, lookup, missing in (
                 ("product-trends", settled_trend, "no closed window for product"),
@@ -108,6 +115,8 @@ def register_pages(
                 ("product-signals", settled_signals, "no signals yet for product"),
             ):
                 _register_query(app, runner, assigned, settings, table, "product", lookup, missing)
+                served.append(table)
+    _register_unknown_tables(app, served)
 
 
 def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
@@ -144,6 +153,16 @@ def _register_query(
     owners: PartitionOwners | None = getattr(app, "kappa_partition_owners", None)
 
     async def get(view: View, request: Request, key: str) -> Response:
+        # aiohttp hands on an escape it cannot decode as its text: "%FF" as key "%FF", the
+        # key "%25FF" names; so the key is decoded again from the path as sent
+        raw_key = request.rel_url.raw_path.split("/", 3)[3]
+        decoded = query_key(raw_key)
+        if decoded is None:
+            return view.json(
+                {"error": f"key {raw_key} is not valid UTF-8 percent-encoding (%25 for a %)"},
+                status=400,
+            )
+        key = decoded
         partition = partitioner(key.encode(), partitions, partitions)
         state = runner.open_state(partition)
         owner = None
@@ -157,6 +176,35 @@ def _register_query(
 
     # any key, "{", "}" and "/" included
     app.page(f"/tables/{table}/{{key:.+}}")(type(f"Query-{table}", (View,), {"get": get}))
+
+
+def _register_unknown_tables(app: faust.App, served: Sequence[str]) -> None:
+    """`GET /tables/{table}/{key}` for a table this worker does not serve: a JSON 404 naming
+    the ones it does (`tables`), not aiohttp's plain-text one. aiohttp routes a request to the
+    page of the longest fixed prefix, so the tables' own pages are never shadowed by this."""
+
+    async def get(view: View, request: Request, table: str, key: str) -> Response:
+        return view.json(unknown_table_answer(table, served), status=404)
+
+    app.page("/tables/{table}/{key:.+}")(type("Query-unknown-table", (View,), {"get": get}))
+
+
+def unknown_table_answer(table: str, served: Sequence[str]) -> dict[str, Any]:
+    """The body of a query for `table`, which this worker does not serve (it serves `served`)."""
+    tables = ", ".join(served) if served else "none: its pipelines keep no table"
+    return {"error": f"no table {table} on this worker; it serves {tables}", "tables": [*served]}
+
+
+def query_key(raw_key: str) -> str | None:
+    """The key of a table query from its percent-encoded form as sent, decoded strictly: None
+    when it is not valid UTF-8 percent-encoding (`%FF`, an encoded surrogate, a `%` that
+    starts no escape), which would otherwise be taken as the literal text."""
+    if _BAD_ESCAPE.search(raw_key):
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(raw_key).decode("utf-8")
+    except UnicodeError:
+        return None
 
 
 def table_answer(

@@ -118,6 +118,23 @@ def test_anything_but_a_kappa_answer_fails_in_one_line(status: int, body: bytes,
         query("http://a:1", "user-totals", "u1", fetch=workers)
 
 
+@pytest.mark.parametrize(
+    ("served", "said"),
+    [
+        (["product-trends", "product-signals"], r"\(only product-trends, product-signals\)"),
+        ([], r"\(no table\)"),
+    ],
+)
+def test_a_worker_not_serving_the_table_fails_naming_those_it_serves(
+    served: list[str], said: str
+) -> None:
+    """Its JSON 404 is not the key's absence (`kappa query` exited 1 with "no table …")."""
+    not_served = {"error": "no table user-totals on this worker; it serves …", "tables": served}
+    workers = _Workers({"http://a:1/tables/user-totals/u1": (404, not_served)})
+    with pytest.raises(QueryFailed, match=f"serves no user-totals queries {said}: the pipeline"):
+        query("http://a:1", "user-totals", "u1", fetch=workers)
+
+
 @contextlib.contextmanager
 def _serving(pages: dict[str, tuple[int, bytes]]) -> Iterator[str]:
     """A real HTTP server on a free local port answering `pages` by path; yields its URL."""

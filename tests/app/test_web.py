@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.partitioner import DefaultPartitioner
 
 from agents.base import SourceRecord
 from agents.orders import BY_USER
 from agents.product_trends import SIGNALS_STORE, TRENDS_STORE, settled_signals, settled_trend
 from agents.user_totals import USER_TOTALS_STORE, UserTotalsPipeline
-from app.settings import Settings
-from app.web import _register_query, _user_totals, table_answer
+from app.settings import Settings, load_settings
+from app.web import _register_query, _user_totals, query_key, table_answer
+from app.worker import create_app
 from tables.partition_state import MemoryStore, PartitionState
 
 
@@ -116,7 +120,8 @@ async def test_a_key_of_a_partition_still_restoring_here_is_503_not_elsewhere() 
     (view,) = app.views.values()
 
     async def ask() -> tuple[int, dict[str, Any]]:
-        return await view.get(_JsonView(), None, key)  # type: ignore[attr-defined,no-any-return]
+        request = SimpleNamespace(rel_url=SimpleNamespace(raw_path=f"/tables/user-totals/{key}"))
+        return await view.get(_JsonView(), request, key)  # type: ignore[attr-defined,no-any-return]
 
     assert await ask() == (
         404,
@@ -129,3 +134,48 @@ async def test_a_key_of_a_partition_still_restoring_here_is_503_not_elsewhere() 
     status, body = await ask()
     assert status == 503 and body["partition"] == partition and "owner" not in body
     assert "is assigned to this worker but its state is still being restored" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "key"),
+    [
+        ("u1", "u1"),
+        ("%25FF", "%FF"),
+        ("a%2Fb%20%7Bc%7D%C3%BC", "a/b {c}\u00fc"),
+        ("%f0%9f%98%80", "\U0001f600"),
+        ("%FF", None),  # no UTF-8
+        ("%C3", None),  # cut short
+        ("%ED%A0%80", None),  # a surrogate
+        ("%", None),  # starts no escape
+        ("a%ZZ", None),
+        ("%2", None),
+    ],
+)
+def test_a_key_is_decoded_strictly_from_its_percent_encoding(sent: str, key: str | None) -> None:
+    assert query_key(sent) == key
+
+
+async def test_the_worker_answers_an_undecodable_key_or_an_unknown_table_in_json(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP, through the worker's own web app: `%FF` was looked up as the key "%FF" (the
+    key `%25FF` names) and a table the worker does not serve was aiohttp's plain-text 404."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PARTITIONS": "4"})
+    app = create_app(settings, 1, ["user-totals"])
+    async with TestClient(TestServer(app.web.web_app)) as client:
+
+        async def ask(path: str) -> tuple[int, Any]:
+            response = await client.get(path)
+            return response.status, await response.json()
+
+        status, body = await ask("/tables/user-totals/%FF")
+        assert status == 400
+        assert body == {"error": "key %FF is not valid UTF-8 percent-encoding (%25 for a %)"}
+        for table in ("nosuch", "product-trends"):
+            assert await ask(f"/tables/{table}/x/y") == (
+                404,
+                {
+                    "error": f"no table {table} on this worker; it serves user-totals",
+                    "tables": ["user-totals"],
+                },
+            )
