@@ -127,6 +127,34 @@ def _json_array(head: bytes) -> bool:
     return first == b"[" or re.match(rb"\[\s*\{", first) is not None
 
 
+def _multi_line_object(head: bytes) -> bool:
+    """Whether a file starting with `head` is a JSON object pretty-printed over several lines
+    (a first line `{`, or one that does not parse alone while the object goes on past it), not
+    JSON lines. A first line merely broken or cut short is a record (for the DLQ)."""
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").lstrip()
+    line, newline, rest = text.partition("\n")
+    first = line.strip()
+    if not first.startswith("{"):
+        return False
+    if first == "{":
+        return True
+    if not newline:  # the head holds no more than this line
+        return False
+    try:
+        json.loads(first)
+        return False  # an object (or other JSON) on its line: JSON lines
+    except (ValueError, RecursionError):
+        pass
+    next_line = len(line) + 1 + len(rest) - len(rest.lstrip())  # where the next line starts
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as e:  # broken, or cut by the head's end: how far it went
+        return e.pos > next_line
+    except RecursionError:
+        return False
+    return isinstance(value, dict) and end > len(line)
+
+
 class _HeadFirst(io.RawIOBase):
     """A file read from `head`, its first bytes already read, then on from `rest`: a pipe (a
     `mkfifo` fed by `zcat`) can be read only once, neither reopened nor rewound."""
@@ -154,9 +182,10 @@ class _HeadFirst(io.RawIOBase):
 
 
 def _file_records(path: str, not_object: Callable[[], None]) -> Iterator[KeyValue]:
-    """The file's records, opened once: its head is looked at (a JSON array is refused) and
-    then read again from memory, so a named pipe loses nothing and is not opened twice.
-    `not_object`: called for each line that is not a JSON object."""
+    """The file's records, opened once: its head is looked at (a JSON array, or an object
+    over several lines, is refused) and then read again from memory, so a named pipe loses
+    nothing and is not opened twice. `not_object`: called for each line that is not a JSON
+    object."""
     f = open(path, "rb")  # noqa: SIM115 (closed by the records' reader, or here on refusal)
     try:
         head = f.read(4096)
@@ -164,6 +193,11 @@ def _file_records(path: str, not_object: Callable[[], None]) -> Iterator[KeyValu
             raise ConfigError(
                 f"{path} holds a JSON array: kappa produce reads JSON lines, one object per "
                 f"line (jq -c '.[]' {path} writes them)"
+            )
+        if _multi_line_object(head) and not path.lower().endswith(".csv"):
+            raise ConfigError(
+                f"{path} holds a JSON object over several lines: kappa produce reads JSON "
+                f"lines, one object per line (jq -c . {path} writes them)"
             )
         return read_file(path, io.BufferedReader(_HeadFirst(head, f)), not_object)
     except BaseException:

@@ -121,6 +121,47 @@ def test_what_counts_as_a_json_array_file(head: bytes, array: bool) -> None:
     assert loader._json_array(head) is array
 
 
+def test_a_json_object_over_several_lines_is_refused_before_connecting(tmp_path: Any) -> None:
+    """Sent line by line, every line of a pretty-printed object went to the DLQ (counted in a
+    warning after the fact)."""
+    from app.settings import ConfigError
+
+    path = tmp_path / "p.json"
+    path.write_text('{\n "order_id": "1"\n}\n')
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path)])
+    with pytest.raises(ConfigError) as refused:
+        loader.run_produce(load_settings({}), args)
+    assert str(refused.value) == (
+        f"{path} holds a JSON object over several lines: kappa produce reads JSON lines, one "
+        f"object per line (jq -c . {path} writes them)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "pretty"),
+    [
+        (b'{\n "order_id": "1"\n}\n', True),  # as jq and json.dumps(indent=...) write it
+        (b'\xef\xbb\xbf\n\n  {  \r\n"a": 1}', True),  # after a byte order mark, blank lines
+        (b"{", True),
+        (b'{"order_id": "1",\n "user_id": "u1"}\n', True),  # the first line not alone
+        (b'{"a": {"b": 1,\n "c": [1,\n 2]}}\n{"a": 2}\n', True),
+        (b'{ "order_id": "1",\n "note": "' + b"x" * 5000, True),  # cut by the head's end
+        (b'{"order_id": "1"}\n{"order_id": "2"}\n', False),  # JSON lines
+        (b'  {"order_id": "1"}  \r\n{\n', False),
+        (b'{"order_id": "1"}', False),
+        (b'{bad json}\n{"order_id": "2"}\n', False),  # a broken first record
+        (b'{"order_id": "1"\n{"order_id": "2"}\n', False),  # one cut short
+        (b'{"order_id": "1", "note": "x\n"}\n', False),  # a string broken by its newline
+        (b'{"order_id": "1"} trailing\n{"order_id": "2"}\n', False),
+        (b'{"order_id": "' + b"x" * 5000, False),  # a long first line, its end not read yet
+        (b"[\n{", False),  # an array, refused as one
+        (b'\n"{"\n', False),
+    ],
+)
+def test_what_counts_as_a_json_object_over_several_lines(head: bytes, pretty: bool) -> None:
+    assert loader._multi_line_object(head[:4096]) is pretty
+
+
 @pytest.mark.parametrize("name", ["orders.jsonl", "orders.csv"])
 def test_a_named_pipe_is_read_once_and_whole(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str
