@@ -148,6 +148,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from app.collector import tune_for_batches
+    from app.topology import Topology
     from replay.runner import ReplayOptions, run_replay
 
     if args.processes > 1 and args.process != (0, 1):
@@ -161,6 +162,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from replay.parallel import stop_with_parent
 
         stop_with_parent(args.parent_pid)
+    Topology(_settings(), args.version).select(args.pipelines)  # unknown names fail at once
     settings = _settings_with_broker()
     index, count = args.process
     opts = ReplayOptions(

@@ -22,6 +22,13 @@ from app.admin import KEEP_FOREVER
 from app.settings import MAX_VERSION, ConfigError, Settings, quiet_config, trend_config
 
 
+def readable_name(name: str) -> str:
+    """A name as a user gave it, quoted when it would not read as itself in a message: empty,
+    blank, with a comma (`--pipeline orders,user-totals`) or anything but letters, digits,
+    `.`, `_` and `-`."""
+    return name if re.fullmatch(r"[\w.-]+", name) else repr(name)
+
+
 def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pipeline]:
     hopping = (settings.hopping_size_ms, settings.hopping_step_ms)
     orders = OrdersPipeline(
@@ -114,9 +121,8 @@ class Topology:
         known = {p.name: p for p in self.pipelines}
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ConfigError(
-                f"unknown pipeline(s) {', '.join(unknown)}; known: {', '.join(known)}"
-            )
+            said = ", ".join(readable_name(n) for n in unknown)
+            raise ConfigError(f"unknown pipeline(s) {said}; known: {', '.join(known)}")
         return Topology(self.settings, self.version, [known[n] for n in names], self.since_ms)
 
     @cached_property

@@ -30,7 +30,7 @@ from app.file_lock import writer_lock
 from app.kafka_clients import stop_consumer
 from app.settings import ConfigError, Settings
 from app.topic_reader import TopicMissing, bounded_consumer, high_watermarks, topic_partitions
-from app.topology import Topology, version_suffix
+from app.topology import Topology, readable_name, version_suffix
 from replay.export import MANIFEST as EXPORT_MANIFEST
 from replay.latest import (
     RESULT_OUTPUTS,
@@ -87,8 +87,8 @@ def chosen_outputs(
     for name in named:
         if name not in results:
             raise ConfigError(
-                f"no output {name} (version {topology.version}'s outputs: {', '.join(has)})"
-                + _hint(name, has)
+                f"no output {readable_name(name)} (version {topology.version}'s outputs: "
+                f"{', '.join(has)})" + _hint(name, has)
             )
         if name in unused:
             raise ConfigError(

@@ -113,6 +113,19 @@ def test_an_unknown_pipeline_is_reported_before_waiting_for_the_broker(tmp_path:
     assert "unknown pipeline(s) nope" in line and "orders" in line
 
 
+@pytest.mark.parametrize(
+    "args", [["worker", "--pipeline", ""], ["replay", "orders", "", "--version", "2"]]
+)
+def test_an_empty_pipeline_name_is_named_before_waiting_for_the_broker(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """It was invisible (`unknown pipeline(s) ; known: …`), and a replay asked the broker first."""
+    line = _error_line(_kappa(args, tmp_path))
+    assert line.endswith(
+        ": error: unknown pipeline(s) ''; known: orders, user-totals, product-trends, top-products"
+    ), line
+
+
 def test_a_missing_file_is_reported_before_connecting(tmp_path: Path) -> None:
     line = _error_line(_kappa(["produce", "orders", "--file", "/nonexistent.jsonl"], tmp_path))
     assert "cannot read /nonexistent.jsonl" in line

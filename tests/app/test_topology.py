@@ -33,6 +33,18 @@ def test_an_unknown_pipeline_is_refused_naming_the_known_ones(tmp_path: Path) ->
         _topology(tmp_path).select(["orders", "nope"])
 
 
+@pytest.mark.parametrize(
+    ("name", "said"), [("", "''"), (" ", "' '"), ("orders,user-totals", "'orders,user-totals'")]
+)
+def test_an_unknown_pipeline_name_that_would_not_read_as_itself_is_quoted(
+    tmp_path: Path, name: str, said: str
+) -> None:
+    """`--pipeline ''` said `unknown pipeline(s) ; known: …`, the name invisible."""
+    with pytest.raises(ConfigError) as refused:
+        _topology(tmp_path).select(["nope", name])
+    assert str(refused.value).startswith(f"unknown pipeline(s) nope, {said}; known: orders, ")
+
+
 def test_pipelines_that_read_only_earlier_outputs_form_one_level(tmp_path: Path) -> None:
     """A replay runs each level's pipelines at the same time, the levels one after another."""
     levels = [[p.name for p in level] for level in _topology(tmp_path).levels()]

@@ -74,6 +74,8 @@ def test_an_output_that_is_not_there_is_refused_in_one_line() -> None:
         r"take no version suffix \(pass orders\.user-totals and --version 2\)$",
     ):
         chosen_outputs(topology(), ["orders.user-totals.v2"])  # the topic's name
+    with pytest.raises(ConfigError, match=r"^no output '' \(version 2's outputs: orders\."):
+        chosen_outputs(topology(), [""])  # `--output ''`: named, not left blank
     with pytest.raises(ConfigError, match=r"\): did you mean orders\.user-totals\?$"):
         chosen_outputs(topology(), ["user-totals"])
     with pytest.raises(
