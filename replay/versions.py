@@ -79,7 +79,9 @@ def shown_status(view: RegistryView, version: int, rec: VersionRecord) -> str:
 
 async def promote(settings: Settings, version: int, force: bool) -> str:
     registry = Registry(settings)
-    view = await registry.load()
+    # Not created to refuse a version it does not know (a mistyped KAPPA_APP_ID left a stray
+    # registry topic); a missing one reads empty, and the first write below creates it.
+    view = await registry.load(create=False)
     rec = await require_listed_version(settings, view, version)
     if version == view.live:
         return f"version {version} is already live"
@@ -153,7 +155,7 @@ def _being_dropped(version: int) -> str:
 
 async def drop(settings: Settings, version: int) -> str:
     registry = Registry(settings)
-    view = await registry.load()
+    view = await registry.load(create=False)  # as promote: created by the first write only
     if version == view.live:
         raise ConfigError(f"version {version} is live; promote another version before dropping it")
     # A version made by `kappa topics/worker --version N` without a replay has no record: it is

@@ -751,3 +751,33 @@ async def test_status_versions_and_diff_read_the_registry_without_making_it(
     with pytest.raises(ConfigError, match="version 2 is not in the registry"):
         await diff(settings, 1, 2)
     assert registry.topic not in await existing_topics(settings.kafka)
+
+
+async def test_promote_and_drop_refuse_an_unknown_version_without_making_the_registry(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """`kappa promote 3` or `kappa drop 3` with a mistyped KAPPA_APP_ID or KAPPA_TOPIC_PREFIX
+    created the registry topic, then refused: a stray compacted `...-versions` topic stayed."""
+    settings = load_settings(
+        {
+            "KAPPA_BROKER": broker,
+            "KAPPA_APP_ID": f"typo-{unique}",
+            "KAPPA_TOPIC_PREFIX": f"{unique}.",
+            "KAPPA_STATE_DIR": str(tmp_path),
+        }
+    )
+    registry = Registry(settings)
+    for refused in (promote(settings, 3, force=True), drop(settings, 3)):
+        with pytest.raises(ConfigError, match=r"^version 3 is not in the registry \(known: 1\)$"):
+            await refused
+    assert await promote(settings, 1, force=False) == "version 1 is already live"
+    with pytest.raises(ConfigError, match=r"^version 1 is live; promote another version"):
+        await drop(settings, 1)
+    assert registry.topic not in await existing_topics(settings.kafka)
+    # Once there, as before: the first promote records version 1, which it moves aside.
+    await registry.put_version(VersionRecord(2, COMPLETE, ["orders"]))
+    assert (await promote(settings, 2, force=False)).startswith("version 2 is live (was 1); ")
+    view = await registry.load()
+    assert (view.live, view.versions[1].status) == (2, COMPLETE)
+    assert "dropped version 1" in await drop(settings, 1)
+    assert (await registry.load()).versions[1].status == DROPPED
