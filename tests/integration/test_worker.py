@@ -166,6 +166,13 @@ async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
             assert abs(got["spend"] - spend) <= 1e-6 * max(1.0, spend)
         done = run_kappa(["query", "user-totals", "nobody", "--worker", a_url], env, timeout=30)
         assert done.returncode == 1 and "no orders for user nobody" in done.stderr, done.stderr
+        # b keeps no product-trends table: it says which it keeps, not that the key has none
+        done = run_kappa(["query", "product-trends", "p1", "--worker", b_url], env, timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert "serves no product-trends queries (only user-totals)" in done.stderr
+        with pytest.raises(urllib.error.HTTPError) as e:  # not looked up as the key "%FF"
+            _get_json(f"{a_url}/tables/user-totals/%FF")
+        assert e.value.code == 400 and "not valid UTF-8" in json.loads(e.value.read())["error"]
     finally:
         for w in (a, b):
             if w.proc is not None and w.proc.poll() is None:
