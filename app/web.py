@@ -180,8 +180,9 @@ def _register_query(
 
 def _register_unknown_tables(app: faust.App, served: Sequence[str]) -> None:
     """`GET /tables/{table}/{key}` for a table this worker does not serve: a JSON 404 naming
-    the ones it does (`tables`), not aiohttp's plain-text one. aiohttp routes a request to the
-    page of the longest fixed prefix, so the tables' own pages are never shadowed by this."""
+    the ones it does (`tables`), not aiohttp's plain-text one. Registered after the tables' own
+    pages, which keep their requests (aiohttp prefers the longer fixed prefix, and else the
+    page registered first)."""
 
     async def get(view: View, request: Request, table: str, key: str) -> Response:
         return view.json(unknown_table_answer(table, served), status=404)
