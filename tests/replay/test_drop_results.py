@@ -96,7 +96,7 @@ class RecordingRegistry:
     written: list[VersionRecord] = field(default_factory=list)
     dropping: list[tuple[int, bool]] = field(default_factory=list)
 
-    async def load(self) -> RegistryView:
+    async def load(self, create: bool = True) -> RegistryView:
         return self.view
 
     async def put_version(self, rec: VersionRecord) -> None:
