@@ -22,6 +22,7 @@ from agents.user_state import decode_partial, encode_partial
 from agents.window_reports import BY_WINDOW, BY_WINDOW_KEY, report_values
 from tables.aggregates import Moments
 from tables.cleaning import (
+    DEFAULT_MAX_TS_AHEAD_MS,
     MAX_EVENT_MS,
     MAX_TEXT_CHARS,
     MIN_EVENT_MS,
@@ -30,6 +31,7 @@ from tables.cleaning import (
     json_long_int,
     numeral_value,
     require_event_time_ms,
+    require_not_ahead,
     require_number,
     require_positive_int,
     require_text,
@@ -78,7 +80,9 @@ _raw_decode = json.JSONDecoder().raw_decode
 _INF = math.inf
 
 
-def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, int] | None:
+def quick_order(
+    raw: bytes | None, key: bytes | None, record_ms: int = 0, ahead_ms: int = MAX_EVENT_MS
+) -> tuple[str, str, float, int] | None:
     """(product_id, user_id, total, ts) of a well-formed, well-typed order, else None.
 
     The hot path: one decode, one dict lookup per field and one combined check, no object per
@@ -86,6 +90,10 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
     does not accept outright (a missing field, a word for an amount, non-ASCII ids, ...)
     returns None and goes through `parse_order`, which converts what it can and names the DLQ
     reason. Whatever this accepts, `parse_order` accepts identically.
+
+    `ts` must also be at most `ahead_ms` after `record_ms` (`quick_ahead_ms` of the guard's
+    setting), in one comparison: an order past it is `parse_order`'s to judge exactly, as is,
+    mostly, one of a record without a timestamp (passed as 0, which parse_order does not check).
     """
     try:
         text = raw.decode()  # type: ignore[union-attr]
@@ -113,6 +121,7 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
         and amount <= MAX_AMOUNT
         and 1 <= qty <= MAX_QUANTITY
         and MIN_EVENT_MS <= ts < MAX_EVENT_MS
+        and ts - ahead_ms <= record_ms
         and pid.isascii()  # ASCII: encodable (no lone surrogates), and O(1) to check
         and uid.isascii()
         and key == pid.encode()
@@ -121,8 +130,17 @@ def quick_order(raw: bytes | None, key: bytes | None) -> tuple[str, str, float, 
     return None
 
 
-def parse_order(rec: Record) -> Order:
-    """Validate and convert one raw record; raises `InvalidRecord` with the DLQ reason."""
+def quick_ahead_ms(max_ts_ahead_ms: int) -> int:
+    """`quick_order`'s `ahead_ms` for the guard's setting: off (0) is `MAX_EVENT_MS`, which no
+    valid `ts` is ahead of a record timestamp >= 0 by."""
+    return max_ts_ahead_ms if max_ts_ahead_ms > 0 else MAX_EVENT_MS
+
+
+def parse_order(rec: Record, max_ts_ahead_ms: int = 0) -> Order:
+    """Validate and convert one raw record; raises `InvalidRecord` with the DLQ reason.
+
+    With `max_ts_ahead_ms`, a `ts` further than that after the record's timestamp is refused
+    (`timestamp_ahead`, see `require_not_ahead`), after every other rule."""
     raw = rec.value
     if not raw:
         raise InvalidRecord("empty_value")
@@ -152,6 +170,7 @@ def parse_order(rec: Record) -> Order:
         raise InvalidRecord("null_key", "orders must be keyed by product_id")
     if key != product_key:
         raise InvalidRecord("key_mismatch", "record key must equal product_id")
+    require_not_ahead(order.ts, rec.timestamp, max_ts_ahead_ms)
     return order
 
 
@@ -201,6 +220,9 @@ class OrdersConfig:
     emit_updates: bool = False  # also emit each window's running value whenever it changes
     since_ms: int | None = None  # replay --since: skip events in windows starting before this
     hopping: tuple[int, int] | None = None  # (size, step) ms of orders.revenue-hopping
+    # DLQ (`timestamp_ahead`) an order whose ts is further than this after its record's
+    # timestamp, instead of letting it move stream time on (0: off)
+    max_ts_ahead_ms: int = DEFAULT_MAX_TS_AHEAD_MS
 
 
 class OrdersPipeline:
@@ -249,11 +271,13 @@ class OrdersPipeline:
         # With --since, the hopping windows get the events their own windows keep.
         hop_from = self.hopping_from
         hopped = _Columns() if hop_from is not None else None
+        max_ahead = self.config.max_ts_ahead_ms
+        ahead = quick_ahead_ms(max_ahead)
         for rec in records:
-            fields = quick_order(rec.value, rec.key)
+            fields = quick_order(rec.value, rec.key, rec.timestamp or 0, ahead)
             if fields is None:
                 try:
-                    order = parse_order(rec)
+                    order = parse_order(rec, max_ahead)
                 except InvalidRecord as err:
                     out.add_dead_letter(DLQ, rec, err.reason, err.detail)
                     continue

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agents.base import MIN_COPY_BYTES
 from app.kafka_clients import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaConnection
+from tables.cleaning import DEFAULT_MAX_TS_AHEAD_MS
 from tables.quiet import QuietConfig
 from tables.trends import TrendConfig
 
@@ -49,6 +50,9 @@ class Settings:
     hopping_step_ms: int = 0
     grace_ms: int = 10_000  # how long after a window's end late events are still accepted
     emit_updates: bool = False  # also emit running window values on every change
+    # orders whose ts is further than this after their Kafka record's timestamp go to the DLQ
+    # (timestamp_ahead) instead of moving stream time on (0: no limit)
+    max_ts_ahead_ms: int = DEFAULT_MAX_TS_AHEAD_MS
     # product-trends: windows in the moving average; half-life (in windows) of the trend's and
     # the anomaly baseline's weights; |z| above which a window is an anomaly, after a warm-up
     trend_windows: int = 5
@@ -385,6 +389,11 @@ def _validate(s: Settings) -> None:
     if s.window_ms > MAX_WINDOW_MS or s.grace_ms > MAX_WINDOW_MS:
         raise ConfigError(
             f"KAPPA_WINDOW_MS and KAPPA_GRACE_MS must be at most {MAX_WINDOW_MS} (366 days)"
+        )
+    if not 0 <= s.max_ts_ahead_ms <= MAX_WINDOW_MS:
+        raise ConfigError(
+            f"KAPPA_MAX_TS_AHEAD_MS must be from 0 (no limit) to {MAX_WINDOW_MS} (366 days), "
+            f"got {s.max_ts_ahead_ms}"
         )
     _check_hopping(s.hopping_size_ms, s.hopping_step_ms)
     try:

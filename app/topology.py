@@ -38,6 +38,7 @@ def build_pipelines(settings: Settings, since_ms: int | None = None) -> list[Pip
             settings.emit_updates,
             since_ms,
             hopping if settings.hopping_size_ms else None,
+            settings.max_ts_ahead_ms,
         )
     )
     return [

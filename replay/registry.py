@@ -208,7 +208,8 @@ def drop_unfinished(version: int) -> str:
 
 def version_definition(settings: Settings) -> dict[str, object]:
     """The settings a version's results depend on beyond its pipelines and `--since`: its
-    windows (their size names the state store), when they close, and the analytics over them."""
+    windows (their size names the state store), when they close and which orders may move
+    their stream time on, and the analytics over them."""
     return {
         "window_ms": settings.window_ms,
         "grace_ms": settings.grace_ms,
@@ -221,6 +222,7 @@ def version_definition(settings: Settings) -> dict[str, object]:
         "top_k": settings.top_k,
         "demand_levels": settings.demand_levels,
         "quiet_p": settings.quiet_p,
+        "max_ts_ahead_ms": settings.max_ts_ahead_ms,
     }
 
 

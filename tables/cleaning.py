@@ -15,6 +15,9 @@ from typing import Any
 MIN_EVENT_MS = 0  # 1970-01-01T00:00:00Z; earlier timestamps are rejected as implausible
 MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 MAX_TEXT_CHARS = 1024
+# Furthest an event time may be after its Kafka record's own timestamp (ms; 0: no limit): past
+# it, one wrong `ts` would move its partition's stream time on for ever (KAPPA_MAX_TS_AHEAD_MS).
+DEFAULT_MAX_TS_AHEAD_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -165,6 +168,34 @@ def require_event_time_ms(obj: dict[str, Any], field: str) -> int:
     if ms < MIN_EVENT_MS or ms >= MAX_EVENT_MS:
         raise InvalidRecord("timestamp_out_of_range", f"{field} outside 1970..2100")
     return ms
+
+
+def require_not_ahead(ts: int, record_ms: int | None, max_ahead_ms: int) -> None:
+    """Refuse an event time (ms) more than `max_ahead_ms` after its record's Kafka timestamp.
+
+    The record's timestamp is part of the log, so a replay judges every record as the live
+    run did. `max_ahead_ms` 0 turns the check off; a record without a timestamp (None, or
+    negative: Kafka's "none") is not checked.
+    """
+    if (
+        max_ahead_ms > 0
+        and record_ms is not None
+        and record_ms >= 0
+        and ts - record_ms > max_ahead_ms
+    ):
+        raise InvalidRecord(
+            "timestamp_ahead",
+            f"ts {_ms_text(ts)} is more than {max_ahead_ms} ms after the record's timestamp "
+            f"{_ms_text(record_ms)}",
+        )
+
+
+def _ms_text(ms: int) -> str:
+    """Epoch ms with its UTC time, for a DLQ detail: `1700000000000 (2023-11-14T22:13:20Z)`."""
+    if not MIN_EVENT_MS <= ms < MAX_EVENT_MS:
+        return str(ms)
+    at = (_EPOCH + ms * _MS).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f"{ms} ({at})"
 
 
 def _floor_decimal(v: str | Decimal, field: str) -> int:

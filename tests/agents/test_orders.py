@@ -18,6 +18,7 @@ from agents.orders import (
     USER_PARTIALS,
     OrdersPipeline,
     parse_order,
+    quick_ahead_ms,
     quick_order,
 )
 from agents.user_state import encode_partial
@@ -299,18 +300,31 @@ _field_values = st.one_of(
     base=st.booleans(),
     key=st.sampled_from([b"p1", None, b"p2", "p\u00e9".encode()]),
     spaces=st.sampled_from(["", " ", "\n"]),
+    # the record's timestamp and KAPPA_MAX_TS_AHEAD_MS, around GOOD's ts and beyond
+    record_ms=st.one_of(
+        st.none(),
+        st.sampled_from([-1, 0, 1, 2**53, 1_700_000_000_000]),
+        st.integers(1_700_000_000_000 - 90_000_000, 1_700_000_000_001),
+    ),
+    max_ahead=st.sampled_from([0, 1, 86_400_000]),
 )
 def test_quick_path_accepts_only_what_parse_order_accepts_with_the_same_values(
-    fields: dict[str, object], base: bool, key: bytes | None, spaces: str
+    fields: dict[str, object],
+    base: bool,
+    key: bytes | None,
+    spaces: str,
+    record_ms: int | None,
+    max_ahead: int,
 ) -> None:
     obj = {**GOOD, **fields} if base else fields
     try:
         raw = (json.dumps(obj) + spaces).encode()
     except (UnicodeEncodeError, ValueError):
         return
-    quick = quick_order(raw, key)
+    # As the pipeline calls them (a record without a timestamp as 0: parse_order's to judge)
+    quick = quick_order(raw, key, record_ms or 0, quick_ahead_ms(max_ahead))
     try:
-        order = parse_order(SourceRecord("orders", 0, 0, None, key, raw))
+        order = parse_order(SourceRecord("orders", 0, 0, record_ms, key, raw), max_ahead)
     except InvalidRecord:
         assert quick is None
         return

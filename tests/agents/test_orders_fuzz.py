@@ -35,6 +35,7 @@ REASONS = {
     "timestamp_out_of_range",
     "null_key",
     "key_mismatch",
+    "timestamp_ahead",
 }
 CONFIGS = {
     "tumbling": OrdersConfig(),
@@ -71,7 +72,8 @@ _good = st.builds(
     ),
     st.sampled_from(["p1", "p2", "é"]),
     st.sampled_from(["u1", "u2"]),
-    st.integers(1_700_000_000_000, 1_700_000_300_000),
+    # the records are stamped 1_700_000_000_000: a day and more after it is dead-lettered
+    st.integers(1_700_000_000_000, 1_700_000_300_000) | st.just(1_700_086_400_001),
     st.sampled_from([0.0, 2.5, 1e15, "3.25"]),
 )
 _junk = st.tuples(

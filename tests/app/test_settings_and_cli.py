@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from agents.orders import OrdersPipeline
 from app.broker import free_port
 from app.settings import ConfigError, load_settings, quiet_config
+from app.topology import build_pipelines
+from replay.registry import (
+    RegistryView,
+    differing_settings,
+    recorded_definition,
+    version_definition,
+)
 from tests.support.processes import taken_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +103,12 @@ def _usage_error(r: subprocess.CompletedProcess[str]) -> str:
             "KAPPA_SHUTDOWN_TIMEOUT_MS must be > 0",
         ),
         ({"KAPPA_EMIT_UPDATES": "maybe"}, ["worker"], "KAPPA_EMIT_UPDATES='maybe'"),
+        ({"KAPPA_MAX_TS_AHEAD_MS": "1d"}, ["worker"], "KAPPA_MAX_TS_AHEAD_MS='1d'"),
+        (
+            {"KAPPA_MAX_TS_AHEAD_MS": "-1"},
+            ["topics"],
+            "KAPPA_MAX_TS_AHEAD_MS must be from 0 (no limit) to 31622400000 (366 days), got -1",
+        ),
         ({"KAPPA_QUIET_P": "0.9"}, ["worker"], "KAPPA_QUIET_P must be from 1e-12 to 0.5, got 0.9"),
         ({"KAPPA_QUIET_P": "nan"}, ["topics"], "KAPPA_QUIET_P must be from 1e-12 to 0.5"),
         ({"KAPPA_LOG_LEVEL": "loud"}, ["worker"], "KAPPA_LOG_LEVEL='loud'"),
@@ -515,6 +529,26 @@ def test_a_setting_in_the_wrong_case_is_named_in_upper_case() -> None:
         "KAPPA_Anomaly_Zz is not a setting (did you mean KAPPA_ANOMALY_Z?); ignored",
         "KAPPA_web_port is not a setting (did you mean KAPPA_WEB_PORT?); ignored",
     ]
+
+
+def test_kappa_max_ts_ahead_ms_reaches_the_orders_pipeline_and_the_versions_definition() -> None:
+    for env, want in (({}, 86_400_000), ({"KAPPA_MAX_TS_AHEAD_MS": "0"}, 0)):
+        settings = load_settings(env)
+        orders = build_pipelines(settings)[0]
+        assert isinstance(orders, OrdersPipeline) and orders.config.max_ts_ahead_ms == want
+        assert version_definition(settings)["max_ts_ahead_ms"] == want
+    for bad in ("-1", str(366 * 86_400_000 + 1), "1e3", ""):
+        with pytest.raises(ConfigError, match=r"^KAPPA_MAX_TS_AHEAD_MS"):
+            load_settings({"KAPPA_MAX_TS_AHEAD_MS": bad})
+    # A version recorded before the setting existed was built without the guard, but gets it
+    # from the upgrade on: its definition reads with the default, so a worker with the
+    # default settings runs it, and one with the guard off is refused.
+    old = {k: v for k, v in version_definition(load_settings({})).items() if k != "max_ts_ahead_ms"}
+    view = RegistryView({}, {}, definitions={2: old})
+    built = recorded_definition(view, 2)
+    assert built == version_definition(load_settings({}))
+    off = version_definition(load_settings({"KAPPA_MAX_TS_AHEAD_MS": "0"}))
+    assert differing_settings(built, off) == ["max_ts_ahead_ms"]
 
 
 def test_kappa_quiet_p_sets_how_unlikely_a_silence_must_be() -> None:

@@ -14,6 +14,7 @@ from tables.cleaning import (
     InvalidRecord,
     numeral_value,
     require_event_time_ms,
+    require_not_ahead,
     require_number,
 )
 
@@ -54,3 +55,36 @@ def test_a_numeral_is_read_as_require_number_reads_it(s: str) -> None:
         return
     assert quick is None or quick == slow
     assert (quick is None) == (not _DECIMAL.fullmatch(s) or len(s) > 64)
+
+
+DAY_MS = 86_400_000
+STAMP = 1_700_000_000_000  # a record's Kafka timestamp
+
+
+@pytest.mark.parametrize(
+    ("ts", "record_ms", "max_ahead_ms"),
+    [
+        (STAMP + DAY_MS, STAMP, DAY_MS),  # just inside the bound
+        (STAMP - 3_600_000, STAMP, DAY_MS),  # behind its record: as old events are
+        (4_102_444_799_999, STAMP, 0),  # 0: no limit
+        (4_102_444_799_999, None, DAY_MS),  # a record without a timestamp is not checked
+        (4_102_444_799_999, -1, DAY_MS),  # nor one with Kafka's "none" (-1)
+        (4_102_444_799_999, 4_102_444_799_999 - 1, 1),
+    ],
+)
+def test_an_event_time_within_the_bound_of_its_record_passes(
+    ts: int, record_ms: int | None, max_ahead_ms: int
+) -> None:
+    require_not_ahead(ts, record_ms, max_ahead_ms)
+
+
+def test_an_event_time_past_the_bound_is_refused_naming_both_times() -> None:
+    with pytest.raises(InvalidRecord) as refused:
+        require_not_ahead(STAMP + DAY_MS + 1, STAMP, DAY_MS)
+    assert refused.value.reason == "timestamp_ahead"
+    assert refused.value.detail == (
+        "ts 1700086400001 (2023-11-15T22:13:20.001Z) is more than 86400000 ms after the "
+        "record's timestamp 1700000000000 (2023-11-14T22:13:20.000Z)"
+    )
+    with pytest.raises(InvalidRecord):
+        require_not_ahead(2, 0, 1)  # a record stamped at the epoch is checked too
