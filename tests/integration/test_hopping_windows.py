@@ -12,7 +12,14 @@ import pytest
 from tests.support.checks import GRACE_MS, check_downstream, eventually, reference_for
 from tests.support.datasets import START_MS, orders_spec, produce_orders
 from tests.support.reference import Reference, assert_windows_equal, compute_hopping
-from tests.support.workers import Worker, kappa_env, read_records, run_kappa, source_positions
+from tests.support.workers import (
+    Worker,
+    kappa_env,
+    read_records,
+    read_source,
+    run_kappa,
+    source_positions,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +55,7 @@ async def test_live_and_replayed_hopping_windows_equal_the_plain_computation(
     assert run_kappa(["topics"], env).returncode == 0
     spec = orders_spec(3_000, 31, START_MS, keys=40, users=30, ms_per_event=400, disorder_ms=40_000)
     await produce_orders(broker, f"{unique}.orders", spec)
-    source = {
-        p: [(o, k, v) for o, k, v, _ in rs]
-        for p, rs in (await read_records(broker, f"{unique}.orders")).items()
-    }
+    source = await read_source(broker, f"{unique}.orders")
     tumbling = await reference_for(broker, f"{unique}.orders")
     closed, hop_late = compute_hopping(source, SIZE, STEP, GRACE_MS)
     every, _ = compute_hopping(source, SIZE, STEP, GRACE_MS, flush=True)

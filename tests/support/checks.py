@@ -21,17 +21,14 @@ from tables.signals import Signals, TrendInput
 from tables.top_k import ranked
 from tables.trends import TrendConfig, trend_points
 from tests.support.reference import Reference, assert_windows_equal, compute
-from tests.support.workers import read_records, read_windows, source_positions
+from tests.support.workers import read_records, read_source, read_windows, source_positions
 
 WINDOW_MS, GRACE_MS = 60_000, 10_000
 ClosedWindowRow = tuple[int, int, int, float]  # start, end, count, sum
 
 
 async def reference_for(broker: str, source_topic: str, flush: bool = False) -> Reference:
-    src = await read_records(broker, source_topic)
-    return compute(
-        {p: [(o, k, v) for o, k, v, _ in rs] for p, rs in src.items()}, WINDOW_MS, GRACE_MS, flush
-    )
+    return compute(await read_source(broker, source_topic), WINDOW_MS, GRACE_MS, flush)
 
 
 async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = "") -> None:

@@ -9,11 +9,22 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agents.base import SourceRecord
 from agents.orders import parse_order
-from tables.cleaning import InvalidRecord
+from tables.cleaning import DEFAULT_MAX_TS_AHEAD_MS, InvalidRecord
+
+# A source record: (offset, key, value), or (offset, key, value, its Kafka timestamp). An
+# order's ts is checked against the timestamp (KAPPA_MAX_TS_AHEAD_MS) only if it has one.
+SourceRow = (
+    tuple[int, bytes | None, bytes | None] | tuple[int, bytes | None, bytes | None, int | None]
+)
+
+
+def _record(p: int, row: SourceRow) -> SourceRecord:
+    return SourceRecord("orders", p, row[0], row[3] if len(row) == 4 else None, row[1], row[2])
 
 
 @dataclass
@@ -27,12 +38,13 @@ class Reference:
 
 
 def compute(
-    records: dict[int, list[tuple[int, bytes | None, bytes | None]]],
+    records: Mapping[int, Sequence[SourceRow]],
     window_ms: int,
     grace_ms: int,
     flush: bool = False,
+    max_ts_ahead_ms: int = DEFAULT_MAX_TS_AHEAD_MS,
 ) -> Reference:
-    """`records`: partition → [(offset, key, value)] in offset order.
+    """`records`: partition → [(offset, key, value[, timestamp])] in offset order.
 
     Windows are those closed by each partition's final watermark (all of them if `flush`).
     """
@@ -43,9 +55,10 @@ def compute(
     users: dict[str, list[float]] = defaultdict(list)
     for p, recs in records.items():
         max_ts: int | None = None
-        for offset, key, value in recs:
+        for row in recs:
+            offset = row[0]
             try:
-                order = parse_order(SourceRecord("orders", p, offset, None, key, value))
+                order = parse_order(_record(p, row), max_ts_ahead_ms)
             except InvalidRecord as e:
                 ref.dlq[(p, offset)] = e.reason
                 continue
@@ -84,11 +97,12 @@ def assert_windows_equal(
 
 
 def compute_hopping(
-    records: dict[int, list[tuple[int, bytes | None, bytes | None]]],
+    records: Mapping[int, Sequence[SourceRow]],
     size_ms: int,
     step_ms: int,
     grace_ms: int,
     flush: bool = False,
+    max_ts_ahead_ms: int = DEFAULT_MAX_TS_AHEAD_MS,
 ) -> tuple[dict[tuple[str, int, int], dict[str, float]], set[tuple[int, int]]]:
     """orders.revenue-hopping's windows (those closed by each partition's final watermark, or
     all if `flush`), and the orders late for every one of their hopping windows: an order
@@ -99,9 +113,10 @@ def compute_hopping(
     late: set[tuple[int, int]] = set()
     for p, recs in records.items():
         max_ts: int | None = None
-        for offset, key, value in recs:
+        for row in recs:
+            offset = row[0]
             try:
-                order = parse_order(SourceRecord("orders", p, offset, None, key, value))
+                order = parse_order(_record(p, row), max_ts_ahead_ms)
             except InvalidRecord:
                 continue
             max_ts = order.ts if max_ts is None else max(max_ts, order.ts)

@@ -192,6 +192,14 @@ async def read_records(
     }
 
 
+async def read_source(
+    broker: str, topic: str
+) -> dict[int, list[tuple[int, bytes | None, bytes | None, int | None]]]:
+    """A source topic as the reference computation takes it: (offset, key, value, timestamp)."""
+    parts = await read_to_end(broker, topic)
+    return {p: [(r.offset, r.key, r.value, r.timestamp) for r in recs] for p, recs in parts.items()}
+
+
 async def read_windows(broker: str, topic: str) -> dict[tuple[str, int, int], dict[str, float]]:
     """Window results keyed by (product, start, end); a re-sent window must be byte-identical."""
     seen: dict[tuple[str, int, int], bytes] = {}
