@@ -92,6 +92,28 @@ async def continue_after_topic(bootstrap: Conn, topic: str, spec: GeneratorSpec)
     return moved
 
 
+def generated_lead_ms(spec: GeneratorSpec, rate: float | None, now_ms: int) -> int:
+    """How far (ms) generated orders' event times run ahead of the record timestamps they are
+    produced with (the time of sending), at most: times advance evenly over the span, and with
+    a rate the sending does too, so the lead is largest at the first or the last order."""
+    sending_ms = spec.count / rate * 1000 if rate else 0.0
+    return int(max(spec.start_ms - now_ms, spec.start_ms + spec.span_ms - now_ms - sending_ms))
+
+
+def refuse_ahead(spec: GeneratorSpec, rate: float | None, max_ahead_ms: int, now_ms: int) -> None:
+    """Refuse to generate orders the orders pipeline would dead-letter as `timestamp_ahead`
+    (further ahead of their record timestamps than `KAPPA_MAX_TS_AHEAD_MS`; 0: no limit)."""
+    lead = generated_lead_ms(spec, rate, now_ms)
+    if max_ahead_ms and lead > max_ahead_ms:
+        raise ConfigError(
+            f"generated orders would run up to {lead:,} ms ahead of when they are sent "
+            f"(event times {spec.start_ms} to {spec.start_ms + spec.span_ms}), more than "
+            f"KAPPA_MAX_TS_AHEAD_MS={max_ahead_ms} allows: the orders pipeline would "
+            "dead-letter them as timestamp_ahead; give --rate, a shorter --span-ms or an "
+            "earlier --start-ms"
+        )
+
+
 class _ReadFailed(Exception):
     """The input file could not be read part way (its reason as the message)."""
 
@@ -254,6 +276,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             chosen = spec
             if args.start_ms is None:  # "now", unless the topic already holds later orders
                 chosen = await continue_after_topic(settings.kafka, args.topic, spec)
+            refuse_ahead(chosen, args.rate, settings.max_ts_ahead_ms, int(time.time() * 1000))
             records = ((r.key, r.value) for r in generate(chosen))
         await ensure_topics(
             settings.kafka, {args.topic: (settings.partitions, KEEP_FOREVER)}, settings.replication

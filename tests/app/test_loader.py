@@ -11,7 +11,8 @@ import pytest
 
 from app import loader
 from app.cli import build_parser
-from app.settings import load_settings
+from app.orders_generator import GeneratorSpec
+from app.settings import ConfigError, load_settings
 
 
 def test_produce_creates_a_missing_topic_with_the_configured_replication_keeping_every_record(
@@ -245,3 +246,39 @@ def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(
         f"kappa produce: warning: 5 of the 7 records from {path} are not JSON objects (one "
         "object per line is expected); they go to the DLQ"
     )
+
+
+def _generated(count: int, start_ms: int, span_ms: int) -> GeneratorSpec:
+    return GeneratorSpec(count=count, start_ms=start_ms, span_ms=span_ms)
+
+
+NOW_MS = 1_800_000_000_000
+DAY_MS = 86_400_000
+
+
+def test_generated_orders_lead_their_sending_by_the_span_unless_paced() -> None:
+    """Sent as fast as possible, the last order is the span ahead of its record timestamp;
+    at a rate, the sending keeps up with the event times."""
+    assert loader.generated_lead_ms(_generated(1000, NOW_MS, 3_600_000), None, NOW_MS) == 3_600_000
+    paced = _generated(1000, NOW_MS, 100_000)  # 10 orders/s of event time
+    assert loader.generated_lead_ms(paced, 10.0, NOW_MS) == 0
+    assert loader.generated_lead_ms(paced, 5.0, NOW_MS) == 0  # sent slower: never ahead
+    assert loader.generated_lead_ms(paced, 20.0, NOW_MS) == 50_000
+    later = _generated(10, NOW_MS + 2 * DAY_MS, 0)  # a start after the newest order in a topic
+    assert loader.generated_lead_ms(later, None, NOW_MS) == 2 * DAY_MS
+    assert loader.generated_lead_ms(_generated(10, 1_700_000_000_000, DAY_MS), None, NOW_MS) < 0
+
+
+def test_orders_the_pipeline_would_dead_letter_as_ahead_are_refused_in_one_line() -> None:
+    week = _generated(1000, NOW_MS, 7 * DAY_MS)
+    with pytest.raises(ConfigError) as err:
+        loader.refuse_ahead(week, None, DAY_MS, NOW_MS)
+    assert str(err.value) == (
+        f"generated orders would run up to {7 * DAY_MS:,} ms ahead of when they are sent (event "
+        f"times {NOW_MS} to {NOW_MS + 7 * DAY_MS}), more than KAPPA_MAX_TS_AHEAD_MS={DAY_MS} "
+        "allows: the orders pipeline would dead-letter them as timestamp_ahead; give --rate, a "
+        "shorter --span-ms or an earlier --start-ms"
+    )
+    loader.refuse_ahead(week, None, 0, NOW_MS)  # the guard off
+    loader.refuse_ahead(week, 1000 / (7 * 86_400), DAY_MS, NOW_MS)  # paced over the week
+    loader.refuse_ahead(_generated(1000, NOW_MS, DAY_MS), None, DAY_MS, NOW_MS)  # at the bound

@@ -202,6 +202,13 @@ async def test_a_second_generate_continues_after_the_orders_already_in_the_topic
     assert min(seconds) > max(firsts)
     chosen = run_kappa(["produce", topic, "--generate", "10", "--start-ms", "1700000000000"], env)
     assert chosen.returncode == 0 and "already holds" not in chosen.stdout  # a start given is kept
+    # A week of orders sent at once would run days ahead of their record timestamps, and the
+    # orders pipeline would dead-letter them (timestamp_ahead): refused, nothing sent.
+    week = run_kappa(["produce", topic, "--generate", "100", "--span-ms", "604800000"], env)
+    assert week.returncode == 2, week.stderr
+    assert "more than KAPPA_MAX_TS_AHEAD_MS=86400000 allows" in week.stderr, week.stderr
+    assert "Traceback" not in week.stderr
+    assert sum(map(len, (await _event_times(broker, topic)).values())) == 610
 
 
 async def _event_times(broker: str, topic: str) -> dict[int, list[int]]:
