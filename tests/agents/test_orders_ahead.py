@@ -28,10 +28,10 @@ DAY = 86_400_000
 STAMP = 1_700_000_000_000  # the records' Kafka timestamp (CreateTime: when produced)
 FAR = 4_102_358_400_000  # 2099-12-31: valid, but 76 years after its record
 PATHS = ("quick", "general")
-CONFIGS = {
-    "tumbling": OrdersConfig(),
+CONFIGS = {  # the guard as the README recommends it (off by default)
+    "tumbling": OrdersConfig(max_ts_ahead_ms=DAY),
     "hopping, updates, since": OrdersConfig(
-        emit_updates=True, hopping=(120_000, 60_000), since_ms=STAMP - 120_000
+        emit_updates=True, hopping=(120_000, 60_000), since_ms=STAMP - 120_000, max_ts_ahead_ms=DAY
     ),
 }
 

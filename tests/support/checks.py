@@ -27,8 +27,11 @@ WINDOW_MS, GRACE_MS = 60_000, 10_000
 ClosedWindowRow = tuple[int, int, int, float]  # start, end, count, sum
 
 
-async def reference_for(broker: str, source_topic: str, flush: bool = False) -> Reference:
-    return compute(await read_source(broker, source_topic), WINDOW_MS, GRACE_MS, flush)
+async def reference_for(
+    broker: str, source_topic: str, flush: bool = False, max_ts_ahead_ms: int = 0
+) -> Reference:
+    records = await read_source(broker, source_topic)
+    return compute(records, WINDOW_MS, GRACE_MS, flush, max_ts_ahead_ms)
 
 
 async def check_outputs(broker: str, prefix: str, ref: Reference, suffix: str = "") -> None:
