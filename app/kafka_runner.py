@@ -35,8 +35,10 @@ HELD_SEND_ON_STOP_S = 5.0
 
 
 class StopDeadline:
-    """One deadline for all a stop finishes (the batch under way, then the held changelog
-    entries), counted from the first time it is asked for."""
+    """How long one step of a stop (the batch under way; the held changelog entries) may
+    take, counted from the first time it is asked for. Each step has its own: a batch that
+    runs its deadline out (a restore, a broker not answering) must not leave the held entries
+    of the other pipelines no time at all."""
 
     def __init__(self, budget_s: float | None = None) -> None:
         self.budget_s = HELD_SEND_ON_STOP_S if budget_s is None else budget_s
@@ -64,8 +66,8 @@ async def finish_on_stop(work: Awaitable[T], deadline: StopDeadline) -> T:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("the batch under way at the stop failed (%r)", task.exception())
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("the batch under way at the stop failed (%r)", task.exception())
         raise
 
 

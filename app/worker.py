@@ -302,9 +302,9 @@ def create_app(
         if closing_fenced:  # fenced: closing already, with nothing held sent
             await closing_fenced[0]
             return
-        stop = StopDeadline()  # one deadline for the batches under way and what is held
-        await asyncio.gather(*(d.finish_batch(stop.remaining_s()) for _, d in drivers))
-        await send_held_on_stop(runners, stop)
+        # the batches under way, then what is held: each step within its own deadline
+        await asyncio.gather(*(d.finish_batch(HELD_SEND_ON_STOP_S) for _, d in drivers))
+        await send_held_on_stop(runners, StopDeadline())
         for sender in senders:
             await sender.close()
 

@@ -447,11 +447,11 @@ async def _run_stage(
         # Stopped (Ctrl-C, SIGTERM), or a stage beside it failed: the outputs of the batches
         # whose changelog entries are held went out already (the batch under way was
         # finished: `_consume`). Sent now, the state applies those batches and a resumed
-        # replay starts after them, not writing their outputs again. Best effort, within the
-        # worker's stop deadline, for both steps; a second Ctrl-C cuts it short (those
+        # replay starts after them, not writing their outputs again. Best effort, each step
+        # within the worker's stop deadline; a second Ctrl-C cuts it short (those
         # batches are then read again). With exactly_once nothing is held: each batch's
         # entries commit in its own transaction, with its outputs.
-        await send_held_on_stop([runner], stop)
+        await send_held_on_stop([runner], StopDeadline())
         raise
     finally:
         if progress is not None:

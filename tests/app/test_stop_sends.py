@@ -144,3 +144,27 @@ async def test_a_second_stop_while_the_batch_finishes_cancels_the_batch_too() ->
     with pytest.raises(asyncio.CancelledError):
         await stage
     assert cancelled == [True]
+
+
+async def test_a_batch_failing_as_a_second_stop_cancels_it_is_said_not_left_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def batch() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+
+    stage = asyncio.ensure_future(finish_on_stop(batch(), StopDeadline(10)))
+    await started.wait()
+    stage.cancel()
+    await asyncio.sleep(0)  # the first stop reaches the stage, which waits for the batch
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
+        stage.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stage
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["the batch under way at the stop failed (RuntimeError('cleanup failed'))"]
