@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -302,9 +302,7 @@ def create_app(
         if closing_fenced:  # fenced: closing already, with nothing held sent
             await closing_fenced[0]
             return
-        # the batches under way, then what is held: each step within its own deadline
-        await asyncio.gather(*(d.finish_batch(HELD_SEND_ON_STOP_S) for _, d in drivers))
-        await send_held_on_stop(runners, StopDeadline())
+        await finish_and_send_held([d for _, d in drivers], runners)
         for sender in senders:
             await sender.close()
 
@@ -317,6 +315,16 @@ def create_app(
     register_pages(app, version, topology.group_id, runners, settings, partitions)
     app.kappa_runners = runners
     return app
+
+
+async def finish_and_send_held(
+    drivers: Sequence[PipelineDriver], runners: Sequence[PipelineRunner]
+) -> None:
+    """On stop, before the senders close: the batches under way, then what is held, each step
+    within its own deadline (a batch that runs its deadline out must not leave the held
+    entries of every pipeline no time)."""
+    await asyncio.gather(*(d.finish_batch(HELD_SEND_ON_STOP_S) for d in drivers))
+    await send_held_on_stop(runners, StopDeadline())
 
 
 async def freeze_startup_heap() -> None:

@@ -4,6 +4,7 @@ pipeline's held changelog entries go out at once, all in one deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -168,3 +169,27 @@ async def test_a_batch_failing_as_a_second_stop_cancels_it_is_said_not_left_unre
             await stage
     said = [r.getMessage() for r in caplog.records]
     assert said == ["the batch under way at the stop failed (RuntimeError('cleanup failed'))"]
+
+
+async def test_a_worker_stop_gives_the_held_entries_their_own_time_after_a_stuck_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One pipeline's batch runs its deadline out (a restore, a broker not answering): the
+    others' held entries still go out. Sharing one deadline, they got none and were read, and
+    copied, again."""
+    from app import worker
+
+    monkeypatch.setattr(worker, "HELD_SEND_ON_STOP_S", 0.05)
+    monkeypatch.setattr("app.kafka_runner.HELD_SEND_ON_STOP_S", 0.05)
+
+    class StuckDriver:
+        async def finish_batch(self, timeout_s: float) -> None:
+            with contextlib.suppress(TimeoutError):  # what `finish_batch` does: wait it out
+                await asyncio.wait_for(asyncio.Event().wait(), timeout_s)
+
+    async def fine() -> None:
+        return None
+
+    others = FakeRunner("user-totals", fine)
+    await worker.finish_and_send_held([StuckDriver()], as_runners(others))  # type: ignore[list-item]
+    assert others.sent
