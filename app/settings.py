@@ -105,6 +105,9 @@ class Settings:
     sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     sasl_username: str = ""
     sasl_password: str = field(default="", repr=False)
+    # Not a setting: the names of those the environment or the command line gave (the others
+    # hold their defaults, and a version's recorded ones replace them: `settings_for_version`).
+    given: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def exactly_once(self) -> bool:
@@ -132,18 +135,26 @@ class Settings:
 
 
 _ENV_PREFIX = "KAPPA_"
+# The fields a `KAPPA_*` variable sets (`given` is no setting).
+SETTING_FIELDS = tuple(f for f in fields(Settings) if f.name != "given")
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from the environment (and explicit overrides); raises `ConfigError`."""
     env = os.environ if env is None else env
     values: dict[str, object] = {}
-    for f in fields(Settings):
+    for f in SETTING_FIELDS:
         name = _ENV_PREFIX + f.name.upper()
         if name in env:
             values[f.name] = _convert(name, env[name], f.type)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    settings = Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values, given=frozenset(values))  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def validated(settings: Settings) -> Settings:
+    """`settings` if every value is in range; raises `ConfigError` naming the first that is not."""
     _validate(settings)
     return settings
 
@@ -162,7 +173,7 @@ TEST_ONLY_VARIABLES = frozenset(
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """A line for each `KAPPA_*` variable that is no setting (a typo would otherwise be
     silently ignored), naming the setting it most resembles, if any."""
-    known = {_ENV_PREFIX + f.name.upper() for f in fields(Settings)} | TEST_ONLY_VARIABLES
+    known = {_ENV_PREFIX + f.name.upper() for f in SETTING_FIELDS} | TEST_ONLY_VARIABLES
     out = []
     for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in known):
         if name.upper() in known:  # KAPPA_web_port: the names are upper case

@@ -44,7 +44,8 @@ def run_worker(
         applied = check_partition_dirs(named)
     else:  # the live version, known only from the broker
         lock, applied = None, None
-    version, since_ms = command_loop.run(version_to_run(settings, version))
+    given = settings
+    version, since_ms, settings = command_loop.run(version_to_run(settings, version))
     topology = Topology(settings, version, since_ms=since_ms).select(pipelines)
     if lock is None:
         lock = lock_state_dir(topology.state_root())
@@ -53,6 +54,7 @@ def run_worker(
     command_loop.run(record_definition(settings, version))
 
     from app.worker import BoundedStopWorker, create_app
+    from replay.registry import taken_from_record
 
     app = create_app(settings, version, pipelines, since_ms)
     worker = BoundedStopWorker(
@@ -68,6 +70,9 @@ def run_worker(
         f"broker {settings.broker}, metrics on http://{settings.web_host}:{settings.web_port}/metrics",
         flush=True,
     )
+    taken = taken_from_record(given, settings)
+    if taken:
+        print(f"kappa worker: version {version}'s recorded settings: {taken}", flush=True)
     try:
         command_loop.raise_if_sigterm_seen()  # from here on, faust's handlers take SIGTERM
         worker.execute_from_commandline()
@@ -133,22 +138,30 @@ async def prepare_topics(
     return dataclasses.replace(settings, copy_max_bytes=limit)
 
 
-async def version_to_run(settings: Settings, version: int | None) -> tuple[int, int | None]:
-    """The version to run (None: the one `kappa promote` made live, 1 before any promote) and
-    the `--since` its replay was cut at, which it keeps applying live. A dropped version's
-    number is refused: running it would recreate its topics and state under the same names.
-    Window settings other than the version's are refused here, but a first run's are recorded
-    only once its topics pass their checks (`record_definition`): a refused run leaves none."""
-    from replay.registry import Registry, refuse_if_dropped, require_definition
+async def version_to_run(
+    settings: Settings, version: int | None
+) -> tuple[int, int | None, Settings]:
+    """The version to run (None: the one `kappa promote` made live, 1 before any promote), the
+    `--since` its replay was cut at, which it keeps applying live, and the settings to run it
+    with (its recorded ones where the environment gives none). A dropped version's number is
+    refused: running it would recreate its topics and state under the same names. Window
+    settings other than the version's are refused here, but a first run's are recorded only
+    once its topics pass their checks (`record_definition`): a refused run leaves none."""
+    from replay.registry import (
+        Registry,
+        refuse_if_dropped,
+        require_definition,
+        settings_for_version,
+    )
 
     await wait_for_broker_forever(settings.kafka)
-    registry = Registry(settings)
-    view = await registry.load()
+    view = await Registry(settings).load()
     if version is None:
         version = view.live
     rec = refuse_if_dropped(view, version)
-    await require_definition(registry, view, version, record=False)
-    return version, rec.since_ms if rec is not None else None
+    settings = settings_for_version(settings, view, version)
+    await require_definition(Registry(settings), view, version, record=False)
+    return version, rec.since_ms if rec is not None else None, settings
 
 
 async def record_definition(settings: Settings, version: int) -> None:

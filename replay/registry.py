@@ -20,6 +20,7 @@ shared keys, and its winner there is replaced by later records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Collection
@@ -31,7 +32,7 @@ from typing import TypeVar
 from app.admin import ensure_topics, existing_topics
 from app.cli_output import counted
 from app.kafka_clients import new_producer
-from app.settings import MAX_VERSION, ConfigError, Settings
+from app.settings import MAX_VERSION, ConfigError, Settings, validated
 from app.topic_reader import read_to_end
 from app.topology import Topology, registry_topic, version_suffix
 
@@ -226,8 +227,23 @@ def version_definition(settings: Settings) -> dict[str, object]:
     }
 
 
-# A definition recorded before a setting existed was built with that setting's default.
-_DEFAULT_DEFINITION = version_definition(Settings())
+# A definition recorded before a setting existed was built with that setting's default at the
+# time: the values here never change, even where the setting's default does (a new default
+# applies to versions recorded with it, never to one that ran before it existed).
+_DEFAULT_DEFINITION: dict[str, object] = {
+    "window_ms": 60_000,
+    "grace_ms": 10_000,
+    "hopping_size_ms": 0,
+    "hopping_step_ms": 0,
+    "trend_windows": 5,
+    "trend_half_life": 10.0,
+    "anomaly_z": 3.0,
+    "anomaly_warmup": 10,
+    "top_k": 10,
+    "demand_levels": 3,
+    "quiet_p": 0.001,
+    "max_ts_ahead_ms": 0,
+}
 
 
 def differing_settings(a: dict[str, object], b: dict[str, object]) -> list[str]:
@@ -245,6 +261,41 @@ def recorded_definition(view: RegistryView, version: int) -> dict[str, object] |
     they existed); None if no worker or replay of it has recorded them yet."""
     built = view.definitions.get(version)
     return None if built is None else {**_DEFAULT_DEFINITION, **built}
+
+
+def settings_for_version(settings: Settings, view: RegistryView, version: int) -> Settings:
+    """The settings to run `version` with: each setting of its recorded definition that the
+    environment does not give (`Settings.given`) is taken from the record, so its workers and
+    resumed replays need not repeat how it was built. One the environment gives otherwise is
+    refused by `require_definition`, not overridden."""
+    built = recorded_definition(view, version)
+    if built is None:
+        return settings
+    taken: dict[str, object] = {}
+    for name, value in built.items():
+        if name not in _DEFAULT_DEFINITION or name in settings.given:
+            continue  # a setting of a newer release: `require_definition` refuses it
+        want = type(_DEFAULT_DEFINITION[name])
+        if type(value) is int and want is float:
+            value = float(value)
+        if type(value) is not want:
+            raise ConfigError(
+                f"the version registry records {name}={value!r} for version {version}, not a "
+                f"number: only Kappa may write to that topic"
+            )
+        taken[name] = value
+    adopted = dataclasses.replace(settings, **taken)  # type: ignore[arg-type]
+    try:
+        return validated(adopted)
+    except ConfigError as e:
+        raise ConfigError(f"version {version}'s recorded settings are refused: {e}") from None
+
+
+def taken_from_record(settings: Settings, adopted: Settings) -> str:
+    """`KAPPA_X=value, …` for the settings `settings_for_version` changed: said once when a
+    worker or replay starts, so what it runs with is never a guess."""
+    mine, theirs = version_definition(settings), version_definition(adopted)
+    return setting_names(theirs, differing_settings(mine, theirs))
 
 
 async def require_definition(
@@ -272,7 +323,8 @@ async def require_definition(
         raise ConfigError(
             f"version {version} is built with {was}, not {have}: a version's windows and "
             f"analytics never change; replay into a new version (kappa replay --version "
-            f"{view.unused_version}) or restore those settings"
+            f"{view.unused_version}) or run it with its own (a setting the environment leaves "
+            "unset is taken from the version's record)"
         )
 
 

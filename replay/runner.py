@@ -61,6 +61,8 @@ from replay.registry import (
     require_definition,
     require_split,
     setting_names,
+    settings_for_version,
+    taken_from_record,
     version_definition,
 )
 from replay.summary import ReplaySummary
@@ -94,7 +96,12 @@ class ReplayOptions:
 
 async def run_replay(settings: Settings, opts: ReplayOptions) -> ReplaySummary | None:
     started = time.monotonic()
+    given = settings
     registry, view, topology, rec = await prepare_replay(settings, opts, create=not opts.dry_run)
+    settings = topology.settings  # with the version's recorded settings
+    taken = taken_from_record(given, settings)
+    if taken and not opts.dry_run:
+        log.info("version %d's recorded settings: %s", opts.version, taken)
     if opts.dry_run:
         print(plan(topology, rec, opts, view))
         return None
@@ -137,8 +144,11 @@ async def prepare_replay(
     new one with the sources' end offsets as its snapshot. Raises `ConfigError` (or
     `TopicMissing`) with one line for the user; `--processes N` runs it once, before any
     process starts."""
+    view = await Registry(settings).load(create=create)
+    # A version replayed before (a resume) is replayed with its recorded settings where the
+    # environment gives none, as its workers are.
+    settings = settings_for_version(settings, view, opts.version)
     registry = Registry(settings)
-    view = await registry.load(create=create)
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)
     rec = _check_version(view, topology, opts)

@@ -134,16 +134,24 @@ async def promote(settings: Settings, version: int, force: bool) -> str:
 
 
 def _restart_advice(settings: Settings, view: RegistryView, version: int) -> str:
-    """How to run the promoted version: workers without --version, and with the settings it
-    was built with where this environment's differ (a worker refuses other ones)."""
-    built = recorded_definition(view, version)
-    differ = [] if built is None else differing_settings(built, version_definition(settings))
-    if not differ:
-        return "restart workers without --version to run it"
-    return (
-        f"restart workers without --version, with {setting_names(built or {}, differ)} (the "
-        "settings it was built with), to run it"
-    )
+    """How to run the promoted version: workers without --version. Where this environment's
+    settings differ from those it was built with, those it sets must change (a worker refuses
+    other ones); those it leaves unset are taken from the version's record."""
+    built = recorded_definition(view, version) or {}
+    differ = differing_settings(built, version_definition(settings)) if built else []
+    given = [k for k in differ if k in settings.given]
+    if given:
+        return (
+            f"restart workers without --version, with {setting_names(built, given)} (the "
+            "settings it was built with) or with those unset, to run it"
+        )
+    if differ:
+        taken = setting_names(built, differ)
+        return (
+            f"restart workers without --version to run it (they take {taken}, the settings it "
+            "was built with, from its record)"
+        )
+    return "restart workers without --version to run it"
 
 
 def _being_dropped(version: int) -> str:

@@ -13,7 +13,7 @@ from app.admin import existing_topics
 from app.settings import load_settings
 from app.topology import Topology
 from tests.support.datasets import orders_spec, produce_orders
-from tests.support.workers import kappa_env, run_kappa
+from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.e2e
 
@@ -200,6 +200,33 @@ async def test_a_version_refuses_other_window_settings_than_it_was_built_with(
             in line
         )
         assert "replay into a new version (kappa replay --version 6)" in line
+
+
+async def test_a_versions_workers_and_replays_take_the_settings_it_was_built_with(
+    broker: str, unique: str, tmp_path: Path
+) -> None:
+    """A version replayed with KAPPA_WINDOW_MS=30000 refused every worker or resumed replay of
+    it started without that setting; what the environment leaves unset is now taken from the
+    version's record, and the worker says so."""
+    env = kappa_env(broker, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    tuned = {**env, "KAPPA_WINDOW_MS": "30000", "KAPPA_TOP_K": "3"}
+    built = run_kappa(["replay", "--version", "7", "--no-progress"], tuned)
+    assert built.returncode == 0, built.stdout + built.stderr
+    dry = run_kappa(["replay", "--version", "7", "--dry-run"], env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "  settings: KAPPA_WINDOW_MS=30000, KAPPA_GRACE_MS=10000, " in dry.stdout
+    assert "KAPPA_TOP_K=3" in dry.stdout
+    worker = Worker(env, tmp_path / "worker.log").start("--version", "7")
+    try:
+        worker.wait_until(lambda metrics: True)  # serving: started with them
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.tail_log()
+    assert (
+        "kappa worker: version 7's recorded settings: KAPPA_WINDOW_MS=30000, KAPPA_TOP_K=3"
+        in worker.log_path.read_text()
+    )
 
 
 async def test_topics_without_a_version_creates_the_live_ones(

@@ -60,9 +60,14 @@ def test_a_promote_says_with_which_settings_to_restart_the_workers() -> None:
     view = RegistryView({2: VersionRecord(2, LIVE)}, {})
     assert _restart_advice(settings, view, 2) == "restart workers without --version to run it"
     view.definitions[2] = {**version_definition(settings), "anomaly_z": 2.5, "top_k": 5}
-    assert _restart_advice(settings, view, 2) == (
-        "restart workers without --version, with KAPPA_ANOMALY_Z=2.5, KAPPA_TOP_K=5 (the "
-        "settings it was built with), to run it"
+    assert _restart_advice(settings, view, 2) == (  # nothing set: taken from the record
+        "restart workers without --version to run it (they take KAPPA_ANOMALY_Z=2.5, "
+        "KAPPA_TOP_K=5, the settings it was built with, from its record)"
+    )
+    setting = load_settings({"KAPPA_ANOMALY_Z": "3"})  # a worker with it would be refused
+    assert _restart_advice(setting, view, 2) == (
+        "restart workers without --version, with KAPPA_ANOMALY_Z=2.5 (the settings it was "
+        "built with) or with those unset, to run it"
     )
     view.definitions[2] = version_definition(settings)
     assert _restart_advice(settings, view, 2) == "restart workers without --version to run it"
