@@ -114,6 +114,16 @@ def refuse_ahead(spec: GeneratorSpec, rate: float | None, max_ahead_ms: int, now
         )
 
 
+async def orders_ahead_limit(settings: Settings) -> int:
+    """The `KAPPA_MAX_TS_AHEAD_MS` generated orders must keep to: the environment's, or where it
+    sets none, the live version's (one recorded before the guard existed has none)."""
+    if "max_ts_ahead_ms" in settings.given:
+        return settings.max_ts_ahead_ms
+    from replay.registry import live_version_settings
+
+    return (await live_version_settings(settings)).max_ts_ahead_ms
+
+
 class _ReadFailed(Exception):
     """The input file could not be read part way (its reason as the message)."""
 
@@ -276,7 +286,8 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             chosen = spec
             if args.start_ms is None:  # "now", unless the topic already holds later orders
                 chosen = await continue_after_topic(settings.kafka, args.topic, spec)
-            refuse_ahead(chosen, args.rate, settings.max_ts_ahead_ms, int(time.time() * 1000))
+            ahead = await orders_ahead_limit(settings)
+            refuse_ahead(chosen, args.rate, ahead, int(time.time() * 1000))
             records = ((r.key, r.value) for r in generate(chosen))
         await ensure_topics(
             settings.kafka, {args.topic: (settings.partitions, KEEP_FOREVER)}, settings.replication

@@ -291,6 +291,13 @@ def settings_for_version(settings: Settings, view: RegistryView, version: int) -
         raise ConfigError(f"version {version}'s recorded settings are refused: {e}") from None
 
 
+async def live_version_settings(settings: Settings) -> Settings:
+    """`settings_for_version` of the live version, for a command that serves no version but
+    must apply its rules (`kappa produce --generate`); reads without creating the registry."""
+    view = await Registry(settings).load(create=False)
+    return settings_for_version(settings, view, view.live)
+
+
 def taken_from_record(settings: Settings, adopted: Settings) -> str:
     """`KAPPA_X=value, …` for the settings `settings_for_version` changed: said once when a
     worker or replay starts, so what it runs with is never a guess."""

@@ -17,9 +17,9 @@ MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 MAX_TEXT_CHARS = 1024
 # Furthest an event time may be after its Kafka record's own timestamp (ms; 0: no limit): past
 # it, one wrong `ts` would move its partition's stream time on for ever (KAPPA_MAX_TS_AHEAD_MS).
-# Off by default: a version built before the setting existed had no limit, and a version's
-# rules never change (a day, 86_400_000, is what the README recommends for a new version).
-DEFAULT_MAX_TS_AHEAD_MS = 0
+# For new versions: one recorded before the setting existed ran without a limit and keeps
+# running so (replay/registry.py fills its definition with 0, and its workers take that).
+DEFAULT_MAX_TS_AHEAD_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 

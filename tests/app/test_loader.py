@@ -34,6 +34,7 @@ def test_produce_creates_a_missing_topic_with_the_configured_replication_keeping
     monkeypatch.setattr(loader, "produce_records", nothing)
     monkeypatch.setattr(loader, "ensure_topics", ensure_topics)
     monkeypatch.setattr(loader, "existing_topics", no_topic)
+    monkeypatch.setattr(loader, "orders_ahead_limit", nothing)  # no registry to read
     args = build_parser().parse_args(["produce", "orders", "--generate", "1", "--no-progress"])
     loader.run_produce(load_settings({"KAPPA_REPLICATION": "3", "KAPPA_PARTITIONS": "6"}), args)
     assert created == [({"orders": (6, {"retention.ms": "-1"})}, 3)]

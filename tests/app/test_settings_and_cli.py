@@ -20,6 +20,7 @@ from replay.registry import (
     RegistryView,
     differing_settings,
     recorded_definition,
+    settings_for_version,
     version_definition,
 )
 from tests.support.processes import taken_port
@@ -532,7 +533,7 @@ def test_a_setting_in_the_wrong_case_is_named_in_upper_case() -> None:
 
 
 def test_kappa_max_ts_ahead_ms_reaches_the_orders_pipeline_and_the_versions_definition() -> None:
-    for env, want in (({}, 0), ({"KAPPA_MAX_TS_AHEAD_MS": "86400000"}, 86_400_000)):
+    for env, want in (({}, 86_400_000), ({"KAPPA_MAX_TS_AHEAD_MS": "0"}, 0)):
         settings = load_settings(env)
         orders = build_pipelines(settings)[0]
         assert isinstance(orders, OrdersPipeline) and orders.config.max_ts_ahead_ms == want
@@ -541,14 +542,16 @@ def test_kappa_max_ts_ahead_ms_reaches_the_orders_pipeline_and_the_versions_defi
         with pytest.raises(ConfigError, match=r"^KAPPA_MAX_TS_AHEAD_MS"):
             load_settings({"KAPPA_MAX_TS_AHEAD_MS": bad})
     # A version recorded before the setting existed was built without the guard, and keeps
-    # its rule: its definition reads with the default (off), so a worker with the default
-    # settings runs it, and one with the guard on is refused (a new version gets it).
+    # its rule: its definition reads as built with 0, which a worker whose environment does
+    # not set the guard takes from it; one that sets the guard on is refused.
     old = {k: v for k, v in version_definition(load_settings({})).items() if k != "max_ts_ahead_ms"}
     view = RegistryView({}, {}, definitions={2: old})
     built = recorded_definition(view, 2)
-    assert built == version_definition(load_settings({})) and built["max_ts_ahead_ms"] == 0
-    on = version_definition(load_settings({"KAPPA_MAX_TS_AHEAD_MS": "86400000"}))
-    assert differing_settings(built, on) == ["max_ts_ahead_ms"]
+    assert built == {**version_definition(load_settings({})), "max_ts_ahead_ms": 0}
+    assert settings_for_version(load_settings({}), view, 2).max_ts_ahead_ms == 0
+    on = load_settings({"KAPPA_MAX_TS_AHEAD_MS": "86400000"})
+    assert differing_settings(built, version_definition(on)) == ["max_ts_ahead_ms"]
+    assert settings_for_version(on, view, 2).max_ts_ahead_ms == 86_400_000  # then refused
 
 
 def test_kappa_quiet_p_sets_how_unlikely_a_silence_must_be() -> None:

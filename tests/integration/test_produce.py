@@ -17,7 +17,9 @@ from app.admin import ensure_topics
 from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import RateLimiter, produce_records
+from app.settings import load_settings
 from app.topic_reader import read_to_end
+from replay.registry import Registry
 from tests.support.workers import kappa_env, patched_kappa, run_kappa
 
 CONSUME_TIMEOUT_S = 60.0
@@ -204,12 +206,19 @@ async def test_a_second_generate_continues_after_the_orders_already_in_the_topic
     assert chosen.returncode == 0 and "already holds" not in chosen.stdout  # a start given is kept
     # A week of orders sent at once would run days ahead of their record timestamps, and the
     # orders pipeline would dead-letter them (timestamp_ahead): refused, nothing sent.
-    guarded = dict(env, KAPPA_MAX_TS_AHEAD_MS="86400000")
-    week = run_kappa(["produce", topic, "--generate", "100", "--span-ms", "604800000"], guarded)
-    assert week.returncode == 2, week.stderr
-    assert "more than KAPPA_MAX_TS_AHEAD_MS=86400000 allows" in week.stderr, week.stderr
-    assert "Traceback" not in week.stderr
+    week_args = ["produce", topic, "--generate", "100", "--span-ms", "604800000"]
+    for guarded in (env, dict(env, KAPPA_MAX_TS_AHEAD_MS="86400000")):  # the default, and set
+        week = run_kappa(week_args, guarded)
+        assert week.returncode == 2, week.stderr
+        assert "more than KAPPA_MAX_TS_AHEAD_MS=86400000 allows" in week.stderr, week.stderr
+        assert "Traceback" not in week.stderr
     assert sum(map(len, (await _event_times(broker, topic)).values())) == 610
+    # The live version recorded its settings before the guard existed: it runs without it,
+    # and so does what is generated for it, unless the environment sets the guard.
+    registry = Registry(load_settings({k: v for k, v in env.items() if k.startswith("KAPPA_")}))
+    await registry.claim_definition(1, {"window_ms": 60_000, "grace_ms": 10_000})
+    assert run_kappa(week_args, env).returncode == 0
+    assert sum(map(len, (await _event_times(broker, topic)).values())) == 710
 
 
 async def _event_times(broker: str, topic: str) -> dict[int, list[int]]:

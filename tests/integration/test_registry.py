@@ -29,6 +29,7 @@ from replay.registry import (
     refuse_if_outputs_dropped,
     require_definition,
     require_split,
+    settings_for_version,
     version_definition,
 )
 from replay.runner import _create_version
@@ -384,10 +385,17 @@ async def test_a_definition_recorded_before_the_analytics_settings_means_their_d
     registry: Registry,
 ) -> None:
     await registry.claim_definition(10, {"window_ms": 60_000, "grace_ms": 10_000})
-    await require_definition(registry, await registry.load(), 10)  # the defaults: fine
-    tuned = Registry(_settings_of(registry, KAPPA_TREND_WINDOWS="8"))
+    view = await registry.load()
+    # The defaults then (no guard against far-future times), taken where nothing is set.
+    plain = settings_for_version(registry.settings, view, 10)
+    assert version_definition(plain) == {**version_definition(Settings()), "max_ts_ahead_ms": 0}
+    await require_definition(Registry(plain), view, 10)  # fine
+    tuned = _settings_of(registry, KAPPA_TREND_WINDOWS="8")
     with pytest.raises(ConfigError, match="built with KAPPA_TREND_WINDOWS=5, not KAPPA_TREND_W"):
-        await require_definition(tuned, await tuned.load(), 10)
+        await require_definition(Registry(settings_for_version(tuned, view, 10)), view, 10)
+    guarded = _settings_of(registry, KAPPA_MAX_TS_AHEAD_MS="86400000")
+    with pytest.raises(ConfigError, match="built with KAPPA_MAX_TS_AHEAD_MS=0, not KAPPA_MAX_"):
+        await require_definition(Registry(settings_for_version(guarded, view, 10)), view, 10)
 
 
 async def test_of_two_first_runs_with_other_settings_the_first_record_wins(

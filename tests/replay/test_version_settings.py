@@ -60,9 +60,9 @@ def test_a_recorded_whole_number_for_a_decimal_setting_is_taken_as_one() -> None
 
 
 def test_a_setting_only_a_newer_release_knows_is_left_to_the_definition_check() -> None:
-    settings = load_settings({})
-    adopted = settings_for_version(settings, _view(2, {"future_setting": 1}), 2)
-    assert version_definition(adopted) == version_definition(settings)
+    view = _view(2, {**version_definition(Settings()), "future_setting": 1})
+    adopted = settings_for_version(load_settings({}), view, 2)
+    assert version_definition(adopted) == version_definition(Settings())
 
 
 @pytest.mark.parametrize(
