@@ -83,14 +83,16 @@ def _products() -> list[str]:
 PRODUCTS = _products()
 
 # One order: (product, user, amount in cents, how far (s) its event time is off the stream's
-# steady pace, behind: disorder, late; what is wrong with it).
+# steady pace, behind: disorder, late; what is wrong with it: `ahead`, an event time years
+# after its record's timestamp, which the default KAPPA_MAX_TS_AHEAD_MS dead-letters).
 _order = st.tuples(
     st.sampled_from(PRODUCTS),
     st.sampled_from(["u0", "u1", "u2"]),
     st.integers(1, 5_000),
     st.integers(-40, 3),
-    st.sampled_from(["ok"] * 12 + ["not_json", "missing_field", "key_mismatch"]),
+    st.sampled_from(["ok"] * 12 + ["not_json", "missing_field", "key_mismatch", "ahead"]),
 )
+FAR_MS = 4_102_358_400_000  # 2099-12-31: a valid ts, far after its record's timestamp
 
 
 def _input(orders: list[tuple[str, str, int, int, str]]) -> list[tuple[bytes, bytes, int]]:
@@ -107,6 +109,8 @@ def _input(orders: list[tuple[str, str, int, int, str]]) -> list[tuple[bytes, by
             "ts": ts,
         }
         key = product.encode()
+        if fault == "ahead":  # the record keeps its timestamp on the stream's pace
+            value["ts"] = FAR_MS + i
         if fault == "missing_field":
             del value["user_id"]
         elif fault == "key_mismatch":
@@ -161,7 +165,7 @@ def _outputs(
     upserted = {t: driver.latest(t) for t in UPSERTED}
     copies = {t: driver.distinct(t) for t in COPIES}
     source = {
-        p: [(r.offset, r.key, r.value) for r in driver.log.records("orders", p)]
+        p: [(r.offset, r.key, r.value, r.timestamp) for r in driver.log.records("orders", p)]
         for p in range(PARTITIONS)
     }
     return upserted, copies, source
@@ -193,8 +197,10 @@ def test_any_batching_crashes_and_interleaving_end_in_the_straight_runs_outputs(
         assert got[topic] == straight[topic], topic
     for topic in COPIES:
         assert got_copies[topic] == straight_copies[topic], topic
-    ref = compute(source, WINDOW_MS, GRACE_MS)
+    ref = compute(source, WINDOW_MS, GRACE_MS)  # KAPPA_MAX_TS_AHEAD_MS's default too
     assert_windows_equal(_windows(straight[REVENUE]), ref)
+    ahead = sum(1 for order in orders if order[4] == "ahead")
+    assert list(ref.dlq.values()).count("timestamp_ahead") == ahead
     if env:
         hopping, _ = compute_hopping(source, *HOPPING_MS, GRACE_MS)
         assert_windows_equal(_windows(straight[REVENUE_HOPPING]), Reference(windows=hopping))

@@ -16,6 +16,7 @@ from app.settings import Settings, load_settings, quiet_config
 from app.state_guard import check_partition_dirs
 from app.topic_reader import high_watermarks
 from app.topology import Topology
+from tables.cleaning import DEFAULT_MAX_TS_AHEAD_MS
 from tables.quiet import Activity
 from tables.signals import Signals, TrendInput
 from tables.top_k import ranked
@@ -28,7 +29,10 @@ ClosedWindowRow = tuple[int, int, int, float]  # start, end, count, sum
 
 
 async def reference_for(
-    broker: str, source_topic: str, flush: bool = False, max_ts_ahead_ms: int = 0
+    broker: str,
+    source_topic: str,
+    flush: bool = False,
+    max_ts_ahead_ms: int = DEFAULT_MAX_TS_AHEAD_MS,  # what workers run new versions with
 ) -> Reference:
     records = await read_source(broker, source_topic)
     return compute(records, WINDOW_MS, GRACE_MS, flush, max_ts_ahead_ms)
