@@ -194,6 +194,8 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
             COORDINATOR_LOG.addFilter(QUIET_ONCE_FENCED)
             on_fenced()
             return await refuse(request)
+        if fence.fenced:  # by another request's answer while this one was on its way: its own
+            return await refuse(request)  # (82 again) would reach aiokafka as an unknown error
         return response
 
     client.send = send_unless_fenced

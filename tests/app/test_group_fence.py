@@ -229,6 +229,45 @@ async def test_a_commit_under_way_when_fenced_returns_uncommitted_instead_of_fai
     assert consumer._client.sent == []
 
 
+class _HeldClient(_Client):
+    """A client whose first answer arrives only once `gate` is set."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        super().__init__(answers)
+        self.gate = asyncio.Event()
+
+    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        first = not self.sent
+        answer = await super().send(node_id, request, **kwargs)
+        if first:
+            await self.gate.wait()
+        return answer
+
+
+async def test_a_heartbeat_answered_fenced_after_another_fenced_it_is_refused_too() -> None:
+    """Two heartbeats on their way when the broker fenced the member (a commit's check and
+    aiokafka's own): the second answer found the fence already set and went back to aiokafka,
+    whose heartbeat task then failed on an error code it does not know, and a second ERROR line
+    ("Future exception was never retrieved") followed the one that says why the worker stops."""
+    fenced_beat = HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)
+    client = _HeldClient([fenced_beat, fenced_beat])
+    consumer = _Consumer(client)
+    fence = GroupFence(GROUP, INSTANCE)
+    said: list[str] = []
+    stop_when_fenced(consumer, fence, lambda: said.append(fence.line()))
+    early = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+    while not client.sent:  # sent: its answer is held
+        await asyncio.sleep(0)
+    late = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+    await _until_fenced(fence)  # by the later one's answer
+    client.gate.set()  # the earlier one's answer, fenced too, arrives after the fence
+    consumer._coordinator._closing.set_result(None)
+    for beat in (early, late):
+        with pytest.raises(InstanceFenced):
+            await beat
+    assert said == [fenced_line(GROUP, INSTANCE)]
+
+
 async def test_a_heartbeat_held_when_fenced_is_cancelled_with_the_consumer_left_open() -> None:
     """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
     consumer, fence, _ = _watched([HeartbeatResponse_v1(0, FENCED_INSTANCE_ID)])
