@@ -325,5 +325,17 @@ def status_report(settings: Settings, view: RegistryView) -> str:
             f"live version: {view.live} (consumer group {live.group_id})",
             f"outputs: {', '.join(outputs)}",
             f"state: {live.state_root()}",
+            f"settings: {_built_with(recorded_definition(view, view.live))}",
         ]
     )
+
+
+def _built_with(built: dict[str, object] | None) -> str:
+    """The settings a version was built with, as far as they are not the defaults: what its
+    workers run with wherever their environment sets none."""
+    if built is None:
+        return "not recorded yet (its first worker or replay records them)"
+    differ = differing_settings(version_definition(Settings()), built)
+    if not differ:
+        return "the defaults"
+    return f"{setting_names(built, differ)}; the others at their defaults"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from replay.registry import COMPLETE, LIVE, RegistryView, VersionRecord, version_definition
 from replay.versions import _restart_advice, shown_status, status_report, unrecorded_versions
 
@@ -48,9 +48,25 @@ def test_status_lists_the_outputs_the_live_version_has() -> None:
         "outputs: x.orders.by-user.v4, x.orders.by-window.v4, x.orders.dlq.v4, x.orders.late.v4, "
         "x.orders.revenue-1m.v4",
         "state: /s/v4",
+        # recorded before the guard against far-future times existed: built without it
+        "settings: KAPPA_MAX_TS_AHEAD_MS=0; the others at their defaults",
     ]
     view.definitions[4] = {"hopping_size_ms": 120_000, "hopping_step_ms": 60_000}
     assert "x.orders.revenue-hopping.v4" in status_report(settings, view).splitlines()[1]
+
+
+def test_status_says_what_the_live_version_was_built_with() -> None:
+    """Its workers take those settings from its record: the environment no longer tells."""
+    settings = load_settings({})
+    view = RegistryView({}, {})
+    said = status_report(settings, view).splitlines()[-1]
+    assert said == "settings: not recorded yet (its first worker or replay records them)"
+    view.definitions[1] = version_definition(Settings())
+    assert status_report(settings, view).splitlines()[-1] == "settings: the defaults"
+    view.definitions[1] = {**version_definition(Settings()), "window_ms": 120_000, "top_k": 5}
+    assert status_report(settings, view).splitlines()[-1] == (
+        "settings: KAPPA_WINDOW_MS=120000, KAPPA_TOP_K=5; the others at their defaults"
+    )
 
 
 def test_a_promote_says_with_which_settings_to_restart_the_workers() -> None:
