@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from time import monotonic
 from typing import Any
 
@@ -89,7 +89,7 @@ def register_pages(
     # over aiohttp's default limit (8,190 bytes). faust builds its runner with that default.
     web = app.web
     web._runner = AppRunner(web.web_app, access_log=None, max_line_size=QUERY_LINE_BYTES)
-    served: list[str] = []
+    served: dict[str, str] = {}  # table -> what its keys are, as its query's path names them
     for runner in runners:
 
         def assigned(name: str = runner.pipeline.name) -> Set[int]:
@@ -107,7 +107,7 @@ def register_pages(
                 _user_totals,
                 "no orders for user",
             )
-            served.append("user-totals")
+            served["user-totals"] = "user_id"
         elif runner.pipeline.name == "product-trends":
             for table, lookup, missing in (
                 ("product-trends", settled_trend, "no closed window for product"),
@@ -115,8 +115,8 @@ def register_pages(
                 ("product-signals", settled_signals, "no signals yet for product"),
             ):
                 _register_query(app, runner, assigned, settings, table, "product", lookup, missing)
-                served.append(table)
-    _register_unknown_tables(app, served)
+                served[table] = "product_id"
+    _register_other_table_paths(app, served)
 
 
 def _user_totals(state: PartitionState, user_id: str) -> dict[str, Any] | None:
@@ -178,22 +178,49 @@ def _register_query(
     app.page(f"/tables/{table}/{{key:.+}}")(type(f"Query-{table}", (View,), {"get": get}))
 
 
-def _register_unknown_tables(app: faust.App, served: Sequence[str]) -> None:
-    """`GET /tables/{table}/{key}` for a table this worker does not serve: a JSON 404 naming
-    the ones it does (`tables`), not aiohttp's plain-text one. Registered after the tables' own
-    pages, which keep their requests (aiohttp prefers the longer fixed prefix, and else the
-    page registered first)."""
+def _register_other_table_paths(app: faust.App, served: Mapping[str, str]) -> None:
+    """`GET /tables...` that no table's own page takes, in JSON rather than aiohttp's plain-text
+    404 (see `other_table_path_answer`). Registered after the tables' own pages, which keep
+    their requests (aiohttp prefers the longer fixed prefix, and else the page registered
+    first)."""
 
-    async def get(view: View, request: Request, table: str, key: str) -> Response:
-        return view.json(unknown_table_answer(table, served), status=404)
+    async def get(view: View, request: Request, rest: str = "") -> Response:
+        # the path as sent: aiohttp's match has "%2F" decoded, a "/" that would split it anew
+        path = request.rel_url.raw_path
+        status, body = other_table_path_answer(path[len("/tables/") :], served)
+        return view.json(body, status=status)
 
-    app.page("/tables/{table}/{key:.+}")(type("Query-unknown-table", (View,), {"get": get}))
+    for path in ("/tables", "/tables/{rest:.*}"):
+        page = type(f"Query-other-path{path.count('/')}", (View,), {"get": get})
+        app.page(path)(page)
 
 
-def unknown_table_answer(table: str, served: Sequence[str]) -> dict[str, Any]:
+def other_table_path_answer(rest: str, served: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of `GET /tables/{rest}` (`rest` percent-encoded, as sent) that
+    no table's own page takes; `served`: the tables this worker serves, each to what its keys
+    are. `/tables` lists them; a table with no key part (`/tables/user-totals`, `.../`) or no
+    table part (`/tables//x`) is 400, a table this worker does not serve 404."""
+    if not rest:
+        return 200, {"tables": [*served]}
+    table_sent = rest.partition("/")[0]
+    table = urllib.parse.unquote(table_sent, errors="replace")
+    if not table:
+        tables = ", ".join(served) if served else "none: its pipelines keep no table"
+        return 400, {
+            "error": f"a table is needed: /tables/<table>/<key>; this worker serves {tables}",
+            "tables": [*served],
+        }
+    if table not in served:
+        return 404, unknown_table_answer(table, served)
+    # a table served here with a key is its own page's: here its key part is empty
+    return 400, {"error": f"a key is needed: /tables/{table}/<{served[table]}>"}
+
+
+def unknown_table_answer(table: str, served: Iterable[str]) -> dict[str, Any]:
     """The body of a query for `table`, which this worker does not serve (it serves `served`)."""
-    tables = ", ".join(served) if served else "none: its pipelines keep no table"
-    return {"error": f"no table {table} on this worker; it serves {tables}", "tables": [*served]}
+    tables = [*served]
+    named = ", ".join(tables) if tables else "none: its pipelines keep no table"
+    return {"error": f"no table {table} on this worker; it serves {named}", "tables": tables}
 
 
 def query_key(raw_key: str) -> str | None:

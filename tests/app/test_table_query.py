@@ -179,6 +179,22 @@ def test_the_command_exits_1_for_a_missing_key(capsys: pytest.CaptureFixture[str
     assert out.err == f"kappa query: no orders for user u2 (asked {url})\n"
 
 
+def test_the_command_reports_a_workers_400_in_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A worker's JSON 400 (its answer to a path with no key or no table part, which
+    `kappa query` itself never asks for) is said as the worker's error, not the key's absence."""
+    no_key = json.dumps({"error": "a key is needed: /tables/user-totals/<user_id>"}).encode()
+    with _serving({"/tables/user-totals/u1": (400, no_key)}) as url:
+        assert main(["query", "user-totals", "u1", "--worker", url]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == (
+        f"kappa query: error: the worker at {url} answered HTTP 400 to the user-totals query: "
+        "a key is needed: /tables/user-totals/<user_id>\n"
+    )
+
+
 def test_the_command_asks_the_configured_worker_by_default(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

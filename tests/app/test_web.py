@@ -17,7 +17,13 @@ from agents.orders import BY_USER
 from agents.product_trends import SIGNALS_STORE, TRENDS_STORE, settled_signals, settled_trend
 from agents.user_totals import USER_TOTALS_STORE, UserTotalsPipeline
 from app.settings import Settings, load_settings
-from app.web import _register_query, _user_totals, query_key, table_answer
+from app.web import (
+    _register_query,
+    _user_totals,
+    other_table_path_answer,
+    query_key,
+    table_answer,
+)
 from app.worker import create_app
 from tables.partition_state import MemoryStore, PartitionState
 
@@ -179,3 +185,70 @@ async def test_the_worker_answers_an_undecodable_key_or_an_unknown_table_in_json
                     "tables": ["user-totals"],
                 },
             )
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/tables", 200, {"tables": ["product-trends", "product-signals"]}),
+        ("/tables/", 200, {"tables": ["product-trends", "product-signals"]}),
+        (
+            "/tables/product-trends",
+            400,
+            {"error": "a key is needed: /tables/product-trends/<product_id>"},
+        ),
+        (
+            "/tables/product-signals/",
+            400,
+            {"error": "a key is needed: /tables/product-signals/<product_id>"},
+        ),
+        (
+            "/tables//p1",
+            400,
+            {
+                "error": "a table is needed: /tables/<table>/<key>; this worker serves "
+                "product-trends, product-signals",
+                "tables": ["product-trends", "product-signals"],
+            },
+        ),
+        (
+            "/tables/user-totals",
+            404,
+            {
+                "error": "no table user-totals on this worker; it serves product-trends, "
+                "product-signals",
+                "tables": ["product-trends", "product-signals"],
+            },
+        ),
+        (
+            "/tables/a%2Fb/",
+            404,
+            {
+                "error": "no table a/b on this worker; it serves product-trends, product-signals",
+                "tables": ["product-trends", "product-signals"],
+            },
+        ),
+    ],
+)
+async def test_a_table_query_path_missing_its_table_or_key_is_answered_in_json(
+    tmp_path: Path, path: str, status: int, body: dict[str, Any]
+) -> None:
+    """`/tables/product-trends`, `/tables//p1`: aiohttp's plain-text 404, which `kappa query`
+    and a script could only read as "no such page"; `/tables` lists the tables served."""
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PARTITIONS": "4"})
+    app = create_app(settings, 1, ["product-trends"])
+    async with TestClient(TestServer(app.web.web_app)) as client:
+        response = await client.get(path)
+        assert (response.status, await response.json()) == (status, body)
+
+
+def test_a_worker_keeping_no_table_lists_none() -> None:
+    assert other_table_path_answer("", {}) == (200, {"tables": []})
+    assert other_table_path_answer("user-totals/", {}) == (
+        404,
+        {
+            "error": "no table user-totals on this worker; it serves none: its pipelines keep "
+            "no table",
+            "tables": [],
+        },
+    )
