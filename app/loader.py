@@ -213,11 +213,13 @@ class _HeadFirst(io.RawIOBase):
         super().close()
 
 
-def _file_records(path: str, not_object: Callable[[], None]) -> Iterator[KeyValue]:
+def _file_records(
+    path: str, not_object: Callable[[], None], at_line: Callable[[int], None]
+) -> Iterator[KeyValue]:
     """The file's records, opened once: its head is looked at (a JSON array, or an object
     over several lines, is refused) and then read again from memory, so a named pipe loses
     nothing and is not opened twice. `not_object`: called for each line that is not a JSON
-    object."""
+    object; `at_line`: with each record's line in the file as it is read."""
     f = open(path, "rb")  # noqa: SIM115 (closed by the records' reader, or here on refusal)
     try:
         head = f.read(4096)
@@ -231,7 +233,7 @@ def _file_records(path: str, not_object: Callable[[], None]) -> Iterator[KeyValu
                 f"{path} holds a JSON object over several lines: kappa produce reads JSON "
                 f"lines, one object per line (jq -c . {path} writes them)"
             )
-        return read_file(path, io.BufferedReader(_HeadFirst(head, f)), not_object)
+        return read_file(path, io.BufferedReader(_HeadFirst(head, f)), not_object, at_line)
     except BaseException:
         f.close()
         raise
@@ -247,12 +249,20 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         nonlocal not_objects
         not_objects += 1
 
+    # the line in the file of the record read last: where a record refused is (blank lines
+    # and a CSV header are in the file but are no record)
+    line = 0
+
+    def at_line(number: int) -> None:
+        nonlocal line
+        line = number
+
     refuse_kappa_topic(settings, args.topic)
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
         try:  # missing or unreadable: said before connecting
-            records = _file_records(args.file, not_object)
+            records = _file_records(args.file, not_object, at_line)
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
             raise ConfigError(str(reason)) from None
@@ -318,9 +328,14 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
             if e.index
             else ""
         )
+        refused = (
+            f"the record at line {line:,} of {args.file}"  # the line sed -n Np shows
+            if args.file is not None
+            else f"generated record {e.index + 1:,}"
+        )
         raise ConfigError(
-            f"record {e.index + 1:,} of {args.file} is too large: {e.size:,} bytes as a record "
-            f"batch, over the {MAX_REQUEST_SIZE:,} bytes kappa produce sends at once{before}"
+            f"{refused} is too large: {e.size:,} bytes as a record batch, over the "
+            f"{MAX_REQUEST_SIZE:,} bytes kappa produce sends at once{before}"
         ) from None
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: how far it got, since a rerun sends them again
         print(

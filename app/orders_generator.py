@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -236,39 +236,51 @@ def read_file(
     path: str | Path,
     source: BinaryIO | None = None,
     not_object: Callable[[], None] | None = None,
+    at_line: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, value) pairs from a JSONL or CSV orders file, chosen by suffix; key = product_id.
     `source`: the file already open (binary), read from where it stands and closed at the end:
     a pipe cannot be opened a second time. `not_object` is called for each line that does not
-    parse as a JSON object, as it is read (a CSV row always becomes one).
+    parse as a JSON object, as it is read (a CSV row always becomes one). `at_line` is called
+    with each record's line in the file (from 1, as `sed -n Np` counts; a CSV row's first)
+    just before it is yielded, so a message about a record can name where to find it.
 
     Raises ValueError at call time (not on first iteration) for an unknown suffix, so a CLI can
-    report it before connecting to anything.
+    report it before connecting to anything. Reading a CSV file, a row that is not UTF-8 is a
+    ValueError and a row the csv module refuses a csv.Error, each naming its line.
     """
     file_path = Path(path)
     suffix = file_path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return _read_jsonl(file_path, source, not_object or (lambda: None))
+        return _read_jsonl(file_path, source, not_object or _ignore, at_line or _ignore)
     if suffix in CSV_SUFFIXES:
-        return _read_csv(file_path, source)
+        return _read_csv(file_path, source, at_line or _ignore)
     known = ", ".join(sorted(JSONL_SUFFIXES | CSV_SUFFIXES))
     raise ValueError(
         f"cannot read {file_path}: unknown suffix {suffix or '(none)'!r}, expected one of {known}"
     )
 
 
+def _ignore(*args: object) -> None:
+    pass
+
+
 def _read_jsonl(
-    path: Path, source: BinaryIO | None, not_object: Callable[[], None]
+    path: Path,
+    source: BinaryIO | None,
+    not_object: Callable[[], None],
+    at_line: Callable[[int], None],
 ) -> Iterator[tuple[bytes | None, bytes]]:
     """Lines pass through byte for byte (minus the newline): validation is the pipeline's job."""
     with source if source is not None else path.open("rb") as lines:
-        for line in lines:
+        for line_number, line in enumerate(lines, 1):
             value = line.rstrip(b"\r\n")
             if not value.strip():
                 continue
             parsed = _parsed_line(value)
             if not isinstance(parsed, dict):
                 not_object()
+            at_line(line_number)
             yield _product_key(parsed), value
 
 
@@ -304,22 +316,28 @@ def _product_key(parsed: object) -> bytes | None:
     return None
 
 
-def _read_csv(path: Path, source: BinaryIO | None) -> Iterator[tuple[bytes | None, bytes]]:
+def _read_csv(
+    path: Path, source: BinaryIO | None, at_line: Callable[[int], None]
+) -> Iterator[tuple[bytes | None, bytes]]:
     """Each row becomes a JSON object; integer ts/quantity become ints, other cells stay strings.
 
-    Empty cells are left out so that the pipeline reports them as missing fields.
+    Empty cells are left out so that the pipeline reports them as missing fields. Bytes that are
+    not UTF-8 are kept as surrogate escapes until their row is reached, so the error names its
+    line (a strict decoder fails a whole 8 KiB chunk ahead, at a position within that chunk).
     """
     binary = source if source is not None else path.open("rb")
-    with io.TextIOWrapper(binary, newline="", encoding="utf-8-sig") as text:
-        reader = csv.reader(text)
-        header = next(reader, None)
+    with io.TextIOWrapper(
+        binary, newline="", encoding="utf-8-sig", errors="surrogateescape"
+    ) as text:
+        rows = _csv_rows(text)
+        header = next(rows, None)
         if header is None:
             return
-        columns = [name.strip() for name in header]
+        columns = [name.strip() for name in header[1]]
         missing = [name for name in ORDER_FIELDS if name not in columns]
         if missing:
             raise ValueError(f"CSV header lacks column(s) {', '.join(missing)}")
-        for row in reader:
+        for line_number, row in rows:
             if not any(cell.strip() for cell in row):
                 continue
             record: dict[str, object] = {}
@@ -333,7 +351,29 @@ def _read_csv(path: Path, source: BinaryIO | None) -> Iterator[tuple[bytes | Non
                     record[name] = cell
             product_id = record.get("product_id")
             key = product_id.encode() if isinstance(product_id, str) else None
+            at_line(line_number)
             yield key, json.dumps(record, separators=(",", ":")).encode()
+
+
+def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """(the row's first line, its cells) of each row, refusing in one line naming it a row
+    that is not UTF-8 (surrogate escapes) or that the csv module cannot read."""
+    reader = csv.reader(lines)
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a field over the module's limit, a NUL
+            raise csv.Error(f"line {reader.line_num:,}: {e}") from None
+        cells = "".join(row)
+        if not cells.isascii():
+            try:
+                cells.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"line {first_line:,} is not UTF-8 text") from None
+        yield first_line, row
 
 
 def _is_int(text: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from app import loader
 from app.cli import build_parser
 from app.orders_generator import GeneratorSpec
+from app.produce import RecordTooLarge
 from app.settings import ConfigError, load_settings
 
 
@@ -61,7 +63,89 @@ def test_a_csv_field_past_the_csv_module_limit_is_one_line(
     args = build_parser().parse_args(["produce", "orders", "--file", str(big), "--no-progress"])
     with pytest.raises(ConfigError) as refused:
         loader.run_produce(load_settings({}), args)
-    assert str(refused.value).startswith(f"cannot read {big}: field larger than field limit")
+    assert str(refused.value).startswith(
+        f"cannot read {big}: line 2: field larger than field limit"
+    )
+
+
+def _no_broker_but(monkeypatch: pytest.MonkeyPatch, produce: Callable[..., Any]) -> None:
+    """`kappa produce` with `produce` in place of `produce_records` and no broker to wait for."""
+
+    async def nothing(*args: Any, **kwargs: Any) -> Any:
+        return 0
+
+    monkeypatch.setattr(loader, "wait_for_broker", nothing)
+    monkeypatch.setattr(loader, "ensure_topics", nothing)
+    monkeypatch.setattr(loader, "existing_topics", nothing)
+    monkeypatch.setattr(loader, "produce_records", produce)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("o.jsonl", '{"order_id": "1"}\n\n  \n{"order_id": "2"}\n{"note": "BIG"}\n{}\n', 5),
+        (
+            "o.csv",
+            "order_id,user_id,product_id,category,amount,quantity,ts\n"
+            'o1,u1,p1,c,1,1,1\n\n"o\n2",u2,p2,c,1,1,1\no3,u3,p3,BIG,1,1,1\n',
+            6,
+        ),
+    ],
+)
+def test_a_record_too_large_is_named_by_its_line_in_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str, text: str, line: int
+) -> None:
+    """It was named "record 3": counting records, not the blank lines, a CSV header or a
+    quoted cell's line break before it, so `sed -n 3p` showed another line."""
+    path = tmp_path / name
+    path.write_text(text.replace("BIG", "x" * 500))
+    assert "x" * 500 in text.replace("BIG", "x" * 500).splitlines()[line - 1]  # sed -n {line}p
+
+    async def produce(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        for sent, (_key, value) in enumerate(records):
+            if len(value) > 400:  # refused as the producer refuses one over 16 MiB
+                raise RecordTooLarge(sent, len(value) + 70)
+        return 0
+
+    _no_broker_but(monkeypatch, produce)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
+    with pytest.raises(ConfigError) as refused:
+        loader.run_produce(load_settings({}), args)
+    assert str(refused.value).startswith(f"the record at line {line} of {path} is too large: ")
+    assert str(refused.value).endswith(
+        "bytes kappa produce sends at once; up to 2 records before it went to orders (loading "
+        "the file again produces them again)"
+    )
+
+
+def test_a_csv_row_that_is_not_utf8_is_named_by_its_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The decoder's "can't decode byte 0xff in position 1991" counted from the start of the
+    8 KiB it had read, neither a line nor a place in the file; the rows before it in that
+    8 KiB were not sent."""
+    path = tmp_path / "orders.csv"
+    rows = "".join(f"o{i},u,p,c,1,1,{1_700_000_000_000 + i}\n" for i in range(2_000))
+    path.write_bytes(
+        b"order_id,user_id,product_id,category,amount,quantity,ts\n"
+        + rows.encode()
+        + b"o,u,p\xff,c,1,1,1\n"
+    )
+    sent: list[Any] = []
+
+    async def produce(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        sent.extend(records)
+        return len(sent)
+
+    _no_broker_but(monkeypatch, produce)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
+    with pytest.raises(ConfigError) as refused:
+        loader.run_produce(load_settings({}), args)
+    assert str(refused.value) == (
+        f"cannot read {path}: line 2,002 is not UTF-8 text; 2,000 records were produced before "
+        "reading failed (loading the file again produces them again)"
+    )
+    assert len(sent) == 2_000
 
 
 @pytest.mark.parametrize(

@@ -257,13 +257,15 @@ async def test_a_record_over_the_request_limit_is_one_line_naming_it(
     path = tmp_path / "big.jsonl"
     small = [json.dumps({"order_id": str(i), "product_id": "p1"}) for i in range(3)]
     huge = json.dumps({"order_id": "3", "product_id": "p1", "note": "x" * (20 * 1024 * 1024)})
-    path.write_text("\n".join([*small, huge, *small]) + "\n")
+    path.write_text("\n".join([*small, "", huge, *small]) + "\n")  # a blank line: no record
     topic = _unique_topic("huge")
     env = kappa_env(broker, unique, tmp_path / "state")
     done = run_kappa(["produce", topic, "--file", str(path), "--no-progress"], env)
     assert done.returncode == 2, done.stderr
     (line,) = [line for line in done.stderr.splitlines() if " error: " in line]
-    assert line.startswith(f"kappa produce: error: record 4 of {path} is too large: "), line
+    assert line.startswith(
+        f"kappa produce: error: the record at line 5 of {path} is too large: "
+    ), line
     assert line.endswith(
         f"bytes as a record batch, over the 16,777,216 bytes kappa produce sends at once; up "
         f"to 3 records before it went to {topic} (loading the file again produces them again)"
