@@ -7,10 +7,12 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import re
+import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -20,6 +22,7 @@ from app.cli_output import counted
 from app.kafka_clients import Conn
 from app.orders_generator import GeneratorSpec, generate, read_file
 from app.produce import MAX_REQUEST_SIZE, RecordTooLarge, produce_records
+from app.read_ahead import ReadAhead
 from app.settings import ConfigError, Settings
 from app.topic_reader import high_watermarks, read_range
 from app.topology import Topology, written_by_kappa
@@ -241,7 +244,9 @@ def _file_records(
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
     spec: GeneratorSpec | None = None
-    records: Iterable[KeyValue] = ()
+    # (line in the file, or place among the generated, record)
+    records: Iterable[tuple[int, KeyValue]] = ()
+    read_ahead: ReadAhead[tuple[int, KeyValue]] | None = None  # the records, read by a thread
     # a file's lines that are not JSON objects (they will go to the DLQ), counted as read
     not_objects = 0
 
@@ -249,20 +254,34 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         nonlocal not_objects
         not_objects += 1
 
-    # the line in the file of the record read last: where a record refused is (blank lines
-    # and a CSV header are in the file but are no record)
-    line = 0
+    # the line in the file of the record read last (blank lines and a CSV header are in the
+    # file but are no record)
+    line_read = 0
 
     def at_line(number: int) -> None:
-        nonlocal line
-        line = number
+        nonlocal line_read
+        line_read = number
+
+    def numbered(records: Iterable[KeyValue]) -> Iterator[tuple[int, KeyValue]]:
+        """Each record with its line in the file: read ahead, its line goes with it."""
+        for record in records:
+            yield line_read, record
+
+    line = 0  # the line of the record taken last to be sent: where a record refused is
 
     refuse_kappa_topic(settings, args.topic)
     if args.file is not None:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
         try:  # missing or unreadable: said before connecting
-            records = _file_records(args.file, not_object, at_line)
+            records = numbered(_file_records(args.file, not_object, at_line))
+            if not stat.S_ISREG(os.stat(args.file).st_mode):
+                # a named pipe, a device: a read may wait for its writer, for ever. Read by a
+                # thread, the loop sends what came meanwhile and takes a stop. A regular file is
+                # read in the loop: handing records between threads slows kappa produce down
+                read_ahead = ReadAhead(
+                    iter(records), lambda numbered: len(numbered[1][1]), name="kappa-produce-file"
+                )
         except (OSError, ValueError) as e:
             reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
             raise ConfigError(str(reason)) from None
@@ -274,20 +293,40 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     read = 0
 
-    def counting(records: Iterable[KeyValue]) -> Iterator[KeyValue]:
-        """The records, counted; an error reading the file part way is `_ReadFailed`, so that
-        it is not confused with an error of the broker or of producing."""
-        nonlocal read
+    def counting(records: Iterable[tuple[int, KeyValue]]) -> Iterator[KeyValue]:
+        """The records, counted, the line of the one taken last kept; an error reading the file
+        part way is `_ReadFailed`, so that it is not confused with an error of the broker or of
+        producing."""
+        nonlocal read, line
         source = iter(records)
         while True:
             try:
-                record = next(source)
+                line, record = next(source)
             except StopIteration:
                 return
             except (OSError, ValueError, csv.Error) as e:
                 raise _ReadFailed(str(e)) from None
             yield record
             read += 1
+
+    async def counting_read_ahead(
+        records: ReadAhead[tuple[int, KeyValue]],
+    ) -> AsyncIterator[KeyValue]:
+        """As `counting`, for records read by a thread."""
+        nonlocal read, line
+        source = aiter(records)
+        try:
+            while True:
+                try:
+                    line, record = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except (OSError, ValueError, csv.Error) as e:
+                    raise _ReadFailed(str(e)) from None
+                yield record
+                read += 1
+        finally:
+            await source.aclose()
 
     async def run() -> int:
         nonlocal records
@@ -298,14 +337,14 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
                 chosen = await continue_after_topic(settings.kafka, args.topic, spec)
             ahead = await orders_ahead_limit(settings)
             refuse_ahead(chosen, args.rate, ahead, int(time.time() * 1000))
-            records = ((r.key, r.value) for r in generate(chosen))
+            records = enumerate(((r.key, r.value) for r in generate(chosen)), 1)
         await ensure_topics(
             settings.kafka, {args.topic: (settings.partitions, KEEP_FOREVER)}, settings.replication
         )
         return await produce_records(
             settings.kafka,
             args.topic,
-            counting(records),
+            counting(records) if read_ahead is None else counting_read_ahead(read_ahead),
             rate=args.rate,
             progress=not args.no_progress,
             total=total,

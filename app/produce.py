@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterable, Sized
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sized
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
@@ -28,6 +28,8 @@ from rich.progress import (
 
 from app.cli_output import PROGRESS
 from app.kafka_clients import Conn, new_producer
+
+T = TypeVar("T")
 
 # Await send futures in chunks of this many records: bounded memory, no per-record round trip.
 SEND_CHUNK = 5_000
@@ -131,10 +133,16 @@ async def _start_or_stop(producer: AIOKafkaProducer) -> None:
         raise
 
 
+async def _taken_in_loop(records: Iterable[T]) -> AsyncIterator[T]:
+    """Records that never wait for data long (generated, a regular file's), as they come."""
+    for record in records:
+        yield record
+
+
 async def produce_records(
     bootstrap: Conn,
     topic: str,
-    records: Iterable[tuple[bytes | None, bytes]],
+    records: Iterable[tuple[bytes | None, bytes]] | AsyncIterable[tuple[bytes | None, bytes]],
     rate: float | None = None,
     progress: bool = True,
     linger_ms: int = 5,
@@ -145,7 +153,9 @@ async def produce_records(
     Sends are pipelined and their futures awaited every SEND_CHUNK records, so every record is
     acknowledged before this returns. ``rate`` caps events per second (None: as fast as possible).
     ``total`` only sizes the progress bar (taken from ``len(records)`` when it has one).
-    A record over ``MAX_REQUEST_SIZE`` is `RecordTooLarge`.
+    A record over ``MAX_REQUEST_SIZE`` is `RecordTooLarge`. ``records`` that may wait for data
+    (a named pipe's) come as an async iterable (`app.read_ahead.ReadAhead`), so the loop sends
+    and takes a stop meanwhile; they are closed on the way out, however it ends.
     """
     if total is None and isinstance(records, Sized):
         total = len(records)
@@ -165,9 +175,10 @@ async def produce_records(
     await _start_or_stop(producer)
     sent = 0
     pending: list[asyncio.Future[Any]] = []
+    items = aiter(records) if isinstance(records, AsyncIterable) else _taken_in_loop(records)
     try:
         with reporter.context():
-            for key, value in records:
+            async for key, value in items:
                 try:
                     pending.append(await producer.send(topic, value, key=key))
                 except MessageSizeTooLargeError:  # the client's limit: the broker saw nothing
@@ -189,5 +200,8 @@ async def produce_records(
     finally:
         for future in pending:
             future.cancel()
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
         await producer.stop()
     return sent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +15,16 @@ from app.cli import build_parser
 from app.orders_generator import GeneratorSpec
 from app.produce import RecordTooLarge
 from app.settings import ConfigError, load_settings
+
+
+async def _taken(records: Any) -> AsyncIterator[Any]:
+    """The records as `produce_records` takes them: in the loop, or read ahead by a thread."""
+    if isinstance(records, AsyncIterable):
+        async for record in records:
+            yield record
+    else:
+        for record in records:
+            yield record
 
 
 def test_produce_creates_a_missing_topic_with_the_configured_replication_keeping_every_record(
@@ -52,7 +62,7 @@ def test_a_csv_field_past_the_csv_module_limit_is_one_line(
         return 0
 
     async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        return sum(1 for _ in records)
+        return len([record async for record in _taken(records)])
 
     big = tmp_path / "big.csv"
     header = "order_id,user_id,product_id,category,amount,quantity,ts\n"
@@ -92,20 +102,28 @@ def _no_broker_but(monkeypatch: pytest.MonkeyPatch, produce: Callable[..., Any])
         ),
     ],
 )
+@pytest.mark.parametrize("piped", [False, True])  # a pipe is read by a thread, ahead
 def test_a_record_too_large_is_named_by_its_line_in_the_file(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str, text: str, line: int
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str, text: str, line: int, piped: bool
 ) -> None:
     """It was named "record 3": counting records, not the blank lines, a CSV header or a
     quoted cell's line break before it, so `sed -n 3p` showed another line."""
     path = tmp_path / name
-    path.write_text(text.replace("BIG", "x" * 500))
-    assert "x" * 500 in text.replace("BIG", "x" * 500).splitlines()[line - 1]  # sed -n {line}p
+    text = text.replace("BIG", "x" * 500)
+    assert "x" * 500 in text.splitlines()[line - 1]  # what `sed -n {line}p` shows
+    if piped:
+        os.mkfifo(path)
+        threading.Thread(target=path.write_text, args=(text,), daemon=True).start()
+    else:
+        path.write_text(text)
 
     async def produce(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        for sent, (_key, value) in enumerate(records):
+        sent = 0
+        async for _key, value in _taken(records):
             if len(value) > 400:  # refused as the producer refuses one over 16 MiB
                 raise RecordTooLarge(sent, len(value) + 70)
-        return 0
+            sent += 1
+        return sent
 
     _no_broker_but(monkeypatch, produce)
     args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
@@ -134,7 +152,8 @@ def test_a_csv_row_that_is_not_utf8_is_named_by_its_line(
     sent: list[Any] = []
 
     async def produce(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        sent.extend(records)
+        async for record in _taken(records):
+            sent.append(record)
         return len(sent)
 
     _no_broker_but(monkeypatch, produce)
@@ -286,7 +305,7 @@ def test_a_named_pipe_is_read_once_and_whole(
         return 0
 
     async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        produced.extend(value for _, value in records)
+        produced.extend([value async for _, value in _taken(records)])
         return len(produced)
 
     monkeypatch.setattr(loader, "wait_for_broker", nothing)
@@ -310,7 +329,7 @@ def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(
         return 0
 
     async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        return sum(1 for _ in records)
+        return len([record async for record in _taken(records)])
 
     path = tmp_path / "orders.jsonl"
     path.write_bytes(

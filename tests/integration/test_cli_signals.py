@@ -4,6 +4,7 @@ in a container, where a process with no handler for it ignores it until the SIGK
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -402,4 +403,43 @@ async def test_a_stopped_replay_sending_its_held_entries_still_exits(
         assert noise not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "replay: interrupted (SIGINT). Run the same command again to resume"
+    )
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_a_produce_reading_a_pipe_whose_writer_stalls_stops_when_told(
+    broker: str, unique: str, tmp_path: Path, stop: signal.Signals, code: int
+) -> None:
+    """The file was read inside the event loop: a read waiting for a writer that had stalled
+    part way held the stop (and the records read before it) until more data came, for ever if
+    none did. A pipe read in a thread, the loop sends what came and takes the stop."""
+    pipe = tmp_path / "orders.jsonl"
+    os.mkfifo(pipe)
+    # read and write: the open does not wait for the command to open it, and the command sees
+    # a writer that neither writes more nor closes
+    writer = os.open(pipe, os.O_RDWR)
+    try:
+        lines = [json.dumps({"order_id": f"o{i}", "product_id": f"p{i % 7}"}) for i in range(300)]
+        data = ("\n".join(lines) + "\n").encode()
+        assert 4096 < len(data) < 65536  # past the head kappa produce looks at; in the pipe
+        assert os.write(writer, data) == len(data)
+        topic = f"{unique}.piped"
+        cmd = ["produce", topic, "--file", str(pipe), "--no-progress"]
+        with _kappa(cmd, kappa_env(broker, unique, tmp_path / "state")) as proc:
+            deadline = time.monotonic() + 60
+            while sum((await _ends(broker, topic)).values()) < len(lines):  # all sent
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the lines in the pipe were not sent"
+            proc.send_signal(stop)
+            try:
+                err = proc.communicate(timeout=60)[1]
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"kappa produce did not stop on {stop.name} while its pipe stalled")
+    finally:
+        os.close(writer)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"kappa produce: stopped; up to 300 records went to {topic} (producing the same again "
+        "sends them again)"
     )
