@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -51,24 +51,37 @@ class StopDeadline:
         return max(0.0, self._at - now)
 
 
-async def finish_on_stop(work: Awaitable[T], deadline: StopDeadline) -> T:
+async def finish_on_stop(
+    work: Awaitable[T], deadline: StopDeadline, what: str = "the batch under way at the stop"
+) -> T:
     """Await `work`; cancelled (a stop), let it finish first, within `deadline`, then go on
     with the cancel. A batch whose outputs are on their way is so made durable, rather than
     read again on resume, writing its DLQ and late copies twice. Past the deadline (a broker
-    that does not answer) it is cancelled, and read again."""
+    that does not answer) it is cancelled, and read again. The replay's stages and the
+    worker's drain loops (`PipelineDriver`) both await their batches so."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        try:
-            await asyncio.wait({task}, timeout=deadline.remaining_s())
-        finally:  # past the deadline, or cancelled again (a second stop): it ends here too
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.warning("the batch under way at the stop failed (%r)", task.exception())
+        await end_within(task, deadline, what)
         raise
+
+
+async def end_within(task: asyncio.Future[Any], deadline: StopDeadline, what: str) -> None:
+    """Wait for `task`, a step of a stop, within `deadline`; past it, or cancelled meanwhile
+    (a second stop), cancel it and wait for it to end. Its failure is said in one line, not
+    raised (the stop goes on), so it is never left unretrieved."""
+    try:
+        if not task.done():  # done (cancelled by someone else): the deadline is not started
+            await asyncio.wait({task}, timeout=deadline.remaining_s())
+        if not task.done():
+            log.warning("%s did not end within %gs of the stop; cancelled", what, deadline.budget_s)
+    finally:  # past the deadline, or cancelled again (a second stop): it ends here too
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed (%r)", what, task.exception())
 
 
 def kafka_pipeline_runner(

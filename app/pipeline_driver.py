@@ -11,22 +11,24 @@ keep it from writing for them (a late changelog entry would land after the next 
   the producer still go out). What was not sent is read again, exactly, by the next owner
   (README "Guarantees").
 A worker's pipelines are revoked at once (`revoke_all`), each within that deadline.
+A stop ends the drain loop as a replay's stop ends a stage (`finish_on_stop`): the batch under
+way finishes within the stop's deadline, else it is cancelled and read again on restart.
 Client-agnostic: the worker adapts faust's consumer and signals to it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from agents.base import Record
 from app.batch_buffer import BatchBuffer
+from app.kafka_runner import StopDeadline, finish_on_stop
 from app.runtime import PipelineRunner, SenderClosed, SourceEndBehind
 from app.send_refusals import ReadRefused, SendRefused, read_refusal
 from app.topic_reader import TopicMissing
@@ -71,6 +73,7 @@ class PipelineDriver:
         crash: Callable[[BaseException], Awaitable[None]],
         should_stop: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        stop_deadline_s: float | None = None,
     ) -> None:
         self.runner = runner
         self.name = runner.pipeline.name
@@ -88,11 +91,16 @@ class PipelineDriver:
         self.rebalances = 0  # revokes seen: an open scheduled before the latest one is stale
         self._opening: set[asyncio.Future[None]] = set()
         self._in_flight: asyncio.Future[None] | None = None  # the batch being processed
+        self._draining: asyncio.Future[Any] | None = None  # the task of the drain loop
+        # How long the batch under way at a stop may take to finish (`finish_batch`)
+        self.stop_deadline = StopDeadline(stop_deadline_s)
         # Backoff of a partition open that broker trouble failed: (first, longest) delay in s.
         self.open_retry_s = (OPEN_RETRY_FIRST_S, OPEN_RETRY_MAX_S)
 
     async def drain(self) -> None:
-        """Take what is buffered as one batch, process it, repeat until the worker stops."""
+        """Take what is buffered as one batch, process it, repeat until the worker stops
+        (`finish_batch`)."""
+        self._draining = asyncio.current_task()
         try:
             while not self.should_stop():
                 if not self.buffer.size:  # idle: the last batch's changelog need not wait
@@ -121,31 +129,36 @@ class PipelineDriver:
     async def _process_abandonable(self, taken: dict[int, Sequence[Record]]) -> None:
         """Process a batch in a task of its own, which a revoke past its deadline cancels
         (`abandon_batch`): a send still being retried then sends nothing more, so no entry of
-        a revoked partition lands after its next owner's."""
+        a revoked partition lands after its next owner's. The drain loop cancelled (the worker
+        stops: `finish_batch`), the batch finishes within the stop's deadline, else it is
+        cancelled too: not acknowledged, its state not committed, its records read again."""
         work = asyncio.ensure_future(self._process_with_retry(taken))
         self._in_flight = work
         try:
-            await asyncio.wait({work})  # cancelled itself (the worker stops): the batch too
+            await finish_on_stop(
+                work, self.stop_deadline, f"{self.name}: the batch under way at the stop"
+            )
+            return
         except asyncio.CancelledError:
-            work.cancel()  # its cleanup (discarding staged changes) ends before the lock goes
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({work})
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the worker stops
         finally:
             self._in_flight = None
-        if work.cancelled():  # abandoned: not acknowledged, its records read again
-            log.warning("%s: batch abandoned for a revoke past its deadline", self.name)
-            for partition in taken:  # a reopened partition reads the gap
-                self.runner.close_partition(partition)
-            return
-        work.result()  # its error, if any, for the drain loop's handlers
+        # abandoned: not acknowledged, its records read again
+        log.warning("%s: batch abandoned for a revoke past its deadline", self.name)
+        for partition in taken:  # a reopened partition reads the gap
+            self.runner.close_partition(partition)
 
-    async def finish_batch(self, timeout_s: float) -> None:
-        """On stop, before the senders close: let the batch in progress finish, within
-        `timeout_s`. Its outputs may be on their way; left unfinished (`SenderClosed`), it is
-        read again on restart, its DLQ and late copies written twice."""
-        if self._in_flight is not None:
-            await asyncio.wait({self._in_flight}, timeout=timeout_s)
+    async def finish_batch(self) -> None:
+        """On stop, before the senders close: end the drain loop, so that no batch starts
+        any more, once the batch under way finished, within the stop's deadline, or was
+        cancelled past it (`finish_on_stop`). Left running instead, it met the closed senders
+        and was read again all the same, after the stop had waited for it in vain."""
+        draining = self._draining
+        if draining is not None and not draining.done():
+            draining.cancel()
+            await asyncio.wait({draining})  # its outcome is the drain loop's owner's (faust)
 
     def abandon_batch(self) -> None:
         """Cancel the batch in progress, if any (its state changes are discarded)."""

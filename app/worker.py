@@ -320,10 +320,10 @@ def create_app(
 async def finish_and_send_held(
     drivers: Sequence[PipelineDriver], runners: Sequence[PipelineRunner]
 ) -> None:
-    """On stop, before the senders close: the batches under way, then what is held, each step
-    within its own deadline (a batch that runs its deadline out must not leave the held
-    entries of every pipeline no time)."""
-    await asyncio.gather(*(d.finish_batch(HELD_SEND_ON_STOP_S) for d in drivers))
+    """On stop, before the senders close: the batches under way (finished, or cancelled past
+    their deadline), then what is held, each step within its own deadline (a batch that runs
+    its deadline out must not leave the held entries of every pipeline no time)."""
+    await asyncio.gather(*(d.finish_batch() for d in drivers))
     await send_held_on_stop(runners, StopDeadline())
 
 

@@ -502,7 +502,12 @@ async def _consume(
                 if recs:
                     batches[tp.partition] = recs
             if batches:  # every partition of this fetch in one produce request
-                summary.add((await finish_on_stop(runner.handle_many(batches), stop)).counts)
+                finished = await finish_on_stop(
+                    runner.handle_many(batches),
+                    stop,
+                    f"{runner.pipeline.name}: the batch under way at the stop",
+                )
+                summary.add(finished.counts)
                 progress.advance(sum(len(recs) for recs in batches.values()))
                 await chaos.batch_done()
             for p in list(todo):

@@ -127,10 +127,11 @@ def _driver(runner: _Runner, consumer: _Consumer, clock: ManualClock) -> tuple[P
 
 
 def _stopping_driver(
-    runner: _Runner, revoke_deadline_s: float = 5.0
+    runner: _Runner, revoke_deadline_s: float = 5.0, stop_deadline_s: float = DEADLINE_S
 ) -> tuple[PipelineDriver, list[tuple[str, BaseException]]]:
     """A driver of partition 0 that records how it was stopped: ("fail" or "crash", error). Its
-    drain loop ends once it was stopped or has handled a batch."""
+    drain loop ends once it was stopped or has handled a batch. `stop_deadline_s`: how long
+    the batch under way at a stop (`finish_batch`) may take."""
     stops: list[tuple[str, BaseException]] = []
 
     async def fail(exc: BaseException, line: str) -> None:
@@ -149,6 +150,7 @@ def _stopping_driver(
         fail=fail,
         crash=crash,
         should_stop=lambda: bool(stops or runner.handled),
+        stop_deadline_s=stop_deadline_s,
     )
     return driver, stops
 
@@ -443,10 +445,9 @@ async def test_a_source_end_behind_the_state_is_retried_not_a_stop(
     assert "waiting for the broker to catch up" in caplog.text
 
 
-async def test_a_stop_waits_for_the_batch_under_way_and_no_longer_than_its_deadline() -> None:
+async def test_a_stop_waits_for_the_batch_under_way_then_ends_the_drain_loop() -> None:
     """Before the worker's senders close: a batch whose outputs are on their way is finished
-    (else it is read again on restart, its copies written twice), and one that cannot finish
-    (a broker that does not answer) is left after the deadline, not cancelled."""
+    (else it is read again on restart, its copies written twice)."""
     sending, acknowledged = asyncio.Event(), asyncio.Event()
 
     class _SendingRunner(_Runner):
@@ -457,17 +458,98 @@ async def test_a_stop_waits_for_the_batch_under_way_and_no_longer_than_its_deadl
 
     runner = _SendingRunner(opened={0})
     driver, stops = _stopping_driver(runner)
+    await driver.finish_batch()  # no drain loop yet: nothing to wait for
     drain = asyncio.ensure_future(driver.drain())
-    try:
-        await driver.finish_batch(0.0)  # nothing under way: returns at once
-        await _buffer(driver, 0, 1)
-        await asyncio.wait_for(sending.wait(), 5)
-        await driver.finish_batch(0.01)  # the deadline passes: left as it is
-        assert runner.handled == [] and not drain.done()
-        finishing = asyncio.ensure_future(driver.finish_batch(3600))
-        acknowledged.set()
-        await asyncio.wait_for(finishing, 5)
-        assert runner.handled == [{0: [1]}] and stops == []
-        assert driver.consumer.acked == {0: [1]}  # type: ignore[attr-defined]
-    finally:
-        drain.cancel()
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(sending.wait(), 5)
+    finishing = asyncio.ensure_future(driver.finish_batch())
+    await asyncio.sleep(0)  # the stop reaches the drain loop, which waits for the batch
+    assert not finishing.done()
+    acknowledged.set()
+    await asyncio.wait_for(finishing, 5)
+    assert runner.handled == [{0: [1]}] and stops == []
+    assert driver.consumer.acked == {0: [1]}  # type: ignore[attr-defined]
+    assert drain.cancelled()
+
+
+async def test_a_stop_cancels_the_batch_under_way_past_its_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As a replay's stop does (`finish_on_stop`): a batch that cannot finish (a broker that
+    does not answer) is cancelled, not acknowledged, its state not committed, and read again
+    on restart. Left running, it met the senders closing under it; the stop said it in one
+    line, with no traceback."""
+    sending = asyncio.Event()
+    cancelled: list[bool] = []
+
+    class _StuckRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            sending.set()
+            try:
+                await asyncio.Event().wait()  # retried against a broker that does not answer
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    runner = _StuckRunner(opened={0})
+    driver, stops = _stopping_driver(runner, stop_deadline_s=0.01)
+    drain = asyncio.ensure_future(driver.drain())
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(sending.wait(), 5)
+    with caplog.at_level(logging.INFO):
+        await asyncio.wait_for(driver.finish_batch(), 5)
+    assert cancelled == [True] and stops == [] and drain.cancelled()
+    assert driver.consumer.acked == {}  # type: ignore[attr-defined]
+    assert [r.getMessage() for r in caplog.records] == [
+        "orders: the batch under way at the stop did not end within 0.01s of the stop; cancelled"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_batch_failing_as_the_stop_cancels_it_is_said_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its error is retrieved and said, not logged later as never retrieved, nor a crash."""
+    sending = asyncio.Event()
+
+    class _FailingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            sending.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise RuntimeError("cleanup failed") from None
+
+    driver, stops = _stopping_driver(_FailingRunner(opened={0}), stop_deadline_s=0.01)
+    drain = asyncio.ensure_future(driver.drain())
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(sending.wait(), 5)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(driver.finish_batch(), 5)
+    assert stops == [] and drain.cancelled()
+    assert "orders: the batch under way at the stop failed (RuntimeError('cleanup failed'))" in [
+        r.getMessage() for r in caplog.records
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_no_batch_starts_once_the_stop_has_ended_the_drain_loop() -> None:
+    """Records still buffered then are left unacknowledged, to be read again: a batch started
+    after the held entries were sent would meet the senders closing under it."""
+    handled = asyncio.Event()
+
+    class _SignallingRunner(_Runner):
+        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+            await super().handle_many(batches)
+            handled.set()
+
+    runner = _SignallingRunner(opened={0})
+    driver, _ = _driver(runner, _Consumer({0}), ManualClock())  # never told to stop otherwise
+    drain = asyncio.ensure_future(driver.drain())
+    await _buffer(driver, 0, 1)
+    await asyncio.wait_for(handled.wait(), 5)
+    await asyncio.wait_for(driver.finish_batch(), 5)
+    assert drain.cancelled()  # nothing left to take a batch
+    await _buffer(driver, 0, 2)
+    assert runner.handled == [{0: [1]}] and driver.buffer.size == 1
+    assert driver.consumer.acked == {0: [1]}  # type: ignore[attr-defined]

@@ -179,13 +179,12 @@ async def test_a_worker_stop_gives_the_held_entries_their_own_time_after_a_stuck
     copied, again."""
     from app import worker
 
-    monkeypatch.setattr(worker, "HELD_SEND_ON_STOP_S", 0.05)
     monkeypatch.setattr("app.kafka_runner.HELD_SEND_ON_STOP_S", 0.05)
 
     class StuckDriver:
-        async def finish_batch(self, timeout_s: float) -> None:
+        async def finish_batch(self) -> None:
             with contextlib.suppress(TimeoutError):  # what `finish_batch` does: wait it out
-                await asyncio.wait_for(asyncio.Event().wait(), timeout_s)
+                await asyncio.wait_for(asyncio.Event().wait(), StopDeadline().remaining_s())
 
     async def fine() -> None:
         return None
