@@ -35,10 +35,10 @@ HELD_SEND_ON_STOP_S = 5.0
 
 
 class StopDeadline:
-    """How long one step of a stop (the batch under way; the held changelog entries) may
-    take, counted from the first time it is asked for. Each step has its own: a batch that
-    runs its deadline out (a restore, a broker not answering) must not leave the held entries
-    of the other pipelines no time at all."""
+    """How long one step of a stop (the batch under way; the held changelog entries; the
+    producers' close) may take, counted from the first time it is asked for. Each step has
+    its own: a batch that runs its deadline out (a restore, a broker not answering) must not
+    leave the held entries of the other pipelines no time at all."""
 
     def __init__(self, budget_s: float | None = None) -> None:
         self.budget_s = HELD_SEND_ON_STOP_S if budget_s is None else budget_s
@@ -82,6 +82,25 @@ async def end_within(task: asyncio.Future[Any], deadline: StopDeadline, what: st
             await asyncio.wait({task})
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s failed (%r)", what, task.exception())
+
+
+async def close_on_stop(
+    closes: Sequence[Awaitable[None]], what: str, deadline: StopDeadline | None = None
+) -> None:
+    """Close clients at once, within one deadline (its own `HELD_SEND_ON_STOP_S` unless
+    given). aiokafka's `producer.stop()` waits for the requests in flight, up to its request
+    timeout (40 s) against a broker that does not answer; past the deadline the close is cut
+    and they are left to the process's end. Nothing is lost: a record is in flight at a stop
+    only if the batch it belongs to was not acknowledged, so its state was not committed and
+    it is read again on restart."""
+
+    async def close_all() -> None:
+        for result in await asyncio.gather(*closes, return_exceptions=True):
+            if isinstance(result, Exception):  # the others are closed all the same
+                log.warning("%s failed (%r)", what, result)
+
+    if closes:
+        await end_within(asyncio.ensure_future(close_all()), deadline or StopDeadline(), what)
 
 
 def kafka_pipeline_runner(

@@ -32,8 +32,8 @@ from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
 from app.group_wait import GroupWait, warn_after_s
 from app.kafka_runner import (
-    HELD_SEND_ON_STOP_S,
     StopDeadline,
+    close_on_stop,
     kafka_pipeline_runner,
     send_held_on_stop,
     stop_if_gone,
@@ -280,7 +280,7 @@ def create_app(
     )
     app.kappa_group_check_s = heartbeat_interval_s(settings.session_timeout_ms)
 
-    closing_fenced: list[asyncio.Future[list[None]]] = []
+    closing_fenced: list[asyncio.Future[None]] = []
 
     async def close_when_fenced() -> None:
         """Fenced (another process has this one's group instance id): its partitions, and
@@ -288,11 +288,11 @@ def create_app(
         restores from them. So nothing more is sent: no send starts from here on, one under
         way fails as `SenderClosed` (its batch is the other process's to read), and the stop
         sends no held changelog entries and hands nothing over. Returns once the requests
-        already on their way are answered (at most `HELD_SEND_ON_STOP_S`)."""
+        already on their way are answered, or the close was cut past its deadline."""
         for sender in senders:
             sender.close_at_once()
-        closing_fenced.append(asyncio.gather(*(sender.close() for sender in senders)))
-        await asyncio.wait(closing_fenced, timeout=HELD_SEND_ON_STOP_S)
+        closing_fenced.append(asyncio.ensure_future(close_senders_on_stop(senders)))
+        await asyncio.wait(closing_fenced)
 
     app.kappa_on_fenced = close_when_fenced
 
@@ -303,8 +303,7 @@ def create_app(
             await closing_fenced[0]
             return
         await finish_and_send_held([d for _, d in drivers], runners)
-        for sender in senders:
-            await sender.close()
+        await close_senders_on_stop(senders)
 
     def partitions() -> dict[str, PipelinePartitions]:
         return {
@@ -325,6 +324,13 @@ async def finish_and_send_held(
     its deadline out must not leave the held entries of every pipeline no time)."""
     await asyncio.gather(*(d.finish_batch() for d in drivers))
     await send_held_on_stop(runners, StopDeadline())
+
+
+async def close_senders_on_stop(senders: Sequence[OwnProducerSender | TransactionalSender]) -> None:
+    """Stop the senders' producers at once, within a deadline of their own (`close_on_stop`):
+    a producer still waiting for a broker that does not answer must not hold the stop up to
+    aiokafka's request timeout, each in turn."""
+    await close_on_stop([s.close() for s in senders], "closing the producers")
 
 
 async def freeze_startup_heap() -> None:

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from app.chaos import ChaosStop
 from app.kafka_clients import new_consumer
 from app.kafka_runner import (
     StopDeadline,
+    close_on_stop,
     finish_on_stop,
     kafka_pipeline_runner,
     send_held_on_stop,
@@ -214,9 +215,7 @@ async def _replay(
     )
 
     summary = ReplaySummary(opts.version, resumed=resumed)
-    producer = new_batch_producer(settings.kafka, linger_ms=20)
-    try:
-        await producer.start()  # inside: stopped even if cancelled while starting
+    async with replay_producer(settings) as producer:
 
         async def stage(pipeline: Pipeline) -> None:
             source = topology.physical(pipeline.source)
@@ -238,8 +237,6 @@ async def _replay(
             for upstream in upstreams.values():  # other processes' partitions of it too
                 await _wait_for_stage(registry, topology, upstream, rec)
             await all_or_none([stage(p) for p in level])
-    finally:
-        await producer.stop()
 
     view = await registry.load()
     if all(_stage_done(view, topology, p, rec) for p in topology.pipelines):
@@ -248,6 +245,21 @@ async def _replay(
             await registry.put_completion(opts.version)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@contextlib.asynccontextmanager
+async def replay_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """The producer the stages share, started; stopped at the end within a deadline of its
+    own (`close_on_stop`): stopped with requests in flight to a broker that does not answer
+    (a batch cancelled past its deadline, held entries not sent in time), aiokafka's stop
+    waits up to its request timeout. What they carry is read again on resume: a stage
+    commits state, and the version's progress, only for what the broker acknowledged."""
+    producer = new_batch_producer(settings.kafka, linger_ms=20)
+    try:
+        await producer.start()  # inside: stopped even if cancelled while starting
+        yield producer
+    finally:
+        await close_on_stop([producer.stop()], "closing the replay's producer")
 
 
 def _replayed_here_before(topology: Topology, opts: ReplayOptions) -> bool:
@@ -467,8 +479,8 @@ async def _run_stage(
         if progress is not None:
             progress.close()
         runner.close()
-        if isinstance(sender, TransactionalSender):
-            await sender.close()
+        if isinstance(sender, TransactionalSender):  # its producers are the stage's own
+            await close_on_stop([sender.close()], f"{pipeline.name}: closing the producers")
 
 
 async def _consume(

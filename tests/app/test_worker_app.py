@@ -333,3 +333,36 @@ def test_faust_s_start_up_spinner_spins_on_a_terminal(tmp_path: Path) -> None:
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+async def test_a_stopping_worker_closes_its_producers_at_once_and_not_past_a_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A producer's stop waits for the requests in flight: against a broker that does not
+    answer, up to aiokafka's request timeout (40 s), one pipeline's after the other's.
+    What they carry was not acknowledged, so nothing was committed for it: it is read again."""
+    from app import worker
+    from app.batch_producer import OwnProducerSender
+
+    monkeypatch.setattr("app.kafka_runner.HELD_SEND_ON_STOP_S", 0.05)
+    closing: list[str] = []
+
+    class _FirstHangs(OwnProducerSender):
+        """The first pipeline's close never ends (requests in flight); the other's at once."""
+
+        async def close(self) -> None:
+            if not closing:
+                closing.append("hanging")
+                await asyncio.Event().wait()
+            closing.append("closed")
+
+    monkeypatch.setattr(worker, "OwnProducerSender", _FirstHangs)
+    app = create_app(
+        load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1, ["orders", "user-totals"]
+    )
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
+        await asyncio.wait_for(app.on_before_shutdown.send(), 5)  # without the deadline: never
+    assert closing == ["hanging", "closed"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing the producers did not end within 0.05s of the stop; cancelled"
+    ]

@@ -1,9 +1,10 @@
 """A stopped replay, without a broker: its steps (the batch under way, the held changelog
-entries) each get their own deadline, and none waits past it."""
+entries, the producer's close) each get their own deadline, and none waits past it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from aiokafka import TopicPartition
 from app.settings import load_settings
 from app.topology import Topology
 from replay import runner as replay_runner
-from replay.runner import ReplayOptions, _run_stage
+from replay.runner import ReplayOptions, _run_stage, replay_producer
 from replay.summary import ReplaySummary
 
 STEP_S = 0.05  # each step's deadline in these tests (`HELD_SEND_ON_STOP_S`)
@@ -103,3 +104,51 @@ async def test_a_stopped_stage_gives_its_held_entries_their_own_time_after_a_stu
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(stage, 5)
     assert stuck.batch_cancelled and stuck.held_sent
+
+
+class _HangingProducer:
+    """A producer whose stop never returns (aiokafka's, waiting for a broker that does not
+    answer the requests in flight, up to its request timeout)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.stop_cancelled = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopping = True
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.stop_cancelled = True
+            raise
+
+
+async def test_a_stopped_replay_does_not_wait_for_its_producer_past_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its close is cut and said in one line; what was in flight was not acknowledged, so
+    nothing was committed for it, and the resumed replay reads it again."""
+    monkeypatch.setattr("app.kafka_runner.HELD_SEND_ON_STOP_S", STEP_S)
+    producer = _HangingProducer()
+    monkeypatch.setattr(replay_runner, "new_batch_producer", lambda *a, **k: producer)
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    staged = asyncio.Event()
+
+    async def replay() -> None:
+        async with replay_producer(settings):
+            staged.set()
+            await asyncio.Event().wait()  # the stages, until the stop
+
+    task = asyncio.ensure_future(replay())
+    await asyncio.wait_for(staged.wait(), 5)
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
+        task.cancel()  # Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)  # without the deadline: never
+    assert producer.stopping and producer.stop_cancelled
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing the replay's producer did not end within 0.05s of the stop; cancelled"
+    ]
