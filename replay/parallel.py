@@ -16,14 +16,17 @@ import time
 from types import FrameType
 from typing import Any
 
+from app.kafka_runner import HELD_SEND_ON_STOP_S
 from replay.summary import ReplaySummary
 
 # Exit codes of a replay stopped by SIGTERM or SIGINT (128 + the signal, as a shell reports it).
 TERMINATED = 128 + signal.SIGTERM
 INTERRUPTED = 128 + signal.SIGINT
-# How long (s) a child may take to exit once told to stop, before it is killed: past the
-# deadline it has to send the changelog entries it holds (`HELD_SEND_ON_STOP_S`).
-CHILD_STOP_S = 10.0
+# How long (s) a child may take to exit once told to stop, before it is killed: its stop
+# finishes the batch under way, sends the changelog entries it holds and closes its producer,
+# each within `HELD_SEND_ON_STOP_S`; killed meanwhile, its held entries' batches are read and
+# their DLQ and late copies written again on resume.
+CHILD_STOP_S = 3 * HELD_SEND_ON_STOP_S + 5.0
 
 
 class Terminated(Exception):

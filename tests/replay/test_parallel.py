@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from app.kafka_runner import HELD_SEND_ON_STOP_S
 from replay.parallel import (
+    CHILD_STOP_S,
     INTERRUPTED,
     TERMINATED,
     StopHandler,
@@ -218,3 +220,10 @@ def test_a_parent_started_ignoring_sigint_goes_on_ignoring_it(
         signal.signal(signal.SIGINT, previous)
     assert result == (1, "replay: no process finished its part")  # ran to the children's end
     assert "interrupted" not in capfd.readouterr().err
+
+
+def test_a_stopped_child_has_time_for_each_step_of_its_stop_before_it_is_killed() -> None:
+    """The batch under way, the held changelog entries and the producer's close each get
+    `HELD_SEND_ON_STOP_S`: a child killed at 10 s could lose its held send, and its batches'
+    DLQ and late copies were written again on resume."""
+    assert CHILD_STOP_S > 3 * HELD_SEND_ON_STOP_S
