@@ -35,6 +35,7 @@ from app.batch_buffer import BatchBuffer
 from app.commit_watch import watched_commit
 from app.group_fence import GroupFence, InstanceFenced, stop_when_fenced
 from app.group_leave import leave_on_close
+from app.group_refusal import GroupRefusal, GroupRefused, stop_when_refused
 from app.group_wait import GroupWait, JoinAnswers, watch_join_answers
 from app.group_wait import log as group_wait_log
 from app.partition_assignment import Claim, Partition, assign_partitions
@@ -270,8 +271,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     a LeaveGroup on stop in every generation (`app.group_leave`), the static group
     membership of `KAPPA_GROUP_INSTANCE_ID` only (faust would also take its own
     `CONSUMER_GROUP_INSTANCE_ID` environment variable), its group coordinator's answers
-    recorded for a worker kept out of its group to say (`app.group_wait`), and a static member
-    fenced by another process with its id stopped (`app.group_fence`)."""
+    recorded for a worker kept out of its group to say (`app.group_wait`), a static member
+    fenced by another process with its id stopped (`app.group_fence`), and a member the broker
+    refuses its group for good (a session timeout out of its bounds, no ACL) stopped
+    (`app.group_refusal`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -307,14 +310,29 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
                 asyncio.run_coroutine_threadsafe(stopping(), loop)
 
             stop_when_fenced(consumer, fence, stop)
+        worker_loop = self.parent_loop
+
+        def stop_refused(line: str) -> None:  # called in the consumer's thread
+            stopping = app.kappa_stop_on_error(GroupRefused(line), line)
+            asyncio.run_coroutine_threadsafe(stopping, worker_loop)
+
+        # after the fence's: it sees aiokafka's requests
+        stop_when_refused(consumer, app.kappa_group_refusal, stop_refused)
         return consumer
+
+    def _out_of_group(self) -> bool:
+        """Fenced, or refused its group for good: the broker would refuse a commit, and faust
+        would crash on the refusal."""
+        app: KappaApp = self.app
+        fence = app.kappa_group_fence
+        return (fence is not None and fence.fenced) or app.kappa_group_refusal.refused
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         """faust's commit, stopping the worker if one of its topics is gone (`watched_commit`).
-        A fenced member commits nothing more (the broker would refuse it, and faust would crash
-        on the refusal): its partitions are another process's now."""
+        A member out of its group commits nothing more (`_out_of_group`): a fenced one's
+        partitions are another process's now."""
         app: KappaApp = self.app
-        if app.kappa_group_fence is not None and app.kappa_group_fence.fenced:
+        if self._out_of_group():
             return False
         commit = super()._commit(offsets)
         if app.kappa_topics_gone is None:
@@ -329,7 +347,9 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
 
     async def on_thread_stop(self) -> None:
         if self._consumer is not None:
-            leave_on_close(self._consumer)  # the dev broker's first generation included
+            refusal = self.app.kappa_group_refusal
+            # the dev broker's first generation included
+            leave_on_close(self._consumer, lambda: refusal.refused)
         await super().on_thread_stop()
 
     async def stop(self) -> None:
@@ -494,6 +514,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
     # set: what the fenced stop awaits first (the worker closes its senders: the partitions,
     # and their changelogs, are another process's now)
     kappa_on_fenced: Callable[[], Awaitable[None]] | None = None
+    kappa_group_refusal: GroupRefusal  # set once the broker refuses the group for good
     kappa_batch_buffers: dict[str, BatchBuffer]  # physical source topic → its buffer
     kappa_source_held: dict[str, Any]  # physical source topic → its `kappa_source_held` gauge
     kappa_runners: list[PipelineRunner]
@@ -514,6 +535,7 @@ class KappaApp(faust.App):  # type: ignore[misc]
         self.kappa_runners = []
         self.kappa_rebalances_done = 0  # ended since start: 0 while not yet in its group
         self.kappa_join_answers = JoinAnswers()
+        self.kappa_group_refusal = GroupRefusal()
 
     def _new_transport(self) -> Transport:
         return KappaTransport(self.conf.broker_consumer, self)

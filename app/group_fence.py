@@ -131,18 +131,19 @@ def commit_errors(response: Any) -> set[int]:
     return {error for _, partitions in response.topics for _, error in partitions}
 
 
-class QuietOnceFenced(logging.Filter):
-    """Put on aiokafka's coordinator's logger once fenced (the process is stopping): its
-    warnings and errors then are about the requests the member no longer sends (an ERROR
-    "Error sending JoinGroupRequest ... InstanceFenced" at close, the coordinator marked dead
-    for it), and the worker has said why already."""
+class QuietOnceStopping(logging.Filter):
+    """Put on aiokafka's coordinator's logger once fenced or refused for good
+    (`app.group_refusal`; the process is stopping): its warnings and errors then are about the
+    requests the member no longer sends (an ERROR "Error sending JoinGroupRequest ...
+    InstanceFenced" at close, the coordinator marked dead for it), and the worker has said why
+    already."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING
 
 
 COORDINATOR_LOG = logging.getLogger("aiokafka.consumer.group_coordinator")
-QUIET_ONCE_FENCED = QuietOnceFenced()
+QUIET_ONCE_STOPPING = QuietOnceStopping()
 
 
 def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], None]) -> None:
@@ -191,7 +192,7 @@ def stop_when_fenced(consumer: Any, fence: GroupFence, on_fenced: Callable[[], N
                 and await fenced_now(node_id, **kwargs)
             )
         if fenced:
-            COORDINATOR_LOG.addFilter(QUIET_ONCE_FENCED)
+            COORDINATOR_LOG.addFilter(QUIET_ONCE_STOPPING)
             on_fenced()
             return await refuse(request)
         if fence.fenced:  # by another request's answer while this one was on its way: its own

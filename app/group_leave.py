@@ -11,6 +11,7 @@ broker numbering from 1 would have been sent for the same member.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -20,20 +21,22 @@ from aiokafka.protocol.group import LeaveGroupRequest
 log = logging.getLogger(__name__)
 
 
-def leave_on_close(consumer: Any) -> None:
-    """Make the started aiokafka `consumer`'s close leave its group from generation 0 on.
-    Reaches into aiokafka's private coordinator (pinned in pyproject)."""
+def leave_on_close(consumer: Any, refused: Callable[[], bool] = lambda: False) -> None:
+    """Make the started aiokafka `consumer`'s close leave its group from generation 0 on,
+    unless `refused()` says the broker refused it the group for good (`app.group_refusal`):
+    it would refuse the LeaveGroup too. Reaches into aiokafka's private coordinator (pinned in
+    pyproject)."""
     coordinator = getattr(consumer, "_coordinator", None)
     if coordinator is not None and hasattr(coordinator, "_maybe_leave_group"):
-        coordinator._maybe_leave_group = partial(_leave_group, coordinator)
+        coordinator._maybe_leave_group = partial(_leave_group, coordinator, refused)
 
 
-async def _leave_group(coordinator: Any) -> None:
+async def _leave_group(coordinator: Any, refused: Callable[[], bool]) -> None:
     """aiokafka's `GroupCoordinator._maybe_leave_group`, first generation included. A best
     effort: not resent when it fails (the session timeout then frees the partitions). A static
     member (`KAPPA_GROUP_INSTANCE_ID`) never leaves: the broker keeps its partitions for it
     until its session times out, so a restart gets them back without a rebalance."""
-    if coordinator.generation >= 0 and coordinator._group_instance_id is None:
+    if coordinator.generation >= 0 and coordinator._group_instance_id is None and not refused():
         request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
         try:
             await coordinator._send_req(request)

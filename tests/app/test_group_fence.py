@@ -24,7 +24,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from app.group_fence import (
     COORDINATOR_LOG,
     FENCED_INSTANCE_ID,
-    QUIET_ONCE_FENCED,
+    QUIET_ONCE_STOPPING,
     GroupFence,
     HeartbeatRequest_v3,
     InstanceFenced,
@@ -44,7 +44,7 @@ def _coordinator_log_as_it_was() -> Any:
     """A fenced member quiets aiokafka's coordinator for the rest of its process: not for the
     other tests here."""
     yield
-    COORDINATOR_LOG.removeFilter(QUIET_ONCE_FENCED)
+    COORDINATOR_LOG.removeFilter(QUIET_ONCE_STOPPING)
 
 
 def test_the_line_names_the_group_and_the_id_and_what_to_do() -> None:

@@ -1,0 +1,144 @@
+"""A worker refused its consumer group by the broker, for a reason retrying cannot change,
+stops in one line naming what to change.
+
+Apache Kafka answers a member's JoinGroup, SyncGroup or Heartbeat so when its session timeout
+is outside the broker's bounds (INVALID_SESSION_TIMEOUT), its principal may not read the
+group (GROUP_AUTHORIZATION_FAILED), the group id is not one (INVALID_GROUP_ID), the group's
+other members share no partition assignor with it (INCONSISTENT_GROUP_PROTOCOL) or the group
+is full (GROUP_MAX_SIZE_REACHED). The Java consumer, so Kafka Streams, fails on them. aiokafka
+0.14 takes them as fatal too, but leaves them for the consumer's next fetch to raise, and
+faust fetches only once the worker is in its group: a refused join left the worker joining
+for ever behind a healthy /health, and a refused heartbeat crashed it with a traceback. Here
+the first such answer stops the worker in one line; the refused request and every later
+join, sync and heartbeat wait for the consumer to close and fail unsent, so aiokafka neither
+handles the answer nor joins again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.protocol.group import (  # type: ignore[import-untyped]
+    HeartbeatRequest,
+    JoinGroupRequest,
+    SyncGroupRequest,
+)
+
+from app.group_fence import COORDINATOR_LOG, QUIET_ONCE_STOPPING
+
+# Kafka's error code → (its name, what the broker refuses, what to change). `{group}`: the
+# consumer group; `{session_timeout_ms}`: the member's session timeout (ms).
+REFUSALS: dict[int, tuple[str, str, str]] = {
+    23: (
+        "INCONSISTENT_GROUP_PROTOCOL",
+        "the other members of consumer group {group} share no partition assignor with this "
+        "worker (sticky)",
+        "stop them before starting it (workers of a Kappa before 2026-11-22 assign "
+        "round-robin; or another application uses the group)",
+    ),
+    24: (
+        "INVALID_GROUP_ID",
+        "the broker refuses {group} as a consumer group id",
+        "set another KAPPA_APP_ID (a version's group is KAPPA_APP_ID-vN)",
+    ),
+    26: (
+        "INVALID_SESSION_TIMEOUT",
+        "the broker refuses KAPPA_SESSION_TIMEOUT_MS={session_timeout_ms} for consumer group "
+        "{group}",
+        "set KAPPA_SESSION_TIMEOUT_MS within the broker's group.min.session.timeout.ms and "
+        "group.max.session.timeout.ms (6000 to 1800000 by default)",
+    ),
+    30: (
+        "GROUP_AUTHORIZATION_FAILED",
+        "the broker refuses consumer group {group} to this client's principal",
+        "grant the principal Read on the group (ACLs)",
+    ),
+    81: (
+        "GROUP_MAX_SIZE_REACHED",
+        "consumer group {group} has as many members as the broker's group.max.size allows",
+        "run fewer worker processes of this version, or raise group.max.size",
+    ),
+}
+# The member's requests whose answers can refuse it, by the name Kafka gives them.
+ASKING = {
+    JoinGroupRequest: "JoinGroup",
+    SyncGroupRequest: "SyncGroup",
+    HeartbeatRequest: "Heartbeat",
+}
+
+
+def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: int) -> str | None:
+    """The line a worker stops with when the coordinator answers its `request` (JoinGroup,
+    SyncGroup, Heartbeat) with `error_code`, if retrying cannot change that answer; else None."""
+    refusal = REFUSALS.get(error_code)
+    if refusal is None:
+        return None
+    name, what, change = refusal
+    what = what.format(group=group, session_timeout_ms=session_timeout_ms)
+    return f"{what} ({request} answered {name}, not retried): {change}; stopping"
+
+
+class GroupRefused(KafkaError):  # type: ignore[misc]
+    """What a refused member's group requests fail with, unsent (and why the worker stops)."""
+
+
+class GroupRefusal:
+    """Whether the coordinator refused this member for good. Set by the consumer's thread,
+    read by the worker's loop: a `threading.Event`."""
+
+    def __init__(self) -> None:
+        self._refused = threading.Event()
+
+    @property
+    def refused(self) -> bool:
+        return self._refused.is_set()
+
+    def refuse(self) -> bool:
+        """True the first time only: the first refusal is the one said."""
+        if self._refused.is_set():
+            return False
+        self._refused.set()
+        return True
+
+
+def stop_when_refused(
+    consumer: Any, refusal: GroupRefusal, on_refused: Callable[[str], None]
+) -> None:
+    """Make the aiokafka `consumer` (call before it starts) call `on_refused(line)` (from its
+    thread) at the first answer to its join, sync or heartbeat that `refusal_line` names; that
+    request and every later one of them then wait for the consumer to close and fail unsent,
+    and its coordinator's warnings about them are not logged. Reaches into aiokafka's private
+    client and coordinator (pinned in pyproject), as `app.group_fence` does."""
+    client = getattr(consumer, "_client", None)
+    if client is None or not hasattr(client, "send"):
+        return
+    send = client.send
+
+    async def unsent(line: str) -> Any:
+        closing = getattr(getattr(consumer, "_coordinator", None), "_closing", None)
+        if isinstance(closing, asyncio.Future):
+            await asyncio.shield(closing)  # aiokafka's close cancels its heartbeat task
+        raise GroupRefused(line)
+
+    async def send_unless_refused(node_id: int, request: Any, **kwargs: Any) -> Any:
+        asked = next((name for kind, name in ASKING.items() if isinstance(request, kind)), None)
+        if asked is None:
+            return await send(node_id, request, **kwargs)
+        if refusal.refused:
+            return await unsent(f"{asked} not sent: refused before")
+        response = await send(node_id, request, **kwargs)
+        line = refusal_line(
+            response.error_code, asked, consumer._group_id, consumer._session_timeout_ms
+        )
+        if line is None:
+            return response
+        if refusal.refuse():
+            COORDINATOR_LOG.addFilter(QUIET_ONCE_STOPPING)
+            on_refused(line)
+        return await unsent(line)
+
+    client.send = send_unless_refused

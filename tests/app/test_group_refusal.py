@@ -1,0 +1,263 @@
+"""A worker the group coordinator refuses for a reason retrying cannot change stops in one
+line naming what to change, and sends no join, sync or heartbeat after that answer (no
+broker: the consumer's client is a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.protocol.group import (
+    HeartbeatRequest,
+    HeartbeatResponse_v1,
+    JoinGroupRequest,
+    JoinGroupResponse_v5,
+    SyncGroupRequest,
+    SyncGroupResponse_v3,
+)
+from aiokafka.protocol.metadata import MetadataRequest
+
+from app.group_fence import COORDINATOR_LOG, QUIET_ONCE_STOPPING
+from app.group_leave import _leave_group
+from app.group_refusal import REFUSALS, GroupRefusal, GroupRefused, refusal_line, stop_when_refused
+from app.settings import load_settings
+from app.worker import create_app
+
+GROUP, ME = "kappa-v1", "faust-me"
+
+
+@pytest.fixture(autouse=True)
+def _coordinator_log_as_it_was() -> Any:
+    """A refused member quiets aiokafka's coordinator for the rest of its process: not for the
+    other tests here."""
+    yield
+    COORDINATOR_LOG.removeFilter(QUIET_ONCE_STOPPING)
+
+
+def test_a_session_timeout_out_of_the_brokers_bounds_names_the_setting_and_the_bounds() -> None:
+    assert refusal_line(26, "JoinGroup", GROUP, 3000) == (
+        "the broker refuses KAPPA_SESSION_TIMEOUT_MS=3000 for consumer group kappa-v1 (JoinGroup "
+        "answered INVALID_SESSION_TIMEOUT, not retried): set KAPPA_SESSION_TIMEOUT_MS within the "
+        "broker's group.min.session.timeout.ms and group.max.session.timeout.ms (6000 to 1800000 "
+        "by default); stopping"
+    )
+
+
+@pytest.mark.parametrize(
+    "code, says",
+    [
+        (30, "grant the principal Read on the group (ACLs)"),
+        (24, "set another KAPPA_APP_ID"),
+        (23, "workers of a Kappa before 2026-11-22 assign round-robin"),
+        (81, "run fewer worker processes of this version, or raise group.max.size"),
+    ],
+    ids=["authorization", "group id", "assignors", "group size"],
+)
+def test_each_refusal_names_the_group_the_answer_and_what_to_change(code: int, says: str) -> None:
+    line = refusal_line(code, "SyncGroup", GROUP, 10_000)
+    assert line is not None
+    assert "consumer group kappa-v1" in line or "kappa-v1 as a consumer group id" in line, line
+    assert f"(SyncGroup answered {REFUSALS[code][0]}, not retried): " in line, line
+    assert says in line and line.endswith("; stopping"), line
+
+
+@pytest.mark.parametrize("code", [0, 15, 16, 22, 25, 27, 79, 82, -1])
+def test_answers_retrying_can_change_are_no_refusal(code: int) -> None:
+    """None, coordinator moved or loading, generation or member unknown, rebalancing, member
+    id required, fenced (`app.group_fence` stops on that)."""
+    assert refusal_line(code, "JoinGroup", GROUP, 10_000) is None
+
+
+class _Client:
+    """An aiokafka client's `send`, answering from a list and recording what was sent."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.sent: list[Any] = []
+
+    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        self.sent.append(request)
+        return self.answers.pop(0)
+
+
+class _Coordinator:
+    def __init__(self) -> None:
+        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _Consumer:
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self._coordinator = _Coordinator()
+        self._group_id, self._session_timeout_ms = GROUP, 3000
+
+
+def _watched(answers: list[Any]) -> tuple[_Consumer, GroupRefusal, list[str]]:
+    consumer = _Consumer(_Client(answers))
+    refusal = GroupRefusal()
+    said: list[str] = []
+    stop_when_refused(consumer, refusal, said.append)
+    return consumer, refusal, said
+
+
+async def _until_refused(refusal: GroupRefusal, steps: int = 100) -> None:
+    """Let the loop run the sends until the refusal is seen (a failure, not a hang, if never)."""
+    for _ in range(steps):
+        if refusal.refused:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not refused after {steps} loop steps")
+
+
+def _join() -> JoinGroupRequest:
+    return JoinGroupRequest(GROUP, 3000, 10_000, "", None, "consumer", [])
+
+
+def _sync() -> SyncGroupRequest:
+    return SyncGroupRequest(GROUP, 3, ME, None, [])
+
+
+async def test_other_answers_pass_as_they_were() -> None:
+    join = JoinGroupResponse_v5(0, 0, 3, "sticky", ME, ME, [])
+    beat = HeartbeatResponse_v1(0, 27)
+    consumer, refusal, said = _watched([join, beat])
+    assert await consumer._client.send(1, _join()) is join
+    assert await consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)) is beat
+    assert not refusal.refused and said == []
+
+
+@pytest.mark.parametrize(
+    "request_, answer, line",
+    [
+        (
+            _join,
+            JoinGroupResponse_v5(0, 26, -1, "", "", "", []),
+            refusal_line(26, "JoinGroup", GROUP, 3000),
+        ),
+        (
+            _sync,
+            SyncGroupResponse_v3(0, 30, b""),
+            refusal_line(30, "SyncGroup", GROUP, 3000),
+        ),
+        (
+            lambda: HeartbeatRequest(GROUP, 3, ME),
+            HeartbeatResponse_v1(0, 30),
+            refusal_line(30, "Heartbeat", GROUP, 3000),
+        ),
+    ],
+    ids=["join", "sync", "heartbeat"],
+)
+async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_follows_it(
+    request_: Any, answer: Any, line: str
+) -> None:
+    """aiokafka never sees the answer: it would leave it for a fetch that never comes (a join),
+    or crash faust's fetcher with it (a heartbeat)."""
+    metadata = object()
+    consumer, refusal, said = _watched([answer, metadata])
+    client = consumer._client
+    refused = asyncio.ensure_future(client.send(1, request_()))
+    later = [
+        asyncio.ensure_future(client.send(1, r))
+        for r in (_join(), _sync(), HeartbeatRequest(GROUP, 3, ME))
+    ]
+    await _until_refused(refusal)  # the others then run up to where they wait
+    assert said == [line]
+    assert await client.send(1, MetadataRequest([])) is metadata  # not a member's request
+    assert not any(f.done() for f in [refused, *later])  # held until the consumer closes
+    consumer._coordinator._closing.set_result(None)
+    for unsent in (refused, *later):
+        with pytest.raises(GroupRefused):
+            await unsent
+    assert len(client.sent) == 2  # the refused request and the metadata request
+    assert said == [line]  # said once
+
+
+async def test_a_heartbeat_held_when_refused_is_cancelled_with_the_consumer_left_open() -> None:
+    """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
+    consumer, refusal, _ = _watched([HeartbeatResponse_v1(0, 30)])
+    beat = asyncio.ensure_future(consumer._client.send(1, HeartbeatRequest(GROUP, 3, ME)))
+    await _until_refused(refusal)
+    beat.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await beat
+    assert not consumer._coordinator._closing.cancelled()
+
+
+async def test_the_coordinators_warnings_are_not_logged_once_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka's "Error sending JoinGroupRequest ... marking coordinator dead" when the held
+    request fails at close would be a second ERROR line."""
+    consumer, refusal, _ = _watched([JoinGroupResponse_v5(0, 26, -1, "", "", "", [])])
+    with caplog.at_level(logging.INFO, logger=COORDINATOR_LOG.name):
+        COORDINATOR_LOG.warning("Marking the coordinator dead before")
+        join = asyncio.ensure_future(consumer._client.send(1, _join()))
+        await _until_refused(refusal)
+        COORDINATOR_LOG.error("Error sending JoinGroupRequest_v5 to node 1 [GroupRefused]")
+        COORDINATOR_LOG.info("Discovered coordinator 1")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Marking the coordinator dead before",
+        "Discovered coordinator 1",
+    ]
+    join.cancel()
+
+
+class _LeavingCoordinator:
+    group_id, member_id, generation, _group_instance_id = GROUP, ME, 3, None
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def _send_req(self, request: Any) -> None:
+        self.sent.append(request)
+
+    def reset_generation(self) -> None:
+        self.generation = -1
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "not refused"])
+async def test_a_refused_member_does_not_try_to_leave_its_group(refused: bool) -> None:
+    """The broker would refuse the LeaveGroup too, and the worker warn of it after its line."""
+    coordinator = _LeavingCoordinator()
+    await _leave_group(coordinator, lambda: refused)
+    assert len(coordinator.sent) == (0 if refused else 1)
+    assert coordinator.generation == -1
+
+
+async def test_a_refused_worker_commits_nothing_more(tmp_path: Path) -> None:
+    """faust would crash with a traceback on the broker's refusal of the commit."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    thread = app.consumer._thread
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        assert app.kappa_group_refusal.refuse()
+        assert await thread._commit({}) is False  # faust's would need the started consumer
+    finally:
+        await consumer.stop()
+
+
+async def test_a_worker_refused_its_group_stops_with_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr(
+        "app.batch_delivery.stop_when_refused", lambda _c, _r, on_refused: calls.append(on_refused)
+    )
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    stopped: asyncio.Future[tuple[BaseException, str]] = asyncio.get_running_loop().create_future()
+
+    async def stop(reason: BaseException, line: str) -> None:
+        stopped.set_result((reason, line))
+
+    app.kappa_stop_on_error = stop
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        (on_refused,) = calls
+        await asyncio.get_running_loop().run_in_executor(None, on_refused, "the line")
+        reason, line = await stopped
+        assert isinstance(reason, GroupRefused) and line == "the line"
+    finally:
+        await consumer.stop()

@@ -1,0 +1,96 @@
+"""A worker the broker refuses its consumer group for a reason retrying cannot change (a
+session timeout outside the broker's bounds, no Read ACL on the group) stops in one line
+naming what to change, with exit status 1.
+
+The dev broker never refuses so, so a `FaultProxy` between the worker and a broker of the
+test's own answers in its place. Before: a refused join left the worker joining for ever
+behind a healthy /health (aiokafka's one ERROR line, or none for the ACL), and a refused
+heartbeat crashed it with a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.broker import free_port
+from tests.support.kafka_proxy import HEARTBEAT, JOIN_GROUP, FaultProxy, ProxiedBroker
+from tests.support.workers import Worker, kappa_env, run_kappa
+
+pytestmark = pytest.mark.integration
+
+INVALID_SESSION_TIMEOUT, GROUP_AUTHORIZATION_FAILED = 26, 30
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A proxy to a broker of the test's own, which advertises the proxy's address."""
+    broker_port = free_port()
+    proxy = FaultProxy(("127.0.0.1", broker_port)).start()
+    broker = ProxiedBroker("127.0.0.1", broker_port, advertised_port=proxy.port)
+    try:
+        broker.start()
+        yield proxy
+    finally:
+        broker.stop()
+        proxy.stop()
+
+
+def _stopped_in_one_line(worker: Worker) -> str:
+    """The one ERROR line a worker that exited 1, with no traceback and no warning about its
+    group after it, said."""
+    assert worker.proc is not None
+    code = worker.proc.wait(60)
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 1, log[-3000:]
+    said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
+    assert len(said) == 1, log[-3000:]
+    assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+    warned = [line for line in log.splitlines() if "[WARNING]" in line]
+    assert not [w for w in warned if "roup" in w or "oordinator" in w or "eartbeat" in w], warned
+    return said[0]
+
+
+def test_a_worker_whose_session_timeout_the_broker_refuses_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """Apache Kafka answers a JoinGroup whose session timeout is outside its
+    group.min.session.timeout.ms (6 s by default) and group.max.session.timeout.ms so."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state", KAPPA_SESSION_TIMEOUT_MS="3000")
+    assert run_kappa(["topics"], env).returncode == 0
+    proxy.answer(JOIN_GROUP, INVALID_SESSION_TIMEOUT)
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        said = _stopped_in_one_line(worker)
+        assert (
+            f"kappa worker: the broker refuses KAPPA_SESSION_TIMEOUT_MS=3000 for consumer group "
+            f"kappa-{unique}-v1 (JoinGroup answered INVALID_SESSION_TIMEOUT, not retried): set "
+            "KAPPA_SESSION_TIMEOUT_MS within the broker's group.min.session.timeout.ms" in said
+        ), said
+        assert proxy.fenced_answers == 1  # asked once: not retried
+    finally:
+        worker.stop()
+
+
+def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """A Read ACL on the group taken away from a worker in its group."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda _: worker.ready()[0] == 200)
+        proxy.answer(HEARTBEAT, GROUP_AUTHORIZATION_FAILED)
+        said = _stopped_in_one_line(worker)
+        assert (
+            f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
+            "principal (Heartbeat answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
+            "principal Read on the group (ACLs); stopping" in said
+        ), said
+    finally:
+        worker.stop()
