@@ -82,6 +82,24 @@ class _Runner:
         pass
 
 
+class _StuckRunner(_Runner):
+    """A runner whose batch send never ends (retried against a broker that does not answer),
+    until it is cancelled."""
+
+    def __init__(self, opened: set[int]) -> None:
+        super().__init__(opened)
+        self.sending = asyncio.Event()
+        self.cancelled: list[bool] = []
+
+    async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
+        self.sending.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(True)
+            raise
+
+
 class _Consumer:
     def __init__(self, assigned: set[int]) -> None:
         self.acked: dict[int, list[int]] = {}
@@ -395,19 +413,8 @@ async def test_a_batch_or_hand_over_the_closed_sender_failed_ends_quietly(
 async def test_a_revoke_past_its_deadline_abandons_a_batch_still_being_sent() -> None:
     """The revoke waited for the batch in progress however long its send was retried, and
     that send (with the previous batch's changelog entries) landed after the next owner's."""
-    sending = asyncio.Event()
-    cancelled: list[bool] = []
-
-    class _StuckRunner(_Runner):
-        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
-            sending.set()
-            try:
-                await asyncio.Event().wait()  # retried against a broker that does not answer
-            except asyncio.CancelledError:
-                cancelled.append(True)
-                raise
-
     runner = _StuckRunner(opened={0})
+    sending, cancelled = runner.sending, runner.cancelled
     driver, stops = _stopping_driver(runner, revoke_deadline_s=0.2)
     drain = asyncio.ensure_future(driver.drain())
     try:
@@ -479,19 +486,8 @@ async def test_a_stop_cancels_the_batch_under_way_past_its_deadline(
     does not answer) is cancelled, not acknowledged, its state not committed, and read again
     on restart. Left running, it met the senders closing under it; the stop said it in one
     line, with no traceback."""
-    sending = asyncio.Event()
-    cancelled: list[bool] = []
-
-    class _StuckRunner(_Runner):
-        async def handle_many(self, batches: dict[int, Sequence[_Record]]) -> None:
-            sending.set()
-            try:
-                await asyncio.Event().wait()  # retried against a broker that does not answer
-            except asyncio.CancelledError:
-                cancelled.append(True)
-                raise
-
     runner = _StuckRunner(opened={0})
+    sending, cancelled = runner.sending, runner.cancelled
     driver, stops = _stopping_driver(runner, stop_deadline_s=0.01)
     drain = asyncio.ensure_future(driver.drain())
     await _buffer(driver, 0, 1)
