@@ -151,7 +151,7 @@ async def version_to_run(
         Registry,
         refuse_if_dropped,
         require_definition,
-        settings_for_version,
+        settings_to_run,
     )
 
     await wait_for_broker_forever(settings.kafka)
@@ -159,7 +159,7 @@ async def version_to_run(
     if version is None:
         version = view.live
     rec = refuse_if_dropped(view, version)
-    settings = settings_for_version(settings, view, version)
+    settings = await settings_to_run(settings, view, version)
     await require_definition(Registry(settings), view, version, record=False)
     return version, rec.since_ms if rec is not None else None, settings
 

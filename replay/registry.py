@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from app.admin import ensure_topics, existing_topics
 from app.cli_output import counted
 from app.kafka_clients import new_producer
 from app.settings import MAX_VERSION, ConfigError, Settings, validated
-from app.topic_reader import read_to_end
+from app.topic_reader import high_watermarks, read_to_end
 from app.topology import Topology, registry_topic, version_suffix
 
 RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
@@ -41,6 +42,7 @@ RUNNING, COMPLETE, LIVE, DROPPED = "running", "complete", "live", "dropped"
 # topics` or `kappa worker --version N` without a replay (`kappa versions` lists it so).
 UNRECORDED = "unrecorded"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
@@ -263,17 +265,23 @@ def recorded_definition(view: RegistryView, version: int) -> dict[str, object] |
     return None if built is None else {**_DEFAULT_DEFINITION, **built}
 
 
-def settings_for_version(settings: Settings, view: RegistryView, version: int) -> Settings:
+def settings_for_version(
+    settings: Settings, view: RegistryView, version: int, ran_unrecorded: bool = False
+) -> Settings:
     """The settings to run `version` with: each setting of its recorded definition that the
     environment does not give (`Settings.given`) is taken from the record, so its workers and
     resumed replays need not repeat how it was built. One the environment gives otherwise is
-    refused by `require_definition`, not overridden."""
+    refused by `require_definition`, not overridden. `ran_unrecorded`: the version ran under a
+    release that recorded no definition (`ran_unrecorded`), so it was built with that
+    release's defaults (`_DEFAULT_DEFINITION`), not this one's."""
     built = recorded_definition(view, version)
+    if built is None and ran_unrecorded:
+        built = dict(_DEFAULT_DEFINITION)
     if built is None:
         return settings
-    taken: dict[str, object] = {}
+    recorded: dict[str, object] = {}
     for name, value in built.items():
-        if name not in _DEFAULT_DEFINITION or name in settings.given:
+        if name not in _DEFAULT_DEFINITION:
             continue  # a setting of a newer release: `require_definition` refuses it
         want = type(_DEFAULT_DEFINITION[name])
         if type(value) is int and want is float:
@@ -283,19 +291,60 @@ def settings_for_version(settings: Settings, view: RegistryView, version: int) -
                 f"the version registry records {name}={value!r} for version {version}, not a "
                 f"number: only Kappa may write to that topic"
             )
-        taken[name] = value
+        recorded[name] = value
+    try:
+        validated(dataclasses.replace(Settings(), **recorded))  # type: ignore[arg-type]
+    except ConfigError as e:
+        raise ConfigError(f"version {version}'s recorded settings are refused: {e}") from None
+    taken = {k: v for k, v in recorded.items() if k not in settings.given}
     adopted = dataclasses.replace(settings, **taken)  # type: ignore[arg-type]
     try:
         return validated(adopted)
-    except ConfigError as e:
-        raise ConfigError(f"version {version}'s recorded settings are refused: {e}") from None
+    except ConfigError:
+        # The record is sound but a setting the environment gives does not go with it: say
+        # which one differs from the record, rather than blame the record.
+        mine = version_definition(settings)
+        given = [k for k in built if k in settings.given and k in mine and mine[k] != built[k]]
+        if given:
+            raise ConfigError(built_otherwise(version, built, mine, given, view)) from None
+        raise
+
+
+async def ran_unrecorded(settings: Settings, view: RegistryView, version: int) -> bool:
+    """Whether `version` processed records under a release that recorded no definition: none
+    is recorded, yet one of its changelogs holds records. A worker or replay of this release
+    records the definition before it processes anything, so only an older release (before
+    definitions were recorded) leaves changelog records without one."""
+    if version in view.definitions:
+        return False
+    topology = Topology(settings, version)
+    present = await existing_topics(settings.kafka)
+    for changelog in sorted({topology.changelog(p) for p in topology.pipelines} & present):
+        if any((await high_watermarks(settings.kafka, changelog)).values()):
+            return True
+    return False
+
+
+async def settings_to_run(settings: Settings, view: RegistryView, version: int) -> Settings:
+    """`settings_for_version`, with a version run by an older release that recorded no
+    definition built with that release's defaults (a new default must not switch on mid-life
+    for a version that ran before it: its outputs would mix both and no replay could
+    reproduce them)."""
+    unrecorded = await ran_unrecorded(settings, view, version)
+    if unrecorded:
+        log.warning(
+            "version %d ran under a release that recorded no settings: where the environment "
+            "gives none it keeps that release's defaults, which its first run now records",
+            version,
+        )
+    return settings_for_version(settings, view, version, unrecorded)
 
 
 async def live_version_settings(settings: Settings) -> Settings:
-    """`settings_for_version` of the live version, for a command that serves no version but
-    must apply its rules (`kappa produce --generate`); reads without creating the registry."""
+    """`settings_to_run` of the live version, for a command that serves no version but must
+    apply its rules (`kappa produce --generate`); reads without creating the registry."""
     view = await Registry(settings).load(create=False)
-    return settings_for_version(settings, view, view.live)
+    return await settings_to_run(settings, view, view.live)
 
 
 def taken_from_record(settings: Settings, adopted: Settings) -> str:
@@ -326,13 +375,32 @@ async def require_definition(
         built = {**_DEFAULT_DEFINITION, **built}
     if built is not None and built != mine:
         differ = sorted(differing_settings(built, mine))
-        have, was = setting_names(mine, differ), setting_names(built, differ)
-        raise ConfigError(
-            f"version {version} is built with {was}, not {have}: a version's windows and "
-            f"analytics never change; replay into a new version (kappa replay --version "
-            f"{view.unused_version}) or run it with its own (a setting the environment leaves "
-            "unset is taken from the version's record)"
+        raise ConfigError(built_otherwise(version, built, mine, differ, view, registry.settings))
+
+
+def built_otherwise(
+    version: int,
+    built: dict[str, object],
+    mine: dict[str, object],
+    differ: list[str],
+    view: RegistryView,
+    settings: Settings | None = None,
+) -> str:
+    """The line refusing to run `version` (built with `built`) with `mine`, which differ in
+    `differ`. With `settings`: where every setting that differs was left unset (taken from a
+    view read before another first run recorded the version's), starting again takes them."""
+    have, was = setting_names(mine, differ), setting_names(built, differ)
+    said = f"version {version} is built with {was}, not {have}"
+    if settings is not None and all(k in mine and k not in settings.given for k in differ):
+        return (
+            f"{said}, recorded by another first run of it while this one started: start this "
+            "one again to take them (the environment leaves them unset)"
         )
+    return (
+        f"{said}: a version's windows and analytics never change; replay into a new version "
+        f"(kappa replay --version {view.unused_version}) or run it with its own (a setting "
+        "the environment leaves unset is taken from the version's record)"
+    )
 
 
 def fold_record(view: RegistryView, key: bytes | None, value: bytes, where: str) -> None:

@@ -62,7 +62,7 @@ from replay.registry import (
     require_definition,
     require_split,
     setting_names,
-    settings_for_version,
+    settings_to_run,
     taken_from_record,
     version_definition,
 )
@@ -148,7 +148,7 @@ async def prepare_replay(
     view = await Registry(settings).load(create=create)
     # A version replayed before (a resume) is replayed with its recorded settings where the
     # environment gives none, as its workers are.
-    settings = settings_for_version(settings, view, opts.version)
+    settings = await settings_to_run(settings, view, opts.version)
     registry = Registry(settings)
     topology = Topology(settings, opts.version, since_ms=opts.since_ms).select(opts.pipelines)
     _check_inputs(topology)

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.admin import existing_topics
+from app.admin import ensure_topics, existing_topics
+from app.kafka_clients import new_producer
 from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
@@ -26,10 +27,12 @@ from replay.registry import (
     RegistryView,
     VersionRecord,
     fold_record,
+    ran_unrecorded,
     refuse_if_outputs_dropped,
     require_definition,
     require_split,
     settings_for_version,
+    settings_to_run,
     version_definition,
 )
 from replay.runner import _create_version
@@ -404,9 +407,45 @@ async def test_of_two_first_runs_with_other_settings_the_first_record_wins(
     stale = await registry.load()  # both read before either wrote
     other = Registry(_settings_of(registry, KAPPA_GRACE_MS="0"))
     await require_definition(other, stale, 9)  # lands first
-    with pytest.raises(ConfigError, match="version 9 is built with KAPPA_GRACE_MS=0"):
+    with pytest.raises(ConfigError) as refused:
         await require_definition(registry, stale, 9)
+    # It left KAPPA_GRACE_MS unset: started again, it takes the winner's.
+    assert str(refused.value) == (
+        "version 9 is built with KAPPA_GRACE_MS=0, not KAPPA_GRACE_MS=10000, recorded by "
+        "another first run of it while this one started: start this one again to take them "
+        "(the environment leaves them unset)"
+    )
     assert (await compacted(registry)).definitions[9]["grace_ms"] == 0  # the winner's
+    given = Registry(_settings_of(registry, KAPPA_GRACE_MS="10000"))
+    with pytest.raises(ConfigError, match="KAPPA_GRACE_MS=10000: a version's windows and"):
+        await require_definition(given, stale, 9)
+
+
+async def test_a_version_an_older_release_ran_without_recording_keeps_its_defaults(
+    registry: Registry,
+) -> None:
+    """A release from before definitions were recorded left changelog records and no
+    definition: its first run of this release recorded this release's defaults, switching the
+    guard against far-future times on mid-life (outputs mixing both, no replay reproducing
+    them)."""
+    settings = registry.settings
+    ran, fresh = Topology(settings, 5), Topology(settings, 6)
+    await ensure_topics(settings.kafka, {**ran.topic_spec(), **fresh.topic_spec()})
+    producer = new_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(ran.changelog(ran.pipelines[-1]), b"state", key=b"k")
+    finally:
+        await producer.stop()
+    view = await registry.load()
+    assert await ran_unrecorded(settings, view, 5) and not await ran_unrecorded(settings, view, 6)
+    old = await settings_to_run(settings, view, 5)
+    assert version_definition(old) == {**version_definition(Settings()), "max_ts_ahead_ms": 0}
+    await require_definition(Registry(old), view, 5)  # its first run of this release records it
+    assert (await compacted(registry)).definitions[5]["max_ts_ahead_ms"] == 0
+    assert (await settings_to_run(settings, view, 6)).max_ts_ahead_ms == 86_400_000
+    given = _settings_of(registry, KAPPA_MAX_TS_AHEAD_MS="3600000")  # kept, then refused
+    assert (await settings_to_run(given, await registry.load(), 5)).max_ts_ahead_ms == 3_600_000
 
 
 async def test_a_running_versions_split_is_recorded_once_and_then_required(

@@ -80,3 +80,22 @@ def test_recorded_settings_kappa_cannot_run_are_refused_in_one_line(
         settings_for_version(load_settings({}), _view(3, definition), 3)
     assert str(refused.value).startswith(said)
     assert "\n" not in str(refused.value)
+
+
+def test_a_setting_the_environment_gives_against_a_sound_record_is_named_not_the_record() -> None:
+    """The environment's KAPPA_HOPPING_STEP_MS=0 beside a recorded hopping size failed the
+    hopping check, said as 'version 3's recorded settings are refused'."""
+    built = {**version_definition(Settings()), "hopping_size_ms": 300_000}
+    view = _view(3, {**built, "hopping_step_ms": 60_000})
+    with pytest.raises(ConfigError) as refused:
+        settings_for_version(load_settings({"KAPPA_HOPPING_STEP_MS": "0"}), view, 3)
+    assert str(refused.value).startswith(
+        "version 3 is built with KAPPA_HOPPING_STEP_MS=60000, not KAPPA_HOPPING_STEP_MS=0: a "
+        "version's windows and analytics never change"
+    )
+
+
+def test_a_version_run_before_definitions_were_recorded_takes_the_defaults_then() -> None:
+    settings = load_settings({"KAPPA_WINDOW_MS": "30000"})
+    adopted = settings_for_version(settings, RegistryView({}, {}), 4, ran_unrecorded=True)
+    assert version_definition(adopted) == {**_DEFAULT_DEFINITION, "window_ms": 30_000}
