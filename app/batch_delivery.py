@@ -273,8 +273,8 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     `CONSUMER_GROUP_INSTANCE_ID` environment variable), its group coordinator's answers
     recorded for a worker kept out of its group to say (`app.group_wait`), a static member
     fenced by another process with its id stopped (`app.group_fence`), and a member the broker
-    refuses its group for good (a session timeout out of its bounds, no ACL) stopped
-    (`app.group_refusal`)."""
+    refuses its group or its offset commits for good (a session timeout out of its bounds, no
+    ACL) stopped (`app.group_refusal`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -342,8 +342,9 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
             done = await watched_commit(
                 commit, topics, app.kappa_topics_gone, app.kappa_stop_on_error
             )
-        # fenced while it was under way: refused unsent (`stop_when_fenced`)
-        return done and not (app.kappa_group_fence is not None and app.kappa_group_fence.fenced)
+        # fenced or refused while it was under way: refused unsent (`stop_when_fenced`,
+        # `stop_when_refused`)
+        return done and not self._out_of_group()
 
     async def on_thread_stop(self) -> None:
         if self._consumer is not None:

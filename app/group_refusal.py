@@ -12,16 +12,25 @@ for ever behind a healthy /health, and a refused heartbeat crashed it with a tra
 the first such answer stops the worker in one line; the refused request and every later
 join, sync and heartbeat wait for the consumer to close and fail unsent, so aiokafka neither
 handles the answer nor joins again.
+
+An OffsetCommit is answered per partition: GROUP_AUTHORIZATION_FAILED (every partition's, on
+Kafka) or TOPIC_AUTHORIZATION_FAILED (a topic the principal may not read) crashed faust's
+commit with a traceback. They stop the worker the same way; that commit and every later one
+fail at once, unsent (faust awaits its commits, on stop too), and the worker commits nothing
+more. UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS are no refusal: a
+rebalance, or a replaced static member (`app.group_fence`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.protocol.commit import OffsetCommitRequest  # type: ignore[import-untyped]
 from aiokafka.protocol.group import (  # type: ignore[import-untyped]
     HeartbeatRequest,
     JoinGroupRequest,
@@ -63,12 +72,18 @@ REFUSALS: dict[int, tuple[str, str, str]] = {
         "run fewer worker processes of this version, or raise group.max.size",
     ),
 }
+GROUP_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED = 30, 29
 # The member's requests whose answers can refuse it, by the name Kafka gives them.
 ASKING = {
     JoinGroupRequest: "JoinGroup",
     SyncGroupRequest: "SyncGroup",
     HeartbeatRequest: "Heartbeat",
+    OffsetCommitRequest: "OffsetCommit",
 }
+
+
+def _said(name: str, what: str, request: str, change: str, then: str) -> str:
+    return f"{what} ({request} answered {name}, not retried): {change}; {then}"
 
 
 def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: int) -> str | None:
@@ -79,7 +94,31 @@ def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: 
         return None
     name, what, change = refusal
     what = what.format(group=group, session_timeout_ms=session_timeout_ms)
-    return f"{what} ({request} answered {name}, not retried): {change}; stopping"
+    return _said(name, what, request, change, "stopping")
+
+
+def commit_refusal_line(
+    answers: Iterable[tuple[str, int]], group: str, then: str = "stopping"
+) -> str | None:
+    """The line an OffsetCommit answered so stops with, if retrying cannot change the answer;
+    else None. `answers`: (topic, error code) of each partition committed; `then`: what
+    follows (a worker is stopping)."""
+    answers = list(answers)
+    if any(code == GROUP_AUTHORIZATION_FAILED for _, code in answers):
+        name, what, change = REFUSALS[GROUP_AUTHORIZATION_FAILED]
+        return _said(name, what.format(group=group), "OffsetCommit", change, then)
+    refused = sorted({topic for topic, code in answers if code == TOPIC_AUTHORIZATION_FAILED})
+    if not refused:
+        return None
+    topics = f"topic {refused[0]}" if len(refused) == 1 else f"topics {', '.join(refused)}"
+    what = f"the broker refuses {topics} to this client's principal"
+    change = f"grant the principal Read on the {topics.split()[0]} (ACLs)"
+    return _said("TOPIC_AUTHORIZATION_FAILED", what, "OffsetCommit", change, then)
+
+
+def commit_answers(response: Any) -> list[tuple[str, int]]:
+    """(topic, error code) of each partition of an OffsetCommit response."""
+    return [(topic, code) for topic, partitions in response.topics for _, code in partitions]
 
 
 class GroupRefused(KafkaError):  # type: ignore[misc]
@@ -109,18 +148,21 @@ def stop_when_refused(
     consumer: Any, refusal: GroupRefusal, on_refused: Callable[[str], None]
 ) -> None:
     """Make the aiokafka `consumer` (call before it starts) call `on_refused(line)` (from its
-    thread) at the first answer to its join, sync or heartbeat that `refusal_line` names; that
-    request and every later one of them then wait for the consumer to close and fail unsent,
-    and its coordinator's warnings about them are not logged. Reaches into aiokafka's private
-    client and coordinator (pinned in pyproject), as `app.group_fence` does."""
+    thread) at the first answer to its join, sync or heartbeat that `refusal_line` names, or
+    to its offset commit that `commit_refusal_line` names; that request and every later join,
+    sync and heartbeat then wait for the consumer to close and fail unsent, every later commit
+    fails at once, unsent (`consumer.commit` returns without committing: faust would crash on
+    the refusal), and its coordinator's warnings about them are not logged. Reaches into
+    aiokafka's private client and coordinator (pinned in pyproject), as `app.group_fence`
+    does."""
     client = getattr(consumer, "_client", None)
     if client is None or not hasattr(client, "send"):
         return
     send = client.send
 
-    async def unsent(line: str) -> Any:
+    async def unsent(request: Any, line: str) -> Any:
         closing = getattr(getattr(consumer, "_coordinator", None), "_closing", None)
-        if isinstance(closing, asyncio.Future):
+        if isinstance(closing, asyncio.Future) and not isinstance(request, OffsetCommitRequest):
             await asyncio.shield(closing)  # aiokafka's close cancels its heartbeat task
         raise GroupRefused(line)
 
@@ -129,16 +171,27 @@ def stop_when_refused(
         if asked is None:
             return await send(node_id, request, **kwargs)
         if refusal.refused:
-            return await unsent(f"{asked} not sent: refused before")
+            return await unsent(request, f"{asked} not sent: refused before")
         response = await send(node_id, request, **kwargs)
-        line = refusal_line(
-            response.error_code, asked, consumer._group_id, consumer._session_timeout_ms
-        )
+        group = consumer._group_id
+        if isinstance(request, OffsetCommitRequest):
+            line = commit_refusal_line(commit_answers(response), group)
+        else:
+            line = refusal_line(response.error_code, asked, group, consumer._session_timeout_ms)
         if line is None:
             return response
         if refusal.refuse():
             COORDINATOR_LOG.addFilter(QUIET_ONCE_STOPPING)
             on_refused(line)
-        return await unsent(line)
+        return await unsent(request, line)
 
     client.send = send_unless_refused
+    commit = getattr(consumer, "commit", None)
+    if commit is None:
+        return
+
+    async def commit_unless_refused(*args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(GroupRefused):  # the worker says why, and stops
+            await commit(*args, **kwargs)
+
+    consumer.commit = commit_unless_refused

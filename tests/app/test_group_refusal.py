@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.protocol.commit import OffsetCommitRequest, OffsetCommitResponse_v2
 from aiokafka.protocol.group import (
     HeartbeatRequest,
     HeartbeatResponse_v1,
@@ -19,10 +21,18 @@ from aiokafka.protocol.group import (
     SyncGroupResponse_v3,
 )
 from aiokafka.protocol.metadata import MetadataRequest
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from app.group_fence import COORDINATOR_LOG, QUIET_ONCE_STOPPING
 from app.group_leave import _leave_group
-from app.group_refusal import REFUSALS, GroupRefusal, GroupRefused, refusal_line, stop_when_refused
+from app.group_refusal import (
+    REFUSALS,
+    GroupRefusal,
+    GroupRefused,
+    commit_refusal_line,
+    refusal_line,
+    stop_when_refused,
+)
 from app.settings import load_settings
 from app.worker import create_app
 
@@ -71,6 +81,35 @@ def test_answers_retrying_can_change_are_no_refusal(code: int) -> None:
     assert refusal_line(code, "JoinGroup", GROUP, 10_000) is None
 
 
+def test_a_commit_refused_the_group_names_it_as_a_heartbeat_refused_so_does() -> None:
+    """On Kafka every partition is answered GROUP_AUTHORIZATION_FAILED; one is enough."""
+    assert commit_refusal_line([("a", 0), ("b", 30), ("b", 29)], GROUP) == (
+        "the broker refuses consumer group kappa-v1 to this client's principal (OffsetCommit "
+        "answered GROUP_AUTHORIZATION_FAILED, not retried): grant the principal Read on the "
+        "group (ACLs); stopping"
+    )
+
+
+def test_a_commit_refused_topics_names_those_topics() -> None:
+    assert commit_refusal_line([("a", 0), ("b", 29), ("b", 29)], GROUP, then="so") == (
+        "the broker refuses topic b to this client's principal (OffsetCommit answered "
+        "TOPIC_AUTHORIZATION_FAILED, not retried): grant the principal Read on the topic "
+        "(ACLs); so"
+    )
+    line = commit_refusal_line([("c", 29), ("a", 0), ("b", 29)], GROUP)
+    assert line is not None
+    assert line.startswith("the broker refuses topics b, c to this client's principal"), line
+    assert "grant the principal Read on the topics (ACLs); stopping" in line, line
+
+
+@pytest.mark.parametrize("code", [0, 14, 15, 16, 22, 25, 27, 28, 82])
+def test_commit_answers_retrying_can_change_are_no_refusal(code: int) -> None:
+    """A rebalance (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS; a replaced
+    static member's commit is answered so, and `app.group_fence` stops on it), the coordinator
+    moved or loading, an offset commit too large."""
+    assert commit_refusal_line([("a", code), ("b", code)], GROUP) is None
+
+
 class _Client:
     """An aiokafka client's `send`, answering from a list and recording what was sent."""
 
@@ -94,6 +133,10 @@ class _Consumer:
         self._coordinator = _Coordinator()
         self._group_id, self._session_timeout_ms = GROUP, 3000
 
+    async def commit(self, request: OffsetCommitRequest) -> None:
+        """aiokafka's, as far as it goes here: sent, and a partition's error raised."""
+        await self._client.send(1, request)
+
 
 def _watched(answers: list[Any]) -> tuple[_Consumer, GroupRefusal, list[str]]:
     consumer = _Consumer(_Client(answers))
@@ -110,6 +153,17 @@ async def _until_refused(refusal: GroupRefusal, steps: int = 100) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"not refused after {steps} loop steps")
+
+
+async def _settled(awaitable: Awaitable[Any], steps: int = 100) -> Any:
+    """Its result once done (a failure, not a hang, if it waits for more than the loop)."""
+    future = asyncio.ensure_future(awaitable)
+    for _ in range(steps):
+        if future.done():
+            return future.result()
+        await asyncio.sleep(0)
+    future.cancel()
+    raise AssertionError(f"still waiting after {steps} loop steps")
 
 
 def _join() -> JoinGroupRequest:
@@ -175,6 +229,34 @@ async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_fol
     assert said == [line]  # said once
 
 
+def _commit() -> OffsetCommitRequest:
+    return OffsetCommitRequest(GROUP, 3, ME, -1, [("orders", [(0, 5, "")])])
+
+
+@pytest.mark.parametrize("code", [30, 29], ids=["group", "topic"])
+async def test_a_refused_commit_stops_the_worker_and_no_commit_follows_it(code: int) -> None:
+    """aiokafka would raise the answer from faust's commit, which crashes with a traceback.
+    The commits fail at once, not when the consumer closes: faust awaits them, on stop too."""
+    consumer, refusal, said = _watched([OffsetCommitResponse_v2([("orders", [(0, code)])])])
+    with pytest.raises(GroupRefused):
+        await _settled(consumer._client.send(1, _commit()))
+    assert refusal.refused and said == [commit_refusal_line([("orders", code)], GROUP)]
+    with pytest.raises(GroupRefused):
+        await _settled(consumer._client.send(1, _commit()))
+    await _settled(consumer.commit(_commit()))  # faust's commit: returns, nothing committed
+    assert len(consumer._client.sent) == 1 and len(said) == 1
+    assert not consumer._coordinator._closing.done()
+
+
+@pytest.mark.parametrize("code", [0, 22, 25, 27])
+async def test_commit_answers_that_are_no_refusal_pass_as_they_were(code: int) -> None:
+    """aiokafka handles a rebalance's (it joins again); the fence a replaced static member's."""
+    answer = OffsetCommitResponse_v2([("orders", [(0, code)])])
+    consumer, refusal, said = _watched([answer])
+    assert await consumer._client.send(1, _commit()) is answer
+    assert not refusal.refused and said == []
+
+
 async def test_a_heartbeat_held_when_refused_is_cancelled_with_the_consumer_left_open() -> None:
     """aiokafka's close cancels its heartbeat task: that must not cancel its close itself."""
     consumer, refusal, _ = _watched([HeartbeatResponse_v1(0, 30)])
@@ -237,6 +319,25 @@ async def test_a_refused_worker_commits_nothing_more(tmp_path: Path) -> None:
     try:
         assert app.kappa_group_refusal.refuse()
         assert await thread._commit({}) is False  # faust's would need the started consumer
+    finally:
+        await consumer.stop()
+
+
+async def test_a_commit_under_way_when_refused_is_not_counted_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faust would record its offsets as committed (`consumer.commit` returns unsent)."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    thread = app.consumer._thread
+    consumer = thread._create_worker_consumer(app.transport)
+
+    async def refused_meanwhile(self: Any, offsets: Any) -> bool:
+        app.kappa_group_refusal.refuse()
+        return True
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_commit", refused_meanwhile)
+    try:
+        assert await thread._commit({}) is False
     finally:
         await consumer.stop()
 

@@ -16,12 +16,20 @@ from pathlib import Path
 import pytest
 
 from app.broker import free_port
-from tests.support.kafka_proxy import HEARTBEAT, JOIN_GROUP, FaultProxy, ProxiedBroker
+from app.orders_generator import GeneratorSpec, generate
+from app.produce import produce_records
+from tests.support.kafka_proxy import (
+    HEARTBEAT,
+    JOIN_GROUP,
+    OFFSET_COMMIT,
+    FaultProxy,
+    ProxiedBroker,
+)
 from tests.support.workers import Worker, kappa_env, run_kappa
 
 pytestmark = pytest.mark.integration
 
-INVALID_SESSION_TIMEOUT, GROUP_AUTHORIZATION_FAILED = 26, 30
+INVALID_SESSION_TIMEOUT, TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 26, 29, 30
 
 
 @pytest.fixture
@@ -92,5 +100,50 @@ def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
             "principal (Heartbeat answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
             "principal Read on the group (ACLs); stopping" in said
         ), said
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    "code, refused",
+    [
+        (
+            GROUP_AUTHORIZATION_FAILED,
+            [
+                "kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this "
+                "client's principal (OffsetCommit answered GROUP_AUTHORIZATION_FAILED, not "
+                "retried): grant the principal Read on the group (ACLs); stopping"
+            ],
+        ),
+        (  # the proxy refuses every partition: those of the topics pipelines read each other's
+            TOPIC_AUTHORIZATION_FAILED,
+            [
+                "kappa worker: the broker refuses topics {unique}.orders, ",
+                " to this client's principal (OffsetCommit answered TOPIC_AUTHORIZATION_FAILED, "
+                "not retried): grant the principal Read on the topics (ACLs); stopping",
+            ],
+        ),
+    ],
+    ids=["group", "topic"],
+)
+async def test_a_worker_whose_offset_commit_the_broker_refuses_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path, code: int, refused: list[str]
+) -> None:
+    """A Read ACL on the group, or on a source topic, taken away from a worker in its group:
+    its next commit is refused (each partition's answer says so). Before, faust's commit
+    crashed the worker with a traceback."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda _: worker.ready()[0] == 200)
+        proxy.answer(OFFSET_COMMIT, code)
+        spec = GeneratorSpec(count=50, seed=5, keys=20, start_ms=1_700_000_000_000)
+        orders = ((r.key, r.value) for r in generate(spec))
+        await produce_records(address, f"{unique}.orders", orders, progress=False)  # to commit
+        said = _stopped_in_one_line(worker)
+        assert all(part.format(unique=unique) in said for part in refused), said
+        assert proxy.fenced_answers == 1  # committed once: not retried, nor on the stop
     finally:
         worker.stop()
