@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
@@ -119,6 +120,30 @@ def commit_refusal_line(
 def commit_answers(response: Any) -> list[tuple[str, int]]:
     """(topic, error code) of each partition of an OffsetCommit response."""
     return [(topic, code) for topic, partitions in response.topics for _, code in partitions]
+
+
+class QuietCommitRefusals(logging.Filter):
+    """aiokafka's coordinator's ERROR lines for an OffsetCommit refused the group or a topic
+    (before it raises GroupAuthorizationFailedError, TopicAuthorizationFailedError): the
+    committer says the refusal itself, in the one line `commit_refusal_line` makes."""
+
+    SAID = frozenset(
+        {"OffsetCommit failed for group %s - %s", "OffsetCommit failed for unauthorized topics %s"}
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.SAID
+
+
+@contextlib.contextmanager
+def quiet_commit_refusals() -> Iterator[None]:
+    """Within it, aiokafka does not log the commit refusals its caller says itself."""
+    quiet = QuietCommitRefusals()
+    COORDINATOR_LOG.addFilter(quiet)
+    try:
+        yield
+    finally:
+        COORDINATOR_LOG.removeFilter(quiet)
 
 
 class GroupRefused(KafkaError):  # type: ignore[misc]

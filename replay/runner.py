@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import (
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
 
 from agents.base import Pipeline
 from app.admin import (
@@ -35,6 +39,7 @@ from app.admin import (
 )
 from app.batch_producer import BatchSender, TransactionalSender, new_batch_producer
 from app.chaos import ChaosStop
+from app.group_refusal import commit_refusal_line, quiet_commit_refusals
 from app.kafka_clients import new_consumer
 from app.kafka_runner import (
     StopDeadline,
@@ -543,7 +548,9 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
 
     If workers of the version run by now (`promote --force` while it replayed), Apache Kafka
     refuses a commit from outside their group (UNKNOWN_MEMBER_ID): the positions are theirs,
-    and the replay ends without overwriting them.
+    and the replay ends without overwriting them. A commit refused for good (no Read ACL on
+    the group or the topic; the replay reads without a group, so it meets that only here) is
+    `ConfigError`, naming what to change as a worker's line does.
     """
     if not offsets:
         return
@@ -552,7 +559,11 @@ async def commit_offsets(bootstrap: str, group: str, topic: str, offsets: dict[i
         await consumer.start()  # inside: stopped even if cancelled while starting
         tps = {p: TopicPartition(topic, p) for p in offsets}
         consumer.assign(list(tps.values()))
-        await consumer.commit({tps[p]: o for p, o in offsets.items()})
+        with quiet_commit_refusals():
+            await consumer.commit({tps[p]: o for p, o in offsets.items()})
+    except (GroupAuthorizationFailedError, TopicAuthorizationFailedError) as e:
+        then = f"its positions in {topic} are not committed: {RERUN} once granted (it resumes)"
+        raise ConfigError(commit_refusal_line([(topic, e.errno)], group, then)) from None
     except CommitFailedError:
         log.warning(
             "consumer group %s has members (workers of this version): the replay's positions "

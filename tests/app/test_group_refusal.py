@@ -30,6 +30,7 @@ from app.group_refusal import (
     GroupRefusal,
     GroupRefused,
     commit_refusal_line,
+    quiet_commit_refusals,
     refusal_line,
     stop_when_refused,
 )
@@ -287,6 +288,23 @@ async def test_the_coordinators_warnings_are_not_logged_once_refused(
         "Discovered coordinator 1",
     ]
     join.cancel()
+
+
+def test_only_the_commit_refusals_a_replay_says_itself_are_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka's ERROR line would come before the replay's own; its others still show."""
+    refused = ("OffsetCommit failed for group %s - %s", GROUP, "GroupAuthorizationFailedError")
+    with caplog.at_level(logging.INFO, logger=COORDINATOR_LOG.name):
+        with quiet_commit_refusals():
+            COORDINATOR_LOG.error(*refused)
+            COORDINATOR_LOG.error("OffsetCommit failed for unauthorized topics %s", {"orders"})
+            COORDINATOR_LOG.error("OffsetCommit failed for group %s - rejoining", GROUP)
+        COORDINATOR_LOG.error(*refused)
+    assert [r.getMessage() for r in caplog.records] == [
+        "OffsetCommit failed for group kappa-v1 - rejoining",
+        "OffsetCommit failed for group kappa-v1 - GroupAuthorizationFailedError",
+    ]
 
 
 class _LeavingCoordinator:

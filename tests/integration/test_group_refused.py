@@ -147,3 +147,49 @@ async def test_a_worker_whose_offset_commit_the_broker_refuses_stops_in_one_line
         assert proxy.fenced_answers == 1  # committed once: not retried, nor on the stop
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize(
+    "code, refused",
+    [
+        (
+            GROUP_AUTHORIZATION_FAILED,
+            "the broker refuses consumer group kappa-{unique}-v2 to this client's principal "
+            "(OffsetCommit answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
+            "principal Read on the group (ACLs)",
+        ),
+        (
+            TOPIC_AUTHORIZATION_FAILED,
+            "the broker refuses topic {unique}.orders to this client's principal (OffsetCommit "
+            "answered TOPIC_AUTHORIZATION_FAILED, not retried): grant the principal Read on "
+            "the topic (ACLs)",
+        ),
+    ],
+    ids=["group", "topic"],
+)
+async def test_a_replay_whose_offset_commit_the_broker_refuses_says_what_to_change(
+    proxy: FaultProxy, unique: str, tmp_path: Path, code: int, refused: str
+) -> None:
+    """A replay reads without a group, so its commit at the end of each pipeline is where the
+    broker says it refuses the group. Before, aiokafka's ERROR line came first, and the error
+    named no ACL. Run again once granted, it resumes and commits."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    spec = GeneratorSpec(count=50, seed=5, keys=20, start_ms=1_700_000_000_000)
+    orders = ((r.key, r.value) for r in generate(spec))
+    await produce_records(address, f"{unique}.orders", orders, progress=False)
+    proxy.answer(OFFSET_COMMIT, code)
+    replay = ["replay", "orders", "--version", "2", "--no-progress"]
+    r = run_kappa(replay, env)
+    assert r.returncode == 2, r.stderr
+    assert "ERROR" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    said = [line for line in r.stderr.splitlines() if "error" in line]
+    assert said == [
+        f"kappa replay: error: {refused.format(unique=unique)}; its positions in {unique}.orders "
+        "are not committed: run the replay again once granted (it resumes)"
+    ], r.stderr
+    proxy.forward(OFFSET_COMMIT)
+    again = run_kappa(replay, env)
+    assert again.returncode == 0, again.stderr
+    assert OFFSET_COMMIT in proxy.seen_after_fence()  # committed, this time

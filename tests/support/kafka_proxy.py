@@ -173,6 +173,11 @@ class FaultProxy:
             if and_fence is not None:
                 self.then_fence[api_key] = and_fence
 
+    def forward(self, api_key: int) -> None:
+        """From now on, forward `api_key`'s answers as they are again."""
+        with self._lock:
+            self.answers.pop(api_key, None)
+
     def seen_after_fence(self) -> list[int]:
         with self._lock:
             return list(self.requests_after_fence)
