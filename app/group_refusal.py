@@ -3,22 +3,24 @@ stops in one line naming what to change.
 
 Apache Kafka answers a member's JoinGroup, SyncGroup or Heartbeat so when its session timeout
 is outside the broker's bounds (INVALID_SESSION_TIMEOUT), its principal may not read the
-group (GROUP_AUTHORIZATION_FAILED), the group id is not one (INVALID_GROUP_ID), the group's
-other members share no partition assignor with it (INCONSISTENT_GROUP_PROTOCOL) or the group
-is full (GROUP_MAX_SIZE_REACHED). The Java consumer, so Kafka Streams, fails on them. aiokafka
-0.14 takes them as fatal too, but leaves them for the consumer's next fetch to raise, and
-faust fetches only once the worker is in its group: a refused join left the worker joining
-for ever behind a healthy /health, and a refused heartbeat crashed it with a traceback. Here
-the first such answer stops the worker in one line; the refused request and every later
-join, sync and heartbeat wait for the consumer to close and fail unsent, so aiokafka neither
-handles the answer nor joins again.
+group (GROUP_AUTHORIZATION_FAILED; its FindCoordinator gets that first if it may not even
+describe the group), the group id is not one (INVALID_GROUP_ID), the group's other members
+share no partition assignor with it (INCONSISTENT_GROUP_PROTOCOL) or the group is full
+(GROUP_MAX_SIZE_REACHED). The Java consumer, so Kafka Streams, fails on them. aiokafka 0.14
+takes them as fatal too, but leaves them for the consumer's next fetch to raise, and faust
+fetches only once the worker is in its group: a refused lookup or join left the worker
+joining for ever behind a healthy /health, and a refused heartbeat crashed it with a
+traceback. Here the first such answer stops the worker in one line; the refused request and
+every later lookup, join, sync and heartbeat wait for the consumer to close and fail unsent,
+so aiokafka neither handles the answer nor joins again.
 
 An OffsetCommit is answered per partition: GROUP_AUTHORIZATION_FAILED (every partition's, on
 Kafka) or TOPIC_AUTHORIZATION_FAILED (a topic the principal may not read) crashed faust's
-commit with a traceback. They stop the worker the same way; that commit and every later one
-fail at once, unsent (faust awaits its commits, on stop too), and the worker commits nothing
-more. UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS are no refusal: a
-rebalance, or a replaced static member (`app.group_fence`).
+commit with a traceback. They stop the worker the same way; that commit returns without
+committing, as does one under way when any refusal comes (faust awaits it before the consumer
+closes, on stop too), and the worker commits nothing more. UNKNOWN_MEMBER_ID,
+ILLEGAL_GENERATION and REBALANCE_IN_PROGRESS are no refusal: a rebalance, or a replaced static
+member (`app.group_fence`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.protocol.commit import OffsetCommitRequest  # type: ignore[import-untyped]
+from aiokafka.protocol.coordination import FindCoordinatorRequest  # type: ignore[import-untyped]
 from aiokafka.protocol.group import (  # type: ignore[import-untyped]
     HeartbeatRequest,
     JoinGroupRequest,
@@ -76,6 +79,7 @@ REFUSALS: dict[int, tuple[str, str, str]] = {
 GROUP_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED = 30, 29
 # The member's requests whose answers can refuse it, by the name Kafka gives them.
 ASKING = {
+    FindCoordinatorRequest: "FindCoordinator",
     JoinGroupRequest: "JoinGroup",
     SyncGroupRequest: "SyncGroup",
     HeartbeatRequest: "Heartbeat",
@@ -88,8 +92,9 @@ def _said(name: str, what: str, request: str, change: str, then: str) -> str:
 
 
 def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: int) -> str | None:
-    """The line a worker stops with when the coordinator answers its `request` (JoinGroup,
-    SyncGroup, Heartbeat) with `error_code`, if retrying cannot change that answer; else None."""
+    """The line a worker stops with when the broker answers its `request` (FindCoordinator,
+    JoinGroup, SyncGroup, Heartbeat) with `error_code`, if retrying cannot change that
+    answer; else None."""
     refusal = REFUSALS.get(error_code)
     if refusal is None:
         return None
@@ -152,10 +157,12 @@ class GroupRefused(KafkaError):  # type: ignore[misc]
 
 class GroupRefusal:
     """Whether the coordinator refused this member for good. Set by the consumer's thread,
-    read by the worker's loop: a `threading.Event`."""
+    read by the worker's loop: a `threading.Event`, which loops can also await (`wait`)."""
 
     def __init__(self) -> None:
         self._refused = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def refused(self) -> bool:
@@ -163,23 +170,46 @@ class GroupRefusal:
 
     def refuse(self) -> bool:
         """True the first time only: the first refusal is the one said."""
-        if self._refused.is_set():
-            return False
-        self._refused.set()
+        with self._lock:
+            if self._refused.is_set():
+                return False
+            self._refused.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            loop.call_soon_threadsafe(_settle, waiter)
         return True
+
+    async def wait(self) -> None:
+        """Until refused, from whichever thread."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._refused.is_set():
+                return
+            self._waiters.append((loop, waiter))
+        try:
+            await waiter
+        finally:
+            with self._lock, contextlib.suppress(ValueError):
+                self._waiters.remove((loop, waiter))
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def stop_when_refused(
     consumer: Any, refusal: GroupRefusal, on_refused: Callable[[str], None]
 ) -> None:
     """Make the aiokafka `consumer` (call before it starts) call `on_refused(line)` (from its
-    thread) at the first answer to its join, sync or heartbeat that `refusal_line` names, or
-    to its offset commit that `commit_refusal_line` names; that request and every later join,
-    sync and heartbeat then wait for the consumer to close and fail unsent, every later commit
-    fails at once, unsent (`consumer.commit` returns without committing: faust would crash on
-    the refusal), and its coordinator's warnings about them are not logged. Reaches into
-    aiokafka's private client and coordinator (pinned in pyproject), as `app.group_fence`
-    does."""
+    thread) at the first answer to its coordinator lookup, join, sync or heartbeat that
+    `refusal_line` names, or to its offset commit that `commit_refusal_line` names; that
+    request and every later lookup, join, sync and heartbeat then wait for the consumer to
+    close and fail unsent; its `commit` (one under way included) then returns at once without
+    committing (faust would crash on the refusal) and commits nothing more; and its
+    coordinator's warnings and errors are not logged. Reaches into aiokafka's private client
+    and coordinator (pinned in pyproject), as `app.group_fence` does."""
     client = getattr(consumer, "_client", None)
     if client is None or not hasattr(client, "send"):
         return
@@ -187,19 +217,27 @@ def stop_when_refused(
 
     async def unsent(request: Any, line: str) -> Any:
         closing = getattr(getattr(consumer, "_coordinator", None), "_closing", None)
-        if isinstance(closing, asyncio.Future) and not isinstance(request, OffsetCommitRequest):
+        if isinstance(closing, asyncio.Future):
             await asyncio.shield(closing)  # aiokafka's close cancels its heartbeat task
+        if isinstance(request, FindCoordinatorRequest):
+            # aiokafka's coordination routine hands a failed lookup to every fetch waiting
+            # (`_push_error_to_user`), the one faust left when it stopped fetching included:
+            # nothing would retrieve it. Its fetcher's close wakes them so anyway, just after.
+            waiting = getattr(getattr(consumer, "_fetcher", None), "_fetch_waiters", ())
+            for waiter in list(waiting):
+                _settle(waiter)
         raise GroupRefused(line)
 
     async def send_unless_refused(node_id: int, request: Any, **kwargs: Any) -> Any:
         asked = next((name for kind, name in ASKING.items() if isinstance(request, kind)), None)
         if asked is None:
             return await send(node_id, request, **kwargs)
-        if refusal.refused:
+        committing = isinstance(request, OffsetCommitRequest)
+        if refusal.refused and not committing:  # a commit under way already goes: see below
             return await unsent(request, f"{asked} not sent: refused before")
         response = await send(node_id, request, **kwargs)
         group = consumer._group_id
-        if isinstance(request, OffsetCommitRequest):
+        if committing:
             line = commit_refusal_line(commit_answers(response), group)
         else:
             line = refusal_line(response.error_code, asked, group, consumer._session_timeout_ms)
@@ -208,6 +246,10 @@ def stop_when_refused(
         if refusal.refuse():
             COORDINATOR_LOG.addFilter(QUIET_ONCE_STOPPING)
             on_refused(line)
+        if committing:  # aiokafka raises the answer from `commit` (swallowed below). Failed
+            # here, it would mark the coordinator dead and look it up again, only for that
+            # lookup to wait for the close
+            return response
         return await unsent(request, line)
 
     client.send = send_unless_refused
@@ -216,7 +258,30 @@ def stop_when_refused(
         return
 
     async def commit_unless_refused(*args: Any, **kwargs: Any) -> None:
-        with contextlib.suppress(GroupRefused):  # the worker says why, and stops
-            await commit(*args, **kwargs)
+        if refusal.refused:  # the worker says why, and stops
+            return
+        committing = asyncio.ensure_future(commit(*args, **kwargs))
+        committing.add_done_callback(_retrieved)  # when cancelled with it, below
+        refused = asyncio.ensure_future(refusal.wait())
+        try:
+            await asyncio.wait([committing, refused], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            committing.cancel()  # refused meanwhile: its coordinator lookup (or a retry
+            # waiting for one) would wait for the close, and faust awaits it before that
+        await asyncio.wait([committing])  # at once: cancelled where it waits
+        if committing.cancelled():
+            return
+        try:
+            committing.result()
+        except KafkaError:
+            if not refusal.refused:  # by this commit's answer, or another's meanwhile
+                raise
 
     consumer.commit = commit_unless_refused
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome seen: no "exception was never retrieved" for one let go."""
+    if not task.cancelled():
+        task.exception()

@@ -1,6 +1,6 @@
 """A worker the group coordinator refuses for a reason retrying cannot change stops in one
-line naming what to change, and sends no join, sync or heartbeat after that answer (no
-broker: the consumer's client is a stand-in)."""
+line naming what to change, and sends no lookup, join, sync or heartbeat after that answer
+(no broker: the consumer's client is a stand-in)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import UnknownMemberIdError, for_code
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetCommitResponse_v2
+from aiokafka.protocol.coordination import FindCoordinatorRequest, FindCoordinatorResponse_v1
 from aiokafka.protocol.group import (
     HeartbeatRequest,
     HeartbeatResponse_v1,
@@ -119,8 +122,13 @@ class _Client:
         self.sent: list[Any] = []
 
     async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
+        """An answer that is a future is awaited: a request held (a lookup waiting for the
+        close, say)."""
         self.sent.append(request)
-        return self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, asyncio.Future):
+            return await answer
+        return answer() if callable(answer) else answer
 
 
 class _Coordinator:
@@ -136,7 +144,11 @@ class _Consumer:
 
     async def commit(self, request: OffsetCommitRequest) -> None:
         """aiokafka's, as far as it goes here: sent, and a partition's error raised."""
-        await self._client.send(1, request)
+        answer = await self._client.send(1, request)
+        for _, partitions in answer.topics:
+            for _, code in partitions:
+                if code:
+                    raise for_code(code)()
 
 
 def _watched(answers: list[Any]) -> tuple[_Consumer, GroupRefusal, list[str]]:
@@ -171,6 +183,11 @@ def _join() -> JoinGroupRequest:
     return JoinGroupRequest(GROUP, 3000, 10_000, "", None, "consumer", [])
 
 
+def _lookup() -> FindCoordinatorRequest:
+    """A lookup of the group's coordinator (Kafka asks for Describe on the group)."""
+    return FindCoordinatorRequest(GROUP, 0)
+
+
 def _sync() -> SyncGroupRequest:
     return SyncGroupRequest(GROUP, 3, ME, None, [])
 
@@ -202,8 +219,13 @@ async def test_other_answers_pass_as_they_were() -> None:
             HeartbeatResponse_v1(0, 30),
             refusal_line(30, "Heartbeat", GROUP, 3000),
         ),
+        (
+            _lookup,
+            FindCoordinatorResponse_v1(0, 30, None, -1, "", -1),
+            refusal_line(30, "FindCoordinator", GROUP, 3000),
+        ),
     ],
-    ids=["join", "sync", "heartbeat"],
+    ids=["join", "sync", "heartbeat", "coordinator lookup"],
 )
 async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_follows_it(
     request_: Any, answer: Any, line: str
@@ -216,7 +238,7 @@ async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_fol
     refused = asyncio.ensure_future(client.send(1, request_()))
     later = [
         asyncio.ensure_future(client.send(1, r))
-        for r in (_join(), _sync(), HeartbeatRequest(GROUP, 3, ME))
+        for r in (_join(), _sync(), HeartbeatRequest(GROUP, 3, ME), _lookup())
     ]
     await _until_refused(refusal)  # the others then run up to where they wait
     assert said == [line]
@@ -230,31 +252,94 @@ async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_fol
     assert said == [line]  # said once
 
 
+async def test_a_refused_lookup_leaves_no_fetch_waiting_for_its_error() -> None:
+    """aiokafka's coordination routine hands a failed lookup to every fetch waiting; faust,
+    stopping, left one waiting that nothing awaits: "Future exception was never retrieved"."""
+    consumer, refusal, _ = _watched([FindCoordinatorResponse_v1(0, 30, None, -1, "", -1)])
+    left = asyncio.get_running_loop().create_future()
+    consumer._fetcher = SimpleNamespace(_fetch_waiters={left})
+    lookup = asyncio.ensure_future(consumer._client.send(1, _lookup()))
+    await _until_refused(refusal)
+    assert not left.done()  # until the consumer closes
+    consumer._coordinator._closing.set_result(None)
+    with pytest.raises(GroupRefused):
+        await lookup
+    assert left.done() and left.result() is None  # as the fetcher's close would
+
+
 def _commit() -> OffsetCommitRequest:
     return OffsetCommitRequest(GROUP, 3, ME, -1, [("orders", [(0, 5, "")])])
 
 
+def _committed(code: int) -> OffsetCommitResponse_v2:
+    return OffsetCommitResponse_v2([("orders", [(0, code)])])
+
+
 @pytest.mark.parametrize("code", [30, 29], ids=["group", "topic"])
 async def test_a_refused_commit_stops_the_worker_and_no_commit_follows_it(code: int) -> None:
-    """aiokafka would raise the answer from faust's commit, which crashes with a traceback.
-    The commits fail at once, not when the consumer closes: faust awaits them, on stop too."""
-    consumer, refusal, said = _watched([OffsetCommitResponse_v2([("orders", [(0, code)])])])
-    with pytest.raises(GroupRefused):
-        await _settled(consumer._client.send(1, _commit()))
-    assert refusal.refused and said == [commit_refusal_line([("orders", code)], GROUP)]
-    with pytest.raises(GroupRefused):
-        await _settled(consumer._client.send(1, _commit()))
+    """aiokafka raises the answer from the commit: faust would crash on it with a traceback.
+    The commits return at once, not when the consumer closes: faust awaits them, on stop too."""
+    consumer, refusal, said = _watched([_committed(code)])
     await _settled(consumer.commit(_commit()))  # faust's commit: returns, nothing committed
+    assert refusal.refused and said == [commit_refusal_line([("orders", code)], GROUP)]
+    await _settled(consumer.commit(_commit()))
     assert len(consumer._client.sent) == 1 and len(said) == 1
     assert not consumer._coordinator._closing.done()
+
+
+async def test_a_refused_commits_answer_reaches_aiokafka_as_it_is() -> None:
+    """Failed unsent, aiokafka would mark the coordinator dead and look it up again, only for
+    that lookup to wait for the consumer to close."""
+    answer = _committed(30)
+    consumer, refusal, _ = _watched([answer])
+    assert await _settled(consumer._client.send(1, _commit())) is answer
+    assert refusal.refused
+
+
+async def test_a_commit_under_way_when_another_answer_refuses_the_member_returns() -> None:
+    """Its own answer, refused or not (here a rebalance's), is no news: the worker is stopping."""
+    consumer, refusal, said = _watched([])
+
+    def refused_meanwhile() -> Any:
+        refusal.refuse()  # by a heartbeat's answer, say
+        return _committed(25)
+
+    consumer._client.answers.append(refused_meanwhile)
+    await _settled(consumer.commit(_commit()))
+    assert said == []  # said by the other answer's
+
+
+async def test_a_commit_failing_otherwise_fails_as_it_did() -> None:
+    """faust takes a rebalance's for what it is."""
+    consumer, refusal, _ = _watched([_committed(25)])
+    with pytest.raises(UnknownMemberIdError):
+        await _settled(consumer.commit(_commit()))
+    assert not refusal.refused
+
+
+async def test_a_commit_held_when_another_answer_refuses_the_member_returns_at_once() -> None:
+    """Held by its coordinator lookup, say, which waits for the consumer to close as a refused
+    member's do: faust awaits the commit before it closes the consumer, so the worker would
+    hang until its shutdown deadline."""
+    held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    consumer, refusal, said = _watched([held])
+    commit = asyncio.ensure_future(consumer.commit(_commit()))
+    for _ in range(100):
+        if consumer._client.sent:
+            break
+        await asyncio.sleep(0)
+    assert consumer._client.sent and not commit.done()
+    refusal.refuse()  # by a heartbeat's answer, say
+    assert await _settled(commit) is None
+    assert held.cancelled() and said == []  # its wait let go; said by the other answer's
 
 
 @pytest.mark.parametrize("code", [0, 22, 25, 27])
 async def test_commit_answers_that_are_no_refusal_pass_as_they_were(code: int) -> None:
     """aiokafka handles a rebalance's (it joins again); the fence a replaced static member's."""
-    answer = OffsetCommitResponse_v2([("orders", [(0, code)])])
+    answer = _committed(code)
     consumer, refusal, said = _watched([answer])
-    assert await consumer._client.send(1, _commit()) is answer
+    assert await _settled(consumer._client.send(1, _commit())) is answer
     assert not refusal.refused and said == []
 
 

@@ -19,6 +19,7 @@ from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
 from tests.support.kafka_proxy import (
+    FIND_COORDINATOR,
     HEARTBEAT,
     JOIN_GROUP,
     OFFSET_COMMIT,
@@ -30,6 +31,7 @@ from tests.support.workers import Worker, kappa_env, run_kappa
 pytestmark = pytest.mark.integration
 
 INVALID_SESSION_TIMEOUT, TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 26, 29, 30
+NOT_COORDINATOR = 16
 
 
 @pytest.fixture
@@ -46,9 +48,10 @@ def proxy() -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-def _stopped_in_one_line(worker: Worker) -> str:
-    """The one ERROR line a worker that exited 1, with no traceback and no warning about its
-    group after it, said."""
+def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
+    """The one ERROR line a worker that exited 1, with no traceback, no warning about its
+    group (after it, if `warned_before`: aiokafka's, of a coordinator that moved) and no
+    shutdown cut short by its deadline, said."""
     assert worker.proc is not None
     code = worker.proc.wait(60)
     log = worker.log_path.read_text(errors="replace")
@@ -56,6 +59,9 @@ def _stopped_in_one_line(worker: Worker) -> str:
     said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
     assert len(said) == 1, log[-3000:]
     assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+    assert "shutdown did not finish" not in log, log[-3000:]  # nothing hung
+    if warned_before:
+        log = log[log.index(said[0]) :]
     warned = [line for line in log.splitlines() if "[WARNING]" in line]
     assert not [w for w in warned if "roup" in w or "oordinator" in w or "eartbeat" in w], warned
     return said[0]
@@ -193,3 +199,52 @@ async def test_a_replay_whose_offset_commit_the_broker_refuses_says_what_to_chan
     again = run_kappa(replay, env)
     assert again.returncode == 0, again.stderr
     assert OFFSET_COMMIT in proxy.seen_after_fence()  # committed, this time
+
+
+def test_a_worker_whose_coordinator_lookup_the_broker_refuses_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """Apache Kafka answers FindCoordinator so for a principal that may not describe the group."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    proxy.answer(FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        said = _stopped_in_one_line(worker)
+        assert (
+            f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
+            "principal (FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried): grant "
+            "the principal Read on the group (ACLs); stopping" in said
+        ), said
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("moved_by", [HEARTBEAT, OFFSET_COMMIT], ids=["heartbeat", "commit"])
+async def test_a_worker_whose_coordinator_moved_and_whose_lookup_is_refused_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path, moved_by: int
+) -> None:
+    """A worker in its group, fetching, whose next lookup of its coordinator is refused: before,
+    the lookup's error reached a fetch faust had left ("Future exception was never
+    retrieved"), and a commit looking the coordinator up again held the worker's stop until
+    its shutdown deadline."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda _: worker.ready()[0] == 200)
+        proxy.answer(FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
+        proxy.answer(moved_by, NOT_COORDINATOR)
+        if moved_by == OFFSET_COMMIT:
+            spec = GeneratorSpec(count=50, seed=5, keys=20, start_ms=1_700_000_000_000)
+            orders = ((r.key, r.value) for r in generate(spec))
+            await produce_records(address, f"{unique}.orders", orders, progress=False)
+        said = _stopped_in_one_line(worker, warned_before=True)
+        assert (
+            f"the broker refuses consumer group kappa-{unique}-v1 to this client's principal "
+            "(FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried)" in said
+        ), said
+    finally:
+        worker.stop()

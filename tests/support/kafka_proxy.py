@@ -3,13 +3,13 @@ what the embedded dev broker never says: FENCED_INSTANCE_ID (82), which Apache K
 static member whose `group.instance.id` another process has since joined with.
 
 It forwards every byte both ways and, once `fence(api_key)` is called, sets the error code of
-every later response to that api (Heartbeat 12, JoinGroup 11, SyncGroup 14) to 82; `answer`
-sets another code (OffsetCommit 8: every partition's, as Kafka's UNKNOWN_MEMBER_ID 25 to a
-replaced static member's commit) and can fence another api from then on. Responses
-name no api, so each connection's requests are tracked by correlation id. It also records the
-api key of every request it forwards (`requests_after_fence`): what a client sent once fenced,
-and the topics of the Produce requests among them (`produced_after_fence`: the test's own
-producer goes through the proxy too).
+every later response to that api (Heartbeat 12, JoinGroup 11, SyncGroup 14, FindCoordinator 10)
+to 82; `answer` sets another code (OffsetCommit 8: every partition's, as Kafka's
+UNKNOWN_MEMBER_ID 25 to a replaced static member's commit) and can fence another api from then
+on. Responses name no api, so each connection's requests are tracked by correlation id. It also
+records the api key of every request it forwards (`requests_after_fence`): what a client sent
+once fenced, and the topics of the Produce requests among them (`produced_after_fence`: the
+test's own producer goes through the proxy too).
 
 Clients find the brokers' addresses in Metadata and FindCoordinator responses, so the broker
 must advertise the proxy's address (`ProxiedBroker`: a dev broker listening on one port and
@@ -29,11 +29,12 @@ from app.broker import DevBroker, free_port
 
 FENCED_INSTANCE_ID, UNKNOWN_MEMBER_ID = 82, 25
 PRODUCE, HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT = 0, 12, 11, 14, 8
+FIND_COORDINATOR = 10  # aiokafka's are v0 and v1: one coordinator, its error code first
 # The first version of each api that is flexible (KIP-482): its response header then has a
 # tagged-field section after the correlation id.
-FLEXIBLE_FROM = {HEARTBEAT: 4, JOIN_GROUP: 6, SYNC_GROUP: 4}
+FLEXIBLE_FROM = {HEARTBEAT: 4, JOIN_GROUP: 6, SYNC_GROUP: 4, FIND_COORDINATOR: 3}
 # The first version whose response starts with throttle_time_ms (int32), before the error code.
-THROTTLE_FROM = {HEARTBEAT: 1, JOIN_GROUP: 2, SYNC_GROUP: 1}
+THROTTLE_FROM = {HEARTBEAT: 1, JOIN_GROUP: 2, SYNC_GROUP: 1, FIND_COORDINATOR: 1}
 
 
 def _string(frame: bytes, at: int) -> tuple[str | None, int]:
