@@ -24,7 +24,6 @@ from aiokafka.protocol.metadata import MetadataRequest
 from app.group_fence import (
     COORDINATOR_LOG,
     FENCED_INSTANCE_ID,
-    QUIET_ONCE_STOPPING,
     GroupFence,
     HeartbeatRequest_v3,
     InstanceFenced,
@@ -35,16 +34,12 @@ from app.group_fence import (
 from app.runtime import SenderClosed, SourceCommit
 from app.settings import load_settings
 from app.worker import create_app
+from tests.support.group_fakes import ClosingCoordinator, ScriptedClient, until
 
 GROUP, ME, INSTANCE = "kappa-v1", "faust-me", "worker-0"
 
 
-@pytest.fixture(autouse=True)
-def _coordinator_log_as_it_was() -> Any:
-    """A fenced member quiets aiokafka's coordinator for the rest of its process: not for the
-    other tests here."""
-    yield
-    COORDINATOR_LOG.removeFilter(QUIET_ONCE_STOPPING)
+pytestmark = pytest.mark.usefixtures("coordinator_log_as_it_was")
 
 
 def test_the_line_names_the_group_and_the_id_and_what_to_do() -> None:
@@ -77,41 +72,18 @@ def test_a_static_members_heartbeat_names_its_id_where_the_broker_takes_version_
     assert isinstance(beat.prepare({12: (0, 2)}), HeartbeatRequest_v1)  # an older broker
 
 
-class _Client:
-    """An aiokafka client's `send`, answering from a list and recording what was sent."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.sent: list[Any] = []
-
-    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
-        self.sent.append(request)
-        return self.answers.pop(0)
-
-
-class _Coordinator:
-    def __init__(self) -> None:
-        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.group_id, self.generation, self.member_id = GROUP, 3, ME
-
-
 class _Consumer:
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: ScriptedClient) -> None:
         self._client = client
-        self._coordinator = _Coordinator()
+        self._coordinator = ClosingCoordinator(GROUP, ME)
 
     async def commit(self, offsets: object) -> None:
         await self._client.send(1, _commit())
 
 
-async def _until_fenced(fence: GroupFence, steps: int = 100) -> None:
-    """Let the loop run the sends until the fence is seen (a failure, not a hang, if never):
-    a fenced send goes on to wait for the consumer's close in the same step."""
-    for _ in range(steps):
-        if fence.fenced:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not fenced after {steps} loop steps")
+async def _until_fenced(fence: GroupFence) -> None:
+    """A fenced send goes on to wait for the consumer's close in the same step."""
+    await until(lambda: fence.fenced, "fenced")
 
 
 def _join() -> JoinGroupRequest:
@@ -127,7 +99,7 @@ def _commit() -> OffsetCommitRequest:
 
 
 def _watched(answers: list[Any]) -> tuple[_Consumer, GroupFence, list[str]]:
-    consumer = _Consumer(_Client(answers))
+    consumer = _Consumer(ScriptedClient(answers))
     fence = GroupFence(GROUP, INSTANCE)
     said: list[str] = []
     stop_when_fenced(consumer, fence, lambda: said.append(fence.line()))
@@ -229,7 +201,7 @@ async def test_a_commit_under_way_when_fenced_returns_uncommitted_instead_of_fai
     assert consumer._client.sent == []
 
 
-class _HeldClient(_Client):
+class _HeldClient(ScriptedClient):
     """A client whose first answer arrives only once `gate` is set."""
 
     def __init__(self, answers: list[Any]) -> None:

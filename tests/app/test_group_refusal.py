@@ -26,7 +26,7 @@ from aiokafka.protocol.group import (
 from aiokafka.protocol.metadata import MetadataRequest
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from app.group_fence import COORDINATOR_LOG, QUIET_ONCE_STOPPING
+from app.group_fence import COORDINATOR_LOG
 from app.group_leave import _leave_group
 from app.group_refusal import (
     REFUSALS,
@@ -39,16 +39,12 @@ from app.group_refusal import (
 )
 from app.settings import load_settings
 from app.worker import create_app
+from tests.support.group_fakes import ClosingCoordinator, ScriptedClient, until
 
 GROUP, ME = "kappa-v1", "faust-me"
 
 
-@pytest.fixture(autouse=True)
-def _coordinator_log_as_it_was() -> Any:
-    """A refused member quiets aiokafka's coordinator for the rest of its process: not for the
-    other tests here."""
-    yield
-    COORDINATOR_LOG.removeFilter(QUIET_ONCE_STOPPING)
+pytestmark = pytest.mark.usefixtures("coordinator_log_as_it_was")
 
 
 def test_a_session_timeout_out_of_the_brokers_bounds_names_the_setting_and_the_bounds() -> None:
@@ -114,32 +110,10 @@ def test_commit_answers_retrying_can_change_are_no_refusal(code: int) -> None:
     assert commit_refusal_line([("a", code), ("b", code)], GROUP) is None
 
 
-class _Client:
-    """An aiokafka client's `send`, answering from a list and recording what was sent."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.sent: list[Any] = []
-
-    async def send(self, node_id: int, request: Any, **kwargs: Any) -> Any:
-        """An answer that is a future is awaited: a request held (a lookup waiting for the
-        close, say)."""
-        self.sent.append(request)
-        answer = self.answers.pop(0)
-        if isinstance(answer, asyncio.Future):
-            return await answer
-        return answer() if callable(answer) else answer
-
-
-class _Coordinator:
-    def __init__(self) -> None:
-        self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-
 class _Consumer:
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: ScriptedClient) -> None:
         self._client = client
-        self._coordinator = _Coordinator()
+        self._coordinator = ClosingCoordinator(GROUP, ME)
         self._group_id, self._session_timeout_ms = GROUP, 3000
 
     async def commit(self, request: OffsetCommitRequest) -> None:
@@ -152,20 +126,15 @@ class _Consumer:
 
 
 def _watched(answers: list[Any]) -> tuple[_Consumer, GroupRefusal, list[str]]:
-    consumer = _Consumer(_Client(answers))
+    consumer = _Consumer(ScriptedClient(answers))
     refusal = GroupRefusal()
     said: list[str] = []
     stop_when_refused(consumer, refusal, said.append)
     return consumer, refusal, said
 
 
-async def _until_refused(refusal: GroupRefusal, steps: int = 100) -> None:
-    """Let the loop run the sends until the refusal is seen (a failure, not a hang, if never)."""
-    for _ in range(steps):
-        if refusal.refused:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not refused after {steps} loop steps")
+async def _until_refused(refusal: GroupRefusal) -> None:
+    await until(lambda: refusal.refused, "refused")
 
 
 async def _settled(awaitable: Awaitable[Any], steps: int = 100) -> Any:
@@ -358,18 +327,16 @@ async def test_the_coordinators_warnings_are_not_logged_once_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """aiokafka's "Error sending JoinGroupRequest ... marking coordinator dead" when the held
-    request fails at close would be a second ERROR line. (The warning before the refusal is
-    worded apart from test_group_fence's: a worker made by an earlier test in the process
-    limits aiokafka's repeated log lines, and would hold it as a repeat.)"""
+    request fails at close would be a second ERROR line."""
     consumer, refusal, _ = _watched([JoinGroupResponse_v5(0, 26, -1, "", "", "", [])])
     with caplog.at_level(logging.INFO, logger=COORDINATOR_LOG.name):
-        COORDINATOR_LOG.warning("Heartbeat failed before the refusal")
+        COORDINATOR_LOG.warning("Marking the coordinator dead before")
         join = asyncio.ensure_future(consumer._client.send(1, _join()))
         await _until_refused(refusal)
         COORDINATOR_LOG.error("Error sending JoinGroupRequest_v5 to node 1 [GroupRefused]")
         COORDINATOR_LOG.info("Discovered coordinator 1")
     assert [r.getMessage() for r in caplog.records] == [
-        "Heartbeat failed before the refusal",
+        "Marking the coordinator dead before",
         "Discovered coordinator 1",
     ]
     join.cancel()
