@@ -14,13 +14,11 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from app.broker import free_port
 from app.orders_generator import generate
 from app.produce import produce_records
 from tests.support.datasets import orders_spec
@@ -31,7 +29,6 @@ from tests.support.kafka_proxy import (
     SYNC_GROUP,
     UNKNOWN_MEMBER_ID,
     FaultProxy,
-    ProxiedBroker,
 )
 from tests.support.workers import Worker, kappa_env, run_kappa
 
@@ -40,20 +37,6 @@ pytestmark = pytest.mark.integration
 INSTANCE_ID = "worker-0"
 MEMBER_REQUESTS = {HEARTBEAT, JOIN_GROUP, SYNC_GROUP, OFFSET_COMMIT}
 _spec = partial(orders_spec, keys=30, users=20, disorder_ms=3_000)
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    """A proxy to a broker of the test's own, which advertises the proxy's address."""
-    broker_port = free_port()
-    proxy = FaultProxy(("127.0.0.1", broker_port)).start()
-    broker = ProxiedBroker("127.0.0.1", broker_port, advertised_port=proxy.port)
-    try:
-        broker.start()
-        yield proxy
-    finally:
-        broker.stop()
-        proxy.stop()
 
 
 def _stopped_fenced(

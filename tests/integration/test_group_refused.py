@@ -10,12 +10,10 @@ heartbeat crashed it with a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.broker import free_port
 from app.orders_generator import GeneratorSpec, generate
 from app.produce import produce_records
 from tests.support.kafka_proxy import (
@@ -24,7 +22,6 @@ from tests.support.kafka_proxy import (
     JOIN_GROUP,
     OFFSET_COMMIT,
     FaultProxy,
-    ProxiedBroker,
 )
 from tests.support.workers import Worker, kappa_env, run_kappa
 
@@ -32,20 +29,6 @@ pytestmark = pytest.mark.integration
 
 INVALID_SESSION_TIMEOUT, TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 26, 29, 30
 NOT_COORDINATOR = 16
-
-
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    """A proxy to a broker of the test's own, which advertises the proxy's address."""
-    broker_port = free_port()
-    proxy = FaultProxy(("127.0.0.1", broker_port)).start()
-    broker = ProxiedBroker("127.0.0.1", broker_port, advertised_port=proxy.port)
-    try:
-        broker.start()
-        yield proxy
-    finally:
-        broker.stop()
-        proxy.stop()
 
 
 def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
@@ -67,26 +50,40 @@ def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
     return said[0]
 
 
+def _refused_at_start(
+    proxy: FaultProxy, unique: str, tmp_path: Path, api_key: int, code: int, **env: str
+) -> str:
+    """The line a worker whose every `api_key` request is answered `code` stops with."""
+    address = f"127.0.0.1:{proxy.port}"
+    environment = kappa_env(address, unique, tmp_path / "state", **env)
+    assert run_kappa(["topics"], environment).returncode == 0
+    proxy.answer(api_key, code)
+    worker = Worker(environment, tmp_path / "worker.log").start()
+    try:
+        return _stopped_in_one_line(worker)
+    finally:
+        worker.stop()
+
+
 def test_a_worker_whose_session_timeout_the_broker_refuses_stops_in_one_line(
     proxy: FaultProxy, unique: str, tmp_path: Path
 ) -> None:
     """Apache Kafka answers a JoinGroup whose session timeout is outside its
     group.min.session.timeout.ms (6 s by default) and group.max.session.timeout.ms so."""
-    address = f"127.0.0.1:{proxy.port}"
-    env = kappa_env(address, unique, tmp_path / "state", KAPPA_SESSION_TIMEOUT_MS="3000")
-    assert run_kappa(["topics"], env).returncode == 0
-    proxy.answer(JOIN_GROUP, INVALID_SESSION_TIMEOUT)
-    worker = Worker(env, tmp_path / "worker.log").start()
-    try:
-        said = _stopped_in_one_line(worker)
-        assert (
-            f"kappa worker: the broker refuses KAPPA_SESSION_TIMEOUT_MS=3000 for consumer group "
-            f"kappa-{unique}-v1 (JoinGroup answered INVALID_SESSION_TIMEOUT, not retried): set "
-            "KAPPA_SESSION_TIMEOUT_MS within the broker's group.min.session.timeout.ms" in said
-        ), said
-        assert proxy.fenced_answers == 1  # asked once: not retried
-    finally:
-        worker.stop()
+    said = _refused_at_start(
+        proxy,
+        unique,
+        tmp_path,
+        JOIN_GROUP,
+        INVALID_SESSION_TIMEOUT,
+        KAPPA_SESSION_TIMEOUT_MS="3000",
+    )
+    assert (
+        f"kappa worker: the broker refuses KAPPA_SESSION_TIMEOUT_MS=3000 for consumer group "
+        f"kappa-{unique}-v1 (JoinGroup answered INVALID_SESSION_TIMEOUT, not retried): set "
+        "KAPPA_SESSION_TIMEOUT_MS within the broker's group.min.session.timeout.ms" in said
+    ), said
+    assert proxy.fenced_answers == 1  # asked once: not retried
 
 
 def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
@@ -205,20 +202,12 @@ def test_a_worker_whose_coordinator_lookup_the_broker_refuses_stops_in_one_line(
     proxy: FaultProxy, unique: str, tmp_path: Path
 ) -> None:
     """Apache Kafka answers FindCoordinator so for a principal that may not describe the group."""
-    address = f"127.0.0.1:{proxy.port}"
-    env = kappa_env(address, unique, tmp_path / "state")
-    assert run_kappa(["topics"], env).returncode == 0
-    proxy.answer(FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
-    worker = Worker(env, tmp_path / "worker.log").start()
-    try:
-        said = _stopped_in_one_line(worker)
-        assert (
-            f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
-            "principal (FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried): grant "
-            "the principal Read on the group (ACLs); stopping" in said
-        ), said
-    finally:
-        worker.stop()
+    said = _refused_at_start(proxy, unique, tmp_path, FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
+    assert (
+        f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
+        "principal (FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried): grant "
+        "the principal Read on the group (ACLs); stopping" in said
+    ), said
 
 
 @pytest.mark.parametrize("moved_by", [HEARTBEAT, OFFSET_COMMIT], ids=["heartbeat", "commit"])
