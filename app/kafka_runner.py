@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
@@ -67,15 +67,19 @@ async def finish_on_stop(
         raise
 
 
-async def end_within(task: asyncio.Future[Any], deadline: StopDeadline, what: str) -> None:
-    """Wait for `task`, a step of a stop, within `deadline`; past it, or cancelled meanwhile
-    (a second stop), cancel it and wait for it to end. Its failure is said in one line, not
-    raised (the stop goes on), so it is never left unretrieved."""
+async def end_within(
+    task: asyncio.Future[Any], deadline: StopDeadline, what: str, at_stop: bool = True
+) -> None:
+    """Wait for `task`, a step of a stop (or of an end: not `at_stop`, which only words the
+    warning), within `deadline`; past it, or cancelled meanwhile (a second stop), cancel it
+    and wait for it to end. Its failure is said in one line, not raised (the stop goes on),
+    so it is never left unretrieved."""
     try:
         if not task.done():  # done (cancelled by someone else): the deadline is not started
             await asyncio.wait({task}, timeout=deadline.remaining_s())
         if not task.done():
-            log.warning("%s did not end within %gs of the stop; cancelled", what, deadline.budget_s)
+            since = " of the stop" if at_stop else ""
+            log.warning("%s did not end within %gs%s; cancelled", what, deadline.budget_s, since)
     finally:  # past the deadline, or cancelled again (a second stop): it ends here too
         if not task.done():
             task.cancel()
@@ -84,23 +88,44 @@ async def end_within(task: asyncio.Future[Any], deadline: StopDeadline, what: st
             log.warning("%s failed (%r)", what, task.exception())
 
 
+def stopping() -> bool:
+    """Whether the task running is on its way out of a stop (cancelled: Ctrl-C, SIGTERM, or
+    a stage beside it failed), rather than at its end."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def close_on_stop(
-    closes: Sequence[Awaitable[None]], what: str, deadline: StopDeadline | None = None
+    closes: Sequence[Callable[[], Awaitable[None]]],
+    what: str,
+    deadline: StopDeadline | None = None,
+    at_stop: bool | None = None,
 ) -> None:
     """Close clients at once, within one deadline (its own `HELD_SEND_ON_STOP_S` unless
-    given). aiokafka's `producer.stop()` waits for the requests in flight, up to its request
-    timeout (40 s) against a broker that does not answer; past the deadline the close is cut
-    and they are left to the process's end. Nothing is lost: a record is in flight at a stop
-    only if the batch it belongs to was not acknowledged, so its state was not committed and
-    it is read again on restart."""
+    given). `closes` are their close functions (`producer.stop`), called only once the close's
+    task runs: a second stop before then leaves no coroutine never awaited. aiokafka's
+    `producer.stop()` waits for the requests in flight, up to its request timeout (40 s)
+    against a broker that does not answer; past the deadline the close is cut and they are
+    left to the process's end. In the worker and the replay nothing is lost: a record is in
+    flight only if the batch it belongs to was not acknowledged, so its state was not
+    committed and it is read again on restart. At a normal end every batch was acknowledged,
+    so a close has nothing left to deliver: bounded there too, a broker gone quiet since holds
+    no exit up for 40 s. `at_stop` only words the warning (None: `stopping()`)."""
+
+    async def close_one(close: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await close()
+        except Exception as e:  # said as it fails, even while another close hangs
+            log.warning("%s failed (%r)", what, e)
 
     async def close_all() -> None:
-        for result in await asyncio.gather(*closes, return_exceptions=True):
-            if isinstance(result, Exception):  # the others are closed all the same
-                log.warning("%s failed (%r)", what, result)
+        await asyncio.gather(*map(close_one, closes))  # the others are closed all the same
 
+    if at_stop is None:
+        at_stop = stopping()
     if closes:
-        await end_within(asyncio.ensure_future(close_all()), deadline or StopDeadline(), what)
+        task = asyncio.ensure_future(close_all())
+        await end_within(task, deadline or StopDeadline(), what, at_stop)
 
 
 def kafka_pipeline_runner(

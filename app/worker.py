@@ -330,7 +330,7 @@ async def close_senders_on_stop(senders: Sequence[OwnProducerSender | Transactio
     """Stop the senders' producers at once, within a deadline of their own (`close_on_stop`):
     a producer still waiting for a broker that does not answer must not hold the stop up to
     aiokafka's request timeout, each in turn."""
-    await close_on_stop([s.close() for s in senders], "closing the producers")
+    await close_on_stop([s.close for s in senders], "closing the producers", at_stop=True)
 
 
 async def freeze_startup_heap() -> None:

@@ -264,7 +264,7 @@ async def replay_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]
         await producer.start()  # inside: stopped even if cancelled while starting
         yield producer
     finally:
-        await close_on_stop([producer.stop()], "closing the replay's producer")
+        await close_on_stop([producer.stop], "closing the replay's producer")
 
 
 def _replayed_here_before(topology: Topology, opts: ReplayOptions) -> bool:
@@ -485,7 +485,7 @@ async def _run_stage(
             progress.close()
         runner.close()
         if isinstance(sender, TransactionalSender):  # its producers are the stage's own
-            await close_on_stop([sender.close()], f"{pipeline.name}: closing the producers")
+            await close_on_stop([sender.close], f"{pipeline.name}: closing the producers")
 
 
 async def _consume(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
-from app.kafka_runner import StopDeadline, finish_on_stop, send_held_on_stop
+from app.kafka_runner import StopDeadline, close_on_stop, finish_on_stop, send_held_on_stop
 from app.runtime import PipelineRunner
 
 
@@ -192,3 +194,53 @@ async def test_a_worker_stop_gives_the_held_entries_their_own_time_after_a_stuck
     others = FakeRunner("user-totals", fine)
     await worker.finish_and_send_held([StuckDriver()], as_runners(others))  # type: ignore[list-item]
     assert others.sent
+
+
+async def test_a_second_stop_before_the_close_runs_leaves_no_close_never_awaited() -> None:
+    """A second Ctrl-C ends `asyncio.run`, which cancels every task left: the close's among
+    them, possibly before it first ran. A `producer.stop()` made before then was never
+    awaited (a warning at garbage collection); a close is made only once its task runs."""
+    made: list[Coroutine[Any, Any, None]] = []
+
+    async def stop() -> None:
+        pass
+
+    def close() -> Coroutine[Any, Any, None]:
+        made.append(stop())
+        return made[-1]
+
+    others = asyncio.all_tasks()
+    closing = asyncio.ensure_future(close_on_stop([close], "closing the producer"))
+    await asyncio.sleep(0)  # its first step ran: the close's task is made, not yet run
+    for task in asyncio.all_tasks() - others - {asyncio.current_task()}:
+        task.cancel()  # as `asyncio.run` does, in the order it finds them
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert made == []
+    await close_on_stop([close], "closing the producer")  # without a stop: made and awaited
+    assert [inspect.getcoroutinestate(c) for c in made] == [inspect.CORO_CLOSED]
+
+
+async def test_closes_at_a_normal_end_past_the_deadline_say_so_without_a_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A command's end (every batch acknowledged) closes its clients within the same deadline,
+    a broker gone quiet since costing no 40 s; the warning names no stop there was not."""
+    closed: list[str] = []
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async def closes() -> None:
+        closed.append("closed")
+
+    async def fails() -> None:
+        raise OSError("connection reset")
+
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
+        await close_on_stop([hangs, closes, fails], "closing the producers", StopDeadline(0.05))
+    assert closed == ["closed"]
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "closing the producers did not end within 0.05s; cancelled",
+        "closing the producers failed (OSError('connection reset'))",
+    ]

@@ -152,3 +152,22 @@ async def test_a_stopped_replay_does_not_wait_for_its_producer_past_the_deadline
     assert [r.getMessage() for r in caplog.records] == [
         "closing the replay's producer did not end within 0.05s of the stop; cancelled"
     ]
+
+
+async def test_a_replay_ending_without_a_stop_names_no_stop_when_its_close_is_cut(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At its normal end every batch was acknowledged: the close has nothing left to deliver,
+    and one a broker gone quiet holds up is cut all the same, said without a stop there was
+    not."""
+    monkeypatch.setattr("app.kafka_runner.HELD_SEND_ON_STOP_S", STEP_S)
+    producer = _HangingProducer()
+    monkeypatch.setattr(replay_runner, "new_batch_producer", lambda *a, **k: producer)
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    with caplog.at_level(logging.WARNING, logger="app.kafka_runner"):
+        async with replay_producer(settings):
+            pass  # the stages, to their end
+    assert producer.stopping and producer.stop_cancelled
+    assert [r.getMessage() for r in caplog.records] == [
+        "closing the replay's producer did not end within 0.05s; cancelled"
+    ]
