@@ -28,6 +28,7 @@ from rich.progress import (
 
 from app.cli_output import PROGRESS
 from app.kafka_clients import Conn, new_producer
+from app.kafka_runner import close_on_stop
 
 T = TypeVar("T")
 
@@ -155,7 +156,8 @@ async def produce_records(
     ``total`` only sizes the progress bar (taken from ``len(records)`` when it has one).
     A record over ``MAX_REQUEST_SIZE`` is `RecordTooLarge`. ``records`` that may wait for data
     (a named pipe's) come as an async iterable (`app.read_ahead.ReadAhead`), so the loop sends
-    and takes a stop meanwhile; they are closed on the way out, however it ends.
+    and takes a stop meanwhile; they are closed on the way out, however it ends, and the
+    producer too, within `close_on_stop`'s deadline.
     """
     if total is None and isinstance(records, Sized):
         total = len(records)
@@ -203,5 +205,8 @@ async def produce_records(
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
-        await producer.stop()
+        # Within a deadline of its own: stopped (or failed) with sends in flight to a broker
+        # that does not answer, aiokafka's stop waits up to its request timeout (40 s). Those
+        # records are counted as "up to" and a rerun sends them again.
+        await close_on_stop([producer.stop], "closing the producer")
     return sent
