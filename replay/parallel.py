@@ -6,6 +6,7 @@ coordinate through the version registry exactly as separately started processes 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -22,10 +23,11 @@ from replay.summary import ReplaySummary
 # Exit codes of a replay stopped by SIGTERM or SIGINT (128 + the signal, as a shell reports it).
 TERMINATED = 128 + signal.SIGTERM
 INTERRUPTED = 128 + signal.SIGINT
-# How long (s) a child may take to exit once told to stop, before it is killed: its stop
-# finishes the batch under way, sends the changelog entries it holds and closes its producer,
-# each within `HELD_SEND_ON_STOP_S`; killed meanwhile, its held entries' batches are read and
-# their DLQ and late copies written again on resume.
+# How long (s) the children may take to exit once told to stop, one deadline for them all
+# (they stop side by side; 20 s, within a supervisor's 30 s grace whatever N), before those
+# left are killed. A child's stop finishes the batch under way, sends the changelog entries it
+# holds and closes its producer, each within `HELD_SEND_ON_STOP_S`; killed meanwhile, its
+# held entries' batches are read and their DLQ and late copies written again on resume.
 CHILD_STOP_S = 3 * HELD_SEND_ON_STOP_S + 5.0
 
 
@@ -165,16 +167,21 @@ def stop_with_parent(parent_pid: int) -> None:
 
 
 def _stop(children: list[subprocess.Popen[str]]) -> None:
-    """Terminate the children still running and wait for them (killed if they linger)."""
+    """Terminate the children still running and wait for them, all within one
+    `CHILD_STOP_S` (a supervisor's grace period covers the command, not each child); those
+    still running then are killed."""
     for child in children:
         if child.poll() is None:
             child.terminate()
+    deadline = time.monotonic() + CHILD_STOP_S
     for child in children:
-        try:
-            child.wait(CHILD_STOP_S)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(max(0.0, deadline - time.monotonic()))
+    for child in children:
+        if child.poll() is None:
             child.kill()
-            child.wait()
+    for child in children:
+        child.wait()
 
 
 def _wait_all_or_first_failure(

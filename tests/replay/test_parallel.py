@@ -19,6 +19,7 @@ from replay.parallel import (
     TERMINATED,
     StopHandler,
     Terminated,
+    _stop,
     exit_code,
     failure_line,
     run_parallel,
@@ -227,3 +228,61 @@ def test_a_stopped_child_has_time_for_each_step_of_its_stop_before_it_is_killed(
     `HELD_SEND_ON_STOP_S`: a child killed at 10 s could lose its held send, and its batches'
     DLQ and late copies were written again on resume."""
     assert CHILD_STOP_S > 3 * HELD_SEND_ON_STOP_S
+
+
+# A child whose stop never ends: it ignores SIGTERM (says so once it does), until killed.
+_IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ignoring', flush=True); time.sleep(60)"
+)
+
+
+def test_children_that_do_not_stop_are_all_killed_after_one_shared_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each child waited for `CHILD_STOP_S` in turn, two stuck ones took 40 s: past a
+    supervisor's 30 s grace (then the parent is SIGKILLed, and its children only get
+    SIGTERM from the kernel). Told to stop together, they share one deadline."""
+    monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
+    children: list[subprocess.Popen[str]] = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True),
+        *(
+            subprocess.Popen(
+                [sys.executable, "-c", _IGNORES_SIGTERM], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ),
+    ]
+    events: list[tuple[str, int, float | None]] = []  # (what, child, wait timeout)
+    real_wait, real_kill = subprocess.Popen.wait, subprocess.Popen.kill
+
+    def wait(child: subprocess.Popen[str], timeout: float | None = None) -> int:
+        try:
+            return real_wait(child, timeout)
+        except subprocess.TimeoutExpired:
+            events.append(("cut", children.index(child), timeout))
+            raise
+
+    def kill(child: subprocess.Popen[str]) -> None:
+        events.append(("kill", children.index(child), None))
+        real_kill(child)
+
+    try:
+        for stuck in children[1:]:
+            assert stuck.stdout is not None
+            assert stuck.stdout.readline() == "ignoring\n"
+        monkeypatch.setattr(subprocess.Popen, "wait", wait)
+        monkeypatch.setattr(subprocess.Popen, "kill", kill)
+        _stop(children)
+    finally:
+        for child in children:
+            real_kill(child)
+            real_wait(child)
+            if child.stdout is not None:
+                child.stdout.close()
+    cuts = [e for e in events if e[0] == "cut"]
+    assert sum(timeout or 0.0 for _, _, timeout in cuts) <= 0.2  # one deadline, not one each
+    assert [what for what, _, _ in events] == ["cut"] * len(cuts) + ["kill", "kill"]
+    assert [e[1] for e in events if e[0] == "kill"] == [1, 2]
+    returncodes = [child.returncode for child in children]
+    assert returncodes == [-signal.SIGTERM, -signal.SIGKILL, -signal.SIGKILL]
