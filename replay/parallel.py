@@ -174,12 +174,14 @@ def _stop(children: list[subprocess.Popen[str]]) -> None:
         if child.poll() is None:
             child.terminate()
     deadline = time.monotonic() + CHILD_STOP_S
-    for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(max(0.0, deadline - time.monotonic()))
-    for child in children:
-        if child.poll() is None:
-            child.kill()
+    try:
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(max(0.0, deadline - time.monotonic()))
+    finally:  # past the deadline, or a second Ctrl-C meanwhile (it ends the parent at once)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
     for child in children:
         child.wait()
 
@@ -195,8 +197,7 @@ def _wait_all_or_first_failure(
         failed = [c for c, code in zip(children, codes) if code not in (None, 0)]
         if failed:
             alive = [c for c, code in zip(children, codes) if code is None]
-            for child in alive:
-                child.terminate()
+            _stop(alive)  # one that does not stop is killed: its output would never end
             for reader in readers:
                 reader.join()
             rc = failed[0].returncode

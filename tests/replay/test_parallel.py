@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from replay.parallel import (
     StopHandler,
     Terminated,
     _stop,
+    _wait_all_or_first_failure,
     exit_code,
     failure_line,
     run_parallel,
@@ -286,3 +288,66 @@ def test_children_that_do_not_stop_are_all_killed_after_one_shared_deadline(
     assert [e[1] for e in events if e[0] == "kill"] == [1, 2]
     returncodes = [child.returncode for child in children]
     assert returncodes == [-signal.SIGTERM, -signal.SIGKILL, -signal.SIGKILL]
+
+
+def test_a_child_failing_stops_the_others_within_the_deadline_and_kills_one_that_ignores_it(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The others were told to stop, then their output waited for with no bound: one that
+    did not stop held the parent for ever."""
+    monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stuck.stdout is not None
+    assert stuck.stdout.readline() == "ignoring\n"
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], text=True)
+    reader = threading.Thread(target=stuck.stdout.read, daemon=True)
+    reader.start()
+    codes: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: codes.append(_wait_all_or_first_failure([failing, stuck], [reader])),
+        daemon=True,
+    )
+    try:
+        waiting.start()
+        waiting.join(60)  # a failure, not a hang, if the parent never gets past the stuck one
+        assert codes == [3] and stuck.returncode == -signal.SIGKILL
+        assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
+    finally:
+        stuck.kill()
+        stuck.wait()
+        stuck.stdout.close()
+
+
+def test_a_second_ctrl_c_while_the_children_stop_kills_them_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It raised out of the wait, and the parent's cleanup waited for them all over again, a
+    whole deadline more, where a second Ctrl-C is to end the parent at once."""
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stuck.stdout is not None
+    real_wait = subprocess.Popen.wait
+
+    def interrupted(child: subprocess.Popen[str], timeout: float | None = None) -> int:
+        if timeout is not None:  # the deadline's wait: Ctrl-C again meanwhile
+            raise KeyboardInterrupt
+        return real_wait(child, timeout)
+
+    try:
+        assert stuck.stdout.readline() == "ignoring\n"
+        monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _stop([stuck])
+        monkeypatch.undo()
+        assert stuck.wait(60) == -signal.SIGKILL
+    finally:
+        stuck.kill()
+        real_wait(stuck)
+        stuck.stdout.close()
