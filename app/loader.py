@@ -12,7 +12,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -29,6 +29,8 @@ from app.topology import Topology, written_by_kappa
 from tables.cleaning import InvalidRecord, require_event_time_ms
 
 KeyValue = tuple[bytes | None, bytes]
+# A file's first bytes looked at, at most, for a JSON array or an object over several lines.
+HEAD_BYTES = 4096
 # Records read back from the end of each partition to find the newest event time there.
 TAIL_RECORDS = 1000
 
@@ -190,6 +192,41 @@ def _multi_line_object(head: bytes) -> bool:
     return isinstance(value, dict) and end > len(line)
 
 
+def _first_line_settles(head: bytes) -> bool:
+    """Whether `head` holds its first line (past blank ones) whole, and that line is enough for
+    `_json_array` and `_multi_line_object` to say what they would of the whole file's first
+    `HEAD_BYTES`: any line but one that opens an object it does not close (an object over
+    several lines, or a broken line: the lines after it tell)."""
+    text = head.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").lstrip()
+    line, newline, _ = text.partition("\n")
+    if not newline:
+        return False
+    first = line.strip()
+    if not first.startswith("{") or first == "{":
+        return True
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _head(f: io.BufferedReader) -> bytes:
+    """What `_json_array` and `_multi_line_object` look at: a regular file's first `HEAD_BYTES`;
+    a named pipe's or a device's first lines, only as many as settle it (one, mostly), within
+    HEAD_BYTES. A read of HEAD_BYTES from a pipe waits until they have all come: a writer
+    slower than that (a line now and then) had nothing sent meanwhile."""
+    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        return f.read(HEAD_BYTES)
+    head = b""
+    while len(head) < HEAD_BYTES and not _first_line_settles(head):
+        line = f.readline(HEAD_BYTES - len(head))  # returns once its newline has come
+        if not line:  # the end
+            break
+        head += line
+    return head
+
+
 class _HeadFirst(io.RawIOBase):
     """A file read from `head`, its first bytes already read, then on from `rest`: a pipe (a
     `mkfifo` fed by `zcat`) can be read only once, neither reopened nor rewound."""
@@ -225,7 +262,7 @@ def _file_records(
     object; `at_line`: with each record's line in the file as it is read."""
     f = open(path, "rb")  # noqa: SIM115 (closed by the records' reader, or here on refusal)
     try:
-        head = f.read(4096)
+        head = _head(f)
         if _json_array(head) and not path.lower().endswith(".csv"):
             raise ConfigError(
                 f"{path} holds a JSON array: kappa produce reads JSON lines, one object per "
@@ -240,6 +277,46 @@ def _file_records(
     except BaseException:
         f.close()
         raise
+
+
+def _records_read_when_taken(
+    path: str, not_object: Callable[[], None], at_line: Callable[[int], None]
+) -> Iterator[KeyValue]:
+    """`_file_records`, all of it in the thread that takes the records (`ReadAhead`): opening a
+    named pipe waits for its writer, and its head for the first line, so a stop meanwhile is
+    the loop's to take. A file that cannot be read, or is refused, is the ConfigError it is
+    before connecting, raised where the loop takes the first record (before connecting too)."""
+    try:
+        records = _file_records(path, not_object, at_line)
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+    yield from records
+
+
+def _unreadable(path: str, e: OSError | ValueError) -> ConfigError:
+    """The one line for a file missing, not readable, of an unknown suffix, or refused."""
+    if isinstance(e, ConfigError):
+        return e
+    return ConfigError(f"cannot read {path}: {e.strerror}" if isinstance(e, OSError) else str(e))
+
+
+async def _first_awaited(items: AsyncGenerator[KeyValue, None]) -> AsyncIterator[KeyValue]:
+    """`items`, its first item awaited now (its failure raised here), then all of them."""
+    try:
+        first = [await anext(items)]
+    except StopAsyncIteration:
+        first = []
+
+    async def all_items() -> AsyncIterator[KeyValue]:
+        try:
+            for item in first:
+                yield item
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()
+
+    return all_items()
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
@@ -274,17 +351,19 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         if not args.file.strip():
             raise ConfigError("--file needs a path")
         try:  # missing or unreadable: said before connecting
-            records = numbered(_file_records(args.file, not_object, at_line))
-            if not stat.S_ISREG(os.stat(args.file).st_mode):
-                # a named pipe, a device: a read may wait for its writer, for ever. Read by a
-                # thread, the loop sends what came meanwhile and takes a stop. A regular file is
+            if stat.S_ISREG(os.stat(args.file).st_mode):
                 # read in the loop: handing records between threads slows kappa produce down
+                records = numbered(_file_records(args.file, not_object, at_line))
+            else:
+                # a named pipe, a device: its open and each read may wait for its writer, for
+                # ever. Opened and read by a thread, the loop sends what came meanwhile and
+                # takes a stop
+                records = numbered(_records_read_when_taken(args.file, not_object, at_line))
                 read_ahead = ReadAhead(
                     iter(records), lambda numbered: len(numbered[1][1]), name="kappa-produce-file"
                 )
         except (OSError, ValueError) as e:
-            reason = f"cannot read {args.file}: {e.strerror}" if isinstance(e, OSError) else e
-            raise ConfigError(str(reason)) from None
+            raise _unreadable(args.file, e) from None
         total = None
     else:
         spec = generator_spec(args)  # checked before connecting; generated in `run`
@@ -311,7 +390,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     async def counting_read_ahead(
         records: ReadAhead[tuple[int, KeyValue]],
-    ) -> AsyncIterator[KeyValue]:
+    ) -> AsyncGenerator[KeyValue, None]:
         """As `counting`, for records read by a thread."""
         nonlocal read, line
         source = aiter(records)
@@ -321,6 +400,8 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
                     line, record = await anext(source)
                 except StopAsyncIteration:
                     return
+                except ConfigError:  # opened by the thread: unreadable or refused
+                    raise
                 except (OSError, ValueError, csv.Error) as e:
                     raise _ReadFailed(str(e)) from None
                 yield record
@@ -330,6 +411,11 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> int:
         nonlocal records
+        piped: AsyncIterator[KeyValue] | None = None
+        if read_ahead is not None:
+            # its first record awaited before connecting, as a regular file's head is looked
+            # at: a file unreadable or refused is said before anything is created
+            piped = await _first_awaited(counting_read_ahead(read_ahead))
         await wait_for_broker(settings.kafka)
         if spec is not None:
             chosen = spec
@@ -344,7 +430,7 @@ def run_produce(settings: Settings, args: argparse.Namespace) -> int:
         return await produce_records(
             settings.kafka,
             args.topic,
-            counting(records) if read_ahead is None else counting_read_ahead(read_ahead),
+            counting(records) if piped is None else piped,
             rate=args.rate,
             progress=not args.no_progress,
             total=total,

@@ -16,6 +16,9 @@ from app.orders_generator import GeneratorSpec
 from app.produce import RecordTooLarge
 from app.settings import ConfigError, load_settings
 
+WAIT_S = 60.0  # generous: only a read that never gets there fails it
+CSV_HEADER = "order_id,user_id,product_id,category,amount,quantity,ts\n"
+
 
 async def _taken(records: Any) -> AsyncIterator[Any]:
     """The records as `produce_records` takes them: in the loop, or read ahead by a thread."""
@@ -212,16 +215,16 @@ def test_a_json_array_file_is_refused_before_connecting(tmp_path: Any) -> None:
         loader.run_produce(load_settings({}), args)
 
 
-@pytest.mark.parametrize(
-    ("head", "array"),
-    [
-        (b'[\n  {"order_id": "1"}\n]\n', True),  # pretty-printed
-        (b'[{"order_id": "1"}, {"order_id": "2"}]\n', True),  # on one line
-        (b'\xef\xbb\xbf  [\n{"a": 1}]', True),  # after a byte order mark
-        (b'[1, 2]\n{"order_id": "1"}\n', False),  # JSON lines whose first record is bad
-        (b'{"order_id": "1"}\n[\n', False),
-    ],
-)
+ARRAY_HEADS = [  # (a file's first bytes, whether they are a JSON array's)
+    (b'[\n  {"order_id": "1"}\n]\n', True),  # pretty-printed
+    (b'[{"order_id": "1"}, {"order_id": "2"}]\n', True),  # on one line
+    (b'\xef\xbb\xbf  [\n{"a": 1}]', True),  # after a byte order mark
+    (b'[1, 2]\n{"order_id": "1"}\n', False),  # JSON lines whose first record is bad
+    (b'{"order_id": "1"}\n[\n', False),
+]
+
+
+@pytest.mark.parametrize(("head", "array"), ARRAY_HEADS)
 def test_what_counts_as_a_json_array_file(head: bytes, array: bool) -> None:
     assert loader._json_array(head) is array
 
@@ -242,29 +245,45 @@ def test_a_json_object_over_several_lines_is_refused_before_connecting(tmp_path:
     )
 
 
-@pytest.mark.parametrize(
-    ("head", "pretty"),
-    [
-        (b'{\n "order_id": "1"\n}\n', True),  # as jq and json.dumps(indent=...) write it
-        (b'\xef\xbb\xbf\n\n  {  \r\n"a": 1}', True),  # after a byte order mark, blank lines
-        (b"{", True),
-        (b'{"order_id": "1",\n "user_id": "u1"}\n', True),  # the first line not alone
-        (b'{"a": {"b": 1,\n "c": [1,\n 2]}}\n{"a": 2}\n', True),
-        (b'{ "order_id": "1",\n "note": "' + b"x" * 5000, True),  # cut by the head's end
-        (b'{"order_id": "1"}\n{"order_id": "2"}\n', False),  # JSON lines
-        (b'  {"order_id": "1"}  \r\n{\n', False),
-        (b'{"order_id": "1"}', False),
-        (b'{bad json}\n{"order_id": "2"}\n', False),  # a broken first record
-        (b'{"order_id": "1"\n{"order_id": "2"}\n', False),  # one cut short
-        (b'{"order_id": "1", "note": "x\n"}\n', False),  # a string broken by its newline
-        (b'{"order_id": "1"} trailing\n{"order_id": "2"}\n', False),
-        (b'{"order_id": "' + b"x" * 5000, False),  # a long first line, its end not read yet
-        (b"[\n{", False),  # an array, refused as one
-        (b'\n"{"\n', False),
-    ],
-)
+MULTI_LINE_HEADS = [  # (a file's first bytes, whether they are an object over several lines)
+    (b'{\n "order_id": "1"\n}\n', True),  # as jq and json.dumps(indent=...) write it
+    (b'\xef\xbb\xbf\n\n  {  \r\n"a": 1}', True),  # after a byte order mark, blank lines
+    (b"{", True),
+    (b'{"order_id": "1",\n "user_id": "u1"}\n', True),  # the first line not alone
+    (b'{"a": {"b": 1,\n "c": [1,\n 2]}}\n{"a": 2}\n', True),
+    (b'{ "order_id": "1",\n "note": "' + b"x" * 5000, True),  # cut by the head's end
+    (b'{"order_id": "1"}\n{"order_id": "2"}\n', False),  # JSON lines
+    (b'  {"order_id": "1"}  \r\n{\n', False),
+    (b'{"order_id": "1"}', False),
+    (b'{bad json}\n{"order_id": "2"}\n', False),  # a broken first record
+    (b'{"order_id": "1"\n{"order_id": "2"}\n', False),  # one cut short
+    (b'{"order_id": "1", "note": "x\n"}\n', False),  # a string broken by its newline
+    (b'{"order_id": "1"} trailing\n{"order_id": "2"}\n', False),
+    (b'{"order_id": "' + b"x" * 5000, False),  # a long first line, its end not read yet
+    (b"[\n{", False),  # an array, refused as one
+    (b'\n"{"\n', False),
+]
+
+
+@pytest.mark.parametrize(("head", "pretty"), MULTI_LINE_HEADS)
 def test_what_counts_as_a_json_object_over_several_lines(head: bytes, pretty: bool) -> None:
     assert loader._multi_line_object(head[:4096]) is pretty
+
+
+@pytest.mark.parametrize("head", [head for head, _ in ARRAY_HEADS + MULTI_LINE_HEADS])
+def test_a_pipes_head_read_line_by_line_is_refused_as_its_first_4_kib_would_be(
+    head: bytes,
+) -> None:
+    """A pipe's head is read only up to the line that settles what it is (so that a slow
+    writer's first record goes at once): an object over several lines whose first line is
+    not `{` alone needs the lines after it."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, head)  # within the pipe's buffer
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:
+        piped = loader._head(pipe)
+    assert loader._json_array(piped) is loader._json_array(head[:4096])
+    assert loader._multi_line_object(piped) is loader._multi_line_object(head[:4096])
 
 
 @pytest.mark.parametrize("name", ["orders.jsonl", "orders.csv"])
@@ -317,6 +336,82 @@ def test_a_named_pipe_is_read_once_and_whole(
     assert len(produced) == len(rows)
     assert json.loads(produced[0])["order_id"] == "o000000"
     assert json.loads(produced[-1])["order_id"] == "o019999"
+
+
+@pytest.mark.parametrize(
+    ("name", "lines"),
+    [
+        ("orders.jsonl", ['{"order_id": "o1"}\n', '{"order_id": "o2"}\n']),
+        ("orders.csv", [CSV_HEADER, "o1,u1,p1,books,1,1,1\n", "o2,u2,p2,books,1,1,1\n"]),
+    ],
+)
+def test_a_named_pipes_first_record_is_sent_before_its_writer_writes_more(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, name: str, lines: list[str]
+) -> None:
+    """Its first 4 KiB were read at once, to look for a JSON array: from a writer slower than
+    that (a line now and then) nothing was sent until 4 KiB had come, or it closed the pipe."""
+    pipe = tmp_path / name
+    os.mkfifo(pipe)
+    first_sent = threading.Event()
+    sent_before_more: list[bool] = []
+
+    def write() -> None:
+        *first, more = lines
+        with open(pipe, "w") as f:
+            f.write("".join(first))
+            f.flush()  # and the pipe held open
+            sent_before_more.append(first_sent.wait(WAIT_S))
+            f.write(more)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    produced: list[bytes] = []
+
+    async def nothing(*args: Any, **kwargs: Any) -> Any:
+        return 0
+
+    async def send(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        async for _, value in _taken(records):
+            produced.append(value)
+            first_sent.set()
+        return len(produced)
+
+    monkeypatch.setattr(loader, "wait_for_broker", nothing)
+    monkeypatch.setattr(loader, "ensure_topics", nothing)
+    monkeypatch.setattr(loader, "produce_records", send)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(pipe), "--no-progress"])
+    loader.run_produce(load_settings({}), args)
+    writer.join()
+    assert sent_before_more == [True]
+    assert [json.loads(value)["order_id"] for value in produced] == ["o1", "o2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ('[\n{"order_id": "1"}\n]\n', "holds a JSON array"),
+        ('{"order_id": "1",\n "user_id": "u1"}\n', "holds a JSON object over several lines"),
+    ],
+)
+def test_a_named_pipe_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, text: str, refusal: str
+) -> None:
+    """Its head is looked at by the thread that reads it: the loop awaits its first record,
+    or its refusal, before connecting, so that nothing is created for a file refused."""
+    pipe = tmp_path / "orders.json"
+    os.mkfifo(pipe)
+    threading.Thread(target=pipe.write_text, args=(text,), daemon=True).start()
+    connected: list[bool] = []
+
+    async def connect(*args: Any, **kwargs: Any) -> None:
+        connected.append(True)
+
+    monkeypatch.setattr(loader, "wait_for_broker", connect)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(pipe), "--no-progress"])
+    with pytest.raises(ConfigError) as refused:
+        loader.run_produce(load_settings({}), args)
+    assert str(refused.value).startswith(f"{pipe} {refusal}: kappa produce reads JSON lines")
+    assert connected == []
 
 
 def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(

@@ -4,10 +4,13 @@ in a container, where a process with no handler for it ignores it until the SIGK
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
 import subprocess
+import sys
+import termios
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -443,3 +446,57 @@ async def test_a_produce_reading_a_pipe_whose_writer_stalls_stops_when_told(
         f"kappa produce: stopped; up to 300 records went to {topic} (producing the same again "
         "sends them again)"
     )
+
+
+def _waits_for_a_writer(pid: int) -> bool:
+    """Whether a thread of process `pid` waits in opening a named pipe for its writer."""
+    for wchan in Path(f"/proc/{pid}/task").glob("*/wchan"):
+        try:
+            if wchan.read_text() == "wait_for_partner":
+                return True
+        except OSError:  # the thread ended
+            continue
+    return False
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe open as `fd` and not read yet."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
+@pytest.mark.parametrize("waits_for", ["its writer", "its first line"])
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_produce_waiting_for_its_pipes_first_line_stops_saying_so(
+    tmp_path: Path, stop: signal.Signals, code: int, waits_for: str
+) -> None:
+    """The pipe was opened, and its head read, before the command's loop: a stop there ended
+    it (143, 130) without the line saying how many records went. Opened and read by the thread
+    that reads the rest, the loop takes the stop."""
+    pipe = tmp_path / "orders.jsonl"
+    os.mkfifo(pipe)
+    writer: int | None = None
+    if waits_for == "its first line":
+        # read and write: a writer there before the command, which neither writes more nor
+        # closes; the first line cut short
+        writer = os.open(pipe, os.O_RDWR)
+        os.write(writer, b'{"order_id": "o1", ')
+    cmd = ["produce", "orders", "--file", str(pipe), "--no-progress"]
+    try:
+        with _kappa(cmd, kappa_env("127.0.0.1:1", "sig", tmp_path / "state")) as proc:
+            deadline = time.monotonic() + 60
+            # waiting in its open; or it read what was written, and waits for the rest
+            while not (_waits_for_a_writer(proc.pid) if writer is None else _unread(writer) == 0):
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, f"kappa produce never waited for {waits_for}"
+                time.sleep(0.01)
+            proc.send_signal(stop)
+            err = proc.communicate(timeout=60)[1]
+    finally:
+        if writer is not None:
+            os.close(writer)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1:] == [
+        "kappa produce: stopped; up to 0 records went to orders (producing the same again "
+        "sends them again)"
+    ], err
