@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,15 @@ def _stopping_driver(
         stop_deadline_s=stop_deadline_s,
     )
     return driver, stops
+
+
+async def _until(condition: Callable[[], bool], steps: int = 100) -> None:
+    """Let the loop run until `condition` holds (a failure, not a hang, if it never does)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not so after {steps} loop steps")
 
 
 async def _buffer(driver: PipelineDriver, partition: int, *offsets: int) -> None:
@@ -469,14 +478,19 @@ async def test_a_stop_waits_for_the_batch_under_way_then_ends_the_drain_loop() -
     drain = asyncio.ensure_future(driver.drain())
     await _buffer(driver, 0, 1)
     await asyncio.wait_for(sending.wait(), 5)
-    finishing = asyncio.ensure_future(driver.finish_batch())
-    await asyncio.sleep(0)  # the stop reaches the drain loop, which waits for the batch
-    assert not finishing.done()
+    acked_at_the_stops_end: list[dict[int, list[int]]] = []
+
+    async def stop() -> None:
+        await driver.finish_batch()
+        acked_at_the_stops_end.append(dict(driver.consumer.acked))  # type: ignore[attr-defined]
+
+    stopping = asyncio.ensure_future(stop())
+    await _until(lambda: drain.cancelling() > 0)  # the stop reached the drain loop mid-batch
     acknowledged.set()
-    await asyncio.wait_for(finishing, 5)
+    await asyncio.wait_for(stopping, 5)
+    assert acked_at_the_stops_end == [{0: [1]}]  # it returned once the batch was acknowledged
     assert runner.handled == [{0: [1]}] and stops == []
-    assert driver.consumer.acked == {0: [1]}  # type: ignore[attr-defined]
-    assert drain.cancelled()
+    assert drain.cancelled()  # ended by the stop, not by its own `should_stop`
 
 
 async def test_a_stop_cancels_the_batch_under_way_past_its_deadline(

@@ -27,21 +27,24 @@ async def test_the_items_come_in_order_and_then_the_sources_error() -> None:
 
 
 async def test_a_source_waiting_for_data_holds_its_thread_not_the_loop() -> None:
-    """As a named pipe whose writer stalls: the items before the wait are taken, and the
-    task waiting for the next one can be cancelled (a stop)."""
-    more = threading.Event()
+    """As a named pipe whose writer stalls: the items before the wait are taken, the loop
+    runs on while the source waits, and the task waiting for the next item can be cancelled
+    (a stop)."""
+    stalled, more = threading.Event(), threading.Event()
 
     def source() -> Iterator[str]:
         yield "a"
         yield "b"
-        more.wait()  # the writer stalls
+        stalled.set()
+        more.wait(WAIT_S)  # the writer stalls (a loop held here would be held this long)
         yield "c"
 
     items = aiter(ReadAhead(source()))
     assert [await anext(items), await anext(items)] == ["a", "b"]
     waiting = asyncio.ensure_future(anext(items))
-    await asyncio.sleep(0)  # it starts waiting for "c"
-    assert not waiting.done()
+    # awaited in the loop: it gets there only if the source's wait does not hold the loop
+    assert await asyncio.to_thread(stalled.wait, WAIT_S)
+    assert not waiting.done()  # the source is stalled: no "c" yet, nor an end
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
