@@ -34,7 +34,8 @@ from app.group_fence import (
 from app.runtime import SenderClosed, SourceCommit
 from app.settings import load_settings
 from app.worker import create_app
-from tests.support.group_fakes import ClosingCoordinator, ScriptedClient, until
+from tests.support.fakes import until
+from tests.support.group_fakes import ClosingCoordinator, ScriptedClient
 
 GROUP, ME, INSTANCE = "kappa-v1", "faust-me", "worker-0"
 

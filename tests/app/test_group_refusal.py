@@ -39,7 +39,8 @@ from app.group_refusal import (
 )
 from app.settings import load_settings
 from app.worker import create_app
-from tests.support.group_fakes import ClosingCoordinator, ScriptedClient, until
+from tests.support.fakes import until
+from tests.support.group_fakes import ClosingCoordinator, ScriptedClient
 
 GROUP, ME = "kappa-v1", "faust-me"
 

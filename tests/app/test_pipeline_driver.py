@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from app.send_refusals import ReadRefused, SendRefused
 from app.state_guard import BrokerDataLost
 from app.topic_reader import TopicMissing
 from tables.partition_state import StateError
-from tests.support.fakes import ManualClock
+from tests.support.fakes import ManualClock, until
 
 
 @dataclass
@@ -171,15 +171,6 @@ def _stopping_driver(
         stop_deadline_s=stop_deadline_s,
     )
     return driver, stops
-
-
-async def _until(condition: Callable[[], bool], steps: int = 100) -> None:
-    """Let the loop run until `condition` holds (a failure, not a hang, if it never does)."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not so after {steps} loop steps")
 
 
 async def _buffer(driver: PipelineDriver, partition: int, *offsets: int) -> None:
@@ -485,7 +476,7 @@ async def test_a_stop_waits_for_the_batch_under_way_then_ends_the_drain_loop() -
         acked_at_the_stops_end.append(dict(driver.consumer.acked))  # type: ignore[attr-defined]
 
     stopping = asyncio.ensure_future(stop())
-    await _until(lambda: drain.cancelling() > 0)  # the stop reached the drain loop mid-batch
+    await until(lambda: drain.cancelling() > 0)  # the stop reached the drain loop mid-batch
     acknowledged.set()
     await asyncio.wait_for(stopping, 5)
     assert acked_at_the_stops_end == [{0: [1]}]  # it returned once the batch was acknowledged

@@ -1,9 +1,10 @@
 """Stand-ins for unit tests that run without a broker: a clock the test sets, a fetched record
 that has only what the batch buffer and the consumer's bookkeeping read, a changelog kept in a
-list, and a record of where the changelog reader reads."""
+list, a record of where the changelog reader reads, and a wait for a condition in loop steps."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -81,3 +82,13 @@ def changelog_read_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(changelog_module, "read_range", recording_read_range)
     return starts
+
+
+async def until(condition: Callable[[], bool], what: str = "so", steps: int = 100) -> None:
+    """Let the loop run until `condition` holds (a failure, not a hang, if it never does within
+    `steps` loop steps): for code whose steps take a few loop turns each, no real time."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"not {what} after {steps} loop steps")

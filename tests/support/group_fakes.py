@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 
@@ -32,13 +31,3 @@ class ClosingCoordinator:
     def __init__(self, group_id: str, member_id: str) -> None:
         self._closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.group_id, self.generation, self.member_id = group_id, 3, member_id
-
-
-async def until(condition: Callable[[], bool], what: str, steps: int = 100) -> None:
-    """Let the loop run until `condition` holds (a failure, not a hang, if it never does
-    within `steps` loop steps): the watchers' sends take a few steps each, no real time."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not {what} after {steps} loop steps")
