@@ -176,7 +176,8 @@ class GroupRefusal:
             self._refused.set()
             waiters, self._waiters = self._waiters, []
         for loop, waiter in waiters:
-            loop.call_soon_threadsafe(_settle, waiter)
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, waiter)
         return True
 
     async def wait(self) -> None:

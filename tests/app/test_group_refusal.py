@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
 from types import SimpleNamespace
@@ -435,3 +436,35 @@ async def test_a_worker_refused_its_group_stops_with_the_line(
         assert isinstance(reason, GroupRefused) and line == "the line"
     finally:
         await consumer.stop()
+
+
+def test_a_refusal_wakes_a_wait_in_another_threads_loop() -> None:
+    """The commit's wait runs in the consumer's thread; the refusal may come from any."""
+    refusal = GroupRefusal()
+    waiting, woken = threading.Event(), threading.Event()
+
+    async def wait() -> None:
+        waiter = asyncio.ensure_future(refusal.wait())
+        await asyncio.sleep(0)  # registered: its first step ran
+        waiting.set()
+        await waiter
+        woken.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(wait(),), daemon=True)
+    thread.start()
+    assert waiting.wait(30)
+    assert refusal.refuse()
+    thread.join(30)
+    assert woken.is_set()
+
+
+def test_a_refusal_with_a_waiter_whose_loop_has_closed_is_still_said() -> None:
+    """`call_soon_threadsafe` on a closed loop raises: out of the consumer thread's send."""
+    refusal = GroupRefusal()
+    loop = asyncio.new_event_loop()
+    waiting = loop.create_task(refusal.wait())
+    loop.run_until_complete(asyncio.sleep(0))  # the wait is registered
+    loop.close()  # its thread ended, the wait left behind
+    assert refusal.refuse()
+    assert refusal.refused
+    waiting._log_destroy_pending = False  # left pending on purpose
