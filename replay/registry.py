@@ -314,14 +314,16 @@ async def ran_unrecorded(settings: Settings, view: RegistryView, version: int) -
     """Whether `version` processed records under a release that recorded no definition: none
     is recorded, yet one of its changelogs holds records. A worker or replay of this release
     records the definition before it processes anything, so only an older release (before
-    definitions were recorded) leaves changelog records without one."""
+    definitions were recorded) leaves changelog records without one. `view` may be older than
+    the records: the registry is read again before saying so (a first run of this release
+    that recorded the definition meanwhile, then wrote them)."""
     if version in view.definitions:
         return False
     topology = Topology(settings, version)
     present = await existing_topics(settings.kafka)
     for changelog in sorted({topology.changelog(p) for p in topology.pipelines} & present):
         if any((await high_watermarks(settings.kafka, changelog)).values()):
-            return True
+            return version not in (await Registry(settings).load(create=False)).definitions
     return False
 
 
@@ -334,7 +336,8 @@ async def settings_to_run(settings: Settings, view: RegistryView, version: int) 
     if unrecorded:
         log.warning(
             "version %d ran under a release that recorded no settings: where the environment "
-            "gives none it keeps that release's defaults, which its first run now records",
+            "gives none it keeps that release's defaults (its first worker or replay of this "
+            "release records them)",
             version,
         )
     return settings_for_version(settings, view, version, unrecorded)

@@ -16,6 +16,7 @@ from app.settings import ConfigError, Settings, load_settings
 from app.state_guard import lock_state_dir
 from app.topic_reader import read_to_end
 from app.topology import Topology
+from app.worker_main import version_to_run
 from replay import versions
 from replay.diff import diff
 from replay.registry import (
@@ -430,15 +431,12 @@ async def test_a_version_an_older_release_ran_without_recording_keeps_its_defaul
     them)."""
     settings = registry.settings
     ran, fresh = Topology(settings, 5), Topology(settings, 6)
-    await ensure_topics(settings.kafka, {**ran.topic_spec(), **fresh.topic_spec()})
-    producer = new_producer(settings.kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(ran.changelog(ran.pipelines[-1]), b"state", key=b"k")
-    finally:
-        await producer.stop()
+    await _changelog_written(ran)
+    await ensure_topics(settings.kafka, fresh.topic_spec())
     view = await registry.load()
     assert await ran_unrecorded(settings, view, 5) and not await ran_unrecorded(settings, view, 6)
+    _, _, worker_settings = await version_to_run(settings, 5)  # as `kappa worker` starts
+    assert worker_settings.max_ts_ahead_ms == 0
     old = await settings_to_run(settings, view, 5)
     assert version_definition(old) == {**version_definition(Settings()), "max_ts_ahead_ms": 0}
     await require_definition(Registry(old), view, 5)  # its first run of this release records it
@@ -446,6 +444,30 @@ async def test_a_version_an_older_release_ran_without_recording_keeps_its_defaul
     assert (await settings_to_run(settings, view, 6)).max_ts_ahead_ms == 86_400_000
     given = _settings_of(registry, KAPPA_MAX_TS_AHEAD_MS="3600000")  # kept, then refused
     assert (await settings_to_run(given, await registry.load(), 5)).max_ts_ahead_ms == 3_600_000
+
+
+async def _changelog_written(topology: Topology) -> None:
+    """The version's topics, and a record in one of its changelogs: it processed records."""
+    settings = topology.settings
+    await ensure_topics(settings.kafka, topology.topic_spec())
+    producer = new_producer(settings.kafka)
+    await producer.start()
+    try:
+        changelog = topology.changelog(topology.pipelines[-1])
+        await producer.send_and_wait(changelog, b"state", key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def test_a_version_recorded_after_the_view_was_read_is_not_taken_for_an_older_releases(
+    registry: Registry,
+) -> None:
+    """A first run of this release recorded the definition, then wrote its changelog, after
+    the view was read: the other run warned of an older release and took its defaults."""
+    stale = await registry.load()
+    await require_definition(registry, stale, 7)  # recorded, then the records written
+    await _changelog_written(Topology(registry.settings, 7))
+    assert not await ran_unrecorded(registry.settings, stale, 7)
 
 
 async def test_a_running_versions_split_is_recorded_once_and_then_required(
