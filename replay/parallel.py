@@ -43,10 +43,13 @@ class StopHandler:
 
     def __init__(self) -> None:
         self.spawning = False
+        # The children are being stopped (one failed): a first signal adds nothing to that
+        # stop and is held, so that the children finish it; a second kills them at once.
+        self.stopping = False
         self.pending: int | None = None  # the first signal held
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.spawning:
+        if self.spawning or (self.stopping and self.pending is None):
             self.pending = self.pending or signum
         else:
             _raise_for(signum)
@@ -111,13 +114,10 @@ def run_parallel(replay_args: list[str], processes: int) -> tuple[int, str | Non
         ]
         for reader in readers:
             reader.start()
-        code = _wait_all_or_first_failure(children, readers)
+        code = _wait_all_or_first_failure(children, readers, on_stop)
     except (Terminated, KeyboardInterrupt) as e:  # KeyboardInterrupt: SIGINT (Ctrl-C)
         _restore(previous)  # a second signal ends the parent at once
-        _stop(children)
-        terminated = isinstance(e, Terminated)
-        print(stopped_line(terminated, len(children)), file=sys.stderr, flush=True)
-        return (TERMINATED if terminated else INTERRUPTED), None
+        return _stop_on_signal(children, isinstance(e, Terminated)), None
     finally:
         _restore(previous)
         _stop(children)
@@ -186,23 +186,41 @@ def _stop(children: list[subprocess.Popen[str]]) -> None:
         child.wait()
 
 
+def _stop_on_signal(children: list[subprocess.Popen[str]], terminated: bool) -> int:
+    """Stop the children on the parent's SIGTERM (`terminated`) or SIGINT, and say so; the exit
+    code. Said even when a second signal cuts the stop short (the children killed)."""
+    try:
+        _stop(children)
+    finally:
+        print(stopped_line(terminated, len(children)), file=sys.stderr, flush=True)
+    return TERMINATED if terminated else INTERRUPTED
+
+
 def _wait_all_or_first_failure(
-    children: list[subprocess.Popen[str]], readers: list[threading.Thread]
+    children: list[subprocess.Popen[str]],
+    readers: list[threading.Thread],
+    on_stop: StopHandler | None = None,
 ) -> int:
     """Wait for every child; if one fails, stop the others: they would wait forever for its
-    partitions (a later stage starts when every partition of the one before is done)."""
+    partitions (a later stage starts when every partition of the one before is done). A
+    signal during that stop is held (`StopHandler.stopping`): the failure is said either way."""
     while True:
         running = any(reader.is_alive() for reader in readers)
         codes = [c.poll() for c in children]  # one look: a child may exit meanwhile
         failed = [c for c, code in zip(children, codes) if code not in (None, 0)]
         if failed:
             alive = [c for c, code in zip(children, codes) if code is None]
-            _stop(alive)  # one that does not stop is killed: its output would never end
-            for reader in readers:
-                reader.join()
-            rc = failed[0].returncode
-            line = failure_line([children.index(c) for c in failed], rc, len(children), len(alive))
-            print(line, file=sys.stderr, flush=True)
+            if on_stop is not None:
+                on_stop.stopping = True
+            try:
+                _stop(alive)  # one that does not stop is killed: its output would never end
+                for reader in readers:
+                    reader.join()
+            finally:  # a second signal cut it short: the failure is said all the same
+                rc = failed[0].returncode
+                indexes = [children.index(c) for c in failed]
+                line = failure_line(indexes, rc, len(children), len(alive))
+                print(line, file=sys.stderr, flush=True)
             return exit_code(rc)
         if not running:
             for child in children:

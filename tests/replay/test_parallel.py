@@ -21,6 +21,7 @@ from replay.parallel import (
     StopHandler,
     Terminated,
     _stop,
+    _stop_on_signal,
     _wait_all_or_first_failure,
     exit_code,
     failure_line,
@@ -351,3 +352,76 @@ def test_a_second_ctrl_c_while_the_children_stop_kills_them_at_once(
         stuck.kill()
         real_wait(stuck)
         stuck.stdout.close()
+
+
+def test_a_signal_while_a_failed_childs_others_stop_lets_them_finish_and_says_the_failure(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The parent's handler raised inside the stop: the others were killed at once, cut short,
+    and the parent said it was interrupted, not which process failed."""
+    monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stuck.stdout is not None
+    on_stop = StopHandler()
+    real_wait = subprocess.Popen.wait
+    signalled: list[bool] = []
+
+    def wait(child: subprocess.Popen[str], timeout: float | None = None) -> int:
+        if timeout is not None and not signalled:  # Ctrl-C once, during the stop's wait
+            signalled.append(True)
+            on_stop(signal.SIGINT, None)
+        return real_wait(child, timeout)
+
+    try:
+        assert stuck.stdout.readline() == "ignoring\n"
+        failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], text=True)
+        assert failing.wait(60) == 3
+        reader = threading.Thread(target=stuck.stdout.read, daemon=True)
+        reader.start()
+        monkeypatch.setattr(subprocess.Popen, "wait", wait)
+        try:
+            code = _wait_all_or_first_failure([failing, stuck], [reader], on_stop)
+        except KeyboardInterrupt:
+            pytest.fail("the signal was raised inside the stop")
+        assert code == 3
+        assert signalled and on_stop.pending == signal.SIGINT
+        assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
+    finally:
+        stuck.kill()
+        real_wait(stuck)
+        stuck.stdout.close()
+
+
+def test_a_second_signal_cutting_the_stop_short_still_says_how_to_resume(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert stuck.stdout is not None
+    real_wait = subprocess.Popen.wait
+
+    def interrupted(child: subprocess.Popen[str], timeout: float | None = None) -> int:
+        if timeout is not None:
+            raise KeyboardInterrupt
+        return real_wait(child, timeout)
+
+    try:
+        assert stuck.stdout.readline() == "ignoring\n"
+        monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _stop_on_signal([stuck], terminated=False)
+    finally:
+        stuck.kill()
+        real_wait(stuck)
+        stuck.stdout.close()
+    assert capfd.readouterr().err.splitlines()[-1] == (
+        "replay: interrupted (SIGINT); stopped its 1 processes. Run the same command again to "
+        "resume"
+    )
