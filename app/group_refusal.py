@@ -14,6 +14,13 @@ traceback. Here the first such answer stops the worker in one line; the refused 
 every later lookup, join, sync and heartbeat wait for the consumer to close and fail unsent,
 so aiokafka neither handles the answer nor joins again.
 
+Any other error code in those answers that aiokafka neither expects nor calls retriable
+(UNKNOWN_SERVER_ERROR, which Kafka answers for a failure of its own, INVALID_REQUEST,
+UNSUPPORTED_VERSION, ...) stops the worker so too: aiokafka left a join's, sync's or lookup's
+for that fetch as well, and raised a heartbeat's from it, where the Java consumer fails on
+them (KafkaException). Those its error classes call retriable are left to aiokafka, which
+retries a lookup answered so (a join, sync or heartbeat it does not).
+
 An OffsetCommit is answered per partition: GROUP_AUTHORIZATION_FAILED (every partition's, on
 Kafka) or TOPIC_AUTHORIZATION_FAILED (a topic the principal may not read) crashed faust's
 commit with a traceback. They stop the worker the same way; that commit returns without
@@ -32,7 +39,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError, for_code  # type: ignore[import-untyped]
 from aiokafka.protocol.commit import OffsetCommitRequest  # type: ignore[import-untyped]
 from aiokafka.protocol.coordination import FindCoordinatorRequest  # type: ignore[import-untyped]
 from aiokafka.protocol.group import (  # type: ignore[import-untyped]
@@ -41,7 +48,7 @@ from aiokafka.protocol.group import (  # type: ignore[import-untyped]
     SyncGroupRequest,
 )
 
-from app.group_fence import COORDINATOR_LOG, QUIET_ONCE_STOPPING
+from app.group_fence import COORDINATOR_LOG, FENCED_INSTANCE_ID, QUIET_ONCE_STOPPING
 
 # Kafka's error code → (its name, what the broker refuses, what to change). `{group}`: the
 # consumer group; `{session_timeout_ms}`: the member's session timeout (ms).
@@ -77,6 +84,12 @@ REFUSALS: dict[int, tuple[str, str, str]] = {
     ),
 }
 GROUP_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED = 30, 29
+# Answers aiokafka handles itself, so no refusal whatever their error class says: none (0);
+# a rebalance (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS, MEMBER_ID_REQUIRED:
+# it joins again); its coordinator loading or moved (COORDINATOR_LOAD_IN_PROGRESS,
+# COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: it waits, or looks it up again); and a replaced
+# static member (FENCED_INSTANCE_ID), which `app.group_fence` stops on.
+NOT_REFUSED = frozenset({0, 22, 25, 27, 79, 14, 15, 16, FENCED_INSTANCE_ID})
 # The member's requests whose answers can refuse it, by the name Kafka gives them.
 ASKING = {
     FindCoordinatorRequest: "FindCoordinator",
@@ -91,13 +104,28 @@ def _said(name: str, what: str, request: str, change: str, then: str) -> str:
     return f"{what} ({request} answered {name}, not retried): {change}; {then}"
 
 
+def error_said(error_code: int) -> str:
+    """Kafka's name for an error code and the code, as brokers' logs and docs say them."""
+    if error_code == -1:  # aiokafka's UnknownError, which it also makes of codes it does not know
+        return "UNKNOWN_SERVER_ERROR (-1)"
+    name = for_code(error_code).message
+    return f"error {error_code}" if name == "UNKNOWN" else f"{name} ({error_code})"
+
+
 def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: int) -> str | None:
     """The line a worker stops with when the broker answers its `request` (FindCoordinator,
     JoinGroup, SyncGroup, Heartbeat) with `error_code`, if retrying cannot change that
-    answer; else None."""
+    answer: one of REFUSALS, or any other aiokafka neither handles (NOT_REFUSED) nor retries
+    (its error class is not retriable); else None."""
     refusal = REFUSALS.get(error_code)
     if refusal is None:
-        return None
+        if error_code in NOT_REFUSED or for_code(error_code).retriable:
+            return None
+        return (
+            f"the broker answered {request} for consumer group {group} with "
+            f"{error_said(error_code)}, which retrying cannot change (not retried; Kafka's own "
+            "consumer stops on it too): the broker's log may say why; stopping"
+        )
     name, what, change = refusal
     what = what.format(group=group, session_timeout_ms=session_timeout_ms)
     return _said(name, what, request, change, "stopping")

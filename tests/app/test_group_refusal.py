@@ -76,11 +76,35 @@ def test_each_refusal_names_the_group_the_answer_and_what_to_change(code: int, s
     assert says in line and line.endswith("; stopping"), line
 
 
-@pytest.mark.parametrize("code", [0, 15, 16, 22, 25, 27, 79, 82, -1])
+@pytest.mark.parametrize("code", [0, 14, 15, 16, 22, 25, 27, 79, 82, 7, 5])
 def test_answers_retrying_can_change_are_no_refusal(code: int) -> None:
-    """None, coordinator moved or loading, generation or member unknown, rebalancing, member
-    id required, fenced (`app.group_fence` stops on that)."""
-    assert refusal_line(code, "JoinGroup", GROUP, 10_000) is None
+    """None, coordinator loading or moved, generation or member unknown, rebalancing, member
+    id required, fenced (`app.group_fence` stops on that); and those aiokafka's error classes
+    call retriable (REQUEST_TIMED_OUT, LEADER_NOT_AVAILABLE)."""
+    for request in ("FindCoordinator", "JoinGroup", "SyncGroup", "Heartbeat"):
+        assert refusal_line(code, request, GROUP, 10_000) is None
+
+
+def test_an_answer_aiokafka_neither_expects_nor_retries_stops_naming_request_and_error() -> None:
+    """aiokafka left a join answered so for a fetch faust does not make (the worker out of its
+    group for ever), and crashed faust's fetcher with a heartbeat's traceback."""
+    assert refusal_line(42, "JoinGroup", GROUP, 10_000) == (
+        "the broker answered JoinGroup for consumer group kappa-v1 with INVALID_REQUEST (42), "
+        "which retrying cannot change (not retried; Kafka's own consumer stops on it too): the "
+        "broker's log may say why; stopping"
+    )
+
+
+@pytest.mark.parametrize(
+    "code, said",
+    [(-1, "UNKNOWN_SERVER_ERROR (-1)"), (35, "UNSUPPORTED_VERSION (35)"), (113, "error 113")],
+    ids=["unknown server error", "unsupported version", "a code aiokafka does not know"],
+)
+def test_an_unexpected_answer_is_named_as_kafka_names_it(code: int, said: str) -> None:
+    """aiokafka calls -1 and every code it does not know UnknownError."""
+    line = refusal_line(code, "Heartbeat", GROUP, 10_000)
+    assert line is not None
+    assert f"the broker answered Heartbeat for consumer group kappa-v1 with {said}, " in line
 
 
 def test_a_commit_refused_the_group_names_it_as_a_heartbeat_refused_so_does() -> None:
@@ -195,8 +219,37 @@ async def test_other_answers_pass_as_they_were() -> None:
             FindCoordinatorResponse_v1(0, 30, None, -1, "", -1),
             refusal_line(30, "FindCoordinator", GROUP, 3000),
         ),
+        (
+            _join,
+            JoinGroupResponse_v5(0, 42, -1, "", "", "", []),
+            refusal_line(42, "JoinGroup", GROUP, 3000),
+        ),
+        (
+            _sync,
+            SyncGroupResponse_v3(0, -1, b""),
+            refusal_line(-1, "SyncGroup", GROUP, 3000),
+        ),
+        (
+            lambda: HeartbeatRequest(GROUP, 3, ME),
+            HeartbeatResponse_v1(0, -1),
+            refusal_line(-1, "Heartbeat", GROUP, 3000),
+        ),
+        (
+            _lookup,
+            FindCoordinatorResponse_v1(0, 35, None, -1, "", -1),
+            refusal_line(35, "FindCoordinator", GROUP, 3000),
+        ),
     ],
-    ids=["join", "sync", "heartbeat", "coordinator lookup"],
+    ids=[
+        "join",
+        "sync",
+        "heartbeat",
+        "coordinator lookup",
+        "join unexpected",
+        "sync unexpected",
+        "heartbeat unexpected",
+        "coordinator lookup unexpected",
+    ],
 )
 async def test_a_refusal_stops_the_worker_once_and_no_join_sync_or_heartbeat_follows_it(
     request_: Any, answer: Any, line: str

@@ -21,6 +21,7 @@ from tests.support.kafka_proxy import (
     HEARTBEAT,
     JOIN_GROUP,
     OFFSET_COMMIT,
+    SYNC_GROUP,
     FaultProxy,
 )
 from tests.support.workers import Worker, kappa_env, run_kappa
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 
 INVALID_SESSION_TIMEOUT, TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 26, 29, 30
 NOT_COORDINATOR = 16
+UNKNOWN_SERVER_ERROR, UNSUPPORTED_VERSION, INVALID_REQUEST = -1, 35, 42
 
 
 def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
@@ -235,5 +237,62 @@ async def test_a_worker_whose_coordinator_moved_and_whose_lookup_is_refused_stop
             f"the broker refuses consumer group kappa-{unique}-v1 to this client's principal "
             "(FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried)" in said
         ), said
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize(
+    "api_key, code, said",
+    [
+        (
+            JOIN_GROUP,
+            INVALID_REQUEST,
+            "JoinGroup for consumer group kappa-{unique}-v1 with INVALID_REQUEST (42)",
+        ),
+        (
+            SYNC_GROUP,
+            UNKNOWN_SERVER_ERROR,
+            "SyncGroup for consumer group kappa-{unique}-v1 with UNKNOWN_SERVER_ERROR (-1)",
+        ),
+        (
+            FIND_COORDINATOR,
+            UNSUPPORTED_VERSION,
+            "FindCoordinator for consumer group kappa-{unique}-v1 with UNSUPPORTED_VERSION (35)",
+        ),
+    ],
+    ids=["join", "sync", "coordinator lookup"],
+)
+def test_a_worker_whose_join_is_answered_an_error_aiokafka_does_not_retry_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path, api_key: int, code: int, said: str
+) -> None:
+    """Before, aiokafka logged the error once and left it for a fetch faust makes only in the
+    group: the worker stayed out of its group for ever, the request never asked again."""
+    line = _refused_at_start(proxy, unique, tmp_path, api_key, code)
+    assert (
+        f"kappa worker: the broker answered {said.format(unique=unique)}, which retrying cannot "
+        "change (not retried; Kafka's own consumer stops on it too): the broker's log may say "
+        "why; stopping" in line
+    ), line
+    assert proxy.fenced_answers == 1  # asked once: not retried
+
+
+def test_a_worker_whose_heartbeat_is_answered_an_error_aiokafka_does_not_retry_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """Kafka answers UNKNOWN_SERVER_ERROR for a failure of its own. Before, aiokafka raised
+    it from faust's next fetch: a traceback."""
+    address = f"127.0.0.1:{proxy.port}"
+    env = kappa_env(address, unique, tmp_path / "state")
+    assert run_kappa(["topics"], env).returncode == 0
+    worker = Worker(env, tmp_path / "worker.log").start()
+    try:
+        worker.wait_until(lambda _: worker.ready()[0] == 200)
+        proxy.answer(HEARTBEAT, UNKNOWN_SERVER_ERROR)
+        said = _stopped_in_one_line(worker)
+        assert (
+            f"kappa worker: the broker answered Heartbeat for consumer group kappa-{unique}-v1 "
+            "with UNKNOWN_SERVER_ERROR (-1), which retrying cannot change" in said
+        ), said
+        assert proxy.fenced_answers == 1
     finally:
         worker.stop()
