@@ -14,12 +14,14 @@ traceback. Here the first such answer stops the worker in one line; the refused 
 every later lookup, join, sync and heartbeat wait for the consumer to close and fail unsent,
 so aiokafka neither handles the answer nor joins again.
 
-Any other error code in those answers that aiokafka neither expects nor calls retriable
-(UNKNOWN_SERVER_ERROR, which Kafka answers for a failure of its own, INVALID_REQUEST,
-UNSUPPORTED_VERSION, ...) stops the worker so too: aiokafka left a join's, sync's or lookup's
+Any other error code in those answers that aiokafka does not handle there (UNKNOWN_SERVER_ERROR,
+which Kafka answers for a failure of its own, INVALID_REQUEST, UNSUPPORTED_VERSION, a
+REQUEST_TIMED_OUT, ...) stops the worker so too: aiokafka left a join's, sync's or lookup's
 for that fetch as well, and raised a heartbeat's from it, where the Java consumer fails on
-them (KafkaException). Those its error classes call retriable are left to aiokafka, which
-retries a lookup answered so (a join, sync or heartbeat it does not).
+them (KafkaException). A lookup answered a retriable error is retried by aiokafka, and left to
+it. A JoinGroup answered REBALANCE_IN_PROGRESS (Kafka's answer when writing the group's new
+state timed out) is retried after the backoff, as the Java consumer retries it: aiokafka left
+it for that fetch too.
 
 An OffsetCommit is answered per partition: GROUP_AUTHORIZATION_FAILED (every partition's, on
 Kafka) or TOPIC_AUTHORIZATION_FAILED (a topic the principal may not read) crashed faust's
@@ -84,12 +86,19 @@ REFUSALS: dict[int, tuple[str, str, str]] = {
     ),
 }
 GROUP_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED = 30, 29
-# Answers aiokafka handles itself, so no refusal whatever their error class says: none (0);
-# a rebalance (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS, MEMBER_ID_REQUIRED:
-# it joins again); its coordinator loading or moved (COORDINATOR_LOAD_IN_PROGRESS,
+# The answers aiokafka handles itself, per request, so no refusal: none (0); a rebalance
+# (ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS, MEMBER_ID_REQUIRED: it joins
+# again); its coordinator loading or moved (COORDINATOR_LOAD_IN_PROGRESS,
 # COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: it waits, or looks it up again); and a replaced
-# static member (FENCED_INSTANCE_ID), which `app.group_fence` stops on.
-NOT_REFUSED = frozenset({0, 22, 25, 27, 79, 14, 15, 16, FENCED_INSTANCE_ID})
+# static member (FENCED_INSTANCE_ID), which `app.group_fence` stops on. A lookup's retriable
+# errors are retried too; a JoinGroup's REBALANCE_IN_PROGRESS is retried here.
+REBALANCE_IN_PROGRESS, COORDINATOR_LOAD_IN_PROGRESS = 27, 14
+HANDLED: dict[str, frozenset[int]] = {
+    "FindCoordinator": frozenset({0}),
+    "JoinGroup": frozenset({0, 14, 15, 16, 25, 79, REBALANCE_IN_PROGRESS}),
+    "SyncGroup": frozenset({0, 15, 16, 22, 25, 27}),
+    "Heartbeat": frozenset({0, 15, 16, 22, 25, 27}),
+}
 # The member's requests whose answers can refuse it, by the name Kafka gives them.
 ASKING = {
     FindCoordinatorRequest: "FindCoordinator",
@@ -115,16 +124,19 @@ def error_said(error_code: int) -> str:
 def refusal_line(error_code: int, request: str, group: str, session_timeout_ms: int) -> str | None:
     """The line a worker stops with when the broker answers its `request` (FindCoordinator,
     JoinGroup, SyncGroup, Heartbeat) with `error_code`, if retrying cannot change that
-    answer: one of REFUSALS, or any other aiokafka neither handles (NOT_REFUSED) nor retries
-    (its error class is not retriable); else None."""
+    answer: one of REFUSALS, or any other aiokafka does not handle for that request
+    (`HANDLED`, a lookup's retriable errors) and would leave the worker out of its group with;
+    else None."""
     refusal = REFUSALS.get(error_code)
     if refusal is None:
-        if error_code in NOT_REFUSED or for_code(error_code).retriable:
+        if error_code in HANDLED.get(request, ()) or error_code == FENCED_INSTANCE_ID:
+            return None
+        if request == "FindCoordinator" and for_code(error_code).retriable:
             return None
         return (
             f"the broker answered {request} for consumer group {group} with "
-            f"{error_said(error_code)}, which retrying cannot change (not retried; Kafka's own "
-            "consumer stops on it too): the broker's log may say why; stopping"
+            f"{error_said(error_code)}, which neither aiokafka nor Kafka's own consumer "
+            "retries there: the broker's log may say why; stopping"
         )
     name, what, change = refusal
     what = what.format(group=group, session_timeout_ms=session_timeout_ms)
@@ -266,6 +278,11 @@ def stop_when_refused(
             return await unsent(request, f"{asked} not sent: refused before")
         response = await send(node_id, request, **kwargs)
         group = consumer._group_id
+        if asked == "JoinGroup" and response.error_code == REBALANCE_IN_PROGRESS:
+            # Retried after the backoff, as the Java consumer does: aiokafka handles the join
+            # answered COORDINATOR_LOAD_IN_PROGRESS so, and left this one for a fetch faust
+            # does not make out of its group (the worker joined no more)
+            response.error_code = COORDINATOR_LOAD_IN_PROGRESS
         if committing:
             line = commit_refusal_line(commit_answers(response), group)
         else:

@@ -76,13 +76,33 @@ def test_each_refusal_names_the_group_the_answer_and_what_to_change(code: int, s
     assert says in line and line.endswith("; stopping"), line
 
 
-@pytest.mark.parametrize("code", [0, 14, 15, 16, 22, 25, 27, 79, 82, 7, 5])
-def test_answers_retrying_can_change_are_no_refusal(code: int) -> None:
+@pytest.mark.parametrize(
+    "request_name, code",
+    [
+        *(("JoinGroup", c) for c in (0, 14, 15, 16, 25, 27, 79, 82)),
+        *(("SyncGroup", c) for c in (0, 15, 16, 22, 25, 27, 82)),
+        *(("Heartbeat", c) for c in (0, 15, 16, 22, 25, 27, 82)),
+        *(("FindCoordinator", c) for c in (0, 7, 15)),
+    ],
+)
+def test_answers_aiokafka_handles_are_no_refusal(request_name: str, code: int) -> None:
     """None, coordinator loading or moved, generation or member unknown, rebalancing, member
-    id required, fenced (`app.group_fence` stops on that); and those aiokafka's error classes
-    call retriable (REQUEST_TIMED_OUT, LEADER_NOT_AVAILABLE)."""
-    for request in ("FindCoordinator", "JoinGroup", "SyncGroup", "Heartbeat"):
-        assert refusal_line(code, request, GROUP, 10_000) is None
+    id required, fenced (`app.group_fence` stops on that); a lookup's retriable errors
+    (REQUEST_TIMED_OUT), which aiokafka retries; a join's REBALANCE_IN_PROGRESS, retried."""
+    assert refusal_line(code, request_name, GROUP, 10_000) is None
+
+
+@pytest.mark.parametrize(
+    "request_name, code",
+    [("JoinGroup", 22), ("JoinGroup", 7), ("SyncGroup", 14), ("Heartbeat", 14), ("Heartbeat", 7)],
+)
+def test_an_answer_aiokafka_does_not_handle_there_stops_even_if_retriable(
+    request_name: str, code: int
+) -> None:
+    """aiokafka retries none of these there (it left them for a fetch faust does not make),
+    retriable or not; nor does Kafka's own consumer (KafkaException)."""
+    line = refusal_line(code, request_name, GROUP, 10_000)
+    assert line is not None and line.startswith(f"the broker answered {request_name} "), line
 
 
 def test_an_answer_aiokafka_neither_expects_nor_retries_stops_naming_request_and_error() -> None:
@@ -90,9 +110,18 @@ def test_an_answer_aiokafka_neither_expects_nor_retries_stops_naming_request_and
     group for ever), and crashed faust's fetcher with a heartbeat's traceback."""
     assert refusal_line(42, "JoinGroup", GROUP, 10_000) == (
         "the broker answered JoinGroup for consumer group kappa-v1 with INVALID_REQUEST (42), "
-        "which retrying cannot change (not retried; Kafka's own consumer stops on it too): the "
-        "broker's log may say why; stopping"
+        "which neither aiokafka nor Kafka's own consumer retries there: the broker's log may say "
+        "why; stopping"
     )
+
+
+async def test_a_join_answered_rebalance_in_progress_goes_to_aiokafka_as_one_it_retries() -> None:
+    """Kafka answers a JoinGroup so when writing the group's state timed out; the Java consumer
+    retries it. aiokafka left it for a fetch faust does not make: the worker joined no more."""
+    consumer, refusal, said = _watched([JoinGroupResponse_v5(0, 27, -1, "", "", "", [])])
+    answer = await _settled(consumer._client.send(1, _join()))
+    assert answer.error_code == 14  # COORDINATOR_LOAD_IN_PROGRESS: after the backoff, again
+    assert not refusal.refused and said == []
 
 
 @pytest.mark.parametrize(
