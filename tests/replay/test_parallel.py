@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -291,36 +293,65 @@ def test_children_that_do_not_stop_are_all_killed_after_one_shared_deadline(
     assert returncodes == [-signal.SIGTERM, -signal.SIGKILL, -signal.SIGKILL]
 
 
-def test_a_child_failing_stops_the_others_within_the_deadline_and_kills_one_that_ignores_it(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """The others were told to stop, then their output waited for with no bound: one that
-    did not stop held the parent for ever."""
-    monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
+_REAL_WAIT = subprocess.Popen.wait  # tests below patch it
+
+
+@contextmanager
+def _stuck_child() -> Iterator[subprocess.Popen[str]]:
+    """A child that ignores SIGTERM, its handler set; killed and reaped at the end."""
     stuck = subprocess.Popen(
         [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert stuck.stdout is not None
-    assert stuck.stdout.readline() == "ignoring\n"
-    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], text=True)
-    reader = threading.Thread(target=stuck.stdout.read, daemon=True)
-    reader.start()
-    codes: list[int] = []
-    waiting = threading.Thread(
-        target=lambda: codes.append(_wait_all_or_first_failure([failing, stuck], [reader])),
-        daemon=True,
-    )
     try:
+        assert stuck.stdout.readline() == "ignoring\n"
+        yield stuck
+    finally:
+        stuck.kill()
+        _REAL_WAIT(stuck)
+        stuck.stdout.close()
+
+
+def _reading(child: subprocess.Popen[str]) -> threading.Thread:
+    """A thread reading the child's output to its end, as the parent's readers do."""
+    assert child.stdout is not None
+    reader = threading.Thread(target=child.stdout.read, daemon=True)
+    reader.start()
+    return reader
+
+
+def _failed(code: int) -> subprocess.Popen[str]:
+    failing = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"], text=True)
+    assert failing.wait(60) == code
+    return failing
+
+
+def test_a_child_failing_stops_the_others_within_the_deadline_and_kills_one_that_ignores_it(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The others were told to stop, then their output waited for with no bound: one that
+    did not stop held the parent for ever."""
+    monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
+    with _stuck_child() as stuck:
+        failing, reader = _failed(3), _reading(stuck)
+        codes: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: codes.append(_wait_all_or_first_failure([failing, stuck], [reader])),
+            daemon=True,
+        )
         waiting.start()
         waiting.join(60)  # a failure, not a hang, if the parent never gets past the stuck one
         assert codes == [3] and stuck.returncode == -signal.SIGKILL
-        assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
-    finally:
-        stuck.kill()
-        stuck.wait()
-        stuck.stdout.close()
+    assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
+
+
+def _interrupted(child: subprocess.Popen[str], timeout: float | None = None) -> int:
+    """`Popen.wait` with Ctrl-C pressed again during a stop's wait (one with a timeout)."""
+    if timeout is not None:
+        raise KeyboardInterrupt
+    return _REAL_WAIT(child, timeout)
 
 
 def test_a_second_ctrl_c_while_the_children_stop_kills_them_at_once(
@@ -328,30 +359,12 @@ def test_a_second_ctrl_c_while_the_children_stop_kills_them_at_once(
 ) -> None:
     """It raised out of the wait, and the parent's cleanup waited for them all over again, a
     whole deadline more, where a second Ctrl-C is to end the parent at once."""
-    stuck = subprocess.Popen(
-        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert stuck.stdout is not None
-    real_wait = subprocess.Popen.wait
-
-    def interrupted(child: subprocess.Popen[str], timeout: float | None = None) -> int:
-        if timeout is not None:  # the deadline's wait: Ctrl-C again meanwhile
-            raise KeyboardInterrupt
-        return real_wait(child, timeout)
-
-    try:
-        assert stuck.stdout.readline() == "ignoring\n"
-        monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    with _stuck_child() as stuck:
+        monkeypatch.setattr(subprocess.Popen, "wait", _interrupted)
         with pytest.raises(KeyboardInterrupt):
             _stop([stuck])
         monkeypatch.undo()
         assert stuck.wait(60) == -signal.SIGKILL
-    finally:
-        stuck.kill()
-        real_wait(stuck)
-        stuck.stdout.close()
 
 
 def test_a_signal_while_a_failed_childs_others_stop_lets_them_finish_and_says_the_failure(
@@ -360,67 +373,34 @@ def test_a_signal_while_a_failed_childs_others_stop_lets_them_finish_and_says_th
     """The parent's handler raised inside the stop: the others were killed at once, cut short,
     and the parent said it was interrupted, not which process failed."""
     monkeypatch.setattr("replay.parallel.CHILD_STOP_S", 0.2)
-    stuck = subprocess.Popen(
-        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert stuck.stdout is not None
     on_stop = StopHandler()
-    real_wait = subprocess.Popen.wait
     signalled: list[bool] = []
 
     def wait(child: subprocess.Popen[str], timeout: float | None = None) -> int:
         if timeout is not None and not signalled:  # Ctrl-C once, during the stop's wait
             signalled.append(True)
             on_stop(signal.SIGINT, None)
-        return real_wait(child, timeout)
+        return _REAL_WAIT(child, timeout)
 
-    try:
-        assert stuck.stdout.readline() == "ignoring\n"
-        failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], text=True)
-        assert failing.wait(60) == 3
-        reader = threading.Thread(target=stuck.stdout.read, daemon=True)
-        reader.start()
+    with _stuck_child() as stuck:
+        failing, reader = _failed(3), _reading(stuck)
         monkeypatch.setattr(subprocess.Popen, "wait", wait)
         try:
             code = _wait_all_or_first_failure([failing, stuck], [reader], on_stop)
         except KeyboardInterrupt:
             pytest.fail("the signal was raised inside the stop")
-        assert code == 3
-        assert signalled and on_stop.pending == signal.SIGINT
-        assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
-    finally:
-        stuck.kill()
-        real_wait(stuck)
-        stuck.stdout.close()
+    assert code == 3
+    assert signalled and on_stop.pending == signal.SIGINT
+    assert "process 0/2 failed (exit 3); stopped the others" in capfd.readouterr().err
 
 
 def test_a_second_signal_cutting_the_stop_short_still_says_how_to_resume(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    stuck = subprocess.Popen(
-        [sys.executable, "-c", _IGNORES_SIGTERM.replace("60", "600")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert stuck.stdout is not None
-    real_wait = subprocess.Popen.wait
-
-    def interrupted(child: subprocess.Popen[str], timeout: float | None = None) -> int:
-        if timeout is not None:
-            raise KeyboardInterrupt
-        return real_wait(child, timeout)
-
-    try:
-        assert stuck.stdout.readline() == "ignoring\n"
-        monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    with _stuck_child() as stuck:
+        monkeypatch.setattr(subprocess.Popen, "wait", _interrupted)
         with pytest.raises(KeyboardInterrupt):
             _stop_on_signal([stuck], terminated=False)
-    finally:
-        stuck.kill()
-        real_wait(stuck)
-        stuck.stdout.close()
     assert capfd.readouterr().err.splitlines()[-1] == (
         "replay: interrupted (SIGINT); stopped its 1 processes. Run the same command again to "
         "resume"
