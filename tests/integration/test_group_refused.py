@@ -89,25 +89,32 @@ def test_a_worker_whose_session_timeout_the_broker_refuses_stops_in_one_line(
     assert proxy.fenced_answers == 1  # asked once: not retried
 
 
-def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
-    proxy: FaultProxy, unique: str, tmp_path: Path
-) -> None:
-    """A Read ACL on the group taken away from a worker in its group."""
-    address = f"127.0.0.1:{proxy.port}"
-    env = kappa_env(address, unique, tmp_path / "state")
+def _refused_in_group(
+    proxy: FaultProxy, unique: str, tmp_path: Path, api_key: int, code: int
+) -> str:
+    """The line a worker in its group stops with once every `api_key` request is answered
+    `code`."""
+    env = kappa_env(f"127.0.0.1:{proxy.port}", unique, tmp_path / "state")
     assert run_kappa(["topics"], env).returncode == 0
     worker = Worker(env, tmp_path / "worker.log").start()
     try:
         worker.wait_until(lambda _: worker.ready()[0] == 200)
-        proxy.answer(HEARTBEAT, GROUP_AUTHORIZATION_FAILED)
-        said = _stopped_in_one_line(worker)
-        assert (
-            f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
-            "principal (Heartbeat answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
-            "principal Read on the group (ACLs); stopping" in said
-        ), said
+        proxy.answer(api_key, code)
+        return _stopped_in_one_line(worker)
     finally:
         worker.stop()
+
+
+def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
+    proxy: FaultProxy, unique: str, tmp_path: Path
+) -> None:
+    """A Read ACL on the group taken away from a worker in its group."""
+    said = _refused_in_group(proxy, unique, tmp_path, HEARTBEAT, GROUP_AUTHORIZATION_FAILED)
+    assert (
+        f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
+        "principal (Heartbeat answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
+        "principal Read on the group (ACLs); stopping" in said
+    ), said
 
 
 @pytest.mark.parametrize(
@@ -281,22 +288,13 @@ def test_a_worker_whose_heartbeat_is_answered_an_error_aiokafka_does_not_retry_s
 ) -> None:
     """Kafka answers UNKNOWN_SERVER_ERROR for a failure of its own. Before, aiokafka raised
     it from faust's next fetch: a traceback."""
-    address = f"127.0.0.1:{proxy.port}"
-    env = kappa_env(address, unique, tmp_path / "state")
-    assert run_kappa(["topics"], env).returncode == 0
-    worker = Worker(env, tmp_path / "worker.log").start()
-    try:
-        worker.wait_until(lambda _: worker.ready()[0] == 200)
-        proxy.answer(HEARTBEAT, UNKNOWN_SERVER_ERROR)
-        said = _stopped_in_one_line(worker)
-        assert (
-            f"kappa worker: the broker answered Heartbeat for consumer group kappa-{unique}-v1 "
-            "with UNKNOWN_SERVER_ERROR (-1), which neither aiokafka nor Kafka's own consumer "
-            "retries there" in said
-        ), said
-        assert proxy.fenced_answers == 1
-    finally:
-        worker.stop()
+    said = _refused_in_group(proxy, unique, tmp_path, HEARTBEAT, UNKNOWN_SERVER_ERROR)
+    assert (
+        f"kappa worker: the broker answered Heartbeat for consumer group kappa-{unique}-v1 "
+        "with UNKNOWN_SERVER_ERROR (-1), which neither aiokafka nor Kafka's own consumer "
+        "retries there" in said
+    ), said
+    assert proxy.fenced_answers == 1
 
 
 def test_a_worker_whose_join_is_answered_rebalance_in_progress_joins_once_it_is_not(
