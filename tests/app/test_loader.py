@@ -93,6 +93,26 @@ def _no_broker_but(monkeypatch: pytest.MonkeyPatch, produce: Callable[..., Any])
     monkeypatch.setattr(loader, "produce_records", produce)
 
 
+def _produced_from(
+    monkeypatch: pytest.MonkeyPatch, path: Any, on_value: Callable[[bytes], None] | None = None
+) -> list[bytes]:
+    """The values `kappa produce orders --file PATH` sends, with no broker (`on_value`: told of
+    each as it is sent)."""
+    produced: list[bytes] = []
+
+    async def send(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
+        async for _, value in _taken(records):
+            produced.append(value)
+            if on_value is not None:
+                on_value(value)
+        return len(produced)
+
+    _no_broker_but(monkeypatch, send)
+    args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
+    loader.run_produce(load_settings({}), args)
+    return produced
+
+
 @pytest.mark.parametrize(
     ("name", "text", "line"),
     [
@@ -318,20 +338,7 @@ def test_a_named_pipe_is_read_once_and_whole(
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    produced: list[bytes] = []
-
-    async def nothing(*args: Any, **kwargs: Any) -> Any:
-        return 0
-
-    async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        produced.extend([value async for _, value in _taken(records)])
-        return len(produced)
-
-    monkeypatch.setattr(loader, "wait_for_broker", nothing)
-    monkeypatch.setattr(loader, "ensure_topics", nothing)
-    monkeypatch.setattr(loader, "produce_records", consume)
-    args = build_parser().parse_args(["produce", "orders", "--file", str(pipe), "--no-progress"])
-    loader.run_produce(load_settings({}), args)
+    produced = _produced_from(monkeypatch, pipe)
     writer.join()
     assert len(produced) == len(rows)
     assert json.loads(produced[0])["order_id"] == "o000000"
@@ -365,22 +372,7 @@ def test_a_named_pipes_first_record_is_sent_before_its_writer_writes_more(
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    produced: list[bytes] = []
-
-    async def nothing(*args: Any, **kwargs: Any) -> Any:
-        return 0
-
-    async def send(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        async for _, value in _taken(records):
-            produced.append(value)
-            first_sent.set()
-        return len(produced)
-
-    monkeypatch.setattr(loader, "wait_for_broker", nothing)
-    monkeypatch.setattr(loader, "ensure_topics", nothing)
-    monkeypatch.setattr(loader, "produce_records", send)
-    args = build_parser().parse_args(["produce", "orders", "--file", str(pipe), "--no-progress"])
-    loader.run_produce(load_settings({}), args)
+    produced = _produced_from(monkeypatch, pipe, on_value=lambda _: first_sent.set())
     writer.join()
     assert sent_before_more == [True]
     assert [json.loads(value)["order_id"] for value in produced] == ["o1", "o2"]
@@ -419,13 +411,6 @@ def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(
 ) -> None:
     """A line was counted as an object when it began with `{`: a truncated last line or a
     broken one went to the DLQ without a word, and a pretty-printed object's `{` counted."""
-
-    async def nothing(*args: Any, **kwargs: Any) -> Any:
-        return 0
-
-    async def consume(bootstrap: Any, topic: str, records: Any, **kwargs: Any) -> int:
-        return len([record async for record in _taken(records)])
-
     path = tmp_path / "orders.jsonl"
     path.write_bytes(
         b'{"order_id": "1", "product_id": "p1"}\n'
@@ -436,11 +421,7 @@ def test_lines_that_are_not_json_objects_are_counted_by_parsing_them(
         b"[1, 2]\n"
         b'{"order_id": "4", "product_id": "p1"'  # the last line, cut short
     )
-    monkeypatch.setattr(loader, "wait_for_broker", nothing)
-    monkeypatch.setattr(loader, "ensure_topics", nothing)
-    monkeypatch.setattr(loader, "produce_records", consume)
-    args = build_parser().parse_args(["produce", "orders", "--file", str(path), "--no-progress"])
-    loader.run_produce(load_settings({}), args)
+    assert len(_produced_from(monkeypatch, path)) == 7
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"kappa produce: warning: 5 of the 7 records from {path} are not JSON objects (one "
         "object per line is expected); they go to the DLQ"

@@ -34,6 +34,15 @@ NOT_COORDINATOR, REBALANCE_IN_PROGRESS = 16, 27
 UNKNOWN_SERVER_ERROR, UNSUPPORTED_VERSION, INVALID_REQUEST = -1, 35, 42
 
 
+def _group_refused(unique: str, request: str) -> str:
+    """The line a worker whose principal may not read its group stops with."""
+    return (
+        f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
+        f"principal ({request} answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
+        "principal Read on the group (ACLs); stopping"
+    )
+
+
 def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
     """The one ERROR line a worker that exited 1, with no traceback, no warning about its
     group (after it, if `warned_before`: aiokafka's, of a coordinator that moved) and no
@@ -110,11 +119,7 @@ def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
 ) -> None:
     """A Read ACL on the group taken away from a worker in its group."""
     said = _refused_in_group(proxy, unique, tmp_path, HEARTBEAT, GROUP_AUTHORIZATION_FAILED)
-    assert (
-        f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
-        "principal (Heartbeat answered GROUP_AUTHORIZATION_FAILED, not retried): grant the "
-        "principal Read on the group (ACLs); stopping" in said
-    ), said
+    assert _group_refused(unique, "Heartbeat") in said, said
 
 
 @pytest.mark.parametrize(
@@ -213,11 +218,7 @@ def test_a_worker_whose_coordinator_lookup_the_broker_refuses_stops_in_one_line(
 ) -> None:
     """Apache Kafka answers FindCoordinator so for a principal that may not describe the group."""
     said = _refused_at_start(proxy, unique, tmp_path, FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
-    assert (
-        f"kappa worker: the broker refuses consumer group kappa-{unique}-v1 to this client's "
-        "principal (FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried): grant "
-        "the principal Read on the group (ACLs); stopping" in said
-    ), said
+    assert _group_refused(unique, "FindCoordinator") in said, said
 
 
 @pytest.mark.parametrize("moved_by", [HEARTBEAT, OFFSET_COMMIT], ids=["heartbeat", "commit"])
@@ -241,10 +242,7 @@ async def test_a_worker_whose_coordinator_moved_and_whose_lookup_is_refused_stop
             orders = ((r.key, r.value) for r in generate(spec))
             await produce_records(address, f"{unique}.orders", orders, progress=False)
         said = _stopped_in_one_line(worker, warned_before=True)
-        assert (
-            f"the broker refuses consumer group kappa-{unique}-v1 to this client's principal "
-            "(FindCoordinator answered GROUP_AUTHORIZATION_FAILED, not retried)" in said
-        ), said
+        assert _group_refused(unique, "FindCoordinator") in said, said
     finally:
         worker.stop()
 
