@@ -25,7 +25,13 @@ from tests.support.kafka_proxy import (
     SYNC_GROUP,
     FaultProxy,
 )
-from tests.support.workers import Worker, kappa_env, run_kappa
+from tests.support.workers import (
+    Worker,
+    group_warnings,
+    kappa_env,
+    run_kappa,
+    stopped_in_one_error,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,31 +53,35 @@ def _stopped_in_one_line(worker: Worker, warned_before: bool = False) -> str:
     """The one ERROR line a worker that exited 1, with no traceback, no warning about its
     group (after it, if `warned_before`: aiokafka's, of a coordinator that moved) and no
     shutdown cut short by its deadline, said."""
-    assert worker.proc is not None
-    code = worker.proc.wait(60)
-    log = worker.log_path.read_text(errors="replace")
-    assert code == 1, log[-3000:]
-    said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
-    assert len(said) == 1, log[-3000:]
-    assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+    said, log = stopped_in_one_error(worker)
+    assert "never retrieved" not in log, log[-3000:]
     assert "shutdown did not finish" not in log, log[-3000:]  # nothing hung
     if warned_before:
-        log = log[log.index(said[0]) :]
-    warned = [line for line in log.splitlines() if "[WARNING]" in line]
-    assert not [w for w in warned if "roup" in w or "oordinator" in w or "eartbeat" in w], warned
-    return said[0]
+        log = log[log.index(said) :]
+    assert not group_warnings(log), log[-3000:]
+    return said
 
 
-def _refused_at_start(
-    proxy: FaultProxy, unique: str, tmp_path: Path, api_key: int, code: int, **env: str
+def _refused(
+    proxy: FaultProxy,
+    unique: str,
+    tmp_path: Path,
+    api_key: int,
+    code: int,
+    in_group: bool = False,
+    **env: str,
 ) -> str:
-    """The line a worker whose every `api_key` request is answered `code` stops with."""
-    address = f"127.0.0.1:{proxy.port}"
-    environment = kappa_env(address, unique, tmp_path / "state", **env)
+    """The line a worker whose every `api_key` request is answered `code` stops with: from its
+    start, or (`in_group`) from when it is in its group."""
+    environment = kappa_env(f"127.0.0.1:{proxy.port}", unique, tmp_path / "state", **env)
     assert run_kappa(["topics"], environment).returncode == 0
-    proxy.answer(api_key, code)
+    if not in_group:
+        proxy.answer(api_key, code)
     worker = Worker(environment, tmp_path / "worker.log").start()
     try:
+        if in_group:
+            worker.wait_until(lambda _: worker.ready()[0] == 200)
+            proxy.answer(api_key, code)
         return _stopped_in_one_line(worker)
     finally:
         worker.stop()
@@ -82,7 +92,7 @@ def test_a_worker_whose_session_timeout_the_broker_refuses_stops_in_one_line(
 ) -> None:
     """Apache Kafka answers a JoinGroup whose session timeout is outside its
     group.min.session.timeout.ms (6 s by default) and group.max.session.timeout.ms so."""
-    said = _refused_at_start(
+    said = _refused(
         proxy,
         unique,
         tmp_path,
@@ -98,27 +108,11 @@ def test_a_worker_whose_session_timeout_the_broker_refuses_stops_in_one_line(
     assert proxy.fenced_answers == 1  # asked once: not retried
 
 
-def _refused_in_group(
-    proxy: FaultProxy, unique: str, tmp_path: Path, api_key: int, code: int
-) -> str:
-    """The line a worker in its group stops with once every `api_key` request is answered
-    `code`."""
-    env = kappa_env(f"127.0.0.1:{proxy.port}", unique, tmp_path / "state")
-    assert run_kappa(["topics"], env).returncode == 0
-    worker = Worker(env, tmp_path / "worker.log").start()
-    try:
-        worker.wait_until(lambda _: worker.ready()[0] == 200)
-        proxy.answer(api_key, code)
-        return _stopped_in_one_line(worker)
-    finally:
-        worker.stop()
-
-
 def test_a_worker_whose_heartbeat_the_broker_refuses_stops_in_one_line(
     proxy: FaultProxy, unique: str, tmp_path: Path
 ) -> None:
     """A Read ACL on the group taken away from a worker in its group."""
-    said = _refused_in_group(proxy, unique, tmp_path, HEARTBEAT, GROUP_AUTHORIZATION_FAILED)
+    said = _refused(proxy, unique, tmp_path, HEARTBEAT, GROUP_AUTHORIZATION_FAILED, in_group=True)
     assert _group_refused(unique, "Heartbeat") in said, said
 
 
@@ -217,7 +211,7 @@ def test_a_worker_whose_coordinator_lookup_the_broker_refuses_stops_in_one_line(
     proxy: FaultProxy, unique: str, tmp_path: Path
 ) -> None:
     """Apache Kafka answers FindCoordinator so for a principal that may not describe the group."""
-    said = _refused_at_start(proxy, unique, tmp_path, FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
+    said = _refused(proxy, unique, tmp_path, FIND_COORDINATOR, GROUP_AUTHORIZATION_FAILED)
     assert _group_refused(unique, "FindCoordinator") in said, said
 
 
@@ -273,7 +267,7 @@ def test_a_worker_whose_join_is_answered_an_error_aiokafka_does_not_retry_stops_
 ) -> None:
     """Before, aiokafka logged the error once and left it for a fetch faust makes only in the
     group: the worker stayed out of its group for ever, the request never asked again."""
-    line = _refused_at_start(proxy, unique, tmp_path, api_key, code)
+    line = _refused(proxy, unique, tmp_path, api_key, code)
     assert (
         f"kappa worker: the broker answered {said.format(unique=unique)}, which neither aiokafka "
         "nor Kafka's own consumer retries there: the broker's log may say why; stopping" in line
@@ -286,7 +280,7 @@ def test_a_worker_whose_heartbeat_is_answered_an_error_aiokafka_does_not_retry_s
 ) -> None:
     """Kafka answers UNKNOWN_SERVER_ERROR for a failure of its own. Before, aiokafka raised
     it from faust's next fetch: a traceback."""
-    said = _refused_in_group(proxy, unique, tmp_path, HEARTBEAT, UNKNOWN_SERVER_ERROR)
+    said = _refused(proxy, unique, tmp_path, HEARTBEAT, UNKNOWN_SERVER_ERROR, in_group=True)
     assert (
         f"kappa worker: the broker answered Heartbeat for consumer group kappa-{unique}-v1 "
         "with UNKNOWN_SERVER_ERROR (-1), which neither aiokafka nor Kafka's own consumer "

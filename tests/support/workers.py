@@ -182,6 +182,25 @@ def check_stopped(worker: Worker, code: int, never_logged: str) -> None:
     assert never_logged not in log, log[-3000:]
 
 
+def stopped_in_one_error(worker: Worker) -> tuple[str, str]:
+    """(the line, the log) of a worker that exited 1 saying why in one ERROR line, with no
+    traceback and nothing else at ERROR or CRITICAL."""
+    assert worker.proc is not None
+    code = worker.proc.wait(60)
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 1, log[-3000:]
+    said = [line for line in log.splitlines() if "[ERROR]" in line or "[CRITICAL]" in line]
+    assert len(said) == 1, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    return said[0], log
+
+
+def group_warnings(log: str) -> list[str]:
+    """The WARNING lines of a worker's log about its consumer group."""
+    warned = [line for line in log.splitlines() if "[WARNING]" in line]
+    return [w for w in warned if "roup" in w or "oordinator" in w or "eartbeat" in w]
+
+
 async def read_records(
     broker: str, topic: str
 ) -> dict[int, list[tuple[int, bytes | None, bytes | None, dict[str, bytes]]]]:
