@@ -229,8 +229,7 @@ async def test_a_heartbeat_answered_fenced_after_another_fenced_it_is_refused_to
     said: list[str] = []
     stop_when_fenced(consumer, fence, lambda: said.append(fence.line()))
     early = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
-    while not client.sent:  # sent: its answer is held
-        await asyncio.sleep(0)
+    await until(lambda: bool(client.sent), "sent")  # its answer is held
     late = asyncio.ensure_future(client.send(1, HeartbeatRequest(GROUP, 3, ME)))
     await _until_fenced(fence)  # by the later one's answer
     client.gate.set()  # the earlier one's answer, fenced too, arrives after the fence

@@ -195,12 +195,12 @@ async def _until_refused(refusal: GroupRefusal) -> None:
 async def _settled(awaitable: Awaitable[Any], steps: int = 100) -> Any:
     """Its result once done (a failure, not a hang, if it waits for more than the loop)."""
     future = asyncio.ensure_future(awaitable)
-    for _ in range(steps):
-        if future.done():
-            return future.result()
-        await asyncio.sleep(0)
-    future.cancel()
-    raise AssertionError(f"still waiting after {steps} loop steps")
+    try:
+        await until(future.done, "done", steps)
+    except AssertionError:
+        future.cancel()
+        raise
+    return future.result()
 
 
 def _join() -> JoinGroupRequest:
@@ -377,11 +377,8 @@ async def test_a_commit_held_when_another_answer_refuses_the_member_returns_at_o
     held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     consumer, refusal, said = _watched([held])
     commit = asyncio.ensure_future(consumer.commit(_commit()))
-    for _ in range(100):
-        if consumer._client.sent:
-            break
-        await asyncio.sleep(0)
-    assert consumer._client.sent and not commit.done()
+    await until(lambda: bool(consumer._client.sent), "sent")
+    assert not commit.done()
     refusal.refuse()  # by a heartbeat's answer, say
     assert await _settled(commit) is None
     assert held.cancelled() and said == []  # its wait let go; said by the other answer's
@@ -527,7 +524,7 @@ def test_a_refusal_wakes_a_wait_in_another_threads_loop() -> None:
 
     async def wait() -> None:
         waiter = asyncio.ensure_future(refusal.wait())
-        await asyncio.sleep(0)  # registered: its first step ran
+        await until(lambda: bool(refusal._waiters), "waiting")
         waiting.set()
         await waiter
         woken.set()
@@ -545,7 +542,7 @@ def test_a_refusal_with_a_waiter_whose_loop_has_closed_is_still_said() -> None:
     refusal = GroupRefusal()
     loop = asyncio.new_event_loop()
     waiting = loop.create_task(refusal.wait())
-    loop.run_until_complete(asyncio.sleep(0))  # the wait is registered
+    loop.run_until_complete(until(lambda: bool(refusal._waiters), "waiting"))
     loop.close()  # its thread ended, the wait left behind
     assert refusal.refuse()
     assert refusal.refused

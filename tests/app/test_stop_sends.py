@@ -15,6 +15,7 @@ import pytest
 
 from app.kafka_runner import StopDeadline, close_on_stop, finish_on_stop, send_held_on_stop
 from app.runtime import PipelineRunner
+from tests.support.fakes import until
 
 
 @dataclass
@@ -211,7 +212,8 @@ async def test_a_second_stop_before_the_close_runs_leaves_no_close_never_awaited
 
     others = asyncio.all_tasks()
     closing = asyncio.ensure_future(close_on_stop([close], "closing the producer"))
-    await asyncio.sleep(0)  # its first step ran: the close's task is made, not yet run
+    me = asyncio.current_task()
+    await until(lambda: bool(asyncio.all_tasks() - others - {me, closing}), "the close's task made")
     for task in asyncio.all_tasks() - others - {asyncio.current_task()}:
         task.cancel()  # as `asyncio.run` does, in the order it finds them
     with pytest.raises(asyncio.CancelledError):
