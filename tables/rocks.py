@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 # Defined with the state it describes (the core, which imports no rocksdict), raised here too.
 from tables.partition_state import StateError as StateError
@@ -81,9 +81,12 @@ def write_marker(path: Path, identity: Mapping[str, Any]) -> None:
 
 
 # Memory stays bounded however many keys or partitions a process holds: small write buffers
-# per database and one block cache shared by all of them (RocksDB defaults: 64 MB buffers per
-# database, a cache per database).
+# per database, one bound on the memtables of all of them (a worker holds a database per
+# pipeline and partition: 16 × 2 × 8 MB otherwise), and one block cache shared by all of them
+# (RocksDB defaults: 64 MB buffers per database, a cache per database). The shared bound makes
+# the database being written flush once all memtables reach ~90% of it; it never stalls writes.
 WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+SHARED_WRITE_BUFFERS = WriteBufferManager(32 * 1024 * 1024, False)  # (bytes, allow_stall)
 SHARED_BLOCK_CACHE = Cache(64 * 1024 * 1024)
 
 
@@ -92,6 +95,7 @@ def store_options() -> Options:
     opts.create_if_missing(True)
     opts.set_write_buffer_size(WRITE_BUFFER_BYTES)
     opts.set_max_write_buffer_number(2)
+    opts.set_write_buffer_manager(SHARED_WRITE_BUFFERS)
     table = BlockBasedOptions()
     table.set_block_cache(SHARED_BLOCK_CACHE)
     opts.set_block_based_table_factory(table)

@@ -11,6 +11,7 @@ import pytest
 import tables.rocks as rocks
 from tables.rocks import (
     MARKER,
+    SHARED_WRITE_BUFFERS,
     ForeignStateError,
     RocksStore,
     StateError,
@@ -227,3 +228,22 @@ def test_an_io_error_tells_a_worker_to_stop_first(path: Path) -> None:
 
     plain = StateError("cannot create state directory /x: Permission denied")
     assert plain.with_rerun("run the replay again") is plain
+
+
+def test_memtables_of_every_store_share_one_bound(tmp_path: Path) -> None:
+    """Each database's write buffers (8 MB, two of them) times the stores a worker holds (a
+    store per pipeline and partition) grew past the memory a process should need: the stores
+    share one bound on the memtables being written (`SHARED_WRITE_BUFFERS`)."""
+    stores = [RocksStore(tmp_path / f"p{i}") for i in range(12)]
+    value = bytes(1024)
+    try:
+        for chunk in range(6):  # batch after batch, every store: 6 MB each, under its own bound
+            for i, store in enumerate(stores):
+                store.write({f"{i}-{chunk}-{k}".encode(): value for k in range(1024)})
+        active = sum(
+            s.db.property_int_value("rocksdb.cur-size-active-mem-table") or 0 for s in stores
+        )
+        assert active <= SHARED_WRITE_BUFFERS.get_buffer_size()
+    finally:
+        for store in stores:
+            store.close()
