@@ -44,6 +44,7 @@ from app.cli_args import (
 from app.cli_output import PROGRESS, GuardedOutput, OutputFailed
 from app.command_loop import Terminated
 from app.log_repeats import limit_repeats
+from app.memory import limit_malloc_arenas
 from app.settings import (
     DEFAULT_BROKER,
     ConfigError,
@@ -601,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.topic_reader import TopicMissing
     from tables.rocks import StateError
 
+    limit_malloc_arenas(os.environ)  # before any thread (RocksDB's, the consumer's) starts
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # with the command's usage line, not the top-level one
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
