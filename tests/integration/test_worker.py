@@ -66,9 +66,20 @@ async def _each_holds_half_of_every_source(a: Worker, b: Worker) -> None:
 
 
 def _logs(*workers: Worker) -> str:
-    return "\n".join(
-        f"--- {w.log_path.name}:\n{w.tail_log(200)}" for w in workers if w.log_path.exists()
-    )
+    """The workers' log tails and, for those still running, their /ready answer: a worker
+    left out of its group says there what the coordinator last answered its join and sync
+    (the rolling-restart test fails now and then with a worker silent after a rebalance)."""
+    said = []
+    for w in workers:
+        if not w.log_path.exists():
+            continue
+        said.append(f"--- {w.log_path.name}:\n{w.tail_log(200)}")
+        if w.proc is not None and w.proc.poll() is None:
+            try:
+                said.append(f"--- its /ready: {w.ready()}")
+            except OSError as e:  # not serving (yet, or any more)
+                said.append(f"--- its /ready: no answer ({e})")
+    return "\n".join(said)
 
 
 async def test_live_worker_outputs_equal_batch_computation(
