@@ -66,7 +66,7 @@ class Settings:
     batch_max: int = 20_000  # live: records buffered per pipeline before the consumer waits
     fetch_max_wait_ms: int = 20  # live: longest a fetch waits for data (latency when idle)
     batch_linger_ms: int = 10  # live: wait up to this long for a batch of batch_max/4 records
-    replay_batch_max: int = 50_000  # max records fetched per batch in a replay
+    replay_batch_max: int = 25_000  # max records per replay batch: its outputs are held until sent
     # largest DLQ or late copy written (bytes, a one-record batch): a bigger source record's
     # value is cut to fit. Under the broker's max.message.bytes (Kafka's default: 1,048,588)
     copy_max_bytes: int = 1_000_000
