@@ -17,7 +17,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's ma
 
 # Threads that each malloc while others do, then the number of arenas glibc made for them.
 COUNT_ARENAS = """
-import contextlib, ctypes, io, os, sys, threading
+import ctypes, os, sys, threading
 {limit}
 def work():
     for _ in range(2000):
@@ -30,11 +30,9 @@ ctypes.CDLL(None).malloc_stats()  # writes to fd 2
 """
 
 
-def _arenas(limit: str, env: dict[str, str] | None = None) -> int:
+def _arenas(limit: str) -> int:
     script = textwrap.dedent(COUNT_ARENAS).format(limit=limit)
-    run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
-    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return sum(line.startswith("Arena ") for line in run.stderr.splitlines())
 
 
