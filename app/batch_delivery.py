@@ -19,6 +19,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
@@ -262,6 +263,26 @@ class SourceHold:
             self.on_change(topic, False)
 
 
+def seek_back(consumer: Any, first_offsets: Mapping[TP, int]) -> list[TP]:
+    """Seek each partition of the aiokafka `consumer` still assigned to it back to the given
+    offset, if its position is past it; returns those sought. Never forward: the position may
+    already be behind it (a rebalance's seek to the committed offset, or records left
+    before), and records read twice are skipped as already applied, where records skipped
+    would be lost. A partition whose position is being reset (a new assignment) is left to
+    that reset. Reaches into aiokafka's subscription state (pinned in pyproject)."""
+    subscription = consumer._subscription
+    sought = []
+    for tp, offset in first_offsets.items():
+        ktp = TopicPartition(tp.topic, tp.partition)
+        if not subscription.is_assigned(ktp):
+            continue
+        state = subscription._assigned_state(ktp)
+        if state.has_valid_position and state.position > offset:
+            consumer.seek(ktp, offset)
+            sought.append(tp)
+    return sought
+
+
 class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
     """faust's consumer thread with settings faust does not expose: read_committed under
     exactly_once (faust ties it to its own transactions, which Kappa does not use), the
@@ -319,6 +340,10 @@ class KappaConsumerThread(AIOKafkaConsumerThread):  # type: ignore[misc]
         # after the fence's: it sees aiokafka's requests
         stop_when_refused(consumer, app.kappa_group_refusal, stop_refused)
         return consumer
+
+    async def rewind(self, first_offsets: Mapping[TP, int]) -> list[TP]:
+        """`seek_back`, in the consumer's thread (`call_thread`)."""
+        return seek_back(self._ensure_consumer(), first_offsets)
 
     def _out_of_group(self) -> bool:
         """Fenced, or refused its group for good: the broker would refuse a commit, and faust
@@ -404,20 +429,8 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         return await super()._wait_next_records(timeout)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in worker
-        buffers = self.app.kappa_batch_buffers
-        callback = self.callback
-        to_message = self._to_message
-        read_offset = self._read_offset
-        acks_enabled_for = self.app.topics.acks_enabled_for
         consumer_stopped = self._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
-        # When each partition last had records come in: faust's livelock check reads it (its
-        # stream path sets it per event) and, without it, logs "Stream has not started
-        # processing" as an ERROR every 2.5 s for every partition with a backlog once the worker
-        # has run `stream_processing_timeout` (300 s), however fast the pipeline goes. A
-        # pipeline that stops taking records stops it, and faust says so.
-        monitor = self.app.monitor
-        inbound = monitor.stream_inbound_time if monitor is not None else {}
         hold = self._source_hold()
         try:
             while not (consumer_stopped() or fetcher_stopped()):
@@ -426,43 +439,11 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
                     HELD_CHECK_S if hold.topics else 1.0
                 )
                 await asyncio.sleep(0)
-                if not records or self.should_stop or not self.flow_active:
+                if not records or self.should_stop:
                     continue
-                fetched_at = monotonic()
-                for tp in records:  # reached the worker (and again once buffered, below)
-                    inbound[tp] = fetched_at
-                generation = self.app.consumer_generation_id
-                for tp, recs in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break
-                    if (
-                        active is not None
-                        and tp not in active
-                        and tp not in self._buffered_partitions
-                    ):
-                        continue
-                    r_offset = read_offset[tp]
-                    if r_offset is not None and recs[0].offset < r_offset:
-                        recs = [r for r in recs if r.offset >= r_offset]
-                        if not recs:
-                            continue
-                    if acks_enabled_for(tp.topic) and (gaps := offset_gaps(r_offset, recs)):
-                        for start, end in gaps:
-                            await self._add_gap(tp, start, end)
-                        # `_add_gap` yields: a rebalance may have taken the partition (and its
-                        # buffer) meanwhile, and a reassignment seeks it anew. Records buffered
-                        # now would be processed for a partition this worker no longer holds.
-                        if not self.flow_active or self.app.consumer_generation_id != generation:
-                            break
-                    buffer = buffers.get(tp.topic)
-                    if buffer is None:  # faust's path needs ConsumerRecords
-                        for r in recs:
-                            await callback(to_message(tp, consumer_record(tp, r)))
-                    else:  # raw records as fetched: the `Record` the pipelines read
-                        if not await buffer.put_many(tp.partition, recs, hold.wait_s(tp.topic)):
-                            hold.hold(tp.topic)
-                        inbound[tp] = monotonic()  # taken in: a stuck pipeline stops this
-                    read_offset[tp] = recs[-1].offset
+                left = await self._take_in(records, active)
+                if left:
+                    await self._read_again(left)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -471,6 +452,75 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _take_in(
+        self, records: Mapping[TP, list[Any]], active: set[TP] | None
+    ) -> dict[TP, int]:
+        """Buffer one fetch's records, partition by partition. Returns, for each partition
+        whose records were left (the flow stopped for a rebalance, or a new generation began,
+        before they were taken in), the offset of its first record left: the consumer's
+        position is past them, and they must be read again (`_read_again`)."""
+        buffers = self.app.kappa_batch_buffers
+        read_offset = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        hold = self._source_hold()
+        # When each partition last had records come in: faust's livelock check reads it (its
+        # stream path sets it per event) and, without it, logs "Stream has not started
+        # processing" as an ERROR every 2.5 s for every partition with a backlog once the worker
+        # has run `stream_processing_timeout` (300 s), however fast the pipeline goes. A
+        # pipeline that stops taking records stops it, and faust says so.
+        monitor = self.app.monitor
+        inbound = monitor.stream_inbound_time if monitor is not None else {}
+        generation = self.app.consumer_generation_id
+        left: dict[TP, int] = {}
+        fetched_at = monotonic()
+        for tp in records:  # reached the worker (and again once buffered, below)
+            inbound[tp] = fetched_at
+        for tp, recs in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                left[tp] = recs[0].offset
+                continue
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                left[tp] = recs[0].offset  # paused (a rebalance) since the fetch began
+                continue
+            r_offset = read_offset[tp]
+            if r_offset is not None and recs[0].offset < r_offset:
+                recs = [r for r in recs if r.offset >= r_offset]
+                if not recs:
+                    continue
+            if acks_enabled_for(tp.topic) and (gaps := offset_gaps(r_offset, recs)):
+                for start, end in gaps:
+                    await self._add_gap(tp, start, end)
+                # `_add_gap` yields: a rebalance may have taken the partition (and its
+                # buffer) meanwhile, and a reassignment seeks it anew. Records buffered now
+                # would be processed for a partition this worker no longer holds.
+                if not self.flow_active or self.app.consumer_generation_id != generation:
+                    left[tp] = recs[0].offset
+                    continue
+            buffer = buffers.get(tp.topic)
+            if buffer is None:  # faust's path needs ConsumerRecords
+                for r in recs:
+                    await self.callback(self._to_message(tp, consumer_record(tp, r)))
+            else:  # raw records as fetched: the `Record` the pipelines read
+                if not await buffer.put_many(tp.partition, recs, hold.wait_s(tp.topic)):
+                    hold.hold(tp.topic)
+                inbound[tp] = monotonic()  # taken in: a stuck pipeline stops this
+            read_offset[tp] = recs[-1].offset
+        return left
+
+    async def _read_again(self, left: Mapping[TP, int]) -> None:
+        """Fetched records left untaken are read again: faust drops them on the assumption
+        that the rebalance under way seeks every partition to its committed offset, but a fetch
+        that spanned the rebalance can return them after that seek, before the flow resumes.
+        Nothing would then read them until the next rebalance, and a partition whose state
+        follows its records would have skipped them for good."""
+        thread = self._thread
+        rewound = await thread.call_thread(thread.rewind, dict(left))
+        if rewound:
+            log.info(
+                "fetched records left during a rebalance are read again: %s",
+                ", ".join(f"{tp.topic}[{tp.partition}] from {left[tp]}" for tp in rewound),
+            )
 
 
 def consumer_idle_s(app: Any) -> float | None:

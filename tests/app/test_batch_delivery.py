@@ -16,6 +16,7 @@ from app.batch_delivery import (
     NO_PARTITION,
     SourceHold,
     offset_gaps,
+    seek_back,
 )
 from app.settings import load_settings
 from app.worker import create_app
@@ -159,3 +160,108 @@ def test_assigned_partitions_count_as_started_when_a_rebalance_ends(tmp_path: Pa
     app.on_rebalance_end()
     inbound = app.monitor.stream_inbound_time
     assert inbound[taken] == 1.0 and inbound[waiting] > 1.0
+
+
+class _Thread:
+    """The consumer's thread, running what is sent to it at once; `rewind` records its calls."""
+
+    def __init__(self) -> None:
+        self.rewound: list[dict[TP, int]] = []
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    async def rewind(self, first_offsets: dict[TP, int]) -> list[TP]:
+        self.rewound.append(first_offsets)
+        return list(first_offsets)
+
+
+def _fetched(*tps: TP, start: int = 5, count: int = 3) -> dict[TP, list[Msg]]:
+    return {tp: [Msg(tp.partition, o) for o in range(start, start + count)] for tp in tps}
+
+
+async def test_records_fetched_as_the_flow_stops_are_left_and_read_again(tmp_path: Path) -> None:
+    """A fetch that spans a rebalance can return records after the rebalance's seek to the
+    committed offsets, before the flow resumes: they are not taken in, and the consumer goes
+    back to them, or nothing would read them again (a partition's state would skip them)."""
+    buffers = {"orders": BatchBuffer(100, 10)}
+    consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    consumer._thread = thread = _Thread()
+    consumer.stop_flow()
+    left = await consumer._take_in(_fetched(*ORDERS), set(ORDERS))
+    assert left == {ORDERS[0]: 5, ORDERS[1]: 5}
+    assert buffers["orders"].size == 0 and consumer._read_offset[ORDERS[0]] is None
+    await consumer._read_again(left)
+    assert thread.rewound == [left]
+
+
+async def test_records_of_a_partition_fetched_after_the_flow_stopped_are_left(
+    tmp_path: Path,
+) -> None:
+    """The flow stops while one fetch's partitions are taken in (a buffer waiting for room
+    yields): the partitions before are taken, the rest left to be read again."""
+    buffer = BatchBuffer(100, 10)
+    consumer = _consumer_of(tmp_path, {"orders": buffer}, set(ORDERS))
+    put_many = buffer.put_many
+
+    async def put_then_rebalance(partition: int, messages: list[Any], wait_s: Any = None) -> bool:
+        room = await put_many(partition, messages, wait_s)
+        consumer.stop_flow()
+        return room
+
+    buffer.put_many = put_then_rebalance  # type: ignore[method-assign]
+    left = await consumer._take_in(_fetched(*ORDERS), set(ORDERS))
+    assert left == {ORDERS[1]: 5}
+    assert buffer.partitions == {0: _fetched(ORDERS[0])[ORDERS[0]]}
+    assert consumer._read_offset[ORDERS[0]] == 7
+
+
+async def test_records_of_a_partition_paused_since_the_fetch_began_are_left(
+    tmp_path: Path,
+) -> None:
+    buffers = {"orders": BatchBuffer(100, 10)}
+    consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    left = await consumer._take_in(_fetched(*ORDERS), {ORDERS[0]})  # 1 paused meanwhile
+    assert left == {ORDERS[1]: 5} and set(buffers["orders"].partitions) == {0}
+
+
+async def test_records_already_read_are_not_taken_in_again_nor_read_again(tmp_path: Path) -> None:
+    buffers = {"orders": BatchBuffer(100, 10)}
+    consumer = _consumer_of(tmp_path, buffers, set(ORDERS))
+    consumer._read_offset[ORDERS[0]] = 9
+    assert await consumer._take_in(_fetched(ORDERS[0]), set(ORDERS)) == {}
+    assert buffers["orders"].size == 0
+
+
+class _PartitionState:
+    def __init__(self, position: int | None) -> None:
+        self.position = position
+        self.has_valid_position = position is not None
+
+
+class _AiokafkaConsumer:
+    """What `seek_back` reads of an aiokafka consumer: assigned partitions' positions."""
+
+    def __init__(self, positions: dict[tuple[str, int], int | None]) -> None:
+        self.states = {tp: _PartitionState(p) for tp, p in positions.items()}
+        self._subscription = self
+        self.sought: list[tuple[str, int, int]] = []
+
+    def is_assigned(self, tp: Any) -> bool:
+        return (tp.topic, tp.partition) in self.states
+
+    def _assigned_state(self, tp: Any) -> _PartitionState:
+        return self.states[(tp.topic, tp.partition)]
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.sought.append((tp.topic, tp.partition, offset))
+
+
+def test_the_consumer_goes_back_to_records_left_but_never_forward() -> None:
+    consumer = _AiokafkaConsumer(
+        {("orders", 0): 8, ("orders", 1): 3, ("orders", 2): None, ("orders", 3): 5}
+    )
+    left = {TP("orders", p): 5 for p in range(5)}  # 4: not assigned any more
+    assert seek_back(consumer, left) == [TP("orders", 0)]
+    # 1: behind already (sought to its committed offset); 2: being reset; 3: at it
+    assert consumer.sought == [("orders", 0, 5)]

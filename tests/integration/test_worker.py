@@ -67,8 +67,7 @@ async def _each_holds_half_of_every_source(a: Worker, b: Worker) -> None:
 
 def _logs(*workers: Worker) -> str:
     """The workers' log tails and, for those still running, their /ready answer: a worker
-    left out of its group says there what the coordinator last answered its join and sync
-    (the rolling-restart test fails now and then with a worker silent after a rebalance)."""
+    left out of its group says there what the coordinator last answered its join and sync."""
     said = []
     for w in workers:
         if not w.log_path.exists():
@@ -307,23 +306,6 @@ async def test_restart_midway_keeps_windows_exact(broker: str, unique: str, tmp_
         assert worker.stop() == 0, worker.tail_log()
 
 
-# Known and not yet explained (closing notes of sessions 38-39): about a session timeout after
-# the other worker left, the dev broker starts one more rebalance; the remaining worker's
-# heartbeat is answered "rebalancing", it never rejoins, and it processes nothing more while
-# /ready says ready. Only that signature is let through, as an expected failure.
-STALL = "worker stalled in the dev broker's late rebalance after a member left (known, open)"
-
-
-def _stalled_in_a_late_rebalance(worker: Worker) -> bool:
-    """Its last word is a heartbeat answered "rebalancing", with no rejoin after it."""
-    log = worker.log_path.read_text(errors="replace")
-    heartbeat = log.rfind("Heartbeat failed for group")
-    return (
-        heartbeat > log.rfind("(Re-)joining group")
-        and "because it is rebalancing" in log[heartbeat:]
-    )
-
-
 async def test_partitions_handed_back_catch_up_from_their_changelogs(
     broker: str, unique: str, tmp_path: Path
 ) -> None:
@@ -340,16 +322,11 @@ async def test_partitions_handed_back_catch_up_from_their_changelogs(
             start += chunk.span_ms
             await produce_orders(broker, f"{unique}.orders", chunk)
             ref = await reference_for(broker, f"{unique}.orders")
-            try:
-                await eventually(
-                    lambda ref=ref: check_outputs(broker, unique, ref),
-                    alive=_alive(a),
-                    explain=lambda: _logs(a, b),
-                )
-            except AssertionError:
-                if step == 2 and _stalled_in_a_late_rebalance(a):
-                    pytest.xfail(STALL)
-                raise
+            await eventually(
+                lambda ref=ref: check_outputs(broker, unique, ref),
+                alive=_alive(a),
+                explain=lambda: _logs(a, b),
+            )
             await eventually(lambda: changelogs_caught_up(base), timeout=60)  # held ones sent
             if step == 0:  # b takes over half of a's partitions, restoring them whole
                 b.start().wait_until(lambda m: m.get("kappa_changelog_restored_total", 0) > 0)
