@@ -471,6 +471,8 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         # pipeline that stops taking records stops it, and faust says so.
         monitor = self.app.monitor
         inbound = monitor.stream_inbound_time if monitor is not None else {}
+        if not self.flow_active:
+            return {tp: recs[0].offset for tp, recs in records.items()}
         generation = self.app.consumer_generation_id
         left: dict[TP, int] = {}
         fetched_at = monotonic()
