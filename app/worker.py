@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.tables import TableManager
 from faust.types import TP
 
@@ -418,7 +419,13 @@ class _FaustSource:
         return self.app.consumer.highwater(TP(self.topic, partition))  # type: ignore[no-any-return]
 
     def assigned(self) -> set[int]:
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic}
+        """Nothing before the consumer's thread starts: `/metrics` and `/ready` ask from the
+        web server's start on, and faust raises then."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except ConsumerNotStarted:
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == self.topic}
 
     def ack(self, partition: int, offsets: list[int]) -> None:
         ack_offsets(self.app.consumer, TP(self.topic, partition), offsets)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import load_settings
-from app.worker import BoundedStopWorker, StopOnError, create_app
+from app.worker import BoundedStopWorker, StopOnError, _FaustSource, create_app
 
 
 @pytest.mark.parametrize(
@@ -366,3 +366,10 @@ async def test_a_stopping_worker_closes_its_producers_at_once_and_not_past_a_dea
     assert [r.getMessage() for r in caplog.records] == [
         "closing the producers did not end within 0.05s of the stop; cancelled"
     ]
+
+
+def test_a_worker_whose_consumer_has_not_started_has_no_partitions(tmp_path: Path) -> None:
+    """`/metrics` and `/ready` are served from the web server's start, before faust starts the
+    consumer's thread: a scrape then raised ConsumerNotStarted, logged with a traceback."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+    assert _FaustSource(app, "orders").assigned() == set()
