@@ -460,6 +460,8 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         whose records were left (the flow stopped for a rebalance, or a new generation began,
         before they were taken in), the offset of its first record left: the consumer's
         position is past them, and they must be read again (`_read_again`)."""
+        if not self.flow_active:
+            return {tp: recs[0].offset for tp, recs in records.items()}
         buffers = self.app.kappa_batch_buffers
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
@@ -471,8 +473,6 @@ class BatchingConsumer(AIOKafkaDriverConsumer):  # type: ignore[misc]
         # pipeline that stops taking records stops it, and faust says so.
         monitor = self.app.monitor
         inbound = monitor.stream_inbound_time if monitor is not None else {}
-        if not self.flow_active:
-            return {tp: recs[0].offset for tp, recs in records.items()}
         generation = self.app.consumer_generation_id
         left: dict[TP, int] = {}
         fetched_at = monotonic()
