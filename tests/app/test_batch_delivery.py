@@ -265,3 +265,43 @@ def test_the_consumer_goes_back_to_records_left_but_never_forward() -> None:
     assert seek_back(consumer, left) == [TP("orders", 0)]
     # 1: behind already (sought to its committed offset); 2: being reset; 3: at it
     assert consumer.sought == [("orders", 0, 5)]
+
+
+async def test_records_of_a_partition_fetched_before_a_new_generation_are_left(
+    tmp_path: Path,
+) -> None:
+    """A new generation began while one fetch's partitions were taken in (the flow already
+    resumed): the rest are left, as the new assignment seeks them anew."""
+    buffer = BatchBuffer(100, 10)
+    consumer = _consumer_of(tmp_path, {"orders": buffer}, set(ORDERS))
+    put_many = buffer.put_many
+
+    async def put_then_new_generation(
+        partition: int, messages: list[Any], wait_s: Any = None
+    ) -> bool:
+        room = await put_many(partition, messages, wait_s)
+        consumer.app.consumer_generation_id += 1
+        return room
+
+    buffer.put_many = put_then_new_generation  # type: ignore[method-assign]
+    left = await consumer._take_in(_fetched(*ORDERS), set(ORDERS))
+    assert left == {ORDERS[1]: 5} and set(buffer.partitions) == {0}
+
+
+async def test_records_whose_gap_was_noted_as_the_flow_stopped_are_left(tmp_path: Path) -> None:
+    """Noting offsets missing before a fetch's records (faust's commit bookkeeping) yields: a
+    rebalance may stop the flow meanwhile, and those records are then left too."""
+    buffer = BatchBuffer(100, 10)
+    consumer = _consumer_of(tmp_path, {"orders": buffer}, set(ORDERS))
+    consumer.app.topics.acks_enabled_for = lambda topic: True
+    consumer._read_offset[ORDERS[0]] = 2  # 3 and 4 missing before the fetched 5-7
+    gaps: list[tuple[TP, int, int]] = []
+
+    async def add_gap(tp: TP, start: int, end: int) -> None:
+        gaps.append((tp, start, end))
+        consumer.stop_flow()
+
+    consumer._add_gap = add_gap
+    left = await consumer._take_in(_fetched(ORDERS[0]), set(ORDERS))
+    assert gaps == [(ORDERS[0], 3, 5)]
+    assert left == {ORDERS[0]: 5} and buffer.size == 0 and consumer._read_offset[ORDERS[0]] == 2
