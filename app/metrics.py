@@ -69,6 +69,12 @@ SOURCE_HELD = Gauge(
 SEND_RETRIES = Counter(
     "kappa_send_retries_total", "Produce attempts retried", ["pipeline", "version"]
 )
+CONSUMER_LAG = Gauge(
+    "kappa_consumer_lag_records",
+    "Records of the source partition not applied to the pipeline's state yet (the high "
+    "watermark of the last fetch minus the next offset to apply); set at each scrape",
+    ["pipeline", "version", "partition"],
+)
 WORKER_READY = Gauge(
     "kappa_worker_ready",
     "1 while GET /ready would answer 200 (in its group, no rebalance under way, every assigned "

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.product_trends import settled_signals, settled_trend
 from agents.user_totals import settled_totals
 from app import metrics
+from app.consumer_lag import LagExport
 from app.group_wait import GroupWait
 from app.partition_owners import PartitionOwners
 from app.readiness import PipelinePartitions, readiness
@@ -48,9 +49,12 @@ def register_pages(
     runners: Sequence[PipelineRunner],
     settings: Settings,
     partitions: Callable[[], Mapping[str, PipelinePartitions]],
+    lags: Callable[[], Mapping[str, Mapping[int, int]]],
 ) -> None:
     """Serve `/metrics`, `/health`, `/ready` and a query for each table this worker's
-    pipelines keep. `partitions`: each pipeline's assigned and open partitions, now."""
+    pipelines keep. `partitions`: each pipeline's assigned and open partitions, now; `lags`:
+    each pipeline's lag by partition, now (`app.consumer_lag`)."""
+    lag_export = LagExport(version)
 
     def ready_now(explained: bool) -> tuple[bool, dict[str, Any]]:
         """What `/ready` answers now (`explained`: with how long it has been out of its group
@@ -72,6 +76,7 @@ def register_pages(
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             ready_now(explained=False)
+            lag_export.export(lags())
             return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health")

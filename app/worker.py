@@ -31,6 +31,7 @@ from app.batch_delivery import BatchTopic, KappaApp, ack_offsets, consumer_idle_
 from app.batch_producer import OwnProducerSender, TransactionalSender
 from app.chaos import hang_on_stop_if_asked
 from app.collector import tune_for_batches
+from app.consumer_lag import source_lag
 from app.group_wait import GroupWait, warn_after_s
 from app.kafka_runner import (
     StopDeadline,
@@ -316,7 +317,10 @@ def create_app(
             for _, d in drivers
         }
 
-    register_pages(app, version, topology.group_id, runners, settings, partitions)
+    def lags() -> dict[str, dict[int, int]]:
+        return {d.name: source_lag(d.consumer, _applied_offset_of(d.runner)) for _, d in drivers}
+
+    register_pages(app, version, topology.group_id, runners, settings, partitions, lags)
     app.kappa_runners = runners
     return app
 
@@ -409,6 +413,16 @@ def _register_batch_pipeline(
     return driver
 
 
+def _applied_offset_of(runner: PipelineRunner) -> Callable[[int], int | None]:
+    """The last offset applied to a partition's open state (None: not open here)."""
+
+    def applied(partition: int) -> int | None:
+        state = runner.open_state(partition)
+        return None if state is None else state.applied_offset
+
+    return applied
+
+
 class _FaustSource:
     """faust's consumer, seen from one source topic (`SourceConsumer`)."""
 
@@ -416,7 +430,13 @@ class _FaustSource:
         self.app, self.topic = app, topic
 
     def highwater(self, partition: int) -> int | None:
-        return self.app.consumer.highwater(TP(self.topic, partition))  # type: ignore[no-any-return]
+        """None until a fetch response told it, and for a partition not assigned here: a
+        scrape of `/metrics` can race a rebalance (aiokafka asserts the assignment, and has
+        none while it rejoins)."""
+        try:
+            return self.app.consumer.highwater(TP(self.topic, partition))  # type: ignore[no-any-return]
+        except (AssertionError, AttributeError, ConsumerNotStarted):
+            return None
 
     def assigned(self) -> set[int]:
         """Nothing before the consumer's thread starts: `/metrics` and `/ready` ask from the

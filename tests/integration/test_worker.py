@@ -22,7 +22,7 @@ from tests.support.checks import (
 )
 from tests.support.datasets import START_MS, orders_spec, produce_orders
 from tests.support.topics import delete_topics, list_topics
-from tests.support.workers import Worker, kappa_env, read_records, run_kappa
+from tests.support.workers import Worker, kappa_env, read_records, run_kappa, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +116,7 @@ async def test_live_worker_outputs_equal_batch_computation(
         # Idle, the worker sent its held batches' changelog entries: every partition's
         # changelog reflects all it has processed, without waiting for more input.
         await eventually(lambda: changelogs_caught_up(env), alive=_alive(worker))
+        await eventually(lambda: _no_lag(worker), 60, _alive(worker))
     finally:
         assert worker.stop() == 0, worker.tail_log()
 
@@ -125,6 +126,20 @@ async def test_live_worker_outputs_equal_batch_computation(
         await eventually(lambda: _user_totals_answered(worker, ref.user_totals), 60, _alive(worker))
     finally:
         assert worker.stop() == 0, worker.tail_log()
+
+
+async def _no_lag(worker: Worker) -> None:
+    """Every pipeline that processed records exports a lag for each of its 4 source
+    partitions, and each is 0: the worker applied everything its sources hold."""
+    samples = scrape(worker.web_port)
+    pipelines = {lab["pipeline"] for n, lab, _ in samples if n == "kappa_events_in_total"}
+    lags: dict[str, dict[str, float]] = {}
+    for name, labels, value in samples:
+        if name == "kappa_consumer_lag_records":
+            lags.setdefault(labels["pipeline"], {})[labels["partition"]] = value
+    assert pipelines and set(lags) == pipelines, (pipelines, lags)
+    for pipeline, by_partition in lags.items():
+        assert by_partition == dict.fromkeys("0123", 0.0), (pipeline, by_partition)
 
 
 async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
