@@ -2,7 +2,10 @@
 
 Sustained rate: workers of a fresh version (new consumer group, empty state) start on the
 pre-loaded topic; the rate is the orders processed between the first poll that shows any and
-the poll that shows all of them, over the time between those polls (poll every POLL_S).
+the poll that shows all of them, over the time between those polls (poll every POLL_S). That
+is the orders pipeline's rate: the pipelines downstream of it (reading its outputs) may still
+be behind then. The rate with every pipeline caught up (`all_pipelines`) is the same orders
+over the time until every pipeline's consumer lag is 0, what a replay's rate compares with.
 """
 
 from __future__ import annotations
@@ -26,13 +29,22 @@ ORDERS = "orders"
 
 @dataclass
 class WorkerMetrics:
-    """The orders pipeline's counters and per-partition stream time of one scrape."""
+    """The orders pipeline's counters and per-partition stream time of one scrape, and every
+    pipeline's consumer lag."""
 
     events: float = 0.0
     skipped: float = 0.0
     late: float = 0.0
     dlq: float = 0.0
     stream_time: dict[int, float] = field(default_factory=dict)
+    # every pipeline's, by (pipeline, partition); and the pipelines that processed records
+    lag: dict[tuple[str, int], float] = field(default_factory=dict)
+    pipelines_in: set[str] = field(default_factory=set)
+
+    def caught_up(self) -> bool:
+        """Every pipeline that processed records has a lag, and all of it is 0."""
+        lagging = {pipeline for pipeline, _ in self.lag}
+        return self.pipelines_in <= lagging and not any(self.lag.values())
 
 
 def scrape(port: int) -> WorkerMetrics | None:
@@ -45,6 +57,10 @@ def scrape(port: int) -> WorkerMetrics | None:
     m = WorkerMetrics()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            if s.name == "kappa_consumer_lag_records":
+                m.lag[(s.labels["pipeline"], int(s.labels["partition"]))] = s.value
+            elif s.name == "kappa_events_in_total" and s.value > 0:
+                m.pipelines_in.add(s.labels["pipeline"])
             if s.labels.get("pipeline") != ORDERS:
                 continue
             if s.name == "kappa_events_in_total":
@@ -164,6 +180,9 @@ def sustained(
         # Counters settle: a second scrape after completion shows nothing counted twice.
         time.sleep(POLL_S)
         final = [w.metrics() or m for w, m in zip(workers, last)]
+        all_done = _all_caught_up(workers, deadline)
+        cpu_all = sum(w.process.cpu_now() for w in workers)
+        peak_rss_all = max(w.process.peak_rss_now() for w in workers)
     finally:
         exits = [w.process.stop() for w in workers]
     events = sum(m.events for m in final)
@@ -190,6 +209,15 @@ def sustained(
         "skipped": sum(m.skipped for m in final),
         "late": sum(m.late for m in final),
         "dlq": sum(m.dlq for m in final),
+        "all_pipelines": None  # not caught up in time (the orders' rate still counts)
+        if all_done is None
+        else {
+            "events_per_s": (dataset.count if coarse else dataset.count - first[1])
+            / (all_done - (t_zero if coarse else first[0])),
+            "seconds_after_orders": all_done - t_done,
+            "cpu_s": cpu_all - first[2],
+            "peak_rss_mb": peak_rss_all,
+        },
     }
     errors = []
     if len(workers) == 1 and events != dataset.count:
@@ -204,3 +232,21 @@ def sustained(
     result["reprocessed"] = events - dataset.count
     result["correct"] = {"ok": not errors, "errors": errors}
     return result
+
+
+def _all_caught_up(workers: list[LiveWorker], deadline: float) -> float | None:
+    """When every pipeline of every worker had no lag, two polls in a row (a lag is as of a
+    pipeline's last fetch: the second poll sees fetches made after the first); None if not
+    by `deadline`."""
+    seen_at: float | None = None
+    while time.monotonic() <= deadline:
+        now = time.perf_counter()
+        scraped = [w.metrics() for w in workers]
+        if all(m is not None and m.caught_up() for m in scraped):
+            if seen_at is not None:
+                return seen_at
+            seen_at = now
+        else:
+            seen_at = None
+        time.sleep(POLL_S)
+    return None
