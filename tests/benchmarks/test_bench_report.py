@@ -105,3 +105,18 @@ def test_the_latency_to_outputs_written_is_judged_on_its_own() -> None:
     ) in table
     without = report.summarise([{"latency_bare": _latency(10.0, 90.0)}])
     assert "written" not in report.markdown(without, report.targets(without), CFG)
+
+
+def test_the_live_rate_with_every_pipeline_caught_up_is_shown_beside_the_orders_rate() -> None:
+    caught_up = {"events_per_s": 6_000.0, "peak_rss_mb": 300.0, "cpu_s": 30.0}
+    summary = report.summarise([{"live": {**_live(30_000.0), "all_pipelines": caught_up}}])
+    table = report.markdown(summary, report.targets(summary), CFG)
+    assert "| live worker, every pipeline caught up (ev/s) | 6,000 | 6,000–6,000 | 300 |" in table
+    assert report.targets(summary)["live_sustained"]["measured"] == 30_000.0  # orders' own rate
+
+
+def test_pipelines_not_caught_up_in_time_leave_the_orders_rate_standing() -> None:
+    summary = report.summarise([{"live": {**_live(30_000.0), "all_pipelines": None}}])
+    table = report.markdown(summary, report.targets(summary), CFG)
+    assert "| live worker, every pipeline caught up (ev/s) | – |" in table
+    assert report.targets(summary)["live_sustained"]["met"] is True
