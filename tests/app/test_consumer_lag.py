@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from app.consumer_lag import LagExport, partition_lag, source_lag
 from app.settings import load_settings
-from app.worker import _FaustSource, create_app
+from app.worker import _applied_offset_of, _FaustSource, create_app
 
 
 def test_the_lag_is_what_the_state_has_not_applied() -> None:
@@ -86,3 +87,38 @@ def test_a_worker_whose_consumer_has_not_started_knows_no_high_watermark(tmp_pat
     """A scrape before the consumer's thread starts (or while it rejoins) must not raise."""
     app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
     assert _FaustSource(app, "orders").highwater(0) is None
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        AssertionError("Partition is not assigned"),  # aiokafka, for a partition revoked since
+        AttributeError("'NoneType' object has no attribute 'state_value'"),  # while rejoining
+    ],
+)
+def test_a_scrape_racing_a_rebalance_knows_no_high_watermark(
+    tmp_path: Path, raised: Exception
+) -> None:
+    """`assigned()` and `highwater()` are two calls: the partition can leave between them."""
+    app = create_app(load_settings({"KAPPA_STATE_DIR": str(tmp_path)}), 1)
+
+    def highwater(tp: object) -> int:
+        raise raised
+
+    app.consumer.highwater = highwater  # type: ignore[method-assign]
+    assert _FaustSource(app, "orders").highwater(0) is None
+
+
+class _State:
+    applied_offset = 41
+
+
+class _Runner:
+    def open_state(self, partition: int) -> _State | None:
+        return _State() if partition == 1 else None
+
+
+def test_the_applied_offset_is_the_open_states() -> None:
+    applied = _applied_offset_of(_Runner())  # type: ignore[arg-type]
+    assert applied(1) == 41
+    assert applied(0) is None  # not open here: restoring, or not assigned
