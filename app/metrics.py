@@ -36,6 +36,13 @@ QUIET_PRODUCTS = Counter(
     "Products said quiet: no order for longer than their own rate makes likely",
     ["pipeline", "version"],
 )
+SOURCE_OFFSETS_MISSING = Counter(
+    "kappa_source_offsets_missing_total",
+    "Offsets of a source partition passed over with no record, after the first record a "
+    "pipeline took from it: a transaction's commit marker each on a source written in "
+    "transactions, else records lost on the way (compacted away, or a bug)",
+    ["pipeline", "version"],
+)
 RECORDS_OUT = Counter("kappa_records_out_total", "Records produced", ["pipeline", "version"])
 BATCH_SECONDS = Histogram(
     "kappa_batch_seconds",

@@ -132,9 +132,13 @@ class PipelineRunner:
         self._states: dict[int, PartitionState] = {}
         # Partitions whose delivered batches follow on from their state (see `_gap_before`).
         self._following: set[int] = set()
+        # Per open partition, the offset before the first record taken from it since it
+        # opened: from there on, every offset without a record is counted (`_count_missing`).
+        self._taken_after: dict[int, int] = {}
         self._label = (pipeline.name, str(topology.version))
         # Exported at 0 from the start: an alert on its increase then sees the first one.
         metrics.DLQ.labels(*self._label, PROCESSING_ERROR)
+        metrics.SOURCE_OFFSETS_MISSING.labels(*self._label)
         self._chaos = ChaosKill.from_env(pipeline.name)
         self._source = topology.physical(pipeline.source)
         self.monotonic = monotonic  # s: how long a source end has looked behind the state
@@ -302,6 +306,8 @@ class PipelineRunner:
     def _staged(self, state: PartitionState, records: Sequence[Record]) -> BatchOutput:
         """The pipeline's outputs for `records`, their state changes staged; if it raises, what
         it staged is discarded, so a retry does not apply those records twice."""
+        if records:
+            self._taken_after.setdefault(state.partition, records[0].offset - 1)
         try:
             return self.pipeline.process(state, records)
         except BaseException:
@@ -463,7 +469,8 @@ class PipelineRunner:
             )
         await self.send(produce, commits[0])
         self._chaos.step("after-send", len(batches))
-        for state, out, _ in batches:
+        for state, out, applied in batches:
+            missing = self._missing_in(state, out, applied)
             if hold:
                 state.commit_held()
                 state.hold()
@@ -474,9 +481,19 @@ class PipelineRunner:
             metrics.record_batch(
                 self.pipeline.name, self.topology.version, out.counts, len(out.records)
             )
+            if missing:
+                metrics.SOURCE_OFFSETS_MISSING.labels(*self._label).inc(missing)
             stream_time = state.stream_time_ms()
             if stream_time is not None:
                 metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(stream_time)
+
+    def _missing_in(self, state: PartitionState, out: BatchOutput, applied: int) -> int:
+        """The offsets up to `applied` that held no record, since the state's applied offset
+        (or since the first record taken from the partition, when that came after it: offsets
+        before a log's start, or a replay's, are not the partition's to count). Every record
+        in between was counted as an event, so the rest of the span had none."""
+        after = max(state.applied_offset, self._taken_after.get(state.partition, applied))
+        return max(0, applied - after - out.counts.events)
 
     def _outputs_of(self, state: PartitionState, out: BatchOutput) -> list[Produce]:
         """A batch's outputs, to the version's physical topics, with source headers where a
@@ -593,6 +610,7 @@ class PipelineRunner:
         source by whoever opens the partition next."""
         st = self._states.pop(partition, None)
         self._following.discard(partition)
+        self._taken_after.pop(partition, None)
         self._source_behind_since.pop(partition, None)
         # Its stream time is its next owner's to export: a frozen series here would be stale.
         with contextlib.suppress(KeyError):

@@ -1004,3 +1004,93 @@ async def test_a_partition_let_go_stops_exporting_its_stream_time(tmp_path: Path
     runner.close_partition(1)
     assert exported(0) is not None and exported(1) is None
     runner.close()
+
+
+def _missing(version: int, pipeline: str = "orders") -> float | None:
+    labels = {"pipeline": pipeline, "version": str(version)}
+    return REGISTRY.get_sample_value("kappa_source_offsets_missing_total", labels)
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize("hold", [False, True])
+async def test_offsets_without_a_record_are_counted_once_each(
+    tmp_path: Path, many: bool, hold: bool
+) -> None:
+    """Between batches, inside a batch, and not again for records delivered twice, for a
+    batch retried after a failed send, or for a flush: the count an alert on lost records
+    (or on a source's transaction markers) reads."""
+    version = 9100 + 2 * many + hold
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, version).select(["orders"])
+    source = _orders(0, 60)
+    fail_next = False
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        nonlocal fail_next
+        if fail_next:
+            fail_next = False
+            raise ConnectionError("broker gone")
+
+    runner = PipelineRunner(
+        topology.pipelines[0], topology, send, one_request=True, hold_changelog=hold
+    )
+
+    async def deliver(records: list[SourceRecord]) -> None:
+        await (runner.handle_many({0: records}) if many else runner.handle(0, records))
+
+    assert _missing(version) == 0  # exported from the start
+    await deliver(source[0:10])
+    await deliver(source[12:20])  # 10 and 11: two
+    await deliver([*source[20:23], *source[26:30]])  # 23-25 inside the batch: three
+    await deliver(source[25:35])  # 25-29 again (a restart's re-delivery): none
+    fail_next = True
+    with pytest.raises(ConnectionError):
+        await deliver(source[40:45])
+    await deliver(source[40:45])  # the retry of 35-39: five, once
+    await runner.flush(0)
+    assert _missing(version) == 2 + 3 + 5
+    assert await runner.applied_offset(0) == 44
+    runner.close()
+
+
+async def test_offsets_before_the_first_record_taken_are_not_missing(tmp_path: Path) -> None:
+    """A log whose start was deleted (retention), read by a new state or a replay from offset
+    0, starts past 0: those offsets are not passed over. From the first record on, they are."""
+    version = 9110
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path / "state")})
+    topology = Topology(settings, version).select(["orders"])
+    source = _orders(0, 40)
+
+    async def read_gap(partition: int, start: int, end: int) -> AsyncIterator[list[SourceRecord]]:
+        yield source[max(start, 20) : end]  # the log starts at 20
+
+    async def send(records: list[Produce], commit: SourceCommit) -> None:
+        pass
+
+    live = PipelineRunner(topology.pipelines[0], topology, send, read_gap, one_request=True)
+    await live.handle_many({0: source[25:30]})  # committed at 25: the gap 0-24 read from 20
+    await live.handle_many({0: source[32:35]})
+    assert _missing(version) == 2
+    replay = PipelineRunner(topology.pipelines[0], topology, send, one_request=True)
+    await replay.handle_many({1: _orders(1, 40)[30:35]})  # no gap reader: from the first
+    assert _missing(version) == 2
+    live.close()
+    replay.close()
+
+
+async def test_a_dead_lettered_record_is_not_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the pipeline raised on goes to the DLQ and counts as taken, on every path of
+    `_isolate`; only the real gap (offset 7) is missing."""
+    version = 9120
+    settings = load_settings({"KAPPA_STATE_DIR": str(tmp_path)})
+    topology = Topology(settings, version).select(["orders"])
+    pipeline = topology.pipelines[0]
+    monkeypatch.setattr(pipeline, "process", _poisoned(pipeline, b"boom", ValueError))
+    runner = PipelineRunner(pipeline, topology, _recording([]))
+    records = [r for r in _poison(_orders(0, 40), {0, 1, 5, 20, 39}) if r.offset != 7]
+    out = await runner.handle(0, records)
+    assert out.counts.dlq == 5
+    assert _missing(version) == 1
+    runner.close()

@@ -130,7 +130,8 @@ async def test_live_worker_outputs_equal_batch_computation(
 
 async def _no_lag(worker: Worker) -> None:
     """Every pipeline that processed records exports a lag for each of its 4 source
-    partitions, and each is 0: the worker applied everything its sources hold."""
+    partitions, and each is 0: the worker applied everything its sources hold, and passed
+    over no offset without a record."""
     samples = scrape(worker.web_port)
     pipelines = {lab["pipeline"] for n, lab, _ in samples if n == "kappa_events_in_total"}
     lags: dict[str, dict[str, float]] = {}
@@ -140,6 +141,13 @@ async def _no_lag(worker: Worker) -> None:
     assert pipelines and set(lags) == pipelines, (pipelines, lags)
     for pipeline, by_partition in lags.items():
         assert by_partition == dict.fromkeys("0123", 0.0), (pipeline, by_partition)
+    # No source is written in transactions here: an offset passed over is a record lost.
+    missing = {
+        labels["pipeline"]: value
+        for name, labels, value in samples
+        if name == "kappa_source_offsets_missing_total"
+    }
+    assert pipelines <= set(missing) and set(missing.values()) == {0.0}, missing
 
 
 async def test_a_query_for_a_key_held_elsewhere_names_the_worker_that_holds_it(
