@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -82,6 +83,37 @@ def free_port() -> int:
     raise RuntimeError(f"no free port left in {PORT_RANGE}")
 
 
+# Run by a fresh interpreter (`-I -S`: nothing but the standard library) in the broker's process
+# before it becomes the broker by exec (same pid, same parent): asks the kernel for SIGTERM when
+# the parent dies, then checks the parent did not die before asking (its pid is argv[1]; a
+# changed parent pid means it did: no broker then). Any failure to ask: the broker runs anyway.
+_STOP_WITH_PARENT_EXEC = """
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def stopped_with_this_process(command: list[str]) -> list[str]:
+    """`command`, run so that it is sent SIGTERM when this process dies, even by SIGKILL (the
+    broker runs in a session of its own, so nothing else would end it: it would hold its port
+    and memory for good). Linux only (prctl PR_SET_PDEATHSIG); elsewhere `command` unchanged.
+
+    The signal comes when the *thread* that started it exits, not the process: start it from a
+    thread that lives as long as it should (every caller uses the main thread). A small
+    interpreter asks for it, not `preexec_fn`, which may deadlock in a process with threads."""
+    if not sys.platform.startswith("linux") or not sys.executable:
+        return command
+    launcher = [sys.executable, "-I", "-S", "-c", _STOP_WITH_PARENT_EXEC, str(os.getpid())]
+    return [*launcher, *command]
+
+
 @dataclass
 class DevBroker:
     """A Tansu process listening on `host:port`; `start()` returns once it accepts connections."""
@@ -119,9 +151,14 @@ class DevBroker:
         env.setdefault("RUST_LOG", "error")
         out = subprocess.DEVNULL if self.quiet else None
         # Its own session: a terminal's Ctrl-C goes to the whole foreground process group, and
-        # the broker must outlive the clients that are still shutting down; `stop` ends it.
+        # the broker must outlive the clients that are still shutting down; `stop` ends it, or
+        # this process's death does.
         self.proc = subprocess.Popen(
-            self.command(), stdout=out, stderr=out, env=env, start_new_session=True
+            stopped_with_this_process(self.command()),
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
