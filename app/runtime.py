@@ -133,8 +133,13 @@ class PipelineRunner:
         # Partitions whose delivered batches follow on from their state (see `_gap_before`).
         self._following: set[int] = set()
         # Per open partition, the offset before the first record taken from it since it
-        # opened: from there on, every offset without a record is counted (`_count_missing`).
+        # opened: from there on, every offset without a record is counted (`_counted_after`).
         self._taken_after: dict[int, int] = {}
+        # Its source has a commit marker after each transaction (Kappa writes it so): offsets
+        # without a record are expected there, and counted without a warning.
+        self._markers_expected = (
+            topology.settings.exactly_once and pipeline.source in topology.produced
+        )
         self._label = (pipeline.name, str(topology.version))
         # Exported at 0 from the start: an alert on its increase then sees the first one.
         metrics.DLQ.labels(*self._label, PROCESSING_ERROR)
@@ -470,7 +475,8 @@ class PipelineRunner:
         await self.send(produce, commits[0])
         self._chaos.step("after-send", len(batches))
         for state, out, applied in batches:
-            missing = self._missing_in(state, out, applied)
+            after = self._counted_after(state, applied)
+            missing = max(0, applied - after - out.counts.events)
             if hold:
                 state.commit_held()
                 state.hold()
@@ -482,18 +488,32 @@ class PipelineRunner:
                 self.pipeline.name, self.topology.version, out.counts, len(out.records)
             )
             if missing:
-                metrics.SOURCE_OFFSETS_MISSING.labels(*self._label).inc(missing)
+                self._say_missing(state.partition, missing, after, applied)
             stream_time = state.stream_time_ms()
             if stream_time is not None:
                 metrics.STREAM_TIME.labels(*self._label, str(state.partition)).set(stream_time)
 
-    def _missing_in(self, state: PartitionState, out: BatchOutput, applied: int) -> int:
-        """The offsets up to `applied` that held no record, since the state's applied offset
-        (or since the first record taken from the partition, when that came after it: offsets
-        before a log's start, or a replay's, are not the partition's to count). Every record
-        in between was counted as an event, so the rest of the span had none."""
-        after = max(state.applied_offset, self._taken_after.get(state.partition, applied))
-        return max(0, applied - after - out.counts.events)
+    def _counted_after(self, state: PartitionState, applied: int) -> int:
+        """The offset after which a batch applied up to `applied` is checked for offsets that
+        held no record: the state's applied offset, or the one before the first record taken
+        from the partition, when that came after it (offsets before a log's start, or a
+        replay's, are not the partition's to count). Every record taken in between was counted
+        as an event, so the rest of the span had none."""
+        return max(state.applied_offset, self._taken_after.get(state.partition, applied))
+
+    def _say_missing(self, partition: int, missing: int, after: int, applied: int) -> None:
+        metrics.SOURCE_OFFSETS_MISSING.labels(*self._label).inc(missing)
+        if not self._markers_expected:  # said once per 30 s at most (`app.log_repeats`)
+            log.warning(
+                "%s p%d: %d source offsets after %d, up to %d, held no record: records lost "
+                "before they were applied, unless the source is written in transactions (a "
+                "commit marker each)",
+                self.pipeline.name,
+                partition,
+                missing,
+                after,
+                applied,
+            )
 
     def _outputs_of(self, state: PartitionState, out: BatchOutput) -> list[Produce]:
         """A batch's outputs, to the version's physical topics, with source headers where a

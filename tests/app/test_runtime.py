@@ -1094,3 +1094,37 @@ async def test_a_dead_lettered_record_is_not_missing(
     assert out.counts.dlq == 5
     assert _missing(version) == 1
     runner.close()
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "pipeline", "warned"),
+    [
+        ("at_least_once", "user-totals", True),
+        ("exactly_once", "orders", True),  # a source Kappa does not write: markers unknown
+        ("exactly_once", "user-totals", False),  # Kappa writes its source in transactions
+    ],
+)
+async def test_offsets_without_a_record_are_said_unless_the_source_has_markers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, guarantee: str, pipeline: str, warned: bool
+) -> None:
+    version = {"at_least_once": 9130, "exactly_once": 9131}[guarantee]
+    settings = load_settings(
+        {"KAPPA_STATE_DIR": str(tmp_path), "KAPPA_PROCESSING_GUARANTEE": guarantee}
+    )
+    topology = Topology(settings, version).select([pipeline])
+    runner = PipelineRunner(topology.pipelines[0], topology, _recording([]))
+    source = [SourceRecord("src", 0, offset, None, b"k", b"not json") for offset in (0, 1, 2, 5, 6)]
+    with caplog.at_level(logging.WARNING, logger=runtime.log.name):
+        await runner.handle(0, source)  # dead-lettered, all taken: 3 and 4 held no record
+    said = [r.getMessage() for r in caplog.records if "held no record" in r.getMessage()]
+    assert said == (
+        [
+            f"{pipeline} p0: 2 source offsets after -1, up to 6, held no record: records lost "
+            "before they were applied, unless the source is written in transactions (a commit "
+            "marker each)"
+        ]
+        if warned
+        else []
+    )
+    assert _missing(version, pipeline) == 2
+    runner.close()
