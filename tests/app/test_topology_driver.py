@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from agents.orders import DLQ, LATE, REVENUE, REVENUE_HOPPING
 from agents.product_trends import ANOMALIES, SIGNALS, TRENDS
@@ -192,7 +193,9 @@ def test_any_batching_crashes_and_interleaving_end_in_the_straight_runs_outputs(
 ) -> None:
     records = _input(orders)
     straight, straight_copies, source = _run(records, [], env)
+    missing_before = _offsets_missing()
     got, got_copies, _ = _run(records, plan, env)
+    assert _offsets_missing() == missing_before  # no plan passes over a source record
     for topic in UPSERTED:
         assert got[topic] == straight[topic], topic
     for topic in COPIES:
@@ -209,6 +212,17 @@ def test_any_batching_crashes_and_interleaving_end_in_the_straight_runs_outputs(
     for user, (n, spend) in ref.user_totals.items():
         assert totals[user]["orders"] == n
         assert math.isclose(totals[user]["spend"], spend, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _offsets_missing() -> float:
+    """Source offsets any pipeline passed over with no record, over every version so far."""
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "kappa_source_offsets_missing"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
 
 
 def _orders(n: int) -> list[tuple[bytes, bytes, int]]:
